@@ -1,0 +1,95 @@
+"""Entry point of the ``ml4m`` command.
+
+Sub-commands live in their own modules (ASE's pattern): each defines ``HELP`` (one
+line), ``DESCRIPTION`` (with an example), ``add_arguments(parser)`` and
+``run(args) -> int``. Errors derived from :class:`~ml4m.errors.ML4MError` print one
+line on stderr and exit with code 2; ``--json`` output is exactly one JSON object on
+stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ml4m.errors import ML4MError
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+#: (name, module) of every sub-command; modules that do not exist yet are skipped
+COMMANDS: list[tuple[str, str]] = [
+    ("quickstart", "ml4m.cli.quickstart"),
+    ("data", "ml4m.cli.data"),
+    ("describe", "ml4m.cli.describe"),
+    ("analyze", "ml4m.cli.analyze"),
+    ("fit", "ml4m.cli.fit"),
+    ("test", "ml4m.cli.test"),
+    ("md", "ml4m.cli.md"),
+    ("relax", "ml4m.cli.relax"),
+    ("learn", "ml4m.cli.learn"),
+    ("curate", "ml4m.cli.curate"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit code 2 and a one-line message for usage errors."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser of ``ml4m`` (all available sub-commands)."""
+    from ml4m import __version__
+
+    parser = _Parser(
+        prog="ml4m",
+        description="ml4m: machine learning for materials. From ab initio data to "
+        "descriptors, manifold analysis, fitted potentials and MD.",
+        epilog="Start with: ml4m quickstart -o quickstart_out",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ml4m {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, module_name in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        if hasattr(module, "run"):
+            p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ml4m`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args) or 0)
+    except ML4MError as exc:
+        print(f"ml4m: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ml4m: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

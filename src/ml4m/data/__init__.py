@@ -1,0 +1,54 @@
+"""ml4m.data: read, validate, split, reference energies, neighbour lists, pack, generate.
+
+The first stage of the pipeline. Everything downstream consumes :class:`Frame` /
+:class:`Dataset` objects (or a :class:`PackedStore` streamed from disk).
+"""
+
+from ml4m.data.default import default_dataset, default_dataset_path
+from ml4m.data.frames import LABELS, Dataset, Frame
+from ml4m.data.generate import GenerateConfig, generate, make_calculator, plan_tasks
+from ml4m.data.labels import LabelKeys
+from ml4m.data.neighbors import NeighborList, batched_neighbor_list, neighbor_list
+from ml4m.data.read import iter_frames, read_dataset
+from ml4m.data.reference import (
+    composition_matrix,
+    fit_reference_energies,
+    resolve_reference_energies,
+)
+from ml4m.data.split import Split, split_dataset, split_indices
+from ml4m.data.stats import summarize
+from ml4m.data.store import PackedStore, StoreWriter, open_store, pack_frames
+from ml4m.data.validate import MIN_DISTANCE, check_frame
+from ml4m.data.write import write_extxyz
+
+__all__ = [
+    "LABELS",
+    "MIN_DISTANCE",
+    "Dataset",
+    "Frame",
+    "GenerateConfig",
+    "LabelKeys",
+    "NeighborList",
+    "PackedStore",
+    "Split",
+    "StoreWriter",
+    "batched_neighbor_list",
+    "check_frame",
+    "composition_matrix",
+    "default_dataset",
+    "default_dataset_path",
+    "fit_reference_energies",
+    "generate",
+    "iter_frames",
+    "make_calculator",
+    "neighbor_list",
+    "open_store",
+    "pack_frames",
+    "plan_tasks",
+    "read_dataset",
+    "resolve_reference_energies",
+    "split_dataset",
+    "split_indices",
+    "summarize",
+    "write_extxyz",
+]

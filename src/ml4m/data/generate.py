@@ -1,0 +1,380 @@
+"""Reference-data generation with any ASE calculator: MD, strain, vacancies, surfaces.
+
+The protocol follows the reference sets in ``shared/data``: an equilibrium lattice
+constant from the calculator's equation of state, then Langevin NVT trajectories
+(bulk at several temperatures, randomly strained cells, a single vacancy, a free
+surface slab), sampled every ``sample_every`` steps after equilibration. Every frame
+carries ``config_type``, ``T_K``, ``traj`` and ``t_fs`` in ``info``.
+
+Generation is resumable: each finished trajectory is written atomically into a parts
+folder beside the output; a rerun with the same settings skips the finished ones, and
+the output file appears only when all are done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ase.io
+import numpy as np
+from ase import Atoms, units
+from ase.build import bulk
+from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixCom
+from ase.data import atomic_numbers, reference_states
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+from ml4m._fileio import atomic_path
+from ml4m.errors import ConfigError
+
+__all__ = [
+    "GenerateConfig", "Task", "make_calculator", "plan_tasks", "generate", "config_from_mapping"
+]
+
+_SHORT_NAMES = {
+    "emt": "ase.calculators.emt:EMT",
+    "lj": "ase.calculators.lj:LennardJones",
+    "morse": "ase.calculators.morse:MorsePotential",
+}
+
+
+def make_calculator(name: str, kwargs: dict[str, Any] | None = None) -> Calculator:
+    """Instantiate an ASE calculator from a short name or an import path.
+
+    Parameters
+    ----------
+    name : str
+        ``emt``, ``lj``, ``morse``, or ``package.module:Class`` / ``package.module.Class``.
+    kwargs : dict, optional
+        Keyword arguments for the calculator's constructor.
+
+    Returns
+    -------
+    ase.calculators.calculator.Calculator
+    """
+    path = _SHORT_NAMES.get(name.lower(), name)
+    module_name, sep, cls_name = path.partition(":")
+    if not sep:
+        module_name, _, cls_name = path.rpartition(".")
+    if not module_name or not cls_name:
+        raise ConfigError(
+            f"calculator {name!r} is neither a known name ({sorted(_SHORT_NAMES)}) nor an "
+            "import path like 'package.module:Class'"
+        )
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import calculator {path!r}: {exc}") from exc
+    return cls(**(kwargs or {}))
+
+
+@dataclass
+class GenerateConfig:
+    """Settings of :func:`generate` (all lengths in Angstrom, times in fs).
+
+    Parameters
+    ----------
+    system : str
+        An element (``"Cu"``: its ASE reference crystal) or two elements joined by
+        ``-`` (``"Cu-Au"``): a random substitutional alloy on the first one's lattice
+        with ``alloy_fractions`` of the second.
+    calculator : str
+        See :func:`make_calculator`.
+    calculator_kwargs : dict
+        Constructor arguments of the calculator.
+    supercells : list of int
+        Repetitions of the cubic conventional cell (2 -> 32 atoms for fcc).
+    temperatures : list of float
+        Thermostat temperatures, K.
+    trajectories : int
+        Independent trajectories per (cell, temperature) for bulk MD.
+    frames_per_trajectory : int
+        Frames kept per trajectory.
+    sample_every : int
+        MD steps between kept frames.
+    equilibration_steps : int
+        MD steps before the first kept frame.
+    timestep_fs : float
+        MD time step, fs.
+    friction : float
+        Langevin friction, 1/fs.
+    n_strained : int
+        Randomly strained cells (each component uniform in ``[-max_strain, max_strain]``).
+    max_strain : float
+        Largest strain component.
+    vacancies : bool
+        Add single-vacancy trajectories (at the higher temperatures).
+    surface : bool
+        Add a free (111) (fcc) / (110) (bcc) / (0001) (hcp) slab, periodic in-plane.
+    alloy_fractions : list of float
+        Fractions of the second element for alloys.
+    seed : int
+        Master seed; every trajectory derives its own.
+    """
+
+    system: str = "Cu"
+    calculator: str = "emt"
+    calculator_kwargs: dict[str, Any] = field(default_factory=dict)
+    supercells: list[int] = field(default_factory=lambda: [2, 3])
+    temperatures: list[float] = field(default_factory=lambda: [300.0, 600.0, 1200.0])
+    trajectories: int = 1
+    frames_per_trajectory: int = 10
+    sample_every: int = 40
+    equilibration_steps: int = 200
+    timestep_fs: float = 2.0
+    friction: float = 0.01
+    n_strained: int = 4
+    max_strain: float = 0.03
+    vacancies: bool = True
+    surface: bool = True
+    alloy_fractions: list[float] = field(default_factory=lambda: [0.25])
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting."""
+        for name in ("trajectories", "frames_per_trajectory", "sample_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.equilibration_steps < 0 or self.n_strained < 0:
+            raise ConfigError("equilibration_steps and n_strained must be >= 0")
+        if not self.supercells or min(self.supercells) < 1:
+            raise ConfigError(f"supercells must be positive integers, got {self.supercells}")
+        if not self.temperatures or min(self.temperatures) <= 0:
+            raise ConfigError(f"temperatures must be positive (K), got {self.temperatures}")
+        if self.timestep_fs <= 0:
+            raise ConfigError(f"timestep_fs must be > 0, got {self.timestep_fs}")
+        for el in self.elements:
+            if el not in atomic_numbers:
+                raise ConfigError(f"unknown element {el!r} in system {self.system!r}")
+        if reference_states[atomic_numbers[self.elements[0]]] is None or reference_states[
+            atomic_numbers[self.elements[0]]
+        ].get("symmetry") not in ("fcc", "bcc", "hcp", "sc", "diamond"):
+            raise ConfigError(f"{self.elements[0]} has no crystalline reference state in ASE")
+
+    @property
+    def elements(self) -> list[str]:
+        """Element symbols of the system."""
+        return [s for s in self.system.replace(",", "-").split("-") if s]
+
+    def digest(self) -> str:
+        """Hash of the settings (a resumed run must have the same)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One trajectory to run: how to build its start and how to sample it."""
+
+    kind: str  # bulk, strained, vacancy, slab
+    supercell: int
+    temperature: float
+    fraction: float
+    seed: int
+    traj: str
+
+    @property
+    def config_type(self) -> str:
+        """``bulk_300K``, ``strained3pct_600K``, ... as in shared/data."""
+        return f"{self.kind}_{int(round(self.temperature))}K"
+
+
+def plan_tasks(cfg: GenerateConfig) -> list[Task]:
+    """The list of trajectories :func:`generate` runs, in order (deterministic)."""
+    cfg.validate()
+    fractions = cfg.alloy_fractions if len(cfg.elements) > 1 else [0.0]
+    temps = sorted(cfg.temperatures)
+    tasks: list[Task] = []
+    rng = np.random.default_rng(cfg.seed)
+
+    def add(kind: str, n: int, T: float, x: float, tag: str) -> None:
+        seed = int(rng.integers(2**31))
+        label = f"{cfg.system}_{kind}_n{n}_{int(T)}K" + (f"_x{x:.2f}" if x else "") + f"_{tag}"
+        tasks.append(Task(kind, n, float(T), float(x), seed, label))
+
+    pct = int(round(cfg.max_strain * 100))
+    for x in fractions:
+        for n in cfg.supercells:
+            for T in temps:
+                for r in range(cfg.trajectories):
+                    add("bulk", n, T, x, f"r{r}")
+        for s in range(cfg.n_strained):
+            add(f"strained{pct}pct", cfg.supercells[s % len(cfg.supercells)], temps[s % min(2, len(temps))], x, f"s{s}")
+        if cfg.vacancies:
+            for T in temps[-2:]:
+                add("vacancy", cfg.supercells[0], T, x, "r0")
+        if cfg.surface:
+            for T in temps[:2]:
+                add("slab", cfg.supercells[0], T, x, "r0")
+    return tasks
+
+
+def _lattice_constant(symbol: str, calc: Calculator) -> float:
+    """Zero-temperature lattice constant of ``symbol``'s reference crystal by the calculator."""
+    from ase.eos import EquationOfState
+
+    ref = bulk(symbol, cubic=True)
+    a0 = ref.cell.lengths()[0]
+    volumes, energies = [], []
+    for s in np.linspace(0.97, 1.03, 7):
+        atoms = ref.copy()
+        atoms.set_cell(ref.cell * s, scale_atoms=True)
+        atoms.calc = calc
+        volumes.append(atoms.get_volume())
+        energies.append(atoms.get_potential_energy())
+    v0, _, _ = EquationOfState(volumes, energies).fit()
+    return float(a0 * (v0 / ref.get_volume()) ** (1 / 3))
+
+
+def _start_structure(task: Task, cfg: GenerateConfig, a: float) -> Atoms:
+    rng = np.random.default_rng(task.seed)
+    host = cfg.elements[0]
+    n = task.supercell
+    if task.kind == "slab":
+        from ase.build import surface
+
+        sym = reference_states[atomic_numbers[host]]["symmetry"]
+        miller = {"fcc": (1, 1, 1), "bcc": (1, 1, 0), "hcp": (0, 0, 1)}.get(sym, (1, 0, 0))
+        atoms = surface(bulk(host, a=a, cubic=True), miller, layers=4, vacuum=10.0)
+        atoms = atoms.repeat((max(2, n), max(2, n), 1))
+        atoms.pbc = (True, True, False)
+    else:
+        atoms = bulk(host, a=a, cubic=True).repeat((n, n, n))
+    if task.fraction > 0:
+        k = int(round(task.fraction * len(atoms)))
+        idx = rng.choice(len(atoms), size=k, replace=False)
+        symbols = np.array(atoms.get_chemical_symbols(), dtype=object)
+        symbols[idx] = cfg.elements[1]
+        atoms.set_chemical_symbols(list(symbols))
+    if task.kind.startswith("strained"):
+        eps = rng.uniform(-cfg.max_strain, cfg.max_strain, size=(3, 3))
+        eps = 0.5 * (eps + eps.T)
+        atoms.set_cell(atoms.cell[:] @ (np.eye(3) + eps), scale_atoms=True)
+    if task.kind == "vacancy":
+        del atoms[int(rng.integers(len(atoms)))]
+    return atoms
+
+
+def _run_task(task: Task, cfg: GenerateConfig, calc: Calculator, a: float,
+              tick: Callable[[], None]) -> list[Atoms]:
+    atoms = _start_structure(task, cfg, a)
+    atoms.calc = calc
+    rng = np.random.default_rng(task.seed + 1)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=task.temperature, rng=rng)
+    Stationary(atoms)
+    atoms.set_constraint(FixCom())
+    dyn = Langevin(
+        atoms,
+        timestep=cfg.timestep_fs * units.fs,
+        temperature_K=task.temperature,
+        friction=cfg.friction / units.fs,
+        fixcm=False,
+        rng=rng,
+    )
+    if cfg.equilibration_steps:
+        dyn.run(cfg.equilibration_steps)
+    frames = []
+    for k in range(cfg.frames_per_trajectory):
+        dyn.run(cfg.sample_every)
+        snap = atoms.copy()
+        snap.set_constraint()
+        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+        if atoms.pbc.all():
+            results["stress"] = atoms.get_stress(voigt=True)
+        snap.calc = SinglePointCalculator(snap, **results)
+        snap.info.update(
+            config_type=task.config_type,
+            T_K=task.temperature,
+            traj=task.traj,
+            t_fs=(k + 1) * cfg.sample_every * cfg.timestep_fs,
+        )
+        frames.append(snap)
+        tick()
+    return frames
+
+
+def generate(
+    cfg: GenerateConfig,
+    output: str | os.PathLike,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every trajectory of :func:`plan_tasks` and write one labelled extxyz file.
+
+    Parameters
+    ----------
+    cfg : GenerateConfig
+        What to generate.
+    output : str or PathLike
+        The extxyz file to write (atomically, once complete).
+    progress : bool, default=True
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    dict
+        ``n_frames``, ``n_trajectories``, ``lattice_constant_a`` (Angstrom),
+        ``resumed_trajectories``.
+    """
+    from rich.progress import Progress
+
+    tasks = plan_tasks(cfg)
+    output = Path(output)
+    parts = output.with_name(f".{output.name}.parts")
+    settings = parts / "settings.json"
+    if parts.exists():
+        old = json.loads(settings.read_text()) if settings.exists() else {}
+        if old.get("digest") != cfg.digest():
+            shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    calc = make_calculator(cfg.calculator, cfg.calculator_kwargs)
+    a = _lattice_constant(cfg.elements[0], calc)
+    with atomic_path(settings) as tmp:
+        tmp.write_text(json.dumps({"digest": cfg.digest(), "config": asdict(cfg), "a": a}))
+    resumed = 0
+    total = len(tasks) * cfg.frames_per_trajectory
+    with Progress(disable=not progress, transient=True) as bar:
+        job = bar.add_task(f"generating {cfg.system} with {cfg.calculator}", total=total)
+        for k, task in enumerate(tasks):
+            part = parts / f"traj_{k:05d}.extxyz"
+            if part.exists():
+                resumed += 1
+                bar.advance(job, cfg.frames_per_trajectory)
+                continue
+            frames = _run_task(task, cfg, calc, a, lambda: bar.advance(job))
+            with atomic_path(part) as tmp:
+                ase.io.write(tmp, frames, format="extxyz")
+    with atomic_path(output) as tmp:
+        with open(tmp, "wb") as out:
+            for k in range(len(tasks)):
+                with open(parts / f"traj_{k:05d}.extxyz", "rb") as src:
+                    shutil.copyfileobj(src, out)
+    shutil.rmtree(parts)
+    return {
+        "n_frames": total,
+        "n_trajectories": len(tasks),
+        "lattice_constant_a": a,
+        "resumed_trajectories": resumed,
+        "output": str(output),
+    }
+
+
+def config_from_mapping(mapping: dict[str, Any], base: GenerateConfig | None = None) -> GenerateConfig:
+    """A :class:`GenerateConfig` from a dict (YAML), rejecting unknown keys by name."""
+    base = base or GenerateConfig()
+    known = set(asdict(base))
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise ConfigError(f"unknown generate setting(s) {unknown}; known: {sorted(known)}")
+    values = asdict(base)
+    values.update(mapping)
+    return GenerateConfig(**values)
+

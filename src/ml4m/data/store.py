@@ -1,0 +1,298 @@
+"""A compact, memory-mapped store of labelled frames for streaming training.
+
+Like PANNA's packed descriptor files, a store is written once and read lazily: every
+array is a raw little-endian binary file that :func:`numpy.memmap` maps without
+reading it, described by ``meta.json`` (dtypes, shapes, label names). A data set larger
+than memory can therefore be iterated frame by frame or batch by batch. Loading a store
+runs no code from the file: it is raw numbers plus JSON.
+
+Layout of ``STORE/``::
+
+    meta.json        format, version, counts, labels, array dtypes and shapes
+    offsets.bin      int64 (n_frames + 1,)  atom offset of each frame
+    numbers.bin      uint8 (n_atoms,)
+    positions.bin    float64 (n_atoms, 3)   Angstrom
+    forces.bin       float64 (n_atoms, 3)   eV/Angstrom (if labelled)
+    cell.bin         float64 (n_frames, 3, 3) Angstrom
+    pbc.bin          bool (n_frames, 3)
+    energy.bin       float64 (n_frames,)    eV (if labelled)
+    stress.bin       float64 (n_frames, 6)  eV/Angstrom^3, NaN where undefined
+    config_type.bin  int32 (n_frames,)      index into meta["config_types"], -1 if none
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml4m._fileio import atomic_dir
+from ml4m.data.frames import LABELS, Dataset, Frame
+from ml4m.errors import DataError
+
+__all__ = ["StoreWriter", "PackedStore", "pack_frames", "open_store", "STORE_FORMAT"]
+
+STORE_FORMAT = "ml4m-store"
+STORE_VERSION = 1
+
+_PER_ATOM = {"numbers": ("u1", ()), "positions": ("<f8", (3,)), "forces": ("<f8", (3,))}
+_PER_FRAME = {
+    "cell": ("<f8", (3, 3)),
+    "pbc": ("|b1", (3,)),
+    "energy": ("<f8", ()),
+    "stress": ("<f8", (6,)),
+    "config_type": ("<i4", ()),
+}
+
+
+class StoreWriter:
+    """Append frames to a new store; the store appears only on successful close.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Store folder to create (replaced atomically if it exists).
+
+    Examples
+    --------
+    >>> with StoreWriter("train.store") as w:  # doctest: +SKIP
+    ...     for frame in frames:
+    ...         w.add(frame)
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._ctx = None
+        self._files: dict[str, Any] = {}
+        self._labels: tuple[str, ...] | None = None
+        self._config_types: dict[str, int] = {}
+        self._n_frames = 0
+        self._n_atoms = 0
+        self._species: set[int] = set()
+        self._first_source: tuple[str, int] | None = None
+
+    def __enter__(self) -> StoreWriter:
+        self._ctx = atomic_dir(self.path)
+        self._dir = self._ctx.__enter__()
+        self._files["offsets"] = open(self._dir / "offsets.bin", "wb")
+        self._files["offsets"].write(np.zeros(1, "<i8").tobytes())
+        return self
+
+    def _open(self, name: str):
+        if name not in self._files:
+            self._files[name] = open(self._dir / f"{name}.bin", "wb")
+        return self._files[name]
+
+    def add(self, frame: Frame) -> None:
+        """Append one frame (its labels must match those of the first frame)."""
+        labels = tuple(lab for lab in LABELS if frame.has(lab))
+        if self._labels is None:
+            self._labels = labels
+            self._first_source = frame.source
+        else:
+            expected = set(self._labels)
+            got = set(labels)
+            if "stress" in expected and "stress" not in got and not frame.pbc.all():
+                got.add("stress")
+            if got != expected:
+                where = frame.source or (None, self._n_frames)
+                raise DataError(
+                    f"labels {sorted(got)} differ from those of the first frame "
+                    f"{sorted(expected)} (partial labels)",
+                    *where,
+                )
+        n = len(frame)
+        self._open("numbers").write(frame.numbers.astype("u1").tobytes())
+        self._open("positions").write(frame.positions.astype("<f8").tobytes())
+        if "forces" in self._labels:
+            self._open("forces").write(frame.forces.astype("<f8").tobytes())
+        self._open("cell").write(frame.cell.astype("<f8").tobytes())
+        self._open("pbc").write(frame.pbc.astype("|b1").tobytes())
+        if "energy" in self._labels:
+            self._open("energy").write(np.float64(frame.energy).astype("<f8").tobytes())
+        if "stress" in self._labels:
+            s = frame.stress if frame.stress is not None else np.full(6, np.nan)
+            self._open("stress").write(np.asarray(s, "<f8").tobytes())
+        ct = frame.info.get("config_type")
+        code = -1 if ct is None else self._config_types.setdefault(str(ct), len(self._config_types))
+        self._open("config_type").write(np.int32(code).astype("<i4").tobytes())
+        self._n_atoms += n
+        self._n_frames += 1
+        self._files["offsets"].write(np.int64(self._n_atoms).astype("<i8").tobytes())
+        self._species.update(int(z) for z in np.unique(frame.numbers))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for f in self._files.values():
+            f.close()
+        if exc_type is None:
+            if self._n_frames == 0:
+                exc = DataError("no frames to pack", str(self.path))
+                self._ctx.__exit__(type(exc), exc, None)
+                raise exc
+            arrays = {"offsets": {"dtype": "<i8", "shape": [self._n_frames + 1]}}
+            for name in self._files:
+                if name == "offsets":
+                    continue
+                table = _PER_ATOM if name in _PER_ATOM else _PER_FRAME
+                dtype, tail = table[name]
+                lead = self._n_atoms if name in _PER_ATOM else self._n_frames
+                arrays[name] = {"dtype": dtype, "shape": [lead, *tail]}
+            meta = {
+                "format": STORE_FORMAT,
+                "version": STORE_VERSION,
+                "n_frames": self._n_frames,
+                "n_atoms": self._n_atoms,
+                "labels": list(self._labels or ()),
+                "species": sorted(self._species),
+                "config_types": list(self._config_types),
+                "arrays": arrays,
+            }
+            (self._dir / "meta.json").write_text(json.dumps(meta, indent=1))
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+def pack_frames(frames: Iterable[Frame], path: str | os.PathLike) -> PackedStore:
+    """Stream ``frames`` into a new store at ``path`` and open it.
+
+    Parameters
+    ----------
+    frames : iterable of Frame
+        Frames, e.g. :func:`ml4m.data.iter_frames` of one or more files (constant
+        memory: nothing is held but the current frame).
+    path : str or PathLike
+        Store folder.
+
+    Returns
+    -------
+    PackedStore
+    """
+    with StoreWriter(path) as writer:
+        for frame in frames:
+            writer.add(frame)
+    return PackedStore(path)
+
+
+class PackedStore:
+    """Read-only, lazily memory-mapped view of a store written by :class:`StoreWriter`.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Store folder.
+
+    Raises
+    ------
+    DataError
+        Not a store, unknown version, or a file whose size does not match ``meta.json``
+        (truncated or tampered).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise DataError("not an ml4m store (meta.json missing)", str(self.path))
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"meta.json is not valid JSON ({exc})", str(meta_path)) from exc
+        if meta.get("format") != STORE_FORMAT or meta.get("version") != STORE_VERSION:
+            raise DataError(
+                f"unsupported store format {meta.get('format')!r} version {meta.get('version')!r}",
+                str(meta_path),
+            )
+        self.meta = meta
+        self.n_frames: int = int(meta["n_frames"])
+        self.n_atoms: int = int(meta["n_atoms"])
+        self.labels: tuple[str, ...] = tuple(meta["labels"])
+        self.config_types: list[str] = list(meta.get("config_types", []))
+        self._arrays: dict[str, np.ndarray] = {}
+        for name, spec in meta["arrays"].items():
+            file = self.path / f"{name}.bin"
+            dtype = np.dtype(spec["dtype"])
+            shape = tuple(int(s) for s in spec["shape"])
+            expected = int(np.prod(shape)) * dtype.itemsize
+            size = file.stat().st_size if file.is_file() else -1
+            if size != expected:
+                raise DataError(
+                    f"array file has {size} bytes, meta.json says {expected} (truncated or "
+                    "tampered store)",
+                    str(file),
+                )
+            self._arrays[name] = np.memmap(file, dtype=dtype, mode="r", shape=shape)
+        self.offsets = self._arrays["offsets"]
+        if self.offsets[-1] != self.n_atoms or np.any(np.diff(self.offsets) < 0):
+            raise DataError("offsets are inconsistent with n_atoms", str(self.path))
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __repr__(self) -> str:
+        return f"PackedStore({str(self.path)!r}, n_frames={self.n_frames}, n_atoms={self.n_atoms})"
+
+    def array(self, name: str) -> np.ndarray:
+        """The memory-mapped array ``name`` (see the module docstring)."""
+        return self._arrays[name]
+
+    def __getitem__(self, k: int) -> Frame:
+        if not -self.n_frames <= k < self.n_frames:
+            raise IndexError(f"frame {k} out of range for a store of {self.n_frames} frames")
+        k = int(k) % self.n_frames
+        a, b = int(self.offsets[k]), int(self.offsets[k + 1])
+        arr = self._arrays
+        ct = int(arr["config_type"][k]) if "config_type" in arr else -1
+        stress = None
+        if "stress" in arr and np.isfinite(arr["stress"][k]).all():
+            stress = np.array(arr["stress"][k])
+        return Frame(
+            numbers=np.array(arr["numbers"][a:b], dtype=np.int64),
+            positions=np.array(arr["positions"][a:b]),
+            cell=np.array(arr["cell"][k]),
+            pbc=np.array(arr["pbc"][k]),
+            energy=float(arr["energy"][k]) if "energy" in arr else None,
+            forces=np.array(arr["forces"][a:b]) if "forces" in arr else None,
+            stress=stress,
+            info={"config_type": self.config_types[ct]} if ct >= 0 else {},
+            source=(str(self.path), k),
+        )
+
+    def __iter__(self) -> Iterator[Frame]:
+        for k in range(self.n_frames):
+            yield self[k]
+
+    def iter_batches(self, frames_per_batch: int = 64) -> Iterator[dict[str, np.ndarray]]:
+        """Yield batches of consecutive frames as flat arrays (copies, not maps).
+
+        Parameters
+        ----------
+        frames_per_batch : int, default=64
+            Frames per batch (the last batch may be smaller).
+
+        Yields
+        ------
+        dict
+            ``offsets`` (relative, n+1), ``numbers``, ``positions``, per-frame
+            ``cell``/``pbc`` and whichever labels the store has.
+        """
+        for start in range(0, self.n_frames, frames_per_batch):
+            stop = min(start + frames_per_batch, self.n_frames)
+            a, b = int(self.offsets[start]), int(self.offsets[stop])
+            batch = {"offsets": np.array(self.offsets[start:stop + 1]) - a}
+            for name, arr in self._arrays.items():
+                if name == "offsets":
+                    continue
+                batch[name] = np.array(arr[a:b] if name in _PER_ATOM else arr[start:stop])
+            yield batch
+
+    def to_dataset(self) -> Dataset:
+        """Load every frame into memory as a :class:`Dataset`."""
+        return Dataset(iter(self))
+
+
+def open_store(path: str | os.PathLike) -> PackedStore:
+    """Open a store written by ``ml4m data pack`` (see :class:`PackedStore`)."""
+    return PackedStore(path)
