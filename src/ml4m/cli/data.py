@@ -25,7 +25,7 @@ examples:
   ml4m data info train.extxyz --json
   ml4m data split all.extxyz --valid 0.1 --test 0.1 --seed 1 --by traj -o splits/
   ml4m data pack train.extxyz -o train.store
-  ml4m data generate --calculator emt --system Cu --temperatures 300,900 -o cu.extxyz
+  ml4m.data.generation --calculator emt --system Cu --temperatures 300,900 -o cu.extxyz
 """
 
 
@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "generate", help="labelled reference data from any ASE calculator",
         description="Run MD, strain, vacancies and surfaces with an ASE calculator and write "
         "labelled extxyz. Resumable: rerun the same command after a kill.\n\nexample:\n"
-        "  ml4m data generate --calculator emt --system Cu --supercells 2,3 "
+        "  ml4m.data.generation --calculator emt --system Cu --supercells 2,3 "
         "--temperatures 300,600,1200 -o cu.extxyz", formatter_class=fmt)
     gen.add_argument("--calculator", default="emt",
                      help="emt, lj, morse, or an import path package.module:Class (default emt)")
@@ -186,7 +186,7 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ml4m.data.generate import GenerateConfig, config_from_mapping, generate
+    from ml4m.data.generation import GenerateConfig, config_from_mapping, generate
 
     base = GenerateConfig()
     if args.config:
