@@ -45,6 +45,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(metrics)
         return 0
+    if metrics["kind"] == "krr":
+        out = console()
+        out.print(f"kernel ridge on {metrics['train']['target']}: CV MAE {metrics['cv']['cv_mae']:.4g} "
+                  f"(alpha {metrics['cv']['alpha']:.1e}, gamma {metrics['cv']['gamma']:.3g}) -> {metrics['model']}")
+        for name in ("train", "valid"):
+            if name in metrics:
+                p = metrics[name]["property"]
+                out.print(f"{name}: MAE {p['mae']:.4g}, RMSE {p['rmse']:.4g}")
+        return 0
     from rich.table import Table
 
     t = Table(title=f"{metrics['kind']} fitted in {metrics['fit_seconds']:.1f} s -> {metrics['model']}")

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ml4m._fileio import atomic_path
 from ml4m.data import LabelKeys, read_dataset
 from ml4m.errors import ConfigError
@@ -65,6 +67,8 @@ def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
         ``model`` (path), ``seconds``, ``train`` and ``valid`` error metrics (see
         :func:`ml4m.models.error_metrics`), ``plots``.
     """
+    if cfg.model == "krr":
+        return _fit_property_model(cfg)
     keys = LabelKeys(**cfg.keys)
     require = ("energy", "forces") if cfg.sigmas.get("forces", 0.03) else ("energy",)
     train = read_dataset(cfg.train, keys=keys, require=require)
@@ -93,12 +97,52 @@ def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
     return metrics
 
 
+def _fit_property_model(cfg: FitConfig) -> dict[str, Any]:
+    """Kernel ridge / GP on a global descriptor, with CV and a learning curve."""
+    from ml4m.descriptors import make_descriptor
+    from ml4m.models.kernel import PropertyModel, frame_targets, learning_curve
+
+    known = {"kernel", "alphas", "gammas", "n_folds"}
+    _check_params(cfg, known)
+    keys = LabelKeys(**cfg.keys)
+    train = read_dataset(cfg.train, keys=keys)
+    valid = read_dataset(cfg.valid, keys=keys) if cfg.valid else None
+    species = [int(z) for z in train.atomic_numbers]
+    descriptor = make_descriptor(cfg.descriptor_type or DEFAULT_DESCRIPTOR["krr"], species=species,
+                                 **cfg.descriptor)
+    t0 = time.perf_counter()
+    model = PropertyModel(descriptor, target=cfg.target, seed=cfg.seed, **cfg.params).fit(train)
+    fit_seconds = time.perf_counter() - t0
+    path = model.save(cfg.output)
+    metrics: dict[str, Any] = {"model": str(path), "kind": model.kind, "fit_seconds": fit_seconds,
+                               "cv": {k: v for k, v in model.cv_.items() if k != "grid"},
+                               "train": model.score(train), "plots": []}
+    if valid is not None:
+        metrics["valid"] = model.score(valid)
+        X, y = model.features(train), frame_targets(list(train), cfg.target)
+        sizes = tuple(int(s) for s in np.unique(np.geomspace(8, len(y), 6).astype(int)))
+        curve = learning_curve(X, y, model.features(valid), frame_targets(list(valid), cfg.target),
+                               sizes, kernel=model.kernel, alpha=model.cv_["alpha"],
+                               gamma=model.cv_["gamma"], seed=cfg.seed)
+        stem = path.name[: -len(path.suffix)]
+        png = path.parent / f"{stem}_learning_curve.png"
+        curve.plot(png, label=f"valid MAE of {cfg.target}")
+        metrics["learning_curve"] = {"sizes": curve.sizes.tolist(), "mae": curve.mae.tolist(),
+                                     "slope": curve.slope()}
+        metrics["plots"].append(str(png))
+    with atomic_path(path.parent / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1, default=str))
+    return metrics
+
+
 def test_model(model_path: str | os.PathLike, data: str | os.PathLike,
                keys: LabelKeys | None = None) -> dict[str, Any]:
     """Errors of a saved model on a labelled file (the ``ml4m test --json`` object)."""
     from ml4m.models.serialization import load
 
     model = load(model_path)
+    if hasattr(model, "score"):  # structure-property model
+        return model.score(read_dataset(data, keys=keys))
     ds = read_dataset(data, keys=keys, require=("energy",))
     t0 = time.perf_counter()
     pred = model.predict(ds, uncertainty=getattr(model, "has_uncertainty", False))
