@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 
@@ -10,6 +11,22 @@ import pytest
 
 from ml4m.errors import DataError
 from ml4m.models.serialization import read_model_file, save_model_file
+
+
+def _rewrite(path, **entries):
+    """Replace or add zip entries (bytes) of a model file, keeping the others."""
+    with zipfile.ZipFile(path) as zf:
+        content = {n: zf.read(n) for n in zf.namelist()}
+    content.update(entries)
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, b in content.items():
+            zf.writestr(n, b)
+
+
+def _npy(array, allow_pickle=False) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
 
 
 def _save(tmp_path):
@@ -42,16 +59,7 @@ def test_truncated_file(tmp_path):
 
 def test_tampered_array(tmp_path):
     path, arrays = _save(tmp_path)
-    with zipfile.ZipFile(path) as zf:
-        entries = {n: zf.read(n) for n in zf.namelist()}
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, arrays["coef"] * 2)
-    entries["coef.npy"] = buf.getvalue()
-    with zipfile.ZipFile(path, "w") as zf:
-        for n, b in entries.items():
-            zf.writestr(n, b)
+    _rewrite(path, **{"coef.npy": _npy(arrays["coef"] * 2)})
     with pytest.raises(DataError, match="'coef' does not match its checksum"):
         read_model_file(path)
 
@@ -59,20 +67,11 @@ def test_tampered_array(tmp_path):
 def test_pickled_array_is_never_loaded(tmp_path):
     """An entry crafted with pickle is refused by allow_pickle=False."""
     path, _ = _save(tmp_path)
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, np.array([object()], dtype=object), allow_pickle=True)
-    with zipfile.ZipFile(path, "a") as zf:
-        zf.writestr("evil.npy", buf.getvalue())
+    with zipfile.ZipFile(path) as zf:
         meta = json.loads(zf.read("meta.json"))
     meta["sha256"]["evil"] = "0"
-    with zipfile.ZipFile(path) as zf:
-        entries = {n: zf.read(n) for n in zf.namelist()}
-    entries["meta.json"] = json.dumps(meta).encode()
-    with zipfile.ZipFile(path, "w") as zf:
-        for n, b in entries.items():
-            zf.writestr(n, b)
+    _rewrite(path, **{"evil.npy": _npy(np.array([object()], dtype=object), allow_pickle=True),
+                      "meta.json": json.dumps(meta).encode()})
     with pytest.raises(DataError, match="cannot read model file"):
         read_model_file(path)
 

@@ -11,6 +11,7 @@ from typing import Any
 from ml4m.cli._common import (
     add_label_key_arguments,
     console,
+    emit,
     float_list,
     int_list,
     label_keys_from_args,
@@ -155,11 +156,8 @@ def run_split(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(record))
     result = {k: len(v) for k, v in parts.items()}
     result["output"] = str(out)
-    if args.json:
-        print_json(result)
-    else:
-        console().print(f"train {result['train']}, valid {result['valid']}, test {result['test']} "
-                        f"frames written to {out}/")
+    emit(args.json, result, f"train {result['train']}, valid {result['valid']}, test "
+         f"{result['test']} frames written to {out}/")
     return 0
 
 
@@ -177,11 +175,8 @@ def run_pack(args: argparse.Namespace) -> int:
     size = sum(p.stat().st_size for p in Path(args.output).iterdir())
     result = {"output": str(args.output), "n_frames": store.n_frames, "n_atoms": store.n_atoms,
               "labels": list(store.labels), "bytes": size, "seconds": time.perf_counter() - t0}
-    if args.json:
-        print_json(result)
-    else:
-        console().print(f"packed {store.n_frames} frames ({store.n_atoms} atoms, "
-                        f"{size / 1e6:.1f} MB) into {args.output}")
+    emit(args.json, result, f"packed {store.n_frames} frames ({store.n_atoms} atoms, "
+         f"{size / 1e6:.1f} MB) into {args.output}")
     return 0
 
 
@@ -204,9 +199,6 @@ def run_generate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = generate(cfg, args.output, progress=not args.json)
     result["seconds"] = time.perf_counter() - t0
-    if args.json:
-        print_json(result)
-    else:
-        console().print(f"wrote {result['n_frames']} frames from {result['n_trajectories']} "
-                        f"trajectories to {args.output} ({result['seconds']:.0f} s)")
+    emit(args.json, result, f"wrote {result['n_frames']} frames from {result['n_trajectories']} "
+         f"trajectories to {args.output} ({result['seconds']:.0f} s)")
     return 0

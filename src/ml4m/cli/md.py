@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ml4m.cli._common import console, print_json
+from ml4m.cli._common import emit
 
 HELP = "molecular dynamics through ASE"
 DESCRIPTION = """\
@@ -46,11 +46,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_md(atoms, ensemble=args.ensemble, temperature_k=args.temperature, steps=args.steps,
                     dt_fs=args.dt, pressure_gpa=args.pressure, trajectory=args.output,
                     interval=args.interval, seed=args.seed)
-    if args.json:
-        print_json(result.as_dict())
-    else:
-        drift = result.energy_drift_mev_per_atom_per_ps
-        console().print(
+    drift = result.energy_drift_mev_per_atom_per_ps
+    emit(args.json, result.as_dict(),
             f"{result.ensemble.upper()} {result.steps} steps of {result.n_atoms} atoms in "
             f"{result.seconds:.1f} s ({result.atom_steps_per_s:,.0f} atom-steps/s), "
             f"<T> = {result.temperature_k_mean:.0f} K"

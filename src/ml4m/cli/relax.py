@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ml4m.cli._common import console, print_json
+from ml4m.cli._common import emit
 
 HELP = "geometry optimisation (positions, optionally the cell)"
 DESCRIPTION = """\
@@ -41,10 +41,6 @@ def run(args: argparse.Namespace) -> int:
         with atomic_path(args.output) as tmp:
             ase.io.write(tmp, atoms, format="extxyz")
         result["output"] = args.output
-    if args.json:
-        print_json(result)
-    else:
-        console().print(f"{'converged' if result['converged'] else 'NOT converged'} after "
-                        f"{result['steps']} steps: E = {result['energy']:.4f} eV, "
-                        f"max |F| = {result['fmax']:.4f} eV/A")
+    emit(args.json, result, f"{'converged' if result['converged'] else 'NOT converged'} after "
+         f"{result['steps']} steps: E = {result['energy']:.4f} eV, max |F| = {result['fmax']:.4f} eV/A")
     return 0 if result["converged"] else 1
