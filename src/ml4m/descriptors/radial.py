@@ -31,8 +31,6 @@ derivative of the interpolant (consistent with finite differences).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.special import eval_jacobi, ive, roots_legendre
 
@@ -73,11 +71,10 @@ def radial_basis(r: np.ndarray, n_max: int, r_cut: float) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
 class HermiteTable:
     """Cubic Hermite interpolation of many functions on a uniform grid ``[0, r_max]``.
 
-    Attributes
+    Parameters
     ----------
     step : float
         Grid spacing, Angstrom.
@@ -87,25 +84,36 @@ class HermiteTable:
         First derivatives at the nodes, per Angstrom.
     """
 
-    step: float
-    values: np.ndarray
-    derivatives: np.ndarray
+    def __init__(self, step: float, values: np.ndarray, derivatives: np.ndarray) -> None:
+        self.step = float(step)
+        self.values = values
+        self.derivatives = derivatives
+        y0, y1 = values[:-1], values[1:]
+        m0, m1 = derivatives[:-1] * step, derivatives[1:] * step
+        # y(t) = a0 + a1 t + a2 t^2 + a3 t^3 on each interval, t in [0, 1]
+        self._coeffs = np.ascontiguousarray(np.stack(
+            [y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1], axis=1))
 
-    def __call__(self, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Values and derivatives at distances ``r`` (Angstrom), each ``(len(r), n_functions)``."""
-        h = self.step
-        last = len(self.values) - 2
-        s = np.asarray(r, dtype=np.float64) / h
-        k = np.minimum(s.astype(np.int64), last)
+    @property
+    def n_functions(self) -> int:
+        """Number of tabulated functions."""
+        return self.values.shape[1]
+
+    def __call__(
+        self, r: np.ndarray, derivative: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Values and derivatives at distances ``r`` (Angstrom), each ``(len(r), n_functions)``.
+
+        Distances at or beyond the last node take the last interval's end value.
+        """
+        s = np.asarray(r, dtype=np.float64) / self.step
+        k = np.minimum(s.astype(np.int64), len(self._coeffs) - 1)
         t = (s - k)[:, None]
-        y0, y1 = self.values[k], self.values[k + 1]
-        m0, m1 = self.derivatives[k] * h, self.derivatives[k + 1] * h
-        t2 = t * t
-        t3 = t2 * t
-        val = (2 * t3 - 3 * t2 + 1) * y0 + (t3 - 2 * t2 + t) * m0 + (-2 * t3 + 3 * t2) * y1 \
-            + (t3 - t2) * m1
-        der = ((6 * t2 - 6 * t) * (y0 - y1) + (3 * t2 - 4 * t + 1) * m0
-               + (3 * t2 - 2 * t) * m1) / h
+        a = self._coeffs[k]
+        val = a[:, 0] + t * (a[:, 1] + t * (a[:, 2] + t * a[:, 3]))
+        if not derivative:
+            return val, None
+        der = (a[:, 1] + t * (2.0 * a[:, 2] + 3.0 * t * a[:, 3])) / self.step
         return val, der
 
 

@@ -14,7 +14,8 @@ and the rotation-invariant power spectrum is ::
 with ``w = sqrt(2)`` for ``(a, n) != (b, n')`` and 1 otherwise, so that the dot product
 of two feature vectors equals that of the full (unsymmetrised) power spectra.
 Feature order: ``k = a * n_max + n`` runs over species (sorted by atomic number) then
-radial index; pairs ``(k1, k2)`` with ``k1 <= k2`` in row-major order; ``l`` fastest.
+radial index; columns are ``l``-major: for ``l = 0 .. l_max``, the pairs ``(k1, k2)``
+with ``k1 <= k2`` in row-major order.
 The centre's own species is not encoded (as DScribe); ``normalize`` divides each vector
 by its norm; ``average`` returns the mean over the atoms of each frame.
 """
@@ -34,14 +35,30 @@ from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
 
 __all__ = ["SOAP", "density_coefficients"]
 
-_CHUNK = 8192
+_CHUNK = 2048
+
+
+def _padded_layout(
+    key: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Group pairs by ``key``: order, group of each sorted pair, slot in group, max size."""
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    counts = np.bincount(ks, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    slot = np.arange(len(ks)) - starts[ks]
+    return order, ks, slot, int(counts.max()) if len(ks) else 1
 
 
 def density_coefficients(
     table: HermiteTable, n_max: int, l_max: int, species_index: np.ndarray,
-    n_species: int, nl: NeighborList, gradients: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Density expansion coefficients ``c_{i, a n, lm}`` (and per-pair derivatives).
+    n_species: int, nl: NeighborList,
+) -> np.ndarray:
+    """Density expansion coefficients ``c[i, a * n_max + n, l*l + l + m]``.
+
+    Neighbours are laid out per (centre, species) in a zero-padded block (padding sits
+    at ``r_cut``, where every radial function vanishes) and contracted with batched
+    matrix products, one per ``l``.
 
     Parameters
     ----------
@@ -55,37 +72,29 @@ def density_coefficients(
         Number of channels.
     nl : NeighborList
         Full neighbour list of the frame.
-    gradients : bool, default=False
-        Also return ``dA[p, x, n, lm] = d (f_c I_nl Y_lm)(r_p) / d r_p[x]``.
 
     Returns
     -------
-    c : ndarray of shape (n_atoms, n_species * n_max, (l_max+1)**2)
-    dA : ndarray of shape (n_pairs, 3, n_max, (l_max+1)**2) or None, per Angstrom
+    ndarray of shape (n_atoms, n_species * n_max, (l_max+1)**2)
     """
     N, S, L = len(species_index), n_species, l_max + 1
-    LM = L * L
-    lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
-    P = len(nl.i)
-    key = nl.i * S + species_index[nl.j]
-    c = np.zeros((N * S, n_max * LM))
-    dA = np.empty((P, 3, n_max, LM)) if gradients else None
-    for start in range(0, P, _CHUNK):
-        sl = slice(start, min(P, start + _CHUNK))
-        vec, r = nl.vectors[sl], nl.distances[sl]
-        Rv, dR = table(r)
-        Rv = Rv.reshape(-1, n_max, L)[:, :, lidx]
-        Y, dY = real_spherical_harmonics(vec, l_max, gradients)
-        A = (Rv * Y[:, None, :]).reshape(len(r), -1)
-        M = sp.csr_matrix((np.ones(len(r)), (key[sl], np.arange(len(r)))),
-                          shape=(N * S, len(r)))
-        c += M @ A
-        if gradients:
-            dR = dR.reshape(-1, n_max, L)[:, :, lidx]
-            u = vec / r[:, None]
-            dA[sl] = (dR[:, None, :, :] * (u[:, :, None, None] * Y[:, None, None, :])
-                      + Rv[:, None, :, :] * dY[:, :, None, :])
-    return c.reshape(N, S * n_max, LM), dA
+    G = N * S
+    order, ks, slot, B = _padded_layout(nl.i * S + species_index[nl.j], G)
+    r_cut = table.step * (len(table.values) - 1)
+    dpad = np.full((G, B), r_cut)
+    dpad[ks, slot] = nl.distances[order]
+    vpad = np.zeros((G, B, 3))
+    vpad[ks, slot] = nl.vectors[order]
+    vpad[:, :, 2] += dpad == r_cut  # any unit vector for the padding
+    R, _ = table(dpad.ravel(), derivative=False)
+    R = R.reshape(G, B, n_max, L)
+    Y, _ = real_spherical_harmonics(vpad.reshape(-1, 3), l_max)
+    Y = Y.reshape(G, B, L * L)
+    c = np.empty((G, n_max, L * L))
+    for l in range(L):
+        m = slice(l * l, (l + 1) * (l + 1))
+        c[:, :, m] = np.matmul(R[:, :, :, l].transpose(0, 2, 1), Y[:, :, m])
+    return c.reshape(N, S * n_max, L * L)
 
 
 class SOAP(Descriptor):
@@ -147,8 +156,8 @@ class SOAP(Descriptor):
         """Names ``"{A}{n}-{B}{n'}-l{l}"`` in column order (module docstring)."""
         sym = self.species_symbols
         lab = [f"{sym[k // self.n_max]}{k % self.n_max}" for k in range(len(sym) * self.n_max)]
-        return [f"{lab[a]}-{lab[b]}-l{l}" for a, b in zip(self._k1, self._k2)
-                for l in range(self.l_max + 1)]
+        return [f"{lab[a]}-{lab[b]}-l{l}" for l in range(self.l_max + 1)
+                for a, b in zip(self._k1, self._k2)]
 
     @property
     def table(self) -> HermiteTable:
@@ -162,38 +171,67 @@ class SOAP(Descriptor):
         """(N, K, LM) coefficients -> (N, F) power spectrum."""
         N = len(c)
         L = self.l_max + 1
-        out = np.empty((N, len(self._k1), L))
+        K = c.shape[1]
+        out = np.empty((N, L, len(self._k1)))
+        flat = self._k1 * K + self._k2
         for l in range(L):
             blk = c[:, :, l * l:(l + 1) * (l + 1)]
-            full = np.matmul(blk, blk.transpose(0, 2, 1))
-            out[:, :, l] = full[:, self._k1, self._k2]
-        out *= self._weight
+            full = np.matmul(blk, blk.transpose(0, 2, 1)).reshape(N, K * K)
+            out[:, l, :] = full[:, flat]
+        out *= self._weight[:, 0]
         return out.reshape(N, -1)
+
+    def _gather_index(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per neighbour species s: where each feature (k1, k2) reads the (n, q) block."""
+        n, K = self.n_max, self.n_species * self.n_max
+        out = []
+        for s in range(self.n_species):
+            own1 = (self._k1 // n) == s
+            own2 = (self._k2 // n) == s
+            ia = np.where(own1, (self._k1 - s * n) * K + self._k2, 0)
+            ib = np.where(own2, (self._k2 - s * n) * K + self._k1, 0)
+            out.append((ia, own1.astype(float), ib, own2.astype(float)))
+        return out
 
     def _frame_features(self, species_index, nl, gradients):
         n, L, S = self.n_max, self.l_max + 1, self.n_species
-        c, dA = density_coefficients(self.table, n, self.l_max, species_index, S, nl, gradients)
+        c = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
         X = self._spectrum(c)
         if not gradients:
             return self._normalized(X, None, nl)
-        P, K = len(nl.i), S * n
-        g = np.empty((P, 3, len(self._k1), L))
+        P, K, F2 = len(nl.i), S * n, len(self._k1)
+        g = np.empty((P, 3, L, F2))
         sj = species_index[nl.j]
-        for start in range(0, P, _CHUNK // 4):
-            sl = slice(start, min(P, start + _CHUNK // 4))
+        gather = self._gather_index()
+        w = self._weight[:, 0]
+        for start in range(0, P, _CHUNK):
+            sl = slice(start, min(P, start + _CHUNK))
+            p = sl.stop - sl.start
+            vec, r = nl.vectors[sl], nl.distances[sl]
+            R, dR = self.table(r)
+            R = R.reshape(p, n, L).transpose(0, 2, 1)  # (p, L, n)
+            dR = dR.reshape(p, n, L).transpose(0, 2, 1)
+            Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
+            Z = np.concatenate([Y[:, None, :], dY], axis=1)  # (p, 4, LM)
             ci = c[nl.i[sl]]  # (p, K, LM)
-            H = np.zeros((len(ci), 3, K, K, L))
+            # W[p, 0, l, q] = sum_m Y_lm c_{q lm};  W[p, 1 + x, l, q] = sum_m dY_x,lm c_{q lm}
+            W = np.empty((p, 4, L, K))
             for l in range(L):
                 m = slice(l * l, (l + 1) * (l + 1))
-                h = np.einsum("pxnm,pqm->pxnq", dA[sl, :, :, m], ci[:, :, m])
-                if S == 1:
-                    H[:, :, :, :, l] = h
-                else:
-                    for s in range(S):
-                        sel = np.nonzero(sj[sl] == s)[0]
-                        H[sel, :, s * n:(s + 1) * n, :, l] = h[sel]
-            D = H[:, :, self._k1, self._k2, :] + H[:, :, self._k2, self._k1, :]
-            g[sl] = D * self._weight
+                W[:, :, l, :] = np.matmul(Z[:, :, m], ci[:, :, m].transpose(0, 2, 1))
+            u = vec / r[:, None]
+            # h[p, x, l, n, q] = d c_{s_j n l .}/d r_p[x] . c_{q l .}
+            t1 = dR[:, :, :, None] * W[:, 0, :, None, :]
+            h = (u[:, :, None, None, None] * t1[:, None]
+                 + R[:, None, :, :, None] * W[:, 1:, :, None, :]).reshape(p, 3, L, n * K)
+            if S == 1:
+                ia, _, ib, _ = gather[0]
+                g[sl] = (h[..., ia] + h[..., ib]) * w
+            else:
+                for s_, (ia, ma, ib, mb) in enumerate(gather):
+                    sel = np.nonzero(sj[sl] == s_)[0]
+                    hs = h[sel]
+                    g[start + sel] = (hs[..., ia] * ma + hs[..., ib] * mb) * w
         return self._normalized(X, g.reshape(P, 3, -1), nl)
 
     def _normalized(self, X, g, nl):
