@@ -34,43 +34,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from ml4m.data.neighbors import NeighborList
-from ml4m.descriptors.base import Descriptor
+from ml4m.descriptors.base import Descriptor, padded_layout
 from ml4m.descriptors.cutoffs import cosine_cutoff
 from ml4m.errors import ConfigError
 
-__all__ = ["ACSF", "triplets"]
+__all__ = ["ACSF", "DEFAULT_G2", "DEFAULT_G4"]
 
 _ANI_GUARD = 0.95
 
 #: used when no parameters at all are given: 8 radial and 6 angular (G4) functions
 DEFAULT_G2 = [(eta, 0.0) for eta in (0.003, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4, 1.0)]
 DEFAULT_G4 = [(0.005, z, lam) for z in (1.0, 2.0, 4.0) for lam in (-1.0, 1.0)]
-
-
-def triplets(i: np.ndarray, n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
-    """All unordered pairs of neighbour entries ``(p, q), p < q`` sharing a centre.
-
-    Parameters
-    ----------
-    i : ndarray of shape (n_pairs,), int
-        Centre of each neighbour-list entry, sorted.
-    n_atoms : int
-        Number of atoms.
-
-    Returns
-    -------
-    p, q : ndarray of shape (n_triplets,), int64
-        Indices into the neighbour list.
-    """
-    P = len(i)
-    cnt = np.bincount(i, minlength=n_atoms)
-    start = np.cumsum(cnt) - cnt
-    local = np.arange(P) - start[i]
-    run = cnt[i] - local - 1
-    first = np.repeat(np.arange(P), run)
-    run_start = np.cumsum(run) - run
-    second = first + 1 + (np.arange(len(first)) - np.repeat(run_start, run))
-    return first, second
 
 
 def _params(name: str, value: Any, width: int) -> np.ndarray:
@@ -193,24 +167,30 @@ class ACSF(Descriptor):
         return np.stack(cols, 1), np.stack(dcols, 1)
 
     # ---- angular ------------------------------------------------------------------
-    def _angular(self, p, q, nl: NeighborList, fc, dfc, gradients: bool):
-        """Angular values ``(T, n_ang)`` and gradients w.r.t. ``r_ij``, ``r_ik`` ``(T, 3, n_ang)``."""
-        a, b = nl.vectors[p], nl.vectors[q]
-        rij, rik = nl.distances[p], nl.distances[q]
-        c = b - a
-        rjk2 = np.einsum("tx,tx->t", c, c)
-        rjk = np.sqrt(rjk2)
-        cos = np.einsum("tx,tx->t", a, b) / (rij * rik)
-        fij, fik = fc[p], fc[q]
-        f2 = fij * fik
-        fjk, dfjk = cosine_cutoff(rjk, self.r_cut) if len(self.g4) else (None, None)
+    def _angular_terms(self, dj, dk, fj, fk, dfj, dots, mask, gradients):
+        """Angular functions of neighbour pairs ``(j, k)`` given as broadcastable arrays.
+
+        ``dj, dk``: distances to j and k (Angstrom); ``fj, fk``: their cutoffs; ``dfj``:
+        derivative of ``fj``; ``dots = r_ij . r_ik``; ``mask`` zeroes excluded pairs.
+        Returns a list of ``(G, dG/dr_ij, dG/dr_jk or None, dG/dcos)`` (derivatives only
+        with ``gradients``), ``cos`` and ``r_jk``.
+        """
+        cos = dots / (dj * dk)
+        dj2, dk2 = dj * dj, dk * dk
+        rjk2 = np.maximum(dj2 + dk2 - 2.0 * dots, 0.0)
+        f2 = fj * fk * mask
+        rjk = fjk = dfjk = f3 = None
+        if len(self.g4):
+            rjk = np.sqrt(rjk2)
+            fjk, dfjk = cosine_cutoff(rjk, self.r_cut, derivative=gradients)
+            f3 = f2 * fjk
+        dfj_fk = dfj * fk * mask if gradients else None
         e_pair: dict[float, np.ndarray] = {}
         powers: dict[tuple[float, float], np.ndarray] = {}
 
         def epair(eta):  # exp(-eta (r_ij^2 + r_ik^2))
             if eta not in e_pair:
-                e = np.exp(-eta * nl.distances**2)
-                e_pair[eta] = e[p] * e[q]
+                e_pair[eta] = np.exp(-eta * (dj2 + dk2))
             return e_pair[eta]
 
         def power(lam, zeta):  # (1 + lam cos)^zeta, integer powers by multiplication
@@ -227,59 +207,131 @@ class ACSF(Descriptor):
                     powers[key] = (1.0 + lam * cos) ** zeta
             return powers[key]
 
-        vals, d_rij, d_rik, d_rjk, d_cos = [], [], [], [], []
+        terms = []
+        ef: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
         for kind, params in (("g4", self.g4), ("g5", self.g5)):
             for eta, zeta, lam in params:
+                if (kind, eta) not in ef:
+                    E = epair(eta) * np.exp(-eta * rjk2) if kind == "g4" else epair(eta)
+                    ef[kind, eta] = (E, E * (f3 if kind == "g4" else f2))
+                E, EF = ef[kind, eta]
                 pref = 2.0 ** (1.0 - zeta)
                 A = pref * power(lam, zeta)
-                E = epair(eta)
-                F = f2
-                if kind == "g4":
-                    E = E * np.exp(-eta * rjk2)
-                    F = f2 * fjk
-                AEF = A * E * F
-                vals.append(AEF)
+                G = A * EF
                 if not gradients:
+                    terms.append((G, None, None, None))
                     continue
-                fjk_ = fjk if kind == "g4" else 1.0
-                d_rij.append(A * E * (-2 * eta * rij * F + dfc[p] * fik * fjk_))
-                d_rik.append(A * E * (-2 * eta * rik * F + fij * dfc[q] * fjk_))
-                d_rjk.append(A * E * (-2 * eta * rjk * F + f2 * dfjk) if kind == "g4"
-                             else np.zeros_like(rij))
-                d_cos.append(pref * zeta * lam * power(lam, zeta - 1.0) * E * F)
+                F = f3 if kind == "g4" else f2
+                AE = A * E
+                d_ij = AE * (-2.0 * eta * dj * F + (dfj_fk * fjk if kind == "g4" else dfj_fk))
+                d_jk = AE * (-2.0 * eta * rjk * F + f2 * dfjk) if kind == "g4" else None
+                d_c = pref * zeta * lam * power(lam, zeta - 1.0) * EF
+                terms.append((G, d_ij, d_jk, d_c))
         if len(self.ani):
             cg = _ANI_GUARD * cos
             sin = np.sqrt(1.0 - cg * cg)
-            rho = 0.5 * (rij + rik)
+            rho = 0.5 * (dj + dk)
             for eta, zeta, ts, rs in self.ani:
-                cshift = cg * np.cos(ts) + sin * np.sin(ts)  # cos(t' - theta_s)
-                base = 1.0 + cshift
+                base = 1.0 + cg * np.cos(ts) + sin * np.sin(ts)  # 1 + cos(t' - theta_s)
                 A = 2.0 ** (1.0 - zeta) * base**zeta
                 E = np.exp(-eta * (rho - rs) ** 2)
-                vals.append(A * E * f2)
+                G = A * E * f2
                 if not gradients:
+                    terms.append((G, None, None, None))
                     continue
-                dcshift = _ANI_GUARD * (np.cos(ts) - cg / sin * np.sin(ts))  # d/d cos t
-                dA = 2.0 ** (1.0 - zeta) * zeta * base ** (zeta - 1.0) * dcshift
-                dE = -eta * (rho - rs) * E  # d/d r_ij = d/d r_ik
-                d_rij.append(A * (dE * f2 + E * dfc[p] * fik))
-                d_rik.append(A * (dE * f2 + E * fij * dfc[q]))
-                d_rjk.append(np.zeros_like(rij))
-                d_cos.append(dA * E * f2)
-        V = np.stack(vals, 1)
-        if not gradients:
-            return V, None, None
-        D_ij, D_ik, D_jk, D_c = (np.stack(x, 1) for x in (d_rij, d_rik, d_rjk, d_cos))
-        ua, ub = a / rij[:, None], b / rik[:, None]
-        safe = np.where(rjk > 0, rjk, 1.0)
-        uc = c / safe[:, None]
-        dcos_a = (ub - cos[:, None] * ua) / rij[:, None]
-        dcos_b = (ua - cos[:, None] * ub) / rik[:, None]
-        ga = (ua[:, :, None] * D_ij[:, None] - uc[:, :, None] * D_jk[:, None]
-              + dcos_a[:, :, None] * D_c[:, None])
-        gb = (ub[:, :, None] * D_ik[:, None] + uc[:, :, None] * D_jk[:, None]
-              + dcos_b[:, :, None] * D_c[:, None])
-        return V, ga, gb
+                dcs = _ANI_GUARD * (np.cos(ts) - cg / sin * np.sin(ts))  # d base / d cos t
+                dA = 2.0 ** (1.0 - zeta) * zeta * base ** (zeta - 1.0) * dcs
+                d_ij = A * (-eta * (rho - rs) * E * f2 + E * dfj_fk)
+                terms.append((G, d_ij, None, dA * E * f2))
+        return terms, cos, rjk
+
+    def _angular_values(self, v, d, f, spad):
+        """``M (C, n_pairs, n_t)``: sums over unordered neighbour pairs of a block of centres."""
+        C, B = d.shape
+        tj, tk = np.triu_indices(B, k=1)
+        dots = np.matmul(v, v.transpose(0, 2, 1))[:, tj, tk]
+        one = np.ones(1)
+        terms, _, _ = self._angular_terms(d[:, tj], d[:, tk], f[:, tj], f[:, tk], None, dots,
+                                          one, False)
+        if self.n_species == 1:
+            return np.stack([t[0].sum(axis=1) for t in terms], axis=-1)[:, None, :]
+        sj, sk = spad[:, tj], spad[:, tk]
+        hi = np.maximum(sj, sk)
+        its = hi * (hi + 1) // 2 + np.minimum(sj, sk)
+        out = np.empty((C, self._n_pairs, len(terms)))
+        for k in range(self._n_pairs):
+            w = its == k
+            for t, term in enumerate(terms):
+                out[:, k, t] = (term[0] * w).sum(axis=1)
+        return out
+
+    def _angular_gradients(self, v, d, f, df, m):
+        """``dG (C, B, 3, S, n_t)``: derivative w.r.t. ``r_ij`` of the functions of
+        species pair ``(s_j, c)`` (sum over ordered pairs ``k != j`` of species c)."""
+        C, B = d.shape
+        off = 1.0 - np.eye(B)
+        dots = np.matmul(v, v.transpose(0, 2, 1))
+        dj, dk = d[:, :, None], d[:, None, :]
+        terms, cos, rjk = self._angular_terms(dj, dk, f[:, :, None], f[:, None, :],
+                                              df[:, :, None], dots, off, True)
+        ua = v / d[:, :, None]
+        dcos_a = (ua[:, None, :, :] - cos[..., None] * ua[:, :, None, :]) / dj[..., None]
+        if rjk is not None:
+            uc = (v[:, None, :, :] - v[:, :, None, :]) / np.where(rjk > 0, rjk, 1.0)[..., None]
+        dG = np.empty((C, B, 3, m.shape[2], len(terms)))
+        for k, (_, d_ij, d_jk, d_c) in enumerate(terms):
+            for x in range(3):
+                gx = ua[:, :, None, x] * d_ij + dcos_a[..., x] * d_c
+                if d_jk is not None:
+                    gx = gx - uc[..., x] * d_jk
+                dG[:, :, x, :, k] = np.matmul(gx, m)
+        return dG
+
+    def _angular(self, species_index, nl: NeighborList, fc, dfc, X, g):
+        """Add the angular functions to ``X (N, F)`` and, if given, ``g (P, 3, F)``."""
+        N, S = len(species_index), self.n_species
+        order, rows, slot, B = padded_layout(nl.i, N)
+        v = np.zeros((N, B, 3))
+        v[:, :, 0] = self.r_cut  # padding: a neighbour at r_cut contributes nothing
+        v[rows, slot] = nl.vectors[order]
+        d = np.full((N, B), self.r_cut)
+        d[rows, slot] = nl.distances[order]
+        f = np.zeros((N, B))
+        f[rows, slot] = fc[order]
+        df = np.zeros((N, B))
+        df[rows, slot] = dfc[order]
+        spad = np.zeros((N, B), dtype=np.int64)
+        spad[rows, slot] = species_index[nl.j[order]]
+        m = np.zeros((N, B, S))
+        m[rows, slot, spad[rows, slot]] = 1.0
+        pidx = np.full((N, B), -1)
+        pidx[rows, slot] = order
+        n_ang, n_ani = len(self.g4) + len(self.g5), len(self.ani)
+        base = S * self._n_radial
+        cols = {}
+        for b in range(S):
+            for c in range(b + 1):
+                k = b * (b + 1) // 2 + c
+                cols[b, c] = cols[c, b] = np.concatenate([
+                    base + k * n_ang + np.arange(n_ang),
+                    base + self._n_pairs * n_ang + k * n_ani + np.arange(n_ani)])
+        step = max(1, 30_000 // (B * B))
+        for start in range(0, N, step):
+            blk = slice(start, min(N, start + step))
+            M = self._angular_values(v[blk], d[blk], f[blk], spad[blk])
+            for b in range(S):
+                for c in range(b + 1):
+                    X[blk, cols[b, c]] += M[:, b * (b + 1) // 2 + c]
+            if g is None:
+                continue
+            dG = self._angular_gradients(v[blk], d[blk], f[blk], df[blk], m[blk])
+            pb = pidx[blk]
+            for s_ in range(S):
+                sel = (pb >= 0) & (spad[blk] == s_)
+                pairs = pb[sel]
+                for c in range(S):
+                    g[pairs[:, None, None], np.arange(3)[None, :, None],
+                      cols[s_, c][None, None, :]] += dG[sel][:, :, c, :]
 
     def _frame_features(self, species_index, nl: NeighborList, gradients):
         N, S, F = len(species_index), self.n_species, self.n_features
@@ -296,30 +348,8 @@ class ACSF(Descriptor):
             if gradients:
                 u = nl.vectors[sel] / nl.distances[sel, None]
                 g[sel, :, cols] = u[:, :, None] * drad[sel, None, :]
-        n_ang = len(self.g4) + len(self.g5)
-        n_ani = len(self.ani)
-        if n_ang + n_ani == 0 or P == 0:
-            return X, g
-        p, q = triplets(nl.i, N)
-        if not (len(self.g5) or n_ani or gradients):
-            # only G4: triplets with r_jk >= r_cut contribute nothing
-            c = nl.vectors[q] - nl.vectors[p]
-            keep = np.einsum("tx,tx->t", c, c) < self.r_cut**2
-            p, q = p[keep], q[keep]
-        V, ga, gb = self._angular(p, q, nl, rad[:, 0], drad[:, 0], gradients)
-        hi = np.maximum(sj[p], sj[q])
-        its = hi * (hi + 1) // 2 + np.minimum(sj[p], sj[q])
-        base = S * nr
-        for k in range(self._n_pairs):
-            sel = np.nonzero(its == k)[0] if S > 1 else slice(None)
-            cols = np.concatenate([base + k * n_ang + np.arange(n_ang),
-                                   base + self._n_pairs * n_ang + k * n_ani + np.arange(n_ani)])
-            X[:, cols] += _segment_sum(nl.i[p[sel]], V[sel], N)
-            if gradients:
-                for rows, gg in ((p, ga), (q, gb)):
-                    g[:, :, cols] += _segment_sum(
-                        rows[sel], gg[sel].reshape(-1, 3 * len(cols)), P
-                    ).reshape(P, 3, len(cols))
+        if len(self.g4) + len(self.g5) + len(self.ani) and P:
+            self._angular(species_index, nl, rad[:, 0], drad[:, 0], X, g)
         return X, g
 
 

@@ -34,7 +34,7 @@ from ml4m.data.neighbors import NeighborList, neighbor_list
 from ml4m.descriptors._parallel import map_frames
 from ml4m.errors import ConfigError, DataError
 
-__all__ = ["Descriptor", "DescriptorResult", "as_frames", "parse_species"]
+__all__ = ["Descriptor", "DescriptorResult", "as_frames", "parse_species", "padded_layout"]
 
 
 @dataclass
@@ -120,6 +120,37 @@ def as_frames(frames: Any) -> list[Frame]:
             raise DataError(f"expected a Frame or ase.Atoms, got {type(f).__name__}", frame=k)
         out.append(f)
     return out
+
+
+def padded_layout(
+    key: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Group pair entries by ``key`` into zero-padded blocks.
+
+    Parameters
+    ----------
+    key : ndarray of shape (n_pairs,), int
+        Group of each pair (e.g. its centre), in ``[0, n_groups)``.
+    n_groups : int
+        Number of groups.
+
+    Returns
+    -------
+    order : ndarray of shape (n_pairs,)
+        Pairs sorted by group (stable).
+    group : ndarray of shape (n_pairs,)
+        ``key[order]``.
+    slot : ndarray of shape (n_pairs,)
+        Position of ``order[k]`` within its group.
+    width : int
+        Largest group size (at least 1).
+    """
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    counts = np.bincount(ks, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    slot = np.arange(len(ks)) - starts[ks]
+    return order, ks, slot, max(1, int(counts.max()) if len(ks) else 1)
 
 
 def _reduce_pair_gradients(

@@ -7,7 +7,9 @@ import numpy as np
 __all__ = ["cosine_cutoff", "smooth_cutoff"]
 
 
-def cosine_cutoff(r: np.ndarray, r_cut: float) -> tuple[np.ndarray, np.ndarray]:
+def cosine_cutoff(
+    r: np.ndarray, r_cut: float, derivative: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Behler's cosine cutoff ``f(r) = (cos(pi r / r_cut) + 1) / 2`` for ``r < r_cut``.
 
     Parameters
@@ -16,19 +18,25 @@ def cosine_cutoff(r: np.ndarray, r_cut: float) -> tuple[np.ndarray, np.ndarray]:
         Distances.
     r_cut : float
         Cutoff radius, Angstrom.
+    derivative : bool, default=True
+        Also return the derivative (else None).
 
     Returns
     -------
     f : ndarray
-        Cutoff values (0 for ``r >= r_cut``), dimensionless.
-    df : ndarray
+        Cutoff values (exactly 0 for ``r >= r_cut``), dimensionless.
+    df : ndarray or None
         ``df/dr``, 1/Angstrom (0 for ``r >= r_cut``).
     """
-    r = np.asarray(r, dtype=np.float64)
-    inside = r < r_cut
-    arg = np.pi * r / r_cut
-    f = np.where(inside, 0.5 * (np.cos(arg) + 1.0), 0.0)
-    df = np.where(inside, -0.5 * np.pi / r_cut * np.sin(arg), 0.0)
+    arg = np.minimum(np.asarray(r, dtype=np.float64) * (np.pi / r_cut), np.pi)
+    f = np.cos(arg)
+    f += 1.0
+    f *= 0.5
+    if not derivative:
+        return f, None
+    df = np.sin(arg)
+    df *= -0.5 * np.pi / r_cut
+    df[arg >= np.pi] = 0.0
     return f, df
 
 

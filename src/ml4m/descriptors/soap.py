@@ -29,25 +29,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from ml4m.data.neighbors import NeighborList
-from ml4m.descriptors.base import Descriptor
+from ml4m.descriptors.base import Descriptor, padded_layout
 from ml4m.descriptors.radial import HermiteTable, soap_radial_table
 from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
 
 __all__ = ["SOAP", "density_coefficients"]
 
 _CHUNK = 2048
-
-
-def _padded_layout(
-    key: np.ndarray, n_groups: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Group pairs by ``key``: order, group of each sorted pair, slot in group, max size."""
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    counts = np.bincount(ks, minlength=n_groups)
-    starts = np.cumsum(counts) - counts
-    slot = np.arange(len(ks)) - starts[ks]
-    return order, ks, slot, int(counts.max()) if len(ks) else 1
 
 
 def density_coefficients(
@@ -79,7 +67,7 @@ def density_coefficients(
     """
     N, S, L = len(species_index), n_species, l_max + 1
     G = N * S
-    order, ks, slot, B = _padded_layout(nl.i * S + species_index[nl.j], G)
+    order, ks, slot, B = padded_layout(nl.i * S + species_index[nl.j], G)
     r_cut = table.step * (len(table.values) - 1)
     dpad = np.full((G, B), r_cut)
     dpad[ks, slot] = nl.distances[order]
