@@ -27,9 +27,13 @@ def test_spherical_harmonics_orthonormal_and_match_scipy():
     np.testing.assert_allclose((Y * w[:, None]).T @ Y, np.eye(49), atol=1e-12)
     theta, phi = np.arccos(v[:, 2]), np.arctan2(v[:, 1], v[:, 0])
     np.testing.assert_allclose(Y[:, 12], sph_harm_y(3, 0, theta, phi).real, atol=1e-12)
-    # m > 0: sqrt(2) Re of the complex one, without Condon-Shortley phase
-    np.testing.assert_allclose(Y[:, 14], -np.sqrt(2) * sph_harm_y(3, 2, theta, phi).real
-                               * (-1) ** 2 * -1, atol=1e-12)
+    # m > 0: sqrt(2) (-1)^m Re Y_l^m (scipy includes the Condon-Shortley phase, ml4m not)
+    np.testing.assert_allclose(Y[:, 14], np.sqrt(2) * sph_harm_y(3, 2, theta, phi).real,
+                               atol=1e-12)
+    np.testing.assert_allclose(Y[:, 13], -np.sqrt(2) * sph_harm_y(3, 1, theta, phi).real,
+                               atol=1e-12)
+    np.testing.assert_allclose(Y[:, 10], np.sqrt(2) * sph_harm_y(3, 2, theta, phi).imag,
+                               atol=1e-12)
 
 
 def test_spherical_harmonics_gradient():
@@ -50,13 +54,10 @@ def test_radial_basis_orthonormal():
 
 
 def test_soap_radial_table_matches_quadrature():
-    """Spline nodes hold the radial integral; between nodes the cubic is accurate."""
+    """Between the nodes the spline equals the radial integral I_nl (here f_c = 1)."""
     table = soap_radial_table(3, 2, 4.0, 0.5, 0.5)
     d = np.array([1.2345, 2.71828])
     val, _ = table(d)
-    fine = soap_radial_table(3, 2, 4.0, 0.5, 0.5)  # same construction, evaluate at nodes
-    assert np.allclose(fine.values, table.values)
-    # direct quadrature of I_nl at d, l = 0, 1 (fc = 1 here)
     rq, wq = _quadrature(4.0, 400)
     R = radial_basis(rq, 3, 4.0)
     from scipy.special import spherical_in
