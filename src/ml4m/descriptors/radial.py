@@ -91,8 +91,10 @@ class HermiteTable:
         y0, y1 = values[:-1], values[1:]
         m0, m1 = derivatives[:-1] * step, derivatives[1:] * step
         # y(t) = a0 + a1 t + a2 t^2 + a3 t^3 on each interval, t in [0, 1]
-        self._coeffs = np.ascontiguousarray(np.stack(
-            [y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1], axis=1))
+        a = (y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1)
+        self._a = [np.ascontiguousarray(x) for x in a]
+        # derivative coefficients (per Angstrom): a1/h, 2 a2/h, 3 a3/h
+        self._d = [np.ascontiguousarray(q * a[q] / step) for q in (1, 2, 3)]
 
     @property
     def n_functions(self) -> int:
@@ -107,13 +109,24 @@ class HermiteTable:
         Distances at or beyond the last node take the last interval's end value.
         """
         s = np.asarray(r, dtype=np.float64) / self.step
-        k = np.minimum(s.astype(np.int64), len(self._coeffs) - 1)
+        k = np.minimum(s.astype(np.int64), len(self._a[0]) - 1)
         t = (s - k)[:, None]
-        a = self._coeffs[k]
-        val = a[:, 0] + t * (a[:, 1] + t * (a[:, 2] + t * a[:, 3]))
+        a0, a1, a2, a3 = self._a
+        val = a3[k]  # Horner, in place (fancy indexing returns a fresh array)
+        val *= t
+        val += a2[k]
+        val *= t
+        val += a1[k]
+        val *= t
+        val += a0[k]
         if not derivative:
             return val, None
-        der = (a[:, 1] + t * (2.0 * a[:, 2] + 3.0 * t * a[:, 3])) / self.step
+        d1, d2, d3 = self._d
+        der = d3[k]
+        der *= t
+        der += d2[k]
+        der *= t
+        der += d1[k]
         return val, der
 
 

@@ -36,6 +36,7 @@ from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
 __all__ = ["SOAP", "density_coefficients"]
 
 _CHUNK = 2048
+_BLOCK = 2048  # neighbour slots per block in density_coefficients
 
 
 def density_coefficients(
@@ -74,14 +75,18 @@ def density_coefficients(
     vpad = np.zeros((G, B, 3))
     vpad[ks, slot] = nl.vectors[order]
     vpad[:, :, 2] += dpad == r_cut  # any unit vector for the padding
-    R, _ = table(dpad.ravel(), derivative=False)
-    R = R.reshape(G, B, n_max, L)
-    Y, _ = real_spherical_harmonics(vpad.reshape(-1, 3), l_max)
-    Y = Y.reshape(G, B, L * L)
     c = np.empty((G, n_max, L * L))
-    for l in range(L):
-        m = slice(l * l, (l + 1) * (l + 1))
-        c[:, :, m] = np.matmul(R[:, :, :, l].transpose(0, 2, 1), Y[:, :, m])
+    step = max(1, _BLOCK // B)  # groups per block: keeps the work arrays in cache
+    for start in range(0, G, step):
+        g = slice(start, min(G, start + step))
+        ng = g.stop - g.start
+        R, _ = table(dpad[g].ravel(), derivative=False)
+        R = R.reshape(ng, B, n_max, L).transpose(0, 3, 2, 1)  # (ng, L, n, B)
+        Y, _ = real_spherical_harmonics(vpad[g].reshape(-1, 3), l_max)
+        Y = Y.reshape(ng, B, L * L)
+        for l in range(L):
+            m = slice(l * l, (l + 1) * (l + 1))
+            c[g, :, m] = np.matmul(R[:, l], Y[:, :, m])
     return c.reshape(N, S * n_max, L * L)
 
 
