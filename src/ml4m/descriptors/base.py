@@ -6,8 +6,9 @@ Every local descriptor here is a function of the pair vectors ``r_ij`` (from cen
 the *pair gradients* ``g_p = d B_i / d r_ij`` for every pair ``p = (i, j, shift)``.
 The base class turns those into the public gradient layout:
 
-* position derivatives, sparse per (centre, atom) pair: for every centre ``i`` an entry
-  for itself and one for every distinct neighbour atom ``k != i``,
+* position derivatives, sparse per (centre, atom) pair, in no particular order: for
+  every centre ``i`` an entry for itself and one for every distinct neighbour atom
+  ``k != i`` (each pair once),
   ``d B_i / d r_k = sum_{p: j_p = k} g_p - delta_ik sum_p g_p``
   (all periodic images of ``k`` summed);
 * strain derivatives ``d B_i / d eps_ab = sum_p g_{p,a} r_{ij,b}`` for the homogeneous
@@ -160,7 +161,21 @@ def _reduce_pair_gradients(
     P, F = len(nl.i), g.shape[-1]
     N = n_atoms
     ar = np.arange(P)
-    keys = np.concatenate([nl.i * N + nl.j, nl.i * N + nl.i, np.arange(N) * (N + 1)])
+    C = sp.csr_matrix((np.ones(P), (nl.i, ar)), shape=(N, max(P, 1)))
+    strain = np.zeros((N, 3, 3, F))
+    if P:
+        for b in range(3):
+            strain[:, :, b, :] = np.asarray(
+                C @ (g * nl.vectors[:, b, None, None]).reshape(P, 3 * F)
+            ).reshape(N, 3, F)
+    pair_keys = nl.i * N + nl.j
+    if P and np.all(nl.j != nl.i) and np.all(np.diff(pair_keys) > 0):
+        # every (i, j) appears once (no periodic images of the same atom): the pair
+        # gradients are the entries; the self entries are minus their sums per centre
+        self_grad = -np.asarray(C @ g.reshape(P, 3 * F)).reshape(N, 3, F)
+        return (np.concatenate([nl.i, np.arange(N)]), np.concatenate([nl.j, np.arange(N)]),
+                np.concatenate([g, self_grad]), strain)
+    keys = np.concatenate([pair_keys, nl.i * N + nl.i, np.arange(N) * (N + 1)])
     uniq, inv = np.unique(keys, return_inverse=True)
     data = np.concatenate([np.ones(P), -np.ones(P), np.zeros(N)])
     cols = np.concatenate([ar, ar, np.zeros(N, dtype=np.int64)])
@@ -169,13 +184,6 @@ def _reduce_pair_gradients(
     if P == 0:
         gflat = np.zeros((1, 3 * F))
     grads = np.asarray(M @ gflat).reshape(len(uniq), 3, F)
-    C = sp.csr_matrix((np.ones(P), (nl.i, ar)), shape=(N, max(P, 1)))
-    strain = np.zeros((N, 3, 3, F))
-    if P:
-        for b in range(3):
-            strain[:, :, b, :] = np.asarray(
-                C @ (g * nl.vectors[:, b, None, None]).reshape(P, 3 * F)
-            ).reshape(N, 3, F)
     return uniq // N, uniq % N, grads, strain
 
 

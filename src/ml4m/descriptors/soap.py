@@ -174,18 +174,6 @@ class SOAP(Descriptor):
         out *= self._weight[:, 0]
         return out.reshape(N, -1)
 
-    def _gather_index(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """Per neighbour species s: where each feature (k1, k2) reads the (n, q) block."""
-        n, K = self.n_max, self.n_species * self.n_max
-        out = []
-        for s in range(self.n_species):
-            own1 = (self._k1 // n) == s
-            own2 = (self._k2 // n) == s
-            ia = np.where(own1, (self._k1 - s * n) * K + self._k2, 0)
-            ib = np.where(own2, (self._k2 - s * n) * K + self._k1, 0)
-            out.append((ia, own1.astype(float), ib, own2.astype(float)))
-        return out
-
     def _frame_features(self, species_index, nl, gradients):
         n, L, S = self.n_max, self.l_max + 1, self.n_species
         c = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
@@ -193,10 +181,10 @@ class SOAP(Descriptor):
         if not gradients:
             return self._normalized(X, None, nl)
         P, K, F2 = len(nl.i), S * n, len(self._k1)
+        k1, k2 = self._k1, self._k2
+        w = self._weight[:, 0]
         g = np.empty((P, 3, L, F2))
         sj = species_index[nl.j]
-        gather = self._gather_index()
-        w = self._weight[:, 0]
         for start in range(0, P, _CHUNK):
             sl = slice(start, min(P, start + _CHUNK))
             p = sl.stop - sl.start
@@ -204,6 +192,11 @@ class SOAP(Descriptor):
             R, dR = self.table(r)
             R = R.reshape(p, n, L).transpose(0, 2, 1)  # (p, L, n)
             dR = dR.reshape(p, n, L).transpose(0, 2, 1)
+            if S > 1:  # place the neighbour's radial functions in its species block
+                Rk, dRk = np.zeros((p, L, S, n)), np.zeros((p, L, S, n))
+                Rk[np.arange(p), :, sj[sl], :] = R
+                dRk[np.arange(p), :, sj[sl], :] = dR
+                R, dR = Rk.reshape(p, L, K), dRk.reshape(p, L, K)
             Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
             Z = np.concatenate([Y[:, None, :], dY], axis=1)  # (p, 4, LM)
             ci = c[nl.i[sl]]  # (p, K, LM)
@@ -212,19 +205,15 @@ class SOAP(Descriptor):
             for l in range(L):
                 m = slice(l * l, (l + 1) * (l + 1))
                 W[:, :, l, :] = np.matmul(Z[:, :, m], ci[:, :, m].transpose(0, 2, 1))
+            YC, dYC = W[:, 0], W[:, 1:]
+            # d p_{k1 k2 l} / d r = u (R'_k1 YC_k2 + R'_k2 YC_k1) + R_k1 dYC_k2 + R_k2 dYC_k1
+            radial = dR[..., k1] * YC[..., k2] + dR[..., k2] * YC[..., k1]  # (p, L, F2)
+            angular = (R[:, None, :, k1] * dYC[..., k2]
+                       + R[:, None, :, k2] * dYC[..., k1])  # (p, 3, L, F2)
             u = vec / r[:, None]
-            # h[p, x, l, n, q] = d c_{s_j n l .}/d r_p[x] . c_{q l .}
-            t1 = dR[:, :, :, None] * W[:, 0, :, None, :]
-            h = (u[:, :, None, None, None] * t1[:, None]
-                 + R[:, None, :, :, None] * W[:, 1:, :, None, :]).reshape(p, 3, L, n * K)
-            if S == 1:
-                ia, _, ib, _ = gather[0]
-                g[sl] = (h[..., ia] + h[..., ib]) * w
-            else:
-                for s_, (ia, ma, ib, mb) in enumerate(gather):
-                    sel = np.nonzero(sj[sl] == s_)[0]
-                    hs = h[sel]
-                    g[start + sel] = (hs[..., ia] * ma + hs[..., ib] * mb) * w
+            angular += u[:, :, None, None] * radial[:, None]
+            angular *= w
+            g[sl] = angular
         return self._normalized(X, g.reshape(P, 3, -1), nl)
 
     def _normalized(self, X, g, nl):
