@@ -106,7 +106,7 @@ def test_gradient_layouts_agree():
     from ml4m.descriptors.base import _reduce_pair_gradients
 
     desc = SOAP(["Cu", "Au"], r_cut=4.0, n_max=2, l_max=2)
-    atoms = alloy(seed=8, repeat=(2, 2, 2))  # 32 atoms, 7.4 A cell: no repeated pairs
+    atoms = alloy(seed=8, repeat=(3, 3, 3))  # 11.1 A cell > 2 r_cut: no repeated pairs
     nl = neighbor_list(atoms, desc.r_cut)
     _, g = desc._frame_features(desc._check_frame(Frame.from_atoms(atoms), 0), nl, True)
     n = len(atoms)
