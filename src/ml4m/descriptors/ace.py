@@ -1,0 +1,243 @@
+"""ACE: the atomic cluster expansion basis (one-particle basis A, invariant products B).
+
+One-particle basis, per neighbour species ``a``::
+
+    A_{i, a n l m} = sum_{j in a} f_c(r_ij) R_n(r_ij) Y_lm(r_ij_hat)
+
+with the orthonormal polynomial radial basis ``R_n`` of :mod:`ml4m.descriptors.radial`
+(``n = 0 .. n_max - 1``), the smooth cutoff ``f_c`` and ml4m's real spherical harmonics.
+A one-particle function is ``alpha = (l, k)`` with channel ``k = a * n_max + n``.
+
+Rotation-invariant product basis B, correlation order ``nu = 1 .. correlation_order``
+(at most 4), coupled with real Clebsch-Gordan tensors ``C`` (:mod:`ml4m.descriptors.coupling`)::
+
+    nu = 1:  B = A_{k, 00}
+    nu = 2:  B = sum_m A_{k1, l m} A_{k2, l m}
+    nu = 3:  B = sum_M T^{l3}_M(alpha1, alpha2) A_{k3, l3 M},
+             T^L_M(alpha1, alpha2) = sum_{m1 m2} C^{l1 l2 L}_{m1 m2 M} A_{k1 l1 m1} A_{k2 l2 m2}
+    nu = 4:  B = sum_M T^L_M(alpha1, alpha2) T^L_M(alpha3, alpha4),  for every valid L
+
+Truncation (documented, "total degree"): with ``deg(alpha) = n + 1 + l``, keep the
+tuples ``alpha1 <= alpha2 <= ... `` (sorted by ``(l, k)``) with
+``sum deg(alpha_t) <= total_degree``, ``l_t <= l_max``, ``sum l_t`` even (invariance under
+inversion too) and the triangle conditions; couplings that vanish identically
+(``alpha1 = alpha2`` with ``l1 + l2 + L`` odd) are skipped. For repeated channels a
+few functions may be linearly dependent (harmless for regularised linear fits).
+Feature order: by correlation order, then in the enumeration order above (see
+:meth:`ACE.feature_names`).
+
+A linear ACE potential ``E_i = c . B_i`` needs dB/dr and dB/d(strain): both are
+analytic (``compute(..., gradients=True)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from ml4m.data.neighbors import NeighborList
+from ml4m.descriptors.base import Descriptor
+from ml4m.descriptors.coupling import real_clebsch_gordan
+from ml4m.descriptors.radial import HermiteTable, ace_radial_table
+from ml4m.descriptors.soap import density_coefficients
+from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
+
+__all__ = ["ACE"]
+
+_CHUNK = 4096
+
+
+class ACE(Descriptor):
+    """The ACE product basis B (see the module docstring).
+
+    Parameters
+    ----------
+    species : iterable of str or int
+        Elements (symbols or atomic numbers).
+    r_cut : float, default=5.0
+        Cutoff radius, Angstrom.
+    n_max : int, default=4
+        Radial functions per species (1..12).
+    l_max : int, default=3
+        Largest angular momentum (0..6).
+    correlation_order : int, default=3
+        Largest body order minus one, ``nu`` (1..4).
+    total_degree : int, default=8
+        Truncation ``sum (n + 1 + l) <= total_degree`` (1..30).
+    cutoff_width : float, default=1.0
+        Width of the smooth cutoff transition, Angstrom (at most ``r_cut``).
+    average : bool, default=False
+        One row per frame: the mean of the per-atom vectors.
+    """
+
+    name = "ace"
+
+    def __init__(
+        self, species: Iterable[str | int], r_cut: float = 5.0, n_max: int = 4, l_max: int = 3,
+        correlation_order: int = 3, total_degree: int = 8, cutoff_width: float = 1.0,
+        average: bool = False,
+    ) -> None:
+        super().__init__(species, r_cut, average)
+        self.n_max = self._check_int("n_max", n_max, 1, 12)
+        self.l_max = self._check_int("l_max", l_max, 0, 6)
+        self.correlation_order = self._check_int("correlation_order", correlation_order, 1, 4)
+        self.total_degree = self._check_int("total_degree", total_degree, 1, 30)
+        self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
+        self._table: HermiteTable | None = None
+        self._basis = self._enumerate()
+
+    def settings(self) -> dict[str, Any]:
+        """Hyperparameters as a JSON-serialisable dict."""
+        out = super().settings()
+        out.update(n_max=self.n_max, l_max=self.l_max, correlation_order=self.correlation_order,
+                   total_degree=self.total_degree, cutoff_width=self.cutoff_width)
+        return out
+
+    # ---- basis enumeration --------------------------------------------------------
+    def _enumerate(self) -> list[tuple[tuple[tuple[int, int], ...], int]]:
+        """Basis functions as ``(alphas, L)``; ``L`` is the coupling (-1 if unused)."""
+        K = self.n_species * self.n_max
+        alphas = sorted(((l, k) for l in range(self.l_max + 1) for k in range(K)
+                         if self._deg((l, k)) <= self.total_degree))
+        out: list[tuple[tuple[tuple[int, int], ...], int]] = []
+        for nu in range(1, self.correlation_order + 1):
+            for combo in itertools.combinations_with_replacement(alphas, nu):
+                if sum(self._deg(a) for a in combo) > self.total_degree:
+                    continue
+                ls = [a[0] for a in combo]
+                if sum(ls) % 2:
+                    continue
+                if nu == 1:
+                    if ls[0] == 0:
+                        out.append((combo, -1))
+                elif nu == 2:
+                    if ls[0] == ls[1]:
+                        out.append((combo, -1))
+                elif nu == 3:
+                    l1, l2, l3 = ls
+                    if abs(l1 - l2) <= l3 <= l1 + l2 and not (combo[0] == combo[1] and l3 % 2):
+                        out.append((combo, l3))
+                else:
+                    l1, l2, l3, l4 = ls
+                    for L in range(max(abs(l1 - l2), abs(l3 - l4)), min(l1 + l2, l3 + l4) + 1):
+                        if combo[0] == combo[1] and L % 2:
+                            continue
+                        if combo[2] == combo[3] and L % 2:
+                            continue
+                        out.append((combo, L))
+        return out
+
+    def _deg(self, alpha: tuple[int, int]) -> int:
+        l, k = alpha
+        return k % self.n_max + 1 + l
+
+    @property
+    def n_features(self) -> int:
+        """Number of basis functions B after truncation."""
+        return len(self._basis)
+
+    def feature_names(self) -> list[str]:
+        """Names such as ``"B3[Cu0l1,Cu1l1,Cu0l2]"`` or ``"B4[...](L=2)"`` in column order."""
+        sym = self.species_symbols
+        out = []
+        for combo, L in self._basis:
+            parts = ",".join(f"{sym[k // self.n_max]}{k % self.n_max}l{l}" for l, k in combo)
+            out.append(f"B{len(combo)}[{parts}]" + (f"(L={L})" if len(combo) == 4 else ""))
+        return out
+
+    @property
+    def table(self) -> HermiteTable:
+        """Tabulated ``f_c R_n`` (repeated for every ``l``; built on first use)."""
+        if self._table is None:
+            t = ace_radial_table(self.n_max, self.r_cut, self.cutoff_width)
+            L = self.l_max + 1
+            self._table = HermiteTable(t.step, np.repeat(t.values, L, axis=1),
+                                       np.repeat(t.derivatives, L, axis=1))
+        return self._table
+
+    # ---- evaluation ---------------------------------------------------------------
+    def _products(self, A, dA=None):
+        """B (rows, F) from A (rows, K, LM); with dA (rows, 3, K, LM) the directional
+        derivative dB (rows, 3, F) (product rule over the factors)."""
+        def blk(X, alpha):
+            l, k = alpha
+            return X[..., k, l * l:(l + 1) * (l + 1)]
+
+        cache: dict = {}
+
+        def coupled(a1, a2, L):
+            key = (a1, a2, L)
+            if key not in cache:
+                C = real_clebsch_gordan(a1[0], a2[0], L)
+                x1, x2 = blk(A, a1), blk(A, a2)
+                T = np.einsum("rm,rn,mnM->rM", x1, x2, C)
+                dT = None
+                if dA is not None:
+                    d1, d2 = blk(dA, a1), blk(dA, a2)
+                    dT = (np.einsum("rxm,rn,mnM->rxM", d1, x2, C)
+                          + np.einsum("rm,rxn,mnM->rxM", x1, d2, C))
+                cache[key] = (T, dT)
+            return cache[key]
+
+        rows = len(A)
+        B = np.empty((rows, len(self._basis)))
+        dB = np.empty((rows, 3, len(self._basis))) if dA is not None else None
+        for f, (combo, L) in enumerate(self._basis):
+            nu = len(combo)
+            if nu == 1:
+                B[:, f] = blk(A, combo[0])[:, 0]
+                if dA is not None:
+                    dB[:, :, f] = blk(dA, combo[0])[:, :, 0]
+                continue
+            if nu == 2:
+                x1, x2 = blk(A, combo[0]), blk(A, combo[1])
+                B[:, f] = np.einsum("rm,rm->r", x1, x2)
+                if dA is not None:
+                    dB[:, :, f] = (np.einsum("rxm,rm->rx", blk(dA, combo[0]), x2)
+                                   + np.einsum("rm,rxm->rx", x1, blk(dA, combo[1])))
+                continue
+            T, dT = coupled(combo[0], combo[1], L)
+            if nu == 3:
+                x3 = blk(A, combo[2])
+                B[:, f] = np.einsum("rM,rM->r", T, x3)
+                if dA is not None:
+                    dB[:, :, f] = (np.einsum("rxM,rM->rx", dT, x3)
+                                   + np.einsum("rM,rxM->rx", T, blk(dA, combo[2])))
+                continue
+            T2, dT2 = coupled(combo[2], combo[3], L)
+            B[:, f] = np.einsum("rM,rM->r", T, T2)
+            if dA is not None:
+                dB[:, :, f] = (np.einsum("rxM,rM->rx", dT, T2)
+                               + np.einsum("rM,rxM->rx", T, dT2))
+        return B, dB
+
+    def _frame_features(self, species_index, nl: NeighborList, gradients):
+        n, L, S = self.n_max, self.l_max + 1, self.n_species
+        A = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
+        B, _ = self._products(A)
+        if not gradients:
+            return B, None
+        P, K, LM = len(nl.i), S * n, L * L
+        lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
+        g = np.empty((P, 3, self.n_features))
+        sj = species_index[nl.j]
+        for start in range(0, P, _CHUNK):
+            sl = slice(start, min(P, start + _CHUNK))
+            p = sl.stop - sl.start
+            vec, r = nl.vectors[sl], nl.distances[sl]
+            R, dR = self.table(r)
+            R = R.reshape(p, n, L)[:, :, lidx]
+            dR = dR.reshape(p, n, L)[:, :, lidx]
+            Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
+            u = vec / r[:, None]
+            dphi = (dR[:, None] * u[:, :, None, None] * Y[:, None, None, :]
+                    + R[:, None] * dY[:, :, None, :])  # (p, 3, n, LM)
+            dA = np.zeros((p, 3, K, LM))
+            for s_ in range(S):
+                sel = np.nonzero(sj[sl] == s_)[0]
+                dA[sel, :, s_ * n:(s_ + 1) * n] = dphi[sel]
+            _, g[sl] = self._products(A[nl.i[sl]], dA)
+        return B, g

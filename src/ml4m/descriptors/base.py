@@ -1,0 +1,388 @@
+"""The descriptor template: species handling, validation, frames in, one result type out.
+
+Every local descriptor here is a function of the pair vectors ``r_ij`` (from centre
+``i`` to the images of its neighbours ``j`` within ``r_cut``). A subclass implements
+:meth:`Descriptor._frame_features`, which returns the per-atom features and, when asked,
+the *pair gradients* ``g_p = d B_i / d r_ij`` for every pair ``p = (i, j, shift)``.
+The base class turns those into the public gradient layout:
+
+* position derivatives, sparse per (centre, atom) pair, in no particular order: for
+  every centre ``i`` an entry for itself and one for every distinct neighbour atom
+  ``k != i`` (each pair once),
+  ``d B_i / d r_k = sum_{p: j_p = k} g_p - delta_ik sum_p g_p``
+  (all periodic images of ``k`` summed);
+* strain derivatives ``d B_i / d eps_ab = sum_p g_{p,a} r_{ij,b}`` for the homogeneous
+  deformation ``r -> (1 + eps) r`` of positions and cell (cell rows transform as
+  ``cell @ (1 + eps).T``).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from ase import Atoms
+from ase.data import atomic_numbers as _symbol_to_z
+from ase.data import chemical_symbols
+
+from ml4m.data.frames import Dataset, Frame
+from ml4m.data.neighbors import NeighborList, neighbor_list
+from ml4m.descriptors._parallel import map_frames
+from ml4m.errors import ConfigError, DataError
+
+__all__ = ["Descriptor", "DescriptorResult", "as_frames", "parse_species", "padded_layout"]
+
+
+@dataclass
+class DescriptorResult:
+    """Descriptors of a list of frames.
+
+    Attributes
+    ----------
+    features : ndarray of shape (n_rows, n_features)
+        One row per atom (frames concatenated in order), or one per frame when the
+        descriptor averages.
+    frame : ndarray of shape (n_rows,), int64
+        Frame index of each row.
+    numbers : ndarray of shape (n_rows,), int64
+        Atomic number of each row's centre; ``-1`` for averaged (per-frame) rows.
+    atom : ndarray of shape (n_rows,), int64
+        Index of the centre within its frame; ``-1`` for averaged rows.
+    gradient_row : ndarray of shape (n_gradients,), int64, optional
+        Row of ``features`` that each gradient entry differentiates.
+    gradient_atom : ndarray of shape (n_gradients,), int64, optional
+        Global index (frames concatenated) of the atom moved.
+    gradients : ndarray of shape (n_gradients, 3, n_features), optional
+        ``d features[gradient_row] / d positions[gradient_atom]``, per Angstrom.
+        Pairs not listed have zero derivative.
+    strain_gradients : ndarray of shape (n_rows, 3, 3, n_features), optional
+        ``d features[row] / d eps_ab`` for the deformation ``r -> (1 + eps) r``
+        (dimensionless).
+    """
+
+    features: np.ndarray
+    frame: np.ndarray
+    numbers: np.ndarray
+    atom: np.ndarray
+    gradient_row: np.ndarray | None = None
+    gradient_atom: np.ndarray | None = None
+    gradients: np.ndarray | None = None
+    strain_gradients: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def parse_species(species: Iterable[str | int] | str | None) -> tuple[int, ...]:
+    """Sorted unique atomic numbers from symbols or numbers.
+
+    Parameters
+    ----------
+    species : iterable of str or int, or a comma-separated str
+        E.g. ``["Cu", "Au"]``, ``[29, 79]`` or ``"Cu,Au"``.
+
+    Returns
+    -------
+    tuple of int
+    """
+    if species is None:
+        raise ConfigError("species must be given (chemical symbols or atomic numbers), got None")
+    if isinstance(species, str):
+        species = [s for s in species.replace(" ", "").split(",") if s]
+    out = set()
+    for s in species:
+        if isinstance(s, (int, np.integer)) and 0 < int(s) < len(chemical_symbols):
+            out.add(int(s))
+        elif isinstance(s, str) and s in _symbol_to_z and s != "X":
+            out.add(_symbol_to_z[s])
+        else:
+            raise ConfigError(f"species: unknown element {s!r}")
+    if not out:
+        raise ConfigError("species must name at least one element, got an empty list")
+    return tuple(sorted(out))
+
+
+def as_frames(frames: Any) -> list[Frame]:
+    """Accept one Frame/Atoms, a Dataset or a sequence of them; return a list of frames."""
+    if isinstance(frames, (Frame, Atoms)):
+        frames = [frames]
+    if isinstance(frames, Dataset):
+        return list(frames.frames)
+    out = []
+    for k, f in enumerate(frames):
+        if isinstance(f, Atoms):
+            f = Frame.from_atoms(f)
+        elif not isinstance(f, Frame):
+            raise DataError(f"expected a Frame or ase.Atoms, got {type(f).__name__}", frame=k)
+        out.append(f)
+    return out
+
+
+def padded_layout(
+    key: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Group pair entries by ``key`` into zero-padded blocks.
+
+    Parameters
+    ----------
+    key : ndarray of shape (n_pairs,), int
+        Group of each pair (e.g. its centre), in ``[0, n_groups)``.
+    n_groups : int
+        Number of groups.
+
+    Returns
+    -------
+    order : ndarray of shape (n_pairs,)
+        Pairs sorted by group (stable).
+    group : ndarray of shape (n_pairs,)
+        ``key[order]``.
+    slot : ndarray of shape (n_pairs,)
+        Position of ``order[k]`` within its group.
+    width : int
+        Largest group size (at least 1).
+    """
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    counts = np.bincount(ks, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    slot = np.arange(len(ks)) - starts[ks]
+    return order, ks, slot, max(1, int(counts.max()) if len(ks) else 1)
+
+
+def _reduce_pair_gradients(
+    nl: NeighborList, g: np.ndarray, n_atoms: int, allow_fast: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pair gradients ``(P, 3, F)`` to (centre, atom) gradients and strain gradients."""
+    P, F = len(nl.i), g.shape[-1]
+    N = n_atoms
+    ar = np.arange(P)
+    C = sp.csr_matrix((np.ones(P), (nl.i, ar)), shape=(N, max(P, 1)))
+    strain = np.zeros((N, 3, 3, F))
+    if P:
+        for b in range(3):
+            strain[:, :, b, :] = np.asarray(
+                C @ (g * nl.vectors[:, b, None, None]).reshape(P, 3 * F)
+            ).reshape(N, 3, F)
+    pair_keys = nl.i * N + nl.j
+    if allow_fast and P and np.all(nl.j != nl.i) and np.all(np.diff(np.sort(pair_keys)) > 0):
+        # every (i, j) appears once (no periodic images of the same atom): the pair
+        # gradients are the entries; the self entries are minus their sums per centre
+        self_grad = -np.asarray(C @ g.reshape(P, 3 * F)).reshape(N, 3, F)
+        return (np.concatenate([nl.i, np.arange(N)]), np.concatenate([nl.j, np.arange(N)]),
+                np.concatenate([g, self_grad]), strain)
+    keys = np.concatenate([pair_keys, nl.i * N + nl.i, np.arange(N) * (N + 1)])
+    uniq, inv = np.unique(keys, return_inverse=True)
+    data = np.concatenate([np.ones(P), -np.ones(P), np.zeros(N)])
+    cols = np.concatenate([ar, ar, np.zeros(N, dtype=np.int64)])
+    M = sp.csr_matrix((data, (inv, cols)), shape=(len(uniq), max(P, 1)))
+    gflat = g.reshape(P, 3 * F)
+    if P == 0:
+        gflat = np.zeros((1, 3 * F))
+    grads = np.asarray(M @ gflat).reshape(len(uniq), 3, F)
+    return uniq // N, uniq % N, grads, strain
+
+
+class Descriptor(ABC):
+    """Base class of ml4m descriptors (see module docstring for the gradient layout).
+
+    Parameters
+    ----------
+    species : iterable of str or int
+        Elements the descriptor is set up for (symbols or atomic numbers); a frame
+        with any other element raises :class:`~ml4m.errors.DataError`.
+    r_cut : float
+        Cutoff radius, Angstrom (> 0).
+    """
+
+    #: short name used by the CLI and :func:`ml4m.descriptors.describe_frames`
+    name: str = ""
+
+    def __init__(
+        self, species: Iterable[str | int], r_cut: float, average: bool = False
+    ) -> None:
+        self.average = bool(average)
+        self.species = parse_species(species)
+        self.r_cut = self._check_positive("r_cut", r_cut)
+        self._z_index = np.full(max(self.species) + 1, -1, dtype=np.int64)
+        self._z_index[list(self.species)] = np.arange(len(self.species))
+
+    # ---- validation helpers -------------------------------------------------------
+    @staticmethod
+    def _check_positive(name: str, value: Any) -> float:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a positive number, got {value!r}") from None
+        if not np.isfinite(v) or v <= 0:
+            raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        return v
+
+    @staticmethod
+    def _check_int(name: str, value: Any, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or not low <= int(value) <= high:
+            raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        return int(value)
+
+    @property
+    def n_species(self) -> int:
+        """Number of species."""
+        return len(self.species)
+
+    @property
+    def species_symbols(self) -> list[str]:
+        """Chemical symbols of :attr:`species`."""
+        return [chemical_symbols[z] for z in self.species]
+
+    # ---- to implement --------------------------------------------------------------
+    @property
+    @abstractmethod
+    def n_features(self) -> int:
+        """Length of one feature vector."""
+
+    @abstractmethod
+    def feature_names(self) -> list[str]:
+        """One name per feature, in the stable, documented order of the columns."""
+
+    @abstractmethod
+    def _frame_features(
+        self, species_index: np.ndarray, nl: NeighborList, gradients: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-atom features ``(N, F)`` and pair gradients ``(P, 3, F)`` (or None)."""
+
+    def settings(self) -> dict[str, Any]:
+        """The hyperparameters as a JSON-serialisable dict."""
+        return {"descriptor": self.name, "species": self.species_symbols, "r_cut": self.r_cut,
+                "average": self.average}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items() if k != "descriptor")
+        return f"{type(self).__name__}({args})"
+
+    # ---- the template --------------------------------------------------------------
+    def _check_frame(self, frame: Frame, k: int) -> np.ndarray:
+        path = frame.source[0] if frame.source else None
+        index = frame.source[1] if frame.source else k
+        if len(frame) == 0:
+            raise DataError("structure has no atoms: nothing to describe", path, index)
+        if not np.all(np.isfinite(frame.positions)):
+            raise DataError("positions contain NaN or infinite values", path, index)
+        if np.any(frame.pbc) and frame.volume < 1e-9:
+            raise DataError("periodic structure with a zero-volume cell", path, index)
+        z = np.asarray(frame.numbers, dtype=np.int64)
+        idx = np.where(z < len(self._z_index), self._z_index[np.minimum(z, len(self._z_index) - 1)],
+                       -1)
+        if np.any(idx < 0):
+            bad = sorted({int(x) for x in z[idx < 0]})
+            names = ", ".join(f"{chemical_symbols[b]} (Z={b})" for b in bad)
+            raise DataError(
+                f"element(s) {names} not among the descriptor's species "
+                f"{self.species_symbols}; set species to include them", path, index)
+        return idx
+
+    def compute_frame(self, frame: Frame | Atoms, gradients: bool = False, index: int = 0):
+        """Features of one frame (see :meth:`compute`); returns a result for that frame alone."""
+        if isinstance(frame, Atoms):
+            frame = Frame.from_atoms(frame)
+        idx = self._check_frame(frame, index)
+        nl = neighbor_list(frame, self.r_cut, full_list=True)
+        X, g = self._frame_features(idx, nl, gradients)
+        N = len(frame)
+        res = DescriptorResult(
+            features=X, frame=np.full(N, index, dtype=np.int64),
+            numbers=np.asarray(frame.numbers, dtype=np.int64).copy(),
+            atom=np.arange(N, dtype=np.int64))
+        if gradients:
+            res.gradient_row, res.gradient_atom, res.gradients, res.strain_gradients = \
+                _reduce_pair_gradients(nl, g, N)
+        return _average(res, N) if self.average else res
+
+    def compute(
+        self,
+        frames: Any,
+        gradients: bool = False,
+        n_jobs: int | None = 1,
+        progress: bool = False,
+    ) -> DescriptorResult:
+        """Descriptors of every atom of every frame.
+
+        Parameters
+        ----------
+        frames : Frame, ase.Atoms, Dataset or sequence of Frame/Atoms
+            Structures (positions in Angstrom).
+        gradients : bool, default=False
+            Also compute position and strain derivatives (see module docstring).
+        n_jobs : int or None, default=1
+            Worker threads over frames (``-1``: all cores).
+        progress : bool, default=False
+            Show a progress bar on stderr.
+
+        Returns
+        -------
+        DescriptorResult
+            Rows are atoms, frames concatenated in order.
+
+        Raises
+        ------
+        DataError
+            A frame is empty, has non-finite positions, a zero-volume periodic cell or an
+            element not in :attr:`species` (the message names the frame).
+        """
+        frames = as_frames(frames)
+        parts = map_frames(lambda k: self.compute_frame(frames[k], gradients, k),
+                           len(frames), n_jobs, progress, label=f"{self.name} descriptors")
+        return _concatenate(parts, gradients, self.n_features, [len(f) for f in frames])
+
+    def to_meta(self) -> str:
+        """:meth:`settings` as a JSON string."""
+        return json.dumps(self.settings())
+
+
+def _average(res: DescriptorResult, n_atoms: int) -> DescriptorResult:
+    """One row per frame: the mean over its atoms (gradients averaged likewise)."""
+    out = DescriptorResult(
+        features=res.features.mean(axis=0, keepdims=True), frame=res.frame[:1].copy(),
+        numbers=np.full(1, -1, dtype=np.int64), atom=np.full(1, -1, dtype=np.int64))
+    if res.gradients is not None:
+        F = res.features.shape[1]
+        M = sp.csr_matrix((np.full(len(res.gradient_atom), 1.0 / n_atoms),
+                           (res.gradient_atom, np.arange(len(res.gradient_atom)))),
+                          shape=(n_atoms, len(res.gradient_atom)))
+        out.gradients = np.asarray(M @ res.gradients.reshape(-1, 3 * F)).reshape(n_atoms, 3, F)
+        out.gradient_row = np.zeros(n_atoms, dtype=np.int64)
+        out.gradient_atom = np.arange(n_atoms, dtype=np.int64)
+        out.strain_gradients = res.strain_gradients.mean(axis=0, keepdims=True)
+    return out
+
+
+def _concatenate(
+    parts: Sequence[DescriptorResult], gradients: bool, n_features: int, n_atoms: Sequence[int]
+) -> DescriptorResult:
+    if not parts:
+        e = np.zeros(0, dtype=np.int64)
+        res = DescriptorResult(np.zeros((0, n_features)), e, e, e)
+        if gradients:
+            res.gradient_row, res.gradient_atom = e, e
+            res.gradients = np.zeros((0, 3, n_features))
+            res.strain_gradients = np.zeros((0, 3, 3, n_features))
+        return res
+    res = DescriptorResult(
+        features=np.concatenate([p.features for p in parts]),
+        frame=np.concatenate([p.frame for p in parts]),
+        numbers=np.concatenate([p.numbers for p in parts]),
+        atom=np.concatenate([p.atom for p in parts]),
+    )
+    if gradients:
+        row_off = np.cumsum([0] + [len(p.features) for p in parts])
+        atom_off = np.cumsum([0] + list(n_atoms))
+        res.gradient_row = np.concatenate([p.gradient_row + o for p, o in zip(parts, row_off)])
+        res.gradient_atom = np.concatenate([p.gradient_atom + o
+                                            for p, o in zip(parts, atom_off)])
+        res.gradients = np.concatenate([p.gradients for p in parts])
+        res.strain_gradients = np.concatenate([p.strain_gradients for p in parts])
+    return res

@@ -1,0 +1,215 @@
+"""Orthonormal radial basis and tabulated radial functions (cubic Hermite splines).
+
+Radial basis
+------------
+With ``t = 1 - r / r_cut`` the basis functions are, for ``n = 0 .. n_max - 1``::
+
+    R_n(r) = N_n t**2 P_n^(2,4)(2 t - 1)
+
+where ``P_n^(a,b)`` are Jacobi polynomials. They span the polynomials
+``(r_cut - r)**k, k = 2 .. n_max + 1`` (the "polynomial" basis of Caro et al.),
+are orthonormal with the radial weight, ``int_0^r_cut r**2 R_n R_m dr = delta_nm``,
+and vanish with zero slope at ``r_cut``. (The Jacobi weight ``(1-x)**2 (1+x)**4``
+is ``r**2 t**4`` up to a constant, hence the numerically stable construction.)
+
+SOAP radial integral
+--------------------
+A neighbour at distance ``d`` contributes a Gaussian ``exp(-|r - r_j|**2 / (2 sigma**2))``
+to the density; its expansion coefficient on ``R_n(r) Y_lm`` is
+``f_c(d) I_nl(d) Y_lm(d_hat)`` with::
+
+    I_nl(d) = 4 pi int_0^r_cut r**2 R_n(r) exp(-(r**2 + d**2) / (2 sigma**2))
+              i_l(r d / sigma**2) dr
+
+(``i_l`` the modified spherical Bessel function, ``f_c`` the smooth cutoff). The
+products ``f_c I_nl`` and their derivatives are computed by Gauss-Legendre
+quadrature on a grid of ``d`` and interpolated by cubic Hermite splines: value and
+derivative are exact at the nodes and the derivative returned is the exact
+derivative of the interpolant (consistent with finite differences).
+"""
+
+from __future__ import annotations
+
+import math
+import numpy as np
+from scipy.special import eval_jacobi, ive, roots_legendre
+
+from ml4m.descriptors.cutoffs import smooth_cutoff
+
+__all__ = ["radial_basis", "HermiteTable", "soap_radial_table", "ace_radial_table"]
+
+
+def radial_basis(r: np.ndarray, n_max: int, r_cut: float) -> np.ndarray:
+    """The orthonormal polynomial radial basis ``R_n(r)`` (see module docstring).
+
+    Parameters
+    ----------
+    r : ndarray of shape (k,), Angstrom
+        Distances in ``[0, r_cut]``.
+    n_max : int
+        Number of radial functions.
+    r_cut : float
+        Cutoff radius, Angstrom.
+
+    Returns
+    -------
+    ndarray of shape (k, n_max)
+        ``R_n(r)``, Angstrom**-1.5.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    t = 1.0 - r / r_cut
+    x = 2.0 * t - 1.0
+    out = np.empty((len(r), n_max))
+    for n in range(n_max):
+        # norm of P_n^(a,b) on [-1,1]: 2^(a+b+1)/(2n+a+b+1) G(n+a+1)G(n+b+1)/(G(n+a+b+1) n!)
+        a, b = 2, 4
+        h = (2.0 ** (a + b + 1) / (2 * n + a + b + 1) * math.gamma(n + a + 1)
+             * math.gamma(n + b + 1) / (math.gamma(n + a + b + 1) * math.factorial(n)))
+        # int_0^rc r^2 t^4 P^2 dr = rc^3 int_0^1 (1-t)^2 t^4 P^2 dt, x = 2t - 1 -> / 2^7
+        norm = math.sqrt(h * r_cut**3 / 2.0 ** (a + b + 1))
+        out[:, n] = t**2 * eval_jacobi(n, a, b, x) / norm
+    return out
+
+
+class HermiteTable:
+    """Cubic Hermite interpolation of many functions on a uniform grid ``[0, r_max]``.
+
+    Parameters
+    ----------
+    step : float
+        Grid spacing, Angstrom.
+    values : ndarray of shape (n_nodes, n_functions)
+        Function values at the nodes.
+    derivatives : ndarray of shape (n_nodes, n_functions)
+        First derivatives at the nodes, per Angstrom.
+    """
+
+    def __init__(self, step: float, values: np.ndarray, derivatives: np.ndarray) -> None:
+        self.step = float(step)
+        self.values = values
+        self.derivatives = derivatives
+        y0, y1 = values[:-1], values[1:]
+        m0, m1 = derivatives[:-1] * step, derivatives[1:] * step
+        # y(t) = a0 + a1 t + a2 t^2 + a3 t^3 on each interval, t in [0, 1]
+        a = (y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1)
+        self._a = [np.ascontiguousarray(x) for x in a]
+        # derivative coefficients (per Angstrom): a1/h, 2 a2/h, 3 a3/h
+        self._d = [np.ascontiguousarray(q * a[q] / step) for q in (1, 2, 3)]
+
+    @property
+    def n_functions(self) -> int:
+        """Number of tabulated functions."""
+        return self.values.shape[1]
+
+    def __call__(
+        self, r: np.ndarray, derivative: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Values and derivatives at distances ``r`` (Angstrom), each ``(len(r), n_functions)``.
+
+        Distances at or beyond the last node take the last interval's end value.
+        """
+        s = np.asarray(r, dtype=np.float64) / self.step
+        k = np.minimum(s.astype(np.int64), len(self._a[0]) - 1)
+        t = (s - k)[:, None]
+        a0, a1, a2, a3 = self._a
+        val = a3[k]  # Horner, in place (fancy indexing returns a fresh array)
+        val *= t
+        val += a2[k]
+        val *= t
+        val += a1[k]
+        val *= t
+        val += a0[k]
+        if not derivative:
+            return val, None
+        d1, d2, d3 = self._d
+        der = d3[k]
+        der *= t
+        der += d2[k]
+        der *= t
+        der += d1[k]
+        return val, der
+
+
+def _quadrature(r_cut: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    x, w = roots_legendre(n)
+    return 0.5 * r_cut * (x + 1.0), 0.5 * r_cut * w
+
+
+def _scaled_sph_in(l: int, x: np.ndarray) -> np.ndarray:
+    """``exp(-x) i_l(x)`` for ``x > 0``."""
+    return np.sqrt(np.pi / (2.0 * x)) * ive(l + 0.5, x)
+
+
+def soap_radial_table(
+    n_max: int, l_max: int, r_cut: float, sigma: float, cutoff_width: float
+) -> HermiteTable:
+    """Tabulate ``f_c(d) I_nl(d)`` (module docstring) on ``[0, r_cut]``.
+
+    Parameters
+    ----------
+    n_max, l_max : int
+        Radial and angular sizes.
+    r_cut : float
+        Cutoff radius, Angstrom.
+    sigma : float
+        Gaussian width of the atom density, Angstrom.
+    cutoff_width : float
+        Width of the smooth cutoff transition, Angstrom.
+
+    Returns
+    -------
+    HermiteTable
+        Functions ordered ``n * (l_max + 1) + l``.
+    """
+    n_nodes = max(256, int(math.ceil(60.0 * r_cut / sigma)))
+    d = np.linspace(0.0, r_cut, n_nodes + 1)
+    rq, wq = _quadrature(r_cut, max(120, int(math.ceil(24.0 * r_cut / sigma))))
+    R = radial_basis(rq, n_max, r_cut) * (wq * rq**2)[:, None]  # (q, n)
+    s2 = sigma * sigma
+    diff = rq[None, :] - d[:, None]  # (d, q)
+    gauss = 4.0 * np.pi * np.exp(-0.5 * diff**2 / s2)
+    x = np.maximum(rq[None, :] * d[:, None] / s2, 1e-12)
+    L = l_max + 1
+    ivals = [_scaled_sph_in(l, x) for l in range(L + 1)]
+    vals = np.empty((len(d), n_max, L))
+    ders = np.empty((len(d), n_max, L))
+    for l in range(L):
+        il = ivals[l]
+        dil = ((l * ivals[l - 1] if l > 0 else 0.0) + (l + 1) * ivals[l + 1]) / (2 * l + 1) - il
+        kern = gauss * il
+        dkern = gauss * (diff / s2 * il + rq[None, :] / s2 * dil)
+        vals[:, :, l] = kern @ R
+        ders[:, :, l] = dkern @ R
+    fc, dfc = smooth_cutoff(d, r_cut, cutoff_width)
+    values = (fc[:, None, None] * vals).reshape(len(d), -1)
+    derivs = (dfc[:, None, None] * vals + fc[:, None, None] * ders).reshape(len(d), -1)
+    return HermiteTable(step=r_cut / n_nodes, values=values, derivatives=derivs)
+
+
+def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float) -> HermiteTable:
+    """Tabulate ``f_c(r) R_n(r)`` (no Gaussian smearing) for the ACE one-particle basis.
+
+    Parameters
+    ----------
+    n_max : int
+        Number of radial functions.
+    r_cut : float
+        Cutoff radius, Angstrom.
+    cutoff_width : float
+        Width of the smooth cutoff transition, Angstrom.
+
+    Returns
+    -------
+    HermiteTable
+        ``n_max`` functions.
+    """
+    n_nodes = max(512, int(math.ceil(200.0 * r_cut)))
+    d = np.linspace(0.0, r_cut, n_nodes + 1)
+    eps = 1e-6
+    R = radial_basis(d, n_max, r_cut)
+    dR = (radial_basis(np.clip(d + eps, 0, None), n_max, r_cut)
+          - radial_basis(np.clip(d - eps, 0, None), n_max, r_cut)) / (
+              np.clip(d + eps, 0, None) - np.clip(d - eps, 0, None))[:, None]
+    fc, dfc = smooth_cutoff(d, r_cut, cutoff_width)
+    return HermiteTable(step=r_cut / n_nodes, values=fc[:, None] * R,
+                        derivatives=dfc[:, None] * R + fc[:, None] * dR)

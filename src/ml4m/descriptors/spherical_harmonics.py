@@ -1,0 +1,137 @@
+"""Real spherical harmonics and their Cartesian gradients, for many vectors at once.
+
+Convention
+----------
+Orthonormal real harmonics on the unit sphere (``integral Y_lm Y_l'm' dOmega =
+delta``), without the Condon-Shortley phase, stored flat at index ``l*l + l + m``
+for ``m = -l..l``::
+
+    Y_l0  = N_l0 Q_l^0(z)
+    Y_lm  = N_lm Q_l^m(z) Re[(x + i y)^m]     m > 0
+    Y_l-m = N_lm Q_l^m(z) Im[(x + i y)^m]     m > 0
+
+with ``(x, y, z)`` the unit vector, ``Q_l^m`` the associated Legendre function
+divided by ``sin(theta)^m`` (a polynomial in ``z``), ``N_l0 = sqrt((2l+1)/(4 pi))``
+and ``N_lm = sqrt((2l+1)/(2 pi) (l-m)!/(l+m)!)``. Everything is a polynomial in the
+unit-vector components, so the gradient with respect to the (unnormalised) vector
+``r`` is the tangential projection ``(I - u u^T) / |r|`` of the polynomial gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ml4m.errors import ConfigError
+
+__all__ = ["real_spherical_harmonics", "lm_index", "n_harmonics"]
+
+
+def n_harmonics(l_max: int) -> int:
+    """Number of harmonics with ``l <= l_max``: ``(l_max + 1)**2``."""
+    return (l_max + 1) ** 2
+
+
+def lm_index(l: int, m: int) -> int:
+    """Flat index of ``(l, m)``: ``l*l + l + m``."""
+    return l * l + l + m
+
+
+def _norms(l_max: int) -> np.ndarray:
+    out = np.zeros((l_max + 1, l_max + 1))
+    for l in range(l_max + 1):
+        for m in range(l + 1):
+            if m == 0:
+                out[l, m] = math.sqrt((2 * l + 1) / (4 * math.pi))
+            else:
+                out[l, m] = math.sqrt(
+                    (2 * l + 1) / (2 * math.pi) * math.factorial(l - m) / math.factorial(l + m)
+                )
+    return out
+
+
+def real_spherical_harmonics(
+    vectors: np.ndarray, l_max: int, gradients: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Real spherical harmonics of the directions of ``vectors``.
+
+    Parameters
+    ----------
+    vectors : ndarray of shape (n, 3), Angstrom (any length unit)
+        Non-zero vectors; only their direction matters.
+    l_max : int
+        Largest angular momentum (>= 0).
+    gradients : bool, default=False
+        Also return the Cartesian gradients with respect to ``vectors``.
+
+    Returns
+    -------
+    Y : ndarray of shape (n, (l_max+1)**2)
+        ``Y[:, l*l + l + m]``, dimensionless.
+    dY : ndarray of shape (n, 3, (l_max+1)**2) or None
+        ``dY[:, a, k] = d Y_k / d vectors[:, a]``, 1/Angstrom.
+    """
+    if int(l_max) != l_max or l_max < 0:
+        raise ConfigError(f"l_max must be an integer >= 0, got {l_max!r}")
+    l_max = int(l_max)
+    v = np.asarray(vectors, dtype=np.float64)
+    n = len(v)
+    r = np.sqrt(np.einsum("ij,ij->i", v, v))
+    u = v / r[:, None]
+    x, y, z = u[:, 0], u[:, 1], u[:, 2]
+    L = l_max + 1
+    # C_m + i S_m = (x + i y)^m
+    C = np.empty((L, n))
+    S = np.empty((L, n))
+    C[0], S[0] = 1.0, 0.0
+    for m in range(1, L):
+        C[m] = x * C[m - 1] - y * S[m - 1]
+        S[m] = x * S[m - 1] + y * C[m - 1]
+    # Q[l][m] polynomials in z, and derivatives dQ/dz
+    Q = np.zeros((L, L, n))
+    dQ = np.zeros((L, L, n)) if gradients else None
+    for m in range(L):
+        qmm = 1.0
+        for k in range(1, 2 * m, 2):
+            qmm *= k  # (2m-1)!!
+        Q[m, m] = qmm
+        if gradients:
+            dQ[m, m] = 0.0
+        if m + 1 < L:
+            Q[m + 1, m] = (2 * m + 1) * z * qmm
+            if gradients:
+                dQ[m + 1, m] = (2 * m + 1) * qmm
+        for l in range(m + 2, L):
+            Q[l, m] = ((2 * l - 1) * z * Q[l - 1, m] - (l + m - 1) * Q[l - 2, m]) / (l - m)
+            if gradients:
+                dQ[l, m] = (
+                    (2 * l - 1) * (Q[l - 1, m] + z * dQ[l - 1, m]) - (l + m - 1) * dQ[l - 2, m]
+                ) / (l - m)
+    N = _norms(l_max)
+    Y = np.empty((n, L * L))
+    if gradients:
+        dU = np.zeros((n, 3, L * L))  # gradient w.r.t. unit-vector components
+    for l in range(L):
+        Y[:, lm_index(l, 0)] = N[l, 0] * Q[l, 0]
+        if gradients:
+            dU[:, 2, lm_index(l, 0)] = N[l, 0] * dQ[l, 0]
+        for m in range(1, l + 1):
+            a = N[l, m] * Q[l, m]
+            Y[:, lm_index(l, m)] = a * C[m]
+            Y[:, lm_index(l, -m)] = a * S[m]
+            if gradients:
+                da = N[l, m] * dQ[l, m]
+                kp, km = lm_index(l, m), lm_index(l, -m)
+                dU[:, 0, kp] = a * m * C[m - 1]
+                dU[:, 1, kp] = -a * m * S[m - 1]
+                dU[:, 2, kp] = da * C[m]
+                dU[:, 0, km] = a * m * S[m - 1]
+                dU[:, 1, km] = a * m * C[m - 1]
+                dU[:, 2, km] = da * S[m]
+    if not gradients:
+        return Y, None
+    # project onto the tangent plane and divide by |r|
+    radial = np.einsum("na,nak->nk", u, dU)
+    dY = (dU - u[:, :, None] * radial[:, None, :]) / r[:, None, None]
+    return Y, dY

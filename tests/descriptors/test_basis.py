@@ -1,0 +1,83 @@
+"""Building blocks: spherical harmonics, radial basis, splines, coupling tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+from scipy.special import sph_harm_y
+
+from ml4m.descriptors.coupling import real_clebsch_gordan
+from ml4m.descriptors.radial import _quadrature, radial_basis, soap_radial_table
+from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
+
+
+def _sphere_quadrature():
+    z, wz = np.polynomial.legendre.leggauss(24)
+    phi = np.linspace(0, 2 * np.pi, 49)[:-1]
+    Z, P = np.meshgrid(z, phi, indexing="ij")
+    w = np.repeat(wz, len(phi)) * (2 * np.pi / len(phi))
+    s = np.sqrt(1 - Z**2)
+    return np.stack([s * np.cos(P), s * np.sin(P), Z], -1).reshape(-1, 3), w
+
+
+def test_spherical_harmonics_orthonormal_and_match_scipy():
+    v, w = _sphere_quadrature()
+    Y, _ = real_spherical_harmonics(3.1 * v, 6)
+    np.testing.assert_allclose((Y * w[:, None]).T @ Y, np.eye(49), atol=1e-12)
+    theta, phi = np.arccos(v[:, 2]), np.arctan2(v[:, 1], v[:, 0])
+    np.testing.assert_allclose(Y[:, 12], sph_harm_y(3, 0, theta, phi).real, atol=1e-12)
+    # m > 0: sqrt(2) (-1)^m Re Y_l^m (scipy includes the Condon-Shortley phase, ml4m not)
+    np.testing.assert_allclose(Y[:, 14], np.sqrt(2) * sph_harm_y(3, 2, theta, phi).real,
+                               atol=1e-12)
+    np.testing.assert_allclose(Y[:, 13], -np.sqrt(2) * sph_harm_y(3, 1, theta, phi).real,
+                               atol=1e-12)
+    np.testing.assert_allclose(Y[:, 10], np.sqrt(2) * sph_harm_y(3, 2, theta, phi).imag,
+                               atol=1e-12)
+
+
+def test_spherical_harmonics_gradient():
+    x = np.random.default_rng(0).normal(size=(6, 3))
+    _, dY = real_spherical_harmonics(x, 5, gradients=True)
+    h = 1e-6
+    for a in range(3):
+        e = np.zeros(3)
+        e[a] = h
+        num = (real_spherical_harmonics(x + e, 5)[0] - real_spherical_harmonics(x - e, 5)[0]) / (2 * h)
+        np.testing.assert_allclose(dY[:, a], num, atol=1e-8)
+
+
+def test_radial_basis_orthonormal():
+    r, w = _quadrature(4.5, 200)
+    R = radial_basis(r, 10, 4.5)
+    np.testing.assert_allclose((R * (w * r**2)[:, None]).T @ R, np.eye(10), atol=1e-12)
+
+
+def test_soap_radial_table_matches_quadrature():
+    """Between the nodes the spline equals the radial integral I_nl (here f_c = 1)."""
+    table = soap_radial_table(3, 2, 4.0, 0.5, 0.5)
+    d = np.array([1.2345, 2.71828])
+    val, _ = table(d)
+    rq, wq = _quadrature(4.0, 400)
+    R = radial_basis(rq, 3, 4.0)
+    from scipy.special import spherical_in
+    for k, dd in enumerate(d):
+        for l in range(3):
+            kern = 4 * np.pi * np.exp(-(rq**2 + dd**2) / 0.5) * spherical_in(l, rq * dd / 0.25)
+            ref = (kern * rq**2 * wq) @ R
+            np.testing.assert_allclose(val[k].reshape(3, 3)[:, l], ref, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("l1,l2,L", [(1, 1, 0), (1, 1, 1), (2, 1, 3), (2, 2, 2), (3, 2, 4)])
+def test_real_clebsch_gordan_equivariant(l1, l2, L):
+    C = real_clebsch_gordan(l1, l2, L)
+    x = np.random.default_rng(1).normal(size=(3, 3))
+    R = Rotation.random(random_state=2).as_matrix()
+
+    def invariant(v):
+        Y, _ = real_spherical_harmonics(v, max(l1, l2, L))
+        a, b, c = Y[0, l1 * l1:(l1 + 1) ** 2], Y[1, l2 * l2:(l2 + 1) ** 2], Y[2, L * L:(L + 1) ** 2]
+        return np.einsum("mnM,m,n,M->", C, a, b, c)
+
+    assert abs(invariant(x)) > 1e-6
+    assert abs(invariant(x @ R.T) - invariant(x)) < 1e-12
