@@ -45,12 +45,7 @@ def log_ball_volume(d: float) -> float:
 
 
 def _check_dim(graph: NeighborGraph, intrinsic_dim) -> float:
-    d = check_float("intrinsic_dim", intrinsic_dim, 0.0, low_open=True)
-    if graph.n_features and d > graph.n_features + 1e-9:
-        raise DataError(
-            f"intrinsic_dim {d:.3g} exceeds the number of features {graph.n_features}"
-        )
-    return d
+    return check_float("intrinsic_dim", intrinsic_dim, 0.0, low_open=True)
 
 
 def _knn_formula(graph: NeighborGraph, d: float, k: np.ndarray, method: str) -> DensityResult:
