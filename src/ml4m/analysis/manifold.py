@@ -31,7 +31,7 @@ class Manifold:
     X : array-like of shape (n_points, n_features)
         Data (validated: finite, 2-D, more than ``maxk`` rows, not constant).
     maxk : int, default=100
-        Neighbours per point (capped at ``n_points - 1``).
+        Neighbours per point; ``X`` needs at least ``maxk + 1`` rows (DataError otherwise).
     metric : {"euclidean"}, default="euclidean"
     period : float or array-like, optional
         Periodic box lengths.
@@ -55,7 +55,6 @@ class Manifold:
                  backend: str = "auto", graph: NeighborGraph | None = None, progress=None):
         check_choice("metric", metric, ("euclidean",))
         self.X = check_features(X, min_rows=3)
-        maxk = min(maxk, self.X.shape[0] - 1) if isinstance(maxk, int) else maxk
         self.graph = graph if graph is not None else NeighborGraph.build(
             self.X, maxk, backend=backend, period=period, progress=progress)
 
