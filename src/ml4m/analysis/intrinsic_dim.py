@@ -14,8 +14,9 @@
 * :func:`id_scaling`: GRIDE at ``n1 = 1, 2, 4, ...`` (the ID versus scale curve).
 * :func:`twonn_decimation`: TwoNN on random subsets of decreasing size (larger scales).
 
-Points whose ratio is undefined (zero distance to the ``n1``-th neighbour, i.e.
-duplicates) are left out of the likelihood; ``n_used`` in the result says how many
+Duplicate points: ranks count *distinct* positive distances (a point and its copies
+count once), and points whose ratio is undefined (fewer distinct neighbours than
+``n2`` within ``4 n2`` columns) are left out; ``n_used`` in the result says how many
 points entered the estimate.
 """
 
@@ -32,14 +33,26 @@ from ml4m.errors import DataError
 __all__ = ["twonn", "gride", "id_scaling", "twonn_decimation", "gride_loglik"]
 
 
+def _distinct_rank_distance(d: np.ndarray, ranks) -> np.ndarray:
+    """The ``r``-th distinct positive distance of each row (NaN where a row has fewer)."""
+    prev = np.concatenate([np.zeros((d.shape[0], 1)), d[:, :-1]], axis=1)
+    new = (d > 0) & (d > prev)
+    rank = np.cumsum(new, axis=1)
+    out = []
+    for r in ranks:
+        hit = new & (rank == r)
+        pos = np.argmax(hit, axis=1)
+        ok = hit[np.arange(d.shape[0]), pos]
+        out.append(np.where(ok, d[np.arange(d.shape[0]), pos], np.nan))
+    return np.stack(out)
+
+
 def _ratios(graph: NeighborGraph, n1: int, n2: int) -> tuple[np.ndarray, float]:
-    r1 = graph.distances[:, n1 - 1]
-    r2 = graph.distances[:, n2 - 1]
-    ok = (r1 > 0) & (r2 > r1)
-    # r2 == r1 > 0 is a tie (mu = 1 exactly): a legitimate, if improbable, ratio for
-    # n2 - n1 == 1; for larger gaps it has zero likelihood. Keep it only for TwoNN.
-    if n2 - n1 == 1:
-        ok = r1 > 0
+    # ranks count distinct positive distances, so duplicated points count once
+    # (with no duplicates this is the ordinary n-th neighbour distance)
+    cols = graph.distances[:, : min(graph.maxk, 4 * n2)]
+    r1, r2 = _distinct_rank_distance(cols, (n1, n2))
+    ok = np.isfinite(r1) & np.isfinite(r2)
     mu = r2[ok] / r1[ok]
     if mu.size < 2:
         raise DataError(
