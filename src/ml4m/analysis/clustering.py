@@ -296,7 +296,7 @@ def dpc(graph: NeighborGraph, log_density, *, X: np.ndarray | None = None,
     X : ndarray of shape (n_points, n_features), optional
         Coordinates for exact ``delta`` of local maxima (see :func:`decision_graph`).
     delta_min : float, optional
-        Centres need ``delta > delta_min``; default twice the median distance to the
+        Centres need ``delta > delta_min``; default three times the median distance to the
         ``maxk``-th neighbour.
     log_density_min : float, optional
         Centres need ``log_density > log_density_min``; default the median.
@@ -314,7 +314,7 @@ def dpc(graph: NeighborGraph, log_density, *, X: np.ndarray | None = None,
     err = np.zeros(n) if log_density_error is None else \
         check_vector("log_density_error", log_density_error, n)
     dg = decision_graph(graph, rho, X)
-    dmin = 2.0 * float(np.median(graph.distances[:, -1])) if delta_min is None else \
+    dmin = 3.0 * float(np.median(graph.distances[:, -1])) if delta_min is None else \
         check_float("delta_min", delta_min, 0.0)
     rmin = float(np.median(rho)) if log_density_min is None else \
         check_float("log_density_min", log_density_min)
