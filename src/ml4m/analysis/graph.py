@@ -8,9 +8,10 @@ is the distance to the k-th neighbour.
 Backends
 --------
 ``"brute"``
-    Exact, blocked brute force: one BLAS product per block of rows
-    (``|x|^2 - 2 x.y`` in float32), ``torch.topk`` for the candidates (with a safety
-    margin), then distances of the candidates recomputed in float64 and sorted.
+    Exact brute force (scikit-learn's chunked, multi-threaded arg-k-min) on the data
+    rotated onto its principal axes with zero-variance directions dropped (exact,
+    see ``_reduced``); a few extra candidates, then distances recomputed in float64
+    from the original coordinates and sorted.
 ``"kdtree"``
     Exact, :class:`scipy.spatial.cKDTree` on all cores, after an orthogonal rotation
     to the principal axes (distances are unchanged; the tree splits along the
@@ -236,44 +237,60 @@ def _kdtree(X: np.ndarray, maxk: int, box: np.ndarray | None):
     return _drop_self(d, i.astype(_index_dtype(len(X))), maxk)
 
 
-def _block_rows(n: int, budget: int = 1 << 26) -> int:
-    return int(max(64, min(4096, budget // max(n, 1))))
+def _reduced(X: np.ndarray) -> np.ndarray:
+    """Centre and rotate onto the principal axes, dropping directions of zero variance.
+
+    Exact: an orthogonal change of basis keeps every distance, and the dropped
+    directions carry none (variance below 1e-12 of the largest). Descriptor tables
+    are often rank deficient, so this can shrink the distance computations a lot.
+    """
+    Y = X - X.mean(0)
+    w, v = np.linalg.eigh(Y.T @ Y)
+    keep = w > max(w.max(), 1e-300) * 1e-12
+    return np.ascontiguousarray(Y @ v[:, keep]) if keep.sum() < X.shape[1] else Y
 
 
 def _brute(X: np.ndarray, maxk: int, progress=None):
-    import torch
+    from sklearn.neighbors import NearestNeighbors
 
     n = X.shape[0]
-    margin = min(n - 1 - maxk, 8)
-    kk = maxk + 1 + margin
-    xf = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-    sq = (xf * xf).sum(1)
+    kk = min(n, maxk + 1 + min(n - 1 - maxk, 8))  # margin against rounding ties
+    Y = _reduced(X)
+    nn = NearestNeighbors(n_neighbors=kk, algorithm="brute", n_jobs=-1).fit(Y)
     out_d = np.empty((n, maxk), dtype=np.float64)
     out_i = np.empty((n, maxk), dtype=_index_dtype(n))
-    step = _block_rows(n)
+    step = 8192
     for s in range(0, n, step):
         e = min(n, s + step)
-        # |y|^2 - 2 x.y ranks the candidates of each row (|x|^2 is constant per row)
-        score = torch.addmm(sq[None, :], xf[s:e], xf.T, alpha=-2.0)
-        cand = torch.topk(score, kk, dim=1, largest=False, sorted=False).indices.numpy()
-        out_d[s:e], out_i[s:e] = _refine(X, cand, s, maxk)
+        cand = nn.kneighbors(Y[s:e], return_distance=False)
+        out_d[s:e], out_i[s:e] = _refine(Y, cand, s, maxk)
         if progress is not None:
             progress(e, n)
     return out_d, out_i
 
 
-def _refine(X: np.ndarray, cand: np.ndarray, start: int, maxk: int):
-    """Exact float64 distances of candidate neighbours; drop self; keep the maxk nearest."""
-    rows = np.arange(start, start + cand.shape[0])
-    diff = X[cand] - X[rows, None, :]
-    dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-    dist[cand == rows[:, None]] = -1.0  # self first, then by exact distance
-    order = np.argsort(dist, axis=1, kind="stable")
-    dist = np.take_along_axis(dist, order, 1)
-    cand = np.take_along_axis(cand, order, 1)
-    has_self = dist[:, 0] < 0
-    sel = np.where(has_self[:, None], np.arange(1, maxk + 1), np.arange(maxk))
-    return np.take_along_axis(dist, sel, 1), np.take_along_axis(cand, sel, 1)
+def _refine(Y: np.ndarray, cand: np.ndarray, start: int, maxk: int, block: int = 1024):
+    """Exact float64 distances of candidate neighbours; drop self; keep the maxk nearest.
+
+    ``Y`` is the data in any orthonormal basis (distances are the same).
+    """
+    m = cand.shape[0]
+    out_d = np.empty((m, maxk))
+    out_i = np.empty((m, maxk), dtype=cand.dtype)
+    for s in range(0, m, block):
+        e = min(m, s + block)
+        c = cand[s:e]
+        rows = np.arange(start + s, start + e)
+        diff = Y[c] - Y[rows, None, :]
+        dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        dist[c == rows[:, None]] = -1.0  # self first, then by exact distance
+        order = np.argsort(dist, axis=1, kind="stable")
+        dist = np.take_along_axis(dist, order, 1)
+        c = np.take_along_axis(c, order, 1)
+        sel = np.where(dist[:, :1] < 0, np.arange(1, maxk + 1), np.arange(maxk))
+        out_d[s:e] = np.take_along_axis(dist, sel, 1)
+        out_i[s:e] = np.take_along_axis(c, sel, 1)
+    return out_d, out_i
 
 
 def _has_faiss() -> bool:
@@ -290,13 +307,14 @@ def _ivf(X: np.ndarray, maxk: int, nprobe: int, progress=None):
     except ImportError as exc:
         raise ConfigError("backend 'ivf' needs faiss-cpu (pip install 'ml4m[approx]')") from exc
     nprobe = check_int("nprobe", nprobe, 1)
-    n, dim = X.shape
-    xf = np.ascontiguousarray(X, dtype=np.float32)
+    Y = _reduced(X)
+    n, dim = Y.shape
+    xf = np.ascontiguousarray(Y, dtype=np.float32)
     ncells = int(min(max(16, 4 * math.sqrt(n)), n // 40 if n >= 640 else 16))
     quantizer = faiss.IndexFlatL2(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, ncells)
     rng = np.random.default_rng(0)
-    train = xf[rng.choice(n, size=min(n, 64 * ncells), replace=False)]
+    train = xf[rng.choice(n, size=min(n, 40 * ncells), replace=False)]
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     index.train(train)
     index.add(xf)
@@ -313,7 +331,7 @@ def _ivf(X: np.ndarray, maxk: int, nprobe: int, progress=None):
                 f"approximate search found fewer than {maxk + 1} neighbours for some points; "
                 "raise nprobe or use backend='brute'"
             )
-        out_d[s:e], out_i[s:e] = _refine(X, idx, s, maxk)
+        out_d[s:e], out_i[s:e] = _refine(Y, idx, s, maxk)
         if progress is not None:
             progress(e, n)
     return out_d, out_i
