@@ -35,8 +35,9 @@ def run_ml4m(X, maxk, Z, backend):
     sc = id_scaling(g)
     t["gride"] = time.perf_counter() - s
     s = time.perf_counter()
-    ks = kstar(g, idr.estimate)
-    den = pak_density(g, idr.estimate, k_star=ks)
+    # the linear-fit TwoNN (DADApY's default) feeds the density, as in DADApY
+    ks = kstar(g, idfit.estimate)
+    den = pak_density(g, idfit.estimate, k_star=ks)
     t["pak"] = time.perf_counter() - s
     s = time.perf_counter()
     cl = adp(g, den.log_density, den.error, den.k, Z=Z)

@@ -144,7 +144,7 @@ class NeighborGraph:
         *,
         backend: Backend = "auto",
         period: float | np.ndarray | None = None,
-        nprobe: int = 24,
+        nprobe: int = 64,
         progress: Callable[[int, int], None] | None = None,
     ) -> NeighborGraph:
         """Compute the ``maxk`` nearest neighbours of every row of ``X``.
@@ -159,7 +159,7 @@ class NeighborGraph:
             See the module docstring.
         period : float or array-like of shape (n_features,), optional
             Periodic box lengths (coordinates are wrapped into the box); kdtree only.
-        nprobe : int, default=24
+        nprobe : int, default=64
             Cells searched per query by the approximate ``ivf`` backend.
         progress : callable(done, total), optional
             Called as rows are completed.
@@ -263,16 +263,18 @@ def _brute(X: np.ndarray, maxk: int, progress=None):
     for s in range(0, n, step):
         e = min(n, s + step)
         cand = nn.kneighbors(Y[s:e], return_distance=False)
-        out_d[s:e], out_i[s:e] = _refine(Y, cand, s, maxk)
+        out_d[s:e], out_i[s:e] = _refine(Y, cand, np.arange(s, e), maxk)
         if progress is not None:
             progress(e, n)
     return out_d, out_i
 
 
-def _refine(Y: np.ndarray, cand: np.ndarray, start: int, maxk: int, block: int = 1024):
+def _refine(Y: np.ndarray, cand: np.ndarray, queries: np.ndarray, maxk: int,
+            block: int = 1024):
     """Exact float64 distances of candidate neighbours; drop self; keep the maxk nearest.
 
-    ``Y`` is the data in any orthonormal basis (distances are the same).
+    ``Y`` is the data in any orthonormal basis (distances are the same); row ``r`` of
+    ``cand`` holds candidates for point ``queries[r]``.
     """
     m = cand.shape[0]
     out_d = np.empty((m, maxk))
@@ -280,7 +282,7 @@ def _refine(Y: np.ndarray, cand: np.ndarray, start: int, maxk: int, block: int =
     for s in range(0, m, block):
         e = min(m, s + block)
         c = cand[s:e]
-        rows = np.arange(start + s, start + e)
+        rows = queries[s:e]
         diff = Y[c] - Y[rows, None, :]
         dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
         dist[c == rows[:, None]] = -1.0  # self first, then by exact distance
@@ -331,7 +333,8 @@ def _ivf(X: np.ndarray, maxk: int, nprobe: int, progress=None):
                 f"approximate search found fewer than {maxk + 1} neighbours for some points; "
                 "raise nprobe or use backend='brute'"
             )
-        out_d[s:e], out_i[s:e] = _refine(Y, idx, s, maxk)
+        out_d[s:e], out_i[s:e] = _refine(Y, idx, np.arange(s, e), maxk)
         if progress is not None:
             progress(e, n)
     return out_d, out_i
+
