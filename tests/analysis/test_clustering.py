@@ -54,6 +54,12 @@ def test_saddles_and_topography():
     assert res.linkage.shape == (2, 4)
     assert np.all(res.linkage[:, 2] >= 0)
     assert res.halo.dtype == bool and 0 < res.halo.sum() < len(X)
+    # border points: each has a point of another cluster within its k* neighbourhood
+    assert res.border_points.size > 0
+    for i in res.border_points[:50]:
+        nb = g.indices[i, : den.k[i]]
+        assert np.any(res.labels[nb] != res.labels[i])
+    assert set(res.saddle_points[res.saddle_points >= 0]) <= set(res.border_points)
 
 
 def test_single_gaussian_is_one_cluster():

@@ -126,7 +126,7 @@ def test_bad_parameters(gauss):
         knn_density(g, float("nan"))
     with pytest.raises(ConfigError, match="k must be in"):
         knn_density(g, 3.0, k=65)
-    with pytest.raises(DataError, match="kstar"):
+    with pytest.raises(DataError, match="k_star"):
         pak_density(g, 3.0, k_star=np.full(5, 3))
-    with pytest.raises(DataError, match="kstar"):
+    with pytest.raises(DataError, match="k_star"):
         kstar_density(g, 3.0, k_star=np.full(g.n, 99))

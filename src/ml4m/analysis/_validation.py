@@ -9,7 +9,8 @@ import numpy as np
 
 from ml4m.errors import ConfigError, DataError
 
-__all__ = ["check_features", "check_int", "check_float", "check_choice", "check_vector"]
+__all__ = ["check_features", "check_int", "check_float", "check_choice", "check_vector",
+           "check_kstar"]
 
 
 def check_features(
@@ -89,3 +90,13 @@ def check_vector(name: str, value, n: int, *, finite: bool = True) -> np.ndarray
     if finite and not np.all(np.isfinite(v)):
         raise DataError(f"{name} contains non-finite values")
     return v
+
+
+def check_kstar(k_star, n: int, maxk: int) -> np.ndarray:
+    """Neighbourhood sizes: ``n`` integers in ``[1, maxk]``, as int64."""
+    k = np.asarray(k_star)
+    if k.shape != (n,) or not np.issubdtype(k.dtype, np.integer):
+        raise DataError(f"k_star must be an integer array of shape ({n},), got {k.shape} {k.dtype}")
+    if k.min() < 1 or k.max() > maxk:
+        raise DataError(f"k_star values must lie in [1, {maxk}], got [{k.min()}, {k.max()}]")
+    return k.astype(np.int64)

@@ -24,7 +24,7 @@ import heapq
 
 import numpy as np
 
-from ml4m.analysis._validation import check_float, check_vector
+from ml4m.analysis._validation import check_float, check_kstar, check_vector
 from ml4m.analysis.graph import NeighborGraph
 from ml4m.analysis.results import ClusterResult, DecisionGraph
 from ml4m.errors import DataError
@@ -40,15 +40,6 @@ def _follow(parent: np.ndarray) -> np.ndarray:
         if np.array_equal(nxt, root):
             return root
         root = nxt
-
-
-def _check_k(graph: NeighborGraph, k_star) -> np.ndarray:
-    k = np.asarray(k_star)
-    if k.shape != (graph.n,) or not np.issubdtype(k.dtype, np.integer):
-        raise DataError(f"k_star must be an integer array of shape ({graph.n},), got {k.shape}")
-    if k.min() < 1 or k.max() > graph.maxk:
-        raise DataError(f"k_star values must lie in [1, {graph.maxk}], got [{k.min()}, {k.max()}]")
-    return k.astype(np.int64)
 
 
 def _within_kstar(graph: NeighborGraph, k: np.ndarray) -> np.ndarray:
@@ -141,11 +132,12 @@ def adp(graph: NeighborGraph, log_density, log_density_error, k_star, *,
     if np.any(err < 0):
         raise DataError("log_density_error must be non-negative")
     Z = check_float("Z", Z, 0.0)
-    k = _check_k(graph, k_star)
+    k = check_kstar(k_star, n, graph.maxk)
     g = rho - err
     centers, cover = _modes(graph, g, k)
     root, centers = _assign(graph, g, centers, cover)
     p, c, c2 = _borders(graph, k, root, centers, g)
+    border = (p, c, c2)
 
     # saddle of each touching pair: its border point of largest g
     a, b = np.minimum(c, c2), np.maximum(c, c2)
@@ -187,11 +179,13 @@ def adp(graph: NeighborGraph, log_density, log_density_error, k_star, *,
         for o, so in edges[keep].items():
             heapq.heappush(heap, (-rho[so], keep, o, so))
 
-    root = _follow(merged_into)[root]
-    return _finish("adp", root, peak, edges, rho, err, Z)
+    final = _follow(merged_into)
+    bp, bc, bc2 = border
+    border_points = np.unique(bp[final[bc] != final[bc2]])
+    return _finish("adp", final[root], peak, edges, rho, err, Z, border_points)
 
 
-def _finish(method, root, peak, edges, rho, err, Z, decision=None) -> ClusterResult:
+def _finish(method, root, peak, edges, rho, err, Z, border_points, decision=None) -> ClusterResult:
     cids = sorted(peak, key=lambda cid: -rho[peak[cid]])
     nc = len(cids)
     new = {cid: i for i, cid in enumerate(cids)}
@@ -210,7 +204,7 @@ def _finish(method, root, peak, edges, rho, err, Z, decision=None) -> ClusterRes
         top_saddle = np.nanmax(np.where(np.isnan(sad), -np.inf, sad), axis=1) if nc else sad
     halo = rho < top_saddle[labels] if nc else np.zeros(len(rho), bool)
     return ClusterResult(method, labels, centers, sad, sad_err, sad_pt, halo,
-                         topography_linkage(sad, rho[centers]), Z, decision)
+                         topography_linkage(sad, rho[centers]), border_points, Z, decision)
 
 
 def topography_linkage(saddle_log_density: np.ndarray, peak_log_density: np.ndarray) -> np.ndarray:
@@ -331,4 +325,4 @@ def dpc(graph: NeighborGraph, log_density, *, X: np.ndarray | None = None,
         if cur is None or rho[s] > rho[cur]:
             edges[x][y] = s
             edges[y][x] = s
-    return _finish("dpc", root, peak, edges, rho, err, float("nan"), dg)
+    return _finish("dpc", root, peak, edges, rho, err, float("nan"), np.unique(p), dg)

@@ -25,10 +25,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import gammaln
 
-from ml4m.analysis._validation import check_float, check_int
+from ml4m.analysis._validation import check_float, check_int, check_kstar
 from ml4m.analysis.graph import NeighborGraph
 from ml4m.analysis.results import DensityResult
-from ml4m.errors import DataError
 
 __all__ = ["log_ball_volume", "knn_density", "kstar", "kstar_density", "pak_density",
            "D_THR_DEFAULT"]
@@ -118,12 +117,7 @@ def kstar(graph: NeighborGraph, intrinsic_dim: float, *, D_thr: float = D_THR_DE
 def _resolve_kstar(graph, d, k_star) -> np.ndarray:
     if k_star is None:
         return kstar(graph, d)
-    k = np.asarray(k_star)
-    if k.shape != (graph.n,) or not np.issubdtype(k.dtype, np.integer):
-        raise DataError(f"kstar must be an integer array of shape ({graph.n},), got {k.shape}")
-    if k.min() < 1 or k.max() > graph.maxk:
-        raise DataError(f"kstar values must lie in [1, {graph.maxk}]")
-    return k.astype(np.int64)
+    return check_kstar(k_star, graph.n, graph.maxk)
 
 
 def kstar_density(graph: NeighborGraph, intrinsic_dim: float, *,

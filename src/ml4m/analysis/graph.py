@@ -77,7 +77,7 @@ class NeighborGraph:
     period: np.ndarray | None = None
     backend: str = "given"
     n_features: int = 0
-    _floor: list = field(default_factory=list, repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         d = np.asarray(self.distances, dtype=np.float64)
@@ -123,12 +123,21 @@ class NeighborGraph:
         DataError
             If every distance is zero (all points identical).
         """
-        if not self._floor:
+        if self.distances[:, 0].min() > 0:
+            return self.distances  # nothing to floor (rows are sorted)
+        if not self._cache.get("floor"):
             positive = self.distances[self.distances > 0]
             if positive.size == 0:
                 raise DataError("all neighbour distances are zero: the points are identical")
-            self._floor.append(0.5 * float(positive.min()))
-        return np.maximum(self.distances, self._floor[0])
+            self._cache["floor"] = 0.5 * float(positive.min())
+        return np.maximum(self.distances, self._cache["floor"])
+
+    def has_duplicates_or_ties(self) -> bool:
+        """True when some neighbour distance is zero or equals the previous one in its row."""
+        if "ties" not in self._cache:
+            d = self.distances
+            self._cache["ties"] = bool(np.any(d[:, 0] <= 0) or np.any(d[:, 1:] <= d[:, :-1]))
+        return self._cache["ties"]
 
     def subgraph(self, maxk: int) -> NeighborGraph:
         """The same graph restricted to the first ``maxk`` neighbours of each point."""
@@ -254,12 +263,12 @@ def _brute(X: np.ndarray, maxk: int, progress=None):
     from sklearn.neighbors import NearestNeighbors
 
     n = X.shape[0]
-    kk = min(n, maxk + 1 + min(n - 1 - maxk, 8))  # margin against rounding ties
+    kk = min(n, maxk + 1 + min(n - 1 - maxk, 2))  # margin against rounding ties
     Y = _reduced(X)
     nn = NearestNeighbors(n_neighbors=kk, algorithm="brute", n_jobs=-1).fit(Y)
     out_d = np.empty((n, maxk), dtype=np.float64)
     out_i = np.empty((n, maxk), dtype=_index_dtype(n))
-    step = 8192
+    step = 32768
     for s in range(0, n, step):
         e = min(n, s + step)
         cand = nn.kneighbors(Y[s:e], return_distance=False)

@@ -50,8 +50,11 @@ def _distinct_rank_distance(d: np.ndarray, ranks) -> np.ndarray:
 def _ratios(graph: NeighborGraph, n1: int, n2: int) -> tuple[np.ndarray, float]:
     # ranks count distinct positive distances, so duplicated points count once
     # (with no duplicates this is the ordinary n-th neighbour distance)
-    cols = graph.distances[:, : min(graph.maxk, 4 * n2)]
-    r1, r2 = _distinct_rank_distance(cols, (n1, n2))
+    if graph.has_duplicates_or_ties():
+        cols = graph.distances[:, : min(graph.maxk, 4 * n2)]
+        r1, r2 = _distinct_rank_distance(cols, (n1, n2))
+    else:  # the common case: ranks are plain columns
+        r1, r2 = graph.distances[:, n1 - 1], graph.distances[:, n2 - 1]
     ok = np.isfinite(r1) & np.isfinite(r2)
     mu = r2[ok] / r1[ok]
     if mu.size < 2:

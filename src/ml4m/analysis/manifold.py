@@ -9,8 +9,6 @@ the PAk density at that ID. The same calls give the same results in any order.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ml4m.analysis import clustering, density as _density, intrinsic_dim as _id
 from ml4m.analysis._validation import check_choice, check_features
 from ml4m.analysis.graph import NeighborGraph

@@ -132,6 +132,8 @@ class ClusterResult:
         Hierarchy of the peaks (topography) in :func:`scipy.cluster.hierarchy.linkage`
         format; the height of a merge is ``top - saddle log-density``, ``top`` being
         the highest peak log-density.
+    border_points : ndarray of shape (n_border,), int
+        Rows of the border points between the final clusters (d'Errico et al.).
     Z : float
         Significance used for merging (NaN for ``dpc``).
     decision : DecisionGraph or None
@@ -146,6 +148,7 @@ class ClusterResult:
     saddle_points: np.ndarray
     halo: np.ndarray
     linkage: np.ndarray
+    border_points: np.ndarray
     Z: float = float("nan")
     decision: DecisionGraph | None = field(default=None, repr=False)
 
