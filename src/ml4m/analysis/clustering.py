@@ -238,7 +238,8 @@ def topography_linkage(saddle_log_density: np.ndarray, peak_log_density: np.ndar
     return linkage(squareform(dist, checks=False), method="single")
 
 
-def decision_graph(graph: NeighborGraph, log_density, X: np.ndarray | None = None) -> DecisionGraph:
+def decision_graph(graph: NeighborGraph, log_density, X: np.ndarray | None = None,
+                   max_pairs: int = 2_000_000_000) -> DecisionGraph:
     """Rodriguez-Laio decision graph: ``delta`` = distance to the nearest denser point.
 
     Parameters
@@ -249,6 +250,9 @@ def decision_graph(graph: NeighborGraph, log_density, X: np.ndarray | None = Non
         Coordinates: points with no denser point among their ``maxk`` neighbours get
         the exact ``delta`` by a search over the denser points. Without ``X`` their
         ``delta`` is a lower bound, the distance to the ``maxk``-th neighbour.
+    max_pairs : int, default=2e9
+        The exact search is skipped (lower bounds kept) when it would need more than
+        this many distances (local maxima times points).
 
     Returns
     -------
@@ -265,13 +269,17 @@ def decision_graph(graph: NeighborGraph, log_density, X: np.ndarray | None = Non
     nh = np.where(has, graph.indices[np.arange(n), first], -1)
     delta = np.where(has, graph.distances[np.arange(n), first], graph.distances[:, -1])
     missing = np.flatnonzero(~has & (rank > 0))
-    if X is not None and missing.size:
+    if X is not None and missing.size and missing.size * n <= max_pairs:
         X = np.asarray(X, dtype=np.float64)
-        for i in missing:
-            cand = order[: rank[i]]
-            dd = np.einsum("ij,ij->i", X[cand] - X[i], X[cand] - X[i])
-            j = int(np.argmin(dd))
-            nh[i], delta[i] = cand[j], np.sqrt(dd[j])
+        sq = np.einsum("ij,ij->i", X, X)
+        for s in range(0, missing.size, 256):
+            rows = missing[s:s + 256]
+            d2 = sq[rows, None] - 2.0 * X[rows] @ X.T + sq[None, :]
+            d2[rank[None, :] >= rank[rows, None]] = np.inf  # only denser points
+            j = np.argmin(d2, axis=1)
+            nh[rows] = j
+            diff = X[j] - X[rows]
+            delta[rows] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     top = order[0]
     delta[top] = delta[np.arange(n) != top].max() if n > 1 else 0.0
     nh[top] = -1

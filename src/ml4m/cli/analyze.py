@@ -18,7 +18,7 @@ Data-manifold analysis of a feature table (.npy, .npz, .csv, .txt; rows = points
 structures (any ASE-readable file, with --descriptor): intrinsic dimension (TwoNN or
 GRIDE), log-density (kNN, k*-NN or PAk) and density-peak clusters (ADP or DPC).
 --cluster without --density uses PAk. With -o DIR: labels.npy, log_density.npy,
-summary.json and PNG plots (ID versus scale, decision graph, dendrogram of the
+summary.json and PNG plots when computed (ID versus scale, decision graph, dendrogram of the
 peaks, PCA projection coloured by cluster).
 
 examples:
