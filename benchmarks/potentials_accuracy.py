@@ -30,9 +30,9 @@ RESULTS = Path(__file__).parent / "results"
 #: model settings per system, fixed a priori (cutoffs from the physics, not tuned on valid)
 SETTINGS = {
     "ace": {
-        "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 3, "max_order": 3}},
-        "cuau_emt": {"descriptor": {"r_cut": 5.0, "n_max": 5, "l_max": 3, "max_order": 3}},
-        "bpa_xtb": {"descriptor": {"r_cut": 4.5, "n_max": 5, "l_max": 3, "max_order": 3}},
+        "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 3, "correlation_order": 3, "total_degree": 12}},
+        "cuau_emt": {"descriptor": {"r_cut": 5.0, "n_max": 5, "l_max": 3, "correlation_order": 3, "total_degree": 12}},
+        "bpa_xtb": {"descriptor": {"r_cut": 4.5, "n_max": 5, "l_max": 3, "correlation_order": 3, "total_degree": 12}},
     },
     "gp": {
         "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 4}, "params": {"n_sparse": 400, "zeta": 4}},

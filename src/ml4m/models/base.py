@@ -14,7 +14,25 @@ from ase import Atoms
 
 from ml4m.data.frames import Dataset, Frame
 
-__all__ = ["Prediction", "Potential", "as_frames"]
+__all__ = ["Prediction", "Potential", "as_frames", "descriptor_to_dict", "descriptor_from_dict"]
+
+
+def descriptor_to_dict(descriptor) -> dict[str, Any]:
+    """The JSON record of a descriptor (its ``settings()``, which names its family)."""
+    return dict(descriptor.settings())
+
+
+def descriptor_from_dict(record: dict[str, Any]):
+    """Rebuild a descriptor from :func:`descriptor_to_dict`'s record."""
+    from ml4m.descriptors import make_descriptor
+    from ml4m.errors import ConfigError
+
+    record = dict(record)
+    try:
+        name = record.pop("descriptor")
+    except KeyError:
+        raise ConfigError("descriptor record has no 'descriptor' family name") from None
+    return make_descriptor(name, **record)
 
 
 def as_frames(frames: Sequence[Frame | Atoms] | Dataset | Frame | Atoms) -> list[Frame]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ml4m.data.frames import Dataset, Frame
 from ml4m.errors import ConfigError, DataError, NotFittedError
-from ml4m.models.base import as_frames
+from ml4m.models.base import as_frames, descriptor_from_dict, descriptor_to_dict
 from ml4m.models.kernel.krr import KernelRegressor, cross_validate
 from ml4m.models.serialization import register_model
 
@@ -107,7 +107,6 @@ class PropertyModel:
 
     def save(self, path):
         """Write the model to one ``.ml4m`` file."""
-        from ml4m.descriptors import descriptor_to_dict
         from ml4m.models.serialization import save_model_file
 
         params, arrays = self.regressor_.get_state()
@@ -118,8 +117,6 @@ class PropertyModel:
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> PropertyModel:
         """Rebuild from a model file's contents."""
-        from ml4m.descriptors import descriptor_from_dict
-
         try:
             model = cls(descriptor_from_dict(params["descriptor"]), target=params["target"],
                         kernel=params["regressor"]["kernel"])

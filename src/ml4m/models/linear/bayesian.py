@@ -88,6 +88,8 @@ class BayesianLinearRegression:
         a basis, or a kernel matrix ``K_mm`` for a sparse GP.
     max_iter : int, default=300
         Evidence iterations.
+    rcond : float, default=1e-8
+        Eigenvalues of a matrix prior below ``rcond`` times the largest are dropped.
     tol : float, default=1e-8
         Relative change of ``alpha`` and ``beta`` at convergence.
 
@@ -106,15 +108,22 @@ class BayesianLinearRegression:
     """
 
     def __init__(self, alpha: float | None = None, beta: float | None = None,
-                 prior: np.ndarray | None = None, max_iter: int = 300, tol: float = 1e-8) -> None:
+                 prior: np.ndarray | None = None, max_iter: int = 300, tol: float = 1e-8,
+                 rcond: float = 1e-8) -> None:
         self.alpha = alpha
         self.beta = beta
         self.prior = prior
         self.max_iter = max_iter
         self.tol = tol
+        self.rcond = rcond
 
     def _whitening(self, p: int) -> np.ndarray:
-        """``L^-T`` with ``P = L L^T``, so that the prior is isotropic in ``u = L^T c``."""
+        """``T`` (p, k) with ``T^T P T = I_k``: the prior is isotropic in ``u``, ``c = T u``.
+
+        A matrix prior (a kernel matrix ``K_mm``) is often nearly singular; directions
+        with eigenvalues below ``rcond * max`` are dropped (a low-rank Nystrom subspace),
+        which keeps the coefficients, and so the predictions, numerically stable.
+        """
         if self.prior is None:
             return np.eye(p)
         P = np.asarray(self.prior, dtype=float)
@@ -124,9 +133,9 @@ class BayesianLinearRegression:
             return np.diag(1.0 / np.sqrt(P))
         if P.shape != (p, p):
             raise ConfigError(f"prior must be ({p}, {p}), got {P.shape}")
-        jitter = 1e-10 * np.trace(P) / p
-        L = np.linalg.cholesky(P + jitter * np.eye(p))
-        return scipy.linalg.solve_triangular(L, np.eye(p), lower=True).T
+        lam, V = np.linalg.eigh(0.5 * (P + P.T))
+        keep = lam > self.rcond * lam.max()
+        return V[:, keep] / np.sqrt(lam[keep])
 
     def fit(self, A: np.ndarray, y: np.ndarray, weights: np.ndarray | float = 1.0) -> BayesianLinearRegression:
         """Fit on rows ``A`` (n, p), targets ``y`` (n,), relative weights (n,)."""
@@ -143,7 +152,8 @@ class BayesianLinearRegression:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"{name} must be positive or None (evidence), got {v}")
-        T = self._whitening(p)  # c = T u, prior on u is alpha * I
+        T = self._whitening(p)  # c = T u, prior on u is alpha * I (k <= p directions)
+        k = T.shape[1]
         G = T.T @ neq.AtA @ T
         G = 0.5 * (G + G.T)
         b = T.T @ neq.Aty
@@ -157,14 +167,20 @@ class BayesianLinearRegression:
             beta = max(neq.n / max(neq.yty, 1e-300), 1e-12)
         if self.alpha is None:
             alpha = max(1e-12, float(np.mean(lam)) * beta * 1e-6)
+        # evidence updates stay in a wide window around the data-scaled start: noise-free
+        # data would otherwise send beta to infinity (the interpolation limit) and overflow
+        a_lo, a_hi = alpha * 1e-12, alpha * 1e12
+        b_lo, b_hi = beta * 1e-12, beta * 1e14
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
             m_v = beta * Vb / (alpha + beta * lam)  # posterior mean in eigenbasis
             gamma = float(np.sum(beta * lam / (alpha + beta * lam)))
             rss = neq.yty - 2 * float(m_v @ Vb) + float(np.sum(lam * m_v**2))
             rss = max(rss, 1e-300)
-            new_alpha = alpha if self.alpha is not None else max(gamma, 1e-12) / max(float(m_v @ m_v), 1e-300)
-            new_beta = beta if self.beta is not None else max(neq.n - gamma, 1e-12) / rss
+            new_alpha = alpha if self.alpha is not None else float(np.clip(
+                max(gamma, 1e-12) / max(float(m_v @ m_v), 1e-300), a_lo, a_hi))
+            new_beta = beta if self.beta is not None else float(np.clip(
+                max(neq.n - gamma, 1e-12) / rss, b_lo, b_hi))
             done = abs(new_alpha - alpha) <= self.tol * alpha and abs(new_beta - beta) <= self.tol * beta
             alpha, beta = new_alpha, new_beta
             if done or (self.alpha is not None and self.beta is not None):
@@ -177,7 +193,7 @@ class BayesianLinearRegression:
         self.covariance_ = (TV / d) @ TV.T
         self.alpha_, self.beta_, self.n_iter_ = alpha, beta, n_iter
         self.log_evidence_ = 0.5 * (
-            p * np.log(alpha) + neq.n * np.log(beta) - beta * rss - alpha * float(m_v @ m_v)
+            k * np.log(alpha) + neq.n * np.log(beta) - beta * rss - alpha * float(m_v @ m_v)
             - float(np.sum(np.log(d))) - neq.n * np.log(2 * np.pi)
         )
         self.n_features_in_ = p

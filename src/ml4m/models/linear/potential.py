@@ -17,7 +17,13 @@ import numpy as np
 from ml4m.data.frames import Dataset, Frame
 from ml4m.data.reference import resolve_reference_energies
 from ml4m.errors import ConfigError, DataError, NotFittedError
-from ml4m.models.base import Potential, Prediction, as_frames
+from ml4m.models.base import (
+    Potential,
+    Prediction,
+    as_frames,
+    descriptor_from_dict,
+    descriptor_to_dict,
+)
 from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
 from ml4m.models.linear.design import DesignRows, FeatureMap, SpeciesBlocks, design_rows
 from ml4m.models.serialization import register_model
@@ -218,7 +224,6 @@ class LinearPotential(Potential):
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         self._check_fitted()
-        from ml4m.descriptors import descriptor_to_dict
 
         fm_params, fm_arrays = self._feature_map_state()
         params = {"descriptor": descriptor_to_dict(self.descriptor), "hyper": self._hyper(),
@@ -232,8 +237,6 @@ class LinearPotential(Potential):
 
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> LinearPotential:
-        from ml4m.descriptors import descriptor_from_dict
-
         try:
             model = cls(descriptor_from_dict(params["descriptor"]), **params["hyper"])
             model.e0_ = {int(z): float(v) for z, v in zip(arrays["e0_species"], arrays["e0_values"])}
