@@ -79,6 +79,16 @@ def test_stress_is_strain_derivative(fitted, data):
         assert pred.stress[0, v] == pytest.approx(fd, rel=2e-6, abs=1e-9)
 
 
+def test_adjoint_prediction_equals_design_rows(fitted, data):
+    """The fast path (dE/dX and one VJP) equals the per-feature design rows."""
+    fast = fitted.predict(data[1][:4])
+    full = fitted.predict(data[1][:4], uncertainty=True)
+    # summation orders differ; the GP's large, cancelling coefficients leave ~1e-9 eV
+    np.testing.assert_allclose(fast.energy, full.energy, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fast.forces, full.forces, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(fast.stress, full.stress, rtol=1e-6, atol=1e-9)
+
+
 def test_learns_emt(fitted, data):
     """Validation errors well below the spread of the labels (eV/atom and eV/A)."""
     from ml4m.models import error_metrics

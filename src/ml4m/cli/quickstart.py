@@ -13,8 +13,9 @@ from ml4m.cli._common import console, print_json
 HELP = "run the whole pipeline on the embedded Cu data set (offline, minutes)"
 DESCRIPTION = """\
 Run the ml4m pipeline on the embedded Cu data set (fcc Cu labelled by ASE's EMT, made by
-`ml4m data generate`): validate and summarise it, split it by trajectory, and write plots
-and a summary to the output folder.
+`ml4m data generate`), offline: validate, summarise and split it by trajectory; describe
+it with SOAP; fit a linear ACE potential with uncertainty and test it; run a short NVE
+MD with it. Plots, the model and a summary go to the output folder.
 
 example:
   ml4m quickstart -o quickstart_out
@@ -62,6 +63,17 @@ def run(args: argparse.Namespace) -> int:
         "force_rms_ev_per_a": summary["force_rms_ev_per_a"],
     }
     report["plots"] = [str(p) for p in plots]
+
+    out.rule("[bold]2. descriptors")
+    report["descriptors"] = _describe_step(parts["train"], outdir, out)
+
+    out.rule("[bold]3. fit: linear ACE")
+    report["fit"] = _fit_step(outdir, out)
+    report["plots"] += report["fit"].pop("plots")
+
+    out.rule("[bold]4. molecular dynamics")
+    report["md"] = _md_step(parts["test"], Path(report["fit"]["model"]), outdir, out)
+
     report["seconds"] = time.perf_counter() - t0
     with atomic_path(outdir / "summary.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1))
@@ -69,3 +81,70 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     return 0
+
+
+#: settings of the quickstart's potential (small, so that it fits in seconds)
+ACE_SETTINGS = {"r_cut": 5.0, "n_max": 6, "l_max": 3, "correlation_order": 3, "total_degree": 12}
+
+
+def _describe_step(train, outdir: Path, out) -> dict[str, Any]:
+    import numpy as np
+
+    from ml4m._fileio import atomic_path
+    from ml4m.descriptors import SOAP
+
+    t0 = time.perf_counter()
+    soap = SOAP(train.species, r_cut=4.5, n_max=6, l_max=4)
+    res = soap.compute(train)
+    seconds = time.perf_counter() - t0
+    with atomic_path(outdir / "soap.npz") as tmp:
+        np.savez(tmp, features=res.features, frame=res.frame, numbers=res.numbers,
+                 meta=json.dumps(soap.settings()))
+    out.print(f"SOAP (r_cut 4.5 A, n_max 6, l_max 4) of {len(res.features)} atoms: "
+              f"{res.features.shape[1]} features in {seconds:.1f} s -> {outdir / 'soap.npz'}")
+    return {"n_rows": int(len(res.features)), "n_features": int(res.features.shape[1]),
+            "seconds": seconds, "file": str(outdir / "soap.npz")}
+
+
+def _fit_step(outdir: Path, out) -> dict[str, Any]:
+    from rich.table import Table
+
+    from ml4m.training import FitConfig, fit_model, test_model
+
+    cfg = FitConfig(model="ace", train=str(outdir / "data" / "train.extxyz"),
+                    valid=str(outdir / "data" / "valid.extxyz"),
+                    output=str(outdir / "model" / "cu_ace.ml4m"), descriptor=dict(ACE_SETTINGS))
+    metrics = fit_model(cfg)
+    test = test_model(metrics["model"], outdir / "data" / "test.extxyz")
+    table = Table(title=f"linear ACE ({metrics['n_features']} coefficients) fitted in "
+                        f"{metrics['fit_seconds']:.1f} s")
+    for col in ("set", "E MAE (meV/atom)", "F MAE (meV/A)", "F RMSE (meV/A)", "S MAE (GPa)",
+                "sigma-error rho (F)"):
+        table.add_column(col)
+    for name, m in (("train", metrics["train"]), ("valid", metrics["valid"]), ("test", test)):
+        rho = m.get("uncertainty", {}).get("force_sigma_spearman")
+        table.add_row(name, f"{m['energy']['mae_mev_per_atom']:.2f}", f"{m['forces']['mae_mev_per_a']:.1f}",
+                      f"{m['forces']['rmse_mev_per_a']:.1f}",
+                      f"{m['stress']['mae_gpa']:.3f}" if "stress" in m else "-",
+                      f"{rho:.2f}" if rho is not None else "-")
+    out.print(table)
+    out.print(f"model: {metrics['model']}; metrics.json and parity plots beside it")
+    return {"model": metrics["model"], "fit_seconds": metrics["fit_seconds"],
+            "n_features": metrics["n_features"], "valid": metrics["valid"], "test": test,
+            "plots": metrics["plots"]}
+
+
+def _md_step(test, model_path: Path, outdir: Path, out) -> dict[str, Any]:
+    from ml4m.md import run_md
+    from ml4m.models import load
+
+    start = max((f for f in test if f.pbc.all()), key=len)
+    atoms = start.to_atoms(with_labels=False)
+    atoms.calc = load(model_path).as_calculator(uncertainty=False)
+    result = run_md(atoms, "nve", temperature_k=600.0, steps=200, dt_fs=2.0, interval=10,
+                    trajectory=outdir / "md_nve.extxyz")
+    out.print(f"NVE, {result.n_atoms} atoms, 200 steps of 2 fs from 600 K: "
+              f"{result.atom_steps_per_s:,.0f} atom-steps/s, <T> = {result.temperature_k_mean:.0f} K, "
+              f"energy drift {result.energy_drift_mev_per_atom_per_ps:.3f} meV/atom/ps "
+              f"-> {outdir / 'md_nve.extxyz'}")
+    return result.as_dict()

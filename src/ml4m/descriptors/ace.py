@@ -50,6 +50,12 @@ __all__ = ["ACE"]
 _CHUNK = 4096
 
 
+def _block(X, alpha):
+    """The ``(l, k)`` block of a coefficient array ``X[..., K, LM]`` (a view)."""
+    l, k = alpha
+    return X[..., k, l * l:(l + 1) * (l + 1)]
+
+
 class ACE(Descriptor):
     """The ACE product basis B (see the module docstring).
 
@@ -159,60 +165,124 @@ class ACE(Descriptor):
         return self._table
 
     # ---- evaluation ---------------------------------------------------------------
+    @staticmethod
+    def _coupled(A, a1, a2, L, cache, dA=None):
+        """``T^L_M(a1, a2)`` over rows (and its directional derivative along dA), cached."""
+        key = (a1, a2, L)
+        if key not in cache:
+            C = real_clebsch_gordan(a1[0], a2[0], L)
+            x1, x2 = _block(A, a1), _block(A, a2)
+            T = np.einsum("rm,rn,mnM->rM", x1, x2, C)
+            dT = None
+            if dA is not None:
+                d1, d2 = _block(dA, a1), _block(dA, a2)
+                dT = (np.einsum("rxm,rn,mnM->rxM", d1, x2, C)
+                      + np.einsum("rm,rxn,mnM->rxM", x1, d2, C))
+            cache[key] = (T, dT)
+        return cache[key]
+
     def _products(self, A, dA=None):
         """B (rows, F) from A (rows, K, LM); with dA (rows, 3, K, LM) the directional
         derivative dB (rows, 3, F) (product rule over the factors)."""
-        def blk(X, alpha):
-            l, k = alpha
-            return X[..., k, l * l:(l + 1) * (l + 1)]
-
         cache: dict = {}
-
-        def coupled(a1, a2, L):
-            key = (a1, a2, L)
-            if key not in cache:
-                C = real_clebsch_gordan(a1[0], a2[0], L)
-                x1, x2 = blk(A, a1), blk(A, a2)
-                T = np.einsum("rm,rn,mnM->rM", x1, x2, C)
-                dT = None
-                if dA is not None:
-                    d1, d2 = blk(dA, a1), blk(dA, a2)
-                    dT = (np.einsum("rxm,rn,mnM->rxM", d1, x2, C)
-                          + np.einsum("rm,rxn,mnM->rxM", x1, d2, C))
-                cache[key] = (T, dT)
-            return cache[key]
-
         rows = len(A)
         B = np.empty((rows, len(self._basis)))
         dB = np.empty((rows, 3, len(self._basis))) if dA is not None else None
         for f, (combo, L) in enumerate(self._basis):
             nu = len(combo)
             if nu == 1:
-                B[:, f] = blk(A, combo[0])[:, 0]
+                B[:, f] = _block(A, combo[0])[:, 0]
                 if dA is not None:
-                    dB[:, :, f] = blk(dA, combo[0])[:, :, 0]
+                    dB[:, :, f] = _block(dA, combo[0])[:, :, 0]
                 continue
             if nu == 2:
-                x1, x2 = blk(A, combo[0]), blk(A, combo[1])
+                x1, x2 = _block(A, combo[0]), _block(A, combo[1])
                 B[:, f] = np.einsum("rm,rm->r", x1, x2)
                 if dA is not None:
-                    dB[:, :, f] = (np.einsum("rxm,rm->rx", blk(dA, combo[0]), x2)
-                                   + np.einsum("rm,rxm->rx", x1, blk(dA, combo[1])))
+                    dB[:, :, f] = (np.einsum("rxm,rm->rx", _block(dA, combo[0]), x2)
+                                   + np.einsum("rm,rxm->rx", x1, _block(dA, combo[1])))
                 continue
-            T, dT = coupled(combo[0], combo[1], L)
+            T, dT = self._coupled(A, combo[0], combo[1], L, cache, dA)
             if nu == 3:
-                x3 = blk(A, combo[2])
+                x3 = _block(A, combo[2])
                 B[:, f] = np.einsum("rM,rM->r", T, x3)
                 if dA is not None:
                     dB[:, :, f] = (np.einsum("rxM,rM->rx", dT, x3)
-                                   + np.einsum("rM,rxM->rx", T, blk(dA, combo[2])))
+                                   + np.einsum("rM,rxM->rx", T, _block(dA, combo[2])))
                 continue
-            T2, dT2 = coupled(combo[2], combo[3], L)
+            T2, dT2 = self._coupled(A, combo[2], combo[3], L, cache, dA)
             B[:, f] = np.einsum("rM,rM->r", T, T2)
             if dA is not None:
                 dB[:, :, f] = (np.einsum("rxM,rM->rx", dT, T2)
                                + np.einsum("rM,rxM->rx", T, dT2))
         return B, dB
+
+    def _adjoint(self, A, W):
+        """``d (sum_f W[:, f] B_f) / d A`` per row, shape (rows, K, LM) (reverse mode)."""
+        G = np.zeros_like(A)
+        cache: dict = {}
+        T_bar: dict = {}
+        for f, (combo, L) in enumerate(self._basis):
+            w = W[:, f]
+            nu = len(combo)
+            if nu == 1:
+                _block(G, combo[0])[:, 0] += w
+            elif nu == 2:
+                _block(G, combo[0])[...] += w[:, None] * _block(A, combo[1])
+                _block(G, combo[1])[...] += w[:, None] * _block(A, combo[0])
+            elif nu == 3:
+                T, _ = self._coupled(A, combo[0], combo[1], L, cache)
+                _block(G, combo[2])[...] += w[:, None] * T
+                key = (combo[0], combo[1], L)
+                T_bar[key] = T_bar.get(key, 0.0) + w[:, None] * _block(A, combo[2])
+            else:
+                T, _ = self._coupled(A, combo[0], combo[1], L, cache)
+                T2, _ = self._coupled(A, combo[2], combo[3], L, cache)
+                k1, k2 = (combo[0], combo[1], L), (combo[2], combo[3], L)
+                T_bar[k1] = T_bar.get(k1, 0.0) + w[:, None] * T2
+                T_bar[k2] = T_bar.get(k2, 0.0) + w[:, None] * T
+        for (a1, a2, L), tb in T_bar.items():
+            C = real_clebsch_gordan(a1[0], a2[0], L)
+            x1, x2 = _block(A, a1), _block(A, a2)
+            _block(G, a1)[...] += np.einsum("rM,rn,mnM->rm", tb, x2, C)
+            _block(G, a2)[...] += np.einsum("rM,rm,mnM->rn", tb, x1, C)
+        return G
+
+    def _pair_basis_gradients(self, nl: NeighborList, sl: slice):
+        """``d phi_{n l m}(r_ij) / d r_ij`` for the pairs ``sl``, shape (p, 3, n_max, LM)."""
+        n, L = self.n_max, self.l_max + 1
+        p = sl.stop - sl.start
+        lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
+        vec, r = nl.vectors[sl], nl.distances[sl]
+        R, dR = self.table(r)
+        R = R.reshape(p, n, L)[:, :, lidx]
+        dR = dR.reshape(p, n, L)[:, :, lidx]
+        Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
+        u = vec / r[:, None]
+        return dR[:, None] * u[:, :, None, None] * Y[:, None, None, :] + R[:, None] * dY[:, :, None, :]
+
+    def _pair_vjp(self, species_index, nl: NeighborList, weights):
+        """Adjoint path: ``dE/dA`` per centre, then one contraction per pair (no dB)."""
+        n, S = self.n_max, self.n_species
+        A = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
+        G = self._adjoint(A, weights).reshape(len(A), S, n, -1)
+        P, L = len(nl.i), self.l_max + 1
+        lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
+        out = np.empty((P, 3))
+        sj = species_index[nl.j]
+        for start in range(0, P, _CHUNK):
+            sl = slice(start, min(P, start + _CHUNK))
+            p = sl.stop - sl.start
+            vec, r = nl.vectors[sl], nl.distances[sl]
+            R, dR = self.table(r)
+            Gp = G[nl.i[sl], sj[sl]]  # (p, n, LM)
+            # contract the radial index first: d phi never needs to exist
+            H1 = np.einsum("pnm,pnm->pm", dR.reshape(p, n, L)[:, :, lidx], Gp)
+            H2 = np.einsum("pnm,pnm->pm", R.reshape(p, n, L)[:, :, lidx], Gp)
+            Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
+            out[sl] = (np.einsum("pm,pm->p", H1, Y)[:, None] * (vec / r[:, None])
+                       + np.einsum("pxm,pm->px", dY, H2))
+        return out
 
     def _frame_features(self, species_index, nl: NeighborList, gradients):
         n, L, S = self.n_max, self.l_max + 1, self.n_species
@@ -221,20 +291,12 @@ class ACE(Descriptor):
         if not gradients:
             return B, None
         P, K, LM = len(nl.i), S * n, L * L
-        lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
         g = np.empty((P, 3, self.n_features))
         sj = species_index[nl.j]
         for start in range(0, P, _CHUNK):
             sl = slice(start, min(P, start + _CHUNK))
             p = sl.stop - sl.start
-            vec, r = nl.vectors[sl], nl.distances[sl]
-            R, dR = self.table(r)
-            R = R.reshape(p, n, L)[:, :, lidx]
-            dR = dR.reshape(p, n, L)[:, :, lidx]
-            Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
-            u = vec / r[:, None]
-            dphi = (dR[:, None] * u[:, :, None, None] * Y[:, None, None, :]
-                    + R[:, None] * dY[:, :, None, :])  # (p, 3, n, LM)
+            dphi = self._pair_basis_gradients(nl, sl)  # (p, 3, n, LM)
             dA = np.zeros((p, 3, K, LM))
             for s_ in range(S):
                 sel = np.nonzero(sj[sl] == s_)[0]

@@ -60,6 +60,12 @@ class DotProductKernelMap:
         """``K_mm`` between the sparse points (block diagonal over species)."""
         return self.transform(self.sparse, self.sparse_species)
 
+    def input_gradient(self, X, species, coef):
+        """``sum_m c_m zeta cos^(zeta-1) (s_m - cos x_hat) / |X|`` per row."""
+        cos, xhat, norm = self._cos(X, species)
+        a = self.zeta * cos ** (self.zeta - 1) * coef[None, :]  # zero for other species
+        return (a @ self.sparse - np.sum(a * cos, axis=1)[:, None] * xhat) / norm[:, None]
+
     def reduce_gradients(self, X, species, rows, grads, target):
         cos, xhat, norm = self._cos(X, species)
         dpow = self.zeta * cos ** (self.zeta - 1)

@@ -38,6 +38,9 @@ class FeatureMap(Protocol):
         returns (n_out, 3, n_features) (or (n_out, 9, n_features) for strain).
         """
 
+    def input_gradient(self, X: np.ndarray, species: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        """``d (phi(X_i) . coef) / d X_i`` per row, shape (n_rows, F)."""
+
 
 @dataclass
 class SpeciesBlocks:
@@ -54,6 +57,9 @@ class SpeciesBlocks:
         out = np.zeros((len(X), self.n_species, self.n_descriptor))
         out[np.arange(len(X)), species] = X
         return out.reshape(len(X), -1)
+
+    def input_gradient(self, X, species, coef):
+        return coef.reshape(self.n_species, self.n_descriptor)[species]
 
     def reduce_gradients(self, X, species, rows, grads, target):
         n_out, k = target.shape[0], grads.shape[1]

@@ -25,7 +25,7 @@ from ml4m.models.base import (
     descriptor_to_dict,
 )
 from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
-from ml4m.models.linear.design import DesignRows, FeatureMap, SpeciesBlocks, design_rows
+from ml4m.models.linear.design import VOIGT, DesignRows, FeatureMap, SpeciesBlocks, design_rows
 from ml4m.models.serialization import register_model
 
 __all__ = ["LinearPotential"]
@@ -189,6 +189,8 @@ class LinearPotential(Potential):
         self._check_fitted()
         frames = as_frames(frames)
         self._species_index(frames)
+        if not uncertainty:
+            return self._predict_adjoint(frames)
         energy, forces, stress, e_sig, f_sig = [], [], [], [], []
         for block in self._blocks(frames):
             rows, _ = self._rows(block, True, True)
@@ -209,6 +211,29 @@ class LinearPotential(Potential):
             energy_sigma=np.concatenate(e_sig) if uncertainty else None,
             forces_sigma=np.concatenate(f_sig) if uncertainty else None,
         )
+
+    def _predict_adjoint(self, frames: list[Frame]) -> Prediction:
+        """Energies, forces, stresses through ``dE/dX`` and one descriptor VJP per block.
+
+        Never forms per-feature gradients: the cost is that of the descriptor's values
+        plus one pass over neighbour pairs (the fast path for MD).
+        """
+        energy, forces, stress = [], [], []
+        for block in self._blocks(frames):
+            res = self.descriptor.compute(block)
+            sidx = self._species_index(block)
+            phi = self.fmap_.transform(res.features, sidx)
+            e = np.bincount(res.frame, weights=phi @ self.coef_, minlength=len(block))
+            energy.append(e + self._e0_of(block))
+            W = self.fmap_.input_gradient(res.features, sidx, self.coef_)
+            grad, strain = self.descriptor.vjp(block, W)
+            forces.append(-grad)
+            vol = np.array([f.volume if f.pbc.all() else np.nan for f in block])
+            s = np.stack([strain[:, a, b] for a, b in VOIGT], axis=1) / vol[:, None]
+            stress.append(s)
+        offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
+        return Prediction(energy=np.concatenate(energy), forces=np.concatenate(forces),
+                          stress=np.concatenate(stress), offsets=offsets)
 
     # ---- persistence ----------------------------------------------------------------------
     def _hyper(self) -> dict[str, Any]:
