@@ -248,6 +248,32 @@ class ACE(Descriptor):
             _block(G, a2)[...] += np.einsum("rM,rm,mnM->rn", tb, x1, C)
         return G
 
+    def _jacobian(self, A):
+        """``d B_f / d A`` per row, shape (rows, F, K, LM) (built factor by factor)."""
+        J = np.zeros((len(A), len(self._basis)) + A.shape[1:])
+        cache: dict = {}
+        for f, (combo, L) in enumerate(self._basis):
+            Jf = J[:, f]
+            nu = len(combo)
+            if nu == 1:
+                _block(Jf, combo[0])[:, 0] += 1.0
+            elif nu == 2:
+                _block(Jf, combo[0])[...] += _block(A, combo[1])
+                _block(Jf, combo[1])[...] += _block(A, combo[0])
+            else:
+                T, _ = self._coupled(A, combo[0], combo[1], L, cache)
+                if nu == 3:
+                    pairs = [((combo[0], combo[1]), _block(A, combo[2]))]
+                    _block(Jf, combo[2])[...] += T
+                else:
+                    T2, _ = self._coupled(A, combo[2], combo[3], L, cache)
+                    pairs = [((combo[0], combo[1]), T2), ((combo[2], combo[3]), T)]
+                for (a1, a2), outer in pairs:  # d/dx of sum_M T_M(x1, x2) outer_M
+                    C = real_clebsch_gordan(a1[0], a2[0], L)
+                    _block(Jf, a1)[...] += np.einsum("rn,rM,mnM->rm", _block(A, a2), outer, C)
+                    _block(Jf, a2)[...] += np.einsum("rm,rM,mnM->rn", _block(A, a1), outer, C)
+        return J
+
     def _pair_basis_gradients(self, nl: NeighborList, sl: slice):
         """``d phi_{n l m}(r_ij) / d r_ij`` for the pairs ``sl``, shape (p, 3, n_max, LM)."""
         n, L = self.n_max, self.l_max + 1
@@ -290,16 +316,19 @@ class ACE(Descriptor):
         B, _ = self._products(A)
         if not gradients:
             return B, None
-        P, K, LM = len(nl.i), S * n, L * L
-        g = np.empty((P, 3, self.n_features))
+        P, F = len(nl.i), self.n_features
+        # J_i = dB_i/dA_i per centre, then per centre one matmul over its pairs:
+        # g_p = J_{i_p}[:, block(s_j)] . d phi_p  (no per-pair product rule)
+        J = self._jacobian(A).reshape(len(A), F, S, n * L * L)
+        g = np.empty((P, 3, F))
         sj = species_index[nl.j]
+        bounds = np.searchsorted(nl.i, np.arange(len(A) + 1))  # pairs are sorted by centre
         for start in range(0, P, _CHUNK):
             sl = slice(start, min(P, start + _CHUNK))
-            p = sl.stop - sl.start
-            dphi = self._pair_basis_gradients(nl, sl)  # (p, 3, n, LM)
-            dA = np.zeros((p, 3, K, LM))
-            for s_ in range(S):
-                sel = np.nonzero(sj[sl] == s_)[0]
-                dA[sel, :, s_ * n:(s_ + 1) * n] = dphi[sel]
-            _, g[sl] = self._products(A[nl.i[sl]], dA)
+            dphi = self._pair_basis_gradients(nl, sl).reshape(sl.stop - sl.start, 3, -1)
+            for i in np.unique(nl.i[sl]):
+                a, b = max(bounds[i], sl.start), min(bounds[i + 1], sl.stop)
+                for s_ in np.unique(sj[a:b]):
+                    sel = np.arange(a, b)[sj[a:b] == s_]
+                    g[sel] = dphi[sel - sl.start] @ J[i, :, s_].T
         return B, g
