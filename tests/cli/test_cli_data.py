@@ -164,6 +164,14 @@ def test_quickstart_writes_outputs(capsys, tmp_path):
     assert code == 0
     report = json.loads(out)
     assert report["data"]["n_frames"] == sum(report["data"]["split"].values())
-    for name in ("energy_histogram.png", "force_histogram.png", "summary.json", "data/train.extxyz"):
+    for name in ("energy_histogram.png", "force_histogram.png", "summary.json", "data/train.extxyz",
+                 "soap.npz", "analysis/labels.npy", "analysis/decision_graph.png",
+                 "analysis/dendrogram.png", "model/cu_ace.ml4m", "model/metrics.json",
+                 "model/cu_ace_parity_forces.png", "md_nve.extxyz"):
         assert (tmp_path / "qs" / name).is_file(), name
     assert (tmp_path / "qs" / "energy_histogram.png").read_bytes()[:4] == b"\x89PNG"
+    # the pipeline did real work: SOAP of fcc Cu has an intrinsic dimension well below its 105
+    # features, the potential learns EMT to a few meV/A, and NVE conserves energy
+    assert 2 < report["analysis"]["id"]["estimate"] < 40
+    assert report["fit"]["test"]["forces"]["mae_mev_per_a"] < 20
+    assert abs(report["md"]["energy_drift_mev_per_atom_per_ps"]) < 1.0

@@ -67,11 +67,14 @@ def run(args: argparse.Namespace) -> int:
     out.rule("[bold]2. descriptors")
     report["descriptors"] = _describe_step(parts["train"], outdir, out)
 
-    out.rule("[bold]3. fit: linear ACE")
+    out.rule("[bold]3. analysis of the SOAP manifold")
+    report["analysis"] = _analysis_step(outdir, out)
+
+    out.rule("[bold]4. fit: linear ACE")
     report["fit"] = _fit_step(outdir, out)
     report["plots"] += report["fit"].pop("plots")
 
-    out.rule("[bold]4. molecular dynamics")
+    out.rule("[bold]5. molecular dynamics")
     report["md"] = _md_step(parts["test"], Path(report["fit"]["model"]), outdir, out)
 
     report["seconds"] = time.perf_counter() - t0
@@ -104,6 +107,35 @@ def _describe_step(train, outdir: Path, out) -> dict[str, Any]:
               f"{res.features.shape[1]} features in {seconds:.1f} s -> {outdir / 'soap.npz'}")
     return {"n_rows": int(len(res.features)), "n_features": int(res.features.shape[1]),
             "seconds": seconds, "file": str(outdir / "soap.npz")}
+
+
+def _analysis_step(outdir: Path, out) -> dict[str, Any]:
+    import numpy as np
+
+    from ml4m.analysis import Manifold, decision_graph, id_scaling
+    from ml4m.cli.analyze import _write_outputs
+
+    t0 = time.perf_counter()
+    X = np.load(outdir / "soap.npz")["features"]
+    m = Manifold(X, maxk=min(100, len(X) - 1))
+    two, gride = m.intrinsic_dimension("twonn"), m.intrinsic_dimension("gride")
+    den = m.density("pak", intrinsic_dim=two.estimate)
+    cl = m.clusters("adp", Z=1.65, density=den)
+    summary = {"n": int(len(X)), "dim": int(X.shape[1]),
+               "id": {"method": "twonn", "estimate": two.estimate, "error": two.error},
+               "id_gride": {"estimate": gride.estimate, "error": gride.error},
+               "density": {"method": "pak", "log_density_mean": den.log_density_mean},
+               "clusters": {"method": "adp", "n": cl.n_clusters, "sizes": cl.sizes.tolist(),
+                            "centers": cl.centers.tolist()}}
+    dg = cl.decision if cl.decision is not None else decision_graph(m.graph, den.log_density, X)
+    files = _write_outputs(outdir / "analysis", X, id_scaling(m.graph), den, cl, dg, summary)
+    summary["seconds"] = time.perf_counter() - t0
+    out.print(f"{len(X)} SOAP vectors in {X.shape[1]}-D: intrinsic dimension {two.estimate:.1f} "
+              f"+- {two.error:.1f} (TwoNN), {gride.estimate:.1f} +- {gride.error:.1f} (GRIDE); "
+              f"{cl.n_clusters} density peaks at Z = 1.65 (sizes {cl.sizes.tolist()[:8]}"
+              f"{' ...' if cl.n_clusters > 8 else ''}) in {summary['seconds']:.1f} s")
+    out.print(f"plots and arrays: {', '.join(files)} in {outdir / 'analysis'}/")
+    return summary
 
 
 def _fit_step(outdir: Path, out) -> dict[str, Any]:
