@@ -31,13 +31,13 @@ RESULTS = Path(__file__).parent / "results"
 SETTINGS = {
     "ace": {
         "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 3, "correlation_order": 3, "total_degree": 12}},
-        "cuau_emt": {"descriptor": {"r_cut": 5.0, "n_max": 5, "l_max": 3, "correlation_order": 3, "total_degree": 12}},
-        "bpa_xtb": {"descriptor": {"r_cut": 4.5, "n_max": 5, "l_max": 3, "correlation_order": 3, "total_degree": 12}},
+        "cuau_emt": {"descriptor": {"r_cut": 5.0, "n_max": 5, "l_max": 3, "correlation_order": 3, "total_degree": 10}},
+        "bpa_xtb": {"descriptor": {"r_cut": 4.5, "n_max": 4, "l_max": 2, "correlation_order": 3, "total_degree": 7}},
     },
     "gp": {
         "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 4}, "params": {"n_sparse": 400, "zeta": 4}},
         "cuau_emt": {"descriptor": {"r_cut": 5.0, "n_max": 5, "l_max": 4}, "params": {"n_sparse": 300, "zeta": 4}},
-        "bpa_xtb": {"descriptor": {"r_cut": 4.5, "n_max": 5, "l_max": 4}, "params": {"n_sparse": 200, "zeta": 4}},
+        "bpa_xtb": {"descriptor": {"r_cut": 4.5, "n_max": 4, "l_max": 3}, "params": {"n_sparse": 150, "zeta": 4}},
     },
 }
 
