@@ -5,6 +5,7 @@ Every descriptor is an object holding its hyperparameters, with ``n_features``,
 ``compute(frames, gradients=False, n_jobs=1, progress=False) -> DescriptorResult``
 (rows = atoms of all frames in order, or frames when averaging; position and strain
 derivatives in a sparse per-(centre, atom) layout, see :mod:`ml4m.descriptors.base`).
+:class:`TorchSOAP` evaluates SOAP in PyTorch (CPU or CUDA) for autograd models.
 
 >>> from ase.build import bulk
 >>> from ml4m.descriptors import SOAP
@@ -29,8 +30,17 @@ from ml4m.errors import ConfigError
 
 __all__ = [
     "ACE", "ACSF", "MBTR", "SOAP", "Descriptor", "DescriptorResult", "DESCRIPTORS",
-    "make_descriptor", "describe_frames", "species_of",
+    "make_descriptor", "describe_frames", "species_of", "TorchSOAP",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # TorchSOAP imports torch: load it only when asked for
+    if name == "TorchSOAP":
+        from ml4m.descriptors.torch_soap import TorchSOAP
+
+        return TorchSOAP
+    raise AttributeError(f"module 'ml4m.descriptors' has no attribute {name!r}")
 
 #: descriptor name -> class (names used by the CLI and :func:`describe_frames`)
 DESCRIPTORS: dict[str, type[Descriptor]] = {"acsf": ACSF, "soap": SOAP, "ace": ACE, "mbtr": MBTR}
