@@ -35,7 +35,7 @@ from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
 
 __all__ = ["SOAP", "density_coefficients"]
 
-_CHUNK = 2048
+_CHUNK = 256  # pairs per block in the gradient path (cache-sized work arrays)
 _BLOCK = 2048  # neighbour slots per block in density_coefficients
 
 
