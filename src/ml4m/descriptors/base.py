@@ -272,8 +272,12 @@ class Descriptor(ABC):
             raise DataError("structure has no atoms: nothing to describe", path, index)
         if not np.all(np.isfinite(frame.positions)):
             raise DataError("positions contain NaN or infinite values", path, index)
-        if np.any(frame.pbc) and frame.volume < 1e-9:
-            raise DataError("periodic structure with a zero-volume cell", path, index)
+        pbc = np.asarray(frame.pbc, dtype=bool)
+        if pbc.any():
+            periodic = np.asarray(frame.cell, dtype=np.float64)[pbc]
+            if np.linalg.matrix_rank(periodic, tol=1e-6) < pbc.sum():
+                raise DataError("periodic structure with a zero-volume cell (periodic cell "
+                                "vectors are zero or linearly dependent)", path, index)
         z = np.asarray(frame.numbers, dtype=np.int64)
         idx = np.where(z < len(self._z_index), self._z_index[np.minimum(z, len(self._z_index) - 1)],
                        -1)

@@ -92,9 +92,13 @@ class HermiteTable:
         m0, m1 = derivatives[:-1] * step, derivatives[1:] * step
         # y(t) = a0 + a1 t + a2 t^2 + a3 t^3 on each interval, t in [0, 1]
         a = (y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1)
-        self._a = [np.ascontiguousarray(x) for x in a]
+        # one extra all-zero interval past the end: r >= r_max gives exactly 0 (the
+        # tabulated functions vanish there), not a rounding residue
+        zero = np.zeros((1, values.shape[1]))
+        self._a = [np.ascontiguousarray(np.concatenate([x, zero])) for x in a]
         # derivative coefficients (per Angstrom): a1/h, 2 a2/h, 3 a3/h
-        self._d = [np.ascontiguousarray(q * a[q] / step) for q in (1, 2, 3)]
+        self._d = [np.ascontiguousarray(np.concatenate([q * a[q] / step, zero]))
+                   for q in (1, 2, 3)]
 
     @property
     def n_functions(self) -> int:
@@ -106,7 +110,8 @@ class HermiteTable:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Values and derivatives at distances ``r`` (Angstrom), each ``(len(r), n_functions)``.
 
-        Distances at or beyond the last node take the last interval's end value.
+        Distances at or beyond the last node give exactly 0 (for functions that vanish
+        there, as all tables here do).
         """
         s = np.asarray(r, dtype=np.float64) / self.step
         k = np.minimum(s.astype(np.int64), len(self._a[0]) - 1)

@@ -214,7 +214,7 @@ class SOAP(Descriptor):
             angular += u[:, :, None, None] * radial[:, None]
             angular *= w
             g[sl] = angular
-        return self._normalized(X, g.reshape(P, 3, -1), nl)
+        return self._normalized(X, g.reshape(P, 3, L * F2), nl)
 
     def _normalized(self, X, g, nl):
         if not self.normalize:
