@@ -161,28 +161,25 @@ def _reduce_pair_gradients(
     P, F = len(nl.i), g.shape[-1]
     N = n_atoms
     ar = np.arange(P)
-    C = sp.csr_matrix((np.ones(P), (nl.i, ar)), shape=(N, max(P, 1)))
-    strain = np.zeros((N, 3, 3, F))
-    if P:
-        for b in range(3):
-            strain[:, :, b, :] = np.asarray(
-                C @ (g * nl.vectors[:, b, None, None]).reshape(P, 3 * F)
-            ).reshape(N, 3, F)
+    # one pass over g: rows 4 i + 0 collect -g (self entries), rows 4 i + 1 + b collect
+    # g * r_b (strain derivative d/d eps_ab)
+    rows = (4 * nl.i[:, None] + np.arange(4)).ravel()
+    data = np.concatenate([-np.ones((P, 1)), nl.vectors], axis=1).ravel()
+    M4 = sp.csr_matrix((data, (rows, np.repeat(ar, 4))), shape=(4 * N, max(P, 1)))
+    gflat = g.reshape(P, 3 * F) if P else np.zeros((1, 3 * F))
+    red = np.asarray(M4 @ gflat).reshape(N, 4, 3, F)
+    strain = np.ascontiguousarray(red[:, 1:].transpose(0, 2, 1, 3))  # (N, a, b, F)
     pair_keys = nl.i * N + nl.j
     if allow_fast and P and np.all(nl.j != nl.i) and np.all(np.diff(np.sort(pair_keys)) > 0):
         # every (i, j) appears once (no periodic images of the same atom): the pair
         # gradients are the entries; the self entries are minus their sums per centre
-        self_grad = -np.asarray(C @ g.reshape(P, 3 * F)).reshape(N, 3, F)
         return (np.concatenate([nl.i, np.arange(N)]), np.concatenate([nl.j, np.arange(N)]),
-                np.concatenate([g, self_grad]), strain)
+                np.concatenate([g, red[:, 0]]), strain)
     keys = np.concatenate([pair_keys, nl.i * N + nl.i, np.arange(N) * (N + 1)])
     uniq, inv = np.unique(keys, return_inverse=True)
     data = np.concatenate([np.ones(P), -np.ones(P), np.zeros(N)])
     cols = np.concatenate([ar, ar, np.zeros(N, dtype=np.int64)])
     M = sp.csr_matrix((data, (inv, cols)), shape=(len(uniq), max(P, 1)))
-    gflat = g.reshape(P, 3 * F)
-    if P == 0:
-        gflat = np.zeros((1, 3 * F))
     grads = np.asarray(M @ gflat).reshape(len(uniq), 3, F)
     return uniq // N, uniq % N, grads, strain
 

@@ -112,25 +112,30 @@ def real_spherical_harmonics(
                 dQ[l][m] = ((2 * l - 1) * (Q[l - 1][m] + z * dQ[l - 1][m])
                             - (l + m - 1) * dQ[l - 2][m]) / (l - m)
     N = _norms(l_max)
-    cols, dcols = [], []
+    cols = []
+    dU = np.zeros((len(u), 3, L * L)) if gradients else None  # d/d(unit vector)
     for l in range(L):
         for m in range(-l, l + 1):
             a = N[l, abs(m)] * Q[l][abs(m)]
             cols.append(a if m == 0 else a * (C[m] if m > 0 else S[-m]))
             if not gradients:
                 continue
+            idx = l * l + l + m
             da = N[l, abs(m)] * dQ[l][abs(m)]
+            k = abs(m)
             if m == 0:
-                dcols.append((zero, zero, da))
+                dU[:, 2, idx] = da
             elif m > 0:
-                dcols.append((a * m * C[m - 1], -a * m * S[m - 1], da * C[m]))
+                dU[:, 0, idx] = a * k * C[k - 1]
+                dU[:, 1, idx] = -a * k * S[k - 1]
+                dU[:, 2, idx] = da * C[k]
             else:
-                k = -m
-                dcols.append((a * k * S[k - 1], a * k * C[k - 1], da * S[k]))
+                dU[:, 0, idx] = a * k * S[k - 1]
+                dU[:, 1, idx] = a * k * C[k - 1]
+                dU[:, 2, idx] = da * S[k]
     Y = stack(cols, 1)
     if not gradients:
         return Y, None
-    dU = np.stack([np.stack(c, 1) for c in dcols], 2)  # d/d(unit vector), (n, 3, L*L)
     # project onto the tangent plane and divide by |r|
     radial = np.einsum("na,nak->nk", u, dU)
     dY = (dU - u[:, :, None] * radial[:, None, :]) / r[:, None, None]
