@@ -372,6 +372,8 @@ def _concatenate(
             res.gradients = np.zeros((0, 3, n_features))
             res.strain_gradients = np.zeros((0, 3, 3, n_features))
         return res
+    if len(parts) == 1:
+        return parts[0]
     res = DescriptorResult(
         features=np.concatenate([p.features for p in parts]),
         frame=np.concatenate([p.frame for p in parts]),
