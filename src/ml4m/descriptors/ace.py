@@ -47,7 +47,7 @@ from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
 
 __all__ = ["ACE"]
 
-_CHUNK = 4096
+_CHUNK = 512
 
 
 class ACE(Descriptor):
@@ -88,6 +88,7 @@ class ACE(Descriptor):
         self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
         self._table: HermiteTable | None = None
         self._basis = self._enumerate()
+        self._groups: list | None = None
 
     def settings(self) -> dict[str, Any]:
         """Hyperparameters as a JSON-serialisable dict."""
@@ -159,59 +160,65 @@ class ACE(Descriptor):
         return self._table
 
     # ---- evaluation ---------------------------------------------------------------
-    def _products(self, A, dA=None):
-        """B (rows, F) from A (rows, K, LM); with dA (rows, 3, K, LM) the directional
-        derivative dB (rows, 3, F) (product rule over the factors)."""
-        def blk(X, alpha):
-            l, k = alpha
-            return X[..., k, l * l:(l + 1) * (l + 1)]
-
-        cache: dict = {}
-
-        def coupled(a1, a2, L):
-            key = (a1, a2, L)
-            if key not in cache:
-                C = real_clebsch_gordan(a1[0], a2[0], L)
-                x1, x2 = blk(A, a1), blk(A, a2)
-                T = np.einsum("rm,rn,mnM->rM", x1, x2, C)
-                dT = None
-                if dA is not None:
-                    d1, d2 = blk(dA, a1), blk(dA, a2)
-                    dT = (np.einsum("rxm,rn,mnM->rxM", d1, x2, C)
-                          + np.einsum("rm,rxn,mnM->rxM", x1, d2, C))
-                cache[key] = (T, dT)
-            return cache[key]
-
-        rows = len(A)
-        B = np.empty((rows, len(self._basis)))
-        dB = np.empty((rows, 3, len(self._basis))) if dA is not None else None
+    def _group_basis(self) -> list[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray]]:
+        """Basis functions grouped by ``(nu, (l_1..l_nu), L)``: columns and channels."""
+        groups: dict[tuple, tuple[list[int], list[list[int]]]] = {}
         for f, (combo, L) in enumerate(self._basis):
-            nu = len(combo)
+            key = (len(combo), tuple(l for l, _ in combo), L)
+            cols, ks = groups.setdefault(key, ([], []))
+            cols.append(f)
+            ks.append([k for _, k in combo])
+        return [(nu, ls, L, np.array(cols), np.array(ks))
+                for (nu, ls, L), (cols, ks) in groups.items()]
+
+    def _products(self, A, dA=None):
+        """B (rows, F) from A (rows, K, LM); with dA (rows, 3, K, LM) also the directional
+        derivative dB (rows, 3, F) by the product rule over the factors. Functions of the
+        same ``(nu, l's, L)`` are evaluated together."""
+        if self._groups is None:
+            self._groups = self._group_basis()
+        rows = len(A)
+        B = np.empty((rows, self.n_features))
+        dB = np.empty((rows, 3, self.n_features)) if dA is not None else None
+
+        def factors(t, ks, l):
+            m = slice(l * l, (l + 1) * (l + 1))
+            x = A[:, ks[:, t], m]  # (r, f, 2l+1)
+            return x, (dA[:, :, ks[:, t], m] if dA is not None else None)
+
+        def couple(xa, dxa, xb, dxb, C):
+            """T_M = sum C[a, b, M] xa_a xb_b per (row, function), and its derivative."""
+            na, nb, nM = C.shape
+            r, f = xa.shape[:2]
+            xa_c = (xa.reshape(-1, na) @ C.reshape(na, nb * nM)).reshape(r, f, nb, nM)
+            T = np.matmul(xb[:, :, None, :], xa_c)[:, :, 0, :]
+            if dA is None:
+                return T, None
+            dxa_c = (dxa.reshape(-1, na) @ C.reshape(na, nb * nM)).reshape(r, 3, f, nb, nM)
+            dT = (np.matmul(xb[:, None, :, None, :], dxa_c)[:, :, :, 0, :]
+                  + np.matmul(dxb[:, :, :, None, :], xa_c[:, None])[:, :, :, 0, :])
+            return T, dT
+
+        for nu, ls, L, cols, ks in self._groups:
+            xs = [factors(t, ks, l) for t, l in enumerate(ls)]
             if nu == 1:
-                B[:, f] = blk(A, combo[0])[:, 0]
+                B[:, cols] = xs[0][0][..., 0]
                 if dA is not None:
-                    dB[:, :, f] = blk(dA, combo[0])[:, :, 0]
+                    dB[:, :, cols] = xs[0][1][..., 0]
                 continue
             if nu == 2:
-                x1, x2 = blk(A, combo[0]), blk(A, combo[1])
-                B[:, f] = np.einsum("rm,rm->r", x1, x2)
-                if dA is not None:
-                    dB[:, :, f] = (np.einsum("rxm,rm->rx", blk(dA, combo[0]), x2)
-                                   + np.einsum("rm,rxm->rx", x1, blk(dA, combo[1])))
-                continue
-            T, dT = coupled(combo[0], combo[1], L)
-            if nu == 3:
-                x3 = blk(A, combo[2])
-                B[:, f] = np.einsum("rM,rM->r", T, x3)
-                if dA is not None:
-                    dB[:, :, f] = (np.einsum("rxM,rM->rx", dT, x3)
-                                   + np.einsum("rM,rxM->rx", T, blk(dA, combo[2])))
-                continue
-            T2, dT2 = coupled(combo[2], combo[3], L)
-            B[:, f] = np.einsum("rM,rM->r", T, T2)
+                left, dleft = xs[0]
+                right, dright = xs[1]
+            elif nu == 3:
+                left, dleft = couple(*xs[0], *xs[1], real_clebsch_gordan(ls[0], ls[1], L))
+                right, dright = xs[2]
+            else:
+                left, dleft = couple(*xs[0], *xs[1], real_clebsch_gordan(ls[0], ls[1], L))
+                right, dright = couple(*xs[2], *xs[3], real_clebsch_gordan(ls[2], ls[3], L))
+            B[:, cols] = np.einsum("rfm,rfm->rf", left, right)
             if dA is not None:
-                dB[:, :, f] = (np.einsum("rxM,rM->rx", dT, T2)
-                               + np.einsum("rM,rxM->rx", T, dT2))
+                dB[:, :, cols] = (np.einsum("rxfm,rfm->rxf", dleft, right)
+                                  + np.einsum("rfm,rxfm->rxf", left, dright))
         return B, dB
 
     def _frame_features(self, species_index, nl: NeighborList, gradients):
