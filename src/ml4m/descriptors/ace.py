@@ -187,17 +187,17 @@ class ACE(Descriptor):
             return x, (dA[:, :, ks[:, t], m] if dA is not None else None)
 
         def couple(xa, dxa, xb, dxb, C):
-            """T_M = sum C[a, b, M] xa_a xb_b per (row, function), and its derivative."""
+            """T_M = sum C[a, b, M] xa_a xb_b per (row, function), and its derivative:
+            outer products contracted with C as one matrix product."""
             na, nb, nM = C.shape
+            C2 = C.reshape(na * nb, nM)
             r, f = xa.shape[:2]
-            xa_c = (xa.reshape(-1, na) @ C.reshape(na, nb * nM)).reshape(r, f, nb, nM)
-            T = np.matmul(xb[:, :, None, :], xa_c)[:, :, 0, :]
+            T = ((xa[..., :, None] * xb[..., None, :]).reshape(-1, na * nb) @ C2).reshape(r, f, nM)
             if dA is None:
                 return T, None
-            dxa_c = (dxa.reshape(-1, na) @ C.reshape(na, nb * nM)).reshape(r, 3, f, nb, nM)
-            dT = (np.matmul(xb[:, None, :, None, :], dxa_c)[:, :, :, 0, :]
-                  + np.matmul(dxb[:, :, :, None, :], xa_c[:, None])[:, :, :, 0, :])
-            return T, dT
+            outer = (dxa[..., :, None] * xb[:, None, :, None, :]
+                     + xa[:, None, :, :, None] * dxb[..., None, :])
+            return T, (outer.reshape(-1, na * nb) @ C2).reshape(r, 3, f, nM)
 
         for nu, ls, L, cols, ks in self._groups:
             xs = [factors(t, ks, l) for t, l in enumerate(ls)]
