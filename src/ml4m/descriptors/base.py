@@ -286,8 +286,26 @@ class Descriptor(ABC):
                 f"{self.species_symbols}; set species to include them", path, index)
         return idx
 
-    def compute_frame(self, frame: Frame | Atoms, gradients: bool = False, index: int = 0):
-        """Features of one frame (see :meth:`compute`); returns a result for that frame alone."""
+    def compute_frame(
+        self, frame: Frame | Atoms, gradients: bool = False, index: int = 0
+    ) -> DescriptorResult:
+        """Descriptors of one structure (see :meth:`compute` for the layout).
+
+        Parameters
+        ----------
+        frame : Frame or ase.Atoms
+            The structure (positions in Angstrom).
+        gradients : bool, default=False
+            Also compute position and strain derivatives.
+        index : int, default=0
+            Frame index written to ``result.frame`` and used in error messages when the
+            frame does not know its source.
+
+        Returns
+        -------
+        DescriptorResult
+            Atom indices (``gradient_atom``) are local to this frame.
+        """
         if isinstance(frame, Atoms):
             frame = Frame.from_atoms(frame)
         idx = self._check_frame(frame, index)
