@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from ml4m.data.neighbors import NeighborList
 from ml4m.descriptors.base import Descriptor, padded_layout
