@@ -31,6 +31,7 @@ derivative of the interpolant (consistent with finite differences).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 import numpy as np
 from scipy.special import eval_jacobi, ive, roots_legendre
 
@@ -145,6 +146,7 @@ def _scaled_sph_in(l: int, x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.pi / (2.0 * x)) * ive(l + 0.5, x)
 
 
+@lru_cache(maxsize=16)
 def soap_radial_table(
     n_max: int, l_max: int, r_cut: float, sigma: float, cutoff_width: float
 ) -> HermiteTable:
@@ -164,33 +166,35 @@ def soap_radial_table(
     Returns
     -------
     HermiteTable
-        Functions ordered ``n * (l_max + 1) + l``.
+        Functions ordered ``n * (l_max + 1) + l`` (cached per parameter set; treat as
+        read-only).
     """
     n_nodes = max(256, int(math.ceil(60.0 * r_cut / sigma)))
     d = np.linspace(0.0, r_cut, n_nodes + 1)
     rq, wq = _quadrature(r_cut, max(120, int(math.ceil(24.0 * r_cut / sigma))))
     R = radial_basis(rq, n_max, r_cut) * (wq * rq**2)[:, None]  # (q, n)
     s2 = sigma * sigma
-    diff = rq[None, :] - d[:, None]  # (d, q)
-    gauss = 4.0 * np.pi * np.exp(-0.5 * diff**2 / s2)
-    x = np.maximum(rq[None, :] * d[:, None] / s2, 1e-12)
     L = l_max + 1
-    ivals = [_scaled_sph_in(l, x) for l in range(L + 1)]
     vals = np.empty((len(d), n_max, L))
     ders = np.empty((len(d), n_max, L))
-    for l in range(L):
-        il = ivals[l]
-        dil = ((l * ivals[l - 1] if l > 0 else 0.0) + (l + 1) * ivals[l + 1]) / (2 * l + 1) - il
-        kern = gauss * il
-        dkern = gauss * (diff / s2 * il + rq[None, :] / s2 * dil)
-        vals[:, :, l] = kern @ R
-        ders[:, :, l] = dkern @ R
+    for start in range(0, len(d), 128):  # blocks of distances bound the memory
+        blk = slice(start, min(len(d), start + 128))
+        diff = rq[None, :] - d[blk, None]  # (d, q)
+        gauss = 4.0 * np.pi * np.exp(-0.5 * diff**2 / s2)
+        x = np.maximum(rq[None, :] * d[blk, None] / s2, 1e-12)
+        ivals = [_scaled_sph_in(l, x) for l in range(L + 1)]
+        for l in range(L):
+            il = ivals[l]
+            dil = ((l * ivals[l - 1] if l > 0 else 0.0) + (l + 1) * ivals[l + 1]) / (2 * l + 1) - il
+            vals[blk, :, l] = (gauss * il) @ R
+            ders[blk, :, l] = (gauss * (diff / s2 * il + rq[None, :] / s2 * dil)) @ R
     fc, dfc = smooth_cutoff(d, r_cut, cutoff_width)
     values = (fc[:, None, None] * vals).reshape(len(d), -1)
     derivs = (dfc[:, None, None] * vals + fc[:, None, None] * ders).reshape(len(d), -1)
     return HermiteTable(step=r_cut / n_nodes, values=values, derivatives=derivs)
 
 
+@lru_cache(maxsize=16)
 def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float) -> HermiteTable:
     """Tabulate ``f_c(r) R_n(r)`` (no Gaussian smearing) for the ACE one-particle basis.
 
