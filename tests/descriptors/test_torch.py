@@ -8,7 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ml4m.descriptors import SOAP  # noqa: E402
-from ml4m.descriptors.torch_soap import TorchSOAP  # noqa: E402
+from ml4m.descriptors import ACE  # noqa: E402
+from ml4m.descriptors.torch_backend import TorchACE, TorchSOAP  # noqa: E402
 
 from .conftest import alloy, dense_position_gradient  # noqa: E402
 
@@ -27,6 +28,26 @@ def test_torch_soap_matches_numpy_and_gradients(normalize):
     dense = dense_position_gradient(ref, len(atoms), len(atoms))
     expected = np.einsum("iaxf,if->ax", dense, w.numpy())
     np.testing.assert_allclose(ts.last_positions.grad.numpy(), expected, atol=1e-10)
+
+
+def test_torch_ace_matches_numpy_and_gradients():
+    ace = ACE(["Cu", "Au"], r_cut=4.0, n_max=2, l_max=2, correlation_order=4, total_degree=7)
+    atoms = alloy(seed=11, repeat=(1, 1, 1))
+    ref = ace.compute(atoms, gradients=True)
+    ta = TorchACE(ace)
+    X = ta.features(atoms, requires_grad=True)
+    np.testing.assert_allclose(X.detach().numpy(), ref.features, rtol=1e-11, atol=1e-13)
+    w = torch.as_tensor(np.random.default_rng(1).normal(size=X.shape))
+    (X * w).sum().backward()
+    dense = dense_position_gradient(ref, len(atoms), len(atoms))
+    expected = np.einsum("iaxf,if->ax", dense, w.numpy())
+    np.testing.assert_allclose(ta.last_positions.grad.numpy(), expected, atol=1e-10)
+    # homogeneous strain r -> (1 + eps) r of positions and cell rows:
+    # dE/d eps_ab = sum_k dE/dr_ka r_kb + sum_c dE/dcell_ca cell_cb
+    pos, cell = ta.last_positions, ta.last_cell
+    by_autograd = (pos.grad.T @ pos.detach() + cell.grad.T @ cell.detach()).numpy()
+    analytic = np.einsum("iabf,if->ab", ref.strain_gradients, w.numpy())
+    np.testing.assert_allclose(by_autograd, analytic, atol=1e-10)
 
 
 def test_torch_spherical_harmonics_match_numpy():
