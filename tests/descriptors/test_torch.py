@@ -65,3 +65,18 @@ def test_torch_soap_cuda():
     atoms = alloy(seed=10, repeat=(1, 1, 1))
     X = TorchSOAP(soap, device="cuda").features(atoms)
     np.testing.assert_allclose(X.cpu().numpy(), soap.compute(atoms).features, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_torch_ace_cuda():
+    ace = ACE(["Cu", "Au"], r_cut=4.0, n_max=2, l_max=2, correlation_order=4, total_degree=7)
+    atoms = alloy(seed=12, repeat=(1, 1, 1))
+    X = TorchACE(ace, device="cuda").features(atoms)
+    np.testing.assert_allclose(X.cpu().numpy(), ace.compute(atoms).features, atol=1e-12)
+
+
+def test_torch_average_matches_numpy():
+    soap = SOAP(["Cu", "Au"], r_cut=4.0, n_max=2, l_max=2, average=True)
+    atoms = alloy(seed=13, repeat=(1, 1, 1))
+    X = TorchSOAP(soap).features(atoms)
+    np.testing.assert_allclose(X.numpy(), soap.compute(atoms).features, atol=1e-13)
