@@ -19,4 +19,22 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "ML4MError", "DataError", "ConfigError", "NotFittedError"]
+__all__ = ["__version__", "ML4MError", "DataError", "ConfigError", "NotFittedError", "load"]
+
+
+def load(path):
+    """Load a model saved by ``model.save(path)`` (a ``.ml4m`` file; no code is executed).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The model file.
+
+    Returns
+    -------
+    model
+        The fitted model; ``model.as_calculator()`` gives an ASE calculator.
+    """
+    from ml4m.models.serialization import load as _load
+
+    return _load(path)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ml4m.data.labels import LabelKeys
 
-__all__ = ["print_json", "console", "add_label_key_arguments", "label_keys_from_args",
+__all__ = ["print_json", "console", "emit", "add_label_key_arguments", "label_keys_from_args",
            "float_list", "int_list"]
 
 
@@ -31,6 +31,14 @@ def print_json(obj: dict[str, Any]) -> None:
     """Print exactly one JSON object on stdout."""
     sys.stdout.write(json.dumps(_clean(obj)) + "\n")
     sys.stdout.flush()
+
+
+def emit(as_json: bool, result: dict[str, Any], text: str) -> None:
+    """Print ``result`` as one JSON object (``--json``) or ``text`` for a person."""
+    if as_json:
+        print_json(result)
+    else:
+        console().print(text)
 
 
 def console(stderr: bool = False):

@@ -11,6 +11,7 @@ from typing import Any
 from ml4m.cli._common import (
     add_label_key_arguments,
     console,
+    emit,
     float_list,
     int_list,
     label_keys_from_args,
@@ -25,7 +26,7 @@ examples:
   ml4m data info train.extxyz --json
   ml4m data split all.extxyz --valid 0.1 --test 0.1 --seed 1 --by traj -o splits/
   ml4m data pack train.extxyz -o train.store
-  ml4m data generate --calculator emt --system Cu --temperatures 300,900 -o cu.extxyz
+  ml4m.data.generation --calculator emt --system Cu --temperatures 300,900 -o cu.extxyz
 """
 
 
@@ -72,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "generate", help="labelled reference data from any ASE calculator",
         description="Run MD, strain, vacancies and surfaces with an ASE calculator and write "
         "labelled extxyz. Resumable: rerun the same command after a kill.\n\nexample:\n"
-        "  ml4m data generate --calculator emt --system Cu --supercells 2,3 "
+        "  ml4m.data.generation --calculator emt --system Cu --supercells 2,3 "
         "--temperatures 300,600,1200 -o cu.extxyz", formatter_class=fmt)
     gen.add_argument("--calculator", default="emt",
                      help="emt, lj, morse, or an import path package.module:Class (default emt)")
@@ -155,11 +156,8 @@ def run_split(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(record))
     result = {k: len(v) for k, v in parts.items()}
     result["output"] = str(out)
-    if args.json:
-        print_json(result)
-    else:
-        console().print(f"train {result['train']}, valid {result['valid']}, test {result['test']} "
-                        f"frames written to {out}/")
+    emit(args.json, result, f"train {result['train']}, valid {result['valid']}, test "
+         f"{result['test']} frames written to {out}/")
     return 0
 
 
@@ -177,16 +175,13 @@ def run_pack(args: argparse.Namespace) -> int:
     size = sum(p.stat().st_size for p in Path(args.output).iterdir())
     result = {"output": str(args.output), "n_frames": store.n_frames, "n_atoms": store.n_atoms,
               "labels": list(store.labels), "bytes": size, "seconds": time.perf_counter() - t0}
-    if args.json:
-        print_json(result)
-    else:
-        console().print(f"packed {store.n_frames} frames ({store.n_atoms} atoms, "
-                        f"{size / 1e6:.1f} MB) into {args.output}")
+    emit(args.json, result, f"packed {store.n_frames} frames ({store.n_atoms} atoms, "
+         f"{size / 1e6:.1f} MB) into {args.output}")
     return 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from ml4m.data.generate import GenerateConfig, config_from_mapping, generate
+    from ml4m.data.generation import GenerateConfig, config_from_mapping, generate
 
     base = GenerateConfig()
     if args.config:
@@ -204,9 +199,6 @@ def run_generate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = generate(cfg, args.output, progress=not args.json)
     result["seconds"] = time.perf_counter() - t0
-    if args.json:
-        print_json(result)
-    else:
-        console().print(f"wrote {result['n_frames']} frames from {result['n_trajectories']} "
-                        f"trajectories to {args.output} ({result['seconds']:.0f} s)")
+    emit(args.json, result, f"wrote {result['n_frames']} frames from {result['n_trajectories']} "
+         f"trajectories to {args.output} ({result['seconds']:.0f} s)")
     return 0

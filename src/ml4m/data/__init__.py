@@ -6,7 +6,7 @@ The first stage of the pipeline. Everything downstream consumes :class:`Frame` /
 
 from ml4m.data.default import default_dataset, default_dataset_path
 from ml4m.data.frames import LABELS, Dataset, Frame
-from ml4m.data.generate import GenerateConfig, generate, make_calculator, plan_tasks
+from ml4m.data.generation import GenerateConfig, generate, make_calculator, plan_tasks
 from ml4m.data.labels import LabelKeys
 from ml4m.data.neighbors import NeighborList, batched_neighbor_list, neighbor_list
 from ml4m.data.read import iter_frames, read_dataset

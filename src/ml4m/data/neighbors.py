@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import sys
+
 import numpy as np
-import vesin
 from ase import Atoms
 
 from ml4m.data.frames import Frame
@@ -48,6 +49,25 @@ class NeighborList:
         return len(self.i)
 
 
+def _vesin():
+    """Import vesin lazily, without letting it import PyTorch.
+
+    vesin imports torch (about a second and 200 MB) when it is installed, only to accept
+    torch tensors; ml4m passes numpy arrays. If torch is not loaded yet, it is hidden
+    while vesin is imported, so data-only commands start fast and stay small.
+    """
+    if "vesin" in sys.modules or "torch" in sys.modules:
+        import vesin
+
+        return vesin
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail
+    try:
+        import vesin
+    finally:
+        del sys.modules["torch"]
+    return vesin
+
+
 def _geometry(frame: Frame | Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(frame, Atoms):
         return frame.positions, np.asarray(frame.cell[:]), np.asarray(frame.pbc)
@@ -78,7 +98,7 @@ def neighbor_list(
     positions, cell, pbc = _geometry(frame)
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     box = np.ascontiguousarray(cell, dtype=np.float64)
-    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=full_list, sorted=True)
+    calculator = _vesin().NeighborList(cutoff=float(cutoff), full_list=full_list, sorted=True)
     i, j, s, d, v = calculator.compute(
         points=positions, box=box, periodic=[bool(p) for p in pbc], quantities="ijSdD"
     )

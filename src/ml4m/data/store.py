@@ -210,7 +210,8 @@ class PackedStore:
         self.n_atoms: int = int(meta["n_atoms"])
         self.labels: tuple[str, ...] = tuple(meta["labels"])
         self.config_types: list[str] = list(meta.get("config_types", []))
-        self._arrays: dict[str, np.ndarray] = {}
+        self._specs: dict[str, tuple[Path, np.dtype, tuple[int, ...]]] = {}
+        self._maps: dict[str, np.ndarray] = {}
         for name, spec in meta["arrays"].items():
             file = self.path / f"{name}.bin"
             dtype = np.dtype(spec["dtype"])
@@ -223,10 +224,22 @@ class PackedStore:
                     "tampered store)",
                     str(file),
                 )
-            self._arrays[name] = np.memmap(file, dtype=dtype, mode="r", shape=shape)
-        self.offsets = self._arrays["offsets"]
+            self._specs[name] = (file, dtype, shape)
+        self.offsets = self._read("offsets", 0, self.n_frames + 1)
         if self.offsets[-1] != self.n_atoms or np.any(np.diff(self.offsets) < 0):
             raise DataError("offsets are inconsistent with n_atoms", str(self.path))
+
+    def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of array ``name``, read from disk (no mapping kept)."""
+        file, dtype, shape = self._specs[name]
+        row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        count = (stop - start) * row
+        data = np.fromfile(file, dtype=dtype, count=count, offset=start * row * dtype.itemsize)
+        return data.reshape((stop - start, *shape[1:]))
+
+    def has_array(self, name: str) -> bool:
+        """Whether the store holds array ``name``."""
+        return name in self._specs
 
     def __len__(self) -> int:
         return self.n_frames
@@ -235,27 +248,34 @@ class PackedStore:
         return f"PackedStore({str(self.path)!r}, n_frames={self.n_frames}, n_atoms={self.n_atoms})"
 
     def array(self, name: str) -> np.ndarray:
-        """The memory-mapped array ``name`` (see the module docstring)."""
-        return self._arrays[name]
+        """The whole array ``name``, memory-mapped read-only (see the module docstring).
+
+        Pages touched through the map count towards the process's resident memory until
+        the kernel evicts them; for a pass over a store larger than memory use
+        :meth:`iter_batches`, which reads with plain file reads.
+        """
+        if name not in self._maps:
+            file, dtype, shape = self._specs[name]
+            self._maps[name] = np.memmap(file, dtype=dtype, mode="r", shape=shape)
+        return self._maps[name]
 
     def __getitem__(self, k: int) -> Frame:
         if not -self.n_frames <= k < self.n_frames:
             raise IndexError(f"frame {k} out of range for a store of {self.n_frames} frames")
         k = int(k) % self.n_frames
         a, b = int(self.offsets[k]), int(self.offsets[k + 1])
-        arr = self._arrays
-        ct = int(arr["config_type"][k]) if "config_type" in arr else -1
-        stress = None
-        if "stress" in arr and np.isfinite(arr["stress"][k]).all():
-            stress = np.array(arr["stress"][k])
+        atom = {n: self._read(n, a, b) for n in _PER_ATOM if n in self._specs}
+        frame = {n: self._read(n, k, k + 1)[0] for n in _PER_FRAME if n in self._specs}
+        ct = int(frame["config_type"]) if "config_type" in frame else -1
+        stress = frame.get("stress")
         return Frame(
-            numbers=np.array(arr["numbers"][a:b], dtype=np.int64),
-            positions=np.array(arr["positions"][a:b]),
-            cell=np.array(arr["cell"][k]),
-            pbc=np.array(arr["pbc"][k]),
-            energy=float(arr["energy"][k]) if "energy" in arr else None,
-            forces=np.array(arr["forces"][a:b]) if "forces" in arr else None,
-            stress=stress,
+            numbers=atom["numbers"].astype(np.int64),
+            positions=atom["positions"],
+            cell=frame["cell"],
+            pbc=frame["pbc"],
+            energy=float(frame["energy"]) if "energy" in frame else None,
+            forces=atom.get("forces"),
+            stress=stress if stress is not None and np.isfinite(stress).all() else None,
             info={"config_type": self.config_types[ct]} if ct >= 0 else {},
             source=(str(self.path), k),
         )
@@ -265,7 +285,7 @@ class PackedStore:
             yield self[k]
 
     def iter_batches(self, frames_per_batch: int = 64) -> Iterator[dict[str, np.ndarray]]:
-        """Yield batches of consecutive frames as flat arrays (copies, not maps).
+        """Yield batches of consecutive frames as flat arrays, read from disk (constant memory).
 
         Parameters
         ----------
@@ -281,11 +301,12 @@ class PackedStore:
         for start in range(0, self.n_frames, frames_per_batch):
             stop = min(start + frames_per_batch, self.n_frames)
             a, b = int(self.offsets[start]), int(self.offsets[stop])
-            batch = {"offsets": np.array(self.offsets[start:stop + 1]) - a}
-            for name, arr in self._arrays.items():
-                if name == "offsets":
-                    continue
-                batch[name] = np.array(arr[a:b] if name in _PER_ATOM else arr[start:stop])
+            batch = {"offsets": self.offsets[start:stop + 1] - a}
+            for name in self._specs:
+                if name in _PER_ATOM:
+                    batch[name] = self._read(name, a, b)
+                elif name != "offsets":
+                    batch[name] = self._read(name, start, stop)
             yield batch
 
     def to_dataset(self) -> Dataset:

@@ -47,7 +47,13 @@ from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
 
 __all__ = ["ACE"]
 
-_CHUNK = 512
+_CHUNK = 4096
+
+
+def _block(X, alpha):
+    """The ``(l, k)`` block of a coefficient array ``X[..., K, LM]`` (a view)."""
+    l, k = alpha
+    return X[..., k, l * l:(l + 1) * (l + 1)]
 
 
 class ACE(Descriptor):
@@ -88,7 +94,6 @@ class ACE(Descriptor):
         self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
         self._table: HermiteTable | None = None
         self._basis = self._enumerate()
-        self._groups: list | None = None
 
     def settings(self) -> dict[str, Any]:
         """Hyperparameters as a JSON-serialisable dict."""
@@ -161,7 +166,8 @@ class ACE(Descriptor):
 
     # ---- evaluation ---------------------------------------------------------------
     def _group_basis(self) -> list[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray]]:
-        """Basis functions grouped by ``(nu, (l_1..l_nu), L)``: columns and channels."""
+        """Basis functions grouped by ``(nu, (l_1..l_nu), L)``: columns and channels
+        (used by the torch back end to evaluate a group at once)."""
         groups: dict[tuple, tuple[list[int], list[list[int]]]] = {}
         for f, (combo, L) in enumerate(self._basis):
             key = (len(combo), tuple(l for l, _ in combo), L)
@@ -171,55 +177,150 @@ class ACE(Descriptor):
         return [(nu, ls, L, np.array(cols), np.array(ks))
                 for (nu, ls, L), (cols, ks) in groups.items()]
 
+    @staticmethod
+    def _coupled(A, a1, a2, L, cache, dA=None):
+        """``T^L_M(a1, a2)`` over rows (and its directional derivative along dA), cached."""
+        key = (a1, a2, L)
+        if key not in cache:
+            C = real_clebsch_gordan(a1[0], a2[0], L)
+            x1, x2 = _block(A, a1), _block(A, a2)
+            T = np.einsum("rm,rn,mnM->rM", x1, x2, C)
+            dT = None
+            if dA is not None:
+                d1, d2 = _block(dA, a1), _block(dA, a2)
+                dT = (np.einsum("rxm,rn,mnM->rxM", d1, x2, C)
+                      + np.einsum("rm,rxn,mnM->rxM", x1, d2, C))
+            cache[key] = (T, dT)
+        return cache[key]
+
     def _products(self, A, dA=None):
-        """B (rows, F) from A (rows, K, LM); with dA (rows, 3, K, LM) also the directional
-        derivative dB (rows, 3, F) by the product rule over the factors. Functions of the
-        same ``(nu, l's, L)`` are evaluated together."""
-        if self._groups is None:
-            self._groups = self._group_basis()
+        """B (rows, F) from A (rows, K, LM); with dA (rows, 3, K, LM) the directional
+        derivative dB (rows, 3, F) (product rule over the factors)."""
+        cache: dict = {}
         rows = len(A)
-        B = np.empty((rows, self.n_features))
-        dB = np.empty((rows, 3, self.n_features)) if dA is not None else None
-
-        def factors(t, ks, l):
-            m = slice(l * l, (l + 1) * (l + 1))
-            x = A[:, ks[:, t], m]  # (r, f, 2l+1)
-            return x, (dA[:, :, ks[:, t], m] if dA is not None else None)
-
-        def couple(xa, dxa, xb, dxb, C):
-            """T_M = sum C[a, b, M] xa_a xb_b per (row, function), and its derivative:
-            outer products contracted with C as one matrix product."""
-            na, nb, nM = C.shape
-            C2 = C.reshape(na * nb, nM)
-            r, f = xa.shape[:2]
-            T = ((xa[..., :, None] * xb[..., None, :]).reshape(-1, na * nb) @ C2).reshape(r, f, nM)
-            if dA is None:
-                return T, None
-            outer = (dxa[..., :, None] * xb[:, None, :, None, :]
-                     + xa[:, None, :, :, None] * dxb[..., None, :])
-            return T, (outer.reshape(-1, na * nb) @ C2).reshape(r, 3, f, nM)
-
-        for nu, ls, L, cols, ks in self._groups:
-            xs = [factors(t, ks, l) for t, l in enumerate(ls)]
+        B = np.empty((rows, len(self._basis)))
+        dB = np.empty((rows, 3, len(self._basis))) if dA is not None else None
+        for f, (combo, L) in enumerate(self._basis):
+            nu = len(combo)
             if nu == 1:
-                B[:, cols] = xs[0][0][..., 0]
+                B[:, f] = _block(A, combo[0])[:, 0]
                 if dA is not None:
-                    dB[:, :, cols] = xs[0][1][..., 0]
+                    dB[:, :, f] = _block(dA, combo[0])[:, :, 0]
                 continue
             if nu == 2:
-                left, dleft = xs[0]
-                right, dright = xs[1]
-            elif nu == 3:
-                left, dleft = couple(*xs[0], *xs[1], real_clebsch_gordan(ls[0], ls[1], L))
-                right, dright = xs[2]
-            else:
-                left, dleft = couple(*xs[0], *xs[1], real_clebsch_gordan(ls[0], ls[1], L))
-                right, dright = couple(*xs[2], *xs[3], real_clebsch_gordan(ls[2], ls[3], L))
-            B[:, cols] = np.einsum("rfm,rfm->rf", left, right)
+                x1, x2 = _block(A, combo[0]), _block(A, combo[1])
+                B[:, f] = np.einsum("rm,rm->r", x1, x2)
+                if dA is not None:
+                    dB[:, :, f] = (np.einsum("rxm,rm->rx", _block(dA, combo[0]), x2)
+                                   + np.einsum("rm,rxm->rx", x1, _block(dA, combo[1])))
+                continue
+            T, dT = self._coupled(A, combo[0], combo[1], L, cache, dA)
+            if nu == 3:
+                x3 = _block(A, combo[2])
+                B[:, f] = np.einsum("rM,rM->r", T, x3)
+                if dA is not None:
+                    dB[:, :, f] = (np.einsum("rxM,rM->rx", dT, x3)
+                                   + np.einsum("rM,rxM->rx", T, _block(dA, combo[2])))
+                continue
+            T2, dT2 = self._coupled(A, combo[2], combo[3], L, cache, dA)
+            B[:, f] = np.einsum("rM,rM->r", T, T2)
             if dA is not None:
-                dB[:, :, cols] = (np.einsum("rxfm,rfm->rxf", dleft, right)
-                                  + np.einsum("rfm,rxfm->rxf", left, dright))
+                dB[:, :, f] = (np.einsum("rxM,rM->rx", dT, T2)
+                               + np.einsum("rM,rxM->rx", T, dT2))
         return B, dB
+
+    def _adjoint(self, A, W):
+        """``d (sum_f W[:, f] B_f) / d A`` per row, shape (rows, K, LM) (reverse mode)."""
+        G = np.zeros_like(A)
+        cache: dict = {}
+        T_bar: dict = {}
+        for f, (combo, L) in enumerate(self._basis):
+            w = W[:, f]
+            nu = len(combo)
+            if nu == 1:
+                _block(G, combo[0])[:, 0] += w
+            elif nu == 2:
+                _block(G, combo[0])[...] += w[:, None] * _block(A, combo[1])
+                _block(G, combo[1])[...] += w[:, None] * _block(A, combo[0])
+            elif nu == 3:
+                T, _ = self._coupled(A, combo[0], combo[1], L, cache)
+                _block(G, combo[2])[...] += w[:, None] * T
+                key = (combo[0], combo[1], L)
+                T_bar[key] = T_bar.get(key, 0.0) + w[:, None] * _block(A, combo[2])
+            else:
+                T, _ = self._coupled(A, combo[0], combo[1], L, cache)
+                T2, _ = self._coupled(A, combo[2], combo[3], L, cache)
+                k1, k2 = (combo[0], combo[1], L), (combo[2], combo[3], L)
+                T_bar[k1] = T_bar.get(k1, 0.0) + w[:, None] * T2
+                T_bar[k2] = T_bar.get(k2, 0.0) + w[:, None] * T
+        for (a1, a2, L), tb in T_bar.items():
+            C = real_clebsch_gordan(a1[0], a2[0], L)
+            x1, x2 = _block(A, a1), _block(A, a2)
+            _block(G, a1)[...] += np.einsum("rM,rn,mnM->rm", tb, x2, C)
+            _block(G, a2)[...] += np.einsum("rM,rm,mnM->rn", tb, x1, C)
+        return G
+
+    def _jacobian(self, A):
+        """``d B_f / d A`` per row, shape (rows, F, K, LM) (built factor by factor)."""
+        J = np.zeros((len(A), len(self._basis)) + A.shape[1:])
+        cache: dict = {}
+        for f, (combo, L) in enumerate(self._basis):
+            Jf = J[:, f]
+            nu = len(combo)
+            if nu == 1:
+                _block(Jf, combo[0])[:, 0] += 1.0
+            elif nu == 2:
+                _block(Jf, combo[0])[...] += _block(A, combo[1])
+                _block(Jf, combo[1])[...] += _block(A, combo[0])
+            else:
+                T, _ = self._coupled(A, combo[0], combo[1], L, cache)
+                if nu == 3:
+                    pairs = [((combo[0], combo[1]), _block(A, combo[2]))]
+                    _block(Jf, combo[2])[...] += T
+                else:
+                    T2, _ = self._coupled(A, combo[2], combo[3], L, cache)
+                    pairs = [((combo[0], combo[1]), T2), ((combo[2], combo[3]), T)]
+                for (a1, a2), outer in pairs:  # d/dx of sum_M T_M(x1, x2) outer_M
+                    C = real_clebsch_gordan(a1[0], a2[0], L)
+                    _block(Jf, a1)[...] += np.einsum("rn,rM,mnM->rm", _block(A, a2), outer, C)
+                    _block(Jf, a2)[...] += np.einsum("rm,rM,mnM->rn", _block(A, a1), outer, C)
+        return J
+
+    def _pair_basis_gradients(self, nl: NeighborList, sl: slice):
+        """``d phi_{n l m}(r_ij) / d r_ij`` for the pairs ``sl``, shape (p, 3, n_max, LM)."""
+        n, L = self.n_max, self.l_max + 1
+        p = sl.stop - sl.start
+        lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
+        vec, r = nl.vectors[sl], nl.distances[sl]
+        R, dR = self.table(r)
+        R = R.reshape(p, n, L)[:, :, lidx]
+        dR = dR.reshape(p, n, L)[:, :, lidx]
+        Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
+        u = vec / r[:, None]
+        return dR[:, None] * u[:, :, None, None] * Y[:, None, None, :] + R[:, None] * dY[:, :, None, :]
+
+    def _pair_vjp(self, species_index, nl: NeighborList, weights):
+        """Adjoint path: ``dE/dA`` per centre, then one contraction per pair (no dB)."""
+        n, S = self.n_max, self.n_species
+        A = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
+        G = self._adjoint(A, weights).reshape(len(A), S, n, -1)
+        P, L = len(nl.i), self.l_max + 1
+        lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
+        out = np.empty((P, 3))
+        sj = species_index[nl.j]
+        for start in range(0, P, _CHUNK):
+            sl = slice(start, min(P, start + _CHUNK))
+            p = sl.stop - sl.start
+            vec, r = nl.vectors[sl], nl.distances[sl]
+            R, dR = self.table(r)
+            Gp = G[nl.i[sl], sj[sl]]  # (p, n, LM)
+            # contract the radial index first: d phi never needs to exist
+            H1 = np.einsum("pnm,pnm->pm", dR.reshape(p, n, L)[:, :, lidx], Gp)
+            H2 = np.einsum("pnm,pnm->pm", R.reshape(p, n, L)[:, :, lidx], Gp)
+            Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
+            out[sl] = (np.einsum("pm,pm->p", H1, Y)[:, None] * (vec / r[:, None])
+                       + np.einsum("pxm,pm->px", dY, H2))
+        return out
 
     def _frame_features(self, species_index, nl: NeighborList, gradients):
         n, L, S = self.n_max, self.l_max + 1, self.n_species
@@ -227,24 +328,19 @@ class ACE(Descriptor):
         B, _ = self._products(A)
         if not gradients:
             return B, None
-        P, K, LM = len(nl.i), S * n, L * L
-        lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
-        g = np.empty((P, 3, self.n_features))
+        P, F = len(nl.i), self.n_features
+        # J_i = dB_i/dA_i per centre, then per centre one matmul over its pairs:
+        # g_p = J_{i_p}[:, block(s_j)] . d phi_p  (no per-pair product rule)
+        J = self._jacobian(A).reshape(len(A), F, S, n * L * L)
+        g = np.empty((P, 3, F))
         sj = species_index[nl.j]
+        bounds = np.searchsorted(nl.i, np.arange(len(A) + 1))  # pairs are sorted by centre
         for start in range(0, P, _CHUNK):
             sl = slice(start, min(P, start + _CHUNK))
-            p = sl.stop - sl.start
-            vec, r = nl.vectors[sl], nl.distances[sl]
-            R, dR = self.table(r)
-            R = R.reshape(p, n, L)[:, :, lidx]
-            dR = dR.reshape(p, n, L)[:, :, lidx]
-            Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
-            u = vec / r[:, None]
-            dphi = (dR[:, None] * u[:, :, None, None] * Y[:, None, None, :]
-                    + R[:, None] * dY[:, :, None, :])  # (p, 3, n, LM)
-            dA = np.zeros((p, 3, K, LM))
-            for s_ in range(S):
-                sel = np.nonzero(sj[sl] == s_)[0]
-                dA[sel, :, s_ * n:(s_ + 1) * n] = dphi[sel]
-            _, g[sl] = self._products(A[nl.i[sl]], dA)
+            dphi = self._pair_basis_gradients(nl, sl).reshape(sl.stop - sl.start, 3, -1)
+            for i in np.unique(nl.i[sl]):
+                a, b = max(bounds[i], sl.start), min(bounds[i + 1], sl.stop)
+                for s_ in np.unique(sj[a:b]):
+                    sel = np.arange(a, b)[sj[a:b] == s_]
+                    g[sel] = dphi[sel - sl.start] @ J[i, :, s_].T
         return B, g

@@ -357,6 +357,62 @@ class Descriptor(ABC):
                            len(frames), n_jobs, progress, label=f"{self.name} descriptors")
         return _concatenate(parts, gradients, self.n_features, [len(f) for f in frames])
 
+    # ---- vector-Jacobian products (forces of models built on the descriptor) -------
+    def _pair_vjp(self, species_index: np.ndarray, nl: NeighborList, weights: np.ndarray) -> np.ndarray:
+        """``d (sum_i w_i . X_i) / d r_ij`` per pair, shape (P, 3).
+
+        Generic path through the full pair gradients; subclasses may override it with
+        an adjoint that never forms them (see :class:`~ml4m.descriptors.ACE`).
+        """
+        _, g = self._frame_features(species_index, nl, True)
+        return np.einsum("pxf,pf->px", g, weights[nl.i]) if len(nl.i) else np.zeros((0, 3))
+
+    def vjp(self, frames: Any, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gradients of ``sum_rows weights[row] . features[row]`` (a scalar per frame).
+
+        This is what a model built on the descriptor needs for forces and stress:
+        with ``weights = dE/dX`` it returns ``dE/dr`` and ``dE/d strain`` without
+        forming the per-feature gradients (``compute(..., gradients=True)``).
+
+        Parameters
+        ----------
+        frames : Frame, ase.Atoms, Dataset or sequence of them
+            Structures (Angstrom).
+        weights : ndarray of shape (n_atoms_total, n_features)
+            One weight vector per row of :meth:`compute`'s features.
+
+        Returns
+        -------
+        position_gradients : ndarray of shape (n_atoms_total, 3)
+            ``d/d r_a``, per Angstrom.
+        strain_gradients : ndarray of shape (n_frames, 3, 3)
+            ``d/d eps_ab`` for the homogeneous deformation ``r -> (1 + eps) r``.
+        """
+        if self.average:
+            raise ConfigError("vjp needs per-atom rows (average=False)")
+        frames = as_frames(frames)
+        weights = np.asarray(weights, dtype=float)
+        n_total = sum(len(f) for f in frames)
+        if weights.shape != (n_total, self.n_features):
+            raise ConfigError(f"weights must have shape ({n_total}, {self.n_features}), "
+                              f"got {weights.shape}")
+        grad = np.zeros((n_total, 3))
+        strain = np.zeros((len(frames), 3, 3))
+        start = 0
+        for k, frame in enumerate(frames):
+            idx = self._check_frame(frame, k)
+            nl = neighbor_list(frame, self.r_cut, full_list=True)
+            n = len(frame)
+            pg = self._pair_vjp(idx, nl, weights[start:start + n])
+            if len(pg):
+                part = np.zeros((n, 3))
+                np.add.at(part, nl.j, pg)
+                np.add.at(part, nl.i, -pg)
+                grad[start:start + n] = part
+                strain[k] = pg.T @ nl.vectors
+            start += n
+        return grad, strain
+
     def to_meta(self) -> str:
         """:meth:`settings` as a JSON string."""
         return json.dumps(self.settings())

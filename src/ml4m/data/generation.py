@@ -32,7 +32,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixCom
 from ase.data import atomic_numbers, reference_states
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from ml4m._fileio import atomic_path
 from ml4m.errors import ConfigError
@@ -115,7 +115,7 @@ class GenerateConfig:
     vacancies : bool
         Add single-vacancy trajectories (at the higher temperatures).
     surface : bool
-        Add a free (111) (fcc) / (110) (bcc) / (0001) (hcp) slab, periodic in-plane.
+        Add a free (111) (fcc) / (110) (bcc) / (001) (hcp) slab, periodic in-plane.
     alloy_fractions : list of float
         Fractions of the second element for alloys.
     seed : int
@@ -213,9 +213,16 @@ def plan_tasks(cfg: GenerateConfig) -> list[Task]:
             for T in temps[-2:]:
                 add("vacancy", cfg.supercells[0], T, x, "r0")
         if cfg.surface:
+            miller = "".join(map(str, _surface_miller(cfg.elements[0])))
             for T in temps[:2]:
-                add("slab", cfg.supercells[0], T, x, "r0")
+                add(f"slab{miller}", cfg.supercells[0], T, x, "r0")
     return tasks
+
+
+def _surface_miller(symbol: str) -> tuple[int, int, int]:
+    """The close-packed surface of ``symbol``'s reference crystal."""
+    sym = reference_states[atomic_numbers[symbol]]["symmetry"]
+    return {"fcc": (1, 1, 1), "bcc": (1, 1, 0), "hcp": (0, 0, 1)}.get(sym, (1, 0, 0))
 
 
 def _lattice_constant(symbol: str, calc: Calculator) -> float:
@@ -239,12 +246,10 @@ def _start_structure(task: Task, cfg: GenerateConfig, a: float) -> Atoms:
     rng = np.random.default_rng(task.seed)
     host = cfg.elements[0]
     n = task.supercell
-    if task.kind == "slab":
+    if task.kind.startswith("slab"):
         from ase.build import surface
 
-        sym = reference_states[atomic_numbers[host]]["symmetry"]
-        miller = {"fcc": (1, 1, 1), "bcc": (1, 1, 0), "hcp": (0, 0, 1)}.get(sym, (1, 0, 0))
-        atoms = surface(bulk(host, a=a, cubic=True), miller, layers=4, vacuum=10.0)
+        atoms = surface(bulk(host, a=a, cubic=True), _surface_miller(host), layers=4, vacuum=10.0)
         atoms = atoms.repeat((max(2, n), max(2, n), 1))
         atoms.pbc = (True, True, False)
     else:
@@ -269,7 +274,7 @@ def _run_task(task: Task, cfg: GenerateConfig, calc: Calculator, a: float,
     atoms = _start_structure(task, cfg, a)
     atoms.calc = calc
     rng = np.random.default_rng(task.seed + 1)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=task.temperature, rng=rng)
+    thermalize_momenta(atoms, temperature_K=task.temperature, rng=rng)
     Stationary(atoms)
     atoms.set_constraint(FixCom())
     dyn = Langevin(

@@ -1,0 +1,54 @@
+"""Shared helpers of the analysis benchmarks: data generator and worker launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ML4M_PY = os.environ.get("ML4M_PYTHON", sys.executable)
+PEER_PY = os.environ.get("DADAPY_PYTHON", "/work/peers/dadapy/bin/python")
+WORKER = Path(__file__).with_name("_workers.py")
+
+
+def manifold_data(n: int, seed: int = 0, latent: int = 10, dim: int = 50, modes: int = 5):
+    """``n`` points in ``dim`` features on a curved ``latent``-dimensional manifold.
+
+    A mixture of ``modes`` unit Gaussians in ``latent`` dimensions (centres 6 apart),
+    mapped by ``[z, 0.5 sin(z)]`` and a random orthonormal map into ``dim`` features:
+    intrinsic dimension ``latent``, a known number of density peaks.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(modes, latent))
+    centres *= 6.0 / np.sqrt(2 * latent)
+    z = centres[rng.integers(modes, size=n)] + rng.normal(size=(n, latent))
+    y = np.hstack([z, 0.5 * np.sin(z)])
+    q, _ = np.linalg.qr(np.random.default_rng(seed + 1000).normal(size=(dim, y.shape[1])))
+    return np.ascontiguousarray(y @ q.T)
+
+
+def run_worker(which: str, X_path: Path, out_path: Path, maxk: int, Z: float,
+               backend: str = "auto", timeout: float | None = None) -> dict:
+    """Run one pipeline in a fresh process; return its outputs (times, peak memory)."""
+    py = ML4M_PY if which == "ml4m" else PEER_PY
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") if which == "ml4m" else ""
+    proc = subprocess.run([py, str(WORKER), which, str(X_path), str(out_path), str(maxk), str(Z),
+                           backend], env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{which} worker failed:\n{proc.stderr[-3000:]}")
+    with np.load(out_path, allow_pickle=False) as z:
+        res = {k: z[k] for k in z.files}
+    res["times"] = json.loads(str(res["times"]))
+    res["peak_mib"] = float(res["peak_mib"])
+    return res
+
+
+def machine_note() -> str:
+    return (f"{os.cpu_count()} cores, shared with other engineers (timings are noisy; ratios of "
+            "medians of repeated, interleaved runs in fresh processes)")

@@ -1,0 +1,153 @@
+"""Speed and memory of the full analysis pipeline, ml4m beside DADApY 0.3.4.
+
+Pipeline (both): 100-neighbour graph, TwoNN, GRIDE scaling, k* + PAk, ADP (Z = 1.65).
+Every run is a fresh process (``_workers.py``); ml4m and DADApY runs are interleaved
+and the report gives medians and ratios of medians (peer time / ml4m time), with
+peak resident memory (``ru_maxrss``). Data: ``_common.manifold_data`` (ID 10 in 50-D,
+five density peaks).
+
+Usage (parts can be run separately; each appends JSON to results/analysis_speed.json
+and rewrites results/analysis_speed.md)::
+
+    PYTHONPATH=src /work/main/.venv/bin/python benchmarks/analysis_speed.py side-by-side --n 50000 --repeats 3
+    PYTHONPATH=src /work/main/.venv/bin/python benchmarks/analysis_speed.py scaling --ns 25000,50000,100000,200000,400000
+    PYTHONPATH=src /work/main/.venv/bin/python benchmarks/analysis_speed.py scaling --ns 1000000
+    PYTHONPATH=src /work/main/.venv/bin/python benchmarks/analysis_speed.py peer-scaling --ns 25000,50000,100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine_note, manifold_data, run_worker  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+JSON = RESULTS / "analysis_speed.json"
+MD = RESULTS / "analysis_speed.md"
+MAXK = 100
+
+
+def _record(entry: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data = json.loads(JSON.read_text()) if JSON.exists() else []
+    data.append(entry)
+    JSON.write_text(json.dumps(data, indent=1))
+    _report(data)
+
+
+def _fit_exponent(points):
+    if len(points) < 2:
+        return float("nan")
+    n, t = np.array(points, dtype=float).T
+    return float(np.polyfit(np.log(n), np.log(t), 1)[0])
+
+
+def _report(data) -> None:
+    lines = ["# ml4m.analysis speed and memory beside DADApY 0.3.4", "",
+             f"Machine: {machine_note()}.", "Pipeline: 100-neighbour graph, TwoNN, GRIDE scaling, "
+             "k* + PAk, ADP (Z = 1.65). Data: ID 10 on a curved manifold in 50-D, 5 modes. "
+             "`ivf` = approximate neighbours (faiss IVF, nprobe 64, exact float64 refinement); "
+             "`brute` = exact.", ""]
+    side = [d for d in data if d["part"] == "side-by-side"]
+    if side:
+        lines += ["## Side by side (medians of interleaved repeats)", "",
+                  "| N | runner | repeats | median s | peak MiB | DADApY / ml4m time | "
+                  "clusters | stages (median s) |", "|---|---|---|---|---|---|---|---|"]
+        for d in side:
+            peer = d["runs"]["dadapy"]["median"]
+            for name, r in d["runs"].items():
+                ratio = "" if name == "dadapy" else f"**{peer / r['median']:.2f}x**"
+                stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items() if k != "total")
+                lines.append(f"| {d['n']} | {name} | {len(r['times'])} | {r['median']:.2f} | "
+                             f"{r['peak_mib']:.0f} | {ratio} | {r['clusters']} | {stages} |")
+        lines.append("")
+    for who in ("ml4m", "dadapy"):
+        rows = [d for d in data if d["part"] == ("scaling" if who == "ml4m" else "peer-scaling")]
+        if not rows:
+            continue
+        lines += [f"## Scaling: {who}", "", "| N | backend | total s | peak MiB | stages s |",
+                  "|---|---|---|---|---|"]
+        for d in sorted(rows, key=lambda d: (d.get("backend", ""), d["n"])):
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in d["stages"].items() if k != "total")
+            lines.append(f"| {d['n']} | {d.get('backend', 'sklearn')} | {d['total']:.1f} | "
+                         f"{d['peak_mib']:.0f} | {stages} |")
+        for be in sorted({d.get("backend", "sklearn") for d in rows}):
+            pts = [(d["n"], d["total"]) for d in rows if d.get("backend", "sklearn") == be]
+            pts_nb = [(d["n"], d["total"] - d["stages"]["neighbours"]) for d in rows
+                      if d.get("backend", "sklearn") == be]
+            lines.append("")
+            lines.append(f"Growth exponent (log-log fit of time vs N, {be}): total "
+                         f"**{_fit_exponent(pts):.2f}**, without the neighbour search "
+                         f"{_fit_exponent(pts_nb):.2f} (N log N over this range fits ~1.1).")
+        lines.append("")
+    MD.write_text("\n".join(lines))
+
+
+def _summ(res_list):
+    times = [r["times"]["total"] for r in res_list]
+    stages = {k: float(np.median([r["times"][k] for r in res_list])) for k in res_list[0]["times"]}
+    return {"times": times, "median": float(np.median(times)), "stages": stages,
+            "peak_mib": float(max(r["peak_mib"] for r in res_list)),
+            "clusters": int(len(res_list[0]["centers"]))}
+
+
+def side_by_side(n: int, repeats: int, runners) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "x.npy", manifold_data(n, seed=0))
+        out = {r: [] for r in runners}
+        for rep in range(repeats):
+            for r in runners:
+                which, backend = ("dadapy", "auto") if r == "dadapy" else ("ml4m", r.split("-")[1])
+                res = run_worker(which, tmp / "x.npy", tmp / f"{r}.npz", MAXK, 1.65, backend)
+                out[r].append(res)
+                print(rep, r, res["times"]["total"], res["peak_mib"], flush=True)
+    _record({"part": "side-by-side", "n": n, "runs": {r: _summ(v) for r, v in out.items()}})
+
+
+def scaling(ns, backend: str, peer: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for n in ns:
+            np.save(tmp / "x.npy", manifold_data(n, seed=0))
+            res = run_worker("dadapy" if peer else "ml4m", tmp / "x.npy", tmp / "r.npz", MAXK,
+                             1.65, backend)
+            print(n, res["times"], res["peak_mib"], flush=True)
+            entry = {"part": "peer-scaling" if peer else "scaling", "n": n,
+                     "total": res["times"]["total"], "stages": res["times"],
+                     "peak_mib": res["peak_mib"], "clusters": int(len(res["centers"]))}
+            if not peer:
+                entry["backend"] = backend
+            _record(entry)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=("side-by-side", "scaling", "peer-scaling", "report"))
+    p.add_argument("--n", type=int, default=50000)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ns", default="25000,50000,100000")
+    p.add_argument("--backend", default="ivf")
+    p.add_argument("--runners", default="dadapy,ml4m-brute,ml4m-ivf")
+    a = p.parse_args()
+    ns = [int(x) for x in a.ns.split(",")]
+    if a.part == "side-by-side":
+        side_by_side(a.n, a.repeats, a.runners.split(","))
+    elif a.part == "scaling":
+        scaling(ns, a.backend, peer=False)
+    elif a.part == "peer-scaling":
+        scaling(ns, "auto", peer=True)
+    else:
+        _report(json.loads(JSON.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

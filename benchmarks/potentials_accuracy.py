@@ -1,0 +1,139 @@
+"""Accuracy, fit cost and uncertainty of ml4m's linear ACE and sparse GP potentials.
+
+For each reference set in ``../shared/data`` (train/valid split by trajectory), fits the
+models on ``train`` in a fresh process (wall time and peak RSS of the fit), and reports
+on ``valid``: energy MAE (meV/atom), force MAE (meV/A), the Spearman correlation between
+predicted force sigma and absolute force error (per atom: norm of the sigma vector
+against the norm of the error), and a calibration plot (binned predicted sigma against
+observed RMSE). Hyperparameters are fixed per system before looking at valid (no tuning
+on valid).
+
+Usage::
+
+    .venv/bin/python benchmarks/potentials_accuracy.py [--sets cu_emt cuau_emt bpa_xtb]
+
+Writes ``benchmarks/results/potentials_accuracy.md`` and calibration PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SHARED = Path(os.environ.get("ML4M_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+RESULTS = Path(__file__).parent / "results"
+
+#: model settings per system, fixed a priori (cutoffs from the physics, not tuned on valid)
+SETTINGS = {
+    "ace": {
+        "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 3, "correlation_order": 3, "total_degree": 12}},
+        "cuau_emt": {"descriptor": {"r_cut": 5.0, "n_max": 5, "l_max": 3, "correlation_order": 3, "total_degree": 10}},
+        "bpa_xtb": {"descriptor": {"r_cut": 4.5, "n_max": 4, "l_max": 2, "correlation_order": 3, "total_degree": 7}},
+    },
+    "gp": {
+        "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 4}, "params": {"n_sparse": 400, "zeta": 4}},
+        "cuau_emt": {"descriptor": {"r_cut": 5.0, "n_max": 5, "l_max": 4}, "params": {"n_sparse": 300, "zeta": 4}},
+        "bpa_xtb": {"descriptor": {"r_cut": 4.5, "n_max": 4, "l_max": 3}, "params": {"n_sparse": 150, "zeta": 4}},
+    },
+}
+
+WORKER = r"""
+import json, resource, sys, time
+import numpy as np
+from ml4m.data import read_dataset
+from ml4m.descriptors import make_descriptor
+from scipy.stats import spearmanr
+spec = json.loads(sys.argv[1])
+train = read_dataset(spec["train"]); valid = read_dataset(spec["valid"])
+species = [int(z) for z in train.atomic_numbers]
+kind = {"ace": "ace", "gp": "soap"}[spec["model"]]
+desc = make_descriptor(kind, species=species, **spec["settings"]["descriptor"])
+if spec["model"] == "ace":
+    from ml4m.models.linear import LinearACE as M
+else:
+    from ml4m.models.kernel import SparseGPPotential as M
+model = M(desc, **spec["settings"].get("params", {}))
+t0 = time.perf_counter(); model.fit(train); fit_s = time.perf_counter() - t0
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+t1 = time.perf_counter(); pred = model.predict(valid, uncertainty=True); pred_s = time.perf_counter() - t1
+from ml4m.models import error_metrics
+m = error_metrics(pred, valid)
+f_ref = np.concatenate([f.forces for f in valid])
+err = np.linalg.norm(pred.forces - f_ref, axis=1)
+sig = np.linalg.norm(pred.forces_sigma, axis=1)
+m["force_sigma_spearman_per_atom"] = float(spearmanr(sig, err).statistic)
+comp_err = np.abs(pred.forces - f_ref).ravel(); comp_sig = pred.forces_sigma.ravel()
+order = np.argsort(comp_sig); bins = np.array_split(order, 10)
+m["calibration"] = [[float(np.sqrt(np.mean(comp_sig[b]**2))), float(np.sqrt(np.mean(comp_err[b]**2)))] for b in bins]
+m.update(fit_seconds=fit_s, fit_peak_rss_mb=rss, predict_seconds=pred_s, n_features=int(len(model.coef_)),
+         n_train=len(train), n_valid=len(valid))
+print(json.dumps(m))
+"""
+
+
+def calibration_plot(rows: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4.5), dpi=120)
+    ax = fig.add_subplot()
+    hi = 0.0
+    for r in rows:
+        c = r["calibration"]
+        xs, ys = [p[0] * 1000 for p in c], [p[1] * 1000 for p in c]
+        ax.plot(xs, ys, "o-", label=f"{r['set']} {r['model']}")
+        hi = max(hi, max(xs), max(ys))
+    ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="ideal (sigma = RMSE)")
+    ax.set_xlabel("predicted force sigma, bin RMS (meV/A)")
+    ax.set_ylabel("observed force RMSE in bin (meV/A)")
+    ax.set_title("calibration on valid (posterior sigma, no noise term)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", nargs="+", default=["cu_emt", "cuau_emt", "bpa_xtb"])
+    ap.add_argument("--models", nargs="+", default=["ace", "gp"])
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"reference data folder {SHARED} is absent (set ML4M_SHARED_DATA)")
+    rows = []
+    for name in args.sets:
+        for model in args.models:
+            spec = {"train": str(SHARED / name / "train.extxyz"), "valid": str(SHARED / name / "valid.extxyz"),
+                    "model": model, "settings": SETTINGS[model][name]}
+            proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], capture_output=True, text=True)
+            if proc.returncode:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r.update(set=name, model=model, settings=spec["settings"])
+            rows.append(r)
+            print(f"{name:9s} {model:4s} E {r['energy']['mae_mev_per_atom']:.3f} meV/atom  F {r['forces']['mae_mev_per_a']:.1f} meV/A  "
+                  f"rho {r['force_sigma_spearman_per_atom']:.2f}  fit {r['fit_seconds']:.1f} s  {r['fit_peak_rss_mb']:.0f} MB", flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    calibration_plot(rows, RESULTS / "potentials_calibration.png")
+    (RESULTS / "potentials_accuracy.json").write_text(json.dumps(rows, indent=1))
+    lines = ["# Potentials: accuracy, fit cost and uncertainty on the reference sets", "",
+             "Command: `.venv/bin/python benchmarks/potentials_accuracy.py` (train on `train.extxyz`, "
+             "errors on `valid.extxyz`, split by trajectory; 2 cores, shared machine).", "",
+             "| set | model | features | E MAE (meV/atom) | F MAE (meV/A) | S MAE (GPa) | sigma-error Spearman (F, per atom) | (F, per component) | fit time (s) | fit peak RSS (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = f"{r['stress']['mae_gpa']:.3f}" if "stress" in r else "-"
+        lines.append(f"| {r['set']} | {r['model']} | {r['n_features']} | {r['energy']['mae_mev_per_atom']:.3f} | "
+                     f"{r['forces']['mae_mev_per_a']:.1f} | {s} | {r['force_sigma_spearman_per_atom']:.2f} | "
+                     f"{r['uncertainty']['force_sigma_spearman']:.2f} | {r['fit_seconds']:.1f} | {r['fit_peak_rss_mb']:.0f} |")
+    lines += ["", "Settings: " + json.dumps({r['set'] + '/' + r['model']: r['settings'] for r in rows}),
+              "", "Calibration: `potentials_calibration.png` (binned posterior force sigma against observed RMSE)."]
+    (RESULTS / "potentials_accuracy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Point-wise density estimators on a :class:`~ml4m.analysis.graph.NeighborGraph`.
+
+All estimators take the intrinsic dimension as an argument (volumes are measured on
+the ``d``-dimensional manifold) and return natural-log densities normalised to one,
+``log rho_i = log(k_i / (N V_d r_{i,k_i}^d))`` for the kNN-type estimators, with the
+errors of Rodriguez et al., JCTC 14, 1206 (2018):
+
+* :func:`knn_density`: fixed ``k``; error ``1/sqrt(k)``.
+* :func:`kstar`: the adaptive neighbourhood size ``k*_i``: the largest ``k`` over which
+  the density around ``i`` is constant, by the likelihood-ratio test
+  ``D_k = -2 k log(4 V_i V_j / (V_i + V_j)^2) < D_thr`` between the volume of the
+  ``k``-neighbour sphere of ``i`` and that of its ``(k+1)``-th neighbour ``j``.
+* :func:`kstar_density`: kNN with ``k = k*_i``; error ``1/sqrt(k*)``.
+* :func:`pak_density`: point-adaptive k-NN: maximises
+  ``L(F, a) = k F + a k(k+1)/2 - sum_l v_l exp(F + a l)`` over the ``k*`` shells of
+  volume ``v_l`` around each point (``F`` in closed form, Newton steps in ``a`` for
+  all points at once); error ``sqrt((4k+2)/((k-1)k))``.
+
+Zero distances (duplicate points) are floored (see
+:meth:`NeighborGraph.floored_distances`): duplicated points get large, finite densities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import gammaln
+
+from ml4m.analysis._validation import check_float, check_int, check_kstar
+from ml4m.analysis.graph import NeighborGraph
+from ml4m.analysis.results import DensityResult
+
+__all__ = ["log_ball_volume", "knn_density", "kstar", "kstar_density", "pak_density",
+           "D_THR_DEFAULT"]
+
+#: chi-square threshold of the k* test (p = 1e-6, one degree of freedom)
+D_THR_DEFAULT = 23.92812698
+
+_CHUNK = 65536
+
+
+def log_ball_volume(d: float) -> float:
+    """Natural log of the volume of the unit ball in ``d`` dimensions."""
+    return 0.5 * d * np.log(np.pi) - float(gammaln(0.5 * d + 1.0))
+
+
+def _check_dim(graph: NeighborGraph, intrinsic_dim) -> float:
+    return check_float("intrinsic_dim", intrinsic_dim, 0.0, low_open=True)
+
+
+def _knn_formula(graph: NeighborGraph, d: float, k: np.ndarray, method: str) -> DensityResult:
+    r = graph.floored_distances()
+    rk = r[np.arange(graph.n), k - 1]
+    logd = np.log(k) - np.log(graph.n) - log_ball_volume(d) - d * np.log(rk)
+    return DensityResult(method, logd, 1.0 / np.sqrt(k), k, d)
+
+
+def knn_density(graph: NeighborGraph, intrinsic_dim: float, *, k: int = 10) -> DensityResult:
+    """kNN density estimate with a fixed number of neighbours.
+
+    Parameters
+    ----------
+    graph : NeighborGraph
+    intrinsic_dim : float
+        Dimension of the manifold (e.g. from :func:`~ml4m.analysis.twonn`).
+    k : int, default=10
+        Neighbours defining the volume (``1 <= k <= graph.maxk``).
+
+    Returns
+    -------
+    DensityResult
+    """
+    d = _check_dim(graph, intrinsic_dim)
+    k = check_int("k", k, 1, graph.maxk)
+    return _knn_formula(graph, d, np.full(graph.n, k, dtype=np.int64), "knn")
+
+
+def kstar(graph: NeighborGraph, intrinsic_dim: float, *, D_thr: float = D_THR_DEFAULT,
+          k_min: int = 3) -> np.ndarray:
+    """Adaptive neighbourhood sizes ``k*`` by the likelihood-ratio test.
+
+    Parameters
+    ----------
+    graph : NeighborGraph
+    intrinsic_dim : float
+    D_thr : float, default=23.928
+        Threshold of the test statistic (chi-square, p = 1e-6).
+    k_min : int, default=3
+        Smallest ``k`` tested (and smallest ``k*``).
+
+    Returns
+    -------
+    ndarray of shape (n_points,), int
+        ``k*_i``: the first ``k >= k_min`` whose test fails, or ``graph.maxk`` when
+        none does.
+    """
+    d = _check_dim(graph, intrinsic_dim)
+    D_thr = check_float("D_thr", D_thr, 0.0, low_open=True)
+    k_min = check_int("k_min", k_min, 1, graph.maxk)
+    r = graph.floored_distances()
+    logr = np.log(r)
+    ks = np.arange(k_min, graph.maxk)
+    out = np.full(graph.n, graph.maxk, dtype=np.int64)
+    if ks.size == 0:
+        return out
+    for s in range(0, graph.n, _CHUNK):
+        e = min(graph.n, s + _CHUNK)
+        j = graph.indices[s:e][:, ks]  # the (k+1)-th neighbour of i
+        lt = d * (logr[j, ks - 1] - logr[s:e, ks - 1])
+        stat = -2.0 * ks * (np.log(4.0) + lt - 2.0 * np.logaddexp(0.0, lt))
+        fail = stat >= D_thr
+        first = np.argmax(fail, axis=1)
+        anyf = fail[np.arange(e - s), first]
+        out[s:e] = np.where(anyf, ks[first], graph.maxk)
+    return out
+
+
+def _resolve_kstar(graph, d, k_star) -> np.ndarray:
+    if k_star is None:
+        return kstar(graph, d)
+    return check_kstar(k_star, graph.n, graph.maxk)
+
+
+def kstar_density(graph: NeighborGraph, intrinsic_dim: float, *,
+                  k_star: np.ndarray | None = None) -> DensityResult:
+    """kNN density with the adaptive ``k = k*_i`` of each point.
+
+    Parameters
+    ----------
+    graph : NeighborGraph
+    intrinsic_dim : float
+    k_star : ndarray of shape (n_points,), optional
+        Precomputed :func:`kstar` (computed from ``graph`` and ``intrinsic_dim`` if omitted).
+
+    Returns
+    -------
+    DensityResult
+    """
+    d = _check_dim(graph, intrinsic_dim)
+    return _knn_formula(graph, d, _resolve_kstar(graph, d, k_star), "kstar")
+
+
+def _pak_chunk(r: np.ndarray, k: np.ndarray, d: float, max_iter: int = 60,
+               tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """Maximise the PAk likelihood for a block of points; return (F', log r_k).
+
+    ``F`` is eliminated in closed form (``exp F = k / S0(a)``, ``S0 = sum_l v_l e^{a l}``),
+    leaving the concave profile likelihood ``-k log S0(a) + a k(k+1)/2``, maximised by
+    Newton steps in ``a`` for all points at once (steps clipped to 0.5).
+    """
+    m, kmax = r.shape[0], int(k.max())
+    rows = np.arange(m)
+    rk = r[rows, k - 1]
+    x = np.minimum(r[:, :kmax] / rk[:, None], 1.0)
+    v = np.diff(x**d, axis=1, prepend=0.0)  # shell volumes in units of V_d r_k^d
+    ell = np.arange(1, kmax + 1, dtype=np.float64)
+    v[ell[None, :] > k[:, None]] = 0.0
+    kf = k.astype(np.float64)
+    target = (kf + 1) / 2.0  # optimum: the v e^{a l}-weighted mean of l equals (k+1)/2
+    a = np.zeros(m)
+    active = np.arange(m)
+    for _ in range(max_iter):
+        if active.size == 0:
+            break
+        w = v[active] * np.exp(np.outer(a[active], ell))
+        s0 = w.sum(1)
+        mean = (w @ ell) / s0
+        var = (w @ (ell * ell)) / s0 - mean * mean
+        grad = target[active] - mean  # derivative of the profile likelihood / k
+        ok = var > 1e-14
+        step = np.where(ok, grad / np.where(ok, var, 1.0), 0.0)
+        step = np.clip(step, -0.5, 0.5)
+        a[active] += step
+        active = active[np.abs(step) > tol]
+    F = np.log(kf) - np.log((v * np.exp(np.outer(a, ell))).sum(1))
+    return F, np.log(rk)
+
+
+def pak_density(graph: NeighborGraph, intrinsic_dim: float, *,
+                k_star: np.ndarray | None = None) -> DensityResult:
+    """Point-adaptive k-NN (PAk) log-density.
+
+    Parameters
+    ----------
+    graph : NeighborGraph
+    intrinsic_dim : float
+    k_star : ndarray of shape (n_points,), optional
+        Precomputed :func:`kstar` (computed from ``graph`` and ``intrinsic_dim`` if omitted).
+
+    Returns
+    -------
+    DensityResult
+        ``log_density`` is ``F_i - log N`` (``F`` the fitted log-density at the point),
+        ``error`` the asymptotic ``sqrt((4k+2)/((k-1)k))``.
+    """
+    d = _check_dim(graph, intrinsic_dim)
+    k = _resolve_kstar(graph, d, k_star)
+    r = graph.floored_distances()
+    logd = np.empty(graph.n)
+    for s in range(0, graph.n, _CHUNK):
+        e = min(graph.n, s + _CHUNK)
+        F, logrk = _pak_chunk(r[s:e], k[s:e], d)
+        logd[s:e] = F - log_ball_volume(d) - d * logrk
+    logd -= np.log(graph.n)
+    kf = k.astype(np.float64)
+    err = np.sqrt((4 * kf + 2) / (np.maximum(kf - 1, 1) * kf))
+    return DensityResult("pak", logd, err, k, d)

@@ -1,0 +1,349 @@
+"""The k-nearest-neighbour graph every estimator of :mod:`ml4m.analysis` consumes.
+
+:class:`NeighborGraph` is immutable and built once (:func:`NeighborGraph.build`); the
+estimators take it as an argument. Row ``i`` lists the ``maxk`` nearest neighbours of
+point ``i`` *excluding* ``i`` itself, in increasing distance, so ``distances[:, k - 1]``
+is the distance to the k-th neighbour.
+
+Backends
+--------
+``"brute"``
+    Exact brute force (scikit-learn's chunked, multi-threaded arg-k-min) on the data
+    rotated onto its principal axes with zero-variance directions dropped (exact,
+    see ``_reduced``); a few extra candidates, then distances recomputed in float64
+    from the original coordinates and sorted.
+``"kdtree"``
+    Exact, :class:`scipy.spatial.cKDTree` on all cores, after an orthogonal rotation
+    to the principal axes (distances are unchanged; the tree splits along the
+    directions that carry the variance). The only backend with a periodic box.
+``"ivf"``
+    Approximate, for large N: faiss ``IndexIVFFlat`` (inverted lists over k-means
+    cells; ``nprobe`` cells searched per query). Needs ``faiss-cpu`` (extra ``approx``).
+``"auto"``
+    ``kdtree`` for a periodic box or at most 8 features, ``brute`` up to 200,000
+    points, ``ivf`` above when faiss is installed (``brute`` otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ml4m.analysis._validation import check_features, check_int
+from ml4m.errors import ConfigError, DataError
+
+__all__ = ["NeighborGraph", "knn"]
+
+Backend = Literal["auto", "brute", "kdtree", "ivf"]
+_BACKENDS = ("auto", "brute", "kdtree", "ivf")
+
+
+@dataclass(frozen=True, eq=False)
+class NeighborGraph:
+    """Immutable k-nearest-neighbour graph of a data set.
+
+    Parameters
+    ----------
+    distances : ndarray of shape (n_points, maxk), float64
+        Distance from each point to its 1st..maxk-th neighbour (itself excluded),
+        non-decreasing along each row.
+    indices : ndarray of shape (n_points, maxk), int32 or int64
+        Row indices of those neighbours.
+    metric : str
+        ``"euclidean"`` (the only metric computed here; other names are labels for
+        graphs built elsewhere).
+    period : ndarray of shape (n_features,) or None
+        Box lengths of a periodic box, or None.
+    backend : str
+        How the graph was computed (``"brute"``, ``"kdtree"``, ``"ivf"``, ``"given"``).
+    n_features : int
+        Number of features of the data (0 when unknown).
+
+    Notes
+    -----
+    Duplicate points give zero distances; the graph keeps them as they are and the
+    estimators document what they do with them (ID estimators skip undefined ratios,
+    density estimators floor zero distances, see :meth:`floored_distances`).
+    """
+
+    distances: np.ndarray
+    indices: np.ndarray
+    metric: str = "euclidean"
+    period: np.ndarray | None = None
+    backend: str = "given"
+    n_features: int = 0
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        d = np.asarray(self.distances, dtype=np.float64)
+        i = np.asarray(self.indices)
+        if d.ndim != 2 or d.shape != i.shape:
+            raise DataError(
+                f"distances and indices must be 2-D arrays of one shape, got {d.shape} and {i.shape}"
+            )
+        if d.shape[1] < 2:
+            raise ConfigError(f"a neighbour graph needs maxk >= 2, got {d.shape[1]}")
+        if not np.all(np.isfinite(d)) or np.any(d < 0):
+            raise DataError("neighbour distances must be finite and non-negative")
+        if not np.issubdtype(i.dtype, np.integer):
+            raise DataError(f"neighbour indices must be integers, got dtype {i.dtype}")
+        d.setflags(write=False)
+        i = i.view()
+        i.setflags(write=False)
+        object.__setattr__(self, "distances", d)
+        object.__setattr__(self, "indices", i)
+
+    @property
+    def n(self) -> int:
+        """Number of points."""
+        return self.distances.shape[0]
+
+    @property
+    def maxk(self) -> int:
+        """Number of neighbours per point."""
+        return self.distances.shape[1]
+
+    def floored_distances(self) -> np.ndarray:
+        """Distances with zeros (duplicate points) replaced by a small positive floor.
+
+        The floor is half the smallest positive distance in the graph, so that
+        densities at duplicated points are large but finite.
+
+        Returns
+        -------
+        ndarray of shape (n_points, maxk)
+
+        Raises
+        ------
+        DataError
+            If every distance is zero (all points identical).
+        """
+        if self.distances[:, 0].min() > 0:
+            return self.distances  # nothing to floor (rows are sorted)
+        if not self._cache.get("floor"):
+            positive = self.distances[self.distances > 0]
+            if positive.size == 0:
+                raise DataError("all neighbour distances are zero: the points are identical")
+            self._cache["floor"] = 0.5 * float(positive.min())
+        return np.maximum(self.distances, self._cache["floor"])
+
+    def has_duplicates_or_ties(self) -> bool:
+        """True when some neighbour distance is zero or equals the previous one in its row."""
+        if "ties" not in self._cache:
+            d = self.distances
+            self._cache["ties"] = bool(np.any(d[:, 0] <= 0) or np.any(d[:, 1:] <= d[:, :-1]))
+        return self._cache["ties"]
+
+    def subgraph(self, maxk: int) -> NeighborGraph:
+        """The same graph restricted to the first ``maxk`` neighbours of each point."""
+        maxk = check_int("maxk", maxk, 2, self.maxk)
+        return NeighborGraph(self.distances[:, :maxk], self.indices[:, :maxk], self.metric,
+                             self.period, self.backend, self.n_features)
+
+    @classmethod
+    def build(
+        cls,
+        X: np.ndarray,
+        maxk: int = 100,
+        *,
+        backend: Backend = "auto",
+        period: float | np.ndarray | None = None,
+        nprobe: int = 64,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> NeighborGraph:
+        """Compute the ``maxk`` nearest neighbours of every row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_points, n_features)
+            Data; validated (finite, 2-D, at least ``maxk + 1`` rows, not constant).
+        maxk : int, default=100
+            Neighbours per point (itself excluded).
+        backend : {"auto", "brute", "kdtree", "ivf"}, default="auto"
+            See the module docstring.
+        period : float or array-like of shape (n_features,), optional
+            Periodic box lengths (coordinates are wrapped into the box); kdtree only.
+        nprobe : int, default=64
+            Cells searched per query by the approximate ``ivf`` backend.
+        progress : callable(done, total), optional
+            Called as rows are completed.
+
+        Returns
+        -------
+        NeighborGraph
+        """
+        X = check_features(X, min_rows=maxk + 1 if isinstance(maxk, int) else 2)
+        maxk = check_int("maxk", maxk, 2, X.shape[0] - 1)
+        if backend not in _BACKENDS:
+            raise ConfigError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        box = None
+        if period is not None:
+            box = np.broadcast_to(np.asarray(period, dtype=np.float64), (X.shape[1],)).copy()
+            if not np.all(np.isfinite(box)) or np.any(box <= 0):
+                raise ConfigError(f"period must be positive and finite, got {period!r}")
+            if backend not in ("auto", "kdtree"):
+                raise ConfigError(f"a periodic box needs backend 'kdtree', got {backend!r}")
+            backend = "kdtree"
+        if backend == "auto":
+            if X.shape[1] <= 8:
+                backend = "kdtree"
+            elif X.shape[0] > 200_000 and _has_faiss():
+                backend = "ivf"
+            else:
+                backend = "brute"
+        if backend == "kdtree":
+            d, i = _kdtree(X, maxk, box)
+        elif backend == "brute":
+            d, i = _brute(X, maxk, progress)
+        else:
+            d, i = _ivf(X, maxk, nprobe, progress)
+        return cls(d, i, "euclidean", box, backend, X.shape[1])
+
+
+def knn(X: np.ndarray, maxk: int = 100, **kwargs) -> NeighborGraph:
+    """Shortcut for :meth:`NeighborGraph.build` (same parameters)."""
+    return NeighborGraph.build(X, maxk, **kwargs)
+
+
+def _index_dtype(n: int):
+    return np.int32 if n < 2**31 - 1 else np.int64
+
+
+def _drop_self(d: np.ndarray, idx: np.ndarray, maxk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each point from its own list (or the last entry when absent)."""
+    n = idx.shape[0]
+    is_self = idx == np.arange(n)[:, None]
+    keep = ~is_self
+    # keep exactly maxk per row: rows without self lose their farthest entry; rows
+    # where self appears twice cannot happen for one query
+    extra = keep.sum(1) > maxk
+    keep[extra, -1] = False
+    d2 = d[keep].reshape(n, -1)[:, :maxk]
+    i2 = idx[keep].reshape(n, -1)[:, :maxk]
+    return d2, i2
+
+
+def _kdtree(X: np.ndarray, maxk: int, box: np.ndarray | None):
+    from scipy.spatial import cKDTree
+
+    if box is not None:
+        Y = np.mod(X, box)
+        Y[Y >= box] = 0.0
+        tree = cKDTree(Y, boxsize=box)
+    else:
+        Y = X - X.mean(0)
+        # exact rotation onto the principal axes: distances are unchanged
+        sample = Y[:: max(1, Y.shape[0] // 20000)]
+        _, _, vt = np.linalg.svd(sample, full_matrices=True)
+        Y = Y @ vt.T
+        tree = cKDTree(Y)
+    d, i = tree.query(Y, k=maxk + 1, workers=-1)
+    return _drop_self(d, i.astype(_index_dtype(len(X))), maxk)
+
+
+def _reduced(X: np.ndarray) -> np.ndarray:
+    """Centre and rotate onto the principal axes, dropping directions of zero variance.
+
+    Exact: an orthogonal change of basis keeps every distance, and the dropped
+    directions carry none (variance below 1e-12 of the largest). Descriptor tables
+    are often rank deficient, so this can shrink the distance computations a lot.
+    """
+    Y = X - X.mean(0)
+    w, v = np.linalg.eigh(Y.T @ Y)
+    keep = w > max(w.max(), 1e-300) * 1e-12
+    return np.ascontiguousarray(Y @ v[:, keep]) if keep.sum() < X.shape[1] else Y
+
+
+def _brute(X: np.ndarray, maxk: int, progress=None):
+    from sklearn.neighbors import NearestNeighbors
+
+    n = X.shape[0]
+    kk = min(n, maxk + 1 + min(n - 1 - maxk, 2))  # margin against rounding ties
+    Y = _reduced(X)
+    nn = NearestNeighbors(n_neighbors=kk, algorithm="brute", n_jobs=-1).fit(Y)
+    out_d = np.empty((n, maxk), dtype=np.float64)
+    out_i = np.empty((n, maxk), dtype=_index_dtype(n))
+    step = 32768
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        cand = nn.kneighbors(Y[s:e], return_distance=False)
+        out_d[s:e], out_i[s:e] = _refine(Y, cand, np.arange(s, e), maxk)
+        if progress is not None:
+            progress(e, n)
+    return out_d, out_i
+
+
+def _refine(Y: np.ndarray, cand: np.ndarray, queries: np.ndarray, maxk: int,
+            block: int = 1024):
+    """Exact float64 distances of candidate neighbours; drop self; keep the maxk nearest.
+
+    ``Y`` is the data in any orthonormal basis (distances are the same); row ``r`` of
+    ``cand`` holds candidates for point ``queries[r]``.
+    """
+    m = cand.shape[0]
+    out_d = np.empty((m, maxk))
+    out_i = np.empty((m, maxk), dtype=cand.dtype)
+    for s in range(0, m, block):
+        e = min(m, s + block)
+        c = cand[s:e]
+        rows = queries[s:e]
+        diff = Y[c] - Y[rows, None, :]
+        dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        dist[c == rows[:, None]] = -1.0  # self first, then by exact distance
+        order = np.argsort(dist, axis=1, kind="stable")
+        dist = np.take_along_axis(dist, order, 1)
+        c = np.take_along_axis(c, order, 1)
+        sel = np.where(dist[:, :1] < 0, np.arange(1, maxk + 1), np.arange(maxk))
+        out_d[s:e] = np.take_along_axis(dist, sel, 1)
+        out_i[s:e] = np.take_along_axis(c, sel, 1)
+    return out_d, out_i
+
+
+def _has_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ivf(X: np.ndarray, maxk: int, nprobe: int, progress=None):
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ConfigError("backend 'ivf' needs faiss-cpu (pip install 'ml4m[approx]')") from exc
+    nprobe = check_int("nprobe", nprobe, 1)
+    Y = _reduced(X)
+    n, dim = Y.shape
+    xf = np.ascontiguousarray(Y, dtype=np.float32)
+    ncells = int(min(max(16, 4 * math.sqrt(n)), n // 40 if n >= 640 else 16))
+    quantizer = faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, ncells)
+    rng = np.random.default_rng(0)
+    train = xf[rng.choice(n, size=min(n, 40 * ncells), replace=False)]
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    index.train(train)
+    index.add(xf)
+    index.nprobe = min(nprobe, ncells)
+    out_d = np.empty((n, maxk), dtype=np.float64)
+    out_i = np.empty((n, maxk), dtype=_index_dtype(n))
+    step = 8192
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        d2, idx = index.search(xf[s:e], maxk + 1)
+        bad = idx < 0
+        if bad.any():
+            raise DataError(
+                f"approximate search found fewer than {maxk + 1} neighbours for some points; "
+                "raise nprobe or use backend='brute'"
+            )
+        out_d[s:e], out_i[s:e] = _refine(Y, idx, np.arange(s, e), maxk)
+        if progress is not None:
+            progress(e, n)
+    return out_d, out_i
+

@@ -1,0 +1,72 @@
+"""``ml4m fit``: fit a potential or property model from a YAML config and/or flags."""
+
+from __future__ import annotations
+
+import argparse
+
+from ml4m.cli._common import console, print_json
+
+HELP = "fit a model (linear ACE, sparse GP, kernel ridge)"
+DESCRIPTION = """\
+Fit a model to labelled structures. Settings come from an optional YAML file (keys:
+model, train, valid, output, keys, descriptor, descriptor_type, e0, sigmas, params,
+target, seed, max_minutes, device); command-line flags override it. Writes the model
+(.ml4m), metrics.json and parity plots next to it.
+
+examples:
+  ml4m fit --model ace --train train.extxyz --valid valid.extxyz -o cu_ace.ml4m
+  ml4m fit config.yaml --seed 1
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="settings file")
+    p.add_argument("--model", choices=["ace", "gp", "krr"], help="model type")
+    p.add_argument("--train", metavar="FILE", help="training structures")
+    p.add_argument("--valid", metavar="FILE", help="validation structures")
+    p.add_argument("--max-minutes", type=float, help="wall-time budget")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("-o", "--output", metavar="MODEL", help="model file (.ml4m)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ml4m.config import load_yaml
+    from ml4m.training import FitConfig, fit_model
+
+    mapping = load_yaml(args.config) if args.config else {}
+    for key in ("model", "train", "valid", "max_minutes", "seed", "device", "output"):
+        value = getattr(args, key)
+        if value is not None:
+            mapping[key] = value
+    cfg = FitConfig.from_mapping(mapping, source=args.config or "command line")
+    metrics = fit_model(cfg, progress=not args.json)
+    if args.json:
+        print_json(metrics)
+        return 0
+    if metrics["kind"] == "krr":
+        out = console()
+        out.print(f"kernel ridge on {metrics['train']['target']}: CV MAE {metrics['cv']['cv_mae']:.4g} "
+                  f"(alpha {metrics['cv']['alpha']:.1e}, gamma {metrics['cv']['gamma']:.3g}) -> {metrics['model']}")
+        for name in ("train", "valid"):
+            if name in metrics:
+                p = metrics[name]["property"]
+                out.print(f"{name}: MAE {p['mae']:.4g}, RMSE {p['rmse']:.4g}")
+        return 0
+    from rich.table import Table
+
+    t = Table(title=f"{metrics['kind']} fitted in {metrics['fit_seconds']:.1f} s -> {metrics['model']}")
+    for col in ("set", "E MAE (meV/atom)", "E RMSE", "F MAE (meV/A)", "F RMSE", "S MAE (GPa)", "sigma-error rho (F)"):
+        t.add_column(col)
+    for name in ("train", "valid"):
+        if name in metrics:
+            m = metrics[name]
+            rho = m.get("uncertainty", {}).get("force_sigma_spearman")
+            t.add_row(name, f"{m['energy']['mae_mev_per_atom']:.2f}", f"{m['energy']['rmse_mev_per_atom']:.2f}",
+                      f"{m['forces']['mae_mev_per_a']:.1f}" if "forces" in m else "-",
+                      f"{m['forces']['rmse_mev_per_a']:.1f}" if "forces" in m else "-",
+                      f"{m['stress']['mae_gpa']:.3f}" if "stress" in m else "-",
+                      f"{rho:.2f}" if rho is not None else "-")
+    console().print(t)
+    return 0

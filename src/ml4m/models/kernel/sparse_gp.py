@@ -1,0 +1,179 @@
+"""Sparse Gaussian-process potential (GAP / FLARE style) with predictive variance.
+
+Local energies are ``e_i = sum_m alpha_m k(X_i, X_m)`` over ``M`` representative
+(sparse) environments ``X_m`` of the same species, with the normalised dot-product
+kernel ``k(x, y) = (x . y / |x| |y|)^zeta``. With the prior ``alpha ~ N(0, (a K_mm)^-1)``
+this is the subset-of-regressors / Nystrom sparse GP: a Bayesian linear model on the
+features ``phi_m(X_i) = k(X_i, X_m)``, fitted on energies, forces and stresses through the
+kernel's derivatives (chain rule through the descriptor's gradients). The signal and
+noise precisions are set by maximising the marginal likelihood; the posterior gives the
+variance of every predicted energy and force.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ml4m.data.frames import Frame
+from ml4m.errors import ConfigError
+from ml4m.models.linear.potential import LinearPotential
+from ml4m.models.serialization import register_model
+
+__all__ = ["DotProductKernelMap", "SparseGPPotential", "select_sparse_points"]
+
+
+def _normalise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    norm = np.linalg.norm(X, axis=1)
+    norm = np.where(norm > 0, norm, 1.0)
+    return X / norm[:, None], norm
+
+
+@dataclass
+class DotProductKernelMap:
+    """``phi_m(X) = (x_hat . s_hat_m)^zeta`` for sparse points of the same species."""
+
+    sparse: np.ndarray  # (M, F), unit rows
+    sparse_species: np.ndarray  # (M,)
+    zeta: int
+    chunk: int = 4096
+
+    @property
+    def n_features(self) -> int:
+        return len(self.sparse)
+
+    def _cos(self, X: np.ndarray, species: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        xhat, norm = _normalise(X)
+        cos = xhat @ self.sparse.T
+        cos[species[:, None] != self.sparse_species[None, :]] = 0.0
+        return cos, xhat, norm
+
+    def transform(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
+        cos, _, _ = self._cos(X, species)
+        return cos**self.zeta
+
+    def kernel_matrix(self) -> np.ndarray:
+        """``K_mm`` between the sparse points (block diagonal over species)."""
+        return self.transform(self.sparse, self.sparse_species)
+
+    def input_gradient(self, X, species, coef):
+        """``sum_m c_m zeta cos^(zeta-1) (s_m - cos x_hat) / |X|`` per row."""
+        cos, xhat, norm = self._cos(X, species)
+        a = self.zeta * cos ** (self.zeta - 1) * coef[None, :]  # zero for other species
+        return (a @ self.sparse - np.sum(a * cos, axis=1)[:, None] * xhat) / norm[:, None]
+
+    def reduce_gradients(self, X, species, rows, grads, target):
+        cos, xhat, norm = self._cos(X, species)
+        dpow = self.zeta * cos ** (self.zeta - 1)
+        n_out, k = target.shape[0], grads.shape[1]
+        out = np.zeros((n_out, k * self.n_features))
+        target = sp.csc_matrix(target)
+        for start in range(0, len(rows), self.chunk):
+            idx = np.arange(start, min(start + self.chunk, len(rows)))
+            r = rows[idx]
+            G = grads[idx]  # (c, k, F)
+            GS = G @ self.sparse.T  # (c, k, M)
+            Gi = np.einsum("ckf,cf->ck", G, xhat[r])
+            dcos = (GS - cos[r][:, None, :] * Gi[:, :, None]) / norm[r][:, None, None]
+            dphi = dpow[r][:, None, :] * dcos
+            out += target[:, idx] @ dphi.reshape(len(idx), -1)
+        return out.reshape(n_out, k, self.n_features)
+
+
+def select_sparse_points(X: np.ndarray, n: int, method: str = "fps", seed: int = 0) -> np.ndarray:
+    """Indices of ``n`` representative rows of ``X`` (unit-normalised internally).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, F)
+        Candidate environments.
+    n : int
+        Number to select (all rows if fewer).
+    method : {'fps', 'cur', 'random'}
+        Farthest-point sampling in the kernel's metric, CUR leverage scores of the top
+        singular vectors, or uniform random.
+    seed : int
+        Seed (start point of FPS; draws of CUR and random).
+    """
+    n = min(n, len(X))
+    rng = np.random.default_rng(seed)
+    xhat, _ = _normalise(X)
+    if method == "random":
+        return np.sort(rng.choice(len(X), size=n, replace=False))
+    if method == "cur":
+        k = min(n, min(xhat.shape))
+        _, _, vt = np.linalg.svd(xhat.T, full_matrices=False)
+        lev = np.sum(vt[:k] ** 2, axis=0)
+        return np.sort(rng.choice(len(X), size=n, replace=False, p=lev / lev.sum()))
+    if method != "fps":
+        raise ConfigError(f"sparse selection must be 'fps', 'cur' or 'random', got {method!r}")
+    chosen = [int(rng.integers(len(X)))]
+    d = 2.0 - 2.0 * xhat @ xhat[chosen[0]]
+    for _ in range(n - 1):
+        nxt = int(np.argmax(d))
+        chosen.append(nxt)
+        d = np.minimum(d, 2.0 - 2.0 * xhat @ xhat[nxt])
+    return np.sort(np.array(chosen))
+
+
+@register_model("sparse_gp")
+class SparseGPPotential(LinearPotential):
+    """Sparse GP potential on a descriptor (SOAP or ACE) with uncertainty.
+
+    Parameters
+    ----------
+    descriptor : Descriptor
+        Descriptor with gradients (e.g. ``SOAP``).
+    n_sparse : int, default=200
+        Sparse environments per species.
+    zeta : int, default=4
+        Power of the normalised dot-product kernel.
+    selection : {'fps', 'cur', 'random'}, default='fps'
+        How sparse environments are chosen from the training atoms.
+    seed : int, default=0
+        Seed of the selection.
+    **kwargs
+        ``e0``, ``sigma_energy``, ``sigma_forces``, ``sigma_stress``, ``alpha``, ``beta``,
+        ``batch_frames`` as in :class:`~ml4m.models.linear.LinearPotential`.
+    """
+
+    def __init__(self, descriptor, n_sparse: int = 200, zeta: int = 4, selection: str = "fps",
+                 seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(descriptor, **kwargs)
+        self.n_sparse = n_sparse
+        self.zeta = zeta
+        self.selection = selection
+        self.seed = seed
+
+    def _make_feature_map(self, train: Sequence[Frame]) -> DotProductKernelMap:
+        if int(self.zeta) < 1:
+            raise ConfigError(f"zeta must be a positive integer, got {self.zeta}")
+        if int(self.n_sparse) < 1:
+            raise ConfigError(f"n_sparse must be >= 1, got {self.n_sparse}")
+        res = self.descriptor.compute(list(train), gradients=False)
+        sidx = self._species_index(train)
+        chosen, chosen_species = [], []
+        for s in range(len(self.species)):
+            rows = np.flatnonzero(sidx == s)
+            pick = rows[select_sparse_points(res.features[rows], int(self.n_sparse), self.selection, self.seed)]
+            chosen.append(res.features[pick])
+            chosen_species.append(np.full(len(pick), s))
+        sparse, _ = _normalise(np.concatenate(chosen))
+        return DotProductKernelMap(sparse, np.concatenate(chosen_species), int(self.zeta))
+
+    def _prior(self, phi_sq_mean: np.ndarray) -> np.ndarray:
+        return self.fmap_.kernel_matrix()
+
+    def _hyper(self) -> dict[str, Any]:
+        return {**super()._hyper(), "n_sparse": self.n_sparse, "zeta": self.zeta,
+                "selection": self.selection, "seed": self.seed}
+
+    def _feature_map_state(self):
+        return {}, {"sparse": self.fmap_.sparse, "sparse_species": self.fmap_.sparse_species}
+
+    def _restore_feature_map(self, params, arrays):
+        return DotProductKernelMap(arrays["sparse"], arrays["sparse_species"], int(self.zeta))

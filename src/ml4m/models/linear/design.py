@@ -1,0 +1,142 @@
+"""Design rows of a model linear in per-atom features: energies, forces, stresses.
+
+A linear model predicts ``E = sum_i phi(X_i) . c`` with ``X_i`` the descriptor of atom i
+and ``phi`` a feature map (species blocks for linear ACE, kernel values against sparse
+points for a sparse GP). Given a descriptor result with gradients
+(``d X_row / d r_atom`` and ``d X_row / d strain``), this module builds the rows ``a``
+such that ``E = a_E . c``, ``F_a = a_F . c`` and ``stress = a_S . c``; the same rows give
+predictions and, with a posterior covariance, their standard deviations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["FeatureMap", "SpeciesBlocks", "DesignRows", "design_rows", "VOIGT"]
+
+#: (row, col) of Voigt components xx, yy, zz, yz, xz, xy
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+class FeatureMap(Protocol):
+    """Maps per-atom descriptors to the model's features, with the chain rule."""
+
+    n_features: int
+
+    def transform(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
+        """``phi(X)`` of shape (n_rows, n_features); ``species`` are indices 0..S-1."""
+
+    def reduce_gradients(self, X: np.ndarray, species: np.ndarray, rows: np.ndarray,
+                         grads: np.ndarray, target: sp.csr_matrix) -> np.ndarray:
+        """``target @ d phi(X_rows) / d r`` for gradients ``grads`` (n, 3, F) of rows ``rows``.
+
+        ``target`` (n_out, n) sums gradient entries into outputs (atoms, or frames);
+        returns (n_out, 3, n_features) (or (n_out, 9, n_features) for strain).
+        """
+
+    def input_gradient(self, X: np.ndarray, species: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        """``d (phi(X_i) . coef) / d X_i`` per row, shape (n_rows, F)."""
+
+
+@dataclass
+class SpeciesBlocks:
+    """Identity map with one coefficient block per centre species (linear ACE)."""
+
+    n_species: int
+    n_descriptor: int
+
+    @property
+    def n_features(self) -> int:
+        return self.n_species * self.n_descriptor
+
+    def transform(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(X), self.n_species, self.n_descriptor))
+        out[np.arange(len(X)), species] = X
+        return out.reshape(len(X), -1)
+
+    def input_gradient(self, X, species, coef):
+        return coef.reshape(self.n_species, self.n_descriptor)[species]
+
+    def reduce_gradients(self, X, species, rows, grads, target):
+        n_out, k = target.shape[0], grads.shape[1]
+        out = np.zeros((n_out, k, self.n_species, self.n_descriptor))
+        flat = grads.reshape(len(grads), -1)
+        for s in range(self.n_species):
+            sel = species[rows] == s
+            if sel.any():
+                out[:, :, s, :] = (target[:, sel] @ flat[sel]).reshape(n_out, k, self.n_descriptor)
+        return out.reshape(n_out, k, -1)
+
+
+@dataclass
+class DesignRows:
+    """Rows of the linear problem for a batch of frames.
+
+    Attributes
+    ----------
+    energy : ndarray of shape (n_frames, p)
+        ``E_k = energy[k] . c`` (eV, without reference energies).
+    forces : ndarray of shape (n_atoms, 3, p)
+        ``F_a = forces[a] . c`` (eV/Angstrom).
+    stress : ndarray of shape (n_frames, 6, p)
+        Voigt stress rows (eV/Angstrom^3); zero rows for non-periodic frames.
+    """
+
+    energy: np.ndarray
+    forces: np.ndarray
+    stress: np.ndarray
+
+
+def design_rows(result, fmap: FeatureMap, species_index: np.ndarray, n_frames: int,
+                volumes: np.ndarray, forces: bool = True, stress: bool = True) -> DesignRows:
+    """Assemble energy, force and stress rows from a descriptor result.
+
+    Parameters
+    ----------
+    result : DescriptorResult
+        Per-atom ``features`` (n_atoms, F), ``frame`` per row and, when forces/stress
+        are wanted, ``gradient_row``, ``gradient_atom``, ``gradients`` (n_g, 3, F) and
+        ``strain_gradients`` (n_atoms, 3, 3, F) (row-local to this batch).
+    fmap : FeatureMap
+        The model's feature map.
+    species_index : ndarray of shape (n_atoms,)
+        Species index (0..S-1) of each row.
+    n_frames : int
+        Frames in the batch.
+    volumes : ndarray of shape (n_frames,)
+        Cell volumes in Angstrom^3 (0 for non-periodic frames).
+    forces, stress : bool
+        Whether to build those rows.
+
+    Returns
+    -------
+    DesignRows
+    """
+    X = result.features
+    n_atoms = len(X)
+    phi = fmap.transform(X, species_index)
+    frame_sum = sp.csr_matrix((np.ones(n_atoms), (result.frame, np.arange(n_atoms))),
+                              shape=(n_frames, n_atoms))
+    energy = np.asarray(frame_sum @ phi)
+    p = phi.shape[1]
+    f_rows = np.zeros((n_atoms, 3, p))
+    s_rows = np.zeros((n_frames, 6, p))
+    if forces:
+        n_g = len(result.gradient_row)
+        to_atom = sp.csr_matrix((-np.ones(n_g), (result.gradient_atom, np.arange(n_g))),
+                                shape=(n_atoms, n_g))
+        f_rows = fmap.reduce_gradients(X, species_index, result.gradient_row, result.gradients, to_atom)
+    if stress:
+        periodic = volumes > 0
+        inv_v = np.where(periodic, 1.0 / np.where(periodic, volumes, 1.0), 0.0)
+        to_frame = sp.csr_matrix((inv_v[result.frame], (result.frame, np.arange(n_atoms))),
+                                 shape=(n_frames, n_atoms))
+        sg = result.strain_gradients.reshape(n_atoms, 9, -1)
+        full = fmap.reduce_gradients(X, species_index, np.arange(n_atoms), sg, to_frame)
+        full = full.reshape(n_frames, 3, 3, p)
+        s_rows = np.stack([full[:, a, b] for a, b in VOIGT], axis=1)
+    return DesignRows(energy=energy, forces=f_rows, stress=s_rows)

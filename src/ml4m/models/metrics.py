@@ -1,0 +1,70 @@
+"""Errors of predictions against reference labels, in the units of ``ml4m test``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from ml4m.data.frames import Dataset
+from ml4m.models.base import Prediction
+from ml4m.units import EV_PER_A3_TO_GPA
+
+__all__ = ["error_metrics"]
+
+
+def _spearman(sigma: np.ndarray, err: np.ndarray) -> float | None:
+    if len(sigma) < 3 or np.ptp(sigma) == 0 or np.ptp(err) == 0:
+        return None
+    return float(spearmanr(sigma, err).statistic)
+
+
+def error_metrics(pred: Prediction, reference: Dataset) -> dict[str, Any]:
+    """Energy, force and stress errors (and sigma/error rank correlation).
+
+    Parameters
+    ----------
+    pred : Prediction
+        Model output for ``reference``'s frames, in order.
+    reference : Dataset
+        Labelled frames.
+
+    Returns
+    -------
+    dict
+        ``{"n_frames", "energy": {"mae_mev_per_atom", "rmse_mev_per_atom"},
+        "forces": {"mae_mev_per_a", "rmse_mev_per_a"}, "stress": {"mae_gpa",
+        "rmse_gpa"}}``; ``stress`` only when labelled; ``uncertainty``
+        (``force_sigma_spearman``, ``energy_sigma_spearman``: Spearman correlation of
+        predicted sigma and absolute error) when the prediction has sigmas.
+    """
+    out: dict[str, Any] = {"n_frames": len(reference)}
+    n_atoms = np.array([len(f) for f in reference])
+    has_e = np.array([f.energy is not None for f in reference])
+    if has_e.any():
+        e_ref = np.array([f.energy for f in reference if f.energy is not None])
+        de = (pred.energy[has_e] - e_ref) / n_atoms[has_e] * 1000.0
+        out["energy"] = {"mae_mev_per_atom": float(np.mean(np.abs(de))),
+                         "rmse_mev_per_atom": float(np.sqrt(np.mean(de**2)))}
+    has_f = np.array([f.forces is not None for f in reference])
+    if has_f.any():
+        mask = np.repeat(has_f, n_atoms)
+        f_ref = np.concatenate([f.forces for f in reference if f.forces is not None])
+        df = (pred.forces[mask] - f_ref) * 1000.0
+        out["forces"] = {"mae_mev_per_a": float(np.mean(np.abs(df))),
+                         "rmse_mev_per_a": float(np.sqrt(np.mean(df**2)))}
+    has_s = np.array([f.stress is not None for f in reference])
+    if has_s.any():
+        s_ref = np.array([f.stress for f in reference if f.stress is not None])
+        ds = (pred.stress[has_s] - s_ref) * EV_PER_A3_TO_GPA
+        out["stress"] = {"mae_gpa": float(np.mean(np.abs(ds))),
+                         "rmse_gpa": float(np.sqrt(np.mean(ds**2)))}
+    if pred.forces_sigma is not None or pred.energy_sigma is not None:
+        unc: dict[str, Any] = {}
+        if pred.forces_sigma is not None and has_f.any():
+            unc["force_sigma_spearman"] = _spearman(pred.forces_sigma[mask].ravel(), np.abs(df).ravel())
+        if pred.energy_sigma is not None and has_e.any():
+            unc["energy_sigma_spearman"] = _spearman(pred.energy_sigma[has_e] / n_atoms[has_e], np.abs(de))
+        out["uncertainty"] = unc
+    return out

@@ -1,0 +1,151 @@
+"""Fit a model from a :class:`FitConfig`, and test a saved model on labelled data."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml4m._fileio import atomic_path
+from ml4m.data import LabelKeys, read_dataset
+from ml4m.errors import ConfigError
+from ml4m.models.metrics import error_metrics
+from ml4m.training.config import FitConfig
+
+__all__ = ["fit_model", "test_model", "DEFAULT_DESCRIPTOR"]
+
+#: descriptor family used by each model unless ``descriptor_type`` is given
+DEFAULT_DESCRIPTOR = {"ace": "ace", "gp": "soap", "krr": "mbtr"}
+
+
+def _build_potential(cfg: FitConfig, species: list[int]):
+    from ml4m.descriptors import make_descriptor
+
+    kind = cfg.descriptor_type or DEFAULT_DESCRIPTOR[cfg.model]
+    descriptor = make_descriptor(kind, species=species, **cfg.descriptor)
+    sig = {"sigma_energy": cfg.sigmas.get("energy", 0.001),
+           "sigma_forces": cfg.sigmas.get("forces", 0.03),
+           "sigma_stress": cfg.sigmas.get("stress", 0.003)}
+    if cfg.model == "ace":
+        from ml4m.models.linear import LinearACE
+
+        known = {"alpha", "beta", "batch_frames"}
+        _check_params(cfg, known)
+        return LinearACE(descriptor, e0=cfg.e0, **sig, **cfg.params)
+    if cfg.model == "gp":
+        from ml4m.models.kernel import SparseGPPotential
+
+        known = {"n_sparse", "zeta", "selection", "alpha", "beta", "batch_frames"}
+        _check_params(cfg, known)
+        return SparseGPPotential(descriptor, e0=cfg.e0, seed=cfg.seed, **sig, **cfg.params)
+    raise ConfigError(f"model {cfg.model!r} is not a potential")
+
+
+def _check_params(cfg: FitConfig, known: set[str]) -> None:
+    unknown = sorted(set(cfg.params) - known)
+    if unknown:
+        raise ConfigError(f"params: unknown key(s) {unknown} for model '{cfg.model}'; known: {sorted(known)}")
+
+
+def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
+    """Fit, save the model, and write ``metrics.json`` and parity plots beside it.
+
+    Parameters
+    ----------
+    cfg : FitConfig
+        What to fit.
+    progress : bool
+        Show progress on stderr.
+
+    Returns
+    -------
+    dict
+        ``model`` (path), ``seconds``, ``train`` and ``valid`` error metrics (see
+        :func:`ml4m.models.error_metrics`), ``plots``.
+    """
+    if cfg.model == "krr":
+        return _fit_property_model(cfg)
+    keys = LabelKeys(**cfg.keys)
+    require = ("energy", "forces") if cfg.sigmas.get("forces", 0.03) else ("energy",)
+    train = read_dataset(cfg.train, keys=keys, require=require)
+    valid = read_dataset(cfg.valid, keys=keys, require=require) if cfg.valid else None
+    species = [int(z) for z in train.atomic_numbers]
+    t0 = time.perf_counter()
+    model = _build_potential(cfg, species)
+    model.fit(train, valid)
+    fit_seconds = time.perf_counter() - t0
+    out = Path(cfg.output)
+    path = model.save(out)
+    sets = {"train": (train, model.predict(train, uncertainty=False))}
+    if valid is not None:
+        sets["valid"] = (valid, model.predict(valid, uncertainty=True))
+    metrics: dict[str, Any] = {"model": str(path), "kind": model.kind, "fit_seconds": fit_seconds,
+                               "n_features": int(len(model.coef_)),
+                               "config": {k: v for k, v in vars(cfg).items()}}
+    for name, (ds, pred) in sets.items():
+        metrics[name] = error_metrics(pred, ds)
+    from ml4m.training.plots import parity_plots
+
+    stem = path.name[: -len(path.suffix)]
+    metrics["plots"] = [str(p) for p in parity_plots(sets, path.parent, prefix=f"{stem}_")]
+    with atomic_path(path.parent / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1, default=str))
+    return metrics
+
+
+def _fit_property_model(cfg: FitConfig) -> dict[str, Any]:
+    """Kernel ridge / GP on a global descriptor, with CV and a learning curve."""
+    from ml4m.descriptors import make_descriptor
+    from ml4m.models.kernel import PropertyModel, frame_targets, learning_curve
+
+    known = {"kernel", "alphas", "gammas", "n_folds"}
+    _check_params(cfg, known)
+    keys = LabelKeys(**cfg.keys)
+    train = read_dataset(cfg.train, keys=keys)
+    valid = read_dataset(cfg.valid, keys=keys) if cfg.valid else None
+    species = [int(z) for z in train.atomic_numbers]
+    descriptor = make_descriptor(cfg.descriptor_type or DEFAULT_DESCRIPTOR["krr"], species=species,
+                                 **cfg.descriptor)
+    t0 = time.perf_counter()
+    model = PropertyModel(descriptor, target=cfg.target, seed=cfg.seed, **cfg.params).fit(train)
+    fit_seconds = time.perf_counter() - t0
+    path = model.save(cfg.output)
+    metrics: dict[str, Any] = {"model": str(path), "kind": model.kind, "fit_seconds": fit_seconds,
+                               "cv": {k: v for k, v in model.cv_.items() if k != "grid"},
+                               "train": model.score(train), "plots": []}
+    if valid is not None:
+        metrics["valid"] = model.score(valid)
+        X, y = model.features(train), frame_targets(list(train), cfg.target)
+        sizes = tuple(int(s) for s in np.unique(np.geomspace(8, len(y), 6).astype(int)))
+        curve = learning_curve(X, y, model.features(valid), frame_targets(list(valid), cfg.target),
+                               sizes, kernel=model.kernel, alpha=model.cv_["alpha"],
+                               gamma=model.cv_["gamma"], seed=cfg.seed)
+        stem = path.name[: -len(path.suffix)]
+        png = path.parent / f"{stem}_learning_curve.png"
+        curve.plot(png, label=f"valid MAE of {cfg.target}")
+        metrics["learning_curve"] = {"sizes": curve.sizes.tolist(), "mae": curve.mae.tolist(),
+                                     "slope": curve.slope()}
+        metrics["plots"].append(str(png))
+    with atomic_path(path.parent / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1, default=str))
+    return metrics
+
+
+def test_model(model_path: str | os.PathLike, data: str | os.PathLike,
+               keys: LabelKeys | None = None) -> dict[str, Any]:
+    """Errors of a saved model on a labelled file (the ``ml4m test --json`` object)."""
+    from ml4m.models.serialization import load
+
+    model = load(model_path)
+    if hasattr(model, "score"):  # structure-property model
+        return model.score(read_dataset(data, keys=keys))
+    ds = read_dataset(data, keys=keys, require=("energy",))
+    t0 = time.perf_counter()
+    pred = model.predict(ds, uncertainty=getattr(model, "has_uncertainty", False))
+    result = error_metrics(pred, ds)
+    result["seconds"] = time.perf_counter() - t0
+    return result

@@ -1,0 +1,103 @@
+"""NeighborGraph: exact backends agree with scikit-learn; duplicates; periodic box; bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.neighbors import NearestNeighbors
+
+from ml4m.analysis import NeighborGraph
+from ml4m.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(1500, 12)) @ rng.normal(size=(12, 30))
+
+
+@pytest.mark.parametrize("backend", ["brute", "kdtree"])
+def test_exact_backends_match_sklearn(data, backend):
+    g = NeighborGraph.build(data, 20, backend=backend)
+    d, i = NearestNeighbors(n_neighbors=21, algorithm="brute").fit(data).kneighbors(data)
+    np.testing.assert_allclose(g.distances, d[:, 1:], rtol=1e-9, atol=1e-9)
+    assert np.mean(g.indices == i[:, 1:]) > 0.999  # only exact ties may swap
+    assert g.backend == backend and g.maxk == 20 and g.n == 1500 and g.n_features == 30
+    assert np.all(np.diff(g.distances, axis=1) >= 0)
+
+
+def test_ivf_is_approximate_but_close(data):
+    pytest.importorskip("faiss")
+    g = NeighborGraph.build(data, 10, backend="ivf", nprobe=64)
+    exact = NeighborGraph.build(data, 10, backend="brute")
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(g.indices, exact.indices)])
+    assert recall > 0.9
+    assert np.all(g.distances >= exact.distances - 1e-9)  # never closer than the truth
+
+
+def test_graph_is_immutable(data):
+    g = NeighborGraph.build(data, 5)
+    with pytest.raises(ValueError):
+        g.distances[0, 0] = 1.0
+    with pytest.raises(AttributeError):
+        g.maxk = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("backend", ["brute", "kdtree"])
+def test_duplicates_self_excluded_and_zero_distances(backend):
+    X = np.random.default_rng(1).normal(size=(300, 4))
+    X = np.vstack([X, X[:20], X[:20]])  # each of the first 20 points three times
+    g = NeighborGraph.build(X, 6, backend=backend)
+    assert not np.any(g.indices == np.arange(len(X))[:, None])
+    assert np.all(g.distances[:20, :2] == 0) and np.all(g.distances[:20, 2] > 0)
+    f = g.floored_distances()
+    assert np.all(np.isfinite(f)) and np.all(f > 0)
+
+
+def test_periodic_box_matches_minimum_image():
+    rng = np.random.default_rng(2)
+    X = rng.uniform(0, 3.0, size=(400, 3))
+    g = NeighborGraph.build(X + 3.0 * rng.integers(-2, 3, size=X.shape), 5, period=3.0)
+    diff = X[:, None, :] - X[None, :, :]
+    diff -= 3.0 * np.round(diff / 3.0)
+    D = np.sqrt((diff**2).sum(-1))
+    np.fill_diagonal(D, np.inf)
+    np.testing.assert_allclose(g.distances, np.sort(D, axis=1)[:, :5], atol=1e-9)
+
+
+def test_subgraph(data):
+    g = NeighborGraph.build(data, 10)
+    s = g.subgraph(4)
+    np.testing.assert_array_equal(s.distances, g.distances[:, :4])
+    with pytest.raises(ConfigError, match="maxk"):
+        g.subgraph(11)
+
+
+def test_bad_input():
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    bad = X.copy()
+    bad[17, 1] = np.nan
+    with pytest.raises(DataError, match="frame 17") as e:
+        NeighborGraph.build(bad, 5)
+    assert "non-finite" in str(e.value)
+    bad[17, 1] = np.inf
+    with pytest.raises(DataError, match="non-finite"):
+        NeighborGraph.build(bad, 5)
+    with pytest.raises(DataError, match="2-D"):
+        NeighborGraph.build(X[:, 0], 5)
+    with pytest.raises(DataError, match="at least 51 points"):
+        NeighborGraph.build(X, 50)
+    with pytest.raises(DataError, match="identical"):
+        NeighborGraph.build(np.ones((20, 3)), 5)
+    with pytest.raises(DataError, match="empty"):
+        NeighborGraph.build(np.zeros((0, 3)), 5)
+    with pytest.raises(ConfigError, match="backend"):
+        NeighborGraph.build(X, 5, backend="annoy")
+    with pytest.raises(ConfigError, match="maxk"):
+        NeighborGraph.build(X, 1)
+    with pytest.raises(ConfigError, match="period"):
+        NeighborGraph.build(X, 5, period=-1.0)
+    with pytest.raises(ConfigError, match="kdtree"):
+        NeighborGraph.build(X, 5, period=1.0, backend="brute")
+    with pytest.raises(DataError, match="same shape|one shape"):
+        NeighborGraph(np.zeros((3, 2)), np.zeros((3, 3), dtype=int))

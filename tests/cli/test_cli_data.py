@@ -1,0 +1,177 @@
+"""``ml4m`` command line: help, JSON outputs, exit codes, nothing partial on error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import ase.io
+import numpy as np
+import pytest
+
+from ml4m.cli.main import COMMANDS, build_parser, main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("ml4m ")
+
+
+def test_every_command_has_help_with_example():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"quickstart", "data"} <= set(sub.choices)
+    for name, p in sub.choices.items():
+        assert "example" in p.format_help(), name
+    data = sub.choices["data"]
+    actions = next(a for a in data._actions if a.dest == "data_command")
+    assert set(actions.choices) == {"info", "split", "pack", "generate"}
+    for name, p in actions.choices.items():
+        assert "example" in p.format_help(), name
+    assert all(mod.startswith("ml4m.cli.") for _, mod in COMMANDS)
+
+
+def test_console_script_exit_code_on_bad_input(tmp_path):
+    bad = tmp_path / "bad.extxyz"
+    bad.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "ml4m", "data", "info", str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"{bad}: file is empty" in proc.stderr
+    assert proc.stdout == ""
+
+
+def _independent_stats(paths):
+    """Statistics from ASE directly, with no ml4m code."""
+    frames = [a for p in paths for a in ase.io.read(p, ":")]
+    species = {}
+    for a in frames:
+        for s in a.get_chemical_symbols():
+            species[s] = species.get(s, 0) + 1
+    e = np.array([a.get_potential_energy() / len(a) for a in frames])
+    f = np.concatenate([a.get_forces() for a in frames])
+    n_stress = sum("stress" in a.calc.results for a in frames)
+    return dict(n_frames=len(frames), n_atoms=sum(len(a) for a in frames), species=species,
+                e=e, f_rms=np.sqrt(np.mean(f**2)), n_stress=n_stress)
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_data_info_json_on_shared_data(capsys, shared_data):
+    paths = sorted(str(p) for p in shared_data.glob("*/*.extxyz"))
+    assert paths, "no extxyz files in the shared data folder"
+    code, out, err = run_cli(capsys, "data", "info", *paths, "--json")
+    assert code == 0
+    result = json.loads(out)  # exactly one JSON object
+    ref = _independent_stats(paths)
+    assert result["n_frames"] == ref["n_frames"]
+    assert result["n_atoms"] == ref["n_atoms"]
+    assert result["species"] == ref["species"]
+    assert result["labels"] == {"energy": ref["n_frames"], "forces": ref["n_frames"],
+                                "stress": ref["n_stress"]}
+    epa = result["energy_per_atom_ev"]
+    assert epa["min"] == pytest.approx(ref["e"].min(), rel=1e-12)
+    assert epa["max"] == pytest.approx(ref["e"].max(), rel=1e-12)
+    assert epa["mean"] == pytest.approx(ref["e"].mean(), rel=1e-10)
+    assert result["force_rms_ev_per_a"] == pytest.approx(ref["f_rms"], rel=1e-10)
+    assert [f["path"] for f in result["files"]] == paths
+
+
+def test_data_info_json_keys(capsys, tmp_path):
+    from ml4m.data import default_dataset_path
+
+    code, out, _ = run_cli(capsys, "data", "info", str(default_dataset_path()), "--json")
+    assert code == 0
+    result = json.loads(out)
+    for key in ("n_frames", "n_atoms", "species", "labels", "energy_per_atom_ev", "force_rms_ev_per_a"):
+        assert key in result
+    assert set(result["labels"]) == {"energy", "forces", "stress"}
+    assert set(result["energy_per_atom_ev"]) >= {"min", "max", "mean"}
+
+
+def test_split_writes_disjoint_files(capsys, tmp_path):
+    from ml4m.data import default_dataset_path
+
+    code, out, _ = run_cli(capsys, "data", "split", str(default_dataset_path()), "--valid", "0.2",
+                           "--test", "0.1", "--seed", "3", "--by", "traj", "-o", str(tmp_path / "s"), "--json")
+    assert code == 0
+    counts = json.loads(out)
+    parts = {p: ase.io.read(tmp_path / "s" / f"{p}.extxyz", ":") for p in ("train", "valid", "test")}
+    assert {p: len(v) for p, v in parts.items()} == {k: counts[k] for k in parts}
+    trajs = {p: {a.info["traj"] for a in v} for p, v in parts.items()}
+    assert not trajs["train"] & trajs["valid"] and not trajs["train"] & trajs["test"]
+    record = json.loads((tmp_path / "s" / "split.json").read_text())
+    assert len(record["train"]) == counts["train"]
+
+
+@pytest.mark.parametrize("action", ["info", "split", "pack"])
+def test_bad_input_exit_2_and_nothing_written(capsys, tmp_path, action):
+    bad = tmp_path / "bad.extxyz"
+    good = "2\nProperties=species:S:1:pos:R:3 energy=1.0\nCu 0 0 0\nCu 2 0 0\n"
+    bad.write_text(good + good.replace("Cu 2 0 0", "Cu 0.2 0 0"))
+    out_path = tmp_path / "out"
+    argv = {"info": ["data", "info", str(bad)],
+            "split": ["data", "split", str(bad), "-o", str(out_path)],
+            "pack": ["data", "pack", str(bad), "-o", str(out_path)]}[action]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert f"{bad}, frame 1: atoms 0 and 1 are 0.200 Angstrom apart" in err
+    assert not out_path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.extxyz"]
+
+
+def test_usage_error_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["data", "split"])
+    assert info.value.code == 2
+
+
+def test_pack_and_generate_json(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "data", "generate", "--system", "Cu", "--supercells", "1",
+                           "--temperatures", "300", "--frames", "2", "--sample-every", "2",
+                           "--equilibration-steps", "1", "--strained", "0", "--no-vacancy",
+                           "--no-surface", "-o", str(tmp_path / "g.extxyz"), "--json")
+    assert code == 0
+    gen = json.loads(out)
+    assert gen["n_frames"] == 2
+    code, out, _ = run_cli(capsys, "data", "pack", str(tmp_path / "g.extxyz"), "-o",
+                           str(tmp_path / "g.store"), "--json")
+    assert code == 0
+    packed = json.loads(out)
+    assert packed["n_frames"] == 2 and packed["n_atoms"] == 8
+    assert packed["labels"] == ["energy", "forces", "stress"]
+
+
+def test_generate_bad_config_key(capsys, tmp_path):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("system: Cu\nfrobnicate: 3\n")
+    code, _, err = run_cli(capsys, "data", "generate", "--config", str(cfg), "-o", str(tmp_path / "x.extxyz"))
+    assert code == 2
+    assert "unknown generate setting(s) ['frobnicate']" in err
+
+
+def test_quickstart_writes_outputs(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "quickstart", "-o", str(tmp_path / "qs"), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["data"]["n_frames"] == sum(report["data"]["split"].values())
+    for name in ("energy_histogram.png", "force_histogram.png", "summary.json", "data/train.extxyz",
+                 "soap.npz", "analysis/labels.npy", "analysis/decision_graph.png",
+                 "analysis/dendrogram.png", "model/cu_ace.ml4m", "model/metrics.json",
+                 "model/cu_ace_parity_forces.png", "md_nve.extxyz"):
+        assert (tmp_path / "qs" / name).is_file(), name
+    assert (tmp_path / "qs" / "energy_histogram.png").read_bytes()[:4] == b"\x89PNG"
+    # the pipeline did real work: SOAP of fcc Cu has an intrinsic dimension well below its 105
+    # features, the potential learns EMT to a few meV/A, and NVE conserves energy
+    assert 2 < report["analysis"]["id"]["estimate"] < 40
+    assert report["fit"]["test"]["forces"]["mae_mev_per_a"] < 20
+    assert abs(report["md"]["energy_drift_mev_per_atom_per_ps"]) < 1.0

@@ -1,0 +1,110 @@
+"""``ml4m fit`` and ``ml4m test``: outputs, JSON keys, and bad input with exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import write
+
+from ml4m.cli.main import main
+from ml4m.data import default_dataset, write_extxyz
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fitdata")
+    ds = default_dataset()
+    write_extxyz(ds[::8], d / "train.extxyz")
+    write_extxyz(ds[4::16], d / "valid.extxyz")
+    return d
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("model,descriptor", [
+    ("ace", {"r_cut": 4.0, "n_max": 4, "l_max": 2, "correlation_order": 3}),
+    ("gp", {"r_cut": 4.0, "n_max": 3, "l_max": 3}),
+])
+def test_fit_then_test(files, tmp_path, capsys, model, descriptor):
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(json.dumps({"model": model, "train": str(files / "train.extxyz"),
+                               "valid": str(files / "valid.extxyz"), "descriptor": descriptor,
+                               "params": {"n_sparse": 30} if model == "gp" else {}}))
+    code, out, _ = _run(capsys, "fit", cfg, "-o", tmp_path / "m.ml4m", "--json")
+    assert code == 0
+    metrics = json.loads(out)
+    for name in ("m.ml4m", "metrics.json", "m_parity_energy.png", "m_parity_forces.png"):
+        assert (tmp_path / name).is_file(), name
+    assert metrics["valid"]["forces"]["mae_mev_per_a"] < 100
+    code, out, _ = _run(capsys, "test", tmp_path / "m.ml4m", files / "valid.extxyz", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert set(result) >= {"n_frames", "energy", "forces", "stress", "uncertainty"}
+    assert set(result["energy"]) == {"mae_mev_per_atom", "rmse_mev_per_atom"}
+    assert set(result["forces"]) == {"mae_mev_per_a", "rmse_mev_per_a"}
+    assert "mae_gpa" in result["stress"]
+    assert set(result["uncertainty"]) == {"force_sigma_spearman", "energy_sigma_spearman"}
+    # ml4m test agrees with the metrics written at fit time
+    assert result["forces"]["mae_mev_per_a"] == pytest.approx(metrics["valid"]["forces"]["mae_mev_per_a"], rel=1e-6)
+
+
+def test_fit_krr_property(tmp_path, capsys):
+    frames = []
+    rng = np.random.default_rng(0)
+    for k in range(40):
+        a = bulk("Cu", cubic=True, a=3.5 + 0.2 * rng.random()).repeat((1, 1, 2))
+        a.symbols[rng.choice(len(a), size=rng.integers(0, 5), replace=False)] = "Au"
+        a.calc = EMT()
+        a.get_potential_energy()
+        frames.append(a)
+    write(tmp_path / "train.extxyz", frames[:30])
+    write(tmp_path / "valid.extxyz", frames[30:])
+    code, out, _ = _run(capsys, "fit", "--model", "krr", "--train", tmp_path / "train.extxyz",
+                        "--valid", tmp_path / "valid.extxyz", "-o", tmp_path / "p.ml4m", "--json")
+    assert code == 0
+    metrics = json.loads(out)
+    spread = np.std([a.get_potential_energy() / len(a) for a in frames[30:]])
+    assert metrics["valid"]["property"]["mae"] < 0.5 * spread
+    assert (tmp_path / "p_learning_curve.png").is_file()
+    code, out, _ = _run(capsys, "test", tmp_path / "p.ml4m", tmp_path / "valid.extxyz", "--json")
+    assert code == 0 and json.loads(out)["property"]["mae"] == pytest.approx(metrics["valid"]["property"]["mae"])
+
+
+def test_fit_without_forces_exit_2(tmp_path, capsys):
+    a = bulk("Cu", cubic=True).repeat(2)
+    a.info["energy"] = 1.0
+    write(tmp_path / "noforces.extxyz", [a, a])
+    code, _, err = _run(capsys, "fit", "--model", "ace", "--train", tmp_path / "noforces.extxyz",
+                        "-o", tmp_path / "m.ml4m")
+    assert code == 2
+    assert "noforces.extxyz, frame 0: required label 'forces' is missing" in err
+    assert not (tmp_path / "m.ml4m").exists()
+
+
+def test_test_with_unknown_species_exit_2(files, tmp_path, capsys):
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(json.dumps({"model": "ace", "train": str(files / "train.extxyz"),
+                               "descriptor": {"r_cut": 3.5, "n_max": 2, "l_max": 1}}))
+    assert _run(capsys, "fit", cfg, "-o", tmp_path / "m.ml4m", "--json")[0] == 0
+    a = bulk("Cu", cubic=True).repeat(2)
+    a.symbols[0] = "Au"
+    a.calc = EMT()
+    a.get_potential_energy()
+    write(tmp_path / "alloy.extxyz", a)
+    code, _, err = _run(capsys, "test", tmp_path / "m.ml4m", tmp_path / "alloy.extxyz")
+    assert code == 2
+    assert "alloy.extxyz, frame 0" in err and "['Au'] are not known to this model" in err
+
+
+def test_tampered_model_exit_2(tmp_path, capsys, files):
+    (tmp_path / "bad.ml4m").write_bytes(b"PK\x03\x04 not really a zip")
+    code, _, err = _run(capsys, "test", tmp_path / "bad.ml4m", files / "valid.extxyz")
+    assert code == 2 and "bad.ml4m" in err

@@ -1,0 +1,84 @@
+"""Reference-data generation: labels equal the calculator's, metadata, resume after a kill."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+
+import ml4m.data.generation as gen
+from ml4m.data import GenerateConfig, default_dataset_path, generate, plan_tasks, read_dataset
+from ml4m.data.default import DEFAULT_GENERATE_SETTINGS
+from ml4m.errors import ConfigError
+
+TINY = dict(system="Cu", supercells=[1], temperatures=[300.0, 900.0], trajectories=1,
+            frames_per_trajectory=2, sample_every=3, equilibration_steps=2, n_strained=1,
+            vacancies=True, surface=False, seed=5)
+
+
+def test_generate_labels_and_info(tmp_path):
+    out = tmp_path / "cu.extxyz"
+    result = generate(GenerateConfig(**TINY), out, progress=False)
+    ds = read_dataset(out, require=("energy", "forces", "stress"))
+    assert len(ds) == result["n_frames"] == len(plan_tasks(GenerateConfig(**TINY))) * 2
+    types = set(ds.info_values("config_type"))
+    assert types == {"bulk_300K", "bulk_900K", "strained3pct_300K", "vacancy_300K", "vacancy_900K"}
+    for frame in ds[[0, len(ds) - 1]]:
+        atoms = frame.to_atoms(with_labels=False)
+        atoms.calc = EMT()
+        assert frame.energy == pytest.approx(atoms.get_potential_energy(), abs=1e-6)
+        np.testing.assert_allclose(frame.forces, atoms.get_forces(), atol=1e-6)
+        assert {"T_K", "traj", "t_fs"} <= set(frame.info)
+    assert 3.55 < result["lattice_constant_a"] < 3.62  # EMT Cu is 3.59 A
+
+
+def test_resume_after_kill_gives_identical_file(tmp_path, monkeypatch):
+    ref = tmp_path / "ref.extxyz"
+    generate(GenerateConfig(**TINY), ref, progress=False)
+    out = tmp_path / "resumed.extxyz"
+    real = gen._run_task
+    calls = {"n": 0}
+
+    def dies_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "_run_task", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(**TINY), out, progress=False)
+    assert not out.exists()  # nothing partial where the output should be
+    monkeypatch.setattr(gen, "_run_task", real)
+    result = generate(GenerateConfig(**TINY), out, progress=False)
+    assert result["resumed_trajectories"] == 2
+    assert out.read_text() == ref.read_text()
+
+
+@pytest.mark.parametrize("override,match", [
+    ({"system": "Qq"}, "unknown element 'Qq'"),
+    ({"supercells": [0]}, "supercells"),
+    ({"temperatures": [-5.0]}, "temperatures"),
+    ({"frames_per_trajectory": 0}, "frames_per_trajectory"),
+])
+def test_bad_settings(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        generate(GenerateConfig(**{**TINY, **override}), tmp_path / "x.extxyz", progress=False)
+
+
+def test_unknown_calculator():
+    with pytest.raises(ConfigError, match="cannot import calculator"):
+        gen.make_calculator("nonexistent.module:Calc")
+
+
+def test_embedded_data_matches_its_recipe():
+    """The shipped file was made by the generator with DEFAULT_GENERATE_SETTINGS."""
+    ds = read_dataset(default_dataset_path(), require=("energy", "forces"))
+    cfg = GenerateConfig(**DEFAULT_GENERATE_SETTINGS)
+    tasks = plan_tasks(cfg)
+    assert len(ds) == len(tasks) * cfg.frames_per_trajectory
+    assert list(dict.fromkeys(ds.info_values("traj"))) == [t.traj for t in tasks]
+    for frame in ds[[0, 100]]:  # labels are EMT's
+        atoms = frame.to_atoms(with_labels=False)
+        atoms.calc = EMT()
+        assert frame.energy == pytest.approx(atoms.get_potential_energy(), abs=1e-6)

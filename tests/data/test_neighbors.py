@@ -1,0 +1,85 @@
+"""Neighbour lists against a brute-force reference over periodic images."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, fcc111, molecule
+
+from ml4m.data import batched_neighbor_list, neighbor_list
+from ml4m.errors import ConfigError
+
+
+def brute_force(atoms: Atoms, cutoff: float) -> set[tuple[int, int, tuple[int, int, int]]]:
+    """Every (i, j, shift) with 0 < |r_j + S.cell - r_i| < cutoff, by enumeration."""
+    cell = np.asarray(atoms.cell[:])
+    ranges = []
+    for k in range(3):
+        if atoms.pbc[k]:
+            # planes spacing along k: the image count needed to cover the cutoff
+            normal = np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])
+            spacing = abs(np.dot(cell[k], normal)) / np.linalg.norm(normal)
+            n = int(np.ceil(cutoff / spacing)) + 1
+            ranges.append(range(-n, n + 1))
+        else:
+            ranges.append(range(0, 1))
+    pos = atoms.positions
+    pairs = set()
+    for shift in itertools.product(*ranges):
+        disp = np.asarray(shift) @ cell
+        d = np.linalg.norm(pos[None, :, :] + disp - pos[:, None, :], axis=-1)
+        for i, j in zip(*np.nonzero((d < cutoff) & (d > 1e-12))):
+            pairs.add((int(i), int(j), tuple(int(s) for s in shift)))
+    return pairs
+
+
+def systems():
+    rng = np.random.default_rng(3)
+    small = bulk("Cu", "fcc", a=3.6)  # one atom: it sees only its own images
+    small.rattle(0.01, seed=1)
+    tri = bulk("Cu", "fcc", a=3.6).repeat((2, 1, 1))
+    tri.set_cell(tri.cell[:] + rng.normal(scale=0.2, size=(3, 3)), scale_atoms=True)
+    slab = fcc111("Cu", (2, 2, 3), vacuum=5.0)  # pbc T T F
+    mol = molecule("CH3CH2OH")
+    return {"self_images": small, "triclinic": tri, "slab": slab, "molecule": mol}
+
+
+@pytest.mark.parametrize("name", ["self_images", "triclinic", "slab", "molecule"])
+@pytest.mark.parametrize("cutoff", [2.0, 5.5])
+def test_matches_brute_force(name, cutoff):
+    atoms = systems()[name]
+    nl = neighbor_list(atoms, cutoff)
+    got = {(int(i), int(j), tuple(int(x) for x in s)) for i, j, s in zip(nl.i, nl.j, nl.shifts)}
+    assert got == brute_force(atoms, cutoff)
+    expected_vectors = atoms.positions[nl.j] + nl.shifts @ atoms.cell[:] - atoms.positions[nl.i]
+    np.testing.assert_allclose(nl.vectors, expected_vectors, atol=1e-10)
+    np.testing.assert_allclose(nl.distances, np.linalg.norm(expected_vectors, axis=1), atol=1e-10)
+
+
+def test_half_list_is_half_of_full():
+    atoms = systems()["triclinic"]
+    full = neighbor_list(atoms, 5.0)
+    half = neighbor_list(atoms, 5.0, full_list=False)
+    assert 2 * len(half) == len(full)
+
+
+def test_batched_offsets_global_indices():
+    s = systems()
+    frames = [s["molecule"], s["self_images"], s["slab"]]
+    nl, pair_frame = batched_neighbor_list(frames, 3.0)
+    offsets = np.cumsum([0] + [len(a) for a in frames])
+    for k, atoms in enumerate(frames):
+        single = neighbor_list(atoms, 3.0)
+        sel = pair_frame == k
+        np.testing.assert_array_equal(nl.i[sel] - offsets[k], single.i)
+        np.testing.assert_array_equal(nl.j[sel] - offsets[k], single.j)
+        np.testing.assert_allclose(nl.distances[sel], single.distances)
+
+
+@pytest.mark.parametrize("cutoff", [0.0, -1.0, float("nan")])
+def test_bad_cutoff(cutoff):
+    with pytest.raises(ConfigError, match="cutoff must be a finite, positive"):
+        neighbor_list(molecule("H2O"), cutoff)

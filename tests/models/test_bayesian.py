@@ -1,0 +1,76 @@
+"""Bayesian linear regression: recovers known coefficients with a calibrated posterior."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml4m.errors import ConfigError, NotFittedError
+from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
+
+
+def _problem(rng, n=400, p=12, sigma=0.1):
+    A = rng.normal(size=(n, p))
+    c = rng.normal(size=p)
+    return A, c, A @ c + rng.normal(scale=sigma, size=n)
+
+
+def test_recovers_coefficients_and_noise(rng):
+    A, c, y = _problem(rng)
+    model = BayesianLinearRegression().fit(A, y)
+    std = np.sqrt(np.diag(model.covariance_))
+    assert np.all(np.abs(model.coef_ - c) < 4 * std)
+    assert model.beta_ == pytest.approx(1 / 0.1**2, rel=0.2)  # noise precision
+    assert model.n_iter_ < 300
+
+
+def test_posterior_is_calibrated():
+    """Over many data sets, (c_hat - c) / std is standard normal; 68% within 1 std."""
+    z, inside = [], []
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        A, c, y = _problem(rng, n=60, p=8, sigma=0.3)
+        model = BayesianLinearRegression().fit(A, y)
+        z.append((model.coef_ - c) / np.sqrt(np.diag(model.covariance_)))
+        At = rng.normal(size=(50, 8))
+        yt = At @ c + rng.normal(scale=0.3, size=50)
+        mean, std = model.predict(At, return_std=True)
+        total = np.sqrt(std**2 + 1 / model.beta_)
+        inside.append(np.mean(np.abs(yt - mean) < total))
+    z = np.concatenate(z)
+    assert np.std(z) == pytest.approx(1.0, abs=0.12)
+    assert np.mean(inside) == pytest.approx(0.683, abs=0.04)
+
+
+def test_blocked_normal_equations_equal_one_shot(rng):
+    A, c, y = _problem(rng)
+    w = rng.uniform(0.5, 2.0, size=len(y))
+    one = BayesianLinearRegression(alpha=0.3, beta=50.0).fit(A, y, w)
+    neq = NormalEquations(A.shape[1])
+    for block in np.array_split(np.arange(len(y)), 7):
+        part = NormalEquations(A.shape[1])
+        part.add(A[block], y[block], w[block])
+        neq += part
+    blocked = BayesianLinearRegression(alpha=0.3, beta=50.0).fit_normal_equations(neq)
+    np.testing.assert_allclose(blocked.coef_, one.coef_, rtol=1e-10)
+
+
+def test_fixed_hyperparameters_match_closed_form(rng):
+    A, c, y = _problem(rng, p=6)
+    P = np.diag(rng.uniform(0.5, 3.0, size=6))
+    P[0, 1] = P[1, 0] = 0.2
+    alpha, beta = 0.7, 20.0
+    model = BayesianLinearRegression(alpha=alpha, beta=beta, prior=P).fit(A, y)
+    S = np.linalg.inv(beta * A.T @ A + alpha * P)
+    np.testing.assert_allclose(model.coef_, beta * S @ A.T @ y, rtol=1e-8)
+    np.testing.assert_allclose(model.covariance_, S, rtol=1e-6, atol=1e-12)
+
+
+def test_errors(rng):
+    with pytest.raises(NotFittedError, match="not fitted"):
+        BayesianLinearRegression().predict(np.ones((1, 3)))
+    with pytest.raises(ConfigError, match="alpha must be positive"):
+        BayesianLinearRegression(alpha=-1.0).fit(np.ones((3, 2)), np.ones(3))
+    model = BayesianLinearRegression().fit(*_problem(rng)[::2])
+    with pytest.raises(ConfigError, match="A has 3 features, but the model expects 12"):
+        model.predict(np.ones((2, 3)))

@@ -1,0 +1,175 @@
+"""Linear (ACE) and sparse-GP potentials: derivatives, persistence, recovery, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.md.verlet import VelocityVerlet
+from ase import units
+
+import ml4m
+from ml4m.data import Dataset, Frame, default_dataset
+from ml4m.errors import DataError
+from ml4m.models.kernel import SparseGPPotential
+from ml4m.models.linear import LinearACE, LinearPotential
+
+
+def _descriptor(kind: str, species=("Cu",)):
+    from ml4m.descriptors import make_descriptor
+
+    if kind == "ace":
+        return make_descriptor("ace", species=list(species), r_cut=4.0, n_max=4, l_max=2, correlation_order=3)
+    return make_descriptor("soap", species=list(species), r_cut=4.0, n_max=3, l_max=3)
+
+
+MODELS = {
+    "linear_ace": lambda: LinearACE(_descriptor("ace")),
+    "sparse_gp": lambda: SparseGPPotential(_descriptor("soap"), n_sparse=40, zeta=2),
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = default_dataset()
+    return ds[::6], ds[3::12]
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def fitted(request, data):
+    return MODELS[request.param]().fit(data[0])
+
+
+def _energy(model, atoms):
+    return model.predict([atoms]).energy[0]
+
+
+def _derivative(f, h=1e-3):
+    """Fourth-order central difference of f at 0 (robust to rounding in large sums)."""
+    return (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
+
+
+def test_forces_are_minus_energy_gradient(fitted, data):
+    atoms = data[1][2].to_atoms(with_labels=False)
+    pred = fitted.predict([atoms])
+    for a, c in [(0, 0), (3, 1), (len(atoms) - 1, 2)]:
+        def energy(d, a=a, c=c):
+            moved = atoms.copy()
+            moved.positions[a, c] += d
+            return _energy(fitted, moved)
+
+        assert pred.forces[a, c] == pytest.approx(-_derivative(energy), rel=2e-6, abs=1e-8)
+
+
+def test_stress_is_strain_derivative(fitted, data):
+    frame = next(f for f in data[1] if f.pbc.all())
+    atoms = frame.to_atoms(with_labels=False)
+    pred = fitted.predict([atoms])
+    for v, (i, j) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
+        def energy(eps, i=i, j=j):
+            D = np.zeros((3, 3))
+            D[i, j] += eps / 2
+            D[j, i] += eps / 2
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell[:] @ (np.eye(3) + D), scale_atoms=True)
+            return _energy(fitted, strained)
+
+        fd = _derivative(energy) / atoms.get_volume()
+        assert pred.stress[0, v] == pytest.approx(fd, rel=2e-6, abs=1e-9)
+
+
+def test_adjoint_prediction_equals_design_rows(fitted, data):
+    """The fast path (dE/dX and one VJP) equals the per-feature design rows."""
+    fast = fitted.predict(data[1][:4])
+    full = fitted.predict(data[1][:4], uncertainty=True)
+    # summation orders differ; the GP's large, cancelling coefficients leave ~1e-9 eV
+    np.testing.assert_allclose(fast.energy, full.energy, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fast.forces, full.forces, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(fast.stress, full.stress, rtol=1e-6, atol=1e-9)
+
+
+def test_learns_emt(fitted, data):
+    """Validation errors well below the spread of the labels (eV/atom and eV/A)."""
+    from ml4m.models import error_metrics
+
+    m = error_metrics(fitted.predict(data[1]), data[1])
+    e_spread = np.std([f.energy / len(f) for f in data[1]]) * 1000
+    f_spread = np.std(np.concatenate([f.forces for f in data[1]])) * 1000
+    assert m["energy"]["mae_mev_per_atom"] < 0.2 * e_spread
+    assert m["forces"]["mae_mev_per_a"] < 0.2 * f_spread
+
+
+def test_save_load_identical_and_calculator(fitted, data, tmp_path):
+    path = fitted.save(tmp_path / "model")
+    loaded = ml4m.load(path)
+    a = fitted.predict(data[1][:3], uncertainty=True)
+    b = loaded.predict(data[1][:3], uncertainty=True)
+    for key in ("energy", "forces", "stress", "energy_sigma", "forces_sigma"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    atoms = data[1][0].to_atoms(with_labels=False)
+    atoms.calc = loaded.as_calculator()
+    # one frame through the calculator against a batch of three: same up to summation order
+    assert atoms.get_potential_energy() == pytest.approx(a.energy[0], abs=1e-8)  # eV
+    np.testing.assert_allclose(atoms.get_forces(), a.forces[: len(atoms)], rtol=1e-8, atol=1e-10)
+    assert atoms.calc.results["forces_sigma"].shape == (len(atoms), 3)
+
+
+def test_uncertainty_grows_outside_training_data(fitted):
+    """A strongly compressed crystal is far from the training set: larger sigma."""
+    near = bulk("Cu", cubic=True, a=3.62).repeat(2)
+    far = bulk("Cu", cubic=True, a=3.15).repeat(2)
+    s_near = fitted.predict([near], uncertainty=True).energy_sigma[0]
+    s_far = fitted.predict([far], uncertainty=True).energy_sigma[0]
+    assert s_far > 3 * s_near
+
+
+def test_nve_energy_is_conserved(fitted):
+    atoms = bulk("Cu", cubic=True, a=3.6).repeat(2)
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = fitted.as_calculator()
+    e0 = atoms.get_total_energy()
+    VelocityVerlet(atoms, timestep=1.0 * units.fs).run(40)
+    assert abs(atoms.get_total_energy() - e0) / len(atoms) < 2e-4  # eV/atom
+
+
+def test_unknown_species_at_prediction(fitted):
+    alloy = bulk("Cu", cubic=True).repeat(2)
+    alloy[0].symbol = "Au"
+    with pytest.raises(DataError, match=r"species \['Au'\] are not known to this model"):
+        fitted.predict([alloy])
+
+
+def test_missing_forces_when_force_weight_set(data):
+    frames = [Frame(f.numbers, f.positions, f.cell, f.pbc, energy=f.energy, source=f.source)
+              for f in data[0][:3]]
+    with pytest.raises(DataError, match="no forces but sigma_forces is set") as info:
+        LinearPotential(_descriptor("soap")).fit(Dataset(frames))
+    assert info.value.frame == frames[0].source[1]
+
+
+def test_recovers_a_known_linear_model_in_the_basis(data):
+    """Labels made by a linear model in the ACE basis are fitted back exactly."""
+    truth = LinearACE(_descriptor("ace"), e0={"Cu": -0.3})
+    truth.e0_ = {29: -0.3}
+    truth.fmap_ = truth._make_feature_map([])
+    rng = np.random.default_rng(0)
+    truth.coef_ = rng.normal(size=truth.fmap_.n_features) / truth.fmap_.n_features
+    frames = []
+    for f in data[0][:20]:
+        p = truth.predict([f])
+        frames.append(Frame(f.numbers, f.positions, f.cell, f.pbc, energy=float(p.energy[0]),
+                            forces=p.forces, stress=p.stress[0] if f.pbc.all() else None))
+    fit = LinearACE(_descriptor("ace"), e0={"Cu": -0.3}, sigma_energy=1e-6, sigma_forces=1e-5,
+                    sigma_stress=1e-6).fit(Dataset(frames))
+    test = data[1][:4]
+    np.testing.assert_allclose(fit.predict(test).forces, truth.predict(test).forces, atol=1e-6)
+    np.testing.assert_allclose(fit.predict(test).energy, truth.predict(test).energy, atol=1e-6)
+
+
+def test_emt_reference_is_what_we_fit():
+    """Sanity: the embedded labels are EMT's (so the fits above learn EMT)."""
+    f = default_dataset()[0]
+    atoms = f.to_atoms(with_labels=False)
+    atoms.calc = EMT()
+    assert atoms.get_potential_energy() == pytest.approx(f.energy, abs=1e-6)
