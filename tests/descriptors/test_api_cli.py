@@ -46,3 +46,15 @@ def test_cli_writes_npz(tmp_path):
     assert main(["describe", str(f), "--descriptor", "ace", "--average", "-o", str(out2)]) == 0
     z2 = np.load(out2)
     assert z2["features"].shape[0] == 2 and list(z2["numbers"]) == [-1, -1]
+
+
+def test_mbtr_counts_without_normalisation():
+    from ml4m.descriptors import MBTR
+
+    cell = alloy(seed=5, repeat=(1, 1, 1))
+    raw = MBTR(["Cu", "Au"], r_cut=4.0, n_grid=8, normalize=False)
+    per_atom = MBTR(["Cu", "Au"], r_cut=4.0, n_grid=8)
+    X1, X8 = raw.compute(cell).features, raw.compute(cell.repeat((2, 2, 2))).features
+    np.testing.assert_allclose(X1[0, :2], [np.sum(cell.numbers == 29), np.sum(cell.numbers == 79)])
+    np.testing.assert_allclose(X8, 8 * X1, rtol=1e-12)
+    np.testing.assert_allclose(per_atom.compute(cell).features * len(cell), X1, rtol=1e-12)

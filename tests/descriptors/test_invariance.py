@@ -81,3 +81,23 @@ def test_n_jobs_and_order(descriptor):
     assert serial.features.shape == (rows, descriptor.n_features)
     assert len(descriptor.feature_names()) == descriptor.n_features
     assert len(set(descriptor.feature_names())) == descriptor.n_features
+
+
+def test_isolated_atom_and_2d_slab(descriptor):
+    """No neighbours: local features vanish; a slab with a zero third cell vector works."""
+    from ase import Atoms
+    from ase.build import fcc111
+
+    res = descriptor.compute(Atoms("CuAu", positions=[[0, 0, 0], [30, 0, 0]]), gradients=True)
+    if descriptor.name != "mbtr":
+        assert np.abs(res.features).max() < 1e-20
+    assert np.abs(res.gradients).max() < 1e-20
+    slab = fcc111("Cu", size=(2, 2, 3), a=3.7)
+    slab.cell[2] = 0.0
+    slab.pbc = [True, True, False]
+    ref = descriptor.compute(slab).features
+    moved = slab.copy()
+    moved.positions += [0.3, 0.2, 5.0]
+    _close(descriptor.compute(moved).features, ref)
+    big = descriptor.compute(slab.repeat((2, 1, 1))).features  # first copy = original
+    _close(big if descriptor.average else big[:len(slab)], ref)

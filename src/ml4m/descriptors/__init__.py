@@ -5,6 +5,8 @@ Every descriptor is an object holding its hyperparameters, with ``n_features``,
 ``compute(frames, gradients=False, n_jobs=1, progress=False) -> DescriptorResult``
 (rows = atoms of all frames in order, or frames when averaging; position and strain
 derivatives in a sparse per-(centre, atom) layout, see :mod:`ml4m.descriptors.base`).
+:class:`TorchSOAP` and :class:`TorchACE` evaluate SOAP and the ACE basis in PyTorch
+(CPU or CUDA) for autograd models.
 
 >>> from ase.build import bulk
 >>> from ml4m.descriptors import SOAP
@@ -29,8 +31,17 @@ from ml4m.errors import ConfigError
 
 __all__ = [
     "ACE", "ACSF", "MBTR", "SOAP", "Descriptor", "DescriptorResult", "DESCRIPTORS",
-    "make_descriptor", "describe_frames", "species_of",
+    "make_descriptor", "describe_frames", "species_of", "TorchSOAP", "TorchACE",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the torch back end imports torch: load it only when asked for
+    if name in ("TorchSOAP", "TorchACE"):
+        from ml4m.descriptors import torch_backend
+
+        return getattr(torch_backend, name)
+    raise AttributeError(f"module 'ml4m.descriptors' has no attribute {name!r}")
 
 #: descriptor name -> class (names used by the CLI and :func:`describe_frames`)
 DESCRIPTORS: dict[str, type[Descriptor]] = {"acsf": ACSF, "soap": SOAP, "ace": ACE, "mbtr": MBTR}

@@ -165,6 +165,18 @@ class ACE(Descriptor):
         return self._table
 
     # ---- evaluation ---------------------------------------------------------------
+    def _group_basis(self) -> list[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray]]:
+        """Basis functions grouped by ``(nu, (l_1..l_nu), L)``: columns and channels
+        (used by the torch back end to evaluate a group at once)."""
+        groups: dict[tuple, tuple[list[int], list[list[int]]]] = {}
+        for f, (combo, L) in enumerate(self._basis):
+            key = (len(combo), tuple(l for l, _ in combo), L)
+            cols, ks = groups.setdefault(key, ([], []))
+            cols.append(f)
+            ks.append([k for _, k in combo])
+        return [(nu, ls, L, np.array(cols), np.array(ks))
+                for (nu, ls, L), (cols, ks) in groups.items()]
+
     @staticmethod
     def _coupled(A, a1, a2, L, cache, dA=None):
         """``T^L_M(a1, a2)`` over rows (and its directional derivative along dA), cached."""

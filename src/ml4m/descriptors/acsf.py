@@ -172,7 +172,8 @@ class ACSF(Descriptor):
 
         ``dj, dk``: distances to j and k (Angstrom); ``fj, fk``: their cutoffs; ``dfj``:
         derivative of ``fj``; ``dots = r_ij . r_ik``; ``mask`` zeroes excluded pairs.
-        Returns a list of ``(G, dG/dr_ij, dG/dr_jk or None, dG/dcos)`` (derivatives only
+        Returns a list of ``(G, dG/dr_ij, dG/dr_jk or None, dG/dcos)`` with ``G`` as a
+        factorisation ``(prefactor, X, Y)``, ``G = prefactor * X * Y`` (derivatives only
         with ``gradients``), ``cos`` and ``r_jk``.
         """
         cos = dots / (dj * dk)
@@ -202,7 +203,10 @@ class ACSF(Descriptor):
                     powers[key] = 1.0 + lam * cos
                 elif float(zeta).is_integer() and zeta <= 32:
                     half = power(lam, float(zeta // 2))
-                    powers[key] = half * half * (power(lam, 1.0) if zeta % 2 else 1.0)
+                    sq = half * half
+                    if zeta % 2:
+                        sq *= power(lam, 1.0)
+                    powers[key] = sq
                 else:
                     powers[key] = (1.0 + lam * cos) ** zeta
             return powers[key]
@@ -216,13 +220,12 @@ class ACSF(Descriptor):
                     ef[kind, eta] = (E, E * (f3 if kind == "g4" else f2))
                 E, EF = ef[kind, eta]
                 pref = 2.0 ** (1.0 - zeta)
-                A = pref * power(lam, zeta)
-                G = A * EF
+                G = (pref, power(lam, zeta), EF)  # G = pref * (1 + lam cos)^zeta * E F
                 if not gradients:
                     terms.append((G, None, None, None))
                     continue
                 F = f3 if kind == "g4" else f2
-                AE = A * E
+                AE = pref * power(lam, zeta) * E
                 d_ij = AE * (-2.0 * eta * dj * F + (dfj_fk * fjk if kind == "g4" else dfj_fk))
                 d_jk = AE * (-2.0 * eta * rjk * F + f2 * dfjk) if kind == "g4" else None
                 d_c = pref * zeta * lam * power(lam, zeta - 1.0) * EF
@@ -235,7 +238,7 @@ class ACSF(Descriptor):
                 base = 1.0 + cg * np.cos(ts) + sin * np.sin(ts)  # 1 + cos(t' - theta_s)
                 A = 2.0 ** (1.0 - zeta) * base**zeta
                 E = np.exp(-eta * (rho - rs) ** 2)
-                G = A * E * f2
+                G = (1.0, A, E * f2)
                 if not gradients:
                     terms.append((G, None, None, None))
                     continue
@@ -254,15 +257,16 @@ class ACSF(Descriptor):
         terms, _, _ = self._angular_terms(d[:, tj], d[:, tk], f[:, tj], f[:, tk], None, dots,
                                           one, False)
         if self.n_species == 1:
-            return np.stack([t[0].sum(axis=1) for t in terms], axis=-1)[:, None, :]
+            return np.stack([pref * np.einsum("ct,ct->c", x, y) for (pref, x, y), *_ in terms],
+                            axis=-1)[:, None, :]
         sj, sk = spad[:, tj], spad[:, tk]
         hi = np.maximum(sj, sk)
         its = hi * (hi + 1) // 2 + np.minimum(sj, sk)
         out = np.empty((C, self._n_pairs, len(terms)))
         for k in range(self._n_pairs):
-            w = its == k
-            for t, term in enumerate(terms):
-                out[:, k, t] = (term[0] * w).sum(axis=1)
+            w = (its == k).astype(float)
+            for t, ((pref, x, y), *_) in enumerate(terms):
+                out[:, k, t] = pref * np.einsum("ct,ct,ct->c", x, y, w)
         return out
 
     def _angular_gradients(self, v, d, f, df, m):

@@ -161,28 +161,25 @@ def _reduce_pair_gradients(
     P, F = len(nl.i), g.shape[-1]
     N = n_atoms
     ar = np.arange(P)
-    C = sp.csr_matrix((np.ones(P), (nl.i, ar)), shape=(N, max(P, 1)))
-    strain = np.zeros((N, 3, 3, F))
-    if P:
-        for b in range(3):
-            strain[:, :, b, :] = np.asarray(
-                C @ (g * nl.vectors[:, b, None, None]).reshape(P, 3 * F)
-            ).reshape(N, 3, F)
+    # one pass over g: rows 4 i + 0 collect -g (self entries), rows 4 i + 1 + b collect
+    # g * r_b (strain derivative d/d eps_ab)
+    rows = (4 * nl.i[:, None] + np.arange(4)).ravel()
+    data = np.concatenate([-np.ones((P, 1)), nl.vectors], axis=1).ravel()
+    M4 = sp.csr_matrix((data, (rows, np.repeat(ar, 4))), shape=(4 * N, max(P, 1)))
+    gflat = g.reshape(P, 3 * F) if P else np.zeros((1, 3 * F))
+    red = np.asarray(M4 @ gflat).reshape(N, 4, 3, F)
+    strain = np.ascontiguousarray(red[:, 1:].transpose(0, 2, 1, 3))  # (N, a, b, F)
     pair_keys = nl.i * N + nl.j
     if allow_fast and P and np.all(nl.j != nl.i) and np.all(np.diff(np.sort(pair_keys)) > 0):
         # every (i, j) appears once (no periodic images of the same atom): the pair
         # gradients are the entries; the self entries are minus their sums per centre
-        self_grad = -np.asarray(C @ g.reshape(P, 3 * F)).reshape(N, 3, F)
         return (np.concatenate([nl.i, np.arange(N)]), np.concatenate([nl.j, np.arange(N)]),
-                np.concatenate([g, self_grad]), strain)
+                np.concatenate([g, red[:, 0]]), strain)
     keys = np.concatenate([pair_keys, nl.i * N + nl.i, np.arange(N) * (N + 1)])
     uniq, inv = np.unique(keys, return_inverse=True)
     data = np.concatenate([np.ones(P), -np.ones(P), np.zeros(N)])
     cols = np.concatenate([ar, ar, np.zeros(N, dtype=np.int64)])
     M = sp.csr_matrix((data, (inv, cols)), shape=(len(uniq), max(P, 1)))
-    gflat = g.reshape(P, 3 * F)
-    if P == 0:
-        gflat = np.zeros((1, 3 * F))
     grads = np.asarray(M @ gflat).reshape(len(uniq), 3, F)
     return uniq // N, uniq % N, grads, strain
 
@@ -272,8 +269,12 @@ class Descriptor(ABC):
             raise DataError("structure has no atoms: nothing to describe", path, index)
         if not np.all(np.isfinite(frame.positions)):
             raise DataError("positions contain NaN or infinite values", path, index)
-        if np.any(frame.pbc) and frame.volume < 1e-9:
-            raise DataError("periodic structure with a zero-volume cell", path, index)
+        pbc = np.asarray(frame.pbc, dtype=bool)
+        if pbc.any():
+            periodic = np.asarray(frame.cell, dtype=np.float64)[pbc]
+            if np.linalg.matrix_rank(periodic, tol=1e-6) < pbc.sum():
+                raise DataError("periodic structure with a zero-volume cell (periodic cell "
+                                "vectors are zero or linearly dependent)", path, index)
         z = np.asarray(frame.numbers, dtype=np.int64)
         idx = np.where(z < len(self._z_index), self._z_index[np.minimum(z, len(self._z_index) - 1)],
                        -1)
@@ -285,8 +286,26 @@ class Descriptor(ABC):
                 f"{self.species_symbols}; set species to include them", path, index)
         return idx
 
-    def compute_frame(self, frame: Frame | Atoms, gradients: bool = False, index: int = 0):
-        """Features of one frame (see :meth:`compute`); returns a result for that frame alone."""
+    def compute_frame(
+        self, frame: Frame | Atoms, gradients: bool = False, index: int = 0
+    ) -> DescriptorResult:
+        """Descriptors of one structure (see :meth:`compute` for the layout).
+
+        Parameters
+        ----------
+        frame : Frame or ase.Atoms
+            The structure (positions in Angstrom).
+        gradients : bool, default=False
+            Also compute position and strain derivatives.
+        index : int, default=0
+            Frame index written to ``result.frame`` and used in error messages when the
+            frame does not know its source.
+
+        Returns
+        -------
+        DescriptorResult
+            Atom indices (``gradient_atom``) are local to this frame.
+        """
         if isinstance(frame, Atoms):
             frame = Frame.from_atoms(frame)
         idx = self._check_frame(frame, index)
@@ -427,6 +446,8 @@ def _concatenate(
             res.gradients = np.zeros((0, 3, n_features))
             res.strain_gradients = np.zeros((0, 3, 3, n_features))
         return res
+    if len(parts) == 1:
+        return parts[0]
     res = DescriptorResult(
         features=np.concatenate([p.features for p in parts]),
         frame=np.concatenate([p.frame for p in parts]),

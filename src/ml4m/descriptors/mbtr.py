@@ -8,7 +8,9 @@ For a structure with ``N`` atoms (periodic images included in the pair sums)::
 with ``g_sigma`` the normalised Gaussian ``exp(-u**2 / (2 sigma**2)) / (sigma sqrt(2 pi))``
 (1/Angstrom), ``f_c`` the smooth cutoff of :mod:`ml4m.descriptors.cutoffs` (transition
 width ``cutoff_width``), and ``x_g`` a uniform grid of ``n_grid`` points on ``[0, r_cut]``.
-The division by ``N`` makes a periodic cell and any supercell of it identical.
+The division by ``N`` makes a periodic cell and any supercell of it identical; with
+``normalize=False`` it is left out (``k1`` are then the element counts and ``k2`` the
+plain sums over pairs).
 Feature order: ``k1`` for species sorted by atomic number, then ``k2`` for species pairs
 in the order ``(0,0), (1,0), (1,1), (2,0), ...`` (grid index fastest).
 
@@ -46,24 +48,28 @@ class MBTR(Descriptor):
         Gaussian broadening, Angstrom.
     cutoff_width : float, default=1.0
         Width of the smooth cutoff transition, Angstrom (at most ``r_cut``).
+    normalize : bool, default=True
+        Divide by the number of atoms (composition and per-atom distributions).
     """
 
     name = "mbtr"
 
     def __init__(
         self, species: Iterable[str | int], r_cut: float = 6.0, n_grid: int = 64,
-        sigma: float = 0.1, cutoff_width: float = 1.0,
+        sigma: float = 0.1, cutoff_width: float = 1.0, normalize: bool = True,
     ) -> None:
         super().__init__(species, r_cut, average=True)
         self.n_grid = self._check_int("n_grid", n_grid, 2, 4096)
         self.sigma = self._check_positive("sigma", sigma)
         self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
         self.grid = np.linspace(0.0, self.r_cut, self.n_grid)
+        self.normalize = bool(normalize)
 
     def settings(self) -> dict[str, Any]:
         """Hyperparameters as a JSON-serialisable dict."""
         out = super().settings()
-        out.update(n_grid=self.n_grid, sigma=self.sigma, cutoff_width=self.cutoff_width)
+        out.update(n_grid=self.n_grid, sigma=self.sigma, cutoff_width=self.cutoff_width,
+                   normalize=self.normalize)
         return out
 
     @property
@@ -98,10 +104,13 @@ class MBTR(Descriptor):
         flat = (nl.i[:, None] * self.n_features + cols).ravel()
         X += np.bincount(flat, weights=vals.ravel(), minlength=N * self.n_features).reshape(
             N, self.n_features)
+        scale = 1.0 if self.normalize else float(N)  # the frame average divides by N
+        if scale != 1.0:
+            X *= scale
         if not gradients:
             return X, None
         # d vals / d r = 0.5 (dfc g + fc g u / sigma)
-        dv = 0.5 * (dfc[:, None] * gauss + fc[:, None] * gauss * u / self.sigma)
+        dv = 0.5 * scale * (dfc[:, None] * gauss + fc[:, None] * gauss * u / self.sigma)
         unit = nl.vectors / r[:, None]
         out = np.zeros((P, 3, self.n_features))
         rows = np.arange(P)[:, None, None]

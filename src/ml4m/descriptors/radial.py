@@ -31,6 +31,7 @@ derivative of the interpolant (consistent with finite differences).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 import numpy as np
 from scipy.special import eval_jacobi, ive, roots_legendre
 
@@ -92,9 +93,13 @@ class HermiteTable:
         m0, m1 = derivatives[:-1] * step, derivatives[1:] * step
         # y(t) = a0 + a1 t + a2 t^2 + a3 t^3 on each interval, t in [0, 1]
         a = (y0, m0, 3 * (y1 - y0) - 2 * m0 - m1, 2 * (y0 - y1) + m0 + m1)
-        self._a = [np.ascontiguousarray(x) for x in a]
+        # one extra all-zero interval past the end: r >= r_max gives exactly 0 (the
+        # tabulated functions vanish there), not a rounding residue
+        zero = np.zeros((1, values.shape[1]))
+        self._a = [np.ascontiguousarray(np.concatenate([x, zero])) for x in a]
         # derivative coefficients (per Angstrom): a1/h, 2 a2/h, 3 a3/h
-        self._d = [np.ascontiguousarray(q * a[q] / step) for q in (1, 2, 3)]
+        self._d = [np.ascontiguousarray(np.concatenate([q * a[q] / step, zero]))
+                   for q in (1, 2, 3)]
 
     @property
     def n_functions(self) -> int:
@@ -106,7 +111,8 @@ class HermiteTable:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Values and derivatives at distances ``r`` (Angstrom), each ``(len(r), n_functions)``.
 
-        Distances at or beyond the last node take the last interval's end value.
+        Distances at or beyond the last node give exactly 0 (for functions that vanish
+        there, as all tables here do).
         """
         s = np.asarray(r, dtype=np.float64) / self.step
         k = np.minimum(s.astype(np.int64), len(self._a[0]) - 1)
@@ -140,6 +146,7 @@ def _scaled_sph_in(l: int, x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.pi / (2.0 * x)) * ive(l + 0.5, x)
 
 
+@lru_cache(maxsize=16)
 def soap_radial_table(
     n_max: int, l_max: int, r_cut: float, sigma: float, cutoff_width: float
 ) -> HermiteTable:
@@ -159,33 +166,35 @@ def soap_radial_table(
     Returns
     -------
     HermiteTable
-        Functions ordered ``n * (l_max + 1) + l``.
+        Functions ordered ``n * (l_max + 1) + l`` (cached per parameter set; treat as
+        read-only).
     """
     n_nodes = max(256, int(math.ceil(60.0 * r_cut / sigma)))
     d = np.linspace(0.0, r_cut, n_nodes + 1)
     rq, wq = _quadrature(r_cut, max(120, int(math.ceil(24.0 * r_cut / sigma))))
     R = radial_basis(rq, n_max, r_cut) * (wq * rq**2)[:, None]  # (q, n)
     s2 = sigma * sigma
-    diff = rq[None, :] - d[:, None]  # (d, q)
-    gauss = 4.0 * np.pi * np.exp(-0.5 * diff**2 / s2)
-    x = np.maximum(rq[None, :] * d[:, None] / s2, 1e-12)
     L = l_max + 1
-    ivals = [_scaled_sph_in(l, x) for l in range(L + 1)]
     vals = np.empty((len(d), n_max, L))
     ders = np.empty((len(d), n_max, L))
-    for l in range(L):
-        il = ivals[l]
-        dil = ((l * ivals[l - 1] if l > 0 else 0.0) + (l + 1) * ivals[l + 1]) / (2 * l + 1) - il
-        kern = gauss * il
-        dkern = gauss * (diff / s2 * il + rq[None, :] / s2 * dil)
-        vals[:, :, l] = kern @ R
-        ders[:, :, l] = dkern @ R
+    for start in range(0, len(d), 128):  # blocks of distances bound the memory
+        blk = slice(start, min(len(d), start + 128))
+        diff = rq[None, :] - d[blk, None]  # (d, q)
+        gauss = 4.0 * np.pi * np.exp(-0.5 * diff**2 / s2)
+        x = np.maximum(rq[None, :] * d[blk, None] / s2, 1e-12)
+        ivals = [_scaled_sph_in(l, x) for l in range(L + 1)]
+        for l in range(L):
+            il = ivals[l]
+            dil = ((l * ivals[l - 1] if l > 0 else 0.0) + (l + 1) * ivals[l + 1]) / (2 * l + 1) - il
+            vals[blk, :, l] = (gauss * il) @ R
+            ders[blk, :, l] = (gauss * (diff / s2 * il + rq[None, :] / s2 * dil)) @ R
     fc, dfc = smooth_cutoff(d, r_cut, cutoff_width)
     values = (fc[:, None, None] * vals).reshape(len(d), -1)
     derivs = (dfc[:, None, None] * vals + fc[:, None, None] * ders).reshape(len(d), -1)
     return HermiteTable(step=r_cut / n_nodes, values=values, derivatives=derivs)
 
 
+@lru_cache(maxsize=16)
 def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float) -> HermiteTable:
     """Tabulate ``f_c(r) R_n(r)`` (no Gaussian smearing) for the ACE one-particle basis.
 

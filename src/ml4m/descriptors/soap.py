@@ -26,7 +26,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from ml4m.data.neighbors import NeighborList
 from ml4m.descriptors.base import Descriptor, padded_layout
@@ -35,7 +34,7 @@ from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
 
 __all__ = ["SOAP", "density_coefficients"]
 
-_CHUNK = 2048
+_CHUNK = 256  # pairs per block in the gradient path (cache-sized work arrays)
 _BLOCK = 2048  # neighbour slots per block in density_coefficients
 
 
@@ -214,7 +213,7 @@ class SOAP(Descriptor):
             angular += u[:, :, None, None] * radial[:, None]
             angular *= w
             g[sl] = angular
-        return self._normalized(X, g.reshape(P, 3, -1), nl)
+        return self._normalized(X, g.reshape(P, 3, L * F2), nl)
 
     def _normalized(self, X, g, nl):
         if not self.normalize:

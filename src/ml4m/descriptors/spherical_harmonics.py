@@ -52,18 +52,20 @@ def _norms(l_max: int) -> np.ndarray:
 
 
 def real_spherical_harmonics(
-    vectors: np.ndarray, l_max: int, gradients: bool = False
-) -> tuple[np.ndarray, np.ndarray | None]:
+    vectors, l_max: int, gradients: bool = False
+):
     """Real spherical harmonics of the directions of ``vectors``.
 
     Parameters
     ----------
-    vectors : ndarray of shape (n, 3), Angstrom (any length unit)
-        Non-zero vectors; only their direction matters.
+    vectors : ndarray or torch.Tensor of shape (n, 3), Angstrom (any length unit)
+        Non-zero vectors; only their direction matters. A torch tensor gives a torch
+        result on its device, differentiable by autograd.
     l_max : int
         Largest angular momentum (>= 0).
     gradients : bool, default=False
-        Also return the Cartesian gradients with respect to ``vectors``.
+        Also return the Cartesian gradients with respect to ``vectors`` (numpy only;
+        use autograd with torch).
 
     Returns
     -------
@@ -75,60 +77,63 @@ def real_spherical_harmonics(
     if int(l_max) != l_max or l_max < 0:
         raise ConfigError(f"l_max must be an integer >= 0, got {l_max!r}")
     l_max = int(l_max)
-    v = np.asarray(vectors, dtype=np.float64)
-    n = len(v)
-    r = np.sqrt(np.einsum("ij,ij->i", v, v))
+    is_torch = type(vectors).__module__.startswith("torch")
+    if is_torch:
+        import torch
+
+        if gradients:
+            raise ConfigError("gradients=True is for numpy input; use autograd with torch")
+        stack, v = torch.stack, vectors
+        r = torch.linalg.vector_norm(v, dim=1)
+    else:
+        stack, v = np.stack, np.asarray(vectors, dtype=np.float64)
+        r = np.sqrt(np.einsum("ij,ij->i", v, v))
     u = v / r[:, None]
     x, y, z = u[:, 0], u[:, 1], u[:, 2]
     L = l_max + 1
+    zero, one = z * 0.0, z * 0.0 + 1.0
     # C_m + i S_m = (x + i y)^m
-    C = np.empty((L, n))
-    S = np.empty((L, n))
-    C[0], S[0] = 1.0, 0.0
+    C, S = [one], [zero]
     for m in range(1, L):
-        C[m] = x * C[m - 1] - y * S[m - 1]
-        S[m] = x * S[m - 1] + y * C[m - 1]
-    # Q[l][m] polynomials in z, and derivatives dQ/dz
-    Q = np.zeros((L, L, n))
-    dQ = np.zeros((L, L, n)) if gradients else None
+        C.append(x * C[m - 1] - y * S[m - 1])
+        S.append(x * S[m - 1] + y * C[m - 1])
+    # Q[l][m]: polynomials in z; dQ = dQ/dz
+    Q = [[zero] * L for _ in range(L)]
+    dQ = [[zero] * L for _ in range(L)]
     for m in range(L):
-        qmm = 1.0
-        for k in range(1, 2 * m, 2):
-            qmm *= k  # (2m-1)!!
-        Q[m, m] = qmm
-        if gradients:
-            dQ[m, m] = 0.0
+        qmm = float(np.prod(np.arange(1, 2 * m, 2))) if m else 1.0  # (2m-1)!!
+        Q[m][m] = one * qmm
         if m + 1 < L:
-            Q[m + 1, m] = (2 * m + 1) * z * qmm
-            if gradients:
-                dQ[m + 1, m] = (2 * m + 1) * qmm
+            Q[m + 1][m] = (2 * m + 1) * qmm * z
+            dQ[m + 1][m] = one * ((2 * m + 1) * qmm)
         for l in range(m + 2, L):
-            Q[l, m] = ((2 * l - 1) * z * Q[l - 1, m] - (l + m - 1) * Q[l - 2, m]) / (l - m)
+            Q[l][m] = ((2 * l - 1) * z * Q[l - 1][m] - (l + m - 1) * Q[l - 2][m]) / (l - m)
             if gradients:
-                dQ[l, m] = (
-                    (2 * l - 1) * (Q[l - 1, m] + z * dQ[l - 1, m]) - (l + m - 1) * dQ[l - 2, m]
-                ) / (l - m)
+                dQ[l][m] = ((2 * l - 1) * (Q[l - 1][m] + z * dQ[l - 1][m])
+                            - (l + m - 1) * dQ[l - 2][m]) / (l - m)
     N = _norms(l_max)
-    Y = np.empty((n, L * L))
-    if gradients:
-        dU = np.zeros((n, 3, L * L))  # gradient w.r.t. unit-vector components
+    cols = []
+    dU = np.zeros((len(u), 3, L * L)) if gradients else None  # d/d(unit vector)
     for l in range(L):
-        Y[:, lm_index(l, 0)] = N[l, 0] * Q[l, 0]
-        if gradients:
-            dU[:, 2, lm_index(l, 0)] = N[l, 0] * dQ[l, 0]
-        for m in range(1, l + 1):
-            a = N[l, m] * Q[l, m]
-            Y[:, lm_index(l, m)] = a * C[m]
-            Y[:, lm_index(l, -m)] = a * S[m]
-            if gradients:
-                da = N[l, m] * dQ[l, m]
-                kp, km = lm_index(l, m), lm_index(l, -m)
-                dU[:, 0, kp] = a * m * C[m - 1]
-                dU[:, 1, kp] = -a * m * S[m - 1]
-                dU[:, 2, kp] = da * C[m]
-                dU[:, 0, km] = a * m * S[m - 1]
-                dU[:, 1, km] = a * m * C[m - 1]
-                dU[:, 2, km] = da * S[m]
+        for m in range(-l, l + 1):
+            a = N[l, abs(m)] * Q[l][abs(m)]
+            cols.append(a if m == 0 else a * (C[m] if m > 0 else S[-m]))
+            if not gradients:
+                continue
+            idx = l * l + l + m
+            da = N[l, abs(m)] * dQ[l][abs(m)]
+            k = abs(m)
+            if m == 0:
+                dU[:, 2, idx] = da
+            elif m > 0:
+                dU[:, 0, idx] = a * k * C[k - 1]
+                dU[:, 1, idx] = -a * k * S[k - 1]
+                dU[:, 2, idx] = da * C[k]
+            else:
+                dU[:, 0, idx] = a * k * S[k - 1]
+                dU[:, 1, idx] = a * k * C[k - 1]
+                dU[:, 2, idx] = da * S[k]
+    Y = stack(cols, 1)
     if not gradients:
         return Y, None
     # project onto the tangent plane and divide by |r|

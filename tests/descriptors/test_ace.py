@@ -1,0 +1,39 @@
+"""ACE basis: the documented truncation, and linear independence of B."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+
+from ml4m.descriptors import ACE
+
+
+def test_truncation_and_parity():
+    ace = ACE(["Cu", "Au"], n_max=3, l_max=3, correlation_order=4, total_degree=8)
+    orders = set()
+    for combo, L in ace._basis:
+        degrees = [k % ace.n_max + 1 + l for l, k in combo]
+        assert sum(degrees) <= 8
+        assert sum(l for l, _ in combo) % 2 == 0
+        assert list(combo) == sorted(combo)
+        orders.add(len(combo))
+        if len(combo) == 4:
+            (l1, _), (l2, _), (l3, _), (l4, _) = combo
+            assert abs(l1 - l2) <= L <= l1 + l2 and abs(l3 - l4) <= L <= l3 + l4
+    assert orders == {1, 2, 3, 4}
+    # a larger total degree only adds functions
+    bigger = ACE(["Cu", "Au"], n_max=3, l_max=3, correlation_order=4, total_degree=9)
+    assert set(ace.feature_names()) < set(bigger.feature_names())
+
+
+def test_basis_functions_are_linearly_independent():
+    rng = np.random.default_rng(0)
+    ace = ACE(["Cu", "Au"], r_cut=4.0, n_max=2, l_max=2, correlation_order=4, total_degree=6)
+    frames = []
+    for _ in range(300):
+        n = int(rng.integers(4, 9))
+        pos = rng.normal(size=(n, 3)) * 1.3
+        frames.append(Atoms(numbers=rng.choice([29, 79], n), positions=pos))
+    X = ace.compute(frames).features
+    s = np.linalg.svd(X / np.linalg.norm(X, axis=0), compute_uv=False)
+    assert (s > 1e-8 * s[0]).sum() == ace.n_features
