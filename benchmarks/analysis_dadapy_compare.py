@@ -38,9 +38,11 @@ def datasets():
     centres = np.array([[0, 0, 0, 0, 0], [6, 0, 0, 0, 0], [0, 6, 0, 0, 0], [3, 3, 5, 0, 0.0]])
     mix = np.vstack([c + rng.normal(size=(2000, 5)) for c in centres])
     q, _ = np.linalg.qr(rng.normal(size=(20, 5)))
-    yield "swiss roll (N=5000, 3-D, d=2)", swiss
-    yield "4 Gaussians in 5-D embedded in 20-D (N=8000)", mix @ q.T
-    yield "benchmark manifold, d=10 in 50-D, 5 modes (N=20000)", manifold_data(20000, seed=3)
+    yield "swiss roll (N=5000, 3-D, d=2)", swiss, "brute"
+    yield "4 Gaussians in 5-D embedded in 20-D (N=8000)", mix @ q.T, "brute"
+    yield "benchmark manifold, d=10 in 50-D, 5 modes (N=20000)", manifold_data(20000, seed=3), "brute"
+    yield ("benchmark manifold (N=50000), ml4m with approximate neighbours (ivf)",
+           manifold_data(50000, seed=0), "ivf")
 
 
 def label_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -57,9 +59,9 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for name, X in datasets():
+        for name, X, backend in datasets():
             np.save(tmp / "x.npy", X)
-            m = run_worker("ml4m", tmp / "x.npy", tmp / "m.npz", maxk, 1.65, "brute")
+            m = run_worker("ml4m", tmp / "x.npy", tmp / "m.npz", maxk, 1.65, backend)
             p = run_worker("dadapy", tmp / "x.npy", tmp / "p.npz", maxk, 1.65)
             n_g = min(len(m["gride"]), len(p["gride"]))
             gride_rel = np.abs(m["gride"][:n_g] / p["gride"][:n_g] - 1)
@@ -81,8 +83,8 @@ def main() -> int:
         "# ml4m.analysis versus DADApY 0.3.4: agreement on identical inputs",
         "",
         "`PYTHONPATH=src /work/main/.venv/bin/python benchmarks/analysis_dadapy_compare.py`",
-        f"(machine: {machine_note()}). 100 neighbours per point in both (exact search;",
-        "DADApY `maxk=101` counts the point itself). ml4m's PAk and ADP use ml4m's own",
+        f"(machine: {machine_note()}). 100 neighbours per point in both (exact search unless",
+        "marked ivf; DADApY `maxk=101` counts the point itself). ml4m's PAk and ADP use ml4m's own",
         "TwoNN (linear-fit variant, DADApY's default) so that the two pipelines are independent",
         "end to end. `k* same`: fraction of points with the same k*.",
         "",

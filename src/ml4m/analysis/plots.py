@@ -22,8 +22,11 @@ def id_scaling_figure(*curves: IDScaling):
     ax = fig.add_subplot()
     for c in curves:
         ax.errorbar(c.scale, c.estimate, yerr=c.error, marker="o", capsize=3, label=c.method)
+    from matplotlib.ticker import NullFormatter
+
     ax.set_xscale("log")
-    ax.set_xlabel("scale (mean neighbour distance)")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("scale (mean neighbour distance, log axis)")
     ax.set_ylabel("intrinsic dimension")
     ax.legend()
     return fig

@@ -29,6 +29,7 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``ml4m analyze`` (see PRODUCT.md)."""
     p.add_argument("input", metavar="INPUT", help="feature table (.npy/.npz/.csv/.txt) or structures")
     p.add_argument("--id", choices=("twonn", "gride"), default="twonn",
                    help="intrinsic-dimension estimator (default twonn)")
@@ -166,6 +167,7 @@ class _Steps:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the analysis; print JSON or a summary; write outputs to ``-o DIR``; return 0."""
     from ml4m.analysis import (
         Manifold,
         decision_graph,
