@@ -24,6 +24,7 @@ demo: install
 	$(VENV)/bin/ml4m quickstart -o quickstart_out
 
 test: install
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -n 2 -q tests
 
 clean:
