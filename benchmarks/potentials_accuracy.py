@@ -65,7 +65,7 @@ m = error_metrics(pred, valid)
 f_ref = np.concatenate([f.forces for f in valid])
 err = np.linalg.norm(pred.forces - f_ref, axis=1)
 sig = np.linalg.norm(pred.forces_sigma, axis=1)
-m["force_sigma_spearman_per_atom"] = float(spearmanr(sig, err).statistic)
+m["force_sigma_spearman_per_atom"] = float(spearmanr(sig, err).statistic)  # = ml4m test's force_sigma_spearman
 comp_err = np.abs(pred.forces - f_ref).ravel(); comp_sig = pred.forces_sigma.ravel()
 order = np.argsort(comp_sig); bins = np.array_split(order, 10)
 m["calibration"] = [[float(np.sqrt(np.mean(comp_sig[b]**2))), float(np.sqrt(np.mean(comp_err[b]**2)))] for b in bins]

@@ -63,7 +63,11 @@ def error_metrics(pred: Prediction, reference: Dataset) -> dict[str, Any]:
     if pred.forces_sigma is not None or pred.energy_sigma is not None:
         unc: dict[str, Any] = {}
         if pred.forces_sigma is not None and has_f.any():
-            unc["force_sigma_spearman"] = _spearman(pred.forces_sigma[mask].ravel(), np.abs(df).ravel())
+            sig = pred.forces_sigma[mask]
+            # per atom: the norm of the sigma vector against the norm of the error vector
+            unc["force_sigma_spearman"] = _spearman(np.linalg.norm(sig, axis=1),
+                                                    np.linalg.norm(df, axis=1))
+            unc["force_sigma_spearman_per_component"] = _spearman(sig.ravel(), np.abs(df).ravel())
         if pred.energy_sigma is not None and has_e.any():
             unc["energy_sigma_spearman"] = _spearman(pred.energy_sigma[has_e] / n_atoms[has_e], np.abs(de))
         out["uncertainty"] = unc

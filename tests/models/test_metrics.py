@@ -1,0 +1,31 @@
+"""Error metrics: units and the sigma/error rank correlations, on constructed predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml4m.data import Dataset, Frame
+from ml4m.models import Prediction, error_metrics
+
+
+def test_metrics_units_and_rank_correlation(rng):
+    n_frames, n_atoms = 6, 4
+    frames, err_f = [], []
+    for k in range(n_frames):
+        f = Frame(np.full(n_atoms, 29), rng.normal(size=(n_atoms, 3)) * 3, np.eye(3) * 10,
+                  np.ones(3, bool), energy=float(k), forces=np.zeros((n_atoms, 3)), stress=np.zeros(6))
+        frames.append(f)
+    # errors grow with the atom index; sigma grows with it too -> rank correlation 1
+    scale = np.arange(1, n_frames * n_atoms + 1, dtype=float)
+    df = rng.normal(size=(len(scale), 3))
+    df *= (scale / np.linalg.norm(df, axis=1))[:, None] * 1e-3  # |error| = scale meV/A
+    pred = Prediction(energy=np.arange(n_frames) + 0.004 * n_atoms, forces=df,
+                      stress=np.full((n_frames, 6), 0.01), offsets=np.arange(0, 25, 4),
+                      energy_sigma=np.ones(n_frames), forces_sigma=np.repeat(scale[:, None], 3, axis=1))
+    m = error_metrics(pred, Dataset(frames))
+    assert m["energy"]["mae_mev_per_atom"] == pytest.approx(4.0)
+    assert m["forces"]["mae_mev_per_a"] == pytest.approx(np.mean(np.abs(df)) * 1000)
+    assert m["stress"]["mae_gpa"] == pytest.approx(0.01 * 160.21766, rel=1e-5)
+    assert m["uncertainty"]["force_sigma_spearman"] == pytest.approx(1.0)
+    assert m["uncertainty"]["energy_sigma_spearman"] is None  # constant sigma: undefined
