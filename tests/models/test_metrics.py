@@ -11,7 +11,7 @@ from ml4m.models import Prediction, error_metrics
 
 def test_metrics_units_and_rank_correlation(rng):
     n_frames, n_atoms = 6, 4
-    frames, err_f = [], []
+    frames = []
     for k in range(n_frames):
         f = Frame(np.full(n_atoms, 29), rng.normal(size=(n_atoms, 3)) * 3, np.eye(3) * 10,
                   np.ones(3, bool), energy=float(k), forces=np.zeros((n_atoms, 3)), stress=np.zeros(6))

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from ml4m.data.frames import Frame
 from ml4m.errors import ConfigError
+from ml4m.models.linear.design import SpeciesBlocks, SumMap
 from ml4m.models.linear.potential import LinearPotential
 from ml4m.models.serialization import register_model
 
@@ -136,20 +138,38 @@ class SparseGPPotential(LinearPotential):
         How sparse environments are chosen from the training atoms.
     seed : int, default=0
         Seed of the selection.
+    linear_baseline : bool, default=True
+        Add a linear model in the descriptor (one block per species) under the
+        kernel, i.e. the kernel ``k_linear + k_zeta`` (as GAP adds a 2-body term under
+        SOAP). Without it, sharp kernels on diverse environments (alloys) need far more
+        sparse points.
     **kwargs
         ``e0``, ``sigma_energy``, ``sigma_forces``, ``sigma_stress``, ``alpha``, ``beta``,
         ``batch_frames`` as in :class:`~ml4m.models.linear.LinearPotential`.
     """
 
     def __init__(self, descriptor, n_sparse: int = 200, zeta: int = 4, selection: str = "fps",
-                 seed: int = 0, **kwargs: Any) -> None:
+                 seed: int = 0, linear_baseline: bool = True, **kwargs: Any) -> None:
         super().__init__(descriptor, **kwargs)
+        self.linear_baseline = linear_baseline
         self.n_sparse = n_sparse
         self.zeta = zeta
         self.selection = selection
         self.seed = seed
 
-    def _make_feature_map(self, train: Sequence[Frame]) -> DotProductKernelMap:
+    def _make_feature_map(self, train: Sequence[Frame]):
+        kernel = self._make_kernel_map(train)
+        return self._with_baseline(kernel)
+
+    def _with_baseline(self, kernel: DotProductKernelMap):
+        if not self.linear_baseline:
+            return kernel
+        return SumMap((SpeciesBlocks(len(self.species), self.descriptor.n_features), kernel))
+
+    def _kernel(self) -> DotProductKernelMap:
+        return self.fmap_.parts[-1] if isinstance(self.fmap_, SumMap) else self.fmap_
+
+    def _make_kernel_map(self, train: Sequence[Frame]) -> DotProductKernelMap:
         if int(self.zeta) < 1:
             raise ConfigError(f"zeta must be a positive integer, got {self.zeta}")
         if int(self.n_sparse) < 1:
@@ -166,14 +186,21 @@ class SparseGPPotential(LinearPotential):
         return DotProductKernelMap(sparse, np.concatenate(chosen_species), int(self.zeta))
 
     def _prior(self, phi_sq_mean: np.ndarray) -> np.ndarray:
-        return self.fmap_.kernel_matrix()
+        K = self._kernel().kernel_matrix()
+        if not self.linear_baseline:
+            return K
+        n_lin = self.fmap_.parts[0].n_features
+        return scipy.linalg.block_diag(np.diag(super()._prior(phi_sq_mean[:n_lin])), K)
 
     def _hyper(self) -> dict[str, Any]:
         return {**super()._hyper(), "n_sparse": self.n_sparse, "zeta": self.zeta,
-                "selection": self.selection, "seed": self.seed}
+                "selection": self.selection, "seed": self.seed,
+                "linear_baseline": self.linear_baseline}
 
     def _feature_map_state(self):
-        return {}, {"sparse": self.fmap_.sparse, "sparse_species": self.fmap_.sparse_species}
+        k = self._kernel()
+        return {}, {"sparse": k.sparse, "sparse_species": k.sparse_species}
 
     def _restore_feature_map(self, params, arrays):
-        return DotProductKernelMap(arrays["sparse"], arrays["sparse_species"], int(self.zeta))
+        kernel = DotProductKernelMap(arrays["sparse"], arrays["sparse_species"], int(self.zeta))
+        return self._with_baseline(kernel)

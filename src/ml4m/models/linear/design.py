@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["FeatureMap", "SpeciesBlocks", "DesignRows", "design_rows", "VOIGT"]
+__all__ = ["FeatureMap", "SpeciesBlocks", "SumMap", "DesignRows", "design_rows", "VOIGT"]
 
 #: (row, col) of Voigt components xx, yy, zz, yz, xz, xy
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -70,6 +70,35 @@ class SpeciesBlocks:
             if sel.any():
                 out[:, :, s, :] = (target[:, sel] @ flat[sel]).reshape(n_out, k, self.n_descriptor)
         return out.reshape(n_out, k, -1)
+
+
+@dataclass
+class SumMap:
+    """Concatenated feature maps: the model is the sum of their linear models.
+
+    With a block-diagonal prior this is a GP whose kernel is the sum of the parts'
+    kernels (e.g. a linear baseline under a many-body kernel, as GAP puts a 2-body
+    term under SOAP).
+    """
+
+    parts: tuple
+
+    @property
+    def n_features(self) -> int:
+        return sum(p.n_features for p in self.parts)
+
+    def _split(self, coef: np.ndarray) -> list[np.ndarray]:
+        return np.split(coef, np.cumsum([p.n_features for p in self.parts])[:-1])
+
+    def transform(self, X, species):
+        return np.hstack([p.transform(X, species) for p in self.parts])
+
+    def input_gradient(self, X, species, coef):
+        return sum(p.input_gradient(X, species, c) for p, c in zip(self.parts, self._split(coef)))
+
+    def reduce_gradients(self, X, species, rows, grads, target):
+        return np.concatenate([p.reduce_gradients(X, species, rows, grads, target) for p in self.parts],
+                              axis=-1)
 
 
 @dataclass
