@@ -52,7 +52,7 @@ class LinearPotential(Potential):
         drops stress rows.
     alpha, beta : float, optional
         Prior precision and noise scale; ``None`` maximises the Bayesian evidence.
-    batch_frames : int, default=16
+    batch_frames : int, default=4
         Frames per block when accumulating the normal equations.
     """
 
@@ -62,7 +62,7 @@ class LinearPotential(Potential):
     def __init__(self, descriptor, e0: Any = "fit", sigma_energy: float = 0.001,
                  sigma_forces: float | None = 0.03, sigma_stress: float | None = 0.003,
                  alpha: float | None = None, beta: float | None = None,
-                 batch_frames: int = 16) -> None:
+                 batch_frames: int = 4) -> None:
         self.descriptor = descriptor
         self.e0 = e0
         self.sigma_energy = sigma_energy
