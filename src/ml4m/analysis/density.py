@@ -22,6 +22,9 @@ Zero distances (duplicate points) are floored (see
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy.special import gammaln
 
@@ -102,16 +105,33 @@ def kstar(graph: NeighborGraph, intrinsic_dim: float, *, D_thr: float = D_THR_DE
     out = np.full(graph.n, graph.maxk, dtype=np.int64)
     if ks.size == 0:
         return out
-    for s in range(0, graph.n, _CHUNK):
-        e = min(graph.n, s + _CHUNK)
-        j = graph.indices[s:e][:, ks]  # the (k+1)-th neighbour of i
-        lt = d * (logr[j, ks - 1] - logr[s:e, ks - 1])
-        stat = -2.0 * ks * (np.log(4.0) + lt - 2.0 * np.logaddexp(0.0, lt))
-        fail = stat >= D_thr
+    # The statistic -2 k (log 4 + lt - 2 log(1 + e^lt)), lt = d log(r_j / r_i), equals
+    # 4 k log cosh(lt / 2), so "stat >= D_thr" is |lt| >= 2 arccosh(exp(D_thr / 4k)):
+    # one threshold per k, no transcendental function per point.
+    a = D_thr / (4.0 * ks)
+    thr = 2.0 * np.log(np.exp(a) + np.sqrt(np.expm1(2.0 * a))) / d
+
+    def work(s: int) -> None:
+        e = min(graph.n, s + 4096)
+        j = graph.indices[s:e, k_min:]  # the (k+1)-th neighbour of i, k in ks
+        fail = np.abs(logr[j, ks - 1] - logr[s:e, k_min - 1:-1]) >= thr
         first = np.argmax(fail, axis=1)
         anyf = fail[np.arange(e - s), first]
         out[s:e] = np.where(anyf, ks[first], graph.maxk)
+
+    _threaded(work, range(0, graph.n, 4096))
     return out
+
+
+def _threaded(fn, starts) -> None:
+    """Run ``fn(s)`` for every block start on all cores (numpy releases the GIL)."""
+    workers = min(os.cpu_count() or 1, len(starts))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fn, starts))
+    else:
+        for s in starts:
+            fn(s)
 
 
 def _resolve_kstar(graph, d, k_star) -> np.ndarray:
