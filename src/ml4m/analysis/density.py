@@ -216,10 +216,13 @@ def pak_density(graph: NeighborGraph, intrinsic_dim: float, *,
     k = _resolve_kstar(graph, d, k_star)
     r = graph.floored_distances()
     logd = np.empty(graph.n)
-    for s in range(0, graph.n, _CHUNK):
-        e = min(graph.n, s + _CHUNK)
+
+    def work(s: int) -> None:  # each point's fit is independent: blocks run on all cores
+        e = min(graph.n, s + 4096)
         F, logrk = _pak_chunk(r[s:e], k[s:e], d)
         logd[s:e] = F - log_ball_volume(d) - d * logrk
+
+    _threaded(work, range(0, graph.n, 4096))
     logd -= np.log(graph.n)
     kf = k.astype(np.float64)
     err = np.sqrt((4 * kf + 2) / (np.maximum(kf - 1, 1) * kf))
