@@ -315,7 +315,15 @@ def _brute_faiss(Y: np.ndarray, maxk: int, progress=None):
     step = 8192
     for s in range(0, n, step):
         e = min(n, s + step)
-        d2, idx = index.search(xf[s:e], kk)
+        # smaller query blocks than faiss's default (4096 x 1024) keep the distance
+        # blocks in cache: ~20% faster for k ~ 100 (global setting, restored)
+        cv = faiss.cvar
+        saved = cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs
+        try:
+            cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = 512, 8192
+            d2, idx = index.search(xf[s:e], kk)
+        finally:
+            cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = saved
         out_d[s:e], out_i[s:e] = _refine(Y, idx.astype(out_i.dtype), np.arange(s, e), maxk)
         if kk < n:
             ok = d2[:, -1].astype(np.float64) - bound[s:e] > out_d[s:e, -1] ** 2
