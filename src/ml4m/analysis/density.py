@@ -22,12 +22,10 @@ Zero distances (duplicate points) are floored (see
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 from scipy.special import gammaln
 
+from ml4m.analysis._parallel import run_blocks
 from ml4m.analysis._validation import check_float, check_int, check_kstar
 from ml4m.analysis.graph import NeighborGraph
 from ml4m.analysis.results import DensityResult
@@ -37,8 +35,6 @@ __all__ = ["log_ball_volume", "knn_density", "kstar", "kstar_density", "pak_dens
 
 #: chi-square threshold of the k* test (p = 1e-6, one degree of freedom)
 D_THR_DEFAULT = 23.92812698
-
-_CHUNK = 65536
 
 
 def log_ball_volume(d: float) -> float:
@@ -119,19 +115,9 @@ def kstar(graph: NeighborGraph, intrinsic_dim: float, *, D_thr: float = D_THR_DE
         anyf = fail[np.arange(e - s), first]
         out[s:e] = np.where(anyf, ks[first], graph.maxk)
 
-    _threaded(work, range(0, graph.n, 4096))
+    run_blocks(work, range(0, graph.n, 4096))
     return out
 
-
-def _threaded(fn, starts) -> None:
-    """Run ``fn(s)`` for every block start on all cores (numpy releases the GIL)."""
-    workers = min(os.cpu_count() or 1, len(starts))
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(fn, starts))
-    else:
-        for s in starts:
-            fn(s)
 
 
 def _resolve_kstar(graph, d, k_star) -> np.ndarray:
@@ -222,7 +208,7 @@ def pak_density(graph: NeighborGraph, intrinsic_dim: float, *,
         F, logrk = _pak_chunk(r[s:e], k[s:e], d)
         logd[s:e] = F - log_ball_volume(d) - d * logrk
 
-    _threaded(work, range(0, graph.n, 4096))
+    run_blocks(work, range(0, graph.n, 4096))
     logd -= np.log(graph.n)
     kf = k.astype(np.float64)
     err = np.sqrt((4 * kf + 2) / (np.maximum(kf - 1, 1) * kf))

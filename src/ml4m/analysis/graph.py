@@ -35,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 
+from ml4m.analysis._parallel import run_blocks
 from ml4m.analysis._validation import check_features, check_int
 from ml4m.errors import ConfigError, DataError
 
@@ -363,16 +364,7 @@ def _refine(Y: np.ndarray, cand: np.ndarray, queries: np.ndarray, maxk: int,
         out_d[s:e] = np.take_along_axis(dist, sel, 1)
         out_i[s:e] = np.take_along_axis(c, sel, 1)
 
-    starts = range(0, m, block)
-    workers = min(os.cpu_count() or 1, len(starts))
-    if workers > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(work, starts))
-    else:
-        for s in starts:
-            work(s)
+    run_blocks(work, range(0, m, block))
     return out_d, out_i
 
 
