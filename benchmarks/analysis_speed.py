@@ -54,8 +54,11 @@ def _report(data) -> None:
              f"Machine: {machine_note()}.", "Pipeline: 100-neighbour graph, TwoNN, GRIDE scaling, "
              "k* + PAk, ADP (Z = 1.65). Data: ID 10 on a curved manifold in 50-D, 5 modes. "
              "`ivf` = approximate neighbours (faiss IVF, cells of ~56 points, nprobe 64, exact "
-             "float64 refinement of the candidates); `brute` = exact (scikit-learn arg-k-min on the "
-             "rank-reduced data, float64 refinement).", ""]
+             "float64 refinement of the candidates); `brute` = exact (faiss float32 brute force on the "
+             "rank-reduced data, rows certified against the rounding bound, float64 refinement; "
+             "entries before 2026-11-25 used scikit-learn's arg-k-min). Rows of one table made at "
+             "different times are not comparable (shared machine); ratios within a side-by-side "
+             "block are.", ""]
     side = [d for d in data if d["part"] == "side-by-side"]
     if side:
         lines += ["## Side by side (medians of interleaved repeats)", "",

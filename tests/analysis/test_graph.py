@@ -101,3 +101,36 @@ def test_bad_input():
         NeighborGraph.build(X, 5, period=1.0, backend="brute")
     with pytest.raises(DataError, match="same shape|one shape"):
         NeighborGraph(np.zeros((3, 2)), np.zeros((3, 3), dtype=int))
+
+
+def test_brute_without_faiss_matches_sklearn(data, monkeypatch):
+    import ml4m.analysis.graph as graph
+
+    monkeypatch.setattr(graph, "_has_faiss", lambda: False)
+    g = NeighborGraph.build(data, 20, backend="brute")
+    d, i = NearestNeighbors(n_neighbors=21, algorithm="brute").fit(data).kneighbors(data)
+    np.testing.assert_allclose(g.distances, d[:, 1:], rtol=1e-9, atol=1e-9)
+    assert np.mean(g.indices == i[:, 1:]) > 0.999
+
+
+def test_brute_faiss_recomputes_rows_it_cannot_certify(monkeypatch):
+    # a tight cluster far from a broad one: float32 rounding at the data's extent
+    # exceeds the spacing inside the tight cluster, so those rows must fall back
+    pytest.importorskip("faiss")
+    import ml4m.analysis.graph as graph
+
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(size=(400, 10)) * 100.0, 1e3 + rng.normal(size=(200, 10)) * 1e-4])
+    seen = []
+    orig = graph._brute_sklearn
+    monkeypatch.setattr(graph, "_brute_sklearn",
+                        lambda Y, rows, *a, **k: seen.append(len(rows)) or orig(Y, rows, *a, **k))
+    g = NeighborGraph.build(X, 8, backend="brute")
+    assert seen and 0 < seen[0] < len(X)
+    from scipy.spatial.distance import cdist
+
+    full = cdist(X, X)  # direct differences (sklearn's expansion loses digits here)
+    np.fill_diagonal(full, -1.0)
+    i = np.argsort(full, axis=1, kind="stable")[:, 1:9]
+    np.testing.assert_allclose(g.distances, np.take_along_axis(full, i, 1), rtol=1e-9)
+    assert np.mean(g.indices == i) > 0.999

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import gammaln
 
+from ml4m.analysis._parallel import run_blocks
 from ml4m.analysis._validation import check_float, check_int, check_kstar
 from ml4m.analysis.graph import NeighborGraph
 from ml4m.analysis.results import DensityResult
@@ -34,8 +35,6 @@ __all__ = ["log_ball_volume", "knn_density", "kstar", "kstar_density", "pak_dens
 
 #: chi-square threshold of the k* test (p = 1e-6, one degree of freedom)
 D_THR_DEFAULT = 23.92812698
-
-_CHUNK = 65536
 
 
 def log_ball_volume(d: float) -> float:
@@ -102,16 +101,23 @@ def kstar(graph: NeighborGraph, intrinsic_dim: float, *, D_thr: float = D_THR_DE
     out = np.full(graph.n, graph.maxk, dtype=np.int64)
     if ks.size == 0:
         return out
-    for s in range(0, graph.n, _CHUNK):
-        e = min(graph.n, s + _CHUNK)
-        j = graph.indices[s:e][:, ks]  # the (k+1)-th neighbour of i
-        lt = d * (logr[j, ks - 1] - logr[s:e, ks - 1])
-        stat = -2.0 * ks * (np.log(4.0) + lt - 2.0 * np.logaddexp(0.0, lt))
-        fail = stat >= D_thr
+    # The statistic -2 k (log 4 + lt - 2 log(1 + e^lt)), lt = d log(r_j / r_i), equals
+    # 4 k log cosh(lt / 2), so "stat >= D_thr" is |lt| >= 2 arccosh(exp(D_thr / 4k)):
+    # one threshold per k, no transcendental function per point.
+    a = D_thr / (4.0 * ks)
+    thr = 2.0 * np.log(np.exp(a) + np.sqrt(np.expm1(2.0 * a))) / d
+
+    def work(s: int) -> None:
+        e = min(graph.n, s + 4096)
+        j = graph.indices[s:e, k_min:]  # the (k+1)-th neighbour of i, k in ks
+        fail = np.abs(logr[j, ks - 1] - logr[s:e, k_min - 1:-1]) >= thr
         first = np.argmax(fail, axis=1)
         anyf = fail[np.arange(e - s), first]
         out[s:e] = np.where(anyf, ks[first], graph.maxk)
+
+    run_blocks(work, range(0, graph.n, 4096))
     return out
+
 
 
 def _resolve_kstar(graph, d, k_star) -> np.ndarray:
@@ -196,10 +202,13 @@ def pak_density(graph: NeighborGraph, intrinsic_dim: float, *,
     k = _resolve_kstar(graph, d, k_star)
     r = graph.floored_distances()
     logd = np.empty(graph.n)
-    for s in range(0, graph.n, _CHUNK):
-        e = min(graph.n, s + _CHUNK)
+
+    def work(s: int) -> None:  # each point's fit is independent: blocks run on all cores
+        e = min(graph.n, s + 4096)
         F, logrk = _pak_chunk(r[s:e], k[s:e], d)
         logd[s:e] = F - log_ball_volume(d) - d * logrk
+
+    run_blocks(work, range(0, graph.n, 4096))
     logd -= np.log(graph.n)
     kf = k.astype(np.float64)
     err = np.sqrt((4 * kf + 2) / (np.maximum(kf - 1, 1) * kf))

@@ -8,10 +8,12 @@ is the distance to the k-th neighbour.
 Backends
 --------
 ``"brute"``
-    Exact brute force (scikit-learn's chunked, multi-threaded arg-k-min) on the data
-    rotated onto its principal axes with zero-variance directions dropped (exact,
-    see ``_reduced``); a few extra candidates, then distances recomputed in float64
-    from the original coordinates and sorted.
+    Exact brute force on the data rotated onto its principal axes with zero-variance
+    directions dropped (exact, see ``_reduced``): faiss ``IndexFlatL2`` (float32 BLAS
+    and k-selection, about 3x faster than scikit-learn) when faiss is installed, each
+    row certified against a bound on the float32 rounding error and recomputed in
+    float64 by scikit-learn when not certified; scikit-learn's arg-k-min otherwise.
+    A few extra candidates, then distances recomputed in float64 and sorted.
 ``"kdtree"``
     Exact, :class:`scipy.spatial.cKDTree` on all cores, after an orthogonal rotation
     to the principal axes (distances are unchanged; the tree splits along the
@@ -19,6 +21,8 @@ Backends
 ``"ivf"``
     Approximate, for large N: faiss ``IndexIVFFlat`` (inverted lists over k-means
     cells; ``nprobe`` cells searched per query). Needs ``faiss-cpu`` (extra ``approx``).
+    Recall@100 with the default nprobe=64 on the ID-10 benchmark manifold: 0.992 at
+    N = 50,000 but 0.966 at N = 200,000 (it does not stay constant with N).
 ``"auto"``
     ``kdtree`` for a periodic box or at most 8 features, ``brute`` up to 200,000
     points, ``ivf`` above when faiss is installed (``brute`` otherwise).
@@ -33,6 +37,7 @@ from typing import Literal
 
 import numpy as np
 
+from ml4m.analysis._parallel import run_blocks
 from ml4m.analysis._validation import check_features, check_int
 from ml4m.errors import ConfigError, DataError
 
@@ -259,35 +264,95 @@ def _reduced(X: np.ndarray) -> np.ndarray:
 
 
 def _brute(X: np.ndarray, maxk: int, progress=None):
+    n = X.shape[0]
+    Y = _reduced(X)
+    if _has_faiss():
+        return _brute_faiss(Y, maxk, progress)
+    kk = min(n, maxk + 1 + min(n - 1 - maxk, 2))  # margin against rounding ties
+    return _brute_sklearn(Y, np.arange(n), kk, maxk, progress)
+
+
+def _brute_sklearn(Y: np.ndarray, rows: np.ndarray, kk: int, maxk: int, progress=None):
+    """Exact candidates of ``Y[rows]`` in float64 (scikit-learn), then refined."""
     from sklearn.neighbors import NearestNeighbors
 
-    n = X.shape[0]
-    kk = min(n, maxk + 1 + min(n - 1 - maxk, 2))  # margin against rounding ties
-    Y = _reduced(X)
+    n = Y.shape[0]
+    m = len(rows)
     nn = NearestNeighbors(n_neighbors=kk, algorithm="brute", n_jobs=-1).fit(Y)
+    out_d = np.empty((m, maxk), dtype=np.float64)
+    out_i = np.empty((m, maxk), dtype=_index_dtype(n))
+    step = 32768
+    for s in range(0, m, step):
+        e = min(m, s + step)
+        cand = nn.kneighbors(Y[rows[s:e]], return_distance=False).astype(out_i.dtype)
+        out_d[s:e], out_i[s:e] = _refine(Y, cand, rows[s:e], maxk)
+        if progress is not None:
+            progress(e, m)
+    return out_d, out_i
+
+
+def _brute_faiss(Y: np.ndarray, maxk: int, progress=None):
+    """Exact: faiss float32 brute force for candidates, certified, float64 refinement.
+
+    faiss ranks by float32 squared distances ``|x|^2 + |y|^2 - 2 x.y`` (BLAS), whose
+    error is at most ``bound_i = c eps32 (|y_i| + max_j |y_j|)^2``. A few extra
+    candidates are kept; a row is certified exact when the last candidate's float32
+    distance minus the bound exceeds the exact float64 distance of the ``maxk``-th
+    neighbour (no point outside the list can then be closer). Rows that are not
+    certified (rounding-level near ties, or a scale far below the data's extent) are
+    recomputed in float64 by scikit-learn.
+    """
+    import faiss
+
+    n, dim = Y.shape
+    kk = min(n, maxk + 1 + 8)
+    xf = np.ascontiguousarray(Y, dtype=np.float32)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    index = faiss.IndexFlatL2(dim)
+    index.add(xf)
+    norms = np.sqrt(np.einsum("ij,ij->i", Y, Y))
+    bound = 2.0 * (dim + 8) * float(np.finfo(np.float32).eps) * (norms + norms.max()) ** 2
     out_d = np.empty((n, maxk), dtype=np.float64)
     out_i = np.empty((n, maxk), dtype=_index_dtype(n))
-    step = 32768
+    uncertain = []
+    step = 8192
     for s in range(0, n, step):
         e = min(n, s + step)
-        cand = nn.kneighbors(Y[s:e], return_distance=False)
-        out_d[s:e], out_i[s:e] = _refine(Y, cand, np.arange(s, e), maxk)
+        # smaller query blocks than faiss's default (4096 x 1024) keep the distance
+        # blocks in cache: ~20% faster for k ~ 100 (global setting, restored)
+        cv = faiss.cvar
+        saved = cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs
+        try:
+            cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = 512, 8192
+            d2, idx = index.search(xf[s:e], kk)
+        finally:
+            cv.distance_compute_blas_query_bs, cv.distance_compute_blas_database_bs = saved
+        out_d[s:e], out_i[s:e] = _refine(Y, idx.astype(out_i.dtype), np.arange(s, e), maxk)
+        if kk < n:
+            ok = d2[:, -1].astype(np.float64) - bound[s:e] > out_d[s:e, -1] ** 2
+            uncertain.append(s + np.flatnonzero(~ok))
         if progress is not None:
             progress(e, n)
+    rows = np.concatenate(uncertain) if uncertain else np.empty(0, dtype=np.intp)
+    if rows.size:
+        kx = min(n, maxk + 1 + min(n - 1 - maxk, 2))
+        out_d[rows], out_i[rows] = _brute_sklearn(Y, rows, kx, maxk)
     return out_d, out_i
 
 
 def _refine(Y: np.ndarray, cand: np.ndarray, queries: np.ndarray, maxk: int,
-            block: int = 1024):
+            block: int = 256):
     """Exact float64 distances of candidate neighbours; drop self; keep the maxk nearest.
 
     ``Y`` is the data in any orthonormal basis (distances are the same); row ``r`` of
-    ``cand`` holds candidates for point ``queries[r]``.
+    ``cand`` holds candidates for point ``queries[r]``. Blocks of rows run on all
+    cores (numpy releases the GIL in these loops).
     """
     m = cand.shape[0]
     out_d = np.empty((m, maxk))
     out_i = np.empty((m, maxk), dtype=cand.dtype)
-    for s in range(0, m, block):
+
+    def work(s: int) -> None:
         e = min(m, s + block)
         c = cand[s:e]
         rows = queries[s:e]
@@ -300,6 +365,8 @@ def _refine(Y: np.ndarray, cand: np.ndarray, queries: np.ndarray, maxk: int,
         sel = np.where(dist[:, :1] < 0, np.arange(1, maxk + 1), np.arange(maxk))
         out_d[s:e] = np.take_along_axis(dist, sel, 1)
         out_i[s:e] = np.take_along_axis(c, sel, 1)
+
+    run_blocks(work, range(0, m, block))
     return out_d, out_i
 
 
