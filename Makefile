@@ -1,6 +1,6 @@
 # ml4m: two commands for a fresh machine.
 #   make demo   create .venv, install ml4m, run `ml4m quickstart`
-#   make test   create .venv, install ml4m with test extras, run the test suite
+#   make test   create .venv, install ml4m with test and approx (faiss) extras, run the suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,approx]"
 	touch $@
 
 install: $(VENV)/.installed
