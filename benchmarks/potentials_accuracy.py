@@ -72,6 +72,8 @@ order = np.argsort(comp_sig); bins = np.array_split(order, 10)
 m["calibration"] = [[float(np.sqrt(np.mean(comp_sig[b]**2))), float(np.sqrt(np.mean(comp_err[b]**2)))] for b in bins]
 m.update(fit_seconds=fit_s, fit_peak_rss_mb=rss, predict_seconds=pred_s, n_features=int(len(model.coef_)),
          n_train=len(train), n_valid=len(valid))
+if spec.get("save"):
+    model.save(spec["save"])
 print(json.dumps(m))
 """
 
@@ -100,6 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", nargs="+", default=["cu_emt", "cuau_emt", "bpa_xtb"])
     ap.add_argument("--models", nargs="+", default=["ace", "gp"])
+    ap.add_argument("--save-models", type=Path, help="folder to keep the fitted models in (SET_MODEL.ml4m)")
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"reference data folder {SHARED} is absent (set ML4M_SHARED_DATA)")
@@ -108,6 +111,9 @@ def main() -> None:
         for model in args.models:
             spec = {"train": str(SHARED / name / "train.extxyz"), "valid": str(SHARED / name / "valid.extxyz"),
                     "model": model, "settings": SETTINGS[model][name]}
+            if args.save_models:
+                args.save_models.mkdir(parents=True, exist_ok=True)
+                spec["save"] = str(args.save_models / f"{name}_{model}.ml4m")
             proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(spec)], capture_output=True, text=True)
             if proc.returncode:
                 print(proc.stderr[-3000:], file=sys.stderr)
@@ -122,7 +128,7 @@ def main() -> None:
     (RESULTS / "potentials_accuracy.json").write_text(json.dumps(rows, indent=1))
     lines = ["# Potentials: accuracy, fit cost and uncertainty on the reference sets", "",
              "Command: `.venv/bin/python benchmarks/potentials_accuracy.py` (train on `train.extxyz`, "
-             "errors on `valid.extxyz`, split by trajectory; 2 cores, shared machine).", "",
+             "errors on `valid.extxyz`, split by trajectory; 2 cores, otherwise idle machine).", "",
              "| set | model | features | E MAE (meV/atom) | F MAE (meV/A) | S MAE (GPa) | sigma-error Spearman (F, per atom) | (F, per component) | fit time (s) | fit peak RSS (MB) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
