@@ -65,11 +65,12 @@ def main() -> None:
     rates = json.loads(proc.stdout.strip().splitlines()[-1])
     mace = HERE / "results" / "mace_cu_emt.json"
     if mace.exists():
-        rates["MACE (mace-torch, 64x0e+64x1o, float32)"] = json.loads(mace.read_text())["atom_steps_per_s"]
+        peer = json.loads(mace.read_text())
+        rates[f"MACE (mace-torch, {peer['hidden_irreps']}, float32, {peer['threads']} threads)"] = peer["atom_steps_per_s"]
     ace = rates["ml4m linear ACE"]
     lines = ["# Potentials: inference throughput (energy + forces), fcc Cu, one thread", "",
              "Command: `.venv/bin/python benchmarks/potentials_speed.py` (median of 5 calls on rattled "
-             "cells; OMP/BLAS threads = 1; 2-core machine shared with other jobs). Ratio = linear ACE / other.", "",
+             "cells; OMP/BLAS threads = 1; 2-core machine, otherwise idle). Ratio = linear ACE / other.", "",
              "| code | 108 atoms (atom-steps/s) | 864 atoms (atom-steps/s) | ACE / code (108) | ACE / code (864) |",
              "|---|---|---|---|---|"]
     for name, r in rates.items():
