@@ -74,3 +74,39 @@ def test_errors(rng):
     model = BayesianLinearRegression().fit(*_problem(rng)[::2])
     with pytest.raises(ConfigError, match="A has 3 features, but the model expects 12"):
         model.predict(np.ones((2, 3)))
+
+
+def _neq(A, y, w=1.0):
+    neq = NormalEquations(A.shape[1])
+    neq.add(A, y, w)
+    return neq
+
+
+def test_groups_recover_one_noise_per_quantity(rng):
+    """Two kinds of rows with noise 0.05 and 0.5: each beta_g finds its own level."""
+    p = 10
+    c = rng.normal(size=p)
+    A1, A2 = rng.normal(size=(600, p)), rng.normal(size=(900, p))
+    y1 = A1 @ c + rng.normal(scale=0.05, size=600)
+    y2 = A2 @ c + rng.normal(scale=0.5, size=900)
+    model = BayesianLinearRegression().fit_groups([_neq(A1, y1), _neq(A2, y2)])
+    assert model.betas_[0] == pytest.approx(1 / 0.05**2, rel=0.2)
+    assert model.betas_[1] == pytest.approx(1 / 0.5**2, rel=0.2)
+    std = np.sqrt(np.diag(model.covariance_))
+    assert np.all(np.abs(model.coef_ - c) < 4 * std)
+    # one shared noise would be dominated by the noisy rows and give worse coefficients
+    shared = BayesianLinearRegression().fit_normal_equations(_neq(np.vstack([A1, A2]), np.concatenate([y1, y2])))
+    assert np.linalg.norm(model.coef_ - c) < np.linalg.norm(shared.coef_ - c)
+    assert model.log_evidence_ > shared.log_evidence_
+
+
+def test_one_group_equals_the_shared_fit(rng):
+    A, c, y = _problem(rng)
+    prior = np.linspace(0.5, 2.0, A.shape[1])
+    one = BayesianLinearRegression(prior=prior).fit_groups([_neq(A, y, 3.0), NormalEquations(A.shape[1])])
+    ref = BayesianLinearRegression(prior=prior).fit_normal_equations(_neq(A, y, 3.0))
+    np.testing.assert_allclose(one.coef_, ref.coef_, rtol=1e-6)
+    np.testing.assert_allclose(one.covariance_, ref.covariance_, rtol=1e-5)
+    assert one.alpha_ == pytest.approx(ref.alpha_, rel=1e-5)
+    assert one.beta_ == pytest.approx(ref.beta_, rel=1e-5)
+    assert one.log_evidence_ == pytest.approx(ref.log_evidence_, rel=1e-6)

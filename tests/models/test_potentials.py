@@ -197,3 +197,20 @@ def test_gp_linear_baseline_fits_an_alloy():
         ref = np.concatenate([f.forces for f in valid])
         errs[baseline] = np.mean(np.abs(m.predict(valid).forces - ref))
     assert errs[True] < 0.5 * errs[False]
+
+
+def test_per_quantity_noise_finds_the_noise_added_to_forces(data):
+    """Forces with 50 meV/A of Gaussian noise, clean energies: the evidence gives the
+    forces a noise level of sqrt(0.05^2 + model error^2) and the energies one far below
+    the sigma_energy ratio; a shared noise scale keeps the sigma_energy/sigma_forces ratio."""
+    import dataclasses
+
+    rng = np.random.default_rng(3)
+    noisy = [dataclasses.replace(f, forces=f.forces + rng.normal(scale=0.05, size=f.forces.shape),
+                                 stress=None) for f in data[0] + data[1]]
+    per = LinearACE(_descriptor("ace"), noise="per_quantity").fit(noisy)
+    shared = LinearACE(_descriptor("ace")).fit(noisy)
+    assert per.noise_["forces"] == pytest.approx(0.05, rel=0.1)  # eV/A
+    assert per.noise_["energy"] < 0.2 * 0.001 / 0.03 * per.noise_["forces"]  # eV/atom
+    assert shared.noise_["energy"] / shared.noise_["forces"] == pytest.approx(0.001 / 0.03)
+    assert per.regression_.log_evidence_ > shared.regression_.log_evidence_

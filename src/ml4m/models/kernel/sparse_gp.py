@@ -143,14 +143,19 @@ class SparseGPPotential(LinearPotential):
         kernel, i.e. the kernel ``k_linear + k_zeta`` (as GAP adds a 2-body term under
         SOAP). Without it, sharp kernels on diverse environments (alloys) need far more
         sparse points.
+    noise : {'per_quantity', 'shared'}, default='per_quantity'
+        One noise level per quantity (energies, forces, stresses), each by maximum
+        evidence (the marginal likelihood), as GAP/FLARE optimise theirs; ``'shared'``
+        keeps the ``sigma_*`` ratios. See :class:`~ml4m.models.linear.LinearPotential`.
     **kwargs
         ``e0``, ``sigma_energy``, ``sigma_forces``, ``sigma_stress``, ``alpha``, ``beta``,
         ``batch_frames`` as in :class:`~ml4m.models.linear.LinearPotential`.
     """
 
     def __init__(self, descriptor, n_sparse: int = 200, zeta: int = 4, selection: str = "fps",
-                 seed: int = 0, linear_baseline: bool = True, **kwargs: Any) -> None:
-        super().__init__(descriptor, **kwargs)
+                 seed: int = 0, linear_baseline: bool = True, noise: str = "per_quantity",
+                 **kwargs: Any) -> None:
+        super().__init__(descriptor, noise=noise, **kwargs)
         self.linear_baseline = linear_baseline
         self.n_sparse = n_sparse
         self.zeta = zeta

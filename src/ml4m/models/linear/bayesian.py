@@ -15,9 +15,12 @@ the coefficients: energies, force components, stresses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg
+import scipy.optimize
 
 from ml4m.errors import ConfigError, NotFittedError
 
@@ -147,10 +150,7 @@ class BayesianLinearRegression:
         p = neq.n_features
         if neq.n == 0:
             raise ConfigError("no data rows to fit")
-        for name in ("alpha", "beta"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise ConfigError(f"{name} must be positive or None (evidence), got {v}")
+        self._check_hyper()
         T = self._whitening(p)  # c = T u, prior on u is alpha * I (k <= p directions)
         k = T.shape[1]
         G = T.T @ neq.AtA @ T
@@ -191,12 +191,123 @@ class BayesianLinearRegression:
         TV = T @ V
         self.covariance_ = (TV / d) @ TV.T
         self.alpha_, self.beta_, self.n_iter_ = alpha, beta, n_iter
+        self.betas_ = np.array([beta])
         self.log_evidence_ = 0.5 * (
             k * np.log(alpha) + neq.n * np.log(beta) - beta * rss - alpha * float(m_v @ m_v)
             - float(np.sum(np.log(d))) - neq.n * np.log(2 * np.pi)
         )
         self.n_features_in_ = p
         return self
+
+    def fit_groups(self, groups: Sequence[NormalEquations]) -> BayesianLinearRegression:
+        """Fit with one noise precision per group of rows, all by maximum evidence.
+
+        Parameters
+        ----------
+        groups : sequence of NormalEquations
+            One per quantity (e.g. energies, forces, stresses), each with its own fixed
+            relative row weights; empty groups are ignored.
+
+        Returns
+        -------
+        self
+            With ``betas_`` (one per non-empty group, in order) besides ``alpha_``;
+            ``beta_`` is the first group's. A fixed ``beta`` is used for every group
+            (then the fit equals :meth:`fit_normal_equations` on the summed groups).
+
+        Notes
+        -----
+        Starts from the shared-noise optimum (:meth:`fit_normal_equations`), then
+        maximises the log evidence over ``log alpha`` and every ``log beta_g`` with
+        L-BFGS and the analytic gradient: with ``S = (alpha I + sum_g beta_g G_g)^-1``
+        (prior-whitened) and ``m`` the posterior mean,
+        ``d/d log beta_g = (n_g - beta_g rss_g - beta_g tr(S G_g)) / 2`` and
+        ``d/d log alpha = (k - alpha |m|^2 - alpha tr S) / 2``. Each step costs one
+        Cholesky factorisation of a (p, p) matrix.
+        """
+        groups = [g for g in groups if g.n > 0]
+        if not groups:
+            raise ConfigError("no data rows to fit")
+        self._check_hyper()
+        p = groups[0].n_features
+        T = self._whitening(p)
+        k = T.shape[1]
+        Gs = [T.T @ g.AtA @ T for g in groups]
+        Gs = [0.5 * (G + G.T) for G in Gs]
+        bs = [T.T @ g.Aty for g in groups]
+        yty = np.array([g.yty for g in groups])
+        ns = np.array([g.n for g in groups], dtype=float)
+        # fixed values, or placeholders that the shared-noise start below replaces
+        betas = np.full(len(groups), float(self.beta) if self.beta is not None else 1.0)
+        alpha = float(self.alpha) if self.alpha is not None else 1.0
+
+        def posterior(alpha, betas):
+            H = alpha * np.eye(k) + sum(b * G for b, G in zip(betas, Gs))
+            try:
+                cho = scipy.linalg.cho_factor(H)
+                S = scipy.linalg.cho_solve(cho, np.eye(k))
+                logdet = 2 * float(np.sum(np.log(np.diag(cho[0]))))
+            except np.linalg.LinAlgError:  # round-off when alpha << beta * |G|: eigenvalues >= alpha
+                d, U = np.linalg.eigh(H)
+                d = np.maximum(d, alpha)
+                S = (U / d) @ U.T
+                logdet = float(np.sum(np.log(d)))
+            m = S @ sum(b * v for b, v in zip(betas, bs))
+            rss = np.array([max(y - 2 * m @ v + m @ G @ m, 1e-300) for y, v, G in zip(yty, bs, Gs)])
+            return S, m, rss, logdet
+
+        free_a, free_b = self.alpha is None, self.beta is None
+
+        def unpack(theta):
+            i = 0
+            alpha_t = alpha
+            if free_a:
+                alpha_t, i = float(np.exp(theta[0])), 1
+            return alpha_t, (np.exp(theta[i:]) if free_b else betas)
+
+        def neg_log_evidence(theta):
+            a, bt = unpack(theta)
+            S, m, rss, logdet = posterior(a, bt)
+            val = 0.5 * (k * np.log(a) + ns @ np.log(bt) - bt @ rss - a * (m @ m) - logdet)
+            grad = []
+            if free_a:  # d/d log(alpha), envelope theorem at the posterior mean
+                grad.append(0.5 * (k - a * (m @ m) - a * np.trace(S)))
+            if free_b:
+                grad += [0.5 * (n - b * r - b * float(np.sum(S * G))) for n, b, r, G in zip(ns, bt, rss, Gs)]
+            return -float(val), -np.array(grad)
+
+        n_iter = 0
+        if free_a or free_b:
+            # start from the shared-noise optimum (the cheap eigen path), then all levels at once
+            shared = BayesianLinearRegression(alpha=self.alpha, beta=self.beta, max_iter=self.max_iter,
+                                              tol=self.tol)
+            total = NormalEquations(k)
+            total.AtA, total.Aty = sum(Gs), sum(bs)
+            total.yty, total.n = float(yty.sum()), int(ns.sum())
+            shared.fit_normal_equations(total)
+            alpha = shared.alpha_ if free_a else alpha
+            betas = np.full(len(groups), shared.beta_) if free_b else betas
+            theta0 = np.concatenate([[np.log(alpha)] if free_a else [], np.log(betas) if free_b else []])
+            bounds = [(t - 30.0, t + 30.0) for t in theta0]
+            res = scipy.optimize.minimize(neg_log_evidence, theta0, jac=True, method="L-BFGS-B",
+                                          bounds=bounds, options={"maxiter": self.max_iter, "gtol": 1e-6})
+            alpha, betas = unpack(res.x)
+            n_iter = int(res.nit)
+        S, m, rss, logdet = posterior(alpha, betas)
+        self.coef_ = T @ m
+        self.covariance_ = T @ S @ T.T
+        self.alpha_, self.betas_, self.beta_, self.n_iter_ = alpha, betas, float(betas[0]), n_iter
+        self.log_evidence_ = 0.5 * (
+            k * np.log(alpha) + float(np.sum(ns * np.log(betas))) - float(betas @ rss)
+            - alpha * float(m @ m) - logdet - ns.sum() * np.log(2 * np.pi))
+        self.n_features_in_ = p
+        return self
+
+    def _check_hyper(self) -> None:
+        for name in ("alpha", "beta"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{name} must be positive or None (evidence), got {v}")
 
     def _check(self, A: np.ndarray) -> np.ndarray:
         if not hasattr(self, "coef_"):

@@ -52,6 +52,13 @@ class LinearPotential(Potential):
         drops stress rows.
     alpha, beta : float, optional
         Prior precision and noise scale; ``None`` maximises the Bayesian evidence.
+    noise : {'shared', 'per_quantity'}, default='shared'
+        ``'shared'``: the ``sigma_*`` fix the relative weights of energies, forces and
+        stresses and one noise scale is fitted (ridge-like, as linear ACE fits usually
+        are). ``'per_quantity'``: each quantity gets its own noise level by maximum
+        evidence, the ``sigma_*`` being only its units and starting point (as GAP and
+        FLARE optimise their noise hyperparameters). The fitted levels are in
+        ``noise_`` (eV/atom, eV/Angstrom, eV/Angstrom^3).
     batch_frames : int, default=4
         Frames per block when accumulating the normal equations.
     """
@@ -62,7 +69,7 @@ class LinearPotential(Potential):
     def __init__(self, descriptor, e0: Any = "fit", sigma_energy: float = 0.001,
                  sigma_forces: float | None = 0.03, sigma_stress: float | None = 0.003,
                  alpha: float | None = None, beta: float | None = None,
-                 batch_frames: int = 4) -> None:
+                 noise: str = "shared", batch_frames: int = 4) -> None:
         self.descriptor = descriptor
         self.e0 = e0
         self.sigma_energy = sigma_energy
@@ -70,6 +77,7 @@ class LinearPotential(Potential):
         self.sigma_stress = sigma_stress
         self.alpha = alpha
         self.beta = beta
+        self.noise = noise
         self.batch_frames = batch_frames
 
     # ---- pieces a subclass may change ---------------------------------------------------
@@ -140,33 +148,48 @@ class LinearPotential(Potential):
             if self.sigma_forces and f.forces is None:
                 raise DataError("training frame has no forces but sigma_forces is set (give "
                                 "sigma_forces: 0 to fit energies only)", *(f.source or (None, n)))
+        if self.noise not in ("shared", "per_quantity"):
+            raise ConfigError(f"noise must be 'shared' or 'per_quantity', got {self.noise!r}")
         self._species_index(frames)  # unknown species fail before any work
         self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
         self.fmap_ = self._make_feature_map(frames)
         use_f = bool(self.sigma_forces)
         use_s = bool(self.sigma_stress) and any(f.stress is not None for f in frames)
-        neq = NormalEquations(self.fmap_.n_features)
+        p = self.fmap_.n_features
+        neq = {q: NormalEquations(p) for q in ("energy", "forces", "stress")}
         phi_sq = np.zeros(self.fmap_.n_features)
         n_rows = 0
         for block in self._blocks(frames):
             rows, _ = self._rows(block, use_f, use_s)
             n_at = np.array([len(f) for f in block], dtype=float)
             y_e = (np.array([f.energy for f in block]) - self._e0_of(block)) / n_at
-            neq.add(rows.energy / n_at[:, None], y_e, 1.0 / self.sigma_energy**2)
+            neq["energy"].add(rows.energy / n_at[:, None], y_e, 1.0 / self.sigma_energy**2)
             phi_sq += np.sum(rows.energy**2 / n_at[:, None], axis=0)
             n_rows += int(n_at.sum())
             if use_f:
                 y_f = np.concatenate([f.forces for f in block]).ravel()
-                neq.add(rows.forces.reshape(-1, rows.forces.shape[-1]), y_f, 1.0 / self.sigma_forces**2)
+                neq["forces"].add(rows.forces.reshape(-1, rows.forces.shape[-1]), y_f,
+                                  1.0 / self.sigma_forces**2)
             if use_s:
                 has = np.array([f.stress is not None for f in block])
                 if has.any():
                     y_s = np.concatenate([f.stress for f, h in zip(block, has) if h])
-                    neq.add(rows.stress[has].reshape(-1, rows.stress.shape[-1]), y_s,
+                    neq["stress"].add(rows.stress[has].reshape(-1, rows.stress.shape[-1]), y_s,
                             1.0 / self.sigma_stress**2)
-        self.regression_ = BayesianLinearRegression(
-            alpha=self.alpha, beta=self.beta, prior=self._prior(phi_sq / max(n_rows, 1))
-        ).fit_normal_equations(neq)
+        reg = BayesianLinearRegression(alpha=self.alpha, beta=self.beta,
+                                       prior=self._prior(phi_sq / max(n_rows, 1)))
+        used = [q for q in ("energy", "forces", "stress") if neq[q].n]
+        if self.noise == "per_quantity":
+            reg.fit_groups([neq[q] for q in used])
+        else:
+            total = neq["energy"]
+            total += neq["forces"]
+            total += neq["stress"]
+            reg.fit_normal_equations(total)
+        betas = np.broadcast_to(reg.betas_, (len(used),))
+        scale = {"energy": self.sigma_energy, "forces": self.sigma_forces, "stress": self.sigma_stress}
+        self.noise_ = {q: float(scale[q] / np.sqrt(b)) for q, b in zip(used, betas)}
+        self.regression_ = reg
         self.coef_ = self.regression_.coef_
         self.covariance_ = self.regression_.covariance_
         return self
@@ -239,7 +262,7 @@ class LinearPotential(Potential):
     def _hyper(self) -> dict[str, Any]:
         return {"sigma_energy": self.sigma_energy, "sigma_forces": self.sigma_forces,
                 "sigma_stress": self.sigma_stress, "alpha": self.alpha, "beta": self.beta,
-                "batch_frames": self.batch_frames}
+                "noise": self.noise, "batch_frames": self.batch_frames}
 
     def _feature_map_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {}
@@ -253,7 +276,7 @@ class LinearPotential(Potential):
         fm_params, fm_arrays = self._feature_map_state()
         params = {"descriptor": descriptor_to_dict(self.descriptor), "hyper": self._hyper(),
                   "feature_map": fm_params, "alpha_": self.regression_.alpha_,
-                  "beta_": self.regression_.beta_}
+                  "beta_": self.regression_.beta_, "noise_": self.noise_}
         arrays = {"coef": self.coef_, "covariance": self.covariance_,
                   "e0_species": np.array(sorted(self.e0_), dtype=np.int64),
                   "e0_values": np.array([self.e0_[z] for z in sorted(self.e0_)]),
@@ -269,6 +292,7 @@ class LinearPotential(Potential):
             model.fmap_ = model._restore_feature_map(params["feature_map"], fm_arrays)
             model.coef_ = arrays["coef"]
             model.covariance_ = arrays["covariance"]
+            model.noise_ = {str(q): float(v) for q, v in params.get("noise_", {}).items()}
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"model file is missing or has a malformed entry: {exc}") from exc
         if model.coef_.shape != (model.fmap_.n_features,):
