@@ -71,7 +71,7 @@ m["force_sigma_spearman_per_component"] = float(spearmanr(comp_sig, comp_err).st
 order = np.argsort(comp_sig); bins = np.array_split(order, 10)
 m["calibration"] = [[float(np.sqrt(np.mean(comp_sig[b]**2))), float(np.sqrt(np.mean(comp_err[b]**2)))] for b in bins]
 m.update(fit_seconds=fit_s, fit_peak_rss_mb=rss, predict_seconds=pred_s, n_features=int(len(model.coef_)),
-         n_train=len(train), n_valid=len(valid))
+         n_train=len(train), n_valid=len(valid), noise_mode=model.noise, fitted_noise=model.noise_)
 if spec.get("save"):
     model.save(spec["save"])
 print(json.dumps(m))
@@ -106,7 +106,9 @@ def main() -> None:
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"reference data folder {SHARED} is absent (set ML4M_SHARED_DATA)")
-    rows = []
+    store = RESULTS / "potentials_accuracy.json"
+    # rows of other sets/models from earlier runs are kept; a rerun of the same pair replaces its row
+    rows = json.loads(store.read_text()) if store.exists() else []
     for name in args.sets:
         for model in args.models:
             spec = {"train": str(SHARED / name / "train.extxyz"), "valid": str(SHARED / name / "valid.extxyz"),
@@ -120,12 +122,14 @@ def main() -> None:
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r.update(set=name, model=model, settings=spec["settings"])
-            rows.append(r)
+            rows = [x for x in rows if (x["set"], x["model"]) != (name, model)] + [r]
             print(f"{name:9s} {model:4s} E {r['energy']['mae_mev_per_atom']:.3f} meV/atom  F {r['forces']['mae_mev_per_a']:.1f} meV/A  "
                   f"rho {r['force_sigma_spearman_per_atom']:.2f}  fit {r['fit_seconds']:.1f} s  {r['fit_peak_rss_mb']:.0f} MB", flush=True)
     RESULTS.mkdir(exist_ok=True)
+    order = {s: i for i, s in enumerate(["cu_emt", "cuau_emt", "bpa_xtb"])}
+    rows.sort(key=lambda x: (order.get(x["set"], 99), x["set"], x["model"]))
     calibration_plot(rows, RESULTS / "potentials_calibration.png")
-    (RESULTS / "potentials_accuracy.json").write_text(json.dumps(rows, indent=1))
+    store.write_text(json.dumps(rows, indent=1))
     lines = ["# Potentials: accuracy, fit cost and uncertainty on the reference sets", "",
              "Command: `.venv/bin/python benchmarks/potentials_accuracy.py` (train on `train.extxyz`, "
              "errors on `valid.extxyz`, split by trajectory; 2 cores, otherwise idle machine).", "",
@@ -137,6 +141,9 @@ def main() -> None:
                      f"{r['forces']['mae_mev_per_a']:.1f} | {s} | {r['force_sigma_spearman_per_atom']:.2f} | "
                      f"{r['force_sigma_spearman_per_component']:.2f} | {r['fit_seconds']:.1f} | {r['fit_peak_rss_mb']:.0f} |")
     lines += ["", "Settings: " + json.dumps({r['set'] + '/' + r['model']: r['settings'] for r in rows}),
+              "", "Noise levels (fitted by evidence; eV/atom, eV/A, eV/A^3): " + json.dumps(
+                  {r['set'] + '/' + r['model']: {"mode": r.get("noise_mode", "shared"), **{
+                      k: float(f"{v:.3g}") for k, v in (r.get("fitted_noise") or {}).items()}} for r in rows}),
               "", "Calibration: `potentials_calibration.png` (binned posterior force sigma against observed RMSE)."]
     (RESULTS / "potentials_accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

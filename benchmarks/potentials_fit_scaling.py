@@ -14,7 +14,8 @@ Usage::
 
     .venv/bin/python benchmarks/potentials_fit_scaling.py --data /work/bench_data/cu_10k.extxyz
 
-Writes ``benchmarks/results/potentials_fit_scaling.md``.
+Writes ``benchmarks/results/potentials_fit_scaling.md`` (and ``.json``; rows of earlier runs
+of other models or sizes are kept, so ``--models gp --sizes 100,1000`` adds to the table).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,1000,10000")
     ap.add_argument("--models", nargs="+", default=["ace", "gp"])
     args = ap.parse_args()
-    rows = []
+    store = HERE / "results" / "potentials_fit_scaling.json"
+    # earlier rows (other models or sizes) are kept; a rerun of the same (model, n) replaces them
+    rows = json.loads(store.read_text()) if store.exists() else []
     for model in args.models:
         for n in [int(x) for x in args.sizes.split(",")]:
             spec = {"data": args.data, "n": n, "model": model}
@@ -67,16 +70,18 @@ def main() -> None:
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["model"] = model
-            rows.append(r)
+            rows = [x for x in rows if (x["model"], x["n"]) != (model, r["n"])] + [r]
+            store.write_text(json.dumps(rows, indent=1))
             print(r, flush=True)
     lines = ["# Potentials: fit time and peak memory versus training-set size", "",
              f"Command: `.venv/bin/python benchmarks/potentials_fit_scaling.py --data {args.data}` "
              "(fcc Cu 32-atom frames from `ml4m data generate`, EMT labels; energies, forces and stresses "
-             "fitted; one fresh process per fit; 2-core machine shared with another job).", "",
+             "fitted; one fresh process per fit; 2-core machine, otherwise idle).", "",
              "| model | frames | atoms | fit time (s) | peak RSS (MB) | RSS after reading data (MB) |", "|---|---|---|---|---|---|"]
+    rows.sort(key=lambda x: (x["model"], x["n"]))
     for r in rows:
         lines.append(f"| {r['model']} | {r['n']} | {r['atoms']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['rss_after_read_mb']:.0f} |")
-    for model in args.models:
+    for model in sorted({r["model"] for r in rows}):
         sub = [r for r in rows if r["model"] == model]
         if len(sub) > 1:
             k = np.polyfit(np.log([r["n"] for r in sub]), np.log([r["seconds"] for r in sub]), 1)[0]

@@ -137,7 +137,8 @@ def test_descriptor_path_uses_describe_frames(tmp_path, capsys, monkeypatch):
 
     calls = {}
 
-    def describe_frames(frames, name, species=None, r_cut=5.0, n_max=8, l_max=6, average=False):
+    def describe_frames(frames, name, species=None, r_cut=5.0, n_max=8, l_max=6, average=False,
+                        n_jobs=1):
         calls.update(name=name, n=len(frames), average=average, species=species)
         rng = np.random.default_rng(0)
         return rng.normal(size=(120, 4)), np.zeros(120, int), np.full(120, 29)

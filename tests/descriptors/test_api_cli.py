@@ -58,3 +58,24 @@ def test_mbtr_counts_without_normalisation():
     np.testing.assert_allclose(X1[0, :2], [np.sum(cell.numbers == 29), np.sum(cell.numbers == 79)])
     np.testing.assert_allclose(X8, 8 * X1, rtol=1e-12)
     np.testing.assert_allclose(per_atom.compute(cell).features * len(cell), X1, rtol=1e-12)
+
+
+def test_analyze_structures_end_to_end(tmp_path, capsys):
+    """`ml4m analyze FILE --descriptor soap` equals describing, then analysing the table."""
+    from ml4m.analysis import Manifold
+    from ml4m.data import default_dataset_path, read_dataset
+
+    frames = list(read_dataset(default_dataset_path()))[:24]
+    f = tmp_path / "cu.extxyz"
+    for k, fr in enumerate(frames):
+        fr.to_atoms().write(f, append=k > 0)
+    argv = ["analyze", str(f), "--descriptor", "soap", "--r-cut", "4.5", "--n-max", "4",
+            "--l-max", "3", "--maxk", "30", "--cluster", "adp", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    X = SOAP(["Cu"], r_cut=4.5, n_max=4, l_max=3).compute(frames).features
+    assert out["n"] == X.shape[0] == sum(len(fr) for fr in frames)
+    assert out["dim"] == X.shape[1]
+    ref = Manifold(X, maxk=30).intrinsic_dimension("twonn")
+    assert abs(out["id"]["estimate"] - ref.estimate) < 1e-9
+    assert sum(out["clusters"]["sizes"]) == X.shape[0]

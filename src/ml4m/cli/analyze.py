@@ -129,7 +129,8 @@ def _describe(args) -> np.ndarray:
     frames = list(read_dataset(args.input))
     species = [s for s in args.species.split(",") if s] if args.species else None
     features, _, _ = describe_frames(frames, args.descriptor, species=species, r_cut=args.r_cut,
-                                     n_max=args.n_max, l_max=args.l_max, average=args.average)
+                                     n_max=args.n_max, l_max=args.l_max, average=args.average,
+                                     n_jobs=-1)
     return np.asarray(features)
 
 

@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-max", type=int, metavar="N", help="radial basis size (soap, ace)")
     p.add_argument("--l-max", type=int, metavar="L", help="largest angular momentum (soap, ace)")
     p.add_argument("--average", action="store_true", help="one row per frame (mean over atoms)")
-    p.add_argument("--n-jobs", type=int, default=1, help="worker threads over frames (-1: all)")
+    p.add_argument("--n-jobs", type=int, default=-1,
+                   help="worker threads over frames (default -1: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--format", help="ASE file format when the extension does not tell")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
