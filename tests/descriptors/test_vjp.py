@@ -41,3 +41,38 @@ def test_vjp_matches_full_gradients(name, rng):
     ref_strain = np.zeros((len(frames), 3, 3))
     np.add.at(ref_strain, res.frame, np.einsum("rabf,rf->rab", res.strain_gradients, W))
     np.testing.assert_allclose(strain, ref_strain, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_features_and_vjp_with_feature_dependent_weights(name):
+    """The one-pass path equals compute() then vjp() for weights that depend on X."""
+    frames = _frames()
+    desc = make_descriptor(name, species=[1, 6, 8, 29, 79], **CASES[name])
+    X = desc.compute(frames).features
+    offsets = np.cumsum([0] + [len(f) for f in frames])
+
+    def weight_fn(Xk, k):
+        return np.tanh(Xk) * (k + 1)  # nonlinear in the features, different per frame
+
+    W = np.concatenate([weight_fn(X[offsets[k]:offsets[k + 1]], k) for k in range(len(frames))])
+    grad, strain = desc.vjp(frames, W)
+    X2, grad2, strain2 = desc.features_and_vjp(frames, weight_fn)
+    np.testing.assert_allclose(X2, X, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(grad2, grad, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(strain2, strain, rtol=1e-10, atol=1e-12)
+
+
+def test_product_basis_matches_factor_by_factor_jacobian(rng):
+    """B and its adjoint from the vectorised contraction agree with dB/dA built per function."""
+    desc = make_descriptor("ace", species=[29, 79], r_cut=4.0, n_max=3, l_max=3,
+                           correlation_order=4, total_degree=9)
+    K, LM = desc.n_species * desc.n_max, (desc.l_max + 1) ** 2
+    A = rng.normal(size=(5, K, LM))
+    W = rng.normal(size=(5, desc.n_features))
+    J = desc._jacobian(A)  # (rows, F, K, LM), independent code path
+    np.testing.assert_allclose(desc._adjoint(A, W), np.einsum("rf,rfkm->rkm", W, J), rtol=1e-10,
+                               atol=1e-12)
+    # every B_f is homogeneous of degree nu in A (Euler): sum_km A dB_f/dA = nu B_f
+    nu = np.array([len(combo) for combo, _ in desc._basis])
+    np.testing.assert_allclose(np.einsum("rkm,rfkm->rf", A, J), nu * desc._products(A),
+                               rtol=1e-10, atol=1e-12)

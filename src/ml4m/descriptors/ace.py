@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ml4m.data.neighbors import NeighborList
+from ml4m.descriptors.ace_contraction import ProductBasis
 from ml4m.descriptors.base import Descriptor
 from ml4m.descriptors.coupling import real_clebsch_gordan
 from ml4m.descriptors.radial import HermiteTable, ace_radial_table
@@ -93,6 +94,7 @@ class ACE(Descriptor):
         self.total_degree = self._check_int("total_degree", total_degree, 1, 30)
         self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
         self._table: HermiteTable | None = None
+        self._product_basis: ProductBasis | None = None
         self._basis = self._enumerate()
 
     def settings(self) -> dict[str, Any]:
@@ -178,87 +180,28 @@ class ACE(Descriptor):
                 for (nu, ls, L), (cols, ks) in groups.items()]
 
     @staticmethod
-    def _coupled(A, a1, a2, L, cache, dA=None):
-        """``T^L_M(a1, a2)`` over rows (and its directional derivative along dA), cached."""
+    def _coupled(A, a1, a2, L, cache):
+        """``T^L_M(a1, a2)`` over rows, cached by ``(a1, a2, L)``."""
         key = (a1, a2, L)
         if key not in cache:
             C = real_clebsch_gordan(a1[0], a2[0], L)
-            x1, x2 = _block(A, a1), _block(A, a2)
-            T = np.einsum("rm,rn,mnM->rM", x1, x2, C)
-            dT = None
-            if dA is not None:
-                d1, d2 = _block(dA, a1), _block(dA, a2)
-                dT = (np.einsum("rxm,rn,mnM->rxM", d1, x2, C)
-                      + np.einsum("rm,rxn,mnM->rxM", x1, d2, C))
-            cache[key] = (T, dT)
+            cache[key] = np.einsum("rm,rn,mnM->rM", _block(A, a1), _block(A, a2), C)
         return cache[key]
 
-    def _products(self, A, dA=None):
-        """B (rows, F) from A (rows, K, LM); with dA (rows, 3, K, LM) the directional
-        derivative dB (rows, 3, F) (product rule over the factors)."""
-        cache: dict = {}
-        rows = len(A)
-        B = np.empty((rows, len(self._basis)))
-        dB = np.empty((rows, 3, len(self._basis))) if dA is not None else None
-        for f, (combo, L) in enumerate(self._basis):
-            nu = len(combo)
-            if nu == 1:
-                B[:, f] = _block(A, combo[0])[:, 0]
-                if dA is not None:
-                    dB[:, :, f] = _block(dA, combo[0])[:, :, 0]
-                continue
-            if nu == 2:
-                x1, x2 = _block(A, combo[0]), _block(A, combo[1])
-                B[:, f] = np.einsum("rm,rm->r", x1, x2)
-                if dA is not None:
-                    dB[:, :, f] = (np.einsum("rxm,rm->rx", _block(dA, combo[0]), x2)
-                                   + np.einsum("rm,rxm->rx", x1, _block(dA, combo[1])))
-                continue
-            T, dT = self._coupled(A, combo[0], combo[1], L, cache, dA)
-            if nu == 3:
-                x3 = _block(A, combo[2])
-                B[:, f] = np.einsum("rM,rM->r", T, x3)
-                if dA is not None:
-                    dB[:, :, f] = (np.einsum("rxM,rM->rx", dT, x3)
-                                   + np.einsum("rM,rxM->rx", T, _block(dA, combo[2])))
-                continue
-            T2, dT2 = self._coupled(A, combo[2], combo[3], L, cache, dA)
-            B[:, f] = np.einsum("rM,rM->r", T, T2)
-            if dA is not None:
-                dB[:, :, f] = (np.einsum("rxM,rM->rx", dT, T2)
-                               + np.einsum("rM,rxM->rx", T, dT2))
-        return B, dB
+    @property
+    def product_basis(self) -> ProductBasis:
+        """The vectorised contraction A -> B of this basis (built on first use)."""
+        if self._product_basis is None:
+            self._product_basis = ProductBasis(self._basis, self.n_species * self.n_max)
+        return self._product_basis
+
+    def _products(self, A):
+        """B (rows, F) from A (rows, K, LM)."""
+        return self.product_basis.products(A)
 
     def _adjoint(self, A, W):
         """``d (sum_f W[:, f] B_f) / d A`` per row, shape (rows, K, LM) (reverse mode)."""
-        G = np.zeros_like(A)
-        cache: dict = {}
-        T_bar: dict = {}
-        for f, (combo, L) in enumerate(self._basis):
-            w = W[:, f]
-            nu = len(combo)
-            if nu == 1:
-                _block(G, combo[0])[:, 0] += w
-            elif nu == 2:
-                _block(G, combo[0])[...] += w[:, None] * _block(A, combo[1])
-                _block(G, combo[1])[...] += w[:, None] * _block(A, combo[0])
-            elif nu == 3:
-                T, _ = self._coupled(A, combo[0], combo[1], L, cache)
-                _block(G, combo[2])[...] += w[:, None] * T
-                key = (combo[0], combo[1], L)
-                T_bar[key] = T_bar.get(key, 0.0) + w[:, None] * _block(A, combo[2])
-            else:
-                T, _ = self._coupled(A, combo[0], combo[1], L, cache)
-                T2, _ = self._coupled(A, combo[2], combo[3], L, cache)
-                k1, k2 = (combo[0], combo[1], L), (combo[2], combo[3], L)
-                T_bar[k1] = T_bar.get(k1, 0.0) + w[:, None] * T2
-                T_bar[k2] = T_bar.get(k2, 0.0) + w[:, None] * T
-        for (a1, a2, L), tb in T_bar.items():
-            C = real_clebsch_gordan(a1[0], a2[0], L)
-            x1, x2 = _block(A, a1), _block(A, a2)
-            _block(G, a1)[...] += np.einsum("rM,rn,mnM->rm", tb, x2, C)
-            _block(G, a2)[...] += np.einsum("rM,rm,mnM->rn", tb, x1, C)
-        return G
+        return self.product_basis.adjoint(A, W)
 
     def _jacobian(self, A):
         """``d B_f / d A`` per row, shape (rows, F, K, LM) (built factor by factor)."""
@@ -273,12 +216,12 @@ class ACE(Descriptor):
                 _block(Jf, combo[0])[...] += _block(A, combo[1])
                 _block(Jf, combo[1])[...] += _block(A, combo[0])
             else:
-                T, _ = self._coupled(A, combo[0], combo[1], L, cache)
+                T = self._coupled(A, combo[0], combo[1], L, cache)
                 if nu == 3:
                     pairs = [((combo[0], combo[1]), _block(A, combo[2]))]
                     _block(Jf, combo[2])[...] += T
                 else:
-                    T2, _ = self._coupled(A, combo[2], combo[3], L, cache)
+                    T2 = self._coupled(A, combo[2], combo[3], L, cache)
                     pairs = [((combo[0], combo[1]), T2), ((combo[2], combo[3]), T)]
                 for (a1, a2), outer in pairs:  # d/dx of sum_M T_M(x1, x2) outer_M
                     C = real_clebsch_gordan(a1[0], a2[0], L)
@@ -301,8 +244,20 @@ class ACE(Descriptor):
 
     def _pair_vjp(self, species_index, nl: NeighborList, weights):
         """Adjoint path: ``dE/dA`` per centre, then one contraction per pair (no dB)."""
+        A = density_coefficients(self.table, self.n_max, self.l_max, species_index,
+                                 self.n_species, nl)
+        return self._pair_vjp_from_density(A, species_index, nl, weights)
+
+    def _frame_features_vjp(self, species_index, nl: NeighborList, weight_fn):
+        """Features and the pair VJP of one frame from one evaluation of A."""
+        A = density_coefficients(self.table, self.n_max, self.l_max, species_index,
+                                 self.n_species, nl)
+        B = self._products(A)
+        W = weight_fn(B)
+        return B, self._pair_vjp_from_density(A, species_index, nl, W)
+
+    def _pair_vjp_from_density(self, A, species_index, nl: NeighborList, weights):
         n, S = self.n_max, self.n_species
-        A = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
         G = self._adjoint(A, weights).reshape(len(A), S, n, -1)
         P, L = len(nl.i), self.l_max + 1
         lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
@@ -325,7 +280,7 @@ class ACE(Descriptor):
     def _frame_features(self, species_index, nl: NeighborList, gradients):
         n, L, S = self.n_max, self.l_max + 1, self.n_species
         A = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
-        B, _ = self._products(A)
+        B = self._products(A)
         if not gradients:
             return B, None
         P, F = len(nl.i), self.n_features

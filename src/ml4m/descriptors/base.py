@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -396,14 +396,68 @@ class Descriptor(ABC):
         if weights.shape != (n_total, self.n_features):
             raise ConfigError(f"weights must have shape ({n_total}, {self.n_features}), "
                               f"got {weights.shape}")
+        offsets = np.cumsum([0] + [len(f) for f in frames])
+
+        def pairs(k, idx, nl):
+            return None, self._pair_vjp(idx, nl, weights[offsets[k]:offsets[k + 1]])
+
+        _, grad, strain = self._vjp_frames(frames, pairs)
+        return grad, strain
+
+    def features_and_vjp(
+        self, frames: Any, weight_fn: Callable[[np.ndarray, int], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Features, then the VJP with weights computed from them, in one pass per frame.
+
+        For a model ``E = sum_i e(X_i)`` call it with ``weight_fn = dE/dX``: energy,
+        forces and stress then cost one neighbour list and one evaluation of the
+        descriptor per frame (:meth:`compute` followed by :meth:`vjp` costs two).
+
+        Parameters
+        ----------
+        frames : Frame, ase.Atoms, Dataset or sequence of them
+            Structures (Angstrom).
+        weight_fn : callable(features, k) -> ndarray
+            Given the features ``(n_atoms_k, n_features)`` of frame ``k``, the weights
+            of the same shape.
+
+        Returns
+        -------
+        features : ndarray of shape (n_atoms_total, n_features)
+        position_gradients : ndarray of shape (n_atoms_total, 3)
+            ``d (sum W . X) / d r_a``, per Angstrom.
+        strain_gradients : ndarray of shape (n_frames, 3, 3)
+        """
+        if self.average:
+            raise ConfigError("features_and_vjp needs per-atom rows (average=False)")
+
+        def pairs(k, idx, nl):
+            return self._frame_features_vjp(idx, nl, lambda X: weight_fn(X, k))
+
+        X, grad, strain = self._vjp_frames(as_frames(frames), pairs)
+        return (np.zeros((0, self.n_features)) if X is None else X), grad, strain
+
+    def _frame_features_vjp(self, species_index: np.ndarray, nl: NeighborList,
+                            weight_fn: Callable[[np.ndarray], np.ndarray]):
+        """Features of one frame and the pair VJP for ``W = weight_fn(X)``; subclasses
+        may share intermediate results between the two."""
+        X, _ = self._frame_features(species_index, nl, False)
+        return X, self._pair_vjp(species_index, nl, weight_fn(X))
+
+    def _vjp_frames(self, frames: list[Frame], pairs) -> tuple[Any, np.ndarray, np.ndarray]:
+        """Loop of :meth:`vjp`: ``pairs(k, idx, nl) -> (features or None, pair VJP)``,
+        summed onto atoms and strain."""
+        n_total = sum(len(f) for f in frames)
         grad = np.zeros((n_total, 3))
         strain = np.zeros((len(frames), 3, 3))
+        feats = []
         start = 0
         for k, frame in enumerate(frames):
             idx = self._check_frame(frame, k)
             nl = neighbor_list(frame, self.r_cut, full_list=True)
             n = len(frame)
-            pg = self._pair_vjp(idx, nl, weights[start:start + n])
+            X, pg = pairs(k, idx, nl)
+            feats.append(X)
             if len(pg):
                 part = np.zeros((n, 3))
                 np.add.at(part, nl.j, pg)
@@ -411,7 +465,9 @@ class Descriptor(ABC):
                 grad[start:start + n] = part
                 strain[k] = pg.T @ nl.vectors
             start += n
-        return grad, strain
+        if not feats or feats[0] is None:
+            return None, grad, strain
+        return np.concatenate(feats), grad, strain
 
     def to_meta(self) -> str:
         """:meth:`settings` as a JSON string."""

@@ -243,13 +243,14 @@ class LinearPotential(Potential):
         """
         energy, forces, stress = [], [], []
         for block in self._blocks(frames):
-            res = self.descriptor.compute(block)
             sidx = self._species_index(block)
-            phi = self.fmap_.transform(res.features, sidx)
-            e = np.bincount(res.frame, weights=phi @ self.coef_, minlength=len(block))
+            off = np.cumsum([0] + [len(f) for f in block])
+            X, grad, strain = self.descriptor.features_and_vjp(
+                block, lambda X, k: self.fmap_.input_gradient(X, sidx[off[k]:off[k + 1]], self.coef_))
+            frame = np.repeat(np.arange(len(block)), np.diff(off))
+            phi = self.fmap_.transform(X, sidx)
+            e = np.bincount(frame, weights=phi @ self.coef_, minlength=len(block))
             energy.append(e + self._e0_of(block))
-            W = self.fmap_.input_gradient(res.features, sidx, self.coef_)
-            grad, strain = self.descriptor.vjp(block, W)
             forces.append(-grad)
             vol = np.array([f.volume if f.pbc.all() else np.nan for f in block])
             s = np.stack([strain[:, a, b] for a, b in VOIGT], axis=1) / vol[:, None]

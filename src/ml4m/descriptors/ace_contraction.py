@@ -1,0 +1,161 @@
+"""Contraction of the ACE one-particle basis A into the invariant products B, vectorised.
+
+The products of :mod:`ml4m.descriptors.ace` share their pieces: every three- and
+four-body function is built on a coupled pair ``T^L(alpha1, alpha2)`` and many
+functions use the same pair. :class:`ProductBasis` therefore evaluates
+
+1. every distinct coupled pair once, all pairs with the same ``(l1, l2, L)`` in one
+   array operation (``T_{r p M} = sum_ab C_{abM} A_{r k1_p a} A_{r k2_p b}``);
+2. the functions of one kind (same ``nu`` and angular momenta) in one gather-and-sum
+   over those pairs and the remaining factor.
+
+:meth:`ProductBasis.adjoint` is the reverse-mode derivative ``d (sum_f W_f B_f) / dA``
+through the same pieces (accumulated cotangents of the pairs, then one adjoint
+coupling per pair group), which is what the forces of a linear model need. Scatters
+over channel and pair indices are one-hot matrix products (no ``np.add.at``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ml4m.descriptors.coupling import real_clebsch_gordan
+
+__all__ = ["ProductBasis"]
+
+Alpha = tuple[int, int]  # (l, k): angular momentum and channel k = species * n_max + n
+
+
+def _lm(l: int) -> slice:
+    return slice(l * l, (l + 1) * (l + 1))
+
+
+def _onehot(index: np.ndarray, size: int) -> np.ndarray:
+    """(size, len(index)) matrix with a one in row ``index[g]`` of column ``g``."""
+    out = np.zeros((size, len(index)))
+    out[index, np.arange(len(index))] = 1.0
+    return out
+
+
+def _scatter(H: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``out[r, k, m] = sum_g H[k, g] values[r, g, m]``."""
+    return H @ values
+
+
+class ProductBasis:
+    """Evaluate (and differentiate) a list of ACE product functions on A.
+
+    Parameters
+    ----------
+    basis : sequence of (alphas, L)
+        The functions, as enumerated by :class:`~ml4m.descriptors.ACE`: ``alphas`` a
+        sorted tuple of ``(l, k)`` of length ``nu = 1..4``; ``L`` the coupling of the
+        first two factors (and of the last two for ``nu = 4``), ``-1`` when unused.
+    n_channels : int
+        Number of channels ``K`` (species times radial functions).
+    """
+
+    def __init__(self, basis: Sequence[tuple[tuple[Alpha, ...], int]], n_channels: int) -> None:
+        self.n_features = len(basis)
+        self.n_channels = n_channels
+        pair_index: dict[tuple[Alpha, Alpha, int], tuple[int, int]] = {}
+        pair_keys: list[tuple[int, int, int]] = []
+        pair_members: list[list[tuple[int, int]]] = []
+
+        def pair(a1: Alpha, a2: Alpha, L: int) -> tuple[int, int]:
+            if (a1, a2, L) not in pair_index:
+                key = (a1[0], a2[0], L)
+                if key not in pair_keys:
+                    pair_keys.append(key)
+                    pair_members.append([])
+                g = pair_keys.index(key)
+                pair_index[(a1, a2, L)] = (g, len(pair_members[g]))
+                pair_members[g].append((a1[1], a2[1]))
+            return pair_index[(a1, a2, L)]
+
+        simple: dict[tuple, list] = {}
+        triple: dict[tuple, list] = {}
+        quad: dict[tuple, list] = {}
+        for f, (alphas, L) in enumerate(basis):
+            nu = len(alphas)
+            if nu <= 2:
+                simple.setdefault((nu, alphas[0][0]), []).append((f, [a[1] for a in alphas]))
+            elif nu == 3:
+                g, p = pair(alphas[0], alphas[1], L)
+                triple.setdefault((g, alphas[2][0]), []).append((f, p, alphas[2][1]))
+            else:
+                g1, p1 = pair(alphas[0], alphas[1], L)
+                g2, p2 = pair(alphas[2], alphas[3], L)
+                quad.setdefault((g1, g2), []).append((f, p1, p2))
+        self.pairs = []  # (l1, l2, L, k1 (P,), k2 (P,), C, H1 (K, P), H2 (K, P))
+        for (l1, l2, L), members in zip(pair_keys, pair_members):
+            k1, k2 = (np.array(m) for m in zip(*members))
+            self.pairs.append((l1, l2, L, k1, k2, real_clebsch_gordan(l1, l2, L),
+                               _onehot(k1, n_channels), _onehot(k2, n_channels)))
+        n_pairs = [len(p[3]) for p in self.pairs]
+        self.simple = []  # (nu, l, cols, ks (g, nu), [H_t (K, g)])
+        for (nu, l), items in simple.items():
+            cols = np.array([f for f, _ in items])
+            ks = np.array([k for _, k in items])
+            self.simple.append((nu, l, cols, ks, [_onehot(ks[:, t], n_channels) for t in range(nu)]))
+        self.triple = []  # (pair group, l3, cols, p (g,), k3 (g,), Hp (P, g), Hk (K, g))
+        for (g, l3), items in triple.items():
+            cols, p, k3 = (np.array(x) for x in zip(*items))
+            self.triple.append((g, l3, cols, p, k3, _onehot(p, n_pairs[g]), _onehot(k3, n_channels)))
+        self.quad = []  # (group 1, group 2, cols, p1, p2, Hp1, Hp2)
+        for (g1, g2), items in quad.items():
+            cols, p1, p2 = (np.array(x) for x in zip(*items))
+            self.quad.append((g1, g2, cols, p1, p2, _onehot(p1, n_pairs[g1]),
+                              _onehot(p2, n_pairs[g2])))
+
+    def _pair_values(self, A: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per pair group: the factors x1, x2 and the coupled pairs T (rows, P, 2L+1)."""
+        out = []
+        for l1, l2, L, k1, k2, C, _, _ in self.pairs:
+            x1, x2 = A[:, k1, _lm(l1)], A[:, k2, _lm(l2)]
+            r, P = x1.shape[:2]
+            outer = (x1[..., :, None] * x2[..., None, :]).reshape(r, P, -1)
+            out.append((x1, x2, outer @ C.reshape(-1, 2 * L + 1)))
+        return out
+
+    def products(self, A: np.ndarray) -> np.ndarray:
+        """B of shape (rows, n_features) from A of shape (rows, K, LM)."""
+        B = np.empty((len(A), self.n_features))
+        for nu, l, cols, ks, _ in self.simple:
+            x = A[:, ks[:, 0], _lm(l)]
+            B[:, cols] = x[..., 0] if nu == 1 else np.einsum("rgm,rgm->rg", x, A[:, ks[:, 1], _lm(l)])
+        T = [t for _, _, t in self._pair_values(A)]
+        for g, l3, cols, p, k3, _, _ in self.triple:
+            B[:, cols] = np.einsum("rgm,rgm->rg", T[g][:, p], A[:, k3, _lm(l3)])
+        for g1, g2, cols, p1, p2, _, _ in self.quad:
+            B[:, cols] = np.einsum("rgm,rgm->rg", T[g1][:, p1], T[g2][:, p2])
+        return B
+
+    def adjoint(self, A: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """``d (sum_f W[:, f] B_f) / d A``, shape (rows, K, LM) like A."""
+        G = np.zeros_like(A)
+        for nu, l, cols, ks, H in self.simple:
+            w = W[:, cols]
+            if nu == 1:
+                G[:, :, 0] += w @ H[0].T
+                continue
+            x1, x2 = A[:, ks[:, 0], _lm(l)], A[:, ks[:, 1], _lm(l)]
+            G[:, :, _lm(l)] += _scatter(H[0], w[..., None] * x2) + _scatter(H[1], w[..., None] * x1)
+        values = self._pair_values(A)
+        T_bar = [np.zeros_like(t) for _, _, t in values]
+        for g, l3, cols, p, k3, Hp, Hk in self.triple:
+            w = W[:, cols, None]
+            G[:, :, _lm(l3)] += _scatter(Hk, w * values[g][2][:, p])
+            T_bar[g] += _scatter(Hp, w * A[:, k3, _lm(l3)])
+        for g1, g2, cols, p1, p2, Hp1, Hp2 in self.quad:
+            w = W[:, cols, None]
+            T_bar[g1] += _scatter(Hp1, w * values[g2][2][:, p2])
+            T_bar[g2] += _scatter(Hp2, w * values[g1][2][:, p1])
+        for (l1, l2, L, _, _, C, H1, H2), (x1, x2, _), tb in zip(self.pairs, values, T_bar):
+            r, P = tb.shape[:2]
+            Ct = (tb @ C.reshape(-1, 2 * L + 1).T).reshape(r, P, 2 * l1 + 1, 2 * l2 + 1)
+            G[:, :, _lm(l1)] += _scatter(H1, (Ct @ x2[..., :, None])[..., 0])
+            G[:, :, _lm(l2)] += _scatter(H2, (x1[..., None, :] @ Ct)[..., 0, :])
+        return G
