@@ -94,6 +94,7 @@ class ACE(Descriptor):
         self.total_degree = self._check_int("total_degree", total_degree, 1, 30)
         self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
         self._table: HermiteTable | None = None
+        self._radial: HermiteTable | None = None
         self._product_basis: ProductBasis | None = None
         self._basis = self._enumerate()
 
@@ -160,11 +161,18 @@ class ACE(Descriptor):
     def table(self) -> HermiteTable:
         """Tabulated ``f_c R_n`` (repeated for every ``l``; built on first use)."""
         if self._table is None:
-            t = ace_radial_table(self.n_max, self.r_cut, self.cutoff_width)
+            t = self.radial
             L = self.l_max + 1
             self._table = HermiteTable(t.step, np.repeat(t.values, L, axis=1),
                                        np.repeat(t.derivatives, L, axis=1))
         return self._table
+
+    @property
+    def radial(self) -> HermiteTable:
+        """Tabulated ``f_c R_n``, one column per ``n`` (built on first use)."""
+        if self._radial is None:
+            self._radial = ace_radial_table(self.n_max, self.r_cut, self.cutoff_width)
+        return self._radial
 
     # ---- evaluation ---------------------------------------------------------------
     def _group_basis(self) -> list[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray]]:
@@ -259,19 +267,17 @@ class ACE(Descriptor):
     def _pair_vjp_from_density(self, A, species_index, nl: NeighborList, weights):
         n, S = self.n_max, self.n_species
         G = self._adjoint(A, weights).reshape(len(A), S, n, -1)
-        P, L = len(nl.i), self.l_max + 1
-        lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
+        P = len(nl.i)
         out = np.empty((P, 3))
         sj = species_index[nl.j]
         for start in range(0, P, _CHUNK):
             sl = slice(start, min(P, start + _CHUNK))
-            p = sl.stop - sl.start
             vec, r = nl.vectors[sl], nl.distances[sl]
-            R, dR = self.table(r)
+            R, dR = self.radial(r)  # (p, n): the radial part does not depend on l
             Gp = G[nl.i[sl], sj[sl]]  # (p, n, LM)
             # contract the radial index first: d phi never needs to exist
-            H1 = np.einsum("pnm,pnm->pm", dR.reshape(p, n, L)[:, :, lidx], Gp)
-            H2 = np.einsum("pnm,pnm->pm", R.reshape(p, n, L)[:, :, lidx], Gp)
+            H1 = (dR[:, None, :] @ Gp)[:, 0]
+            H2 = (R[:, None, :] @ Gp)[:, 0]
             Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
             out[sl] = (np.einsum("pm,pm->p", H1, Y)[:, None] * (vec / r[:, None])
                        + np.einsum("pxm,pm->px", dY, H2))

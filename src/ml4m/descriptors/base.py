@@ -439,10 +439,11 @@ class Descriptor(ABC):
 
     def _frame_features_vjp(self, species_index: np.ndarray, nl: NeighborList,
                             weight_fn: Callable[[np.ndarray], np.ndarray]):
-        """Features of one frame and the pair VJP for ``W = weight_fn(X)``; subclasses
-        may share intermediate results between the two."""
-        X, _ = self._frame_features(species_index, nl, False)
-        return X, self._pair_vjp(species_index, nl, weight_fn(X))
+        """Features of one frame and the pair VJP for ``W = weight_fn(X)`` from one
+        evaluation with pair gradients; subclasses with an adjoint (ACE) override it."""
+        X, g = self._frame_features(species_index, nl, True)
+        W = weight_fn(X)
+        return X, np.einsum("pxf,pf->px", g, W[nl.i]) if len(nl.i) else np.zeros((0, 3))
 
     def _vjp_frames(self, frames: list[Frame], pairs) -> tuple[Any, np.ndarray, np.ndarray]:
         """Loop of :meth:`vjp`: ``pairs(k, idx, nl) -> (features or None, pair VJP)``,
