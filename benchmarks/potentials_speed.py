@@ -3,8 +3,8 @@
 Atom-steps per second on fcc Cu cells of 108 and 864 atoms (median of repeated calls on
 rattled copies, so nothing is cached), with one thread for every code. ml4m's models are
 fitted on the Cu/EMT training set with the settings of ``potentials_accuracy.py``; MACE's
-figure comes from ``results/mace_cu_emt.json`` written by ``mace_peer.py`` (same cells,
-same thread count) when present.
+model (trained by ``mace_peer.py``) is re-timed in the same run, in its own venv, by
+``mace_peer.py --skip-train`` (same cells, one thread), when that venv and model exist.
 
 Usage::
 
@@ -57,7 +57,18 @@ print(json.dumps(out))
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mace-python", default="/work/peers/dadapy/bin/python",
+                    help="Python of the venv with mace-torch: re-times the MACE model trained by "
+                         "mace_peer.py in this same run (skipped when absent)")
+    ap.add_argument("--mace-workdir", default="/tmp/mace_peer")
+    args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if Path(args.mace_python).exists() and (Path(args.mace_workdir) / "cu_emt" / "mace.model").exists():
+        subprocess.run([args.mace_python, str(HERE / "mace_peer.py"), "--set", "cu_emt", "--skip-train",
+                        "--workdir", args.mace_workdir], env=env, check=True, capture_output=True)
     proc = subprocess.run([sys.executable, "-c", WORKER, str(SHARED / "cu_emt" / "train.extxyz"), str(HERE)],
                           capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -66,7 +77,8 @@ def main() -> None:
     mace = HERE / "results" / "mace_cu_emt.json"
     if mace.exists():
         peer = json.loads(mace.read_text())
-        rates[f"MACE (mace-torch, {peer['hidden_irreps']}, float32, {peer['threads']} threads)"] = peer["atom_steps_per_s"]
+        rates[f"MACE (mace-torch, {peer['hidden_irreps']}, float32, "
+              f"{peer.get('speed_threads', 1)} thread)"] = peer["atom_steps_per_s"]
     ace = rates["ml4m linear ACE"]
     lines = ["# Potentials: inference throughput (energy + forces), fcc Cu, one thread", "",
              "Command: `.venv/bin/python benchmarks/potentials_speed.py` (median of 5 calls on rattled "

@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from ml4m.data.neighbors import NeighborList
 from ml4m.descriptors.ace_contraction import ProductBasis
@@ -48,7 +49,13 @@ from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
 
 __all__ = ["ACE"]
 
-_CHUNK = 4096
+_CHUNK = 4096  # pairs per block in the per-feature gradient path
+_VJP_CHUNK = 16384  # pairs per block in the adjoint (VJP) path
+_KEEP_PAIRS = 131072  # pairs whose basis values are kept between A and the VJP
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(s, min(n, s + size)) for s in range(0, n, size)]
 
 
 def _block(X, alpha):
@@ -257,28 +264,49 @@ class ACE(Descriptor):
         return self._pair_vjp_from_density(A, species_index, nl, weights)
 
     def _frame_features_vjp(self, species_index, nl: NeighborList, weight_fn):
-        """Features and the pair VJP of one frame from one evaluation of A."""
-        A = density_coefficients(self.table, self.n_max, self.l_max, species_index,
-                                 self.n_species, nl)
-        B = self._products(A)
-        W = weight_fn(B)
-        return B, self._pair_vjp_from_density(A, species_index, nl, W)
+        """Features and the pair VJP of one frame from one evaluation of A.
 
-    def _pair_vjp_from_density(self, A, species_index, nl: NeighborList, weights):
+        The radial functions and spherical harmonics (with their derivatives) of every
+        pair are evaluated once and serve both A and the pair contraction (up to
+        ``_KEEP_PAIRS`` pairs; larger frames recompute them chunk by chunk).
+        """
+        n, S, LM = self.n_max, self.n_species, (self.l_max + 1) ** 2
+        N, P = len(species_index), len(nl.i)
+        group = nl.i * S + species_index[nl.j]
+        A = np.zeros((N * S, n * LM))
+        keep = [] if P <= _KEEP_PAIRS else None
+        for sl in _chunks(P, _VJP_CHUNK):
+            R, dR = self.radial(nl.distances[sl])
+            Y, dY = real_spherical_harmonics(nl.vectors[sl], self.l_max, gradients=True)
+            phi = (R[:, :, None] * Y[:, None, :]).reshape(len(R), -1)
+            M = sp.csr_matrix((np.ones(len(R)), (group[sl], np.arange(len(R)))),
+                              shape=(N * S, len(R)))
+            A += M @ phi
+            if keep is not None:
+                keep.append((R, dR, Y, dY))
+        A = A.reshape(N, S * n, LM)
+        B, pairs = self.product_basis.products(A, return_pairs=True)
+        W = weight_fn(B)
+        return B, self._pair_vjp_from_density(A, species_index, nl, W, pairs, keep)
+
+    def _pair_vjp_from_density(self, A, species_index, nl: NeighborList, weights,
+                               pairs=None, kept=None):
         n, S = self.n_max, self.n_species
-        G = self._adjoint(A, weights).reshape(len(A), S, n, -1)
+        G = self.product_basis.adjoint(A, weights, pairs).reshape(len(A), S, n, -1)
         P = len(nl.i)
         out = np.empty((P, 3))
         sj = species_index[nl.j]
-        for start in range(0, P, _CHUNK):
-            sl = slice(start, min(P, start + _CHUNK))
+        for c, sl in enumerate(_chunks(P, _VJP_CHUNK)):
             vec, r = nl.vectors[sl], nl.distances[sl]
-            R, dR = self.radial(r)  # (p, n): the radial part does not depend on l
+            if kept is not None:
+                R, dR, Y, dY = kept[c]
+            else:
+                R, dR = self.radial(r)  # (p, n): the radial part does not depend on l
+                Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
             Gp = G[nl.i[sl], sj[sl]]  # (p, n, LM)
             # contract the radial index first: d phi never needs to exist
             H1 = (dR[:, None, :] @ Gp)[:, 0]
             H2 = (R[:, None, :] @ Gp)[:, 0]
-            Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
             out[sl] = (np.einsum("pm,pm->p", H1, Y)[:, None] * (vec / r[:, None])
                        + np.einsum("pxm,pm->px", dY, H2))
         return out

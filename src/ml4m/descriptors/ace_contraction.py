@@ -120,21 +120,29 @@ class ProductBasis:
             out.append((x1, x2, outer @ C.reshape(-1, 2 * L + 1)))
         return out
 
-    def products(self, A: np.ndarray) -> np.ndarray:
-        """B of shape (rows, n_features) from A of shape (rows, K, LM)."""
+    def products(self, A: np.ndarray, return_pairs: bool = False):
+        """B of shape (rows, n_features) from A of shape (rows, K, LM).
+
+        With ``return_pairs`` also the coupled pairs, to hand to :meth:`adjoint`.
+        """
         B = np.empty((len(A), self.n_features))
         for nu, l, cols, ks, _ in self.simple:
             x = A[:, ks[:, 0], _lm(l)]
             B[:, cols] = x[..., 0] if nu == 1 else np.einsum("rgm,rgm->rg", x, A[:, ks[:, 1], _lm(l)])
-        T = [t for _, _, t in self._pair_values(A)]
+        values = self._pair_values(A)
+        T = [t for _, _, t in values]
         for g, l3, cols, p, k3, _, _ in self.triple:
             B[:, cols] = np.einsum("rgm,rgm->rg", T[g][:, p], A[:, k3, _lm(l3)])
         for g1, g2, cols, p1, p2, _, _ in self.quad:
             B[:, cols] = np.einsum("rgm,rgm->rg", T[g1][:, p1], T[g2][:, p2])
-        return B
+        return (B, values) if return_pairs else B
 
-    def adjoint(self, A: np.ndarray, W: np.ndarray) -> np.ndarray:
-        """``d (sum_f W[:, f] B_f) / d A``, shape (rows, K, LM) like A."""
+    def adjoint(self, A: np.ndarray, W: np.ndarray, pairs=None) -> np.ndarray:
+        """``d (sum_f W[:, f] B_f) / d A``, shape (rows, K, LM) like A.
+
+        ``pairs`` are the coupled pairs of the same A from ``products(A, True)``
+        (recomputed when omitted).
+        """
         G = np.zeros_like(A)
         for nu, l, cols, ks, H in self.simple:
             w = W[:, cols]
@@ -143,7 +151,7 @@ class ProductBasis:
                 continue
             x1, x2 = A[:, ks[:, 0], _lm(l)], A[:, ks[:, 1], _lm(l)]
             G[:, :, _lm(l)] += _scatter(H[0], w[..., None] * x2) + _scatter(H[1], w[..., None] * x1)
-        values = self._pair_values(A)
+        values = self._pair_values(A) if pairs is None else pairs
         T_bar = [np.zeros_like(t) for _, _, t in values]
         for g, l3, cols, p, k3, Hp, Hk in self.triple:
             w = W[:, cols, None]

@@ -460,10 +460,9 @@ class Descriptor(ABC):
             X, pg = pairs(k, idx, nl)
             feats.append(X)
             if len(pg):
-                part = np.zeros((n, 3))
-                np.add.at(part, nl.j, pg)
-                np.add.at(part, nl.i, -pg)
-                grad[start:start + n] = part
+                for x in range(3):  # sum over pairs onto atoms: + on j, - on i
+                    grad[start:start + n, x] = (np.bincount(nl.j, pg[:, x], minlength=n)
+                                                - np.bincount(nl.i, pg[:, x], minlength=n))
                 strain[k] = pg.T @ nl.vectors
             start += n
         if not feats or feats[0] is None:
