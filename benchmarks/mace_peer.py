@@ -64,7 +64,7 @@ def main() -> None:
     out_json = HERE / "results" / f"mace_{args.set}.json"
     if args.skip_train:
         train_info = {k: v for k, v in json.loads(out_json.read_text()).items()
-                      if k in ("train_wall_s", "train_cpu_s", "threads", "cut_by_budget", "epochs")}
+                      if k in ("train_wall_s", "train_cpu_s", "threads", "cut_by_budget", "epochs", "note")}
     else:
         train_info = train(args, work)
     evaluate(args, train_info, out_json)
@@ -92,8 +92,10 @@ def train(args, work: Path) -> dict:
     epochs = [int(m) for m in re.findall(r"epoch-(\d+)", " ".join(glob.glob("checkpoints/*.pt")))]
     cut = proc.returncode == 124
     if cut or not Path("mace.model").exists():
+        # finalise from the latest checkpoint without training further: MACE resumes at
+        # the checkpoint's epoch and trains while epoch < max_num_epochs
         last = max(epochs) if epochs else 0
-        subprocess.run([str(bindir / "mace_run_train"), *common, "--max_num_epochs", str(last + 1),
+        subprocess.run([str(bindir / "mace_run_train"), *common, "--max_num_epochs", str(last),
                         "--restart_latest"], env=env, capture_output=True, text=True)
     return {"train_wall_s": wall, "train_cpu_s": cpu, "threads": args.threads, "cut_by_budget": cut,
             "epochs": (max(epochs) + 1) if epochs else None}
