@@ -50,5 +50,7 @@ def run_worker(which: str, X_path: Path, out_path: Path, maxk: int, Z: float,
 
 
 def machine_note() -> str:
-    return (f"{os.cpu_count()} cores, shared with other engineers (timings are noisy; ratios of "
-            "medians of repeated, interleaved runs in fresh processes)")
+    state = os.environ.get("ML4M_BENCH_MACHINE", "otherwise idle for the latest runs; earlier rows "
+                           "were made on a machine shared with other engineers")
+    return (f"{os.cpu_count()} cores, {state} (ratios of medians of repeated, interleaved runs "
+            "in fresh processes)")
