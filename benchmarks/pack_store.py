@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -110,7 +111,8 @@ def main() -> None:
         "",
         f"Command: `.venv/bin/python benchmarks/pack_store.py --gb {args.gb}` "
         f"(median of {args.repeats} reads in fresh processes; {platform.processor() or platform.machine()}, "
-        "2 cores, machine shared with other jobs; the store was in the page cache after writing).",
+        f"2 cores, {os.environ.get('ML4M_BENCH_MACHINE', 'otherwise idle')}; the store was in the page "
+        "cache after writing).",
         "",
         "| store size | frames | atoms | write time | write peak RSS | read time (median) | read throughput | read peak RSS | random access |",
         "|---|---|---|---|---|---|---|---|---|",
