@@ -70,9 +70,24 @@ def test_product_basis_matches_factor_by_factor_jacobian(rng):
     A = rng.normal(size=(5, K, LM))
     W = rng.normal(size=(5, desc.n_features))
     J = desc._jacobian(A)  # (rows, F, K, LM), independent code path
-    np.testing.assert_allclose(desc._adjoint(A, W), np.einsum("rf,rfkm->rkm", W, J), rtol=1e-10,
+    np.testing.assert_allclose(desc.product_basis.adjoint(A, W), np.einsum("rf,rfkm->rkm", W, J), rtol=1e-10,
                                atol=1e-12)
     # every B_f is homogeneous of degree nu in A (Euler): sum_km A dB_f/dA = nu B_f
     nu = np.array([len(combo) for combo, _ in desc._basis])
-    np.testing.assert_allclose(np.einsum("rkm,rfkm->rf", A, J), nu * desc._products(A),
+    np.testing.assert_allclose(np.einsum("rkm,rfkm->rf", A, J), nu * desc.product_basis.products(A),
                                rtol=1e-10, atol=1e-12)
+
+
+def test_large_frame_path_recomputes_pair_values(monkeypatch):
+    """Frames with more pairs than are kept recompute the per-pair values: same result."""
+    import ml4m.descriptors.ace as ace_module
+
+    frames = _frames()
+    desc = make_descriptor("ace", species=[1, 6, 8, 29, 79], **CASES["ace"])
+    W = [np.cos(np.arange(len(f) * desc.n_features)).reshape(len(f), -1) for f in frames]
+    kept = desc.features_and_vjp(frames, lambda X, k: W[k])
+    monkeypatch.setattr(ace_module, "_KEEP_PAIRS", 0)
+    monkeypatch.setattr(ace_module, "_VJP_CHUNK", 7)  # several chunks per frame
+    recomputed = desc.features_and_vjp(frames, lambda X, k: W[k])
+    for a, b in zip(kept, recomputed):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)

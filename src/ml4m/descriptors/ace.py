@@ -210,14 +210,6 @@ class ACE(Descriptor):
             self._product_basis = ProductBasis(self._basis, self.n_species * self.n_max)
         return self._product_basis
 
-    def _products(self, A):
-        """B (rows, F) from A (rows, K, LM)."""
-        return self.product_basis.products(A)
-
-    def _adjoint(self, A, W):
-        """``d (sum_f W[:, f] B_f) / d A`` per row, shape (rows, K, LM) (reverse mode)."""
-        return self.product_basis.adjoint(A, W)
-
     def _jacobian(self, A):
         """``d B_f / d A`` per row, shape (rows, F, K, LM) (built factor by factor)."""
         J = np.zeros((len(A), len(self._basis)) + A.shape[1:])
@@ -257,18 +249,14 @@ class ACE(Descriptor):
         u = vec / r[:, None]
         return dR[:, None] * u[:, :, None, None] * Y[:, None, None, :] + R[:, None] * dY[:, :, None, :]
 
-    def _pair_vjp(self, species_index, nl: NeighborList, weights):
-        """Adjoint path: ``dE/dA`` per centre, then one contraction per pair (no dB)."""
-        A = density_coefficients(self.table, self.n_max, self.l_max, species_index,
-                                 self.n_species, nl)
-        return self._pair_vjp_from_density(A, species_index, nl, weights)
-
     def _frame_features_vjp(self, species_index, nl: NeighborList, weight_fn):
         """Features and the pair VJP of one frame from one evaluation of A.
 
         The radial functions and spherical harmonics (with their derivatives) of every
         pair are evaluated once and serve both A and the pair contraction (up to
-        ``_KEEP_PAIRS`` pairs; larger frames recompute them chunk by chunk).
+        ``_KEEP_PAIRS`` pairs; larger frames recompute them chunk by chunk). A is summed
+        from those per-pair values here rather than by :func:`density_coefficients` (the
+        values-only path), whose padded layout would evaluate them a second time.
         """
         n, S, LM = self.n_max, self.n_species, (self.l_max + 1) ** 2
         N, P = len(species_index), len(nl.i)
@@ -287,10 +275,12 @@ class ACE(Descriptor):
         A = A.reshape(N, S * n, LM)
         B, pairs = self.product_basis.products(A, return_pairs=True)
         W = weight_fn(B)
-        return B, self._pair_vjp_from_density(A, species_index, nl, W, pairs, keep)
+        return B, self._contract_pairs(A, species_index, nl, W, pairs, keep)
 
-    def _pair_vjp_from_density(self, A, species_index, nl: NeighborList, weights,
-                               pairs=None, kept=None):
+    def _contract_pairs(self, A, species_index, nl: NeighborList, weights, pairs, kept):
+        """``d (sum_i W_i . B_i) / d r_ij`` per pair: ``dE/dA`` per centre (adjoint), then
+        one contraction with ``d phi / d r`` per pair (``kept``: the per-chunk radial
+        values and harmonics, or None to recompute them)."""
         n, S = self.n_max, self.n_species
         G = self.product_basis.adjoint(A, weights, pairs).reshape(len(A), S, n, -1)
         P = len(nl.i)
@@ -314,7 +304,7 @@ class ACE(Descriptor):
     def _frame_features(self, species_index, nl: NeighborList, gradients):
         n, L, S = self.n_max, self.l_max + 1, self.n_species
         A = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
-        B = self._products(A)
+        B = self.product_basis.products(A)
         if not gradients:
             return B, None
         P, F = len(nl.i), self.n_features
@@ -324,8 +314,7 @@ class ACE(Descriptor):
         g = np.empty((P, 3, F))
         sj = species_index[nl.j]
         bounds = np.searchsorted(nl.i, np.arange(len(A) + 1))  # pairs are sorted by centre
-        for start in range(0, P, _CHUNK):
-            sl = slice(start, min(P, start + _CHUNK))
+        for sl in _chunks(P, _CHUNK):
             dphi = self._pair_basis_gradients(nl, sl).reshape(sl.stop - sl.start, 3, -1)
             for i in np.unique(nl.i[sl]):
                 a, b = max(bounds[i], sl.start), min(bounds[i + 1], sl.stop)

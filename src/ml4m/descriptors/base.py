@@ -358,15 +358,6 @@ class Descriptor(ABC):
         return _concatenate(parts, gradients, self.n_features, [len(f) for f in frames])
 
     # ---- vector-Jacobian products (forces of models built on the descriptor) -------
-    def _pair_vjp(self, species_index: np.ndarray, nl: NeighborList, weights: np.ndarray) -> np.ndarray:
-        """``d (sum_i w_i . X_i) / d r_ij`` per pair, shape (P, 3).
-
-        Generic path through the full pair gradients; subclasses may override it with
-        an adjoint that never forms them (see :class:`~ml4m.descriptors.ACE`).
-        """
-        _, g = self._frame_features(species_index, nl, True)
-        return np.einsum("pxf,pf->px", g, weights[nl.i]) if len(nl.i) else np.zeros((0, 3))
-
     def vjp(self, frames: Any, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Gradients of ``sum_rows weights[row] . features[row]`` (a scalar per frame).
 
@@ -397,11 +388,8 @@ class Descriptor(ABC):
             raise ConfigError(f"weights must have shape ({n_total}, {self.n_features}), "
                               f"got {weights.shape}")
         offsets = np.cumsum([0] + [len(f) for f in frames])
-
-        def pairs(k, idx, nl):
-            return None, self._pair_vjp(idx, nl, weights[offsets[k]:offsets[k + 1]])
-
-        _, grad, strain = self._vjp_frames(frames, pairs)
+        _, grad, strain = self.features_and_vjp(
+            frames, lambda X, k: weights[offsets[k]:offsets[k + 1]])
         return grad, strain
 
     def features_and_vjp(
@@ -430,34 +418,16 @@ class Descriptor(ABC):
         """
         if self.average:
             raise ConfigError("features_and_vjp needs per-atom rows (average=False)")
-
-        def pairs(k, idx, nl):
-            return self._frame_features_vjp(idx, nl, lambda X: weight_fn(X, k))
-
-        X, grad, strain = self._vjp_frames(as_frames(frames), pairs)
-        return (np.zeros((0, self.n_features)) if X is None else X), grad, strain
-
-    def _frame_features_vjp(self, species_index: np.ndarray, nl: NeighborList,
-                            weight_fn: Callable[[np.ndarray], np.ndarray]):
-        """Features of one frame and the pair VJP for ``W = weight_fn(X)`` from one
-        evaluation with pair gradients; subclasses with an adjoint (ACE) override it."""
-        X, g = self._frame_features(species_index, nl, True)
-        W = weight_fn(X)
-        return X, np.einsum("pxf,pf->px", g, W[nl.i]) if len(nl.i) else np.zeros((0, 3))
-
-    def _vjp_frames(self, frames: list[Frame], pairs) -> tuple[Any, np.ndarray, np.ndarray]:
-        """Loop of :meth:`vjp`: ``pairs(k, idx, nl) -> (features or None, pair VJP)``,
-        summed onto atoms and strain."""
-        n_total = sum(len(f) for f in frames)
-        grad = np.zeros((n_total, 3))
+        frames = as_frames(frames)
+        grad = np.zeros((sum(len(f) for f in frames), 3))
         strain = np.zeros((len(frames), 3, 3))
-        feats = []
+        feats = [np.zeros((0, self.n_features))]
         start = 0
         for k, frame in enumerate(frames):
             idx = self._check_frame(frame, k)
             nl = neighbor_list(frame, self.r_cut, full_list=True)
             n = len(frame)
-            X, pg = pairs(k, idx, nl)
+            X, pg = self._frame_features_vjp(idx, nl, lambda X: weight_fn(X, k))
             feats.append(X)
             if len(pg):
                 for x in range(3):  # sum over pairs onto atoms: + on j, - on i
@@ -465,9 +435,16 @@ class Descriptor(ABC):
                                                 - np.bincount(nl.i, pg[:, x], minlength=n))
                 strain[k] = pg.T @ nl.vectors
             start += n
-        if not feats or feats[0] is None:
-            return None, grad, strain
         return np.concatenate(feats), grad, strain
+
+    def _frame_features_vjp(self, species_index: np.ndarray, nl: NeighborList,
+                            weight_fn: Callable[[np.ndarray], np.ndarray]):
+        """Features ``(N, F)`` of one frame and ``d (sum_i W_i . X_i) / d r_ij`` per pair
+        ``(P, 3)`` for ``W = weight_fn(X)``, here from one evaluation with the full pair
+        gradients; subclasses with an adjoint that never forms them override it (ACE)."""
+        X, g = self._frame_features(species_index, nl, True)
+        W = weight_fn(X)
+        return X, np.einsum("pxf,pf->px", g, W[nl.i]) if len(nl.i) else np.zeros((0, 3))
 
     def to_meta(self) -> str:
         """:meth:`settings` as a JSON string."""
