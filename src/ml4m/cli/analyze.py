@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="neighbours per point (default min(100, N-1))")
     p.add_argument("--key", help="array name inside a .npz (default: 'features' or the only array)")
     p.add_argument("--backend", choices=("auto", "brute", "kdtree", "ivf"), default="auto",
-                   help="neighbour search (default auto; ivf is approximate, needs faiss)")
+                   help="neighbour search (default auto; ivf is approximate, needs numba)")
     p.add_argument("--period", type=float, help="periodic box length (all features)")
     g = p.add_argument_group("structures (with --descriptor)")
     g.add_argument("--descriptor", metavar="NAME", help="describe structures first (acsf, soap, ace, mbtr)")

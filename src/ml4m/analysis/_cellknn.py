@@ -1,0 +1,277 @@
+"""Approximate k nearest neighbours by cells: k-means cells, BLAS distance blocks, numba selection.
+
+The points are grouped into k-means cells of ~56 points. For each cell, the queries
+(its points) are compared with the points of the ``probe`` cells nearest to its
+centroid in one float32 matrix product (BLAS); a numba kernel then selects each row's
+``k`` smallest entries with a threshold found by counting passes (vectorised) and a
+compaction that skips blocks without a hit, and returns exact float64 distances of
+the selected points. Candidates are data points, so every returned distance is a
+true distance; a true neighbour is missed only when it lies outside the probed cells
+(recall, not accuracy, is what ``probe`` buys).
+
+Needs numba (the ``approx`` extra). Kernels are compiled once and cached on disk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_BLOCK = 8  # compaction block (entries per vectorised hit test)
+_BIG = np.float32(3.0e38)  # padding distance (finite: the kernels use fastmath)
+
+
+def _kernels():
+    import numba as nb
+
+    @nb.njit(cache=True, nogil=True)
+    def kselect(bd, bi, m, k):
+        """Partial quickselect: the k smallest of bd[:m] (with bi) end in bd[:k]."""
+        lo, hi, kk = 0, m - 1, k - 1
+        while lo < hi:
+            piv = bd[(lo + hi) >> 1]
+            i, j = lo, hi
+            while i <= j:
+                while bd[i] < piv:
+                    i += 1
+                while bd[j] > piv:
+                    j -= 1
+                if i <= j:
+                    bd[i], bd[j] = bd[j], bd[i]
+                    bi[i], bi[j] = bi[j], bi[i]
+                    i += 1
+                    j -= 1
+            if kk <= j:
+                hi = j
+            elif kk >= i:
+                lo = i
+            else:
+                break
+
+    @nb.njit(cache=True, nogil=True, fastmath=True)
+    def select(G, csq, cid, qrows, Y, k, out_d, out_i):
+        """Rows of ``G = Q @ X.T``: squared distance minus |q|^2 is ``csq - 2 G``."""
+        nq, M = G.shape
+        B = 8
+        Mp = (M + B - 1) // B * B
+        v = np.empty(Mp, np.float32)
+        for t in range(M, Mp):
+            v[t] = np.float32(3.0e38)
+        cap = k + k // 2 + 8
+        bd = np.empty(cap + B, np.float32)
+        bi = np.empty(cap + B, np.int64)
+        dim = Y.shape[1]
+        prev = np.float32(-1.0)
+        for r in range(nq):
+            q = qrows[r]
+            for t in range(M):
+                v[t] = csq[t] - np.float32(2.0) * G[r, t]
+            sr = np.float32(0.0)
+            for d in range(dim):
+                sr += np.float32(Y[q, d] * Y[q, d])
+            # threshold on the squared distance with k <= count(d2 < thr) <= cap
+            if prev > 0:
+                thr = prev
+            else:
+                thr = np.float32(0.0)
+                for t in range(M):
+                    if v[t] + sr > thr:
+                        thr = v[t] + sr
+                thr = thr * np.float32(1.0001) + np.float32(1e-30)
+            lo = np.float32(0.0)
+            hi = np.float32(-1.0)
+            c = 0
+            for _ in range(200):
+                tv = thr - sr
+                c = 0
+                for t in range(Mp):
+                    c += v[t] < tv
+                if c < k:
+                    lo = thr
+                    thr = thr * np.float32(1.1) + np.float32(1e-30) if hi < 0 \
+                        else np.float32(0.5) * (thr + hi)
+                elif c > cap:
+                    hi = thr
+                    thr = np.float32(0.5) * (thr + lo) if lo > 0 else thr * np.float32(0.9)
+                else:
+                    break
+                if hi > 0 and hi - lo <= np.float32(1e-6) * hi:
+                    thr = hi  # ties at rounding level: take the upper bracket
+                    break
+            tv = thr - sr
+            cnt = 0
+            for b0 in range(0, Mp, B):
+                h = 0
+                for t in range(B):
+                    h += v[b0 + t] < tv
+                if h == 0:
+                    continue
+                if cnt + h > cap:  # only after the tie fallback: keep the buffer bounded
+                    kselect(bd, bi, cnt, k)
+                    cnt = k
+                for t in range(B):
+                    x = v[b0 + t]
+                    bd[cnt] = x
+                    bi[cnt] = b0 + t
+                    cnt += x < tv
+            kselect(bd, bi, cnt, k)
+            kth = bd[0]
+            for t in range(1, k):
+                if bd[t] > kth:
+                    kth = bd[t]
+            prev = kth + sr
+            # exact float64 distances of the selected candidates
+            for t in range(k):
+                p = cid[bi[t]]
+                s = 0.0
+                for d in range(dim):
+                    e = Y[p, d] - Y[q, d]
+                    s += e * e
+                out_d[q, t] = s
+                out_i[q, t] = p
+
+    @nb.njit(cache=True, nogil=True)
+    def gather(starts, cells, Yf, sqf):
+        """Candidate rows (indices, float32 coordinates, squared norms) of some cells."""
+        M = 0
+        for j in cells:
+            M += starts[j + 1] - starts[j]
+        cid = np.empty(M, np.int64)
+        X = np.empty((M, Yf.shape[1]), np.float32)
+        csq = np.empty(M, np.float32)
+        m = 0
+        for j in cells:
+            for s in range(starts[j], starts[j + 1]):
+                cid[m] = s
+                for d in range(X.shape[1]):
+                    X[m, d] = Yf[s, d]
+                csq[m] = sqf[s]
+                m += 1
+        return cid, X, csq
+
+    return select, gather
+
+
+_KERNELS = None
+
+
+def _get_kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _kernels()
+    return _KERNELS
+
+
+def kmeans_cells(Y: np.ndarray, n_cells: int, n_iter: int = 8, seed: int = 0,
+                 sample: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd k-means on a sample of ``sample * n_cells`` rows, then assign every row.
+
+    Returns
+    -------
+    centroids : ndarray of shape (n_cells, n_features), float32
+    labels : ndarray of shape (n_points,), int64
+    """
+    rng = np.random.default_rng(seed)
+    n = Y.shape[0]
+    Yf = np.ascontiguousarray(Y, dtype=np.float32)
+    S = Yf[rng.choice(n, size=min(n, sample * n_cells), replace=False)]
+    C = S[rng.choice(len(S), size=n_cells, replace=False)].copy()
+    for _ in range(n_iter):
+        lab = _nearest(S, C)
+        counts = np.bincount(lab, minlength=n_cells)
+        sums = np.stack([np.bincount(lab, weights=S[:, j], minlength=n_cells)
+                         for j in range(S.shape[1])], axis=1)
+        empty = counts == 0
+        C[~empty] = (sums[~empty] / counts[~empty, None]).astype(np.float32)
+        if empty.any():  # re-seed empty cells at random sample points
+            C[empty] = S[rng.choice(len(S), size=int(empty.sum()), replace=False)]
+    return C, _nearest(Yf, C)
+
+
+def _nearest(X: np.ndarray, C: np.ndarray, block: int = 2048) -> np.ndarray:
+    """Index of the nearest row of ``C`` for every row of ``X`` (blocks on all cores)."""
+    from ml4m.analysis._parallel import run_blocks
+
+    half = 0.5 * np.einsum("ij,ij->i", C, C)
+    out = np.empty(len(X), dtype=np.int64)
+
+    def work(s: int) -> None:
+        g = X[s:s + block] @ C.T
+        g -= half  # argmin |x - c|^2 = argmax (x.c - |c|^2 / 2)
+        out[s:s + block] = np.argmax(g, axis=1)
+
+    run_blocks(work, range(0, len(X), block))
+    return out
+
+
+def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | None = None):
+    """Approximate ``k`` nearest neighbours of every row of ``Y`` (the row itself included).
+
+    Parameters
+    ----------
+    Y : ndarray of shape (n_points, n_features), float64
+        Data (any orthonormal basis; distances are Euclidean).
+    k : int
+        Neighbours per row, the row itself included (it is its own nearest).
+    probe : int
+        Cells compared with each cell (the nearest by centroid distance).
+    progress : callable(done, total), optional
+    n_cells : int, optional
+        Number of k-means cells (default ``n_points // 56``).
+
+    Returns
+    -------
+    d2 : ndarray of shape (n_points, k), float64
+        Exact squared distances, increasing along each row.
+    idx : ndarray of shape (n_points, k), int64
+    """
+    from threadpoolctl import threadpool_limits
+
+    from ml4m.analysis._parallel import run_blocks
+
+    select, gather = _get_kernels()
+    n = Y.shape[0]
+    ncells = int(n_cells or max(1, min(n // 56, 65536)))
+    C, lab = kmeans_cells(Y, ncells)
+    order = np.argsort(lab, kind="stable")
+    counts = np.bincount(lab, minlength=ncells)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    Ys = np.ascontiguousarray(Y[order])
+    Yf = Ys.astype(np.float32)
+    sqf = np.einsum("ij,ij->i", Yf, Yf)
+    occupied = np.flatnonzero(counts)
+    probe = int(min(probe, len(occupied)))
+    # the probe nearest occupied cells of each cell, by centroid distance
+    Co = C[occupied]
+    cd = np.einsum("ij,ij->i", Co, Co)
+    d2c = cd[:, None] + cd[None, :] - 2.0 * (Co @ Co.T)
+    near = occupied[np.argsort(d2c, axis=1)[:, :probe]]
+    # every cell must see at least k candidates: widen the few that do not
+    out_d = np.empty((n, k), dtype=np.float64)
+    out_i = np.empty((n, k), dtype=np.int64)
+    done = [0]
+
+    def work(a: int) -> None:
+        c = occupied[a]
+        cells = near[a]
+        if counts[cells].sum() < k:
+            cells = occupied[np.argsort(d2c[a])]
+            cells = cells[: int(np.searchsorted(np.cumsum(counts[cells]), k)) + 1]
+        cid, X, csq = gather(starts, cells, Yf, sqf)
+        G = Yf[starts[c]:starts[c + 1]] @ X.T
+        select(G, csq, cid, np.arange(starts[c], starts[c + 1]), Ys, k, out_d, out_i)
+        done[0] += counts[c]
+        if progress is not None and a % 64 == 0:
+            progress(done[0], n)
+
+    with threadpool_limits(1):
+        run_blocks(work, range(len(occupied)))
+    if progress is not None:
+        progress(n, n)
+    srt = np.argsort(out_d, axis=1, kind="stable")
+    out_d = np.take_along_axis(out_d, srt, 1)
+    out_i = order[np.take_along_axis(out_i, srt, 1)]
+    res_d = np.empty_like(out_d)
+    res_i = np.empty_like(out_i)
+    res_d[order] = out_d
+    res_i[order] = out_i
+    return res_d, res_i
