@@ -73,12 +73,14 @@ def test_ivf_kernels_select_the_k_smallest():
     q = np.arange(10)
     G = Yf[q] @ Yf.T
     csq = np.einsum("ij,ij->i", Yf, Yf)
-    d = np.empty((40, 12))
-    i = np.empty((40, 12), dtype=np.int64)
-    select(G, csq, np.arange(40), q, Y, 12, d, i)
-    true = ((Y[q, None, :] - Y[None]) ** 2).sum(-1)
-    np.testing.assert_allclose(np.sort(d[q], 1), np.sort(true, 1)[:, :12], rtol=1e-10, atol=1e-12)
+    d = np.empty((40, 11))
+    i = np.empty((40, 11), dtype=np.int64)
+    select(G, csq, np.arange(40), q, Y, 12, np.arange(40), d, i)
+    true = np.sqrt(((Y[q, None, :] - Y[None]) ** 2).sum(-1))
+    true_wo_self = np.sort(np.where(np.eye(40)[q] > 0, np.inf, true), 1)[:, :11]
+    np.testing.assert_allclose(d[q], true_wo_self, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(d[q], np.take_along_axis(true, i[q], 1), rtol=1e-12)
+    assert not np.any(i[q] == q[:, None]) and np.all(d[q, 0] == 0)  # the duplicate, not self
 
 
 def test_graph_is_immutable(data):

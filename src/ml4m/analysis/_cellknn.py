@@ -48,8 +48,10 @@ def _kernels():
                 break
 
     @nb.njit(cache=True, nogil=True, fastmath=True)
-    def select(G, csq, cid, qrows, Y, k, out_d, out_i):
-        """Rows of ``G = Q @ X.T``: squared distance minus |q|^2 is ``csq - 2 G``."""
+    def select(G, csq, cid, qrows, Y, k, order, out_d, out_i):
+        """Rows of ``G = Q @ X.T`` (squared distance minus |q|^2 is ``csq - 2 G``): the
+        ``k`` nearest candidates of each query, written without the query itself as
+        ``k - 1`` distances and indices (original numbering ``order[...]``)."""
         nq, M = G.shape
         B = 8
         Mp = (M + B - 1) // B * B
@@ -60,7 +62,11 @@ def _kernels():
         bd = np.empty(cap + B, np.float32)
         bi = np.empty(cap + B, np.int64)
         dim = Y.shape[1]
+        ex = np.empty(k, np.float64)
+        ei = np.empty(k, np.int64)
         prev = np.float32(-1.0)
+        expo = 2.0
+        target = 0.5 * (k + cap)
         for r in range(nq):
             q = qrows[r]
             for t in range(M):
@@ -77,26 +83,43 @@ def _kernels():
                     if v[t] + sr > thr:
                         thr = v[t] + sr
                 thr = thr * np.float32(1.0001) + np.float32(1e-30)
-            lo = np.float32(0.0)
-            hi = np.float32(-1.0)
-            c = 0
+            # secant steps on log(count) against log(thr) (count ~ thr^(ID/2) locally),
+            # kept inside the bracket [lo, hi] of thresholds with too few / too many
+            lo = 0.0
+            hi = -1.0
+            t_last = -1.0
+            c_last = -1
+            thr64 = float(thr)
             for _ in range(200):
-                tv = thr - sr
+                tv = np.float32(thr64) - sr
                 c = 0
                 for t in range(Mp):
                     c += v[t] < tv
+                if c >= k and c <= cap:
+                    break
                 if c < k:
-                    lo = thr
-                    thr = thr * np.float32(1.1) + np.float32(1e-30) if hi < 0 \
-                        else np.float32(0.5) * (thr + hi)
-                elif c > cap:
-                    hi = thr
-                    thr = np.float32(0.5) * (thr + lo) if lo > 0 else thr * np.float32(0.9)
+                    lo = thr64
                 else:
+                    hi = thr64
+                if hi > 0 and hi - lo <= 1e-6 * hi:
+                    thr64 = hi  # ties at rounding level: take the upper bracket
                     break
-                if hi > 0 and hi - lo <= np.float32(1e-6) * hi:
-                    thr = hi  # ties at rounding level: take the upper bracket
-                    break
+                if c > 0 and c_last > 0 and c != c_last and t_last != thr64:
+                    slope = np.log(c / c_last) / np.log(thr64 / t_last)
+                    if slope > 0.2:
+                        expo = min(slope, 50.0)
+                t_last = thr64
+                c_last = c
+                if c == 0:
+                    new = thr64 * 4.0 + 1e-30
+                else:
+                    new = thr64 * (target / c) ** (1.0 / expo)
+                if hi > 0 and new >= hi:
+                    new = 0.5 * (lo + hi)
+                if new <= lo:
+                    new = 0.5 * (lo + hi) if hi > 0 else lo * 1.5 + 1e-30
+                thr64 = new
+            thr = np.float32(thr64)
             tv = thr - sr
             cnt = 0
             for b0 in range(0, Mp, B):
@@ -119,15 +142,23 @@ def _kernels():
                 if bd[t] > kth:
                     kth = bd[t]
             prev = kth + sr
-            # exact float64 distances of the selected candidates
+            # exact float64 distances of the selected candidates; the query itself
+            # first (-1) so that it, not a duplicate, is dropped; then by distance
             for t in range(k):
                 p = cid[bi[t]]
                 s = 0.0
                 for d in range(dim):
                     e = Y[p, d] - Y[q, d]
                     s += e * e
-                out_d[q, t] = s
-                out_i[q, t] = p
+                ex[t] = -1.0 if p == q else s
+                ei[t] = p
+            srt = np.argsort(ex, kind="mergesort")
+            skip = 1 if ex[srt[0]] < 0 else 0
+            oq = order[q]
+            for t in range(k - 1):
+                u = srt[t + skip]
+                out_d[oq, t] = np.sqrt(ex[u])
+                out_i[oq, t] = order[ei[u]]
 
     @nb.njit(cache=True, nogil=True)
     def gather(starts, cells, Yf, sqf):
@@ -203,7 +234,23 @@ def _nearest(X: np.ndarray, C: np.ndarray, block: int = 2048) -> np.ndarray:
     return out
 
 
-def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | None = None):
+def _nearest_cells(C: np.ndarray, probe: int, Q: np.ndarray | None = None,
+                   block: int = 1024) -> np.ndarray:
+    """For each row of ``Q`` (default ``C``), the ``probe`` nearest rows of ``C``, nearest first."""
+    Q = C if Q is None else Q
+    half = 0.5 * np.einsum("ij,ij->i", C, C)
+    out = np.empty((len(Q), probe), dtype=np.int64)
+    for s in range(0, len(Q), block):
+        g = half - Q[s:s + block] @ C.T  # |q - c|^2 / 2 up to a per-row constant
+        part = np.argpartition(g, probe - 1, axis=1)[:, :probe] if probe < len(C) else \
+            np.broadcast_to(np.arange(len(C)), g.shape)
+        gp = np.take_along_axis(g, part, 1)
+        out[s:s + block] = np.take_along_axis(part, np.argsort(gp, axis=1, kind="stable"), 1)
+    return out
+
+
+def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | None = None,
+             index_dtype=np.int64):
     """Approximate ``k`` nearest neighbours of every row of ``Y`` (the row itself included).
 
     Parameters
@@ -211,18 +258,21 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
     Y : ndarray of shape (n_points, n_features), float64
         Data (any orthonormal basis; distances are Euclidean).
     k : int
-        Neighbours per row, the row itself included (it is its own nearest).
+        Neighbours per row searched, the row itself included; ``k - 1`` are returned.
     probe : int
         Cells compared with each cell (the nearest by centroid distance).
     progress : callable(done, total), optional
     n_cells : int, optional
         Number of k-means cells (default ``n_points // 56``).
 
+    index_dtype : numpy integer dtype, default=int64
+
     Returns
     -------
-    d2 : ndarray of shape (n_points, k), float64
-        Exact squared distances, increasing along each row.
-    idx : ndarray of shape (n_points, k), int64
+    distances : ndarray of shape (n_points, k - 1), float64
+        Exact distances, non-decreasing along each row, the row itself excluded (with
+        duplicate points, the duplicates are kept at distance 0).
+    indices : ndarray of shape (n_points, k - 1)
     """
     from threadpoolctl import threadpool_limits
 
@@ -232,7 +282,7 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
     n = Y.shape[0]
     ncells = int(n_cells or max(1, min(n // 56, 65536)))
     C, lab = kmeans_cells(Y, ncells)
-    order = np.argsort(lab, kind="stable")
+    order = np.argsort(lab, kind="stable").astype(np.int64)
     counts = np.bincount(lab, minlength=ncells)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     Ys = np.ascontiguousarray(Y[order])
@@ -240,25 +290,21 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
     sqf = np.einsum("ij,ij->i", Yf, Yf)
     occupied = np.flatnonzero(counts)
     probe = int(min(probe, len(occupied)))
-    # the probe nearest occupied cells of each cell, by centroid distance
     Co = C[occupied]
-    cd = np.einsum("ij,ij->i", Co, Co)
-    d2c = cd[:, None] + cd[None, :] - 2.0 * (Co @ Co.T)
-    near = occupied[np.argsort(d2c, axis=1)[:, :probe]]
-    # every cell must see at least k candidates: widen the few that do not
-    out_d = np.empty((n, k), dtype=np.float64)
-    out_i = np.empty((n, k), dtype=np.int64)
+    near = occupied[_nearest_cells(Co, probe)]
+    out_d = np.empty((n, k - 1), dtype=np.float64)
+    out_i = np.empty((n, k - 1), dtype=index_dtype)
     done = [0]
 
     def work(a: int) -> None:
         c = occupied[a]
         cells = near[a]
-        if counts[cells].sum() < k:
-            cells = occupied[np.argsort(d2c[a])]
-            cells = cells[: int(np.searchsorted(np.cumsum(counts[cells]), k)) + 1]
+        if counts[cells].sum() < k:  # too few candidates: widen to the nearest cells holding k
+            order_a = occupied[_nearest_cells(Co, len(Co), Co[a:a + 1])[0]]
+            cells = order_a[: int(np.searchsorted(np.cumsum(counts[order_a]), k)) + 1]
         cid, X, csq = gather(starts, cells, Yf, sqf)
         G = Yf[starts[c]:starts[c + 1]] @ X.T
-        select(G, csq, cid, np.arange(starts[c], starts[c + 1]), Ys, k, out_d, out_i)
+        select(G, csq, cid, np.arange(starts[c], starts[c + 1]), Ys, k, order, out_d, out_i)
         done[0] += counts[c]
         if progress is not None and a % 64 == 0:
             progress(done[0], n)
@@ -267,11 +313,4 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
         run_blocks(work, range(len(occupied)))
     if progress is not None:
         progress(n, n)
-    srt = np.argsort(out_d, axis=1, kind="stable")
-    out_d = np.take_along_axis(out_d, srt, 1)
-    out_i = order[np.take_along_axis(out_i, srt, 1)]
-    res_d = np.empty_like(out_d)
-    res_i = np.empty_like(out_i)
-    res_d[order] = out_d
-    res_i[order] = out_i
-    return res_d, res_i
+    return out_d, out_i

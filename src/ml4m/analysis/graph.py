@@ -406,6 +406,4 @@ def _ivf(X: np.ndarray, maxk: int, nprobe: int, progress=None):
     nprobe = check_int("nprobe", nprobe, 1)
     Y = _reduced(X)
     n = Y.shape[0]
-    d2, idx = cell_knn(Y, maxk + 1, nprobe, progress)
-    d, i = _self_first(np.sqrt(d2), idx, np.arange(n), maxk)
-    return d, i.astype(_index_dtype(n))
+    return cell_knn(Y, maxk + 1, nprobe, progress, index_dtype=_index_dtype(n))
