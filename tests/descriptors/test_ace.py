@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from ase import Atoms
 
 from ml4m.descriptors import ACE
+from ml4m.errors import ConfigError
 
 
 def test_truncation_and_parity():
@@ -24,6 +26,24 @@ def test_truncation_and_parity():
     # a larger total degree only adds functions
     bigger = ACE(["Cu", "Au"], n_max=3, l_max=3, correlation_order=4, total_degree=9)
     assert set(ace.feature_names()) < set(bigger.feature_names())
+
+
+def test_total_degree_per_correlation_order():
+    per = ACE(["Cu", "Au"], n_max=6, l_max=3, correlation_order=3, total_degree=[9, 7, 5])
+    for combo, _ in per._basis:
+        assert sum(k % per.n_max + 1 + l for l, k in combo) <= [9, 7, 5][len(combo) - 1]
+    # each order holds exactly the functions of a uniform truncation at its own bound
+    for nu, deg in enumerate([9, 7, 5], start=1):
+        uni = ACE(["Cu", "Au"], n_max=6, l_max=3, correlation_order=3, total_degree=deg)
+        names = {f for f in uni.feature_names() if f.startswith(f"B{nu}[")}
+        assert names == {f for f in per.feature_names() if f.startswith(f"B{nu}[")}
+    same = ACE(["Cu"], n_max=4, l_max=2, correlation_order=3, total_degree=[7, 7, 7])
+    assert same.feature_names() == ACE(["Cu"], n_max=4, l_max=2, correlation_order=3,
+                                       total_degree=7).feature_names()
+    with pytest.raises(ConfigError, match="one entry per correlation order"):
+        ACE(["Cu"], correlation_order=3, total_degree=[8, 6])
+    with pytest.raises(ConfigError, match="total_degree"):
+        ACE(["Cu"], correlation_order=2, total_degree=[8, 0])
 
 
 def test_basis_functions_are_linearly_independent():

@@ -42,14 +42,16 @@ def _follow(parent: np.ndarray) -> np.ndarray:
         root = nxt
 
 
-def _within_kstar(graph: NeighborGraph, k: np.ndarray) -> np.ndarray:
-    return np.arange(1, graph.maxk + 1)[None, :] <= k[:, None]
+def _within_kstar(k: np.ndarray) -> tuple[np.ndarray, int]:
+    """Mask of the first ``k*_i`` columns of each row, only as wide as the largest ``k*``."""
+    width = int(k.max())
+    return np.arange(1, width + 1)[None, :] <= k[:, None], width
 
 
 def _modes(graph: NeighborGraph, g: np.ndarray, k: np.ndarray):
     """Putative centres, and for removed ones the denser point that covers them."""
-    idx = graph.indices
-    inside = _within_kstar(graph, k)
+    inside, width = _within_kstar(k)
+    idx = graph.indices[:, :width]
     higher = (g[idx] > g[:, None]) & inside
     cand = ~higher.any(1)
     # candidates lying in the k* neighbourhood of a point with larger g are removed;
@@ -92,7 +94,8 @@ def _borders(graph: NeighborGraph, k: np.ndarray, root: np.ndarray, centers: np.
     """Border points: arrays (point, own cluster root, other cluster root)."""
     n = graph.n
     idx = graph.indices
-    other = (root[idx] != root[:, None]) & _within_kstar(graph, k)
+    inside, width = _within_kstar(k)
+    other = (root[idx[:, :width]] != root[:, None]) & inside
     first = np.argmax(other, axis=1)
     has = other[np.arange(n), first] & ~centers
     p1 = np.flatnonzero(has)

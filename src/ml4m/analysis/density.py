@@ -108,12 +108,20 @@ def kstar(graph: NeighborGraph, intrinsic_dim: float, *, D_thr: float = D_THR_DE
     thr = 2.0 * np.log(np.exp(a) + np.sqrt(np.expm1(2.0 * a))) / d
 
     def work(s: int) -> None:
-        e = min(graph.n, s + 4096)
-        j = graph.indices[s:e, k_min:]  # the (k+1)-th neighbour of i, k in ks
-        fail = np.abs(logr[j, ks - 1] - logr[s:e, k_min - 1:-1]) >= thr
-        first = np.argmax(fail, axis=1)
-        anyf = fail[np.arange(e - s), first]
-        out[s:e] = np.where(anyf, ks[first], graph.maxk)
+        # columns in chunks, only for rows whose test has not failed yet (k* is
+        # usually far below maxk, so most rows stop in the first chunk)
+        rows = np.arange(s, min(graph.n, s + 4096))
+        for c0 in range(0, ks.size, 16):
+            c1 = min(ks.size, c0 + 16)
+            kc = ks[c0:c1]
+            j = graph.indices[rows, k_min + c0:k_min + c1]  # the (k+1)-th neighbour, k in kc
+            fail = np.abs(logr[j, kc - 1] - logr[rows, k_min - 1 + c0:k_min - 1 + c1]) >= thr[c0:c1]
+            first = np.argmax(fail, axis=1)
+            anyf = fail[np.arange(rows.size), first]
+            out[rows[anyf]] = kc[first[anyf]]
+            rows = rows[~anyf]
+            if rows.size == 0:
+                break
 
     run_blocks(work, range(0, graph.n, 4096))
     return out

@@ -33,13 +33,14 @@ analytic (``compute(..., gradients=True)``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from ml4m.data.neighbors import NeighborList
+from ml4m.errors import ConfigError
 from ml4m.descriptors.ace_contraction import ProductBasis
 from ml4m.descriptors.base import Descriptor
 from ml4m.descriptors.coupling import real_clebsch_gordan
@@ -79,8 +80,10 @@ class ACE(Descriptor):
         Largest angular momentum (0..6).
     correlation_order : int, default=3
         Largest body order minus one, ``nu`` (1..4).
-    total_degree : int, default=8
-        Truncation ``sum (n + 1 + l) <= total_degree`` (1..30).
+    total_degree : int or sequence of int, default=8
+        Truncation ``sum (n + 1 + l) <= total_degree`` (1..30); a sequence gives one
+        bound per correlation order (``nu = 1, 2, ...``), e.g. ``[14, 10, 7]`` for fine
+        radial resolution of the pair terms and a coarser many-body part.
     cutoff_width : float, default=1.0
         Width of the smooth cutoff transition, Angstrom (at most ``r_cut``).
     average : bool, default=False
@@ -91,14 +94,22 @@ class ACE(Descriptor):
 
     def __init__(
         self, species: Iterable[str | int], r_cut: float = 5.0, n_max: int = 4, l_max: int = 3,
-        correlation_order: int = 3, total_degree: int = 8, cutoff_width: float = 1.0,
+        correlation_order: int = 3, total_degree: int | Sequence[int] = 8,
+        cutoff_width: float = 1.0,
         average: bool = False,
     ) -> None:
         super().__init__(species, r_cut, average)
         self.n_max = self._check_int("n_max", n_max, 1, 12)
         self.l_max = self._check_int("l_max", l_max, 0, 6)
         self.correlation_order = self._check_int("correlation_order", correlation_order, 1, 4)
-        self.total_degree = self._check_int("total_degree", total_degree, 1, 30)
+        if isinstance(total_degree, (list, tuple, np.ndarray)):
+            degs = [self._check_int("total_degree", t, 1, 30) for t in total_degree]
+            if len(degs) != self.correlation_order:
+                raise ConfigError(f"total_degree as a list needs one entry per correlation order "
+                                  f"({self.correlation_order}), got {len(degs)}")
+            self.total_degree: int | list[int] = degs
+        else:
+            self.total_degree = self._check_int("total_degree", total_degree, 1, 30)
         self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
         self._table: HermiteTable | None = None
         self._radial: HermiteTable | None = None
@@ -116,12 +127,16 @@ class ACE(Descriptor):
     def _enumerate(self) -> list[tuple[tuple[tuple[int, int], ...], int]]:
         """Basis functions as ``(alphas, L)``; ``L`` is the coupling (-1 if unused)."""
         K = self.n_species * self.n_max
+        degree = (list(self.total_degree) if isinstance(self.total_degree, list)
+                  else [self.total_degree] * self.correlation_order)
         alphas = sorted(((l, k) for l in range(self.l_max + 1) for k in range(K)
-                         if self._deg((l, k)) <= self.total_degree))
+                         if self._deg((l, k)) <= max(degree)))
         out: list[tuple[tuple[tuple[int, int], ...], int]] = []
         for nu in range(1, self.correlation_order + 1):
-            for combo in itertools.combinations_with_replacement(alphas, nu):
-                if sum(self._deg(a) for a in combo) > self.total_degree:
+            # combinations in sorted order: prune on the running degree sum
+            ok = [a for a in alphas if self._deg(a) <= degree[nu - 1]]
+            for combo in itertools.combinations_with_replacement(ok, nu):
+                if sum(self._deg(a) for a in combo) > degree[nu - 1]:
                     continue
                 ls = [a[0] for a in combo]
                 if sum(ls) % 2:
