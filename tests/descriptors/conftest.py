@@ -20,6 +20,9 @@ FACTORIES = {
     "soap_normalized": lambda: SOAP(SPECIES, r_cut=4.0, n_max=3, l_max=2, normalize=True),
     "ace": lambda: ACE(SPECIES, r_cut=4.0, n_max=2, l_max=2, correlation_order=4,
                        total_degree=7),
+    # per-order truncation and the short-range distance transform of the radial basis
+    "ace_r0": lambda: ACE(SPECIES, r_cut=4.0, n_max=4, l_max=2, correlation_order=3,
+                          total_degree=[6, 6, 5], r0=1.2),
     "mbtr": lambda: MBTR(SPECIES, r_cut=4.0, n_grid=16, sigma=0.3),
 }
 

@@ -86,6 +86,12 @@ class ACE(Descriptor):
         radial resolution of the pair terms and a coarser many-body part.
     cutoff_width : float, default=1.0
         Width of the smooth cutoff transition, Angstrom (at most ``r_cut``).
+    r0 : float, optional
+        Distance transform of the radial basis, Angstrom (``None``: polynomials in
+        ``r``). With ``r0`` the polynomials are taken in ``((1 + r0) / (1 + r))**2``,
+        which resolves short distances (bonds) finely; see
+        :func:`~ml4m.descriptors.radial.ace_radial_table`. A typical choice is a
+        bond length of the system, e.g. 1.0-1.5 for organic molecules.
     average : bool, default=False
         One row per frame: the mean of the per-atom vectors.
     """
@@ -95,7 +101,7 @@ class ACE(Descriptor):
     def __init__(
         self, species: Iterable[str | int], r_cut: float = 5.0, n_max: int = 4, l_max: int = 3,
         correlation_order: int = 3, total_degree: int | Sequence[int] = 8,
-        cutoff_width: float = 1.0,
+        cutoff_width: float = 1.0, r0: float | None = None,
         average: bool = False,
     ) -> None:
         super().__init__(species, r_cut, average)
@@ -111,6 +117,7 @@ class ACE(Descriptor):
         else:
             self.total_degree = self._check_int("total_degree", total_degree, 1, 30)
         self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
+        self.r0 = None if r0 is None else self._check_positive("r0", r0)
         self._table: HermiteTable | None = None
         self._radial: HermiteTable | None = None
         self._product_basis: ProductBasis | None = None
@@ -120,7 +127,7 @@ class ACE(Descriptor):
         """Hyperparameters as a JSON-serialisable dict."""
         out = super().settings()
         out.update(n_max=self.n_max, l_max=self.l_max, correlation_order=self.correlation_order,
-                   total_degree=self.total_degree, cutoff_width=self.cutoff_width)
+                   total_degree=self.total_degree, cutoff_width=self.cutoff_width, r0=self.r0)
         return out
 
     # ---- basis enumeration --------------------------------------------------------
@@ -193,7 +200,7 @@ class ACE(Descriptor):
     def radial(self) -> HermiteTable:
         """Tabulated ``f_c R_n``, one column per ``n`` (built on first use)."""
         if self._radial is None:
-            self._radial = ace_radial_table(self.n_max, self.r_cut, self.cutoff_width)
+            self._radial = ace_radial_table(self.n_max, self.r_cut, self.cutoff_width, self.r0)
         return self._radial
 
     # ---- evaluation ---------------------------------------------------------------

@@ -195,8 +195,9 @@ def soap_radial_table(
 
 
 @lru_cache(maxsize=16)
-def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float) -> HermiteTable:
-    """Tabulate ``f_c(r) R_n(r)`` (no Gaussian smearing) for the ACE one-particle basis.
+def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float,
+                     r0: float | None = None) -> HermiteTable:
+    """Tabulate ``f_c(r) R_n(rho(r))`` (no Gaussian smearing) for the ACE one-particle basis.
 
     Parameters
     ----------
@@ -206,6 +207,11 @@ def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float) -> HermiteTa
         Cutoff radius, Angstrom.
     cutoff_width : float
         Width of the smooth cutoff transition, Angstrom.
+    r0 : float, optional
+        Scale of the distance transform, Angstrom. ``None``: ``rho(r) = r``. Otherwise
+        ``u(r) = ((1 + r0) / (1 + r))**2`` and ``rho = r_cut (u(0) - u) / (u(0) - u(r_cut))``,
+        a monotonic map of ``[0, r_cut]`` onto itself that stretches short distances:
+        the polynomials then resolve bond lengths finely and the far tail coarsely.
 
     Returns
     -------
@@ -215,10 +221,21 @@ def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float) -> HermiteTa
     n_nodes = max(512, int(math.ceil(200.0 * r_cut)))
     d = np.linspace(0.0, r_cut, n_nodes + 1)
     eps = 1e-6
-    R = radial_basis(d, n_max, r_cut)
-    dR = (radial_basis(np.clip(d + eps, 0, None), n_max, r_cut)
-          - radial_basis(np.clip(d - eps, 0, None), n_max, r_cut)) / (
-              np.clip(d + eps, 0, None) - np.clip(d - eps, 0, None))[:, None]
+
+    def rho(r):
+        r = np.clip(r, 0.0, None)
+        if r0 is None:
+            return r
+        u = ((1.0 + r0) / (1.0 + r)) ** 2
+        u0, uc = (1.0 + r0) ** 2, ((1.0 + r0) / (1.0 + r_cut)) ** 2
+        return np.clip(r_cut * (u0 - u) / (u0 - uc), 0.0, r_cut)
+
+    def basis(r):
+        return radial_basis(rho(r), n_max, r_cut)
+
+    R = basis(d)
+    dR = (basis(d + eps) - basis(d - eps)) / (
+        np.clip(d + eps, 0, None) - np.clip(d - eps, 0, None))[:, None]
     fc, dfc = smooth_cutoff(d, r_cut, cutoff_width)
     return HermiteTable(step=r_cut / n_nodes, values=fc[:, None] * R,
                         derivatives=dfc[:, None] * R + fc[:, None] * dR)
