@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 
-_BLOCK = 8  # compaction block (entries per vectorised hit test)
-_BIG = np.float32(3.0e38)  # padding distance (finite: the kernels use fastmath)
-
-
 def _kernels():
     import numba as nb
 
@@ -53,11 +49,11 @@ def _kernels():
         ``k`` nearest candidates of each query, written without the query itself as
         ``k - 1`` distances and indices (original numbering ``order[...]``)."""
         nq, M = G.shape
-        B = 8
+        B = 8  # compaction block: entries per vectorised hit test
         Mp = (M + B - 1) // B * B
         v = np.empty(Mp, np.float32)
         for t in range(M, Mp):
-            v[t] = np.float32(3.0e38)
+            v[t] = np.float32(3.0e38)  # padding (finite: fastmath assumes no inf)
         cap = k + k // 2 + 8
         bd = np.empty(cap + B, np.float32)
         bi = np.empty(cap + B, np.int64)
@@ -120,6 +116,8 @@ def _kernels():
                     new = 0.5 * (lo + hi) if hi > 0 else lo * 1.5 + 1e-30
                 thr64 = new
             thr = np.float32(thr64)
+            if c < k:  # search not converged (never seen): take every candidate
+                thr = np.float32(3.0e38) + sr
             tv = thr - sr
             cnt = 0
             for b0 in range(0, Mp, B):
