@@ -55,6 +55,26 @@ def test_blocked_normal_equations_equal_one_shot(rng):
     np.testing.assert_allclose(blocked.coef_, one.coef_, rtol=1e-10)
 
 
+def test_normal_equations_sums(rng):
+    """Rank-k updates in place (one triangle), mixed with += and reads in between."""
+    A = rng.normal(size=(700, 530))  # > one 512-column block of the symmetrisation
+    y = rng.normal(size=700)
+    w = rng.uniform(0.0, 3.0, size=700)
+    neq = NormalEquations(530)
+    neq.add(A[:100], y[:100], w[:100])
+    _ = neq.AtA  # read (symmetrise), then keep adding
+    neq.add(A[100:400], y[100:400], w[100:400])
+    other = NormalEquations(530)
+    other.add(A[400:], y[400:], w[400:])
+    neq += other
+    np.testing.assert_allclose(neq.AtA, (A * w[:, None]).T @ A, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(neq.Aty, (A * w[:, None]).T @ y, rtol=1e-12, atol=1e-10)
+    assert neq.yty == pytest.approx(float(np.sum(w * y * y)), rel=1e-12) and neq.n == 700
+    assert np.array_equal(neq.AtA, neq.AtA.T)
+    with pytest.raises(ValueError, match="non-negative"):
+        neq.add(A[:2], y[:2], -1.0)
+
+
 def test_fixed_hyperparameters_match_closed_form(rng):
     A, c, y = _problem(rng, p=6)
     P = np.diag(rng.uniform(0.5, 3.0, size=6))
