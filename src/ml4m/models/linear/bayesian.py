@@ -109,6 +109,33 @@ class NormalEquations:
         return self
 
 
+class _Whitening:
+    """``c = T u``: a dense ``T`` (p, k), or a diagonal one stored as its diagonal (p,)."""
+
+    def __init__(self, T: np.ndarray) -> None:
+        self.T = T
+        self.k = T.shape[1] if T.ndim == 2 else T.shape[0]
+
+    def sandwich(self, M: np.ndarray) -> np.ndarray:
+        """``T^T M T``, symmetrised."""
+        if self.T.ndim == 1:
+            G = M * self.T[:, None]
+            G *= self.T[None, :]
+        else:
+            G = self.T.T @ M @ self.T
+        return 0.5 * (G + G.T)
+
+    def left(self, v: np.ndarray) -> np.ndarray:
+        """``T^T v``."""
+        return self.T * v if self.T.ndim == 1 else self.T.T @ v
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        """``T X`` for a vector (k,) or a matrix (k, m)."""
+        if self.T.ndim == 2:
+            return self.T @ X
+        return self.T * X if X.ndim == 1 else self.T[:, None] * X
+
+
 class BayesianLinearRegression:
     """Linear regression with a Gaussian prior and evidence-optimised hyperparameters.
 
@@ -153,25 +180,26 @@ class BayesianLinearRegression:
         self.tol = tol
         self.rcond = rcond
 
-    def _whitening(self, p: int) -> np.ndarray:
+    def _whitening(self, p: int) -> _Whitening:
         """``T`` (p, k) with ``T^T P T = I_k``: the prior is isotropic in ``u``, ``c = T u``.
 
         A matrix prior (a kernel matrix ``K_mm``) is often nearly singular; directions
         with eigenvalues below ``rcond * max`` are dropped (a low-rank Nystrom subspace),
-        which keeps the coefficients, and so the predictions, numerically stable.
+        which keeps the coefficients, and so the predictions, numerically stable. A
+        diagonal prior gives a diagonal ``T``, applied elementwise (no p^3 products).
         """
         if self.prior is None:
-            return np.eye(p)
+            return _Whitening(np.ones(p))
         P = np.asarray(self.prior, dtype=float)
         if P.ndim == 1:
             if P.shape != (p,) or np.any(P <= 0):
                 raise ConfigError(f"prior must be {p} positive precisions, got shape {P.shape}")
-            return np.diag(1.0 / np.sqrt(P))
+            return _Whitening(1.0 / np.sqrt(P))
         if P.shape != (p, p):
             raise ConfigError(f"prior must be ({p}, {p}), got {P.shape}")
         lam, V = np.linalg.eigh(0.5 * (P + P.T))
         keep = lam > self.rcond * lam.max()
-        return V[:, keep] / np.sqrt(lam[keep])
+        return _Whitening(V[:, keep] / np.sqrt(lam[keep]))
 
     def fit(self, A: np.ndarray, y: np.ndarray, weights: np.ndarray | float = 1.0) -> BayesianLinearRegression:
         """Fit on rows ``A`` (n, p), targets ``y`` (n,), relative weights (n,)."""
@@ -186,10 +214,9 @@ class BayesianLinearRegression:
             raise ConfigError("no data rows to fit")
         self._check_hyper()
         T = self._whitening(p)  # c = T u, prior on u is alpha * I (k <= p directions)
-        k = T.shape[1]
-        G = T.T @ neq.AtA @ T
-        G = 0.5 * (G + G.T)
-        b = T.T @ neq.Aty
+        k = T.k
+        G = T.sandwich(neq.AtA)
+        b = T.left(neq.Aty)
         lam, V = np.linalg.eigh(G)
         lam = np.clip(lam, 0.0, None)
         Vb = V.T @ b
@@ -221,8 +248,8 @@ class BayesianLinearRegression:
         d = alpha + beta * lam
         m_v = beta * Vb / d
         rss = max(neq.yty - 2 * float(m_v @ Vb) + float(np.sum(lam * m_v**2)), 0.0)
-        self.coef_ = T @ (V @ m_v)
-        TV = T @ V
+        self.coef_ = T.apply(V @ m_v)
+        TV = T.apply(V)
         self.covariance_ = (TV / d) @ TV.T
         self.alpha_, self.beta_, self.n_iter_ = alpha, beta, n_iter
         self.betas_ = np.array([beta])
@@ -265,10 +292,9 @@ class BayesianLinearRegression:
         self._check_hyper()
         p = groups[0].n_features
         T = self._whitening(p)
-        k = T.shape[1]
-        Gs = [T.T @ g.AtA @ T for g in groups]
-        Gs = [0.5 * (G + G.T) for G in Gs]
-        bs = [T.T @ g.Aty for g in groups]
+        k = T.k
+        Gs = [T.sandwich(g.AtA) for g in groups]
+        bs = [T.left(g.Aty) for g in groups]
         yty = np.array([g.yty for g in groups])
         ns = np.array([g.n for g in groups], dtype=float)
         # fixed values, or placeholders that the shared-noise start below replaces
@@ -328,8 +354,8 @@ class BayesianLinearRegression:
             alpha, betas = unpack(res.x)
             n_iter = int(res.nit)
         S, m, rss, logdet = posterior(alpha, betas)
-        self.coef_ = T @ m
-        self.covariance_ = T @ S @ T.T
+        self.coef_ = T.apply(m)
+        self.covariance_ = T.apply(T.apply(S).T)
         self.alpha_, self.betas_, self.beta_, self.n_iter_ = alpha, betas, float(betas[0]), n_iter
         self.log_evidence_ = 0.5 * (
             k * np.log(alpha) + float(np.sum(ns * np.log(betas))) - float(betas @ rss)
