@@ -14,180 +14,173 @@ Needs numba (the ``approx`` extra). Kernels are compiled once and cached on disk
 
 from __future__ import annotations
 
+import numba as nb  # this module is imported only when numba is present (graph._ivf)
 import numpy as np
 
-def _kernels():
-    import numba as nb
 
-    @nb.njit(cache=True, nogil=True)
-    def kselect(bd, bi, m, k):
-        """Partial quickselect: the k smallest of bd[:m] (with bi) end in bd[:k]."""
-        lo, hi, kk = 0, m - 1, k - 1
-        while lo < hi:
-            piv = bd[(lo + hi) >> 1]
-            i, j = lo, hi
-            while i <= j:
-                while bd[i] < piv:
-                    i += 1
-                while bd[j] > piv:
-                    j -= 1
-                if i <= j:
-                    bd[i], bd[j] = bd[j], bd[i]
-                    bi[i], bi[j] = bi[j], bi[i]
-                    i += 1
-                    j -= 1
-            if kk <= j:
-                hi = j
-            elif kk >= i:
-                lo = i
-            else:
-                break
+@nb.njit(cache=True, nogil=True)
+def kselect(bd, bi, m, k):
+    """Partial quickselect: the k smallest of bd[:m] (with bi) end in bd[:k]."""
+    lo, hi, kk = 0, m - 1, k - 1
+    while lo < hi:
+        piv = bd[(lo + hi) >> 1]
+        i, j = lo, hi
+        while i <= j:
+            while bd[i] < piv:
+                i += 1
+            while bd[j] > piv:
+                j -= 1
+            if i <= j:
+                bd[i], bd[j] = bd[j], bd[i]
+                bi[i], bi[j] = bi[j], bi[i]
+                i += 1
+                j -= 1
+        if kk <= j:
+            hi = j
+        elif kk >= i:
+            lo = i
+        else:
+            break
 
-    @nb.njit(cache=True, nogil=True, fastmath=True)
-    def select(G, csq, cid, qrows, Y, k, order, out_d, out_i):
-        """Rows of ``G = Q @ X.T`` (squared distance minus |q|^2 is ``csq - 2 G``): the
-        ``k`` nearest candidates of each query, written without the query itself as
-        ``k - 1`` distances and indices (original numbering ``order[...]``)."""
-        nq, M = G.shape
-        B = 8  # compaction block: entries per vectorised hit test
-        Mp = (M + B - 1) // B * B
-        v = np.empty(Mp, np.float32)
-        for t in range(M, Mp):
-            v[t] = np.float32(3.0e38)  # padding (finite: fastmath assumes no inf)
-        cap = k + k // 2 + 8
-        bd = np.empty(cap + B, np.float32)
-        bi = np.empty(cap + B, np.int64)
-        dim = Y.shape[1]
-        ex = np.empty(k, np.float64)
-        ei = np.empty(k, np.int64)
-        prev = np.float32(-1.0)
-        expo = 2.0
-        target = 0.5 * (k + cap)
-        for r in range(nq):
-            q = qrows[r]
+@nb.njit(cache=True, nogil=True, fastmath=True)
+def select(G, csq, cid, qrows, Y, k, order, out_d, out_i):
+    """Rows of ``G = Q @ X.T`` (squared distance minus |q|^2 is ``csq - 2 G``): the
+    ``k`` nearest candidates of each query, written without the query itself as
+    ``k - 1`` distances and indices (original numbering ``order[...]``)."""
+    nq, M = G.shape
+    B = 8  # compaction block: entries per vectorised hit test
+    Mp = (M + B - 1) // B * B
+    v = np.empty(Mp, np.float32)
+    for t in range(M, Mp):
+        v[t] = np.float32(3.0e38)  # padding (finite: fastmath assumes no inf)
+    cap = k + k // 2 + 8
+    bd = np.empty(cap + B, np.float32)
+    bi = np.empty(cap + B, np.int64)
+    dim = Y.shape[1]
+    ex = np.empty(k, np.float64)
+    ei = np.empty(k, np.int64)
+    prev = np.float32(-1.0)
+    expo = 2.0
+    target = 0.5 * (k + cap)
+    for r in range(nq):
+        q = qrows[r]
+        for t in range(M):
+            v[t] = csq[t] - np.float32(2.0) * G[r, t]
+        sr = np.float32(0.0)
+        for d in range(dim):
+            sr += np.float32(Y[q, d] * Y[q, d])
+        # threshold on the squared distance with k <= count(d2 < thr) <= cap
+        if prev > 0:
+            thr = prev
+        else:
+            thr = np.float32(0.0)
             for t in range(M):
-                v[t] = csq[t] - np.float32(2.0) * G[r, t]
-            sr = np.float32(0.0)
-            for d in range(dim):
-                sr += np.float32(Y[q, d] * Y[q, d])
-            # threshold on the squared distance with k <= count(d2 < thr) <= cap
-            if prev > 0:
-                thr = prev
+                if v[t] + sr > thr:
+                    thr = v[t] + sr
+            thr = thr * np.float32(1.0001) + np.float32(1e-30)
+        # secant steps on log(count) against log(thr) (count ~ thr^(ID/2) locally),
+        # kept inside the bracket [lo, hi] of thresholds with too few / too many
+        lo = 0.0
+        hi = -1.0
+        t_last = -1.0
+        c_last = -1
+        thr64 = float(thr)
+        for _ in range(200):
+            tv = np.float32(thr64) - sr
+            c = 0
+            for t in range(Mp):
+                c += v[t] < tv
+            if c >= k and c <= cap:
+                break
+            if c < k:
+                lo = thr64
             else:
-                thr = np.float32(0.0)
-                for t in range(M):
-                    if v[t] + sr > thr:
-                        thr = v[t] + sr
-                thr = thr * np.float32(1.0001) + np.float32(1e-30)
-            # secant steps on log(count) against log(thr) (count ~ thr^(ID/2) locally),
-            # kept inside the bracket [lo, hi] of thresholds with too few / too many
-            lo = 0.0
-            hi = -1.0
-            t_last = -1.0
-            c_last = -1
-            thr64 = float(thr)
-            for _ in range(200):
-                tv = np.float32(thr64) - sr
-                c = 0
-                for t in range(Mp):
-                    c += v[t] < tv
-                if c >= k and c <= cap:
-                    break
-                if c < k:
-                    lo = thr64
-                else:
-                    hi = thr64
-                if hi > 0 and hi - lo <= 1e-6 * hi:
-                    thr64 = hi  # ties at rounding level: take the upper bracket
-                    break
-                if c > 0 and c_last > 0 and c != c_last and t_last != thr64:
-                    slope = np.log(c / c_last) / np.log(thr64 / t_last)
-                    if slope > 0.2:
-                        expo = min(slope, 50.0)
-                t_last = thr64
-                c_last = c
-                if c == 0:
-                    new = thr64 * 4.0 + 1e-30
-                else:
-                    new = thr64 * (target / c) ** (1.0 / expo)
-                if hi > 0 and new >= hi:
-                    new = 0.5 * (lo + hi)
-                if new <= lo:
-                    new = 0.5 * (lo + hi) if hi > 0 else lo * 1.5 + 1e-30
-                thr64 = new
-            thr = np.float32(thr64)
-            if c < k:  # search not converged (never seen): take every candidate
-                thr = np.float32(3.0e38) + sr
-            tv = thr - sr
-            cnt = 0
-            for b0 in range(0, Mp, B):
-                h = 0
-                for t in range(B):
-                    h += v[b0 + t] < tv
-                if h == 0:
-                    continue
-                if cnt + h > cap:  # only after the tie fallback: keep the buffer bounded
-                    kselect(bd, bi, cnt, k)
-                    cnt = k
-                for t in range(B):
-                    x = v[b0 + t]
-                    bd[cnt] = x
-                    bi[cnt] = b0 + t
-                    cnt += x < tv
-            kselect(bd, bi, cnt, k)
-            kth = bd[0]
-            for t in range(1, k):
-                if bd[t] > kth:
-                    kth = bd[t]
-            prev = kth + sr
-            # exact float64 distances of the selected candidates; the query itself
-            # first (-1) so that it, not a duplicate, is dropped; then by distance
-            for t in range(k):
-                p = cid[bi[t]]
-                s = 0.0
-                for d in range(dim):
-                    e = Y[p, d] - Y[q, d]
-                    s += e * e
-                ex[t] = -1.0 if p == q else s
-                ei[t] = p
-            srt = np.argsort(ex, kind="mergesort")
-            skip = 1 if ex[srt[0]] < 0 else 0
-            oq = order[q]
-            for t in range(k - 1):
-                u = srt[t + skip]
-                out_d[oq, t] = np.sqrt(ex[u])
-                out_i[oq, t] = order[ei[u]]
+                hi = thr64
+            if hi > 0 and hi - lo <= 1e-6 * hi:
+                thr64 = hi  # ties at rounding level: take the upper bracket
+                break
+            if c > 0 and c_last > 0 and c != c_last and t_last != thr64:
+                slope = np.log(c / c_last) / np.log(thr64 / t_last)
+                if slope > 0.2:
+                    expo = min(slope, 50.0)
+            t_last = thr64
+            c_last = c
+            if c == 0:
+                new = thr64 * 4.0 + 1e-30
+            else:
+                new = thr64 * (target / c) ** (1.0 / expo)
+            if hi > 0 and new >= hi:
+                new = 0.5 * (lo + hi)
+            if new <= lo:
+                new = 0.5 * (lo + hi) if hi > 0 else lo * 1.5 + 1e-30
+            thr64 = new
+        thr = np.float32(thr64)
+        if c < k:  # search not converged (never seen): take every candidate
+            thr = np.float32(3.0e38) + sr
+        tv = thr - sr
+        cnt = 0
+        for b0 in range(0, Mp, B):
+            h = 0
+            for t in range(B):
+                h += v[b0 + t] < tv
+            if h == 0:
+                continue
+            if cnt + h > cap:  # only after the tie fallback: keep the buffer bounded
+                kselect(bd, bi, cnt, k)
+                cnt = k
+            for t in range(B):
+                x = v[b0 + t]
+                bd[cnt] = x
+                bi[cnt] = b0 + t
+                cnt += x < tv
+        kselect(bd, bi, cnt, k)
+        kth = bd[0]
+        for t in range(1, k):
+            if bd[t] > kth:
+                kth = bd[t]
+        prev = kth + sr
+        # exact float64 distances of the selected candidates; the query itself
+        # first (-1) so that it, not a duplicate, is dropped; then by distance
+        for t in range(k):
+            p = cid[bi[t]]
+            s = 0.0
+            for d in range(dim):
+                e = Y[p, d] - Y[q, d]
+                s += e * e
+            ex[t] = -1.0 if p == q else s
+            ei[t] = p
+        srt = np.argsort(ex, kind="mergesort")
+        skip = 1 if ex[srt[0]] < 0 else 0
+        oq = order[q]
+        for t in range(k - 1):
+            u = srt[t + skip]
+            out_d[oq, t] = np.sqrt(ex[u])
+            out_i[oq, t] = order[ei[u]]
 
-    @nb.njit(cache=True, nogil=True)
-    def gather(starts, cells, Yf, sqf):
-        """Candidate rows (indices, float32 coordinates, squared norms) of some cells."""
-        M = 0
-        for j in cells:
-            M += starts[j + 1] - starts[j]
-        cid = np.empty(M, np.int64)
-        X = np.empty((M, Yf.shape[1]), np.float32)
-        csq = np.empty(M, np.float32)
-        m = 0
-        for j in cells:
-            for s in range(starts[j], starts[j + 1]):
-                cid[m] = s
-                for d in range(X.shape[1]):
-                    X[m, d] = Yf[s, d]
-                csq[m] = sqf[s]
-                m += 1
-        return cid, X, csq
+@nb.njit(cache=True, nogil=True)
+def gather(starts, cells, Yf, sqf):
+    """Candidate rows (indices, float32 coordinates, squared norms) of some cells."""
+    M = 0
+    for j in cells:
+        M += starts[j + 1] - starts[j]
+    cid = np.empty(M, np.int64)
+    X = np.empty((M, Yf.shape[1]), np.float32)
+    csq = np.empty(M, np.float32)
+    m = 0
+    for j in cells:
+        for s in range(starts[j], starts[j + 1]):
+            cid[m] = s
+            for d in range(X.shape[1]):
+                X[m, d] = Yf[s, d]
+            csq[m] = sqf[s]
+            m += 1
+    return cid, X, csq
 
-    return select, gather
-
-
-_KERNELS = None
 
 
 def _get_kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = _kernels()
-    return _KERNELS
+    """The compiled kernels (module-level functions, so that numba caches them on disk)."""
+    return select, gather
 
 
 def kmeans_cells(Y: np.ndarray, n_cells: int, n_iter: int = 8, seed: int = 0,
