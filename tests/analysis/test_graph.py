@@ -78,9 +78,10 @@ def test_ivf_kernels_select_the_k_smallest():
     select(G, csq, np.arange(40), q, Y, 12, np.arange(40), d, i)
     true = np.sqrt(((Y[q, None, :] - Y[None]) ** 2).sum(-1))
     true_wo_self = np.sort(np.where(np.eye(40)[q] > 0, np.inf, true), 1)[:, :11]
-    np.testing.assert_allclose(d[q], true_wo_self, rtol=1e-10, atol=1e-12)
+    # the kernel leaves rows unsorted (cell_knn sorts them afterwards)
+    np.testing.assert_allclose(np.sort(d[q], 1), true_wo_self, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(d[q], np.take_along_axis(true, i[q], 1), rtol=1e-12)
-    assert not np.any(i[q] == q[:, None]) and np.all(d[q, 0] == 0)  # the duplicate, not self
+    assert not np.any(i[q] == q[:, None]) and np.all(d[q].min(1) == 0)  # the duplicate, not self
 
 
 def test_graph_is_immutable(data):

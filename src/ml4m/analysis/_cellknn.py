@@ -139,23 +139,35 @@ def select(G, csq, cid, qrows, Y, k, order, out_d, out_i):
             if bd[t] > kth:
                 kth = bd[t]
         prev = kth + sr
-        # exact float64 distances of the selected candidates; the query itself
-        # first (-1) so that it, not a duplicate, is dropped; then by distance
+        # exact float64 distances of the selected candidates, the query itself left
+        # out (or, when k duplicates hide it, the farthest); rows are sorted later
+        drop = -1
+        far = -1.0
         for t in range(k):
             p = cid[bi[t]]
             s = 0.0
             for d in range(dim):
                 e = Y[p, d] - Y[q, d]
                 s += e * e
-            ex[t] = -1.0 if p == q else s
+            ex[t] = s
             ei[t] = p
-        srt = np.argsort(ex, kind="mergesort")
-        skip = 1 if ex[srt[0]] < 0 else 0
+            if p == q:
+                drop = t
+            elif drop < 0 and s >= far:
+                far = s
+        if drop < 0:
+            for t in range(k):
+                if ex[t] == far:
+                    drop = t
+                    break
         oq = order[q]
-        for t in range(k - 1):
-            u = srt[t + skip]
-            out_d[oq, t] = np.sqrt(ex[u])
-            out_i[oq, t] = order[ei[u]]
+        u = 0
+        for t in range(k):
+            if t != drop:
+                out_d[oq, u] = np.sqrt(ex[t])
+                out_i[oq, u] = order[ei[t]]
+                u += 1
+
 
 @nb.njit(cache=True, nogil=True)
 def gather(starts, cells, Yf, sqf):
@@ -183,8 +195,8 @@ def _get_kernels():
     return select, gather
 
 
-def kmeans_cells(Y: np.ndarray, n_cells: int, n_iter: int = 8, seed: int = 0,
-                 sample: int = 12) -> tuple[np.ndarray, np.ndarray]:
+def kmeans_cells(Y: np.ndarray, n_cells: int, n_iter: int = 5, seed: int = 0,
+                 sample: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd k-means on a sample of ``sample * n_cells`` rows, then assign every row.
 
     Returns
@@ -302,6 +314,14 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
 
     with threadpool_limits(1):
         run_blocks(work, range(len(occupied)))
+
+    def sort_rows(s: int) -> None:  # by distance, blocks of rows (no full-size temporaries)
+        e = min(n, s + 16384)
+        srt = np.argsort(out_d[s:e], axis=1)
+        out_d[s:e] = np.take_along_axis(out_d[s:e], srt, 1)
+        out_i[s:e] = np.take_along_axis(out_i[s:e], srt, 1)
+
+    run_blocks(sort_rows, range(0, n, 16384))
     if progress is not None:
         progress(n, n)
     return out_d, out_i
