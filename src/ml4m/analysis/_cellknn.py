@@ -43,10 +43,10 @@ def kselect(bd, bi, m, k):
             break
 
 @nb.njit(cache=True, nogil=True, fastmath=True)
-def select(G, csq, cid, qrows, Y, k, order, out_d, out_i):
+def select(G, csq, cid, qrows, Y, k, out_d, out_i):
     """Rows of ``G = Q @ X.T`` (squared distance minus |q|^2 is ``csq - 2 G``): the
     ``k`` nearest candidates of each query, written without the query itself as
-    ``k - 1`` distances and indices (original numbering ``order[...]``)."""
+    ``k - 1`` distances and row indices of ``Y`` (rows left unsorted)."""
     nq, M = G.shape
     B = 8  # compaction block: entries per vectorised hit test
     Mp = (M + B - 1) // B * B
@@ -160,13 +160,46 @@ def select(G, csq, cid, qrows, Y, k, order, out_d, out_i):
                 if ex[t] == far:
                     drop = t
                     break
-        oq = order[q]
         u = 0
         for t in range(k):
             if t != drop:
-                out_d[oq, u] = np.sqrt(ex[t])
-                out_i[oq, u] = order[ei[t]]
+                out_d[q, u] = np.sqrt(ex[t])
+                out_i[q, u] = ei[t]
                 u += 1
+
+
+@nb.njit(cache=True, nogil=True)
+def local_join(rows, Y, nbr, m, L, out_d, out_i, mark):
+    """For each row, try the first ``L`` neighbours of its first ``m`` neighbours
+    (``nbr``: a read-only copy of the lists); rows of ``out_d`` / ``out_i`` are sorted
+    and stay sorted. ``mark`` (n,) is scratch, filled with -1."""
+    K = out_d.shape[1]
+    dim = Y.shape[1]
+    for q in rows:
+        mark[q] = q
+        for t in range(K):
+            mark[out_i[q, t]] = q
+        for a in range(m):
+            j0 = nbr[q, a]
+            for b in range(L):
+                j = nbr[j0, b]
+                if mark[j] == q:
+                    continue
+                mark[j] = q
+                s = 0.0
+                for d in range(dim):
+                    e = Y[j, d] - Y[q, d]
+                    s += e * e
+                dj = np.sqrt(s)
+                if dj >= out_d[q, K - 1]:
+                    continue
+                t = K - 1  # insertion into the sorted row
+                while t > 0 and out_d[q, t - 1] > dj:
+                    out_d[q, t] = out_d[q, t - 1]
+                    out_i[q, t] = out_i[q, t - 1]
+                    t -= 1
+                out_d[q, t] = dj
+                out_i[q, t] = j
 
 
 @nb.njit(cache=True, nogil=True)
@@ -253,7 +286,7 @@ def _nearest_cells(C: np.ndarray, probe: int, Q: np.ndarray | None = None,
 
 
 def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | None = None,
-             index_dtype=np.int64):
+             index_dtype=np.int64, refine: tuple[int, int] = (4, 32)):
     """Approximate ``k`` nearest neighbours of every row of ``Y`` (the row itself included).
 
     Parameters
@@ -269,6 +302,11 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
         Number of k-means cells (default ``n_points // 56``).
 
     index_dtype : numpy integer dtype, default=int64
+    refine : (int, int), default=(4, 32)
+        One local join after the cell search: the first ``L`` neighbours of each row's
+        first ``m`` neighbours are candidates too (``(m, L)``; ``(0, 0)`` to skip).
+        Cells are searched from the centroid, so a point near the edge of its cell can
+        miss near neighbours; its neighbours, searched from their own cells, have them.
 
     Returns
     -------
@@ -307,7 +345,7 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
             cells = order_a[: int(np.searchsorted(np.cumsum(counts[order_a]), k)) + 1]
         cid, X, csq = gather(starts, cells, Yf, sqf)
         G = Yf[starts[c]:starts[c + 1]] @ X.T
-        select(G, csq, cid, np.arange(starts[c], starts[c + 1]), Ys, k, order, out_d, out_i)
+        select(G, csq, cid, np.arange(starts[c], starts[c + 1]), Ys, k, out_d, out_i)
         done[0] += counts[c]
         if progress is not None and a % 64 == 0:
             progress(done[0], n)
@@ -322,6 +360,26 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
         out_i[s:e] = np.take_along_axis(out_i[s:e], srt, 1)
 
     run_blocks(sort_rows, range(0, n, 16384))
+    m, L = (min(int(refine[0]), k - 1), min(int(refine[1]), k - 1)) if refine else (0, 0)
+    if m > 0 and L > 0:  # in the cell order: neighbours of neighbours are mostly near in memory
+        nbr = out_i.copy()
+        marks = {}
+
+        def join(s: int) -> None:
+            import threading
+
+            mark = marks.setdefault(threading.get_ident(), np.full(n, -1, dtype=np.int64))
+            local_join(np.arange(s, min(n, s + 4096)), Ys, nbr, m, L, out_d, out_i, mark)
+
+        run_blocks(join, range(0, n, 4096))
+        del nbr
+    # back to the input numbering
+    res_d = np.empty_like(out_d)
+    res_d[order] = out_d
+    del out_d
+    res_i = np.empty_like(out_i)
+    res_i[order] = order.astype(out_i.dtype)[out_i]
+    out_d, out_i = res_d, res_i
     if progress is not None:
         progress(n, n)
     return out_d, out_i
