@@ -17,6 +17,8 @@ from __future__ import annotations
 import numba as nb  # this module is imported only when numba is present (graph._ivf)
 import numpy as np
 
+_QUERY_ROWS = 64  # query rows per distance block (the block stays in cache for the selection)
+
 
 @nb.njit(cache=True, nogil=True)
 def kselect(bd, bi, m, k):
@@ -43,10 +45,11 @@ def kselect(bd, bi, m, k):
             break
 
 @nb.njit(cache=True, nogil=True, fastmath=True)
-def select(G, csq, cid, qrows, Y, k, out_d, out_i):
+def select(G, csq, cid, qrows, Y, k, out_d, out_i, prev=-1.0):
     """Rows of ``G = Q @ X.T`` (squared distance minus |q|^2 is ``csq - 2 G``): the
     ``k`` nearest candidates of each query, written without the query itself as
-    ``k - 1`` distances and row indices of ``Y`` (rows left unsorted)."""
+    ``k - 1`` distances and row indices of ``Y`` (rows left unsorted). ``prev``: a
+    squared distance to start the threshold search from (the last row's k-th, returned)."""
     nq, M = G.shape
     B = 8  # compaction block: entries per vectorised hit test
     Mp = (M + B - 1) // B * B
@@ -59,7 +62,7 @@ def select(G, csq, cid, qrows, Y, k, out_d, out_i):
     dim = Y.shape[1]
     ex = np.empty(k, np.float64)
     ei = np.empty(k, np.int64)
-    prev = np.float32(-1.0)
+    prev = np.float32(prev)
     expo = 2.0
     target = 0.5 * (k + cap)
     for r in range(nq):
@@ -166,6 +169,7 @@ def select(G, csq, cid, qrows, Y, k, out_d, out_i):
                 out_d[q, u] = np.sqrt(ex[t])
                 out_i[q, u] = ei[t]
                 u += 1
+    return prev
 
 
 @nb.njit(cache=True, nogil=True)
@@ -344,8 +348,12 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
             order_a = occupied[_nearest_cells(Co, len(Co), Co[a:a + 1])[0]]
             cells = order_a[: int(np.searchsorted(np.cumsum(counts[order_a]), k)) + 1]
         cid, X, csq = gather(starts, cells, Yf, sqf)
-        G = Yf[starts[c]:starts[c + 1]] @ X.T
-        select(G, csq, cid, np.arange(starts[c], starts[c + 1]), Ys, k, out_d, out_i)
+        XT = X.T
+        prev = -1.0
+        # query rows in chunks: each distance block stays in cache for the selection
+        for q0 in range(starts[c], starts[c + 1], _QUERY_ROWS):
+            q1 = min(starts[c + 1], q0 + _QUERY_ROWS)
+            prev = select(Yf[q0:q1] @ XT, csq, cid, np.arange(q0, q1), Ys, k, out_d, out_i, prev)
         done[0] += counts[c]
         if progress is not None and a % 64 == 0:
             progress(done[0], n)
