@@ -32,10 +32,12 @@ SETTINGS = {
     "ace": {
         "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 3, "correlation_order": 3, "total_degree": 12}},
         "cuau_emt": {"descriptor": {"r_cut": 5.0, "n_max": 5, "l_max": 3, "correlation_order": 3, "total_degree": 10}},
-        # chosen by cross-validation inside train (conformers 1-4 -> 5, force MAE 131 -> 72 meV/A
-        # against the earlier r_cut 4.5, n_max 4, l_max 2, degree 7): fine pair radial functions
-        "bpa_xtb": {"descriptor": {"r_cut": 5.0, "n_max": 12, "l_max": 3, "correlation_order": 3,
-                                   "total_degree": [12, 9, 7]}},
+        # chosen by cross-validation inside train (fit on conformers 1-4, force MAE on conformer
+        # 5): r_cut 4.5, n_max 4, l_max 2, degree 7 (before): 131 meV/A; this one: 96 meV/A with a
+        # fit inside a tenth of MACE's training time; [12, 9, 7] with l_max 3 reaches 72 meV/A
+        # but its fit (~9 min: 0.42 s per frame for the ACE gradients) is over that budget
+        "bpa_xtb": {"descriptor": {"r_cut": 5.0, "n_max": 12, "l_max": 2, "correlation_order": 3,
+                                   "total_degree": [12, 8, 7]}},
     },
     "gp": {
         "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 4}, "params": {"n_sparse": 400, "zeta": 4}},
@@ -101,6 +103,30 @@ def calibration_plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path)
 
 
+def mace_comparison(rows: list[dict]) -> list[str]:
+    """Beside MACE (``results/mace_SET.json`` from ``mace_peer.py``, same train/valid files).
+
+    Goal of issue #5: force MAE within 2x of MACE's with a fit of at most a tenth of
+    MACE's training time.
+    """
+    out = ["", "## Beside MACE (trained on the same files by `benchmarks/mace_peer.py`)", "",
+           "| set | MACE E / F MAE | MACE training | model | F MAE / MACE's | fit time / MACE's | both goals |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        path = RESULTS / f"mace_{r['set']}.json"
+        if not path.exists():
+            continue
+        m = json.loads(path.read_text())
+        f_ratio = r["forces"]["mae_mev_per_a"] / m["forces_mae_mev_per_a"]
+        t_ratio = r["fit_seconds"] / m["train_wall_s"]
+        ok = "yes" if f_ratio <= 2.0 and t_ratio <= 0.1 else "**no**"
+        out.append(f"| {r['set']} | {m['energy_mae_mev_per_atom']:.2f} / {m['forces_mae_mev_per_a']:.1f} | "
+                   f"{m['train_wall_s'] / 60:.0f} min, {m['threads']} thread(s), {m['epochs']} epochs"
+                   f"{' (cut by the budget)' if m.get('cut_by_budget') else ''} | {r['model']} | "
+                   f"{f_ratio:.2f} | {t_ratio:.3f} | {ok} |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", nargs="+", default=["cu_emt", "cuau_emt", "bpa_xtb"])
@@ -148,6 +174,7 @@ def main() -> None:
                   {r['set'] + '/' + r['model']: {"mode": r.get("noise_mode", "shared"), **{
                       k: float(f"{v:.3g}") for k, v in (r.get("fitted_noise") or {}).items()}} for r in rows}),
               "", "Calibration: `potentials_calibration.png` (binned posterior force sigma against observed RMSE)."]
+    lines += mace_comparison(rows)
     (RESULTS / "potentials_accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -130,3 +130,12 @@ def test_one_group_equals_the_shared_fit(rng):
     assert one.alpha_ == pytest.approx(ref.alpha_, rel=1e-5)
     assert one.beta_ == pytest.approx(ref.beta_, rel=1e-5)
     assert one.log_evidence_ == pytest.approx(ref.log_evidence_, rel=1e-6)
+
+
+def test_quadratic_form_rows(rng):
+    from ml4m.models.linear.bayesian import quadratic_form_rows
+
+    A = rng.normal(size=(7, 5))
+    L = rng.normal(size=(5, 5))
+    C = L @ L.T
+    np.testing.assert_allclose(quadratic_form_rows(A, C), [a @ C @ a for a in A], rtol=1e-12)

@@ -23,7 +23,16 @@ import scipy.optimize
 
 from ml4m.errors import ConfigError, NotFittedError
 
-__all__ = ["NormalEquations", "BayesianLinearRegression"]
+__all__ = ["NormalEquations", "BayesianLinearRegression", "quadratic_form_rows"]
+
+
+def quadratic_form_rows(A: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """``a_r^T C a_r`` for every row ``a_r`` of ``A`` (n, p), through one matrix product.
+
+    (``np.einsum("ij,jk,ik->i", ...)`` would run a p^2 loop per row outside BLAS.)
+    """
+    A = np.asarray(A, dtype=float)
+    return np.einsum("ij,ij->i", A @ C, A)
 
 
 class NormalEquations:
@@ -393,5 +402,5 @@ class BayesianLinearRegression:
         mean = A @ self.coef_
         if not return_std:
             return mean
-        var = np.einsum("ij,jk,ik->i", A, self.covariance_, A)
+        var = quadratic_form_rows(A, self.covariance_)
         return mean, np.sqrt(np.clip(var, 0.0, None))

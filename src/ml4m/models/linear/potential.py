@@ -24,7 +24,7 @@ from ml4m.models.base import (
     descriptor_from_dict,
     descriptor_to_dict,
 )
-from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
+from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations, quadratic_form_rows
 from ml4m.models.linear.design import VOIGT, DesignRows, FeatureMap, SpeciesBlocks, design_rows
 from ml4m.models.serialization import register_model
 
@@ -224,9 +224,9 @@ class LinearPotential(Potential):
             stress.append(s)
             if uncertainty:
                 C = self.covariance_
-                e_sig.append(np.sqrt(np.clip(np.einsum("ij,jk,ik->i", rows.energy, C, rows.energy), 0, None)))
+                e_sig.append(np.sqrt(np.clip(quadratic_form_rows(rows.energy, C), 0, None)))
                 R = rows.forces.reshape(-1, rows.forces.shape[-1])
-                f_sig.append(np.sqrt(np.clip(np.einsum("ij,jk,ik->i", R, C, R), 0, None)).reshape(-1, 3))
+                f_sig.append(np.sqrt(np.clip(quadratic_form_rows(R, C), 0, None)).reshape(-1, 3))
         offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
         return Prediction(
             energy=np.concatenate(energy), forces=np.concatenate(forces),
