@@ -1,6 +1,6 @@
 # ml4m: two commands for a fresh machine.
 #   make demo   create .venv, install ml4m, run `ml4m quickstart`
-#   make test   create .venv, install ml4m with test and approx (faiss) extras, run the suite
+#   make test   create .venv, install ml4m with test and approx (faiss, numba) extras, run the suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
