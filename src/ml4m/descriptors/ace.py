@@ -90,8 +90,10 @@ class ACE(Descriptor):
         Distance transform of the radial basis, Angstrom (``None``: polynomials in
         ``r``). With ``r0`` the polynomials are taken in ``((1 + r0) / (1 + r))**2``,
         which resolves short distances (bonds) finely; see
-        :func:`~ml4m.descriptors.radial.ace_radial_table`. A typical choice is a
-        bond length of the system, e.g. 1.0-1.5 for organic molecules.
+        :func:`~ml4m.descriptors.radial.ace_radial_table`. Experimental: on the 3BPA
+        molecule (``r0 = 1.2``) the fitted linear model extrapolated wildly to a held-out
+        conformer (resolution spent on distances no training pair samples); validate on
+        held-out structures before use.
     average : bool, default=False
         One row per frame: the mean of the per-atom vectors.
     """
