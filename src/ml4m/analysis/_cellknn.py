@@ -5,14 +5,17 @@ The points are grouped into k-means cells of ~56 points. For each cell, the quer
 centroid in one float32 matrix product (BLAS); a numba kernel then selects each row's
 ``k`` smallest entries with a threshold found by counting passes (vectorised) and a
 compaction that skips blocks without a hit, and returns exact float64 distances of
-the selected points. Candidates are data points, so every returned distance is a
-true distance; a true neighbour is missed only when it lies outside the probed cells
-(recall, not accuracy, is what ``probe`` buys).
+the selected points; one local join (neighbours of the first neighbours) then repairs
+near neighbours missed at cell edges. Candidates are data points, so every returned
+distance is a true distance; a true neighbour is missed only when it lies outside the
+probed cells and the join (recall, not accuracy, is what ``probe`` buys).
 
 Needs numba (the ``approx`` extra). Kernels are compiled once and cached on disk.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numba as nb  # this module is imported only when numba is present (graph._ivf)
 import numpy as np
@@ -145,7 +148,6 @@ def select(G, csq, cid, qrows, Y, k, out_d, out_i, prev=-1.0):
         # exact float64 distances of the selected candidates, the query itself left
         # out (or, when k duplicates hide it, the farthest); rows are sorted later
         drop = -1
-        far = -1.0
         for t in range(k):
             p = cid[bi[t]]
             s = 0.0
@@ -156,13 +158,8 @@ def select(G, csq, cid, qrows, Y, k, out_d, out_i, prev=-1.0):
             ei[t] = p
             if p == q:
                 drop = t
-            elif drop < 0 and s >= far:
-                far = s
         if drop < 0:
-            for t in range(k):
-                if ex[t] == far:
-                    drop = t
-                    break
+            drop = np.argmax(ex)
         u = 0
         for t in range(k):
             if t != drop:
@@ -226,12 +223,6 @@ def gather(starts, cells, Yf, sqf):
     return cid, X, csq
 
 
-
-def _get_kernels():
-    """The compiled kernels (module-level functions, so that numba caches them on disk)."""
-    return select, gather
-
-
 def kmeans_cells(Y: np.ndarray, n_cells: int, n_iter: int = 5, seed: int = 0,
                  sample: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd k-means on a sample of ``sample * n_cells`` rows, then assign every row.
@@ -247,7 +238,7 @@ def kmeans_cells(Y: np.ndarray, n_cells: int, n_iter: int = 5, seed: int = 0,
     S = Yf[rng.choice(n, size=min(n, sample * n_cells), replace=False)]
     C = S[rng.choice(len(S), size=n_cells, replace=False)].copy()
     for _ in range(n_iter):
-        lab = _nearest(S, C)
+        lab = _nearest_cells(C, 1, S)[:, 0]
         counts = np.bincount(lab, minlength=n_cells)
         sums = np.stack([np.bincount(lab, weights=S[:, j], minlength=n_cells)
                          for j in range(S.shape[1])], axis=1)
@@ -255,37 +246,30 @@ def kmeans_cells(Y: np.ndarray, n_cells: int, n_iter: int = 5, seed: int = 0,
         C[~empty] = (sums[~empty] / counts[~empty, None]).astype(np.float32)
         if empty.any():  # re-seed empty cells at random sample points
             C[empty] = S[rng.choice(len(S), size=int(empty.sum()), replace=False)]
-    return C, _nearest(Yf, C)
-
-
-def _nearest(X: np.ndarray, C: np.ndarray, block: int = 2048) -> np.ndarray:
-    """Index of the nearest row of ``C`` for every row of ``X`` (blocks on all cores)."""
-    from ml4m.analysis._parallel import run_blocks
-
-    half = 0.5 * np.einsum("ij,ij->i", C, C)
-    out = np.empty(len(X), dtype=np.int64)
-
-    def work(s: int) -> None:
-        g = X[s:s + block] @ C.T
-        g -= half  # argmin |x - c|^2 = argmax (x.c - |c|^2 / 2)
-        out[s:s + block] = np.argmax(g, axis=1)
-
-    run_blocks(work, range(0, len(X), block))
-    return out
+    return C, _nearest_cells(C, 1, Yf)[:, 0]
 
 
 def _nearest_cells(C: np.ndarray, probe: int, Q: np.ndarray | None = None,
-                   block: int = 1024) -> np.ndarray:
-    """For each row of ``Q`` (default ``C``), the ``probe`` nearest rows of ``C``, nearest first."""
+                   block: int = 2048) -> np.ndarray:
+    """For each row of ``Q`` (default ``C``), the ``probe`` nearest rows of ``C``, nearest
+    first, shape (len(Q), probe); blocks of rows on all cores."""
+    from ml4m.analysis._parallel import run_blocks
+
     Q = C if Q is None else Q
     half = 0.5 * np.einsum("ij,ij->i", C, C)
     out = np.empty((len(Q), probe), dtype=np.int64)
-    for s in range(0, len(Q), block):
+
+    def work(s: int) -> None:
         g = half - Q[s:s + block] @ C.T  # |q - c|^2 / 2 up to a per-row constant
+        if probe == 1:
+            out[s:s + block, 0] = np.argmin(g, axis=1)
+            return
         part = np.argpartition(g, probe - 1, axis=1)[:, :probe] if probe < len(C) else \
             np.broadcast_to(np.arange(len(C)), g.shape)
         gp = np.take_along_axis(g, part, 1)
         out[s:s + block] = np.take_along_axis(part, np.argsort(gp, axis=1, kind="stable"), 1)
+
+    run_blocks(work, range(0, len(Q), block))
     return out
 
 
@@ -304,7 +288,6 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
     progress : callable(done, total), optional
     n_cells : int, optional
         Number of k-means cells (default ``n_points // 56``).
-
     index_dtype : numpy integer dtype, default=int64
     refine : (int, int), default=(4, 32)
         One local join after the cell search: the first ``L`` neighbours of each row's
@@ -323,7 +306,6 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
 
     from ml4m.analysis._parallel import run_blocks
 
-    select, gather = _get_kernels()
     n = Y.shape[0]
     ncells = int(n_cells or max(1, min(n // 56, 65536)))
     C, lab = kmeans_cells(Y, ncells)
@@ -371,23 +353,20 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
     m, L = (min(int(refine[0]), k - 1), min(int(refine[1]), k - 1)) if refine else (0, 0)
     if m > 0 and L > 0:  # in the cell order: neighbours of neighbours are mostly near in memory
         nbr = out_i.copy()
-        marks = {}
+        scratch = threading.local()  # one mark array per thread, reused over its blocks
 
         def join(s: int) -> None:
-            import threading
-
-            mark = marks.setdefault(threading.get_ident(), np.full(n, -1, dtype=np.int64))
-            local_join(np.arange(s, min(n, s + 4096)), Ys, nbr, m, L, out_d, out_i, mark)
+            if not hasattr(scratch, "mark"):
+                scratch.mark = np.full(n, -1, dtype=np.int64)
+            local_join(np.arange(s, min(n, s + 4096)), Ys, nbr, m, L, out_d, out_i, scratch.mark)
 
         run_blocks(join, range(0, n, 4096))
         del nbr
     # back to the input numbering
     res_d = np.empty_like(out_d)
     res_d[order] = out_d
-    del out_d
     res_i = np.empty_like(out_i)
     res_i[order] = order.astype(out_i.dtype)[out_i]
-    out_d, out_i = res_d, res_i
     if progress is not None:
         progress(n, n)
-    return out_d, out_i
+    return res_d, res_i

@@ -362,41 +362,33 @@ def _refine(Y: np.ndarray, cand: np.ndarray, queries: np.ndarray, maxk: int,
         rows = queries[s:e]
         diff = Y[c] - Y[rows, None, :]
         dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-        out_d[s:e], out_i[s:e] = _self_first(dist, c, rows, maxk)
+        dist[c == rows[:, None]] = -1.0  # self first, then by exact distance
+        order = np.argsort(dist, axis=1, kind="stable")
+        dist = np.take_along_axis(dist, order, 1)
+        c = np.take_along_axis(c, order, 1)
+        sel = np.where(dist[:, :1] < 0, np.arange(1, maxk + 1), np.arange(maxk))
+        out_d[s:e] = np.take_along_axis(dist, sel, 1)
+        out_i[s:e] = np.take_along_axis(c, sel, 1)
 
     run_blocks(work, range(0, m, block))
     return out_d, out_i
 
 
-def _self_first(dist: np.ndarray, cand: np.ndarray, rows: np.ndarray, maxk: int):
-    """Sort candidates by distance, drop the query itself, keep ``maxk``.
-
-    With duplicate points (zero distances) the query may not come first; it is put
-    first explicitly so that it, and not a duplicate, is dropped.
-    """
-    dist = np.array(dist, dtype=np.float64)
-    dist[cand == rows[:, None]] = -1.0  # self first, then by exact distance
-    order = np.argsort(dist, axis=1, kind="stable")
-    dist = np.take_along_axis(dist, order, 1)
-    cand = np.take_along_axis(cand, order, 1)
-    sel = np.where(dist[:, :1] < 0, np.arange(1, maxk + 1), np.arange(maxk))
-    return np.take_along_axis(dist, sel, 1), np.take_along_axis(cand, sel, 1)
+def _importable(module: str) -> bool:
+    """Whether an optional dependency (``faiss``, ``numba``) can be imported."""
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _has_faiss() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _importable("faiss")
 
 
 def _has_numba() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _importable("numba")
 
 
 def _ivf(X: np.ndarray, maxk: int, nprobe: int, progress=None):

@@ -40,13 +40,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from ml4m.data.neighbors import NeighborList
-from ml4m.errors import ConfigError
 from ml4m.descriptors.ace_contraction import ProductBasis
 from ml4m.descriptors.base import Descriptor
 from ml4m.descriptors.coupling import real_clebsch_gordan
 from ml4m.descriptors.radial import HermiteTable, ace_radial_table
 from ml4m.descriptors.soap import density_coefficients
 from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
+from ml4m.errors import ConfigError
 
 __all__ = ["ACE"]
 
@@ -136,15 +136,14 @@ class ACE(Descriptor):
     def _enumerate(self) -> list[tuple[tuple[tuple[int, int], ...], int]]:
         """Basis functions as ``(alphas, L)``; ``L`` is the coupling (-1 if unused)."""
         K = self.n_species * self.n_max
-        degree = (list(self.total_degree) if isinstance(self.total_degree, list)
+        degree = (self.total_degree if isinstance(self.total_degree, list)
                   else [self.total_degree] * self.correlation_order)
-        alphas = sorted(((l, k) for l in range(self.l_max + 1) for k in range(K)
-                         if self._deg((l, k)) <= max(degree)))
         out: list[tuple[tuple[tuple[int, int], ...], int]] = []
         for nu in range(1, self.correlation_order + 1):
-            # combinations in sorted order: prune on the running degree sum
-            ok = [a for a in alphas if self._deg(a) <= degree[nu - 1]]
-            for combo in itertools.combinations_with_replacement(ok, nu):
+            # one-particle functions that fit this order's bound, in (l, k) order
+            alphas = sorted((l, k) for l in range(self.l_max + 1) for k in range(K)
+                            if self._deg((l, k)) <= degree[nu - 1])
+            for combo in itertools.combinations_with_replacement(alphas, nu):
                 if sum(self._deg(a) for a in combo) > degree[nu - 1]:
                     continue
                 ls = [a[0] for a in combo]

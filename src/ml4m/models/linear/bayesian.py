@@ -100,18 +100,16 @@ class NormalEquations:
             raise ValueError("row weights must be non-negative")
         sw = np.sqrt(w)
         B = A * sw[:, None]
-        # upper triangle of gram += B^T B, in place (B^T is F-ordered when B is C-ordered)
-        out = dsyrk(1.0, B.T, beta=1.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
-        if out is not self._gram:  # pragma: no cover - BLAS wrapper copied the array
-            self._gram = np.asfortranarray(out)
+        # upper triangle of gram += B^T B, in place (B^T is F-ordered when B is C-ordered;
+        # the wrapper returns the same array when it could work in place)
+        self._gram = dsyrk(1.0, B.T, beta=1.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
         self._full = False
         self.Aty += B.T @ (sw * y)
         self.yty += float(np.dot(w * y, y))
         self.n += len(y)
 
     def __iadd__(self, other: NormalEquations) -> NormalEquations:
-        self._gram = self.AtA
-        self._gram += other.AtA
+        self.AtA += other.AtA
         self.Aty += other.Aty
         self.yty += other.yty
         self.n += other.n

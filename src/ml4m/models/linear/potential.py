@@ -222,17 +222,15 @@ class LinearPotential(Potential):
             s = rows.stress @ self.coef_
             s[[not f.pbc.all() for f in block]] = np.nan
             stress.append(s)
-            if uncertainty:
-                C = self.covariance_
-                e_sig.append(np.sqrt(np.clip(quadratic_form_rows(rows.energy, C), 0, None)))
-                R = rows.forces.reshape(-1, rows.forces.shape[-1])
-                f_sig.append(np.sqrt(np.clip(quadratic_form_rows(R, C), 0, None)).reshape(-1, 3))
+            C = self.covariance_
+            e_sig.append(np.sqrt(np.clip(quadratic_form_rows(rows.energy, C), 0, None)))
+            R = rows.forces.reshape(-1, rows.forces.shape[-1])
+            f_sig.append(np.sqrt(np.clip(quadratic_form_rows(R, C), 0, None)).reshape(-1, 3))
         offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
         return Prediction(
             energy=np.concatenate(energy), forces=np.concatenate(forces),
             stress=np.concatenate(stress), offsets=offsets,
-            energy_sigma=np.concatenate(e_sig) if uncertainty else None,
-            forces_sigma=np.concatenate(f_sig) if uncertainty else None,
+            energy_sigma=np.concatenate(e_sig), forces_sigma=np.concatenate(f_sig),
         )
 
     def _predict_adjoint(self, frames: list[Frame]) -> Prediction:
