@@ -9,6 +9,7 @@ ACE; :mod:`ml4m.models.kernel.sparse_gp` reuses everything here with a kernel ma
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from ml4m.data.frames import Dataset, Frame
 from ml4m.data.reference import resolve_reference_energies
 from ml4m.errors import ConfigError, DataError, NotFittedError
+from ml4m.models.error_model import ForceErrorModel
 from ml4m.models.base import (
     Potential,
     Prediction,
@@ -29,6 +31,68 @@ from ml4m.models.linear.design import VOIGT, DesignRows, FeatureMap, SpeciesBloc
 from ml4m.models.serialization import register_model
 
 __all__ = ["LinearPotential"]
+
+QUANTITIES = ("energy", "forces", "stress")
+
+
+class _Accumulator:
+    """Normal equations of energies (per atom), forces and stresses, and feature scales.
+
+    With one shared noise level the three quantities go into one set of sums (their
+    relative weights are the row weights); per-quantity noise keeps one set each.
+    """
+
+    def __init__(self, n_features: int, per_quantity: bool) -> None:
+        self.per_quantity = per_quantity
+        shared = None if per_quantity else NormalEquations(n_features)
+        self.neq = {q: NormalEquations(n_features) if per_quantity else shared for q in QUANTITIES}
+        self.rows = dict.fromkeys(QUANTITIES, 0)
+        self.phi_sq = np.zeros(n_features)
+        self.n_atoms = 0
+
+    def _add(self, q: str, A: np.ndarray, y: np.ndarray, sigma: float) -> None:
+        self.neq[q].add(A, y, 1.0 / sigma**2)
+        self.rows[q] += len(y)
+
+    def add(self, rows: DesignRows, block: list[Frame], e0: np.ndarray, sigma_energy: float,
+            sigma_forces: float | None, sigma_stress: float | None) -> None:
+        p = rows.energy.shape[1]
+        n_at = np.array([len(f) for f in block], dtype=float)
+        y_e = (np.array([f.energy for f in block]) - e0) / n_at
+        self._add("energy", rows.energy / n_at[:, None], y_e, sigma_energy)
+        self.phi_sq += np.sum(rows.energy**2 / n_at[:, None], axis=0)
+        self.n_atoms += int(n_at.sum())
+        if sigma_forces:
+            self._add("forces", rows.forces.reshape(-1, p), np.concatenate([f.forces for f in block]).ravel(),
+                      sigma_forces)
+        if sigma_stress:
+            has = np.array([f.stress is not None for f in block])
+            if has.any():
+                y_s = np.concatenate([f.stress for f, h in zip(block, has) if h])
+                self._add("stress", rows.stress[has].reshape(-1, p), y_s, sigma_stress)
+
+
+class _HeldOutAtoms:
+    """Force residuals, posterior sigmas and descriptors of (a sample of) held-out atoms."""
+
+    def __init__(self, n_atoms: int, max_atoms: int = 20_000, seed: int = 0) -> None:
+        self.keep = min(1.0, max_atoms / max(n_atoms, 1))
+        self.rng = np.random.default_rng(seed)
+        self.parts: list[tuple[np.ndarray, ...]] = []
+
+    def add(self, rows: DesignRows, X: np.ndarray, block: list[Frame], coef: np.ndarray,
+            covariance: np.ndarray, species: np.ndarray) -> None:
+        pick = np.flatnonzero(self.rng.random(len(X)) < self.keep)
+        R = rows.forces[pick]
+        F = R @ coef
+        ref = np.concatenate([f.forces for f in block])[pick]
+        var = quadratic_form_rows(R.reshape(-1, R.shape[-1]), covariance).reshape(-1, 3)
+        self.parts.append((np.sum((F - ref) ** 2, axis=1), np.sqrt(np.clip(var, 0, None).sum(axis=1)),
+                           np.linalg.norm(F, axis=1), species[pick], X[pick]))
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """``residual_sq, sigma, force_norm, species, X`` as :meth:`ForceErrorModel.fit` takes them."""
+        return tuple(np.concatenate(c) for c in zip(*self.parts))
 
 
 @register_model("linear")
@@ -59,6 +123,16 @@ class LinearPotential(Potential):
         evidence, the ``sigma_*`` being only its units and starting point (as GAP and
         FLARE optimise their noise hyperparameters). The fitted levels are in
         ``noise_`` (eV/atom, eV/Angstrom, eV/Angstrom^3).
+    uncertainty : {'calibrated', 'posterior'}, default='calibrated'
+        What ``forces_sigma`` means. ``'posterior'``: the posterior standard deviation
+        of each force component (how well the data fix the coefficients; blind to the
+        error of the basis itself). ``'calibrated'``: the expected size of the actual
+        error, from a :class:`~ml4m.models.error_model.ForceErrorModel` fitted on the
+        residuals of every fifth training trajectory (``info['traj']``, else ten
+        contiguous chunks of frames) predicted by the model fitted without them; the
+        returned model is then fitted on all frames (same coefficients as
+        ``'posterior'``; one extra solve). Falls back to ``'posterior'`` with a warning
+        below 10 training frames or without forces.
     batch_frames : int, default=4
         Frames per block when accumulating the normal equations.
     """
@@ -69,7 +143,7 @@ class LinearPotential(Potential):
     def __init__(self, descriptor, e0: Any = "fit", sigma_energy: float = 0.001,
                  sigma_forces: float | None = 0.03, sigma_stress: float | None = 0.003,
                  alpha: float | None = None, beta: float | None = None,
-                 noise: str = "shared", batch_frames: int = 4) -> None:
+                 noise: str = "shared", uncertainty: str = "calibrated", batch_frames: int = 4) -> None:
         self.descriptor = descriptor
         self.e0 = e0
         self.sigma_energy = sigma_energy
@@ -78,6 +152,7 @@ class LinearPotential(Potential):
         self.alpha = alpha
         self.beta = beta
         self.noise = noise
+        self.uncertainty = uncertainty
         self.batch_frames = batch_frames
 
     # ---- pieces a subclass may change ---------------------------------------------------
@@ -150,49 +225,71 @@ class LinearPotential(Potential):
                                 "sigma_forces: 0 to fit energies only)", *(f.source or (None, n)))
         if self.noise not in ("shared", "per_quantity"):
             raise ConfigError(f"noise must be 'shared' or 'per_quantity', got {self.noise!r}")
+        if self.uncertainty not in ("posterior", "calibrated"):
+            raise ConfigError(f"uncertainty must be 'posterior' or 'calibrated', got {self.uncertainty!r}")
         self._species_index(frames)  # unknown species fail before any work
         self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
         self.fmap_ = self._make_feature_map(frames)
         use_f = bool(self.sigma_forces)
         use_s = bool(self.sigma_stress) and any(f.stress is not None for f in frames)
-        p = self.fmap_.n_features
-        neq = {q: NormalEquations(p) for q in ("energy", "forces", "stress")}
-        phi_sq = np.zeros(self.fmap_.n_features)
-        n_rows = 0
-        for block in self._blocks(frames):
+        fit_frames, held = frames, []
+        if self.uncertainty == "calibrated":
+            fit_frames, held = self._holdout_split(frames, use_f)
+        acc = _Accumulator(self.fmap_.n_features, self.noise == "per_quantity")
+        for block in self._blocks(fit_frames):
             rows, _ = self._rows(block, use_f, use_s)
-            n_at = np.array([len(f) for f in block], dtype=float)
-            y_e = (np.array([f.energy for f in block]) - self._e0_of(block)) / n_at
-            neq["energy"].add(rows.energy / n_at[:, None], y_e, 1.0 / self.sigma_energy**2)
-            phi_sq += np.sum(rows.energy**2 / n_at[:, None], axis=0)
-            n_rows += int(n_at.sum())
-            if use_f:
-                y_f = np.concatenate([f.forces for f in block]).ravel()
-                neq["forces"].add(rows.forces.reshape(-1, rows.forces.shape[-1]), y_f,
-                                  1.0 / self.sigma_forces**2)
-            if use_s:
-                has = np.array([f.stress is not None for f in block])
-                if has.any():
-                    y_s = np.concatenate([f.stress for f, h in zip(block, has) if h])
-                    neq["stress"].add(rows.stress[has].reshape(-1, rows.stress.shape[-1]), y_s,
-                            1.0 / self.sigma_stress**2)
-        reg = BayesianLinearRegression(alpha=self.alpha, beta=self.beta,
-                                       prior=self._prior(phi_sq / max(n_rows, 1)))
-        used = [q for q in ("energy", "forces", "stress") if neq[q].n]
-        if self.noise == "per_quantity":
-            reg.fit_groups([neq[q] for q in used])
+            acc.add(rows, block, self._e0_of(block), self.sigma_energy, self.sigma_forces if use_f else None,
+                    self.sigma_stress if use_s else None)
+        self.error_model_ = None
+        if held:
+            # the model without the held-out trajectories predicts them; their residuals
+            # teach the error model, then their rows join the fit
+            self._solve(acc)
+            stats = _HeldOutAtoms(sum(len(f) for f in held))
+            for block in self._blocks(held):
+                rows, X = self._rows(block, use_f, use_s)
+                stats.add(rows, X, block, self.coef_, self.covariance_, self._species_index(block))
+                acc.add(rows, block, self._e0_of(block), self.sigma_energy, self.sigma_forces,
+                        self.sigma_stress if use_s else None)
+            self.error_model_ = ForceErrorModel(len(self.species)).fit(*stats.arrays())
+        self._solve(acc)
+        return self
+
+    def _holdout_split(self, frames: list[Frame], use_f: bool) -> tuple[list[Frame], list[Frame]]:
+        """Training frames to fit on, and whole trajectories held out for the error model.
+
+        Groups are the frames' ``info['traj']`` when every frame has one (five or more
+        distinct values), else ten contiguous chunks (MD frames are usually stored in
+        trajectory order); every fifth group is held out.
+        """
+        if not use_f or len(frames) < 10:
+            warnings.warn("uncertainty='calibrated' needs forces and at least 10 training frames; "
+                          "using the posterior sigma", stacklevel=3)
+            return frames, []
+        trajs = [f.info.get("traj") for f in frames]
+        if all(t is not None for t in trajs) and len(set(trajs)) >= 5:
+            order = {t: k for k, t in enumerate(dict.fromkeys(trajs))}
+            group = np.array([order[t] for t in trajs])
         else:
-            total = neq["energy"]
-            total += neq["forces"]
-            total += neq["stress"]
-            reg.fit_normal_equations(total)
+            group = np.arange(len(frames)) * 10 // len(frames)
+        held = group % 5 == 4
+        return ([f for f, h in zip(frames, held) if not h], [f for f, h in zip(frames, held) if h])
+
+    def _solve(self, acc: _Accumulator) -> None:
+        """Posterior of the coefficients from the accumulated normal equations."""
+        reg = BayesianLinearRegression(alpha=self.alpha, beta=self.beta,
+                                       prior=self._prior(acc.phi_sq / max(acc.n_atoms, 1)))
+        used = [q for q in ("energy", "forces", "stress") if acc.rows[q]]
+        if acc.per_quantity:
+            reg.fit_groups([acc.neq[q] for q in used])
+        else:
+            reg.fit_normal_equations(acc.neq["energy"])
         betas = np.broadcast_to(reg.betas_, (len(used),))
         scale = {"energy": self.sigma_energy, "forces": self.sigma_forces, "stress": self.sigma_stress}
         self.noise_ = {q: float(scale[q] / np.sqrt(b)) for q, b in zip(used, betas)}
         self.regression_ = reg
         self.coef_ = self.regression_.coef_
         self.covariance_ = self.regression_.covariance_
-        return self
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
@@ -206,8 +303,10 @@ class LinearPotential(Potential):
         frames : Frame, ase.Atoms, or a sequence/Dataset of them
             Structures (labels are ignored).
         uncertainty : bool, default=False
-            Also return ``energy_sigma`` and ``forces_sigma`` (posterior standard
-            deviations; the fitted noise is not added).
+            Also return ``energy_sigma`` (posterior standard deviation, eV) and
+            ``forces_sigma`` (eV/Angstrom per component: the calibrated error model's
+            sigma, the same for the three components of an atom, or the posterior
+            standard deviation; see ``uncertainty``).
         """
         self._check_fitted()
         frames = as_frames(frames)
@@ -216,16 +315,22 @@ class LinearPotential(Potential):
             return self._predict_adjoint(frames)
         energy, forces, stress, e_sig, f_sig = [], [], [], [], []
         for block in self._blocks(frames):
-            rows, _ = self._rows(block, True, True)
+            rows, X = self._rows(block, True, True)
             energy.append(rows.energy @ self.coef_ + self._e0_of(block))
-            forces.append(rows.forces @ self.coef_)
+            F = rows.forces @ self.coef_
+            forces.append(F)
             s = rows.stress @ self.coef_
             s[[not f.pbc.all() for f in block]] = np.nan
             stress.append(s)
             C = self.covariance_
             e_sig.append(np.sqrt(np.clip(quadratic_form_rows(rows.energy, C), 0, None)))
             R = rows.forces.reshape(-1, rows.forces.shape[-1])
-            f_sig.append(np.sqrt(np.clip(quadratic_form_rows(R, C), 0, None)).reshape(-1, 3))
+            sig = np.sqrt(np.clip(quadratic_form_rows(R, C), 0, None)).reshape(-1, 3)
+            if self.error_model_ is not None:
+                s_atom = self.error_model_.predict(np.linalg.norm(sig, axis=1), np.linalg.norm(F, axis=1),
+                                                   self._species_index(block), X)
+                sig = np.repeat(s_atom[:, None], 3, axis=1)
+            f_sig.append(sig)
         offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
         return Prediction(
             energy=np.concatenate(energy), forces=np.concatenate(forces),
@@ -261,7 +366,7 @@ class LinearPotential(Potential):
     def _hyper(self) -> dict[str, Any]:
         return {"sigma_energy": self.sigma_energy, "sigma_forces": self.sigma_forces,
                 "sigma_stress": self.sigma_stress, "alpha": self.alpha, "beta": self.beta,
-                "noise": self.noise, "batch_frames": self.batch_frames}
+                "noise": self.noise, "uncertainty": self.uncertainty, "batch_frames": self.batch_frames}
 
     def _feature_map_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {}
@@ -276,10 +381,13 @@ class LinearPotential(Potential):
         params = {"descriptor": descriptor_to_dict(self.descriptor), "hyper": self._hyper(),
                   "feature_map": fm_params, "alpha_": self.regression_.alpha_,
                   "beta_": self.regression_.beta_, "noise_": self.noise_}
+        params["error_model"], em_arrays = (self.error_model_.get_state() if self.error_model_ is not None
+                                            else (None, {}))
         arrays = {"coef": self.coef_, "covariance": self.covariance_,
                   "e0_species": np.array(sorted(self.e0_), dtype=np.int64),
                   "e0_values": np.array([self.e0_[z] for z in sorted(self.e0_)]),
-                  **{f"fmap_{k}": v for k, v in fm_arrays.items()}}
+                  **{f"fmap_{k}": v for k, v in fm_arrays.items()},
+                  **{f"errm_{k}": v for k, v in em_arrays.items()}}
         return params, arrays
 
     @classmethod
@@ -292,6 +400,10 @@ class LinearPotential(Potential):
             model.coef_ = arrays["coef"]
             model.covariance_ = arrays["covariance"]
             model.noise_ = {str(q): float(v) for q, v in params.get("noise_", {}).items()}
+            model.error_model_ = None
+            if params.get("error_model") is not None:
+                em_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("errm_")}
+                model.error_model_ = ForceErrorModel.from_state(params["error_model"], em_arrays)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"model file is missing or has a malformed entry: {exc}") from exc
         if model.coef_.shape != (model.fmap_.n_features,):

@@ -1,0 +1,110 @@
+"""The heteroscedastic force error model, alone and inside a potential's fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml4m.data import Dataset, default_dataset
+from ml4m.errors import ConfigError
+from ml4m.models.error_model import ForceErrorModel
+from ml4m.models.linear import LinearACE
+
+
+def _synthetic(rng, n=6000):
+    """Residual vectors drawn with a known per-atom sigma (species, environment, posterior)."""
+    species = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, 6)) * np.array([3.0, 1.0, 1.0, 0.5, 0.5, 0.1])
+    sigma_post = np.exp(rng.normal(-5.0, 0.5, n))
+    force_norm = np.abs(rng.normal(1.0, 0.5, n))
+    log_s = -4.0 + 0.3 * species + 0.15 * X[:, 0] + 0.5 * (np.log(sigma_post) + 5.0)
+    r = rng.normal(size=(n, 3)) * np.exp(log_s)[:, None]
+    return np.sum(r**2, axis=1), sigma_post, force_norm, species, X, np.exp(log_s)
+
+
+def test_recovers_a_known_heteroscedastic_sigma():
+    rng = np.random.default_rng(0)
+    r2, sig, fn, species, X, s_true = _synthetic(rng)
+    model = ForceErrorModel(n_species=2, n_components=6, ridge=1e-6).fit(r2, sig, fn, species, X)
+    # new atoms from the same law
+    r2_t, sig_t, fn_t, sp_t, X_t, s_t = _synthetic(np.random.default_rng(1))
+    s_pred = model.predict(sig_t, fn_t, sp_t, X_t)
+    assert np.max(np.abs(np.log(s_pred / s_t))) < 0.15  # the sigma itself, atom by atom
+    assert model.coef_[3] == pytest.approx(0.5, abs=0.05)  # weight of log(posterior sigma)
+    # calibrated: E|r|^2 = 3 s^2
+    assert np.mean(r2_t / (3 * s_pred**2)) == pytest.approx(1.0, abs=0.05)
+
+
+def test_constant_sigma_gives_constant_prediction():
+    """Homoscedastic residuals: no spurious structure, the scale is the RMS residual."""
+    rng = np.random.default_rng(2)
+    r2, sig, fn, species, X, _ = _synthetic(rng)
+    r2 = np.sum((0.02 * rng.normal(size=(len(r2), 3))) ** 2, axis=1)
+    s = ForceErrorModel(2, n_components=6).fit(r2, sig, fn, species, X).predict(sig, fn, species, X)
+    assert np.max(np.abs(np.log(s / 0.02))) < 0.1
+
+
+def test_state_round_trip_and_bad_shapes():
+    rng = np.random.default_rng(3)
+    r2, sig, fn, species, X, _ = _synthetic(rng, n=500)
+    model = ForceErrorModel(2, n_components=4).fit(r2, sig, fn, species, X)
+    params, arrays = model.get_state()
+    again = ForceErrorModel.from_state(params, arrays)
+    np.testing.assert_array_equal(again.predict(sig, fn, species, X), model.predict(sig, fn, species, X))
+    with pytest.raises(ConfigError, match="inconsistent shapes"):
+        ForceErrorModel.from_state(params, {**arrays, "coef": arrays["coef"][:-1]})
+    with pytest.raises(ConfigError, match="at least 10"):
+        ForceErrorModel(2).fit(r2[:5], sig[:5], fn[:5], species[:5], X[:5])
+
+
+def _ace():
+    from ml4m.descriptors import make_descriptor
+
+    return make_descriptor("ace", species=["Cu"], r_cut=4.0, n_max=4, l_max=2, correlation_order=3)
+
+
+@pytest.fixture(scope="module")
+def split():
+    ds = default_dataset()
+    return Dataset(ds[::4]), Dataset(ds[2::8])
+
+
+def test_calibrated_sigma_matches_held_out_errors(split):
+    """Same coefficients as the posterior model; force sigma the size of the actual errors."""
+    train, test = split
+    cal = LinearACE(_ace()).fit(train)
+    post = LinearACE(_ace(), uncertainty="posterior").fit(train)
+    assert cal.error_model_ is not None and post.error_model_ is None
+    p_cal, p_post = cal.predict(test, uncertainty=True), post.predict(test, uncertainty=True)
+    # the same normal equations summed in another order (coefficients in near-null
+    # directions of the normal matrix may differ; predictions may not)
+    np.testing.assert_allclose(p_cal.forces, p_post.forces, rtol=0, atol=1e-5)  # eV/A
+    np.testing.assert_allclose(p_cal.energy, p_post.energy, rtol=0, atol=1e-5)  # eV
+    err2 = np.sum((p_cal.forces - np.concatenate([f.forces for f in test])) ** 2, axis=1)
+    ratio = np.mean(err2) / np.mean(np.sum(p_cal.forces_sigma**2, axis=1))
+    assert 0.5 < ratio < 2.0  # calibrated to a factor of two on unseen frames
+    ratio_post = np.mean(err2) / np.mean(np.sum(p_post.forces_sigma**2, axis=1))
+    assert ratio_post > 4 * ratio  # the posterior alone is blind to the basis error
+
+
+def test_holdout_split_by_trajectory(split):
+    train, _ = split
+    frames = list(train)[:40]
+    for k, f in enumerate(frames):
+        f.info["traj"] = f"t{k % 8}"
+    fit, held = LinearACE(_ace())._holdout_split(frames, True)
+    assert {f.info["traj"] for f in held} == {"t4"}  # every fifth trajectory, whole
+    assert not {f.info["traj"] for f in fit} & {"t4"}
+    for f in frames:
+        del f.info["traj"]
+    fit, held = LinearACE(_ace())._holdout_split(frames, True)
+    assert len(held) == 8 and len(fit) == 32  # contiguous chunks 4 and 9 of ten
+
+
+def test_too_few_frames_fall_back_to_posterior(split):
+    train, _ = split
+    with pytest.warns(UserWarning, match="using the posterior sigma"):
+        model = LinearACE(_ace()).fit(Dataset(list(train)[:6]))
+    assert model.error_model_ is None
+    with pytest.raises(ConfigError, match="uncertainty must be"):
+        LinearACE(_ace(), uncertainty="bootstrap").fit(train)
