@@ -101,6 +101,7 @@ def test_learns_emt(fitted, data):
 
 
 def test_save_load_identical_and_calculator(fitted, data, tmp_path):
+    assert fitted.error_model_ is not None  # the calibrated force sigma travels with the file
     path = fitted.save(tmp_path / "model")
     loaded = ml4m.load(path)
     a = fitted.predict(data[1][:3], uncertainty=True)
