@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import numpy as np
 import pytest
 
@@ -108,3 +111,22 @@ def test_too_few_frames_fall_back_to_posterior(split):
     assert model.error_model_ is None
     with pytest.raises(ConfigError, match="uncertainty must be"):
         LinearACE(_ace(), uncertainty="bootstrap").fit(train)
+
+
+def test_per_quantity_noise_warns_when_energies_are_dropped(split):
+    """Energies inconsistent with the forces: the evidence gives them up, and says so."""
+    from ml4m.models.kernel import SparseGPPotential
+    from ml4m.descriptors import make_descriptor
+
+    train, _ = split
+    rng = np.random.default_rng(0)
+    frames = [dataclasses.replace(f, energy=f.energy + rng.normal(scale=0.5) * len(f)) for f in list(train)[:30]]
+    desc = make_descriptor("soap", species=["Cu"], r_cut=4.0, n_max=3, l_max=3)
+    with pytest.warns(UserWarning, match="energies are nearly ignored"):
+        model = SparseGPPotential(desc, n_sparse=20, zeta=2, sigma_stress=None, uncertainty="posterior",
+                                  noise="per_quantity").fit(Dataset(frames))
+    assert model.noise_["energy"] > 0.1  # eV/atom: the scale of the corruption, not of EMT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same fit on the true energies: no warning
+        SparseGPPotential(desc, n_sparse=20, zeta=2, sigma_stress=None, uncertainty="posterior",
+                          noise="per_quantity").fit(Dataset(list(train)[:30]))

@@ -287,6 +287,15 @@ class LinearPotential(Potential):
         betas = np.broadcast_to(reg.betas_, (len(used),))
         scale = {"energy": self.sigma_energy, "forces": self.sigma_forces, "stress": self.sigma_stress}
         self.noise_ = {q: float(scale[q] / np.sqrt(b)) for q, b in zip(used, betas)}
+        if acc.per_quantity and {"energy", "forces"} <= set(self.noise_):
+            inflation = (self.noise_["energy"] / self.noise_["forces"]) / (self.sigma_energy / self.sigma_forces)
+            if inflation > 30:
+                warnings.warn(
+                    f"per-quantity evidence set the energy noise to {self.noise_['energy'] * 1000:.3g} "
+                    f"meV/atom against {self.noise_['forces'] * 1000:.3g} meV/A for forces ({inflation:.0f}x "
+                    "the sigma_energy/sigma_forces ratio): the energies are nearly ignored; the model "
+                    "cannot fit energies and forces together at these weights (noise='shared' keeps them)",
+                    stacklevel=3)
         self.regression_ = reg
         self.coef_ = self.regression_.coef_
         self.covariance_ = self.regression_.covariance_
