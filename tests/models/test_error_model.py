@@ -10,7 +10,7 @@ import pytest
 
 from ml4m.data import Dataset, default_dataset
 from ml4m.errors import ConfigError
-from ml4m.models.error_model import ForceErrorModel
+from ml4m.models.error_model import EnergyErrorModel, ForceErrorModel
 from ml4m.models.linear import LinearACE
 
 
@@ -60,6 +60,20 @@ def test_state_round_trip_and_bad_shapes():
         ForceErrorModel(2).fit(r2[:5], sig[:5], fn[:5], species[:5], X[:5])
 
 
+def test_energy_error_model_recovers_its_two_scales():
+    """Residuals drawn with variance a^2 sigma^2 + b^2 n: maximum likelihood finds a and b."""
+    rng = np.random.default_rng(4)
+    n_atoms = rng.integers(20, 120, 3000).astype(float)
+    sigma = np.exp(rng.normal(-6.0, 1.0, 3000))  # eV
+    a, b = 4.0, 2e-4
+    residual = rng.normal(size=3000) * np.sqrt(a**2 * sigma**2 + b**2 * n_atoms)
+    model = EnergyErrorModel().fit(residual, sigma, n_atoms)
+    assert model.scale_ == pytest.approx(a, rel=0.1)
+    assert model.per_atom_ == pytest.approx(b, rel=0.1)
+    again = EnergyErrorModel.from_state(model.get_state())
+    np.testing.assert_array_equal(again.predict(sigma, n_atoms), model.predict(sigma, n_atoms))
+
+
 def _ace():
     from ml4m.descriptors import make_descriptor
 
@@ -88,6 +102,10 @@ def test_calibrated_sigma_matches_held_out_errors(split):
     assert 0.5 < ratio < 2.0  # calibrated to a factor of two on unseen frames
     ratio_post = np.mean(err2) / np.mean(np.sum(p_post.forces_sigma**2, axis=1))
     assert ratio_post > 4 * ratio  # the posterior alone is blind to the basis error
+    e_err2 = (p_cal.energy - np.array([f.energy for f in test])) ** 2
+    e_ratio = np.mean(e_err2) / np.mean(p_cal.energy_sigma**2)
+    assert 0.25 < e_ratio < 4.0, e_ratio  # few test frames: a looser band than for forces
+    assert np.mean(e_err2) / np.mean(p_post.energy_sigma**2) > 4 * e_ratio
 
 
 def test_holdout_split_by_trajectory(split):

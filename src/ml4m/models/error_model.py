@@ -12,7 +12,8 @@ leading principal components, one block per species).
 Each force component of atom ``i`` is modelled as ``N(0, s_i^2)`` with
 ``log s_i = a_i . w`` (a Gamma regression on ``|r_i|^2`` with a log link); ``w``
 maximises the likelihood of the held-out residuals with a ridge penalty, by Newton
-steps (the problem is convex).
+steps (the problem is convex). Energies get a two-parameter model of the same held-out
+residuals (:class:`EnergyErrorModel`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from ml4m.errors import ConfigError
 
-__all__ = ["ForceErrorModel"]
+__all__ = ["EnergyErrorModel", "ForceErrorModel"]
 
 
 class ForceErrorModel:
@@ -138,4 +139,62 @@ class ForceErrorModel:
         k = model.components_.shape[1]
         if model.coef_.shape != (3 + model.n_species * (1 + k),) or model.mean_.shape != model.scale_.shape:
             raise ConfigError("force error model arrays have inconsistent shapes")
+        return model
+
+
+class EnergyErrorModel:
+    """Structure energy sigma ``sqrt(a^2 sigma_post^2 + b^2 n_atoms)``, fitted on held-out frames.
+
+    ``a`` rescales the posterior standard deviation; ``b`` (eV per sqrt(atom)) is an
+    error of each atom's energy independent of the others (the part of the basis error
+    the posterior does not see). Both maximise the Gaussian likelihood of the held-out
+    energy residuals.
+    """
+
+    def fit(self, residual: np.ndarray, sigma: np.ndarray, n_atoms: np.ndarray) -> EnergyErrorModel:
+        """Fit on held-out frames.
+
+        Parameters
+        ----------
+        residual : ndarray of shape (n,)
+            ``E_pred - E_ref`` per frame, eV.
+        sigma : ndarray of shape (n,)
+            Posterior energy sigma per frame, eV.
+        n_atoms : ndarray of shape (n,)
+            Atoms per frame.
+
+        Returns
+        -------
+        self
+        """
+        import scipy.optimize
+
+        r2 = np.asarray(residual, dtype=float) ** 2
+        s2 = np.asarray(sigma, dtype=float) ** 2
+        n = np.asarray(n_atoms, dtype=float)
+        if len(r2) < 2:
+            raise ConfigError(f"the energy error model needs at least 2 held-out frames, got {len(r2)}")
+
+        def nll(theta):
+            var = np.exp(2 * theta[0]) * s2 + np.exp(2 * theta[1]) * n + 1e-300
+            return float(np.sum(np.log(var) + r2 / var))
+
+        start = np.log(np.sqrt(max(np.mean(r2 / n), 1e-30)))
+        best = min((scipy.optimize.minimize(nll, [t0, start], method="Nelder-Mead",
+                                            options={"xatol": 1e-6, "fatol": 1e-10, "maxiter": 2000})
+                    for t0 in (0.0, 3.0, 6.0)), key=lambda res: res.fun)
+        self.scale_, self.per_atom_ = (float(v) for v in np.exp(best.x))
+        return self
+
+    def predict(self, sigma: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
+        """Energy standard deviation per structure, eV."""
+        return np.sqrt(self.scale_**2 * np.asarray(sigma) ** 2 + self.per_atom_**2 * np.asarray(n_atoms))
+
+    def get_state(self) -> dict[str, float]:
+        return {"scale": self.scale_, "per_atom": self.per_atom_}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any]) -> EnergyErrorModel:
+        model = cls()
+        model.scale_, model.per_atom_ = float(params["scale"]), float(params["per_atom"])
         return model

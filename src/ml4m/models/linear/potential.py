@@ -18,7 +18,7 @@ import numpy as np
 from ml4m.data.frames import Dataset, Frame
 from ml4m.data.reference import resolve_reference_energies
 from ml4m.errors import ConfigError, DataError, NotFittedError
-from ml4m.models.error_model import ForceErrorModel
+from ml4m.models.error_model import EnergyErrorModel, ForceErrorModel
 from ml4m.models.base import (
     Potential,
     Prediction,
@@ -72,16 +72,20 @@ class _Accumulator:
                 self._add("stress", rows.stress[has].reshape(-1, p), y_s, sigma_stress)
 
 
-class _HeldOutAtoms:
-    """Force residuals, posterior sigmas and descriptors of (a sample of) held-out atoms."""
+class _HeldOut:
+    """Residuals and posterior sigmas of held-out frames; per atom (a sample) with descriptors."""
 
     def __init__(self, n_atoms: int, max_atoms: int = 20_000, seed: int = 0) -> None:
         self.keep = min(1.0, max_atoms / max(n_atoms, 1))
         self.rng = np.random.default_rng(seed)
         self.parts: list[tuple[np.ndarray, ...]] = []
+        self.frames: list[tuple[np.ndarray, ...]] = []
 
-    def add(self, rows: DesignRows, X: np.ndarray, block: list[Frame], coef: np.ndarray,
+    def add(self, rows: DesignRows, X: np.ndarray, block: list[Frame], e0: np.ndarray, coef: np.ndarray,
             covariance: np.ndarray, species: np.ndarray) -> None:
+        e_res = rows.energy @ coef + e0 - np.array([f.energy for f in block])
+        e_sig = np.sqrt(np.clip(quadratic_form_rows(rows.energy, covariance), 0, None))
+        self.frames.append((e_res, e_sig, np.array([len(f) for f in block], dtype=float)))
         pick = np.flatnonzero(self.rng.random(len(X)) < self.keep)
         R = rows.forces[pick]
         F = R @ coef
@@ -90,9 +94,13 @@ class _HeldOutAtoms:
         self.parts.append((np.sum((F - ref) ** 2, axis=1), np.sqrt(np.clip(var, 0, None).sum(axis=1)),
                            np.linalg.norm(F, axis=1), species[pick], X[pick]))
 
-    def arrays(self) -> tuple[np.ndarray, ...]:
+    def atom_arrays(self) -> tuple[np.ndarray, ...]:
         """``residual_sq, sigma, force_norm, species, X`` as :meth:`ForceErrorModel.fit` takes them."""
         return tuple(np.concatenate(c) for c in zip(*self.parts))
+
+    def frame_arrays(self) -> tuple[np.ndarray, ...]:
+        """``residual, sigma, n_atoms`` as :meth:`EnergyErrorModel.fit` takes them."""
+        return tuple(np.concatenate(c) for c in zip(*self.frames))
 
 
 @register_model("linear")
@@ -124,14 +132,15 @@ class LinearPotential(Potential):
         FLARE optimise their noise hyperparameters). The fitted levels are in
         ``noise_`` (eV/atom, eV/Angstrom, eV/Angstrom^3).
     uncertainty : {'calibrated', 'posterior'}, default='calibrated'
-        What ``forces_sigma`` means. ``'posterior'``: the posterior standard deviation
-        of each force component (how well the data fix the coefficients; blind to the
+        What ``energy_sigma`` and ``forces_sigma`` mean. ``'posterior'``: posterior
+        standard deviations (how well the data fix the coefficients; blind to the
         error of the basis itself). ``'calibrated'``: the expected size of the actual
-        error, from a :class:`~ml4m.models.error_model.ForceErrorModel` fitted on the
-        residuals of every fifth training trajectory (``info['traj']``, else ten
-        contiguous chunks of frames) predicted by the model fitted without them; the
-        returned model is then fitted on all frames (same coefficients as
-        ``'posterior'``; one extra solve). Falls back to ``'posterior'`` with a warning
+        error, from a :class:`~ml4m.models.error_model.ForceErrorModel` and an
+        :class:`~ml4m.models.error_model.EnergyErrorModel` fitted on the residuals of
+        every fifth training trajectory (``info['traj']``, else ten contiguous chunks
+        of frames) predicted by the model fitted without them; the returned model is
+        then fitted on all frames (same coefficients as ``'posterior'``; one extra
+        solve). Falls back to ``'posterior'`` with a warning
         below 10 training frames or without forces.
     batch_frames : int, default=4
         Frames per block when accumulating the normal equations.
@@ -240,18 +249,20 @@ class LinearPotential(Potential):
             rows, _ = self._rows(block, use_f, use_s)
             acc.add(rows, block, self._e0_of(block), self.sigma_energy, self.sigma_forces if use_f else None,
                     self.sigma_stress if use_s else None)
-        self.error_model_ = None
+        self.error_model_ = self.energy_error_model_ = None
         if held:
             # the model without the held-out trajectories predicts them; their residuals
             # teach the error model, then their rows join the fit
             self._solve(acc)
-            stats = _HeldOutAtoms(sum(len(f) for f in held))
+            stats = _HeldOut(sum(len(f) for f in held))
             for block in self._blocks(held):
                 rows, X = self._rows(block, use_f, use_s)
-                stats.add(rows, X, block, self.coef_, self.covariance_, self._species_index(block))
+                stats.add(rows, X, block, self._e0_of(block), self.coef_, self.covariance_,
+                          self._species_index(block))
                 acc.add(rows, block, self._e0_of(block), self.sigma_energy, self.sigma_forces,
                         self.sigma_stress if use_s else None)
-            self.error_model_ = ForceErrorModel(len(self.species)).fit(*stats.arrays())
+            self.error_model_ = ForceErrorModel(len(self.species)).fit(*stats.atom_arrays())
+            self.energy_error_model_ = EnergyErrorModel().fit(*stats.frame_arrays())
         self._solve(acc)
         return self
 
@@ -312,10 +323,10 @@ class LinearPotential(Potential):
         frames : Frame, ase.Atoms, or a sequence/Dataset of them
             Structures (labels are ignored).
         uncertainty : bool, default=False
-            Also return ``energy_sigma`` (posterior standard deviation, eV) and
-            ``forces_sigma`` (eV/Angstrom per component: the calibrated error model's
-            sigma, the same for the three components of an atom, or the posterior
-            standard deviation; see ``uncertainty``).
+            Also return ``energy_sigma`` (eV) and ``forces_sigma`` (eV/Angstrom per
+            component, the same for the three components of an atom when calibrated):
+            the calibrated error models' sigmas, or the posterior standard deviations;
+            see ``uncertainty``.
         """
         self._check_fitted()
         frames = as_frames(frames)
@@ -332,7 +343,10 @@ class LinearPotential(Potential):
             s[[not f.pbc.all() for f in block]] = np.nan
             stress.append(s)
             C = self.covariance_
-            e_sig.append(np.sqrt(np.clip(quadratic_form_rows(rows.energy, C), 0, None)))
+            sig_e = np.sqrt(np.clip(quadratic_form_rows(rows.energy, C), 0, None))
+            if self.energy_error_model_ is not None:
+                sig_e = self.energy_error_model_.predict(sig_e, [len(f) for f in block])
+            e_sig.append(sig_e)
             R = rows.forces.reshape(-1, rows.forces.shape[-1])
             sig = np.sqrt(np.clip(quadratic_form_rows(R, C), 0, None)).reshape(-1, 3)
             if self.error_model_ is not None:
@@ -392,6 +406,8 @@ class LinearPotential(Potential):
                   "beta_": self.regression_.beta_, "noise_": self.noise_}
         params["error_model"], em_arrays = (self.error_model_.get_state() if self.error_model_ is not None
                                             else (None, {}))
+        params["energy_error_model"] = (self.energy_error_model_.get_state()
+                                        if self.energy_error_model_ is not None else None)
         arrays = {"coef": self.coef_, "covariance": self.covariance_,
                   "e0_species": np.array(sorted(self.e0_), dtype=np.int64),
                   "e0_values": np.array([self.e0_[z] for z in sorted(self.e0_)]),
@@ -409,7 +425,9 @@ class LinearPotential(Potential):
             model.coef_ = arrays["coef"]
             model.covariance_ = arrays["covariance"]
             model.noise_ = {str(q): float(v) for q, v in params.get("noise_", {}).items()}
-            model.error_model_ = None
+            model.error_model_ = model.energy_error_model_ = None
+            if params.get("energy_error_model") is not None:
+                model.energy_error_model_ = EnergyErrorModel.from_state(params["energy_error_model"])
             if params.get("error_model") is not None:
                 em_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("errm_")}
                 model.error_model_ = ForceErrorModel.from_state(params["error_model"], em_arrays)
