@@ -81,12 +81,19 @@ comp_err = np.abs(pred.forces - f_ref).ravel(); comp_sig = pred.forces_sigma.rav
 m["force_sigma_spearman_per_component"] = float(spearmanr(comp_sig, comp_err).statistic)
 order = np.argsort(comp_sig); bins = np.array_split(order, 10)
 m["calibration"] = [[float(np.sqrt(np.mean(comp_sig[b]**2))), float(np.sqrt(np.mean(comp_err[b]**2)))] for b in bins]
+e_err = pred.energy - np.array([f.energy for f in valid])
+m["energy_rmse_over_sigma"] = float(np.sqrt(np.mean(e_err**2) / np.mean(pred.energy_sigma**2)))
+m["force_rmse_over_sigma"] = float(np.sqrt(np.mean(comp_err**2) / np.mean(comp_sig**2)))
 m.update(fit_seconds=fit_s, fit_peak_rss_mb=rss, predict_seconds=pred_s, n_features=int(len(model.coef_)),
          n_train=len(train), n_valid=len(valid), noise_mode=model.noise, fitted_noise=model.noise_)
 if spec.get("save"):
     model.save(spec["save"])
 print(json.dumps(m))
 """
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def calibration_plot(rows: list[dict], path: Path) -> None:
@@ -170,13 +177,15 @@ def main() -> None:
     lines = ["# Potentials: accuracy, fit cost and uncertainty on the reference sets", "",
              "Command: `.venv/bin/python benchmarks/potentials_accuracy.py` (train on `train.extxyz`, "
              "errors on `valid.extxyz`, split by trajectory; 2 cores, otherwise idle machine).", "",
-             "| set | model | features | E MAE (meV/atom) | F MAE (meV/A) | S MAE (GPa) | sigma-error Spearman (F, per atom) | (F, per component) | fit time (s) | fit peak RSS (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| set | model | features | E MAE (meV/atom) | F MAE (meV/A) | S MAE (GPa) | sigma-error Spearman (F, per atom) | (F, per component) | (E, per frame) | RMSE / RMS sigma (F; E) | fit time (s) | fit peak RSS (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = f"{r['stress']['mae_gpa']:.3f}" if "stress" in r else "-"
         lines.append(f"| {r['set']} | {r['model']} | {r['n_features']} | {r['energy']['mae_mev_per_atom']:.3f} | "
                      f"{r['forces']['mae_mev_per_a']:.1f} | {s} | {r['force_sigma_spearman_per_atom']:.2f} | "
-                     f"{r['force_sigma_spearman_per_component']:.2f} | {r['fit_seconds']:.1f} | {r['fit_peak_rss_mb']:.0f} |")
+                     f"{r['force_sigma_spearman_per_component']:.2f} | {_fmt(r['uncertainty'].get('energy_sigma_spearman'))} | "
+                     f"{_fmt(r.get('force_rmse_over_sigma'))}; {_fmt(r.get('energy_rmse_over_sigma'))} | "
+                     f"{r['fit_seconds']:.1f} | {r['fit_peak_rss_mb']:.0f} |")
     lines += ["", "Settings: " + json.dumps({r['set'] + '/' + r['model']: r['settings'] for r in rows}),
               "", "Noise levels (fitted by evidence; eV/atom, eV/A, eV/A^3): " + json.dumps(
                   {r['set'] + '/' + r['model']: {"mode": r.get("noise_mode", "shared"), **{
