@@ -148,3 +148,21 @@ def test_per_quantity_noise_warns_when_energies_are_dropped(split):
         warnings.simplefilter("error")  # the same fit on the true energies: no warning
         SparseGPPotential(desc, n_sparse=20, zeta=2, sigma_stress=None, uncertainty="posterior",
                           noise="per_quantity").fit(Dataset(list(train)[:30]))
+
+
+def test_too_few_held_out_atoms_fall_back_to_posterior():
+    """Ten single-atom frames: two held-out atoms cannot teach an error model."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    from ml4m.data import Frame
+
+    frames = []
+    for k in range(10):
+        atoms = Atoms("Cu", positions=[[0, 0, 0]], cell=np.eye(3) * (2.5 + 0.02 * k), pbc=True)
+        atoms.calc = EMT()
+        frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
+                                       stress=atoms.get_stress()))
+    with pytest.warns(UserWarning, match="held-out atoms"):
+        model = LinearACE(_ace()).fit(Dataset(frames))
+    assert model.error_model_ is None and model.energy_error_model_ is None

@@ -253,7 +253,7 @@ class LinearPotential(Potential):
         if held:
             # the model without the held-out trajectories predicts them; their residuals
             # teach the error model, then their rows join the fit
-            self._solve(acc)
+            self._solve(acc, warn=False)
             stats = _HeldOut(sum(len(f) for f in held))
             for block in self._blocks(held):
                 rows, X = self._rows(block, use_f, use_s)
@@ -261,8 +261,13 @@ class LinearPotential(Potential):
                           self._species_index(block))
                 acc.add(rows, block, self._e0_of(block), self.sigma_energy, self.sigma_forces,
                         self.sigma_stress if use_s else None)
-            self.error_model_ = ForceErrorModel(len(self.species)).fit(*stats.atom_arrays())
-            self.energy_error_model_ = EnergyErrorModel().fit(*stats.frame_arrays())
+            atoms = stats.atom_arrays()
+            if len(atoms[0]) >= 10:
+                self.error_model_ = ForceErrorModel(len(self.species)).fit(*atoms)
+                self.energy_error_model_ = EnergyErrorModel().fit(*stats.frame_arrays())
+            else:
+                warnings.warn(f"only {len(atoms[0])} held-out atoms for the error model; using the "
+                              "posterior sigma", stacklevel=2)
         self._solve(acc)
         return self
 
@@ -286,11 +291,11 @@ class LinearPotential(Potential):
         held = group % 5 == 4
         return ([f for f, h in zip(frames, held) if not h], [f for f, h in zip(frames, held) if h])
 
-    def _solve(self, acc: _Accumulator) -> None:
+    def _solve(self, acc: _Accumulator, warn: bool = True) -> None:
         """Posterior of the coefficients from the accumulated normal equations."""
         reg = BayesianLinearRegression(alpha=self.alpha, beta=self.beta,
                                        prior=self._prior(acc.phi_sq / max(acc.n_atoms, 1)))
-        used = [q for q in ("energy", "forces", "stress") if acc.rows[q]]
+        used = [q for q in QUANTITIES if acc.rows[q]]
         if acc.per_quantity:
             reg.fit_groups([acc.neq[q] for q in used])
         else:
@@ -298,7 +303,7 @@ class LinearPotential(Potential):
         betas = np.broadcast_to(reg.betas_, (len(used),))
         scale = {"energy": self.sigma_energy, "forces": self.sigma_forces, "stress": self.sigma_stress}
         self.noise_ = {q: float(scale[q] / np.sqrt(b)) for q, b in zip(used, betas)}
-        if acc.per_quantity and {"energy", "forces"} <= set(self.noise_):
+        if warn and acc.per_quantity and {"energy", "forces"} <= set(self.noise_):
             inflation = (self.noise_["energy"] / self.noise_["forces"]) / (self.sigma_energy / self.sigma_forces)
             if inflation > 30:
                 warnings.warn(
