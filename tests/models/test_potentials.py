@@ -215,3 +215,36 @@ def test_per_quantity_noise_finds_the_noise_added_to_forces(data):
     assert per.noise_["energy"] < 0.2 * 0.001 / 0.03 * per.noise_["forces"]  # eV/atom
     assert shared.noise_["energy"] / shared.noise_["forces"] == pytest.approx(0.001 / 0.03)
     assert per.regression_.log_evidence_ > shared.regression_.log_evidence_
+
+
+@pytest.fixture(scope="module")
+def cuau_frames():
+    rng = np.random.default_rng(5)
+    frames = []
+    for _ in range(8):
+        atoms = bulk("Cu", "fcc", a=3.75, cubic=True).repeat(2)
+        atoms.symbols[rng.choice(len(atoms), 10, replace=False)] = "Au"
+        atoms.rattle(0.08, seed=int(rng.integers(1 << 30)))
+        atoms.calc = EMT()
+        frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
+                                       stress=atoms.get_stress()))
+    return frames
+
+
+@pytest.mark.parametrize("zeta", [1, 3])
+def test_two_species_gp_derivatives(cuau_frames, zeta):
+    """Cu-Au: kernel gradients species by species; forces = -FD gradient, both paths agree."""
+    from ml4m.descriptors import make_descriptor
+
+    desc = make_descriptor("soap", species=["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2)
+    model = SparseGPPotential(desc, n_sparse=12, zeta=zeta, uncertainty="posterior").fit(Dataset(cuau_frames[:6]))
+    atoms = cuau_frames[7].to_atoms(with_labels=False)
+    fast, full = model.predict([atoms]), model.predict([atoms], uncertainty=True)
+    np.testing.assert_allclose(fast.forces, full.forces, rtol=1e-6, atol=1e-7)
+    for a, c in [(0, 0), (int(np.flatnonzero(atoms.numbers == 79)[0]), 1)]:
+        def energy(d, a=a, c=c):
+            moved = atoms.copy()
+            moved.positions[a, c] += d
+            return _energy(model, moved)
+
+        assert full.forces[a, c] == pytest.approx(-_derivative(energy), rel=2e-6, abs=1e-8)

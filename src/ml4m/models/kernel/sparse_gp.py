@@ -63,27 +63,36 @@ class DotProductKernelMap:
         return self.transform(self.sparse, self.sparse_species)
 
     def input_gradient(self, X, species, coef):
-        """``sum_m c_m zeta cos^(zeta-1) (s_m - cos x_hat) / |X|`` per row."""
+        """``sum_m c_m zeta cos^(zeta-1) (s_m - cos x_hat) / |X|`` per row (same-species m)."""
         cos, xhat, norm = self._cos(X, species)
-        a = self.zeta * cos ** (self.zeta - 1) * coef[None, :]  # zero for other species
+        same = species[:, None] == self.sparse_species[None, :]
+        a = np.where(same, self.zeta * cos ** (self.zeta - 1), 0.0) * coef[None, :]
         return (a @ self.sparse - np.sum(a * cos, axis=1)[:, None] * xhat) / norm[:, None]
 
     def reduce_gradients(self, X, species, rows, grads, target):
+        """Kernel gradients, species by species: a row sees only its species' sparse points."""
         cos, xhat, norm = self._cos(X, species)
-        dpow = self.zeta * cos ** (self.zeta - 1)
         n_out, k = target.shape[0], grads.shape[1]
-        out = np.zeros((n_out, k * self.n_features))
+        out = np.zeros((n_out, k, self.n_features))
         target = sp.csc_matrix(target)
-        for start in range(0, len(rows), self.chunk):
-            idx = np.arange(start, min(start + self.chunk, len(rows)))
-            r = rows[idx]
-            G = grads[idx]  # (c, k, F)
-            GS = G @ self.sparse.T  # (c, k, M)
-            Gi = np.einsum("ckf,cf->ck", G, xhat[r])
-            dcos = (GS - cos[r][:, None, :] * Gi[:, :, None]) / norm[r][:, None, None]
-            dphi = dpow[r][:, None, :] * dcos
-            out += target[:, idx] @ dphi.reshape(len(idx), -1)
-        return out.reshape(n_out, k, self.n_features)
+        row_species = species[rows]
+        for s in np.unique(row_species):
+            cols = np.flatnonzero(self.sparse_species == s)
+            if len(cols) == 0:
+                continue
+            block = slice(cols[0], cols[-1] + 1) if np.all(np.diff(cols) == 1) else cols
+            sparse = self.sparse[block]
+            entries = np.flatnonzero(row_species == s)
+            for start in range(0, len(entries), self.chunk):
+                idx = entries[start:start + self.chunk]
+                r = rows[idx]
+                G = grads[idx]  # (c, k, F)
+                c = cos[r][:, block]
+                Gi = np.einsum("ckf,cf->ck", G, xhat[r])
+                dcos = (G @ sparse.T - c[:, None, :] * Gi[:, :, None]) / norm[r][:, None, None]
+                dphi = self.zeta * c[:, None, :] ** (self.zeta - 1) * dcos
+                out[:, :, block] += (target[:, idx] @ dphi.reshape(len(idx), -1)).reshape(n_out, k, -1)
+        return out
 
 
 def select_sparse_points(X: np.ndarray, n: int, method: str = "fps", seed: int = 0) -> np.ndarray:

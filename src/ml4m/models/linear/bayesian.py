@@ -311,9 +311,12 @@ class BayesianLinearRegression:
         def posterior(alpha, betas):
             H = alpha * np.eye(k) + sum(b * G for b, G in zip(betas, Gs))
             try:
-                cho = scipy.linalg.cho_factor(H)
-                S = scipy.linalg.cho_solve(cho, np.eye(k))
-                logdet = 2 * float(np.sum(np.log(np.diag(cho[0]))))
+                U = scipy.linalg.cholesky(H, lower=False)
+                logdet = 2 * float(np.sum(np.log(np.diag(U))))
+                inv, info = scipy.linalg.lapack.dpotri(U, lower=0)  # H^-1 from U: a third of a solve
+                if info != 0:
+                    raise np.linalg.LinAlgError(f"dpotri failed ({info})")
+                S = inv + np.triu(inv, 1).T  # the strict lower triangle of U (and of inv) is zero
             except np.linalg.LinAlgError:  # round-off when alpha << beta * |G|: eigenvalues >= alpha
                 d, U = np.linalg.eigh(H)
                 d = np.maximum(d, alpha)
