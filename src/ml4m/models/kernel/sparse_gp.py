@@ -81,13 +81,13 @@ class DotProductKernelMap:
             if len(cols) == 0:
                 continue
             block = slice(cols[0], cols[-1] + 1) if np.all(np.diff(cols) == 1) else cols
-            sparse = self.sparse[block]
+            sparse, cos_s = self.sparse[block], cos[:, block]
             entries = np.flatnonzero(row_species == s)
             for start in range(0, len(entries), self.chunk):
                 idx = entries[start:start + self.chunk]
                 r = rows[idx]
                 G = grads[idx]  # (c, k, F)
-                c = cos[r][:, block]
+                c = cos_s[r]
                 Gi = np.einsum("ckf,cf->ck", G, xhat[r])
                 dcos = (G @ sparse.T - c[:, None, :] * Gi[:, :, None]) / norm[r][:, None, None]
                 dphi = self.zeta * c[:, None, :] ** (self.zeta - 1) * dcos

@@ -18,7 +18,6 @@ import numpy as np
 from ml4m.data.frames import Dataset, Frame
 from ml4m.data.reference import resolve_reference_energies
 from ml4m.errors import ConfigError, DataError, NotFittedError
-from ml4m.models.error_model import EnergyErrorModel, ForceErrorModel
 from ml4m.models.base import (
     Potential,
     Prediction,
@@ -26,6 +25,7 @@ from ml4m.models.base import (
     descriptor_from_dict,
     descriptor_to_dict,
 )
+from ml4m.models.error_model import EnergyErrorModel, ForceErrorModel
 from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations, quadratic_form_rows
 from ml4m.models.linear.design import VOIGT, DesignRows, FeatureMap, SpeciesBlocks, design_rows
 from ml4m.models.serialization import register_model
@@ -42,34 +42,33 @@ class _Accumulator:
     relative weights are the row weights); per-quantity noise keeps one set each.
     """
 
-    def __init__(self, n_features: int, per_quantity: bool) -> None:
+    def __init__(self, n_features: int, per_quantity: bool, sigmas: dict[str, float | None]) -> None:
         self.per_quantity = per_quantity
+        self.sigmas = sigmas  # expected error per quantity; None: that quantity is not fitted
         shared = None if per_quantity else NormalEquations(n_features)
         self.neq = {q: NormalEquations(n_features) if per_quantity else shared for q in QUANTITIES}
         self.rows = dict.fromkeys(QUANTITIES, 0)
         self.phi_sq = np.zeros(n_features)
         self.n_atoms = 0
 
-    def _add(self, q: str, A: np.ndarray, y: np.ndarray, sigma: float) -> None:
-        self.neq[q].add(A, y, 1.0 / sigma**2)
+    def _add(self, q: str, A: np.ndarray, y: np.ndarray) -> None:
+        self.neq[q].add(A, y, 1.0 / self.sigmas[q] ** 2)
         self.rows[q] += len(y)
 
-    def add(self, rows: DesignRows, block: list[Frame], e0: np.ndarray, sigma_energy: float,
-            sigma_forces: float | None, sigma_stress: float | None) -> None:
+    def add(self, rows: DesignRows, block: list[Frame], e0: np.ndarray) -> None:
         p = rows.energy.shape[1]
         n_at = np.array([len(f) for f in block], dtype=float)
         y_e = (np.array([f.energy for f in block]) - e0) / n_at
-        self._add("energy", rows.energy / n_at[:, None], y_e, sigma_energy)
+        self._add("energy", rows.energy / n_at[:, None], y_e)
         self.phi_sq += np.sum(rows.energy**2 / n_at[:, None], axis=0)
         self.n_atoms += int(n_at.sum())
-        if sigma_forces:
-            self._add("forces", rows.forces.reshape(-1, p), np.concatenate([f.forces for f in block]).ravel(),
-                      sigma_forces)
-        if sigma_stress:
+        if self.sigmas["forces"]:
+            self._add("forces", rows.forces.reshape(-1, p), np.concatenate([f.forces for f in block]).ravel())
+        if self.sigmas["stress"]:
             has = np.array([f.stress is not None for f in block])
             if has.any():
                 y_s = np.concatenate([f.stress for f, h in zip(block, has) if h])
-                self._add("stress", rows.stress[has].reshape(-1, p), y_s, sigma_stress)
+                self._add("stress", rows.stress[has].reshape(-1, p), y_s)
 
 
 class _HeldOut:
@@ -198,12 +197,14 @@ class LinearPotential(Potential):
         for start in range(0, len(frames), self.batch_frames):
             yield list(frames[start:start + self.batch_frames])
 
-    def _rows(self, block: list[Frame], forces: bool, stress: bool) -> tuple[DesignRows, np.ndarray]:
+    def _rows(self, block: list[Frame], forces: bool,
+              stress: bool) -> tuple[DesignRows, np.ndarray, np.ndarray]:
+        """Design rows, per-atom descriptors and species indices of a block of frames."""
         res = self.descriptor.compute(block, gradients=forces or stress)
         sidx = self._species_index(block)
         volumes = np.array([f.volume if f.pbc.all() else 0.0 for f in block])
         rows = design_rows(res, self.fmap_, sidx, len(block), volumes, forces, stress)
-        return rows, res.features
+        return rows, res.features, sidx
 
     def _e0_of(self, frames: Sequence[Frame]) -> np.ndarray:
         return np.array([sum(self.e0_[int(z)] for z in f.numbers) for f in frames])
@@ -244,11 +245,12 @@ class LinearPotential(Potential):
         fit_frames, held = frames, []
         if self.uncertainty == "calibrated":
             fit_frames, held = self._holdout_split(frames, use_f)
-        acc = _Accumulator(self.fmap_.n_features, self.noise == "per_quantity")
+        acc = _Accumulator(self.fmap_.n_features, self.noise == "per_quantity",
+                           {"energy": self.sigma_energy, "forces": self.sigma_forces if use_f else None,
+                            "stress": self.sigma_stress if use_s else None})
         for block in self._blocks(fit_frames):
-            rows, _ = self._rows(block, use_f, use_s)
-            acc.add(rows, block, self._e0_of(block), self.sigma_energy, self.sigma_forces if use_f else None,
-                    self.sigma_stress if use_s else None)
+            rows, _, _ = self._rows(block, use_f, use_s)
+            acc.add(rows, block, self._e0_of(block))
         self.error_model_ = self.energy_error_model_ = None
         if held:
             # the model without the held-out trajectories predicts them; their residuals
@@ -256,11 +258,10 @@ class LinearPotential(Potential):
             self._solve(acc, warn=False)
             stats = _HeldOut(sum(len(f) for f in held))
             for block in self._blocks(held):
-                rows, X = self._rows(block, use_f, use_s)
-                stats.add(rows, X, block, self._e0_of(block), self.coef_, self.covariance_,
-                          self._species_index(block))
-                acc.add(rows, block, self._e0_of(block), self.sigma_energy, self.sigma_forces,
-                        self.sigma_stress if use_s else None)
+                rows, X, sidx = self._rows(block, use_f, use_s)
+                e0 = self._e0_of(block)
+                stats.add(rows, X, block, e0, self.coef_, self.covariance_, sidx)
+                acc.add(rows, block, e0)
             atoms = stats.atom_arrays()
             if len(atoms[0]) >= 10:
                 self.error_model_ = ForceErrorModel(len(self.species)).fit(*atoms)
@@ -301,8 +302,7 @@ class LinearPotential(Potential):
         else:
             reg.fit_normal_equations(acc.neq["energy"])
         betas = np.broadcast_to(reg.betas_, (len(used),))
-        scale = {"energy": self.sigma_energy, "forces": self.sigma_forces, "stress": self.sigma_stress}
-        self.noise_ = {q: float(scale[q] / np.sqrt(b)) for q, b in zip(used, betas)}
+        self.noise_ = {q: float(acc.sigmas[q] / np.sqrt(b)) for q, b in zip(used, betas)}
         if warn and acc.per_quantity and {"energy", "forces"} <= set(self.noise_):
             inflation = (self.noise_["energy"] / self.noise_["forces"]) / (self.sigma_energy / self.sigma_forces)
             if inflation > 30:
@@ -340,7 +340,7 @@ class LinearPotential(Potential):
             return self._predict_adjoint(frames)
         energy, forces, stress, e_sig, f_sig = [], [], [], [], []
         for block in self._blocks(frames):
-            rows, X = self._rows(block, True, True)
+            rows, X, sidx = self._rows(block, True, True)
             energy.append(rows.energy @ self.coef_ + self._e0_of(block))
             F = rows.forces @ self.coef_
             forces.append(F)
@@ -356,7 +356,7 @@ class LinearPotential(Potential):
             sig = np.sqrt(np.clip(quadratic_form_rows(R, C), 0, None)).reshape(-1, 3)
             if self.error_model_ is not None:
                 s_atom = self.error_model_.predict(np.linalg.norm(sig, axis=1), np.linalg.norm(F, axis=1),
-                                                   self._species_index(block), X)
+                                                   sidx, X)
                 sig = np.repeat(s_atom[:, None], 3, axis=1)
             f_sig.append(sig)
         offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
