@@ -21,8 +21,9 @@ FACTORIES = {
     "ace": lambda: ACE(SPECIES, r_cut=4.0, n_max=2, l_max=2, correlation_order=4,
                        total_degree=7),
     # per-order truncation and the short-range distance transform of the radial basis
+    # (inner radius below the structures' shortest distance)
     "ace_r0": lambda: ACE(SPECIES, r_cut=4.0, n_max=4, l_max=2, correlation_order=3,
-                          total_degree=[6, 6, 5], r0=1.2),
+                          total_degree=[6, 6, 5], r0=1.2, r_in=1.2),
     "mbtr": lambda: MBTR(SPECIES, r_cut=4.0, n_grid=16, sigma=0.3),
 }
 

@@ -57,3 +57,16 @@ def test_basis_functions_are_linearly_independent():
     X = ace.compute(frames).features
     s = np.linalg.svd(X / np.linalg.norm(X, axis=0), compute_uv=False)
     assert (s > 1e-8 * s[0]).sum() == ace.n_features
+
+
+def test_feature_degrees_follow_the_names():
+    """``feature_degrees`` is sum (n + l) of each function's factors, read off its name."""
+    import re
+
+    ace = ACE(["H", "C"], r_cut=4.0, n_max=3, l_max=2, correlation_order=3, total_degree=[6, 6, 5])
+    deg = ace.feature_degrees()
+    assert deg.shape == (ace.n_features,)
+    for name, d in zip(ace.feature_names(), deg):
+        factors = re.findall(r"[A-Z][a-z]?(\d+)l(\d+)", name.split("(")[0])
+        assert d == sum(int(n) + int(l) for n, l in factors)
+    assert deg.min() == 0 and deg.max() == 4  # order 2: sum (n + 1 + l) <= 6 over two factors

@@ -8,7 +8,8 @@ from scipy.spatial.transform import Rotation
 from scipy.special import sph_harm_y
 
 from ml4m.descriptors.coupling import real_clebsch_gordan
-from ml4m.descriptors.radial import _quadrature, radial_basis, soap_radial_table
+from ml4m.descriptors.cutoffs import smooth_cutoff
+from ml4m.descriptors.radial import _quadrature, ace_radial_table, radial_basis, soap_radial_table
 from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
 
 
@@ -51,6 +52,31 @@ def test_radial_basis_orthonormal():
     r, w = _quadrature(4.5, 200)
     R = radial_basis(r, 10, 4.5)
     np.testing.assert_allclose((R * (w * r**2)[:, None]).T @ R, np.eye(10), atol=1e-12)
+
+
+@pytest.mark.parametrize("r0", [None, 1.0])
+def test_ace_radial_inner_radius(r0):
+    """With ``r_in`` the table is f_c(r) R_n(rho(r)), rho mapping [r_in, r_cut] onto
+    [0, r_cut]; below r_in it is constant (no force); derivatives match differences."""
+    rc, r_in, n = 5.0, 0.8, 6
+    tab = ace_radial_table(n, rc, 1.0, r0, r_in)
+    r = np.linspace(1.0, 4.9, 37)
+    if r0 is None:
+        rho = rc * (r - r_in) / (rc - r_in)
+    else:
+        u = lambda x: (r0 / (r0 + x)) ** 2  # noqa: E731
+        rho = rc * (u(r_in) - u(r)) / (u(r_in) - u(rc))
+    fc, _ = smooth_cutoff(r, rc, 1.0)
+    val, der = tab(r)
+    np.testing.assert_allclose(val, fc[:, None] * radial_basis(rho, n, rc), atol=1e-6)
+    h = 1e-5
+    np.testing.assert_allclose(der, (tab(r + h)[0] - tab(r - h)[0]) / (2 * h), atol=1e-4)
+    low_val, low_der = tab(np.array([0.0, 0.3, 0.7]))
+    np.testing.assert_allclose(low_val, np.repeat(radial_basis(np.zeros(1), n, rc), 3, axis=0),
+                               atol=1e-9)
+    np.testing.assert_allclose(low_der, 0.0, atol=1e-9)
+    # the map is spent on the data's range: rho(r_in) = 0, so R_n(r_in) = R_n(0) of the plain basis
+    assert np.max(np.abs(tab(np.array([r_in]))[0] - radial_basis(np.zeros(1), n, rc))) < 1e-6
 
 
 def test_soap_radial_table_matches_quadrature():

@@ -11,7 +11,7 @@ from ase import units
 
 import ml4m
 from ml4m.data import Dataset, Frame, default_dataset
-from ml4m.errors import DataError
+from ml4m.errors import ConfigError, DataError
 from ml4m.models.kernel import SparseGPPotential
 from ml4m.models.linear import LinearACE, LinearPotential
 
@@ -166,6 +166,29 @@ def test_recovers_a_known_linear_model_in_the_basis(data):
     test = data[1][:4]
     np.testing.assert_allclose(fit.predict(test).forces, truth.predict(test).forces, atol=1e-6)
     np.testing.assert_allclose(fit.predict(test).energy, truth.predict(test).energy, atol=1e-6)
+
+
+def test_smoothness_prior_penalises_degree(data):
+    """The ACE prior is (1 + degree)^p per species block; a rougher prior shrinks the
+    high-degree coefficients relative to the low-degree ones; bad prior settings fail."""
+    frames = data[0][:12]
+    desc = _descriptor("ace")
+    deg = desc.feature_degrees()
+    fits = {p: LinearACE(_descriptor("ace"), smoothness=p, uncertainty="posterior").fit(frames)
+            for p in (0.0, 6.0)}
+    prior = fits[6.0].regression_.prior
+    np.testing.assert_allclose(prior, (1 + deg) ** 6 / np.mean((1 + deg) ** 6))
+    high, low = deg >= np.percentile(deg, 75), deg <= np.percentile(deg, 25)
+
+    def ratio(model):
+        c = np.abs(model.coef_)
+        return c[high].mean() / c[low].mean()
+
+    assert ratio(fits[6.0]) < 0.5 * ratio(fits[0.0]), (ratio(fits[6.0]), ratio(fits[0.0]))
+    with pytest.raises(ConfigError, match="needs a descriptor with feature degrees"):
+        LinearPotential(_descriptor("soap"), prior="smoothness").fit(frames)
+    with pytest.raises(ConfigError, match="prior must be"):
+        LinearACE(_descriptor("ace"), prior="flat").fit(frames)
 
 
 def test_emt_reference_is_what_we_fit():

@@ -50,7 +50,7 @@ from ml4m.errors import ConfigError
 
 __all__ = ["ACE"]
 
-_CHUNK = 4096  # pairs per block in the per-feature gradient path
+_CHUNK = 1024  # pairs per block in the per-feature gradient path
 _VJP_CHUNK = 16384  # pairs per block in the adjoint (VJP) path
 _KEEP_PAIRS = 131072  # pairs whose basis values are kept between A and the VJP
 
@@ -103,7 +103,7 @@ class ACE(Descriptor):
     def __init__(
         self, species: Iterable[str | int], r_cut: float = 5.0, n_max: int = 4, l_max: int = 3,
         correlation_order: int = 3, total_degree: int | Sequence[int] = 8,
-        cutoff_width: float = 1.0, r0: float | None = None,
+        cutoff_width: float = 1.0, r0: float | None = None, r_in: float = 0.0,
         average: bool = False,
     ) -> None:
         super().__init__(species, r_cut, average)
@@ -120,16 +120,21 @@ class ACE(Descriptor):
             self.total_degree = self._check_int("total_degree", total_degree, 1, 30)
         self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
         self.r0 = None if r0 is None else self._check_positive("r0", r0)
+        self.r_in = float(r_in)
+        if not 0.0 <= self.r_in < self.r_cut - self.cutoff_width:
+            raise ConfigError(f"r_in must lie in [0, r_cut - cutoff_width), got {r_in!r}")
         self._table: HermiteTable | None = None
         self._radial: HermiteTable | None = None
         self._product_basis: ProductBasis | None = None
+        self._entries_by_species: list | None = None
         self._basis = self._enumerate()
 
     def settings(self) -> dict[str, Any]:
         """Hyperparameters as a JSON-serialisable dict."""
         out = super().settings()
         out.update(n_max=self.n_max, l_max=self.l_max, correlation_order=self.correlation_order,
-                   total_degree=self.total_degree, cutoff_width=self.cutoff_width, r0=self.r0)
+                   total_degree=self.total_degree, cutoff_width=self.cutoff_width, r0=self.r0,
+                   r_in=self.r_in)
         return out
 
     # ---- basis enumeration --------------------------------------------------------
@@ -169,6 +174,16 @@ class ACE(Descriptor):
                         out.append((combo, L))
         return out
 
+    def feature_degrees(self) -> np.ndarray:
+        """Polynomial degree ``sum_t (n_t + l_t)`` of every basis function, in column order.
+
+        The measure of roughness a smoothness prior penalises (higher degree: more
+        oscillation in distance or angle); constant functions of the radial index
+        ``n = 0`` and ``l = 0`` have degree 0.
+        """
+        return np.array([sum(k % self.n_max + l for l, k in combo) for combo, _ in self._basis],
+                        dtype=float)
+
     def _deg(self, alpha: tuple[int, int]) -> int:
         l, k = alpha
         return k % self.n_max + 1 + l
@@ -201,7 +216,8 @@ class ACE(Descriptor):
     def radial(self) -> HermiteTable:
         """Tabulated ``f_c R_n``, one column per ``n`` (built on first use)."""
         if self._radial is None:
-            self._radial = ace_radial_table(self.n_max, self.r_cut, self.cutoff_width, self.r0)
+            self._radial = ace_radial_table(self.n_max, self.r_cut, self.cutoff_width, self.r0,
+                                            self.r_in)
         return self._radial
 
     # ---- evaluation ---------------------------------------------------------------
@@ -324,24 +340,41 @@ class ACE(Descriptor):
                        + np.einsum("pxm,pm->px", dY, H2))
         return out
 
+    def _species_entries(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, sp.csr_matrix]]:
+        """Per neighbour species: the Jacobian entries on its channels (index, radial
+        ``n``, ``lm``) and the one-hot (entries, features) matrix that sums them."""
+        if self._entries_by_species is None:
+            f, k, lm = self.product_basis.entries
+            out = []
+            for s in range(self.n_species):
+                idx = np.flatnonzero(k // self.n_max == s)
+                H = sp.csr_matrix((np.ones(len(idx)), (np.arange(len(idx)), f[idx])),
+                                  shape=(len(idx), self.n_features))
+                out.append((idx, k[idx] % self.n_max, lm[idx], H))
+            self._entries_by_species = out
+        return self._entries_by_species
+
     def _frame_features(self, species_index, nl: NeighborList, gradients):
-        n, L, S = self.n_max, self.l_max + 1, self.n_species
+        n, S = self.n_max, self.n_species
         A = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
-        B = self.product_basis.products(A)
+        B, pairs = self.product_basis.products(A, return_pairs=True)
         if not gradients:
             return B, None
         P, F = len(nl.i), self.n_features
-        # J_i = dB_i/dA_i per centre, then per centre one matmul over its pairs:
-        # g_p = J_{i_p}[:, block(s_j)] . d phi_p  (no per-pair product rule)
-        J = self._jacobian(A).reshape(len(A), F, S, n * L * L)
+        # per pair p = (i, j): g_p = sum_e dB_{f_e}/dA_i[k_e, lm_e] d phi_{n_e lm_e}(r_p) over
+        # the Jacobian entries e on the channels of j's species: a gather, a product and a
+        # one-hot sum (the Jacobian has few nonzeros per function, so no dense dB/dA)
+        Jc = self.product_basis.jacobian_entries(A, pairs)
+        per_species = [(Jc[:, idx], n_e, lm_e, H) for idx, n_e, lm_e, H in self._species_entries()]
         g = np.empty((P, 3, F))
         sj = species_index[nl.j]
-        bounds = np.searchsorted(nl.i, np.arange(len(A) + 1))  # pairs are sorted by centre
         for sl in _chunks(P, _CHUNK):
-            dphi = self._pair_basis_gradients(nl, sl).reshape(sl.stop - sl.start, 3, -1)
-            for i in np.unique(nl.i[sl]):
-                a, b = max(bounds[i], sl.start), min(bounds[i + 1], sl.stop)
-                for s_ in np.unique(sj[a:b]):
-                    sel = np.arange(a, b)[sj[a:b] == s_]
-                    g[sel] = dphi[sel - sl.start] @ J[i, :, s_].T
+            dphi = self._pair_basis_gradients(nl, sl)  # (p, 3, n, LM)
+            for s_, (Js, n_e, lm_e, H) in enumerate(per_species):
+                sel = np.flatnonzero(sj[sl] == s_)
+                if not len(sel):
+                    continue
+                X = dphi[sel][:, :, n_e, lm_e]  # (q, 3, E_s)
+                X *= Js[nl.i[sl.start + sel]][:, None, :]
+                g[sl.start + sel] = (H.T @ X.reshape(-1, len(n_e)).T).T.reshape(len(sel), 3, F)
         return B, g

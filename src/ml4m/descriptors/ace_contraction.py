@@ -60,6 +60,8 @@ class ProductBasis:
     def __init__(self, basis: Sequence[tuple[tuple[Alpha, ...], int]], n_channels: int) -> None:
         self.n_features = len(basis)
         self.n_channels = n_channels
+        self._entries: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._lm_size = (max((a[0] for alphas, _ in basis for a in alphas), default=0) + 1) ** 2
         pair_index: dict[tuple[Alpha, Alpha, int], tuple[int, int]] = {}
         pair_keys: list[tuple[int, int, int]] = []
         pair_members: list[list[tuple[int, int]]] = []
@@ -136,6 +138,58 @@ class ProductBasis:
         for g1, g2, cols, p1, p2, _, _ in self.quad:
             B[:, cols] = np.einsum("rgm,rgm->rg", T[g1][:, p1], T[g2][:, p2])
         return (B, values) if return_pairs else B
+
+    def _jacobian_blocks(self, A: np.ndarray, pairs=None):
+        """Blocks ``(k (g,), l, cols (g,), values (rows, g, 2l+1))`` whose sum is dB/dA:
+        ``d B_{cols[j]} / d A[:, k[j], lm(l)]`` gets ``values[:, j]`` (product rule, one
+        block per factor of every kind of function)."""
+        R = len(A)
+        for nu, l, cols, ks, _ in self.simple:
+            if nu == 1:
+                yield ks[:, 0], 0, cols, np.ones((R, len(cols), 1))
+                continue
+            yield ks[:, 0], l, cols, A[:, ks[:, 1], _lm(l)]
+            yield ks[:, 1], l, cols, A[:, ks[:, 0], _lm(l)]
+        values = self._pair_values(A) if pairs is None else pairs
+
+        def through_pair(g, p, cols, outer):  # d/dA of sum_M T_M(pair p) outer_M
+            l1, l2, L, k1, k2, C, _, _ = self.pairs[g]
+            x1, x2, _ = values[g]
+            yield k1[p], l1, cols, np.einsum("rgb,rgM,abM->rga", x2[:, p], outer, C)
+            yield k2[p], l2, cols, np.einsum("rga,rgM,abM->rgb", x1[:, p], outer, C)
+
+        for g, l3, cols, p, k3, _, _ in self.triple:
+            yield k3, l3, cols, values[g][2][:, p]
+            yield from through_pair(g, p, cols, A[:, k3, _lm(l3)])
+        for g1, g2, cols, p1, p2, _, _ in self.quad:
+            yield from through_pair(g1, p1, cols, values[g2][2][:, p2])
+            yield from through_pair(g2, p2, cols, values[g1][2][:, p1])
+
+    def jacobian_entries(self, A: np.ndarray, pairs=None) -> np.ndarray:
+        """The structurally nonzero entries of ``d B / d A`` per row, shape (rows, E).
+
+        Entry ``e`` is ``d B_{f_e} / d A[:, k_e, lm_e]`` with ``(f_e, k_e, lm_e)`` from
+        :attr:`entries` (fixed by the basis; an ``(f, k, lm)`` may appear more than once,
+        the entries then add). A function of order ``nu`` has ``sum_t (2 l_t + 1)``
+        entries: far fewer than the ``K * LM`` of a dense Jacobian row.
+        """
+        blocks = list(self._jacobian_blocks(A, pairs))
+        if self._entries is None:
+            f, k, lm = [], [], []
+            for kb, l, cols, _ in blocks:
+                w = 2 * l + 1
+                f.append(np.repeat(cols, w))
+                k.append(np.repeat(kb, w))
+                lm.append(np.tile(np.arange(l * l, (l + 1) * (l + 1)), len(cols)))
+            self._entries = tuple(np.concatenate(x) for x in (f, k, lm))
+        return np.concatenate([v.reshape(len(A), -1) for *_, v in blocks], axis=1)
+
+    @property
+    def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(f_e, k_e, lm_e)``: feature, channel and ``lm`` of each Jacobian entry."""
+        if self._entries is None:
+            self.jacobian_entries(np.zeros((1, self.n_channels, self._lm_size)))
+        return self._entries
 
     def adjoint(self, A: np.ndarray, W: np.ndarray, pairs=None) -> np.ndarray:
         """``d (sum_f W[:, f] B_f) / d A``, shape (rows, K, LM) like A.

@@ -196,7 +196,7 @@ def soap_radial_table(
 
 @lru_cache(maxsize=16)
 def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float,
-                     r0: float | None = None) -> HermiteTable:
+                     r0: float | None = None, r_in: float = 0.0) -> HermiteTable:
     """Tabulate ``f_c(r) R_n(rho(r))`` (no Gaussian smearing) for the ACE one-particle basis.
 
     Parameters
@@ -208,10 +208,16 @@ def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float,
     cutoff_width : float
         Width of the smooth cutoff transition, Angstrom.
     r0 : float, optional
-        Scale of the distance transform, Angstrom. ``None``: ``rho(r) = r``. Otherwise
-        ``u(r) = ((1 + r0) / (1 + r))**2`` and ``rho = r_cut (u(0) - u) / (u(0) - u(r_cut))``,
-        a monotonic map of ``[0, r_cut]`` onto itself that stretches short distances:
-        the polynomials then resolve bond lengths finely and the far tail coarsely.
+        Scale of the distance transform, Angstrom. ``None``: ``rho`` maps ``[r_in, r_cut]``
+        linearly onto ``[0, r_cut]`` (``rho = r`` for ``r_in = 0``). Otherwise
+        ``u(r) = (r0 / (r0 + r))**2`` and
+        ``rho = r_cut (u(r_in) - u) / (u(r_in) - u(r_cut))``, a monotonic map of
+        ``[r_in, r_cut]`` onto ``[0, r_cut]`` that stretches short distances: the
+        polynomials then resolve bond lengths finely and the far tail coarsely.
+    r_in : float, default=0.0
+        Inner radius of the transform, Angstrom (below the shortest distance in the
+        data): no resolution is spent on ``[0, r_in]``, where ``rho`` stays 0 and the
+        radial functions are constant (no force).
 
     Returns
     -------
@@ -225,9 +231,9 @@ def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float,
     def rho(r):
         r = np.clip(r, 0.0, None)
         if r0 is None:
-            return r
-        u = ((1.0 + r0) / (1.0 + r)) ** 2
-        u0, uc = (1.0 + r0) ** 2, ((1.0 + r0) / (1.0 + r_cut)) ** 2
+            return np.clip(r_cut * (r - r_in) / (r_cut - r_in), 0.0, r_cut)
+        u = (r0 / (r0 + r)) ** 2
+        u0, uc = (r0 / (r0 + r_in)) ** 2, (r0 / (r0 + r_cut)) ** 2
         return np.clip(r_cut * (u0 - u) / (u0 - uc), 0.0, r_cut)
 
     def basis(r):

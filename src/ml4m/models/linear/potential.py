@@ -141,6 +141,16 @@ class LinearPotential(Potential):
         then fitted on all frames (same coefficients as ``'posterior'``; one extra
         solve). Falls back to ``'posterior'`` with a warning
         below 10 training frames or without forces.
+    prior : {'auto', 'smoothness', 'scale'}, default='auto'
+        Shape of the Gaussian prior on the coefficients (its scale is fitted by
+        evidence). ``'smoothness'``: precision ``(1 + degree)**smoothness`` per basis
+        function (the descriptor's ``feature_degrees()``, e.g. ACE's ``sum (n + l)``),
+        so rough high-degree functions need strong evidence, as the smoothness priors of
+        ACE fits do. ``'scale'``: precision proportional to the mean square of each
+        feature (a ridge on standardised features). ``'auto'``: smoothness when the
+        descriptor gives degrees, else scale.
+    smoothness : float, default=2.0
+        Exponent of the smoothness prior.
     batch_frames : int, default=4
         Frames per block when accumulating the normal equations.
     """
@@ -151,7 +161,8 @@ class LinearPotential(Potential):
     def __init__(self, descriptor, e0: Any = "fit", sigma_energy: float = 0.001,
                  sigma_forces: float | None = 0.03, sigma_stress: float | None = 0.003,
                  alpha: float | None = None, beta: float | None = None,
-                 noise: str = "shared", uncertainty: str = "calibrated", batch_frames: int = 4) -> None:
+                 noise: str = "shared", uncertainty: str = "calibrated", prior: str = "auto",
+                 smoothness: float = 2.0, batch_frames: int = 4) -> None:
         self.descriptor = descriptor
         self.e0 = e0
         self.sigma_energy = sigma_energy
@@ -161,6 +172,8 @@ class LinearPotential(Potential):
         self.beta = beta
         self.noise = noise
         self.uncertainty = uncertainty
+        self.prior = prior
+        self.smoothness = smoothness
         self.batch_frames = batch_frames
 
     # ---- pieces a subclass may change ---------------------------------------------------
@@ -172,10 +185,23 @@ class LinearPotential(Potential):
     def _make_feature_map(self, train: Sequence[Frame]) -> FeatureMap:
         return SpeciesBlocks(len(self.species), self.descriptor.n_features)
 
+    def _prior_kind(self) -> str:
+        if self.prior not in ("auto", "smoothness", "scale"):
+            raise ConfigError(f"prior must be 'auto', 'smoothness' or 'scale', got {self.prior!r}")
+        has_degrees = hasattr(self.descriptor, "feature_degrees")
+        if self.prior == "smoothness" and not has_degrees:
+            raise ConfigError(f"prior='smoothness' needs a descriptor with feature degrees (ACE); "
+                              f"{type(self.descriptor).__name__} has none: use prior='scale'")
+        return "smoothness" if self.prior == "auto" and has_degrees else self.prior
+
     def _prior(self, phi_sq_mean: np.ndarray) -> np.ndarray:
-        """Prior precision shape: coefficients of large features are small."""
-        scale = np.where(phi_sq_mean > 0, phi_sq_mean, np.max(phi_sq_mean, initial=1.0))
-        return scale / scale.mean()
+        """Prior precision shape, per coefficient (see ``prior``), mean 1."""
+        if self._prior_kind() == "smoothness":
+            g = (1.0 + self.descriptor.feature_degrees()) ** float(self.smoothness)
+            P = np.tile(g, len(phi_sq_mean) // len(g))
+        else:  # coefficients of large features are small
+            P = np.where(phi_sq_mean > 0, phi_sq_mean, np.max(phi_sq_mean, initial=1.0))
+        return P / P.mean()
 
     # ---- helpers -------------------------------------------------------------------------
     def _species_index(self, frames: Sequence[Frame]) -> np.ndarray:
@@ -237,6 +263,7 @@ class LinearPotential(Potential):
             raise ConfigError(f"noise must be 'shared' or 'per_quantity', got {self.noise!r}")
         if self.uncertainty not in ("posterior", "calibrated"):
             raise ConfigError(f"uncertainty must be 'posterior' or 'calibrated', got {self.uncertainty!r}")
+        self._prior_kind()
         self._species_index(frames)  # unknown species fail before any work
         self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
         self.fmap_ = self._make_feature_map(frames)
@@ -394,7 +421,8 @@ class LinearPotential(Potential):
     def _hyper(self) -> dict[str, Any]:
         return {"sigma_energy": self.sigma_energy, "sigma_forces": self.sigma_forces,
                 "sigma_stress": self.sigma_stress, "alpha": self.alpha, "beta": self.beta,
-                "noise": self.noise, "uncertainty": self.uncertainty, "batch_frames": self.batch_frames}
+                "noise": self.noise, "uncertainty": self.uncertainty, "prior": self.prior,
+                "smoothness": self.smoothness, "batch_frames": self.batch_frames}
 
     def _feature_map_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {}
