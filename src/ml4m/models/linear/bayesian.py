@@ -281,7 +281,9 @@ class BayesianLinearRegression:
         self
             With ``betas_`` (one per non-empty group, in order) besides ``alpha_``;
             ``beta_`` is the first group's. A fixed ``beta`` is used for every group
-            (then the fit equals :meth:`fit_normal_equations` on the summed groups).
+            (then the fit equals :meth:`fit_normal_equations` on the summed groups), or
+            a sequence of fixed ``beta`` gives one per group; with ``alpha`` fixed too the
+            fit is one Cholesky factorisation (no evidence search).
 
         Notes
         -----
@@ -304,8 +306,10 @@ class BayesianLinearRegression:
         bs = [T.left(g.Aty) for g in groups]
         yty = np.array([g.yty for g in groups])
         ns = np.array([g.n for g in groups], dtype=float)
-        # fixed values, or placeholders that the shared-noise start below replaces
-        betas = np.full(len(groups), float(self.beta) if self.beta is not None else 1.0)
+        # fixed values (one for all groups, or one per group), or placeholders that the
+        # shared-noise start below replaces
+        betas = np.array(np.broadcast_to(np.asarray(self.beta if self.beta is not None else 1.0, dtype=float),
+                                          (len(groups),)))
         alpha = float(self.alpha) if self.alpha is not None else 1.0
 
         def posterior(alpha, betas):
@@ -376,7 +380,7 @@ class BayesianLinearRegression:
     def _check_hyper(self) -> None:
         for name in ("alpha", "beta"):
             v = getattr(self, name)
-            if v is not None and not v > 0:
+            if v is not None and not np.all(np.asarray(v, dtype=float) > 0):
                 raise ConfigError(f"{name} must be positive or None (evidence), got {v}")
 
     def _check(self, A: np.ndarray) -> np.ndarray:
