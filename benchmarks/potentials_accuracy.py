@@ -36,11 +36,13 @@ SETTINGS = {
         "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 3, "correlation_order": 3, "total_degree": 12}},
         "cuau_emt": {"descriptor": {"r_cut": 5.0, "n_max": 5, "l_max": 3, "correlation_order": 3, "total_degree": 10}},
         # chosen by cross-validation inside train (fit on conformers 1-4, force MAE on conformer
-        # 5): r_cut 4.5, n_max 4, l_max 2, degree 7 (before): 131 meV/A; this one: 96 meV/A with a
-        # fit inside a tenth of MACE's training time; [12, 9, 7] with l_max 3 reaches 72 meV/A
-        # but its fit (~9 min: 0.42 s per frame for the ACE gradients) is over that budget
-        "bpa_xtb": {"descriptor": {"r_cut": 5.0, "n_max": 12, "l_max": 2, "correlation_order": 3,
-                                   "total_degree": [12, 8, 7]}},
+        # 5, meV/A): r_cut 4.5, n_max 4, l_max 2, degree 7: 131; n_max 12, l_max 2, [12, 8, 7]: 96;
+        # the same with the radial polynomials on [r_in, r_cut] (r_in 0.8 A, r0 1 A): 60; then
+        # l_max 3, [12, 10, 7]: 53 (the largest basis whose fit stays inside a tenth of MACE's
+        # training time; [12, 10, 8] reaches 49 at 9,792 coefficients); prior exponent 0 best
+        "bpa_xtb": {"descriptor": {"r_cut": 5.0, "n_max": 12, "l_max": 3, "correlation_order": 3,
+                                   "total_degree": [12, 10, 7], "r_in": 0.8, "r0": 1.0},
+                    "params": {"smoothness": 0.0}},
     },
     "gp": {
         "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 4}, "params": {"n_sparse": 400, "zeta": 4}},

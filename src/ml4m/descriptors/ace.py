@@ -88,12 +88,16 @@ class ACE(Descriptor):
         Width of the smooth cutoff transition, Angstrom (at most ``r_cut``).
     r0 : float, optional
         Distance transform of the radial basis, Angstrom (``None``: polynomials in
-        ``r``). With ``r0`` the polynomials are taken in ``((1 + r0) / (1 + r))**2``,
-        which resolves short distances (bonds) finely; see
-        :func:`~ml4m.descriptors.radial.ace_radial_table`. Experimental: on the 3BPA
-        molecule (``r0 = 1.2``) the fitted linear model extrapolated wildly to a held-out
-        conformer (resolution spent on distances no training pair samples); validate on
-        held-out structures before use.
+        ``r``). With ``r0`` the polynomials are taken in ``(r0 / (r0 + r))**2``, which
+        resolves short distances (bonds) finely and the far tail coarsely; see
+        :func:`~ml4m.descriptors.radial.ace_radial_table`.
+    r_in : float, default=0.0
+        Inner radius, Angstrom: the radial polynomials span ``[r_in, r_cut]`` and are
+        constant below it (no force there). Set it a little below the shortest distance
+        in the data (molecules: about 0.8 A): otherwise much of the radial resolution
+        goes to distances no pair samples, and a fit extrapolates wildly into them. On
+        the 3BPA molecule (fit on four conformers, force error on a fifth) ``r_in = 0.8,
+        r0 = 1`` cut the force MAE from 96 to 60 meV/A at the same basis.
     average : bool, default=False
         One row per frame: the mean of the per-atom vectors.
     """
