@@ -24,6 +24,9 @@ FACTORIES = {
     # (inner radius below the structures' shortest distance)
     "ace_r0": lambda: ACE(SPECIES, r_cut=4.0, n_max=4, l_max=2, correlation_order=3,
                           total_degree=[6, 6, 5], r0=1.2, r_in=1.2),
+    # element-agnostic channels for the four-body functions
+    "ace_agnostic": lambda: ACE(SPECIES, r_cut=4.0, n_max=3, l_max=2, correlation_order=3,
+                                total_degree=[6, 6, 6], agnostic_from=3),
     "mbtr": lambda: MBTR(SPECIES, r_cut=4.0, n_grid=16, sigma=0.3),
 }
 

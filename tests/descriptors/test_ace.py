@@ -70,3 +70,23 @@ def test_feature_degrees_follow_the_names():
         factors = re.findall(r"[A-Z][a-z]?(\d+)l(\d+)", name.split("(")[0])
         assert d == sum(int(n) + int(l) for n, l in factors)
     assert deg.min() == 0 and deg.max() == 4  # order 2: sum (n + 1 + l) <= 6 over two factors
+
+
+def test_agnostic_channels_are_the_summed_density():
+    """An element-agnostic product is the product of the species-summed density:
+    B2[X0l1,X0l1] = B2[Cu0l1,Cu0l1] + 2 B2[Cu0l1,Au0l1] + B2[Au0l1,Au0l1]."""
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 2, 1))
+    atoms.numbers[::3] = 79
+    atoms.positions += np.random.default_rng(2).normal(scale=0.1, size=atoms.positions.shape)
+    kw = dict(r_cut=4.0, n_max=3, l_max=2, correlation_order=2, total_degree=6)
+    mixed = ACE(["Cu", "Au"], agnostic_from=2, **kw)
+    full = ACE(["Cu", "Au"], **kw)
+    Xm, Xf = mixed.compute(atoms).features, full.compute(atoms).features
+    col = {name: k for k, name in enumerate(full.feature_names())}
+    expect = Xf[:, col["B2[Cu0l1,Cu0l1]"]] + 2 * Xf[:, col["B2[Cu0l1,Au0l1]"]] + Xf[:, col["B2[Au0l1,Au0l1]"]]
+    got = Xm[:, mixed.feature_names().index("B2[X0l1,X0l1]")]
+    np.testing.assert_allclose(got, expect, rtol=1e-10)
+    # order 1 stays element-resolved, order 2 has only agnostic factors
+    assert all(("X" in name) == name.startswith("B2") for name in mixed.feature_names())

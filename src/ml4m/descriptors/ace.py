@@ -98,6 +98,12 @@ class ACE(Descriptor):
         goes to distances no pair samples, and a fit extrapolates wildly into them. On
         the 3BPA molecule (fit on four conformers, force error on a fifth) ``r_in = 0.8,
         r0 = 1`` cut the force MAE from 96 to 60 meV/A at the same basis.
+    agnostic_from : int, default=0
+        Correlation order from which the factors are channels of the element-agnostic
+        density (all neighbours summed, whatever their species; named ``X``) instead of
+        one channel per neighbour species: the high-order functions then number
+        ``1 / n_species**nu`` as many at the same degree, so their degree can rise. ``0``:
+        every order is element-resolved.
     average : bool, default=False
         One row per frame: the mean of the per-atom vectors.
     """
@@ -108,7 +114,7 @@ class ACE(Descriptor):
         self, species: Iterable[str | int], r_cut: float = 5.0, n_max: int = 4, l_max: int = 3,
         correlation_order: int = 3, total_degree: int | Sequence[int] = 8,
         cutoff_width: float = 1.0, r0: float | None = None, r_in: float = 0.0,
-        average: bool = False,
+        agnostic_from: int = 0, average: bool = False,
     ) -> None:
         super().__init__(species, r_cut, average)
         self.n_max = self._check_int("n_max", n_max, 1, 12)
@@ -125,6 +131,7 @@ class ACE(Descriptor):
         self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
         self.r0 = None if r0 is None else self._check_positive("r0", r0)
         self.r_in = float(r_in)
+        self.agnostic_from = self._check_int("agnostic_from", agnostic_from, 0, 4)
         if not 0.0 <= self.r_in < self.r_cut - self.cutoff_width:
             raise ConfigError(f"r_in must lie in [0, r_cut - cutoff_width), got {r_in!r}")
         self._table: HermiteTable | None = None
@@ -138,19 +145,21 @@ class ACE(Descriptor):
         out = super().settings()
         out.update(n_max=self.n_max, l_max=self.l_max, correlation_order=self.correlation_order,
                    total_degree=self.total_degree, cutoff_width=self.cutoff_width, r0=self.r0,
-                   r_in=self.r_in)
+                   r_in=self.r_in, agnostic_from=self.agnostic_from)
         return out
 
     # ---- basis enumeration --------------------------------------------------------
     def _enumerate(self) -> list[tuple[tuple[tuple[int, int], ...], int]]:
         """Basis functions as ``(alphas, L)``; ``L`` is the coupling (-1 if unused)."""
-        K = self.n_species * self.n_max
+        K, n = self.n_species * self.n_max, self.n_max
         degree = (self.total_degree if isinstance(self.total_degree, list)
                   else [self.total_degree] * self.correlation_order)
         out: list[tuple[tuple[tuple[int, int], ...], int]] = []
         for nu in range(1, self.correlation_order + 1):
             # one-particle functions that fit this order's bound, in (l, k) order
-            alphas = sorted((l, k) for l in range(self.l_max + 1) for k in range(K)
+            channels = (range(K, K + n) if self.agnostic_from and nu >= self.agnostic_from
+                        else range(K))
+            alphas = sorted((l, k) for l in range(self.l_max + 1) for k in channels
                             if self._deg((l, k)) <= degree[nu - 1])
             for combo in itertools.combinations_with_replacement(alphas, nu):
                 if sum(self._deg(a) for a in combo) > degree[nu - 1]:
@@ -197,9 +206,22 @@ class ACE(Descriptor):
         """Number of basis functions B after truncation."""
         return len(self._basis)
 
+    @property
+    def n_channels(self) -> int:
+        """Channels of A: ``n_max`` per species, plus ``n_max`` element-agnostic ones
+        when ``agnostic_from`` is set."""
+        return (self.n_species + (1 if self.agnostic_from else 0)) * self.n_max
+
+    def _with_agnostic(self, A: np.ndarray) -> np.ndarray:
+        """A (rows, S n, LM) with the element-agnostic block (sum over species) appended."""
+        if not self.agnostic_from:
+            return A
+        N, _, LM = A.shape
+        return np.concatenate([A, A.reshape(N, self.n_species, self.n_max, LM).sum(axis=1)], axis=1)
+
     def feature_names(self) -> list[str]:
         """Names such as ``"B3[Cu0l1,Cu1l1,Cu0l2]"`` or ``"B4[...](L=2)"`` in column order."""
-        sym = self.species_symbols
+        sym = self.species_symbols + ["X"]
         out = []
         for combo, L in self._basis:
             parts = ",".join(f"{sym[k // self.n_max]}{k % self.n_max}l{l}" for l, k in combo)
@@ -250,7 +272,7 @@ class ACE(Descriptor):
     def product_basis(self) -> ProductBasis:
         """The vectorised contraction A -> B of this basis (built on first use)."""
         if self._product_basis is None:
-            self._product_basis = ProductBasis(self._basis, self.n_species * self.n_max)
+            self._product_basis = ProductBasis(self._basis, self.n_channels)
         return self._product_basis
 
     def _jacobian(self, A):
@@ -315,7 +337,7 @@ class ACE(Descriptor):
             A += M @ phi
             if keep is not None:
                 keep.append((R, dR, Y, dY))
-        A = A.reshape(N, S * n, LM)
+        A = self._with_agnostic(A.reshape(N, S * n, LM))
         B, pairs = self.product_basis.products(A, return_pairs=True)
         W = weight_fn(B)
         return B, self._contract_pairs(A, species_index, nl, W, pairs, keep)
@@ -325,7 +347,9 @@ class ACE(Descriptor):
         one contraction with ``d phi / d r`` per pair (``kept``: the per-chunk radial
         values and harmonics, or None to recompute them)."""
         n, S = self.n_max, self.n_species
-        G = self.product_basis.adjoint(A, weights, pairs).reshape(len(A), S, n, -1)
+        G = self.product_basis.adjoint(A, weights, pairs).reshape(len(A), -1, n, A.shape[-1])
+        if self.agnostic_from:  # a neighbour feeds its species' channels and the agnostic ones
+            G = G[:, :S] + G[:, S:]
         P = len(nl.i)
         out = np.empty((P, 3))
         sj = species_index[nl.j]
@@ -351,7 +375,7 @@ class ACE(Descriptor):
             f, k, lm = self.product_basis.entries
             out = []
             for s in range(self.n_species):
-                idx = np.flatnonzero(k // self.n_max == s)
+                idx = np.flatnonzero((k // self.n_max == s) | (k // self.n_max == self.n_species))
                 H = sp.csr_matrix((np.ones(len(idx)), (np.arange(len(idx)), f[idx])),
                                   shape=(len(idx), self.n_features))
                 out.append((idx, k[idx] % self.n_max, lm[idx], H))
@@ -360,7 +384,7 @@ class ACE(Descriptor):
 
     def _frame_features(self, species_index, nl: NeighborList, gradients):
         n, S = self.n_max, self.n_species
-        A = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
+        A = self._with_agnostic(density_coefficients(self.table, n, self.l_max, species_index, S, nl))
         B, pairs = self.product_basis.products(A, return_pairs=True)
         if not gradients:
             return B, None

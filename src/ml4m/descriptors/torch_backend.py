@@ -168,6 +168,9 @@ class TorchACE(_TorchDescriptor):
                 i: torch.Tensor, j: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
         """Per-atom basis ``B (n_atoms, n_features)``; arguments as :meth:`TorchSOAP.forward`."""
         A = self.density(positions, cell, species_index, i, j, shifts)
+        if self.desc.agnostic_from:  # the element-agnostic channels: the sum over species
+            N, _, LM = A.shape
+            A = torch.cat([A, A.reshape(N, self.desc.n_species, self.n_max, LM).sum(1)], dim=1)
         out = torch.zeros(A.shape[0], self.desc.n_features, dtype=A.dtype, device=A.device)
 
         def x(t, ks, l):

@@ -150,8 +150,12 @@ class LinearPotential(Potential):
         ACE fits do. ``'scale'``: precision proportional to the mean square of each
         feature (a ridge on standardised features). ``'auto'``: smoothness when the
         descriptor gives degrees, else scale.
-    smoothness : float, default=2.0
-        Exponent of the smoothness prior.
+    smoothness : float, default=0.0
+        Exponent of the smoothness prior. ``0`` is a flat prior on the coefficients of
+        the basis (its radial functions are orthonormal): in cross-validation on the
+        3BPA molecule (fit on four conformers, test on a fifth) the best or tied with
+        ``1`` on every basis tried, while ``2`` cost up to 11% in force MAE and the
+        standardising ``'scale'`` prior 10%; raise it to damp rough high-degree terms.
     batch_frames : int, default=4
         Frames per block when accumulating the normal equations.
     """
@@ -163,7 +167,7 @@ class LinearPotential(Potential):
                  sigma_forces: float | None = 0.03, sigma_stress: float | None = 0.003,
                  alpha: float | None = None, beta: float | None = None,
                  noise: str = "shared", uncertainty: str = "calibrated", prior: str = "auto",
-                 smoothness: float = 2.0, batch_frames: int = 4) -> None:
+                 smoothness: float = 0.0, batch_frames: int = 4) -> None:
         self.descriptor = descriptor
         self.e0 = e0
         self.sigma_energy = sigma_energy
