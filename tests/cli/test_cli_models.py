@@ -108,3 +108,19 @@ def test_tampered_model_exit_2(tmp_path, capsys, files):
     (tmp_path / "bad.ml4m").write_bytes(b"PK\x03\x04 not really a zip")
     code, _, err = _run(capsys, "test", tmp_path / "bad.ml4m", files / "valid.extxyz")
     assert code == 2 and "bad.ml4m" in err
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"prior": "flat"}, "prior must be 'auto', 'smoothness' or 'scale', got 'flat'"),
+    ({"smoothing": 2}, "params: unknown key(s) ['smoothing'] for model 'ace'"),
+])
+def test_fit_bad_prior_settings_exit_2(files, tmp_path, capsys, params, message):
+    """Prior settings of ``params`` are checked: a bad value or key is named, nothing written."""
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(json.dumps({"model": "ace", "train": str(files / "train.extxyz"),
+                               "descriptor": {"r_cut": 4.0, "n_max": 3, "l_max": 2, "r_in": 1.5, "r0": 1.0},
+                               "params": params}))
+    code, _, err = _run(capsys, "fit", cfg, "-o", tmp_path / "m.ml4m")
+    assert code == 2
+    assert message in err
+    assert not (tmp_path / "m.ml4m").exists()

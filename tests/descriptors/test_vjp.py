@@ -91,3 +91,21 @@ def test_large_frame_path_recomputes_pair_values(monkeypatch):
     recomputed = desc.features_and_vjp(frames, lambda X, k: W[k])
     for a, b in zip(kept, recomputed):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("agnostic", [0, 3])
+def test_sparse_and_dense_gradient_paths_agree(monkeypatch, agnostic):
+    """Both per-feature gradient paths (sparse Jacobian entries per pair; dense block per
+    centre) give the same gradients, with and without element-agnostic channels."""
+    import ml4m.descriptors.ace as ace_module
+
+    frames = _frames()
+    desc = make_descriptor("ace", species=[1, 6, 8, 29, 79], r_cut=4.0, n_max=3, l_max=2,
+                           correlation_order=3, total_degree=[6, 6, 6], agnostic_from=agnostic)
+    out = []
+    for flag in (True, False):
+        monkeypatch.setattr(ace_module, "_SPARSE_GRADIENTS", flag)
+        out.append(desc.compute(frames, gradients=True))
+    np.testing.assert_allclose(out[0].features, out[1].features, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(out[0].gradients, out[1].gradients, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out[0].strain_gradients, out[1].strain_gradients, rtol=0, atol=1e-12)

@@ -51,6 +51,7 @@ from ml4m.errors import ConfigError
 __all__ = ["ACE"]
 
 _CHUNK = 1024  # pairs per block in the per-feature gradient path
+_SPARSE_GRADIENTS: bool | None = None  # per-feature gradient path: None chooses by cost
 _VJP_CHUNK = 16384  # pairs per block in the adjoint (VJP) path
 _KEEP_PAIRS = 131072  # pairs whose basis values are kept between A and the VJP
 
@@ -368,36 +369,59 @@ class ACE(Descriptor):
                        + np.einsum("pxm,pm->px", dY, H2))
         return out
 
-    def _species_entries(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, sp.csr_matrix]]:
+    def _species_entries(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, sp.csr_matrix,
+                                             sp.csr_matrix]]:
         """Per neighbour species: the Jacobian entries on its channels (index, radial
-        ``n``, ``lm``) and the one-hot (entries, features) matrix that sums them."""
+        ``n``, ``lm``), the one-hot (entries, features) matrix that sums them, and the
+        one that scatters them into a dense (n * LM * features) block."""
         if self._entries_by_species is None:
             f, k, lm = self.product_basis.entries
+            n, LM, F = self.n_max, (self.l_max + 1) ** 2, self.n_features
             out = []
             for s in range(self.n_species):
-                idx = np.flatnonzero((k // self.n_max == s) | (k // self.n_max == self.n_species))
-                H = sp.csr_matrix((np.ones(len(idx)), (np.arange(len(idx)), f[idx])),
-                                  shape=(len(idx), self.n_features))
-                out.append((idx, k[idx] % self.n_max, lm[idx], H))
+                idx = np.flatnonzero((k // n == s) | (k // n == self.n_species))
+                rows = np.arange(len(idx))
+                H = sp.csr_matrix((np.ones(len(idx)), (rows, f[idx])), shape=(len(idx), F))
+                D = sp.csr_matrix((np.ones(len(idx)), (rows, ((k[idx] % n) * LM + lm[idx]) * F + f[idx])),
+                                  shape=(len(idx), n * LM * F))
+                out.append((idx, k[idx] % n, lm[idx], H, D))
             self._entries_by_species = out
         return self._entries_by_species
 
     def _frame_features(self, species_index, nl: NeighborList, gradients):
-        n, S = self.n_max, self.n_species
+        n, S, LM = self.n_max, self.n_species, (self.l_max + 1) ** 2
         A = self._with_agnostic(density_coefficients(self.table, n, self.l_max, species_index, S, nl))
         B, pairs = self.product_basis.products(A, return_pairs=True)
         if not gradients:
             return B, None
         P, F = len(nl.i), self.n_features
         # per pair p = (i, j): g_p = sum_e dB_{f_e}/dA_i[k_e, lm_e] d phi_{n_e lm_e}(r_p) over
-        # the Jacobian entries e on the channels of j's species: a gather, a product and a
-        # one-hot sum (the Jacobian has few nonzeros per function, so no dense dB/dA)
+        # the Jacobian entries e on the channels of j's species (and the agnostic ones)
         Jc = self.product_basis.jacobian_entries(A, pairs)
-        per_species = [(Jc[:, idx], n_e, lm_e, H) for idx, n_e, lm_e, H in self._species_entries()]
+        entries = self._species_entries()
         g = np.empty((P, 3, F))
         sj = species_index[nl.j]
+        # few entries per (n, lm) slot (many species, large n * LM): gather, multiply and sum
+        # the entries per pair; else a dense block per centre and species and one matrix
+        # product per centre (BLAS wins when the block is small: one element, many pairs)
+        sparse_path = _SPARSE_GRADIENTS
+        if sparse_path is None:
+            sparse_path = np.mean([len(e[0]) for e in entries]) * 16 < n * LM * F
+        if sparse_path:
+            per_species = [(Jc[:, idx], n_e, lm_e, H) for idx, n_e, lm_e, H, _ in entries]
+        else:
+            dense = [(D.T @ Jc[:, idx].T).T.reshape(len(A), n * LM, F) for idx, _, _, _, D in entries]
+            bounds = np.searchsorted(nl.i, np.arange(len(A) + 1))  # pairs are sorted by centre
         for sl in _chunks(P, _CHUNK):
             dphi = self._pair_basis_gradients(nl, sl)  # (p, 3, n, LM)
+            if not sparse_path:
+                dphi = dphi.reshape(len(dphi), 3, n * LM)
+                for i in np.unique(nl.i[sl]):
+                    a, b = max(bounds[i], sl.start), min(bounds[i + 1], sl.stop)
+                    for s_ in np.unique(sj[a:b]):
+                        sel = np.arange(a, b)[sj[a:b] == s_]
+                        g[sel] = dphi[sel - sl.start] @ dense[s_][i]
+                continue
             for s_, (Js, n_e, lm_e, H) in enumerate(per_species):
                 sel = np.flatnonzero(sj[sl] == s_)
                 if not len(sel):

@@ -314,6 +314,7 @@ class BayesianLinearRegression:
 
         def posterior(alpha, betas):
             H = alpha * np.eye(k) + sum(b * G for b, G in zip(betas, Gs))
+            rhs = sum(b * v for b, v in zip(betas, bs))
             try:
                 U = scipy.linalg.cholesky(H, lower=False)
                 logdet = 2 * float(np.sum(np.log(np.diag(U))))
@@ -321,12 +322,15 @@ class BayesianLinearRegression:
                 if info != 0:
                     raise np.linalg.LinAlgError(f"dpotri failed ({info})")
                 S = inv + np.triu(inv, 1).T  # the strict lower triangle of U (and of inv) is zero
+                # the mean by triangular solves, not S @ rhs: the explicit inverse loses
+                # digits on ill-conditioned (near noise-free) problems
+                m = scipy.linalg.cho_solve((U, False), rhs)
             except np.linalg.LinAlgError:  # round-off when alpha << beta * |G|: eigenvalues >= alpha
                 d, U = np.linalg.eigh(H)
                 d = np.maximum(d, alpha)
                 S = (U / d) @ U.T
                 logdet = float(np.sum(np.log(d)))
-            m = S @ sum(b * v for b, v in zip(betas, bs))
+                m = U @ ((U.T @ rhs) / d)
             rss = np.array([max(y - 2 * m @ v + m @ G @ m, 1e-300) for y, v, G in zip(yty, bs, Gs)])
             return S, m, rss, logdet
 
