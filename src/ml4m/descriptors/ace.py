@@ -410,9 +410,11 @@ class ACE(Descriptor):
         if sparse_path:
             per_species = [(Jc[:, idx], n_e, lm_e, H) for idx, n_e, lm_e, H, _ in entries]
         else:
-            dense = [(D.T @ Jc[:, idx].T).T.reshape(len(A), n * LM, F) for idx, _, _, _, D in entries]
+            dense = [np.ascontiguousarray((D.T @ Jc[:, idx].T).T).reshape(len(A), n * LM, F)
+                     for idx, _, _, _, D in entries]  # contiguous blocks: BLAS products below
             bounds = np.searchsorted(nl.i, np.arange(len(A) + 1))  # pairs are sorted by centre
-        for sl in _chunks(P, _CHUNK):
+        # the sparse path's gathers grow with the entries: smaller chunks of pairs there
+        for sl in _chunks(P, _CHUNK if sparse_path else 4 * _CHUNK):
             dphi = self._pair_basis_gradients(nl, sl)  # (p, 3, n, LM)
             if not sparse_path:
                 dphi = dphi.reshape(len(dphi), 3, n * LM)
