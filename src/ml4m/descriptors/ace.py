@@ -42,7 +42,6 @@ import scipy.sparse as sp
 from ml4m.data.neighbors import NeighborList
 from ml4m.descriptors.ace_contraction import ProductBasis
 from ml4m.descriptors.base import Descriptor
-from ml4m.descriptors.coupling import real_clebsch_gordan
 from ml4m.descriptors.radial import HermiteTable, ace_radial_table
 from ml4m.descriptors.soap import density_coefficients
 from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
@@ -58,12 +57,6 @@ _KEEP_PAIRS = 131072  # pairs whose basis values are kept between A and the VJP
 
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(s, min(n, s + size)) for s in range(0, n, size)]
-
-
-def _block(X, alpha):
-    """The ``(l, k)`` block of a coefficient array ``X[..., K, LM]`` (a view)."""
-    l, k = alpha
-    return X[..., k, l * l:(l + 1) * (l + 1)]
 
 
 class ACE(Descriptor):
@@ -195,8 +188,7 @@ class ACE(Descriptor):
         oscillation in distance or angle); constant functions of the radial index
         ``n = 0`` and ``l = 0`` have degree 0.
         """
-        return np.array([sum(k % self.n_max + l for l, k in combo) for combo, _ in self._basis],
-                        dtype=float)
+        return np.array([sum(self._deg(a) - 1 for a in combo) for combo, _ in self._basis], dtype=float)
 
     def _deg(self, alpha: tuple[int, int]) -> int:
         l, k = alpha
@@ -260,47 +252,12 @@ class ACE(Descriptor):
         return [(nu, ls, L, np.array(cols), np.array(ks))
                 for (nu, ls, L), (cols, ks) in groups.items()]
 
-    @staticmethod
-    def _coupled(A, a1, a2, L, cache):
-        """``T^L_M(a1, a2)`` over rows, cached by ``(a1, a2, L)``."""
-        key = (a1, a2, L)
-        if key not in cache:
-            C = real_clebsch_gordan(a1[0], a2[0], L)
-            cache[key] = np.einsum("rm,rn,mnM->rM", _block(A, a1), _block(A, a2), C)
-        return cache[key]
-
     @property
     def product_basis(self) -> ProductBasis:
         """The vectorised contraction A -> B of this basis (built on first use)."""
         if self._product_basis is None:
             self._product_basis = ProductBasis(self._basis, self.n_channels)
         return self._product_basis
-
-    def _jacobian(self, A):
-        """``d B_f / d A`` per row, shape (rows, F, K, LM) (built factor by factor)."""
-        J = np.zeros((len(A), len(self._basis)) + A.shape[1:])
-        cache: dict = {}
-        for f, (combo, L) in enumerate(self._basis):
-            Jf = J[:, f]
-            nu = len(combo)
-            if nu == 1:
-                _block(Jf, combo[0])[:, 0] += 1.0
-            elif nu == 2:
-                _block(Jf, combo[0])[...] += _block(A, combo[1])
-                _block(Jf, combo[1])[...] += _block(A, combo[0])
-            else:
-                T = self._coupled(A, combo[0], combo[1], L, cache)
-                if nu == 3:
-                    pairs = [((combo[0], combo[1]), _block(A, combo[2]))]
-                    _block(Jf, combo[2])[...] += T
-                else:
-                    T2 = self._coupled(A, combo[2], combo[3], L, cache)
-                    pairs = [((combo[0], combo[1]), T2), ((combo[2], combo[3]), T)]
-                for (a1, a2), outer in pairs:  # d/dx of sum_M T_M(x1, x2) outer_M
-                    C = real_clebsch_gordan(a1[0], a2[0], L)
-                    _block(Jf, a1)[...] += np.einsum("rn,rM,mnM->rm", _block(A, a2), outer, C)
-                    _block(Jf, a2)[...] += np.einsum("rm,rM,mnM->rn", _block(A, a1), outer, C)
-        return J
 
     def _pair_basis_gradients(self, nl: NeighborList, sl: slice):
         """``d phi_{n l m}(r_ij) / d r_ij`` for the pairs ``sl``, shape (p, 3, n_max, LM)."""
@@ -407,23 +364,16 @@ class ACE(Descriptor):
         sparse_path = _SPARSE_GRADIENTS
         if sparse_path is None:
             sparse_path = np.mean([len(e[0]) for e in entries]) * 16 < n * LM * F
-        if sparse_path:
-            per_species = [(Jc[:, idx], n_e, lm_e, H) for idx, n_e, lm_e, H, _ in entries]
-        else:
-            dense = [np.ascontiguousarray((D.T @ Jc[:, idx].T).T).reshape(len(A), n * LM, F)
-                     for idx, _, _, _, D in entries]  # contiguous blocks: BLAS products below
-            bounds = np.searchsorted(nl.i, np.arange(len(A) + 1))  # pairs are sorted by centre
-        # the sparse path's gathers grow with the entries: smaller chunks of pairs there
-        for sl in _chunks(P, _CHUNK if sparse_path else 4 * _CHUNK):
+        contract = self._contract_sparse if sparse_path else self._contract_dense
+        contract(Jc, entries, nl, sj, g)
+        return B, g
+
+    def _contract_sparse(self, Jc, entries, nl: NeighborList, sj, g) -> None:
+        """``g`` of every pair from the Jacobian entries on its neighbour's channels."""
+        per_species = [(Jc[:, idx], n_e, lm_e, H) for idx, n_e, lm_e, H, _ in entries]
+        F = g.shape[-1]
+        for sl in _chunks(len(nl.i), _CHUNK):  # the gathers grow with the entries
             dphi = self._pair_basis_gradients(nl, sl)  # (p, 3, n, LM)
-            if not sparse_path:
-                dphi = dphi.reshape(len(dphi), 3, n * LM)
-                for i in np.unique(nl.i[sl]):
-                    a, b = max(bounds[i], sl.start), min(bounds[i + 1], sl.stop)
-                    for s_ in np.unique(sj[a:b]):
-                        sel = np.arange(a, b)[sj[a:b] == s_]
-                        g[sel] = dphi[sel - sl.start] @ dense[s_][i]
-                continue
             for s_, (Js, n_e, lm_e, H) in enumerate(per_species):
                 sel = np.flatnonzero(sj[sl] == s_)
                 if not len(sel):
@@ -431,4 +381,19 @@ class ACE(Descriptor):
                 X = dphi[sel][:, :, n_e, lm_e]  # (q, 3, E_s)
                 X *= Js[nl.i[sl.start + sel]][:, None, :]
                 g[sl.start + sel] = (H.T @ X.reshape(-1, len(n_e)).T).T.reshape(len(sel), 3, F)
-        return B, g
+
+    def _contract_dense(self, Jc, entries, nl: NeighborList, sj, g) -> None:
+        """``g`` of every pair as ``d phi_p @ J_{i_p, s_p}``, one dense block per centre and
+        neighbour species."""
+        N, nLM, F = len(Jc), self.n_max * (self.l_max + 1) ** 2, g.shape[-1]
+        # contiguous blocks: BLAS products below
+        dense = [np.ascontiguousarray((D.T @ Jc[:, idx].T).T).reshape(N, nLM, F)
+                 for idx, _, _, _, D in entries]
+        bounds = np.searchsorted(nl.i, np.arange(N + 1))  # pairs are sorted by centre
+        for sl in _chunks(len(nl.i), 4 * _CHUNK):
+            dphi = self._pair_basis_gradients(nl, sl).reshape(sl.stop - sl.start, 3, nLM)
+            for i in np.unique(nl.i[sl]):
+                a, b = max(bounds[i], sl.start), min(bounds[i + 1], sl.stop)
+                for s_ in np.unique(sj[a:b]):
+                    sel = np.arange(a, b)[sj[a:b] == s_]
+                    g[sel] = dphi[sel - sl.start] @ dense[s_][i]

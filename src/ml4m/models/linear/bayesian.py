@@ -215,11 +215,18 @@ class BayesianLinearRegression:
         return self.fit_normal_equations(neq)
 
     def fit_normal_equations(self, neq: NormalEquations) -> BayesianLinearRegression:
-        """Fit on accumulated :class:`NormalEquations`; returns ``self``."""
+        """Fit on accumulated :class:`NormalEquations`; returns ``self``.
+
+        With ``alpha`` and ``beta`` both fixed there is nothing to search: one Cholesky
+        factorisation (:meth:`fit_groups` with one group); else the evidence iterations
+        on one eigendecomposition.
+        """
         p = neq.n_features
         if neq.n == 0:
             raise ConfigError("no data rows to fit")
         self._check_hyper()
+        if self.alpha is not None and self.beta is not None:
+            return self.fit_groups([neq])
         T = self._whitening(p)  # c = T u, prior on u is alpha * I (k <= p directions)
         k = T.k
         G = T.sandwich(neq.AtA)

@@ -337,15 +337,11 @@ class LinearPotential(Potential):
         used = [q for q in QUANTITIES if acc.rows[q]]
         alpha, beta = self.alpha, self.beta
         if reuse is not None and (not acc.per_quantity or len(reuse.betas_) == len(used)):
-            alpha, beta = reuse.alpha_, reuse.betas_
-        else:
-            reuse = None
+            alpha, beta = reuse.alpha_, (reuse.betas_ if acc.per_quantity else reuse.beta_)
         reg = BayesianLinearRegression(alpha=alpha, beta=beta,
                                        prior=self._prior(acc.phi_sq / max(acc.n_atoms, 1)))
         if acc.per_quantity:
             reg.fit_groups([acc.neq[q] for q in used])
-        elif reuse is not None:
-            reg.fit_groups([acc.neq["energy"]])
         else:
             reg.fit_normal_equations(acc.neq["energy"])
         betas = np.broadcast_to(reg.betas_, (len(used),))
