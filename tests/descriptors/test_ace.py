@@ -46,6 +46,24 @@ def test_total_degree_per_correlation_order():
         ACE(["Cu"], correlation_order=2, total_degree=[8, 0])
 
 
+def test_degree_subset_is_the_smaller_basis():
+    """The columns of a smaller truncation hold exactly that basis's functions and values."""
+    big = ACE(["Cu", "Au"], r_cut=4.0, n_max=5, l_max=2, correlation_order=3, total_degree=[9, 7, 6])
+    small = ACE(["Cu", "Au"], r_cut=4.0, n_max=5, l_max=2, correlation_order=3, total_degree=[9, 6, 5])
+    cols = big.degree_subset([9, 6, 5])
+    assert [big.feature_names()[c] for c in cols] == small.feature_names()
+    rng = np.random.default_rng(3)
+    frame = Atoms(numbers=rng.choice([29, 79], 7), positions=rng.normal(size=(7, 3)) * 1.4)
+    np.testing.assert_allclose(big.compute([frame]).features[:, cols], small.compute([frame]).features,
+                               rtol=1e-12, atol=1e-14)
+    assert len(big.degree_subset(6)) == ACE(["Cu", "Au"], n_max=5, l_max=2, correlation_order=3,
+                                            total_degree=6).n_features
+    with pytest.raises(ConfigError, match="exceeds the basis's total_degree"):
+        big.degree_subset([9, 8, 6])
+    with pytest.raises(ConfigError, match="one entry per correlation order"):
+        big.degree_subset([9, 6])
+
+
 def test_basis_functions_are_linearly_independent():
     rng = np.random.default_rng(0)
     ace = ACE(["Cu", "Au"], r_cut=4.0, n_max=2, l_max=2, correlation_order=4, total_degree=6)

@@ -48,17 +48,19 @@ def test_spherical_harmonics_gradient():
         np.testing.assert_allclose(dY[:, a], num, atol=1e-8)
 
 
-def test_radial_basis_orthonormal():
+@pytest.mark.parametrize("n", [10, 24])
+def test_radial_basis_orthonormal(n):
     r, w = _quadrature(4.5, 200)
-    R = radial_basis(r, 10, 4.5)
-    np.testing.assert_allclose((R * (w * r**2)[:, None]).T @ R, np.eye(10), atol=1e-12)
+    R = radial_basis(r, n, 4.5)
+    np.testing.assert_allclose((R * (w * r**2)[:, None]).T @ R, np.eye(n), atol=1e-12)
 
 
-@pytest.mark.parametrize("r0", [None, 1.0])
-def test_ace_radial_inner_radius(r0):
+@pytest.mark.parametrize("r0, n", [(None, 6), (1.0, 6), (1.0, 24)])
+def test_ace_radial_inner_radius(r0, n):
     """With ``r_in`` the table is f_c(r) R_n(rho(r)), rho mapping [r_in, r_cut] onto
-    [0, r_cut]; below r_in it is constant (no force); derivatives match differences."""
-    rc, r_in, n = 5.0, 0.8, 6
+    [0, r_cut]; below r_in it is constant (no force); derivatives match differences
+    (also at the largest ``n_max``, whose polynomials oscillate fastest)."""
+    rc, r_in = 5.0, 0.8
     tab = ace_radial_table(n, rc, 1.0, r0, r_in)
     r = np.linspace(1.0, 4.9, 37)
     if r0 is None:

@@ -158,3 +158,16 @@ def test_fixed_hyperparameter_solve_is_accurate_when_ill_conditioned():
                 BayesianLinearRegression(alpha=1e-10, beta=[1.0]).fit_groups([neq])):
         assert np.abs(A @ fit.coef_ - A @ ref).max() < 1e-7 * scale
         assert np.abs(A @ fit.coef_ - y).max() < 1e-6 * scale
+
+
+def test_rank_deficient_noise_free_fit_interpolates(rng):
+    """More rows than features but dependent columns (as in a small data set on a large
+    basis), exact labels: the evidence fit interpolates the rows with bounded
+    coefficients (directions no row sees stay at the prior mean, zero) instead of
+    amplifying rounding residue in them."""
+    A = rng.normal(size=(300, 60)) @ rng.normal(size=(60, 200)) * np.logspace(0, -2, 200)
+    y = A @ rng.normal(size=200)
+    model = BayesianLinearRegression().fit(A, y)
+    np.testing.assert_allclose(A @ model.coef_, y, rtol=0, atol=1e-6 * np.abs(y).max())
+    # the minimum-norm interpolant bounds what the posterior mean may be
+    assert np.linalg.norm(model.coef_) <= 1.01 * np.linalg.norm(np.linalg.pinv(A) @ y)

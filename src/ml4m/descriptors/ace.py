@@ -69,7 +69,8 @@ class ACE(Descriptor):
     r_cut : float, default=5.0
         Cutoff radius, Angstrom.
     n_max : int, default=4
-        Radial functions per species (1..12).
+        Radial functions per species (1..24); with a ``total_degree`` list only the
+        pair terms (``nu = 1``) usually reach the top ones.
     l_max : int, default=3
         Largest angular momentum (0..6).
     correlation_order : int, default=3
@@ -111,7 +112,7 @@ class ACE(Descriptor):
         agnostic_from: int = 0, average: bool = False,
     ) -> None:
         super().__init__(species, r_cut, average)
-        self.n_max = self._check_int("n_max", n_max, 1, 12)
+        self.n_max = self._check_int("n_max", n_max, 1, 24)
         self.l_max = self._check_int("l_max", l_max, 0, 6)
         self.correlation_order = self._check_int("correlation_order", correlation_order, 1, 4)
         if isinstance(total_degree, (list, tuple, np.ndarray)):
@@ -189,6 +190,37 @@ class ACE(Descriptor):
         ``n = 0`` and ``l = 0`` have degree 0.
         """
         return np.array([sum(self._deg(a) - 1 for a in combo) for combo, _ in self._basis], dtype=float)
+
+    def degree_subset(self, total_degree: int | Sequence[int]) -> np.ndarray:
+        """Columns of the basis functions inside a smaller truncation.
+
+        Parameters
+        ----------
+        total_degree : int or sequence of int
+            A bound ``sum (n + 1 + l) <= total_degree`` (one per correlation order, as
+            the ``total_degree`` parameter) no larger than this basis's own.
+
+        Returns
+        -------
+        ndarray of int
+            Column indices, in column order: the basis that the same ``ACE`` with this
+            ``total_degree`` would enumerate (e.g. a smaller basis for centre species
+            with few environments; see ``species_degree`` of
+            :class:`~ml4m.models.linear.LinearPotential`).
+        """
+        own = (self.total_degree if isinstance(self.total_degree, list)
+               else [self.total_degree] * self.correlation_order)
+        if isinstance(total_degree, (list, tuple, np.ndarray)):
+            bound = [self._check_int("total_degree", t, 1, 30) for t in total_degree]
+            if len(bound) != self.correlation_order:
+                raise ConfigError(f"a degree bound needs one entry per correlation order "
+                                  f"({self.correlation_order}), got {len(bound)}")
+        else:
+            bound = [self._check_int("total_degree", total_degree, 1, 30)] * self.correlation_order
+        if any(b > o for b, o in zip(bound, own)):
+            raise ConfigError(f"degree bound {bound} exceeds the basis's total_degree {own}")
+        return np.array([f for f, (combo, _) in enumerate(self._basis)
+                         if sum(self._deg(a) for a in combo) <= bound[len(combo) - 1]], dtype=np.int64)
 
     def _deg(self, alpha: tuple[int, int]) -> int:
         l, k = alpha

@@ -224,7 +224,8 @@ def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float,
     HermiteTable
         ``n_max`` functions.
     """
-    n_nodes = max(512, int(math.ceil(200.0 * r_cut)))
+    # finer nodes for more radial functions (degree-n polynomials oscillate n times)
+    n_nodes = max(512, int(math.ceil(200.0 * r_cut * max(1.0, n_max / 12))))
     d = np.linspace(0.0, r_cut, n_nodes + 1)
     eps = 1e-6
 

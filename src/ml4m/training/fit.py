@@ -33,14 +33,15 @@ def _build_potential(cfg: FitConfig, species: list[int]):
     if cfg.model == "ace":
         from ml4m.models.linear import LinearACE
 
-        known = {"alpha", "beta", "noise", "uncertainty", "prior", "smoothness", "batch_frames"}
+        known = {"alpha", "beta", "noise", "uncertainty", "prior", "smoothness", "species_degree",
+                 "batch_frames"}
         _check_params(cfg, known)
         return LinearACE(descriptor, e0=cfg.e0, **sig, **cfg.params)
     if cfg.model == "gp":
         from ml4m.models.kernel import SparseGPPotential
 
         known = {"n_sparse", "zeta", "selection", "linear_baseline", "alpha", "beta", "noise", "uncertainty",
-                 "prior", "smoothness", "batch_frames"}
+                 "prior", "smoothness", "species_degree", "batch_frames"}
         _check_params(cfg, known)
         return SparseGPPotential(descriptor, e0=cfg.e0, seed=cfg.seed, **sig, **cfg.params)
     raise ConfigError(f"model {cfg.model!r} is not a potential")

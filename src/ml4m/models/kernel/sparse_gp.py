@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from ml4m.data.frames import Frame
 from ml4m.errors import ConfigError
-from ml4m.models.linear.design import SpeciesBlocks, SumMap
+from ml4m.models.linear.design import SumMap
 from ml4m.models.linear.potential import LinearPotential
 from ml4m.models.serialization import register_model
 
@@ -161,7 +161,8 @@ class SparseGPPotential(LinearPotential):
         :class:`~ml4m.models.linear.LinearPotential`.
     **kwargs
         ``e0``, ``sigma_energy``, ``sigma_forces``, ``sigma_stress``, ``alpha``, ``beta``,
-        ``uncertainty`` (calibrated force sigma by default), ``batch_frames`` as in
+        ``uncertainty`` (calibrated force sigma by default), ``species_degree`` (of the
+        linear baseline), ``batch_frames`` as in
         :class:`~ml4m.models.linear.LinearPotential`.
     """
 
@@ -182,7 +183,7 @@ class SparseGPPotential(LinearPotential):
     def _with_baseline(self, kernel: DotProductKernelMap):
         if not self.linear_baseline:
             return kernel
-        return SumMap((SpeciesBlocks(len(self.species), self.descriptor.n_features), kernel))
+        return SumMap((self._species_blocks(), kernel))
 
     def _kernel(self) -> DotProductKernelMap:
         return self.fmap_.parts[-1] if isinstance(self.fmap_, SumMap) else self.fmap_

@@ -232,8 +232,16 @@ class BayesianLinearRegression:
         G = T.sandwich(neq.AtA)
         b = T.left(neq.Aty)
         lam, V = np.linalg.eigh(G)
-        lam = np.clip(lam, 0.0, None)
         Vb = V.T @ b
+        # directions the data do not see (eigenvalues at the rounding level of eigh, or
+        # below zero) carry no information: their projections of b are rounding residue
+        # too, and kept they feed a runaway (tiny alpha -> huge coefficients there ->
+        # tinier alpha) on rank-deficient noise-free data. The bound is one rounding unit
+        # of the largest eigenvalue, not p of them: a steep prior grades the whitened
+        # Gram matrix, and its small eigenvalues are then resolved below that level
+        unseen = lam <= max(float(lam[-1]), 0.0) * np.finfo(float).eps
+        lam = np.where(unseen, 0.0, lam)
+        Vb = np.where(unseen, 0.0, Vb)
         alpha = 1.0 if self.alpha is None else float(self.alpha)
         beta = 1.0 if self.beta is None else float(self.beta)
         if self.beta is None:

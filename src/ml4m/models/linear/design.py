@@ -44,32 +44,56 @@ class FeatureMap(Protocol):
 
 @dataclass
 class SpeciesBlocks:
-    """Identity map with one coefficient block per centre species (linear ACE)."""
+    """Identity map with one coefficient block per centre species (linear ACE).
+
+    ``columns``: per species, the descriptor columns its block keeps (``None``: all of
+    them), e.g. a smaller basis for a species with few environments.
+    """
 
     n_species: int
     n_descriptor: int
+    columns: tuple[np.ndarray | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        cols = self.columns if self.columns is not None else (None,) * self.n_species
+        if len(cols) != self.n_species:
+            raise ValueError(f"columns: one entry per species ({self.n_species}), got {len(cols)}")
+        self._cols = [np.arange(self.n_descriptor) if c is None else np.asarray(c, dtype=np.int64)
+                      for c in cols]
+        self._offsets = np.cumsum([0] + [len(c) for c in self._cols])
 
     @property
     def n_features(self) -> int:
-        return self.n_species * self.n_descriptor
+        return int(self._offsets[-1])
+
+    @property
+    def descriptor_columns(self) -> np.ndarray:
+        """The descriptor column of every feature, in feature order."""
+        return np.concatenate(self._cols)
 
     def transform(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(X), self.n_species, self.n_descriptor))
-        out[np.arange(len(X)), species] = X
-        return out.reshape(len(X), -1)
+        out = np.zeros((len(X), self.n_features))
+        for s, cols in enumerate(self._cols):
+            sel = np.flatnonzero(species == s)
+            out[sel, self._offsets[s]:self._offsets[s + 1]] = X[sel][:, cols]
+        return out
 
     def input_gradient(self, X, species, coef):
-        return coef.reshape(self.n_species, self.n_descriptor)[species]
+        W = np.zeros((self.n_species, self.n_descriptor))
+        for s, cols in enumerate(self._cols):
+            W[s, cols] = coef[self._offsets[s]:self._offsets[s + 1]]
+        return W[species]
 
     def reduce_gradients(self, X, species, rows, grads, target):
         n_out, k = target.shape[0], grads.shape[1]
-        out = np.zeros((n_out, k, self.n_species, self.n_descriptor))
-        flat = grads.reshape(len(grads), -1)
-        for s in range(self.n_species):
+        out = np.zeros((n_out, k, self.n_features))
+        for s, cols in enumerate(self._cols):
             sel = species[rows] == s
             if sel.any():
-                out[:, :, s, :] = (target[:, sel] @ flat[sel]).reshape(n_out, k, self.n_descriptor)
-        return out.reshape(n_out, k, -1)
+                g = grads[sel] if len(cols) == self.n_descriptor else grads[sel][:, :, cols]
+                out[:, :, self._offsets[s]:self._offsets[s + 1]] = (
+                    target[:, sel] @ g.reshape(len(g), -1)).reshape(n_out, k, len(cols))
+        return out
 
 
 @dataclass
