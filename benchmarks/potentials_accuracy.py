@@ -43,7 +43,8 @@ SETTINGS = {
         # five-body channels, agnostic_from=3, [12, 10, 14, 12]: 53, energies 1.0 against 1.7
         # meV/atom, but a slower fit); smoothness-prior exponent 0 (the default) best
         "bpa_xtb": {"descriptor": {"r_cut": 5.0, "n_max": 12, "l_max": 3, "correlation_order": 3,
-                                   "total_degree": [12, 10, 7], "r_in": 0.8, "r0": 1.0}},
+                                   "total_degree": [12, 10, 9], "r_in": 0.8, "r0": 1.0},
+                    "params": {"species_degree": {"H": [12, 10, 7], "N": [12, 8, 7], "O": [12, 8, 7]}}},
     },
     "gp": {
         "cu_emt": {"descriptor": {"r_cut": 5.0, "n_max": 6, "l_max": 4}, "params": {"n_sparse": 400, "zeta": 4}},

@@ -171,3 +171,20 @@ def test_rank_deficient_noise_free_fit_interpolates(rng):
     np.testing.assert_allclose(A @ model.coef_, y, rtol=0, atol=1e-6 * np.abs(y).max())
     # the minimum-norm interpolant bounds what the posterior mean may be
     assert np.linalg.norm(model.coef_) <= 1.01 * np.linalg.norm(np.linalg.pinv(A) @ y)
+
+
+def test_row_variances_from_the_factor_equal_the_covariance_form(rng):
+    """After an evidence fit the row variances come from the covariance factor (the
+    covariance itself formed only when read); both give a^T Sigma a."""
+    from ml4m.models.linear.bayesian import quadratic_form_rows
+
+    A, _, y = _problem(rng, n=200, p=15)
+    model = BayesianLinearRegression().fit(A, y)
+    rows = rng.normal(size=(7, 15))
+    from_factor = model.variance_rows(rows)
+    direct = np.array([r @ model.covariance_ @ r for r in rows])
+    np.testing.assert_allclose(from_factor, direct, rtol=1e-10)
+    np.testing.assert_allclose(model.variance_rows(rows), quadratic_form_rows(rows, model.covariance_), rtol=1e-12)
+    # the covariance is the inverse posterior precision
+    P = model.alpha_ * np.eye(15) + model.beta_ * A.T @ A
+    np.testing.assert_allclose(model.covariance_ @ P, np.eye(15), atol=1e-8)

@@ -183,3 +183,16 @@ def test_too_few_held_out_atoms_fall_back_to_posterior():
     with pytest.warns(UserWarning, match="held-out atoms"):
         model = LinearACE(_ace()).fit(Dataset(frames))
     assert model.error_model_ is None and model.energy_error_model_ is None
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (30, 200)])
+def test_leading_components_are_the_singular_vectors(shape):
+    """The descriptor projection of the error model: the leading right singular vectors
+    (up to sign), from whichever Gram matrix is smaller."""
+    from ml4m.models.error_model import _leading_components
+
+    rng = np.random.default_rng(1)
+    Z = rng.normal(size=shape) * np.linspace(3, 0.1, shape[1])  # distinct singular values
+    V = _leading_components(Z, 8)
+    _, _, Vt = np.linalg.svd(Z, full_matrices=False)
+    np.testing.assert_allclose(np.abs(np.sum(V * Vt[:8].T, axis=0)), 1.0, atol=1e-9)

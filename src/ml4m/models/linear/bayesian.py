@@ -272,7 +272,7 @@ class BayesianLinearRegression:
         rss = max(neq.yty - 2 * float(m_v @ Vb) + float(np.sum(lam * m_v**2)), 0.0)
         self.coef_ = T.apply(V @ m_v)
         TV = T.apply(V)
-        self.covariance_ = (TV / d) @ TV.T
+        self._factor, self._covariance = TV / np.sqrt(d), None  # covariance on first use
         self.alpha_, self.beta_, self.n_iter_ = alpha, beta, n_iter
         self.betas_ = np.array([beta])
         self.log_evidence_ = 0.5 * (
@@ -396,6 +396,33 @@ class BayesianLinearRegression:
         self.n_features_in_ = p
         return self
 
+    _factor: np.ndarray | None = None  # F with covariance = F F^T (eigen path)
+    _covariance: np.ndarray | None = None
+
+    @property
+    def covariance_(self) -> np.ndarray:
+        """Posterior covariance of the coefficients, (p, p); formed on first use after an
+        evidence fit (a p^3 product that :meth:`variance_rows` does not need)."""
+        if self._covariance is None and self._factor is not None:
+            self._covariance = self._factor @ self._factor.T
+        return self._covariance
+
+    @covariance_.setter
+    def covariance_(self, value: np.ndarray) -> None:
+        self._covariance, self._factor = value, None
+
+    def variance_rows(self, A: np.ndarray) -> np.ndarray:
+        """``a^T Sigma a`` for every row of ``A`` (n, p): the posterior variance of ``a . c``.
+
+        After an evidence fit through the factor ``F`` (``Sigma = F F^T``) as ``|F^T a|^2``,
+        a sum of squares; else with the covariance.
+        """
+        A = np.asarray(A, dtype=float)
+        if self._factor is not None and self._covariance is None:
+            Z = A @ self._factor
+            return np.einsum("ij,ij->i", Z, Z)
+        return quadratic_form_rows(A, self.covariance_)
+
     def _check_hyper(self) -> None:
         for name in ("alpha", "beta"):
             v = getattr(self, name)
@@ -426,5 +453,5 @@ class BayesianLinearRegression:
         mean = A @ self.coef_
         if not return_std:
             return mean
-        var = quadratic_form_rows(A, self.covariance_)
+        var = self.variance_rows(A)
         return mean, np.sqrt(np.clip(var, 0.0, None))

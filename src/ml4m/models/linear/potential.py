@@ -26,7 +26,7 @@ from ml4m.models.base import (
     descriptor_to_dict,
 )
 from ml4m.models.error_model import EnergyErrorModel, ForceErrorModel
-from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations, quadratic_form_rows
+from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
 from ml4m.models.linear.design import VOIGT, DesignRows, FeatureMap, SpeciesBlocks, SumMap, design_rows
 from ml4m.models.serialization import register_model
 
@@ -80,16 +80,17 @@ class _HeldOut:
         self.parts: list[tuple[np.ndarray, ...]] = []
         self.frames: list[tuple[np.ndarray, ...]] = []
 
-    def add(self, rows: DesignRows, X: np.ndarray, block: list[Frame], e0: np.ndarray, coef: np.ndarray,
-            covariance: np.ndarray, species: np.ndarray) -> None:
+    def add(self, rows: DesignRows, X: np.ndarray, block: list[Frame], e0: np.ndarray,
+            regression: BayesianLinearRegression, species: np.ndarray) -> None:
+        coef = regression.coef_
         e_res = rows.energy @ coef + e0 - np.array([f.energy for f in block])
-        e_sig = np.sqrt(np.clip(quadratic_form_rows(rows.energy, covariance), 0, None))
+        e_sig = np.sqrt(np.clip(regression.variance_rows(rows.energy), 0, None))
         self.frames.append((e_res, e_sig, np.array([len(f) for f in block], dtype=float)))
         pick = np.flatnonzero(self.rng.random(len(X)) < self.keep)
         R = rows.forces[pick]
         F = R @ coef
         ref = np.concatenate([f.forces for f in block])[pick]
-        var = quadratic_form_rows(R.reshape(-1, R.shape[-1]), covariance).reshape(-1, 3)
+        var = regression.variance_rows(R.reshape(-1, R.shape[-1])).reshape(-1, 3)
         self.parts.append((np.sum((F - ref) ** 2, axis=1), np.sqrt(np.clip(var, 0, None).sum(axis=1)),
                            np.linalg.norm(F, axis=1), species[pick], X[pick]))
 
@@ -261,12 +262,23 @@ class LinearPotential(Potential):
 
     def _rows(self, block: list[Frame], forces: bool,
               stress: bool) -> tuple[DesignRows, np.ndarray, np.ndarray]:
-        """Design rows, per-atom descriptors and species indices of a block of frames."""
-        res = self.descriptor.compute(block, gradients=forces or stress)
+        """Design rows, per-atom descriptors and species indices of a block of frames.
+
+        Frame by frame: the descriptor's pair gradients (pairs x 3 x features, the
+        largest arrays of a fit) are reduced to rows before the next frame's exist, and
+        only the rows are stacked.
+        """
         sidx = self._species_index(block)
-        volumes = np.array([f.volume if f.pbc.all() else 0.0 for f in block])
-        rows = design_rows(res, self.fmap_, sidx, len(block), volumes, forces, stress)
-        return rows, res.features, sidx
+        off = np.cumsum([0] + [len(f) for f in block])
+        parts, X = [], []
+        for k, f in enumerate(block):
+            res = self.descriptor.compute_frame(f, forces or stress, k)  # k: named in errors
+            res.frame = np.zeros_like(res.frame)
+            vol = np.array([f.volume if f.pbc.all() else 0.0])
+            parts.append(design_rows(res, self.fmap_, sidx[off[k]:off[k + 1]], 1, vol, forces, stress))
+            X.append(res.features)
+        rows = DesignRows(*(np.concatenate([getattr(r, q) for r in parts]) for q in QUANTITIES))
+        return rows, np.concatenate(X), sidx
 
     def _block_rows(self, frames: Sequence[Frame], forces: bool, stress: bool
                     ) -> Iterator[tuple[list[Frame], DesignRows, np.ndarray, np.ndarray]]:
@@ -339,11 +351,11 @@ class LinearPotential(Potential):
         if held:
             # the model without the held-out trajectories predicts them; their residuals
             # teach the error model, then their rows join the fit
-            self._solve(acc, warn=False)
+            self._solve(acc, warn=False, covariance=False)
             stats = _HeldOut(sum(len(f) for f in held))
             for block, rows, X, sidx in self._block_rows(held, use_f, use_s):
                 e0 = self._e0_of(block)
-                stats.add(rows, X, block, e0, self.coef_, self.covariance_, sidx)
+                stats.add(rows, X, block, e0, self.regression_, sidx)
                 acc.add(rows, block, e0)
             atoms = stats.atom_arrays()
             if len(atoms[0]) >= 10:
@@ -378,12 +390,14 @@ class LinearPotential(Potential):
         return ([f for f, h in zip(frames, held) if not h], [f for f, h in zip(frames, held) if h])
 
     def _solve(self, acc: _Accumulator, warn: bool = True,
-               reuse: BayesianLinearRegression | None = None) -> None:
+               reuse: BayesianLinearRegression | None = None, covariance: bool = True) -> None:
         """Posterior of the coefficients from the accumulated normal equations.
 
         ``reuse``: a fit whose evidence-optimal hyperparameters (prior precision, noise
         levels) are kept, so this solve is one Cholesky factorisation instead of an
         evidence search (the final fit after the held-out one, on 25% more rows).
+        ``covariance=False`` leaves the posterior covariance unformed (the held-out fit
+        needs only row variances, ``regression_.variance_rows``).
         """
         used = [q for q in QUANTITIES if acc.rows[q]]
         alpha, beta = self.alpha, self.beta
@@ -408,7 +422,8 @@ class LinearPotential(Potential):
                     stacklevel=3)
         self.regression_ = reg
         self.coef_ = self.regression_.coef_
-        self.covariance_ = self.regression_.covariance_
+        if covariance:
+            self.covariance_ = self.regression_.covariance_
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
@@ -440,13 +455,12 @@ class LinearPotential(Potential):
             s = rows.stress @ self.coef_
             s[[not f.pbc.all() for f in block]] = np.nan
             stress.append(s)
-            C = self.covariance_
-            sig_e = np.sqrt(np.clip(quadratic_form_rows(rows.energy, C), 0, None))
+            sig_e = np.sqrt(np.clip(self.regression_.variance_rows(rows.energy), 0, None))
             if self.energy_error_model_ is not None:
                 sig_e = self.energy_error_model_.predict(sig_e, [len(f) for f in block])
             e_sig.append(sig_e)
             R = rows.forces.reshape(-1, rows.forces.shape[-1])
-            sig = np.sqrt(np.clip(quadratic_form_rows(R, C), 0, None)).reshape(-1, 3)
+            sig = np.sqrt(np.clip(self.regression_.variance_rows(R), 0, None)).reshape(-1, 3)
             if self.error_model_ is not None:
                 s_atom = self.error_model_.predict(np.linalg.norm(sig, axis=1), np.linalg.norm(F, axis=1),
                                                    sidx, X)
