@@ -37,11 +37,15 @@ SETTINGS = {
         "cuau_emt": {"descriptor": {"r_cut": 5.0, "n_max": 5, "l_max": 3, "correlation_order": 3, "total_degree": 10}},
         # chosen by cross-validation inside train (fit on conformers 1-4, force MAE on conformer
         # 5, meV/A): r_cut 4.5, n_max 4, l_max 2, degree 7: 131; n_max 12, l_max 2, [12, 8, 7]: 96;
-        # the same with the radial polynomials on [r_in, r_cut] (r_in 0.8 A, r0 1 A): 60; then
-        # l_max 3, [12, 10, 7]: 53 (the largest basis whose fit stays inside a tenth of MACE's
-        # training time; [12, 10, 8] reaches 49 at 9,792 coefficients; element-agnostic four- and
-        # five-body channels, agnostic_from=3, [12, 10, 14, 12]: 53, energies 1.0 against 1.7
-        # meV/atom, but a slower fit); smoothness-prior exponent 0 (the default) best
+        # the same with the radial polynomials on [r_in, r_cut] (r_in 0.8 A, r0 1 A): 60; l_max 3,
+        # [12, 10, 7]: 53 (6,832 coefficients). Then one basis per centre species
+        # (species_degree; per-species force MAE H 41, C 71, N 80, O 114 at [12, 8, 7]): l_max 3,
+        # C [12, 10, 8], H [12, 10, 7], N and O [12, 8, 7]: 48.5 (6,904); C [12, 10, 9]: 44.8
+        # (8,280, used here); H at [12, 10, 8] instead: 46.5 (with N, O [12, 8, 6]); every block at
+        # [12, 10, 8]: 51.0 (10,000 coefficients: the large N and O blocks cost accuracy). Pair terms to n 20 gained 3% in CV at l_max 2 but nothing on
+        # this basis. Element-agnostic four- and five-body channels (agnostic_from=3, [12, 10, 14,
+        # 12]): 53, energies 1.0 against 1.7 meV/atom, at a slower fit. Smoothness-prior exponent
+        # 0 (the default) best.
         "bpa_xtb": {"descriptor": {"r_cut": 5.0, "n_max": 12, "l_max": 3, "correlation_order": 3,
                                    "total_degree": [12, 10, 9], "r_in": 0.8, "r0": 1.0},
                     "params": {"species_degree": {"H": [12, 10, 7], "N": [12, 8, 7], "O": [12, 8, 7]}}},

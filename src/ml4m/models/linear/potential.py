@@ -33,6 +33,7 @@ from ml4m.models.serialization import register_model
 __all__ = ["LinearPotential"]
 
 QUANTITIES = ("energy", "forces", "stress")
+_PREFETCH = 2  # blocks of design rows computed ahead, one thread each
 
 
 class _Accumulator:
@@ -292,14 +293,13 @@ class LinearPotential(Potential):
         from concurrent.futures import ThreadPoolExecutor
 
         blocks = list(self._blocks(frames))
-        if not blocks:
-            return
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            nxt = pool.submit(self._rows, blocks[0], forces, stress)
+        ahead = _PREFETCH
+        with ThreadPoolExecutor(max_workers=ahead) as pool:
+            pending = [pool.submit(self._rows, b, forces, stress) for b in blocks[:ahead]]
             for k, block in enumerate(blocks):
-                rows, X, sidx = nxt.result()
-                if k + 1 < len(blocks):
-                    nxt = pool.submit(self._rows, blocks[k + 1], forces, stress)
+                rows, X, sidx = pending.pop(0).result()
+                if k + ahead < len(blocks):
+                    pending.append(pool.submit(self._rows, blocks[k + ahead], forces, stress))
                 yield block, rows, X, sidx
 
     def _e0_of(self, frames: Sequence[Frame]) -> np.ndarray:
