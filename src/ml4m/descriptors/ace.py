@@ -115,14 +115,9 @@ class ACE(Descriptor):
         self.n_max = self._check_int("n_max", n_max, 1, 24)
         self.l_max = self._check_int("l_max", l_max, 0, 6)
         self.correlation_order = self._check_int("correlation_order", correlation_order, 1, 4)
-        if isinstance(total_degree, (list, tuple, np.ndarray)):
-            degs = [self._check_int("total_degree", t, 1, 30) for t in total_degree]
-            if len(degs) != self.correlation_order:
-                raise ConfigError(f"total_degree as a list needs one entry per correlation order "
-                                  f"({self.correlation_order}), got {len(degs)}")
-            self.total_degree: int | list[int] = degs
-        else:
-            self.total_degree = self._check_int("total_degree", total_degree, 1, 30)
+        degs = self._degree_bounds(total_degree)
+        self.total_degree: int | list[int] = (degs if isinstance(total_degree, (list, tuple, np.ndarray))
+                                              else degs[0])
         self.cutoff_width = min(self._check_positive("cutoff_width", cutoff_width), self.r_cut)
         self.r0 = None if r0 is None else self._check_positive("r0", r0)
         self.r_in = float(r_in)
@@ -147,8 +142,7 @@ class ACE(Descriptor):
     def _enumerate(self) -> list[tuple[tuple[tuple[int, int], ...], int]]:
         """Basis functions as ``(alphas, L)``; ``L`` is the coupling (-1 if unused)."""
         K, n = self.n_species * self.n_max, self.n_max
-        degree = (self.total_degree if isinstance(self.total_degree, list)
-                  else [self.total_degree] * self.correlation_order)
+        degree = self._degree_bounds(self.total_degree)
         out: list[tuple[tuple[tuple[int, int], ...], int]] = []
         for nu in range(1, self.correlation_order + 1):
             # one-particle functions that fit this order's bound, in (l, k) order
@@ -208,19 +202,22 @@ class ACE(Descriptor):
             with few environments; see ``species_degree`` of
             :class:`~ml4m.models.linear.LinearPotential`).
         """
-        own = (self.total_degree if isinstance(self.total_degree, list)
-               else [self.total_degree] * self.correlation_order)
-        if isinstance(total_degree, (list, tuple, np.ndarray)):
-            bound = [self._check_int("total_degree", t, 1, 30) for t in total_degree]
-            if len(bound) != self.correlation_order:
-                raise ConfigError(f"a degree bound needs one entry per correlation order "
-                                  f"({self.correlation_order}), got {len(bound)}")
-        else:
-            bound = [self._check_int("total_degree", total_degree, 1, 30)] * self.correlation_order
+        own, bound = self._degree_bounds(self.total_degree), self._degree_bounds(total_degree)
         if any(b > o for b, o in zip(bound, own)):
             raise ConfigError(f"degree bound {bound} exceeds the basis's total_degree {own}")
         return np.array([f for f, (combo, _) in enumerate(self._basis)
                          if sum(self._deg(a) for a in combo) <= bound[len(combo) - 1]], dtype=np.int64)
+
+    def _degree_bounds(self, total_degree: int | Sequence[int]) -> list[int]:
+        """A ``total_degree`` (one bound, or one per correlation order) as one bound per
+        order, checked."""
+        if isinstance(total_degree, (list, tuple, np.ndarray)):
+            degs = [self._check_int("total_degree", t, 1, 30) for t in total_degree]
+            if len(degs) != self.correlation_order:
+                raise ConfigError(f"total_degree as a list needs one entry per correlation order "
+                                  f"({self.correlation_order}), got {len(degs)}")
+            return degs
+        return [self._check_int("total_degree", total_degree, 1, 30)] * self.correlation_order
 
     def _deg(self, alpha: tuple[int, int]) -> int:
         l, k = alpha

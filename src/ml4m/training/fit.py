@@ -22,6 +22,11 @@ __all__ = ["fit_model", "test_model", "DEFAULT_DESCRIPTOR"]
 DEFAULT_DESCRIPTOR = {"ace": "ace", "gp": "soap", "krr": "mbtr"}
 
 
+#: keyword arguments of LinearPotential a config may set in ``params`` (the GP adds its own)
+_LINEAR_PARAMS = {"alpha", "beta", "noise", "uncertainty", "prior", "smoothness", "species_degree",
+                  "batch_frames"}
+
+
 def _build_potential(cfg: FitConfig, species: list[int]):
     from ml4m.descriptors import make_descriptor
 
@@ -33,16 +38,12 @@ def _build_potential(cfg: FitConfig, species: list[int]):
     if cfg.model == "ace":
         from ml4m.models.linear import LinearACE
 
-        known = {"alpha", "beta", "noise", "uncertainty", "prior", "smoothness", "species_degree",
-                 "batch_frames"}
-        _check_params(cfg, known)
+        _check_params(cfg, _LINEAR_PARAMS)
         return LinearACE(descriptor, e0=cfg.e0, **sig, **cfg.params)
     if cfg.model == "gp":
         from ml4m.models.kernel import SparseGPPotential
 
-        known = {"n_sparse", "zeta", "selection", "linear_baseline", "alpha", "beta", "noise", "uncertainty",
-                 "prior", "smoothness", "species_degree", "batch_frames"}
-        _check_params(cfg, known)
+        _check_params(cfg, _LINEAR_PARAMS | {"n_sparse", "zeta", "selection", "linear_baseline"})
         return SparseGPPotential(descriptor, e0=cfg.e0, seed=cfg.seed, **sig, **cfg.params)
     raise ConfigError(f"model {cfg.model!r} is not a potential")
 

@@ -418,7 +418,7 @@ class BayesianLinearRegression:
         a sum of squares; else with the covariance.
         """
         A = np.asarray(A, dtype=float)
-        if self._factor is not None and self._covariance is None:
+        if self._factor is not None:
             Z = A @ self._factor
             return np.einsum("ij,ij->i", Z, Z)
         return quadratic_form_rows(A, self.covariance_)
