@@ -64,6 +64,35 @@ def test_degree_subset_is_the_smaller_basis():
         big.degree_subset([9, 6])
 
 
+@pytest.mark.parametrize("agnostic", [0, 2])
+def test_gradient_columns_give_the_same_gradients_of_those_columns(agnostic):
+    """Per centre species, the gradients of the requested columns equal the full ones, and
+    the columns a species did not request are skipped (zero), not computed."""
+    ace = ACE(["H", "C", "O"], r_cut=4.0, n_max=4, l_max=2, correlation_order=3,
+              total_degree=[8, 7, 6], agnostic_from=agnostic)
+    rng = np.random.default_rng(5)
+    frame = Atoms(numbers=rng.choice([1, 6, 8], 9), positions=rng.normal(size=(9, 3)) * 1.3)
+    cols = (ace.degree_subset([8, 5, 4]), None, ace.degree_subset([6, 6, 5]))
+    full = ace.compute_frame(frame, gradients=True)
+    part = ace.compute_frame(frame, gradients=True, gradient_columns=cols)
+    np.testing.assert_array_equal(part.gradient_row, full.gradient_row)
+    species = np.searchsorted(ace.species, frame.numbers)
+    for s, c in enumerate(cols):
+        rows = species[part.gradient_row] == s
+        keep = np.arange(ace.n_features) if c is None else c
+        np.testing.assert_allclose(part.gradients[rows][:, :, keep], full.gradients[rows][:, :, keep],
+                                   rtol=1e-12, atol=1e-14)
+        srows = species == s
+        np.testing.assert_allclose(part.strain_gradients[srows][..., keep],
+                                   full.strain_gradients[srows][..., keep], rtol=1e-12, atol=1e-14)
+        if c is not None:  # skipped columns: zero, although the full gradients are not
+            rest = np.setdiff1d(np.arange(ace.n_features), c)
+            assert np.abs(full.gradients[rows][:, :, rest]).max() > 1e-3
+            assert not part.gradients[rows][:, :, rest].any()
+    with pytest.raises(ValueError, match="one entry per species"):
+        ace.compute_frame(frame, gradients=True, gradient_columns=cols[:2])
+
+
 def test_basis_functions_are_linearly_independent():
     rng = np.random.default_rng(0)
     ace = ACE(["Cu", "Au"], r_cut=4.0, n_max=2, l_max=2, correlation_order=4, total_degree=6)

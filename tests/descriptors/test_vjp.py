@@ -27,10 +27,7 @@ def _frames():
     return [Frame.from_atoms(a) for a in (alloy, small, mol)]
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_vjp_matches_full_gradients(name, rng):
-    frames = _frames()
-    desc = make_descriptor(name, species=[1, 6, 8, 29, 79], **CASES[name])
+def _assert_vjp_matches_gradients(desc, frames, rng):
     res = desc.compute(frames, gradients=True)
     W = rng.normal(size=res.features.shape)
     grad, strain = desc.vjp(frames, W)
@@ -41,6 +38,13 @@ def test_vjp_matches_full_gradients(name, rng):
     ref_strain = np.zeros((len(frames), 3, 3))
     np.add.at(ref_strain, res.frame, np.einsum("rabf,rf->rab", res.strain_gradients, W))
     np.testing.assert_allclose(strain, ref_strain, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_vjp_matches_full_gradients(name, rng):
+    frames = _frames()
+    desc = make_descriptor(name, species=[1, 6, 8, 29, 79], **CASES[name])
+    _assert_vjp_matches_gradients(desc, frames, rng)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -98,18 +102,16 @@ def test_large_frame_path_recomputes_pair_values(monkeypatch):
 
 
 @pytest.mark.parametrize("agnostic", [0, 3])
-def test_sparse_and_dense_gradient_paths_agree(monkeypatch, agnostic):
-    """Both per-feature gradient paths (sparse Jacobian entries per pair; dense block per
-    centre) give the same gradients, with and without element-agnostic channels."""
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_per_feature_gradients_match_the_vjp(monkeypatch, rng, agnostic, chunk):
+    """The per-feature gradients (one sparse product per centre and neighbour species)
+    contracted with weights equal the adjoint path, with and without element-agnostic
+    channels, and when a centre's pairs straddle two blocks (``chunk``: 8 pairs a block)."""
     import ml4m.descriptors.ace as ace_module
 
+    if chunk is not None:
+        monkeypatch.setattr(ace_module, "_CHUNK", chunk)
     frames = _frames()
     desc = make_descriptor("ace", species=[1, 6, 8, 29, 79], r_cut=4.0, n_max=3, l_max=2,
                            correlation_order=3, total_degree=[6, 6, 6], agnostic_from=agnostic)
-    out = []
-    for flag in (True, False):
-        monkeypatch.setattr(ace_module, "_SPARSE_GRADIENTS", flag)
-        out.append(desc.compute(frames, gradients=True))
-    np.testing.assert_allclose(out[0].features, out[1].features, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(out[0].gradients, out[1].gradients, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(out[0].strain_gradients, out[1].strain_gradients, rtol=0, atol=1e-12)
+    _assert_vjp_matches_gradients(desc, frames, rng)

@@ -50,7 +50,6 @@ from ml4m.errors import ConfigError
 __all__ = ["ACE"]
 
 _CHUNK = 1024  # pairs per block in the per-feature gradient path
-_SPARSE_GRADIENTS: bool | None = None  # per-feature gradient path: None chooses by cost
 _VJP_CHUNK = 16384  # pairs per block in the adjoint (VJP) path
 _KEEP_PAIRS = 131072  # pairs whose basis values are kept between A and the VJP
 
@@ -127,7 +126,7 @@ class ACE(Descriptor):
         self._table: HermiteTable | None = None
         self._radial: HermiteTable | None = None
         self._product_basis: ProductBasis | None = None
-        self._entries_by_species: list | None = None
+        self._entry_cache: dict[tuple, list] = {}
         self._basis = self._enumerate()
 
     def settings(self) -> dict[str, Any]:
@@ -355,69 +354,58 @@ class ACE(Descriptor):
                        + np.einsum("pxm,pm->px", dY, H2))
         return out
 
-    def _species_entries(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, sp.csr_matrix,
-                                             sp.csr_matrix]]:
-        """Per neighbour species: the Jacobian entries on its channels (index, radial
-        ``n``, ``lm``), the one-hot (entries, features) matrix that sums them, and the
-        one that scatters them into a dense (n * LM * features) block."""
-        if self._entries_by_species is None:
+    def _entry_patterns(self, columns=None) -> list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        """Per centre species and neighbour species: the Jacobian entries on the
+        neighbour's channels (and the agnostic ones) of the centre's ``columns`` (all
+        when ``None``), as the pattern of a CSR matrix ``M^T`` of shape (features,
+        n_max * LM): entry indices into the rows of
+        :meth:`ProductBasis.jacobian_entries` in CSR order, row pointers, and the
+        column (radial ``n`` and ``lm`` slot) of each. Entries that share a (feature,
+        slot) add, as in the basis."""
+        S, F = self.n_species, self.n_features
+        cols = [None] * S if columns is None else list(columns)
+        if len(cols) != S:
+            raise ValueError(f"gradient_columns: one entry per species ({S}), got {len(cols)}")
+        key = tuple(None if c is None else np.asarray(c, dtype=np.int64).tobytes() for c in cols)
+        if key not in self._entry_cache:
             f, k, lm = self.product_basis.entries
-            n, LM, F = self.n_max, (self.l_max + 1) ** 2, self.n_features
+            n, LM = self.n_max, (self.l_max + 1) ** 2
+            slot, sk = (k % n) * LM + lm, k // n
             out = []
-            for s in range(self.n_species):
-                idx = np.flatnonzero((k // n == s) | (k // n == self.n_species))
-                rows = np.arange(len(idx))
-                H = sp.csr_matrix((np.ones(len(idx)), (rows, f[idx])), shape=(len(idx), F))
-                D = sp.csr_matrix((np.ones(len(idx)), (rows, ((k[idx] % n) * LM + lm[idx]) * F + f[idx])),
-                                  shape=(len(idx), n * LM * F))
-                out.append((idx, k[idx] % n, lm[idx], H, D))
-            self._entries_by_species = out
-        return self._entries_by_species
+            for c in cols:
+                keep = np.ones(F, dtype=bool)
+                if c is not None:
+                    keep[:] = False
+                    keep[np.asarray(c, dtype=np.int64)] = True
+                row = []
+                for s in range(S):
+                    idx = np.flatnonzero(((sk == s) | (sk == S)) & keep[f])
+                    idx = idx[np.lexsort((slot[idx], f[idx]))]
+                    row.append((idx, np.searchsorted(f[idx], np.arange(F + 1)), slot[idx]))
+                out.append(row)
+            self._entry_cache[key] = out
+        return self._entry_cache[key]
 
-    def _frame_features(self, species_index, nl: NeighborList, gradients):
-        n, S, LM = self.n_max, self.n_species, (self.l_max + 1) ** 2
+    def _frame_features(self, species_index, nl: NeighborList, gradients, gradient_columns=None):
+        n, S = self.n_max, self.n_species
         A = self._with_agnostic(density_coefficients(self.table, n, self.l_max, species_index, S, nl))
         B, pairs = self.product_basis.products(A, return_pairs=True)
         if not gradients:
             return B, None
-        P, F = len(nl.i), self.n_features
         # per pair p = (i, j): g_p = sum_e dB_{f_e}/dA_i[k_e, lm_e] d phi_{n_e lm_e}(r_p) over
         # the Jacobian entries e on the channels of j's species (and the agnostic ones)
         Jc = self.product_basis.jacobian_entries(A, pairs)
-        entries = self._species_entries()
-        g = np.empty((P, 3, F))
-        sj = species_index[nl.j]
-        # few entries per (n, lm) slot (many species, large n * LM): gather, multiply and sum
-        # the entries per pair; else a dense block per centre and species and one matrix
-        # product per centre (BLAS wins when the block is small: one element, many pairs)
-        sparse_path = _SPARSE_GRADIENTS
-        if sparse_path is None:
-            sparse_path = np.mean([len(e[0]) for e in entries]) * 16 < n * LM * F
-        contract = self._contract_sparse if sparse_path else self._contract_dense
-        contract(Jc, entries, nl, sj, g)
+        g = np.empty((len(nl.i), 3, self.n_features))
+        self._contract_entries(Jc, species_index, nl, g, self._entry_patterns(gradient_columns))
         return B, g
 
-    def _contract_sparse(self, Jc, entries, nl: NeighborList, sj, g) -> None:
-        """``g`` of every pair from the Jacobian entries on its neighbour's channels."""
-        per_species = [(Jc[:, idx], n_e, lm_e, H) for idx, n_e, lm_e, H, _ in entries]
-        F = g.shape[-1]
-        for sl in _chunks(len(nl.i), _CHUNK):  # the gathers grow with the entries
-            dphi = self._pair_basis_gradients(nl, sl)  # (p, 3, n, LM)
-            for s_, (Js, n_e, lm_e, H) in enumerate(per_species):
-                sel = np.flatnonzero(sj[sl] == s_)
-                if not len(sel):
-                    continue
-                X = dphi[sel][:, :, n_e, lm_e]  # (q, 3, E_s)
-                X *= Js[nl.i[sl.start + sel]][:, None, :]
-                g[sl.start + sel] = (H.T @ X.reshape(-1, len(n_e)).T).T.reshape(len(sel), 3, F)
-
-    def _contract_dense(self, Jc, entries, nl: NeighborList, sj, g) -> None:
-        """``g`` of every pair as ``d phi_p @ J_{i_p, s_p}``, one dense block per centre and
-        neighbour species."""
+    def _contract_entries(self, Jc, species_index, nl: NeighborList, g, patterns) -> None:
+        """``g`` of every pair as ``d phi_p @ M_{i_p, s_p}``: one sparse (n * LM, features)
+        matrix per centre and neighbour species, holding that centre's Jacobian entries
+        (one pattern per centre and neighbour species, from :meth:`_entry_patterns`); all
+        pairs of one centre and neighbour species in one sparse product."""
+        sj = species_index[nl.j]
         N, nLM, F = len(Jc), self.n_max * (self.l_max + 1) ** 2, g.shape[-1]
-        # contiguous blocks: BLAS products below
-        dense = [np.ascontiguousarray((D.T @ Jc[:, idx].T).T).reshape(N, nLM, F)
-                 for idx, _, _, _, D in entries]
         bounds = np.searchsorted(nl.i, np.arange(N + 1))  # pairs are sorted by centre
         for sl in _chunks(len(nl.i), 4 * _CHUNK):
             dphi = self._pair_basis_gradients(nl, sl).reshape(sl.stop - sl.start, 3, nLM)
@@ -425,4 +413,7 @@ class ACE(Descriptor):
                 a, b = max(bounds[i], sl.start), min(bounds[i + 1], sl.stop)
                 for s_ in np.unique(sj[a:b]):
                     sel = np.arange(a, b)[sj[a:b] == s_]
-                    g[sel] = dphi[sel - sl.start] @ dense[s_][i]
+                    idx, indptr, slots = patterns[species_index[i]][s_]
+                    MT = sp.csr_matrix((Jc[i, idx], slots, indptr), shape=(F, nLM))
+                    D = dphi[sel - sl.start].reshape(-1, nLM).T  # (n LM, 3 q)
+                    g[sel] = (MT @ D).T.reshape(len(sel), 3, F)

@@ -337,7 +337,7 @@ class ACSF(Descriptor):
                     g[pairs[:, None, None], np.arange(3)[None, :, None],
                       cols[s_, c][None, None, :]] += dG[sel][:, :, c, :]
 
-    def _frame_features(self, species_index, nl: NeighborList, gradients):
+    def _frame_features(self, species_index, nl: NeighborList, gradients, gradient_columns=None):
         N, S, F = len(species_index), self.n_species, self.n_features
         P = len(nl.i)
         sj = species_index[nl.j]

@@ -248,9 +248,13 @@ class Descriptor(ABC):
 
     @abstractmethod
     def _frame_features(
-        self, species_index: np.ndarray, nl: NeighborList, gradients: bool
+        self, species_index: np.ndarray, nl: NeighborList, gradients: bool,
+        gradient_columns: Sequence[np.ndarray | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per-atom features ``(N, F)`` and pair gradients ``(P, 3, F)`` (or None)."""
+        """Per-atom features ``(N, F)`` and pair gradients ``(P, 3, F)`` (or None).
+
+        ``gradient_columns`` (see :meth:`compute_frame`) lets a descriptor skip the
+        gradients a caller does not read; one that cannot skip computes them all."""
 
     def settings(self) -> dict[str, Any]:
         """The hyperparameters as a JSON-serialisable dict."""
@@ -287,7 +291,8 @@ class Descriptor(ABC):
         return idx
 
     def compute_frame(
-        self, frame: Frame | Atoms, gradients: bool = False, index: int = 0
+        self, frame: Frame | Atoms, gradients: bool = False, index: int = 0,
+        gradient_columns: Sequence[np.ndarray | None] | None = None,
     ) -> DescriptorResult:
         """Descriptors of one structure (see :meth:`compute` for the layout).
 
@@ -300,6 +305,12 @@ class Descriptor(ABC):
         index : int, default=0
             Frame index written to ``result.frame`` and used in error messages when the
             frame does not know its source.
+        gradient_columns : sequence of (array of int or None), optional
+            Per species (in the order of :attr:`species`): the feature columns whose
+            gradients the caller reads for rows centred on an atom of that species
+            (``None``: all). The gradients of the other columns of those rows may then
+            be left at zero, which saves work when a model keeps a smaller basis for
+            some species (:class:`~ml4m.descriptors.ACE` does).
 
         Returns
         -------
@@ -310,7 +321,7 @@ class Descriptor(ABC):
             frame = Frame.from_atoms(frame)
         idx = self._check_frame(frame, index)
         nl = neighbor_list(frame, self.r_cut, full_list=True)
-        X, g = self._frame_features(idx, nl, gradients)
+        X, g = self._frame_features(idx, nl, gradients, gradient_columns)
         N = len(frame)
         res = DescriptorResult(
             features=X, frame=np.full(N, index, dtype=np.int64),

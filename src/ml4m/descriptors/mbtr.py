@@ -87,7 +87,7 @@ class MBTR(Descriptor):
                 names += [f"k2[{sym[b]},{sym[c]}](x={x:.4g})" for x in self.grid]
         return names
 
-    def _frame_features(self, species_index, nl: NeighborList, gradients):
+    def _frame_features(self, species_index, nl: NeighborList, gradients, gradient_columns=None):
         N, S, G = len(species_index), self.n_species, self.n_grid
         X = np.zeros((N, self.n_features))
         X[np.arange(N), species_index] = 1.0

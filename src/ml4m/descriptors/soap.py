@@ -173,7 +173,7 @@ class SOAP(Descriptor):
         out *= self._weight[:, 0]
         return out.reshape(N, -1)
 
-    def _frame_features(self, species_index, nl, gradients):
+    def _frame_features(self, species_index, nl, gradients, gradient_columns=None):
         n, L, S = self.n_max, self.l_max + 1, self.n_species
         c = density_coefficients(self.table, n, self.l_max, species_index, S, nl)
         X = self._spectrum(c)

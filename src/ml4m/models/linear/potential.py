@@ -274,9 +274,11 @@ class LinearPotential(Potential):
         """
         sidx = self._species_index(block)
         off = np.cumsum([0] + [len(f) for f in block])
+        # a species block reads only its own columns' gradients (see species_degree)
+        cols = self.fmap_.columns if isinstance(self.fmap_, SpeciesBlocks) else None
         parts, X = [], []
         for k, f in enumerate(block):
-            res = self.descriptor.compute_frame(f, forces or stress, k)  # k: named in errors
+            res = self.descriptor.compute_frame(f, forces or stress, k, cols)  # k: named in errors
             res.frame = np.zeros_like(res.frame)
             vol = np.array([f.volume if f.pbc.all() else 0.0])
             parts.append(design_rows(res, self.fmap_, sidx[off[k]:off[k + 1]], 1, vol, forces, stress))
