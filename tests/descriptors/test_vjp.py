@@ -102,7 +102,7 @@ def test_large_frame_path_recomputes_pair_values(monkeypatch):
 
 
 @pytest.mark.parametrize("agnostic", [0, 3])
-@pytest.mark.parametrize("chunk", [None, 2])
+@pytest.mark.parametrize("chunk", [None, 8])
 def test_per_feature_gradients_match_the_vjp(monkeypatch, rng, agnostic, chunk):
     """The per-feature gradients (one sparse product per centre and neighbour species)
     contracted with weights equal the adjoint path, with and without element-agnostic

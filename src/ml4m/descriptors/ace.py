@@ -49,7 +49,7 @@ from ml4m.errors import ConfigError
 
 __all__ = ["ACE"]
 
-_CHUNK = 1024  # pairs per block in the per-feature gradient path
+_CHUNK = 4096  # pairs per block in the per-feature gradient path
 _VJP_CHUNK = 16384  # pairs per block in the adjoint (VJP) path
 _KEEP_PAIRS = 131072  # pairs whose basis values are kept between A and the VJP
 
@@ -126,7 +126,7 @@ class ACE(Descriptor):
         self._table: HermiteTable | None = None
         self._radial: HermiteTable | None = None
         self._product_basis: ProductBasis | None = None
-        self._entry_cache: dict[tuple, list] = {}
+        self._entry_cache: dict[bytes | None, list] = {}
         self._basis = self._enumerate()
 
     def settings(self) -> dict[str, Any]:
@@ -355,36 +355,39 @@ class ACE(Descriptor):
         return out
 
     def _entry_patterns(self, columns=None) -> list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-        """Per centre species and neighbour species: the Jacobian entries on the
-        neighbour's channels (and the agnostic ones) of the centre's ``columns`` (all
-        when ``None``), as the pattern of a CSR matrix ``M^T`` of shape (features,
-        n_max * LM): entry indices into the rows of
-        :meth:`ProductBasis.jacobian_entries` in CSR order, row pointers, and the
-        column (radial ``n`` and ``lm`` slot) of each. Entries that share a (feature,
-        slot) add, as in the basis."""
-        S, F = self.n_species, self.n_features
+        """Per centre species: :meth:`_column_patterns` of its ``columns`` (all when
+        ``columns`` or its entry is ``None``), cached per column set."""
+        S = self.n_species
         cols = [None] * S if columns is None else list(columns)
         if len(cols) != S:
             raise ValueError(f"gradient_columns: one entry per species ({S}), got {len(cols)}")
-        key = tuple(None if c is None else np.asarray(c, dtype=np.int64).tobytes() for c in cols)
-        if key not in self._entry_cache:
-            f, k, lm = self.product_basis.entries
-            n, LM = self.n_max, (self.l_max + 1) ** 2
-            slot, sk = (k % n) * LM + lm, k // n
-            out = []
-            for c in cols:
-                keep = np.ones(F, dtype=bool)
-                if c is not None:
-                    keep[:] = False
-                    keep[np.asarray(c, dtype=np.int64)] = True
-                row = []
-                for s in range(S):
-                    idx = np.flatnonzero(((sk == s) | (sk == S)) & keep[f])
-                    idx = idx[np.lexsort((slot[idx], f[idx]))]
-                    row.append((idx, np.searchsorted(f[idx], np.arange(F + 1)), slot[idx]))
-                out.append(row)
-            self._entry_cache[key] = out
-        return self._entry_cache[key]
+        cols = [None if c is None else np.asarray(c, dtype=np.int64) for c in cols]
+        keys = [None if c is None else c.tobytes() for c in cols]
+        for key, c in zip(keys, cols):
+            if key not in self._entry_cache:
+                self._entry_cache[key] = self._column_patterns(c)
+        return [self._entry_cache[key] for key in keys]
+
+    def _column_patterns(self, columns: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per neighbour species: the Jacobian entries of the features ``columns`` (all
+        when ``None``) on that species' channels and the agnostic ones, as the pattern of
+        a CSR matrix ``M^T`` of shape (features, n_max * LM): entry indices into the rows
+        of :meth:`ProductBasis.jacobian_entries` in CSR order, row pointers, and the
+        column (radial ``n`` and ``lm`` slot) of each. Entries that share a (feature,
+        slot) add, as in the basis."""
+        f, k, lm = self.product_basis.entries
+        S, F, n, LM = self.n_species, self.n_features, self.n_max, (self.l_max + 1) ** 2
+        slot, sk = (k % n) * LM + lm, k // n
+        keep = np.ones(F, dtype=bool)
+        if columns is not None:
+            keep = np.zeros(F, dtype=bool)
+            keep[columns] = True
+        out = []
+        for s in range(S):
+            idx = np.flatnonzero(((sk == s) | (sk == S)) & keep[f])
+            idx = idx[np.lexsort((slot[idx], f[idx]))]
+            out.append((idx, np.searchsorted(f[idx], np.arange(F + 1)), slot[idx]))
+        return out
 
     def _frame_features(self, species_index, nl: NeighborList, gradients, gradient_columns=None):
         n, S = self.n_max, self.n_species
@@ -402,12 +405,13 @@ class ACE(Descriptor):
     def _contract_entries(self, Jc, species_index, nl: NeighborList, g, patterns) -> None:
         """``g`` of every pair as ``d phi_p @ M_{i_p, s_p}``: one sparse (n * LM, features)
         matrix per centre and neighbour species, holding that centre's Jacobian entries
-        (one pattern per centre and neighbour species, from :meth:`_entry_patterns`); all
-        pairs of one centre and neighbour species in one sparse product."""
+        (one pattern per centre and neighbour species, ``patterns`` from
+        :meth:`_entry_patterns`); all pairs of one centre and neighbour species in one
+        sparse product."""
         sj = species_index[nl.j]
         N, nLM, F = len(Jc), self.n_max * (self.l_max + 1) ** 2, g.shape[-1]
         bounds = np.searchsorted(nl.i, np.arange(N + 1))  # pairs are sorted by centre
-        for sl in _chunks(len(nl.i), 4 * _CHUNK):
+        for sl in _chunks(len(nl.i), _CHUNK):
             dphi = self._pair_basis_gradients(nl, sl).reshape(sl.stop - sl.start, 3, nLM)
             for i in np.unique(nl.i[sl]):
                 a, b = max(bounds[i], sl.start), min(bounds[i + 1], sl.stop)
