@@ -24,6 +24,10 @@ FACTORIES = {
     # (inner radius below the structures' shortest distance)
     "ace_r0": lambda: ACE(SPECIES, r_cut=4.0, n_max=4, l_max=2, correlation_order=3,
                           total_degree=[6, 6, 5], r0=1.2, r_in=1.2),
+    # radial functions of their own for some element pairs (stacked radial tables)
+    "ace_pairs": lambda: ACE(SPECIES, r_cut=4.0, n_max=4, l_max=2, correlation_order=3,
+                             total_degree=[6, 6, 5], r0=1.2, r_in=1.2,
+                             pair_r_in={"Au-Cu": 1.0, "Au-Au": 1.5}, pair_r0={"Cu-Cu": 0.8}),
     # element-agnostic channels for the four-body functions
     "ace_agnostic": lambda: ACE(SPECIES, r_cut=4.0, n_max=3, l_max=2, correlation_order=3,
                                 total_degree=[6, 6, 6], agnostic_from=3),

@@ -137,3 +137,37 @@ def test_agnostic_channels_are_the_summed_density():
     np.testing.assert_allclose(got, expect, rtol=1e-10)
     # order 1 stays element-resolved, order 2 has only agnostic factors
     assert all(("X" in name) == name.startswith("B2") for name in mixed.feature_names())
+
+
+def test_pair_radial_settings():
+    """A pair's own ``r_in``/``r0`` act on that pair only: a cluster with one Au atom has
+    Cu-Cu and Cu-Au pairs, so setting just those two pairs to other radii gives the
+    features of the global setting at those radii (through the stacked tables, since
+    Au-Au keeps the first setting). Keys are unordered pairs; bad ones are named."""
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 1, 1))
+    atoms.pbc = False
+    atoms.numbers[0] = 79
+    atoms.rattle(0.1, seed=3)
+    kw = dict(r_cut=4.0, n_max=4, l_max=2, correlation_order=3, total_degree=[6, 6, 5])
+    target = ACE(["Cu", "Au"], r_in=1.3, r0=0.9, **kw)
+    pairs = ACE(["Cu", "Au"], r_in=0.5, r0=1.5, pair_r_in={"Cu-Cu": 1.3, "Au-Cu": 1.3},
+                pair_r0={"Cu-Cu": 0.9, "Cu-Au": 0.9}, **kw)
+    assert len(pairs._pair_radii) == 2 and pairs.pair_r_in == {"Cu-Au": 1.3, "Cu-Cu": 1.3}
+    np.testing.assert_allclose(pairs.compute(atoms).features, target.compute(atoms).features,
+                               rtol=1e-12, atol=1e-14)
+    plain = ACE(["Cu", "Au"], r_in=0.5, r0=1.5, **kw)
+    assert np.abs(pairs.compute(atoms).features - plain.compute(atoms).features).max() > 1e-3
+    # settings round-trip
+    again = ACE(["Cu", "Au"], **{k: v for k, v in pairs.settings().items()
+                                 if k not in ("descriptor", "species")})
+    np.testing.assert_array_equal(again.compute(atoms).features, pairs.compute(atoms).features)
+    with pytest.raises(ConfigError, match="'Cu-Ag' is not a pair"):
+        ACE(["Cu", "Au"], pair_r_in={"Cu-Ag": 1.0}, **kw)
+    with pytest.raises(ConfigError, match="Cu-Au is given twice"):
+        ACE(["Cu", "Au"], pair_r_in={"Cu-Au": 1.0, "Au-Cu": 1.1}, **kw)
+    with pytest.raises(ConfigError, match=r"pair_r_in\['Cu-Cu'\] must lie in"):
+        ACE(["Cu", "Au"], pair_r_in={"Cu-Cu": 3.5}, **kw)
+    with pytest.raises(ConfigError, match="pair_r0"):
+        ACE(["Cu", "Au"], pair_r0={"Cu-Cu": -1.0}, **kw)

@@ -20,6 +20,9 @@ CASES = {
                                      normalize=True), TorchSOAP),
     "ace": lambda: (ACE(["Cu", "Au"], r_cut=4.0, n_max=2, l_max=2, correlation_order=4,
                         total_degree=7), TorchACE),
+    "ace_pairs": lambda: (ACE(["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2, correlation_order=3,
+                              total_degree=[6, 6, 5], r0=1.2, r_in=1.2,
+                              pair_r_in={"Au-Cu": 1.0, "Au-Au": 1.5}), TorchACE),
 }
 
 

@@ -32,6 +32,7 @@ analytic (``compute(..., gradients=True)``).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -42,7 +43,7 @@ import scipy.sparse as sp
 from ml4m.data.neighbors import NeighborList
 from ml4m.descriptors.ace_contraction import ProductBasis
 from ml4m.descriptors.base import Descriptor
-from ml4m.descriptors.radial import HermiteTable, ace_radial_table
+from ml4m.descriptors.radial import HermiteTable, ace_radial_table, stack_tables
 from ml4m.descriptors.soap import density_coefficients
 from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
 from ml4m.errors import ConfigError
@@ -92,6 +93,11 @@ class ACE(Descriptor):
         goes to distances no pair samples, and a fit extrapolates wildly into them. On
         the 3BPA molecule (fit on four conformers, force error on a fifth) ``r_in = 0.8,
         r0 = 1`` cut the force MAE from 96 to 60 meV/A at the same basis.
+    pair_r_in, pair_r0 : dict, optional
+        ``r_in`` and ``r0`` for some element pairs, e.g. ``{"C-C": 1.1, "C-H": 0.9}``
+        (unordered: ``"H-C"`` is the same pair); other pairs keep ``r_in`` and ``r0``. Each
+        pair then has its own radial functions, spanning the distances that pair
+        samples: a molecule's C-C bonds start near 1.3 A, its C-H ones near 1.0 A.
     agnostic_from : int, default=0
         Correlation order from which the factors are channels of the element-agnostic
         density (all neighbours summed, whatever their species; named ``X``) instead of
@@ -109,6 +115,7 @@ class ACE(Descriptor):
         correlation_order: int = 3, total_degree: int | Sequence[int] = 8,
         cutoff_width: float = 1.0, r0: float | None = None, r_in: float = 0.0,
         agnostic_from: int = 0, average: bool = False,
+        pair_r_in: dict[str, float] | None = None, pair_r0: dict[str, float] | None = None,
     ) -> None:
         super().__init__(species, r_cut, average)
         self.n_max = self._check_int("n_max", n_max, 1, 24)
@@ -123,6 +130,12 @@ class ACE(Descriptor):
         self.agnostic_from = self._check_int("agnostic_from", agnostic_from, 0, 4)
         if not 0.0 <= self.r_in < self.r_cut - self.cutoff_width:
             raise ConfigError(f"r_in must lie in [0, r_cut - cutoff_width), got {r_in!r}")
+        self.pair_r_in = self._pair_settings("pair_r_in", pair_r_in)
+        self.pair_r0 = self._pair_settings("pair_r0", pair_r0)
+        for key, v in self.pair_r_in.items():
+            if not 0.0 <= v < self.r_cut - self.cutoff_width:
+                raise ConfigError(f"pair_r_in[{key!r}] must lie in [0, r_cut - cutoff_width), got {v!r}")
+        self._pair_type, self._pair_radii = self._pair_types()
         self._table: HermiteTable | None = None
         self._radial: HermiteTable | None = None
         self._product_basis: ProductBasis | None = None
@@ -135,7 +148,54 @@ class ACE(Descriptor):
         out.update(n_max=self.n_max, l_max=self.l_max, correlation_order=self.correlation_order,
                    total_degree=self.total_degree, cutoff_width=self.cutoff_width, r0=self.r0,
                    r_in=self.r_in, agnostic_from=self.agnostic_from)
+        if self.pair_r_in:
+            out["pair_r_in"] = dict(self.pair_r_in)
+        if self.pair_r0:
+            out["pair_r0"] = dict(self.pair_r0)
         return out
+
+    # ---- per-pair radial transforms -------------------------------------------------
+    def _pair_settings(self, name: str, value: dict[str, float] | None) -> dict[str, float]:
+        """``{"A-B": x}`` checked, with keys in a canonical order (species order)."""
+        if not value:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must map element pairs such as 'C-H' to distances, got {value!r}")
+        sym = self.species_symbols
+        out: dict[str, float] = {}
+        for key, v in value.items():
+            parts = str(key).split("-")
+            if len(parts) != 2 or any(p not in sym for p in parts):
+                raise ConfigError(f"{name}: {key!r} is not a pair 'A-B' of the species {sym}")
+            a, b = sorted(parts, key=sym.index)
+            canon = f"{a}-{b}"
+            if canon in out:
+                raise ConfigError(f"{name}: the pair {canon} is given twice")
+            out[canon] = self._check_positive(f"{name}[{key!r}]", v) if name == "pair_r0" else float(v)
+        return out
+
+    def _pair_types(self) -> tuple[np.ndarray, list[tuple[float | None, float]]]:
+        """Radial table index of every (centre, neighbour) species pair, (S, S), and the
+        ``(r0, r_in)`` of each table; one table when no pair has its own settings."""
+        S, sym = self.n_species, self.species_symbols
+        radii: list[tuple[float | None, float]] = []
+        kind = np.zeros((S, S), dtype=np.int64)
+        for a in range(S):
+            for b in range(a, S):
+                key = f"{sym[a]}-{sym[b]}"
+                r = (self.pair_r0.get(key, self.r0), self.pair_r_in.get(key, self.r_in))
+                if r not in radii:
+                    radii.append(r)
+                kind[a, b] = kind[b, a] = radii.index(r)
+        return kind, radii
+
+    def _table_coordinates(self, species_index: np.ndarray, nl: NeighborList) -> np.ndarray:
+        """Where each pair reads the radial tables: its distance, shifted to its pair's
+        segment of the stacked table (the distance itself with one table)."""
+        if len(self._pair_radii) == 1:
+            return nl.distances
+        t = self._pair_type[species_index[nl.i], species_index[nl.j]]
+        return nl.distances + self._segment * t
 
     # ---- basis enumeration --------------------------------------------------------
     def _enumerate(self) -> list[tuple[tuple[tuple[int, int], ...], int]]:
@@ -261,11 +321,19 @@ class ACE(Descriptor):
 
     @property
     def radial(self) -> HermiteTable:
-        """Tabulated ``f_c R_n``, one column per ``n`` (built on first use)."""
+        """Tabulated ``f_c R_n``, one column per ``n`` (built on first use); with per-pair
+        settings, one segment of length ``_segment`` per pair table, stacked (read at
+        :meth:`_table_coordinates`)."""
         if self._radial is None:
-            self._radial = ace_radial_table(self.n_max, self.r_cut, self.cutoff_width, self.r0,
-                                            self.r_in)
+            tables = [ace_radial_table(self.n_max, self.r_cut, self.cutoff_width, r0, r_in)
+                      for r0, r_in in self._pair_radii]
+            self._radial = tables[0] if len(tables) == 1 else stack_tables(tables)
         return self._radial
+
+    @property
+    def _segment(self) -> float:
+        t = ace_radial_table(self.n_max, self.r_cut, self.cutoff_width, *self._pair_radii[0])
+        return t.step * len(t.values)
 
     # ---- evaluation ---------------------------------------------------------------
     def _group_basis(self) -> list[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray]]:
@@ -287,13 +355,14 @@ class ACE(Descriptor):
             self._product_basis = ProductBasis(self._basis, self.n_channels)
         return self._product_basis
 
-    def _pair_basis_gradients(self, nl: NeighborList, sl: slice):
-        """``d phi_{n l m}(r_ij) / d r_ij`` for the pairs ``sl``, shape (p, 3, n_max, LM)."""
+    def _pair_basis_gradients(self, nl: NeighborList, x: np.ndarray, sl: slice):
+        """``d phi_{n l m}(r_ij) / d r_ij`` for the pairs ``sl``, shape (p, 3, n_max, LM)
+        (``x``: the pairs' :meth:`_table_coordinates`)."""
         n, L = self.n_max, self.l_max + 1
         p = sl.stop - sl.start
         lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
         vec, r = nl.vectors[sl], nl.distances[sl]
-        R, dR = self.table(r)
+        R, dR = self.table(x[sl])
         R = R.reshape(p, n, L)[:, :, lidx]
         dR = dR.reshape(p, n, L)[:, :, lidx]
         Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
@@ -312,10 +381,11 @@ class ACE(Descriptor):
         n, S, LM = self.n_max, self.n_species, (self.l_max + 1) ** 2
         N, P = len(species_index), len(nl.i)
         group = nl.i * S + species_index[nl.j]
+        x = self._table_coordinates(species_index, nl)
         A = np.zeros((N * S, n * LM))
         keep = [] if P <= _KEEP_PAIRS else None
         for sl in _chunks(P, _VJP_CHUNK):
-            R, dR = self.radial(nl.distances[sl])
+            R, dR = self.radial(x[sl])
             Y, dY = real_spherical_harmonics(nl.vectors[sl], self.l_max, gradients=True)
             phi = (R[:, :, None] * Y[:, None, :]).reshape(len(R), -1)
             M = sp.csr_matrix((np.ones(len(R)), (group[sl], np.arange(len(R)))),
@@ -339,12 +409,13 @@ class ACE(Descriptor):
         P = len(nl.i)
         out = np.empty((P, 3))
         sj = species_index[nl.j]
+        x = self._table_coordinates(species_index, nl) if kept is None else None
         for c, sl in enumerate(_chunks(P, _VJP_CHUNK)):
             vec, r = nl.vectors[sl], nl.distances[sl]
             if kept is not None:
                 R, dR, Y, dY = kept[c]
             else:
-                R, dR = self.radial(r)  # (p, n): the radial part does not depend on l
+                R, dR = self.radial(x[sl])  # (p, n): the radial part does not depend on l
                 Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
             Gp = G[nl.i[sl], sj[sl]]  # (p, n, LM)
             # contract the radial index first: d phi never needs to exist
@@ -391,7 +462,9 @@ class ACE(Descriptor):
 
     def _frame_features(self, species_index, nl: NeighborList, gradients, gradient_columns=None):
         n, S = self.n_max, self.n_species
-        A = self._with_agnostic(density_coefficients(self.table, n, self.l_max, species_index, S, nl))
+        x = self._table_coordinates(species_index, nl)
+        A = self._with_agnostic(density_coefficients(self.table, n, self.l_max, species_index, S,
+                                                     dataclasses.replace(nl, distances=x)))
         B, pairs = self.product_basis.products(A, return_pairs=True)
         if not gradients:
             return B, None
@@ -399,10 +472,10 @@ class ACE(Descriptor):
         # the Jacobian entries e on the channels of j's species (and the agnostic ones)
         Jc = self.product_basis.jacobian_entries(A, pairs)
         g = np.empty((len(nl.i), 3, self.n_features))
-        self._contract_entries(Jc, species_index, nl, g, self._entry_patterns(gradient_columns))
+        self._contract_entries(Jc, species_index, nl, x, g, self._entry_patterns(gradient_columns))
         return B, g
 
-    def _contract_entries(self, Jc, species_index, nl: NeighborList, g, patterns) -> None:
+    def _contract_entries(self, Jc, species_index, nl: NeighborList, x, g, patterns) -> None:
         """``g`` of every pair as ``d phi_p @ M_{i_p, s_p}``: one sparse (n * LM, features)
         matrix per centre and neighbour species, holding that centre's Jacobian entries
         (one pattern per centre and neighbour species, ``patterns`` from
@@ -412,7 +485,7 @@ class ACE(Descriptor):
         N, nLM, F = len(Jc), self.n_max * (self.l_max + 1) ** 2, g.shape[-1]
         bounds = np.searchsorted(nl.i, np.arange(N + 1))  # pairs are sorted by centre
         for sl in _chunks(len(nl.i), _CHUNK):
-            dphi = self._pair_basis_gradients(nl, sl).reshape(sl.stop - sl.start, 3, nLM)
+            dphi = self._pair_basis_gradients(nl, x, sl).reshape(sl.stop - sl.start, 3, nLM)
             for i in np.unique(nl.i[sl]):
                 a, b = max(bounds[i], sl.start), min(bounds[i + 1], sl.stop)
                 for s_ in np.unique(sj[a:b]):

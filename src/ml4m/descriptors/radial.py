@@ -37,7 +37,7 @@ from scipy.special import eval_jacobi, ive, roots_legendre
 
 from ml4m.descriptors.cutoffs import smooth_cutoff
 
-__all__ = ["radial_basis", "HermiteTable", "soap_radial_table", "ace_radial_table"]
+__all__ = ["radial_basis", "HermiteTable", "soap_radial_table", "ace_radial_table", "stack_tables"]
 
 
 def radial_basis(r: np.ndarray, n_max: int, r_cut: float) -> np.ndarray:
@@ -192,6 +192,20 @@ def soap_radial_table(
     values = (fc[:, None, None] * vals).reshape(len(d), -1)
     derivs = (dfc[:, None, None] * vals + fc[:, None, None] * ders).reshape(len(d), -1)
     return HermiteTable(step=r_cut / n_nodes, values=values, derivatives=derivs)
+
+
+def stack_tables(tables: list[HermiteTable]) -> HermiteTable:
+    """Tables of the same grid one after another: table ``t`` is read at ``r + t * L``,
+    ``L = step * n_nodes`` (its grid length plus one step).
+
+    The interval joining two segments lies beyond the cutoff of the first, where no
+    distance falls; past the last segment every function is 0, as in one table.
+    """
+    step = tables[0].step
+    if any(t.step != step or t.values.shape != tables[0].values.shape for t in tables):
+        raise ValueError("stacked tables need the same grid and number of functions")
+    return HermiteTable(step, np.concatenate([t.values for t in tables]),
+                        np.concatenate([t.derivatives for t in tables]))
 
 
 @lru_cache(maxsize=16)

@@ -54,13 +54,17 @@ class _TorchDescriptor(torch.nn.Module):
         t = (s - k)[:, None]
         return self.a0[k] + t * (self.a1[k] + t * (self.a2[k] + t * self.a3[k]))
 
+    def _table_coordinates(self, r, species_index, i, j) -> torch.Tensor:
+        """Distances as the numpy descriptor reads its (possibly stacked) radial tables."""
+        return r
+
     def density(self, positions, cell, species_index, i, j, shifts) -> torch.Tensor:
         """``A[i, a * n_max + n, lm] = sum_j R_nl(r_ij) Y_lm(r_ij)`` (the numpy layout)."""
         n, L, S = self.n_max, self.l_max + 1, self.desc.n_species
         N = positions.shape[0]
         vec = positions[j] - positions[i] + shifts.to(positions.dtype) @ cell
         r = torch.linalg.vector_norm(vec, dim=1)
-        R = self._radial(r).reshape(-1, n, L)[:, :, self.lidx]
+        R = self._radial(self._table_coordinates(r, species_index, i, j)).reshape(-1, n, L)[:, :, self.lidx]
         Y, _ = real_spherical_harmonics(vec, self.l_max)
         A = (R * Y[:, None, :]).reshape(len(r), -1)
         c = torch.zeros(N * S, A.shape[1], dtype=A.dtype, device=A.device)
@@ -152,6 +156,8 @@ class TorchACE(_TorchDescriptor):
     def __init__(self, ace: ACE, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float64) -> None:
         super().__init__(ace, ace.table, ace.n_max, ace.l_max, device, dtype)
+        self.register_buffer("pair_type", torch.as_tensor(ace._pair_type, device=device))
+        self.segment = ace._segment if len(ace._pair_radii) > 1 else 0.0
         self.groups = []
         for nu, ls, L, cols, ks in ace._group_basis():
             cgs = []
@@ -163,6 +169,11 @@ class TorchACE(_TorchDescriptor):
                                            device=device))
             self.groups.append((nu, ls, torch.as_tensor(cols, device=device),
                                 torch.as_tensor(ks, device=device), cgs))
+
+    def _table_coordinates(self, r, species_index, i, j) -> torch.Tensor:
+        if not self.segment:
+            return r
+        return r + self.segment * self.pair_type[species_index[i], species_index[j]].to(r.dtype)
 
     def forward(self, positions: torch.Tensor, cell: torch.Tensor, species_index: torch.Tensor,
                 i: torch.Tensor, j: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
