@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk, fcc111, molecule
+from ase.data import chemical_symbols
 
-from ml4m.data import batched_neighbor_list, neighbor_list
+from ml4m.data import batched_neighbor_list, neighbor_list, shortest_distances
 from ml4m.errors import ConfigError
 
 
@@ -83,3 +84,29 @@ def test_batched_offsets_global_indices():
 def test_bad_cutoff(cutoff):
     with pytest.raises(ConfigError, match="cutoff must be a finite, positive"):
         neighbor_list(molecule("H2O"), cutoff)
+
+
+def test_shortest_distances_per_element_pair():
+    """Against all distances of an open molecule; periodic images count (one fcc atom sees
+    its own at a / sqrt 2); pairs beyond the cutoff are absent."""
+    from ase.build import bulk, molecule
+
+    from ml4m.data import shortest_distances
+
+    mols = [molecule("CH3CH2OH"), molecule("CH3CH2OH")]
+    mols[1].rattle(0.05, seed=4)
+    expect: dict[str, float] = {}
+    for m in mols:
+        D, z = m.get_all_distances(), m.numbers
+        for a in range(len(m)):
+            for b in range(a + 1, len(m)):
+                p, q = sorted((int(z[a]), int(z[b])))
+                key = f"{chemical_symbols[p]}-{chemical_symbols[q]}"
+                expect[key] = min(expect.get(key, np.inf), D[a, b])
+    got = shortest_distances(mols, cutoff=10.0)
+    assert got.keys() == expect.keys()
+    for key, d in expect.items():
+        assert got[key] == pytest.approx(d, rel=1e-12)
+    assert "O-O" not in got and set(shortest_distances(mols, cutoff=1.2)) == {"H-C", "H-O"}
+    cu = shortest_distances([bulk("Cu", "fcc", a=3.6)], cutoff=3.0)
+    assert cu == {"Cu-Cu": pytest.approx(3.6 / np.sqrt(2), rel=1e-12)}

@@ -185,6 +185,8 @@ def test_row_variances_from_the_factor_equal_the_covariance_form(rng):
     direct = np.array([r @ model.covariance_ @ r for r in rows])
     np.testing.assert_allclose(from_factor, direct, rtol=1e-10)
     np.testing.assert_allclose(model.variance_rows(rows), quadratic_form_rows(rows, model.covariance_), rtol=1e-12)
+    # the float32 product (for error models) agrees to single precision
+    np.testing.assert_allclose(model.variance_rows(rows, single=True), direct, rtol=1e-5)
     # the covariance is the inverse posterior precision
     P = model.alpha_ * np.eye(15) + model.beta_ * A.T @ A
     np.testing.assert_allclose(model.covariance_ @ P, np.eye(15), atol=1e-8)

@@ -17,7 +17,7 @@ from ase import Atoms
 from ml4m.data.frames import Frame
 from ml4m.errors import ConfigError
 
-__all__ = ["NeighborList", "neighbor_list", "batched_neighbor_list"]
+__all__ = ["NeighborList", "neighbor_list", "batched_neighbor_list", "shortest_distances"]
 
 
 @dataclass(frozen=True)
@@ -150,3 +150,37 @@ def batched_neighbor_list(
         )
     i, j, s, v, d = (np.concatenate(x) for x in zip(*parts))
     return NeighborList(i, j, s, v, d, float(cutoff)), np.concatenate(frame_of_pair)
+
+
+def shortest_distances(frames: Sequence[Frame | Atoms], cutoff: float = 3.0) -> dict[str, float]:
+    """The shortest distance of every element pair in a set of structures.
+
+    Parameters
+    ----------
+    frames : sequence of Frame or ase.Atoms
+        The structures (periodic images count).
+    cutoff : float, default=3.0
+        Largest distance looked at, Angstrom; pairs never closer are left out.
+
+    Returns
+    -------
+    dict
+        ``{"C-H": 0.99, ...}`` in Angstrom, keys ``"A-B"`` with the lighter element first:
+        where the radial basis of each pair may start (ACE's ``pair_r_in``, a little below).
+    """
+    from ase.data import chemical_symbols
+
+    best: dict[tuple[int, int], float] = {}
+    for frame in frames:
+        nl = neighbor_list(frame, cutoff, full_list=False)
+        if not len(nl):
+            continue
+        z = np.asarray(frame.numbers)
+        a, b = np.minimum(z[nl.i], z[nl.j]), np.maximum(z[nl.i], z[nl.j])
+        key = a * 1000 + b
+        order = np.lexsort((nl.distances, key))
+        first = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
+        for k in order[first]:
+            pair = (int(a[k]), int(b[k]))
+            best[pair] = min(best.get(pair, np.inf), float(nl.distances[k]))
+    return {f"{chemical_symbols[p]}-{chemical_symbols[q]}": d for (p, q), d in sorted(best.items())}

@@ -97,7 +97,12 @@ class ACE(Descriptor):
         ``r_in`` and ``r0`` for some element pairs, e.g. ``{"C-C": 1.1, "C-H": 0.9}``
         (unordered: ``"H-C"`` is the same pair); other pairs keep ``r_in`` and ``r0``. Each
         pair then has its own radial functions, spanning the distances that pair
-        samples: a molecule's C-C bonds start near 1.3 A, its C-H ones near 1.0 A.
+        samples: a molecule's C-C bonds start near 1.3 A, its C-H ones near 1.0 A
+        (:func:`ml4m.data.shortest_distances` gives each pair's shortest distance in a
+        training set). On the 3BPA molecule (fit on four conformers, force MAE on a fifth)
+        every pair's ``r_in`` 0.25 A below its shortest distance, instead of 0.8 A for all,
+        cut the force MAE from 44.7 to 42.3 meV/A at the same basis (0.15 A below: 42.5;
+        0.08 A: 43.1).
     agnostic_from : int, default=0
         Correlation order from which the factors are channels of the element-agnostic
         density (all neighbours summed, whatever their species; named ``X``) instead of

@@ -91,7 +91,7 @@ class _HeldOut:
         R = rows.forces[pick]
         F = R @ coef
         ref = np.concatenate([f.forces for f in block])[pick]
-        var = regression.variance_rows(R.reshape(-1, R.shape[-1])).reshape(-1, 3)
+        var = regression.variance_rows(R.reshape(-1, R.shape[-1]), single=True).reshape(-1, 3)
         self.parts.append((np.sum((F - ref) ** 2, axis=1), np.sqrt(np.clip(var, 0, None).sum(axis=1)),
                            np.linalg.norm(F, axis=1), species[pick], X[pick]))
 
