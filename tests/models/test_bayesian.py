@@ -86,6 +86,34 @@ def test_fixed_hyperparameters_match_closed_form(rng):
     np.testing.assert_allclose(model.covariance_, S, rtol=1e-6, atol=1e-12)
 
 
+@pytest.mark.parametrize("p1", [0, 5, 9])
+def test_matrix_prior_with_a_diagonal_block_matches_the_closed_form(rng, p1):
+    """A prior ``blockdiag(diag, K)`` (a sparse GP's linear baseline and kernel block) is
+    whitened block by block; the fit equals the closed form of the full matrix, at fixed
+    hyperparameters and at the evidence optimum (checked against a dense whitening of
+    the same prior with its blocks swapped, which has no leading diagonal block)."""
+    A, _, y = _problem(rng, p=9)
+    m = 9 - p1
+    L = rng.normal(size=(m, m))
+    P = np.zeros((9, 9))
+    P[:p1, :p1] = np.diag(rng.uniform(0.5, 3.0, size=p1))
+    P[p1:, p1:] = L @ L.T + 0.1 * np.eye(m)
+    alpha, beta = 0.7, 20.0
+    model = BayesianLinearRegression(alpha=alpha, beta=beta, prior=P).fit(A, y)
+    S = np.linalg.inv(beta * A.T @ A + alpha * P)
+    np.testing.assert_allclose(model.coef_, beta * S @ A.T @ y, rtol=1e-8)
+    np.testing.assert_allclose(model.covariance_, S, rtol=1e-6, atol=1e-12)
+    evid = BayesianLinearRegression(prior=P).fit(A, y)
+    perm = np.r_[p1:9, 0:p1]  # kernel block first: one dense whitening of everything
+    swapped = BayesianLinearRegression(prior=P[np.ix_(perm, perm)]).fit(A[:, perm], y)
+    assert evid.alpha_ == pytest.approx(swapped.alpha_, rel=1e-8)
+    assert evid.beta_ == pytest.approx(swapped.beta_, rel=1e-8)
+    assert evid.log_evidence_ == pytest.approx(swapped.log_evidence_, rel=1e-10)
+    np.testing.assert_allclose(evid.coef_[perm], swapped.coef_, rtol=1e-7, atol=1e-10)
+    rows = rng.normal(size=(4, 9))
+    np.testing.assert_allclose(evid.variance_rows(rows), swapped.variance_rows(rows[:, perm]), rtol=1e-7)
+
+
 def test_errors(rng):
     with pytest.raises(NotFittedError, match="not fitted"):
         BayesianLinearRegression().predict(np.ones((1, 3)))

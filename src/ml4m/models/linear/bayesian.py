@@ -117,30 +117,44 @@ class NormalEquations:
 
 
 class _Whitening:
-    """``c = T u``: a dense ``T`` (p, k), or a diagonal one stored as its diagonal (p,)."""
+    """``c = T u`` with ``T = blockdiag(diag(d), T2)``: a diagonal part (p1,), stored as its
+    diagonal, then a dense part (p - p1, k2) (``None`` when the prior is all diagonal).
 
-    def __init__(self, T: np.ndarray) -> None:
-        self.T = T
-        self.k = T.shape[1] if T.ndim == 2 else T.shape[0]
+    A sparse GP's prior ``blockdiag(diag(P_linear), K_mm)`` keeps its large linear block
+    diagonal: the products then cost O(p^2) plus those of the small kernel block, where
+    a dense ``T`` would cost two p^3 products and a p^3 eigendecomposition.
+    """
+
+    def __init__(self, d: np.ndarray, T2: np.ndarray | None = None) -> None:
+        self.d, self.T2 = d, T2
+        self.p1 = len(d)
+        self.k = self.p1 + (0 if T2 is None else T2.shape[1])
 
     def sandwich(self, M: np.ndarray) -> np.ndarray:
         """``T^T M T``, symmetrised."""
-        if self.T.ndim == 1:
-            G = M * self.T[:, None]
-            G *= self.T[None, :]
-        else:
-            G = self.T.T @ M @ self.T
+        d, p1 = self.d, self.p1
+        if self.T2 is None:
+            G = M * d[:, None]
+            G *= d[None, :]
+            return 0.5 * (G + G.T)
+        T2 = self.T2
+        G = np.empty((self.k, self.k))
+        G[:p1, :p1] = M[:p1, :p1] * d[:, None] * d[None, :]
+        G[:p1, p1:] = (d[:, None] * M[:p1, p1:]) @ T2
+        G[p1:, :p1] = ((M[p1:, :p1] * d[None, :]).T @ T2).T
+        G[p1:, p1:] = T2.T @ M[p1:, p1:] @ T2
         return 0.5 * (G + G.T)
 
     def left(self, v: np.ndarray) -> np.ndarray:
         """``T^T v``."""
-        return self.T * v if self.T.ndim == 1 else self.T.T @ v
+        head = self.d * v[:self.p1]
+        return head if self.T2 is None else np.concatenate([head, self.T2.T @ v[self.p1:]])
 
     def apply(self, X: np.ndarray) -> np.ndarray:
         """``T X`` for a vector (k,) or a matrix (k, m)."""
-        if self.T.ndim == 2:
-            return self.T @ X
-        return self.T * X if X.ndim == 1 else self.T[:, None] * X
+        d = self.d if X.ndim == 1 else self.d[:, None]
+        head = d * X[:self.p1]
+        return head if self.T2 is None else np.concatenate([head, self.T2 @ X[self.p1:]])
 
 
 class BayesianLinearRegression:
@@ -159,7 +173,8 @@ class BayesianLinearRegression:
     max_iter : int, default=300
         Evidence iterations.
     rcond : float, default=1e-8
-        Eigenvalues of a matrix prior below ``rcond`` times the largest are dropped.
+        Eigenvalues of a matrix prior below ``rcond`` times the largest are dropped (of
+        its dense part: a leading diagonal block is kept whole).
     tol : float, default=1e-8
         Relative change of ``alpha`` and ``beta`` at convergence.
 
@@ -193,7 +208,9 @@ class BayesianLinearRegression:
         A matrix prior (a kernel matrix ``K_mm``) is often nearly singular; directions
         with eigenvalues below ``rcond * max`` are dropped (a low-rank Nystrom subspace),
         which keeps the coefficients, and so the predictions, numerically stable. A
-        diagonal prior gives a diagonal ``T``, applied elementwise (no p^3 products).
+        diagonal prior gives a diagonal ``T``, applied elementwise (no p^3 products); so
+        does the leading diagonal block of a matrix prior (a sparse GP's linear baseline),
+        leaving only its dense part (the kernel block) to an eigendecomposition.
         """
         if self.prior is None:
             return _Whitening(np.ones(p))
@@ -204,9 +221,20 @@ class BayesianLinearRegression:
             return _Whitening(1.0 / np.sqrt(P))
         if P.shape != (p, p):
             raise ConfigError(f"prior must be ({p}, {p}), got {P.shape}")
-        lam, V = np.linalg.eigh(0.5 * (P + P.T))
-        keep = lam > self.rcond * lam.max()
-        return _Whitening(V[:, keep] / np.sqrt(lam[keep]))
+        P = 0.5 * (P + P.T)
+        # the leading rows without off-diagonal entries are a diagonal block of their own
+        off = P != 0
+        np.fill_diagonal(off, False)
+        rows = np.flatnonzero(off.any(axis=1))
+        p1 = int(rows[0]) if len(rows) else p
+        head = np.diag(P)[:p1]
+        if p1 and np.any(head <= 0):
+            raise ConfigError("prior: the diagonal block must be positive precisions")
+        if p1 == p:
+            return _Whitening(1.0 / np.sqrt(head))
+        lam, V = np.linalg.eigh(P[p1:, p1:])
+        keep = lam > self.rcond * max(float(head.max(initial=0.0)), float(lam.max()))
+        return _Whitening(1.0 / np.sqrt(head), V[:, keep] / np.sqrt(lam[keep]))
 
     def fit(self, A: np.ndarray, y: np.ndarray, weights: np.ndarray | float = 1.0) -> BayesianLinearRegression:
         """Fit on rows ``A`` (n, p), targets ``y`` (n,), relative weights (n,)."""
