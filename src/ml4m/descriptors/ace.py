@@ -5,7 +5,8 @@ One-particle basis, per neighbour species ``a``::
     A_{i, a n l m} = sum_{j in a} f_c(r_ij) R_n(r_ij) Y_lm(r_ij_hat)
 
 with the orthonormal polynomial radial basis ``R_n`` of :mod:`ml4m.descriptors.radial`
-(``n = 0 .. n_max - 1``), the smooth cutoff ``f_c`` and ml4m's real spherical harmonics.
+(``n = 0 .. n_max - 1``), the smooth cutoff ``f_c`` and ml4m's real spherical harmonics;
+``R_n`` may depend on the element pair of ``i`` and ``j`` (``pair_r_in``, ``pair_r0``).
 A one-particle function is ``alpha = (l, k)`` with channel ``k = a * n_max + n``.
 
 Rotation-invariant product basis B, correlation order ``nu = 1 .. correlation_order``
