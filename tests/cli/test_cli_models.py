@@ -124,3 +124,25 @@ def test_fit_bad_prior_settings_exit_2(files, tmp_path, capsys, params, message)
     assert code == 2
     assert message in err
     assert not (tmp_path / "m.ml4m").exists()
+
+
+def test_fit_pair_r_in_auto_and_bad_pairs(files, tmp_path, capsys):
+    """``pair_r_in: auto`` starts each element pair's radial basis 0.25 A below its shortest
+    training distance (saved with the model); a pair the model lacks is named (exit 2)."""
+    import ml4m
+    from ml4m.data import read_dataset, shortest_distances
+
+    base = {"model": "ace", "train": str(files / "train.extxyz"),
+            "descriptor": {"r_cut": 4.0, "n_max": 3, "l_max": 2, "correlation_order": 2,
+                           "r_in": 1.0, "pair_r_in": "auto"}}
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(json.dumps(base))
+    assert _run(capsys, "fit", cfg, "-o", tmp_path / "m.ml4m", "--json")[0] == 0
+    shortest = shortest_distances(list(read_dataset(files / "train.extxyz")))["Cu-Cu"]
+    assert 2.0 < shortest < 2.6
+    assert ml4m.load(tmp_path / "m.ml4m").descriptor.pair_r_in == {"Cu-Cu": round(shortest - 0.25, 3)}
+    base["descriptor"]["pair_r_in"] = {"Cu-Au": 1.2}
+    cfg.write_text(json.dumps(base))
+    code, _, err = _run(capsys, "fit", cfg, "-o", tmp_path / "bad.ml4m")
+    assert code == 2 and "'Cu-Au' is not a pair" in err
+    assert not (tmp_path / "bad.ml4m").exists()

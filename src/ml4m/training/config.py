@@ -33,7 +33,8 @@ class FitConfig:
     descriptor : dict
         Descriptor settings (``r_cut``, ``n_max``, ``l_max``, ``max_order``, ...); the
         descriptor is ACE for ``ace``, SOAP for ``gp`` and MBTR for ``krr`` unless
-        ``descriptor_type`` says otherwise.
+        ``descriptor_type`` says otherwise. ACE's ``pair_r_in: auto`` starts each element
+        pair's radial basis 0.25 A below its shortest distance in ``train``.
     descriptor_type : str, optional
         ``ace``, ``soap``, ``acsf`` or ``mbtr``.
     e0 : 'fit', mapping or None

@@ -27,11 +27,28 @@ _LINEAR_PARAMS = {"alpha", "beta", "noise", "uncertainty", "prior", "smoothness"
                   "batch_frames"}
 
 
-def _build_potential(cfg: FitConfig, species: list[int]):
+#: how far below a pair's shortest training distance ``pair_r_in: auto`` starts its radial basis
+PAIR_R_IN_MARGIN = 0.25
+
+
+def _descriptor_settings(cfg: FitConfig, train) -> dict[str, Any]:
+    """``cfg.descriptor`` with ``pair_r_in: auto`` resolved on the training frames: each
+    element pair's radial basis from ``PAIR_R_IN_MARGIN`` below its shortest distance there
+    (Angstrom; pairs never closer than 3 A keep ``r_in``)."""
+    settings = dict(cfg.descriptor)
+    if settings.get("pair_r_in") == "auto":
+        from ml4m.data import shortest_distances
+
+        settings["pair_r_in"] = {k: round(max(d - PAIR_R_IN_MARGIN, 0.0), 3)
+                                 for k, d in shortest_distances(list(train)).items()}
+    return settings
+
+
+def _build_potential(cfg: FitConfig, species: list[int], train):
     from ml4m.descriptors import make_descriptor
 
     kind = cfg.descriptor_type or DEFAULT_DESCRIPTOR[cfg.model]
-    descriptor = make_descriptor(kind, species=species, **cfg.descriptor)
+    descriptor = make_descriptor(kind, species=species, **_descriptor_settings(cfg, train))
     sig = {"sigma_energy": cfg.sigmas.get("energy", 0.001),
            "sigma_forces": cfg.sigmas.get("forces", 0.03),
            "sigma_stress": cfg.sigmas.get("stress", 0.003)}
@@ -78,7 +95,7 @@ def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
     valid = read_dataset(cfg.valid, keys=keys, require=require) if cfg.valid else None
     species = [int(z) for z in train.atomic_numbers]
     t0 = time.perf_counter()
-    model = _build_potential(cfg, species)
+    model = _build_potential(cfg, species, train)
     model.fit(train, valid)
     fit_seconds = time.perf_counter() - t0
     out = Path(cfg.output)
