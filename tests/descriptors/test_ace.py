@@ -171,3 +171,7 @@ def test_pair_radial_settings():
         ACE(["Cu", "Au"], pair_r_in={"Cu-Cu": 3.5}, **kw)
     with pytest.raises(ConfigError, match="pair_r0"):
         ACE(["Cu", "Au"], pair_r0={"Cu-Cu": -1.0}, **kw)
+    with pytest.raises(ConfigError, match=r"pair_r_in\['Cu-Cu'\] must be a distance"):
+        ACE(["Cu", "Au"], pair_r_in={"Cu-Cu": "near"}, **kw)
+    with pytest.raises(ConfigError, match="must map element pairs"):
+        ACE(["Cu", "Au"], pair_r_in="auto", **kw)

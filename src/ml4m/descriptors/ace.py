@@ -177,6 +177,8 @@ class ACE(Descriptor):
             canon = f"{a}-{b}"
             if canon in out:
                 raise ConfigError(f"{name}: the pair {canon} is given twice")
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{name}[{key!r}] must be a distance in Angstrom, got {v!r}")
             out[canon] = self._check_positive(f"{name}[{key!r}]", v) if name == "pair_r0" else float(v)
         return out
 
