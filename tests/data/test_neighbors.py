@@ -89,10 +89,6 @@ def test_bad_cutoff(cutoff):
 def test_shortest_distances_per_element_pair():
     """Against all distances of an open molecule; periodic images count (one fcc atom sees
     its own at a / sqrt 2); pairs beyond the cutoff are absent."""
-    from ase.build import bulk, molecule
-
-    from ml4m.data import shortest_distances
-
     mols = [molecule("CH3CH2OH"), molecule("CH3CH2OH")]
     mols[1].rattle(0.05, seed=4)
     expect: dict[str, float] = {}
