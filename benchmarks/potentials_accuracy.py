@@ -97,9 +97,8 @@ species = [int(z) for z in train.atomic_numbers]
 kind = spec["settings"].get("features", {"ace": "ace", "gp": "soap"}[spec["model"]])
 dkw = dict(spec["settings"]["descriptor"])
 if "pair_r_in_margin" in spec["settings"]:  # each pair's radial basis from its shortest training distance
-    from ml4m.data import shortest_distances
-    dkw["pair_r_in"] = {k: round(d - spec["settings"]["pair_r_in_margin"], 3)
-                        for k, d in shortest_distances(list(train)).items()}
+    from ml4m.data import pair_inner_radii
+    dkw["pair_r_in"] = pair_inner_radii(list(train), spec["settings"]["pair_r_in_margin"])
 desc = make_descriptor(kind, species=species, **dkw)
 if spec["model"] == "ace":
     from ml4m.models.linear import LinearACE as M

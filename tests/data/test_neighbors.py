@@ -10,7 +10,7 @@ from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.data import chemical_symbols
 
-from ml4m.data import batched_neighbor_list, neighbor_list, shortest_distances
+from ml4m.data import batched_neighbor_list, neighbor_list, pair_inner_radii, shortest_distances
 from ml4m.errors import ConfigError
 
 
@@ -104,5 +104,8 @@ def test_shortest_distances_per_element_pair():
     for key, d in expect.items():
         assert got[key] == pytest.approx(d, rel=1e-12)
     assert "O-O" not in got and set(shortest_distances(mols, cutoff=1.2)) == {"H-C", "H-O"}
+    radii = pair_inner_radii(mols, margin=0.25, cutoff=10.0)
+    assert radii == {k: round(d - 0.25, 3) for k, d in expect.items()}
+    assert set(pair_inner_radii(mols, margin=5.0, cutoff=10.0).values()) == {0.0}
     cu = shortest_distances([bulk("Cu", "fcc", a=3.6)], cutoff=3.0)
     assert cu == {"Cu-Cu": pytest.approx(3.6 / np.sqrt(2), rel=1e-12)}

@@ -8,7 +8,13 @@ from ml4m.data.default import default_dataset, default_dataset_path
 from ml4m.data.frames import LABELS, Dataset, Frame
 from ml4m.data.generation import GenerateConfig, generate, make_calculator, plan_tasks
 from ml4m.data.labels import LabelKeys
-from ml4m.data.neighbors import NeighborList, batched_neighbor_list, neighbor_list, shortest_distances
+from ml4m.data.neighbors import (
+    NeighborList,
+    batched_neighbor_list,
+    neighbor_list,
+    pair_inner_radii,
+    shortest_distances,
+)
 from ml4m.data.read import iter_frames, read_dataset
 from ml4m.data.reference import (
     composition_matrix,
@@ -44,6 +50,7 @@ __all__ = [
     "neighbor_list",
     "open_store",
     "pack_frames",
+    "pair_inner_radii",
     "plan_tasks",
     "read_dataset",
     "resolve_reference_energies",

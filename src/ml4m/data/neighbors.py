@@ -17,7 +17,8 @@ from ase import Atoms
 from ml4m.data.frames import Frame
 from ml4m.errors import ConfigError
 
-__all__ = ["NeighborList", "neighbor_list", "batched_neighbor_list", "shortest_distances"]
+__all__ = ["NeighborList", "neighbor_list", "batched_neighbor_list", "shortest_distances",
+           "pair_inner_radii"]
 
 
 @dataclass(frozen=True)
@@ -184,3 +185,11 @@ def shortest_distances(frames: Sequence[Frame | Atoms], cutoff: float = 3.0) -> 
             pair = (int(a[k]), int(b[k]))
             best[pair] = min(best.get(pair, np.inf), float(nl.distances[k]))
     return {f"{chemical_symbols[p]}-{chemical_symbols[q]}": d for (p, q), d in sorted(best.items())}
+
+
+def pair_inner_radii(frames: Sequence[Frame | Atoms], margin: float = 0.25,
+                     cutoff: float = 3.0) -> dict[str, float]:
+    """Where each element pair's radial basis may start: ``margin`` below its shortest
+    distance in ``frames`` (:func:`shortest_distances`), Angstrom, rounded to 1 mA and
+    at least 0; ACE's ``pair_r_in``."""
+    return {k: round(max(d - margin, 0.0), 3) for k, d in shortest_distances(frames, cutoff).items()}

@@ -200,7 +200,7 @@ class ACE(Descriptor):
     def _table_coordinates(self, species_index: np.ndarray, nl: NeighborList) -> np.ndarray:
         """Where each pair reads the radial tables: its distance, shifted to its pair's
         segment of the stacked table (the distance itself with one table)."""
-        if len(self._pair_radii) == 1:
+        if not self._segment:
             return nl.distances
         t = self._pair_type[species_index[nl.i], species_index[nl.j]]
         return nl.distances + self._segment * t
@@ -340,8 +340,9 @@ class ACE(Descriptor):
 
     @property
     def _segment(self) -> float:
-        t = ace_radial_table(self.n_max, self.r_cut, self.cutoff_width, *self._pair_radii[0])
-        return t.step * len(t.values)
+        """Length of one pair's table in the stacked radial table, Angstrom (0: one table)."""
+        k = len(self._pair_radii)
+        return 0.0 if k == 1 else self.radial.step * (len(self.radial.values) // k)
 
     # ---- evaluation ---------------------------------------------------------------
     def _group_basis(self) -> list[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray]]:
@@ -404,12 +405,13 @@ class ACE(Descriptor):
         A = self._with_agnostic(A.reshape(N, S * n, LM))
         B, pairs = self.product_basis.products(A, return_pairs=True)
         W = weight_fn(B)
-        return B, self._contract_pairs(A, species_index, nl, W, pairs, keep)
+        return B, self._contract_pairs(A, species_index, nl, x, W, pairs, keep)
 
-    def _contract_pairs(self, A, species_index, nl: NeighborList, weights, pairs, kept):
+    def _contract_pairs(self, A, species_index, nl: NeighborList, x, weights, pairs, kept):
         """``d (sum_i W_i . B_i) / d r_ij`` per pair: ``dE/dA`` per centre (adjoint), then
-        one contraction with ``d phi / d r`` per pair (``kept``: the per-chunk radial
-        values and harmonics, or None to recompute them)."""
+        one contraction with ``d phi / d r`` per pair (``x``: the pairs'
+        :meth:`_table_coordinates`; ``kept``: the per-chunk radial values and harmonics,
+        or None to recompute them)."""
         n, S = self.n_max, self.n_species
         G = self.product_basis.adjoint(A, weights, pairs).reshape(len(A), -1, n, A.shape[-1])
         if self.agnostic_from:  # a neighbour feeds its species' channels and the agnostic ones
@@ -417,7 +419,6 @@ class ACE(Descriptor):
         P = len(nl.i)
         out = np.empty((P, 3))
         sj = species_index[nl.j]
-        x = self._table_coordinates(species_index, nl) if kept is None else None
         for c, sl in enumerate(_chunks(P, _VJP_CHUNK)):
             vec, r = nl.vectors[sl], nl.distances[sl]
             if kept is not None:

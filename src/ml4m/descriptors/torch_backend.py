@@ -157,7 +157,7 @@ class TorchACE(_TorchDescriptor):
                  dtype: torch.dtype = torch.float64) -> None:
         super().__init__(ace, ace.table, ace.n_max, ace.l_max, device, dtype)
         self.register_buffer("pair_type", torch.as_tensor(ace._pair_type, device=device))
-        self.segment = ace._segment if len(ace._pair_radii) > 1 else 0.0
+        self.segment = ace._segment
         self.groups = []
         for nu, ls, L, cols, ks in ace._group_basis():
             cgs = []

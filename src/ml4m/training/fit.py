@@ -37,10 +37,9 @@ def _descriptor_settings(cfg: FitConfig, train) -> dict[str, Any]:
     (Angstrom; pairs never closer than 3 A keep ``r_in``)."""
     settings = dict(cfg.descriptor)
     if settings.get("pair_r_in") == "auto":
-        from ml4m.data import shortest_distances
+        from ml4m.data import pair_inner_radii
 
-        settings["pair_r_in"] = {k: round(max(d - PAIR_R_IN_MARGIN, 0.0), 3)
-                                 for k, d in shortest_distances(list(train)).items()}
+        settings["pair_r_in"] = pair_inner_radii(list(train), PAIR_R_IN_MARGIN)
     return settings
 
 
