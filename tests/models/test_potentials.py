@@ -318,3 +318,61 @@ def test_species_degree_blocks(cuau_frames, tmp_path):
         LinearACE(desc(), species_degree={"Au": 9}).fit(Dataset(frames[:2]))
     with pytest.raises(ConfigError, match="needs a descriptor with a degree truncation"):
         LinearPotential(_descriptor("soap", ("Cu", "Au")), species_degree={"Au": 6}).fit(Dataset(frames[:2]))
+
+
+def test_gp_kernel_on_species_columns(cuau_frames, tmp_path, monkeypatch):
+    """kernel_columns='species': an Au kernel reads only the Au block's columns (its values
+    equal a kernel on those columns alone), skipping the other columns' gradients leaves
+    the design rows unchanged, forces are -FD gradients on both paths, and the file
+    round-trips; 'all' reads every column."""
+    from ml4m.descriptors import make_descriptor
+    from ml4m.models.kernel import DotProductKernelMap
+    from ml4m.models.linear.design import SumMap
+
+    desc = make_descriptor("ace", species=["Cu", "Au"], r_cut=4.0, n_max=4, l_max=2,
+                           correlation_order=3, total_degree=8)
+    au_cols = desc.degree_subset([8, 6, 5])
+    train = Dataset(cuau_frames[:6])
+
+    def fit(kind):
+        return SparseGPPotential(desc, n_sparse=10, zeta=2, uncertainty="posterior", kernel_columns=kind,
+                                 species_degree={"Au": [8, 6, 5]}).fit(train)
+
+    model = fit("species")
+    kernel = model._kernel()
+    frame = cuau_frames[7]
+    X = desc.compute([frame]).features
+    sidx = model._species_index([frame])
+    au = np.flatnonzero(sidx == 1)
+    # the same kernel on the Au columns alone (sparse points cut to those columns)
+    alone = DotProductKernelMap(kernel.sparse[:, au_cols], kernel.sparse_species, 2)
+    np.testing.assert_allclose(kernel.transform(X, sidx)[au], alone.transform(X[au][:, au_cols], sidx[au]),
+                               rtol=1e-12, atol=1e-14)
+    outside = np.setdiff1d(np.arange(desc.n_features), au_cols)
+    assert not np.any(kernel.sparse[np.ix_(kernel.sparse_species == 1, outside)])
+    # the skipped columns' gradients do not matter: rows equal those from all gradients
+    assert model.fmap_.columns[0] is None and np.array_equal(model.fmap_.columns[1], au_cols)
+    rows, _, _ = model._rows([frame], True, True)
+    monkeypatch.setattr(SumMap, "columns", property(lambda self: None))
+    rows_all, _, _ = model._rows([frame], True, True)
+    monkeypatch.undo()
+    np.testing.assert_allclose(rows.forces, rows_all.forces, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(rows.stress, rows_all.stress, rtol=1e-10, atol=1e-12)
+    atoms = frame.to_atoms(with_labels=False)
+    fast, slow = model.predict([atoms]), model.predict([atoms], uncertainty=True)
+    np.testing.assert_allclose(fast.forces, slow.forces, rtol=1e-6, atol=1e-8)
+    a = int(au[0])
+
+    def energy(d):
+        moved = atoms.copy()
+        moved.positions[a, 0] += d
+        return _energy(model, moved)
+
+    assert slow.forces[a, 0] == pytest.approx(-_derivative(energy), rel=2e-6, abs=1e-8)
+    loaded = ml4m.load(model.save(tmp_path / "species_kernel"))
+    np.testing.assert_array_equal(loaded.predict([atoms]).forces, fast.forces)
+    every = fit("all")
+    assert every._kernel().columns is None and np.any(every._kernel().sparse[np.ix_(
+        every._kernel().sparse_species == 1, outside)])
+    with pytest.raises(ConfigError, match="kernel_columns must be 'species' or 'all'"):
+        SparseGPPotential(desc, n_sparse=10, kernel_columns="some").fit(train)

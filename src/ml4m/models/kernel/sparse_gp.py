@@ -37,19 +37,36 @@ def _normalise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class DotProductKernelMap:
-    """``phi_m(X) = (x_hat . s_hat_m)^zeta`` for sparse points of the same species."""
+    """``phi_m(X) = (x_hat . s_hat_m)^zeta`` for sparse points of the same species.
+
+    ``columns``: per species, the descriptor columns its kernel reads (``None``: all),
+    e.g. the columns of that species' linear block: ``x`` is then the row restricted to
+    them (the other columns are zero in ``sparse``), and only their gradients are read.
+    """
 
     sparse: np.ndarray  # (M, F), unit rows
     sparse_species: np.ndarray  # (M,)
     zeta: int
     chunk: int = 4096
+    columns: tuple[np.ndarray | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self._mask = None
+        if self.columns is not None and any(c is not None for c in self.columns):
+            self._mask = np.zeros((len(self.columns), self.sparse.shape[1]))
+            for s, c in enumerate(self.columns):
+                self._mask[s, slice(None) if c is None else np.asarray(c, dtype=np.int64)] = 1.0
+
+    def restrict(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
+        """Rows of ``X`` restricted to their species' columns (zeros elsewhere)."""
+        return X if self._mask is None else X * self._mask[species]
 
     @property
     def n_features(self) -> int:
         return len(self.sparse)
 
     def _cos(self, X: np.ndarray, species: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        xhat, norm = _normalise(X)
+        xhat, norm = _normalise(self.restrict(X, species))
         cos = xhat @ self.sparse.T
         cos[species[:, None] != self.sparse_species[None, :]] = 0.0
         return cos, xhat, norm
@@ -67,10 +84,14 @@ class DotProductKernelMap:
         cos, xhat, norm = self._cos(X, species)
         same = species[:, None] == self.sparse_species[None, :]
         a = np.where(same, self.zeta * cos ** (self.zeta - 1), 0.0) * coef[None, :]
+        # xhat and the sparse rows are zero outside a row's columns: so is the gradient
         return (a @ self.sparse - np.sum(a * cos, axis=1)[:, None] * xhat) / norm[:, None]
 
     def reduce_gradients(self, X, species, rows, grads, target):
-        """Kernel gradients, species by species: a row sees only its species' sparse points."""
+        """Kernel gradients, species by species: a row sees only its species' sparse points.
+
+        Gradient columns outside a row's ``columns`` drop out: ``xhat`` and the sparse
+        rows are zero there."""
         cos, xhat, norm = self._cos(X, species)
         n_out, k = target.shape[0], grads.shape[1]
         out = np.zeros((n_out, k, self.n_features))
@@ -152,6 +173,11 @@ class SparseGPPotential(LinearPotential):
         kernel, i.e. the kernel ``k_linear + k_zeta`` (as GAP adds a 2-body term under
         SOAP). Without it, sharp kernels on diverse environments (alloys) need far more
         sparse points.
+    kernel_columns : {'species', 'all'}, default='species'
+        Which descriptor columns a species' kernel reads: those of its linear block
+        (``species_degree``; all columns for a species without one), or all of them.
+        ``'species'`` spares the gradients of the columns a smaller block drops (on 3BPA
+        the H, N and O blocks) and keeps each kernel on the basis its species supports.
     noise : {'per_quantity', 'shared'}, default='per_quantity'
         One noise level per quantity (energies, forces, stresses), each by maximum
         evidence (the marginal likelihood), as GAP/FLARE optimise theirs; ``'shared'``
@@ -167,10 +193,11 @@ class SparseGPPotential(LinearPotential):
     """
 
     def __init__(self, descriptor, n_sparse: int = 200, zeta: int = 4, selection: str = "fps",
-                 seed: int = 0, linear_baseline: bool = True, noise: str = "per_quantity",
-                 **kwargs: Any) -> None:
+                 seed: int = 0, linear_baseline: bool = True, kernel_columns: str = "species",
+                 noise: str = "per_quantity", **kwargs: Any) -> None:
         super().__init__(descriptor, noise=noise, **kwargs)
         self.linear_baseline = linear_baseline
+        self.kernel_columns = kernel_columns
         self.n_sparse = n_sparse
         self.zeta = zeta
         self.selection = selection
@@ -193,16 +220,25 @@ class SparseGPPotential(LinearPotential):
             raise ConfigError(f"zeta must be a positive integer, got {self.zeta}")
         if int(self.n_sparse) < 1:
             raise ConfigError(f"n_sparse must be >= 1, got {self.n_sparse}")
+        columns = self._kernel_columns(self.kernel_columns)
         res = self.descriptor.compute(list(train), gradients=False)
         sidx = self._species_index(train)
+        empty = DotProductKernelMap(np.zeros((0, res.features.shape[1])), np.zeros(0, np.int64),
+                                    int(self.zeta), columns=columns)
+        X = empty.restrict(res.features, sidx)
         chosen, chosen_species = [], []
         for s in range(len(self.species)):
             rows = np.flatnonzero(sidx == s)
-            pick = rows[select_sparse_points(res.features[rows], int(self.n_sparse), self.selection, self.seed)]
-            chosen.append(res.features[pick])
+            pick = rows[select_sparse_points(X[rows], int(self.n_sparse), self.selection, self.seed)]
+            chosen.append(X[pick])
             chosen_species.append(np.full(len(pick), s))
         sparse, _ = _normalise(np.concatenate(chosen))
-        return DotProductKernelMap(sparse, np.concatenate(chosen_species), int(self.zeta))
+        return DotProductKernelMap(sparse, np.concatenate(chosen_species), int(self.zeta), columns=columns)
+
+    def _kernel_columns(self, kind: str) -> tuple[np.ndarray | None, ...] | None:
+        if kind not in ("species", "all"):
+            raise ConfigError(f"kernel_columns must be 'species' or 'all', got {kind!r}")
+        return self._species_blocks().columns if kind == "species" else None
 
     def _prior(self, phi_sq_mean: np.ndarray) -> np.ndarray:
         K = self._kernel().kernel_matrix()
@@ -214,12 +250,15 @@ class SparseGPPotential(LinearPotential):
     def _hyper(self) -> dict[str, Any]:
         return {**super()._hyper(), "n_sparse": self.n_sparse, "zeta": self.zeta,
                 "selection": self.selection, "seed": self.seed,
-                "linear_baseline": self.linear_baseline}
+                "linear_baseline": self.linear_baseline, "kernel_columns": self.kernel_columns}
 
     def _feature_map_state(self):
         k = self._kernel()
-        return {}, {"sparse": k.sparse, "sparse_species": k.sparse_species}
+        return {"kernel_columns": self.kernel_columns}, {"sparse": k.sparse, "sparse_species": k.sparse_species}
 
     def _restore_feature_map(self, params, arrays):
-        kernel = DotProductKernelMap(arrays["sparse"], arrays["sparse_species"], int(self.zeta))
+        # files written before kernel_columns existed had kernels on all columns
+        self.kernel_columns = params.get("kernel_columns", "all")
+        columns = self._kernel_columns(self.kernel_columns)
+        kernel = DotProductKernelMap(arrays["sparse"], arrays["sparse_species"], int(self.zeta), columns=columns)
         return self._with_baseline(kernel)

@@ -449,16 +449,16 @@ class BayesianLinearRegression:
         (half the time; relative error about 1e-5, ample for a variance that only feeds
         an error model).
         """
-        A = np.asarray(A, dtype=float)
+        A = np.asarray(A) if single else np.asarray(A, dtype=float)  # float32 rows stay so
         if self._factor is not None:
             if single:
                 if self._factor32 is None:
                     self._factor32 = self._factor.astype(np.float32)
-                Z = A.astype(np.float32) @ self._factor32
+                Z = A.astype(np.float32, copy=False) @ self._factor32
                 return np.einsum("ij,ij->i", Z, Z, dtype=np.float64)
             Z = A @ self._factor
             return np.einsum("ij,ij->i", Z, Z)
-        return quadratic_form_rows(A, self.covariance_)
+        return quadratic_form_rows(np.asarray(A, dtype=float), self.covariance_)
 
     def _check_hyper(self) -> None:
         for name in ("alpha", "beta"):

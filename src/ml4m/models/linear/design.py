@@ -124,6 +124,17 @@ class SumMap:
         return np.concatenate([p.reduce_gradients(X, species, rows, grads, target) for p in self.parts],
                               axis=-1)
 
+    @property
+    def columns(self) -> tuple[np.ndarray | None, ...] | None:
+        """Per species, the descriptor columns any part reads (``None``: all)."""
+        per_part = [getattr(p, "columns", None) for p in self.parts]
+        if any(c is None for c in per_part):
+            return None
+        out = []
+        for cols in zip(*per_part):
+            out.append(None if any(c is None for c in cols) else np.unique(np.concatenate(cols)))
+        return tuple(out)
+
 
 @dataclass
 class DesignRows:
