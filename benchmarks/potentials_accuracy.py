@@ -79,12 +79,12 @@ SETTINGS = {
         # per L-BFGS step, beyond a tenth of MACE's time
         "bpa_xtb": {"features": "ace",
                     "descriptor": {"r_cut": 5.0, "n_max": 12, "l_max": 3, "correlation_order": 4,
-                                   "total_degree": [12, 10, 9, 12], "agnostic_from": 4,
+                                   "total_degree": [12, 10, 9, 15], "agnostic_from": 4,
                                    "r_in": 0.8, "r0": 1.0},
-                    "pair_r_in_margin": 0.25,
+                    "pair_r_in_margin": 0.15,
                     "params": {"n_sparse": 100, "zeta": 2, "noise": "shared",
-                               "species_degree": {"H": [12, 10, 7, 10], "N": [12, 8, 7, 8],
-                                                  "O": [12, 8, 7, 8]}}},
+                               "species_degree": {"H": [12, 10, 7, 13], "N": [12, 8, 6, 10],
+                                                  "O": [12, 8, 6, 10]}}},
     },
 }
 

@@ -110,7 +110,10 @@ class DotProductKernelMap:
                 G = grads[idx]  # (c, k, F)
                 c = cos_s[r]
                 Gi = np.einsum("ckf,cf->ck", G, xhat[r])
-                dcos = (G @ sparse.T - c[:, None, :] * Gi[:, :, None]) / norm[r][:, None, None]
+                # one (c k, F) x (F, M) product: a batched 3-D matmul here took as long as
+                # the descriptor's gradients themselves
+                GS = (G.reshape(-1, G.shape[-1]) @ sparse.T).reshape(len(idx), k, -1)
+                dcos = (GS - c[:, None, :] * Gi[:, :, None]) / norm[r][:, None, None]
                 dphi = self.zeta * c[:, None, :] ** (self.zeta - 1) * dcos
                 out[:, :, block] += (target[:, idx] @ dphi.reshape(len(idx), -1)).reshape(n_out, k, -1)
         return out
@@ -143,6 +146,9 @@ def select_sparse_points(X: np.ndarray, n: int, method: str = "fps", seed: int =
         return np.sort(rng.choice(len(X), size=n, replace=False, p=lev / lev.sum()))
     if method != "fps":
         raise ConfigError(f"sparse selection must be 'fps', 'cur' or 'random', got {method!r}")
+    # distances in float32: each step is one pass over the rows (memory-bound); half the
+    # bytes, and the choice only needs the order of distances
+    xhat = xhat.astype(np.float32)
     chosen = [int(rng.integers(len(X)))]
     d = 2.0 - 2.0 * xhat @ xhat[chosen[0]]
     for _ in range(n - 1):
