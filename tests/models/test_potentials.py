@@ -50,6 +50,23 @@ def _derivative(f, h=1e-3):
     return (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
 
 
+def _check_paths_gradient_and_file(model, atoms, a, c, path):
+    """Both prediction paths agree, the force on (atom a, component c) is minus the FD
+    energy gradient, and the saved file predicts the same forces; returns the fast path."""
+    fast, full = model.predict([atoms]), model.predict([atoms], uncertainty=True)
+    np.testing.assert_allclose(fast.forces, full.forces, rtol=1e-6, atol=1e-8)
+
+    def energy(d):
+        moved = atoms.copy()
+        moved.positions[a, c] += d
+        return _energy(model, moved)
+
+    assert full.forces[a, c] == pytest.approx(-_derivative(energy), rel=2e-6, abs=1e-8)
+    loaded = ml4m.load(model.save(path))
+    np.testing.assert_array_equal(loaded.predict([atoms]).forces, fast.forces)
+    return fast
+
+
 def test_forces_are_minus_energy_gradient(fitted, data):
     atoms = data[1][2].to_atoms(with_labels=False)
     pred = fitted.predict([atoms])
@@ -299,19 +316,9 @@ def test_species_degree_blocks(cuau_frames, tmp_path):
                     sigma_stress=1e-6, uncertainty="posterior", species_degree={"Au": [8, 6, 5]}
                     ).fit(Dataset(frames[:7]))
     atoms = cuau_frames[7].to_atoms(with_labels=False)
-    fast, full = fit.predict([atoms]), fit.predict([atoms], uncertainty=True)
-    np.testing.assert_allclose(fast.forces, truth.predict([atoms]).forces, atol=1e-6)
-    np.testing.assert_allclose(fast.forces, full.forces, rtol=1e-6, atol=1e-8)
     au = int(np.flatnonzero(atoms.numbers == 79)[0])
-
-    def energy(d):
-        moved = atoms.copy()
-        moved.positions[au, 2] += d
-        return _energy(fit, moved)
-
-    assert full.forces[au, 2] == pytest.approx(-_derivative(energy), rel=2e-6, abs=1e-8)
-    loaded = ml4m.load(fit.save(tmp_path / "blocks"))
-    np.testing.assert_array_equal(loaded.predict([atoms]).forces, fast.forces)
+    fast = _check_paths_gradient_and_file(fit, atoms, au, 2, tmp_path / "blocks")
+    np.testing.assert_allclose(fast.forces, truth.predict([atoms]).forces, atol=1e-6)
     with pytest.raises(ConfigError, match="'Ag' is not one of the model's species"):
         LinearACE(desc(), species_degree={"Ag": 6}).fit(Dataset(frames[:2]))
     with pytest.raises(ConfigError, match="exceeds the basis's total_degree"):
@@ -358,19 +365,8 @@ def test_gp_kernel_on_species_columns(cuau_frames, tmp_path, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_allclose(rows.forces, rows_all.forces, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(rows.stress, rows_all.stress, rtol=1e-10, atol=1e-12)
-    atoms = frame.to_atoms(with_labels=False)
-    fast, slow = model.predict([atoms]), model.predict([atoms], uncertainty=True)
-    np.testing.assert_allclose(fast.forces, slow.forces, rtol=1e-6, atol=1e-8)
-    a = int(au[0])
-
-    def energy(d):
-        moved = atoms.copy()
-        moved.positions[a, 0] += d
-        return _energy(model, moved)
-
-    assert slow.forces[a, 0] == pytest.approx(-_derivative(energy), rel=2e-6, abs=1e-8)
-    loaded = ml4m.load(model.save(tmp_path / "species_kernel"))
-    np.testing.assert_array_equal(loaded.predict([atoms]).forces, fast.forces)
+    _check_paths_gradient_and_file(model, frame.to_atoms(with_labels=False), int(au[0]), 0,
+                                   tmp_path / "species_kernel")
     every = fit("all")
     assert every._kernel().columns is None and np.any(every._kernel().sparse[np.ix_(
         every._kernel().sparse_species == 1, outside)])
