@@ -29,6 +29,16 @@ from ml4m.models.serialization import register_model
 __all__ = ["DotProductKernelMap", "SparseGPPotential", "select_sparse_points"]
 
 
+def _column_mask(columns: tuple[np.ndarray | None, ...] | None, n_features: int) -> np.ndarray | None:
+    """(S, F) ones on each species' columns (``None`` entry: all), or None when all read all."""
+    if columns is None or all(c is None for c in columns):
+        return None
+    mask = np.zeros((len(columns), n_features))
+    for s, c in enumerate(columns):
+        mask[s, slice(None) if c is None else np.asarray(c, dtype=np.int64)] = 1.0
+    return mask
+
+
 def _normalise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     norm = np.linalg.norm(X, axis=1)
     norm = np.where(norm > 0, norm, 1.0)
@@ -51,11 +61,7 @@ class DotProductKernelMap:
     columns: tuple[np.ndarray | None, ...] | None = None
 
     def __post_init__(self) -> None:
-        self._mask = None
-        if self.columns is not None and any(c is not None for c in self.columns):
-            self._mask = np.zeros((len(self.columns), self.sparse.shape[1]))
-            for s, c in enumerate(self.columns):
-                self._mask[s, slice(None) if c is None else np.asarray(c, dtype=np.int64)] = 1.0
+        self._mask = _column_mask(self.columns, self.sparse.shape[1])
 
     def restrict(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
         """Rows of ``X`` restricted to their species' columns (zeros elsewhere)."""
@@ -229,9 +235,8 @@ class SparseGPPotential(LinearPotential):
         columns = self._kernel_columns(self.kernel_columns)
         res = self.descriptor.compute(list(train), gradients=False)
         sidx = self._species_index(train)
-        empty = DotProductKernelMap(np.zeros((0, res.features.shape[1])), np.zeros(0, np.int64),
-                                    int(self.zeta), columns=columns)
-        X = empty.restrict(res.features, sidx)
+        mask = _column_mask(columns, res.features.shape[1])
+        X = res.features if mask is None else res.features * mask[sidx]
         chosen, chosen_species = [], []
         for s in range(len(self.species)):
             rows = np.flatnonzero(sidx == s)

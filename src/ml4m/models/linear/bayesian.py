@@ -141,9 +141,11 @@ class _Whitening:
         G = np.empty((self.k, self.k))
         G[:p1, :p1] = M[:p1, :p1] * d[:, None] * d[None, :]
         G[:p1, p1:] = (d[:, None] * M[:p1, p1:]) @ T2
-        G[p1:, :p1] = ((M[p1:, :p1] * d[None, :]).T @ T2).T
+        G[p1:, :p1] = G[:p1, p1:].T  # M is symmetric: the other off-diagonal block is this one's transpose
         G[p1:, p1:] = T2.T @ M[p1:, p1:] @ T2
-        return 0.5 * (G + G.T)
+        G[:p1, :p1] = 0.5 * (G[:p1, :p1] + G[:p1, :p1].T)
+        G[p1:, p1:] = 0.5 * (G[p1:, p1:] + G[p1:, p1:].T)
+        return G
 
     def left(self, v: np.ndarray) -> np.ndarray:
         """``T^T v``."""

@@ -104,22 +104,19 @@ class _HeldOut:
         E = np.concatenate([e for e, _ in self._rows])
         R = np.concatenate([r for _, r in self._rows])
         self._rows = []
-        e_sig = np.sqrt(np.clip(regression.variance_rows(E), 0, None))
+        self.e_sigma = np.sqrt(np.clip(regression.variance_rows(E), 0, None))
         var = np.clip(regression.variance_rows(R, single=True), 0, None).reshape(-1, 3)
-        f_sig = np.sqrt(var.sum(axis=1))
-        e_at = np.cumsum([0] + [len(fr[0]) for fr in self.frames])
-        f_at = np.cumsum([0] + [len(pt[0]) for pt in self.parts])
-        self.frames = [(res, e_sig[a:b], n) for (res, n), a, b in zip(self.frames, e_at[:-1], e_at[1:])]
-        self.parts = [(r2, f_sig[a:b], fn, sp_, x) for (r2, fn, sp_, x), a, b
-                      in zip(self.parts, f_at[:-1], f_at[1:])]
+        self.f_sigma = np.sqrt(var.sum(axis=1))
 
     def atom_arrays(self) -> tuple[np.ndarray, ...]:
         """``residual_sq, sigma, force_norm, species, X`` as :meth:`ForceErrorModel.fit` takes them."""
-        return tuple(np.concatenate(c) for c in zip(*self.parts))
+        residual_sq, force_norm, species, X = (np.concatenate(c) for c in zip(*self.parts))
+        return residual_sq, self.f_sigma, force_norm, species, X
 
     def frame_arrays(self) -> tuple[np.ndarray, ...]:
         """``residual, sigma, n_atoms`` as :meth:`EnergyErrorModel.fit` takes them."""
-        return tuple(np.concatenate(c) for c in zip(*self.frames))
+        residual, n_atoms = (np.concatenate(c) for c in zip(*self.frames))
+        return residual, self.e_sigma, n_atoms
 
 
 @register_model("linear")
