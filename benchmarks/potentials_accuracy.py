@@ -82,7 +82,7 @@ SETTINGS = {
                                    "total_degree": [12, 10, 9, 15], "agnostic_from": 4,
                                    "r_in": 0.8, "r0": 1.0},
                     "pair_r_in_margin": 0.15,
-                    "params": {"n_sparse": 100, "zeta": 2, "noise": "shared",
+                    "params": {"n_sparse": 100, "zeta": 2, "noise": "shared", "sparse_frames": 250,
                                "species_degree": {"H": [12, 10, 7, 13], "N": [12, 8, 6, 10],
                                                   "O": [12, 8, 6, 10]}}},
     },

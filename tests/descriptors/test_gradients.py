@@ -119,3 +119,16 @@ def test_gradient_layouts_agree():
     assert out[0][0] == len(nl.i) + n  # the fast layout: every pair plus one self entry
     np.testing.assert_allclose(out[0][1], out[1][1], atol=1e-12)
     np.testing.assert_allclose(out[0][2], out[1][2], atol=1e-12)
+    # spare rows after the pairs take the self entries in place; strain=False skips strain
+    spare = np.concatenate([g, np.full((n, 3, g.shape[-1]), np.nan)])
+    ref = _reduce_pair_gradients(nl, g, n)
+    for fast in (True, False):
+        for strain in (True, False):
+            got = _reduce_pair_gradients(nl, spare, n, allow_fast=fast, strain=strain)
+            want = ref if fast else _reduce_pair_gradients(nl, g, n, allow_fast=False)
+            for a, b in zip(got[:3], want[:3]):
+                np.testing.assert_array_equal(a, b)
+            if strain:
+                np.testing.assert_array_equal(got[3], want[3])
+            else:
+                assert got[3] is None

@@ -273,13 +273,24 @@ def cuau_frames():
     return frames
 
 
-@pytest.mark.parametrize("zeta", [1, 3])
-def test_two_species_gp_derivatives(cuau_frames, zeta):
-    """Cu-Au: kernel gradients species by species; forces = -FD gradient, both paths agree."""
+@pytest.mark.parametrize("zeta,n_sparse", [(1, 12), (3, 12), (2, 50)])
+def test_two_species_gp_derivatives(cuau_frames, zeta, n_sparse, monkeypatch):
+    """Cu-Au: kernel gradients species by species; forces = -FD gradient, both paths agree;
+    the two ways to the rows' own projections (in the sparse points' GEMM, or one einsum)
+    give the same rows (at 50 points: Au, 10 rows, takes the GEMM; Cu, 22 rows, the einsum)."""
     from ml4m.descriptors import make_descriptor
+    from ml4m.models.kernel import DotProductKernelMap
 
     desc = make_descriptor("soap", species=["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2)
-    model = SparseGPPotential(desc, n_sparse=12, zeta=zeta, uncertainty="posterior").fit(Dataset(cuau_frames[:6]))
+    model = SparseGPPotential(desc, n_sparse=n_sparse, zeta=zeta, uncertainty="posterior"
+                              ).fit(Dataset(cuau_frames[:6]))
+    rows = {}
+    for name, fraction in [("gemm", np.inf), ("einsum", 0.0)]:
+        monkeypatch.setattr(DotProductKernelMap, "own_rows_fraction", fraction)
+        rows[name] = model._rows([cuau_frames[7]], True, True)[0]
+    monkeypatch.undo()
+    for q in ("forces", "stress"):
+        np.testing.assert_allclose(getattr(rows["gemm"], q), getattr(rows["einsum"], q), rtol=1e-10, atol=1e-12)
     atoms = cuau_frames[7].to_atoms(with_labels=False)
     fast, full = model.predict([atoms]), model.predict([atoms], uncertainty=True)
     np.testing.assert_allclose(fast.forces, full.forces, rtol=1e-6, atol=1e-7)

@@ -480,7 +480,8 @@ class ACE(Descriptor):
         # per pair p = (i, j): g_p = sum_e dB_{f_e}/dA_i[k_e, lm_e] d phi_{n_e lm_e}(r_p) over
         # the Jacobian entries e on the channels of j's species (and the agnostic ones)
         Jc = self.product_basis.jacobian_entries(A, pairs)
-        g = np.empty((len(nl.i), 3, self.n_features))
+        # one spare row per atom: the self entries go there (see _reduce_pair_gradients)
+        g = np.empty((len(nl.i) + len(species_index), 3, self.n_features))
         self._contract_entries(Jc, species_index, nl, x, g, self._entry_patterns(gradient_columns))
         return B, g
 

@@ -155,33 +155,45 @@ def padded_layout(
 
 
 def _reduce_pair_gradients(
-    nl: NeighborList, g: np.ndarray, n_atoms: int, allow_fast: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Pair gradients ``(P, 3, F)`` to (centre, atom) gradients and strain gradients."""
-    P, F = len(nl.i), g.shape[-1]
-    N = n_atoms
+    nl: NeighborList, g: np.ndarray, n_atoms: int, allow_fast: bool = True, strain: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Pair gradients ``(P, 3, F)`` to (centre, atom) gradients and strain gradients.
+
+    ``g`` may carry ``n_atoms`` spare rows after the ``P`` pairs, ``(P + N, 3, F)``: the
+    self entries are then written there instead of into a new (P + N)-row copy.
+    ``strain=False`` skips the strain gradients (returned as None)."""
+    P, N = len(nl.i), n_atoms
+    spare = len(g) == P + N and N > 0
+    pairs = g[:P]
+    F = g.shape[-1]
     ar = np.arange(P)
     # one pass over g: rows 4 i + 0 collect -g (self entries), rows 4 i + 1 + b collect
     # g * r_b (strain derivative d/d eps_ab)
-    rows = (4 * nl.i[:, None] + np.arange(4)).ravel()
-    data = np.concatenate([-np.ones((P, 1)), nl.vectors], axis=1).ravel()
-    M4 = sp.csr_matrix((data, (rows, np.repeat(ar, 4))), shape=(4 * N, max(P, 1)))
-    gflat = g.reshape(P, 3 * F) if P else np.zeros((1, 3 * F))
-    red = np.asarray(M4 @ gflat).reshape(N, 4, 3, F)
-    strain = np.ascontiguousarray(red[:, 1:].transpose(0, 2, 1, 3))  # (N, a, b, F)
+    w = 4 if strain else 1
+    rows = (w * nl.i[:, None] + np.arange(w)).ravel()
+    data = (np.concatenate([-np.ones((P, 1)), nl.vectors], axis=1) if strain else -np.ones((P, 1))).ravel()
+    M4 = sp.csr_matrix((data, (rows, np.repeat(ar, w))), shape=(w * N, max(P, 1)))
+    gflat = pairs.reshape(P, 3 * F) if P else np.zeros((1, 3 * F))
+    red = np.asarray(M4 @ gflat).reshape(N, w, 3, F)
+    strain_g = np.ascontiguousarray(red[:, 1:].transpose(0, 2, 1, 3)) if strain else None  # (N, a, b, F)
     pair_keys = nl.i * N + nl.j
     if allow_fast and P and np.all(nl.j != nl.i) and np.all(np.diff(np.sort(pair_keys)) > 0):
         # every (i, j) appears once (no periodic images of the same atom): the pair
         # gradients are the entries; the self entries are minus their sums per centre
+        if spare:
+            g[P:] = red[:, 0]
+            entries = g
+        else:
+            entries = np.concatenate([pairs, red[:, 0]])
         return (np.concatenate([nl.i, np.arange(N)]), np.concatenate([nl.j, np.arange(N)]),
-                np.concatenate([g, red[:, 0]]), strain)
+                entries, strain_g)
     keys = np.concatenate([pair_keys, nl.i * N + nl.i, np.arange(N) * (N + 1)])
     uniq, inv = np.unique(keys, return_inverse=True)
     data = np.concatenate([np.ones(P), -np.ones(P), np.zeros(N)])
     cols = np.concatenate([ar, ar, np.zeros(N, dtype=np.int64)])
     M = sp.csr_matrix((data, (inv, cols)), shape=(len(uniq), max(P, 1)))
     grads = np.asarray(M @ gflat).reshape(len(uniq), 3, F)
-    return uniq // N, uniq % N, grads, strain
+    return uniq // N, uniq % N, grads, strain_g
 
 
 class Descriptor(ABC):
@@ -292,7 +304,7 @@ class Descriptor(ABC):
 
     def compute_frame(
         self, frame: Frame | Atoms, gradients: bool = False, index: int = 0,
-        gradient_columns: Sequence[np.ndarray | None] | None = None,
+        gradient_columns: Sequence[np.ndarray | None] | None = None, strain: bool = True,
     ) -> DescriptorResult:
         """Descriptors of one structure (see :meth:`compute` for the layout).
 
@@ -311,6 +323,9 @@ class Descriptor(ABC):
             (``None``: all). The gradients of the other columns of those rows may then
             be left at zero, which saves work when a model keeps a smaller basis for
             some species (:class:`~ml4m.descriptors.ACE` does).
+        strain : bool, default=True
+            With ``gradients``, also the strain derivatives; ``False`` leaves
+            ``strain_gradients`` None (a fit without stresses does not read them).
 
         Returns
         -------
@@ -329,7 +344,7 @@ class Descriptor(ABC):
             atom=np.arange(N, dtype=np.int64))
         if gradients:
             res.gradient_row, res.gradient_atom, res.gradients, res.strain_gradients = \
-                _reduce_pair_gradients(nl, g, N)
+                _reduce_pair_gradients(nl, g, N, strain=strain)
         return _average(res, N) if self.average else res
 
     def compute(
@@ -475,7 +490,8 @@ def _average(res: DescriptorResult, n_atoms: int) -> DescriptorResult:
         out.gradients = np.asarray(M @ res.gradients.reshape(-1, 3 * F)).reshape(n_atoms, 3, F)
         out.gradient_row = np.zeros(n_atoms, dtype=np.int64)
         out.gradient_atom = np.arange(n_atoms, dtype=np.int64)
-        out.strain_gradients = res.strain_gradients.mean(axis=0, keepdims=True)
+        if res.strain_gradients is not None:
+            out.strain_gradients = res.strain_gradients.mean(axis=0, keepdims=True)
     return out
 
 

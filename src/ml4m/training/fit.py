@@ -59,7 +59,7 @@ def _build_potential(cfg: FitConfig, species: list[int], train):
     if cfg.model == "gp":
         from ml4m.models.kernel import SparseGPPotential
 
-        _check_params(cfg, _LINEAR_PARAMS | {"n_sparse", "zeta", "selection", "linear_baseline"})
+        _check_params(cfg, _LINEAR_PARAMS | {"n_sparse", "zeta", "selection", "sparse_frames", "linear_baseline", "kernel_columns"})
         return SparseGPPotential(descriptor, e0=cfg.e0, seed=cfg.seed, **sig, **cfg.params)
     raise ConfigError(f"model {cfg.model!r} is not a potential")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.linalg
@@ -59,9 +59,14 @@ class DotProductKernelMap:
     zeta: int
     chunk: int = 4096
     columns: tuple[np.ndarray | None, ...] | None = None
+    #: a species' rows join its sparse points in the gradient product (``G . xhat_row``
+    #: from the same GEMM) while they number at most this fraction of the points; more
+    #: rows, and one pass of ``einsum`` over the gradients is cheaper
+    own_rows_fraction: ClassVar[float] = 0.25
 
     def __post_init__(self) -> None:
         self._mask = _column_mask(self.columns, self.sparse.shape[1])
+        self._parts: dict[int, tuple | None] = {}
 
     def restrict(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
         """Rows of ``X`` restricted to their species' columns (zeros elsewhere)."""
@@ -93,32 +98,54 @@ class DotProductKernelMap:
         # xhat and the sparse rows are zero outside a row's columns: so is the gradient
         return (a @ self.sparse - np.sum(a * cos, axis=1)[:, None] * xhat) / norm[:, None]
 
+    def _species_parts(self, s: int) -> tuple[slice | np.ndarray, np.ndarray | None, np.ndarray] | None:
+        """Sparse columns of species ``s``, the descriptor columns it reads (``None``: all),
+        and its sparse rows on those columns (contiguous); ``None`` without sparse points."""
+        if s not in self._parts:
+            cols = np.flatnonzero(self.sparse_species == s)
+            if len(cols) == 0:
+                self._parts[s] = None
+            else:
+                block = slice(cols[0], cols[-1] + 1) if np.all(np.diff(cols) == 1) else cols
+                read = None if self.columns is None else self.columns[s]
+                S = self.sparse[block] if read is None else self.sparse[block][:, read]
+                self._parts[s] = (block, read, np.ascontiguousarray(S))
+        return self._parts[s]
+
     def reduce_gradients(self, X, species, rows, grads, target):
         """Kernel gradients, species by species: a row sees only its species' sparse points.
 
-        Gradient columns outside a row's ``columns`` drop out: ``xhat`` and the sparse
-        rows are zero there."""
+        Only the gradient columns a species reads enter its products: ``xhat`` and the
+        sparse rows are zero outside them."""
         cos, xhat, norm = self._cos(X, species)
         n_out, k = target.shape[0], grads.shape[1]
         out = np.zeros((n_out, k, self.n_features))
         target = sp.csc_matrix(target)
         row_species = species[rows]
         for s in np.unique(row_species):
-            cols = np.flatnonzero(self.sparse_species == s)
-            if len(cols) == 0:
+            parts = self._species_parts(int(s))
+            if parts is None:
                 continue
-            block = slice(cols[0], cols[-1] + 1) if np.all(np.diff(cols) == 1) else cols
-            sparse, cos_s = self.sparse[block], cos[:, block]
+            block, read, S = parts
+            n_m, cos_s = len(S), cos[:, block]
             entries = np.flatnonzero(row_species == s)
             for start in range(0, len(entries), self.chunk):
                 idx = entries[start:start + self.chunk]
                 r = rows[idx]
-                G = grads[idx]  # (c, k, F)
+                G = np.take(grads, idx, axis=0) if read is None else grads[idx][:, :, read]
+                G = G.reshape(-1, G.shape[-1])  # (c k, F_s)
+                own, which = np.unique(r, return_inverse=True)
+                x_own = xhat[own] if read is None else xhat[own][:, read]
+                if len(own) <= self.own_rows_fraction * n_m:
+                    # G . s_m and G . xhat_r in one (c k, F_s) x (F_s, M + rows) product: the
+                    # rows' own columns cost less than a separate pass over G
+                    GS = (G @ np.concatenate([S, x_own]).T).reshape(len(idx), k, -1)
+                    Gi = GS[np.arange(len(idx)), :, n_m + which]
+                    GS = GS[:, :, :n_m]
+                else:
+                    GS = (G @ S.T).reshape(len(idx), k, -1)
+                    Gi = np.einsum("ckf,cf->ck", G.reshape(len(idx), k, -1), x_own[which])
                 c = cos_s[r]
-                Gi = np.einsum("ckf,cf->ck", G, xhat[r])
-                # one (c k, F) x (F, M) product: a batched 3-D matmul here took as long as
-                # the descriptor's gradients themselves
-                GS = (G.reshape(-1, G.shape[-1]) @ sparse.T).reshape(len(idx), k, -1)
                 dcos = (GS - c[:, None, :] * Gi[:, :, None]) / norm[r][:, None, None]
                 dphi = self.zeta * c[:, None, :] ** (self.zeta - 1) * dcos
                 out[:, :, block] += (target[:, idx] @ dphi.reshape(len(idx), -1)).reshape(n_out, k, -1)
@@ -180,6 +207,11 @@ class SparseGPPotential(LinearPotential):
         How sparse environments are chosen from the training atoms.
     seed : int, default=0
         Seed of the selection.
+    sparse_frames : int, optional
+        Choose the sparse environments among the atoms of this many training frames,
+        evenly spaced through the set (``None``: all frames). Consecutive MD frames are
+        near-duplicates: a subset spans the same environments for a fraction of the
+        selection's descriptors and farthest-point passes.
     linear_baseline : bool, default=True
         Add a linear model in the descriptor (one block per species) under the
         kernel, i.e. the kernel ``k_linear + k_zeta`` (as GAP adds a 2-body term under
@@ -205,8 +237,8 @@ class SparseGPPotential(LinearPotential):
     """
 
     def __init__(self, descriptor, n_sparse: int = 200, zeta: int = 4, selection: str = "fps",
-                 seed: int = 0, linear_baseline: bool = True, kernel_columns: str = "species",
-                 noise: str = "per_quantity", **kwargs: Any) -> None:
+                 seed: int = 0, sparse_frames: int | None = None, linear_baseline: bool = True,
+                 kernel_columns: str = "species", noise: str = "per_quantity", **kwargs: Any) -> None:
         super().__init__(descriptor, noise=noise, **kwargs)
         self.linear_baseline = linear_baseline
         self.kernel_columns = kernel_columns
@@ -214,6 +246,7 @@ class SparseGPPotential(LinearPotential):
         self.zeta = zeta
         self.selection = selection
         self.seed = seed
+        self.sparse_frames = sparse_frames
 
     def _make_feature_map(self, train: Sequence[Frame]):
         kernel = self._make_kernel_map(train)
@@ -233,8 +266,15 @@ class SparseGPPotential(LinearPotential):
         if int(self.n_sparse) < 1:
             raise ConfigError(f"n_sparse must be >= 1, got {self.n_sparse}")
         columns = self._kernel_columns(self.kernel_columns)
-        res = self.descriptor.compute(list(train), gradients=False)
-        sidx = self._species_index(train)
+        pool = list(train)
+        if self.sparse_frames is not None:
+            if int(self.sparse_frames) < 1:
+                raise ConfigError(f"sparse_frames must be >= 1 or None, got {self.sparse_frames}")
+            if int(self.sparse_frames) < len(pool):
+                pick = np.unique(np.linspace(0, len(pool) - 1, int(self.sparse_frames)).round().astype(int))
+                pool = [pool[k] for k in pick]
+        res = self.descriptor.compute(pool, gradients=False)
+        sidx = self._species_index(pool)
         mask = _column_mask(columns, res.features.shape[1])
         X = res.features if mask is None else res.features * mask[sidx]
         chosen, chosen_species = [], []
@@ -260,7 +300,7 @@ class SparseGPPotential(LinearPotential):
 
     def _hyper(self) -> dict[str, Any]:
         return {**super()._hyper(), "n_sparse": self.n_sparse, "zeta": self.zeta,
-                "selection": self.selection, "seed": self.seed,
+                "selection": self.selection, "seed": self.seed, "sparse_frames": self.sparse_frames,
                 "linear_baseline": self.linear_baseline, "kernel_columns": self.kernel_columns}
 
     def _feature_map_state(self):

@@ -293,7 +293,7 @@ class LinearPotential(Potential):
         cols = getattr(self.fmap_, "columns", None)
         parts, X = [], []
         for k, f in enumerate(block):
-            res = self.descriptor.compute_frame(f, forces or stress, k, cols)  # k: named in errors
+            res = self.descriptor.compute_frame(f, forces or stress, k, cols, strain=stress)  # k: named in errors
             res.frame = np.zeros_like(res.frame)
             vol = np.array([f.volume if f.pbc.all() else 0.0])
             parts.append(design_rows(res, self.fmap_, sidx[off[k]:off[k + 1]], 1, vol, forces, stress))
