@@ -66,7 +66,9 @@ class DotProductKernelMap:
 
     def __post_init__(self) -> None:
         self._mask = _column_mask(self.columns, self.sparse.shape[1])
-        self._parts: dict[int, tuple | None] = {}
+        # per species, fixed by the sparse points: built once, read by every row thread
+        n_species = int(self.sparse_species.max(initial=-1)) + 1
+        self._parts = [self._species_part(s) for s in range(n_species)]
 
     def restrict(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
         """Rows of ``X`` restricted to their species' columns (zeros elsewhere)."""
@@ -98,19 +100,16 @@ class DotProductKernelMap:
         # xhat and the sparse rows are zero outside a row's columns: so is the gradient
         return (a @ self.sparse - np.sum(a * cos, axis=1)[:, None] * xhat) / norm[:, None]
 
-    def _species_parts(self, s: int) -> tuple[slice | np.ndarray, np.ndarray | None, np.ndarray] | None:
+    def _species_part(self, s: int) -> tuple[slice | np.ndarray, np.ndarray | None, np.ndarray] | None:
         """Sparse columns of species ``s``, the descriptor columns it reads (``None``: all),
         and its sparse rows on those columns (contiguous); ``None`` without sparse points."""
-        if s not in self._parts:
-            cols = np.flatnonzero(self.sparse_species == s)
-            if len(cols) == 0:
-                self._parts[s] = None
-            else:
-                block = slice(cols[0], cols[-1] + 1) if np.all(np.diff(cols) == 1) else cols
-                read = None if self.columns is None else self.columns[s]
-                S = self.sparse[block] if read is None else self.sparse[block][:, read]
-                self._parts[s] = (block, read, np.ascontiguousarray(S))
-        return self._parts[s]
+        cols = np.flatnonzero(self.sparse_species == s)
+        if len(cols) == 0:
+            return None
+        block = slice(cols[0], cols[-1] + 1) if np.all(np.diff(cols) == 1) else cols
+        read = None if self.columns is None else self.columns[s]
+        S = self.sparse[block] if read is None else self.sparse[block][:, read]
+        return block, read, np.ascontiguousarray(S)
 
     def reduce_gradients(self, X, species, rows, grads, target):
         """Kernel gradients, species by species: a row sees only its species' sparse points.
@@ -123,7 +122,7 @@ class DotProductKernelMap:
         target = sp.csc_matrix(target)
         row_species = species[rows]
         for s in np.unique(row_species):
-            parts = self._species_parts(int(s))
+            parts = self._parts[int(s)] if s < len(self._parts) else None
             if parts is None:
                 continue
             block, read, S = parts
