@@ -218,3 +218,36 @@ def test_row_variances_from_the_factor_equal_the_covariance_form(rng):
     # the covariance is the inverse posterior precision
     P = model.alpha_ * np.eye(15) + model.beta_ * A.T @ A
     np.testing.assert_allclose(model.covariance_ @ P, np.eye(15), atol=1e-8)
+
+
+@pytest.mark.parametrize("prior", ["none", "kernel"])
+def test_cholesky_evidence_search_matches_the_eigen_path(rng, monkeypatch, prior):
+    """Large fits search the evidence by Cholesky factorisations (beta profiled out, a
+    Brent search over log(alpha / beta)); forced onto a small problem, the search finds
+    the eigen path's optimum, the same posterior mean and the same row variances (its
+    factor is the inverse Cholesky factor), also under a sparse GP's matrix prior."""
+    n, p = 600, 40
+    A = rng.normal(size=(n, p)) * np.exp(-np.arange(p) / 10)
+    y = A @ rng.normal(size=p) + rng.normal(scale=0.05, size=n)
+    P = None
+    if prior == "kernel":  # a diagonal block, then a dense (kernel-like) block
+        X = rng.normal(size=(10, 5))
+        P = np.zeros((p, p))
+        P[:30, :30] = np.diag(rng.uniform(0.5, 2.0, 30))
+        P[30:, 30:] = (X @ X.T) ** 2 + 1e-3 * np.eye(10)
+    monkeypatch.setattr(BayesianLinearRegression, "cholesky_search_from", 10**9)
+    eig = BayesianLinearRegression(prior=P).fit(A, y)
+    monkeypatch.setattr(BayesianLinearRegression, "cholesky_search_from", 1)
+    monkeypatch.setattr(BayesianLinearRegression, "search_xatol", 1e-4)
+    chol = BayesianLinearRegression(prior=P).fit(A, y)
+    assert chol.n_iter_ > 3  # the search ran
+    assert chol.log_evidence_ == pytest.approx(eig.log_evidence_, abs=1e-6 * abs(eig.log_evidence_))
+    assert chol.alpha_ == pytest.approx(eig.alpha_, rel=1e-3)
+    assert chol.beta_ == pytest.approx(eig.beta_, rel=1e-3)
+    np.testing.assert_allclose(chol.coef_, eig.coef_, rtol=0, atol=1e-4 * np.abs(eig.coef_).max())
+    rows = rng.normal(size=(9, p))
+    np.testing.assert_allclose(chol.variance_rows(rows), eig.variance_rows(rows), rtol=2e-3)
+    # its covariance is the inverse posterior precision (whitened prior: P's kept directions)
+    prec = chol.alpha_ * (np.eye(p) if P is None else P) + chol.beta_ * A.T @ A
+    np.testing.assert_allclose(chol.covariance_ @ prec @ chol.covariance_, chol.covariance_,
+                               rtol=0, atol=1e-6 * np.abs(chol.covariance_).max())
