@@ -251,3 +251,35 @@ def test_cholesky_evidence_search_matches_the_eigen_path(rng, monkeypatch, prior
     prec = chol.alpha_ * (np.eye(p) if P is None else P) + chol.beta_ * A.T @ A
     np.testing.assert_allclose(chol.covariance_ @ prec @ chol.covariance_, chol.covariance_,
                                rtol=0, atol=1e-6 * np.abs(chol.covariance_).max())
+
+
+def test_block_prior_pair_equals_the_dense_matrix_and_factor_variances(rng):
+    """A prior given as its blocks ``(d, K)`` fits as ``blockdiag(diag(d), K)`` does; with
+    the hyperparameters fixed the posterior is one Cholesky factorisation whose factor
+    ``T U^-1`` is upper triangular over the diagonal block: the row variances through it
+    (BLAS trmm on that part) equal ``a^T Sigma a`` with Sigma the inverse precision."""
+    from ml4m.models.linear.bayesian import quadratic_form_rows
+
+    n, p = 500, 40
+    A = rng.normal(size=(n, p)) * np.exp(-np.arange(p) / 15)
+    y = A @ rng.normal(size=p) + rng.normal(scale=0.05, size=n)
+    d = rng.uniform(0.5, 2.0, 30)
+    X = rng.normal(size=(10, 5))
+    K = (X @ X.T) ** 2 + 1e-3 * np.eye(10)
+    P = np.zeros((p, p))
+    P[:30, :30], P[30:, 30:] = np.diag(d), K
+    dense, pair = BayesianLinearRegression(prior=P).fit(A, y), BayesianLinearRegression(prior=(d, K)).fit(A, y)
+    assert pair.alpha_ == pytest.approx(dense.alpha_, rel=1e-10)
+    np.testing.assert_allclose(pair.coef_, dense.coef_, rtol=1e-9, atol=1e-12)
+    fixed = BayesianLinearRegression(alpha=dense.alpha_, beta=dense.beta_, prior=(d, K)).fit(A, y)
+    np.testing.assert_allclose(fixed.coef_, dense.coef_, rtol=1e-6, atol=1e-9 * np.abs(dense.coef_).max())
+    assert fixed._parts(np.float64)[0].shape == (30, 30)  # the triangular part is used
+    rows = rng.normal(size=(2 * 2048 + 5, p))  # three chunks
+    S = np.linalg.inv(fixed.alpha_ * P + fixed.beta_ * A.T @ A)
+    ref = quadratic_form_rows(rows, S)
+    np.testing.assert_allclose(fixed.variance_rows(rows), ref, rtol=1e-8)
+    np.testing.assert_allclose(fixed.variance_rows(rows.astype(np.float32), single=True), ref, rtol=1e-4)
+    np.testing.assert_allclose(fixed.covariance_, S, rtol=1e-7, atol=1e-10 * np.abs(S).max())
+    with pytest.raises(ConfigError, match="p1 \\+ p2"):
+        BayesianLinearRegression(prior=(d, K[:5, :5])).fit(A, y)
+

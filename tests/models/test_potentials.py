@@ -133,6 +133,24 @@ def test_save_load_identical_and_calculator(fitted, data, tmp_path):
     assert atoms.calc.results["forces_sigma"].shape == (len(atoms), 3)
 
 
+def test_file_holds_the_posterior_factor_and_reads_a_covariance(fitted, data):
+    """Files keep the posterior as its factor F (Sigma = F F^T, no p^3 product to form
+    it); a file with the covariance itself (as written before) gives the same sigmas,
+    and one with neither fails with the entry named."""
+    params, arrays = fitted.get_state()
+    F = arrays.pop("posterior_factor")
+    assert "covariance" not in arrays
+    old = type(fitted).from_state(params, {**arrays, "covariance": F @ F.T})
+    frames = data[1][:3]
+    a, b = fitted.predict(frames, uncertainty=True), old.predict(frames, uncertainty=True)
+    # a^T (F F^T) a loses digits to cancellation that |F^T a|^2 keeps: under the GP's
+    # nearly singular K_mm prior (steep whitening) up to 0.3% of an energy sigma
+    np.testing.assert_allclose(b.forces_sigma, a.forces_sigma, rtol=1e-2)
+    np.testing.assert_allclose(b.energy_sigma, a.energy_sigma, rtol=1e-2)
+    with pytest.raises(ConfigError, match="posterior"):
+        type(fitted).from_state(params, arrays)
+
+
 def test_uncertainty_grows_outside_training_data(fitted):
     """A strongly compressed crystal is far from the training set: larger sigma."""
     near = bulk("Cu", cubic=True, a=3.62).repeat(2)

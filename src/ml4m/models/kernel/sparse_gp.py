@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 
 from ml4m.data.frames import Frame
@@ -290,12 +289,13 @@ class SparseGPPotential(LinearPotential):
             raise ConfigError(f"kernel_columns must be 'species' or 'all', got {kind!r}")
         return self._species_blocks().columns if kind == "species" else None
 
-    def _prior(self, phi_sq_mean: np.ndarray) -> np.ndarray:
+    def _prior(self, phi_sq_mean: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         K = self._kernel().kernel_matrix()
         if not self.linear_baseline:
             return K
         n_lin = self.fmap_.parts[0].n_features
-        return scipy.linalg.block_diag(np.diag(super()._prior(phi_sq_mean[:n_lin])), K)
+        # blockdiag(diag(linear), K_mm) as its two blocks: no (p, p) matrix
+        return super()._prior(phi_sq_mean[:n_lin]), K
 
     def _hyper(self) -> dict[str, Any]:
         return {**super()._hyper(), "n_sparse": self.n_sparse, "zeta": self.zeta,

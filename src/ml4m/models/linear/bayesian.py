@@ -104,7 +104,9 @@ class NormalEquations:
         sw = np.sqrt(w)
         B = A * sw[:, None]
         # upper triangle of gram += B^T B, in place (B^T is F-ordered when B is C-ordered;
-        # the wrapper returns the same array when it could work in place)
+        # the wrapper returns the same array when it could work in place). Not in float32:
+        # evidence fits of large bases pick alpha / beta near 1e-9 of the Gram scale, where
+        # float32 rounding of the rows (1e-7) ruins the solution (3BPA: F MAE 47 against 25)
         self._gram = dsyrk(1.0, B.T, beta=1.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
         self._full = False
         self.Aty += B.T @ (sw * y)
@@ -117,6 +119,44 @@ class NormalEquations:
         self.yty += other.yty
         self.n += other.n
         return self
+
+
+def _upper_inverse(U: np.ndarray) -> np.ndarray:
+    """Inverse of an upper-triangular Cholesky factor (LAPACK dtrtri, in place), with
+    the strict lower triangle zeroed: ``dpotrf(clean=0)`` leaves the input there."""
+    Ui, info = scipy.linalg.lapack.dtrtri(U, lower=0, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"dtrtri failed ({info})")
+    k = Ui.shape[0]
+    for j in range(k - 1):  # along the contiguous axis
+        if Ui.flags.f_contiguous:
+            Ui[j + 1:, j] = 0.0
+        else:
+            Ui[k - 1 - j, :k - 1 - j] = 0.0
+    return Ui
+
+
+def _factor_row_norms(A: np.ndarray, F11: np.ndarray, F2: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """``|a F|^2`` for every row ``a`` of ``A``, with ``F = [[F11, F2[:t]], [0, F2[t:]]]``
+    and ``F11`` (t, t) upper triangular: its part by BLAS ``trmm`` (half the flops of a
+    general product), in chunks of rows."""
+    from scipy.linalg import blas
+
+    t = F11.shape[0]
+    out = np.empty(len(A))
+    trmm = blas.strmm if F11.dtype == np.float32 else blas.dtrmm
+    for r0 in range(0, len(A), chunk):
+        a = A[r0:r0 + chunk]
+        v = np.zeros(len(a))
+        if t:
+            b = np.array(a[:, :t].T, dtype=F11.dtype, order="F")  # (t, n): trmm writes F11^T b into it
+            b = trmm(1.0, F11, b, side=0, lower=0, trans_a=1, overwrite_b=1)
+            v += np.einsum("ij,ij->j", b, b, dtype=np.float64)
+        if F2.shape[1]:
+            Z = a.astype(F2.dtype, copy=False) @ F2
+            v += np.einsum("ij,ij->i", Z, Z, dtype=np.float64)
+        out[r0:r0 + len(a)] = v
+    return out
 
 
 class _Whitening:
@@ -133,21 +173,25 @@ class _Whitening:
         self.p1 = len(d)
         self.k = self.p1 + (0 if T2 is None else T2.shape[1])
 
-    def sandwich(self, M: np.ndarray) -> np.ndarray:
-        """``T^T M T``, symmetrised."""
+    def sandwich(self, M: np.ndarray, block: int = 1024) -> np.ndarray:
+        """``T^T M T`` of a symmetric ``M``, exactly symmetric.
+
+        The diagonal part as ``M_ij (d_i d_j)`` in blocks of columns: the product
+        ``d_i d_j`` is the same in both triangles, so no symmetrising pass (two (p, p)
+        temporaries) is needed, and no temporary larger than ``p x block``.
+        """
         d, p1 = self.d, self.p1
+        G = np.empty((self.k, self.k), order="F")  # as M (NormalEquations): blocks of columns are contiguous
+        for j0 in range(0, p1, block):
+            j1 = min(p1, j0 + block)
+            np.multiply(M[:p1, j0:j1], d[:, None] * d[None, j0:j1], out=G[:p1, j0:j1])
         if self.T2 is None:
-            G = M * d[:, None]
-            G *= d[None, :]
-            return 0.5 * (G + G.T)
+            return G
         T2 = self.T2
-        G = np.empty((self.k, self.k))
-        G[:p1, :p1] = M[:p1, :p1] * d[:, None] * d[None, :]
         G[:p1, p1:] = (d[:, None] * M[:p1, p1:]) @ T2
         G[p1:, :p1] = G[:p1, p1:].T  # M is symmetric: the other off-diagonal block is this one's transpose
-        G[p1:, p1:] = T2.T @ M[p1:, p1:] @ T2
-        G[:p1, :p1] = 0.5 * (G[:p1, :p1] + G[:p1, :p1].T)
-        G[p1:, p1:] = 0.5 * (G[p1:, p1:] + G[p1:, p1:].T)
+        K = T2.T @ M[p1:, p1:] @ T2
+        G[p1:, p1:] = 0.5 * (K + K.T)
         return G
 
     def left(self, v: np.ndarray) -> np.ndarray:
@@ -156,10 +200,15 @@ class _Whitening:
         return head if self.T2 is None else np.concatenate([head, self.T2.T @ v[self.p1:]])
 
     def apply(self, X: np.ndarray) -> np.ndarray:
-        """``T X`` for a vector (k,) or a matrix (k, m)."""
+        """``T X`` for a vector (k,) or a matrix (k, m); a matrix keeps its memory order
+        (one (p, m) result, no concatenation)."""
         d = self.d if X.ndim == 1 else self.d[:, None]
-        head = d * X[:self.p1]
-        return head if self.T2 is None else np.concatenate([head, self.T2 @ X[self.p1:]])
+        if self.T2 is None:
+            return np.multiply(X, d, order="K")
+        out = np.empty((self.p1 + self.T2.shape[0],) + X.shape[1:], order="F" if X.flags.f_contiguous else "C")
+        np.multiply(X[:self.p1], d, out=out[:self.p1])
+        out[self.p1:] = self.T2 @ X[self.p1:]
+        return out
 
 
 class BayesianLinearRegression:
@@ -172,9 +221,11 @@ class BayesianLinearRegression:
     beta : float, optional
         Noise precision scale (multiplies the row weights). ``None``: maximise the
         evidence.
-    prior : ndarray of shape (p,) or (p, p), optional
+    prior : ndarray of shape (p,) or (p, p), or a pair (ndarray (p1,), ndarray (p2, p2)), optional
         Prior precision shape ``P`` (default identity): diagonal smoothness weights for
-        a basis, or a kernel matrix ``K_mm`` for a sparse GP.
+        a basis, a kernel matrix ``K_mm`` for a sparse GP, or the pair ``(d, K)`` for
+        ``blockdiag(diag(d), K)`` (a sparse GP over a linear baseline) without forming
+        the (p, p) matrix.
     max_iter : int, default=300
         Evidence iterations.
     rcond : float, default=1e-8
@@ -225,6 +276,12 @@ class BayesianLinearRegression:
         """
         if self.prior is None:
             return _Whitening(np.ones(p))
+        if isinstance(self.prior, tuple):
+            head, K = (np.asarray(a, dtype=float) for a in self.prior)
+            if head.ndim != 1 or K.ndim != 2 or K.shape[0] != K.shape[1] or len(head) + len(K) != p:
+                raise ConfigError(f"prior (d, K) must be (p1,) and (p2, p2) with p1 + p2 = {p}, got "
+                                  f"{head.shape} and {K.shape}")
+            return self._block_whitening(head, 0.5 * (K + K.T))
         P = np.asarray(self.prior, dtype=float)
         if P.ndim == 1:
             if P.shape != (p,) or np.any(P <= 0):
@@ -238,12 +295,15 @@ class BayesianLinearRegression:
         np.fill_diagonal(off, False)
         rows = np.flatnonzero(off.any(axis=1))
         p1 = int(rows[0]) if len(rows) else p
-        head = np.diag(P)[:p1]
-        if p1 and np.any(head <= 0):
+        return self._block_whitening(np.diag(P)[:p1].copy(), P[p1:, p1:])
+
+    def _block_whitening(self, head: np.ndarray, K: np.ndarray) -> _Whitening:
+        """Whitening of ``blockdiag(diag(head), K)`` (``K`` symmetric, possibly empty)."""
+        if len(head) and np.any(head <= 0):
             raise ConfigError("prior: the diagonal block must be positive precisions")
-        if p1 == p:
+        if len(K) == 0:
             return _Whitening(1.0 / np.sqrt(head))
-        lam, V = np.linalg.eigh(P[p1:, p1:])
+        lam, V = np.linalg.eigh(K)
         keep = lam > self.rcond * max(float(head.max(initial=0.0)), float(lam.max()))
         return _Whitening(1.0 / np.sqrt(head), V[:, keep] / np.sqrt(lam[keep]))
 
@@ -314,8 +374,7 @@ class BayesianLinearRegression:
         rss = max(neq.yty - 2 * float(m_v @ Vb) + float(np.sum(lam * m_v**2)), 0.0)
         self.coef_ = T.apply(V @ m_v)
         TV = T.apply(V)
-        self._factor, self._covariance = TV / np.sqrt(d), None  # covariance on first use
-        self._factor32 = None
+        self.posterior_factor_ = TV / np.sqrt(d)  # covariance on first use
         self.alpha_, self.beta_, self.n_iter_ = alpha, beta, n_iter
         self.betas_ = np.array([beta])
         self.log_evidence_ = 0.5 * (
@@ -345,7 +404,7 @@ class BayesianLinearRegression:
         scale = max(float(np.trace(G)) / k, 1e-300)
 
         def factor(log_lam: float):
-            np.copyto(work, G.T)  # G is symmetric: its transpose is the F-ordered copy
+            np.copyto(work, G if G.flags.f_contiguous else G.T)  # G is symmetric: either is the F-ordered copy
             work[diag] += np.exp(log_lam)
             U, info = scipy.linalg.lapack.dpotrf(work, lower=0, overwrite_a=1, clean=0)
             return (U if info == 0 else None)
@@ -384,14 +443,10 @@ class BayesianLinearRegression:
         best.clear()
         lam, beta = float(np.exp(t)), n / E
         alpha = lam * beta
-        Ui, info = scipy.linalg.lapack.dtrtri(U, lower=0, overwrite_c=1)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"dtrtri failed ({info})")
-        for j in range(k - 1):  # the strict lower triangle still holds G (F order: columns)
-            Ui[j + 1:, j] = 0.0
         self.coef_ = T.apply(m)
-        self._factor, self._covariance = T.apply(Ui) / np.sqrt(beta), None
-        self._factor32 = None
+        F = T.apply(_upper_inverse(U))
+        F /= np.sqrt(beta)
+        self.posterior_factor_ = F
         self.alpha_, self.beta_, self.n_iter_ = alpha, beta, len(trials)
         self.betas_ = np.array([beta])
         self.log_evidence_ = value
@@ -502,9 +557,11 @@ class BayesianLinearRegression:
                                           bounds=bounds, options={"maxiter": self.max_iter, "gtol": 1e-6})
             alpha, betas = unpack(res.x)
             n_iter = int(res.nit)
-        S, m, rss, logdet = posterior(alpha, betas)
+        m, F, logdet = self._factored_posterior(alpha * np.eye(k) + sum(b * G for b, G in zip(betas, Gs)),
+                                                sum(b * v for b, v in zip(betas, bs)), alpha)
+        rss = np.array([max(y - 2 * m @ v + m @ G @ m, 1e-300) for y, v, G in zip(yty, bs, Gs)])
         self.coef_ = T.apply(m)
-        self.covariance_ = T.apply(T.apply(S).T)
+        self.posterior_factor_ = T.apply(F)
         self.alpha_, self.betas_, self.beta_, self.n_iter_ = alpha, betas, float(betas[0]), n_iter
         self.log_evidence_ = 0.5 * (
             k * np.log(alpha) + float(np.sum(ns * np.log(betas))) - float(betas @ rss)
@@ -512,8 +569,37 @@ class BayesianLinearRegression:
         self.n_features_in_ = p
         return self
 
-    _factor: np.ndarray | None = None  # F with covariance = F F^T (eigen path)
-    _factor32: np.ndarray | None = None  # F in float32, for variance_rows(single=True)
+    @staticmethod
+    def _factored_posterior(H: np.ndarray, rhs: np.ndarray, alpha: float
+                            ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Mean ``H^-1 rhs``, a factor ``F`` with ``H^-1 = F F^T`` and ``log det H``.
+
+        One Cholesky factorisation and one triangular inverse (``F = U^-1``): no explicit
+        inverse, whose symmetric product would cost as much again; the covariance is formed
+        from ``F`` only when asked for. Falls back on the eigendecomposition (eigenvalues
+        floored at ``alpha``) when round-off makes ``H`` indefinite.
+        """
+        try:
+            U = scipy.linalg.cholesky(H, lower=False, overwrite_a=True)
+            m = scipy.linalg.cho_solve((U, False), rhs)
+            logdet = 2 * float(np.sum(np.log(np.diag(U))))
+            return m, _upper_inverse(U), logdet
+        except np.linalg.LinAlgError:
+            d, V = np.linalg.eigh(H)
+            d = np.maximum(d, alpha)
+            return V @ ((V.T @ rhs) / d), V / np.sqrt(d), float(np.sum(np.log(d)))
+
+    @property
+    def posterior_factor_(self) -> np.ndarray | None:
+        """``F`` with posterior covariance ``F F^T`` (``None`` when only the covariance
+        is held, e.g. set directly)."""
+        return self._factor
+
+    @posterior_factor_.setter
+    def posterior_factor_(self, value: np.ndarray) -> None:
+        self._factor, self._covariance, self._factor_parts = value, None, {}
+
+    _factor: np.ndarray | None = None  # F with covariance = F F^T
     _covariance: np.ndarray | None = None
 
     @property
@@ -538,14 +624,24 @@ class BayesianLinearRegression:
         """
         A = np.asarray(A) if single else np.asarray(A, dtype=float)  # float32 rows stay so
         if self._factor is not None:
-            if single:
-                if self._factor32 is None:
-                    self._factor32 = self._factor.astype(np.float32)
-                Z = A.astype(np.float32, copy=False) @ self._factor32
-                return np.einsum("ij,ij->i", Z, Z, dtype=np.float64)
-            Z = A @ self._factor
-            return np.einsum("ij,ij->i", Z, Z)
+            return _factor_row_norms(A, *self._parts(np.float32 if single else np.float64))
         return quadratic_form_rows(np.asarray(A, dtype=float), self.covariance_)
+
+    def _parts(self, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """The factor as ``(F[:t, :t], F[:, t:])`` in ``dtype``, ``t`` its leading upper-
+        triangular columns (zero below the diagonal in every row): a Cholesky path's
+        ``T U^-1`` has ``t`` = the diagonal part of ``T``; an eigen path's, ``t = 0``."""
+        parts = getattr(self, "_factor_parts", None)
+        if parts is None:
+            parts = self._factor_parts = {}
+        if dtype not in parts:
+            F = self._factor
+            t = 0
+            while t < F.shape[1] and not F[t + 1:, t].any():
+                t += 1
+            parts[dtype] = (np.asfortranarray(F[:t, :t], dtype=dtype),
+                            F[:, t:].astype(dtype, copy=False))  # no copy of a whole float64 F
+        return parts[dtype]
 
     def _check_hyper(self) -> None:
         for name in ("alpha", "beta"):

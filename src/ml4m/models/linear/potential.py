@@ -371,7 +371,7 @@ class LinearPotential(Potential):
         if held:
             # the model without the held-out trajectories predicts them; their residuals
             # teach the error model, then their rows join the fit
-            self._solve(acc, warn=False, covariance=False)
+            self._solve(acc, warn=False)
             stats = _HeldOut(sum(len(f) for f in held))
             for block, rows, X, sidx in self._block_rows(held, use_f, use_s):
                 e0 = self._e0_of(block)
@@ -411,14 +411,14 @@ class LinearPotential(Potential):
         return ([f for f, h in zip(frames, held) if not h], [f for f, h in zip(frames, held) if h])
 
     def _solve(self, acc: _Accumulator, warn: bool = True,
-               reuse: BayesianLinearRegression | None = None, covariance: bool = True) -> None:
+               reuse: BayesianLinearRegression | None = None) -> None:
         """Posterior of the coefficients from the accumulated normal equations.
 
         ``reuse``: a fit whose evidence-optimal hyperparameters (prior precision, noise
         levels) are kept, so this solve is one Cholesky factorisation instead of an
         evidence search (the final fit after the held-out one, on 25% more rows).
-        ``covariance=False`` leaves the posterior covariance unformed (the held-out fit
-        needs only row variances, ``regression_.variance_rows``).
+        The posterior covariance stays unformed (``covariance_`` forms it on first use):
+        sigmas need only row variances through its factor (``regression_.variance_rows``).
         """
         used = [q for q in QUANTITIES if acc.rows[q]]
         alpha, beta = self.alpha, self.beta
@@ -443,8 +443,12 @@ class LinearPotential(Potential):
                     stacklevel=3)
         self.regression_ = reg
         self.coef_ = self.regression_.coef_
-        if covariance:
-            self.covariance_ = self.regression_.covariance_
+
+    @property
+    def covariance_(self) -> np.ndarray:
+        """Posterior covariance of the coefficients, (p, p), formed on first use."""
+        self._check_fitted()
+        return self.regression_.covariance_
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
@@ -543,7 +547,11 @@ class LinearPotential(Potential):
                                             else (None, {}))
         params["energy_error_model"] = (self.energy_error_model_.get_state()
                                         if self.energy_error_model_ is not None else None)
-        arrays = {"coef": self.coef_, "covariance": self.covariance_,
+        factor = self.regression_.posterior_factor_
+        # the posterior as its factor F (covariance F F^T) when the fit gave one: the same
+        # size, and no p^3 product to form it
+        posterior = {"covariance": self.covariance_} if factor is None else {"posterior_factor": factor}
+        arrays = {"coef": self.coef_, **posterior,
                   "e0_species": np.array(sorted(self.e0_), dtype=np.int64),
                   "e0_values": np.array([self.e0_[z] for z in sorted(self.e0_)]),
                   **{f"fmap_{k}": v for k, v in fm_arrays.items()},
@@ -558,7 +566,6 @@ class LinearPotential(Potential):
             fm_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("fmap_")}
             model.fmap_ = model._restore_feature_map(params["feature_map"], fm_arrays)
             model.coef_ = arrays["coef"]
-            model.covariance_ = arrays["covariance"]
             model.noise_ = {str(q): float(v) for q, v in params.get("noise_", {}).items()}
             model.error_model_ = model.energy_error_model_ = None
             if params.get("energy_error_model") is not None:
@@ -572,7 +579,15 @@ class LinearPotential(Potential):
             raise ConfigError(f"coefficients have shape {model.coef_.shape}, the descriptor gives "
                               f"{model.fmap_.n_features} features")
         model.regression_ = BayesianLinearRegression(alpha=params["alpha_"], beta=params["beta_"])
-        model.regression_.coef_, model.regression_.covariance_ = model.coef_, model.covariance_
+        model.regression_.coef_ = model.coef_
+        key = "posterior_factor" if "posterior_factor" in arrays else "covariance"
+        post = arrays.get(key)
+        if post is None or post.ndim != 2 or post.shape[0] != len(model.coef_):
+            raise ConfigError(f"model file has no posterior ({key!r}) of {len(model.coef_)} rows")
+        if key == "posterior_factor":
+            model.regression_.posterior_factor_ = post
+        else:  # files written before the factor was saved
+            model.regression_.covariance_ = post
         model.regression_.alpha_, model.regression_.beta_ = params["alpha_"], params["beta_"]
         model.regression_.n_features_in_ = len(model.coef_)
         return model
