@@ -283,3 +283,18 @@ def test_block_prior_pair_equals_the_dense_matrix_and_factor_variances(rng):
     with pytest.raises(ConfigError, match="p1 \\+ p2"):
         BayesianLinearRegression(prior=(d, K[:5, :5])).fit(A, y)
 
+
+
+def test_normal_equations_buffer_rows_into_blocks(rng):
+    """Rows added a few at a time join the Gram matrix in blocks of ``block_rows`` (one
+    syrk per block, the rest on reading): the sums equal the direct products, whether a
+    read falls between blocks or not, and adding after a read continues the sums."""
+    A, y, w = rng.normal(size=(230, 17)), rng.normal(size=230), rng.uniform(0.5, 2.0, 230)
+    neq = NormalEquations(17, block_rows=50)
+    for r0 in range(0, 150, 7):  # pieces straddle the block boundaries
+        neq.add(A[r0:min(r0 + 7, 150)], y[r0:min(r0 + 7, 150)], w[r0:min(r0 + 7, 150)])
+    np.testing.assert_allclose(neq.AtA, (A[:150] * w[:150, None]).T @ A[:150], rtol=1e-12)
+    neq.add(A[150:], y[150:], w[150:])
+    np.testing.assert_allclose(neq.AtA, (A * w[:, None]).T @ A, rtol=1e-12)
+    np.testing.assert_allclose(neq.Aty, A.T @ (w * y), rtol=1e-12)
+    assert neq.n == 230 and neq.yty == pytest.approx(float(np.sum(w * y * y)))

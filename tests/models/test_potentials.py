@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -399,5 +401,70 @@ def test_gp_kernel_on_species_columns(cuau_frames, tmp_path, monkeypatch):
     every = fit("all")
     assert every._kernel().columns is None and np.any(every._kernel().sparse[np.ix_(
         every._kernel().sparse_species == 1, outside)])
-    with pytest.raises(ConfigError, match="kernel_columns must be 'species' or 'all'"):
+    # a degree bound: the kernels read the two- and three-body columns of their blocks
+    low = fit([8, 6, 1])
+    three_body = desc.degree_subset([8, 6, 1])
+    cols = low._kernel().columns
+    np.testing.assert_array_equal(cols[0], three_body)
+    np.testing.assert_array_equal(cols[1], np.intersect1d(au_cols, three_body))
+    assert not np.any(low._kernel().sparse[:, np.setdiff1d(np.arange(desc.n_features), three_body)])
+    _check_paths_gradient_and_file(low, frame.to_atoms(with_labels=False), int(au[0]), 1,
+                                   tmp_path / "low_kernel")
+    with pytest.raises(ConfigError, match="kernel_columns must be 'species', 'all' or a degree bound"):
         SparseGPPotential(desc, n_sparse=10, kernel_columns="some").fit(train)
+
+
+def test_molecule_force_rows_drop_rigid_motions():
+    """Force rows of an invariant model have no component along a rigid motion of a free
+    molecule; the normal equations keep 3n - 6 rows per molecule (3n - 5 when linear) with
+    the same Gram matrix and right-hand side, and a net force on the reference (which no
+    invariant model can fit) leaves only the target sum of squares."""
+    from ase.build import molecule
+
+    from ml4m.descriptors import make_descriptor
+    from ml4m.models.linear.bayesian import NormalEquations
+    from ml4m.models.linear.potential import _Accumulator, _rigid_complement
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for name in ("CH3CH2OH", "CH3CH2OH", "CO2"):
+        atoms = molecule(name)
+        if name != "CO2":  # kept linear: one rotation fewer
+            atoms.rattle(0.05, rng=rng)
+        atoms.calc = EMT()
+        frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces()))
+    desc = make_descriptor("ace", species=["H", "C", "O"], r_cut=4.0, n_max=4, l_max=2, correlation_order=3)
+    model = LinearACE(desc)
+    model.fmap_ = model._make_feature_map(frames)
+    rows, _, _ = model._rows(frames, True, False)
+    p = rows.energy.shape[1]
+    start = 0
+    for f in frames:
+        R = rows.forces[start:start + len(f)].reshape(-1, p)
+        Q = _rigid_complement(f)
+        assert Q.shape == (3 * len(f), 3 * len(f) - (5 if len(f) == 3 else 6))
+        # the discarded directions: R has nothing along them
+        P = np.eye(3 * len(f)) - Q @ Q.T
+        assert np.abs(P @ R).max() < 1e-9 * np.abs(R).max()
+        start += len(f)
+    sig = {"energy": 1e-3, "forces": 0.03, "stress": None}
+    n_at = np.array([len(f) for f in frames], dtype=float)
+    y_e = np.array([f.energy for f in frames]) / n_at
+    shift = np.array([0.2, -0.1, 0.05])  # a net force on every frame's reference
+
+    def accumulate(offset):
+        moved = [dataclasses.replace(f, forces=f.forces + offset) for f in frames]
+        acc = _Accumulator(p, False, sig)
+        acc.add(rows, moved, np.zeros(len(frames)))
+        return acc.neq["energy"]
+
+    ref = NormalEquations(p)
+    ref.add(rows.energy / n_at[:, None], y_e, 1e6)
+    ref.add(rows.forces.reshape(-1, p), np.concatenate([f.forces for f in frames]).ravel(), 1 / 0.03**2)
+    acc, moved = accumulate(0.0), accumulate(shift)
+    assert acc.n == ref.n - 6 - 6 - 5
+    np.testing.assert_allclose(acc.AtA, ref.AtA, rtol=0, atol=1e-9 * np.abs(ref.AtA).max())
+    np.testing.assert_allclose(acc.Aty, ref.Aty, rtol=0, atol=1e-9 * np.abs(ref.Aty).max())
+    np.testing.assert_allclose(moved.Aty, acc.Aty, rtol=0, atol=1e-9 * np.abs(ref.Aty).max())
+    assert moved.yty == pytest.approx(acc.yty, rel=1e-9)  # the net force is not data
+    assert acc.yty == pytest.approx(ref.yty, rel=1e-6)  # EMT forces have no net force or torque

@@ -67,6 +67,13 @@ class DotProductKernelMap:
         self._mask = _column_mask(self.columns, self.sparse.shape[1])
         # per species, fixed by the sparse points: built once, read by every row thread
         n_species = int(self.sparse_species.max(initial=-1)) + 1
+        # the columns any species reads: when few, gradients are cut to them once, before
+        # the per-species row gathers (a kernel on a degree subset: 828 of 5,187 on 3BPA)
+        self._union = None
+        if self.columns is not None and all(c is not None for c in self.columns[:n_species]):
+            union = np.unique(np.concatenate([np.asarray(c) for c in self.columns[:n_species]]))
+            if len(union) <= 0.5 * self.sparse.shape[1]:
+                self._union = union
         self._parts = [self._species_part(s) for s in range(n_species)]
 
     def restrict(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
@@ -108,6 +115,8 @@ class DotProductKernelMap:
         block = slice(cols[0], cols[-1] + 1) if np.all(np.diff(cols) == 1) else cols
         read = None if self.columns is None else self.columns[s]
         S = self.sparse[block] if read is None else self.sparse[block][:, read]
+        if self._union is not None:  # positions in the cut gradients
+            read = np.searchsorted(self._union, read)
         return block, read, np.ascontiguousarray(S)
 
     def reduce_gradients(self, X, species, rows, grads, target):
@@ -119,6 +128,8 @@ class DotProductKernelMap:
         n_out, k = target.shape[0], grads.shape[1]
         out = np.zeros((n_out, k, self.n_features))
         target = sp.csc_matrix(target)
+        if self._union is not None:
+            grads, xhat = np.take(grads, self._union, axis=2), xhat[:, self._union]
         row_species = species[rows]
         for s in np.unique(row_species):
             parts = self._parts[int(s)] if s < len(self._parts) else None
@@ -215,11 +226,15 @@ class SparseGPPotential(LinearPotential):
         kernel, i.e. the kernel ``k_linear + k_zeta`` (as GAP adds a 2-body term under
         SOAP). Without it, sharp kernels on diverse environments (alloys) need far more
         sparse points.
-    kernel_columns : {'species', 'all'}, default='species'
+    kernel_columns : {'species', 'all'} or int or list of int, default='species'
         Which descriptor columns a species' kernel reads: those of its linear block
-        (``species_degree``; all columns for a species without one), or all of them.
-        ``'species'`` spares the gradients of the columns a smaller block drops (on 3BPA
-        the H, N and O blocks) and keeps each kernel on the basis its species supports.
+        (``species_degree``; all columns for a species without one), all of them, or
+        those of its block inside a degree bound (ACE's ``degree_subset``, one bound per
+        correlation order: ``[12, 10, 1, 1]`` keeps the two- and three-body functions,
+        the power spectrum that SOAP-GAP's kernel reads). ``'species'`` spares the
+        gradients of the columns a smaller block drops (on 3BPA the H, N and O blocks)
+        and keeps each kernel on the basis its species supports; a bound makes the
+        kernel's gradient products cheap (they scale with the columns read).
     noise : {'per_quantity', 'shared'}, default='per_quantity'
         One noise level per quantity (energies, forces, stresses), each by maximum
         evidence (the marginal likelihood), as GAP/FLARE optimise theirs; ``'shared'``
@@ -284,10 +299,17 @@ class SparseGPPotential(LinearPotential):
         sparse, _ = _normalise(np.concatenate(chosen))
         return DotProductKernelMap(sparse, np.concatenate(chosen_species), int(self.zeta), columns=columns)
 
-    def _kernel_columns(self, kind: str) -> tuple[np.ndarray | None, ...] | None:
-        if kind not in ("species", "all"):
-            raise ConfigError(f"kernel_columns must be 'species' or 'all', got {kind!r}")
-        return self._species_blocks().columns if kind == "species" else None
+    def _kernel_columns(self, kind) -> tuple[np.ndarray | None, ...] | None:
+        if isinstance(kind, str):
+            if kind not in ("species", "all"):
+                raise ConfigError(f"kernel_columns must be 'species', 'all' or a degree bound, got {kind!r}")
+            return self._species_blocks().columns if kind == "species" else None
+        if not hasattr(self.descriptor, "degree_subset"):
+            raise ConfigError(f"kernel_columns as a degree bound needs a descriptor with a degree "
+                              f"truncation (ACE); {type(self.descriptor).__name__} has none")
+        sub = self.descriptor.degree_subset(kind)
+        # within each species' block: the kernel never reads a column its species lacks
+        return tuple(sub if b is None else np.intersect1d(b, sub) for b in self._species_blocks().columns)
 
     def _prior(self, phi_sq_mean: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         K = self._kernel().kernel_matrix()

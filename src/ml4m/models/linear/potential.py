@@ -36,6 +36,37 @@ QUANTITIES = ("energy", "forces", "stress")
 _PREFETCH = 2  # blocks of design rows computed ahead, one thread each
 
 
+#: molecules up to this many atoms have their force rows compressed (see _rigid_complement)
+RIGID_COMPRESSION_MAX_ATOMS = 300
+
+
+def _rigid_complement(frame: Frame) -> np.ndarray | None:
+    """Orthonormal basis (3n, 3n - r) of the force components a rigid motion leaves out.
+
+    An energy invariant under translations and rotations has force rows ``R`` (3n, p)
+    with ``v^T R = 0`` for the r rigid motions ``v`` of a free molecule (three
+    translations, three rotations about the centroid; r = 5 for a linear molecule, 3 for
+    one atom): those combinations of rows carry no information, and ``Q^T R`` with ``Q``
+    this basis gives the same ``R^T R`` and ``R^T F`` in 3n - r rows (3BPA: 75 instead of
+    81, 7% of the normal-equation products; ethanol: 21 instead of 27). The reference
+    forces lose only their net force and torque, which no such model can fit, and the
+    evidence counts the informative rows. ``None`` for periodic frames (no rotations;
+    three translations of 3n rows are not worth a product) and molecules above
+    ``RIGID_COMPRESSION_MAX_ATOMS``.
+    """
+    n = len(frame)
+    if frame.pbc.any() or n > RIGID_COMPRESSION_MAX_ATOMS:
+        return None
+    r = frame.positions - frame.positions.mean(axis=0)
+    V = np.zeros((n, 3, 6))
+    for c in range(3):
+        V[:, c, c] = 1.0  # translation along c
+        V[:, :, 3 + c] = np.cross(np.eye(3)[c], r)  # rotation about c
+    U, sv, _ = np.linalg.svd(V.reshape(3 * n, 6), full_matrices=True)
+    rank = int(np.sum(sv > 1e-8 * sv[0]))
+    return U[:, rank:]
+
+
 class _Accumulator:
     """Normal equations of energies (per atom), forces and stresses, and feature scales.
 
@@ -64,7 +95,13 @@ class _Accumulator:
         self.phi_sq += np.sum(rows.energy**2 / n_at[:, None], axis=0)
         self.n_atoms += int(n_at.sum())
         if self.sigmas["forces"]:
-            self._add("forces", rows.forces.reshape(-1, p), np.concatenate([f.forces for f in block]).ravel())
+            A, y = [], []
+            for f, a0, a1 in zip(block, np.cumsum(n_at) - n_at, np.cumsum(n_at)):
+                R, F = rows.forces[int(a0):int(a1)].reshape(-1, p), f.forces.ravel()
+                Q = _rigid_complement(f)
+                A.append(R if Q is None else Q.T @ R)
+                y.append(F if Q is None else Q.T @ F)
+            self._add("forces", np.concatenate(A), np.concatenate(y))
         if self.sigmas["stress"]:
             has = np.array([f.stress is not None for f in block])
             if has.any():
