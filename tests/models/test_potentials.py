@@ -441,12 +441,14 @@ def test_molecule_force_rows_drop_rigid_motions():
     start = 0
     for f in frames:
         R = rows.forces[start:start + len(f)].reshape(-1, p)
-        Q = _rigid_complement(f)
+        Q = _rigid_complement(f, p)
         assert Q.shape == (3 * len(f), 3 * len(f) - (5 if len(f) == 3 else 6))
         # the discarded directions: R has nothing along them
         P = np.eye(3 * len(f)) - Q @ Q.T
         assert np.abs(P @ R).max() < 1e-9 * np.abs(R).max()
         start += len(f)
+    # where the product Q^T R would cost more than the rows it saves (3 n^2 >= p): none
+    assert _rigid_complement(frames[0], 3 * len(frames[0]) ** 2) is None
     sig = {"energy": 1e-3, "forces": 0.03, "stress": None}
     n_at = np.array([len(f) for f in frames], dtype=float)
     y_e = np.array([f.energy for f in frames]) / n_at

@@ -43,7 +43,7 @@ def _through_coupling(x: np.ndarray, outer: np.ndarray, C: np.ndarray) -> np.nda
     """``einsum("rgb,rgM,abM->rga", x, outer, C)`` as one matrix product: ``x (x) outer``
     (rows * g, b * M) against ``C`` (a, b * M). numpy's three-operand einsum runs a
     nested loop outside BLAS: 2-5x slower on ACE's pair groups."""
-    r, g, nb = x.shape
+    r, g = x.shape[:2]
     Y = (x[..., :, None] * outer[..., None, :]).reshape(r * g, -1)
     return (Y @ C.reshape(len(C), -1).T).reshape(r, g, len(C))
 

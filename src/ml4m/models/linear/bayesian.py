@@ -150,9 +150,9 @@ def _upper_inverse(U: np.ndarray) -> np.ndarray:
     Ui, info = scipy.linalg.lapack.dtrtri(U, lower=0, overwrite_c=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"dtrtri failed ({info})")
-    k = Ui.shape[0]
+    k, by_columns = Ui.shape[0], Ui.flags.f_contiguous
     for j in range(k - 1):  # along the contiguous axis
-        if Ui.flags.f_contiguous:
+        if by_columns:
             Ui[j + 1:, j] = 0.0
         else:
             Ui[k - 1 - j, :k - 1 - j] = 0.0
@@ -521,9 +521,15 @@ class BayesianLinearRegression:
                                           (len(groups),)))
         alpha = float(self.alpha) if self.alpha is not None else 1.0
 
+        def precision(alpha, betas):  # alpha I + sum_g beta_g G_g, built in place
+            H = betas[0] * Gs[0]
+            for b, G in zip(betas[1:], Gs[1:]):
+                H += b * G
+            H[np.diag_indices(k)] += alpha
+            return H, sum(b * v for b, v in zip(betas, bs))
+
         def posterior(alpha, betas):
-            H = alpha * np.eye(k) + sum(b * G for b, G in zip(betas, Gs))
-            rhs = sum(b * v for b, v in zip(betas, bs))
+            H, rhs = precision(alpha, betas)
             try:
                 U = scipy.linalg.cholesky(H, lower=False)
                 logdet = 2 * float(np.sum(np.log(np.diag(U))))
@@ -580,12 +586,7 @@ class BayesianLinearRegression:
                                           bounds=bounds, options={"maxiter": self.max_iter, "gtol": 1e-6})
             alpha, betas = unpack(res.x)
             n_iter = int(res.nit)
-        H = betas[0] * Gs[0]  # alpha I + sum_g beta_g G_g, in place (no (k, k) identity)
-        for b, G in zip(betas[1:], Gs[1:]):
-            H += b * G
-        H[np.diag_indices(k)] += alpha
-        m, F, logdet = self._factored_posterior(H, sum(b * v for b, v in zip(betas, bs)), alpha)
-        del H  # overwritten by its factor
+        m, F, logdet = self._factored_posterior(*precision(alpha, betas), alpha)
         rss = np.array([max(y - 2 * m @ v + m @ G @ m, 1e-300) for y, v, G in zip(yty, bs, Gs)])
         self.coef_ = T.apply(m)
         self.posterior_factor_ = T.apply(F)
@@ -658,9 +659,7 @@ class BayesianLinearRegression:
         """The factor as ``(F[:t, :t], F[:, t:])`` in ``dtype``, ``t`` its leading upper-
         triangular columns (zero below the diagonal in every row): a Cholesky path's
         ``T U^-1`` has ``t`` = the diagonal part of ``T``; an eigen path's, ``t = 0``."""
-        parts = getattr(self, "_factor_parts", None)
-        if parts is None:
-            parts = self._factor_parts = {}
+        parts = self._factor_parts  # reset whenever the factor is set
         if dtype not in parts:
             F = self._factor
             t = 0

@@ -36,11 +36,7 @@ QUANTITIES = ("energy", "forces", "stress")
 _PREFETCH = 2  # blocks of design rows computed ahead, one thread each
 
 
-#: molecules up to this many atoms have their force rows compressed (see _rigid_complement)
-RIGID_COMPRESSION_MAX_ATOMS = 300
-
-
-def _rigid_complement(frame: Frame) -> np.ndarray | None:
+def _rigid_complement(frame: Frame, n_features: int) -> np.ndarray | None:
     """Orthonormal basis (3n, 3n - r) of the force components a rigid motion leaves out.
 
     An energy invariant under translations and rotations has force rows ``R`` (3n, p)
@@ -51,11 +47,12 @@ def _rigid_complement(frame: Frame) -> np.ndarray | None:
     81, 7% of the normal-equation products; ethanol: 21 instead of 27). The reference
     forces lose only their net force and torque, which no such model can fit, and the
     evidence counts the informative rows. ``None`` for periodic frames (no rotations;
-    three translations of 3n rows are not worth a product) and molecules above
-    ``RIGID_COMPRESSION_MAX_ATOMS``.
+    three translations of 3n rows are not worth a product) and where the product
+    ``Q^T R`` (2 (3n)^2 p flops) would cost more than the six rows' share of the normal
+    equations (6 p^2): from ``3 n^2 >= p`` on.
     """
     n = len(frame)
-    if frame.pbc.any() or n > RIGID_COMPRESSION_MAX_ATOMS:
+    if frame.pbc.any() or 3 * n * n >= n_features:
         return None
     r = frame.positions - frame.positions.mean(axis=0)
     V = np.zeros((n, 3, 6))
@@ -96,9 +93,10 @@ class _Accumulator:
         self.n_atoms += int(n_at.sum())
         if self.sigmas["forces"]:
             A, y = [], []
-            for f, a0, a1 in zip(block, np.cumsum(n_at) - n_at, np.cumsum(n_at)):
-                R, F = rows.forces[int(a0):int(a1)].reshape(-1, p), f.forces.ravel()
-                Q = _rigid_complement(f)
+            starts = np.concatenate([[0], np.cumsum([len(f) for f in block])])
+            for f, a0, a1 in zip(block, starts[:-1], starts[1:]):
+                R, F = rows.forces[a0:a1].reshape(-1, p), f.forces.ravel()
+                Q = _rigid_complement(f, p)
                 A.append(R if Q is None else Q.T @ R)
                 y.append(F if Q is None else Q.T @ F)
             self._add("forces", np.concatenate(A), np.concatenate(y))
