@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from os import PathLike
 
-__all__ = ["ML4MError", "DataError", "ConfigError", "NotFittedError"]
+__all__ = ["ML4MError", "DataError", "ConfigError", "NotFittedError", "SimulationError"]
 
 
 class ML4MError(Exception):
@@ -54,3 +54,8 @@ class ConfigError(ML4MError, ValueError):
 
 class NotFittedError(ML4MError, ValueError, AttributeError):
     """Raised when a model is used before ``fit`` was called."""
+
+
+class SimulationError(ML4MError, RuntimeError):
+    """Raised when a simulation leaves its valid range (non-finite energy or forces, atoms
+    closer than allowed, runaway temperature); the message names the step and the value."""
