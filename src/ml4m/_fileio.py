@@ -56,33 +56,50 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike, kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``target``.
 
     Parameters
     ----------
     target : str or PathLike
         Final folder name. An existing folder of that name is replaced only after
-        the new one is complete.
+        the new one is complete (callers check first that it may be replaced:
+        :func:`ml4m.outputs.claim_output`).
+    kind : str, optional
+        Write the ml4m output marker of this kind into the folder
+        (:data:`ml4m.outputs.MARKER`), so that later runs recognise it as theirs.
 
     Yields
     ------
     Path
         A fresh, empty folder beside ``target``.
     """
+    from ml4m.outputs import MARKER, marker_record
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        if kind is not None:
+            (tmp / MARKER).write_text(marker_record(kind))
         os.chmod(tmp, 0o777 & ~_umask())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+        if target.exists() or target.is_symlink():
+            # a fresh empty name to park the old output: nothing else is ever removed
+            if target.is_dir() and not target.is_symlink():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old",
+                                            dir=target.parent))
+            else:
+                fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".old",
+                                            dir=target.parent)
+                os.close(fd)
+                old = Path(name)
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
         else:
             os.replace(tmp, target)
     finally:

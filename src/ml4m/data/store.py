@@ -33,6 +33,7 @@ import numpy as np
 from ml4m._fileio import atomic_dir
 from ml4m.data.frames import LABELS, Dataset, Frame
 from ml4m.errors import DataError
+from ml4m.outputs import check_output
 
 __all__ = ["StoreWriter", "PackedStore", "pack_frames", "open_store", "STORE_FORMAT"]
 
@@ -55,7 +56,11 @@ class StoreWriter:
     Parameters
     ----------
     path : str or PathLike
-        Store folder to create (replaced atomically if it exists).
+        Store folder to create. An existing store there is replaced atomically once
+        the new one is complete; any other existing folder is refused (ConfigError)
+        unless ``overwrite`` (:func:`ml4m.outputs.check_output`).
+    overwrite : bool, default=False
+        Replace an existing folder that is not a store.
 
     Examples
     --------
@@ -64,8 +69,9 @@ class StoreWriter:
     ...         w.add(frame)
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         self.path = Path(path)
+        self.overwrite = overwrite
         self._ctx = None
         self._files: dict[str, Any] = {}
         self._labels: tuple[str, ...] | None = None
@@ -76,7 +82,8 @@ class StoreWriter:
         self._first_source: tuple[str, int] | None = None
 
     def __enter__(self) -> StoreWriter:
-        self._ctx = atomic_dir(self.path)
+        check_output(self.path, folder_kind="store", overwrite=self.overwrite)
+        self._ctx = atomic_dir(self.path, kind="store")
         self._dir = self._ctx.__enter__()
         self._files["offsets"] = open(self._dir / "offsets.bin", "wb")
         self._files["offsets"].write(np.zeros(1, "<i8").tobytes())
@@ -155,7 +162,8 @@ class StoreWriter:
         self._ctx.__exit__(exc_type, exc, tb)
 
 
-def pack_frames(frames: Iterable[Frame], path: str | os.PathLike) -> PackedStore:
+def pack_frames(frames: Iterable[Frame], path: str | os.PathLike,
+                overwrite: bool = False) -> PackedStore:
     """Stream ``frames`` into a new store at ``path`` and open it.
 
     Parameters
@@ -164,13 +172,15 @@ def pack_frames(frames: Iterable[Frame], path: str | os.PathLike) -> PackedStore
         Frames, e.g. :func:`ml4m.data.iter_frames` of one or more files (constant
         memory: nothing is held but the current frame).
     path : str or PathLike
-        Store folder.
+        Store folder (see :class:`StoreWriter`).
+    overwrite : bool, default=False
+        Replace an existing folder that is not a store.
 
     Returns
     -------
     PackedStore
     """
-    with StoreWriter(path) as writer:
+    with StoreWriter(path, overwrite=overwrite) as writer:
         for frame in frames:
             writer.add(frame)
     return PackedStore(path)
