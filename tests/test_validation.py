@@ -23,7 +23,7 @@ def test_check_int():
     for bad in (True, 2.0, "3", None):
         with pytest.raises(ConfigError, match=r"n must be an integer, got"):
             check_int("n", bad)
-    with pytest.raises(ConfigError, match=r"^cfg.yaml: n must be in \[1, 5\], got 7$"):
+    with pytest.raises(ConfigError, match=r"^cfg.yaml: n must be an integer in \[1, 5\], got 7$"):
         check_int("n", 7, 1, 5, source="cfg.yaml")
 
 
@@ -87,5 +87,5 @@ def test_check_size_against_file():
     assert check_size_against_file("atom count", 10, 8, 100) == 10
     with pytest.raises(DataError, match=r"^a.xyz, frame 1: atom count 999999999999 needs"):
         check_size_against_file("atom count", 999999999999, 8, 100, path="a.xyz", frame=1)
-    with pytest.raises(DataError, match="atom count must be in"):
+    with pytest.raises(DataError, match="atom count must be an integer in"):
         check_size_against_file("atom count", -1, 8, 100)

@@ -109,13 +109,14 @@ def check_int(
     -------
     int
     """
+    span = ""
+    if low is not None or high is not None:
+        span = f" in [{'-inf' if low is None else low}, {'inf' if high is None else high}]"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise fail(f"{name} must be an integer, got {describe(value)}", **where)
+        raise fail(f"{name} must be an integer{span}, got {describe(value)}", **where)
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        raise fail(f"{name} must be in [{lo}, {hi}], got {value}", **where)
+        raise fail(f"{name} must be an integer{span}, got {value}", **where)
     return value
 
 

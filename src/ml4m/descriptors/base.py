@@ -34,6 +34,7 @@ from ml4m.data.frames import Dataset, Frame
 from ml4m.data.neighbors import NeighborList, neighbor_list
 from ml4m.descriptors._parallel import map_frames
 from ml4m.errors import ConfigError, DataError
+from ml4m.validation import check_float, check_int
 
 __all__ = ["Descriptor", "DescriptorResult", "as_frames", "parse_species", "padded_layout"]
 
@@ -223,20 +224,13 @@ class Descriptor(ABC):
     # ---- validation helpers -------------------------------------------------------
     @staticmethod
     def _check_positive(name: str, value: Any) -> float:
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a positive number, got {value!r}") from None
-        if not np.isfinite(v) or v <= 0:
-            raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-        return v
+        """A finite number > 0 (see :func:`ml4m.validation.check_float`)."""
+        return check_float(name, value, low=0.0, low_open=True)
 
     @staticmethod
     def _check_int(name: str, value: Any, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
-                or not low <= int(value) <= high:
-            raise ConfigError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-        return int(value)
+        """An integer in ``[low, high]`` (see :func:`ml4m.validation.check_int`)."""
+        return check_int(name, value, low, high)
 
     @property
     def n_species(self) -> int:
