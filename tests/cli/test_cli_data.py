@@ -156,7 +156,7 @@ def test_generate_bad_config_key(capsys, tmp_path):
     cfg.write_text("system: Cu\nfrobnicate: 3\n")
     code, _, err = run_cli(capsys, "data", "generate", "--config", str(cfg), "-o", str(tmp_path / "x.extxyz"))
     assert code == 2
-    assert "unknown generate setting(s) ['frobnicate']" in err
+    assert "generate settings has unknown key(s) ['frobnicate']" in err
 
 
 def test_quickstart_writes_outputs(capsys, tmp_path):

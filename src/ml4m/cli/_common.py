@@ -11,7 +11,7 @@ from typing import Any
 from ml4m.data.labels import LabelKeys
 
 __all__ = ["print_json", "console", "emit", "add_label_key_arguments", "label_keys_from_args",
-           "float_list", "int_list"]
+           "add_output_arguments", "float_list", "int_list"]
 
 
 def _clean(obj: Any) -> Any:
@@ -55,6 +55,16 @@ def add_label_key_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--forces-key", help="per-atom key of the forces (default: forces, REF_forces, ...)")
     g.add_argument("--stress-key", help="info key of the stress (default: stress, REF_stress, ...)")
     g.add_argument("--format", help="ASE file format when the extension does not tell")
+
+
+def add_output_arguments(p: argparse.ArgumentParser, metavar: str, help: str,
+                         required: bool = True, default: str | None = None) -> None:
+    """``-o/--output`` and ``--overwrite`` (the output policy of :mod:`ml4m.outputs`)."""
+    p.add_argument("-o", "--output", required=required, default=default, metavar=metavar,
+                   help=help + " (never an input or a folder holding one)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output folder that ml4m did not write, or discard "
+                   "an interrupted run with other settings")
 
 
 def label_keys_from_args(args: argparse.Namespace) -> LabelKeys:

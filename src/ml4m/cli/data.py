@@ -10,6 +10,7 @@ from typing import Any
 
 from ml4m.cli._common import (
     add_label_key_arguments,
+    add_output_arguments,
     console,
     emit,
     float_list,
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     split.add_argument("--test", type=float, default=0.1, help="test fraction (default 0.1)")
     split.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     split.add_argument("--by", metavar="KEY", help="info key to split by group (config_type, traj)")
-    split.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    add_output_arguments(split, "DIR", "output folder (train/valid/test.extxyz, split.json)")
     split.add_argument("--json", action="store_true")
     add_label_key_arguments(split)
     split.set_defaults(func=run_split)
@@ -64,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="Stream files into a memory-mapped store that training reads lazily.\n\n"
         "example:\n  ml4m data pack train.extxyz more.extxyz -o train.store", formatter_class=fmt)
     pack.add_argument("files", nargs="+", metavar="FILE")
-    pack.add_argument("-o", "--output", required=True, metavar="STORE")
+    add_output_arguments(pack, "STORE", "store folder")
     pack.add_argument("--json", action="store_true")
     add_label_key_arguments(pack)
     pack.set_defaults(func=run_pack)
@@ -75,11 +76,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "labelled extxyz. Resumable: rerun the same command after a kill.\n\nexample:\n"
         "  ml4m.data.generation --calculator emt --system Cu --supercells 2,3 "
         "--temperatures 300,600,1200 -o cu.extxyz", formatter_class=fmt)
-    gen.add_argument("--calculator", default="emt",
+    gen.add_argument("--calculator",
                      help="emt, lj, morse, or an import path package.module:Class (default emt)")
     gen.add_argument("--calculator-kwargs", type=json.loads, default=None, metavar="JSON",
                      help='constructor arguments as JSON, e.g. \'{"sigma": 2.3}\'')
-    gen.add_argument("--system", default="Cu", help="element (Cu) or alloy Cu-Au (default Cu)")
+    gen.add_argument("--system", help="element (Cu) or alloy Cu-Au (default Cu)")
     gen.add_argument("--config", metavar="YAML", help="settings file (command-line options win)")
     gen.add_argument("--supercells", type=int_list, help="cubic repetitions, e.g. 2,3")
     gen.add_argument("--temperatures", type=float_list, help="K, e.g. 300,600,1200")
@@ -96,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     gen.add_argument("--no-vacancy", dest="vacancies", action="store_false", default=None)
     gen.add_argument("--no-surface", dest="surface", action="store_false", default=None)
     gen.add_argument("--seed", type=int)
-    gen.add_argument("-o", "--output", required=True, metavar="FILE")
+    add_output_arguments(gen, "FILE", "labelled extxyz file")
     gen.add_argument("--json", action="store_true")
     gen.set_defaults(func=run_generate)
 
@@ -142,18 +143,21 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from ml4m._fileio import atomic_path
+    from ml4m._fileio import atomic_dir
     from ml4m.data import read_dataset, split_dataset, write_extxyz
+    from ml4m.outputs import claim_output
 
-    ds = read_dataset(args.file, keys=label_keys_from_args(args), format=args.format)
-    split, parts = split_dataset(ds, valid=args.valid, test=args.test, seed=args.seed, by=args.by)
-    out = Path(args.output)
-    for name, part in parts.items():
-        write_extxyz(part, out / f"{name}.extxyz")
-    record = {"source": str(args.file), "seed": args.seed, "by": args.by,
-              "valid": args.valid, "test": args.test, **split.as_dict()}
-    with atomic_path(out / "split.json") as tmp:
-        tmp.write_text(json.dumps(record))
+    with claim_output(args.output, inputs=[args.file], folder_kind="split",
+                      overwrite=args.overwrite) as out:
+        ds = read_dataset(args.file, keys=label_keys_from_args(args), format=args.format)
+        split, parts = split_dataset(ds, valid=args.valid, test=args.test, seed=args.seed,
+                                     by=args.by)
+        record = {"source": str(args.file), "seed": args.seed, "by": args.by,
+                  "valid": args.valid, "test": args.test, **split.as_dict()}
+        with atomic_dir(out, kind="split") as tmp:
+            for name, part in parts.items():
+                write_extxyz(part, tmp / f"{name}.extxyz")
+            (tmp / "split.json").write_text(json.dumps(record))
     result = {k: len(v) for k, v in parts.items()}
     result["output"] = str(out)
     emit(args.json, result, f"train {result['train']}, valid {result['valid']}, test "
@@ -163,6 +167,7 @@ def run_split(args: argparse.Namespace) -> int:
 
 def run_pack(args: argparse.Namespace) -> int:
     from ml4m.data import iter_frames, pack_frames
+    from ml4m.outputs import claim_output
 
     keys = label_keys_from_args(args)
     t0 = time.perf_counter()
@@ -171,23 +176,27 @@ def run_pack(args: argparse.Namespace) -> int:
         for f in args.files:
             yield from iter_frames(f, keys=keys, format=args.format)
 
-    store = pack_frames(frames(), args.output)
-    size = sum(p.stat().st_size for p in Path(args.output).iterdir())
-    result = {"output": str(args.output), "n_frames": store.n_frames, "n_atoms": store.n_atoms,
+    with claim_output(args.output, inputs=args.files, folder_kind="store",
+                      overwrite=args.overwrite) as out:
+        store = pack_frames(frames(), out, overwrite=args.overwrite)
+    size = sum(p.stat().st_size for p in Path(out).iterdir())
+    result = {"output": str(out), "n_frames": store.n_frames, "n_atoms": store.n_atoms,
               "labels": list(store.labels), "bytes": size, "seconds": time.perf_counter() - t0}
     emit(args.json, result, f"packed {store.n_frames} frames ({store.n_atoms} atoms, "
-         f"{size / 1e6:.1f} MB) into {args.output}")
+         f"{size / 1e6:.1f} MB) into {out}")
     return 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from ml4m.data.generation import GenerateConfig, config_from_mapping, generate
+    from ml4m.outputs import check_output
 
+    check_output(args.output, inputs=[args.config] if args.config else [])
     base = GenerateConfig()
     if args.config:
         from ml4m.config import load_yaml
 
-        base = config_from_mapping(load_yaml(args.config))
+        base = config_from_mapping(load_yaml(args.config), source=args.config)
     overrides = {k: getattr(args, k) for k in (
         "calculator", "system", "supercells", "temperatures", "trajectories",
         "frames_per_trajectory", "sample_every", "equilibration_steps", "timestep_fs",
@@ -195,9 +204,9 @@ def run_generate(args: argparse.Namespace) -> int:
         if getattr(args, k, None) is not None}
     if args.calculator_kwargs is not None:
         overrides["calculator_kwargs"] = args.calculator_kwargs
-    cfg = config_from_mapping(overrides, base)
+    cfg = config_from_mapping(overrides, base, source="command line")
     t0 = time.perf_counter()
-    result = generate(cfg, args.output, progress=not args.json)
+    result = generate(cfg, args.output, progress=not args.json, restart=args.overwrite)
     result["seconds"] = time.perf_counter() - t0
     emit(args.json, result, f"wrote {result['n_frames']} frames from {result['n_trajectories']} "
          f"trajectories to {args.output} ({result['seconds']:.0f} s)")

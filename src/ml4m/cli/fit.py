@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, help="wall-time budget")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("-o", "--output", metavar="MODEL", help="model file (.ml4m)")
+    p.add_argument("-o", "--output", metavar="MODEL",
+                   help="model file (.ml4m); metrics.json and plots go beside it")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 

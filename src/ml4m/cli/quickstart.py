@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ml4m.cli._common import console, print_json
+from ml4m.cli._common import add_output_arguments, console, print_json
 
 HELP = "run the whole pipeline on the embedded Cu data set (offline, minutes)"
 DESCRIPTION = """\
@@ -23,13 +23,25 @@ example:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", default="quickstart_out", metavar="DIR",
-                   help="output folder for plots and summary (default quickstart_out)")
+    add_output_arguments(p, "DIR", "output folder for plots and summary (default quickstart_out)",
+                         required=False, default="quickstart_out")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Claim the output folder (ml4m.outputs), then run the pipeline into it."""
+    from ml4m._fileio import atomic_path
+    from ml4m.outputs import MARKER, claim_output, marker_record
+
+    with claim_output(args.output, folder_kind="quickstart", overwrite=args.overwrite) as outdir:
+        outdir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(outdir / MARKER) as tmp:
+            tmp.write_text(marker_record("quickstart"))
+        return _run(args, outdir)
+
+
+def _run(args: argparse.Namespace, outdir: Path) -> int:
     from ml4m._fileio import atomic_path
     from ml4m.cli.data import _summary_table
     from ml4m.data import default_dataset, default_dataset_path, split_dataset, summarize
@@ -38,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from ml4m.data.write import write_extxyz
 
     out = console(stderr=args.json)
-    outdir = Path(args.output)
     t0 = time.perf_counter()
     report: dict[str, Any] = {"output": str(outdir)}
 

@@ -140,19 +140,37 @@ class GenerateConfig:
     alloy_fractions: list[float] = field(default_factory=lambda: [0.25])
     seed: int = 0
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid setting."""
-        for name in ("trajectories", "frames_per_trajectory", "sample_every"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.equilibration_steps < 0 or self.n_strained < 0:
-            raise ConfigError("equilibration_steps and n_strained must be >= 0")
-        if not self.supercells or min(self.supercells) < 1:
-            raise ConfigError(f"supercells must be positive integers, got {self.supercells}")
-        if not self.temperatures or min(self.temperatures) <= 0:
-            raise ConfigError(f"temperatures must be positive (K), got {self.temperatures}")
-        if self.timestep_fs <= 0:
-            raise ConfigError(f"timestep_fs must be > 0, got {self.timestep_fs}")
+    def validate(self, source: str | os.PathLike | None = None) -> None:
+        """Check every setting's type and range (and canonicalise numbers in place).
+
+        Raises
+        ------
+        ConfigError
+            Naming the first invalid setting (prefixed with ``source``).
+        """
+        from ml4m.validation import check_bool, check_float, check_int, check_mapping, check_str
+
+        w = {"source": source}
+        check_str("system", self.system, **w)
+        check_str("calculator", self.calculator, **w)
+        self.calculator_kwargs = check_mapping("calculator_kwargs", self.calculator_kwargs, **w)
+        for name, low in (("trajectories", 1), ("frames_per_trajectory", 1), ("sample_every", 1),
+                          ("equilibration_steps", 0), ("n_strained", 0), ("seed", 0)):
+            setattr(self, name, check_int(name, getattr(self, name), low, 10**9, **w))
+        self.timestep_fs = check_float("timestep_fs", self.timestep_fs, 0, 100, low_open=True, **w)
+        self.friction = check_float("friction", self.friction, 0, 10, **w)
+        self.max_strain = check_float("max_strain", self.max_strain, 0, 0.5, **w)
+        self.vacancies = check_bool("vacancies", self.vacancies, **w)
+        self.surface = check_bool("surface", self.surface, **w)
+        for name, check in (("supercells", lambda k, v: check_int(k, v, 1, 20, **w)),
+                            ("temperatures", lambda k, v: check_float(k, v, 0, 1e5, low_open=True,
+                                                                      **w)),
+                            ("alloy_fractions", lambda k, v: check_float(k, v, 0, 1, **w))):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ConfigError(f"{source + ': ' if source else ''}{name} must be a non-empty "
+                                  f"list, got {values!r}")
+            setattr(self, name, [check(f"{name}[{i}]", v) for i, v in enumerate(values)])
         for el in self.elements:
             if el not in atomic_numbers:
                 raise ConfigError(f"unknown element {el!r} in system {self.system!r}")
@@ -311,8 +329,13 @@ def generate(
     cfg: GenerateConfig,
     output: str | os.PathLike,
     progress: bool = True,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Run every trajectory of :func:`plan_tasks` and write one labelled extxyz file.
+
+    Finished trajectories are kept in ``.OUTPUT.parts/`` beside the output with the
+    settings that made them; a rerun with the same settings resumes there. One process
+    at a time writes ``output`` (:func:`ml4m.outputs.output_lock`).
 
     Parameters
     ----------
@@ -322,47 +345,51 @@ def generate(
         The extxyz file to write (atomically, once complete).
     progress : bool, default=True
         Show a progress bar on stderr.
+    restart : bool, default=False
+        Discard the finished trajectories of an earlier run with *different* settings
+        (without it such a run is refused, so that no two settings mix in one file).
 
     Returns
     -------
     dict
         ``n_frames``, ``n_trajectories``, ``lattice_constant_a`` (Angstrom),
         ``resumed_trajectories``.
+
+    Raises
+    ------
+    ConfigError
+        Invalid settings, a partial run with other settings, or another process
+        writing the same output.
     """
     from rich.progress import Progress
 
+    from ml4m.outputs import check_output, output_lock
+
     tasks = plan_tasks(cfg)
     output = Path(output)
-    parts = output.with_name(f".{output.name}.parts")
-    settings = parts / "settings.json"
-    if parts.exists():
-        old = json.loads(settings.read_text()) if settings.exists() else {}
-        if old.get("digest") != cfg.digest():
-            shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    calc = make_calculator(cfg.calculator, cfg.calculator_kwargs)
-    a = _lattice_constant(cfg.elements[0], calc)
-    with atomic_path(settings) as tmp:
-        tmp.write_text(json.dumps({"digest": cfg.digest(), "config": asdict(cfg), "a": a}))
-    resumed = 0
-    total = len(tasks) * cfg.frames_per_trajectory
-    with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task(f"generating {cfg.system} with {cfg.calculator}", total=total)
-        for k, task in enumerate(tasks):
-            part = parts / f"traj_{k:05d}.extxyz"
-            if part.exists():
-                resumed += 1
-                bar.advance(job, cfg.frames_per_trajectory)
-                continue
-            frames = _run_task(task, cfg, calc, a, lambda: bar.advance(job))
-            with atomic_path(part) as tmp:
-                ase.io.write(tmp, frames, format="extxyz")
-    with atomic_path(output) as tmp:
-        with open(tmp, "wb") as out:
-            for k in range(len(tasks)):
-                with open(parts / f"traj_{k:05d}.extxyz", "rb") as src:
-                    shutil.copyfileobj(src, out)
-    shutil.rmtree(parts)
+    check_output(output)
+    with output_lock(output):
+        parts = output.with_name(f".{output.name}.parts")
+        resumed = _claim_parts(parts, cfg, restart)
+        calc = make_calculator(cfg.calculator, cfg.calculator_kwargs)
+        a = _lattice_constant(cfg.elements[0], calc)
+        total = len(tasks) * cfg.frames_per_trajectory
+        with Progress(disable=not progress, transient=True) as bar:
+            job = bar.add_task(f"generating {cfg.system} with {cfg.calculator}", total=total)
+            for k, task in enumerate(tasks):
+                part = parts / f"traj_{k:05d}.extxyz"
+                if part.exists():
+                    bar.advance(job, cfg.frames_per_trajectory)
+                    continue
+                frames = _run_task(task, cfg, calc, a, lambda: bar.advance(job))
+                with atomic_path(part) as tmp:
+                    ase.io.write(tmp, frames, format="extxyz")
+        with atomic_path(output) as tmp:
+            with open(tmp, "wb") as out:
+                for k in range(len(tasks)):
+                    with open(parts / f"traj_{k:05d}.extxyz", "rb") as src:
+                        shutil.copyfileobj(src, out)
+        shutil.rmtree(parts)
     return {
         "n_frames": total,
         "n_trajectories": len(tasks),
@@ -372,14 +399,48 @@ def generate(
     }
 
 
-def config_from_mapping(mapping: dict[str, Any], base: GenerateConfig | None = None) -> GenerateConfig:
-    """A :class:`GenerateConfig` from a dict (YAML), rejecting unknown keys by name."""
-    base = base or GenerateConfig()
-    known = set(asdict(base))
-    unknown = sorted(set(mapping) - known)
-    if unknown:
-        raise ConfigError(f"unknown generate setting(s) {unknown}; known: {sorted(known)}")
-    values = asdict(base)
-    values.update(mapping)
-    return GenerateConfig(**values)
+def _claim_parts(parts: Path, cfg: GenerateConfig, restart: bool) -> int:
+    """Prepare the parts folder of a run; return the number of finished trajectories.
 
+    A parts folder holding another run's settings (or none readable) is refused unless
+    ``restart``; ``settings.json`` is written before the first trajectory.
+    """
+    settings = parts / "settings.json"
+    if parts.exists():
+        try:
+            old = json.loads(settings.read_text())
+            old_digest = old.get("digest") if isinstance(old, dict) else None
+        except (OSError, ValueError):
+            old_digest = None
+        if old_digest != cfg.digest():
+            if not restart:
+                what = "other settings" if old_digest else "unreadable settings"
+                done = len(list(parts.glob("traj_*.extxyz")))
+                raise ConfigError(
+                    f"{parts} holds {done} finished trajectories of an interrupted run with "
+                    f"{what}; rerun with the same settings to resume it, or pass --overwrite "
+                    "to discard it")
+            shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    with atomic_path(settings) as tmp:
+        tmp.write_text(json.dumps({"digest": cfg.digest(), "config": asdict(cfg)}))
+    return len(list(parts.glob("traj_*.extxyz")))
+
+
+def config_from_mapping(mapping: dict[str, Any], base: GenerateConfig | None = None,
+                        source: str | os.PathLike | None = None) -> GenerateConfig:
+    """A checked :class:`GenerateConfig` from a dict (YAML): ``mapping`` over ``base``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown keys or invalid values, named (prefixed with ``source``).
+    """
+    from ml4m.validation import check_mapping
+
+    base = base or GenerateConfig()
+    values = asdict(base)
+    values.update(check_mapping("generate settings", mapping, keys=values, source=source))
+    cfg = GenerateConfig(**values)
+    cfg.validate(source)
+    return cfg

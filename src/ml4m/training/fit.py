@@ -16,7 +16,7 @@ from ml4m.errors import ConfigError
 from ml4m.models.metrics import error_metrics
 from ml4m.training.config import FitConfig
 
-__all__ = ["fit_model", "test_model", "DEFAULT_DESCRIPTOR"]
+__all__ = ["fit_model", "model_outputs", "test_model", "DEFAULT_DESCRIPTOR"]
 
 #: descriptor family used by each model unless ``descriptor_type`` is given
 DEFAULT_DESCRIPTOR = {"ace": "ace", "gp": "soap", "krr": "mbtr"}
@@ -70,8 +70,41 @@ def _check_params(cfg: FitConfig, known: set[str]) -> None:
         raise ConfigError(f"params: unknown key(s) {unknown} for model '{cfg.model}'; known: {sorted(known)}")
 
 
+def model_outputs(cfg: FitConfig) -> tuple[Path, list[Path]]:
+    """The model file ``ml4m fit`` writes for ``cfg`` and its companions beside it.
+
+    Returns
+    -------
+    model : Path
+        ``cfg.output`` with the ``.ml4m`` suffix.
+    companions : list of Path
+        ``metrics.json`` and the plots (``{stem}_parity_energy.png``, ...).
+    """
+    from ml4m.models.serialization import MODEL_SUFFIX
+
+    path = Path(cfg.output)
+    if path.suffix != MODEL_SUFFIX:
+        path = path.with_name(path.name + MODEL_SUFFIX)
+    stem = path.name[: -len(MODEL_SUFFIX)]
+    plots = ("learning_curve",) if cfg.model == "krr" else ("parity_energy", "parity_forces")
+    return path, [path.parent / "metrics.json"] + [path.parent / f"{stem}_{p}.png" for p in plots]
+
+
+def _check_device(device: str) -> None:
+    """Refuse ``cuda`` on a machine without a CUDA device (instead of silently using CPU)."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device: 'cuda' was asked for but this machine has no CUDA device "
+                              "(torch.cuda.is_available() is False); use --device cpu")
+
+
 def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
     """Fit, save the model, and write ``metrics.json`` and parity plots beside it.
+
+    The outputs are claimed first (:func:`ml4m.outputs.claim_output`: not an input, not
+    below a file, one writer at a time), so a bad output path fails before the fit.
 
     Parameters
     ----------
@@ -86,8 +119,18 @@ def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
         ``model`` (path), ``seconds``, ``train`` and ``valid`` error metrics (see
         :func:`ml4m.models.error_metrics`), ``plots``.
     """
-    if cfg.model == "krr":
-        return _fit_property_model(cfg)
+    from ml4m.outputs import claim_output
+
+    _check_device(cfg.device)
+    path, companions = model_outputs(cfg)
+    inputs = [p for p in (cfg.train, cfg.valid) if p]
+    with claim_output(path, inputs=inputs, companions=companions):
+        if cfg.model == "krr":
+            return _fit_property_model(cfg, path)
+        return _fit_potential(cfg, path)
+
+
+def _fit_potential(cfg: FitConfig, path: Path) -> dict[str, Any]:
     keys = LabelKeys(**cfg.keys)
     require = ("energy", "forces") if cfg.sigmas.get("forces", 0.03) else ("energy",)
     train = read_dataset(cfg.train, keys=keys, require=require)
@@ -97,8 +140,7 @@ def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
     model = _build_potential(cfg, species, train)
     model.fit(train, valid)
     fit_seconds = time.perf_counter() - t0
-    out = Path(cfg.output)
-    path = model.save(out)
+    path = model.save(path)
     sets = {"train": (train, model.predict(train, uncertainty=False))}
     if valid is not None:
         sets["valid"] = (valid, model.predict(valid, uncertainty=True))
@@ -116,7 +158,7 @@ def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
     return metrics
 
 
-def _fit_property_model(cfg: FitConfig) -> dict[str, Any]:
+def _fit_property_model(cfg: FitConfig, path: Path) -> dict[str, Any]:
     """Kernel ridge / GP on a global descriptor, with CV and a learning curve."""
     from ml4m.descriptors import make_descriptor
     from ml4m.models.kernel import PropertyModel, frame_targets, learning_curve
@@ -132,7 +174,7 @@ def _fit_property_model(cfg: FitConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = PropertyModel(descriptor, target=cfg.target, seed=cfg.seed, **cfg.params).fit(train)
     fit_seconds = time.perf_counter() - t0
-    path = model.save(cfg.output)
+    path = model.save(path)
     metrics: dict[str, Any] = {"model": str(path), "kind": model.kind, "fit_seconds": fit_seconds,
                                "cv": {k: v for k, v in model.cv_.items() if k != "grid"},
                                "train": model.score(train), "plots": []}

@@ -1,0 +1,120 @@
+"""Every command that writes follows one output policy: nothing of the user's is lost."""
+
+from __future__ import annotations
+
+import json
+
+import ase.io
+import pytest
+
+from ml4m.cli.main import main
+from ml4m.data import default_dataset_path
+from ml4m.outputs import output_lock
+
+TINY_GEN = ["--supercells", "1", "--temperatures", "300", "--frames", "2", "--sample-every", "2",
+            "--equilibration-steps", "1", "--strained", "0", "--no-vacancy", "--no-surface"]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A user's folder with a data file and a file of their own."""
+    d = tmp_path / "d"
+    d.mkdir()
+    frames = ase.io.read(default_dataset_path(), ":6")
+    ase.io.write(d / "train.extxyz", frames)
+    (d / "notes.txt").write_text("my notes")
+    return d
+
+
+def _snapshot(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "pack", "{d}/train.extxyz", "-o", "{d}"],                  # contains the input
+    ["data", "pack", "{d}/train.extxyz", "-o", "{d}/train.extxyz"],     # is the input
+    ["data", "split", "{d}/train.extxyz", "-o", "{d}"],                 # contains the input
+    ["data", "split", "{d}/train.extxyz", "-o", "{d}/.."],              # contains it too
+    ["data", "pack", "{d}/train.extxyz", "-o", "{d}/notes.txt/store"],  # below a file
+    ["data", "generate", "--config", "{d}/notes.txt", "-o", "{d}/notes.txt"],
+    ["fit", "--train", "{d}/train.extxyz", "-o", "{d}/train.extxyz.ml4m", "--valid",
+     "{d}/train.extxyz.ml4m"],                                          # model is an input
+    ["fit", "--train", "{d}/train.extxyz", "--valid", "{d}/metrics.json", "-o", "{d}/m"],
+    ["fit", "--train", "{d}/train.extxyz", "-o", "{d}/notes.txt/m.ml4m"],
+])
+def test_output_that_would_destroy_an_input_is_refused_before_work(capsys, folder, argv):
+    before = _snapshot(folder.parent)
+    code, out, err = run_cli(capsys, *[a.format(d=folder) for a in argv])
+    assert code == 2, err
+    assert err.startswith("ml4m: error: ") and "Traceback" not in err
+    assert _snapshot(folder.parent) == before  # nothing changed, nothing added
+
+
+def test_existing_foreign_folder_needs_overwrite(capsys, folder, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    code, _, err = run_cli(capsys, "data", "pack", folder / "train.extxyz", "-o", mine)
+    assert code == 2 and "--overwrite" in err
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    code, _, err = run_cli(capsys, "data", "split", folder / "train.extxyz", "-o", mine)
+    assert code == 2 and (mine / "thesis.tex").exists()
+    # the same kind of ml4m output is replaced; another kind is not
+    out = tmp_path / "splits"
+    for _ in range(2):
+        code, _, err = run_cli(capsys, "data", "split", folder / "train.extxyz", "-o", out,
+                               "--seed", "3")
+        assert code == 0, err
+    assert {p.name for p in out.iterdir()} >= {"train.extxyz", "split.json"}
+    code, _, err = run_cli(capsys, "data", "pack", folder / "train.extxyz", "-o", out)
+    assert code == 2 and "'split' output" in err
+    code, _, err = run_cli(capsys, "data", "pack", folder / "train.extxyz", "-o", mine,
+                           "--overwrite")
+    assert code == 0 and not (mine / "thesis.tex").exists()
+    code, _, err = run_cli(capsys, "data", "pack", folder / "train.extxyz", "-o", mine)
+    assert code == 0, err  # a store replaced by a store
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "mine", "splits"]  # no leftovers
+
+
+def test_second_writer_of_the_same_output_fails_at_once(capsys, folder, tmp_path):
+    out = tmp_path / "cu.extxyz"
+    with output_lock(out):
+        code, _, err = run_cli(capsys, "data", "generate", *TINY_GEN, "-o", out)
+        assert code == 2 and "being written by another ml4m process" in err
+        code, _, err = run_cli(capsys, "data", "pack", folder / "train.extxyz", "-o", out)
+        assert code == 2 and "being written by another" in err
+    assert not out.exists()
+
+
+def test_generate_refuses_to_resume_under_other_settings(capsys, tmp_path):
+    out = tmp_path / "cu.extxyz"
+    parts = tmp_path / ".cu.extxyz.parts"
+    parts.mkdir()
+    (parts / "settings.json").write_text(json.dumps({"digest": "another run"}))
+    (parts / "traj_00000.extxyz").write_text("finished work")
+    code, _, err = run_cli(capsys, "data", "generate", *TINY_GEN, "-o", out)
+    assert code == 2 and "other settings" in err and "1 finished trajector" in err
+    assert (parts / "traj_00000.extxyz").read_text() == "finished work"
+    code, _, err = run_cli(capsys, "data", "generate", *TINY_GEN, "-o", out, "--overwrite")
+    assert code == 0, err
+    assert not parts.exists() and len(ase.io.read(out, ":")) == 2
+
+
+def test_generate_config_file_settings_are_used(capsys, tmp_path):
+    cfg = tmp_path / "au.yaml"
+    cfg.write_text("system: Au\ncalculator: emt\nsupercells: [1]\ntemperatures: [300]\n"
+                   "frames_per_trajectory: 2\nsample_every: 2\nequilibration_steps: 1\n"
+                   "n_strained: 0\nvacancies: false\nsurface: false\n")
+    out = tmp_path / "au.extxyz"
+    code, _, err = run_cli(capsys, "data", "generate", "--config", cfg, "-o", out)
+    assert code == 0, err
+    assert {a.get_chemical_symbols()[0] for a in ase.io.read(out, ":")} == {"Au"}
+    cfg.write_text("system: Au\ntemperatures: hot\n")
+    code, _, err = run_cli(capsys, "data", "generate", "--config", cfg, "-o", out)
+    assert code == 2 and "temperatures" in err and str(cfg) in err
