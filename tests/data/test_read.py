@@ -111,19 +111,31 @@ GOOD = ["Cu", "Cu"], [[0, 0, 0], [1.8, 1.8, 0]]
     "name,text,frame,match",
     [
         ("empty", "", None, "file is empty"),
-        ("garbage", "this is not xyz\n", 0, "cannot parse"),
-        ("truncated", _xyz(*GOOD) + "3\nProperties=species:S:1:pos:R:3\nCu 0 0 0\n", 1, "cannot parse"),
+        ("garbage", "this is not xyz\n", 0, "line 1: expected the atom count of frame 0"),
+        ("truncated", _xyz(*GOOD) + "3\nProperties=species:S:1:pos:R:3\nCu 0 0 0\n", 1, r"declares 3 atoms \(line 5\) but the file ends after 1 atom lines"),
         ("unknown_symbol", _xyz(["Qq", "Cu"], GOOD[1]), 0, "unknown element"),
         ("dummy_atom", _xyz(["X", "Cu"], GOOD[1]), 0, "unknown element on atom 0"),
-        ("nan_energy", _xyz(*GOOD, extra="energy=nan"), 0, "energy is not finite"),
+        ("nan_energy", _xyz(*GOOD, extra="energy=nan"), 0, r"energy contains a non-finite value \(nan\)"),
         ("inf_forces", _xyz(*GOOD, props=":forces:R:3", extra="energy=1.0", rows_extra=[[0, 0, 0], [0, "inf", 0]]), 0, "forces are not finite .* atom 1"),
         ("nan_position", _xyz(["Cu", "Cu"], [[0, 0, 0], ["nan", 0, 0]]), 0, "positions are not finite"),
         ("close_atoms", _xyz(["Cu", "Cu"], [[0, 0, 0], [0.3, 0, 0]]), 0, r"atoms 0 and 1 are 0.300 Angstrom apart"),
         ("close_images", _xyz(["Cu", "Cu"], [[0.1, 0, 0], [9.8, 0, 0]]), 0, r"0.300 Angstrom apart"),
         ("zero_volume", _xyz(*GOOD, a=0.0), 0, "zero volume"),
         ("forces_shape", _xyz(*GOOD, props=":forces:R:2", extra="energy=1.0", rows_extra=[[0, 0], [0, 0]]), 0, r"forces have shape \(2, 2\), expected \(2, 3\)"),
-        ("stress_shape", _xyz(*GOOD, extra='energy=1.0 REF_stress="1 2 3 4"'), 0, "stress has shape"),
-        ("stress_ase_rejects", _xyz(*GOOD, extra='energy=1.0 stress="1 2 3 4"'), 0, "cannot parse.*stress"),
+        ("stress_shape", _xyz(*GOOD, extra='energy=1.0 REF_stress="1 2 3 4"'), 0, r"stress \(key 'REF_stress'\) has shape \(4,\)"),
+        ("text_energy", _xyz(*GOOD, extra="energy=abc"), 0, r"energy must be numeric, got 'abc'"),
+        ("text_ref_energy", _xyz(*GOOD, extra="REF_energy=abc"), 0, r"energy \(key 'REF_energy'\) must be numeric"),
+        ("text_forces", _xyz(*GOOD, props=":forces:R:3", extra="energy=1.0", rows_extra=[[0, 0, 0], [0, "abc", 0]]), 0, r"atom 1, column forces\[1\]: 'abc' is not a valid value"),
+        ("huge_atom_count", _xyz(*GOOD) + _xyz(*GOOD).replace("2\n", "999999999999\n", 1), 1, r"atom count \(line 5\) 999999999999 needs at least"),
+        ("bad_count_frame1", _xyz(*GOOD) + _xyz(*GOOD).replace("2\n", "two\n", 1), 1, "line 5: expected the atom count of frame 1, got 'two'"),
+        ("negative_count", _xyz(*GOOD).replace("2\n", "-2\n", 1), 0, "atom count .* must be an integer in"),
+        ("far_position", _xyz(["Cu", "Cu"], [[0, 0, 0], [1e30, 0, 0]]), 0, r"position of atom 1 \[1e\+30, 0.0, 0.0\] lies beyond 1e\+06"),
+        ("nan_cell", _xyz(*GOOD, a="nan"), 0, "cell is not a finite 3x3 matrix"),
+        ("huge_cell", _xyz(*GOOD, a=1e30), 0, "cell entries exceed"),
+        ("singular_cell", _xyz(*GOOD).replace('Lattice="10.0 0 0 0 10.0 0', 'Lattice="10.0 0 0 10.0 0 0'), 0, "periodic cell has zero volume"),
+        ("text_after_blank", _xyz(*GOOD) + "\n" + _xyz(*GOOD), 1, "blank line 5 is followed by more text"),
+        ("huge_properties", _xyz(*GOOD, props=":forces:R:99999999999"), 0, "Properties declares 100000000003 columns"),
+        ("stress_ase_rejects", _xyz(*GOOD, extra='energy=1.0 stress="1 2 3 4"'), 0, "comment line cannot be parsed.*stress"),
     ],
 )
 def test_bad_input_names_file_and_frame(tmp_path, name, text, frame, match):
@@ -136,6 +148,22 @@ def test_bad_input_names_file_and_frame(tmp_path, name, text, frame, match):
     assert str(path) in str(info.value)
     if frame is not None:
         assert f"frame {frame}" in str(info.value)
+
+
+def test_far_but_sane_coordinates_are_read(tmp_path):
+    # two molecules 1e5 Angstrom apart are unusual, not absurd: read (the neighbour list's
+    # business), unlike 1e30 above
+    path = tmp_path / "far.extxyz"
+    atoms = molecule("H2O") + molecule("H2O")
+    atoms.positions[3:] += 1e5
+    write(path, atoms)
+    assert np.abs(read_dataset(path)[0].positions).max() > 9e4
+
+
+def test_trailing_blank_lines_are_fine(tmp_path):
+    path = tmp_path / "trail.extxyz"
+    path.write_text(_xyz(*GOOD) + "\n\n  \n")
+    assert len(read_dataset(path)) == 1
 
 
 def test_missing_file(tmp_path):

@@ -71,6 +71,21 @@ class LabelKeys:
                 return key, value
         return None, None
 
+    def found(self, atoms: Atoms) -> dict[str, str]:
+        """The key each label was found under on ``atoms`` (for error messages).
+
+        Returns
+        -------
+        dict
+            ``label -> key`` for ``energy``, ``forces``, ``stress`` and ``virial``.
+        """
+        out = {}
+        for label in ("energy", "forces", "stress", "virial"):
+            key, _ = self.find(atoms, label)
+            if key is not None:
+                out[label] = key
+        return out
+
     def extract(self, atoms: Atoms) -> dict[str, Any]:
         """All labels found on ``atoms`` as raw arrays (not yet validated).
 
@@ -88,9 +103,13 @@ class LabelKeys:
         if "stress" not in out:
             key, virial = self.find(atoms, "virial")
             if key is not None:
-                virial = np.asarray(virial, dtype=float)
+                try:
+                    virial = np.asarray(virial, dtype=float)
+                except (TypeError, ValueError):
+                    out["stress"] = virial  # left for the validator to reject, naming the key
+                    return out
                 volume = abs(atoms.get_volume()) if atoms.cell.rank == 3 else 0.0
-                if volume > 0 and virial.size in (6, 9):
+                if volume > 0 and virial.size in (6, 9) and np.isfinite(virial).all():
                     out["stress"] = -_as_voigt(virial) / volume
                 else:
                     out["stress"] = virial  # left for the validator to reject

@@ -2,12 +2,21 @@
 
 Every frame is checked as it is read (see :mod:`ml4m.data.validate`); a problem raises
 :class:`~ml4m.errors.DataError` naming the file and the frame, before anything is
-returned or written.
+returned or written. Any other exception a reader raises on malformed input is turned
+into a :class:`DataError` naming the file and frame.
+
+(Extended) XYZ files are first scanned frame by frame (constant memory): every atom-count
+line must be an integer that the rest of the file can hold (so a count of 999999999999
+fails at once instead of a reader looping over it), a ``Properties`` string may not
+declare more than :data:`MAX_COLUMNS` columns, and text after a blank line is refused
+(readers stop there, silently dropping it). When the reader then fails on a frame, that
+frame is parsed again column by column to name the atom and the property.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -17,11 +26,136 @@ from ase.io.formats import UnknownFileTypeError
 from ml4m.data.frames import LABELS, Dataset, Frame
 from ml4m.data.labels import LabelKeys
 from ml4m.data.validate import MIN_DISTANCE, check_consistent_labels, check_frame, coerce_labels
-from ml4m.errors import DataError
+from ml4m.errors import DataError, ML4MError
+from ml4m.validation import check_size_against_file
 
-__all__ = ["iter_frames", "read_dataset"]
+__all__ = ["iter_frames", "read_dataset", "scan_xyz", "MAX_COLUMNS"]
 
 _INFO_SKIP = {"energy", "free_energy", "stress", "virial"}
+_XYZ_FORMATS = ("extxyz", "xyz")
+#: fewest bytes an atom line of an xyz file takes (``"H 0 0 0\n"``)
+_MIN_ATOM_LINE = 8
+#: most per-atom columns an extxyz ``Properties`` string may declare
+MAX_COLUMNS = 10_000
+_PROPERTIES = re.compile(rb"Properties=[\"']?([^\s\"']+)")
+
+
+def _is_xyz(path: Path, format: str | None) -> bool:
+    """Whether ``path`` is read by ASE's (extended) XYZ reader."""
+    if format is not None:
+        return format in _XYZ_FORMATS
+    return path.suffix.lower() in (".xyz", ".extxyz")
+
+
+def scan_xyz(path: str | os.PathLike) -> list[tuple[int, int]]:
+    """Check the frame layout of an (extended) XYZ file without parsing the atoms.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file.
+
+    Returns
+    -------
+    list of (int, int)
+        Byte offset and atom count of each frame.
+
+    Raises
+    ------
+    DataError
+        Naming the file, the frame and the line: an atom-count line that is not an
+        integer >= 0, an atom count the rest of the file cannot hold, a frame cut short
+        by the end of the file, a ``Properties`` string of more than
+        :data:`MAX_COLUMNS` columns, or text after a blank line.
+    """
+    name = str(path)
+    size = os.path.getsize(path)
+    frames: list[tuple[int, int]] = []
+    line_no = 0
+    with open(path, "rb") as fh:
+        while True:
+            offset = fh.tell()
+            line = fh.readline()
+            line_no += 1
+            if not line:
+                break
+            k = len(frames)
+            if not line.strip():
+                rest = fh.read(1 << 16)
+                while rest and not rest.strip():
+                    rest = fh.read(1 << 16)
+                if rest:
+                    raise DataError(f"blank line {line_no} is followed by more text (a blank "
+                                    "line ends an xyz file; remove it)", name, k)
+                break
+            try:
+                n_atoms = int(line)
+            except ValueError:
+                raise DataError(f"line {line_no}: expected the atom count of frame {k}, got "
+                                f"{line.strip()[:40].decode(errors='replace')!r}", name, k) from None
+            check_size_against_file(f"atom count (line {line_no})", n_atoms, _MIN_ATOM_LINE,
+                                    size - fh.tell(), path=name, frame=k)
+            comment = fh.readline()
+            match = _PROPERTIES.search(comment)
+            if match:
+                _check_columns(match.group(1), name, k, line_no + 1)
+            for i in range(n_atoms):
+                if not fh.readline():
+                    raise DataError(f"declares {n_atoms} atoms (line {line_no}) but the file "
+                                    f"ends after {i} atom lines (truncated file?)", name, k)
+            line_no += 1 + n_atoms
+            while True:  # up to three VEC lines (cell of a plain xyz frame)
+                pos = fh.tell()
+                if not fh.readline().lstrip().startswith(b"VEC"):
+                    fh.seek(pos)
+                    break
+                line_no += 1
+            frames.append((offset, n_atoms))
+    return frames
+
+
+def _check_columns(spec: bytes, path: str, frame: int, line_no: int) -> None:
+    """Refuse a ``Properties`` string that declares absurdly many columns."""
+    counts = spec.split(b":")[2::3]
+    try:
+        total = sum(int(c) for c in counts)
+    except ValueError:
+        raise DataError(f"line {line_no}: Properties column counts must be integers, got "
+                        f"{spec[:80].decode(errors='replace')!r}", path, frame) from None
+    if total > MAX_COLUMNS or any(int(c) < 1 for c in counts):
+        raise DataError(f"line {line_no}: Properties declares {total} columns per atom "
+                        f"(each count must be in [1, {MAX_COLUMNS}] in total)", path, frame)
+
+
+def _diagnose_xyz_frame(path: str, offset: int, n_atoms: int) -> str | None:
+    """Name the atom and property of the first value an extxyz frame cannot convert."""
+    from ase.io.extxyz import key_val_str_to_dict, parse_properties
+
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        fh.readline()
+        comment = fh.readline().decode(errors="replace").strip()
+        try:
+            info = key_val_str_to_dict(comment) if comment else {}
+            properties, names, _, converters = parse_properties(
+                info.get("Properties", "species:S:1:pos:R:3"))
+        except Exception as exc:  # noqa: BLE001 - any failure means a bad comment line
+            return f"comment line cannot be parsed ({type(exc).__name__}: {exc})"
+        columns = [f"{n}[{c}]" if properties[n][1] > 1 else n
+                   for n in names for c in range(properties[n][1])]
+        for i in range(n_atoms):
+            values = fh.readline().decode(errors="replace").split()
+            if len(values) < len(columns):
+                return (f"atom {i} has {len(values)} columns, Properties declares "
+                        f"{len(columns)} ({', '.join(columns)})")
+            for column, conv, value in zip(columns, converters, values):
+                try:
+                    ok = conv(value) is not None
+                except ValueError:
+                    ok = False
+                if not ok:
+                    return f"atom {i}, column {column}: {value[:40]!r} is not a valid value"
+    return None
 
 
 def _info(atoms, keys: LabelKeys) -> dict:
@@ -81,6 +215,7 @@ def iter_frames(
         raise DataError("no such file", name)
     if p.is_file() and p.stat().st_size == 0:
         raise DataError("file is empty", name)
+    layout = scan_xyz(p) if p.is_file() and _is_xyz(p, format) else None
     k = 0
     try:
         reader = ase.io.iread(name, index=index, format=format)
@@ -94,21 +229,36 @@ def iter_frames(
             except KeyError as exc:
                 raise DataError(f"cannot parse: unknown element {exc}", name, k) from exc
             except Exception as exc:  # ASE raises many types for malformed input
+                hint = None
+                if layout is not None and index == ":" and k < len(layout):
+                    hint = _diagnose_xyz_frame(name, *layout[k])
                 raise DataError(
-                    f"cannot parse ({type(exc).__name__}: {exc})", name, k
+                    hint or f"cannot parse ({type(exc).__name__}: {exc})", name, k
                 ) from exc
-            raw = keys.extract(atoms)
-            labels = coerce_labels(raw, len(atoms), name, k)
-            frame = Frame.from_atoms(atoms, **labels, info=_info(atoms, keys), source=(name, k))
-            check_frame(frame, min_distance=min_distance)
-            yield frame
+            yield _frame(atoms, keys, name, k, min_distance)
             k += 1
-    except DataError:
+    except ML4MError:
         raise
     except UnknownFileTypeError as exc:
         raise DataError(f"unknown or unsupported file format ({exc})", name) from exc
+    except Exception as exc:  # noqa: BLE001 - a reader failing outside a frame
+        raise DataError(f"cannot read ({type(exc).__name__}: {exc})", name, k) from exc
     if k == 0:
         raise DataError("file contains no frames", name)
+
+
+def _frame(atoms, keys: LabelKeys, name: str, k: int, min_distance: float) -> Frame:
+    """Labels found, converted and checked; any unexpected failure names file and frame."""
+    try:
+        raw = keys.extract(atoms)
+        labels = coerce_labels(raw, len(atoms), name, k, keys=keys.found(atoms))
+        frame = Frame.from_atoms(atoms, **labels, info=_info(atoms, keys), source=(name, k))
+        check_frame(frame, min_distance=min_distance)
+    except ML4MError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed values of any kind
+        raise DataError(f"cannot read ({type(exc).__name__}: {exc})", name, k) from exc
+    return frame
 
 
 def read_dataset(

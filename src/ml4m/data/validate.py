@@ -9,15 +9,27 @@ from ase.data import chemical_symbols
 
 from ml4m.data.frames import Frame
 from ml4m.errors import DataError
+from ml4m.validation import check_array
 
-__all__ = ["MIN_DISTANCE", "check_frame", "coerce_labels", "check_consistent_labels"]
+__all__ = ["MIN_DISTANCE", "MAX_COORDINATE", "check_frame", "coerce_labels",
+           "check_consistent_labels"]
 
 #: two atoms closer than this (Angstrom) make a frame invalid
 MIN_DISTANCE: float = 0.5
+#: largest accepted absolute Cartesian coordinate or cell entry, Angstrom (0.1 mm). It
+#: only refuses absurd values (1e30, a unit mix-up by many orders); atoms far apart but
+#: within it (a molecule 1e5 Angstrom from another) are the neighbour list's to handle
+MAX_COORDINATE: float = 1e6
 _MAX_Z = len(chemical_symbols) - 1
 
 
-def coerce_labels(raw: dict[str, Any], n_atoms: int, path: str, index: int) -> dict[str, Any]:
+def coerce_labels(
+    raw: dict[str, Any],
+    n_atoms: int,
+    path: str,
+    index: int,
+    keys: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Convert raw labels to float arrays of the documented shapes, or raise.
 
     Parameters
@@ -28,47 +40,53 @@ def coerce_labels(raw: dict[str, Any], n_atoms: int, path: str, index: int) -> d
         Number of atoms in the frame.
     path, index : str, int
         File and frame, for the error message.
+    keys : dict, optional
+        The file's key of each label (``{"energy": "REF_energy"}``), named in messages.
 
     Returns
     -------
     dict
         ``energy`` as float (eV), ``forces`` as (n_atoms, 3) array (eV/Angstrom),
         ``stress`` as (6,) Voigt array (eV/Angstrom^3).
+
+    Raises
+    ------
+    DataError
+        Naming file, frame and key: a value that is not a number (text), of the wrong
+        shape, or not finite.
     """
+    keys = keys or {}
+    where = {"path": path, "frame": index}
+
+    def key(label: str) -> str:
+        found = keys.get(label) or (keys.get("virial") if label == "stress" else None)
+        return label if found in (None, label) else f"{label} (key {found!r})"
+
     out: dict[str, Any] = {}
     if "energy" in raw:
-        e = np.asarray(raw["energy"], dtype=float)
+        e = check_array(key("energy"), raw["energy"], kinds="fiu", **where)
         if e.size != 1:
-            raise DataError(f"energy must be a scalar, got shape {e.shape}", path, index)
-        if not np.isfinite(e).all():
-            raise DataError(f"energy is not finite ({float(e.ravel()[0])})", path, index)
+            raise DataError(f"{key('energy')} must be a scalar, got shape {e.shape}", **where)
         out["energy"] = float(e.ravel()[0])
     if "forces" in raw:
-        f = np.asarray(raw["forces"], dtype=float)
+        f = check_array(key("forces"), raw["forces"], kinds="fiu", finite=False, **where)
         if f.shape != (n_atoms, 3):
-            raise DataError(
-                f"forces have shape {f.shape}, expected ({n_atoms}, 3) for {n_atoms} atoms",
-                path,
-                index,
-            )
+            raise DataError(f"{key('forces')} have shape {f.shape}, expected ({n_atoms}, 3) for "
+                            f"{n_atoms} atoms", **where)
         bad = ~np.isfinite(f).all(axis=1)
         if bad.any():
-            raise DataError(
-                f"forces are not finite (NaN or inf) on atom {int(np.argmax(bad))}", path, index
-            )
-        out["forces"] = f.copy()
+            raise DataError(f"{key('forces')} are not finite (NaN or inf) on atom "
+                            f"{int(np.argmax(bad))}", **where)
+        out["forces"] = f.astype(np.float64)
     if "stress" in raw:
-        s = np.asarray(raw["stress"], dtype=float)
+        s = check_array(key("stress"), raw["stress"], kinds="fiu", **where).astype(np.float64)
         if s.size == 9:
             m = s.reshape(3, 3)
             s = np.array([m[0, 0], m[1, 1], m[2, 2], m[1, 2], m[0, 2], m[0, 1]])
         if s.shape != (6,):
-            raise DataError(
-                f"stress has shape {s.shape}, expected 6 (Voigt) or 3x3", path, index
-            )
-        if not np.isfinite(s).all():
-            raise DataError("stress is not finite (NaN or inf)", path, index)
-        out["stress"] = s.copy()
+            raise DataError(f"{key('stress')} has shape {s.shape}, expected 6 (Voigt) or 3x3",
+                            **where)
+        out["stress"] = s
     return out
 
 
@@ -76,7 +94,7 @@ def check_frame(frame: Frame, min_distance: float = MIN_DISTANCE) -> None:
     """Raise :class:`DataError` if ``frame`` is not a valid structure.
 
     Checks: at least one atom; known elements (1 <= Z <= 118); finite positions and
-    cell; a periodic cell of non-zero volume; no two atoms closer than
+    cell within :data:`MAX_COORDINATE`; a periodic cell of non-zero volume; no two atoms closer than
     ``min_distance`` (periodic images included).
 
     Parameters
@@ -97,11 +115,23 @@ def check_frame(frame: Frame, min_distance: float = MIN_DISTANCE) -> None:
         raise DataError(
             f"unknown element on atom {k} (atomic number {int(z[k])})", path, index
         )
+    if frame.positions.shape != (n, 3):
+        raise DataError(f"positions have shape {frame.positions.shape}, expected ({n}, 3)",
+                        path, index)
     if not np.isfinite(frame.positions).all():
         k = int(np.argmax(~np.isfinite(frame.positions).all(axis=1)))
         raise DataError(f"positions are not finite (NaN or inf) on atom {k}", path, index)
-    if not np.isfinite(frame.cell).all():
-        raise DataError("cell is not finite (NaN or inf)", path, index)
+    far = np.abs(frame.positions).max(axis=1) > MAX_COORDINATE
+    if far.any():
+        k = int(np.argmax(far))
+        raise DataError(f"position of atom {k} {frame.positions[k].tolist()} lies beyond "
+                        f"{MAX_COORDINATE:g} Angstrom (wrong units or a corrupted value?)",
+                        path, index)
+    if frame.cell.shape != (3, 3) or not np.isfinite(frame.cell).all():
+        raise DataError(f"cell is not a finite 3x3 matrix: {frame.cell.tolist()}", path, index)
+    if np.abs(frame.cell).max() > MAX_COORDINATE:
+        raise DataError(f"cell entries exceed {MAX_COORDINATE:g} Angstrom: "
+                        f"{frame.cell.tolist()}", path, index)
     if frame.pbc.any():
         periodic_vectors = frame.cell[frame.pbc]
         sv = np.linalg.svd(periodic_vectors, compute_uv=False)
