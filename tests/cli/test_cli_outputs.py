@@ -118,3 +118,41 @@ def test_generate_config_file_settings_are_used(capsys, tmp_path):
     cfg.write_text("system: Au\ntemperatures: hot\n")
     code, _, err = run_cli(capsys, "data", "generate", "--config", cfg, "-o", out)
     assert code == 2 and "temperatures" in err and str(cfg) in err
+
+
+def test_sigterm_unwinds_cleanly_and_keeps_finished_parts(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cu.extxyz"
+    cmd = [sys.executable, "-m", "ml4m", "data", "generate", "--supercells", "2", "--temperatures",
+           "300,600,900,1200", "--frames", "30", "--sample-every", "5", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / ".cu.extxyz.parts"
+    deadline = time.time() + 60
+    while not (parts / "settings.json").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not out.exists()
+    assert (parts / "settings.json").exists()  # the resumable state is kept
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != parts.name]
+    assert leftovers == []  # no lock, no temporary file
+
+
+def test_internal_error_is_one_line_not_a_traceback(capsys, monkeypatch):
+    import ml4m.cli.data as data_cli
+
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.delenv("ML4M_DEBUG", raising=False)
+    monkeypatch.setattr(data_cli, "run_info", broken)
+    code, _, err = run_cli(capsys, "data", "info", "x.extxyz")
+    assert code == 1
+    assert err.count("\n") == 1 and "internal error: ZeroDivisionError: a bug" in err

@@ -73,22 +73,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):  # pragma: no cover - exercised through a subprocess test
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so temporary files and locks are cleaned up."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``ml4m`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    """Run ``ml4m`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    Exit codes: 0 success, 2 a user error (:class:`~ml4m.errors.ML4MError`, a usage
+    error, or not enough memory), 130 interrupted, 1 an internal error (a bug: one line
+    on stderr; the traceback with ``ML4M_DEBUG=1``).
+    """
+    import os
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
         return 2
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, _terminate)
     try:
         return int(func(args) or 0)
     except ML4MError as exc:
         print(f"ml4m: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ml4m: interrupted", file=sys.stderr)
+        print("ml4m: interrupted; outputs of this run were not written (finished parts of "
+              "resumable runs are kept)", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("ml4m: error: out of memory; use a smaller input, smaller descriptor settings or "
+              "a machine with more memory", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: one line for the user, the traceback on request
+        if os.environ.get("ML4M_DEBUG"):
+            raise
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        loc = f" at {where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else ""
+        print(f"ml4m: internal error: {type(exc).__name__}: {exc}{loc}. This is a bug in ml4m: "
+              "please report it with the command you ran (ML4M_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
