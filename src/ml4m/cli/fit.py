@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["ace", "gp", "krr"], help="model type")
     p.add_argument("--train", metavar="FILE", help="training structures")
     p.add_argument("--valid", metavar="FILE", help="validation structures")
-    p.add_argument("--max-minutes", type=float, help="wall-time budget")
+    p.add_argument("--max-minutes", type=float,
+                   help="wall-time budget of the whole fit: two probe fits measure the cost per "
+                   "frame, then the fit uses as many evenly spaced training frames as fit")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("-o", "--output", metavar="MODEL",
@@ -70,4 +72,9 @@ def run(args: argparse.Namespace) -> int:
                       f"{m['stress']['mae_gpa']:.3f}" if "stress" in m else "-",
                       f"{rho:.2f}" if rho is not None else "-")
     console().print(t)
+    if "budget" in metrics:
+        b = metrics["budget"]
+        console().print(f"budget {b['budget_seconds'] / 60:.1f} min: fitted on {b['n_frames_used']} of "
+                        f"{b['n_frames_total']} training frames (probes: {b['probe_frames']} frames in "
+                        f"{', '.join(f'{t:.1f}' for t in b['probe_seconds'])} s)")
     return 0

@@ -124,21 +124,32 @@ def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
     _check_device(cfg.device)
     path, companions = model_outputs(cfg)
     inputs = [p for p in (cfg.train, cfg.valid) if p]
+    started = time.perf_counter()
     with claim_output(path, inputs=inputs, companions=companions):
         if cfg.model == "krr":
             return _fit_property_model(cfg, path)
-        return _fit_potential(cfg, path)
+        return _fit_potential(cfg, path, started)
 
 
-def _fit_potential(cfg: FitConfig, path: Path) -> dict[str, Any]:
+def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]:
     keys = LabelKeys(**cfg.keys)
     require = ("energy", "forces") if cfg.sigmas.get("forces", 0.03) else ("energy",)
     train = read_dataset(cfg.train, keys=keys, require=require)
     valid = read_dataset(cfg.valid, keys=keys, require=require) if cfg.valid else None
     species = [int(z) for z in train.atomic_numbers]
     t0 = time.perf_counter()
-    model = _build_potential(cfg, species, train)
-    model.fit(train, valid)
+    budget = None
+    if cfg.max_minutes is None:
+        model = _build_potential(cfg, species, train)
+        model.fit(train, valid)
+    else:
+        from ml4m.training.budget import fit_within_budget
+
+        def fit(frames):
+            return _build_potential(cfg, species, train).fit(frames, valid)
+
+        model, plan = fit_within_budget(fit, list(train), 60.0 * cfg.max_minutes, started)
+        budget = plan.as_dict()
     fit_seconds = time.perf_counter() - t0
     path = model.save(path)
     sets = {"train": (train, model.predict(train, uncertainty=False))}
@@ -147,6 +158,8 @@ def _fit_potential(cfg: FitConfig, path: Path) -> dict[str, Any]:
     metrics: dict[str, Any] = {"model": str(path), "kind": model.kind, "fit_seconds": fit_seconds,
                                "n_features": int(len(model.coef_)),
                                "config": {k: v for k, v in vars(cfg).items()}}
+    if budget is not None:
+        metrics["budget"] = budget
     for name, (ds, pred) in sets.items():
         metrics[name] = error_metrics(pred, ds)
     from ml4m.training.plots import parity_plots
