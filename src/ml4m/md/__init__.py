@@ -1,26 +1,49 @@
 """ml4m.md: using models: ASE calculator, molecular dynamics, relaxation."""
 
-from ml4m.md.dynamics import ENSEMBLES, MDResult, relax, run_md
+from ml4m.md.dynamics import (
+    ENSEMBLES,
+    MDResult,
+    MDStatus,
+    check_md_settings,
+    check_relax_settings,
+    relax,
+    run_md,
+)
+from ml4m.md.trajectory import TrajectoryStream, partial_path
 from ml4m.models.calculator import ML4MCalculator
 
-__all__ = ["ENSEMBLES", "ML4MCalculator", "MDResult", "relax", "run_md", "load_calculator"]
+__all__ = ["ENSEMBLES", "ML4MCalculator", "MDResult", "MDStatus", "TrajectoryStream", "check_md_settings",
+           "check_relax_settings", "load_calculator", "partial_path", "relax", "run_md"]
 
 
 def load_calculator(spec: str):
     """An ASE calculator from a ``.ml4m`` model file, or an ASE calculator name (``emt``).
+
+    Model files give an :class:`ML4MCalculator` with uncertainty off (``run_md`` turns
+    it on every ``uncertainty_interval`` steps).
 
     Parameters
     ----------
     spec : str
         Path of a model file, or a name/import path accepted by
         :func:`ml4m.data.make_calculator` (a reference calculator).
+
+    Raises
+    ------
+    ConfigError
+        The file holds a model that is not an interatomic potential (file named).
     """
     from pathlib import Path
 
     if Path(spec).suffix == ".ml4m" or Path(spec).is_file():
+        from ml4m.errors import ConfigError
         from ml4m.models.serialization import load
 
-        return load(spec).as_calculator()
+        model = load(spec)
+        try:
+            return ML4MCalculator(model)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec}: {exc}") from None
     from ml4m.data import make_calculator
 
     return make_calculator(spec)

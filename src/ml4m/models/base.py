@@ -115,8 +115,16 @@ class Potential(ABC):
         params, arrays = self.get_state()
         return save_model_file(path, self.kind, params, arrays)
 
-    def as_calculator(self, uncertainty: bool | None = None):
-        """An ASE calculator backed by this model (:class:`ml4m.models.ML4MCalculator`)."""
+    def as_calculator(self, uncertainty: bool = False):
+        """An ASE calculator backed by this model (:class:`ml4m.models.ML4MCalculator`).
+
+        Parameters
+        ----------
+        uncertainty : bool, default=False
+            Compute ``energy_sigma`` and ``forces_sigma`` on every evaluation (off by
+            default: several times the cost of energy and forces; a sigma asked for by
+            name, ``calc.get_property("forces_sigma", atoms)``, is computed either way).
+        """
         from ml4m.models.calculator import ML4MCalculator
 
-        return ML4MCalculator(self, uncertainty=self.has_uncertainty if uncertainty is None else uncertainty)
+        return ML4MCalculator(self, uncertainty=uncertainty)

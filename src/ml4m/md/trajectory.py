@@ -1,0 +1,104 @@
+"""Trajectories written frame by frame: a killed run leaves every frame written so far.
+
+Frames are appended to an extxyz file and flushed as they are produced. A new file is
+written in place; an existing file is never touched until the new run is complete: the
+frames go to a visible sibling (``md.extxyz`` -> ``md.partial.extxyz``) that replaces it
+at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from ase import Atoms
+
+__all__ = ["TrajectoryStream", "partial_path", "snapshot"]
+
+
+def partial_path(path: str | os.PathLike) -> Path:
+    """The sibling a run streams into while ``path`` holds an earlier file.
+
+    ``md.extxyz`` -> ``md.partial.extxyz``: visible, and readable by ASE by its extension.
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix or '.extxyz'}")
+
+
+def snapshot(atoms: Atoms, info: dict | None = None, arrays: dict[str, np.ndarray] | None = None,
+             with_results: bool = True) -> Atoms:
+    """A copy of ``atoms`` holding its calculator's energy (eV) and forces (eV/Angstrom).
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Structure whose calculator has results for its current positions.
+    info, arrays : dict, optional
+        Extra per-frame values and per-atom arrays stored with the frame.
+    with_results : bool, default=True
+        Store the energy and forces (off for a frame whose results are not finite).
+    """
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    snap = atoms.copy()
+    snap.info.update(info or {})
+    for key, value in (arrays or {}).items():
+        snap.arrays[key] = np.asarray(value)
+    if with_results:
+        snap.calc = SinglePointCalculator(snap, energy=atoms.get_potential_energy(),
+                                          forces=atoms.get_forces())
+    return snap
+
+
+class TrajectoryStream:
+    """Append extxyz frames to ``path`` as they are produced.
+
+    Each frame is flushed to the operating system when written, so killing the process
+    (even with SIGKILL) leaves every frame written so far, readable by ASE. If ``path``
+    exists, frames go to :func:`partial_path` instead, and :meth:`close` with
+    ``complete=True`` moves that file onto ``path``; otherwise the earlier file is left
+    as it was and the partial file stays beside it.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The trajectory file (extxyz). Its folder is created if missing.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.stream_path = partial_path(self.path) if self.path.exists() else self.path
+        self.n_frames = 0
+        self._fh: IO[str] | None = None
+
+    def write(self, frame: Atoms) -> None:
+        """Append one frame and flush it."""
+        import ase.io
+
+        if self._fh is None:
+            self.stream_path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.stream_path, "w")  # noqa: SIM115 (closed by close())
+        ase.io.write(self._fh, frame, format="extxyz")
+        self._fh.flush()
+        self.n_frames += 1
+
+    def close(self, complete: bool) -> Path:
+        """Close the file; where the frames are (``path`` unless kept aside).
+
+        Parameters
+        ----------
+        complete : bool
+            Whether the frames written are the run's result (finished, or stopped on
+            purpose): then they replace an earlier ``path``.
+        """
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+        if complete and self.stream_path != self.path and self.stream_path.exists():
+            os.replace(self.stream_path, self.path)
+            self.stream_path = self.path
+        return self.stream_path
