@@ -35,6 +35,9 @@ def test_output_equal_containing_or_inside_an_input_is_refused(tmp_path):
         check_output(store / "model.ml4m", inputs=[store])
     with pytest.raises(ConfigError, match="is the input"):  # via a relative, dotted spelling
         check_output(f"{tmp_path}/d/../d/train.extxyz", inputs=[data])
+    os.link(data, tmp_path / "hardlink.extxyz")
+    with pytest.raises(ConfigError, match="is the input"):
+        check_output(tmp_path / "hardlink.extxyz", inputs=[data])
     with pytest.raises(ConfigError, match="metrics.json is the input"):
         check_output(tmp_path / "m.ml4m", inputs=[tmp_path / "metrics.json"],
                      companions=[tmp_path / "metrics.json"])

@@ -79,6 +79,14 @@ def _is_within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two existing paths are one file (hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (),
                  folder_kind: str | None = None, overwrite: bool = False,
                  companions: Iterable[str | os.PathLike] = ()) -> Path:
@@ -117,7 +125,7 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     for given in inputs:
         inp = _resolve(given)
         for name, target in written:
-            if target == inp:
+            if target == inp or _same_file(target, inp):
                 raise ConfigError(f"{label} {name} is the input {given}; choose another output")
             if _is_within(inp, target):
                 raise ConfigError(f"{label} {name} contains the input {given}; choose another output")

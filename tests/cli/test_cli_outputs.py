@@ -156,3 +156,21 @@ def test_internal_error_is_one_line_not_a_traceback(capsys, monkeypatch):
     code, _, err = run_cli(capsys, "data", "info", "x.extxyz")
     assert code == 1
     assert err.count("\n") == 1 and "internal error: ZeroDivisionError: a bug" in err
+
+
+def test_full_disk_is_a_clear_error(capsys, monkeypatch, tmp_path):
+    import errno
+
+    import ml4m._fileio as fileio
+
+    real = fileio.os.replace
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(fileio.os, "replace", disk_full)
+    out = tmp_path / "cu.extxyz"
+    code, _, err = run_cli(capsys, "data", "generate", *TINY_GEN, "-o", out)
+    monkeypatch.setattr(fileio.os, "replace", real)
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err
+    assert not out.exists()

@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ml4m`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
     Exit codes: 0 success, 2 a user error (:class:`~ml4m.errors.ML4MError`, a usage
-    error, or not enough memory), 130 interrupted, 1 an internal error (a bug: one line
+    error, a file system error such as a full disk, or not enough memory), 130 interrupted, 1 an internal error (a bug: one line
     on stderr; the traceback with ``ML4M_DEBUG=1``).
     """
     import os
@@ -108,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ml4m: interrupted; outputs of this run were not written (finished parts of "
               "resumable runs are kept)", file=sys.stderr)
         return 130
+    except OSError as exc:  # the environment (disk full, permissions, a vanished file), not a bug
+        name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"ml4m: error: cannot access{name}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except MemoryError:
         print("ml4m: error: out of memory; use a smaller input, smaller descriptor settings or "
               "a machine with more memory", file=sys.stderr)
