@@ -8,9 +8,9 @@ at the end.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 from ase import Atoms
@@ -55,8 +55,8 @@ def snapshot(atoms: Atoms, info: dict | None = None, arrays: dict[str, np.ndarra
 class TrajectoryStream:
     """Append extxyz frames to ``path`` as they are produced.
 
-    Each frame is flushed to the operating system when written, so killing the process
-    (even with SIGKILL) leaves every frame written so far, readable by ASE. If ``path``
+    Each frame reaches the operating system whole as soon as it is written, so killing
+    the process (even with SIGKILL) leaves every frame written so far, readable by ASE. If ``path``
     exists, frames go to :func:`partial_path` instead, and :meth:`close` with
     ``complete=True`` moves that file onto ``path``; otherwise the earlier file is left
     as it was and the partial file stays beside it.
@@ -71,17 +71,21 @@ class TrajectoryStream:
         self.path = Path(path)
         self.stream_path = partial_path(self.path) if self.path.exists() else self.path
         self.n_frames = 0
-        self._fh: IO[str] | None = None
+        self._fh: io.FileIO | None = None
 
     def write(self, frame: Atoms) -> None:
-        """Append one frame and flush it."""
+        """Append one frame: formatted whole first, then handed to the operating system in
+        one unbuffered write, so a kill never leaves half a frame."""
         import ase.io
 
+        text = io.StringIO()
+        ase.io.write(text, frame, format="extxyz")
+        data = memoryview(text.getvalue().encode())
         if self._fh is None:
             self.stream_path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.stream_path, "w")  # noqa: SIM115 (closed by close())
-        ase.io.write(self._fh, frame, format="extxyz")
-        self._fh.flush()
+            self._fh = open(self.stream_path, "wb", buffering=0)  # noqa: SIM115 (closed by close())
+        while data:
+            data = data[self._fh.write(data):]
         self.n_frames += 1
 
     def close(self, complete: bool) -> Path:
@@ -94,7 +98,6 @@ class TrajectoryStream:
             purpose): then they replace an earlier ``path``.
         """
         if self._fh is not None:
-            self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
             self._fh = None
