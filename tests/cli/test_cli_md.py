@@ -155,3 +155,11 @@ def test_nonsense_settings_exit_2(start, tmp_path, capsys, command, args, key):
     code, _, err = _run(capsys, command, "emt", start, *args, "-o", out)
     assert code == 2 and err.startswith(f"ml4m: error: {key} must be")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["md", "relax"])
+def test_output_onto_the_input_refused(start, capsys, command):
+    before = start.read_bytes()
+    code, _, err = _run(capsys, command, "emt", start, "-o", start)
+    assert code == 2 and "is the input" in err
+    assert start.read_bytes() == before

@@ -58,15 +58,17 @@ def read_structure(path: str):
     return read_dataset(path, index="-1")[0].to_atoms(with_labels=False)
 
 
-def claim(output: str | None, inputs: list[str], overwrite: bool):
-    """The output claim of a command writing one file (nothing to claim without one)."""
+def claim(output: str | None, inputs: list[str], overwrite: bool, companions: tuple = ()):
+    """:func:`ml4m.outputs.claim_output` of a command writing one file (a no-op without
+    one); ``inputs`` that are not files (``emt``) are left out."""
     if output is None:
         return contextlib.nullcontext(None)
-    try:
-        from ml4m.outputs import claim_output
-    except ImportError:  # the output policy is not in this tree
-        return contextlib.nullcontext(output)
-    return claim_output(output, inputs=inputs, overwrite=overwrite)
+    from pathlib import Path
+
+    from ml4m.outputs import claim_output
+
+    return claim_output(output, inputs=[p for p in inputs if Path(p).exists()], overwrite=overwrite,
+                        companions=companions)
 
 
 def log_line(status) -> str:
@@ -96,11 +98,12 @@ def reporter(steps: int, bar: bool) -> Iterator[tuple]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ml4m.md import check_md_settings, load_calculator, run_md
+    from ml4m.md import check_md_settings, load_calculator, partial_path, run_md
 
     check_md_settings(args.ensemble, args.temperature, args.steps, args.dt, args.friction,
                       args.pressure, args.interval, args.uncertainty_interval)
-    with claim(args.output, [args.structure, args.model], args.overwrite) as out:
+    companions = (partial_path(args.output),) if args.output else ()
+    with claim(args.output, [args.structure, args.model], args.overwrite, companions) as out:
         atoms = read_structure(args.structure)
         atoms.calc = load_calculator(args.model)
         with reporter(args.steps, bar=not args.json and sys.stderr.isatty()) as (on_log, on_step):
