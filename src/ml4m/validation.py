@@ -295,7 +295,8 @@ def check_array(
     if shape is not None:
         ok = a.ndim == len(shape) and all(s is None or s == n for s, n in zip(shape, a.shape))
         if not ok:
-            want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+            want = "(" + ", ".join("any" if s is None else str(s) for s in shape)
+            want += ",)" if len(shape) == 1 else ")"
             raise fail(f"{name} must have shape {want}, got {a.shape}", error=error, **where)
     elif ndim is not None and a.ndim != ndim:
         raise fail(f"{name} must be {ndim}-dimensional, got shape {a.shape}", error=error, **where)

@@ -72,7 +72,7 @@ def test_pickled_array_is_never_loaded(tmp_path):
     meta["sha256"]["evil"] = "0"
     _rewrite(path, **{"evil.npy": _npy(np.array([object()], dtype=object), allow_pickle=True),
                       "meta.json": json.dumps(meta).encode()})
-    with pytest.raises(DataError, match="cannot read model file"):
+    with pytest.raises(DataError, match="array 'evil' has dtype object; model files hold numbers"):
         read_model_file(path)
 
 
@@ -83,3 +83,135 @@ def test_not_a_model(tmp_path):
         read_model_file(p)
     with pytest.raises(DataError, match="no such model file"):
         read_model_file(tmp_path / "missing.ml4m")
+
+
+# ---- a fitted model's file: every malformed entry is refused naming the file ------------
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from ml4m.data import default_dataset
+    from ml4m.descriptors import make_descriptor
+    from ml4m.models.linear import LinearACE
+
+    d = make_descriptor("ace", species=["Cu"], r_cut=3.5, n_max=2, l_max=1, correlation_order=2)
+    model = LinearACE(d, uncertainty="posterior").fit(default_dataset()[:8])
+    return model.save(tmp_path_factory.mktemp("model") / "tiny")
+
+
+def _edited(model_file, tmp_path, edit_meta=None, **arrays):
+    """A copy of the model file with meta.json edited and arrays replaced (checksums kept valid)."""
+    from ml4m.models.serialization import _digest
+
+    path = tmp_path / "edited.ml4m"
+    path.write_bytes(model_file.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("meta.json"))
+    entries = {}
+    for name, a in arrays.items():
+        meta["sha256"][name] = _digest(a)
+        entries[f"{name}.npy"] = _npy(a)
+    if edit_meta is not None:
+        meta = edit_meta(meta)
+    _rewrite(path, **entries, **{"meta.json": json.dumps(meta).encode()})
+    return path
+
+
+def test_nan_coefficient_refused_at_load(model_file, tmp_path):
+    import ml4m
+
+    coef = read_model_file(model_file)[2]["coef"].copy()
+    coef[1] = np.nan
+    path = _edited(model_file, tmp_path, coef=coef)
+    with pytest.raises(DataError, match=r"edited\.ml4m: array 'coef' contains a non-finite value "
+                                        r"\(nan\) at index \(1,\)") as info:
+        ml4m.load(path)
+    assert info.value.path == str(path)
+
+
+@pytest.mark.parametrize("meta,match", [
+    ([1, 2], r"meta.json must be a mapping"),
+    ("model", r"meta.json must be a mapping"),
+    ({"format": "ml4m-model", "version": 1, "kind": "linear_ace", "params": "abc", "sha256": {}},
+     r"meta.json 'params' must be a mapping"),
+    ({"format": "ml4m-model", "version": 1, "kind": 3, "params": {}, "sha256": {}},
+     r"meta.json 'kind' must be a non-empty string"),
+    ({"format": "ml4m-model", "version": 1, "kind": "x", "params": {}, "sha256": []},
+     r"meta.json 'sha256' must be a mapping"),
+    ({"format": "ml4m-model", "version": 1, "params": {}, "sha256": {}},
+     r"meta.json lacks required key\(s\) \['kind'\]"),
+])
+def test_metadata_of_wrong_type(model_file, tmp_path, meta, match):
+    path = _edited(model_file, tmp_path, edit_meta=lambda _: meta)
+    with pytest.raises(DataError, match=match) as info:
+        read_model_file(path)
+    assert info.value.path == str(path)
+
+
+def _set(meta, keys, value):
+    target = meta["params"]
+    for k in keys[:-1]:
+        target = target[k]
+    if value is KeyError:
+        del target[keys[-1]]
+    else:
+        target[keys[-1]] = value
+    return meta
+
+
+@pytest.mark.parametrize("keys,value,match", [
+    (("hyper", "batch_frames"), "four", "batch_frames"),
+    (("hyper", "noise"), 3, "noise"),
+    (("descriptor", "r_cut"), "abc", "r_cut"),
+    (("descriptor", "n_max"), 99, "n_max"),
+    (("descriptor",), KeyError, r"params lacks required key\(s\) \['descriptor'\]"),
+    (("alpha_",), "x", "alpha_"),
+    (("alpha_",), -1.0, "alpha_"),
+    (("noise_",), [1, 2], "noise_"),
+    (("hyper",), [1, 2], "hyper"),
+])
+def test_params_of_wrong_type_name_file_and_key(model_file, tmp_path, keys, value, match):
+    import ml4m
+
+    path = _edited(model_file, tmp_path, edit_meta=lambda m: _set(m, keys, value))
+    with pytest.raises(DataError, match=match) as info:
+        ml4m.load(path)
+    assert info.value.path == str(path)
+
+
+def test_nan_in_params_refused(model_file, tmp_path):
+    path = _edited(model_file, tmp_path, edit_meta=lambda m: _set(m, ("beta_",), float("nan")))
+    with pytest.raises(DataError, match=r"meta.json 'params.beta_' is not finite"):
+        read_model_file(path)
+
+
+@pytest.mark.parametrize("name,array,match", [
+    ("coef", np.zeros(3), r"coefficients have shape \(3,\)"),
+    ("coef", np.zeros((2, 2)), r"array 'coef' must have shape \(any,\), got \(2, 2\)"),
+    ("e0_values", np.zeros(3), "e0"),
+    ("posterior_factor", np.zeros((1, 1)), "posterior"),
+    ("coef", np.array(["a", "b"]), r"array 'coef' has dtype <U1; model files hold numbers only"),
+])
+def test_arrays_of_wrong_shape_or_dtype(model_file, tmp_path, name, array, match):
+    import ml4m
+
+    path = _edited(model_file, tmp_path, **{name: array})
+    with pytest.raises(DataError, match=match) as info:
+        ml4m.load(path)
+    assert info.value.path == str(path)
+
+
+def test_declared_sizes_checked_before_allocation(model_file, tmp_path, monkeypatch):
+    """A header declaring 10^12 elements, or an entry larger than memory, is refused unread."""
+    import ml4m.models.serialization as ser
+
+    path = tmp_path / "bomb.ml4m"
+    path.write_bytes(model_file.read_bytes())
+    header = _npy(np.zeros(3))
+    bomb = header.replace(b"(3,)", b"(1000000000000,)")  # same header length: padded
+    _rewrite(path, **{"coef.npy": bomb[: len(header)]})
+    with pytest.raises(DataError, match=r"array 'coef' declares shape \(1000000000000,\)"):
+        read_model_file(path)
+    monkeypatch.setattr(ser, "_memory_bytes", lambda: 100)
+    with pytest.raises(DataError, match=r"tiny\.ml4m: array '\w+' declares \d+ bytes, more than"):
+        read_model_file(model_file.with_name("tiny.ml4m"))

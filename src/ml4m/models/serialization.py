@@ -7,9 +7,11 @@ entry per array and a ``meta.json`` entry::
                    "ml4m_version": ..., "params": {...}, "sha256": {"coef": "..."}}
     coef.npy      numeric arrays only (object arrays are refused)
 
-Loading uses ``numpy.load(allow_pickle=False)`` and ``json.loads``: no pickle, no code
-from the file is ever executed. Each array's SHA-256 is stored in the metadata and
-checked on load, so a truncated or tampered file fails with a clear error.
+Loading reads each ``.npy`` header, refuses anything but numeric dtypes (no pickle, no
+code from the file is ever executed) and checks every declared size before allocating.
+Each array's SHA-256 is stored in the metadata and checked on load, so a truncated or
+tampered file fails with a clear error; arrays and parameters must be finite, and any
+failure of the model class to rebuild itself is reported naming the file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import zipfile
 import zlib
@@ -27,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from ml4m._fileio import atomic_path
-from ml4m.errors import DataError
+from ml4m.errors import DataError, ML4MError
+from ml4m.validation import check_array, check_mapping, check_size_against_file, check_str
 
 __all__ = ["MODEL_FORMAT", "MODEL_SUFFIX", "save_model_file", "read_model_file",
            "register_model", "load"]
@@ -99,8 +103,95 @@ def save_model_file(path: str | os.PathLike, kind: str, params: dict[str, Any],
     return path
 
 
+#: largest meta.json entry read, bytes
+MAX_META_BYTES = 64 << 20
+_NUMERIC_KINDS = "biuf"
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine, bytes (a bound no model file may declare beyond)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        return 1 << 40
+
+
+def _check_meta(meta: Any, name: str) -> dict[str, Any]:
+    """The metadata object: format, version, kind, params and checksums of the right types."""
+    where = {"error": DataError, "path": name}
+    meta = check_mapping("meta.json", meta, **where)
+    if meta.get("format") != MODEL_FORMAT:
+        raise DataError(f"not an ml4m model file (format {meta.get('format')!r})", name)
+    if meta.get("version") != MODEL_VERSION:
+        raise DataError(f"unsupported model file version {meta.get('version')!r}", name)
+    check_mapping("meta.json", meta, required=("kind", "params", "sha256"), **where)
+    check_str("meta.json 'kind'", meta["kind"], **where)
+    check_mapping("meta.json 'params'", meta["params"], **where)
+    sums = check_mapping("meta.json 'sha256'", meta["sha256"], **where)
+    for entry, digest in sums.items():
+        check_str(f"meta.json 'sha256'[{entry!r}]", digest, **where)
+    _check_finite_json(meta["params"], "params", name)
+    return meta
+
+
+def _check_finite_json(value: Any, key: str, name: str) -> None:
+    """Refuse NaN and infinities anywhere in the JSON parameters (naming the key)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        raise DataError(f"meta.json '{key}' is not finite ({value})", name)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite_json(v, f"{key}.{k}", name)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite_json(v, f"{key}[{i}]", name)
+
+
+def _read_array(zf: zipfile.ZipFile, entry: str, name: str, budget: int) -> np.ndarray:
+    """One ``.npy`` entry, its header checked against its size before any allocation.
+
+    The declared entry size (``ZipInfo.file_size``, which also caps what is
+    decompressed) must fit ``budget`` bytes, the header must declare a numeric dtype,
+    and its shape must account exactly for the entry's bytes.
+    """
+    try:
+        info = zf.getinfo(f"{entry}.npy")
+    except KeyError:
+        raise DataError(f"array {entry!r} is missing (truncated file?)", name) from None
+    if info.file_size > budget:
+        raise DataError(f"array {entry!r} declares {info.file_size} bytes, more than this "
+                        f"machine's memory allows ({budget} bytes left; corrupted file?)", name)
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = header(fh, max_header_size=10_000)
+        if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
+            raise DataError(f"array {entry!r} has dtype {dtype}; model files hold numbers only",
+                            name)
+        count = math.prod(shape)
+        available = info.file_size - fh.tell()
+        if count * dtype.itemsize != available:
+            raise DataError(f"array {entry!r} declares shape {shape} of {dtype} "
+                            f"({count * dtype.itemsize} bytes) in an entry of {available} "
+                            "data bytes (corrupted file?)", name)
+        out = np.empty(count, dtype=dtype)
+        view = memoryview(out.view(np.uint8).reshape(-1))
+        pos = 0
+        while pos < available:
+            got = fh.readinto(view[pos:pos + (16 << 20)])
+            if not got:
+                raise DataError(f"array {entry!r} ends early (truncated file?)", name)
+            pos += got
+    return out.reshape(shape, order="F" if fortran else "C")
+
+
 def read_model_file(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
     """Read and verify a model file without executing anything from it.
+
+    Sizes are checked before anything is allocated: the declared size of every entry
+    against this machine's memory, and each array's header shape against its entry.
+    Arrays must be numeric and finite, the JSON parameters finite, and every array must
+    match its checksum.
 
     Parameters
     ----------
@@ -116,7 +207,9 @@ def read_model_file(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[
     Raises
     ------
     DataError
-        Missing, truncated, tampered or foreign file; the message names the file.
+        Missing, truncated, tampered, oversized or foreign file, metadata that is not
+        an object or has entries of the wrong type, non-numeric or non-finite arrays;
+        the message names the file and the entry.
     """
     name = str(path)
     if not Path(path).is_file():
@@ -124,24 +217,27 @@ def read_model_file(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[
     try:
         with zipfile.ZipFile(path) as zf:
             try:
-                meta = json.loads(zf.read("meta.json"))
+                info = zf.getinfo("meta.json")
             except KeyError as exc:
                 raise DataError("not an ml4m model file (no meta.json)", name) from exc
-            if meta.get("format") != MODEL_FORMAT:
-                raise DataError(f"not an ml4m model file (format {meta.get('format')!r})", name)
-            if meta.get("version") != MODEL_VERSION:
-                raise DataError(f"unsupported model file version {meta.get('version')!r}", name)
+            check_size_against_file("meta.json: declared size", info.file_size, 1,
+                                    MAX_META_BYTES, path=name)
+            try:
+                meta = json.loads(zf.read(info))
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+                raise DataError(f"meta.json is not valid JSON ({exc})", name) from exc
+            meta = _check_meta(meta, name)
+            budget = _memory_bytes()
             arrays = {}
             for entry, digest in meta["sha256"].items():
-                try:
-                    raw = zf.read(f"{entry}.npy")
-                except KeyError as exc:
-                    raise DataError(f"array {entry!r} is missing (truncated file?)", name) from exc
-                arrays[entry] = np.load(io.BytesIO(raw), allow_pickle=False)
-                if _digest(arrays[entry]) != digest:
+                a = _read_array(zf, entry, name, budget)
+                budget -= a.nbytes
+                if _digest(a) != digest:
                     raise DataError(f"array {entry!r} does not match its checksum (tampered or "
                                     "corrupted file)", name)
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:
+                arrays[entry] = check_array(f"array {entry!r}", a, path=name)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError,
+            OSError, NotImplementedError) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"cannot read model file ({type(exc).__name__}: {exc}); "
@@ -161,12 +257,38 @@ def load(path: str | os.PathLike):
     -------
     model
         An instance of the registered model class (e.g. ``LinearACE``).
+
+    Raises
+    ------
+    DataError
+        Naming the file: anything :func:`read_model_file` refuses, an unknown model
+        kind, and any entry the model class cannot rebuild from (a missing key, a value
+        of the wrong type or range, inconsistent shapes).
     """
+    name = str(path)
     kind, params, arrays = read_model_file(path)
     _import_model_modules()
     if kind not in _REGISTRY:
-        raise DataError(f"unknown model kind {kind!r} (known: {sorted(_REGISTRY)})", str(path))
-    return _REGISTRY[kind].from_state(params, arrays)
+        raise DataError(f"unknown model kind {kind!r} (known: {sorted(_REGISTRY)})", name)
+    try:
+        return _REGISTRY[kind].from_state(params, arrays)
+    except DataError as exc:
+        if exc.path is not None:
+            raise
+        raise DataError(f"invalid model: {exc.problem}", name, exc.frame) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to rebuild names the file
+        raise DataError(f"invalid model: {_explain(exc)}", name) from exc
+
+
+def _explain(exc: Exception) -> str:
+    """A one-line reason for a failure inside a model's ``from_state``."""
+    if isinstance(exc, KeyError):
+        return f"entry {exc.args[0]!r} is missing" if exc.args else "an entry is missing"
+    if isinstance(exc, ML4MError):
+        return str(exc)
+    return f"malformed entry ({type(exc).__name__}: {exc})"
 
 
 def _import_model_modules() -> None:

@@ -25,6 +25,7 @@ import scipy.linalg
 import scipy.optimize
 
 from ml4m.errors import ConfigError, NotFittedError
+from ml4m.validation import check_array
 
 __all__ = ["NormalEquations", "BayesianLinearRegression", "quadratic_form_rows"]
 
@@ -670,9 +671,13 @@ class BayesianLinearRegression:
         return parts[dtype]
 
     def _check_hyper(self) -> None:
+        """``alpha`` and ``beta``: None (evidence) or finite numbers > 0 (beta: one per group)."""
         for name in ("alpha", "beta"):
             v = getattr(self, name)
-            if v is not None and not np.all(np.asarray(v, dtype=float) > 0):
+            if v is None:
+                continue
+            values = check_array(name, v, kinds="fiu", error=ConfigError)
+            if values.ndim > 1 or not np.all(values > 0):
                 raise ConfigError(f"{name} must be positive or None (evidence), got {v}")
 
     def _check(self, A: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from ml4m.models.error_model import EnergyErrorModel, ForceErrorModel
 from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
 from ml4m.models.linear.design import VOIGT, DesignRows, FeatureMap, SpeciesBlocks, SumMap, design_rows
 from ml4m.models.serialization import register_model
+from ml4m.validation import check_array, check_choice, check_float, check_int, check_mapping
 
 __all__ = ["LinearPotential"]
 
@@ -595,34 +596,103 @@ class LinearPotential(Potential):
 
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> LinearPotential:
-        try:
-            model = cls(descriptor_from_dict(params["descriptor"]), **params["hyper"])
-            model.e0_ = {int(z): float(v) for z, v in zip(arrays["e0_species"], arrays["e0_values"])}
-            fm_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("fmap_")}
-            model.fmap_ = model._restore_feature_map(params["feature_map"], fm_arrays)
-            model.coef_ = arrays["coef"]
-            model.noise_ = {str(q): float(v) for q, v in params.get("noise_", {}).items()}
-            model.error_model_ = model.energy_error_model_ = None
-            if params.get("energy_error_model") is not None:
-                model.energy_error_model_ = EnergyErrorModel.from_state(params["energy_error_model"])
-            if params.get("error_model") is not None:
-                em_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("errm_")}
-                model.error_model_ = ForceErrorModel.from_state(params["error_model"], em_arrays)
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"model file is missing or has a malformed entry: {exc}") from exc
-        if model.coef_.shape != (model.fmap_.n_features,):
-            raise ConfigError(f"coefficients have shape {model.coef_.shape}, the descriptor gives "
-                              f"{model.fmap_.n_features} features")
-        model.regression_ = BayesianLinearRegression(alpha=params["alpha_"], beta=params["beta_"])
+        """Rebuild a fitted model from :meth:`get_state`'s output (a model file's contents).
+
+        Every entry is checked first (type, range, shape against the descriptor); a bad
+        one raises :class:`DataError` naming it (:func:`ml4m.load` adds the file).
+        """
+        params = check_mapping("params", params, required=_STATE_KEYS, error=DataError)
+        hyper = _check_state_hyper(params["hyper"])
+        model = cls(descriptor_from_dict(params["descriptor"]), **hyper)
+        species, values = _state_e0(arrays)
+        model.e0_ = {int(z): float(v) for z, v in zip(species, values)}
+        fm_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("fmap_")}
+        model.fmap_ = model._restore_feature_map(
+            check_mapping("params.feature_map", params["feature_map"], error=DataError), fm_arrays)
+        p = model.fmap_.n_features
+        model.coef_ = _state_array(arrays, "coef", (None,), kinds="f")
+        if model.coef_.shape != (p,):
+            raise DataError(f"coefficients have shape {model.coef_.shape}, the descriptor gives "
+                            f"{p} features")
+        noise = check_mapping("params.noise_", params.get("noise_", {}), error=DataError)
+        model.noise_ = {q: check_float(f"params.noise_.{q}", v, low=0.0, error=DataError)
+                        for q, v in noise.items()}
+        model.error_model_ = model.energy_error_model_ = None
+        if params.get("energy_error_model") is not None:
+            model.energy_error_model_ = EnergyErrorModel.from_state(
+                check_mapping("params.energy_error_model", params["energy_error_model"],
+                              error=DataError))
+        if params.get("error_model") is not None:
+            em_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("errm_")}
+            model.error_model_ = ForceErrorModel.from_state(
+                check_mapping("params.error_model", params["error_model"], error=DataError),
+                em_arrays)
+        alpha, beta = (check_float(f"params.{k}", params[k], low=0.0, low_open=True,
+                                   error=DataError) for k in ("alpha_", "beta_"))
+        model.regression_ = BayesianLinearRegression(alpha=alpha, beta=beta)
         model.regression_.coef_ = model.coef_
         key = "posterior_factor" if "posterior_factor" in arrays else "covariance"
-        post = arrays.get(key)
-        if post is None or post.ndim != 2 or post.shape[0] != len(model.coef_):
-            raise ConfigError(f"model file has no posterior ({key!r}) of {len(model.coef_)} rows")
+        if key not in arrays:
+            raise DataError(f"model file has no posterior ('posterior_factor' or 'covariance') "
+                            f"of {p} rows")
+        post = _state_array(arrays, key, (p, p if key == "covariance" else None), kinds="f")
         if key == "posterior_factor":
             model.regression_.posterior_factor_ = post
         else:  # files written before the factor was saved
             model.regression_.covariance_ = post
-        model.regression_.alpha_, model.regression_.beta_ = params["alpha_"], params["beta_"]
-        model.regression_.n_features_in_ = len(model.coef_)
+        model.regression_.alpha_, model.regression_.beta_ = alpha, beta
+        model.regression_.n_features_in_ = p
         return model
+
+
+#: entries every linear model file's params hold
+_STATE_KEYS = ("descriptor", "hyper", "feature_map", "alpha_", "beta_")
+
+
+def _state_array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int | None, ...],
+                 kinds: str = "fiu") -> np.ndarray:
+    """A model file's array ``name`` of the expected shape (DataError naming it)."""
+    if name not in arrays:
+        raise DataError(f"array {name!r} is missing")
+    return check_array(f"array {name!r}", arrays[name], shape=shape, kinds=kinds)
+
+
+def _state_e0(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Reference energies of a model file: known elements, one float each."""
+    species = _state_array(arrays, "e0_species", (None,), kinds="iu")
+    values = _state_array(arrays, "e0_values", (len(species),), kinds="f")
+    if species.size and (species.min() < 1 or species.max() > 118):
+        raise DataError(f"array 'e0_species' holds atomic numbers outside [1, 118]: "
+                        f"{species.tolist()}")
+    return species, values
+
+
+def _check_state_hyper(hyper: Any) -> dict[str, Any]:
+    """A model file's hyperparameters, each of the type and range the model uses."""
+    where = {"error": DataError}
+    hyper = check_mapping("params.hyper", hyper, **where)
+
+    def number_or_none(key: str, low_open: bool) -> None:
+        if hyper.get(key) is not None:
+            check_float(f"params.hyper.{key}", hyper[key], low=0.0, low_open=low_open, **where)
+
+    for key in ("sigma_energy", "sigma_forces", "sigma_stress"):
+        number_or_none(key, low_open=False)
+    for key in ("alpha", "beta"):
+        if isinstance(hyper.get(key), list):
+            for v in hyper[key]:
+                check_float(f"params.hyper.{key}", v, low=0.0, low_open=True, **where)
+        else:
+            number_or_none(key, low_open=True)
+    choices = {"noise": ("shared", "per_quantity"), "uncertainty": ("posterior", "calibrated"),
+               "prior": ("auto", "smoothness", "scale")}
+    for key, allowed in choices.items():
+        if key in hyper:
+            check_choice(f"params.hyper.{key}", hyper[key], allowed, **where)
+    if "smoothness" in hyper:
+        check_float("params.hyper.smoothness", hyper["smoothness"], **where)
+    if "batch_frames" in hyper:
+        check_int("params.hyper.batch_frames", hyper["batch_frames"], low=1, **where)
+    if hyper.get("species_degree") is not None:
+        check_mapping("params.hyper.species_degree", hyper["species_degree"], **where)
+    return hyper
