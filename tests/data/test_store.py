@@ -97,3 +97,69 @@ def test_partial_labels_leave_nothing_on_disk(tmp_path):
 def test_not_a_store(tmp_path):
     with pytest.raises(DataError, match="not an ml4m store"):
         open_store(tmp_path)
+
+
+@pytest.fixture
+def store(labelled_file, tmp_path):
+    pack_frames(iter_frames(labelled_file), tmp_path / "s.store")
+    return tmp_path / "s.store"
+
+
+def _edit_meta(store, edit):
+    meta = store / "meta.json"
+    meta.write_text(json.dumps(edit(json.loads(meta.read_text()))))
+
+
+def _set(m, keys, value):
+    target = m
+    for k in keys[:-1]:
+        target = target[k]
+    target[keys[-1]] = value
+    return m
+
+
+@pytest.mark.parametrize("keys,value,match", [
+    ((), [1, 2], r"meta.json must be a mapping"),
+    (("n_frames",), "five", r"meta.json 'n_frames' must be an integer"),
+    (("n_atoms",), -3, r"meta.json 'n_atoms' must be an integer in"),
+    (("labels",), "energy", r"meta.json 'labels' must be a list"),
+    (("labels",), ["energy", "charge"], r"unknown label\(s\) \['charge'\]"),
+    (("arrays",), [], r"meta.json 'arrays' must be a mapping"),
+    (("arrays", "../../evil"), {"dtype": "<f8", "shape": [1]}, r"unknown key\(s\) \['../../evil'\]"),
+    (("arrays", "positions", "dtype"), "<f4", r"positions.bin: array 'positions' must be <f8 of shape"),
+    (("arrays", "positions", "dtype"), "O", r"array 'positions' must be <f8"),
+    (("arrays", "cell", "shape"), [5, 9], r"cell.bin: array 'cell' must be <f8 of shape \[5, 3, 3\]"),
+    (("arrays", "energy"), 3, r"meta.json 'arrays'.energy must be a mapping"),
+    (("config_types",), [], r"array 'config_type' holds codes outside"),
+])
+def test_malformed_meta_names_store_and_array(store, keys, value, match):
+    _edit_meta(store, lambda m: value if not keys else _set(m, keys, value))
+    with pytest.raises(DataError, match=match) as info:
+        open_store(store)
+    assert str(store) in str(info.value)
+
+
+def test_missing_array_file_and_offsets(store):
+    offsets = store / "offsets.bin"
+    good = offsets.read_bytes()
+    bad = np.frombuffer(good, "<i8").copy()
+    bad[[1, 2]] = bad[[2, 1]]  # not monotone, same size
+    offsets.write_bytes(bad.tobytes())
+    with pytest.raises(DataError, match=r"s.store: array 'offsets' must rise from 0 to n_atoms"):
+        open_store(store)
+    offsets.unlink()
+    with pytest.raises(DataError, match=r"offsets.bin: array file has -1 bytes"):
+        open_store(store)
+
+
+def test_non_finite_values_named_on_read(store):
+    positions = store / "positions.bin"
+    p = np.frombuffer(positions.read_bytes(), "<f8").copy().reshape(-1, 3)
+    p[40, 1] = np.nan  # frame 1, atom 24 (frames 0 and 1 have 16 and 32 atoms)
+    positions.write_bytes(p.tobytes())
+    s = open_store(store)
+    assert s[0].n_atoms == 16
+    with pytest.raises(DataError, match=r"s.store, frame 1: positions are not finite .* atom 24"):
+        s[1]
+    with pytest.raises(DataError, match=r"array 'positions' \(frames 0 to 1\) contains a non-finite"):
+        list(s.iter_batches(2))

@@ -32,7 +32,9 @@ import numpy as np
 
 from ml4m._fileio import atomic_dir
 from ml4m.data.frames import LABELS, Dataset, Frame
+from ml4m.data.validate import check_frame, coerce_labels
 from ml4m.errors import DataError
+from ml4m.validation import check_array, check_int, check_mapping, check_str
 from ml4m.outputs import check_output
 
 __all__ = ["StoreWriter", "PackedStore", "pack_frames", "open_store", "STORE_FORMAT"]
@@ -203,41 +205,31 @@ class PackedStore:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        meta_path = self.path / "meta.json"
-        if not meta_path.is_file():
-            raise DataError("not an ml4m store (meta.json missing)", str(self.path))
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"meta.json is not valid JSON ({exc})", str(meta_path)) from exc
-        if meta.get("format") != STORE_FORMAT or meta.get("version") != STORE_VERSION:
-            raise DataError(
-                f"unsupported store format {meta.get('format')!r} version {meta.get('version')!r}",
-                str(meta_path),
-            )
+        meta = _read_meta(self.path)
         self.meta = meta
-        self.n_frames: int = int(meta["n_frames"])
-        self.n_atoms: int = int(meta["n_atoms"])
+        self.n_frames: int = meta["n_frames"]
+        self.n_atoms: int = meta["n_atoms"]
         self.labels: tuple[str, ...] = tuple(meta["labels"])
         self.config_types: list[str] = list(meta.get("config_types", []))
         self._specs: dict[str, tuple[Path, np.dtype, tuple[int, ...]]] = {}
         self._maps: dict[str, np.ndarray] = {}
         for name, spec in meta["arrays"].items():
-            file = self.path / f"{name}.bin"
-            dtype = np.dtype(spec["dtype"])
-            shape = tuple(int(s) for s in spec["shape"])
-            expected = int(np.prod(shape)) * dtype.itemsize
-            size = file.stat().st_size if file.is_file() else -1
-            if size != expected:
-                raise DataError(
-                    f"array file has {size} bytes, meta.json says {expected} (truncated or "
-                    "tampered store)",
-                    str(file),
-                )
-            self._specs[name] = (file, dtype, shape)
+            self._specs[name] = _check_array_file(self.path, name, spec, self.n_frames,
+                                                  self.n_atoms)
+        missing = [n for n in ("offsets", "numbers", "positions", "cell", "pbc", "config_type",
+                               *self.labels) if n not in self._specs]
+        if missing:
+            raise DataError(f"meta.json lists no array(s) {missing}", str(self.path))
+        where = {"path": str(self.path)}
         self.offsets = self._read("offsets", 0, self.n_frames + 1)
-        if self.offsets[-1] != self.n_atoms or np.any(np.diff(self.offsets) < 0):
-            raise DataError("offsets are inconsistent with n_atoms", str(self.path))
+        if self.offsets[0] != 0 or self.offsets[-1] != self.n_atoms \
+                or np.any(np.diff(self.offsets) < 1):
+            raise DataError("array 'offsets' must rise from 0 to n_atoms "
+                            f"({self.n_atoms}) by at least 1 per frame (corrupted store)", **where)
+        codes = self._read("config_type", 0, self.n_frames)
+        if codes.size and (codes.min() < -1 or codes.max() >= len(self.config_types)):
+            raise DataError(f"array 'config_type' holds codes outside [-1, "
+                            f"{len(self.config_types) - 1}] (corrupted store)", **where)
 
     def _read(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of array ``name``, read from disk (no mapping kept)."""
@@ -278,7 +270,7 @@ class PackedStore:
         frame = {n: self._read(n, k, k + 1)[0] for n in _PER_FRAME if n in self._specs}
         ct = int(frame["config_type"]) if "config_type" in frame else -1
         stress = frame.get("stress")
-        return Frame(
+        out = Frame(
             numbers=atom["numbers"].astype(np.int64),
             positions=atom["positions"],
             cell=frame["cell"],
@@ -289,6 +281,10 @@ class PackedStore:
             info={"config_type": self.config_types[ct]} if ct >= 0 else {},
             source=(str(self.path), k),
         )
+        check_frame(out, min_distance=0.0)
+        coerce_labels({lab: getattr(out, lab) for lab in LABELS if out.has(lab)}, len(out),
+                      str(self.path), k)
+        return out
 
     def __iter__(self) -> Iterator[Frame]:
         for k in range(self.n_frames):
@@ -317,11 +313,76 @@ class PackedStore:
                     batch[name] = self._read(name, a, b)
                 elif name != "offsets":
                     batch[name] = self._read(name, start, stop)
+            for name, values in batch.items():  # stress is NaN where undefined
+                check_array(f"array {name!r} (frames {start} to {stop - 1})", values,
+                            finite=name != "stress", path=str(self.path))
             yield batch
 
     def to_dataset(self) -> Dataset:
         """Load every frame into memory as a :class:`Dataset`."""
         return Dataset(iter(self))
+
+
+#: largest meta.json read, bytes
+_MAX_META_BYTES = 64 << 20
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """A store's meta.json: an object with the format, counts, labels and array table."""
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise DataError("not an ml4m store (meta.json missing)", str(path))
+    where = {"error": DataError, "path": str(meta_path)}
+    if meta_path.stat().st_size > _MAX_META_BYTES:
+        raise DataError(f"meta.json is larger than {_MAX_META_BYTES} bytes", str(meta_path))
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise DataError(f"meta.json is not valid JSON ({exc})", str(meta_path)) from exc
+    meta = check_mapping("meta.json", meta, **where)
+    if meta.get("format") != STORE_FORMAT or meta.get("version") != STORE_VERSION:
+        raise DataError(
+            f"unsupported store format {meta.get('format')!r} version {meta.get('version')!r}",
+            str(meta_path),
+        )
+    check_mapping("meta.json", meta, required=("n_frames", "n_atoms", "labels", "arrays"), **where)
+    check_int("meta.json 'n_frames'", meta["n_frames"], low=1, **where)
+    check_int("meta.json 'n_atoms'", meta["n_atoms"], low=meta["n_frames"], **where)
+    for key in ("labels", "config_types"):
+        values = meta.get(key, [])
+        if not isinstance(values, list):
+            raise DataError(f"meta.json '{key}' must be a list, got {values!r}", str(meta_path))
+        for v in values:
+            check_str(f"meta.json '{key}' entry", v, **where)
+    unknown = sorted(set(meta["labels"]) - set(LABELS))
+    if unknown:
+        raise DataError(f"meta.json 'labels' has unknown label(s) {unknown}", str(meta_path))
+    check_mapping("meta.json 'arrays'", meta["arrays"], keys=("offsets", *_PER_ATOM, *_PER_FRAME),
+                  **where)
+    return meta
+
+
+def _check_array_file(path: Path, name: str, spec: Any, n_frames: int,
+                      n_atoms: int) -> tuple[Path, np.dtype, tuple[int, ...]]:
+    """File, dtype and shape of one array: those the layout fixes, and the file's size."""
+    file = path / f"{name}.bin"
+    where = {"error": DataError, "path": str(file)}
+    spec = check_mapping(f"meta.json 'arrays'.{name}", spec, required=("dtype", "shape"), **where)
+    if name == "offsets":
+        dtype, shape = "<i8", (n_frames + 1,)
+    else:
+        dtype, tail = _PER_ATOM[name] if name in _PER_ATOM else _PER_FRAME[name]
+        shape = (n_atoms if name in _PER_ATOM else n_frames, *tail)
+    if spec["dtype"] != dtype or spec["shape"] != list(shape):
+        raise DataError(f"array '{name}' must be {dtype} of shape {list(shape)}, meta.json says "
+                        f"{spec['dtype']!r} of shape {spec['shape']!r} (tampered store)", str(file))
+    dt = np.dtype(dtype)
+    expected = int(np.prod(shape)) * dt.itemsize
+    size = file.stat().st_size if file.is_file() else -1
+    if size != expected:
+        raise DataError(f"array file has {size} bytes, meta.json says {expected} (truncated or "
+                        "tampered store)", str(file))
+    return file, dt, shape
 
 
 def open_store(path: str | os.PathLike) -> PackedStore:
