@@ -75,7 +75,49 @@ def make_calculator(name: str, kwargs: dict[str, Any] | None = None) -> Calculat
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot import calculator {path!r}: {exc}") from exc
-    return cls(**(kwargs or {}))
+    from ase.calculators.calculator import BaseCalculator
+
+    if not (isinstance(cls, type) and issubclass(cls, BaseCalculator)):
+        raise ConfigError(f"calculator {path!r} is not an ASE calculator class")
+    _check_calculator_kwargs(cls, path, kwargs or {})
+    try:
+        return cls(**(kwargs or {}))
+    except Exception as exc:  # the calculator's own check of its settings
+        raise ConfigError(f"calculator {path!r} refused its settings {kwargs or {}}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+
+
+def _check_calculator_kwargs(cls: type, path: str, kwargs: dict[str, Any]) -> None:
+    """Refuse settings an ASE calculator would silently ignore.
+
+    ASE's ``Calculator.__init__`` stores unknown ``**kwargs`` as parameters without a
+    word; the known ones are the constructor's named arguments (of the class and its
+    bases) and the class's ``default_parameters``. A calculator that takes ``**kwargs``
+    and declares no defaults cannot be checked and is trusted.
+    """
+    import inspect
+
+    from ml4m.validation import check_mapping
+
+    kwargs = check_mapping("calculator_kwargs", kwargs)
+    named: set[str] = set(getattr(cls, "default_parameters", None) or {})
+    open_ended = False
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return
+        named |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        open_ended |= any(p.kind is p.VAR_KEYWORD for p in params) and klass is cls
+    if open_ended and not getattr(cls, "default_parameters", None):
+        return
+    unknown = sorted(set(kwargs) - named - {"self"})
+    if unknown:
+        raise ConfigError(f"calculator {path!r} has no setting(s) {unknown}; known: "
+                          f"{sorted(named - {'self'})}")
 
 
 @dataclass
@@ -255,8 +297,18 @@ def _lattice_constant(symbol: str, calc: Calculator) -> float:
         atoms.set_cell(ref.cell * s, scale_atoms=True)
         atoms.calc = calc
         volumes.append(atoms.get_volume())
-        energies.append(atoms.get_potential_energy())
-    v0, _, _ = EquationOfState(volumes, energies).fit()
+        try:
+            energies.append(atoms.get_potential_energy())
+        except Exception as exc:
+            raise ConfigError(f"the calculator failed on {symbol}'s reference crystal: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    try:
+        v0, _, _ = EquationOfState(volumes, energies).fit()
+    except Exception as exc:
+        raise ConfigError(f"the calculator's equation of state of {symbol} has no minimum near "
+                          f"its reference lattice constant {a0:.3f} A ({exc})") from exc
+    if not np.isfinite(v0) or v0 <= 0:
+        raise ConfigError(f"the calculator gives no finite lattice constant for {symbol}")
     return float(a0 * (v0 / ref.get_volume()) ** (1 / 3))
 
 
@@ -368,11 +420,11 @@ def generate(
     tasks = plan_tasks(cfg)
     output = Path(output)
     check_output(output)
+    calc = make_calculator(cfg.calculator, cfg.calculator_kwargs)
+    a = _lattice_constant(cfg.elements[0], calc)
     with output_lock(output):
         parts = output.with_name(f".{output.name}.parts")
         resumed = _claim_parts(parts, cfg, restart)
-        calc = make_calculator(cfg.calculator, cfg.calculator_kwargs)
-        a = _lattice_constant(cfg.elements[0], calc)
         total = len(tasks) * cfg.frames_per_trajectory
         with Progress(disable=not progress, transient=True) as bar:
             job = bar.add_task(f"generating {cfg.system} with {cfg.calculator}", total=total)

@@ -90,6 +90,9 @@ def fit_within_budget(fit: Callable[[Sequence[Any]], Any], frames: Sequence[Any]
     ConfigError
         The budget does not allow even the smaller probe plus a fit.
     """
+    from ml4m.validation import check_float
+
+    budget_seconds = check_float("max_minutes (in seconds)", budget_seconds, 0, low_open=True)
     started = time.perf_counter() if started is None else started
     n = len(frames)
     n1 = min(n, max(min_frames, n // 50))
