@@ -29,7 +29,8 @@ def test_check_int():
 
 def test_check_float():
     assert check_float("x", 2) == 2.0 and isinstance(check_float("x", 2), float)
-    assert check_float("sigma", "1e-3") == 1e-3  # YAML 1.1 reads 1e-3 as a string
+    with pytest.raises(ConfigError, match="YAML reads 1e-3 without a dot as text"):
+        check_float("sigma", "1e-3")  # YAML 1.1 reads 1e-3 as a string
     for bad in (float("nan"), float("inf"), "abc", True, [1.0], None):
         with pytest.raises(ConfigError, match="x must be a finite number"):
             check_float("x", bad)

@@ -131,8 +131,8 @@ def check_float(
 ) -> float:
     """A finite real number within ``[low, high]`` (open ends with ``low_open``/``high_open``).
 
-    Integers are accepted; so are strings that spell a number, since YAML 1.1 reads
-    ``1e-3`` (no dot) as a string. NaN and infinities are refused.
+    Integers are accepted; NaN, infinities, bools and strings are refused. A string that
+    spells a number gets a hint: YAML 1.1 reads ``1e-3`` (no dot) as text.
 
     Parameters
     ----------
@@ -151,15 +151,16 @@ def check_float(
     -------
     float
     """
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise fail(f"{name} must be a finite number, got {describe(value)}", **where) from None
-    if isinstance(number, (bool, np.bool_)) or not isinstance(number, numbers.Real):
-        raise fail(f"{name} must be a finite number, got {describe(value)}", **where)
-    number = float(number)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        hint = ""
+        if isinstance(value, str):
+            try:
+                float(value)
+                hint = " (a string: YAML reads 1e-3 without a dot as text; write 1.0e-3)"
+            except ValueError:
+                pass
+        raise fail(f"{name} must be a finite number, got {describe(value)}{hint}", **where)
+    number = float(value)
     if not np.isfinite(number):
         raise fail(f"{name} must be a finite number, got {value!r}", **where)
     if low is not None and (number < low or (low_open and number == low)):

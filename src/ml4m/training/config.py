@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ml4m.errors import ConfigError
+from ml4m.validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_mapping,
+    check_str,
+)
 
 __all__ = ["FitConfig", "MODEL_CHOICES"]
 
@@ -47,8 +55,9 @@ class FitConfig:
     target : str
         For ``krr``: ``energy_per_atom`` or an ``info`` key of the frames.
     seed : int
+        >= 0.
     max_minutes : float, optional
-        Wall-time budget (neural models; linear fits are one-shot).
+        Wall-time budget of the fit, minutes (> 0, finite).
     device : {'cpu', 'cuda'}
     """
 
@@ -69,53 +78,127 @@ class FitConfig:
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str | os.PathLike = "config") -> FitConfig:
-        """Build and check a config; unknown keys and wrong types are named."""
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(mapping) - names)
+        """Build and check a config; unknown keys and wrong types or values are named.
+
+        Raises
+        ------
+        ConfigError
+            Naming ``source`` and the key: a mapping that is not one (or has non-string
+            keys), an unknown key, a value of the wrong type, range or finiteness.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        mapping = check_mapping("the config", mapping, source=source)
+        unknown = sorted(set(mapping) - set(names))
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(names)}")
-        for key, value in mapping.items():
-            _check_type(source, key, value, hints[key])
         cfg = cls(**mapping)
         cfg.validate(source)
         return cfg
 
     def validate(self, source: str | os.PathLike = "config") -> None:
-        """Raise :class:`ConfigError` naming the first invalid value."""
-        if self.model not in MODEL_CHOICES:
-            raise ConfigError(f"{source}: model must be one of {list(MODEL_CHOICES)}, got {self.model!r}")
+        """Raise :class:`ConfigError` naming the first invalid value (type, range, finiteness)."""
+        where = {"source": source}
+        check_choice("model", self.model, MODEL_CHOICES, **where)
         if self.train is None:
             raise ConfigError(f"{source}: 'train' (a labelled structure file) is required")
-        bad = sorted(set(self.keys) - {"energy", "forces", "stress"})
-        if bad:
-            raise ConfigError(f"{source}: keys may name energy, forces, stress; got {bad}")
-        bad = sorted(set(self.sigmas) - {"energy", "forces", "stress"})
+        check_str("train", self.train, **where)
+        if self.valid is not None:
+            check_str("valid", self.valid, **where)
+        check_str("output", self.output, **where)
+        for key, value in check_mapping("keys", self.keys, **where).items():
+            if key not in QUANTITIES:
+                raise ConfigError(f"{source}: keys may name energy, forces, stress; got {[key]}")
+            check_str(f"keys.{key}", value, **where)
+        check_mapping("descriptor", self.descriptor, **where)
+        if self.descriptor_type is not None:
+            check_choice("descriptor_type", self.descriptor_type, DESCRIPTOR_CHOICES, **where)
+        if isinstance(self.e0, str):
+            check_choice("e0", self.e0, ("fit",), **where)
+        elif self.e0 is not None:
+            for el, v in check_mapping("e0", self.e0, **where).items():
+                check_float(f"e0.{el}", v, **where)
+        sigmas = check_mapping("sigmas", self.sigmas, **where)
+        bad = sorted(set(sigmas) - set(QUANTITIES))
         if bad:
             raise ConfigError(f"{source}: sigmas may name energy, forces, stress; got {bad}")
-        for k, v in self.sigmas.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-                raise ConfigError(f"{source}: sigmas.{k} must be a number >= 0, got {v!r}")
-        if self.sigmas.get("energy", 1.0) == 0:
-            raise ConfigError(f"{source}: sigmas.energy must be > 0 (energies are always fitted)")
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"{source}: device must be 'cpu' or 'cuda', got {self.device!r}")
+        for k, v in sigmas.items():
+            check_float(f"sigmas.{k}", v, low=0.0, low_open=k == "energy", **where)
+        check_mapping("params", self.params, **where)
+        for key, check in _PARAM_CHECKS.get(self.model, {}).items():
+            if key in self.params:
+                check(f"params.{key}", self.params[key], **where)
+        check_str("target", self.target, **where)
+        check_int("seed", self.seed, low=0, **where)
+        if self.max_minutes is not None:
+            check_float("max_minutes", self.max_minutes, low=0.0, low_open=True, **where)
+        check_choice("device", self.device, ("cpu", "cuda"), **where)
 
 
-def _check_type(source, key: str, value: Any, hint: Any) -> None:
-    origin = typing.get_origin(hint)
-    allowed = typing.get_args(hint) if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (hint,)
-    if Any in allowed:
-        return
-    for t in allowed:
-        t0 = typing.get_origin(t) or t
-        if t0 is type(None) and value is None:
-            return
-        if t0 is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return
-        if t0 is int and isinstance(value, int) and not isinstance(value, bool):
-            return
-        if t0 in (str, dict, list) and isinstance(value, t0):
-            return
-    names = " or ".join(getattr(typing.get_origin(t) or t, "__name__", str(t)) for t in allowed)
-    raise ConfigError(f"{source}: '{key}' must be {names}, got {type(value).__name__} {value!r}")
+#: quantities ``keys`` and ``sigmas`` may name
+QUANTITIES = ("energy", "forces", "stress")
+#: descriptors ``descriptor_type`` may name
+DESCRIPTOR_CHOICES = ("ace", "soap", "acsf", "mbtr")
+
+
+def _optional(check: Callable[..., Any]) -> Callable[..., Any]:
+    """``check`` that also accepts None (the model's default)."""
+    return lambda name, value, **where: None if value is None else check(name, value, **where)
+
+
+def _positive(name: str, value: Any, **where: Any) -> float:
+    return check_float(name, value, low=0.0, low_open=True, **where)
+
+
+def _positive_or_list(name: str, value: Any, **where: Any) -> Any:
+    for v in value if isinstance(value, list) else [value]:
+        _positive(name, v, **where)
+    return value
+
+
+def _positive_list(name: str, value: Any, **where: Any) -> list[float]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where.get('source', 'config')}: {name} must be a non-empty list "
+                          f"of numbers, got {value!r}")
+    return [_positive(f"{name}[{k}]", v, **where) for k, v in enumerate(value)]
+
+
+def _degree(name: str, value: Any, **where: Any) -> Any:
+    for v in value if isinstance(value, list) else [value]:
+        check_int(name, v, low=1, **where)
+    return value
+
+
+def _choices(*allowed: str) -> Callable[..., Any]:
+    return lambda name, value, **where: check_choice(name, value, allowed, **where)
+
+
+def _int_from(low: int) -> Callable[..., Any]:
+    return lambda name, value, **where: check_int(name, value, low=low, **where)
+
+
+def _kernel_columns(name: str, value: Any, **where: Any) -> Any:
+    if isinstance(value, str):
+        return check_choice(name, value, ("species", "all"), **where)
+    return _degree(name, value, **where)
+
+
+#: type and range of each model-specific ``params`` key, per model (unknown keys are
+#: named by the fit driver, which knows each model's keyword arguments)
+_LINEAR = {
+    "alpha": _optional(_positive_or_list),
+    "beta": _optional(_positive_or_list),
+    "noise": _choices("shared", "per_quantity"),
+    "uncertainty": _choices("posterior", "calibrated"),
+    "prior": _choices("auto", "smoothness", "scale"),
+    "smoothness": check_float,
+    "species_degree": _optional(check_mapping),
+    "batch_frames": _int_from(1),
+}
+_PARAM_CHECKS: dict[str, dict[str, Callable[..., Any]]] = {
+    "ace": _LINEAR,
+    "gp": {**_LINEAR, "n_sparse": _int_from(1), "zeta": _int_from(1),
+           "selection": _choices("fps", "cur", "random"), "sparse_frames": _optional(_int_from(1)),
+           "linear_baseline": check_bool, "kernel_columns": _kernel_columns},
+    "krr": {"kernel": _choices("rbf", "laplacian", "linear"), "alphas": _positive_list,
+            "gammas": _optional(_positive_list), "n_folds": _int_from(2)},
+}
