@@ -168,28 +168,20 @@ def _degree(name: str, value: Any, **where: Any) -> Any:
     return value
 
 
-def _choices(*allowed: str) -> Callable[..., Any]:
-    return lambda name, value, **where: check_choice(name, value, allowed, **where)
-
-
 def _int_from(low: int) -> Callable[..., Any]:
     return lambda name, value, **where: check_int(name, value, low=low, **where)
 
 
 def _kernel_columns(name: str, value: Any, **where: Any) -> Any:
-    if isinstance(value, str):
-        return check_choice(name, value, ("species", "all"), **where)
-    return _degree(name, value, **where)
+    return value if isinstance(value, str) else _degree(name, value, **where)
 
 
-#: type and range of each model-specific ``params`` key, per model (unknown keys are
-#: named by the fit driver, which knows each model's keyword arguments)
+#: type and range of each model-specific ``params`` key whose wrong type would fail
+#: deep inside a fit (the models check their string choices, ``prior``, ``noise``,
+#: ``kernel``..., themselves, and the fit driver names unknown keys)
 _LINEAR = {
     "alpha": _optional(_positive_or_list),
     "beta": _optional(_positive_or_list),
-    "noise": _choices("shared", "per_quantity"),
-    "uncertainty": _choices("posterior", "calibrated"),
-    "prior": _choices("auto", "smoothness", "scale"),
     "smoothness": check_float,
     "species_degree": _optional(check_mapping),
     "batch_frames": _int_from(1),
@@ -197,8 +189,7 @@ _LINEAR = {
 _PARAM_CHECKS: dict[str, dict[str, Callable[..., Any]]] = {
     "ace": _LINEAR,
     "gp": {**_LINEAR, "n_sparse": _int_from(1), "zeta": _int_from(1),
-           "selection": _choices("fps", "cur", "random"), "sparse_frames": _optional(_int_from(1)),
-           "linear_baseline": check_bool, "kernel_columns": _kernel_columns},
-    "krr": {"kernel": _choices("rbf", "laplacian", "linear"), "alphas": _positive_list,
-            "gammas": _optional(_positive_list), "n_folds": _int_from(2)},
+           "sparse_frames": _optional(_int_from(1)), "linear_baseline": check_bool,
+           "kernel_columns": _kernel_columns},
+    "krr": {"alphas": _positive_list, "gammas": _optional(_positive_list), "n_folds": _int_from(2)},
 }
