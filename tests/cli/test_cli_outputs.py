@@ -174,3 +174,20 @@ def test_full_disk_is_a_clear_error(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(fileio.os, "replace", real)
     assert code == 2 and "No space left on device" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_warnings_reach_the_user_as_one_line(capsys, monkeypatch):
+    import warnings
+
+    import ml4m.cli.data as data_cli
+
+    def warns(args):
+        warnings.warn("only 1 training frame", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(data_cli, "run_info", warns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = warnings._showwarning_orig  # what a user's python does
+        code, _, err = run_cli(capsys, "data", "info", "x.extxyz")
+    assert code == 0 and err == "ml4m: warning: only 1 training frame\n"

@@ -78,6 +78,11 @@ def _terminate(signum, frame):  # pragma: no cover - exercised through a subproc
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one ``ml4m: warning:`` line (no source line, no file path)."""
+    return f"ml4m: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ml4m`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
@@ -95,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return 2
+    import warnings
+
+    warnings.formatwarning = _format_warning
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
