@@ -8,6 +8,7 @@ import numpy as np
 
 from ml4m.data.frames import Dataset
 from ml4m.errors import ConfigError
+from ml4m.validation import check_float, check_int, check_str
 
 __all__ = ["Split", "split_indices", "split_dataset"]
 
@@ -25,12 +26,13 @@ class Split:
         return {k: getattr(self, k).tolist() for k in ("train", "valid", "test")}
 
 
-def _check_fractions(valid: float, test: float) -> None:
-    for name, v in (("valid", valid), ("test", test)):
-        if not 0.0 <= v < 1.0:
-            raise ConfigError(f"--{name} must be a fraction in [0, 1), got {v}")
+def _check_fractions(valid: float, test: float) -> tuple[float, float]:
+    """Both fractions finite in [0, 1), leaving frames to train on."""
+    valid, test = (check_float(f"--{name} (a fraction)", v, low=0.0, high=1.0, high_open=True)
+                   for name, v in (("valid", valid), ("test", test)))
     if valid + test >= 1.0:
         raise ConfigError(f"valid + test fractions must leave frames to train on, got {valid + test}")
+    return valid, test
 
 
 def split_indices(
@@ -59,8 +61,9 @@ def split_indices(
     -------
     Split
     """
-    _check_fractions(valid, test)
-    rng = np.random.default_rng(seed)
+    n_frames = check_int("n_frames", n_frames, low=0)
+    valid, test = _check_fractions(valid, test)
+    rng = np.random.default_rng(check_int("--seed", seed, low=0))
     if groups is None:
         order = rng.permutation(n_frames)
         n_valid = int(round(valid * n_frames))
@@ -119,6 +122,7 @@ def split_dataset(
     """
     groups = None
     if by is not None:
+        check_str("--by", by)
         values = dataset.info_values(by)
         if all(v is None for v in values):
             raise ConfigError(f"no frame has info key '{by}' to split by")
