@@ -29,7 +29,14 @@ from ml4m.models.error_model import EnergyErrorModel, ForceErrorModel
 from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
 from ml4m.models.linear.design import VOIGT, DesignRows, FeatureMap, SpeciesBlocks, SumMap, design_rows
 from ml4m.models.serialization import register_model
-from ml4m.validation import check_array, check_choice, check_float, check_int, check_mapping
+from ml4m.validation import (
+    check_array,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_mapping,
+)
 
 __all__ = ["LinearPotential"]
 
@@ -603,9 +610,17 @@ class LinearPotential(Potential):
         """
         params = check_mapping("params", params, required=_STATE_KEYS, error=DataError)
         hyper = _check_state_hyper(params["hyper"])
-        model = cls(descriptor_from_dict(params["descriptor"]), **hyper)
+        descriptor = check_mapping("params.descriptor", params["descriptor"], error=DataError)
+        if check_bool("params.descriptor.average", descriptor.get("average", False),
+                      error=DataError):
+            raise DataError("params.descriptor.average must be false: a potential sums "
+                            "per-atom energies")
+        model = cls(descriptor_from_dict(descriptor), **hyper)
         species, values = _state_e0(arrays)
         model.e0_ = {int(z): float(v) for z, v in zip(species, values)}
+        missing = sorted(set(model.species.tolist()) - set(model.e0_))
+        if missing:
+            raise DataError(f"array 'e0_species' lacks the model's species {missing}")
         fm_arrays = {k[5:]: v for k, v in arrays.items() if k.startswith("fmap_")}
         model.fmap_ = model._restore_feature_map(
             check_mapping("params.feature_map", params["feature_map"], error=DataError), fm_arrays)
@@ -627,6 +642,8 @@ class LinearPotential(Potential):
             model.error_model_ = ForceErrorModel.from_state(
                 check_mapping("params.error_model", params["error_model"], error=DataError),
                 em_arrays)
+            _check_error_model(model.error_model_, model.descriptor.n_features,
+                               len(model.species))
         alpha, beta = (check_float(f"params.{k}", params[k], low=0.0, low_open=True,
                                    error=DataError) for k in ("alpha_", "beta_"))
         model.regression_ = BayesianLinearRegression(alpha=alpha, beta=beta)
@@ -665,6 +682,24 @@ def _state_e0(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"array 'e0_species' holds atomic numbers outside [1, 118]: "
                         f"{species.tolist()}")
     return species, values
+
+
+def _check_error_model(em: ForceErrorModel, n_features: int, n_species: int) -> None:
+    """The force error model's arrays against the descriptor (columns) and species."""
+    where = {"error": DataError}
+    check_int("params.error_model.n_species", em.n_species, low=n_species, high=n_species,
+              **where)
+    mean = check_array("array 'errm_mean'", em.mean_, shape=(n_features,), kinds="f")
+    scale = check_array("array 'errm_scale'", em.scale_, shape=(n_features,), kinds="f")
+    if not np.all(scale > 0):
+        raise DataError("array 'errm_scale' must be > 0 everywhere")
+    comps = check_array("array 'errm_components'", em.components_, shape=(n_features, None),
+                        kinds="f")
+    k = comps.shape[1]
+    check_array("array 'errm_coef'", em.coef_, shape=(3 + n_species * (1 + k),), kinds="f")
+    check_float("params.error_model.force_scale", em.force_scale_, low=0.0, low_open=True,
+                **where)
+    em.mean_, em.scale_, em.components_ = mean, scale, comps
 
 
 def _check_state_hyper(hyper: Any) -> dict[str, Any]:
