@@ -1,5 +1,8 @@
 """Fuzzing model files: a mutated .ml4m loads and predicts, or fails with a DataError.
 
+Two kinds of file: a linear ACE potential (with its force and energy error models) and a
+kernel ridge structure-property model.
+
 The mutations: the zip's bytes (truncated, flipped, spans cut or repeated), meta.json
 entries replaced by values of any JSON type or deleted, arrays replaced by arrays of
 other shapes, dtypes or values (checksums updated, so the model class sees them).
@@ -15,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from _fuzzing import JSON_VALUES, apply_byte_edits, byte_edits, edit_tree, fuzz, leaf_paths, outcome
 from ase.build import bulk
 from hypothesis import strategies as st
@@ -23,25 +27,36 @@ from hypothesis.extra import numpy as hnp
 import ml4m
 from ml4m.data import default_dataset
 from ml4m.descriptors import make_descriptor
+from ml4m.models.kernel import PropertyModel
 from ml4m.models.linear import LinearACE
 from ml4m.models.serialization import _digest
 
 N = int(os.environ.get("ML4M_FUZZ_EXAMPLES", 0))
 
 
-def _model_bytes() -> bytes:
-    """A tiny linear ACE model with a calibrated error model, as file bytes."""
-    d = make_descriptor("ace", species=["Cu"], r_cut=3.5, n_max=2, l_max=1, correlation_order=2)
-    model = LinearACE(d).fit(default_dataset()[:12])
+def _model_files() -> dict[str, bytes]:
+    """A tiny linear ACE model with a calibrated error model, and a tiny kernel ridge model."""
+    ace = make_descriptor("ace", species=["Cu"], r_cut=3.5, n_max=2, l_max=1,
+                          correlation_order=2)
+    mbtr = make_descriptor("mbtr", species=["Cu"], r_cut=4.0)
+    data = default_dataset()
+    models = {"ace": LinearACE(ace).fit(data[:12]),
+              "krr": PropertyModel(mbtr, alphas=(1e-3,), gammas=(0.1,), n_folds=2).fit(data[:10])}
     with tempfile.TemporaryDirectory() as tmp:
-        return model.save(Path(tmp) / "tiny").read_bytes()
+        return {k: m.save(Path(tmp) / k).read_bytes() for k, m in models.items()}
 
 
-MODEL = _model_bytes()
-with zipfile.ZipFile(io.BytesIO(MODEL)) as _zf:
-    ENTRIES = {n: _zf.read(n) for n in _zf.namelist()}
-META = json.loads(ENTRIES["meta.json"])
-ARRAYS = {n[:-4]: np.load(io.BytesIO(b)) for n, b in ENTRIES.items() if n.endswith(".npy")}
+MODELS = _model_files()
+
+
+def _entries(kind: str) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(MODELS[kind])) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+ENTRIES = {kind: _entries(kind) for kind in MODELS}
+ARRAYS = {kind: {n[:-4]: np.load(io.BytesIO(b)) for n, b in e.items() if n.endswith(".npy")}
+          for kind, e in ENTRIES.items()}
 ATOMS = bulk("Cu", cubic=True)
 ATOMS.rattle(0.05, seed=3)
 
@@ -61,25 +76,30 @@ def _load_and_predict(data: bytes) -> str:
 
         def run():
             model = ml4m.load(path)
-            model.predict([ATOMS], uncertainty=True)
+            if isinstance(model, PropertyModel):
+                model.predict_values([ATOMS], return_std=True)
+            else:
+                model.predict([ATOMS], uncertainty=True)
 
         return outcome(run)
 
 
-def test_valid_model_loads():
-    assert _load_and_predict(MODEL) == "ok"
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_valid_model_loads(kind):
+    assert _load_and_predict(MODELS[kind]) == "ok"
 
 
 def test_mutated_bytes():
-    seen = fuzz(byte_edits(len(MODEL)), lambda e: _load_and_predict(apply_byte_edits(MODEL, e)),
+    data = MODELS["ace"]
+    seen = fuzz(byte_edits(len(data)), lambda e: _load_and_predict(apply_byte_edits(data, e)),
                 max_examples=N or 60)
     assert seen["DataError"], seen
 
 
 @st.composite
-def _meta_edits(draw) -> list:
+def _meta_edits(draw, kind: str) -> list:
     """1-2 entries of meta.json (any depth) replaced by a JSON value or deleted."""
-    meta, edits = json.loads(ENTRIES["meta.json"]), []
+    meta, edits = json.loads(ENTRIES[kind]["meta.json"]), []
     for _ in range(draw(st.integers(1, 2))):
         paths = leaf_paths(meta)
         if not paths:
@@ -90,16 +110,17 @@ def _meta_edits(draw) -> list:
     return edits
 
 
-def _with_meta_edits(edits: list) -> bytes:
-    meta = json.loads(ENTRIES["meta.json"])
+def _with_meta_edits(kind: str, edits: list) -> bytes:
+    meta = json.loads(ENTRIES[kind]["meta.json"])
     for edit in edits:
         edit_tree(meta, *edit)
-    return _zip({**ENTRIES, "meta.json": json.dumps(meta).encode()})
+    return _zip({**ENTRIES[kind], "meta.json": json.dumps(meta).encode()})
 
 
-def test_edited_metadata():
-    seen = fuzz(_meta_edits(), lambda e: _load_and_predict(_with_meta_edits(e)),
-                max_examples=N or 150)
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_edited_metadata(kind):
+    seen = fuzz(_meta_edits(kind), lambda e: _load_and_predict(_with_meta_edits(kind, e)),
+                max_examples=N or 100)
     assert seen["ok"] and seen["DataError"], seen
 
 
@@ -108,10 +129,10 @@ _VALUES = st.sampled_from([np.nan, np.inf, -1.0, 0.0, 1e300, 2.0, 10**6])
 
 
 @st.composite
-def _array_edits(draw) -> tuple:
+def _array_edits(draw, kind: str) -> tuple:
     """An array replaced: random, one value changed, reshaped, cut or cast."""
-    name = draw(st.sampled_from(sorted(ARRAYS)))
-    original = ARRAYS[name]
+    name = draw(st.sampled_from(sorted(ARRAYS[kind])))
+    original = ARRAYS[kind][name]
     how = draw(st.sampled_from(["random", "value", "reshape", "cut", "dtype"]))
     if how == "random":
         return name, draw(hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=0, max_dims=3,
@@ -127,16 +148,18 @@ def _array_edits(draw) -> tuple:
     return name, original.astype(draw(_DTYPES))
 
 
-def _with_array(edit: tuple) -> bytes:
+def _with_array(kind: str, edit: tuple) -> bytes:
     name, new = edit
-    meta = json.loads(ENTRIES["meta.json"])
+    meta = json.loads(ENTRIES[kind]["meta.json"])
     meta["sha256"][name] = _digest(new)
     buf = io.BytesIO()
     np.save(buf, new)
-    return _zip({**ENTRIES, f"{name}.npy": buf.getvalue(), "meta.json": json.dumps(meta).encode()})
+    return _zip({**ENTRIES[kind], f"{name}.npy": buf.getvalue(),
+                 "meta.json": json.dumps(meta).encode()})
 
 
-def test_replaced_arrays():
-    seen = fuzz(_array_edits(), lambda e: _load_and_predict(_with_array(e)),
-                max_examples=N or 120)
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_replaced_arrays(kind):
+    seen = fuzz(_array_edits(kind), lambda e: _load_and_predict(_with_array(kind, e)),
+                max_examples=N or 80)
     assert seen["ok"] and seen["DataError"], seen

@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 
 from ml4m.data.frames import Dataset, Frame
-from ml4m.errors import ConfigError, DataError, NotFittedError
+from ml4m.errors import DataError, NotFittedError
 from ml4m.models.base import as_frames, descriptor_from_dict, descriptor_to_dict
-from ml4m.models.kernel.krr import KernelRegressor, cross_validate
+from ml4m.models.kernel.krr import _KERNELS, KernelRegressor, cross_validate
 from ml4m.models.serialization import register_model
+from ml4m.validation import check_array, check_choice, check_float, check_mapping, check_str
 
 __all__ = ["PropertyModel", "frame_targets"]
 
@@ -116,12 +117,38 @@ class PropertyModel:
 
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> PropertyModel:
-        """Rebuild from a model file's contents."""
-        try:
-            model = cls(descriptor_from_dict(params["descriptor"]), target=params["target"],
-                        kernel=params["regressor"]["kernel"])
-            model.regressor_ = KernelRegressor.from_state(params["regressor"], arrays)
-            model.cv_ = params.get("cv", {})
-        except KeyError as exc:
-            raise ConfigError(f"model file lacks entry {exc}") from exc
+        """Rebuild from a model file's contents.
+
+        Every entry is checked first (type, range, shapes of the training table against
+        the descriptor); a bad one raises :class:`DataError` naming it
+        (:func:`ml4m.load` adds the file).
+        """
+        where = {"error": DataError}
+        params = check_mapping("params", params, required=("descriptor", "target", "regressor"),
+                               **where)
+        reg = check_mapping("params.regressor", params["regressor"],
+                            required=("kernel", "alpha", "gamma", "y_mean", "signal_variance"),
+                            **where)
+        check_choice("params.regressor.kernel", reg["kernel"], _KERNELS, **where)
+        check_float("params.regressor.alpha", reg["alpha"], low=0.0, low_open=True, **where)
+        check_float("params.regressor.gamma", reg["gamma"], low=0.0, low_open=True, **where)
+        check_float("params.regressor.y_mean", reg["y_mean"], **where)
+        check_float("params.regressor.signal_variance", reg["signal_variance"], low=0.0,
+                    low_open=True, **where)
+        model = cls(descriptor_from_dict(params["descriptor"]),
+                    target=check_str("params.target", params["target"], **where),
+                    kernel=reg["kernel"])
+        n_features = model.descriptor.n_features
+        for name in ("dual_coef", "X_fit", "x_mean", "x_scale"):
+            if name not in arrays:
+                raise DataError(f"array {name!r} is missing")
+        X = check_array("array 'X_fit'", arrays["X_fit"], shape=(None, n_features), kinds="f")
+        check_array("array 'dual_coef'", arrays["dual_coef"], shape=(len(X),), kinds="f")
+        check_array("array 'x_mean'", arrays["x_mean"], shape=(n_features,), kinds="f")
+        scale = check_array("array 'x_scale'", arrays["x_scale"], shape=(n_features,), kinds="f")
+        if len(X) < 2 or not np.all(scale > 0):
+            raise DataError("array 'X_fit' needs >= 2 rows and 'x_scale' values > 0")
+        model.regressor_ = KernelRegressor.from_state(reg, arrays)
+        cv = params.get("cv", {})
+        model.cv_ = check_mapping("params.cv", cv, **where)
         return model
