@@ -215,3 +215,18 @@ def test_declared_sizes_checked_before_allocation(model_file, tmp_path, monkeypa
     monkeypatch.setattr(ser, "_memory_bytes", lambda: 100)
     with pytest.raises(DataError, match=r"tiny\.ml4m: array '\w+' declares \d+ bytes, more than"):
         read_model_file(model_file.with_name("tiny.ml4m"))
+
+
+def test_absurd_finite_values_fail_at_load(model_file, tmp_path):
+    """A finite coefficient of 1e300 passes every array check, but its predictions overflow:
+    load predicts a test structure and refuses the file instead of a later run."""
+    import ml4m
+    from ml4m.models.serialization import load
+
+    coef = read_model_file(model_file)[2]["coef"].copy()
+    coef[0] = 1e300
+    path = _edited(model_file, tmp_path, coef=coef)
+    with pytest.raises(DataError, match=r"edited\.ml4m: invalid model: the model predicts a "
+                                        r"non-finite \w+ for a test structure"):
+        ml4m.load(path)
+    assert load(path, check=False).coef_[0] == 1e300  # the check can be skipped

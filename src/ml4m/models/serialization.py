@@ -245,13 +245,17 @@ def read_model_file(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[
     return meta["kind"], meta["params"], arrays
 
 
-def load(path: str | os.PathLike):
+def load(path: str | os.PathLike, *, check: bool = True):
     """Load any ml4m model saved with ``model.save(path)``.
 
     Parameters
     ----------
     path : str or PathLike
         A ``.ml4m`` file.
+    check : bool, default=True
+        Predict one small test structure (one atom of each of the model's elements on a
+        periodic grid) and require finite results: values that are finite but absurd
+        (an overflowing coefficient) fail here, naming the file, not in a later run.
 
     Returns
     -------
@@ -262,8 +266,8 @@ def load(path: str | os.PathLike):
     ------
     DataError
         Naming the file: anything :func:`read_model_file` refuses, an unknown model
-        kind, and any entry the model class cannot rebuild from (a missing key, a value
-        of the wrong type or range, inconsistent shapes).
+        kind, any entry the model class cannot rebuild from (a missing key, a value of
+        the wrong type or range, inconsistent shapes), and non-finite test predictions.
     """
     name = str(path)
     kind, params, arrays = read_model_file(path)
@@ -271,7 +275,10 @@ def load(path: str | os.PathLike):
     if kind not in _REGISTRY:
         raise DataError(f"unknown model kind {kind!r} (known: {sorted(_REGISTRY)})", name)
     try:
-        return _REGISTRY[kind].from_state(params, arrays)
+        model = _REGISTRY[kind].from_state(params, arrays)
+        if check:
+            _check_predictions(model)
+        return model
     except DataError as exc:
         if exc.path is not None:
             raise
@@ -280,6 +287,31 @@ def load(path: str | os.PathLike):
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to rebuild names the file
         raise DataError(f"invalid model: {_explain(exc)}", name) from exc
+
+
+def _check_predictions(model: Any) -> None:
+    """Predict a small periodic structure with every element of ``model``; all finite."""
+    from ml4m.data.frames import Frame
+
+    species = [int(z) for z in getattr(model.descriptor, "species", ())]
+    if not species:
+        return
+    side = math.ceil(len(species) ** (1 / 3))
+    grid = np.array([(i, j, k) for i in range(side) for j in range(side) for k in range(side)])
+    spacing = 2.6  # Angstrom: a bonded distance for most elements
+    frame = Frame(numbers=np.array(species, dtype=np.int64),
+                  positions=spacing * grid[: len(species)].astype(float) + 0.3,
+                  cell=np.eye(3) * spacing * side, pbc=np.ones(3, dtype=bool))
+    if hasattr(model, "predict_values"):  # a structure-property model
+        values = dict(zip(("value", "sigma"), model.predict_values([frame], return_std=True)))
+    else:
+        pred = model.predict([frame], uncertainty=getattr(model, "has_uncertainty", False))
+        values = {k: getattr(pred, k) for k in ("energy", "forces", "stress", "energy_sigma",
+                                                "forces_sigma")}
+    for key, value in values.items():
+        if value is not None and not np.all(np.isfinite(value)):
+            raise DataError(f"the model predicts a non-finite {key} for a test structure of "
+                            f"its elements (corrupted or absurd parameters)")
 
 
 def _explain(exc: Exception) -> str:
