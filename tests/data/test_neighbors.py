@@ -109,3 +109,84 @@ def test_shortest_distances_per_element_pair():
     assert set(pair_inner_radii(mols, margin=5.0, cutoff=10.0).values()) == {0.0}
     cu = shortest_distances([bulk("Cu", "fcc", a=3.6)], cutoff=3.0)
     assert cu == {"Cu-Cu": pytest.approx(3.6 / np.sqrt(2), rel=1e-12)}
+
+
+def _run_isolated(code: str, timeout: float = 60.0):
+    """Run ``code`` in a fresh interpreter: a crash (SIGFPE, SIGSEGV) or a hang fails the
+    test instead of killing or stalling pytest."""
+    import subprocess
+    import sys
+
+    try:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"no answer within {timeout} s")
+
+
+def _far_apart() -> dict[str, Atoms]:
+    """Structures whose bounding box dwarfs the cutoff (vesin: SIGFPE) or the reverse
+    (vesin: no answer), each with a brute-force reference."""
+    mol = molecule("CH3CH2OH")
+    far = mol.copy()
+    far.positions[0] += [1e5, 0.0, 0.0]  # one atom 1e5 A away
+    line = Atoms("H3", positions=[[0, 0, 0], [1.0, 0, 0], [1e6, 0, 0]])
+    spread = Atoms("H3", positions=[[0, 0, 0], [0.9, 0, 0], [1e8, 1e8, 1e8]])
+    wide = Atoms("H3", positions=[[0, 0, 0], [1.0, 0, 0], [2.0, 1.0, 0]], cell=np.eye(3) * 1e6,
+                 pbc=[True, True, False])  # a huge periodic cell beside an open direction
+    rod = wide.copy()
+    rod.pbc = [True, False, False]
+    slab = fcc111("Cu", (2, 2, 3), vacuum=5.0)
+    slab.positions[-1, 2] += 1e6  # an adatom far above a periodic slab
+    return {"far_atom": far, "line": line, "spread": spread, "wide_cell": wide, "rod": rod,
+            "far_adatom": slab}
+
+
+def test_huge_boxes_match_brute_force():
+    """All cases in one fresh interpreter (one start-up); stderr names the case that
+    crashed, if one does."""
+    import pickle
+
+    cases = {(name, cutoff): atoms for name, atoms in _far_apart().items()
+             for cutoff in (2.0, 5.0)}
+    code = ("import pickle, sys; from ml4m.data.neighbors import neighbor_list\n"
+            f"cases = pickle.loads({pickle.dumps(cases)!r})\n"
+            "out = {}\n"
+            "for (name, cutoff), a in cases.items():\n"
+            "    print(name, cutoff, file=sys.stderr, flush=True)\n"
+            "    nl = neighbor_list(a, cutoff)\n"
+            "    out[name, cutoff] = sorted((int(i), int(j), tuple(map(int, s)))\n"
+            "                               for i, j, s in zip(nl.i, nl.j, nl.shifts))\n"
+            "print(repr(out))\n"
+            "print(len(neighbor_list(cases['far_atom', 2.0][1:], 1e4)))\n")
+    run = _run_isolated(code)
+    assert run.returncode == 0, f"exit {run.returncode} at: {run.stderr[-300:]}"
+    lines = run.stdout.strip().splitlines()
+    got = eval(lines[0])
+    for key, atoms in cases.items():
+        assert set(got[key]) == brute_force(atoms, key[1]), key
+    # a cutoff of 1e4 A around an 8-atom molecule (vesin never returned): all pairs
+    assert int(lines[1]) == 8 * 7
+
+
+def test_open_and_mixed_lists_keep_the_layout():
+    """Open and mixed structures: sorted by centre, half list = one of each (i, j, +-S),
+    coincident atoms are neighbours, an atom is not its own."""
+    slab = systems()["slab"]
+    full = neighbor_list(slab, 5.5)
+    assert np.all(np.diff(full.i) >= 0)
+    half = neighbor_list(slab, 5.5, full_list=False)
+    assert 2 * len(half) == len(full)
+    one = {(int(i), int(j), tuple(map(int, s))) for i, j, s in zip(half.i, half.j, half.shifts)}
+    mirrored = {(j, i, tuple(-x for x in s)) for i, j, s in one}
+    assert not one & mirrored and one | mirrored == brute_force(slab, 5.5)
+    twin = Atoms("H3", positions=[[0, 0, 0], [0, 0, 0], [3, 0, 0]])
+    nl = neighbor_list(twin, 1.0)
+    assert sorted(zip(nl.i.tolist(), nl.j.tolist())) == [(0, 1), (1, 0)]
+
+
+def test_list_beyond_the_memory_limit_is_refused():
+    with pytest.raises(ConfigError, match=r"neighbour list of 1 atoms .*--max-memory"):
+        neighbor_list(bulk("Cu", "fcc", a=3.6), 1e4)  # ~4e11 pairs
+    with pytest.raises(ConfigError, match="limit of 1 kB"):
+        neighbor_list(molecule("CH3CH2OH"), 5.0, max_memory="1kB")

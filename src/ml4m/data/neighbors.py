@@ -1,21 +1,35 @@
-"""Neighbour lists through vesin, for one frame or many frames at once.
+"""Neighbour lists, for one frame or many frames at once.
 
 Periodic, open and mixed boundary conditions are supported, including cells smaller
-than the cutoff, where an atom sees its own periodic images.
+than the cutoff, where an atom sees its own periodic images. Fully periodic structures
+go through vesin's cell list. Open and mixed ones go through a k-d tree over the atoms
+and the periodic images they need: vesin's cell list spans the atoms' bounding box,
+and a box far larger than the cutoff (two atoms 1e6 Angstrom apart, a periodic cell of
+1e6 Angstrom next to an open direction) kills the process with SIGFPE, a cutoff far
+larger than a molecule never returns.
+
+Before any search the expected number of pairs is checked against the memory limit
+(:func:`ml4m.resources.check_memory`): a cutoff of 1e4 Angstrom in a crystal is refused
+with a :class:`~ml4m.errors.ConfigError` instead of exhausting memory.
 """
 
 from __future__ import annotations
 
+import itertools
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import sys
 
 import numpy as np
 from ase import Atoms
 
 from ml4m.data.frames import Frame
-from ml4m.errors import ConfigError
+from ml4m.errors import ConfigError, DataError
+from ml4m.resources import check_memory, estimate_neighbors
+
+#: bytes held per pair of a list (i, j, shifts, vectors, distance, and their sort)
+PAIR_BYTES = 96
+_SMALL = 2**26  # lists that cannot exceed this many bytes skip the neighbour estimate
 
 __all__ = ["NeighborList", "neighbor_list", "batched_neighbor_list", "shortest_distances",
            "pair_inner_radii"]
@@ -76,9 +90,10 @@ def _geometry(frame: Frame | Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def neighbor_list(
-    frame: Frame | Atoms, cutoff: float, full_list: bool = True
+    frame: Frame | Atoms, cutoff: float, full_list: bool = True,
+    max_memory: int | str | None = None,
 ) -> NeighborList:
-    """All pairs within ``cutoff`` of one structure.
+    """All pairs closer than ``cutoff`` of one structure.
 
     Parameters
     ----------
@@ -88,21 +103,46 @@ def neighbor_list(
         Cutoff radius, Angstrom (> 0).
     full_list : bool, default=True
         Both ``(i, j)`` and ``(j, i)`` when True; each pair once when False.
+    max_memory : int or str, optional
+        Memory limit for the list (bytes or e.g. ``"4GB"``; default half the available
+        memory, see :func:`ml4m.resources.check_memory`).
 
     Returns
     -------
     NeighborList
-        Pairs sorted by ``i`` (then ``j``), with shifts, vectors and distances.
+        Pairs sorted by ``i``, with shifts, vectors and distances.
+
+    Raises
+    ------
+    ConfigError
+        Bad cutoff, or the expected list exceeds the memory limit.
+    DataError
+        Non-finite positions, or periodic cell vectors that are zero or linearly dependent.
     """
     if not np.isfinite(cutoff) or cutoff <= 0:
         raise ConfigError(f"cutoff must be a finite, positive number of Angstrom, got {cutoff}")
     positions, cell, pbc = _geometry(frame)
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     box = np.ascontiguousarray(cell, dtype=np.float64)
-    calculator = _vesin().NeighborList(cutoff=float(cutoff), full_list=full_list, sorted=True)
-    i, j, s, d, v = calculator.compute(
-        points=positions, box=box, periodic=[bool(p) for p in pbc], quantities="ijSdD"
-    )
+    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    if not np.all(np.isfinite(positions)):
+        raise DataError("positions contain NaN or infinite values: no neighbour list")
+    if pbc.any() and np.linalg.matrix_rank(box[pbc], tol=1e-6) < pbc.sum():
+        raise DataError("periodic cell vectors are zero or linearly dependent: no neighbour list")
+    n = len(positions)
+    n_pairs = n * (n - 1.0) if not pbc.any() else n * estimate_neighbors(frame, cutoff)
+    if n_pairs * PAIR_BYTES > _SMALL:  # small open structures: no estimate needed
+        n_pairs = n * estimate_neighbors(frame, cutoff)
+    check_memory(n_pairs * PAIR_BYTES * (1 if full_list else 0.5),
+                 f"a neighbour list of {n:,} atoms within {cutoff:g} A "
+                 f"(about {n_pairs:,.3g} pairs)", max_memory,
+                 hint="lower the cutoff or raise max_memory (--max-memory)")
+    if pbc.all():
+        calculator = _vesin().NeighborList(cutoff=float(cutoff), full_list=full_list, sorted=True)
+        i, j, s, d, v = calculator.compute(points=positions, box=box, periodic=True,
+                                           quantities="ijSdD")
+    else:
+        i, j, s, v, d = _tree_pairs(positions, box, pbc, float(cutoff), full_list)
     return NeighborList(
         i=i.astype(np.int64),
         j=j.astype(np.int64),
@@ -111,6 +151,70 @@ def neighbor_list(
         distances=d,
         cutoff=float(cutoff),
     )
+
+
+def _tree_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
+                full_list: bool) -> tuple[np.ndarray, ...]:
+    """``(i, j, shifts, vectors, distances)`` of an open or mixed structure by a k-d tree.
+
+    Positions are wrapped into the cell along the periodic directions; the images
+    within reach (``ceil(cutoff / plane spacing) + 1`` cells either way) join the tree;
+    pairs closer than ``cutoff`` (``d < cutoff``, as vesin; an atom is not its own
+    neighbour, its images are) are kept, shifts
+    translated back to the unwrapped positions. Cost and memory grow with the atoms
+    and images, not with the bounding box.
+    """
+    from scipy.spatial import cKDTree
+
+    n = len(positions)
+    dirs = np.flatnonzero(pbc)
+    lattice = cell[dirs]  # (k, 3) periodic vectors
+    if len(dirs):
+        recip = np.linalg.pinv(lattice)  # (3, k): fractional coordinates along them
+        wrap = np.floor(positions @ recip).astype(np.int64)
+        wrapped = positions - wrap @ lattice
+        reach = [int(np.ceil(cutoff * np.linalg.norm(recip[:, a]))) + 1 for a in range(len(dirs))]
+        images = np.array(list(itertools.product(*(range(-r, r + 1) for r in reach))),
+                          dtype=np.int64)
+    else:
+        wrap = np.zeros((n, 0), dtype=np.int64)
+        wrapped = positions
+        images = np.zeros((1, 0), dtype=np.int64)
+    radius = cutoff * (1.0 + 1e-9)  # the exact test d < cutoff follows
+    centres = cKDTree(wrapped)
+    if len(dirs):
+        # every image of every atom, image-major: point p is atom p % n in image p // n
+        points = (wrapped[None, :, :] + (images @ lattice)[:, None, :]).reshape(-1, 3)
+        pairs = centres.sparse_distance_matrix(cKDTree(points), radius, output_type="ndarray")
+        i, p = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
+    else:  # open: each pair once from the tree, both orders
+        half = centres.query_pairs(radius, output_type="ndarray").astype(np.int64)
+        i, p = np.concatenate([half[:, 0], half[:, 1]]), np.concatenate([half[:, 1], half[:, 0]])
+    j, image = p % n, images[p // n]
+    shift_w = image  # in the wrapped frame; back to the given positions:
+    shift_k = shift_w + wrap[i] - wrap[j]
+    vectors = positions[j] + shift_k @ lattice - positions[i]
+    distances = np.sqrt(np.einsum("px,px->p", vectors, vectors))
+    keep = (distances < cutoff) & ~((i == j) & ~shift_k.any(axis=1))  # not an atom itself
+    if not full_list:
+        keep &= (i < j) | ((i == j) & _positive(shift_k))
+    i, j, shift_k, vectors, distances = i[keep], j[keep], shift_k[keep], vectors[keep], \
+        distances[keep]
+    shifts = np.zeros((len(i), 3), dtype=np.int64)
+    shifts[:, dirs] = shift_k
+    order = np.lexsort((shifts[:, 0], shifts[:, 1], shifts[:, 2], j, i))
+    return i[order], j[order], shifts[order], vectors[order], distances[order]
+
+
+def _positive(shifts: np.ndarray) -> np.ndarray:
+    """Shifts whose last non-zero component is positive (one of ``s`` and ``-s``)."""
+    out = np.zeros(len(shifts), dtype=bool)
+    decided = np.zeros(len(shifts), dtype=bool)
+    for a in range(shifts.shape[1] - 1, -1, -1):
+        c = shifts[:, a]
+        out |= ~decided & (c > 0)
+        decided |= c != 0
+    return out
 
 
 def batched_neighbor_list(
