@@ -103,6 +103,9 @@ def save_model_file(path: str | os.PathLike, kind: str, params: dict[str, Any],
     return path
 
 
+#: largest |energy per atom|, |force|, |stress| or sigma (eV, Angstrom) a potential may
+#: predict for the test structure of :func:`load`; far beyond any physical value
+MAX_TEST_PREDICTION = 1e6
 #: largest meta.json entry read, bytes
 MAX_META_BYTES = 64 << 20
 _NUMERIC_KINDS = "biuf"
@@ -254,8 +257,9 @@ def load(path: str | os.PathLike, *, check: bool = True):
         A ``.ml4m`` file.
     check : bool, default=True
         Predict one small test structure (one atom of each of the model's elements on a
-        periodic grid) and require finite results: values that are finite but absurd
-        (an overflowing coefficient) fail here, naming the file, not in a later run.
+        periodic grid) and require finite results, for a potential within
+        :data:`MAX_TEST_PREDICTION`: parameters that are finite but absurd (a
+        coefficient of 1e300) fail here, naming the file, not in a later run.
 
     Returns
     -------
@@ -302,16 +306,19 @@ def _check_predictions(model: Any) -> None:
     frame = Frame(numbers=np.array(species, dtype=np.int64),
                   positions=spacing * grid[: len(species)].astype(float) + 0.3,
                   cell=np.eye(3) * spacing * side, pbc=np.ones(3, dtype=bool))
-    if hasattr(model, "predict_values"):  # a structure-property model
+    bound = np.inf
+    if hasattr(model, "predict_values"):  # a structure-property model (any units)
         values = dict(zip(("value", "sigma"), model.predict_values([frame], return_std=True)))
-    else:
+    else:  # a potential: eV, eV/Angstrom, eV/Angstrom^3
         pred = model.predict([frame], uncertainty=getattr(model, "has_uncertainty", False))
         values = {k: getattr(pred, k) for k in ("energy", "forces", "stress", "energy_sigma",
                                                 "forces_sigma")}
+        values["energy"] = values["energy"] / len(species)
+        bound = MAX_TEST_PREDICTION
     for key, value in values.items():
-        if value is not None and not np.all(np.isfinite(value)):
-            raise DataError(f"the model predicts a non-finite {key} for a test structure of "
-                            f"its elements (corrupted or absurd parameters)")
+        if value is not None and not np.all(np.abs(value) <= bound):
+            raise DataError(f"the model predicts {key} {np.ravel(value)[:3].tolist()} for a test "
+                            f"structure of its elements (corrupted or absurd parameters)")
 
 
 def _explain(exc: Exception) -> str:
