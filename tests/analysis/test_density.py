@@ -124,8 +124,10 @@ def test_bad_parameters(gauss):
         pak_density(g, 0.0)
     with pytest.raises(ConfigError, match="intrinsic_dim"):
         knn_density(g, float("nan"))
-    with pytest.raises(ConfigError, match="k must be in"):
+    with pytest.raises(ConfigError, match=r"k = 65 .* maxk = 64 .*--maxk"):
         knn_density(g, 3.0, k=65)
+    with pytest.raises(ConfigError, match=r"k_min = 65 .*--maxk"):
+        kstar(g, 3.0, k_min=65)
     with pytest.raises(DataError, match="k_star"):
         pak_density(g, 3.0, k_star=np.full(5, 3))
     with pytest.raises(DataError, match="k_star"):

@@ -8,6 +8,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from ml4m.cli.main import main
+from ml4m.data.neighbors import neighbor_list
 from ml4m.descriptors import ACE, ACSF, MBTR, SOAP, describe_frames
 from ml4m.errors import ConfigError, DataError
 
@@ -85,3 +86,68 @@ def test_cli_exit_code_2(tmp_path, capsys):
                  "-o", str(out)]) == 2
     assert "l_max" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_memory_guard_refuses_before_work(tmp_path, capsys):
+    import time
+
+    f = tmp_path / "cu.extxyz"
+    bulk("Cu", "fcc", a=3.6, cubic=True).write(f)
+    out = tmp_path / "o.npz"
+    t0 = time.perf_counter()
+    assert main(["describe", str(f), "--descriptor", "soap", "--r-cut", "1e4",
+                 "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - t0 < 10  # was: no answer
+    for part in ("SOAP descriptors of 4 atoms", "neighbours per atom", "r_cut = 10000 A",
+                 "TB", "available", "--r-cut", "--max-memory"):
+        assert part in err, (part, err)
+    assert not out.exists()
+    assert main(["describe", str(f), "--descriptor", "acsf", "--max-memory", "1kB",
+                 "-o", str(out)]) == 2
+    assert "limit of 1 kB (max_memory)" in capsys.readouterr().err and not out.exists()
+    assert main(["describe", str(f), "--descriptor", "acsf", "--max-memory", "-3",
+                 "-o", str(out)]) == 2
+    assert "--max-memory" in capsys.readouterr().err
+
+
+def test_memory_estimate_bounds_the_result():
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    desc = SOAP(["Cu"], r_cut=4.0, n_max=3, l_max=3)
+    plain, nn = desc.memory_estimate([cu])
+    grads, _ = desc.memory_estimate([cu], gradients=True)
+    res = desc.compute(cu, gradients=True)
+    held = res.features.nbytes + res.gradients.nbytes + res.strain_gradients.nbytes
+    assert held <= grads <= 20 * held and plain < grads
+    assert nn == pytest.approx(len(neighbor_list(cu, 4.0)) / len(cu), rel=0.35)
+    with pytest.raises(ConfigError, match="SOAP descriptors with gradients of 32 atoms"):
+        desc.compute(cu, gradients=True, max_memory=int(held / 2))
+
+
+def test_cutoff_far_beyond_a_molecule_is_fine():
+    from ase.build import molecule
+
+    res = ACSF(["C", "H", "O"], r_cut=1e4).compute(molecule("CH3CH2OH"))  # vesin: no answer
+    assert np.all(np.isfinite(res.features))
+
+
+def test_cli_output_is_claimed_before_work(tmp_path, capsys):
+    f = tmp_path / "cu.npz.extxyz"
+    bulk("Cu", "fcc", a=3.6).write(f, format="extxyz")
+    before = f.read_bytes()
+    # the output named as the input (".npz" appended when missing) is refused, input intact
+    same = tmp_path / "in.npz"
+    same.write_bytes(before)
+    assert main(["describe", str(same), "--format", "extxyz", "--descriptor", "acsf",
+                 "-o", str(same)]) == 2
+    assert "is the input" in capsys.readouterr().err and same.read_bytes() == before
+    folder = tmp_path / "folder.npz"
+    folder.mkdir()
+    assert main(["describe", str(f), "--descriptor", "acsf", "-o", str(folder)]) == 2
+    assert "existing folder" in capsys.readouterr().err
+    out = tmp_path / "d.npz"
+    for _ in range(2):  # a file output is replaced whole, with or without --overwrite
+        assert main(["describe", str(f), "--descriptor", "acsf", "-o", str(out)]) == 0
+    assert main(["describe", str(f), "--descriptor", "acsf", "-o", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cu.npz.extxyz", "d.npz", "folder.npz",
+                                                          "in.npz"]

@@ -253,7 +253,7 @@ def _nearest_cells(C: np.ndarray, probe: int, Q: np.ndarray | None = None,
                    block: int = 2048) -> np.ndarray:
     """For each row of ``Q`` (default ``C``), the ``probe`` nearest rows of ``C``, nearest
     first, shape (len(Q), probe); blocks of rows on all cores."""
-    from ml4m.analysis._parallel import run_blocks
+    from ml4m.parallel import thread_map
 
     Q = C if Q is None else Q
     half = 0.5 * np.einsum("ij,ij->i", C, C)
@@ -269,7 +269,7 @@ def _nearest_cells(C: np.ndarray, probe: int, Q: np.ndarray | None = None,
         gp = np.take_along_axis(g, part, 1)
         out[s:s + block] = np.take_along_axis(part, np.argsort(gp, axis=1, kind="stable"), 1)
 
-    run_blocks(work, range(0, len(Q), block))
+    thread_map(work, range(0, len(Q), block), n_jobs=-1)
     return out
 
 
@@ -302,9 +302,7 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
         duplicate points, the duplicates are kept at distance 0).
     indices : ndarray of shape (n_points, k - 1)
     """
-    from threadpoolctl import threadpool_limits
-
-    from ml4m.analysis._parallel import run_blocks
+    from ml4m.parallel import thread_map
 
     n = Y.shape[0]
     ncells = int(n_cells or max(1, min(n // 56, 65536)))
@@ -340,8 +338,7 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
         if progress is not None and a % 64 == 0:
             progress(done[0], n)
 
-    with threadpool_limits(1):
-        run_blocks(work, range(len(occupied)))
+    thread_map(work, range(len(occupied)), n_jobs=-1)
 
     def sort_rows(s: int) -> None:  # by distance, blocks of rows (no full-size temporaries)
         e = min(n, s + 16384)
@@ -349,7 +346,7 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
         out_d[s:e] = np.take_along_axis(out_d[s:e], srt, 1)
         out_i[s:e] = np.take_along_axis(out_i[s:e], srt, 1)
 
-    run_blocks(sort_rows, range(0, n, 16384))
+    thread_map(sort_rows, range(0, n, 16384), n_jobs=-1)
     m, L = (min(int(refine[0]), k - 1), min(int(refine[1]), k - 1)) if refine else (0, 0)
     if m > 0 and L > 0:  # in the cell order: neighbours of neighbours are mostly near in memory
         nbr = out_i.copy()
@@ -360,7 +357,7 @@ def cell_knn(Y: np.ndarray, k: int, probe: int, progress=None, n_cells: int | No
                 scratch.mark = np.full(n, -1, dtype=np.int64)
             local_join(np.arange(s, min(n, s + 4096)), Ys, nbr, m, L, out_d, out_i, scratch.mark)
 
-        run_blocks(join, range(0, n, 4096))
+        thread_map(join, range(0, n, 4096), n_jobs=-1)
         del nbr
     # back to the input numbering
     res_d = np.empty_like(out_d)

@@ -25,10 +25,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import gammaln
 
-from ml4m.analysis._parallel import run_blocks
+from ml4m.parallel import thread_map
 from ml4m.analysis._validation import check_float, check_int, check_kstar
 from ml4m.analysis.graph import NeighborGraph
 from ml4m.analysis.results import DensityResult
+from ml4m.errors import ConfigError
 
 __all__ = ["log_ball_volume", "knn_density", "kstar", "kstar_density", "pak_density",
            "D_THR_DEFAULT"]
@@ -53,7 +54,20 @@ def _knn_formula(graph: NeighborGraph, d: float, k: np.ndarray, method: str) -> 
     return DensityResult(method, logd, 1.0 / np.sqrt(k), k, d)
 
 
-def knn_density(graph: NeighborGraph, intrinsic_dim: float, *, k: int = 10) -> DensityResult:
+def _within_graph(graph: NeighborGraph, name: str, value, what: str) -> int:
+    """An integer neighbour count of at least 1 that the graph holds; the error names the
+    parameter and the graph's ``maxk`` (``--maxk`` of ``ml4m analyze``) to raise."""
+    value = check_int(name, value, 1)
+    if value > graph.maxk:
+        raise ConfigError(
+            f"{what} uses {name} = {value} neighbours, but the neighbour graph holds only "
+            f"maxk = {graph.maxk} per point: raise maxk (--maxk) to at least {value} or "
+            f"lower {name}")
+    return value
+
+
+def knn_density(graph: NeighborGraph, intrinsic_dim: float, *,
+                k: int | None = None) -> DensityResult:
     """kNN density estimate with a fixed number of neighbours.
 
     Parameters
@@ -61,20 +75,21 @@ def knn_density(graph: NeighborGraph, intrinsic_dim: float, *, k: int = 10) -> D
     graph : NeighborGraph
     intrinsic_dim : float
         Dimension of the manifold (e.g. from :func:`~ml4m.analysis.twonn`).
-    k : int, default=10
-        Neighbours defining the volume (``1 <= k <= graph.maxk``).
+    k : int, optional
+        Neighbours defining the volume (``1 <= k <= graph.maxk``); default
+        ``min(10, graph.maxk)``.
 
     Returns
     -------
     DensityResult
     """
     d = _check_dim(graph, intrinsic_dim)
-    k = check_int("k", k, 1, graph.maxk)
+    k = min(10, graph.maxk) if k is None else _within_graph(graph, "k", k, "the kNN density")
     return _knn_formula(graph, d, np.full(graph.n, k, dtype=np.int64), "knn")
 
 
 def kstar(graph: NeighborGraph, intrinsic_dim: float, *, D_thr: float = D_THR_DEFAULT,
-          k_min: int = 3) -> np.ndarray:
+          k_min: int | None = None) -> np.ndarray:
     """Adaptive neighbourhood sizes ``k*`` by the likelihood-ratio test.
 
     Parameters
@@ -83,8 +98,8 @@ def kstar(graph: NeighborGraph, intrinsic_dim: float, *, D_thr: float = D_THR_DE
     intrinsic_dim : float
     D_thr : float, default=23.928
         Threshold of the test statistic (chi-square, p = 1e-6).
-    k_min : int, default=3
-        Smallest ``k`` tested (and smallest ``k*``).
+    k_min : int, optional
+        Smallest ``k`` tested (and smallest ``k*``); default ``min(3, graph.maxk)``.
 
     Returns
     -------
@@ -94,7 +109,8 @@ def kstar(graph: NeighborGraph, intrinsic_dim: float, *, D_thr: float = D_THR_DE
     """
     d = _check_dim(graph, intrinsic_dim)
     D_thr = check_float("D_thr", D_thr, 0.0, low_open=True)
-    k_min = check_int("k_min", k_min, 1, graph.maxk)
+    k_min = min(3, graph.maxk) if k_min is None else _within_graph(
+        graph, "k_min", k_min, "the k* test of the adaptive densities (kstar, pak)")
     r = graph.floored_distances()
     logr = np.log(r)
     ks = np.arange(k_min, graph.maxk)
@@ -123,7 +139,7 @@ def kstar(graph: NeighborGraph, intrinsic_dim: float, *, D_thr: float = D_THR_DE
             if rows.size == 0:
                 break
 
-    run_blocks(work, range(0, graph.n, 4096))
+    thread_map(work, range(0, graph.n, 4096), n_jobs=-1)
     return out
 
 
@@ -216,7 +232,7 @@ def pak_density(graph: NeighborGraph, intrinsic_dim: float, *,
         F, logrk = _pak_chunk(r[s:e], k[s:e], d)
         logd[s:e] = F - log_ball_volume(d) - d * logrk
 
-    run_blocks(work, range(0, graph.n, 4096))
+    thread_map(work, range(0, graph.n, 4096), n_jobs=-1)
     logd -= np.log(graph.n)
     kf = k.astype(np.float64)
     err = np.sqrt((4 * kf + 2) / (np.maximum(kf - 1, 1) * kf))

@@ -40,11 +40,12 @@ from typing import Literal
 
 import numpy as np
 
-from ml4m.analysis._parallel import run_blocks
+from ml4m.parallel import thread_map
+from ml4m.resources import check_memory
 from ml4m.analysis._validation import check_features, check_int
 from ml4m.errors import ConfigError, DataError
 
-__all__ = ["NeighborGraph", "knn"]
+__all__ = ["NeighborGraph", "knn", "graph_memory"]
 
 Backend = Literal["auto", "brute", "kdtree", "ivf"]
 _BACKENDS = ("auto", "brute", "kdtree", "ivf")
@@ -135,7 +136,10 @@ class NeighborGraph:
         if not self._cache.get("floor"):
             positive = self.distances[self.distances > 0]
             if positive.size == 0:
-                raise DataError("all neighbour distances are zero: the points are identical")
+                raise DataError(
+                    f"every point's maxk = {self.maxk} nearest neighbours are copies of it "
+                    "(distance zero): the density is undefined; remove duplicate rows or "
+                    "raise maxk (--maxk) above the number of copies")
             self._cache["floor"] = 0.5 * float(positive.min())
         return np.maximum(self.distances, self._cache["floor"])
 
@@ -162,6 +166,7 @@ class NeighborGraph:
         period: float | np.ndarray | None = None,
         nprobe: int = 160,
         progress: Callable[[int, int], None] | None = None,
+        max_memory: int | str | None = None,
     ) -> NeighborGraph:
         """Compute the ``maxk`` nearest neighbours of every row of ``X``.
 
@@ -180,22 +185,36 @@ class NeighborGraph:
             higher recall, proportionally slower).
         progress : callable(done, total), optional
             Called as rows are completed.
+        max_memory : int or str, optional
+            Memory limit (bytes or e.g. ``"4GB"``; default half the available memory):
+            a graph whose :func:`graph_memory` exceeds it is refused before the search.
 
         Returns
         -------
         NeighborGraph
+
+        Raises
+        ------
+        ConfigError
+            Bad parameters, or the graph would exceed ``max_memory``.
         """
         X = check_features(X, min_rows=maxk + 1 if isinstance(maxk, int) else 2)
         maxk = check_int("maxk", maxk, 2, X.shape[0] - 1)
+        check_memory(graph_memory(X.shape[0], maxk),
+                     f"a neighbour graph of {X.shape[0]:,} points with maxk = {maxk} "
+                     "neighbours each (and the densities computed on it)", max_memory,
+                     hint="lower maxk (--maxk), analyse fewer points, or raise max_memory "
+                          "(--max-memory)")
         if backend not in _BACKENDS:
             raise ConfigError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         box = None
         if period is not None:
             box = np.broadcast_to(np.asarray(period, dtype=np.float64), (X.shape[1],)).copy()
             if not np.all(np.isfinite(box)) or np.any(box <= 0):
-                raise ConfigError(f"period must be positive and finite, got {period!r}")
+                raise ConfigError(f"period (--period) must be positive and finite, got {period!r}")
             if backend not in ("auto", "kdtree"):
-                raise ConfigError(f"a periodic box needs backend 'kdtree', got {backend!r}")
+                raise ConfigError(f"a periodic box (period, --period) needs backend 'kdtree' "
+                                  f"(--backend kdtree or auto), got {backend!r}")
             backend = "kdtree"
         if backend == "auto":
             if X.shape[1] <= 8:
@@ -211,6 +230,14 @@ class NeighborGraph:
         else:
             d, i = _ivf(X, maxk, nprobe, progress)
         return cls(d, i, "euclidean", box, backend, X.shape[1])
+
+
+def graph_memory(n_points: int, maxk: int) -> float:
+    """Peak memory of a graph of ``n_points x maxk`` neighbours and of the estimators
+    that read it, bytes: the search returns ``maxk + 1`` distances (float64) and indices
+    (int64) per point and drops each point itself (a copy); the densities and the
+    clustering hold about two more float64 arrays and a few masks of that shape."""
+    return float(n_points) * (maxk + 1) * 8.0 * 6.0
 
 
 def knn(X: np.ndarray, maxk: int = 100, **kwargs) -> NeighborGraph:
@@ -370,7 +397,7 @@ def _refine(Y: np.ndarray, cand: np.ndarray, queries: np.ndarray, maxk: int,
         out_d[s:e] = np.take_along_axis(dist, sel, 1)
         out_i[s:e] = np.take_along_axis(c, sel, 1)
 
-    run_blocks(work, range(0, m, block))
+    thread_map(work, range(0, m, block), n_jobs=-1)
     return out_d, out_i
 
 

@@ -37,6 +37,9 @@ class Manifold:
         Neighbour search (see :mod:`ml4m.analysis.graph`).
     graph : NeighborGraph, optional
         A precomputed graph of ``X`` (then no search is done).
+    max_memory : int or str, optional
+        Memory limit of the graph (bytes or e.g. ``"4GB"``; default half the available
+        memory), see :meth:`NeighborGraph.build`.
 
     Examples
     --------
@@ -50,11 +53,13 @@ class Manifold:
     """
 
     def __init__(self, X, maxk: int = 100, *, metric: str = "euclidean", period=None,
-                 backend: str = "auto", graph: NeighborGraph | None = None, progress=None):
+                 backend: str = "auto", graph: NeighborGraph | None = None, progress=None,
+                 max_memory: int | str | None = None):
         check_choice("metric", metric, ("euclidean",))
         self.X = check_features(X, min_rows=3)
         self.graph = graph if graph is not None else NeighborGraph.build(
-            self.X, maxk, backend=backend, period=period, progress=progress)
+            self.X, maxk, backend=backend, period=period, progress=progress,
+            max_memory=max_memory)
 
     def intrinsic_dimension(self, method: str = "twonn", **kwargs) -> IDResult:
         """ID by ``"twonn"`` (:func:`~ml4m.analysis.twonn`) or ``"gride"``

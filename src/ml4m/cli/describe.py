@@ -41,8 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker threads over frames (default -1: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--format", help="ASE file format when the extension does not tell")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="refuse work estimated above this memory, e.g. 4GB, 500MB "
+                        "(default: half the available memory)")
     p.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="output file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.npz",
+                   help="output file (.npz appended when missing)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT.npz (a file output is always replaced whole; accepted "
+                        "for symmetry with the folder outputs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,29 +58,35 @@ def run(args: argparse.Namespace) -> int:
     from ml4m.data.read import read_dataset
     from ml4m.descriptors import make_descriptor, species_of
     from ml4m.descriptors.base import parse_species
+    from ml4m.outputs import claim_output
+    from ml4m.parallel import resolve_n_jobs
+    from ml4m.resources import parse_bytes
 
     t0 = time.perf_counter()
-    # build the descriptor first when species are given: bad parameters fail fast
-    desc = None
-    if args.species:
-        desc = make_descriptor(args.descriptor, parse_species(args.species), args.r_cut,
-                               args.n_max, args.l_max, args.average)
-    data = read_dataset(args.file, format=args.format)
-    if desc is None:
-        desc = make_descriptor(args.descriptor, species_of(data), args.r_cut, args.n_max,
-                               args.l_max, args.average)
-    show = not args.no_progress and sys.stderr.isatty()
-    res = desc.compute(data, n_jobs=args.n_jobs, progress=show)
-    meta = desc.settings()
-    meta.update(source=str(args.file), n_frames=len(data), rows="frames" if desc.average
-                else "atoms", numbers_note="-1 marks per-frame (averaged) rows")
+    max_memory = None if args.max_memory is None else parse_bytes(args.max_memory, "--max-memory")
+    resolve_n_jobs(args.n_jobs)
     out = str(args.output)
     if not out.endswith(".npz"):
         out += ".npz"
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, features=res.features, frame=res.frame, numbers=res.numbers,
-                     names=np.array(desc.feature_names()), meta=np.array(json.dumps(meta)))
+    with claim_output(out, inputs=[args.file], overwrite=args.overwrite) as target:
+        # build the descriptor first when species are given: bad parameters fail fast
+        desc = None
+        if args.species:
+            desc = make_descriptor(args.descriptor, parse_species(args.species), args.r_cut,
+                                   args.n_max, args.l_max, args.average)
+        data = read_dataset(args.file, format=args.format)
+        if desc is None:
+            desc = make_descriptor(args.descriptor, species_of(data), args.r_cut, args.n_max,
+                                   args.l_max, args.average)
+        show = not args.no_progress and sys.stderr.isatty()
+        res = desc.compute(data, n_jobs=args.n_jobs, progress=show, max_memory=max_memory)
+        meta = desc.settings()
+        meta.update(source=str(args.file), n_frames=len(data), rows="frames" if desc.average
+                    else "atoms", numbers_note="-1 marks per-frame (averaged) rows")
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, features=res.features, frame=res.frame, numbers=res.numbers,
+                         names=np.array(desc.feature_names()), meta=np.array(json.dumps(meta)))
     summary = {"output": out, "descriptor": desc.name, "rows": int(res.features.shape[0]),
                "n_features": int(desc.n_features), "species": desc.species_symbols,
                "seconds": time.perf_counter() - t0}

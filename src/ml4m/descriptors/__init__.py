@@ -103,7 +103,8 @@ def make_descriptor(
 def describe_frames(
     frames: Any, name: str, species: Iterable[str | int] | None = None,
     r_cut: float | None = None, n_max: int | None = None, l_max: int | None = None,
-    average: bool = False, n_jobs: int | None = 1, progress: bool = False, **kw: Any,
+    average: bool = False, n_jobs: int | None = 1, progress: bool = False,
+    max_memory: int | str | None = None, **kw: Any,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Feature table of structures, for analysis and curation.
 
@@ -125,6 +126,9 @@ def describe_frames(
         Worker threads over frames.
     progress : bool, default=False
         Progress bar on stderr.
+    max_memory : int or str, optional
+        Memory limit (bytes or e.g. ``"4GB"``; default half the available memory); see
+        :meth:`Descriptor.compute`.
     **kw
         Other hyperparameters of the family.
 
@@ -138,5 +142,5 @@ def describe_frames(
     frames = as_frames(frames)
     zs = species_of(frames) if species is None else parse_species(species)
     desc = make_descriptor(name, zs, r_cut, n_max, l_max, average, **kw)
-    res = desc.compute(frames, n_jobs=n_jobs, progress=progress)
+    res = desc.compute(frames, n_jobs=n_jobs, progress=progress, max_memory=max_memory)
     return res.features, res.frame, res.numbers

@@ -32,8 +32,9 @@ from ase.data import chemical_symbols
 
 from ml4m.data.frames import Dataset, Frame
 from ml4m.data.neighbors import NeighborList, neighbor_list
-from ml4m.descriptors._parallel import map_frames
 from ml4m.errors import ConfigError, DataError
+from ml4m.parallel import resolve_n_jobs, thread_map
+from ml4m.resources import check_memory, estimate_neighbors
 from ml4m.validation import check_float, check_int
 
 __all__ = ["Descriptor", "DescriptorResult", "as_frames", "parse_species", "padded_layout"]
@@ -347,6 +348,7 @@ class Descriptor(ABC):
         gradients: bool = False,
         n_jobs: int | None = 1,
         progress: bool = False,
+        max_memory: int | str | None = None,
     ) -> DescriptorResult:
         """Descriptors of every atom of every frame.
 
@@ -360,6 +362,9 @@ class Descriptor(ABC):
             Worker threads over frames (``-1``: all cores).
         progress : bool, default=False
             Show a progress bar on stderr.
+        max_memory : int or str, optional
+            Memory limit, bytes or e.g. ``"4GB"`` (default: half the available memory):
+            the work is refused before it starts when :meth:`memory_estimate` exceeds it.
 
         Returns
         -------
@@ -371,11 +376,70 @@ class Descriptor(ABC):
         DataError
             A frame is empty, has non-finite positions, a zero-volume periodic cell or an
             element not in :attr:`species` (the message names the frame).
+        ConfigError
+            The estimated memory exceeds ``max_memory`` (e.g. a cutoff far larger than
+            the structures need); nothing is computed.
         """
         frames = as_frames(frames)
-        parts = map_frames(lambda k: self.compute_frame(frames[k], gradients, k),
-                           len(frames), n_jobs, progress, label=f"{self.name} descriptors")
+        self.check_memory(frames, gradients, n_jobs, max_memory)
+        parts = thread_map(lambda k: self.compute_frame(frames[k], gradients, k),
+                           range(len(frames)), n_jobs, progress, label=f"{self.name} descriptors")
         return _concatenate(parts, gradients, self.n_features, [len(f) for f in frames])
+
+    # ---- resource guard -------------------------------------------------------------
+    def memory_estimate(self, frames: Any, gradients: bool = False,
+                        n_jobs: int | None = 1) -> tuple[float, float]:
+        """Estimated peak memory of :meth:`compute`, bytes, and neighbours per atom.
+
+        The result's rows (``rows x n_features x 8`` bytes), with ``gradients`` its
+        gradient entries (one per centre and distinct neighbour, ``x 3 x n_features``)
+        and strain gradients, plus the pair arrays of the largest frame once per worker
+        (neighbour list and one feature row per pair; three more with gradients).
+        Neighbours per atom come from the number density
+        (:func:`~ml4m.resources.estimate_neighbors`).
+
+        Parameters
+        ----------
+        frames : Frame, ase.Atoms, Dataset or sequence of them
+        gradients : bool, default=False
+        n_jobs : int or None, default=1
+
+        Returns
+        -------
+        bytes : float
+        neighbors : float
+            Mean neighbours per atom within :attr:`r_cut`.
+        """
+        frames = as_frames(frames)
+        if not frames:
+            return 0.0, 0.0
+        atoms = np.array([len(f) for f in frames], dtype=np.float64)
+        nn = np.asarray(estimate_neighbors(frames, self.r_cut, per_frame=True))
+        F = float(self.n_features)
+        rows = len(frames) if self.average else atoms.sum()
+        total = rows * F * 8.0
+        pair_bytes = 8.0 * (10.0 + F) + (8.0 * 3.0 * F * 3.0 if gradients else 0.0)
+        if gradients:
+            total += float(np.sum(atoms * (1.0 + np.minimum(nn, atoms)))) * 3.0 * F * 8.0
+            total += atoms.sum() * 9.0 * F * 8.0
+        workers = min(resolve_n_jobs(n_jobs), len(frames))
+        total += workers * float(np.max(atoms * nn)) * pair_bytes
+        return total, float(np.dot(atoms, nn) / max(atoms.sum(), 1.0))
+
+    def check_memory(self, frames: Any, gradients: bool = False, n_jobs: int | None = 1,
+                     max_memory: int | str | None = None) -> None:
+        """Raise :class:`~ml4m.errors.ConfigError` when :meth:`memory_estimate` exceeds
+        ``max_memory`` (default: half the available memory); the message gives both."""
+        frames = as_frames(frames)
+        need, nn = self.memory_estimate(frames, gradients, n_jobs)
+        n_atoms = sum(len(f) for f in frames)
+        what = (f"{self.name.upper() or type(self).__name__} descriptors"
+                f"{' with gradients' if gradients else ''} of {n_atoms:,} atoms in "
+                f"{len(frames):,} frames (about {nn:,.3g} neighbours per atom within "
+                f"r_cut = {self.r_cut:g} A)")
+        check_memory(need, what, max_memory,
+                     hint="lower the cutoff (r_cut, --r-cut), describe fewer frames, or "
+                          "raise max_memory (--max-memory)")
 
     # ---- vector-Jacobian products (forces of models built on the descriptor) -------
     def vjp(self, frames: Any, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -349,21 +349,17 @@ class LinearPotential(Potential):
         """``(block, rows, X, species)`` per block; the next ``_PREFETCH`` blocks' rows are
         computed on as many threads while the caller works on the current one.
 
-        The descriptor's per-feature gradients are mostly single-threaded numpy; the
-        caller's normal-equation updates are multi-threaded BLAS: overlapping them keeps
-        both cores busy (3BPA: two threads ahead cut the accumulation by 27% against one).
+        The descriptor's per-feature gradients are mostly single-threaded numpy;
+        overlapping them with the caller's normal-equation updates keeps the cores busy.
+        While the blocks are prefetched every thread calls BLAS single-threaded
+        (:mod:`ml4m.parallel`: concurrent multi-threaded OpenBLAS calls crash).
         """
-        from concurrent.futures import ThreadPoolExecutor
+        from ml4m.parallel import prefetch
 
         blocks = list(self._blocks(frames))
-        ahead = _PREFETCH
-        with ThreadPoolExecutor(max_workers=ahead) as pool:
-            pending = [pool.submit(self._rows, b, forces, stress) for b in blocks[:ahead]]
-            for k, block in enumerate(blocks):
-                rows, X, sidx = pending.pop(0).result()
-                if k + ahead < len(blocks):
-                    pending.append(pool.submit(self._rows, blocks[k + ahead], forces, stress))
-                yield block, rows, X, sidx
+        rows = prefetch(lambda b: self._rows(b, forces, stress), blocks, ahead=_PREFETCH)
+        for block, (r, X, sidx) in zip(blocks, rows):
+            yield block, r, X, sidx
 
     def _e0_of(self, frames: Sequence[Frame]) -> np.ndarray:
         return np.array([sum(self.e0_[int(z)] for z in f.numbers) for f in frames])
