@@ -50,7 +50,9 @@ def test_json_keys_and_files(table, tmp_path, capsys):
     assert np.bincount(labels).tolist() == cl["sizes"]
     for png in ("id_scaling.png", "decision_graph.png", "dendrogram.png", "projection.png"):
         assert (out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temporaries
+    # no temporaries: only the ml4m output marker is hidden, and no folder is left beside
+    assert [p.name for p in out_dir.iterdir() if p.name.startswith(".")] == [".ml4m-output.json"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert json.loads((out_dir / "summary.json").read_text())["clusters"]["n"] == 3
 
 
@@ -138,7 +140,7 @@ def test_descriptor_path_uses_describe_frames(tmp_path, capsys, monkeypatch):
     calls = {}
 
     def describe_frames(frames, name, species=None, r_cut=5.0, n_max=8, l_max=6, average=False,
-                        n_jobs=1):
+                        n_jobs=1, max_memory=None):
         calls.update(name=name, n=len(frames), average=average, species=species)
         rng = np.random.default_rng(0)
         return rng.normal(size=(120, 4)), np.zeros(120, int), np.full(120, 29)
@@ -155,3 +157,44 @@ def test_descriptor_path_uses_describe_frames(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert calls == {"name": "soap", "n": 3, "average": True, "species": ["Cu"]}
     assert json.loads(out)["n"] == 120
+
+
+def test_small_maxk_and_degenerate_data_answer_or_say_which_flag(tmp_path, table, capsys):
+    # kNN and k* defaults shrink to a small --maxk instead of naming internal parameters
+    for density in ("knn", "kstar", "pak"):
+        code, out, err = _json(capsys, ["analyze", str(table / "x.npy"), "--maxk", "2",
+                                        "--density", density, "--cluster", "adp", "--json"])
+        assert code == 0, err
+        assert "k_min" not in err and json.loads(out)["clusters"]["n"] >= 1
+    # one Gaussian blob: one cluster (was IndexError)
+    blob = _write(tmp_path, "blob.npy", np.random.default_rng(0).normal(size=(300, 5)))
+    for method in ("adp", "dpc"):
+        code, out, err = _json(capsys, ["analyze", str(blob), "--cluster", method, "--json"])
+        assert code == 0, err
+        assert json.loads(out)["clusters"]["n"] == 1
+    # two points, 30 copies each: the message names the flag to change
+    copies = _write(tmp_path, "copies.npy", np.repeat([[0.0, 0.0], [1.0, 1.0]], 30, axis=0))
+    code, out, err = _json(capsys, ["analyze", str(copies), "--maxk", "10", "--json"])
+    assert code == 2 and "--maxk" in err and "Traceback" not in err
+
+
+def test_max_memory_and_output_folder_policy(tmp_path, table, capsys):
+    x = str(table / "x.npy")
+    code, _, err = _json(capsys, ["analyze", x, "--max-memory", "10kB", "--json"])
+    assert code == 2 and "neighbour graph of 900 points" in err and "10 kB" in err
+    assert "--max-memory" in err
+    code, _, err = _json(capsys, ["analyze", x, "--max-memory", "lots", "--json"])
+    assert code == 2 and "--max-memory must be a size" in err
+    out_dir = tmp_path / "res"
+    argv = ["analyze", x, "--maxk", "20", "--json", "-o", str(out_dir)]
+    assert _json(capsys, argv)[0] == 0
+    assert _json(capsys, argv)[0] == 0  # its own earlier output is replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    code, _, err = _json(capsys, argv[:-1] + [str(mine)])
+    assert code == 2 and "--overwrite" in err and (mine / "notes.txt").read_text() == "keep me"
+    assert _json(capsys, argv[:-1] + [str(mine), "--overwrite"])[0] == 0
+    assert (mine / "labels.npy").exists() is False and (mine / "summary.json").exists()
+    code, _, err = _json(capsys, ["analyze", x, "--json", "-o", str(table)])
+    assert code == 2 and "contains the input" in err

@@ -110,3 +110,60 @@ def test_bad_inputs():
         adp(g, den.log_density, den.error, den.k + 100)
     with pytest.raises(DataError, match="non-negative"):
         adp(g, den.log_density, -den.error, den.k)
+
+
+@pytest.mark.parametrize("n, d, seed", [(300, 5, 0), (200, 4, 3), (150, 6, 1)])
+def test_one_density_peak_is_one_cluster(n, d, seed):
+    # one blob whose putative peaks touch no other: no border pairs at all (was IndexError)
+    X = np.random.default_rng(seed).normal(size=(n, d))
+    g, den = _prepare(X)
+    for res in (adp(g, den.log_density, den.error, den.k), dpc(g, den.log_density, X=X)):
+        assert res.n_clusters == 1 and np.all(res.labels == 0)
+        assert res.saddle_log_density.shape == (1, 1) and res.linkage.shape == (0, 4)
+
+
+def _cluster_both(X, maxk):
+    g = NeighborGraph.build(X, maxk)
+    den = pak_density(g, 2.0)
+    return adp(g, den.log_density, den.error, den.k), dpc(g, den.log_density, X=X)
+
+
+@pytest.mark.parametrize("maxk", [3, 10])
+def test_copies_of_one_point_join_its_cluster(maxk):
+    # 50 copies of one point and one point apart: the copies are one point, not 50 peaks
+    X = np.r_[np.zeros((50, 2)), np.ones((1, 2))]
+    for res in _cluster_both(X, maxk):
+        assert res.n_clusters == 1
+    rng = np.random.default_rng(0)
+    blobs = np.r_[rng.normal(size=(100, 2)), rng.normal(size=(100, 2)) + 12.0]
+    X = np.repeat(blobs, 3, axis=0)  # every point three times
+    blob = np.repeat([0, 1], 300)
+    for res in _cluster_both(X, 30):
+        copies = res.labels.reshape(-1, 3)
+        assert np.all(copies == copies[:, :1])  # copies share a cluster
+        for c in range(res.n_clusters):  # and no cluster spans both blobs
+            assert len(set(blob[res.labels == c])) == 1
+
+
+def test_ties_make_no_spurious_peaks():
+    # a regular grid: every density equal; a strict order of the points keeps one peak
+    grid = np.stack(np.meshgrid(np.arange(12.0), np.arange(12.0)), -1).reshape(-1, 2)
+    for maxk in (3, 10):
+        assert _cluster_both(grid, maxk)[0].n_clusters == 1
+
+
+def test_degenerate_inputs_raise_clear_errors():
+    with pytest.raises(DataError, match="need at least 11 points"):
+        NeighborGraph.build(np.random.default_rng(0).normal(size=(5, 2)), 10)
+    with pytest.raises(DataError, match="identical"):
+        NeighborGraph.build(np.ones((50, 3)), 10)
+    # two points, 30 copies each: every neighbour is a copy, no density
+    X = np.r_[np.zeros((30, 2)), np.ones((30, 2))]
+    g = NeighborGraph.build(X, 10)
+    with pytest.raises(DataError, match=r"copies .*raise maxk \(--maxk\)"):
+        pak_density(g, 2.0)
+    # a constant column is harmless: the other columns carry the clusters
+    Xc, y = gaussian_mixture(300, 2, 2, 8.0, 2)
+    Xc = np.c_[Xc, np.full(len(Xc), 7.0)]
+    for res in _cluster_both(Xc, 30):
+        assert res.n_clusters == 2 and adjusted_rand_score(y, res.labels) > 0.9

@@ -136,5 +136,5 @@ def test_bad_parameters():
     with pytest.raises(ConfigError, match="n2"):
         gride(g, n1=2, n2=16)
     all_dup = NeighborGraph(np.zeros((5, 2)), np.tile([1, 2], (5, 1)))
-    with pytest.raises(DataError, match="duplicates"):
+    with pytest.raises(DataError, match=r"duplicate rows or raise maxk \(--maxk\)"):
         twonn(all_dup)

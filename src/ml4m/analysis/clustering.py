@@ -42,45 +42,83 @@ def _follow(parent: np.ndarray) -> np.ndarray:
         root = nxt
 
 
+def _run_ends(*keys: np.ndarray) -> np.ndarray:
+    """Mask of the last entry of every run of equal ``keys`` (sorted arrays, any length)."""
+    if len(keys[0]) == 0:
+        return np.zeros(0, dtype=bool)
+    change = np.zeros(len(keys[0]) - 1, dtype=bool)
+    for key in keys:
+        change |= key[1:] != key[:-1]
+    return np.append(change, True)
+
+
 def _within_kstar(k: np.ndarray) -> tuple[np.ndarray, int]:
     """Mask of the first ``k*_i`` columns of each row, only as wide as the largest ``k*``."""
     width = int(k.max())
     return np.arange(1, width + 1)[None, :] <= k[:, None], width
 
 
-def _modes(graph: NeighborGraph, g: np.ndarray, k: np.ndarray):
-    """Putative centres, and for removed ones the denser point that covers them."""
+def _rank(g: np.ndarray) -> np.ndarray:
+    """Position of each point in decreasing ``g``, ties by index: a strict order, so
+    equal densities (duplicate points, a regular grid) do not each make a peak."""
+    order = np.argsort(-g, kind="stable")
+    rank = np.empty(len(g), dtype=np.int64)
+    rank[order] = np.arange(len(g))
+    return rank
+
+
+def _copies(graph: NeighborGraph, rank: np.ndarray) -> np.ndarray:
+    """For every point, the densest point it coincides with (itself when it has no copy):
+    points at distance zero, linked through the graph, are one point to the clustering."""
+    n = graph.n
+    rows, cols = np.nonzero(graph.distances <= 0)
+    rep = np.arange(n)
+    if rows.size == 0:
+        return rep
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    links = coo_matrix((np.ones(rows.size), (rows, graph.indices[rows, cols])), shape=(n, n))
+    _, group = connected_components(links, directed=False)
+    order = np.argsort(rank)
+    _, first = np.unique(group[order], return_index=True)
+    return order[first][group]
+
+
+def _modes(graph: NeighborGraph, rank: np.ndarray, k: np.ndarray, rep: np.ndarray):
+    """Putative centres, and for removed ones the denser point that covers them
+    (denser: smaller ``rank``)."""
     inside, width = _within_kstar(k)
     idx = graph.indices[:, :width]
-    higher = (g[idx] > g[:, None]) & inside
-    cand = ~higher.any(1)
-    # candidates lying in the k* neighbourhood of a point with larger g are removed;
-    # they are attached to the densest such point
+    higher = (rank[idx] < rank[:, None]) & inside
+    cand = ~higher.any(1) & (rep == np.arange(graph.n))  # a copy is never a peak
+    # candidates lying in the k* neighbourhood of a denser point are removed; they are
+    # attached to the densest such point
     rows, cols = np.nonzero(inside & cand[idx])
     tgt = idx[rows, cols]
-    better = g[rows] > g[tgt]
+    better = rank[rows] < rank[tgt]
     rows, tgt = rows[better], tgt[better]
     cover = np.full(graph.n, -1, dtype=np.int64)
     if rows.size:
-        order = np.lexsort((g[rows], tgt))  # by target, then by g ascending
-        last = np.r_[tgt[order][1:] != tgt[order][:-1], True]
+        order = np.lexsort((-rank[rows], tgt))  # by target, then densest last
+        last = _run_ends(tgt[order])
         cover[tgt[order][last]] = rows[order][last]
     centers = cand & (cover < 0)
     return centers, cover
 
 
-def _assign(graph: NeighborGraph, g: np.ndarray, centers: np.ndarray, cover: np.ndarray):
-    """Parent of every point: first neighbour processed before it (or a centre)."""
+def _assign(graph: NeighborGraph, rank: np.ndarray, centers: np.ndarray, cover: np.ndarray,
+            rep: np.ndarray):
+    """Parent of every point: the point it is a copy of, else the first neighbour
+    processed before it (or a centre)."""
     n = graph.n
-    order = np.argsort(-g, kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
     idx = graph.indices
     ok = (rank[idx] < rank[:, None]) | centers[idx]
     first = np.argmax(ok, axis=1)
     has = ok[np.arange(n), first]
     parent = np.where(has, idx[np.arange(n), first], -1)
     parent = np.where(parent < 0, cover, parent)
+    parent = np.where(rep != np.arange(n), rep, parent)
     parent[centers] = np.flatnonzero(centers)
     # a point with no assigned neighbour and no cover becomes a centre of its own
     orphan = parent < 0
@@ -89,8 +127,7 @@ def _assign(graph: NeighborGraph, g: np.ndarray, centers: np.ndarray, cover: np.
     return _follow(parent), centers
 
 
-def _borders(graph: NeighborGraph, k: np.ndarray, root: np.ndarray, centers: np.ndarray,
-             g: np.ndarray):
+def _borders(graph: NeighborGraph, k: np.ndarray, root: np.ndarray, centers: np.ndarray):
     """Border points: arrays (point, own cluster root, other cluster root)."""
     n = graph.n
     idx = graph.indices
@@ -137,16 +174,18 @@ def adp(graph: NeighborGraph, log_density, log_density_error, k_star, *,
     Z = check_float("Z", Z, 0.0)
     k = check_kstar(k_star, n, graph.maxk)
     g = rho - err
-    centers, cover = _modes(graph, g, k)
-    root, centers = _assign(graph, g, centers, cover)
-    p, c, c2 = _borders(graph, k, root, centers, g)
+    rank = _rank(g)
+    rep = _copies(graph, rank)
+    centers, cover = _modes(graph, rank, k, rep)
+    root, centers = _assign(graph, rank, centers, cover, rep)
+    p, c, c2 = _borders(graph, k, root, centers)
     border = (p, c, c2)
 
     # saddle of each touching pair: its border point of largest g
     a, b = np.minimum(c, c2), np.maximum(c, c2)
     order = np.lexsort((g[p], b, a))
     a, b, p = a[order], b[order], p[order]
-    last = np.r_[(a[1:] != a[:-1]) | (b[1:] != b[:-1]), True]
+    last = _run_ends(a, b)
     a, b, p = a[last], b[last], p[last]
 
     # merging by a heap over touching pairs, highest saddle first
@@ -263,9 +302,8 @@ def decision_graph(graph: NeighborGraph, log_density, X: np.ndarray | None = Non
     """
     n = graph.n
     rho = check_vector("log_density", log_density, n)
-    order = np.argsort(-rho, kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
+    rank = _rank(rho)
+    top = int(np.argmin(rank))
     denser = rank[graph.indices] < rank[:, None]
     first = np.argmax(denser, axis=1)
     has = denser[np.arange(n), first]
@@ -283,7 +321,6 @@ def decision_graph(graph: NeighborGraph, log_density, X: np.ndarray | None = Non
             nh[rows] = j
             diff = X[j] - X[rows]
             delta[rows] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    top = order[0]
     delta[top] = delta[np.arange(n) != top].max() if n > 1 else 0.0
     nh[top] = -1
     return DecisionGraph(rho, delta, nh)
@@ -328,7 +365,7 @@ def dpc(graph: NeighborGraph, log_density, *, X: np.ndarray | None = None,
     parent = np.where(centers, np.arange(n), dg.nearest_higher)
     root = _follow(parent)
     k = np.full(n, graph.maxk, dtype=np.int64)
-    p, c, c2 = _borders(graph, k, root, centers, rho)
+    p, c, c2 = _borders(graph, k, root, centers)
     peak = {int(x): int(x) for x in np.flatnonzero(centers)}
     edges: dict[int, dict[int, int]] = {cid: {} for cid in peak}
     for x, y, s in zip(c.tolist(), c2.tolist(), p.tolist()):

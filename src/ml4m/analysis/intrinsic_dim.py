@@ -47,6 +47,16 @@ def _distinct_rank_distance(d: np.ndarray, ranks) -> np.ndarray:
     return np.stack(out)
 
 
+_EQUAL_RATIOS = ("every point's second neighbour is exactly as far as its first (e.g. points "
+                 "on a regular grid): the TwoNN intrinsic dimension is undefined; try "
+                 "--id gride")
+
+
+def _nth(k: int) -> str:
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
+
+
 def _ratios(graph: NeighborGraph, n1: int, n2: int) -> tuple[np.ndarray, float]:
     # ranks count distinct positive distances, so duplicated points count once
     # (with no duplicates this is the ordinary n-th neighbour distance)
@@ -59,8 +69,10 @@ def _ratios(graph: NeighborGraph, n1: int, n2: int) -> tuple[np.ndarray, float]:
     mu = r2[ok] / r1[ok]
     if mu.size < 2:
         raise DataError(
-            f"fewer than 2 points with a defined ratio r{n2}/r{n1} (duplicates?)"
-        )
+            f"the intrinsic dimension needs each point's {_nth(n1)} and {_nth(n2)} distinct "
+            f"neighbours, but {graph.n - mu.size} of {graph.n} points have fewer than "
+            f"{n2} distinct points among their maxk = {graph.maxk} neighbours (duplicate "
+            "points): remove duplicate rows or raise maxk (--maxk)")
     scale = float(np.mean(graph.distances[:, [n1 - 1, n2 - 1]]))
     return mu, scale
 
@@ -94,7 +106,7 @@ def twonn(graph: NeighborGraph, *, fraction: float = 0.9, algorithm: str = "mle"
         n_cut = n - n_kept
         denom = logmu[:n_kept].sum() + (n_cut * logmu[n_kept] if n_cut else 0.0)
         if denom <= 0:
-            raise DataError("all r2/r1 ratios equal 1: the intrinsic dimension is undefined")
+            raise DataError(_EQUAL_RATIOS)
         d = n_kept / denom
         err = d / np.sqrt(n_kept)
     else:
@@ -103,7 +115,7 @@ def twonn(graph: NeighborGraph, *, fraction: float = 0.9, algorithm: str = "mle"
             -np.log1p(-np.arange(1, n_kept + 1) / (n + 1))
         sxx = float(x @ x)
         if sxx <= 0:
-            raise DataError("all r2/r1 ratios equal 1: the intrinsic dimension is undefined")
+            raise DataError(_EQUAL_RATIOS)
         d = float(x @ y) / sxx
         err = d / np.sqrt(n_kept)
     return IDResult("twonn", float(d), float(err), scale, n_kept)

@@ -50,8 +50,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-max", type=int, default=8, help="radial basis size (default 8)")
     g.add_argument("--l-max", type=int, default=6, help="angular channels (default 6)")
     g.add_argument("--average", action="store_true", help="one row per structure")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="refuse work estimated above this memory, e.g. 4GB, 500MB "
+                        "(default: half the available memory)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("-o", "--output", metavar="DIR", help="folder for arrays and plots")
+    p.add_argument("-o", "--output", metavar="DIR", help="folder for arrays and plots "
+                   "(replaced whole; an existing folder must be an earlier analysis output)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DIR even when it is not an ml4m analysis folder")
 
 
 def load_table(path: str | Path, key: str | None = None) -> np.ndarray:
@@ -119,7 +125,7 @@ def _read_text(path: Path, delimiter: str | None) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(len(rows), width)
 
 
-def _describe(args) -> np.ndarray:
+def _describe(args, max_memory: int | None) -> np.ndarray:
     try:
         from ml4m.descriptors import describe_frames
     except ImportError:
@@ -130,7 +136,7 @@ def _describe(args) -> np.ndarray:
     species = [s for s in args.species.split(",") if s] if args.species else None
     features, _, _ = describe_frames(frames, args.descriptor, species=species, r_cut=args.r_cut,
                                      n_max=args.n_max, l_max=args.l_max, average=args.average,
-                                     n_jobs=-1)
+                                     n_jobs=-1, max_memory=max_memory)
     return np.asarray(features)
 
 
@@ -168,36 +174,49 @@ class _Steps:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the analysis; print JSON or a summary; write outputs to ``-o DIR``; return 0."""
-    from ml4m.analysis import (
-        Manifold,
-        decision_graph,
-        id_scaling,
-    )
-    from ml4m.analysis._validation import check_features
+    """Run the analysis; print JSON or a summary; write outputs to ``-o DIR``; return 0.
+
+    Options are checked and the output folder claimed (:func:`ml4m.outputs.claim_output`)
+    before any input is read."""
+    from ml4m.outputs import claim_output
+    from ml4m.resources import parse_bytes
 
     t0 = time.perf_counter()
+    max_memory = None if args.max_memory is None else parse_bytes(args.max_memory, "--max-memory")
+    if not args.descriptor and (args.species or args.average):
+        raise ConfigError("--species and --average need --descriptor")
+    if args.z < 0:
+        raise ConfigError(f"--z must be >= 0, got {args.z}")
+    if args.maxk is not None and args.maxk < 2:
+        raise ConfigError(f"--maxk must be >= 2, got {args.maxk}")
+    if args.output is None:
+        return _analyze(args, max_memory, None, t0)
+    with claim_output(args.output, inputs=[args.input], folder_kind="analysis",
+                      overwrite=args.overwrite) as out:
+        return _analyze(args, max_memory, out, t0)
+
+
+def _analyze(args: argparse.Namespace, max_memory: int | None, output: Path | None,
+             t0: float) -> int:
+    """Everything after the checks of :func:`run`: read, analyse, write ``output``."""
+    from ml4m.analysis import Manifold, decision_graph, id_scaling
+    from ml4m.analysis._validation import check_features
+
     if args.descriptor:
-        X = check_features(_describe(args), min_rows=3, path=args.input)
+        X = check_features(_describe(args, max_memory), min_rows=3, path=args.input)
     else:
-        if args.species or args.average:
-            raise ConfigError("--species and --average need --descriptor")
         X = check_features(load_table(args.input, args.key), min_rows=3, path=args.input)
     n, dim = X.shape
     if args.maxk is None:
         maxk = min(100, n - 1)
     else:
         maxk = args.maxk
-        if maxk < 2:
-            raise ConfigError(f"--maxk must be >= 2, got {maxk}")
         if maxk > n - 1:
             raise DataError(f"--maxk {maxk} needs at least {maxk + 1} points, got {n}", args.input)
-    if args.z < 0:
-        raise ConfigError(f"--z must be >= 0, got {args.z}")
 
     with _Steps(enabled=True) as steps:
         m = Manifold(X, maxk, backend=args.backend, period=args.period,
-                     progress=steps.task("neighbours"))
+                     progress=steps.task("neighbours"), max_memory=max_memory)
         idr = m.intrinsic_dimension(args.id)
         out: dict[str, Any] = {
             "n": n, "dim": dim,
@@ -219,14 +238,14 @@ def run(args: argparse.Namespace) -> int:
                                "sizes": cl.sizes.tolist(), "centers": cl.centers.tolist()}
             if cl.method == "adp":
                 out["clusters"]["z"] = args.z
-        if args.output:
+        if output is not None:
             steps.task("plots")
             scaling = id_scaling(m.graph)
             dg = None
             if den is not None:
                 dg = cl.decision if cl is not None and cl.decision is not None else \
                     decision_graph(m.graph, den.log_density, X)
-            out["files"] = _write_outputs(Path(args.output), X, scaling, den, cl, dg, out)
+            out["files"] = _write_outputs(output, X, scaling, den, cl, dg, out)
     out["seconds"] = time.perf_counter() - t0
     if args.json:
         from ml4m.cli._common import print_json
@@ -238,24 +257,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    from ml4m._fileio import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with open(path, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
 
 
 def _save_fig(path: Path, fig) -> None:
-    from ml4m._fileio import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
+    fig.savefig(path, dpi=120, format="png")
 
 
-def _write_outputs(folder: Path, X, scaling, den, cl, dg, summary) -> list[str]:
-    from ml4m._fileio import atomic_path
+def _write_outputs(target: Path, X, scaling, den, cl, dg, summary) -> list[str]:
+    """Every file into a fresh folder that replaces ``target`` once complete."""
+    from ml4m._fileio import atomic_dir
+
+    with atomic_dir(target, kind="analysis") as folder:
+        return _write_files(folder, X, scaling, den, cl, dg, summary)
+
+
+def _write_files(folder: Path, X, scaling, den, cl, dg, summary) -> list[str]:
     from ml4m.analysis import plots
 
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     _save_fig(folder / "id_scaling.png", plots.id_scaling_figure(scaling))
     written.append("id_scaling.png")
@@ -274,10 +294,10 @@ def _write_outputs(folder: Path, X, scaling, den, cl, dg, summary) -> list[str]:
         written += ["labels.npy", "saddle_log_density.npy", "dendrogram.png"]
     _save_fig(folder / "projection.png", plots.projection_figure(X, labels))
     written.append("projection.png")
-    with atomic_path(folder / "summary.json") as tmp:
-        from ml4m.cli._common import _clean
+    from ml4m.cli._common import _clean
 
-        tmp.write_text(json.dumps(_clean({**summary, "files": written}), indent=1) + "\n")
+    (folder / "summary.json").write_text(
+        json.dumps(_clean({**summary, "files": written}), indent=1) + "\n")
     written.append("summary.json")
     return written
 
