@@ -207,3 +207,15 @@ def test_stress_may_be_absent_on_non_periodic_frames(tmp_path):
     write(tmp_path / "mixed.extxyz", [bulk_atoms, slab])
     ds = read_dataset(tmp_path / "mixed.extxyz", require=("energy", "forces", "stress"))
     assert ds[0].stress is not None and ds[1].stress is None
+
+
+def test_index_selection_names_the_file_frame(tmp_path):
+    """With index='2:', the frames read and the errors carry the file's frame numbers."""
+    path = tmp_path / "sel.extxyz"
+    bad = _xyz(["Cu", "Cu"], [[0, 0, 0], [0.3, 0, 0]])
+    path.write_text(_xyz(*GOOD) * 2 + _xyz(*GOOD) + bad)
+    ds = read_dataset(path, index="2:3")
+    assert [f.source[1] for f in ds] == [2]
+    with pytest.raises(DataError, match="0.300 Angstrom apart") as info:
+        read_dataset(path, index="2:")
+    assert info.value.frame == 3

@@ -26,7 +26,7 @@ from ase.io.formats import UnknownFileTypeError
 from ml4m.data.frames import LABELS, Dataset, Frame
 from ml4m.data.labels import LabelKeys
 from ml4m.data.validate import MIN_DISTANCE, check_consistent_labels, check_frame, coerce_labels
-from ml4m.errors import DataError, ML4MError
+from ml4m.errors import ConfigError, DataError, ML4MError
 from ml4m.validation import check_size_against_file
 
 __all__ = ["iter_frames", "read_dataset", "scan_xyz", "MAX_COLUMNS"]
@@ -200,7 +200,8 @@ def iter_frames(
     Yields
     ------
     Frame
-        Each frame with ``source = (str(path), k)``.
+        Each frame with ``source = (str(path), k)``, ``k`` the frame's number in the
+        file (for (extended) XYZ files also when ``index`` selects a part of it).
 
     Raises
     ------
@@ -216,7 +217,12 @@ def iter_frames(
     if p.is_file() and p.stat().st_size == 0:
         raise DataError("file is empty", name)
     layout = scan_xyz(p) if p.is_file() and _is_xyz(p, format) else None
+    numbers = _frame_numbers(index, layout)
     k = 0
+
+    def at(k: int) -> int:  # the file's frame number of the k-th frame read
+        return numbers[k] if numbers is not None and k < len(numbers) else k
+
     try:
         reader = ase.io.iread(name, index=index, format=format)
         while True:
@@ -227,24 +233,38 @@ def iter_frames(
             except UnknownFileTypeError as exc:
                 raise DataError(f"unknown or unsupported file format ({exc})", name) from exc
             except KeyError as exc:
-                raise DataError(f"cannot parse: unknown element {exc}", name, k) from exc
+                raise DataError(f"cannot parse: unknown element {exc}", name, at(k)) from exc
             except Exception as exc:  # ASE raises many types for malformed input
                 hint = None
-                if layout is not None and index == ":" and k < len(layout):
-                    hint = _diagnose_xyz_frame(name, *layout[k])
+                if layout is not None and at(k) < len(layout):
+                    hint = _diagnose_xyz_frame(name, *layout[at(k)])
                 raise DataError(
-                    hint or f"cannot parse ({type(exc).__name__}: {exc})", name, k
+                    hint or f"cannot parse ({type(exc).__name__}: {exc})", name, at(k)
                 ) from exc
-            yield _frame(atoms, keys, name, k, min_distance)
+            yield _frame(atoms, keys, name, at(k), min_distance)
             k += 1
     except ML4MError:
         raise
     except UnknownFileTypeError as exc:
         raise DataError(f"unknown or unsupported file format ({exc})", name) from exc
     except Exception as exc:  # noqa: BLE001 - a reader failing outside a frame
-        raise DataError(f"cannot read ({type(exc).__name__}: {exc})", name, k) from exc
+        raise DataError(f"cannot read ({type(exc).__name__}: {exc})", name, at(k)) from exc
     if k == 0:
         raise DataError("file contains no frames", name)
+
+
+def _frame_numbers(index: str, layout: list | None) -> list[int] | None:
+    """The file's frame numbers that ``index`` selects, when the layout is known."""
+    if layout is None:
+        return None
+    from ase.io.formats import string2index
+
+    try:
+        chosen = range(len(layout))[string2index(index)]
+    except (ValueError, IndexError, TypeError) as exc:
+        raise ConfigError(f"index {index!r} does not select frames of a file of "
+                          f"{len(layout)} frames ({exc})") from None
+    return [chosen] if isinstance(chosen, int) else list(chosen)
 
 
 def _frame(atoms, keys: LabelKeys, name: str, k: int, min_distance: float) -> Frame:
