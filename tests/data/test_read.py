@@ -219,3 +219,12 @@ def test_index_selection_names_the_file_frame(tmp_path):
     with pytest.raises(DataError, match="0.300 Angstrom apart") as info:
         read_dataset(path, index="2:")
     assert info.value.frame == 3
+
+
+def test_unknown_required_label_is_a_parameter_error(tmp_path):
+    from ml4m.errors import ConfigError
+
+    path = tmp_path / "a.extxyz"
+    path.write_text(_xyz(*GOOD))
+    with pytest.raises(ConfigError, match=r"require names unknown label\(s\) \['charge'\]"):
+        read_dataset(path, require=("charge",))

@@ -317,12 +317,14 @@ def read_dataset(
     DataError
         Naming the file and frame: unreadable file, invalid frame, a label that only
         some frames of a file carry, or a required label that is missing.
+    ConfigError
+        ``require`` names a label that is not one of :data:`LABELS`.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     unknown = set(require) - set(LABELS)
     if unknown:
-        raise DataError(f"unknown label(s) required: {sorted(unknown)}; known: {list(LABELS)}")
+        raise ConfigError(f"require names unknown label(s) {sorted(unknown)}; known: {list(LABELS)}")
     frames: list[Frame] = []
     for path in paths:
         part = list(iter_frames(path, keys, format, index, min_distance))
