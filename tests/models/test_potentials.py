@@ -129,6 +129,9 @@ def test_save_load_identical_and_calculator(fitted, data, tmp_path):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
     atoms = data[1][0].to_atoms(with_labels=False)
     atoms.calc = loaded.as_calculator()
+    atoms.get_potential_energy()
+    assert "forces_sigma" not in atoms.calc.results  # uncertainty is off unless asked
+    atoms.calc = loaded.as_calculator(uncertainty=True)
     # one frame through the calculator against a batch of three: same up to summation order
     assert atoms.get_potential_energy() == pytest.approx(a.energy[0], abs=1e-8)  # eV
     np.testing.assert_allclose(atoms.get_forces(), a.forces[: len(atoms)], rtol=1e-8, atol=1e-10)
