@@ -53,7 +53,7 @@ def test_valid_file_reads():
 
 def test_mutated_lines():
     """Lines deleted, repeated, swapped; numbers and keys replaced by odd values."""
-    seen = fuzz(mutated_lines(VALID, KEYS), _read, max_examples=int(os.environ.get("ML4M_FUZZ_EXAMPLES", 250)))
+    seen = fuzz(mutated_lines(VALID, KEYS), _read, max_examples=int(os.environ.get("ML4M_FUZZ_EXAMPLES", 200)))
     assert seen["ok"] and seen["DataError"], seen
 
 

@@ -1,7 +1,7 @@
 """Fuzzing model files: a mutated .ml4m loads and predicts, or fails with a DataError.
 
-Two kinds of file: a linear ACE potential (with its force and energy error models) and a
-kernel ridge structure-property model.
+Three kinds of file: a linear ACE potential (with its force and energy error models), a
+sparse GP potential (SOAP kernel) and a kernel ridge structure-property model.
 
 The mutations: the zip's bytes (truncated, flipped, spans cut or repeated), meta.json
 entries replaced by values of any JSON type or deleted, arrays replaced by arrays of
@@ -27,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 import ml4m
 from ml4m.data import default_dataset
 from ml4m.descriptors import make_descriptor
-from ml4m.models.kernel import PropertyModel
+from ml4m.models.kernel import PropertyModel, SparseGPPotential
 from ml4m.models.linear import LinearACE
 from ml4m.models.serialization import _digest
 
@@ -35,12 +35,15 @@ N = int(os.environ.get("ML4M_FUZZ_EXAMPLES", 0))
 
 
 def _model_files() -> dict[str, bytes]:
-    """A tiny linear ACE model with a calibrated error model, and a tiny kernel ridge model."""
+    """Tiny linear ACE and sparse GP potentials with calibrated error models, and a tiny
+    kernel ridge model."""
     ace = make_descriptor("ace", species=["Cu"], r_cut=3.5, n_max=2, l_max=1,
                           correlation_order=2)
+    soap = make_descriptor("soap", species=["Cu"], r_cut=3.5, n_max=2, l_max=2)
     mbtr = make_descriptor("mbtr", species=["Cu"], r_cut=4.0)
     data = default_dataset()
     models = {"ace": LinearACE(ace).fit(data[:12]),
+              "gp": SparseGPPotential(soap, n_sparse=10, zeta=2).fit(data[:12]),
               "krr": PropertyModel(mbtr, alphas=(1e-3,), gammas=(0.1,), n_folds=2).fit(data[:10])}
     with tempfile.TemporaryDirectory() as tmp:
         return {k: m.save(Path(tmp) / k).read_bytes() for k, m in models.items()}
@@ -59,6 +62,9 @@ ARRAYS = {kind: {n[:-4]: np.load(io.BytesIO(b)) for n, b in e.items() if n.endsw
           for kind, e in ENTRIES.items()}
 ATOMS = bulk("Cu", cubic=True)
 ATOMS.rattle(0.05, seed=3)
+#: examples per kind (the ACE file has the most entries)
+META_EXAMPLES = {"ace": 100, "gp": 60, "krr": 50}
+ARRAY_EXAMPLES = {"ace": 80, "gp": 60, "krr": 40}
 
 
 def _zip(entries: dict[str, bytes]) -> bytes:
@@ -120,7 +126,7 @@ def _with_meta_edits(kind: str, edits: list) -> bytes:
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_edited_metadata(kind):
     seen = fuzz(_meta_edits(kind), lambda e: _load_and_predict(_with_meta_edits(kind, e)),
-                max_examples=N or 100)
+                max_examples=N or META_EXAMPLES[kind])
     assert seen["ok"] and seen["DataError"], seen
 
 
@@ -161,5 +167,5 @@ def _with_array(kind: str, edit: tuple) -> bytes:
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_replaced_arrays(kind):
     seen = fuzz(_array_edits(kind), lambda e: _load_and_predict(_with_array(kind, e)),
-                max_examples=N or 80)
+                max_examples=N or ARRAY_EXAMPLES[kind])
     assert seen["ok"] and seen["DataError"], seen

@@ -77,7 +77,7 @@ def test_edited_files():
             path.write_bytes(apply_byte_edits(path.read_bytes(), recipe))
         return apply
 
-    seen = fuzz(_file_edits(), lambda e: _read_all(build(e)), max_examples=N or 150)
+    seen = fuzz(_file_edits(), lambda e: _read_all(build(e)), max_examples=N or 120)
     assert seen["ok"] and seen["DataError"], seen
 
 
@@ -102,5 +102,5 @@ def test_edited_meta():
             (store / "meta.json").write_text(json.dumps(meta))
         return apply
 
-    seen = fuzz(_meta_edits(), lambda e: _read_all(build(e)), max_examples=N or 150)
+    seen = fuzz(_meta_edits(), lambda e: _read_all(build(e)), max_examples=N or 120)
     assert seen["DataError"], seen

@@ -20,10 +20,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from ml4m.data.frames import Frame
-from ml4m.errors import ConfigError
+from ml4m.errors import ConfigError, DataError
 from ml4m.models.linear.design import SumMap
 from ml4m.models.linear.potential import LinearPotential
 from ml4m.models.serialization import register_model
+from ml4m.validation import check_array, check_bool, check_int
 
 __all__ = ["DotProductKernelMap", "SparseGPPotential", "select_sparse_points"]
 
@@ -329,8 +330,23 @@ class SparseGPPotential(LinearPotential):
         return {"kernel_columns": self.kernel_columns}, {"sparse": k.sparse, "sparse_species": k.sparse_species}
 
     def _restore_feature_map(self, params, arrays):
+        """The kernel map of a model file, its sparse points checked against the descriptor
+        (a DataError names the entry; :func:`ml4m.load` adds the file)."""
         # files written before kernel_columns existed had kernels on all columns
         self.kernel_columns = params.get("kernel_columns", "all")
         columns = self._kernel_columns(self.kernel_columns)
-        kernel = DotProductKernelMap(arrays["sparse"], arrays["sparse_species"], int(self.zeta), columns=columns)
+        for name in ("sparse", "sparse_species"):
+            if name not in arrays:
+                raise DataError(f"array 'fmap_{name}' is missing")
+        sparse = check_array("array 'fmap_sparse'", arrays["sparse"],
+                             shape=(None, self.descriptor.n_features), kinds="f")
+        species = check_array("array 'fmap_sparse_species'", arrays["sparse_species"],
+                              shape=(len(sparse),), kinds="iu")
+        if species.size and (species.min() < 0 or species.max() >= len(self.species)):
+            raise DataError(f"array 'fmap_sparse_species' must index the model's "
+                            f"{len(self.species)} species, got values in "
+                            f"[{species.min()}, {species.max()}]")
+        zeta = check_int("params.hyper.zeta", self.zeta, low=1, high=64, error=DataError)
+        check_bool("params.hyper.linear_baseline", self.linear_baseline, error=DataError)
+        kernel = DotProductKernelMap(sparse, species, zeta, columns=columns)
         return self._with_baseline(kernel)
