@@ -38,6 +38,7 @@ def _valid_text() -> str:
 
 
 VALID = _valid_text()
+N = int(os.environ.get("ML4M_FUZZ_EXAMPLES", 0))
 
 
 def _read(data: bytes | str) -> str:
@@ -53,12 +54,13 @@ def test_valid_file_reads():
 
 def test_mutated_lines():
     """Lines deleted, repeated, swapped; numbers and keys replaced by odd values."""
-    seen = fuzz(mutated_lines(VALID, KEYS), _read, max_examples=int(os.environ.get("ML4M_FUZZ_EXAMPLES", 200)))
+    seen = fuzz(mutated_lines(VALID, KEYS), _read, max_examples=N or 200)
     assert seen["ok"] and seen["DataError"], seen
 
 
 def test_mutated_bytes():
     """Truncated files, flipped bytes, spans deleted or repeated."""
     data = VALID.encode()
-    seen = fuzz(byte_edits(len(data)), lambda edits: _read(apply_byte_edits(data, edits)), max_examples=int(os.environ.get("ML4M_FUZZ_EXAMPLES", 150)))
+    seen = fuzz(byte_edits(len(data)), lambda edits: _read(apply_byte_edits(data, edits)), 
+                max_examples=N or 150)
     assert seen["ok"] and seen["DataError"], seen
