@@ -61,6 +61,6 @@ def test_mutated_lines():
 def test_mutated_bytes():
     """Truncated files, flipped bytes, spans deleted or repeated."""
     data = VALID.encode()
-    seen = fuzz(byte_edits(len(data)), lambda edits: _read(apply_byte_edits(data, edits)), 
+    seen = fuzz(byte_edits(len(data)), lambda edits: _read(apply_byte_edits(data, edits)),
                 max_examples=N or 150)
     assert seen["ok"] and seen["DataError"], seen
