@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from ml4m.data import Frame, open_store, pack_frames
 
 N = int(os.environ.get("ML4M_FUZZ_EXAMPLES", 0))
-ROOT = Path(tempfile.mkdtemp(prefix="ml4m-fuzz-store-"))
+_ROOT = tempfile.TemporaryDirectory(prefix="ml4m-fuzz-store-")  # removed at exit
+ROOT = Path(_ROOT.name)
 
 
 def _pack() -> Path:
