@@ -228,3 +228,17 @@ def test_unknown_required_label_is_a_parameter_error(tmp_path):
     path.write_text(_xyz(*GOOD))
     with pytest.raises(ConfigError, match=r"require names unknown label\(s\) \['charge'\]"):
         read_dataset(path, require=("charge",))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"min_distance": -1.0}, r"min_distance must be >= 0.0, got -1.0"),
+    ({"min_distance": float("nan")}, "min_distance must be a finite number"),
+    ({"index": 0}, "index must be a non-empty string"),
+])
+def test_bad_reader_parameters(tmp_path, kwargs, match):
+    from ml4m.errors import ConfigError
+
+    path = tmp_path / "a.extxyz"
+    path.write_text(_xyz(*GOOD))
+    with pytest.raises(ConfigError, match=match):
+        read_dataset(path, **kwargs)

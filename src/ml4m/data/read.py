@@ -27,7 +27,7 @@ from ml4m.data.frames import LABELS, Dataset, Frame
 from ml4m.data.labels import LabelKeys
 from ml4m.data.validate import MIN_DISTANCE, check_consistent_labels, check_frame, coerce_labels
 from ml4m.errors import ConfigError, DataError, ML4MError
-from ml4m.validation import check_size_against_file
+from ml4m.validation import check_float, check_size_against_file, check_str
 
 __all__ = ["iter_frames", "read_dataset", "scan_xyz", "MAX_COLUMNS"]
 
@@ -210,6 +210,8 @@ def iter_frames(
         :func:`ml4m.data.validate.check_frame`).
     """
     keys = keys or LabelKeys()
+    min_distance = check_float("min_distance", min_distance, low=0.0)
+    check_str("index", index)
     name = str(path)
     p = Path(path)
     if not p.exists():
