@@ -31,7 +31,7 @@ def test_check_float():
     assert check_float("x", 2) == 2.0 and isinstance(check_float("x", 2), float)
     with pytest.raises(ConfigError, match="YAML reads 1e-3 without a dot as text"):
         check_float("sigma", "1e-3")  # YAML 1.1 reads 1e-3 as a string
-    for bad in (float("nan"), float("inf"), "abc", True, [1.0], None):
+    for bad in (float("nan"), float("inf"), "abc", True, [1.0], None, 10**400):
         with pytest.raises(ConfigError, match="x must be a finite number"):
             check_float("x", bad)
     with pytest.raises(ConfigError, match=r"x must be > 0, got 0.0"):

@@ -160,9 +160,12 @@ def check_float(
             except ValueError:
                 pass
         raise fail(f"{name} must be a finite number, got {describe(value)}{hint}", **where)
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        number = float("inf")
     if not np.isfinite(number):
-        raise fail(f"{name} must be a finite number, got {value!r}", **where)
+        raise fail(f"{name} must be a finite number, got {describe(value)}", **where)
     if low is not None and (number < low or (low_open and number == low)):
         raise fail(f"{name} must be {'>' if low_open else '>='} {low}, got {number}", **where)
     if high is not None and (number > high or (high_open and number == high)):

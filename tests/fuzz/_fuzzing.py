@@ -216,7 +216,7 @@ def apply_byte_edits(data: bytes, recipe: tuple) -> bytes:
 
 #: JSON values a metadata or config entry is replaced with
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**13), 10**13)
+    st.none() | st.booleans() | st.integers(-(10**13), 10**13) | st.just(10**400)
     | st.sampled_from([float("nan"), float("inf"), -1.0, 0.0, 1e308, 0.5, 3.0])
     | st.sampled_from(["", "abc", "fit", "ace", "Cu", "energy", "species", "../x"]),
     lambda children: st.lists(children, max_size=4)
