@@ -94,3 +94,20 @@ def test_load_yaml_refuses_binary_and_huge_files(tmp_path):
         load_yaml(path)
     path.write_text("a: &a [1, 2]\nb: [*a, *a]\n")  # aliases are fine
     assert load_yaml(path)["b"] == [[1, 2], [1, 2]]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("model: ace\ntrain: x.extxyz\nsigmas: {energy: 1e-3}\n",
+     "sigmas.energy must be a finite number, got '1e-3' (a string: YAML reads 1e-3"),
+    ("model: ace\ntrain: x.extxyz\nparams: {batch_frames: four}\n",
+     "params.batch_frames must be an integer in [1, inf], got 'four'"),
+    ("model: ace\ntrain: x.extxyz\n7: seven\n", "key 7 must be a string"),
+])
+def test_cli_config_value_errors_exit_2(tmp_path, capsys, text, message):
+    """Wrong types in fit.yaml end as one stderr line naming file and key; nothing written."""
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(text)
+    assert main(["fit", str(cfg), "-o", str(tmp_path / "m.ml4m")]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "m.ml4m").exists()
