@@ -229,3 +229,21 @@ def test_absurd_finite_values_fail_at_load(model_file, tmp_path):
                                         r"\w+ \[.*\] for a test structure"):
         ml4m.load(path)
     assert load(path, check=False).coef_[0] == 1e300  # the check can be skipped
+
+
+def test_cli_test_refuses_a_nan_model_with_exit_2(model_file, tmp_path, capsys):
+    """'ml4m test' on a model file with a NaN coefficient: exit 2 naming the file (it
+    reported null metrics with exit 0 before)."""
+    from ase.io import write
+
+    from ml4m.cli.main import main
+    from ml4m.data import default_dataset
+
+    coef = read_model_file(model_file)[2]["coef"].copy()
+    coef[0] = np.nan
+    path = _edited(model_file, tmp_path, coef=coef)
+    data = tmp_path / "test.extxyz"
+    write(data, default_dataset()[:2].to_atoms())
+    assert main(["test", str(path), str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: array 'coef' contains a non-finite value (nan)" in err
