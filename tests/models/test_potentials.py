@@ -152,7 +152,7 @@ def test_file_holds_the_posterior_factor_and_reads_a_covariance(fitted, data):
     # nearly singular K_mm prior (steep whitening) up to 0.3% of an energy sigma
     np.testing.assert_allclose(b.forces_sigma, a.forces_sigma, rtol=1e-2)
     np.testing.assert_allclose(b.energy_sigma, a.energy_sigma, rtol=1e-2)
-    with pytest.raises(ConfigError, match="posterior"):
+    with pytest.raises(DataError, match="posterior"):  # file contents are data
         type(fitted).from_state(params, arrays)
 
 
