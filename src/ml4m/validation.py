@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,11 @@ import numpy as np
 from ml4m.errors import ConfigError, DataError, ML4MError
 
 __all__ = [
+    "optional",
+    "int_from",
+    "float_from",
+    "one_of",
+    "each",
     "check_int",
     "check_float",
     "check_choice",
@@ -351,3 +356,42 @@ def check_size_against_file(
             **where,
         )
     return n_items
+
+
+# ---- checks as values: tables of ``name -> check`` (e.g. a model's ``param_checks``) -----
+Check = Callable[..., Any]
+
+
+def optional(check: Check) -> Check:
+    """``check`` that also accepts None (the default of an optional setting)."""
+    return lambda name, value, **where: None if value is None else check(name, value, **where)
+
+
+def int_from(low: int, high: int | None = None) -> Check:
+    """A check of an integer in ``[low, high]``."""
+    return lambda name, value, **where: check_int(name, value, low=low, high=high, **where)
+
+
+def float_from(low: float, low_open: bool = False) -> Check:
+    """A check of a finite number ``>= low`` (``> low`` with ``low_open``)."""
+    return lambda name, value, **where: check_float(name, value, low=low, low_open=low_open,
+                                                    **where)
+
+
+def one_of(*choices: Any) -> Check:
+    """A check of one of ``choices``."""
+    return lambda name, value, **where: check_choice(name, value, choices, **where)
+
+
+def each(check: Check, allow_scalar: bool = False) -> Check:
+    """A check of a non-empty list (or tuple) whose items pass ``check``; with
+    ``allow_scalar`` a single item is accepted too."""
+
+    def run(name: str, value: Any, **where: Any) -> Any:
+        if allow_scalar and not isinstance(value, (list, tuple)):
+            return check(name, value, **where)
+        if not isinstance(value, (list, tuple)) or not value:
+            raise fail(f"{name} must be a non-empty list, got {describe(value)}", **where)
+        return [check(f"{name}[{k}]", v, **where) for k, v in enumerate(value)]
+
+    return run

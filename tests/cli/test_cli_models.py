@@ -111,8 +111,8 @@ def test_tampered_model_exit_2(tmp_path, capsys, files):
 
 
 @pytest.mark.parametrize("params,message", [
-    ({"prior": "flat"}, "prior must be 'auto', 'smoothness' or 'scale', got 'flat'"),
-    ({"smoothing": 2}, "params: unknown key(s) ['smoothing'] for model 'ace'"),
+    ({"prior": "flat"}, "params.prior must be one of ('auto', 'smoothness', 'scale'), got 'flat'"),
+    ({"smoothing": 2}, "params has unknown key(s) ['smoothing']; known: ['alpha'"),
 ])
 def test_fit_bad_prior_settings_exit_2(files, tmp_path, capsys, params, message):
     """Prior settings of ``params`` are checked: a bad value or key is named, nothing written."""

@@ -21,7 +21,9 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="settings file")
-    p.add_argument("--model", choices=["ace", "gp", "krr"], help="model type")
+    from ml4m.models.registry import fit_choices
+
+    p.add_argument("--model", choices=fit_choices(), help="model kind (default ace)")
     p.add_argument("--train", metavar="FILE", help="training structures")
     p.add_argument("--valid", metavar="FILE", help="validation structures")
     p.add_argument("--max-minutes", type=float,
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(metrics)
         return 0
-    if metrics["kind"] == "krr":
+    if "cv" in metrics:  # a structure-property model
         out = console()
         out.print(f"kernel ridge on {metrics['train']['target']}: CV MAE {metrics['cv']['cv_mae']:.4g} "
                   f"(alpha {metrics['cv']['alpha']:.1e}, gamma {metrics['cv']['gamma']:.3g}) -> {metrics['model']}")

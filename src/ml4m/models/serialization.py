@@ -23,7 +23,6 @@ import math
 import os
 import zipfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +30,22 @@ import numpy as np
 
 from ml4m._fileio import atomic_path
 from ml4m.errors import DataError, ML4MError
-from ml4m.validation import check_array, check_mapping, check_size_against_file, check_str
+from ml4m.validation import (
+    check_array,
+    check_int,
+    check_mapping,
+    check_size_against_file,
+    check_str,
+)
 
 __all__ = ["MODEL_FORMAT", "MODEL_SUFFIX", "save_model_file", "read_model_file",
            "register_model", "load"]
 
+from ml4m.models.registry import register_model  # noqa: E402  (re-exported: older imports)
+
 MODEL_FORMAT = "ml4m-model"
 MODEL_VERSION = 1
 MODEL_SUFFIX = ".ml4m"
-
-_REGISTRY: dict[str, type] = {}
-
-
-def register_model(kind: str) -> Callable[[type], type]:
-    """Class decorator: models of this ``kind`` are rebuilt by ``cls.from_state``."""
-
-    def wrap(cls: type) -> type:
-        _REGISTRY[kind] = cls
-        cls.kind = kind
-        return cls
-
-    return wrap
-
 
 def _digest(array: np.ndarray) -> str:
     a = np.ascontiguousarray(array)
@@ -60,7 +53,7 @@ def _digest(array: np.ndarray) -> str:
 
 
 def save_model_file(path: str | os.PathLike, kind: str, params: dict[str, Any],
-                    arrays: dict[str, np.ndarray]) -> Path:
+                    arrays: dict[str, np.ndarray], state_version: int = 1) -> Path:
     """Write a model file atomically.
 
     Parameters
@@ -73,6 +66,8 @@ def save_model_file(path: str | os.PathLike, kind: str, params: dict[str, Any],
         JSON-serialisable hyperparameters and metadata.
     arrays : dict of str to ndarray
         Numeric arrays (no object dtype).
+    state_version : int, default=1
+        Version of the kind's state layout (:class:`ml4m.models.registry.ModelKind`).
 
     Returns
     -------
@@ -91,7 +86,7 @@ def save_model_file(path: str | os.PathLike, kind: str, params: dict[str, Any],
             raise TypeError(f"array {name!r} has object dtype; model files hold numbers only")
         clean[name] = a
     meta = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": kind,
-            "ml4m_version": __version__, "params": params,
+            "state_version": int(state_version), "ml4m_version": __version__, "params": params,
             "sha256": {k: _digest(v) for k, v in clean.items()}}
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -129,6 +124,8 @@ def _check_meta(meta: Any, name: str) -> dict[str, Any]:
         raise DataError(f"unsupported model file version {meta.get('version')!r}", name)
     check_mapping("meta.json", meta, required=("kind", "params", "sha256"), **where)
     check_str("meta.json 'kind'", meta["kind"], **where)
+    meta["state_version"] = check_int("meta.json 'state_version'", meta.get("state_version", 1),
+                                      low=1, **where)
     check_mapping("meta.json 'params'", meta["params"], **where)
     sums = check_mapping("meta.json 'sha256'", meta["sha256"], **where)
     for entry, digest in sums.items():
@@ -191,6 +188,15 @@ def _read_array(zf: zipfile.ZipFile, entry: str, name: str, budget: int) -> np.n
 def read_model_file(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
     """Read and verify a model file without executing anything from it.
 
+    Returns ``(kind, params, arrays)``; see :func:`_read_model` for the checks.
+    """
+    meta, arrays = _read_model(path)
+    return meta["kind"], meta["params"], arrays
+
+
+def _read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and verify a model file: its checked ``meta.json`` and its arrays.
+
     Sizes are checked before anything is allocated: the declared size of every entry
     against this machine's memory, and each array's header shape against its entry.
     Arrays must be numeric and finite, the JSON parameters finite, and every array must
@@ -203,8 +209,8 @@ def read_model_file(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[
 
     Returns
     -------
-    kind : str
-    params : dict
+    meta : dict
+        ``kind``, ``state_version``, ``params``, ...
     arrays : dict of str to ndarray
 
     Raises
@@ -245,7 +251,7 @@ def read_model_file(path: str | os.PathLike) -> tuple[str, dict[str, Any], dict[
             raise
         raise DataError(f"cannot read model file ({type(exc).__name__}: {exc}); "
                         "truncated or corrupted?", name) from exc
-    return meta["kind"], meta["params"], arrays
+    return meta, arrays
 
 
 def load(path: str | os.PathLike, *, check: bool = True):
@@ -274,12 +280,18 @@ def load(path: str | os.PathLike, *, check: bool = True):
         the wrong type or range, inconsistent shapes), and non-finite test predictions.
     """
     name = str(path)
-    kind, params, arrays = read_model_file(path)
-    _import_model_modules()
-    if kind not in _REGISTRY:
-        raise DataError(f"unknown model kind {kind!r} (known: {sorted(_REGISTRY)})", name)
+    from ml4m.models.registry import model_kinds
+
+    meta, arrays = _read_model(path)
+    kinds = {k.name: k for k in model_kinds()}
+    if meta["kind"] not in kinds:
+        raise DataError(f"unknown model kind {meta['kind']!r} (known: {sorted(kinds)})", name)
+    kind = kinds[meta["kind"]]
+    if meta["state_version"] > kind.state_version:
+        raise DataError(f"a '{kind.name}' model of state version {meta['state_version']}, "
+                        f"newer than this ml4m reads ({kind.state_version}): update ml4m", name)
     try:
-        model = _REGISTRY[kind].from_state(params, arrays)
+        model = kind.cls.from_state(meta["params"], arrays)
         if check:
             _check_predictions(model)
         return model
@@ -297,7 +309,10 @@ def _check_predictions(model: Any) -> None:
     """Predict a small periodic structure with every element of ``model``; all finite."""
     from ml4m.data.frames import Frame
 
-    species = [int(z) for z in getattr(model.descriptor, "species", ())]
+    from ml4m.models.base import Potential
+
+    known = model.species if isinstance(model, Potential) else model.descriptor.species
+    species = [int(z) for z in known]
     if not species:
         return
     side = math.ceil(len(species) ** (1 / 3))
@@ -310,7 +325,7 @@ def _check_predictions(model: Any) -> None:
     if hasattr(model, "predict_values"):  # a structure-property model (any units)
         values = dict(zip(("value", "sigma"), model.predict_values([frame], return_std=True)))
     else:  # a potential: eV, eV/Angstrom, eV/Angstrom^3
-        pred = model.predict([frame], uncertainty=getattr(model, "has_uncertainty", False))
+        pred = model.predict([frame], uncertainty=model.has_uncertainty)
         values = {k: getattr(pred, k) for k in ("energy", "forces", "stress", "energy_sigma",
                                                 "forces_sigma")}
         values["energy"] = values["energy"] / len(species)
@@ -328,15 +343,3 @@ def _explain(exc: Exception) -> str:
     if isinstance(exc, ML4MError):
         return str(exc)
     return f"malformed entry ({type(exc).__name__}: {exc})"
-
-
-def _import_model_modules() -> None:
-    """Import the modules that register model kinds (deferred to keep imports light)."""
-    import importlib
-
-    for module in ("ml4m.models.linear", "ml4m.models.kernel"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a stage that does not exist yet
-            if exc.name != module:
-                raise

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ml4m.errors import ConfigError
+from ml4m.models.registry import fit_choices, model_kind
 from ml4m.validation import (
-    check_bool,
     check_choice,
     check_float,
     check_int,
@@ -20,8 +19,16 @@ from ml4m.validation import (
 
 __all__ = ["FitConfig", "MODEL_CHOICES"]
 
-#: models ``ml4m fit`` can train
-MODEL_CHOICES = ("ace", "gp", "krr")
+#: models ``ml4m fit`` can train (the registry's fit names)
+MODEL_CHOICES = fit_choices()
+#: constructor arguments a config sets from its own keys (not from ``params``)
+SET_BY_CONFIG = ("descriptor", "e0", "sigma_energy", "sigma_forces", "sigma_stress", "seed",
+                 "target")
+
+
+def config_params(model: str) -> list[str]:
+    """The ``params`` keys a config may give for ``model`` (its other constructor arguments)."""
+    return [n for n in model_kind(model).cls.param_names() if n not in SET_BY_CONFIG]
 
 
 @dataclass
@@ -123,10 +130,8 @@ class FitConfig:
             raise ConfigError(f"{source}: sigmas may name energy, forces, stress; got {bad}")
         for k, v in sigmas.items():
             check_float(f"sigmas.{k}", v, low=0.0, low_open=k == "energy", **where)
-        check_mapping("params", self.params, **where)
-        for key, check in _PARAM_CHECKS.get(self.model, {}).items():
-            if key in self.params:
-                check(f"params.{key}", self.params[key], **where)
+        check_mapping("params", self.params, keys=config_params(self.model), **where)
+        model_kind(self.model).cls.check_params(self.params, prefix="params.", **where)
         check_str("target", self.target, **where)
         check_int("seed", self.seed, low=0, **where)
         if self.max_minutes is not None:
@@ -140,56 +145,3 @@ QUANTITIES = ("energy", "forces", "stress")
 DESCRIPTOR_CHOICES = ("ace", "soap", "acsf", "mbtr")
 
 
-def _optional(check: Callable[..., Any]) -> Callable[..., Any]:
-    """``check`` that also accepts None (the model's default)."""
-    return lambda name, value, **where: None if value is None else check(name, value, **where)
-
-
-def _positive(name: str, value: Any, **where: Any) -> float:
-    return check_float(name, value, low=0.0, low_open=True, **where)
-
-
-def _positive_or_list(name: str, value: Any, **where: Any) -> Any:
-    for v in value if isinstance(value, list) else [value]:
-        _positive(name, v, **where)
-    return value
-
-
-def _positive_list(name: str, value: Any, **where: Any) -> list[float]:
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where.get('source', 'config')}: {name} must be a non-empty list "
-                          f"of numbers, got {value!r}")
-    return [_positive(f"{name}[{k}]", v, **where) for k, v in enumerate(value)]
-
-
-def _degree(name: str, value: Any, **where: Any) -> Any:
-    for v in value if isinstance(value, list) else [value]:
-        check_int(name, v, low=1, **where)
-    return value
-
-
-def _int_from(low: int) -> Callable[..., Any]:
-    return lambda name, value, **where: check_int(name, value, low=low, **where)
-
-
-def _kernel_columns(name: str, value: Any, **where: Any) -> Any:
-    return value if isinstance(value, str) else _degree(name, value, **where)
-
-
-#: type and range of each model-specific ``params`` key whose wrong type would fail
-#: deep inside a fit (the models check their string choices, ``prior``, ``noise``,
-#: ``kernel``..., themselves, and the fit driver names unknown keys)
-_LINEAR = {
-    "alpha": _optional(_positive_or_list),
-    "beta": _optional(_positive_or_list),
-    "smoothness": check_float,
-    "species_degree": _optional(check_mapping),
-    "batch_frames": _int_from(1),
-}
-_PARAM_CHECKS: dict[str, dict[str, Callable[..., Any]]] = {
-    "ace": _LINEAR,
-    "gp": {**_LINEAR, "n_sparse": _int_from(1), "zeta": _int_from(1),
-           "sparse_frames": _optional(_int_from(1)), "linear_baseline": check_bool,
-           "kernel_columns": _kernel_columns},
-    "krr": {"alphas": _positive_list, "gammas": _optional(_positive_list), "n_folds": _int_from(2)},
-}

@@ -16,16 +16,7 @@ from ml4m.errors import ConfigError
 from ml4m.models.metrics import error_metrics
 from ml4m.training.config import FitConfig
 
-__all__ = ["fit_model", "model_outputs", "test_model", "DEFAULT_DESCRIPTOR"]
-
-#: descriptor family used by each model unless ``descriptor_type`` is given
-DEFAULT_DESCRIPTOR = {"ace": "ace", "gp": "soap", "krr": "mbtr"}
-
-
-#: keyword arguments of LinearPotential a config may set in ``params`` (the GP adds its own)
-_LINEAR_PARAMS = {"alpha", "beta", "noise", "uncertainty", "prior", "smoothness", "species_degree",
-                  "batch_frames"}
-
+__all__ = ["fit_model", "model_outputs", "test_model"]
 
 #: how far below a pair's shortest training distance ``pair_r_in: auto`` starts its radial basis
 PAIR_R_IN_MARGIN = 0.25
@@ -43,31 +34,22 @@ def _descriptor_settings(cfg: FitConfig, train) -> dict[str, Any]:
     return settings
 
 
-def _build_potential(cfg: FitConfig, species: list[int], train):
+def _build_model(cfg: FitConfig, species: list[int], train):
+    """The unfitted model ``cfg`` describes: its registered kind's class, built with the
+    descriptor, E0s, sigmas, seed and target the config gives (those the class takes)
+    and ``cfg.params`` (checked by :meth:`FitConfig.validate`)."""
     from ml4m.descriptors import make_descriptor
+    from ml4m.models.registry import model_kind
 
-    kind = cfg.descriptor_type or DEFAULT_DESCRIPTOR[cfg.model]
-    descriptor = make_descriptor(kind, species=species, **_descriptor_settings(cfg, train))
-    sig = {"sigma_energy": cfg.sigmas.get("energy", 0.001),
-           "sigma_forces": cfg.sigmas.get("forces", 0.03),
-           "sigma_stress": cfg.sigmas.get("stress", 0.003)}
-    if cfg.model == "ace":
-        from ml4m.models.linear import LinearACE
-
-        _check_params(cfg, _LINEAR_PARAMS)
-        return LinearACE(descriptor, e0=cfg.e0, **sig, **cfg.params)
-    if cfg.model == "gp":
-        from ml4m.models.kernel import SparseGPPotential
-
-        _check_params(cfg, _LINEAR_PARAMS | {"n_sparse", "zeta", "selection", "sparse_frames", "linear_baseline", "kernel_columns"})
-        return SparseGPPotential(descriptor, e0=cfg.e0, seed=cfg.seed, **sig, **cfg.params)
-    raise ConfigError(f"model {cfg.model!r} is not a potential")
-
-
-def _check_params(cfg: FitConfig, known: set[str]) -> None:
-    unknown = sorted(set(cfg.params) - known)
-    if unknown:
-        raise ConfigError(f"params: unknown key(s) {unknown} for model '{cfg.model}'; known: {sorted(known)}")
+    kind = model_kind(cfg.model)
+    descriptor = make_descriptor(cfg.descriptor_type or kind.descriptor, species=species,
+                                 **_descriptor_settings(cfg, train))
+    given = {"descriptor": descriptor, "e0": cfg.e0, "seed": cfg.seed, "target": cfg.target,
+             "sigma_energy": cfg.sigmas.get("energy", 0.001),
+             "sigma_forces": cfg.sigmas.get("forces", 0.03),
+             "sigma_stress": cfg.sigmas.get("stress", 0.003)}
+    names = kind.cls.param_names()
+    return kind.cls(**{k: v for k, v in given.items() if k in names}, **cfg.params)
 
 
 def model_outputs(cfg: FitConfig) -> tuple[Path, list[Path]]:
@@ -140,13 +122,13 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
     t0 = time.perf_counter()
     budget = None
     if cfg.max_minutes is None:
-        model = _build_potential(cfg, species, train)
+        model = _build_model(cfg, species, train)
         model.fit(train, valid)
     else:
         from ml4m.training.budget import fit_within_budget
 
         def fit(frames):
-            return _build_potential(cfg, species, train).fit(frames, valid)
+            return _build_model(cfg, species, train).fit(frames, valid)
 
         model, plan = fit_within_budget(fit, list(train), 60.0 * cfg.max_minutes, started)
         budget = plan.as_dict()
@@ -173,19 +155,14 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
 
 def _fit_property_model(cfg: FitConfig, path: Path) -> dict[str, Any]:
     """Kernel ridge / GP on a global descriptor, with CV and a learning curve."""
-    from ml4m.descriptors import make_descriptor
-    from ml4m.models.kernel import PropertyModel, frame_targets, learning_curve
+    from ml4m.models.kernel import frame_targets, learning_curve
 
-    known = {"kernel", "alphas", "gammas", "n_folds"}
-    _check_params(cfg, known)
     keys = LabelKeys(**cfg.keys)
     train = read_dataset(cfg.train, keys=keys)
     valid = read_dataset(cfg.valid, keys=keys) if cfg.valid else None
     species = [int(z) for z in train.atomic_numbers]
-    descriptor = make_descriptor(cfg.descriptor_type or DEFAULT_DESCRIPTOR["krr"], species=species,
-                                 **cfg.descriptor)
     t0 = time.perf_counter()
-    model = PropertyModel(descriptor, target=cfg.target, seed=cfg.seed, **cfg.params).fit(train)
+    model = _build_model(cfg, species, train).fit(train)
     fit_seconds = time.perf_counter() - t0
     path = model.save(path)
     metrics: dict[str, Any] = {"model": str(path), "kind": model.kind, "fit_seconds": fit_seconds,
@@ -214,12 +191,14 @@ def test_model(model_path: str | os.PathLike, data: str | os.PathLike,
     """Errors of a saved model on a labelled file (the ``ml4m test --json`` object)."""
     from ml4m.models.serialization import load
 
+    from ml4m.models.base import Potential
+
     model = load(model_path)
-    if hasattr(model, "score"):  # structure-property model
+    if not isinstance(model, Potential):  # a structure-property model
         return model.score(read_dataset(data, keys=keys))
     ds = read_dataset(data, keys=keys, require=("energy",))
     t0 = time.perf_counter()
-    pred = model.predict(ds, uncertainty=getattr(model, "has_uncertainty", False))
+    pred = model.predict(ds, uncertainty=model.has_uncertainty)
     result = error_metrics(pred, ds)
     result["seconds"] = time.perf_counter() - t0
     return result

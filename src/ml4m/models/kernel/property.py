@@ -9,10 +9,20 @@ import numpy as np
 
 from ml4m.data.frames import Dataset, Frame
 from ml4m.errors import DataError, NotFittedError
-from ml4m.models.base import as_frames, descriptor_from_dict, descriptor_to_dict
+from ml4m.models.base import Estimator, as_frames, descriptor_from_dict, descriptor_to_dict
 from ml4m.models.kernel.krr import _KERNELS, KernelRegressor, cross_validate
-from ml4m.models.serialization import register_model
-from ml4m.validation import check_array, check_choice, check_float, check_mapping, check_str
+from ml4m.models.registry import register_model
+from ml4m.validation import (
+    check_array,
+    check_choice,
+    check_float,
+    check_mapping,
+    check_str,
+    each,
+    float_from,
+    int_from,
+    optional,
+)
 
 __all__ = ["PropertyModel", "frame_targets"]
 
@@ -37,8 +47,8 @@ def frame_targets(frames: Sequence[Frame], target: str) -> np.ndarray:
     return np.array(out)
 
 
-@register_model("krr")
-class PropertyModel:
+@register_model("krr", fit_name="krr", descriptor="mbtr")
+class PropertyModel(Estimator):
     """Kernel ridge / GP regression of a per-structure property on a global descriptor.
 
     Parameters
@@ -55,6 +65,13 @@ class PropertyModel:
     """
 
     has_uncertainty = True
+    param_checks = {
+        "target": check_str, "kernel": lambda name, value, **where: check_choice(
+            name, value, tuple(_KERNELS), **where),
+        "alphas": each(float_from(0.0, low_open=True)),
+        "gammas": optional(each(float_from(0.0, low_open=True))),
+        "n_folds": int_from(2), "seed": int_from(0),
+    }
 
     def __init__(self, descriptor, target: str = "energy_per_atom", kernel: str = "rbf",
                  alphas: tuple[float, ...] = (1e-6, 1e-4, 1e-2, 1e-1),

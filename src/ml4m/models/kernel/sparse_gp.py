@@ -23,8 +23,8 @@ from ml4m.data.frames import Frame
 from ml4m.errors import ConfigError, DataError
 from ml4m.models.linear.design import SumMap
 from ml4m.models.linear.potential import LinearPotential
-from ml4m.models.serialization import register_model
-from ml4m.validation import check_array, check_bool, check_int
+from ml4m.models.registry import register_model
+from ml4m.validation import check_array, check_bool, check_int, each, int_from, one_of, optional
 
 __all__ = ["DotProductKernelMap", "SparseGPPotential", "select_sparse_points"]
 
@@ -201,7 +201,7 @@ def select_sparse_points(X: np.ndarray, n: int, method: str = "fps", seed: int =
     return np.sort(np.array(chosen))
 
 
-@register_model("sparse_gp")
+@register_model("sparse_gp", fit_name="gp", descriptor="soap")
 class SparseGPPotential(LinearPotential):
     """Sparse GP potential on a descriptor (SOAP or ACE) with uncertainty.
 
@@ -249,6 +249,15 @@ class SparseGPPotential(LinearPotential):
         linear baseline), ``batch_frames`` as in
         :class:`~ml4m.models.linear.LinearPotential`.
     """
+
+    param_checks = {
+        **LinearPotential.param_checks, "n_sparse": int_from(1), "zeta": int_from(1),
+        "selection": one_of("fps", "cur", "random"), "seed": int_from(0),
+        "sparse_frames": optional(int_from(1)), "linear_baseline": check_bool,
+        "kernel_columns": lambda name, value, **where: (
+            one_of("species", "all")(name, value, **where) if isinstance(value, str)
+            else each(int_from(1), allow_scalar=True)(name, value, **where)),
+    }
 
     def __init__(self, descriptor, n_sparse: int = 200, zeta: int = 4, selection: str = "fps",
                  seed: int = 0, sparse_frames: int | None = None, linear_baseline: bool = True,
@@ -319,11 +328,6 @@ class SparseGPPotential(LinearPotential):
         n_lin = self.fmap_.parts[0].n_features
         # blockdiag(diag(linear), K_mm) as its two blocks: no (p, p) matrix
         return super()._prior(phi_sq_mean[:n_lin]), K
-
-    def _hyper(self) -> dict[str, Any]:
-        return {**super()._hyper(), "n_sparse": self.n_sparse, "zeta": self.zeta,
-                "selection": self.selection, "seed": self.seed, "sparse_frames": self.sparse_frames,
-                "linear_baseline": self.linear_baseline, "kernel_columns": self.kernel_columns}
 
     def _feature_map_state(self):
         k = self._kernel()

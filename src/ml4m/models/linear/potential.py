@@ -28,7 +28,7 @@ from ml4m.models.base import (
 from ml4m.models.error_model import EnergyErrorModel, ForceErrorModel
 from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
 from ml4m.models.linear.design import VOIGT, DesignRows, FeatureMap, SpeciesBlocks, SumMap, design_rows
-from ml4m.models.serialization import register_model
+from ml4m.models.registry import register_model
 from ml4m.validation import (
     check_array,
     check_bool,
@@ -36,6 +36,11 @@ from ml4m.validation import (
     check_float,
     check_int,
     check_mapping,
+    each,
+    float_from,
+    int_from,
+    one_of,
+    optional,
 )
 
 __all__ = ["LinearPotential"]
@@ -231,7 +236,6 @@ class LinearPotential(Potential):
     """
 
     kind = "linear"
-    has_uncertainty = True
 
     def __init__(self, descriptor, e0: Any = "fit", sigma_energy: float = 0.001,
                  sigma_forces: float | None = 0.03, sigma_stress: float | None = 0.003,
@@ -253,11 +257,38 @@ class LinearPotential(Potential):
         self.species_degree = species_degree
         self.batch_frames = batch_frames
 
-    # ---- pieces a subclass may change ---------------------------------------------------
+    param_checks = {
+        "sigma_energy": optional(float_from(0.0)), "sigma_forces": optional(float_from(0.0)),
+        "sigma_stress": optional(float_from(0.0)),
+        "alpha": optional(each(float_from(0.0, low_open=True), allow_scalar=True)),
+        "beta": optional(each(float_from(0.0, low_open=True), allow_scalar=True)),
+        "noise": one_of("shared", "per_quantity"), "uncertainty": one_of("calibrated", "posterior"),
+        "prior": one_of("auto", "smoothness", "scale"), "smoothness": check_float,
+        "species_degree": optional(check_mapping), "batch_frames": int_from(1),
+    }
+
+    # ---- the potential contract ------------------------------------------------------------
     @property
     def species(self) -> np.ndarray:
         """Atomic numbers the model knows (from the descriptor)."""
         return np.asarray(self.descriptor.species, dtype=np.int64)
+
+    @property
+    def cutoff(self) -> float:
+        """The descriptor's cutoff radius, Angstrom."""
+        return float(self.descriptor.r_cut)
+
+    @property
+    def has_uncertainty(self) -> bool:
+        """Always: the Bayesian posterior (and the calibrated error models once fitted)."""
+        return True
+
+    @property
+    def n_parameters(self) -> int:
+        """Fitted coefficients (0 before :meth:`fit`)."""
+        return int(len(self.coef_)) if hasattr(self, "coef_") else 0
+
+    # ---- pieces a subclass may change ---------------------------------------------------
 
     def _make_feature_map(self, train: Sequence[Frame]) -> FeatureMap:
         return self._species_blocks()
@@ -586,11 +617,8 @@ class LinearPotential(Potential):
 
     # ---- persistence ----------------------------------------------------------------------
     def _hyper(self) -> dict[str, Any]:
-        return {"sigma_energy": self.sigma_energy, "sigma_forces": self.sigma_forces,
-                "sigma_stress": self.sigma_stress, "alpha": self.alpha, "beta": self.beta,
-                "noise": self.noise, "uncertainty": self.uncertainty, "prior": self.prior,
-                "smoothness": self.smoothness, "species_degree": self.species_degree,
-                "batch_frames": self.batch_frames}
+        """The hyperparameters a model file stores (the descriptor and E0s go apart)."""
+        return {k: v for k, v in self.get_params().items() if k not in ("descriptor", "e0")}
 
     def _feature_map_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {}
@@ -629,7 +657,7 @@ class LinearPotential(Potential):
         one raises :class:`DataError` naming it (:func:`ml4m.load` adds the file).
         """
         params = check_mapping("params", params, required=_STATE_KEYS, error=DataError)
-        hyper = _check_state_hyper(params["hyper"])
+        hyper = cls.check_params(params["hyper"], prefix="params.hyper.", error=DataError)
         descriptor = check_mapping("params.descriptor", params["descriptor"], error=DataError)
         if check_bool("params.descriptor.average", descriptor.get("average", False),
                       error=DataError):
@@ -744,33 +772,3 @@ def _check_error_model(em: ForceErrorModel, n_features: int, n_species: int) -> 
                 **where)
     em.mean_, em.scale_, em.components_ = mean, scale, comps
 
-
-def _check_state_hyper(hyper: Any) -> dict[str, Any]:
-    """A model file's hyperparameters, each of the type and range the model uses."""
-    where = {"error": DataError}
-    hyper = check_mapping("params.hyper", hyper, **where)
-
-    def number_or_none(key: str, low_open: bool) -> None:
-        if hyper.get(key) is not None:
-            check_float(f"params.hyper.{key}", hyper[key], low=0.0, low_open=low_open, **where)
-
-    for key in ("sigma_energy", "sigma_forces", "sigma_stress"):
-        number_or_none(key, low_open=False)
-    for key in ("alpha", "beta"):
-        if isinstance(hyper.get(key), list):
-            for v in hyper[key]:
-                check_float(f"params.hyper.{key}", v, low=0.0, low_open=True, **where)
-        else:
-            number_or_none(key, low_open=True)
-    choices = {"noise": ("shared", "per_quantity"), "uncertainty": ("posterior", "calibrated"),
-               "prior": ("auto", "smoothness", "scale")}
-    for key, allowed in choices.items():
-        if key in hyper:
-            check_choice(f"params.hyper.{key}", hyper[key], allowed, **where)
-    if "smoothness" in hyper:
-        check_float("params.hyper.smoothness", hyper["smoothness"], **where)
-    if "batch_frames" in hyper:
-        check_int("params.hyper.batch_frames", hyper["batch_frames"], low=1, **where)
-    if hyper.get("species_degree") is not None:
-        check_mapping("params.hyper.species_degree", hyper["species_degree"], **where)
-    return hyper

@@ -1,0 +1,172 @@
+"""A committee of potentials: the members' mean is the prediction, their spread the sigma.
+
+Any potential kind can be a member. The members are clones of one template model
+fitted on bootstrap samples of the training set (whole trajectories when the frames
+carry ``info['traj']``, frames otherwise) or on the whole set with different seeds;
+their disagreement estimates the model error where the training data did not pin the
+model down (query by committee, as in the on-the-fly learning of neural potentials).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ml4m.data.frames import Dataset, Frame
+from ml4m.errors import ConfigError, DataError, NotFittedError
+from ml4m.models.base import Potential, Prediction, as_frames
+from ml4m.models.registry import model_kind, register_model
+from ml4m.validation import check_mapping, int_from, one_of
+
+__all__ = ["Committee"]
+
+
+def _groups(frames: list[Frame]) -> list[list[int]]:
+    """Frame indices grouped by ``info['traj']`` when every frame has one, else one each."""
+    keys = [f.info.get("traj") for f in frames]
+    if any(k is None for k in keys):
+        return [[i] for i in range(len(frames))]
+    out: dict[Any, list[int]] = {}
+    for i, k in enumerate(keys):
+        out.setdefault(k, []).append(i)
+    return list(out.values())
+
+
+@register_model("committee")
+class Committee(Potential):
+    """K potentials fitted on resampled data; mean prediction, spread as uncertainty.
+
+    Parameters
+    ----------
+    model : Potential
+        The template: each member is ``model.clone()`` (unfitted, same hyperparameters).
+    n_members : int, default=4
+        Committee size K (2 to 64).
+    resample : {'bootstrap', 'seed'}, default='bootstrap'
+        ``bootstrap``: each member fits a sample, with replacement, of the training
+        trajectories (as many as there are); ``seed``: every member fits all frames and
+        differs only by its ``seed`` hyperparameter (models with random choices).
+    seed : int, default=0
+        Seed of the resampling; member k gets ``seed + k`` when it has a seed.
+
+    Notes
+    -----
+    ``energy_sigma`` (eV), ``forces_sigma`` (eV/Angstrom, per component) and
+    ``stress_sigma`` (eV/Angstrom^3) are the members' standard deviations (ddof 1).
+    """
+
+    param_checks = {"n_members": int_from(2, 64), "resample": one_of("bootstrap", "seed"),
+                    "seed": int_from(0)}
+
+    def __init__(self, model: Potential, n_members: int = 4, resample: str = "bootstrap",
+                 seed: int = 0) -> None:
+        self.model = model
+        self.n_members = n_members
+        self.resample = resample
+        self.seed = seed
+
+    # ---- the potential contract ------------------------------------------------------------
+    @property
+    def species(self) -> np.ndarray:
+        return self.model.species
+
+    @property
+    def cutoff(self) -> float:
+        return self.model.cutoff
+
+    @property
+    def has_uncertainty(self) -> bool:
+        return True
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(m.n_parameters for m in getattr(self, "members_", []))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "members_"):
+            raise NotFittedError("This Committee is not fitted yet. Call 'fit' first.")
+
+    # ---- fit and predict ---------------------------------------------------------------------
+    def _samples(self, frames: list[Frame]) -> list[list[Frame]]:
+        """The training frames of each member."""
+        if self.resample == "seed":
+            return [frames] * self.n_members
+        groups = _groups(frames)
+        if len(groups) < 2:
+            raise DataError("a bootstrap committee needs at least 2 training trajectories "
+                            "(or frames); use resample='seed'")
+        rng = np.random.default_rng(self.seed)
+        return [[frames[i] for g in rng.integers(len(groups), size=len(groups)) for i in groups[g]]
+                for _ in range(self.n_members)]
+
+    def fit(self, train: Dataset | list[Frame], valid: Dataset | None = None) -> Committee:
+        """Fit every member on its sample of ``train``; returns ``self``."""
+        self.check_params({k: v for k, v in self.get_params().items() if k != "model"})
+        if not isinstance(self.model, Potential) or isinstance(self.model, Committee):
+            raise ConfigError(f"a committee's model must be a potential other than a committee, "
+                              f"got {type(self.model).__name__}")
+        frames = as_frames(train)
+        if not frames:
+            raise DataError("no training frames")
+        members = []
+        for k, sample in enumerate(self._samples(frames)):
+            member = self.model.clone()
+            if "seed" in member.param_names():
+                member.set_params(seed=self.seed + k)
+            members.append(member.fit(sample, valid))
+        self.members_ = members
+        return self
+
+    def predict(self, frames, uncertainty: bool = False) -> Prediction:
+        """The members' mean energy (eV), forces (eV/A), stress (eV/A^3); with
+        ``uncertainty`` their standard deviations as the sigmas."""
+        self._check_fitted()
+        frames = as_frames(frames)
+        preds = [m.predict(frames) for m in self.members_]
+        stacked = {q: np.stack([getattr(p, q) for p in preds]) for q in ("energy", "forces",
+                                                                          "stress")}
+        sigmas = {}
+        if uncertainty:
+            sigmas = {f"{q}_sigma": v.std(axis=0, ddof=1) for q, v in stacked.items()}
+        return Prediction(energy=stacked["energy"].mean(axis=0),
+                          forces=stacked["forces"].mean(axis=0),
+                          stress=stacked["stress"].mean(axis=0), offsets=preds[0].offsets,
+                          **sigmas)
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        self._check_fitted()
+        params: dict[str, Any] = {"member_kind": self.members_[0].kind,
+                                  "n_members": self.n_members, "resample": self.resample,
+                                  "seed": self.seed, "members": []}
+        arrays: dict[str, np.ndarray] = {}
+        for k, member in enumerate(self.members_):
+            p, a = member.get_state()
+            params["members"].append(p)
+            arrays.update({f"m{k}_{name}": value for name, value in a.items()})
+        return params, arrays
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> Committee:
+        """Rebuild from a model file's contents (members rebuilt by their own kind)."""
+        where = {"error": DataError}
+        params = check_mapping("params", params, required=("member_kind", "members",
+                                                           "n_members", "resample", "seed"),
+                               **where)
+        hyper = cls.check_params({k: params[k] for k in ("n_members", "resample", "seed")},
+                                 prefix="params.", **where)
+        kind = model_kind(str(params["member_kind"]))
+        if not kind.potential or kind.cls is cls:
+            raise DataError(f"params.member_kind {kind.name!r} is not a potential kind")
+        states = params["members"]
+        if not isinstance(states, list) or len(states) != hyper["n_members"]:
+            raise DataError(f"params.members must list {hyper['n_members']} member states")
+        members = []
+        for k, state in enumerate(states):
+            prefix = f"m{k}_"
+            own = {name[len(prefix):]: a for name, a in arrays.items() if name.startswith(prefix)}
+            members.append(kind.cls.from_state(state, own))
+        model = cls(members[0].clone(), **hyper)
+        model.members_ = members
+        return model

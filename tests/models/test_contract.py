@@ -1,0 +1,177 @@
+"""The potential contract: one suite that every registered potential kind passes.
+
+A new kind must add a small builder to ``BUILDERS`` (the first test fails until it
+does); it then gets the whole suite: hyperparameters, derivatives, invariances,
+persistence, the calculator and bad input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+import ml4m
+from ml4m.data import default_dataset
+from ml4m.descriptors import make_descriptor
+from ml4m.errors import ConfigError, DataError
+from ml4m.models.base import Potential
+from ml4m.models.committee import Committee
+from ml4m.models.kernel import SparseGPPotential
+from ml4m.models.linear import LinearACE, LinearPotential
+from ml4m.models.registry import model_kind, model_kinds
+
+
+def _ace():
+    return make_descriptor("ace", species=["Cu"], r_cut=4.0, n_max=4, l_max=2,
+                           correlation_order=3)
+
+
+def _soap():
+    return make_descriptor("soap", species=["Cu"], r_cut=4.0, n_max=3, l_max=3)
+
+
+BUILDERS = {
+    "linear": lambda: LinearPotential(_soap()),
+    "linear_ace": lambda: LinearACE(_ace()),
+    "sparse_gp": lambda: SparseGPPotential(_soap(), n_sparse=30, zeta=2),
+    "committee": lambda: Committee(LinearACE(_ace(), uncertainty="posterior"), n_members=3),
+}
+
+
+def test_every_registered_potential_kind_has_a_builder():
+    kinds = {k.name for k in model_kinds() if k.potential}
+    assert kinds == set(BUILDERS)
+    assert model_kind("ace").name == "linear_ace" and model_kind("gp").name == "sparse_gp"
+    assert not model_kind("krr").potential
+    with pytest.raises(ConfigError, match="unknown model kind 'nope'"):
+        model_kind("nope")
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = default_dataset()
+    return list(ds[::6]), list(ds[3::12])
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def fitted(request, data):
+    return BUILDERS[request.param]().fit(data[0])
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_hyperparameters_follow_the_constructor(kind):
+    model = BUILDERS[kind]()
+    params = model.get_params()
+    assert list(params) == type(model).param_names()
+    twin = model.clone()
+    assert type(twin) is type(model) and twin is not model
+    assert twin.get_params().keys() == params.keys()
+    assert not hasattr(twin, "coef_") and not hasattr(twin, "members_")  # unfitted
+    with pytest.raises(ConfigError, match="unknown key"):
+        model.set_params(no_such_setting=1)
+    for name, check in type(model).param_checks.items():  # every declared check refuses junk
+        with pytest.raises(ConfigError, match=name):
+            type(model).check_params({name: object()})
+
+
+def test_contract_properties(fitted):
+    assert isinstance(fitted, Potential)
+    assert list(fitted.species) == [29]
+    assert fitted.cutoff == pytest.approx(4.0)
+    assert fitted.n_parameters > 0
+    props = fitted.implemented_properties
+    assert props[:4] == ["energy", "free_energy", "forces", "stress"]
+    props.append("junk")  # a fresh list each time: no shared state
+    assert "junk" not in fitted.implemented_properties
+    assert ("forces_sigma" in props) == fitted.has_uncertainty
+
+
+def _rattled(seed=0, n=2):
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(n)
+    atoms.rattle(0.08, seed=seed)
+    return atoms
+
+
+def test_forces_and_stress_are_energy_derivatives(fitted):
+    atoms = _rattled()
+    pred = fitted.predict([atoms])
+    h = 1e-4
+    for a, c in [(0, 0), (5, 2)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[a, c] += h
+        minus.positions[a, c] -= h
+        fd = (fitted.predict([plus]).energy[0] - fitted.predict([minus]).energy[0]) / (2 * h)
+        assert pred.forces[a, c] == pytest.approx(-fd, rel=1e-4, abs=1e-6)
+    eps = 1e-5
+    strained = []
+    for s in (eps, -eps):
+        x = atoms.copy()
+        x.set_cell(atoms.cell @ (np.eye(3) + s * np.diag([1, 0, 0])), scale_atoms=True)
+        strained.append(fitted.predict([x]).energy[0])
+    fd_xx = (strained[0] - strained[1]) / (2 * eps) / atoms.get_volume()
+    assert pred.stress[0, 0] == pytest.approx(fd_xx, rel=1e-4, abs=1e-7)
+
+
+def test_invariances_and_equivariance(fitted):
+    atoms = _rattled(seed=1)
+    ref = fitted.predict([atoms])
+    rot = np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0]
+    moved = atoms.copy()
+    moved.set_cell(atoms.cell @ rot.T, scale_atoms=False)
+    moved.positions = atoms.positions @ rot.T + np.array([0.3, -1.2, 2.0])
+    perm = np.random.default_rng(4).permutation(len(atoms))
+    moved = moved[perm]
+    got = fitted.predict([moved])
+    assert got.energy[0] == pytest.approx(ref.energy[0], rel=1e-9, abs=1e-9)
+    np.testing.assert_allclose(got.forces, (ref.forces @ rot.T)[perm], atol=1e-8)
+
+
+def test_uncertainty_and_round_trip(fitted, data, tmp_path):
+    frames = data[1][:3]
+    a = fitted.predict(frames, uncertainty=True)
+    assert a.energy_sigma.shape == (3,) and np.all(a.energy_sigma > 0)
+    assert a.forces_sigma.shape == a.forces.shape and np.all(a.forces_sigma > 0)
+    path = fitted.save(tmp_path / "m")
+    loaded = ml4m.load(path)
+    assert type(loaded) is type(fitted) and loaded.get_params().keys() == fitted.get_params().keys()
+    b = loaded.predict(frames, uncertainty=True)
+    for q in ("energy", "forces", "stress", "energy_sigma", "forces_sigma"):
+        np.testing.assert_allclose(getattr(b, q), getattr(a, q), rtol=1e-9, atol=1e-12)
+    atoms = frames[0].to_atoms(with_labels=False)
+    atoms.calc = loaded.as_calculator()
+    assert atoms.get_potential_energy() == pytest.approx(a.energy[0], abs=1e-8)
+    with pytest.raises(dataclasses_frozen()):
+        a.energy = None  # a Prediction is frozen
+
+
+def dataclasses_frozen():
+    import dataclasses
+
+    return dataclasses.FrozenInstanceError
+
+
+def test_unknown_element_is_refused(fitted):
+    from ase import Atoms
+
+    with pytest.raises(DataError, match="not known"):
+        fitted.predict([Atoms("Ar2", positions=[[0, 0, 0], [0, 0, 3]])])
+
+
+def test_committee_spread_shrinks_with_data_and_knows_its_members(data, tmp_path):
+    """Members fitted on bootstrap samples disagree; the committee's sigma is their spread,
+    and more data (all of train against a quarter) narrows it."""
+    small = Committee(LinearACE(_ace(), uncertainty="posterior"), n_members=4, seed=1)
+    large = small.clone()
+    small.fit(data[0][: len(data[0]) // 4])
+    large.fit(data[0])
+    frames = data[1]
+    p_small, p_large = small.predict(frames, uncertainty=True), large.predict(frames, True)
+    members = np.stack([m.predict(frames).forces for m in large.members_])
+    np.testing.assert_allclose(p_large.forces, members.mean(axis=0))
+    np.testing.assert_allclose(p_large.forces_sigma, members.std(axis=0, ddof=1))
+    assert np.median(p_large.forces_sigma) < np.median(p_small.forces_sigma)
+    with pytest.raises(ConfigError, match="n_members"):
+        Committee(LinearACE(_ace()), n_members=1).fit(data[0])
+    with pytest.raises(DataError, match="at least 2"):
+        Committee(LinearACE(_ace())).fit(data[0][:1])
