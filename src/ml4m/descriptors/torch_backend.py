@@ -73,8 +73,22 @@ class _TorchDescriptor(torch.nn.Module):
     def features(self, frame, requires_grad: bool = False) -> torch.Tensor:
         """Features of one structure (Frame or ase.Atoms) on the module's device.
 
-        With ``requires_grad`` the result is differentiable with respect to the tensors
-        ``positions`` and ``cell`` kept as ``last_positions`` and ``last_cell`` (Angstrom).
+        With ``requires_grad`` use :meth:`features_and_inputs` to get the ``positions``
+        and ``cell`` tensors the result is differentiable with respect to.
+        """
+        return self.features_and_inputs(frame, requires_grad)[0]
+
+    def features_and_inputs(self, frame, requires_grad: bool = True
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features of one structure and the input tensors they were computed from.
+
+        Returns
+        -------
+        features : Tensor of shape (n_atoms, n_features), or (1, n_features) if averaged
+        positions : Tensor of shape (n_atoms, 3), Angstrom
+        cell : Tensor of shape (3, 3), Angstrom
+            Leaf tensors (``requires_grad`` as asked): autograd of anything computed
+            from the features reaches them. Nothing is kept on the module between calls.
         """
         if not isinstance(frame, Frame):
             frame = Frame.from_atoms(frame)
@@ -83,13 +97,12 @@ class _TorchDescriptor(torch.nn.Module):
         dev, dt = self.a0.device, self.a0.dtype
         pos = torch.tensor(frame.positions, dtype=dt, device=dev, requires_grad=requires_grad)
         cell = torch.tensor(frame.cell, dtype=dt, device=dev, requires_grad=requires_grad)
-        self.last_positions, self.last_cell = pos, cell
 
         def t(a):
             return torch.as_tensor(a, device=dev)
 
         X = self(pos, cell, t(idx), t(nl.i), t(nl.j), t(nl.shifts))
-        return X.mean(dim=0, keepdim=True) if self.desc.average else X
+        return (X.mean(dim=0, keepdim=True) if self.desc.average else X), pos, cell
 
 
 class TorchSOAP(_TorchDescriptor):
