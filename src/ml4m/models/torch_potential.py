@@ -1,0 +1,237 @@
+"""Potentials written as torch modules: graphs in, energies out, forces and stress by autograd.
+
+A :class:`TorchPotential` owns a ``torch.nn.Module`` (built by the subclass) that takes a
+batch of structures as a dict of tensors (:func:`batch_graph`) and returns a dict with
+``energy`` (eV per structure) and ``energies`` (eV per atom). Forces and stress are
+derivatives of the energy, taken by autograd with respect to the positions and to a
+homogeneous strain applied to positions and cell (so a module never writes them):
+
+    F_a = -dE/dr_a,      sigma = (1/V) dE/d(epsilon)   (ASE's sign, eV/Angstrom^3)
+
+The module computes its edge vectors with :func:`edge_vectors` from the (strained)
+positions, cell and vesin's image shifts, which keeps them differentiable. Parameters
+are saved as arrays (a state dict) plus JSON: no pickle.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ml4m.data.frames import Frame
+from ml4m.data.neighbors import neighbor_list
+from ml4m.errors import ConfigError, DataError, NotFittedError
+from ml4m.models.base import Potential, Prediction, as_frames
+
+__all__ = ["TorchPotential", "batch_graph", "edge_vectors", "DTYPES"]
+
+#: floating-point types a torch potential may run in
+DTYPES = ("float64", "float32")
+
+
+def batch_graph(frames: Sequence[Frame], cutoff: float, species: Sequence[int],
+                device: str = "cpu", dtype: str = "float64") -> dict[str, Any]:
+    """One batch of structures as the tensors a module reads.
+
+    Parameters
+    ----------
+    frames : sequence of Frame
+        Structures (Angstrom).
+    cutoff : float
+        Edge cutoff, Angstrom (vesin neighbour lists, both directions of each pair).
+    species : sequence of int
+        Atomic numbers the model knows; ``species`` in the result indexes this list.
+    device, dtype : str
+        Where and in which precision the float tensors live.
+
+    Returns
+    -------
+    dict of str to Tensor
+        ``positions`` (N, 3), ``cell`` (B, 3, 3), ``species`` (N,) int64 index,
+        ``batch`` (N,) structure of each atom, ``edge_index`` (2, E) [i, j] with j the
+        neighbour of i, ``shifts`` (E, 3) image shifts of j (``r_j + shifts @ cell``),
+        ``n_atoms`` (B,).
+    """
+    import torch
+
+    lookup = {int(z): k for k, z in enumerate(species)}
+    pos, cell, spec, batch, edges, shifts, counts = [], [], [], [], [], [], []
+    offset = 0
+    for b, f in enumerate(frames):
+        unknown = sorted({int(z) for z in f.numbers} - set(lookup))
+        if unknown:
+            raise DataError(f"species {unknown} are not known to this model (trained on "
+                            f"{list(species)})", *(f.source or (None, b)))
+        nl = neighbor_list(f, cutoff, full_list=True)
+        pos.append(f.positions)
+        cell.append(f.cell if f.pbc.any() else np.zeros((3, 3)))
+        spec.append([lookup[int(z)] for z in f.numbers])
+        batch.append(np.full(len(f), b))
+        edges.append(np.stack([nl.i, nl.j]) + offset)
+        shifts.append(nl.shifts)
+        counts.append(len(f))
+        offset += len(f)
+    ft = getattr(torch, dtype)
+
+    def cat(parts, kind):
+        return torch.as_tensor(np.concatenate(parts, axis=-1 if kind == "edges" else 0),
+                               device=device)
+
+    return {"positions": cat(pos, "f").to(ft), "cell": torch.as_tensor(np.array(cell),
+                                                                          dtype=ft, device=device),
+            "species": cat(spec, "i").long(), "batch": cat(batch, "i").long(),
+            "edge_index": cat(edges, "edges").long(), "shifts": cat(shifts, "f").to(ft),
+            "n_atoms": torch.as_tensor(counts, device=device)}
+
+
+def edge_vectors(data: dict[str, Any]):
+    """``r_j + shifts @ cell - r_i`` for every edge (Angstrom), differentiable."""
+    i, j = data["edge_index"]
+    cell_of_edge = data["cell"][data["batch"][i]]
+    return (data["positions"][j] - data["positions"][i]
+            + (data["shifts"][:, None, :] @ cell_of_edge)[:, 0, :])
+
+
+class TorchPotential(Potential):
+    """A potential whose energy is a torch module's output.
+
+    Subclasses implement :meth:`build_module` (the module, from the hyperparameters
+    and ``species_``), :meth:`fit`, and the :attr:`cutoff` property; prediction,
+    derivatives, persistence and devices come from here.
+
+    Parameters (of every subclass)
+    ----------
+    device : {'cpu', 'cuda'}
+        Where the module runs.
+    dtype : {'float64', 'float32'}
+        Precision of the module and the geometry.
+    """
+
+    @abstractmethod
+    def build_module(self):
+        """A new ``torch.nn.Module`` mapping :func:`batch_graph`'s dict to a dict with
+        ``energy`` (B,) and ``energies`` (N,), eV."""
+
+    # ---- the potential contract ----------------------------------------------------------
+    @property
+    def species(self) -> np.ndarray:
+        self._check_fitted()
+        return np.asarray(self.species_, dtype=np.int64)
+
+    @property
+    def n_parameters(self) -> int:
+        if not hasattr(self, "module_"):
+            return 0
+        return int(sum(p.numel() for p in self.module_.parameters()))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "module_"):
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet. Call 'fit' first.")
+
+    def _torch_settings(self) -> tuple[str, Any]:
+        import torch
+
+        dtype = getattr(self, "dtype", "float64")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        device = getattr(self, "device", "cpu")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' was asked for but torch sees no CUDA device")
+        return device, getattr(torch, dtype)
+
+    def energy_and_derivatives(self, data: dict[str, Any], forces: bool = True,
+                               stress: bool = True, create_graph: bool = False
+                               ) -> dict[str, Any]:
+        """The module's energies and, by autograd, forces and stress of one batch.
+
+        Parameters
+        ----------
+        data : dict
+            :func:`batch_graph`'s tensors.
+        forces, stress : bool
+            Which derivatives to take.
+        create_graph : bool
+            Keep the graph of the derivatives (to train on forces).
+
+        Returns
+        -------
+        dict
+            ``energy`` (B,), ``energies`` (N,), eV; ``forces`` (N, 3), eV/Angstrom;
+            ``stress`` (B, 3, 3), eV/Angstrom^3 (NaN for structures without a cell).
+        """
+        import torch
+
+        pos = data["positions"].detach().requires_grad_(forces)
+        strain = torch.zeros_like(data["cell"]).requires_grad_(stress)
+        sym = 0.5 * (strain + strain.transpose(1, 2))
+        inputs = dict(data)
+        inputs["positions"] = pos + (pos[:, None, :] @ sym[data["batch"]])[:, 0, :]
+        inputs["cell"] = data["cell"] + data["cell"] @ sym
+        out = self.module_(inputs)
+        wrt = [t for t, want in ((pos, forces), (strain, stress)) if want]
+        result = {"energy": out["energy"], "energies": out["energies"]}
+        if wrt:
+            grads = torch.autograd.grad(out["energy"].sum(), wrt, create_graph=create_graph)
+            grads = list(grads)
+            if forces:
+                result["forces"] = -grads.pop(0)
+            if stress:
+                volume = torch.linalg.det(data["cell"]).abs()
+                volume = torch.where(volume > 0, volume, torch.full_like(volume, float("nan")))
+                result["stress"] = grads.pop(0) / volume[:, None, None]
+        return result
+
+    def predict(self, frames, uncertainty: bool = False) -> Prediction:
+        """Energies (eV), forces (eV/Angstrom), stresses (eV/Angstrom^3), per-atom energies."""
+        self._check_fitted()
+        if uncertainty and not self.has_uncertainty:
+            raise ConfigError(f"a '{self.kind}' model has no uncertainty")
+        frames = as_frames(frames)
+        device, _ = self._torch_settings()
+        data = batch_graph(frames, self.cutoff, self.species_, device, self.dtype)
+        out = self.energy_and_derivatives(data)
+        voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
+        s = out["stress"].detach().cpu().numpy()
+        stress = np.stack([s[:, a, b] for a, b in voigt], axis=1)
+        stress[[not f.pbc.all() for f in frames]] = np.nan
+        offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
+        return Prediction(energy=out["energy"].detach().cpu().numpy().astype(float),
+                          forces=out["forces"].detach().cpu().numpy().astype(float),
+                          stress=stress.astype(float), offsets=offsets,
+                          energies=out["energies"].detach().cpu().numpy().astype(float))
+
+    # ---- persistence ----------------------------------------------------------------------
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Hyperparameters, species and the module's state dict as float64/int arrays."""
+        self._check_fitted()
+        params = {"hyper": {k: v for k, v in self.get_params().items()},
+                  "species": [int(z) for z in self.species_]}
+        arrays = {f"module.{k}": v.detach().cpu().numpy()
+                  for k, v in self.module_.state_dict().items()}
+        return params, arrays
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]) -> TorchPotential:
+        """Rebuild from :meth:`get_state`: the module is built anew, then its state dict
+        is loaded from the arrays (shapes checked by torch, named on mismatch)."""
+        import torch
+
+        from ml4m.validation import check_mapping
+
+        params = check_mapping("params", params, required=("hyper", "species"), error=DataError)
+        hyper = cls.check_params(params["hyper"], prefix="params.hyper.", error=DataError)
+        model = cls(**hyper)
+        model.species_ = [int(z) for z in params["species"]]
+        device, dtype = model._torch_settings()
+        module = model.build_module().to(device=device, dtype=dtype)
+        state = {k[len("module."):]: torch.as_tensor(v) for k, v in arrays.items()
+                 if k.startswith("module.")}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise DataError(f"module state does not fit the model: {exc}") from exc
+        model.module_ = module
+        return model

@@ -1,0 +1,153 @@
+"""TorchPotential: forces and stress by autograd equal finite differences; invariances;
+precision; persistence of the module's state as arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from ml4m.data import Frame
+from ml4m.errors import ConfigError, DataError
+from ml4m.models.torch_potential import TorchPotential, batch_graph, edge_vectors
+
+
+class _PairModule(torch.nn.Module):
+    """E = 1/2 sum over edges of a Morse pair energy per species pair, times a smooth cutoff."""
+
+    def __init__(self, n_species: int, cutoff: float) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+        self.depth = torch.nn.Parameter(0.3 + 0.1 * torch.rand(n_species, n_species))
+        self.r0 = torch.nn.Parameter(2.4 + 0.1 * torch.rand(n_species, n_species))
+
+    def forward(self, data):
+        i, j = data["edge_index"]
+        r = torch.linalg.vector_norm(edge_vectors(data), dim=1)
+        si, sj = data["species"][i], data["species"][j]
+        d, r0 = 0.5 * (self.depth[si, sj] + self.depth[sj, si]), self.r0[si, sj] + self.r0[sj, si]
+        x = torch.exp(-1.5 * (r - 0.5 * r0))
+        fc = 0.5 * (torch.cos(torch.pi * r / self.cutoff) + 1)
+        pair = 0.5 * d * (x * x - 2 * x) * fc
+        energies = torch.zeros(len(data["species"]), dtype=r.dtype, device=r.device)
+        energies = energies.index_add(0, i, pair)
+        energy = torch.zeros(len(data["n_atoms"]), dtype=r.dtype, device=r.device)
+        return {"energy": energy.index_add(0, data["batch"], energies), "energies": energies}
+
+
+class PairTorchPotential(TorchPotential):
+    kind = "test_pair"
+
+    def __init__(self, r_cut: float = 4.5, device: str = "cpu", dtype: str = "float64") -> None:
+        self.r_cut = r_cut
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    def cutoff(self) -> float:
+        return self.r_cut
+
+    def build_module(self):
+        return _PairModule(len(self.species_), self.r_cut)
+
+    def fit(self, train, valid=None):
+        torch.manual_seed(0)
+        self.species_ = sorted({int(z) for f in train for z in f.numbers})
+        device, dtype = self._torch_settings()
+        self.module_ = self.build_module().to(device=device, dtype=dtype)
+        return self
+
+
+def _structures():
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    cu.symbols[[1, 5]] = "Au"
+    cu.rattle(0.1, seed=1)
+    mol = molecule("CH4")
+    mol.symbols[:] = ["Au", "Cu", "Cu", "Cu", "Au"]
+    mol.positions *= 2.2
+    return [Frame.from_atoms(cu), Frame.from_atoms(mol)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return PairTorchPotential().fit(_structures())
+
+
+def test_batch_graph_edges_are_the_neighbour_list(model):
+    frames = _structures()
+    data = batch_graph(frames, model.cutoff, model.species_)
+    r = torch.linalg.vector_norm(edge_vectors(data), dim=1)
+    assert torch.all(r < model.cutoff) and torch.all(r > 0.5)
+    assert int(data["n_atoms"].sum()) == len(data["positions"]) == sum(len(f) for f in frames)
+    i, j = data["edge_index"]
+    assert torch.all(data["batch"][i] == data["batch"][j])  # no edge between structures
+
+
+def test_forces_stress_and_per_atom_energies_are_consistent(model):
+    frames = _structures()
+    pred = model.predict(frames)
+    np.testing.assert_allclose(np.add.reduceat(pred.energies, pred.offsets[:-1]), pred.energy)
+    atoms = frames[0].to_atoms(with_labels=False)
+    h = 1e-5
+    for a, c in [(0, 0), (3, 2), (6, 1)]:
+        e = []
+        for s in (h, -h):
+            x = atoms.copy()
+            x.positions[a, c] += s
+            e.append(model.predict([x]).energy[0])
+        assert pred.forces[a, c] == pytest.approx(-(e[0] - e[1]) / (2 * h), rel=1e-6, abs=1e-9)
+    for (p, q), v in zip([(0, 0), (1, 2)], (0, 3)):
+        e = []
+        for s in (h, -h):
+            x = atoms.copy()
+            eps = np.eye(3)
+            eps[p, q] += s
+            eps[q, p] += s if p != q else 0
+            x.set_cell(atoms.cell @ eps, scale_atoms=True)
+            e.append(model.predict([x]).energy[0])
+        fd = (e[0] - e[1]) / (2 * h) / atoms.get_volume() / (1 if p == q else 2)
+        assert pred.stress[0, v] == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    assert np.all(np.isnan(pred.stress[1]))  # a molecule has no stress
+
+
+def test_rotation_translation_permutation(model):
+    frame = _structures()[0]
+    atoms = frame.to_atoms(with_labels=False)
+    ref = model.predict([atoms])
+    rot = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
+    moved = atoms.copy()
+    moved.set_cell(atoms.cell @ rot.T)
+    moved.positions = atoms.positions @ rot.T + 1.7
+    perm = np.random.default_rng(6).permutation(len(atoms))
+    got = model.predict([moved[perm]])
+    assert got.energy[0] == pytest.approx(ref.energy[0], rel=1e-12)
+    np.testing.assert_allclose(got.forces, (ref.forces @ rot.T)[perm], atol=1e-10)
+
+
+def test_float32_close_to_float64_and_state_round_trip(model):
+    frames = _structures()
+    params, arrays = model.get_state()
+    assert all(isinstance(a, np.ndarray) for a in arrays.values())
+    again = PairTorchPotential.from_state(params, arrays)
+    a, b = model.predict(frames), again.predict(frames)
+    np.testing.assert_array_equal(a.forces, b.forces)
+    single = PairTorchPotential.from_state({**params, "hyper": {**params["hyper"],
+                                                                 "dtype": "float32"}}, arrays)
+    c = single.predict(frames)
+    np.testing.assert_allclose(c.energy, a.energy, rtol=1e-5)
+    np.testing.assert_allclose(c.forces, a.forces, atol=1e-4)
+    with pytest.raises(DataError, match="module state"):
+        PairTorchPotential.from_state(params, {"module.depth": arrays["module.depth"]})
+    with pytest.raises(ConfigError, match="dtype"):
+        PairTorchPotential(dtype="float16").fit(frames)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(model):
+    params, arrays = model.get_state()
+    gpu = PairTorchPotential.from_state({**params, "hyper": {**params["hyper"],
+                                                              "device": "cuda"}}, arrays)
+    frames = _structures()
+    np.testing.assert_allclose(gpu.predict(frames).forces, model.predict(frames).forces,
+                               atol=1e-10)
