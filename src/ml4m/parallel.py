@@ -3,8 +3,8 @@
 Threads rather than processes: the heavy work is in numpy/scipy kernels that release
 the GIL, and nothing has to be serialised between workers. But a BLAS library with its
 own thread pool (OpenBLAS, MKL) called from several threads at once, each call fanning
-out over that pool, can crash the process (3BPA sparse GP fit: SIGSEGV in OpenBLAS
-after ~30 s, two prefetch threads' products against the main thread's ``syrk``).
+out over that pool, oversubscribes the cores and can crash the process (3BPA sparse GP
+fit: SIGSEGV inside OpenBLAS's threaded ``dsyrk`` while prefetch threads multiplied).
 
 So while any pool of this module is alive, BLAS and OpenMP libraries run one thread per
 call (:func:`blas_single_threaded`, through threadpoolctl), in the workers and in the
@@ -12,6 +12,8 @@ thread that started the pool; the previous limits come back when the last pool e
 OpenBLAS keeps one process-wide setting, so the limit is reference-counted across
 pools; OpenMP keeps one per thread, so each worker also sets it for itself when it
 starts. The workers give the cores the parallelism BLAS threads would have given.
+Code that must not run a threaded BLAS call outside a pool either (e.g. around a
+library bug) wraps it in :func:`blas_single_threaded` itself.
 
 * :func:`thread_map` -- ``[func(x) for x in items]`` on ``n_jobs`` threads, in order;
 * :func:`prefetch` -- ``func(x)`` for the next few ``items`` computed in the background
