@@ -31,7 +31,7 @@ from ml4m.errors import ConfigError
 
 __all__ = [
     "ACE", "ACSF", "MBTR", "SOAP", "Descriptor", "DescriptorResult", "DESCRIPTORS",
-    "make_descriptor", "describe_frames", "species_of", "TorchSOAP", "TorchACE",
+    "make_descriptor", "from_settings", "describe_frames", "species_of", "TorchSOAP", "TorchACE",
 ]
 
 
@@ -51,6 +51,20 @@ def species_of(frames: Any) -> tuple[int, ...]:
     """Sorted atomic numbers present in ``frames`` (Frame, Atoms, Dataset or a sequence)."""
     zs = {int(z) for f in as_frames(frames) for z in np.unique(f.numbers)}
     return tuple(sorted(zs))
+
+
+def from_settings(record: dict[str, Any]) -> Descriptor:
+    """Rebuild a descriptor from its ``settings()`` record (which names its family).
+
+    Raises
+    ------
+    ConfigError
+        The record names no family, or a setting the family does not have.
+    """
+    record = dict(record)
+    if "descriptor" not in record:
+        raise ConfigError("descriptor record has no 'descriptor' family name")
+    return make_descriptor(record.pop("descriptor"), **record)
 
 
 def make_descriptor(

@@ -22,8 +22,7 @@ from ase import Atoms
 
 from ml4m.data.frames import Dataset, Frame
 
-__all__ = ["Estimator", "Prediction", "Potential", "as_frames", "descriptor_to_dict",
-           "descriptor_from_dict"]
+__all__ = ["Estimator", "Prediction", "Potential", "as_frames"]
 
 
 class Estimator:
@@ -94,24 +93,6 @@ class Estimator:
             if check is not None:
                 check(f"{prefix}{name}", value, **where)
         return params
-
-
-def descriptor_to_dict(descriptor) -> dict[str, Any]:
-    """The JSON record of a descriptor (its ``settings()``, which names its family)."""
-    return dict(descriptor.settings())
-
-
-def descriptor_from_dict(record: dict[str, Any]):
-    """Rebuild a descriptor from :func:`descriptor_to_dict`'s record."""
-    from ml4m.descriptors import make_descriptor
-    from ml4m.errors import ConfigError
-
-    record = dict(record)
-    try:
-        name = record.pop("descriptor")
-    except KeyError:
-        raise ConfigError("descriptor record has no 'descriptor' family name") from None
-    return make_descriptor(name, **record)
 
 
 def as_frames(frames: Sequence[Frame | Atoms] | Dataset | Frame | Atoms) -> list[Frame]:

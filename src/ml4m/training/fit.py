@@ -138,7 +138,7 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
     if valid is not None:
         sets["valid"] = (valid, model.predict(valid, uncertainty=True))
     metrics: dict[str, Any] = {"model": str(path), "kind": model.kind, "fit_seconds": fit_seconds,
-                               "n_features": int(len(model.coef_)),
+                               "n_features": model.n_parameters,
                                "config": {k: v for k, v in vars(cfg).items()}}
     if budget is not None:
         metrics["budget"] = budget

@@ -9,7 +9,8 @@ import numpy as np
 
 from ml4m.data.frames import Dataset, Frame
 from ml4m.errors import DataError, NotFittedError
-from ml4m.models.base import Estimator, as_frames, descriptor_from_dict, descriptor_to_dict
+from ml4m.descriptors import from_settings
+from ml4m.models.base import Estimator, as_frames
 from ml4m.models.kernel.krr import _KERNELS, KernelRegressor, cross_validate
 from ml4m.models.registry import register_model
 from ml4m.validation import (
@@ -128,7 +129,7 @@ class PropertyModel(Estimator):
         from ml4m.models.serialization import save_model_file
 
         params, arrays = self.regressor_.get_state()
-        meta = {"descriptor": descriptor_to_dict(self.descriptor), "target": self.target,
+        meta = {"descriptor": dict(self.descriptor.settings()), "target": self.target,
                 "regressor": params, "cv": {k: v for k, v in self.cv_.items() if k != "grid"}}
         return save_model_file(path, self.kind, meta, arrays)
 
@@ -152,7 +153,7 @@ class PropertyModel(Estimator):
         check_float("params.regressor.y_mean", reg["y_mean"], **where)
         check_float("params.regressor.signal_variance", reg["signal_variance"], low=0.0,
                     low_open=True, **where)
-        model = cls(descriptor_from_dict(params["descriptor"]),
+        model = cls(from_settings(params["descriptor"]),
                     target=check_str("params.target", params["target"], **where),
                     kernel=reg["kernel"])
         n_features = model.descriptor.n_features

@@ -18,13 +18,8 @@ import numpy as np
 from ml4m.data.frames import Dataset, Frame
 from ml4m.data.reference import resolve_reference_energies
 from ml4m.errors import ConfigError, DataError, NotFittedError
-from ml4m.models.base import (
-    Potential,
-    Prediction,
-    as_frames,
-    descriptor_from_dict,
-    descriptor_to_dict,
-)
+from ml4m.descriptors import from_settings
+from ml4m.models.base import Potential, Prediction, as_frames
 from ml4m.models.error_model import EnergyErrorModel, ForceErrorModel
 from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
 from ml4m.models.linear.design import VOIGT, DesignRows, FeatureMap, SpeciesBlocks, SumMap, design_rows
@@ -630,7 +625,7 @@ class LinearPotential(Potential):
         self._check_fitted()
 
         fm_params, fm_arrays = self._feature_map_state()
-        params = {"descriptor": descriptor_to_dict(self.descriptor), "hyper": self._hyper(),
+        params = {"descriptor": dict(self.descriptor.settings()), "hyper": self._hyper(),
                   "feature_map": fm_params, "alpha_": self.regression_.alpha_,
                   "beta_": self.regression_.beta_, "noise_": self.noise_}
         params["error_model"], em_arrays = (self.error_model_.get_state() if self.error_model_ is not None
@@ -663,7 +658,7 @@ class LinearPotential(Potential):
                       error=DataError):
             raise DataError("params.descriptor.average must be false: a potential sums "
                             "per-atom energies")
-        model = cls(descriptor_from_dict(descriptor), **hyper)
+        model = cls(from_settings(descriptor), **hyper)
         species, values = _state_e0(arrays)
         model.e0_ = {int(z): float(v) for z, v in zip(species, values)}
         missing = sorted(set(model.species.tolist()) - set(model.e0_))
