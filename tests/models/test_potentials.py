@@ -504,3 +504,18 @@ def test_molecule_force_rows_drop_rigid_motions():
     np.testing.assert_allclose(moved.Aty, acc.Aty, rtol=0, atol=1e-9 * np.abs(ref.Aty).max())
     assert moved.yty == pytest.approx(acc.yty, rel=1e-9)  # the net force is not data
     assert acc.yty == pytest.approx(ref.yty, rel=1e-6)  # EMT forces have no net force or torque
+
+
+def test_fit_refuses_a_basis_larger_than_memory(data, monkeypatch):
+    """The (p, p) matrices of the fit are estimated before the rows are built: a basis
+    that would not fit in memory fails at once with the estimate, not by the OOM killer."""
+    import ml4m.resources as resources
+
+    model = LinearACE(_descriptor("ace"))
+    p = model._species_blocks().n_features
+    monkeypatch.setattr(resources, "_NEGLIGIBLE", 0)  # a tiny test basis: check it anyway
+    monkeypatch.setattr(resources, "available_memory", lambda: 2 * 8 * 6 * p * p - 1)
+    with pytest.raises(ConfigError, match=f"a fit of {p:,} coefficients .* would need about"):
+        model.fit(data[0])
+    monkeypatch.setattr(resources, "available_memory", lambda: 40 * 8 * 6 * p * p)
+    assert model.fit(data[0]).n_parameters == p
