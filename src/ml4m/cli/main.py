@@ -78,6 +78,18 @@ def _terminate(signum, frame):  # pragma: no cover - exercised through a subproc
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _user_message(exc: BaseException) -> str:
+    """One line for an error the user can act on (an ml4m error, a file system error such
+    as a full disk, or exhausted memory)."""
+    if isinstance(exc, MemoryError):
+        return ("out of memory; use a smaller input, smaller descriptor settings or a machine "
+                "with more memory")
+    if isinstance(exc, OSError) and not isinstance(exc, ML4MError):
+        name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        return f"cannot access{name}: {exc.strerror or exc}"
+    return str(exc)
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:
     """Warnings as one ``ml4m: warning:`` line (no source line, no file path)."""
     return f"ml4m: warning: {message}\n"
@@ -109,20 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 signal.signal(sig, _terminate)
     try:
         return int(func(args) or 0)
-    except ML4MError as exc:
-        print(f"ml4m: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("ml4m: interrupted; outputs of this run were not written (finished parts of "
               "resumable runs are kept)", file=sys.stderr)
         return 130
-    except OSError as exc:  # the environment (disk full, permissions, a vanished file), not a bug
-        name = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"ml4m: error: cannot access{name}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        print("ml4m: error: out of memory; use a smaller input, smaller descriptor settings or "
-              "a machine with more memory", file=sys.stderr)
+    except (ML4MError, OSError, MemoryError) as exc:  # the user's input or environment
+        print(f"ml4m: error: {_user_message(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug: one line for the user, the traceback on request
         if os.environ.get("ML4M_DEBUG"):
