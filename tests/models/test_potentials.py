@@ -101,42 +101,11 @@ def test_stress_is_strain_derivative(fitted, data):
 def test_adjoint_prediction_equals_design_rows(fitted, data):
     """The fast path (dE/dX and one VJP) equals the per-feature design rows."""
     fast = fitted.predict(data[1][:4])
-    full = fitted._predict_rows(data[1][:4])
+    full = fitted.predict(data[1][:4], uncertainty=True)
     # summation orders differ; the GP's large, cancelling coefficients leave ~1e-9 eV
     np.testing.assert_allclose(fast.energy, full.energy, rtol=0, atol=1e-8)
     np.testing.assert_allclose(fast.forces, full.forces, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(fast.stress, full.stress, rtol=1e-6, atol=1e-9)
-
-
-def test_calibrated_sigma_path_agrees_with_the_design_rows(fitted, data):
-    """The calibrated sigmas come from the fast path: the energy sigma is the same
-    posterior form as through the design rows; the force error model reads each atom's
-    local-energy sigma |F^T phi_i|, equal to sqrt(phi_i^T Sigma phi_i) with the covariance."""
-    from ml4m.models.linear.potential import local_energy_sigma
-
-    frames = data[1][:3]
-    assert fitted.error_model_input_ == "local_energy"
-    fast, rows = fitted.predict(frames, uncertainty=True), fitted._predict_rows(frames)
-    np.testing.assert_allclose(fast.forces, rows.forces, rtol=1e-9, atol=1e-10)
-    np.testing.assert_allclose(fast.energy_sigma, rows.energy_sigma, rtol=1e-7)
-    X = fitted.descriptor.compute(frames[:1]).features
-    phi = fitted.fmap_.transform(X, fitted._species_index(frames[:1]))
-    direct = np.sqrt(np.einsum("ip,pq,iq->i", phi, fitted.covariance_, phi))
-    # phi^T (F F^T) phi cancels digits that |F^T phi| keeps (the GP's steep whitening)
-    np.testing.assert_allclose(local_energy_sigma(fitted.regression_, phi), direct, rtol=5e-3)
-    assert np.all(fast.forces_sigma > 0) and np.all(np.isfinite(fast.forces_sigma))
-
-
-def test_old_files_keep_their_error_model_input(fitted, data, monkeypatch):
-    """A file without ``error_model_input`` (written before 2026-12-05) fed its error
-    model the exact force sigma: it still does."""
-    params, arrays = fitted.get_state()
-    del params["error_model_input"]
-    old = type(fitted).from_state(params, arrays)
-    assert old.error_model_input_ == "force_posterior"
-    calls = []
-    monkeypatch.setattr(type(old), "_predict_rows", lambda self, fr: calls.append(fr) or "rows")
-    assert old.predict(data[1][:2], uncertainty=True) == "rows" and calls
 
 
 def test_learns_emt(fitted, data):

@@ -23,10 +23,9 @@ class ML4MCalculator(Calculator):
     model : Potential
         A fitted interatomic potential.
     uncertainty : bool, default=False
-        Compute the predictive standard deviations on every evaluation (for calibrated
-        linear and GP models about 1.1x the cost of energy and forces; the exact
-        posterior of ``uncertainty='posterior'`` models several times it). The attribute
-        may be switched between evaluations (``ml4m.md.run_md`` does so every k steps).
+        Compute the predictive standard deviations on every evaluation (several times
+        the cost of energy and forces for linear and GP models). The attribute may be
+        switched between evaluations (``ml4m.md.run_md`` does so every k steps).
 
     Raises
     ------

@@ -131,25 +131,25 @@ class _HeldOut:
         self._rows: list[tuple[np.ndarray, np.ndarray]] = []
 
     def add(self, rows: DesignRows, X: np.ndarray, block: list[Frame], e0: np.ndarray,
-            regression: BayesianLinearRegression, species: np.ndarray, fmap: FeatureMap) -> None:
+            regression: BayesianLinearRegression, species: np.ndarray) -> None:
         coef = regression.coef_
         e_res = rows.energy @ coef + e0 - np.array([f.energy for f in block])
         self.frames.append((e_res, np.array([len(f) for f in block], dtype=float)))
         pick = np.flatnonzero(self.rng.random(len(X)) < self.keep)
-        F = rows.forces[pick] @ coef
+        R = rows.forces[pick]
+        F = R @ coef
         ref = np.concatenate([f.forces for f in block])[pick]
-        local = fmap.transform(X[pick], species[pick])
-        self._rows.append((rows.energy, local))
+        self._rows.append((rows.energy, R.reshape(-1, R.shape[-1]).astype(np.float32)))
         self.parts.append((np.sum((F - ref) ** 2, axis=1), np.linalg.norm(F, axis=1), species[pick], X[pick]))
 
     def finish(self, regression: BayesianLinearRegression) -> None:
-        """Posterior sigmas under ``regression`` (the held-out fit): of each frame's energy
-        and of each kept atom's local energy (the force error model's input)."""
+        """Posterior sigmas of the kept rows under ``regression`` (the held-out fit)."""
         E = np.concatenate([e for e, _ in self._rows])
-        L = np.concatenate([r for _, r in self._rows])
+        R = np.concatenate([r for _, r in self._rows])
         self._rows = []
         self.e_sigma = np.sqrt(np.clip(regression.variance_rows(E), 0, None))
-        self.f_sigma = local_energy_sigma(regression, L)
+        var = np.clip(regression.variance_rows(R, single=True), 0, None).reshape(-1, 3)
+        self.f_sigma = np.sqrt(var.sum(axis=1))
 
     def atom_arrays(self) -> tuple[np.ndarray, ...]:
         """``residual_sq, sigma, force_norm, species, X`` as :meth:`ForceErrorModel.fit` takes them."""
@@ -433,7 +433,7 @@ class LinearPotential(Potential):
                             "stress": self.sigma_stress if use_s else None})
         for block, rows, _, _ in self._block_rows(fit_frames, use_f, use_s):
             acc.add(rows, block, self._e0_of(block))
-        self.error_model_ = self.energy_error_model_ = self.error_model_input_ = None
+        self.error_model_ = self.energy_error_model_ = None
         if held:
             # the model without the held-out trajectories predicts them; their residuals
             # teach the error model, then their rows join the fit
@@ -441,13 +441,12 @@ class LinearPotential(Potential):
             stats = _HeldOut(sum(len(f) for f in held))
             for block, rows, X, sidx in self._block_rows(held, use_f, use_s):
                 e0 = self._e0_of(block)
-                stats.add(rows, X, block, e0, self.regression_, sidx, self.fmap_)
+                stats.add(rows, X, block, e0, self.regression_, sidx)
                 acc.add(rows, block, e0)
             stats.finish(self.regression_)
             atoms = stats.atom_arrays()
             if len(atoms[0]) >= 10:
                 self.error_model_ = ForceErrorModel(len(self.species)).fit(*atoms)
-                self.error_model_input_ = "local_energy"
                 self.energy_error_model_ = EnergyErrorModel().fit(*stats.frame_arrays())
             else:
                 warnings.warn(f"only {len(atoms[0])} held-out atoms for the error model; using the "
@@ -554,13 +553,6 @@ class LinearPotential(Potential):
         self._species_index(frames)
         if not uncertainty:
             return self._predict_adjoint(frames)
-        if self.error_model_ is not None and self.error_model_input_ == "local_energy":
-            return self._predict_adjoint(frames, uncertainty=True)
-        return self._predict_rows(frames)
-
-    def _predict_rows(self, frames: list[Frame]) -> Prediction:
-        """Predictions and posterior sigmas through the design rows (per-feature force
-        gradients): the exact posterior standard deviation of every force component."""
         energy, forces, stress, e_sig, f_sig = [], [], [], [], []
         for block, rows, X, sidx in self._block_rows(frames, True, True):
             energy.append(rows.energy @ self.coef_ + self._e0_of(block))
@@ -587,17 +579,13 @@ class LinearPotential(Potential):
             energy_sigma=np.concatenate(e_sig), forces_sigma=np.concatenate(f_sig),
         )
 
-    def _predict_adjoint(self, frames: list[Frame], uncertainty: bool = False) -> Prediction:
+    def _predict_adjoint(self, frames: list[Frame]) -> Prediction:
         """Energies, forces, stresses through ``dE/dX`` and one descriptor VJP per block.
 
         Never forms per-feature gradients: the cost is that of the descriptor's values
-        plus one pass over neighbour pairs (the fast path for MD). With ``uncertainty``
-        (calibrated models): the energy sigma from the posterior of each frame's energy
-        row and the force sigma from the error model, whose input is the posterior sigma
-        of each atom's local energy (features ``phi_i``: ``|F^T phi_i|``, one product
-        with the posterior factor), both through the calibrated error models.
+        plus one pass over neighbour pairs (the fast path for MD).
         """
-        energy, forces, stress, e_sig, f_sig = [], [], [], [], []
+        energy, forces, stress = [], [], []
         for block in self._blocks(frames):
             sidx = self._species_index(block)
             off = np.cumsum([0] + [len(f) for f in block])
@@ -611,20 +599,9 @@ class LinearPotential(Potential):
             vol = np.array([f.volume if f.pbc.all() else np.nan for f in block])
             s = np.stack([strain[:, a, b] for a, b in VOIGT], axis=1) / vol[:, None]
             stress.append(s)
-            if uncertainty:
-                n_at = np.diff(off)
-                rows_e = np.add.reduceat(phi, off[:-1], axis=0)  # each frame's energy row
-                sig_e = np.sqrt(np.clip(self.regression_.variance_rows(rows_e), 0, None))
-                e_sig.append(self.energy_error_model_.predict(sig_e, n_at)
-                             if self.energy_error_model_ is not None else sig_e)
-                s_atom = self.error_model_.predict(local_energy_sigma(self.regression_, phi),
-                                                   np.linalg.norm(grad, axis=1), sidx, X)
-                f_sig.append(np.repeat(s_atom[:, None], 3, axis=1))
         offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
-        sigmas = {"energy_sigma": np.concatenate(e_sig),
-                  "forces_sigma": np.concatenate(f_sig)} if uncertainty else {}
         return Prediction(energy=np.concatenate(energy), forces=np.concatenate(forces),
-                          stress=np.concatenate(stress), offsets=offsets, **sigmas)
+                          stress=np.concatenate(stress), offsets=offsets)
 
     # ---- persistence ----------------------------------------------------------------------
     def _hyper(self) -> dict[str, Any]:
@@ -648,7 +625,6 @@ class LinearPotential(Potential):
                                             else (None, {}))
         params["energy_error_model"] = (self.energy_error_model_.get_state()
                                         if self.energy_error_model_ is not None else None)
-        params["error_model_input"] = self.error_model_input_
         factor = self.regression_.posterior_factor_
         # the posterior as its factor F (covariance F F^T) when the fit gave one: the same
         # size, and no p^3 product to form it
@@ -691,7 +667,7 @@ class LinearPotential(Potential):
         noise = check_mapping("params.noise_", params.get("noise_", {}), error=DataError)
         model.noise_ = {q: check_float(f"params.noise_.{q}", v, low=0.0, error=DataError)
                         for q, v in noise.items()}
-        model.error_model_ = model.energy_error_model_ = model.error_model_input_ = None
+        model.error_model_ = model.energy_error_model_ = None
         if params.get("energy_error_model") is not None:
             model.energy_error_model_ = EnergyErrorModel.from_state(
                 check_mapping("params.energy_error_model", params["energy_error_model"],
@@ -703,10 +679,6 @@ class LinearPotential(Potential):
                 em_arrays)
             _check_error_model(model.error_model_, model.descriptor.n_features,
                                len(model.species))
-            # files written before the local-energy input read the exact force sigma
-            model.error_model_input_ = check_choice(
-                "params.error_model_input", params.get("error_model_input", "force_posterior"),
-                ERROR_MODEL_INPUTS, error=DataError)
         alpha, beta = (check_float(f"params.{k}", params[k], low=0.0, low_open=True,
                                    error=DataError) for k in ("alpha_", "beta_"))
         model.regression_ = BayesianLinearRegression(alpha=alpha, beta=beta)
@@ -723,25 +695,6 @@ class LinearPotential(Potential):
         model.regression_.alpha_, model.regression_.beta_ = alpha, beta
         model.regression_.n_features_in_ = p
         return model
-
-
-#: what the force error model reads: ``local_energy``, the posterior sigma of each atom's
-#: local energy (models fitted since 2026-12-05), or ``force_posterior``, the exact
-#: posterior sigma of its force (older files; needs the per-feature force gradients)
-ERROR_MODEL_INPUTS = ("local_energy", "force_posterior")
-
-
-def local_energy_sigma(regression: BayesianLinearRegression, phi: np.ndarray) -> np.ndarray:
-    """Posterior standard deviation of each atom's local energy ``phi_i . c``, eV.
-
-    Parameters
-    ----------
-    regression : BayesianLinearRegression
-        A fitted posterior.
-    phi : ndarray of shape (n_atoms, p)
-        Each atom's features in coefficient space (``fmap.transform``).
-    """
-    return np.sqrt(np.clip(regression.variance_rows(np.asarray(phi, float)), 0, None))
 
 
 #: entries every linear model file's params hold
