@@ -27,7 +27,6 @@ from ml4m.models.registry import register_model
 from ml4m.validation import (
     check_array,
     check_bool,
-    check_choice,
     check_float,
     check_int,
     check_mapping,
