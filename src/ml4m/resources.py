@@ -12,16 +12,18 @@ The limit is ``max_memory`` (bytes, or a string such as ``"4GB"``; the command l
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ml4m.errors import ConfigError
 
-__all__ = ["DEFAULT_FRACTION", "parse_bytes", "format_bytes", "available_memory",
+__all__ = ["DEFAULT_FRACTION", "max_memory", "parse_bytes", "format_bytes", "available_memory",
            "memory_limit", "check_memory", "estimate_neighbors"]
 
 #: default limit: this fraction of the memory available (psutil) when a check runs
@@ -84,6 +86,22 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
+_LIMIT: contextvars.ContextVar[Any] = contextvars.ContextVar("ml4m_max_memory", default=None)
+
+
+@contextlib.contextmanager
+def max_memory(limit: Any) -> Iterator[None]:
+    """Within the block, checks without an explicit limit use ``limit`` (bytes or a size
+    string; None keeps the default): how ``ml4m fit --max-memory`` reaches the model."""
+    if limit is not None:
+        parse_bytes(limit, "--max-memory")  # refuse a bad value before any work
+    token = _LIMIT.set(limit)
+    try:
+        yield
+    finally:
+        _LIMIT.reset(token)
+
+
 def memory_limit(max_memory: Any = None) -> tuple[int, str]:
     """The limit in bytes and how it was set (for messages).
 
@@ -93,6 +111,8 @@ def memory_limit(max_memory: Any = None) -> tuple[int, str]:
         Bytes or a size string (:func:`parse_bytes`); None: :data:`DEFAULT_FRACTION`
         of :func:`available_memory`.
     """
+    if max_memory is None:
+        max_memory = _LIMIT.get()
     if max_memory is None:
         avail = available_memory()
         return int(DEFAULT_FRACTION * avail), \
@@ -121,7 +141,7 @@ def check_memory(estimate_bytes: float, what: str, limit: Any = None,
     ConfigError
         ``estimate_bytes`` exceeds the limit; the message gives both.
     """
-    if limit is None and estimate_bytes <= _NEGLIGIBLE:
+    if limit is None and _LIMIT.get() is None and estimate_bytes <= _NEGLIGIBLE:
         return  # no need to ask the system
     cap, how = memory_limit(limit)
     if not estimate_bytes <= cap:  # also NaN

@@ -67,3 +67,19 @@ def test_cli_fit_with_budget_records_the_plan(tmp_path, capsys):
     b = metrics["budget"]
     assert b["n_frames_total"] == len(frames) and b["n_frames_used"] == len(frames)
     assert b["budget_seconds"] == 120.0
+
+
+def test_cli_fit_max_memory_reaches_the_model(tmp_path, capsys):
+    import ase.io
+
+    from ml4m.cli.main import main
+    from ml4m.data import default_dataset_path
+
+    ase.io.write(tmp_path / "train.extxyz", ase.io.read(default_dataset_path(), ":20"))
+    argv = ["fit", "--train", str(tmp_path / "train.extxyz"), "-o", str(tmp_path / "m.ml4m")]
+    assert main(argv + ["--max-memory", "10KB"]) == 2
+    err = capsys.readouterr().err
+    assert "would need about" in err and "limit of 10 kB (max_memory)" in err
+    assert not (tmp_path / "m.ml4m").exists()
+    assert main(argv + ["--max-memory", "lots"]) == 2
+    assert "max-memory" in capsys.readouterr().err

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float,
                    help="wall-time budget of the whole fit: two probe fits measure the cost per "
                    "frame, then the fit uses as many evenly spaced training frames as fit")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="memory the fit may plan for, e.g. 8GB (default: half the available); "
+                   "a fit that needs more stops before it starts")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("-o", "--output", metavar="MODEL",
@@ -46,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             mapping[key] = value
     cfg = FitConfig.from_mapping(mapping, source=args.config or "command line")
-    metrics = fit_model(cfg, progress=not args.json)
+    from ml4m.resources import max_memory
+
+    with max_memory(args.max_memory):
+        metrics = fit_model(cfg, progress=not args.json)
     if args.json:
         print_json(metrics)
         return 0

@@ -468,7 +468,8 @@ class LinearPotential(Potential):
         check_memory(8.0 * (6 * p * p + held * p),
                      f"a fit of {p:,} coefficients ({type(self).__name__})",
                      hint="use a smaller basis (descriptor n_max, l_max, degrees; for the "
-                     "sparse GP fewer sparse points) or a machine with more memory")
+                     "sparse GP fewer sparse points), or raise the limit (--max-memory) on a "
+                     "machine with more memory")
 
     def _holdout_split(self, frames: list[Frame], use_f: bool) -> tuple[list[Frame], list[Frame]]:
         """Training frames to fit on, and whole trajectories held out for the error model.
