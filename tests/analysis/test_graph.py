@@ -190,3 +190,32 @@ def test_brute_faiss_recomputes_rows_it_cannot_certify(monkeypatch):
     i = np.argsort(full, axis=1, kind="stable")[:, 1:9]
     np.testing.assert_allclose(g.distances, np.take_along_axis(full, i, 1), rtol=1e-9)
     assert np.mean(g.indices == i) > 0.999
+
+
+def test_auto_backend_keeps_the_approximate_graph_only_with_high_recall(monkeypatch):
+    """``backend='auto'`` measures the approximate search's recall against exact queries:
+    a good index is kept (recall reported); one that misses neighbours falls back to the
+    exact search."""
+    import ml4m.analysis.graph as graph_mod
+
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=8.0, size=(20, 12))
+    X = centres[rng.integers(20, size=3000)] + rng.normal(size=(3000, 12))
+    monkeypatch.setattr(graph_mod, "AUTO_APPROX_MIN_POINTS", 1000)
+    exact = graph_mod.NeighborGraph.build(X, 10, backend="brute")
+    good = graph_mod.NeighborGraph.build(X, 10, backend="auto")
+    assert good.backend == "ivf" and good.recall >= 0.99
+    assert good.recall == pytest.approx(graph_mod.approximate_recall(X, good.indices))
+    real_ivf = graph_mod._ivf
+
+    def bad_index(X, maxk, nprobe, progress):  # an index that lost a third of the points
+        d, i = real_ivf(X, maxk, nprobe, progress)
+        lost = i % 3 == 0
+        i = np.where(lost, (i + 1) % len(X), i)
+        return d, i
+
+    monkeypatch.setattr(graph_mod, "_ivf", bad_index)
+    fallback = graph_mod.NeighborGraph.build(X, 10, backend="auto")
+    assert fallback.backend == "brute" and fallback.recall < 0.9
+    np.testing.assert_array_equal(np.sort(fallback.indices, 1), np.sort(exact.indices, 1))

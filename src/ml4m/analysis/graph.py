@@ -71,6 +71,11 @@ class NeighborGraph:
         How the graph was computed (``"brute"``, ``"kdtree"``, ``"ivf"``, ``"given"``).
     n_features : int
         Number of features of the data (0 when unknown).
+    recall : float or None
+        With ``backend="auto"`` on large data: the fraction of the exact neighbours the
+        approximate search found on a sample of rows (:func:`approximate_recall`); its
+        graph was kept when this is at least ``AUTO_MIN_RECALL``, else replaced by the
+        exact search (``backend`` then says ``"brute"``). None when not measured.
 
     Notes
     -----
@@ -85,6 +90,7 @@ class NeighborGraph:
     period: np.ndarray | None = None
     backend: str = "given"
     n_features: int = 0
+    recall: float | None = None
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -216,20 +222,58 @@ class NeighborGraph:
                 raise ConfigError(f"a periodic box (period, --period) needs backend 'kdtree' "
                                   f"(--backend kdtree or auto), got {backend!r}")
             backend = "kdtree"
-        if backend == "auto":
+        auto = backend == "auto"
+        if auto:
             if X.shape[1] <= 8:
                 backend = "kdtree"
-            elif X.shape[0] > 200_000 and _has_numba():
+            elif X.shape[0] >= AUTO_APPROX_MIN_POINTS and _has_numba():
                 backend = "ivf"
             else:
                 backend = "brute"
+        recall = None
         if backend == "kdtree":
             d, i = _kdtree(X, maxk, box)
         elif backend == "brute":
             d, i = _brute(X, maxk, progress)
         else:
             d, i = _ivf(X, maxk, nprobe, progress)
-        return cls(d, i, "euclidean", box, backend, X.shape[1])
+            if auto:  # keep the approximate graph only if it finds the exact neighbours
+                recall = approximate_recall(X, i)
+                if recall < AUTO_MIN_RECALL:
+                    d, i = _brute(X, maxk, progress)
+                    backend = "brute"
+        return cls(d, i, "euclidean", box, backend, X.shape[1], recall)
+
+
+#: ``backend="auto"`` tries the approximate search from this many points (below it the
+#: exact search is about as fast: analysis_speed.md, 50,000 points in 50-D, 2.9x)
+AUTO_APPROX_MIN_POINTS = 20_000
+#: ... and keeps it only when it finds at least this fraction of the exact neighbours
+AUTO_MIN_RECALL = 0.99
+
+
+def approximate_recall(X: np.ndarray, indices: np.ndarray, n_queries: int = 256,
+                       seed: int = 0) -> float:
+    """Fraction of the exact ``maxk`` neighbours that ``indices`` holds, on a sample.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_points, n_features)
+        The data the graph was built on.
+    indices : ndarray of shape (n_points, maxk)
+        Neighbours found by an approximate search.
+    n_queries : int
+        Rows checked against an exact search (their cost: ``n_queries x n_points``
+        distances).
+    seed : int
+        Seed of the sample.
+    """
+    n, maxk = indices.shape
+    rows = np.sort(np.random.default_rng(seed).choice(n, min(n_queries, n), replace=False))
+    kk = min(n, maxk + 1 + min(n - 1 - maxk, 2))
+    _, exact = _brute_sklearn(_reduced(X), rows, kk, maxk)
+    found = [len(np.intersect1d(indices[r], e)) for r, e in zip(rows, exact)]
+    return float(np.sum(found) / (len(rows) * maxk))
 
 
 def graph_memory(n_points: int, maxk: int) -> float:

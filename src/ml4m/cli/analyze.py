@@ -222,7 +222,7 @@ def _analyze(args: argparse.Namespace, max_memory: int | None, output: Path | No
             "n": n, "dim": dim,
             "id": {"method": args.id, "estimate": idr.estimate, "error": idr.error,
                    "scale": idr.scale},
-            "maxk": m.graph.maxk, "backend": m.graph.backend,
+            "maxk": m.graph.maxk, "backend": m.graph.backend, "recall": m.graph.recall,
         }
         den = cl = None
         if args.density or args.cluster:
@@ -307,7 +307,9 @@ def _print_summary(out: dict[str, Any]) -> None:
 
     c = console()
     idr = out["id"]
-    c.print(f"{out['n']} points, {out['dim']} features, maxk {out['maxk']} ({out['backend']})")
+    recall = f", measured recall {out['recall']:.3f}" if out.get("recall") is not None else ""
+    c.print(f"{out['n']} points, {out['dim']} features, maxk {out['maxk']} ({out['backend']}"
+            f"{recall})")
     c.print(f"intrinsic dimension ({idr['method']}): {idr['estimate']:.3f} +- {idr['error']:.3f}")
     if "density" in out:
         c.print(f"mean log density ({out['density']['method']}): {out['density']['log_density_mean']:.3f}")
