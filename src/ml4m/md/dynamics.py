@@ -19,6 +19,7 @@ import numpy as np
 from ase import Atoms, units
 
 from ml4m.errors import ConfigError, SimulationError
+from ml4m.validation import check_choice, check_float, check_int
 from ml4m.md.safety import blowup_limits, check_step
 from ml4m.md.trajectory import TrajectoryStream, snapshot
 
@@ -103,19 +104,6 @@ class MDStatus:
     forces_sigma_max: float | None
 
 
-def _require(ok: bool, key: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{key} must be {rule}, got {value!r}")
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _count(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
 def check_md_settings(ensemble: str, temperature_k: float, steps: int, dt_fs: float, friction: float,
                       pressure_gpa: float, interval: int, uncertainty_interval: int) -> None:
     """Raise :class:`ConfigError` (naming the setting) for a value outside its range.
@@ -124,23 +112,21 @@ def check_md_settings(ensemble: str, temperature_k: float, steps: int, dt_fs: fl
     MAX_TEMPERATURE_K`` K; ``interval >= 1``; ``uncertainty_interval >= 0``;
     ``0 < friction <= 1`` 1/fs; ``pressure`` finite, GPa.
     """
-    _require(ensemble in ENSEMBLES, "ensemble", f"one of {list(ENSEMBLES)}", ensemble)
-    _require(_count(steps) and steps >= 1, "steps", "an integer >= 1", steps)
-    _require(_finite(dt_fs) and 0 < dt_fs <= MAX_DT_FS, "dt", f"in (0, {MAX_DT_FS:g}] fs", dt_fs)
-    _require(_finite(temperature_k) and 0 <= temperature_k <= MAX_TEMPERATURE_K, "temperature",
-             f"in [0, {MAX_TEMPERATURE_K:g}] K", temperature_k)
-    _require(_count(interval) and interval >= 1, "interval", "an integer >= 1", interval)
-    _require(_count(uncertainty_interval) and uncertainty_interval >= 0, "uncertainty_interval",
-             "an integer >= 0", uncertainty_interval)
-    _require(_finite(friction) and 0 < friction <= 1, "friction", "in (0, 1] 1/fs", friction)
-    _require(_finite(pressure_gpa), "pressure", "finite (GPa)", pressure_gpa)
+    check_choice("ensemble", ensemble, ENSEMBLES)
+    check_int("steps", steps, low=1)
+    check_float("dt", dt_fs, 0.0, MAX_DT_FS, low_open=True)
+    check_float("temperature", temperature_k, 0.0, MAX_TEMPERATURE_K)
+    check_int("interval", interval, low=1)
+    check_int("uncertainty_interval", uncertainty_interval, low=0)
+    check_float("friction", friction, 0.0, 1.0, low_open=True)
+    check_float("pressure", pressure_gpa)
 
 
 def check_relax_settings(fmax: float, steps: int) -> None:
     """Raise :class:`ConfigError` unless ``fmax`` (eV/Angstrom) is finite and > 0 and
     ``steps`` is an integer >= 1."""
-    _require(_finite(fmax) and fmax > 0, "fmax", "finite and > 0 (eV/A)", fmax)
-    _require(_count(steps) and steps >= 1, "steps", "an integer >= 1", steps)
+    check_float("fmax", fmax, 0.0, low_open=True)
+    check_int("steps", steps, low=1)
 
 
 def _dynamics(atoms: Atoms, ensemble: str, temperature_k: float, dt_fs: float, friction: float,
@@ -238,8 +224,7 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
                       uncertainty_interval)
     if log_interval is None:
         log_interval = interval * max(1, math.ceil(steps / (20 * interval)))
-    _require(isinstance(log_interval, int) and log_interval >= 1, "log_interval", "an integer >= 1",
-             log_interval)
+    check_int("log_interval", log_interval, low=1)
     if ensemble == "npt" and not atoms.pbc.all():
         raise ConfigError("NPT needs a fully periodic cell")
     limits = blowup_limits(atoms, temperature_k)
