@@ -73,6 +73,10 @@ def test_killed_run_leaves_an_existing_trajectory_untouched(start, tmp_path):
                         "--overwrite"], partial, 3, tmp_path)
     assert traj.read_text() == "earlier run\n"
     assert len(_frames(partial)) >= 3
+    kept = partial.read_bytes()
+    # the interrupted run's frames are not written over unless asked
+    assert main([str(a) for a in ["md", "emt", start, "--steps", "10", "-o", traj]]) == 2
+    assert partial.read_bytes() == kept and traj.read_text() == "earlier run\n"
     # a finished run replaces it, and no partial file is left behind
     assert _run_ok(["md", "emt", start, "--steps", "10", "--interval", "5", "-o", traj, "--overwrite"])
     assert len(_frames(traj)) == 3 and not partial.exists()

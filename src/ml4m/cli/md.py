@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
                             steps=args.steps, dt_fs=args.dt, friction=args.friction,
                             pressure_gpa=args.pressure, trajectory=out, interval=args.interval,
                             seed=args.seed, uncertainty_interval=args.uncertainty_interval,
-                            log_interval=args.log_interval, on_log=on_log, on_step=on_step)
+                            log_interval=args.log_interval, on_log=on_log, on_step=on_step,
+                            overwrite=args.overwrite)
     drift = result.energy_drift_mev_per_atom_per_ps
     emit(args.json, result.as_dict(),
          f"{result.ensemble.upper()} {result.steps} steps of {result.n_atoms} atoms in "

@@ -163,7 +163,7 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
            trajectory: str | os.PathLike | None = None, interval: int = 10, seed: int = 0,
            initialize: bool = True, uncertainty_interval: int = 10, log_interval: int | None = None,
            on_log: Callable[[MDStatus], None] | None = None,
-           on_step: Callable[[int], None] | None = None) -> MDResult:
+           on_step: Callable[[int], None] | None = None, overwrite: bool = False) -> MDResult:
     """Run MD on ``atoms`` (which carry their calculator).
 
     Every step is checked (:func:`ml4m.md.safety.check_step`): a run whose energy or
@@ -210,6 +210,9 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
         Called with an :class:`MDStatus` every ``log_interval`` steps (and at step 0).
     on_step : callable, optional
         Called with the step number after every step (a progress bar).
+    overwrite : bool, default=False
+        Stream over an existing ``TRAJ.partial`` file (an interrupted run's frames);
+        without it such a file is refused (ConfigError) before the first step.
 
     Raises
     ------
@@ -236,7 +239,7 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
     calc = _uncertainty_calculator(atoms)
     k_sigma = uncertainty_interval if calc is not None else 0
     was_uncertain = calc.uncertainty if calc is not None else False
-    stream = TrajectoryStream(trajectory) if trajectory is not None else None
+    stream = TrajectoryStream(trajectory, overwrite) if trajectory is not None else None
     times: list[float] = []
     energies: list[float] = []
     temps: list[float] = []

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from ml4m.errors import ConfigError
+
 __all__ = ["TrajectoryStream", "partial_path", "snapshot"]
 
 
@@ -65,11 +67,18 @@ class TrajectoryStream:
     ----------
     path : str or PathLike
         The trajectory file (extxyz). Its folder is created if missing.
+    overwrite : bool, default=False
+        Allow writing over an existing partial file; without it one is refused
+        (:class:`~ml4m.errors.ConfigError`): it holds an interrupted run's frames.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         self.path = Path(path)
         self.stream_path = partial_path(self.path) if self.path.exists() else self.path
+        if self.stream_path != self.path and self.stream_path.exists() and not overwrite:
+            # a killed run's frames, or a file of the user's: written over only when asked
+            raise ConfigError(f"{self.stream_path} exists (frames of an interrupted run?); move "
+                              f"it, or pass --overwrite to write {self.path} again")
         self.n_frames = 0
         self._fh: io.FileIO | None = None
 
