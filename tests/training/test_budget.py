@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ml4m.errors import ConfigError
-from ml4m.training.budget import evenly_spaced, fit_within_budget
+from ml4m.data import evenly_spaced
+from ml4m.training.budget import fit_within_budget
 
 
 def test_evenly_spaced_indices_are_distinct_sorted_and_cover_the_ends():

@@ -21,7 +21,7 @@ from ml4m.data.reference import (
     fit_reference_energies,
     resolve_reference_energies,
 )
-from ml4m.data.split import Split, split_dataset, split_indices
+from ml4m.data.split import Split, evenly_spaced, split_dataset, split_indices
 from ml4m.data.stats import summarize
 from ml4m.data.store import PackedStore, StoreWriter, open_store, pack_frames
 from ml4m.data.validate import MIN_DISTANCE, check_frame
@@ -40,6 +40,7 @@ __all__ = [
     "StoreWriter",
     "batched_neighbor_list",
     "check_frame",
+    "evenly_spaced",
     "composition_matrix",
     "default_dataset",
     "default_dataset_path",

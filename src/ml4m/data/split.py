@@ -10,7 +10,7 @@ from ml4m.data.frames import Dataset
 from ml4m.errors import ConfigError
 from ml4m.validation import check_float, check_int, check_str
 
-__all__ = ["Split", "split_indices", "split_dataset"]
+__all__ = ["Split", "split_indices", "split_dataset", "evenly_spaced"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +129,10 @@ def split_dataset(
         groups = [f"__frame{k}" if v is None else v for k, v in enumerate(values)]
     split = split_indices(len(dataset), valid, test, seed, groups)
     return split, {k: dataset[getattr(split, k)] for k in ("train", "valid", "test")}
+
+
+def evenly_spaced(n_total: int, n: int) -> np.ndarray:
+    """``n`` distinct indices spread evenly over ``range(n_total)`` (first and last kept):
+    a subset of MD frames that still spans every trajectory stored in order."""
+    n = max(1, min(int(n), n_total))
+    return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))

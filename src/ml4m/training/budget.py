@@ -13,21 +13,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 
+from ml4m.data.split import evenly_spaced
 from ml4m.errors import ConfigError
 
-__all__ = ["BudgetPlan", "evenly_spaced", "fit_within_budget"]
+__all__ = ["BudgetPlan", "fit_within_budget"]
 
 #: share of the budget the final fit may be planned to use (the rest absorbs timing noise,
 #: prediction of the train/valid metrics and the plots)
 PLANNED_SHARE = 0.8
-
-
-def evenly_spaced(n_total: int, n: int) -> np.ndarray:
-    """``n`` distinct indices spread evenly over ``range(n_total)`` (first and last kept)."""
-    n = max(1, min(int(n), n_total))
-    return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
 
 
 @dataclass

@@ -20,11 +20,21 @@ import numpy as np
 import scipy.sparse as sp
 
 from ml4m.data.frames import Frame
+from ml4m.data.split import evenly_spaced
 from ml4m.errors import ConfigError, DataError
 from ml4m.models.linear.design import SumMap
 from ml4m.models.linear.potential import LinearPotential
 from ml4m.models.registry import register_model
-from ml4m.validation import check_array, check_bool, check_int, each, int_from, one_of, optional
+from ml4m.validation import (
+    check_array,
+    check_bool,
+    check_int,
+    each,
+    fail,
+    int_from,
+    one_of,
+    optional,
+)
 
 __all__ = ["DotProductKernelMap", "SparseGPPotential", "select_sparse_points"]
 
@@ -201,6 +211,16 @@ def select_sparse_points(X: np.ndarray, n: int, method: str = "fps", seed: int =
     return np.sort(np.array(chosen))
 
 
+def _check_kernel_columns(name: str, value: Any, **where: Any) -> Any:
+    """``'species'``, ``'all'``, or a degree bound (an integer >= 1 or a list of them)."""
+    if isinstance(value, str):
+        if value not in ("species", "all"):
+            raise fail(f"{name} must be 'species', 'all' or a degree bound, got {value!r}",
+                       **where)
+        return value
+    return each(int_from(1), allow_scalar=True)(name, value, **where)
+
+
 @register_model("sparse_gp", fit_name="gp", descriptor="soap")
 class SparseGPPotential(LinearPotential):
     """Sparse GP potential on a descriptor (SOAP or ACE) with uncertainty.
@@ -254,9 +274,7 @@ class SparseGPPotential(LinearPotential):
         **LinearPotential.param_checks, "n_sparse": int_from(1), "zeta": int_from(1),
         "selection": one_of("fps", "cur", "random"), "seed": int_from(0),
         "sparse_frames": optional(int_from(1)), "linear_baseline": check_bool,
-        "kernel_columns": lambda name, value, **where: (
-            one_of("species", "all")(name, value, **where) if isinstance(value, str)
-            else each(int_from(1), allow_scalar=True)(name, value, **where)),
+        "kernel_columns": _check_kernel_columns,
     }
 
     def __init__(self, descriptor, n_sparse: int = 200, zeta: int = 4, selection: str = "fps",
@@ -284,18 +302,10 @@ class SparseGPPotential(LinearPotential):
         return self.fmap_.parts[-1] if isinstance(self.fmap_, SumMap) else self.fmap_
 
     def _make_kernel_map(self, train: Sequence[Frame]) -> DotProductKernelMap:
-        if int(self.zeta) < 1:
-            raise ConfigError(f"zeta must be a positive integer, got {self.zeta}")
-        if int(self.n_sparse) < 1:
-            raise ConfigError(f"n_sparse must be >= 1, got {self.n_sparse}")
         columns = self._kernel_columns(self.kernel_columns)
         pool = list(train)
-        if self.sparse_frames is not None:
-            if int(self.sparse_frames) < 1:
-                raise ConfigError(f"sparse_frames must be >= 1 or None, got {self.sparse_frames}")
-            if int(self.sparse_frames) < len(pool):
-                pick = np.unique(np.linspace(0, len(pool) - 1, int(self.sparse_frames)).round().astype(int))
-                pool = [pool[k] for k in pick]
+        if self.sparse_frames is not None and self.sparse_frames < len(pool):
+            pool = [pool[k] for k in evenly_spaced(len(pool), self.sparse_frames)]
         res = self.descriptor.compute(pool, gradients=False)
         sidx = self._species_index(pool)
         mask = _column_mask(columns, res.features.shape[1])

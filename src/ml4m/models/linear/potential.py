@@ -309,8 +309,6 @@ class LinearPotential(Potential):
         return SpeciesBlocks(len(self.species), self.descriptor.n_features, tuple(cols))
 
     def _prior_kind(self) -> str:
-        if self.prior not in ("auto", "smoothness", "scale"):
-            raise ConfigError(f"prior must be 'auto', 'smoothness' or 'scale', got {self.prior!r}")
         has_degrees = hasattr(self.descriptor, "feature_degrees")
         if self.prior == "smoothness" and not has_degrees:
             raise ConfigError(f"prior='smoothness' needs a descriptor with feature degrees (ACE); "
@@ -413,10 +411,7 @@ class LinearPotential(Potential):
             if self.sigma_forces and f.forces is None:
                 raise DataError("training frame has no forces but sigma_forces is set (give "
                                 "sigma_forces: 0 to fit energies only)", *(f.source or (None, n)))
-        if self.noise not in ("shared", "per_quantity"):
-            raise ConfigError(f"noise must be 'shared' or 'per_quantity', got {self.noise!r}")
-        if self.uncertainty not in ("posterior", "calibrated"):
-            raise ConfigError(f"uncertainty must be 'posterior' or 'calibrated', got {self.uncertainty!r}")
+        self.check_params(self._hyper())  # every hyperparameter, as a config or file is checked
         self._prior_kind()
         self._species_index(frames)  # unknown species fail before any work
         self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
