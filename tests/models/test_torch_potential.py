@@ -151,3 +151,28 @@ def test_cuda_matches_cpu(model):
     frames = _structures()
     np.testing.assert_allclose(gpu.predict(frames).forces, model.predict(frames).forces,
                                atol=1e-10)
+
+
+def test_prepare_sets_species_statistics_and_module():
+    from ase.calculators.emt import EMT
+
+    frames = []
+    for seed in range(3):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+        atoms.symbols[: 2 * seed + 1] = "Au"  # compositions differ: E0s are determined
+        atoms.rattle(0.05, seed=seed)
+        atoms.calc = EMT()
+        frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
+                                       forces=atoms.get_forces()))
+    model = PairTorchPotential().prepare(frames)
+    assert model.species_ == [29, 79]
+    forces = np.concatenate([f.forces for f in frames])
+    assert np.isclose(model.stats_["scale"], np.sqrt(np.mean(forces ** 2)))
+    counts = np.array([[np.sum(f.numbers == z) for z in (29, 79)] for f in frames])
+    energies = np.array([f.energy for f in frames])
+    resid = energies - counts @ model.stats_["e0"]
+    # least squares E0s leave no residual orthogonal to the composition columns
+    assert np.allclose(counts.T @ resid, 0, atol=1e-4)
+    # fcc at a = 3.6 A, 4.5 A cut: shells at 2.55 (12), 3.6 (6) and 4.41 A (24), rattled
+    assert 36 <= model.stats_["avg_neighbors"] <= 44
+    assert model.n_parameters > 0

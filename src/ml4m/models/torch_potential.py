@@ -113,7 +113,54 @@ class TorchPotential(Potential):
     @abstractmethod
     def build_module(self):
         """A new ``torch.nn.Module`` mapping :func:`batch_graph`'s dict to a dict with
-        ``energy`` (B,) and ``energies`` (N,), eV."""
+        ``energy`` (B,) and ``energies`` (N,), eV.
+
+        Called by :meth:`prepare` (after ``species_`` and ``stats_`` are set) and by
+        :meth:`from_state` (``species_`` set, ``stats_`` absent: the module's buffers
+        then come from the saved state dict, so keep data statistics in buffers)."""
+
+    def prepare(self, frames) -> TorchPotential:
+        """Set ``species_`` and ``stats_`` from training frames and build ``module_``.
+
+        ``stats_`` holds what a module needs to start well-scaled (ml4m.training calls
+        this before the first step):
+
+        - ``e0``: (n_species,) per-element reference energies, eV, least squares on the
+          frames' energies (zeros without energies);
+        - ``shift``: mean per-atom energy left after ``e0``, eV/atom (0 by construction
+          of the least squares, kept for models without E0s);
+        - ``scale``: RMS force component, eV/Angstrom (1 without forces);
+        - ``avg_neighbors``: mean number of neighbours within :attr:`cutoff`.
+
+        Returns
+        -------
+        self
+        """
+        from ml4m.data.frames import Dataset
+        from ml4m.data.reference import composition_matrix, fit_reference_energies
+
+        frames = as_frames(frames)
+        if not frames:
+            raise DataError("cannot prepare a model on no frames")
+        self.species_ = sorted({int(z) for f in frames for z in f.numbers})
+        labelled = [f for f in frames if f.energy is not None]
+        e0 = np.zeros(len(self.species_))
+        shift = 0.0
+        if labelled:
+            ref = fit_reference_energies(Dataset(labelled))
+            e0 = np.array([ref.get(z, 0.0) for z in self.species_])
+            C = composition_matrix(Dataset(labelled), np.asarray(self.species_))
+            resid = np.array([f.energy for f in labelled]) - C @ e0
+            shift = float(resid.sum() / C.sum())
+        forces = [f.forces for f in frames if f.forces is not None]
+        scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else 1.0
+        sample = frames[:: max(1, len(frames) // 50)]
+        n_edges = sum(len(neighbor_list(f, self.cutoff, full_list=True).i) for f in sample)
+        self.stats_ = {"e0": e0, "shift": shift, "scale": scale if scale > 0 else 1.0,
+                       "avg_neighbors": n_edges / max(1, sum(len(f) for f in sample))}
+        device, dtype = self._torch_settings()
+        self.module_ = self.build_module().to(device=device, dtype=dtype)
+        return self
 
     # ---- the potential contract ----------------------------------------------------------
     @property

@@ -1,0 +1,1 @@
+"""Behler-Parrinello networks (being written)."""

@@ -1,0 +1,1 @@
+"""Equivariant message-passing networks (being written)."""
