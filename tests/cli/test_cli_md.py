@@ -152,6 +152,7 @@ def test_md_with_a_model_logs_sigma(models, start, tmp_path, capsys):
     ("relax", ["--steps", "0"], "steps"), ("md", ["--dt", "0"], "dt"), ("md", ["--steps", "0"], "steps"),
     ("md", ["--temperature", "-5"], "temperature"), ("md", ["--interval", "0"], "interval"),
     ("md", ["--uncertainty-interval", "-1"], "uncertainty_interval"),
+    ("md", ["--uncertainty-interval", "often"], "uncertainty_interval"),
     ("md", ["--ensemble", "nvt", "--friction", "inf"], "friction"),
 ])
 def test_nonsense_settings_exit_2(start, tmp_path, capsys, command, args, key):

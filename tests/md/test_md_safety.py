@@ -106,6 +106,21 @@ def test_sigma_only_every_k_steps(ace, monkeypatch, tmp_path, k, sigma_steps):
     assert atoms.calc.uncertainty is False  # the calculator's own setting is restored
 
 
+def test_auto_sigma_steps_are_the_schedules(ace, monkeypatch, tmp_path):
+    """'auto' (the default) computes sigma at step 0, then on the steps its schedule picks;
+    the frames and the result say which."""
+    count = _Counting(ace, monkeypatch)
+    atoms = _cu()
+    atoms.calc = ace.as_calculator()
+    traj = tmp_path / "md.extxyz"
+    result = run_md(atoms, steps=40, interval=1, trajectory=traj)
+    with_sigma = [f.info["step"] for f in ase.io.read(traj, ":") if "forces_sigma" in f.arrays]
+    assert with_sigma[:2] == [0, 10]  # the provisional gap before timings are in
+    assert result.n_sigma_evaluations == count.calls[True] == len(with_sigma)
+    assert count.calls[True] + count.calls[False] == 41
+    assert str(result.uncertainty_interval).startswith("auto")
+
+
 def test_calculator_uncertainty_off_unless_asked(ace, monkeypatch):
     count = _Counting(ace, monkeypatch)
     for calc in (ace.as_calculator(), ML4MCalculator(ace)):

@@ -2,8 +2,9 @@
 
 An MD run streams its trajectory (:mod:`ml4m.md.trajectory`), stops with
 :class:`~ml4m.errors.SimulationError` when it blows up (:mod:`ml4m.md.safety`), keeping
-the frames written so far, and computes a model's uncertainty only every
-``uncertainty_interval`` steps.
+the frames written so far, and computes a model's uncertainty only on the steps that
+:class:`~ml4m.md.sigma_schedule.SigmaSchedule` picks (by default spaced to add at most
+8% to the run's wall time).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ase import Atoms, units
 from ml4m.errors import ConfigError, SimulationError
 from ml4m.validation import check_choice, check_float, check_int
 from ml4m.md.safety import blowup_limits, check_step
+from ml4m.md.sigma_schedule import SigmaSchedule, parse_interval
 from ml4m.md.trajectory import TrajectoryStream, snapshot
 
 __all__ = ["MDResult", "MDStatus", "run_md", "relax", "check_md_settings", "ENSEMBLES",
@@ -54,8 +56,11 @@ class MDResult:
     forces_sigma_max : float or None
         Largest predicted force standard deviation over the steps where it was
         computed, eV/Angstrom (models with uncertainty only).
-    uncertainty_interval : int or None
-        Steps between uncertainty evaluations (None: the calculator has none).
+    uncertainty_interval : int, str or None
+        Steps between uncertainty evaluations, ``'auto (mean N)'`` when spaced by cost,
+        None when the calculator has none.
+    n_sigma_evaluations : int
+        Steps on which the force sigma was computed.
     trajectory : str or None
         File holding the frames.
     n_frames : int
@@ -71,7 +76,8 @@ class MDResult:
     ensemble: str
     dt_fs: float
     forces_sigma_max: float | None = None
-    uncertainty_interval: int | None = None
+    uncertainty_interval: int | str | None = None
+    n_sigma_evaluations: int = 0
     trajectory: str | None = None
     n_frames: int = 0
 
@@ -105,11 +111,12 @@ class MDStatus:
 
 
 def check_md_settings(ensemble: str, temperature_k: float, steps: int, dt_fs: float, friction: float,
-                      pressure_gpa: float, interval: int, uncertainty_interval: int) -> None:
+                      pressure_gpa: float, interval: int, uncertainty_interval: int | str
+                      ) -> None:
     """Raise :class:`ConfigError` (naming the setting) for a value outside its range.
 
     Ranges: ``steps >= 1``; ``0 < dt <= MAX_DT_FS`` fs; ``0 <= temperature <=
-    MAX_TEMPERATURE_K`` K; ``interval >= 1``; ``uncertainty_interval >= 0``;
+    MAX_TEMPERATURE_K`` K; ``interval >= 1``; ``uncertainty_interval >= 0`` or ``'auto'``;
     ``0 < friction <= 1`` 1/fs; ``pressure`` finite, GPa.
     """
     check_choice("ensemble", ensemble, ENSEMBLES)
@@ -117,7 +124,7 @@ def check_md_settings(ensemble: str, temperature_k: float, steps: int, dt_fs: fl
     check_float("dt", dt_fs, 0.0, MAX_DT_FS, low_open=True)
     check_float("temperature", temperature_k, 0.0, MAX_TEMPERATURE_K)
     check_int("interval", interval, low=1)
-    check_int("uncertainty_interval", uncertainty_interval, low=0)
+    parse_interval(uncertainty_interval)
     check_float("friction", friction, 0.0, 1.0, low_open=True)
     check_float("pressure", pressure_gpa)
 
@@ -161,7 +168,8 @@ def _uncertainty_calculator(atoms: Atoms):
 def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, steps: int = 100,
            dt_fs: float = 1.0, friction: float = 0.01, pressure_gpa: float = 0.0,
            trajectory: str | os.PathLike | None = None, interval: int = 10, seed: int = 0,
-           initialize: bool = True, uncertainty_interval: int = 10, log_interval: int | None = None,
+           initialize: bool = True, uncertainty_interval: int | str = "auto",
+           log_interval: int | None = None,
            on_log: Callable[[MDStatus], None] | None = None,
            on_step: Callable[[int], None] | None = None, overwrite: bool = False) -> MDResult:
     """Run MD on ``atoms`` (which carry their calculator).
@@ -198,11 +206,13 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
         Seed of velocities and thermostat noise.
     initialize : bool
         Draw Maxwell-Boltzmann velocities at ``temperature_k`` first.
-    uncertainty_interval : int
+    uncertainty_interval : int or 'auto'
         With an :class:`~ml4m.models.ML4MCalculator` whose model has uncertainty: the
-        predictive sigmas are computed every this many steps (0: never); the other
-        steps take the fast energy-and-forces path. Frames on those steps carry
-        ``forces_sigma`` (eV/Angstrom).
+        predictive sigmas are computed every this many steps (0: never), or, with
+        ``'auto'``, on steps spaced so that they add at most 8% to the wall time
+        (:class:`~ml4m.md.sigma_schedule.SigmaSchedule`); the other steps take the
+        fast energy-and-forces path. Frames on sigma steps carry ``forces_sigma``
+        (eV/Angstrom).
     log_interval : int, optional
         Steps between ``on_log`` calls (default: about 20 per run, a multiple of
         ``interval``).
@@ -237,7 +247,7 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
         Stationary(atoms)
     dyn = _dynamics(atoms, ensemble, temperature_k, dt_fs, friction, pressure_gpa, rng)
     calc = _uncertainty_calculator(atoms)
-    k_sigma = uncertainty_interval if calc is not None else 0
+    schedule = SigmaSchedule(uncertainty_interval if calc is not None else 0)
     was_uncertain = calc.uncertainty if calc is not None else False
     stream = TrajectoryStream(trajectory, overwrite) if trajectory is not None else None
     times: list[float] = []
@@ -251,8 +261,12 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
             arrays["forces_sigma"] = atoms.calc.results["forces_sigma"]
         return snapshot(atoms, {"step": step, "time_fs": step * dt_fs}, arrays, with_results=finite)
 
+    clock = {"last": 0.0}
+
     def observe() -> None:
         step = dyn.nsteps
+        now = time.perf_counter()
+        schedule.record(step, now - clock["last"], with_sigma=calc is not None and calc.uncertainty)
         check_step(atoms, step, limits)
         if "forces_sigma" in atoms.calc.results:
             s = float(np.max(atoms.calc.results["forces_sigma"]))
@@ -269,15 +283,16 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
             on_log(MDStatus(step, step * dt_fs / 1000.0, atoms.get_temperature(), e_pot,
                             e_pot + atoms.get_kinetic_energy(), sigma["last"]))
         if calc is not None:  # sigma on the next step's evaluation only if it is due
-            calc.uncertainty = k_sigma > 0 and (step + 1) % k_sigma == 0
+            calc.uncertainty = schedule.due(step + 1)
         if on_step is not None:
             on_step(step)
+        clock["last"] = time.perf_counter()  # the next step's time excludes this bookkeeping
 
     dyn.attach(observe, interval=1)
     if calc is not None:
-        calc.uncertainty = k_sigma > 0
+        calc.uncertainty = schedule.due(0)
         calc.reset()  # step 0's evaluation follows the setting
-    t0 = time.perf_counter()
+    t0 = clock["last"] = time.perf_counter()
     try:
         dyn.run(steps)
     except SimulationError as exc:
@@ -310,7 +325,8 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
                     temperature_k_mean=float(np.mean(temps)) if temps else float(atoms.get_temperature()),
                     energy_drift_mev_per_atom_per_ps=drift, ensemble=ensemble, dt_fs=dt_fs,
                     forces_sigma_max=sigma["max"],
-                    uncertainty_interval=k_sigma if calc is not None else None,
+                    uncertainty_interval=schedule.description if calc is not None else None,
+                    n_sigma_evaluations=schedule.n_sigma,
                     trajectory=None if path is None else str(path),
                     n_frames=0 if stream is None else stream.n_frames)
 
