@@ -125,3 +125,46 @@ def test_prefetch_order_errors_and_restore(two_blas_threads):
     next(it)
     it.close()  # a consumer that stops early restores the limits too
     assert max(_threads("blas")) == 2
+
+
+def test_guard_blas_races_pins_only_racy_openblas(monkeypatch):
+    """A library at a racy version goes to one thread; others keep theirs."""
+    import threadpoolctl
+
+    from ml4m.parallel import RACY_OPENBLAS, guard_blas_races
+
+    class Lib:
+        def __init__(self, path, version, threads):
+            self.filepath, self.version, self.num_threads = path, version, threads
+
+        def set_num_threads(self, n):
+            self.num_threads = n
+
+    libs = [Lib("scipy_openblas", RACY_OPENBLAS[0], 2), Lib("numpy_openblas", "0.3.31.188.0", 2),
+            Lib("pinned_already", RACY_OPENBLAS[0], 1)]
+
+    class Controller:
+        def select(self, internal_api):
+            assert internal_api == "openblas"
+            return type("Selection", (), {"lib_controllers": libs})()
+
+    monkeypatch.setattr(threadpoolctl, "ThreadpoolController", Controller)
+    assert guard_blas_races() == ["scipy_openblas"]
+    assert [lib.num_threads for lib in libs] == [1, 2, 1]
+    assert guard_blas_races() == []  # idempotent
+
+
+def test_linear_algebra_modules_leave_no_racy_blas_threaded():
+    import subprocess
+    import sys
+
+    code = ("import ml4m.models.linear\n"
+            "from threadpoolctl import threadpool_info\n"
+            "from ml4m.parallel import RACY_OPENBLAS\n"
+            "bad = [l for l in threadpool_info() if l['internal_api'] == 'openblas' and "
+            "str(l['version']).startswith(RACY_OPENBLAS) and l['num_threads'] != 1]\n"
+            "print(len(bad))")
+    env = {"OPENBLAS_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert out.strip() == "0"

@@ -18,7 +18,17 @@ library bug) wraps it in :func:`blas_single_threaded` itself.
 * :func:`thread_map` -- ``[func(x) for x in items]`` on ``n_jobs`` threads, in order;
 * :func:`prefetch` -- ``func(x)`` for the next few ``items`` computed in the background
   while the caller works on the current one;
-* :func:`resolve_n_jobs` -- the ``n_jobs`` convention (``-1``: all cores).
+* :func:`resolve_n_jobs` -- the ``n_jobs`` convention (``-1``: all cores);
+* :func:`guard_blas_races` -- one thread, for good, in BLAS builds whose threaded
+  level-3 kernels race (``RACY_OPENBLAS``).
+
+A BLAS build can be unsafe on its own: OpenBLAS 0.3.30, which scipy 1.17's wheels
+bundle, has a threaded level-3 optimisation that races (reverted in 0.3.31: "could
+cause race conditions and invalid results in GEMM"); scipy's ``dsyrk`` then crashed
+the 3BPA sparse GP fit in ``dgemm_otcopy`` inside OpenBLAS's own worker threads.
+Modules that run scipy's level-3 BLAS/LAPACK call :func:`guard_blas_races` on import,
+which pins such a build to one thread (numpy's own OpenBLAS, a separate and fixed
+build, keeps its threads; ml4m's Gram updates go through numpy).
 """
 
 from __future__ import annotations
@@ -35,7 +45,11 @@ from typing import Any, TypeVar
 
 from ml4m.errors import ConfigError
 
-__all__ = ["resolve_n_jobs", "blas_single_threaded", "thread_map", "prefetch"]
+__all__ = ["resolve_n_jobs", "blas_single_threaded", "thread_map", "prefetch",
+           "guard_blas_races", "RACY_OPENBLAS"]
+
+#: OpenBLAS versions whose threaded level-3 kernels race (pinned to one thread)
+RACY_OPENBLAS = ("0.3.30",)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -73,6 +87,29 @@ def resolve_n_jobs(n_jobs: int | None) -> int:
     if n_jobs < 0:
         return max(1, n_cpu + 1 + int(n_jobs))
     return int(n_jobs)
+
+
+def guard_blas_races() -> list[str]:
+    """Pin every loaded OpenBLAS of a version in ``RACY_OPENBLAS`` to one thread.
+
+    Process-wide and lasting (a later :func:`blas_single_threaded` restores the pinned
+    value); call it after importing the module that loads the library (``scipy.linalg``).
+
+    Returns
+    -------
+    list of str
+        File paths of the libraries pinned now.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    with _lock:
+        controller = ThreadpoolController()
+        racy = controller.select(internal_api="openblas")
+        racy = [lib for lib in racy.lib_controllers
+                if str(lib.version).startswith(RACY_OPENBLAS) and lib.num_threads != 1]
+        for lib in racy:
+            lib.set_num_threads(1)
+        return [lib.filepath for lib in racy]
 
 
 @contextmanager

@@ -25,7 +25,10 @@ import scipy.linalg
 import scipy.optimize
 
 from ml4m.errors import ConfigError, NotFittedError
+from ml4m.parallel import guard_blas_races
 from ml4m.validation import check_array
+
+guard_blas_races()  # scipy's OpenBLAS 0.3.30 races in threaded level 3 (see ml4m.parallel)
 
 __all__ = ["NormalEquations", "BayesianLinearRegression", "quadratic_form_rows"]
 
@@ -60,16 +63,15 @@ class NormalEquations:
 
     Notes
     -----
-    Rows are accumulated by a symmetric rank-k update (BLAS ``syrk``) into one triangle
-    of a Fortran-ordered array, in place: half the flops of ``A^T A`` and no temporary
-    ``p x p`` array per block. The other triangle is filled when ``AtA`` is read.
+    Rows are accumulated in blocks by a symmetric rank-k update (``B^T B``, which numpy
+    computes with BLAS ``syrk``: half the flops of a general product) added to the Gram
+    matrix; the block's product is one temporary ``p x p`` array.
     """
 
     def __init__(self, n_features: int, block_rows: int = 1024) -> None:
         self.n_features = int(n_features)
         self.block_rows = int(block_rows)
         self._gram = np.zeros((self.n_features, self.n_features), order="F")
-        self._full = True  # both triangles hold the sums
         self._pending: list[np.ndarray] = []  # weighted rows not yet in the Gram matrix
         self._pending_rows = 0
         self.Aty = np.zeros(self.n_features)
@@ -79,21 +81,12 @@ class NormalEquations:
     @property
     def AtA(self) -> np.ndarray:
         self._flush()
-        if not self._full:  # lower triangle := upper, in blocks of columns
-            g = self._gram
-            for j0 in range(0, self.n_features, 512):
-                j1 = min(self.n_features, j0 + 512)
-                g[j0:j1, :j0] = g[:j0, j0:j1].T
-                d = g[j0:j1, j0:j1]
-                d[...] = np.triu(d) + np.triu(d, 1).T
-            self._full = True
         return self._gram
 
     @AtA.setter
     def AtA(self, value: np.ndarray) -> None:
         self._flush()
         self._gram = np.asfortranarray(value, dtype=float)
-        self._full = True
 
     def add(self, A: np.ndarray, y: np.ndarray, weights: np.ndarray | float = 1.0) -> None:
         """Add rows ``A`` (n, p) with targets ``y`` (n,) and weights (n,) or scalar (>= 0).
@@ -123,19 +116,16 @@ class NormalEquations:
         self.n += len(y)
 
     def _flush(self) -> None:
-        """The pending rows into the upper triangle of the Gram matrix, in one ``syrk``."""
+        """The pending rows into the Gram matrix, in one ``syrk``."""
         if not self._pending:
             return
-        from scipy.linalg.blas import dsyrk
-
         B = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
         self._pending, self._pending_rows = [], 0
-        # upper triangle of gram += B^T B, in place (B^T is F-ordered when B is C-ordered;
-        # the wrapper returns the same array when it could work in place). Not in float32:
+        # gram += B^T B through numpy's BLAS (a syrk for a transposed self-product, both
+        # triangles filled), not scipy's: see ml4m.parallel.guard_blas_races. Not in float32:
         # evidence fits of large bases pick alpha / beta near 1e-9 of the Gram scale, where
         # float32 rounding of the rows (1e-7) ruins the solution (3BPA: F MAE 47 against 25)
-        self._gram = dsyrk(1.0, B.T, beta=1.0, c=self._gram, trans=0, lower=0, overwrite_c=1)
-        self._full = False
+        self._gram += B.T @ B
 
     def __iadd__(self, other: NormalEquations) -> NormalEquations:
         self.AtA += other.AtA
