@@ -1,5 +1,6 @@
-"""ml4m.md: using models: ASE calculator, molecular dynamics, relaxation."""
+"""ml4m.md: using models: ASE calculator, molecular dynamics, relaxation, curation."""
 
+from ml4m.md.curation import SELECTORS, PoolFeatures, Selection, pool_features, select
 from ml4m.md.dynamics import (
     ENSEMBLES,
     MDResult,
@@ -12,8 +13,9 @@ from ml4m.md.dynamics import (
 from ml4m.md.trajectory import TrajectoryStream, partial_path
 from ml4m.models.calculator import ML4MCalculator
 
-__all__ = ["ENSEMBLES", "ML4MCalculator", "MDResult", "MDStatus", "TrajectoryStream", "check_md_settings",
-           "check_relax_settings", "load_calculator", "partial_path", "relax", "run_md"]
+__all__ = ["ENSEMBLES", "ML4MCalculator", "MDResult", "MDStatus", "PoolFeatures", "SELECTORS",
+           "Selection", "TrajectoryStream", "check_md_settings", "check_relax_settings",
+           "load_calculator", "partial_path", "pool_features", "relax", "run_md", "select"]
 
 
 def load_calculator(spec: str):

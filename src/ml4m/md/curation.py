@@ -1,0 +1,476 @@
+"""Curation: pick a diverse, non-redundant subset of frames from a large pool.
+
+A pool (an extxyz file, any ASE-readable file or a packed store, labelled or not) is read
+in chunks; each chunk's per-atom descriptors are reduced at once to one row per frame, so
+only the ``(n_frames, n_features)`` table is held (100,000 frames x 500 features take
+0.4 GB; :func:`check_curation_memory` refuses more than the memory limit allows).
+
+Frame features
+    The row of a frame is its *per-atom energy design row* of a model linear in
+    per-species blocks of the descriptor (:class:`ml4m.models.linear.SpeciesBlocks`, as
+    linear ACE): for each species ``s`` the sum of the descriptors of its atoms, divided
+    by the number of atoms. For one element it is the mean environment; for molecules and
+    alloys the environments of different elements are not mixed. Frames are selected as
+    wholes (a labelled frame is the unit of a training set).
+
+Selectors (all deterministic for a given ``seed``; see :func:`select`)
+    ``fps``
+        Farthest-point sampling (scikit-matter) on the standardised rows: each pick is
+        the frame farthest from those already picked; covers every region, outliers first.
+    ``cur``
+        CUR (scikit-matter): picks the frames of largest statistical leverage on the
+        top singular vectors, orthogonalising the rest after each pick. CUR can pick at
+        most rank(X) frames with nonzero residual, so it runs in rounds on the frames
+        not yet picked, each round picking up to the rank of what remains.
+    ``density``
+        Density-aware sampling on the standardised rows with the analysis stage's
+        estimates: the point-adaptive kNN log-density (PAk, dimension by TwoNN) and its
+        density-peak clusters (ADP). Each cluster receives picks in proportion to
+        ``size^(1 - alpha)``, at least one while ``n`` allows, and within a cluster
+        frames are drawn without replacement with probability proportional to
+        ``rho^-alpha`` (Gumbel-top-k). ``alpha = 0`` is random sampling; ``alpha = 1``
+        (default) gives every basin the same share and spreads it evenly over the
+        basin's volume: a rare basin is kept however few frames it has, a dense basin
+        is thinned. Sampling from the density alone would starve a small, tight basin
+        (its density is high); FPS would spend picks on isolated outliers first.
+    ``doptimal``
+        Greedy maximum information gain for a Bayesian linear model on the frame rows:
+        each pick maximises ``log(1 + x^T S x)``, the gain in ``log det`` of the
+        posterior precision, with ``S`` the current posterior covariance in units of the
+        noise variance. Rank-one updates as a pivoted Cholesky factorisation of
+        ``X S0 X^T`` (memory ``n_frames x n_selected``; no ``F x F`` matrix unless a
+        covariance is given). ``S0`` is an isotropic prior scaled so that the mean prior
+        variance of a frame's energy row is ``prior_scale`` noise variances, or the
+        posterior covariance of a fitted linear model (``covariance``). The gains are
+        non-increasing.
+    ``random``
+        Uniform sampling without replacement (the baseline).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml4m.data import Frame, LabelKeys, iter_frames, open_store
+from ml4m.descriptors import make_descriptor
+from ml4m.descriptors.base import Descriptor, parse_species
+from ml4m.errors import ConfigError
+from ml4m.models.linear.design import SpeciesBlocks, design_rows
+from ml4m.resources import check_memory, format_bytes
+from ml4m.validation import check_choice, check_float, check_int
+
+__all__ = ["SELECTORS", "PoolFeatures", "Selection", "check_curation_memory", "iter_pool",
+           "pool_features", "pool_species", "projection_figure", "resolve_n_select", "select"]
+
+#: selector names accepted by :func:`select` (``ml4m curate --method``)
+SELECTORS = ("fps", "cur", "density", "doptimal", "random")
+
+
+@dataclass(frozen=True)
+class PoolFeatures:
+    """One feature row per frame of a pool.
+
+    Attributes
+    ----------
+    features : ndarray of shape (n_frames, n_species * n_descriptor)
+        Per-atom energy design rows (see the module docstring), in the descriptor's units.
+    n_atoms : ndarray of shape (n_frames,), int64
+    species : tuple of int
+        Atomic numbers, in block order.
+    descriptor : dict
+        The descriptor's ``settings()`` record.
+    """
+
+    features: np.ndarray
+    n_atoms: np.ndarray
+    species: tuple[int, ...]
+    descriptor: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The frames a selector picked.
+
+    Attributes
+    ----------
+    method : str
+    indices : ndarray of shape (n_selected,), int64
+        Row indices of the pool, in the order picked (a prefix of an ``fps`` or
+        ``doptimal`` selection is itself that method's selection of fewer frames).
+    scores : ndarray of shape (n_selected,)
+        Per pick: ``fps`` the distance to the frames picked before (standardised units;
+        inf for the first), ``doptimal`` the information gain in nats, ``density`` the
+        log-density of the frame, ``cur`` and ``random`` NaN.
+    """
+
+    method: str
+    indices: np.ndarray
+    scores: np.ndarray
+
+
+# ---- reading the pool ---------------------------------------------------------------------
+
+def iter_pool(path: str | os.PathLike, keys: LabelKeys | None = None,
+              format: str | None = None) -> Iterator[Frame]:
+    """Frames of a pool, one at a time: a store folder (``ml4m data pack``) or a file.
+
+    Raises
+    ------
+    DataError
+        Unreadable file or store, naming it and the frame.
+    """
+    if Path(path).is_dir():
+        yield from open_store(path)
+    else:
+        yield from iter_frames(path, keys=keys, format=format)
+
+
+def _chunks(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
+    it = iter(frames)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def pool_species(path: str | os.PathLike, keys: LabelKeys | None = None,
+                 format: str | None = None) -> tuple[tuple[int, ...], int]:
+    """Sorted atomic numbers present in a pool and its number of frames (one pass;
+    a store answers from its arrays without reading frames)."""
+    if Path(path).is_dir():
+        store = open_store(path)
+        return tuple(int(z) for z in np.unique(store.array("numbers"))), len(store)
+    zs: set[int] = set()
+    n = 0
+    for frame in iter_pool(path, keys, format):
+        zs.update(int(z) for z in np.unique(frame.numbers))
+        n += 1
+    return tuple(sorted(zs)), n
+
+
+def check_curation_memory(n_frames: int, n_features: int, n_select: int, method: str,
+                          max_memory: int | str | None = None) -> None:
+    """Refuse a curation whose tables would exceed the memory limit.
+
+    Counts the feature rows, their standardised copy and the selector's own arrays:
+    ``density`` a 100-neighbour graph per frame, ``doptimal`` an ``(n_frames, n_select)``
+    factor, 8 bytes per number.
+
+    Raises
+    ------
+    ConfigError
+        The estimate exceeds ``max_memory`` (default: half the available memory).
+    """
+    need = 8.0 * n_frames * (2 * n_features + 4)
+    if method == "density":
+        need += 16.0 * n_frames * min(100, n_frames)
+    elif method == "doptimal":
+        need += 8.0 * n_frames * (n_select + 2)
+    check_memory(need, f"curation of {n_frames:,} frames x {n_features:,} features "
+                 f"({format_bytes(8.0 * n_frames * n_features)} of rows)", max_memory,
+                 hint="use a smaller descriptor (--n-max, --l-max) or raise --max-memory")
+
+
+def pool_features(
+    path: str | os.PathLike, descriptor: Descriptor | str = "ace", *,
+    keys: LabelKeys | None = None, format: str | None = None, chunk_frames: int = 256,
+    n_jobs: int | None = 1, max_memory: int | str | None = None, **settings: Any,
+) -> PoolFeatures:
+    """Per-frame feature rows of a pool, streamed in chunks.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Pool: a structure file or a packed store folder.
+    descriptor : Descriptor or str, default='ace'
+        A descriptor, or a family name built with ``settings`` (``r_cut``, ``n_max``,
+        ``l_max``, ``species``; species default to those of the pool).
+    keys : LabelKeys, optional
+        Label keys of the file (labels are not needed here).
+    format : str, optional
+        ASE format when the extension does not tell.
+    chunk_frames : int, default=256
+        Frames whose descriptors are held at once.
+    n_jobs : int, default=1
+        Worker threads over the frames of a chunk.
+    max_memory : int or str, optional
+        Memory limit (default half the available memory).
+
+    Returns
+    -------
+    PoolFeatures
+
+    Raises
+    ------
+    DataError
+        Unreadable pool, or a frame with an element the descriptor does not know.
+    ConfigError
+        Bad descriptor settings; a table that would not fit ``max_memory``.
+    """
+    chunk_frames = check_int("chunk_frames", chunk_frames, low=1)
+    if isinstance(descriptor, str):
+        species = settings.pop("species", None)
+        n = None
+        if species is None:
+            species, n = pool_species(path, keys, format)
+        desc = make_descriptor(descriptor, parse_species(species), **settings)
+    else:
+        desc, n = descriptor, None
+    if desc.average:
+        raise ConfigError("curation needs per-atom descriptors (average=False)")
+    if n is not None:
+        check_curation_memory(n, desc.n_species * desc.n_features, 1, "fps", max_memory)
+    blocks = SpeciesBlocks(desc.n_species, desc.n_features)
+    lookup = np.full(max(desc.species) + 1, -1, dtype=np.int64)
+    lookup[list(desc.species)] = np.arange(desc.n_species)
+    rows, counts = [], []
+    for chunk in _chunks(iter_pool(path, keys, format), chunk_frames):
+        res = desc.compute(chunk, n_jobs=n_jobs, max_memory=max_memory)
+        n_atoms = np.array([len(f) for f in chunk], dtype=np.int64)
+        sidx = lookup[res.numbers]  # compute() refused elements outside desc.species
+        energy = design_rows(res, blocks, sidx, len(chunk), np.zeros(len(chunk)),
+                             forces=False, stress=False).energy
+        rows.append(energy / n_atoms[:, None])
+        counts.append(n_atoms)
+    return PoolFeatures(np.concatenate(rows), np.concatenate(counts), tuple(desc.species),
+                        desc.settings())
+
+
+# ---- selectors ----------------------------------------------------------------------------
+
+def resolve_n_select(n: int | float | str, n_pool: int) -> int:
+    """Frames to select: an integer count, or a fraction in (0, 1] of the pool (a float).
+
+    Raises
+    ------
+    ConfigError
+        Not a positive count or fraction, or more frames than the pool holds.
+    """
+    if isinstance(n, str):
+        text = n.strip()
+        try:
+            n = int(text)
+        except ValueError:
+            try:
+                n = float(text)
+            except ValueError:
+                raise ConfigError(f"n must be a frame count or a fraction in (0, 1], got {text!r}")
+    if isinstance(n, float):
+        frac = check_float("n (a fraction of the pool)", n, 0.0, 1.0, low_open=True)
+        count = max(1, int(round(frac * n_pool)))
+    else:
+        count = check_int("n", n, low=1)
+    if count > n_pool:
+        raise ConfigError(f"n = {count} frames asked for, but the pool holds only {n_pool}")
+    return count
+
+
+def _standardized(X: np.ndarray) -> np.ndarray:
+    """Columns centred and scaled to unit variance; constant columns dropped."""
+    X = np.asarray(X, dtype=np.float64)
+    std = X.std(axis=0)
+    keep = std > 1e-12 * max(1.0, float(np.abs(X).max(initial=0.0)))
+    return (X[:, keep] - X[:, keep].mean(axis=0)) / std[keep]
+
+
+def _fps(Z: np.ndarray, n: int, rng: np.random.Generator) -> Selection:
+    from skmatter.feature_selection import FPS
+
+    if Z.shape[1] == 0:  # every frame alike: any subset is as diverse as another
+        return _random(Z, n, rng)
+    first = int(rng.integers(len(Z)))
+    with warnings.catch_warnings():  # skmatter 0.2.0 calls np.minimum(a, b, out) positionally
+        warnings.filterwarnings("ignore", "Passing more than 2 positional", DeprecationWarning)
+        sel = FPS(n_to_select=n, initialize=first).fit(Z.T)  # columns of Z.T are frames
+    idx = np.asarray(sel.selected_idx_, dtype=np.int64)
+    return Selection("fps", idx, np.sqrt(np.asarray(sel.hausdorff_at_select_)[idx]))
+
+
+def _cur(Z: np.ndarray, n: int, rng: np.random.Generator) -> Selection:
+    from skmatter.feature_selection import CUR
+
+    if Z.shape[1] == 0:
+        return _random(Z, n, rng)
+    chosen: list[int] = []
+    rest = np.arange(len(Z))
+    while len(chosen) < n:
+        R = Z[rest]
+        rank = int(np.linalg.matrix_rank(R)) if len(rest) > 1 else len(rest)
+        k = min(n - len(chosen), max(rank, 1), len(rest))
+        if k == len(rest):
+            picked = np.arange(len(rest))
+        else:
+            with warnings.catch_warnings():  # a residual exhausted at the round's last pick
+                warnings.filterwarnings("ignore", "Column vector contains only zeros")
+                picked = np.asarray(CUR(n_to_select=k).fit(R.T).selected_idx_, dtype=np.int64)
+        chosen.extend(int(i) for i in rest[picked])
+        rest = np.delete(rest, picked)
+    idx = np.asarray(chosen, dtype=np.int64)
+    return Selection("cur", idx, np.full(n, np.nan))
+
+
+def _quotas(sizes: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """Picks per cluster: proportional to ``size^(1 - alpha)``, at least one per cluster
+    while ``n`` allows, never more than a cluster holds (largest remainders)."""
+    quota = np.zeros(len(sizes), dtype=np.int64)
+    order = np.argsort(-sizes, kind="stable")
+    quota[order[:min(n, len(sizes))]] = 1
+    while quota.sum() < n:
+        room = quota < sizes
+        want = np.where(room, sizes.astype(float) ** (1.0 - alpha), 0.0)
+        left = n - int(quota.sum())
+        share = left * want / want.sum()
+        add = np.minimum(np.floor(share).astype(np.int64), sizes - quota)
+        if add.sum() == 0:  # hand out the remainder one by one, largest share first
+            add[int(np.argmax(np.where(room, share, -1.0)))] = 1
+        quota += add
+    return quota
+
+
+def _density(Z: np.ndarray, n: int, rng: np.random.Generator, alpha: float) -> Selection:
+    from ml4m.analysis import NeighborGraph, adp, pak_density, twonn
+
+    if len(Z) < 4 or Z.shape[1] == 0:
+        raise ConfigError(f"density selection needs at least 4 distinct frames, got {len(Z)}")
+    graph = NeighborGraph.build(Z, maxk=min(100, len(Z) - 1))
+    rho = pak_density(graph, twonn(graph).estimate)
+    labels = adp(graph, rho.log_density, rho.error, rho.k).labels
+    sizes = np.bincount(labels)
+    quota = _quotas(sizes, n, alpha)
+    keys = -alpha * rho.log_density + rng.gumbel(size=len(Z))
+    picked = [members[np.argsort(-keys[members], kind="stable")[:q]]
+              for members, q in ((np.flatnonzero(labels == c), q) for c, q in enumerate(quota))]
+    idx = np.concatenate(picked).astype(np.int64)
+    idx = idx[np.argsort(-keys[idx], kind="stable")]
+    return Selection("density", idx, rho.log_density[idx])
+
+
+def _doptimal(X: np.ndarray, n: int, prior_scale: float,
+              covariance: np.ndarray | None) -> Selection:
+    X = np.asarray(X, dtype=np.float64)
+    if covariance is None:
+        scale = prior_scale * len(X) / max(float(np.einsum("ij,ij->", X, X)), 1e-300)
+
+        def column(j: int) -> np.ndarray:
+            return scale * (X @ X[j])
+
+        diag = scale * np.einsum("ij,ij->i", X, X)
+    else:
+        S = np.asarray(covariance, dtype=np.float64)
+        if S.shape != (X.shape[1], X.shape[1]):
+            raise ConfigError(f"covariance must have shape {(X.shape[1],) * 2} (the frame rows' "
+                              f"features), got {S.shape}")
+        XS = X @ S
+
+        def column(j: int) -> np.ndarray:
+            return XS @ X[j]
+
+        diag = np.einsum("ij,ij->i", XS, X)
+    V = np.zeros((len(X), n))
+    idx = np.zeros(n, dtype=np.int64)
+    gains = np.zeros(n)
+    taken = np.zeros(len(X), dtype=bool)
+    for t in range(n):
+        d = np.where(taken, -np.inf, diag)
+        j = int(np.argmax(d))
+        idx[t], gains[t], taken[j] = j, np.log1p(max(d[j], 0.0)), True
+        # posterior covariance of the rows after adding row j: K - k_j k_j^T / (1 + K_jj)
+        v = (column(j) - V[:, :t] @ V[j, :t]) / np.sqrt(1.0 + max(d[j], 0.0))
+        V[:, t] = v
+        diag = diag - v * v
+    return Selection("doptimal", idx, gains)
+
+
+def _random(Z: np.ndarray, n: int, rng: np.random.Generator) -> Selection:
+    idx = rng.permutation(len(Z))[:n].astype(np.int64)
+    return Selection("random", idx, np.full(n, np.nan))
+
+
+def select(features: np.ndarray | PoolFeatures, n: int, method: str = "fps", *, seed: int = 0,
+           alpha: float = 1.0, prior_scale: float = 1.0,
+           covariance: np.ndarray | None = None) -> Selection:
+    """Pick ``n`` distinct frames of a pool (see the module docstring for the methods).
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_frames, n_features) or PoolFeatures
+        One row per frame (:func:`pool_features`).
+    n : int
+        Frames to pick, ``1 <= n <= n_frames``.
+    method : {'fps', 'cur', 'density', 'doptimal', 'random'}, default='fps'
+    seed : int, default=0
+        Seeds the random choices (FPS's first frame, the density and random draws);
+        ``cur`` and ``doptimal`` have none.
+    alpha : float, default=1.0
+        ``density``: exponent of the inverse density (0 random, 1 uniform coverage).
+    prior_scale : float, default=1.0
+        ``doptimal``: mean prior variance of a frame's row, in noise variances.
+    covariance : ndarray of shape (n_features, n_features), optional
+        ``doptimal``: prior covariance in noise-variance units (e.g. a fitted linear
+        model's posterior divided by its noise variance) instead of the isotropic one.
+
+    Returns
+    -------
+    Selection
+
+    Raises
+    ------
+    ConfigError
+        Unknown method, ``n`` out of range, bad ``alpha``/``prior_scale``/``seed``,
+        non-finite features.
+    """
+    X = features.features if isinstance(features, PoolFeatures) else np.asarray(features, float)
+    check_choice("method", method, SELECTORS)
+    if X.ndim != 2 or len(X) == 0:
+        raise ConfigError(f"features must be a non-empty 2-D table (frames x features), "
+                          f"got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ConfigError("features contain NaN or infinite values")
+    n = check_int("n", n, low=1, high=len(X))
+    rng = np.random.default_rng(check_int("seed", seed, low=0))
+    alpha = check_float("alpha", alpha, low=0.0)
+    prior_scale = check_float("prior_scale", prior_scale, low=0.0, low_open=True)
+    if method == "doptimal":
+        return _doptimal(X, n, prior_scale, covariance)
+    Z = _standardized(X)
+    if method == "fps":
+        return _fps(Z, n, rng)
+    if method == "cur":
+        return _cur(Z, n, rng)
+    if method == "density":
+        return _density(Z, n, rng, alpha)
+    return _random(Z, n, rng)
+
+
+# ---- the picture --------------------------------------------------------------------------
+
+def projection_figure(features: np.ndarray, indices: np.ndarray, title: str = ""):
+    """First two principal components of the standardised pool, picked frames on top."""
+    from matplotlib.figure import Figure
+
+    Z = _standardized(features)
+    if Z.shape[1] == 0:
+        Z = np.zeros((len(features), 1))
+    _, _, vt = np.linalg.svd(Z, full_matrices=False)
+    P = Z @ vt[:2].T
+    if P.shape[1] < 2:
+        P = np.c_[P, np.zeros(len(P))]
+    fig = Figure(figsize=(5.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(P[:, 0], P[:, 1], s=3, c="0.7", rasterized=True, label=f"pool ({len(P)})")
+    ax.scatter(P[indices, 0], P[indices, 1], s=8, c="C3", label=f"selected ({len(indices)})")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="best", fontsize="small")
+    return fig
