@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from os import PathLike
 
-__all__ = ["ML4MError", "DataError", "ConfigError", "NotFittedError", "SimulationError"]
+__all__ = ["ML4MError", "DataError", "ConfigError", "NotFittedError", "SimulationError",
+           "TrainingError"]
 
 
 class ML4MError(Exception):
@@ -59,3 +60,8 @@ class NotFittedError(ML4MError, ValueError, AttributeError):
 class SimulationError(ML4MError, RuntimeError):
     """Raised when a simulation leaves its valid range (non-finite energy or forces, atoms
     closer than allowed, runaway temperature); the message names the step and the value."""
+
+
+class TrainingError(ML4MError, RuntimeError):
+    """Raised when training cannot go on (a non-finite loss or gradient); the message names
+    the epoch and step, the value, and the checkpoint that keeps the last good state."""

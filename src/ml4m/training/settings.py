@@ -1,0 +1,181 @@
+"""Settings of the optimisation loop that trains torch potentials (:class:`TrainSettings`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ml4m.errors import ConfigError
+from ml4m.validation import (
+    check_bool,
+    check_float,
+    check_mapping,
+    float_from,
+    int_from,
+    one_of,
+    optional,
+)
+
+__all__ = ["TrainSettings", "LOSS_TERMS"]
+
+#: quantities the loss can weigh
+LOSS_TERMS = ("energy", "forces", "stress")
+
+
+def _check_path(name: str, value: Any, **where: Any) -> str:
+    """A file path (str or PathLike), returned as str."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where.get('source', 'settings')}: {name} must be a path, "
+                          f"got {value!r}")
+    return value
+
+
+def _check_weights(name: str, value: Any, **where: Any) -> dict[str, float]:
+    """Loss weights: a mapping of energy/forces/stress to numbers >= 0, one of them > 0."""
+    weights = check_mapping(name, value, keys=LOSS_TERMS, **where)
+    weights = {k: check_float(f"{name}.{k}", v, low=0.0, **where) for k, v in weights.items()}
+    if not any(weights.values()):
+        raise ConfigError(f"{where.get('source', 'settings')}: {name} must give one of "
+                          f"{list(LOSS_TERMS)} a weight > 0, got {weights}")
+    return weights
+
+
+def _check_decay(name: str, value: Any, **where: Any) -> float:
+    return check_float(name, value, low=0.0, high=1.0, high_open=True, **where)
+
+
+def _check_bool(name: str, value: Any, **where: Any) -> bool:
+    return check_bool(name, value, **where)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How :class:`ml4m.training.Trainer` optimises a torch potential.
+
+    Parameters
+    ----------
+    batch_size : int
+        Structures per step and process (the global batch is ``batch_size`` times the
+        number of data-parallel processes).
+    lr : float
+        Initial learning rate.
+    max_epochs : int
+        Passes over the training set at most.
+    max_minutes : float, optional
+        Wall-time budget of :meth:`Trainer.fit`, minutes: training stops after the step
+        that would cross it.
+    weights : dict
+        Loss weights: ``energy`` (on the squared error per atom, eV^2/atom^2), ``forces``
+        (per component, eV^2/Angstrom^2), ``stress`` (per component, eV^2/Angstrom^6,
+        only frames with a stress label count). A term left out weighs 0.
+    optimizer : {'adamw', 'adam'}
+    weight_decay : float
+        Decoupled weight decay (AdamW) or L2 penalty (Adam).
+    scheduler : {'plateau', 'cosine', 'none'}
+        ``plateau`` multiplies the rate by ``plateau_factor`` after ``plateau_patience``
+        epochs without a better loss (valid if given, else train); ``cosine`` anneals it
+        to ``min_lr`` over ``max_epochs``.
+    plateau_factor : float
+        In (0, 1).
+    plateau_patience : int
+        Epochs.
+    min_lr : float
+        Floor of the learning rate.
+    ema_decay : float or None
+        Decay of the exponential moving average of the weights, in [0, 1); the average
+        is validated and becomes the final model. None or 0: no average.
+    clip_grad : float or None
+        Largest gradient norm; None: no clipping.
+    patience : int
+        Early stopping: epochs without a better valid loss before training stops.
+    seed : int
+        Seeds the weights' initialisation and the order of the frames.
+    checkpoint : str, optional
+        File of the training state, written atomically every ``checkpoint_every`` steps.
+    checkpoint_every : int
+        Steps between checkpoints.
+    log_csv : str, optional
+        One row per epoch (see :attr:`Trainer.history`); TensorBoard scalars go to
+        ``{log_csv without suffix}_tb/`` when tensorboard is installed.
+    progress : bool
+        Show a progress bar on stderr.
+    """
+
+    batch_size: int = 4
+    lr: float = 1e-2
+    max_epochs: int = 100
+    max_minutes: float | None = None
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 0.0})
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    min_lr: float = 1e-6
+    ema_decay: float | None = 0.99
+    clip_grad: float | None = 10.0
+    patience: int = 20
+    seed: int = 0
+    checkpoint: str | None = None
+    checkpoint_every: int = 100
+    log_csv: str | None = None
+    progress: bool = True
+
+    #: setting -> check of its type and range (see :mod:`ml4m.validation`)
+    checks: ClassVar[dict[str, Callable[..., Any]]] = {
+        "batch_size": int_from(1), "lr": float_from(0.0, low_open=True),
+        "max_epochs": int_from(1), "max_minutes": optional(float_from(0.0, low_open=True)),
+        "weights": _check_weights, "optimizer": one_of("adamw", "adam"),
+        "weight_decay": float_from(0.0), "scheduler": one_of("plateau", "cosine", "none"),
+        "plateau_factor": lambda n, v, **w: check_float(n, v, low=0.0, high=1.0, low_open=True,
+                                                        high_open=True, **w),
+        "plateau_patience": int_from(0), "min_lr": float_from(0.0),
+        "ema_decay": optional(_check_decay), "clip_grad": optional(float_from(0.0, low_open=True)),
+        "patience": int_from(1), "seed": int_from(0), "checkpoint": optional(_check_path),
+        "checkpoint_every": int_from(1), "log_csv": optional(_check_path),
+        "progress": _check_bool,
+    }
+    #: settings that may change when a run is resumed from its checkpoint
+    RUN_CONTROL: ClassVar[tuple[str, ...]] = ("max_epochs", "max_minutes", "patience",
+                                              "checkpoint", "checkpoint_every", "log_csv",
+                                              "progress")
+
+    def __post_init__(self) -> None:
+        for name, check in self.checks.items():
+            value = check(name, getattr(self, name))
+            if name in ("weights", "checkpoint", "log_csv"):
+                object.__setattr__(self, name, value)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Every setting's name."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, mapping: Any, source: str | os.PathLike = "training") -> TrainSettings:
+        """Settings from a mapping (a config file's ``training:`` section).
+
+        Raises
+        ------
+        ConfigError
+            Naming ``source`` and the key: not a mapping, an unknown key, a value of the
+            wrong type or range.
+        """
+        mapping = check_mapping("training", mapping, keys=cls.names(), source=source)
+        for name, value in mapping.items():
+            cls.checks[name](f"training.{name}", value, source=source)
+        return cls(**mapping)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (str, numbers, dict), for JSON and checkpoints."""
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()}
+
+    def weight(self, term: str) -> float:
+        """The loss weight of ``term`` (0 when not given)."""
+        return float(self.weights.get(term, 0.0))

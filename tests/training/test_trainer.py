@@ -1,0 +1,262 @@
+"""Trainer: the loss falls, the weight average, checkpoints resume exactly, failures are
+named, data parallelism equals one process with the global batch, the time budget holds."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from ml4m.data import Frame
+from ml4m.errors import ConfigError, DataError, TrainingError
+from ml4m.models.torch_potential import TorchPotential, edge_vectors
+from ml4m.training import Trainer, TrainSettings
+from ml4m.training.ema import WeightAverage
+from ml4m.validation import float_from, one_of
+
+
+class _PairModule(torch.nn.Module):
+    """Per-atom energy e0[species] + 1/2 sum over neighbours of a Morse pair, smooth cutoff."""
+
+    def __init__(self, n_species: int, cutoff: float, e0=None) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+        self.register_buffer("e0", torch.as_tensor(np.zeros(n_species) if e0 is None else e0))
+        self.depth = torch.nn.Parameter(0.3 + 0.1 * torch.rand(n_species, n_species))
+        self.r0 = torch.nn.Parameter(2.4 + 0.1 * torch.rand(n_species, n_species))
+        self.alpha = torch.nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, data):
+        i, j = data["edge_index"]
+        r = torch.linalg.vector_norm(edge_vectors(data), dim=1)
+        si, sj = data["species"][i], data["species"][j]
+        d = 0.5 * (self.depth[si, sj] + self.depth[sj, si])
+        r0 = 0.5 * (self.r0[si, sj] + self.r0[sj, si])
+        x = torch.exp(-self.alpha * (r - r0))
+        fc = 0.5 * (torch.cos(torch.pi * r / self.cutoff) + 1)
+        energies = self.e0[data["species"]].index_add(0, i, 0.5 * d * (x * x - 2 * x) * fc)
+        energy = torch.zeros(len(data["n_atoms"]), dtype=r.dtype, device=r.device)
+        return {"energy": energy.index_add(0, data["batch"], energies), "energies": energies}
+
+
+class ToyPair(TorchPotential):
+    """A Morse pair potential with per-species reference energies (a trainable toy)."""
+
+    kind = "test_toy_pair"
+    param_checks = {"r_cut": float_from(1.0), "device": one_of("cpu", "cuda"),
+                    "dtype": one_of("float64", "float32")}
+
+    def __init__(self, r_cut: float = 4.0, device: str = "cpu", dtype: str = "float64") -> None:
+        self.r_cut = r_cut
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    def cutoff(self) -> float:
+        return self.r_cut
+
+    def build_module(self):
+        stats = getattr(self, "stats_", None)
+        e0 = None if stats is None else stats["e0"] + stats["shift"]
+        return _PairModule(len(self.species_), self.r_cut, e0)
+
+    def fit(self, train, valid=None):
+        return Trainer(TrainSettings(progress=False)).fit(self, train, valid)
+
+
+def _cu_frames(n: int, seed: int = 0, source: str = "cu.extxyz") -> list[Frame]:
+    """``n`` rattled and strained 8-atom Cu cells labelled by EMT."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6 * (1 + 0.02 * rng.normal()), cubic=True) * (2, 1, 1)
+        atoms.rattle(0.08, seed=int(rng.integers(1 << 30)))
+        atoms.calc = EMT()
+        frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
+                                       forces=atoms.get_forces(), stress=atoms.get_stress(),
+                                       source=(source, k)))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def cu():
+    return _cu_frames(16, seed=0), _cu_frames(6, seed=1, source="cu_valid.extxyz")
+
+
+def _settings(**kw) -> TrainSettings:
+    base = {"batch_size": 4, "lr": 0.02, "max_epochs": 4, "progress": False, "seed": 3}
+    return TrainSettings(**{**base, **kw})
+
+
+def _params(model) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in model.module_.state_dict().items()}
+
+
+def test_loss_decreases_and_history_is_complete(cu, tmp_path):
+    train, valid = cu
+    trainer = Trainer(_settings(max_epochs=8, log_csv=str(tmp_path / "log.csv"),
+                                weights={"energy": 1.0, "forces": 10.0, "stress": 1.0}))
+    model = trainer.fit(ToyPair(), train, valid)
+    h = trainer.history
+    assert [r["epoch"] for r in h] == list(range(8)) and h[-1]["step"] == 8 * 4
+    assert h[-1]["valid_loss"] < 0.3 * h[0]["valid_loss"]
+    assert h[-1]["valid_forces_mae_mev_per_a"] < 0.5 * h[0]["valid_forces_mae_mev_per_a"]
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert len(rows) == 9 and rows[0].startswith("epoch,step,seconds,lr,train_loss")
+    # the returned weights are the best epoch's: their valid error is the one logged
+    pred = model.predict(valid)
+    f_ref = np.concatenate([f.forces for f in valid])
+    best = min(h, key=lambda r: r["valid_loss"])
+    assert 1000 * np.abs(pred.forces - f_ref).mean() == pytest.approx(
+        best["valid_forces_mae_mev_per_a"], rel=1e-9)
+
+
+def test_weight_average_is_the_exponential_average():
+    module = torch.nn.Linear(2, 1).double()
+    avg = WeightAverage(module, decay=0.9)
+    expected = module.weight.detach().clone()
+    for n in range(30):
+        with torch.no_grad():
+            module.weight.add_(0.1 * (n + 1))
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * module.weight.detach()
+        avg.update(module)
+    torch.testing.assert_close(avg.state["weight"], expected, rtol=1e-12, atol=1e-12)
+    with avg.applied(module):
+        torch.testing.assert_close(module.weight, expected)
+    assert not torch.allclose(module.weight, expected)  # restored after the block
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_final_weights_are_the_average_or_the_last_step(cu, tmp_path, ema):
+    train, _ = cu
+    ckpt = tmp_path / "run.ckpt"
+    model = Trainer(_settings(ema_decay=ema, max_epochs=2, checkpoint=str(ckpt))).fit(
+        ToyPair(), train)
+    saved = torch.load(ckpt, weights_only=True)
+    final = model.module_.state_dict()
+    if ema is None:
+        assert "ema" not in saved
+        torch.testing.assert_close(final, saved["module"], rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(final, saved["ema"]["state"], rtol=0, atol=0)
+        assert not torch.allclose(final["alpha"], saved["module"]["alpha"])
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _fail_at(model, call: int, nan: bool = False):
+    """A forward hook that raises (or returns a NaN energy) from the ``call``-th forward on."""
+    count = {"n": 0}
+
+    def hook(module, args, out):
+        count["n"] += 1
+        if count["n"] >= call:
+            if nan:
+                return {**out, "energy": out["energy"] * float("nan")}
+            raise _Interrupt(f"killed at forward {count['n']}")
+        return out
+
+    return model.module_.register_forward_hook(hook)
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(cu, tmp_path):
+    train, valid = cu
+    settings = _settings(max_epochs=4, checkpoint=str(tmp_path / "a.ckpt"), checkpoint_every=3)
+    whole = Trainer(settings)
+    reference = _params(whole.fit(ToyPair(), train, valid))
+
+    settings = _settings(max_epochs=4, checkpoint=str(tmp_path / "b.ckpt"), checkpoint_every=3)
+    torch.manual_seed(settings.seed)
+    model = ToyPair().prepare(train)
+    # 4 steps an epoch + 2 validation batches: forward 15 is step 11 (the 3rd of epoch 2),
+    # 2 steps after the checkpoint at step 9
+    _fail_at(model, 15)
+    with pytest.raises(_Interrupt):
+        Trainer(settings).fit(model, train, valid)
+    assert torch.load(tmp_path / "b.ckpt", weights_only=True)["run"]["step"] == 9
+    resumed = Trainer(settings)
+    got = _params(resumed.fit(ToyPair(), train, valid, resume=True))
+    for k in reference:
+        np.testing.assert_array_equal(got[k], reference[k], err_msg=k)
+    assert [r["valid_loss"] for r in resumed.history] == [r["valid_loss"] for r in whole.history]
+
+    other = _settings(max_epochs=4, checkpoint=str(tmp_path / "b.ckpt"), lr=0.5)
+    with pytest.raises(ConfigError, match=r"b.ckpt: the checkpoint is of another settings "
+                                          r"\(lr: 0.02 there, 0.5 now\)"):
+        Trainer(other).fit(ToyPair(), train, valid, resume=True)
+    with pytest.raises(ConfigError, match="another model"):
+        Trainer(settings).fit(ToyPair(r_cut=3.5), train, valid, resume=True)
+    with pytest.raises(ConfigError, match="no checkpoint to resume from"):
+        Trainer(_settings(checkpoint=str(tmp_path / "none.ckpt"))).fit(
+            ToyPair(), train, resume=True)
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(cu, tmp_path):
+    train, _ = cu
+    ckpt = tmp_path / "run.ckpt"
+    model = ToyPair().prepare(train)
+    _fail_at(model, 7, nan=True)
+    with pytest.raises(TrainingError, match=rf"training diverged: loss nan at epoch 1, step 7; "
+                                            rf"the checkpoint {ckpt} keeps step 5"):
+        Trainer(_settings(checkpoint=str(ckpt), checkpoint_every=5)).fit(model, train)
+    assert torch.load(ckpt, weights_only=True)["run"]["step"] == 5
+
+
+def test_missing_labels_are_named(cu):
+    train, _ = cu
+    unlabelled = list(train)
+    unlabelled[5] = Frame(train[5].numbers, train[5].positions, train[5].cell, train[5].pbc,
+                          energy=train[5].energy, source=("cu.extxyz", 5))
+    with pytest.raises(DataError, match=r"cu.extxyz, frame 5: the loss weighs forces .* has no "
+                                        r"forces label"):
+        Trainer(_settings()).fit(ToyPair(), unlabelled)
+    # without a force weight the same frames train
+    Trainer(_settings(max_epochs=1, weights={"energy": 1.0})).fit(ToyPair(), unlabelled)
+
+
+@pytest.mark.parametrize("mapping,match", [
+    ({"learning_rate": 0.1}, r"unknown key\(s\) \['learning_rate'\]"),
+    ({"lr": 0}, "training.lr must be > 0.0"),
+    ({"batch_size": 2.5}, "training.batch_size must be an integer"),
+    ({"weights": {"energy": 1, "charges": 1}}, r"weights has unknown key\(s\) \['charges'\]"),
+    ({"weights": {"energy": 0}}, "weight > 0"),
+    ({"scheduler": "step"}, "training.scheduler must be one of"),
+    ({"ema_decay": 1.0}, "training.ema_decay must be < 1.0"),
+    ({"progress": "yes"}, "training.progress must be true or false"),
+])
+def test_bad_settings_are_named(mapping, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        TrainSettings.from_mapping(mapping, source="fit.yaml")
+    assert str(info.value).startswith("fit.yaml: ")
+
+
+def test_max_minutes_is_honoured(cu):
+    train, _ = cu
+    budget = 0.04  # minutes
+    t0 = time.perf_counter()
+    trainer = Trainer(_settings(max_epochs=10_000, max_minutes=budget))
+    trainer.fit(ToyPair(), train)
+    seconds = time.perf_counter() - t0
+    assert trainer.stop_reason == "max_minutes"
+    assert 0.5 * 60 * budget < seconds <= 1.1 * 60 * budget
+    assert trainer.history[-1]["seconds"] <= 60 * budget
+
+
+def test_store_streams_the_same_training(cu, tmp_path):
+    from ml4m.data.store import open_store, pack_frames
+
+    train, _ = cu
+    pack_frames(train, tmp_path / "train.store")
+    store = open_store(tmp_path / "train.store")
+    a = _params(Trainer(_settings(max_epochs=2)).fit(ToyPair(), train))
+    b = _params(Trainer(_settings(max_epochs=2)).fit(ToyPair(), store))
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-12, atol=1e-12, err_msg=k)
