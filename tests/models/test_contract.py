@@ -16,6 +16,7 @@ from ml4m.data import default_dataset
 from ml4m.descriptors import make_descriptor
 from ml4m.errors import ConfigError, DataError
 from ml4m.models.base import Potential
+from ml4m.models.bpnn import BPNN
 from ml4m.models.committee import Committee
 from ml4m.models.kernel import SparseGPPotential
 from ml4m.models.linear import LinearACE, LinearPotential
@@ -36,6 +37,7 @@ BUILDERS = {
     "linear_ace": lambda: LinearACE(_ace()),
     "sparse_gp": lambda: SparseGPPotential(_soap(), n_sparse=30, zeta=2),
     "committee": lambda: Committee(LinearACE(_ace(), uncertainty="posterior"), n_members=3),
+    "bpnn": lambda: BPNN(r_cut=4.0, hidden=(16, 16)),
 }
 
 

@@ -1,1 +1,301 @@
-"""Behler-Parrinello networks (being written)."""
+"""Behler-Parrinello networks: symmetry functions in torch, one small network per element.
+
+The atomic energy of atom ``i`` of element ``s`` is
+
+    E_i = e0[s] + shift + scale * (w_s . h_i + b_s),    h_i = MLP_s((G_i - mean_s) / std_s)
+
+with ``G_i`` the atom-centred symmetry functions of :class:`ml4m.descriptors.ACSF`
+(G1, radial G2 per neighbour element, angular G4/G5 per unordered pair of neighbour
+elements, in its feature order and with its parameter conventions and defaults),
+computed here in torch from :func:`~ml4m.models.torch_potential.edge_vectors` and the
+triplets of the edge list, so forces and stress come by autograd. ``mean_s``/``std_s``
+(per element and feature) and ``e0``, ``shift``, ``scale`` are buffers set by
+:meth:`BPNN.prepare`. ``h_i``, the last hidden layer, is the module's ``features``
+output: the energy is linear in the last layer ``(w_s, b_s)``, which the last-layer
+posterior (:meth:`~ml4m.models.torch_potential.TorchPotential.fit_last_layer`) uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ml4m.models.base import as_frames
+from ml4m.models.registry import register_model
+from ml4m.models.torch_potential import DTYPES, TorchPotential, batch_graph, edge_vectors
+from ml4m.validation import check_float, each, float_from, int_from, one_of, optional
+
+__all__ = ["BPNN", "acsf_module"]
+
+
+def _pairs_by_center(center, n_nodes: int):
+    """Edge positions ``(a, b)``, ``a != b``, of every unordered pair of edges that share
+    their centre atom (each pair once)."""
+    import torch
+
+    dev = center.device
+    order = torch.argsort(center, stable=True)
+    counts = torch.bincount(center, minlength=n_nodes)
+    start = torch.cumsum(counts, 0) - counts
+    c = center[order]
+    rank = torch.arange(len(c), device=dev) - start[c]
+    n_after = counts[c] - rank - 1
+    first = torch.repeat_interleave(torch.arange(len(c), device=dev), n_after)
+    base = torch.cumsum(n_after, 0) - n_after
+    step = torch.arange(len(first), device=dev) - torch.repeat_interleave(base, n_after)
+    return order[first], order[first + 1 + step]
+
+
+def acsf_module(n_species: int, r_cut: float, g2: np.ndarray, g4: np.ndarray, g5: np.ndarray,
+                r_cut_angular: float | None = None):
+    """A ``torch.nn.Module`` mapping a batch (:func:`batch_graph`'s dict) to ACSF (N, F).
+
+    Parameters
+    ----------
+    n_species : int
+        Number of elements ``S``; ``data["species"]`` indexes them.
+    r_cut : float
+        Cutoff of the radial functions, Angstrom.
+    g2 : ndarray of shape (n2, 2)
+        ``(eta, R_s)``: 1/Angstrom^2, Angstrom.
+    g4, g5 : ndarray of shape (n4, 3), (n5, 3)
+        ``(eta, zeta, lambda)``.
+    r_cut_angular : float, optional
+        Cutoff of the angular functions (default ``r_cut``).
+
+    Notes
+    -----
+    Columns: for each neighbour element ``[G1, G2...]``, then for each element pair
+    ``(0,0), (1,0), (1,1), (2,0), ...`` ``[G4..., G5...]``: those of
+    :class:`ml4m.descriptors.ACSF` with the same settings.
+    """
+    import torch
+
+    class ACSFModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n_species = n_species
+            self.r_cut = float(r_cut)
+            self.r_ang = float(r_cut_angular or r_cut)
+            self.register_buffer("g2", torch.as_tensor(np.reshape(g2, (-1, 2)), dtype=torch.float64))
+            self.register_buffer("g4", torch.as_tensor(np.reshape(g4, (-1, 3)), dtype=torch.float64))
+            self.register_buffer("g5", torch.as_tensor(np.reshape(g5, (-1, 3)), dtype=torch.float64))
+            self.n_radial = 1 + len(self.g2)
+            self.n_angular = len(self.g4) + len(self.g5)
+            self.n_pairs = n_species * (n_species + 1) // 2
+            self.n_features = n_species * self.n_radial + self.n_pairs * self.n_angular
+
+        def _fc(self, r, rc):
+            return torch.where(r < rc, 0.5 * (torch.cos(torch.pi * r / rc) + 1.0),
+                               torch.zeros_like(r))
+
+        def forward(self, data: dict[str, Any], vectors=None):
+            v = edge_vectors(data) if vectors is None else vectors
+            i, j = data["edge_index"]
+            spec = data["species"]
+            N, S = len(spec), self.n_species
+            r = torch.linalg.vector_norm(v, dim=1)
+            fc = self._fc(r, self.r_cut)
+            eta, rs = self.g2[:, 0], self.g2[:, 1]
+            radial = torch.cat([fc[:, None], torch.exp(-eta * (r[:, None] - rs) ** 2)
+                                * fc[:, None]], dim=1)
+            X = torch.zeros(N * S, self.n_radial, dtype=v.dtype, device=v.device)
+            X = X.index_add(0, i * S + spec[j], radial).reshape(N, S * self.n_radial)
+            if not self.n_angular:
+                return X
+            with torch.no_grad():
+                near = torch.nonzero(r < self.r_ang)[:, 0]
+                a, b = _pairs_by_center(i[near], N)
+                a, b = near[a], near[b]
+            vj, vk = v[a], v[b]
+            dj, dk = r[a], r[b]
+            cos = (vj * vk).sum(1) / (dj * dk)
+            rjk = torch.linalg.vector_norm(vk - vj, dim=1)
+            fj, fk = self._fc(dj, self.r_ang), self._fc(dk, self.r_ang)
+            f2 = fj * fk
+            f3 = f2 * self._fc(rjk, self.r_ang)
+            cols = []
+            for params, three in ((self.g4, True), (self.g5, False)):
+                if not len(params):
+                    continue
+                eta, zeta, lam = params[:, 0], params[:, 1], params[:, 2]
+                sq = (dj * dj + dk * dk + (rjk * rjk if three else 0.0))[:, None]
+                cut = (f3 if three else f2)[:, None]
+                ang = (1.0 + lam * cos[:, None]).clamp(min=0.0) ** zeta
+                cols.append(2.0 ** (1.0 - zeta) * ang * torch.exp(-eta * sq) * cut)
+            values = torch.cat(cols, dim=1)
+            sj, sk = spec[j[a]], spec[j[b]]
+            hi, lo = torch.maximum(sj, sk), torch.minimum(sj, sk)
+            pair = hi * (hi + 1) // 2 + lo
+            A = torch.zeros(N * self.n_pairs, self.n_angular, dtype=v.dtype, device=v.device)
+            A = A.index_add(0, i[a] * self.n_pairs + pair, values)
+            return torch.cat([X, A.reshape(N, self.n_pairs * self.n_angular)], dim=1)
+
+    return ACSFModule()
+
+
+def _network(n_species: int, acsf, hidden: Sequence[int], activation: str):
+    """The BPNN module: ACSF -> standardise per element -> MLP per element -> energies."""
+    import torch
+
+    act = {"silu": torch.nn.SiLU, "tanh": torch.nn.Tanh}[activation]
+
+    class BPNNModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.acsf = acsf
+            F, S = acsf.n_features, n_species
+            self.register_buffer("feature_mean", torch.zeros(S, F, dtype=torch.float64))
+            self.register_buffer("feature_std", torch.ones(S, F, dtype=torch.float64))
+            self.register_buffer("e0", torch.zeros(S, dtype=torch.float64))
+            self.register_buffer("shift", torch.zeros((), dtype=torch.float64))
+            self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+            widths = [F, *hidden]
+            self.mlps = torch.nn.ModuleList(
+                torch.nn.Sequential(*[m for a, b in zip(widths[:-1], widths[1:])
+                                      for m in (torch.nn.Linear(a, b), act())])
+                for _ in range(S))
+            d = widths[-1]
+            self.weight = torch.nn.Parameter(torch.randn(S, d, dtype=torch.float64) / d)
+            self.bias = torch.nn.Parameter(torch.zeros(S, dtype=torch.float64))
+
+        def forward(self, data: dict[str, Any]) -> dict[str, Any]:
+            spec = data["species"]
+            G = self.acsf(data)
+            x = (G - self.feature_mean[spec]) / self.feature_std[spec]
+            h = torch.zeros(len(spec), self.weight.shape[1], dtype=G.dtype, device=G.device)
+            for s, mlp in enumerate(self.mlps):
+                idx = torch.nonzero(spec == s)[:, 0]
+                if len(idx):
+                    h = h.index_copy(0, idx, mlp(x[idx]))
+            out = (h * self.weight[spec]).sum(1) + self.bias[spec]
+            energies = self.e0[spec] + self.shift + self.scale * out
+            energy = torch.zeros(len(data["n_atoms"]), dtype=G.dtype, device=G.device)
+            return {"energy": energy.index_add(0, data["batch"], energies),
+                    "energies": energies, "features": h, "feature_block": spec}
+
+    return BPNNModule()
+
+
+@register_model("bpnn", fit_name="bpnn", descriptor=None, state_version=1)
+class BPNN(TorchPotential):
+    """A Behler-Parrinello neural-network potential (see the module docstring).
+
+    Parameters
+    ----------
+    r_cut : float, default=5.0
+        Cutoff of the symmetry functions, Angstrom.
+    g2_params : sequence of (eta, R_s), optional
+        Radial functions, as :class:`ml4m.descriptors.ACSF` (eta 1/Angstrom^2, R_s
+        Angstrom).
+    g4_params, g5_params : sequence of (eta, zeta, lambda), optional
+        Angular functions, as :class:`ml4m.descriptors.ACSF`. With none of the three
+        given, ACSF's defaults (:data:`~ml4m.descriptors.acsf.DEFAULT_G2`,
+        :data:`~ml4m.descriptors.acsf.DEFAULT_G4`) are used; G1 is always included.
+    r_cut_angular : float, optional
+        Cutoff of the angular functions, Angstrom (default ``r_cut``; smaller is
+        cheaper: the number of triplets grows as its sixth power).
+    hidden : sequence of int, default=(64, 64)
+        Widths of the hidden layers of each element's network; the last is the width
+        ``d`` of the module's ``features``.
+    activation : {'silu', 'tanh'}, default='silu'
+    seed : int, default=0
+        Seed of the initial weights.
+    device : {'cpu', 'cuda'}, default='cpu'
+    dtype : {'float64', 'float32'}, default='float64'
+
+    Notes
+    -----
+    The network is trained by ``ml4m.training`` (:meth:`fit` says how);
+    :meth:`prepare` sets the data statistics, :meth:`fit_last_layer` the uncertainty.
+    """
+
+    param_checks = {
+        "r_cut": float_from(0.0, low_open=True),
+        "g2_params": optional(each(each(check_float))),
+        "g4_params": optional(each(each(check_float))),
+        "g5_params": optional(each(each(check_float))),
+        "r_cut_angular": optional(float_from(0.0, low_open=True)),
+        "hidden": each(int_from(1)),
+        "activation": one_of("silu", "tanh"),
+        "seed": int_from(0),
+        "device": one_of("cpu", "cuda"),
+        "dtype": one_of(*DTYPES),
+    }
+
+    def __init__(self, r_cut: float = 5.0, g2_params: Sequence | None = None,
+                 g4_params: Sequence | None = None, g5_params: Sequence | None = None,
+                 r_cut_angular: float | None = None, hidden: Sequence[int] = (64, 64),
+                 activation: str = "silu", seed: int = 0, device: str = "cpu",
+                 dtype: str = "float64") -> None:
+        self.r_cut = r_cut
+        self.g2_params = g2_params
+        self.g4_params = g4_params
+        self.g5_params = g5_params
+        self.r_cut_angular = r_cut_angular
+        self.hidden = hidden
+        self.activation = activation
+        self.seed = seed
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.r_cut)
+
+    def descriptor(self):
+        """The :class:`ml4m.descriptors.ACSF` with this model's symmetry functions
+        (its validation and defaults apply)."""
+        from ml4m.descriptors.acsf import ACSF
+
+        return ACSF(self.species_, r_cut=self.r_cut, g2_params=self.g2_params,
+                    g4_params=self.g4_params, g5_params=self.g5_params)
+
+    def build_module(self):
+        import torch
+
+        self.check_params(self.get_params())
+        d = self.descriptor()
+        acsf = acsf_module(len(self.species_), self.r_cut, d.g2, d.g4, d.g5,
+                           self.r_cut_angular)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            module = _network(len(self.species_), acsf, list(self.hidden), self.activation)
+        stats = getattr(self, "stats_", None)
+        if stats is not None:
+            module.e0.copy_(torch.as_tensor(stats["e0"]))
+            module.shift.fill_(stats["shift"])
+            module.scale.fill_(stats["scale"])
+        return module
+
+    def prepare(self, frames, max_frames: int = 200) -> BPNN:
+        """:meth:`TorchPotential.prepare`, then the per-element mean and standard
+        deviation of every symmetry function over (up to ``max_frames`` of) ``frames``
+        (features constant over the data keep a standard deviation of 1)."""
+        import torch
+
+        frames = as_frames(frames)
+        super().prepare(frames)
+        sample = frames[:: max(1, len(frames) // max_frames)]
+        S = len(self.species_)
+        device, _ = self._torch_settings()
+        G_all, spec_all = [], []
+        with torch.no_grad():
+            for start in range(0, len(sample), 16):
+                data = batch_graph(sample[start:start + 16], self.cutoff, self.species_,
+                                   device, self.dtype)
+                G_all.append(self.module_.acsf(data).double().cpu().numpy())
+                spec_all.append(data["species"].cpu().numpy())
+        G, spec = np.concatenate(G_all), np.concatenate(spec_all)
+        mean, std = np.zeros((S, G.shape[1])), np.ones((S, G.shape[1]))
+        for s in range(S):
+            rows = G[spec == s]
+            if len(rows):
+                mean[s] = rows.mean(0)
+                sd = rows.std(0)
+                std[s] = np.where(sd > 1e-8 * max(1.0, float(np.abs(rows).max())), sd, 1.0)
+        self.module_.feature_mean.copy_(torch.as_tensor(mean))
+        self.module_.feature_std.copy_(torch.as_tensor(std))
+        return self

@@ -11,13 +11,18 @@ homogeneous strain applied to positions and cell (so a module never writes them)
 The module computes its edge vectors with :func:`edge_vectors` from the (strained)
 positions, cell and vesin's image shifts, which keeps them differentiable. Parameters
 are saved as arrays (a state dict) plus JSON: no pickle.
+
+Uncertainty: a module that also returns ``features`` (the last layer's inputs, see
+:mod:`ml4m.models.last_layer`) gets a Bayesian posterior on its last layer from
+:meth:`TorchPotential.fit_last_layer`; ``predict(frames, uncertainty=True)`` then gives
+calibrated ``energy_sigma``, ``forces_sigma`` and ``stress_sigma``.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,6 +30,7 @@ from ml4m.data.frames import Frame
 from ml4m.data.neighbors import neighbor_list
 from ml4m.errors import ConfigError, DataError, NotFittedError
 from ml4m.models.base import Potential, Prediction, as_frames
+from ml4m.models.last_layer import LastLayerPosterior, design_rows, gradient_variances
 
 __all__ = ["TorchPotential", "batch_graph", "edge_vectors", "DTYPES"]
 
@@ -99,8 +105,9 @@ class TorchPotential(Potential):
     """A potential whose energy is a torch module's output.
 
     Subclasses implement :meth:`build_module` (the module, from the hyperparameters
-    and ``species_``), :meth:`fit`, and the :attr:`cutoff` property; prediction,
-    derivatives, persistence and devices come from here.
+    and ``species_``) and the :attr:`cutoff` property; prediction, derivatives, the
+    last-layer uncertainty, persistence and devices come from here. Training is
+    ``ml4m.training``'s: :meth:`fit` refuses and says so.
 
     Parameters (of every subclass)
     ----------
@@ -109,6 +116,12 @@ class TorchPotential(Potential):
     dtype : {'float64', 'float32'}
         Precision of the module and the geometry.
     """
+
+    #: directions of the last-layer covariance kept for force and stress sigmas (one
+    #: batched backward pass over all of them; exact when the last layer has fewer)
+    uncertainty_rank: ClassVar[int] = 32
+    #: atoms per batch in :meth:`predict` and :meth:`fit_last_layer`
+    predict_atoms: ClassVar[int] = 2048
 
     @abstractmethod
     def build_module(self):
@@ -142,6 +155,7 @@ class TorchPotential(Potential):
         frames = as_frames(frames)
         if not frames:
             raise DataError("cannot prepare a model on no frames")
+        self.__dict__.pop("last_layer_", None)
         self.species_ = sorted({int(z) for f in frames for z in f.numbers})
         labelled = [f for f in frames if f.energy is not None]
         e0 = np.zeros(len(self.species_))
@@ -162,7 +176,26 @@ class TorchPotential(Potential):
         self.module_ = self.build_module().to(device=device, dtype=dtype)
         return self
 
+    def fit(self, train, valid=None) -> TorchPotential:
+        """Refused: a network is trained by ``ml4m.training`` (whose loop calls
+        :meth:`prepare` first), then given its uncertainty by :meth:`fit_last_layer`.
+
+        Raises
+        ------
+        ConfigError
+            Always; the message names the way to train.
+        """
+        raise ConfigError(f"a '{self.kind}' network is trained by ml4m.training.Trainer "
+                          f"(ml4m fit --model {self.kind}), not by model.fit; "
+                          "model.prepare(train).fit_last_layer(train, valid) gives an "
+                          "untrained network its statistics and uncertainty")
+
     # ---- the potential contract ----------------------------------------------------------
+    @property
+    def has_uncertainty(self) -> bool:
+        """Whether the last-layer posterior is fitted (:meth:`fit_last_layer`)."""
+        return hasattr(self, "last_layer_")
+
     @property
     def species(self) -> np.ndarray:
         self._check_fitted()
@@ -190,8 +223,8 @@ class TorchPotential(Potential):
         return device, getattr(torch, dtype)
 
     def energy_and_derivatives(self, data: dict[str, Any], forces: bool = True,
-                               stress: bool = True, create_graph: bool = False
-                               ) -> dict[str, Any]:
+                               stress: bool = True, create_graph: bool = False,
+                               uncertainty: bool = False) -> dict[str, Any]:
         """The module's energies and, by autograd, forces and stress of one batch.
 
         Parameters
@@ -202,6 +235,10 @@ class TorchPotential(Potential):
             Which derivatives to take.
         create_graph : bool
             Keep the graph of the derivatives (to train on forces).
+        uncertainty : bool
+            Also the calibrated sigmas of the last-layer posterior (needs
+            :meth:`fit_last_layer`): ``energy_sigma`` (B,), and with ``forces``/``stress``
+            ``forces_sigma`` (N, 3), ``stress_sigma`` (B, 3, 3).
 
         Returns
         -------
@@ -220,44 +257,148 @@ class TorchPotential(Potential):
         out = self.module_(inputs)
         wrt = [t for t, want in ((pos, forces), (strain, stress)) if want]
         result = {"energy": out["energy"], "energies": out["energies"]}
+        volume = torch.linalg.det(data["cell"]).abs()
+        volume = torch.where(volume > 0, volume, torch.full_like(volume, float("nan")))
         if wrt:
-            grads = torch.autograd.grad(out["energy"].sum(), wrt, create_graph=create_graph)
+            grads = torch.autograd.grad(out["energy"].sum(), wrt, create_graph=create_graph,
+                                        retain_graph=create_graph or uncertainty)
             grads = list(grads)
             if forces:
                 result["forces"] = -grads.pop(0)
             if stress:
-                volume = torch.linalg.det(data["cell"]).abs()
-                volume = torch.where(volume > 0, volume, torch.full_like(volume, float("nan")))
                 result["stress"] = grads.pop(0) / volume[:, None, None]
+        if uncertainty:
+            result.update(self._sigmas(out, data, wrt, forces, stress, volume))
         return result
 
+    def _sigmas(self, out: dict[str, Any], data: dict[str, Any], wrt: list, forces: bool,
+                stress: bool, volume) -> dict[str, Any]:
+        """Calibrated sigmas of one batch (see :mod:`ml4m.models.last_layer`)."""
+        import torch
+
+        post = self.last_layer_
+        if "features" not in out:
+            raise ConfigError(f"a '{self.kind}' module returns no 'features': it has no "
+                              "last-layer uncertainty")
+        B = len(data["n_atoms"])
+        Phi = design_rows(out, data["batch"], B, post.n_blocks)
+        factor = torch.as_tensor(post.factor, dtype=Phi.dtype, device=Phi.device)
+        c_e, c_f = post.calibration["energy"], post.calibration["forces"]
+        sigmas = {"energy_sigma": c_e * torch.linalg.vector_norm(Phi.detach() @ factor, dim=1)}
+        if wrt:
+            var = gradient_variances(out, wrt, post.directions, post.n_blocks)
+            if forces:
+                sigmas["forces_sigma"] = c_f * var.pop(0).sqrt()
+            if stress:
+                sigmas["stress_sigma"] = c_f * var.pop(0).sqrt() / volume[:, None, None]
+        return sigmas
+
+    def _batches(self, frames: list[Frame]) -> Iterator[list[Frame]]:
+        """Consecutive runs of frames of at most :attr:`predict_atoms` atoms (or one)."""
+        start = 0
+        while start < len(frames):
+            stop, atoms = start, 0
+            while stop < len(frames) and (stop == start
+                                          or atoms + len(frames[stop]) <= self.predict_atoms):
+                atoms += len(frames[stop])
+                stop += 1
+            yield frames[start:stop]
+            start = stop
+
     def predict(self, frames, uncertainty: bool = False) -> Prediction:
-        """Energies (eV), forces (eV/Angstrom), stresses (eV/Angstrom^3), per-atom energies."""
+        """Energies (eV), forces (eV/Angstrom), stresses (eV/Angstrom^3), per-atom
+        energies; with ``uncertainty`` their calibrated sigmas too (see
+        :mod:`ml4m.models.last_layer`; one batched backward pass more per batch)."""
         self._check_fitted()
         if uncertainty and not self.has_uncertainty:
-            raise ConfigError(f"a '{self.kind}' model has no uncertainty")
+            raise ConfigError(f"a '{self.kind}' model has no uncertainty before "
+                              "fit_last_layer")
         frames = as_frames(frames)
         device, _ = self._torch_settings()
-        data = batch_graph(frames, self.cutoff, self.species_, device, self.dtype)
-        out = self.energy_and_derivatives(data)
         voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
-        s = out["stress"].detach().cpu().numpy()
-        stress = np.stack([s[:, a, b] for a, b in voigt], axis=1)
-        stress[[not f.pbc.all() for f in frames]] = np.nan
+        keys = ["energy", "forces", "stress", "energies"]
+        keys += ["energy_sigma", "forces_sigma", "stress_sigma"] if uncertainty else []
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        for chunk in self._batches(frames):
+            data = batch_graph(chunk, self.cutoff, self.species_, device, self.dtype)
+            out = self.energy_and_derivatives(data, uncertainty=uncertainty)
+            for k in keys:
+                a = out[k].detach().cpu().numpy().astype(float)
+                if k.startswith("stress"):
+                    a = np.stack([a[:, p, q] for p, q in voigt], axis=1)
+                    a[[not f.pbc.all() for f in chunk]] = np.nan
+                parts[k].append(a)
         offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
-        return Prediction(energy=out["energy"].detach().cpu().numpy().astype(float),
-                          forces=out["forces"].detach().cpu().numpy().astype(float),
-                          stress=stress.astype(float), offsets=offsets,
-                          energies=out["energies"].detach().cpu().numpy().astype(float))
+        return Prediction(offsets=offsets, **{k: np.concatenate(v) for k, v in parts.items()})
+
+    def fit_last_layer(self, frames, valid=None) -> TorchPotential:
+        """Fit the last-layer posterior on ``frames`` and calibrate it on ``valid``.
+
+        The network's energy residuals on ``frames`` (with energies) give the posterior
+        (prior and noise by maximum evidence, :mod:`ml4m.models.last_layer`); the errors
+        on ``valid`` (held-out frames; ``frames`` when None) give the calibration
+        factors of the energy and force sigmas. The network's weights are unchanged.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        DataError
+            No frame with an energy.
+        ConfigError
+            The module returns no ``features``.
+        """
+        import torch
+
+        self._check_fitted()
+        frames = [f for f in as_frames(frames) if f.energy is not None]
+        if not frames:
+            raise DataError("the last-layer posterior needs frames with energies")
+        device, _ = self._torch_settings()
+        Phi, pred = [], []
+        n_blocks = 1
+        for chunk in self._batches(frames):
+            data = batch_graph(chunk, self.cutoff, self.species_, device, self.dtype)
+            with torch.no_grad():
+                out = self.module_(data)
+            if "features" not in out:
+                raise ConfigError(f"a '{self.kind}' module returns no 'features': it has no "
+                                  "last-layer uncertainty")
+            n_blocks = len(self.species_) if "feature_block" in out else 1
+            Phi.append(design_rows(out, data["batch"], len(chunk), n_blocks).cpu().numpy())
+            pred.append(out["energy"].cpu().numpy())
+        residual = np.array([f.energy for f in frames]) - np.concatenate(pred)
+        self.last_layer_ = LastLayerPosterior.fit(
+            np.concatenate(Phi).astype(float), residual, np.array([len(f) for f in frames]),
+            n_blocks, self.uncertainty_rank)
+        held = frames if valid is None else as_frames(valid)
+        p = self.predict(held, uncertainty=True)
+        e_rows = [k for k, f in enumerate(held) if f.energy is not None]
+        f_rows = [k for k, f in enumerate(held) if f.forces is not None]
+        f_atoms = np.concatenate([np.arange(p.offsets[k], p.offsets[k + 1]) for k in f_rows]
+                                 ) if f_rows else np.zeros(0, dtype=int)
+        self.last_layer_.calibrate(
+            np.array([held[k].energy for k in e_rows]) - p.energy[e_rows],
+            p.energy_sigma[e_rows] ** 2,
+            np.concatenate([held[k].forces for k in f_rows]) - p.forces[f_atoms]
+            if f_rows else np.zeros(0),
+            p.forces_sigma[f_atoms] ** 2)
+        return self
 
     # ---- persistence ----------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Hyperparameters, species and the module's state dict as float64/int arrays."""
+        """Hyperparameters, species, the module's state dict as float64/int arrays and the
+        last-layer posterior (``last_layer``: None before :meth:`fit_last_layer`)."""
         self._check_fitted()
         params = {"hyper": {k: v for k, v in self.get_params().items()},
-                  "species": [int(z) for z in self.species_]}
+                  "species": [int(z) for z in self.species_], "last_layer": None}
         arrays = {f"module.{k}": v.detach().cpu().numpy()
                   for k, v in self.module_.state_dict().items()}
+        if self.has_uncertainty:
+            params["last_layer"], post = self.last_layer_.to_state()
+            arrays.update({f"last_layer.{k}": v for k, v in post.items()})
         return params, arrays
 
     @classmethod
@@ -281,4 +422,8 @@ class TorchPotential(Potential):
         except RuntimeError as exc:
             raise DataError(f"module state does not fit the model: {exc}") from exc
         model.module_ = module
+        if params.get("last_layer") is not None:
+            model.last_layer_ = LastLayerPosterior.from_state(
+                params["last_layer"], {k[len("last_layer."):]: v for k, v in arrays.items()
+                                       if k.startswith("last_layer.")})
         return model

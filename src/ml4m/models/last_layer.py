@@ -1,0 +1,188 @@
+"""Last-layer prediction rigidity (LLPR): a Bayesian posterior on a network's last layer.
+
+Convention of every network module (:class:`~ml4m.models.torch_potential.TorchPotential`):
+besides ``energy`` and ``energies`` it returns ``features`` (N, d) and, when its last
+layer is per element, ``feature_block`` (N,), the block of last-layer weights each atom
+uses (absent: one shared block), such that the per-atom energy is
+
+    E_i = c_i + [features_i, 1] . theta_{block_i}
+
+with ``c_i`` independent of ``theta``. A structure's energy is then linear in ``theta``
+(``B (d + 1)`` numbers) with the design row ``Phi_n = sum_{i in n} onehot(block_i) x
+[features_i, 1]`` (the ones column stands for a per-block offset).
+
+The posterior (Bigi et al., 2024) is Bayesian linear regression of the trained network's
+energy residuals on ``Phi`` (:class:`~ml4m.models.linear.bayesian.BayesianLinearRegression`,
+noise per atom: row weights ``1 / n_atoms``; prior precision ``alpha`` and noise precision
+``beta`` by maximum evidence); the network's weights stay the mean. With the covariance
+``Sigma = (alpha I + beta Phi^T W Phi)^-1``:
+
+- energy variance ``Phi_n^T Sigma Phi_n`` (exact);
+- force variance of component ``(a, x)``: ``j^T Sigma j`` with ``j = d Phi_n / d r_ax``,
+  through the top ``K`` eigenpairs ``Sigma ~ sum_k l_k u_k u_k^T`` (exact when
+  ``B (d + 1) <= K``): ``sum_k l_k (d (Phi . u_k) / d r_ax)^2``, every ``k`` in one
+  batched backward pass; stress likewise with the strain derivative over the volume.
+
+Calibration: each sigma is ``c_q sqrt(variance)`` with ``c_q^2 = mean(error^2) /
+mean(variance)`` over held-out frames, for ``q`` in energy (per frame) and forces (per
+component; the stress uses the force factor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ml4m.errors import DataError
+from ml4m.models.linear.bayesian import BayesianLinearRegression
+
+__all__ = ["LastLayerPosterior", "design_rows", "gradient_variances"]
+
+
+def design_rows(out: dict[str, Any], batch, n_frames: int, n_blocks: int):
+    """``Phi`` (n_frames, n_blocks (d + 1)): per-structure sums of ``[features, 1]``
+    placed in each atom's block (a torch tensor, differentiable)."""
+    import torch
+
+    h = out["features"]
+    N, d = h.shape
+    block = out.get("feature_block")
+    block = torch.zeros(N, dtype=torch.long, device=h.device) if block is None else block
+    rows = torch.cat([h, torch.ones(N, 1, dtype=h.dtype, device=h.device)], dim=1)
+    Phi = torch.zeros(n_frames * n_blocks, d + 1, dtype=h.dtype, device=h.device)
+    Phi = Phi.index_add(0, batch * n_blocks + block, rows)
+    return Phi.reshape(n_frames, n_blocks * (d + 1))
+
+
+def gradient_variances(out: dict[str, Any], wrt: list, directions: np.ndarray,
+                       n_blocks: int) -> list:
+    """``sum_k (d (Phi . u_k) / d t)^2`` for every tensor ``t`` in ``wrt``.
+
+    Parameters
+    ----------
+    out : dict
+        A module's output (``features`` with its graph, ``feature_block``).
+    wrt : list of Tensor
+        Inputs that require grad (positions (N, 3), strain (B, 3, 3)).
+    directions : ndarray of shape (n_blocks (d + 1), K)
+        ``u_k sqrt(l_k)`` as columns.
+    n_blocks : int
+
+    Returns
+    -------
+    list of Tensor
+        One per ``wrt``, its shape; the sum over ``k`` of the squared derivatives.
+    """
+    import torch
+
+    h = out["features"]
+    N, d = h.shape
+    block = out.get("feature_block")
+    block = torch.zeros(N, dtype=torch.long, device=h.device) if block is None else block
+    U = torch.as_tensor(directions, dtype=h.dtype, device=h.device)
+    U = U.reshape(n_blocks, d + 1, -1)[:, :d, :]  # the ones column has no derivative
+    seeds = U[block].permute(2, 0, 1).contiguous()  # (K, N, d)
+    grads = torch.autograd.grad(h, wrt, grad_outputs=seeds, is_grads_batched=True,
+                                retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else (g * g).sum(0) for t, g in zip(wrt, grads)]
+
+
+@dataclass
+class LastLayerPosterior:
+    """The fitted last-layer posterior and its calibration.
+
+    Attributes
+    ----------
+    factor : ndarray of shape (D, r)
+        ``Sigma = factor @ factor.T`` (eV^-2 units of the design rows' weights).
+    directions : ndarray of shape (D, K)
+        Top-``K`` eigenvectors of ``Sigma`` times the square roots of their
+        eigenvalues (all ``D`` when ``D <= K``).
+    alpha, beta : float
+        Prior precision and per-atom noise precision (1/eV^2) from the evidence.
+    calibration : dict
+        ``{"energy": c_E, "forces": c_F}``.
+    n_blocks : int
+        Blocks of last-layer weights (elements, for a per-element last layer).
+    """
+
+    factor: np.ndarray
+    directions: np.ndarray
+    alpha: float
+    beta: float
+    n_blocks: int
+    calibration: dict[str, float] = field(default_factory=lambda: {"energy": 1.0,
+                                                                   "forces": 1.0})
+
+    @classmethod
+    def fit(cls, Phi: np.ndarray, residual: np.ndarray, n_atoms: np.ndarray, n_blocks: int,
+            rank: int) -> LastLayerPosterior:
+        """Evidence fit of ``residual`` (eV, per frame) on ``Phi`` with weights 1/n_atoms.
+
+        Parameters
+        ----------
+        Phi : ndarray of shape (n_frames, D)
+        residual : ndarray of shape (n_frames,), eV
+            Reference minus predicted energy.
+        n_atoms : ndarray of shape (n_frames,)
+        n_blocks : int
+        rank : int
+            ``K``, the directions kept for force and stress variances.
+        """
+        blr = BayesianLinearRegression().fit(Phi, residual, 1.0 / np.asarray(n_atoms, float))
+        F = blr.posterior_factor_
+        # eigenpairs of Sigma = F F^T from the SVD of F
+        U, s, _ = np.linalg.svd(F, full_matrices=False)
+        keep = min(rank, len(s))
+        return cls(factor=np.ascontiguousarray(F), directions=U[:, :keep] * s[:keep],
+                   alpha=float(blr.alpha_), beta=float(blr.beta_), n_blocks=n_blocks)
+
+    @property
+    def noise_sigma(self) -> float:
+        """Per-atom energy noise from the evidence, eV (``1 / sqrt(beta)``)."""
+        return float(1.0 / np.sqrt(self.beta))
+
+    def energy_variance(self, Phi: np.ndarray) -> np.ndarray:
+        """``Phi_n^T Sigma Phi_n`` per row, eV^2 (uncalibrated)."""
+        Z = np.asarray(Phi, dtype=float) @ self.factor
+        return np.einsum("ij,ij->i", Z, Z)
+
+    def calibrate(self, energy_err: np.ndarray, energy_var: np.ndarray, force_err: np.ndarray,
+                  force_var: np.ndarray) -> None:
+        """Set the factors so that the mean predicted variance equals the mean squared
+        error (errors and variances over held-out frames; empty arrays leave 1)."""
+        for key, err, var in (("energy", energy_err, energy_var),
+                              ("forces", force_err, force_var)):
+            err, var = np.asarray(err, float).ravel(), np.asarray(var, float).ravel()
+            if len(err) and np.mean(var) > 0:
+                self.calibration[key] = float(np.sqrt(np.mean(err ** 2) / np.mean(var)))
+
+    # ---- persistence ------------------------------------------------------------------------
+    def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON parameters and arrays (see :meth:`from_state`)."""
+        params = {"alpha": self.alpha, "beta": self.beta, "n_blocks": self.n_blocks,
+                  "calibration": dict(self.calibration)}
+        return params, {"factor": self.factor, "directions": self.directions}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray]
+                   ) -> LastLayerPosterior:
+        """Rebuild from :meth:`to_state`; a missing key is a :class:`DataError`."""
+        from ml4m.validation import check_array, check_mapping
+
+        params = check_mapping("last_layer", params,
+                               required=("alpha", "beta", "n_blocks", "calibration"),
+                               error=DataError)
+        for key in ("factor", "directions"):
+            if key not in arrays:
+                raise DataError(f"model file lacks the last layer's array {key!r}")
+        factor = check_array("last_layer.factor", arrays["factor"], ndim=2, dtype=float)
+        directions = check_array("last_layer.directions", arrays["directions"], ndim=2,
+                                 dtype=float)
+        calibration = check_mapping("last_layer.calibration", params["calibration"],
+                                    required=("energy", "forces"), error=DataError)
+        return cls(factor=factor, directions=directions, alpha=float(params["alpha"]),
+                   beta=float(params["beta"]), n_blocks=int(params["n_blocks"]),
+                   calibration={k: float(v) for k, v in calibration.items()})
