@@ -1,0 +1,165 @@
+"""BPNN: symmetry functions in torch equal ml4m.descriptors.ACSF's; forces and stress are
+energy derivatives (float64 finite differences); invariances; the energy is linear in the
+per-element last layer; settings are checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from ml4m.data import Frame
+from ml4m.descriptors.acsf import ACSF
+from ml4m.errors import ConfigError
+from ml4m.models.bpnn import BPNN
+from ml4m.models.torch_potential import batch_graph
+
+G2 = [(0.5, 0.0), (1.0, 2.5), (0.1, 1.0)]
+G4 = [(0.005, 1.0, -1.0), (0.01, 2.0, 1.0)]
+G5 = [(0.02, 4.0, 1.0), (0.003, 1.5, -1.0)]
+
+
+def _cuau(seed: int = 1) -> Frame:
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 1))
+    atoms.symbols[[1, 6, 11]] = "Au"
+    atoms.rattle(0.1, seed=seed)
+    return Frame.from_atoms(atoms)
+
+
+def _cluster() -> Frame:
+    mol = molecule("CH4")
+    mol.symbols[:] = ["Au", "Cu", "Cu", "Au", "Cu"]
+    mol.positions *= 2.1
+    return Frame.from_atoms(mol)
+
+
+def _model(**kw) -> BPNN:
+    kw = {"r_cut": 4.2, "g2_params": G2, "g4_params": G4, "g5_params": G5, "hidden": (8, 6),
+          **kw}
+    return BPNN(**kw).prepare([_cuau(2), _cluster()])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+def _torch_acsf(model, frames):
+    data = batch_graph(frames, model.cutoff, model.species_)
+    with torch.no_grad():
+        return model.module_.acsf(data).numpy()
+
+
+def test_symmetry_functions_equal_the_numpy_descriptor(model):
+    frames = [_cuau(), _cluster()]
+    ref = ACSF([29, 79], r_cut=4.2, g2_params=G2, g4_params=G4, g5_params=G5).compute(frames)
+    got = _torch_acsf(model, frames)
+    assert got.shape == ref.features.shape
+    np.testing.assert_allclose(got, ref.features, rtol=1e-10, atol=1e-12)
+    assert np.abs(ref.features[:, -len(G4 + G5):]).max() > 1e-2  # angular terms are there
+
+
+def test_defaults_are_the_descriptors_and_angular_cutoff_is_its_own():
+    frames = [_cuau()]
+    default = BPNN(r_cut=4.2, hidden=(4,)).prepare(frames)
+    ref = ACSF([29, 79], r_cut=4.2).compute(frames).features
+    np.testing.assert_allclose(_torch_acsf(default, frames), ref, rtol=1e-10, atol=1e-12)
+    short = BPNN(r_cut=4.2, r_cut_angular=3.0, hidden=(4,)).prepare(frames)
+    ang = ACSF([29, 79], r_cut=3.0).compute(frames).features
+    n_rad = 2 * 9  # two neighbour elements, G1 and 8 G2
+    got = _torch_acsf(short, frames)
+    np.testing.assert_allclose(got[:, :n_rad], ref[:, :n_rad], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got[:, n_rad:], ang[:, n_rad:], rtol=1e-10, atol=1e-12)
+
+
+def test_forces_and_stress_equal_finite_differences(model):
+    atoms = _cuau().to_atoms(with_labels=False)
+    pred = model.predict([atoms])
+    h = 1e-5
+    for a, c in [(0, 0), (6, 2), (11, 1)]:
+        e = []
+        for s in (h, -h):
+            x = atoms.copy()
+            x.positions[a, c] += s
+            e.append(model.predict([x]).energy[0])
+        assert pred.forces[a, c] == pytest.approx(-(e[0] - e[1]) / (2 * h), rel=1e-6, abs=1e-9)
+    for (p, q), v in zip([(0, 0), (1, 2)], (0, 3)):
+        e = []
+        for s in (h, -h):
+            eps = np.eye(3)
+            eps[p, q] += s
+            eps[q, p] += s if p != q else 0
+            x = atoms.copy()
+            x.set_cell(atoms.cell @ eps, scale_atoms=True)
+            e.append(model.predict([x]).energy[0])
+        fd = (e[0] - e[1]) / (2 * h) / atoms.get_volume() / (1 if p == q else 2)
+        assert pred.stress[0, v] == pytest.approx(fd, rel=1e-6, abs=1e-10)
+
+
+def test_rotation_translation_permutation_and_batching(model):
+    frame = _cuau(3)
+    atoms = frame.to_atoms(with_labels=False)
+    ref = model.predict([atoms])
+    rot = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
+    moved = atoms.copy()
+    moved.set_cell(atoms.cell @ rot.T)
+    moved.positions = atoms.positions @ rot.T + 1.3
+    perm = np.random.default_rng(6).permutation(len(atoms))
+    got = model.predict([moved[perm]])
+    assert got.energy[0] == pytest.approx(ref.energy[0], rel=1e-12)
+    np.testing.assert_allclose(got.forces, (ref.forces @ rot.T)[perm], atol=1e-10)
+    both = model.predict([_cluster(), frame])  # one batch of two equals each alone
+    np.testing.assert_allclose(both.energy[1], ref.energy[0], rtol=1e-12)
+    np.testing.assert_allclose(both.forces[5:], ref.forces, atol=1e-12)
+
+
+def test_energy_is_linear_in_the_per_element_last_layer(model):
+    data = batch_graph([_cuau()], model.cutoff, model.species_)
+    m = model.module_
+    with torch.no_grad():
+        out = m(data)
+        h, spec = out["features"], out["feature_block"]
+        assert h.shape == (len(spec), 6) and torch.equal(spec, data["species"])
+        expect = m.e0[spec] + m.shift + m.scale * ((h * m.weight[spec]).sum(1) + m.bias[spec])
+        np.testing.assert_allclose(out["energies"].numpy(), expect.numpy(), rtol=1e-12)
+        # an element's weights move only its own atoms' energies
+        m.weight[1] += 0.1
+        moved = m(data)["energies"]
+        m.weight[1] -= 0.1
+    changed = (moved - out["energies"]).abs() > 1e-12
+    assert torch.equal(changed, spec == 1)
+
+
+def test_prepare_standardises_features_per_element():
+    frames = [_cuau(s) for s in range(4)]
+    model = BPNN(r_cut=4.2, hidden=(4,)).prepare(frames)
+    data = batch_graph(frames, model.cutoff, model.species_)
+    m = model.module_
+    with torch.no_grad():
+        x = ((m.acsf(data) - m.feature_mean[data["species"]])
+             / m.feature_std[data["species"]]).numpy()
+    spec = data["species"].numpy()
+    for s in (0, 1):
+        rows = x[spec == s]
+        varying = rows.std(0) > 1e-6
+        np.testing.assert_allclose(rows.mean(0), 0.0, atol=1e-9)
+        np.testing.assert_allclose(rows[:, varying].std(0), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(m.e0.numpy(), model.stats_["e0"])
+
+
+def test_settings_are_checked_and_fit_names_the_trainer():
+    with pytest.raises(ConfigError, match="activation"):
+        BPNN.check_params({"activation": "relu"})
+    with pytest.raises(ConfigError, match="hidden"):
+        BPNN.check_params({"hidden": [64, 0]})
+    with pytest.raises(ConfigError, match="g4_params"):
+        BPNN(g4_params=[(0.01, 1.0, 2.0)]).prepare([_cuau()])
+    with pytest.raises(ConfigError, match="Trainer"):
+        BPNN().fit([_cuau()])
+    model = BPNN(hidden=(4,), dtype="float32").prepare([_cuau()])
+    assert model.module_.weight.dtype == torch.float32
+    twin = BPNN(hidden=(4,), seed=0).prepare([_cuau()])
+    other = BPNN(hidden=(4,), seed=1).prepare([_cuau()])
+    assert torch.equal(twin.module_.weight.float(), model.module_.weight)
+    assert not torch.equal(twin.module_.weight, other.module_.weight)
