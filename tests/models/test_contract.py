@@ -37,6 +37,7 @@ BUILDERS = {
     "linear_ace": lambda: LinearACE(_ace()),
     "sparse_gp": lambda: SparseGPPotential(_soap(), n_sparse=30, zeta=2),
     "committee": lambda: Committee(LinearACE(_ace(), uncertainty="posterior"), n_members=3),
+    "baselined": lambda b=__import__("ml4m.models.baseline", fromlist=["*"]): b.Baselined(LinearACE(_ace()), b.PairRepulsion()),  # noqa: E501
     "bpnn": lambda: BPNN(r_cut=4.0, hidden=(16, 16)),
 }
 
