@@ -113,6 +113,54 @@ class _Accumulator:
                 y_s = np.concatenate([f.stress for f, h in zip(block, has) if h])
                 self._add("stress", rows.stress[has].reshape(-1, p), y_s)
 
+    def groups(self) -> dict[str, NormalEquations]:
+        """The distinct sets of sums: ``{"shared": ...}``, or one per quantity."""
+        if not self.per_quantity:
+            return {"shared": self.neq["energy"]}
+        return {q: self.neq[q] for q in QUANTITIES}
+
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """JSON params and arrays that rebuild these sums exactly (:meth:`from_state`)."""
+        params: dict[str, Any] = {"per_quantity": self.per_quantity, "sigmas": self.sigmas,
+                                  "rows": self.rows, "n_atoms": self.n_atoms, "groups": {}}
+        arrays = {"phi_sq": self.phi_sq}
+        for name, neq in self.groups().items():
+            params["groups"][name] = {"yty": neq.yty, "n": neq.n}
+            arrays[f"gram_{name}"], arrays[f"aty_{name}"] = neq.AtA, neq.Aty
+        return params, arrays
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], arrays: dict[str, np.ndarray],
+                   n_features: int) -> _Accumulator:
+        """The sums :meth:`state` wrote, each entry checked (DataError naming it)."""
+        where = {"error": DataError}
+        params = check_mapping("update state", params,
+                               required=("per_quantity", "sigmas", "rows", "n_atoms", "groups"),
+                               **where)
+        per_quantity = check_bool("update state per_quantity", params["per_quantity"], **where)
+        sigmas = check_mapping("update state sigmas", params["sigmas"], keys=QUANTITIES,
+                               required=QUANTITIES, **where)
+        for q, v in sigmas.items():
+            if v is not None:
+                sigmas[q] = check_float(f"update state sigmas.{q}", v, low=0.0, low_open=True,
+                                        **where)
+        acc = cls(n_features, per_quantity, sigmas)
+        rows = check_mapping("update state rows", params["rows"], keys=QUANTITIES,
+                             required=QUANTITIES, **where)
+        acc.rows = {q: check_int(f"update state rows.{q}", v, low=0, **where) for q, v in rows.items()}
+        acc.n_atoms = check_int("update state n_atoms", params["n_atoms"], low=0, **where)
+        acc.phi_sq = _state_array(arrays, "phi_sq", (n_features,), kinds="f")
+        groups = check_mapping("update state groups", params["groups"],
+                               required=list(acc.groups()), **where)
+        for name, neq in acc.groups().items():
+            g = check_mapping(f"update state groups.{name}", groups[name], required=("yty", "n"),
+                              **where)
+            neq.AtA = _state_array(arrays, f"gram_{name}", (n_features, n_features), kinds="f")
+            neq.Aty = np.array(_state_array(arrays, f"aty_{name}", (n_features,), kinds="f"))
+            neq.yty = check_float(f"update state groups.{name}.yty", g["yty"], low=0.0, **where)
+            neq.n = check_int(f"update state groups.{name}.n", g["n"], low=0, **where)
+        return acc
+
 
 class _HeldOut:
     """Residuals and posterior sigmas of held-out frames; per atom (a sample) with descriptors.
@@ -405,12 +453,7 @@ class LinearPotential(Potential):
         frames = as_frames(train)
         if not frames:
             raise DataError("no training frames")
-        for n, f in enumerate(frames):
-            if f.energy is None:
-                raise DataError("training frame has no energy", *(f.source or (None, n)))
-            if self.sigma_forces and f.forces is None:
-                raise DataError("training frame has no forces but sigma_forces is set (give "
-                                "sigma_forces: 0 to fit energies only)", *(f.source or (None, n)))
+        self._check_labels(frames)
         self.check_params(self._hyper())  # every hyperparameter, as a config or file is checked
         self._prior_kind()
         self._species_index(frames)  # unknown species fail before any work
@@ -448,6 +491,89 @@ class LinearPotential(Potential):
             self._solve(acc, reuse=self.regression_)
         else:
             self._solve(acc)
+        self.normal_equations_ = acc
+        return self
+
+    def _check_labels(self, frames: list[Frame]) -> None:
+        """Every frame has an energy, and forces when force rows are fitted (DataError)."""
+        for n, f in enumerate(frames):
+            if f.energy is None:
+                raise DataError("training frame has no energy", *(f.source or (None, n)))
+            if self.sigma_forces and f.forces is None:
+                raise DataError("training frame has no forces but sigma_forces is set (give "
+                                "sigma_forces: 0 to fit energies only)", *(f.source or (None, n)))
+
+    def update(self, frames: Dataset | Sequence[Frame], reoptimise: bool = False) -> LinearPotential:
+        """Add labelled frames to the fit: an exact rank update of its normal equations.
+
+        The frames' design rows (energies per atom, forces, stresses) join the sums kept
+        from the last :meth:`fit` or update (``normal_equations_``), and the posterior
+        is solved again: one Cholesky factorisation of the (p, p) system, against a
+        descriptor pass over every training frame for a refit.
+
+        Parameters
+        ----------
+        frames : Dataset or sequence of Frame
+            New labelled frames (energies; forces when ``sigma_forces`` is set).
+        reoptimise : bool, default=False
+            ``False``: keep the hyperparameters of the current solution (prior precision
+            and noise levels), so the result equals :meth:`fit` on the old and new frames
+            with those hyperparameters fixed. ``True``: maximise the evidence again (for
+            the hyperparameters given as ``None``).
+
+        Returns
+        -------
+        self
+
+        Notes
+        -----
+        Fixed by the first fit: the E0s, the feature map (a sparse GP keeps its sparse
+        points), which quantities are fitted (stress rows join only if the first fit had
+        some) and the calibrated error models, which keep mapping the posterior sigma to
+        the expected error.
+        """
+        self._check_fitted()
+        acc = getattr(self, "normal_equations_", None)
+        if acc is None:
+            raise NotFittedError(f"This {type(self).__name__} has no normal equations to update (a "
+                                 "model read from a file keeps none): fit it, or restore them "
+                                 "with restore_update_state")
+        frames = as_frames(frames)
+        if not frames:
+            return self
+        self._check_labels(frames)
+        self._species_index(frames)
+        use_f, use_s = bool(acc.sigmas["forces"]), bool(acc.sigmas["stress"])
+        for block, rows, _, _ in self._block_rows(frames, use_f, use_s):
+            acc.add(rows, block, self._e0_of(block))
+        self._solve(acc, reuse=None if reoptimise else self.regression_)
+        return self
+
+    def update_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What :meth:`update` needs beyond the model file, as JSON params and arrays.
+
+        The accumulated normal equations (one (p, p) Gram matrix per noise group: as large
+        as the model file's posterior factor, so kept apart from it) and the noise
+        precisions of the current solution.
+        """
+        self._check_fitted()
+        acc = getattr(self, "normal_equations_", None)
+        if acc is None:
+            raise NotFittedError(f"This {type(self).__name__} has no normal equations (fit it first)")
+        params, arrays = acc.state()
+        params["betas"] = np.atleast_1d(self.regression_.betas_).tolist()
+        return params, arrays
+
+    def restore_update_state(self, params: dict[str, Any], arrays: dict[str, np.ndarray]
+                             ) -> LinearPotential:
+        """Give a fitted model (e.g. read from a file) the sums :meth:`update_state` wrote."""
+        self._check_fitted()
+        acc = _Accumulator.from_state(params, arrays, self.fmap_.n_features)
+        betas = check_array("update state betas", params.get("betas"), ndim=1, kinds="fi")
+        if len(betas) != (sum(1 for q in QUANTITIES if acc.rows[q]) if acc.per_quantity else 1):
+            raise DataError(f"update state betas: {len(betas)} values do not match the noise groups")
+        self.regression_.betas_ = betas.astype(float)
+        self.normal_equations_ = acc
         return self
 
     def _check_fit_memory(self, frames: list[Frame]) -> None:
