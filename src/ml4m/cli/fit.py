@@ -6,16 +6,28 @@ import argparse
 
 from ml4m.cli._common import console, print_json
 
-HELP = "fit a model (linear ACE, sparse GP, kernel ridge)"
+HELP = "fit a model (linear ACE, sparse GP, kernel ridge, BP or message-passing network)"
 DESCRIPTION = """\
 Fit a model to labelled structures. Settings come from an optional YAML file (keys:
 model, train, valid, output, keys, descriptor, descriptor_type, e0, sigmas, params,
-target, seed, max_minutes, device); command-line flags override it. Writes the model
-(.ml4m), metrics.json and parity plots next to it.
+training, target, seed, max_minutes, device); command-line flags override it. Writes the
+model (.ml4m), metrics.json and parity plots next to it. Networks (bpnn, mpnn) also write
+their learning curve ({stem}_learning_curve.png) and per-epoch log ({stem}_training.csv),
+and keep a checkpoint (.{stem}.ckpt) until the model is written: after an interruption,
+the same command with --resume continues the training. --train may name a packed store
+(ml4m data pack) to stream data larger than memory.
 
 examples:
   ml4m fit --model ace --train train.extxyz --valid valid.extxyz -o cu_ace.ml4m
+  ml4m fit --model mpnn --train train.extxyz --valid valid.extxyz --max-minutes 30 -o cu.ml4m
   ml4m fit config.yaml --seed 1
+  ml4m fit config.yaml --resume        # continue an interrupted network training
+
+a network's config, e.g.:
+  model: bpnn
+  train: train.extxyz
+  valid: valid.extxyz
+  training: {batch_size: 8, lr: 0.005, max_epochs: 200, weights: {energy: 1, forces: 100}}
 """
 
 
@@ -33,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="memory the fit may plan for, e.g. 8GB (default: half the available); "
                    "a fit that needs more stops before it starts")
     p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true",
+                   help="networks: continue the training saved in the checkpoint beside the "
+                   "model (same settings), e.g. after the process was killed")
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("-o", "--output", metavar="MODEL",
                    help="model file (.ml4m); metrics.json and plots go beside it")
@@ -52,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ml4m.resources import max_memory
 
     with max_memory(args.max_memory):
-        metrics = fit_model(cfg, progress=not args.json)
+        metrics = fit_model(cfg, progress=not args.json, resume=args.resume)
     if args.json:
         print_json(metrics)
         return 0
@@ -80,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
                       f"{m['stress']['mae_gpa']:.3f}" if "stress" in m else "-",
                       f"{rho:.2f}" if rho is not None else "-")
     console().print(t)
+    if "training" in metrics:
+        tr = metrics["training"]
+        console().print(f"trained {tr['epochs']} epochs ({tr['steps']} steps, stopped by "
+                        f"{tr['stop_reason'].replace('_', ' ')}); log: {tr['log']}")
     if "budget" in metrics:
         b = metrics["budget"]
         console().print(f"budget {b['budget_seconds'] / 60:.1f} min: fitted on {b['n_frames_used']} of "

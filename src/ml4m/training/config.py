@@ -23,12 +23,28 @@ __all__ = ["FitConfig", "MODEL_CHOICES"]
 MODEL_CHOICES = fit_choices()
 #: constructor arguments a config sets from its own keys (not from ``params``)
 SET_BY_CONFIG = ("descriptor", "e0", "sigma_energy", "sigma_forces", "sigma_stress", "seed",
-                 "target")
+                 "target", "device")
+#: training settings a config may not give (``ml4m fit`` sets them: flags, files beside the model)
+SET_BY_FIT = ("checkpoint", "log_csv", "max_minutes", "seed", "progress")
 
 
 def config_params(model: str) -> list[str]:
     """The ``params`` keys a config may give for ``model`` (its other constructor arguments)."""
     return [n for n in model_kind(model).cls.param_names() if n not in SET_BY_CONFIG]
+
+
+def is_network(model: str) -> bool:
+    """Whether ``model`` is a torch potential (trained by :class:`ml4m.training.Trainer`)."""
+    from ml4m.models.torch_potential import TorchPotential
+
+    return issubclass(model_kind(model).cls, TorchPotential)
+
+
+def training_keys() -> list[str]:
+    """The keys of a config's ``training`` section."""
+    from ml4m.training.settings import TrainSettings
+
+    return [n for n in TrainSettings.names() if n not in SET_BY_FIT]
 
 
 @dataclass
@@ -37,8 +53,9 @@ class FitConfig:
 
     Parameters
     ----------
-    model : {'ace', 'gp', 'krr'}
-        Linear ACE, sparse GP potential, or kernel ridge structure-property model.
+    model : {'ace', 'gp', 'krr', 'bpnn', 'mpnn'}
+        Linear ACE, sparse GP potential, kernel ridge structure-property model,
+        Behler-Parrinello network or message-passing network.
     train, valid : str
         Labelled structure files (``valid`` optional).
     output : str
@@ -58,7 +75,12 @@ class FitConfig:
         Expected errors per quantity: ``energy`` (eV/atom), ``forces`` (eV/A),
         ``stress`` (eV/A^3); 0 drops that quantity.
     params : dict
-        Model-specific settings (``n_sparse``, ``zeta`` for gp; ``kernel`` for krr).
+        Model-specific settings (``n_sparse``, ``zeta`` for gp; ``kernel`` for krr; the
+        architecture of a network).
+    training : dict
+        For networks: :class:`ml4m.training.TrainSettings` keys (``batch_size``, ``lr``,
+        ``max_epochs``, ``weights``, ...) but those ``ml4m fit`` sets itself
+        (``checkpoint``, ``log_csv``, ``max_minutes``, ``seed``, ``progress``).
     target : str
         For ``krr``: ``energy_per_atom`` or an ``info`` key of the frames.
     seed : int
@@ -78,6 +100,7 @@ class FitConfig:
     e0: Any = "fit"
     sigmas: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
     target: str = "energy_per_atom"
     seed: int = 0
     max_minutes: float | None = None
@@ -132,6 +155,15 @@ class FitConfig:
             check_float(f"sigmas.{k}", v, low=0.0, low_open=k == "energy", **where)
         check_mapping("params", self.params, keys=config_params(self.model), **where)
         model_kind(self.model).cls.check_params(self.params, prefix="params.", **where)
+        training = check_mapping("training", self.training, keys=training_keys(), **where)
+        if training and not is_network(self.model):
+            raise ConfigError(f"{source}: 'training' applies to networks "
+                              f"({', '.join(m for m in MODEL_CHOICES if is_network(m))}), "
+                              f"not to {self.model!r}")
+        from ml4m.training.settings import TrainSettings
+
+        for key, value in training.items():
+            TrainSettings.checks[key](f"training.{key}", value, **where)
         check_str("target", self.target, **where)
         check_int("seed", self.seed, low=0, **where)
         if self.max_minutes is not None:

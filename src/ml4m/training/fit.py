@@ -14,7 +14,7 @@ from ml4m._fileio import atomic_path
 from ml4m.data import LabelKeys, read_dataset
 from ml4m.errors import ConfigError
 from ml4m.models.metrics import error_metrics
-from ml4m.training.config import FitConfig
+from ml4m.training.config import FitConfig, is_network
 
 __all__ = ["fit_model", "model_outputs", "test_model"]
 
@@ -69,7 +69,20 @@ def model_outputs(cfg: FitConfig) -> tuple[Path, list[Path]]:
         path = path.with_name(path.name + MODEL_SUFFIX)
     stem = path.name[: -len(MODEL_SUFFIX)]
     plots = ("learning_curve",) if cfg.model == "krr" else ("parity_energy", "parity_forces")
-    return path, [path.parent / "metrics.json"] + [path.parent / f"{stem}_{p}.png" for p in plots]
+    companions = [path.parent / "metrics.json"] + [path.parent / f"{stem}_{p}.png" for p in plots]
+    if is_network(cfg.model):
+        companions += list(network_files(path).values())
+    return path, companions
+
+
+def network_files(path: Path) -> dict[str, Path]:
+    """Files a network's fit writes beside ``path`` (the ``.ml4m`` model): the learning
+    curve (``{stem}_learning_curve.png``), the per-epoch log (``{stem}_training.csv``) and
+    the checkpoint (``.{stem}.ckpt``, removed once the model is written)."""
+    stem = path.name[: -len(path.suffix)]
+    return {"curve": path.parent / f"{stem}_learning_curve.png",
+            "log": path.parent / f"{stem}_training.csv",
+            "checkpoint": path.parent / f".{stem}.ckpt"}
 
 
 def _check_device(device: str) -> None:
@@ -82,7 +95,7 @@ def _check_device(device: str) -> None:
                               "(torch.cuda.is_available() is False); use --device cpu")
 
 
-def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
+def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:
     """Fit, save the model, and write ``metrics.json`` and parity plots beside it.
 
     The outputs are claimed first (:func:`ml4m.outputs.claim_output`: not an input, not
@@ -94,6 +107,9 @@ def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
         What to fit.
     progress : bool
         Show progress on stderr.
+    resume : bool
+        For networks: continue the training saved in the checkpoint beside the model
+        (:func:`network_files`), e.g. after the process was killed.
 
     Returns
     -------
@@ -104,12 +120,21 @@ def fit_model(cfg: FitConfig, progress: bool = True) -> dict[str, Any]:
     from ml4m.outputs import claim_output
 
     _check_device(cfg.device)
+    network = is_network(cfg.model)
+    if resume and not network:
+        raise ConfigError(f"resume applies to networks (their training is checkpointed), not "
+                          f"to {cfg.model!r}")
     path, companions = model_outputs(cfg)
     inputs = [p for p in (cfg.train, cfg.valid) if p]
     started = time.perf_counter()
     with claim_output(path, inputs=inputs, companions=companions):
         if cfg.model == "krr":
             return _fit_property_model(cfg, path)
+        if network:
+            from ml4m.training.network import fit_network
+
+            model, train, valid, metrics = fit_network(cfg, path, started, progress, resume)
+            return _write_potential_outputs(model, path, train, valid, metrics)
         return _fit_potential(cfg, path, started)
 
 
@@ -134,20 +159,28 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
         budget = plan.as_dict()
     fit_seconds = time.perf_counter() - t0
     path = model.save(path)
-    sets = {"train": (train, model.predict(train, uncertainty=False))}
-    if valid is not None:
-        sets["valid"] = (valid, model.predict(valid, uncertainty=True))
     metrics: dict[str, Any] = {"model": str(path), "kind": model.kind, "fit_seconds": fit_seconds,
                                "n_features": model.n_parameters,
                                "config": {k: v for k, v in vars(cfg).items()}}
     if budget is not None:
         metrics["budget"] = budget
+    return _write_potential_outputs(model, path, train, valid, metrics)
+
+
+def _write_potential_outputs(model, path: Path, train, valid, metrics: dict[str, Any]
+                             ) -> dict[str, Any]:
+    """Errors on ``train`` and ``valid`` (sigmas on ``valid`` when the model has them),
+    parity plots, and ``metrics.json`` (``metrics`` plus the errors and the plots)."""
+    sets = {"train": (train, model.predict(train, uncertainty=False))}
+    if valid is not None:
+        sets["valid"] = (valid, model.predict(valid, uncertainty=model.has_uncertainty))
     for name, (ds, pred) in sets.items():
         metrics[name] = error_metrics(pred, ds)
     from ml4m.training.plots import parity_plots
 
     stem = path.name[: -len(path.suffix)]
-    metrics["plots"] = [str(p) for p in parity_plots(sets, path.parent, prefix=f"{stem}_")]
+    metrics["plots"] = metrics.get("plots", []) + [
+        str(p) for p in parity_plots(sets, path.parent, prefix=f"{stem}_")]
     with atomic_path(path.parent / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, default=str))
     return metrics

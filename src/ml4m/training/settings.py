@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ml4m.errors import ConfigError
 from ml4m.validation import (
     check_bool,
     check_float,
     check_mapping,
+    describe,
+    fail,
     float_from,
     int_from,
     one_of,
@@ -30,8 +31,7 @@ def _check_path(name: str, value: Any, **where: Any) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where.get('source', 'settings')}: {name} must be a path, "
-                          f"got {value!r}")
+        raise fail(f"{name} must be a path, got {describe(value)}", **where)
     return value
 
 
@@ -40,8 +40,8 @@ def _check_weights(name: str, value: Any, **where: Any) -> dict[str, float]:
     weights = check_mapping(name, value, keys=LOSS_TERMS, **where)
     weights = {k: check_float(f"{name}.{k}", v, low=0.0, **where) for k, v in weights.items()}
     if not any(weights.values()):
-        raise ConfigError(f"{where.get('source', 'settings')}: {name} must give one of "
-                          f"{list(LOSS_TERMS)} a weight > 0, got {weights}")
+        raise fail(f"{name} must give one of {list(LOSS_TERMS)} a weight > 0, got {weights}",
+                   **where)
     return weights
 
 
