@@ -20,6 +20,7 @@ from ml4m.models.baseline import (
     LabelBaseline,
     PairRepulsion,
     SumBaseline,
+    attach_baseline_labels,
     baseline_from_config,
     residual_frames,
     switch,
@@ -237,11 +238,12 @@ def test_delta_learning_on_xtb_labels_beats_the_direct_fit():
     baseline = LabelBaseline("gfn2_energy", "gfn2_forces")
     train_l = baseline.attach(train, folder / "train.extxyz")[::2]
     train = train[::2]
-    valid_l = baseline.attach(valid, folder / "valid.extxyz")
     assert train_l[0].info["gfn2_forces"].shape == (9, 3) and "gfn2_forces" not in train[0].info
     ace = _ace(("C", "H", "O"), r_cut=4.0, n_max=3, l_max=2, correlation_order=2)
     direct = LinearACE(ace).fit(train)
     delta = Baselined(LinearACE(ace), baseline).fit(train_l)
+    valid_l = attach_baseline_labels(delta, valid, folder / "valid.extxyz")
+    assert attach_baseline_labels(direct, valid, folder / "valid.extxyz")[0] is valid[0]
     rmse_direct = error_metrics(direct.predict(valid), valid)["forces"]["rmse_mev_per_a"]
     rmse_delta = error_metrics(delta.predict(valid_l), valid)["forces"]["rmse_mev_per_a"]
     assert rmse_delta < 0.7 * rmse_direct, (rmse_delta, rmse_direct)

@@ -18,9 +18,14 @@ from ml4m.models.baseline.core import (
     residual_frames,
 )
 from ml4m.models.baseline.external import CalculatorBaseline, LabelBaseline
-from ml4m.models.baseline.potential import Baselined, baseline_from_config, with_baseline
+from ml4m.models.baseline.potential import (
+    Baselined,
+    attach_baseline_labels,
+    baseline_from_config,
+    with_baseline,
+)
 from ml4m.models.baseline.repulsion import PairRepulsion, switch, zbl
 
-__all__ = ["Baseline", "BaselineValues", "Baselined", "CalculatorBaseline", "LabelBaseline",
+__all__ = ["Baseline", "BaselineValues", "Baselined", "attach_baseline_labels", "CalculatorBaseline", "LabelBaseline",
            "PairRepulsion", "SumBaseline", "baseline_from_config", "baseline_from_state",
            "register_baseline", "residual_frames", "switch", "with_baseline", "zbl"]

@@ -30,7 +30,7 @@ from ml4m.models.baseline.repulsion import PairRepulsion
 from ml4m.models.registry import model_kind, register_model
 from ml4m.validation import check_bool, check_mapping, describe, fail
 
-__all__ = ["Baselined", "with_baseline", "baseline_from_config"]
+__all__ = ["Baselined", "with_baseline", "baseline_from_config", "attach_baseline_labels"]
 
 
 def _is_potential(name: str, value: Any, **where: Any) -> Potential:
@@ -222,3 +222,27 @@ def with_baseline(model: Potential, repulsion: Any = True, baseline: Any = None,
     ``model`` itself when they ask for no baseline (see :func:`baseline_from_config`)."""
     chosen = baseline_from_config(repulsion, baseline, source)
     return model if chosen is None else Baselined(model, chosen)
+
+
+def _label_parts(baseline: Baseline) -> list[LabelBaseline]:
+    if isinstance(baseline, LabelBaseline):
+        return [baseline]
+    if isinstance(baseline, SumBaseline):
+        return [p for part in baseline.parts for p in _label_parts(part)]
+    return []
+
+
+def attach_baseline_labels(model: Potential, frames: list[Frame],
+                           paths: Any) -> list[Frame]:
+    """``frames`` carrying the labels every :class:`LabelBaseline` of ``model`` reads,
+    from ``paths`` (the files the frames were read from); unchanged for other models.
+
+    A fit calls it on its training and validation frames before ``model.fit``, a test
+    before ``model.predict`` (``paths`` as given to :func:`ml4m.data.read_dataset`).
+    """
+    if not isinstance(model, Baselined):
+        return list(frames)
+    frames = list(frames)
+    for part in _label_parts(getattr(model, "baseline_", model.baseline)):
+        frames = part.attach(frames, paths)
+    return frames

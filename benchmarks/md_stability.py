@@ -1,0 +1,215 @@
+"""MD stability of fitted potentials with and without the repulsive core (issue #21).
+
+Protocol: Langevin NVT (``ml4m.md.run_md``, friction 0.01/fs) from the first frame of
+the valid set, time step 0.5 fs, ``--seeds`` seeds per temperature. A run fails at the
+first step where
+
+* a bond (a pair closer than 1.2 x the sum of covalent radii at the start) is longer
+  than ``--bond-factor`` (1.5) x its starting length;
+* two atoms are closer than ``--close-factor`` (0.7) x the shortest distance of their
+  element pair in the training set (pairs absent there: of the shortest of any pair);
+* or ``run_md``'s own checks stop it (non-finite forces, runaway temperature).
+
+Reported per system, model and temperature: the fraction of stable runs and the time
+to failure (ps) of the others.
+
+Models: ``ace`` is ``ml4m fit --model ace`` with no other setting (fitted once per
+system into ``--workdir``); ``ace+core`` is the same model inside
+:class:`ml4m.models.baseline.Baselined` with a :class:`~ml4m.models.baseline.PairRepulsion`
+fitted on the training set. The core is zero at every training distance, so fitting
+``Baselined(ace, PairRepulsion())`` gives exactly the ``ace`` coefficients; the script
+wraps the fitted model (``Baselined.from_fitted``) instead of fitting it again.
+
+Usage::
+
+    .venv/bin/python benchmarks/md_stability.py --ps 2 --seeds 3 --temperatures 300 600
+    .venv/bin/python benchmarks/md_stability.py --ps 10 --seeds 10   # the issue's protocol
+    .venv/bin/python benchmarks/md_stability.py --ps 20 --seeds 10 --temperatures 300 600 1200
+
+Prints a markdown table (the figures of ``benchmarks/results/md_stability.md``) and writes
+the JSON of every run to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHARED = Path(os.environ.get("ML4M_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+class Failed(Exception):
+    """A run left the stable range: ``kind`` (bond, close) at ``step``."""
+
+    def __init__(self, kind: str, step: int, detail: str) -> None:
+        super().__init__(f"{kind} at step {step}: {detail}")
+        self.kind, self.step, self.detail = kind, step, detail
+
+
+class StabilityCheck:
+    """The bond and close-contact criteria of one run (called after every step)."""
+
+    def __init__(self, atoms, shortest: dict[str, float], bond_factor: float,
+                 close_factor: float) -> None:
+        from ase.data import atomic_numbers, covalent_radii
+
+        self.atoms = atoms
+        z = atoms.numbers
+        d = atoms.get_all_distances()
+        radii = covalent_radii[z]
+        bonded = np.triu(d < 1.2 * (radii[:, None] + radii[None, :]), k=1)
+        self.i, self.j = np.nonzero(bonded)
+        self.max_bond = bond_factor * d[self.i, self.j]
+        floor = close_factor * min(shortest.values())
+        table = np.full((119, 119), floor)
+        for pair, r in shortest.items():
+            a, b = (atomic_numbers[s] for s in pair.split("-"))
+            table[a, b] = table[b, a] = close_factor * r
+        self.min_dist = table[z[:, None], z[None, :]]
+        np.fill_diagonal(self.min_dist, 0.0)
+
+    def __call__(self, step: int) -> None:
+        d = self.atoms.get_all_distances()
+        stretched = d[self.i, self.j] > self.max_bond
+        if stretched.any():
+            k = int(np.argmax(d[self.i, self.j] / self.max_bond))
+            raise Failed("bond", step, f"atoms {self.i[k]}-{self.j[k]} at {d[self.i[k], self.j[k]]:.2f} A")
+        close = d < self.min_dist
+        if close.any():
+            a, b = np.argwhere(close)[0]
+            raise Failed("close", step, f"atoms {a}-{b} at {d[a, b]:.2f} A")
+
+
+def fit_default(system: str, workdir: Path) -> Path:
+    """``ml4m fit --model ace`` on ``system`` (kept in ``workdir`` and reused)."""
+    out = workdir / system / "ace.ml4m"
+    if not out.exists():
+        folder = SHARED / system
+        cmd = [sys.executable, "-m", "ml4m", "fit", "--model", "ace",
+               "--train", str(folder / "train.extxyz"), "--valid", str(folder / "valid.extxyz"),
+               "-o", str(out)]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        print(f"fitted {system} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def models(system: str, workdir: Path) -> tuple[dict, dict[str, float], object]:
+    """The two models of a system, its training shortest distances, its start frame."""
+    import ml4m
+    from ml4m.data import read_dataset, shortest_distances
+    from ml4m.models.baseline import Baselined, PairRepulsion
+
+    train = read_dataset(SHARED / system / "train.extxyz")
+    start = read_dataset(SHARED / system / "valid.extxyz", index="0")[0]
+    ace = ml4m.load(fit_default(system, workdir))
+    core = Baselined.from_fitted(ace, PairRepulsion().fit(train))
+    return {"ace": ace, "ace+core": core}, shortest_distances(train), start
+
+
+def run_one(model, start, shortest, temperature: float, seed: int, args) -> dict:
+    """One NVT run; its outcome, time to failure and wall time."""
+    from ml4m.errors import SimulationError
+    from ml4m.md import run_md
+
+    atoms = start.to_atoms(with_labels=False)
+    atoms.calc = model.as_calculator()
+    steps = int(round(args.ps * 1000 / args.dt))
+    check = StabilityCheck(atoms, shortest, args.bond_factor, args.close_factor)
+    t0 = time.perf_counter()
+    outcome, step, detail = "stable", steps, ""
+    try:
+        run_md(atoms, ensemble="nvt", temperature_k=temperature, steps=steps, dt_fs=args.dt,
+               friction=args.friction, seed=seed, interval=100, uncertainty_interval=0,
+               on_step=check)
+    except Failed as exc:
+        outcome, step, detail = exc.kind, exc.step, exc.detail
+    except SimulationError as exc:
+        outcome, detail = "md_check", str(exc)
+        step = _step_of(str(exc), steps)
+    return {"outcome": outcome, "step": step, "t_ps": step * args.dt / 1000, "detail": detail,
+            "seconds": time.perf_counter() - t0}
+
+
+def _step_of(message: str, default: int) -> int:
+    import re
+
+    found = re.search(r"step (\d+)", message)
+    return int(found.group(1)) if found else default
+
+
+def summarise(runs: list[dict]) -> tuple[str, str]:
+    """``"k/n"`` stable and the failure times (ps) of the others."""
+    stable = sum(r["outcome"] == "stable" for r in runs)
+    fails = sorted(r["t_ps"] for r in runs if r["outcome"] != "stable")
+    times = ", ".join(f"{t:.2f}" for t in fails) if fails else "-"
+    return f"{stable}/{len(runs)}", times
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--systems", nargs="+", default=["ethanol_pbe", "bpa_xtb"])
+    parser.add_argument("--temperatures", nargs="+", type=float, default=[300.0, 600.0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--ps", type=float, default=2.0, help="length of each run, ps")
+    parser.add_argument("--dt", type=float, default=0.5, help="time step, fs")
+    parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    parser.add_argument("--bond-factor", type=float, default=1.5)
+    parser.add_argument("--close-factor", type=float, default=0.7)
+    parser.add_argument("--models", nargs="+", default=["ace", "ace+core"])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ml4m_md_stability"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON of every run (default: WORKDIR/md_stability.json)")
+    args = parser.parse_args(argv)
+    args.out = args.out or args.workdir / "md_stability.json"
+
+    results = []
+    for system in args.systems:
+        built, shortest, start = models(system, args.workdir)
+        for name in args.models:
+            for temperature in args.temperatures:
+                runs = []
+                for seed in range(args.seeds):
+                    run = run_one(built[name], start, shortest, temperature, seed, args)
+                    runs.append(run)
+                    print(system, name, temperature, seed, run, flush=True)
+                results.append({"system": system, "model": name, "temperature_k": temperature,
+                                "runs": runs})
+    write(results, args, argv)
+    return 0
+
+
+def write(results: list[dict], args, argv) -> None:
+    """The markdown table and the JSON of every run."""
+    command = "python benchmarks/md_stability.py " + " ".join(argv or sys.argv[1:])
+    lines = [f"# MD stability: `{command.strip()}`", "",
+             f"Langevin NVT from the first valid frame, dt {args.dt} fs, friction "
+             f"{args.friction}/fs, {args.ps:g} ps per run, seeds 0-{args.seeds - 1}. A run "
+             f"fails when a bond exceeds {args.bond_factor} x its starting length, two atoms come "
+             f"closer than {args.close_factor} x their pair's shortest training distance, or "
+             "run_md's own checks stop it.", "",
+             "| system | model | T (K) | stable | failure times (ps) | failure kinds | "
+             "wall s per run |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        stable, times = summarise(r["runs"])
+        kinds = ", ".join(sorted({x["outcome"] for x in r["runs"] if x["outcome"] != "stable"}))
+        wall = np.mean([x["seconds"] for x in r["runs"]])
+        lines.append(f"| {r['system']} | {r['model']} | {r['temperature_k']:g} | {stable} | "
+                     f"{times} | {kinds or '-'} | {wall:.0f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump({"command": command, "results": results}, fh, indent=1)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
