@@ -87,3 +87,19 @@ def test_bad_input_exit_2_one_line_nothing_written(capsys, tmp_path, pool, case)
     assert out == "" and len(err.strip().splitlines()) == 1 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert pool.read_bytes() == pool_bytes
+
+
+def test_doptimal_from_a_model_starts_where_it_is_least_sure(capsys, tmp_path, pool):
+    from ml4m.descriptors import ACE
+    from ml4m.models.linear import LinearACE
+
+    frames = default_dataset()[::4]
+    model = LinearACE(ACE(["Cu"], r_cut=4.0, n_max=3, l_max=2, total_degree=5),
+                      uncertainty="posterior").fit(frames[::4])
+    model.save(tmp_path / "m.ml4m")
+    code, stdout, _ = run_cli(capsys, "curate", pool, "--n", "3", "--method", "doptimal",
+                              "--model", tmp_path / "m.ml4m", "--json", "-o", tmp_path / "s.xyz")
+    assert code == 0
+    sigma = model.predict(frames, uncertainty=True).energy_sigma
+    per_atom = sigma / np.array([len(f) for f in frames])
+    assert json.loads(stdout)["indices"][0] == int(np.argmax(per_atom))

@@ -142,3 +142,26 @@ def test_unknown_element_and_bad_n_are_named(tmp_path):
             resolve_n_select(bad, 40)
     with pytest.raises(ConfigError, match="method must be one of"):
         select(np.ones((5, 2)), 2, "kmeans")
+
+
+def test_doptimal_from_a_fitted_linear_model_uses_its_posterior(tmp_path):
+    """Frame rows in the model's feature space with its posterior covariance: the prior
+    variance of each frame's per-atom energy is the model's own energy sigma squared."""
+    from ml4m.models.linear import LinearACE
+    from ml4m.md.curation import linear_model_prior
+
+    frames = default_dataset()[::8]
+    path = tmp_path / "pool.extxyz"
+    write_extxyz(frames, path)
+    model = LinearACE(ACE(["Cu"], r_cut=4.0, n_max=3, l_max=2, total_degree=5),
+                      uncertainty="posterior").fit(frames[::3])
+    desc, fmap, cov = linear_model_prior(model)
+    pool = pool_features(path, desc, feature_map=fmap)
+    noise = model.noise_["energy"]
+    sigma = model.predict(frames, uncertainty=True).energy_sigma / pool.n_atoms
+    prior_var = np.einsum("ij,jk,ik->i", pool.features, cov, pool.features) * noise**2
+    np.testing.assert_allclose(prior_var, sigma**2, rtol=1e-6)
+    sel = select(pool, 5, "doptimal", covariance=cov)
+    assert sel.scores[0] == pytest.approx(np.log1p(np.max(prior_var) / noise**2))
+    with pytest.raises(ConfigError, match="fitted linear potential"):
+        linear_model_prior(LinearACE(desc))

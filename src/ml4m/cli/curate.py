@@ -23,6 +23,7 @@ methods: fps (farthest-point sampling), cur (CUR leverage), density (probability
 examples:
   ml4m curate pool.extxyz --n 500 -o subset.extxyz
   ml4m curate pool.store --n 0.1 --method density --descriptor soap --r-cut 5 -o sub.extxyz
+  ml4m curate pool.extxyz --n 200 --method doptimal --model cu_ace.ml4m -o more.extxyz
 """
 
 
@@ -42,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--r-cut", type=float, metavar="A", help="cutoff radius in Angstrom")
     p.add_argument("--n-max", type=int, metavar="N", help="radial basis size (soap, ace)")
     p.add_argument("--l-max", type=int, metavar="L", help="largest angular momentum (soap, ace)")
+    p.add_argument("--model", metavar="MODEL.ml4m",
+                   help="a fitted linear potential (linear ACE, sparse GP): frame rows in its "
+                        "feature space, and doptimal starts from its posterior")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choices (default 0)")
     p.add_argument("--alpha", type=float, default=1.0,
                    help="density: exponent of 1/density (0 random, 1 uniform; default 1)")
@@ -109,18 +113,28 @@ def run(args: argparse.Namespace) -> int:
     max_memory = None if args.max_memory is None else parse_bytes(args.max_memory, "--max-memory")
     keys = label_keys_from_args(args)
     indices_path, plot_path = companions(args.output)
-    with claim_output(args.output, inputs=[args.pool], companions=[indices_path, plot_path],
+    inputs = [args.pool] + ([args.model] if args.model else [])
+    with claim_output(args.output, inputs=inputs, companions=[indices_path, plot_path],
                       overwrite=args.overwrite) as target:
+        fmap = covariance = None
+        if args.model:
+            from ml4m.md.curation import linear_model_prior
+            from ml4m.models.serialization import load
+
+            desc, fmap, covariance = linear_model_prior(load(args.model))
         given = parse_species(args.species) if args.species else None
         found, n_pool = pool_species(args.pool, keys, args.format)
         n = resolve_n_select(args.n, n_pool)
-        desc = make_descriptor(args.descriptor, given or found, args.r_cut, args.n_max, args.l_max)
-        check_curation_memory(n_pool, desc.n_species * desc.n_features, n, args.method,
-                              max_memory)
+        if not args.model:
+            desc = make_descriptor(args.descriptor, given or found, args.r_cut, args.n_max,
+                                   args.l_max)
+        n_features = fmap.n_features if fmap is not None else desc.n_species * desc.n_features
+        check_curation_memory(n_pool, n_features, n, args.method, max_memory)
         pool = pool_features(args.pool, desc, keys=keys, format=args.format,
                              chunk_frames=args.chunk_frames, n_jobs=args.n_jobs,
-                             max_memory=max_memory)
-        chosen = select(pool, n, args.method, seed=args.seed, alpha=args.alpha)
+                             max_memory=max_memory, feature_map=fmap)
+        chosen = select(pool, n, args.method, seed=args.seed, alpha=args.alpha,
+                        covariance=covariance)
         fig = projection_figure(pool.features, chosen.indices,
                                 f"{args.method}: {n} of {n_pool} frames")
         # all three appear together: each is renamed into place only when all are complete

@@ -68,7 +68,7 @@ from ml4m.resources import check_memory, format_bytes
 from ml4m.validation import check_choice, check_float, check_int
 
 __all__ = ["SELECTORS", "PoolFeatures", "Selection", "check_curation_memory", "iter_pool",
-           "pool_features", "pool_species", "projection_figure", "resolve_n_select", "select"]
+           "linear_model_prior", "pool_features", "pool_species", "projection_figure", "resolve_n_select", "select"]
 
 #: selector names accepted by :func:`select` (``ml4m curate --method``)
 SELECTORS = ("fps", "cur", "density", "doptimal", "random")
@@ -183,7 +183,8 @@ def check_curation_memory(n_frames: int, n_features: int, n_select: int, method:
 def pool_features(
     path: str | os.PathLike, descriptor: Descriptor | str = "ace", *,
     keys: LabelKeys | None = None, format: str | None = None, chunk_frames: int = 256,
-    n_jobs: int | None = 1, max_memory: int | str | None = None, **settings: Any,
+    n_jobs: int | None = 1, max_memory: int | str | None = None, feature_map: Any = None,
+    **settings: Any,
 ) -> PoolFeatures:
     """Per-frame feature rows of a pool, streamed in chunks.
 
@@ -204,6 +205,9 @@ def pool_features(
         Worker threads over the frames of a chunk.
     max_memory : int or str, optional
         Memory limit (default half the available memory).
+    feature_map : FeatureMap, optional
+        A fitted linear model's map (``model.fmap_``, see :func:`linear_model_prior`):
+        rows in its feature space; default one block of the descriptor per species.
 
     Returns
     -------
@@ -229,7 +233,7 @@ def pool_features(
         raise ConfigError("curation needs per-atom descriptors (average=False)")
     if n is not None:
         check_curation_memory(n, desc.n_species * desc.n_features, 1, "fps", max_memory)
-    blocks = SpeciesBlocks(desc.n_species, desc.n_features)
+    blocks = feature_map or SpeciesBlocks(desc.n_species, desc.n_features)
     lookup = np.full(max(desc.species) + 1, -1, dtype=np.int64)
     lookup[list(desc.species)] = np.arange(desc.n_species)
     rows, counts = [], []
@@ -243,6 +247,38 @@ def pool_features(
         counts.append(n_atoms)
     return PoolFeatures(np.concatenate(rows), np.concatenate(counts), tuple(desc.species),
                         desc.settings())
+
+
+def linear_model_prior(model: Any) -> tuple[Descriptor, Any, np.ndarray]:
+    """What ``doptimal`` needs to start from a fitted linear potential's posterior.
+
+    Parameters
+    ----------
+    model : LinearPotential
+        A fitted linear ACE or sparse GP potential (:mod:`ml4m.models.linear`).
+
+    Returns
+    -------
+    descriptor : Descriptor
+        The model's descriptor (give it to :func:`pool_features`).
+    feature_map : FeatureMap
+        The model's feature map (``feature_map`` of :func:`pool_features`).
+    covariance : ndarray of shape (n_features, n_features)
+        Posterior covariance of the coefficients divided by the fitted energy noise
+        variance (eV/atom squared): the ``covariance`` of :func:`select`.
+
+    Raises
+    ------
+    ConfigError
+        Not a fitted linear potential.
+    """
+    from ml4m.models.linear import LinearPotential
+
+    if not isinstance(model, LinearPotential) or not hasattr(model, "coef_"):
+        raise ConfigError(f"doptimal starts from a fitted linear potential (linear ACE or sparse "
+                          f"GP), got {type(model).__name__}")
+    noise = float(getattr(model, "noise_", {}).get("energy", model.sigma_energy))
+    return model.descriptor, model.fmap_, np.asarray(model.covariance_) / noise**2
 
 
 # ---- selectors ----------------------------------------------------------------------------
