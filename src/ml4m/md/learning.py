@@ -1,0 +1,490 @@
+"""On-the-fly active learning: MD with an uncertain model, the reference where it is unsure.
+
+K walkers (:class:`~ml4m.md.learning_settings.WalkerSettings`) share one model with
+uncertainty and advance in lock-step rounds of ``check_interval`` MD steps; the force
+sigma is computed on the last step of a round. Every walker whose largest force sigma
+(eV/Angstrom, any atom and component) is above the threshold sends its frame to the
+reference calculator; the frames of a round are labelled together through a
+:class:`concurrent.futures.Executor` (inline, a process pool, or a Dask client), join
+the training set in walker order, and the model is updated once (an exact rank update
+of the normal equations for linear and sparse-GP potentials, a refit for the others;
+hyperparameters re-optimised every ``reoptimise_every`` calls). All walkers then
+continue, the flagged ones from their labelled frames. The result of a seed therefore
+does not depend on how many workers label the frames.
+
+After every update the whole loop state is saved (:mod:`ml4m.md.learning_state`); a
+resumed loop continues exactly where the saved one was, and refuses other settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from ml4m.data.frames import Frame
+from ml4m.errors import ConfigError, DataError, SimulationError
+from ml4m.md.dynamics import _dynamics
+from ml4m.md.learning_settings import LearnSettings, WalkerSettings
+from ml4m.md.learning_state import (
+    LoopState,
+    WalkerState,
+    has_state,
+    load_state,
+    save_state,
+    updatable,
+)
+from ml4m.md.safety import blowup_limits, check_step
+
+__all__ = ["InlineExecutor", "LearnStatus", "Reference", "ReferenceCalculationError",
+           "label_structure", "reference_executor", "run_learning"]
+
+
+class ReferenceCalculationError(SimulationError):
+    """Raised when the reference calculator fails on a frame and the loop stops
+    (``on_reference_error: stop``); the message names the walker, the step and where the
+    state is kept."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A picklable factory of the reference calculator: a name or import path and its
+    constructor's arguments (:func:`ml4m.data.make_calculator`)."""
+
+    name: str = "emt"
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def __call__(self):
+        from ml4m.data import make_calculator
+
+        return make_calculator(self.name, dict(self.kwargs))
+
+
+def label_structure(reference: Callable[[], Any], atoms: Atoms) -> dict[str, Any]:
+    """Energy (eV), forces (eV/Angstrom) and, for a periodic cell, stress (eV/Angstrom^3,
+    Voigt) of ``atoms`` by a fresh calculator from ``reference`` (run in a worker)."""
+    atoms = atoms.copy()
+    atoms.calc = reference()
+    out = {"energy": float(atoms.get_potential_energy()),
+           "forces": np.array(atoms.get_forces(), dtype=float), "stress": None}
+    if atoms.pbc.all():
+        out["stress"] = np.array(atoms.get_stress(voigt=True), dtype=float)
+    return out
+
+
+class InlineExecutor(Executor):
+    """Runs each call at submission, in this process (one worker, no pool to start)."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # delivered through the future, as a pool would
+            future.set_exception(exc)
+        return future
+
+
+@contextlib.contextmanager
+def reference_executor(workers: int = 1, scheduler: str | None = None,
+                       timeout_s: float = 10.0) -> Iterator[Executor]:
+    """The executor that labels frames: inline (``workers=1``), a process pool of
+    ``workers``, or a Dask ``distributed`` client of the scheduler at ``scheduler``.
+
+    Raises
+    ------
+    ConfigError
+        ``workers`` < 1; ``scheduler`` without ``distributed`` installed, or a scheduler
+        that does not answer within ``timeout_s`` seconds.
+    """
+    from ml4m.validation import check_int
+
+    workers = check_int("workers", workers, low=1)
+    if scheduler is not None:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise ConfigError("--scheduler needs Dask's 'distributed' package (the optional "
+                              "extra: pip install distributed)") from None
+        try:
+            client = Client(scheduler, timeout=timeout_s)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler!r}: "
+                              f"{type(exc).__name__}: {exc}") from None
+        try:
+            yield client.get_executor()
+        finally:
+            client.close()
+        return
+    if workers == 1:
+        yield InlineExecutor()
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # not fork: the MD process holds BLAS and prefetch threads, which fork would copy
+    # mid-call; a fork server that imported the labelling code once forks the workers
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        yield pool
+
+
+@dataclass(frozen=True)
+class LearnStatus:
+    """The loop after a round (what the live table shows).
+
+    Attributes
+    ----------
+    rounds, step, steps : int
+        Rounds run; MD steps done and asked for, per walker.
+    time_ps : float
+        MD time of every walker, ps.
+    sigma : tuple of float
+        Each walker's largest force sigma at the round's end, eV/Angstrom.
+    threshold : float
+        eV/Angstrom.
+    calls, max_calls, skipped, n_train, n_parameters : int
+    labelled : tuple of int
+        Walkers whose frames were labelled this round.
+    """
+
+    rounds: int
+    step: int
+    steps: int
+    time_ps: float
+    sigma: tuple[float, ...]
+    threshold: float
+    calls: int
+    max_calls: int
+    skipped: int
+    n_train: int
+    n_parameters: int
+    labelled: tuple[int, ...]
+
+
+class _Walker:
+    """A walker's atoms (with the model's calculator), integrator and generator."""
+
+    def __init__(self, spec: WalkerSettings, start: Atoms, state: WalkerState,
+                 settings: LearnSettings) -> None:
+        self.spec, self.settings, self.atoms, self.step = spec, settings, state.atoms, state.step
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = state.rng_state
+        self.limits = blowup_limits(start, spec.hottest_k)  # from the start, as on a resume
+        self.dyn = None
+
+    def attach(self, model: Any) -> None:
+        """A fresh calculator of ``model`` (no cached results) and integrator."""
+        from ml4m.models.calculator import ML4MCalculator
+
+        self.atoms.calc = ML4MCalculator(model)
+        s = self.settings
+        if self.dyn is None:
+            self.dyn = _dynamics(self.atoms, s.ensemble, self.spec.target(self.step, s.steps),
+                                 s.dt_fs, s.friction, s.pressure_gpa, self.rng)
+
+    def advance(self, n: int) -> float:
+        """``n`` MD steps, each checked (:func:`ml4m.md.safety.check_step`); the largest
+        force sigma of the last one, eV/Angstrom."""
+        calc, s = self.atoms.calc, self.settings
+        for i in range(n):
+            if self.spec.temperature_end_k is not None:
+                self.dyn.set_temperature(temperature_K=self.spec.target(self.step, s.steps))
+            if i == n - 1:
+                self.atoms.get_forces()  # this step's starting forces without the sigma
+                calc.uncertainty = True
+            self.dyn.step()
+            self.step += 1
+            check_step(self.atoms, self.step, self.limits)
+        calc.uncertainty = False
+        return float(np.max(calc.results["forces_sigma"]))
+
+    def state(self) -> WalkerState:
+        return WalkerState(self.atoms, self.step, self.rng.bit_generator.state)
+
+
+def _read_structure(path: str) -> Atoms:
+    from ml4m.data import read_dataset
+
+    return read_dataset(path, index="-1")[0].to_atoms(with_labels=False)
+
+
+def _check_species(model: Any, atoms: Atoms, path: str) -> None:
+    from ase.data import chemical_symbols
+
+    unknown = sorted(set(atoms.numbers.tolist()) - set(np.asarray(model.species).tolist()))
+    if unknown:
+        raise DataError(f"species {[chemical_symbols[z] for z in unknown]} are not known to the "
+                        f"model (trained on {[chemical_symbols[z] for z in model.species]})", path)
+
+
+def _label_frames(executor: Executor, reference: Callable[[], Any], structures: list[Atoms]
+                  ) -> list[dict[str, Any] | Exception]:
+    """Labels of ``structures`` in their order (an exception where the reference raised)."""
+    futures = [executor.submit(label_structure, reference, a) for a in structures]
+    out: list[dict[str, Any] | Exception] = []
+    try:
+        for f in futures:
+            exc = f.exception()
+            out.append(exc if exc is not None else f.result())
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    return out
+
+
+def _labelled_frame(atoms: Atoms, labels: dict[str, Any], info: dict[str, Any]) -> Frame:
+    return Frame.from_atoms(atoms, energy=labels["energy"], forces=labels["forces"],
+                            stress=labels["stress"], info=info)
+
+
+def _initial_model(settings: LearnSettings, executor: Executor, reference: Callable[[], Any],
+                   model: Any = None) -> tuple[Any, list[Frame]]:
+    """The starting model (``model``, a model file, or the initial fit) and training frames."""
+    from ml4m.data import read_dataset
+
+    frames: list[Frame] = []
+    if settings.initial is not None:
+        require = () if settings.label_initial else ("energy", "forces")
+        frames = list(read_dataset(settings.initial, require=require))
+        if settings.label_initial:
+            structures = [f.to_atoms(with_labels=False) for f in frames]
+            labels = _label_frames(executor, reference, structures)
+            for k, lab in enumerate(labels):
+                if isinstance(lab, Exception):
+                    raise ReferenceCalculationError(
+                        f"the reference failed on frame {k} of {settings.initial}: "
+                        f"{type(lab).__name__}: {lab}")
+            frames = [_labelled_frame(a, lab, {"source": "initial", "frame": k})
+                      for k, (a, lab) in enumerate(zip(structures, labels))]
+    if model is None and settings.model is not None:
+        from ml4m.models.serialization import load
+
+        model = load(settings.model)
+    if model is None:
+        if settings.fit is None:
+            raise ConfigError("no starting model: give 'model' (a .ml4m file) or 'fit' (settings "
+                              "of an initial fit on 'initial')")
+        return _fit_initial(settings, frames), frames
+    from ml4m.models.base import Potential
+
+    if not isinstance(model, Potential) or not model.has_uncertainty:
+        raise ConfigError(f"model {settings.model or ''}: active learning needs a potential with "
+                          f"uncertainty (ace, gp, a committee), got '{model.kind}'")
+    return model, frames
+
+
+def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
+    """The model ``settings.fit`` describes, fitted on ``frames``."""
+    from ml4m.data import Dataset
+    from ml4m.training.config import FitConfig
+    from ml4m.training.fit import _build_model
+
+    clash = sorted({"train", "valid", "output"} & set(settings.fit))
+    if clash:
+        raise ConfigError(f"fit: {clash} are set by the learning loop ('initial' is the "
+                          "training set; the model is written to the output folder)")
+    cfg = FitConfig.from_mapping({**settings.fit, "train": settings.initial}, source="fit")
+    ds = Dataset(frames)
+    species = [int(z) for z in ds.atomic_numbers]
+    model = _build_model(cfg, species, ds)
+    if not model.has_uncertainty:
+        raise ConfigError(f"fit.model: active learning needs a model with uncertainty, "
+                          f"'{cfg.model}' has none")
+    return model.fit(ds)
+
+
+def _updated(model: Any, train: list[Frame], new: list[Frame], reoptimise: bool) -> Any:
+    """``model`` with ``new`` frames learnt: an exact update when it keeps its normal
+    equations, else a refit of a clone on the whole training set."""
+    if updatable(model):
+        return model.update(new, reoptimise=reoptimise)
+    return model.clone().fit(train)
+
+
+def run_learning(settings: LearnSettings, output: str | os.PathLike, *,
+                 executor: Executor | None = None, reference: Callable[[], Any] | None = None,
+                 model: Any = None, resume: bool = False, on_round: Callable[[LearnStatus], None] | None = None
+                 ) -> dict[str, Any]:
+    """Run (or resume) the loop; the state and results go to the folder ``output``.
+
+    Parameters
+    ----------
+    settings : LearnSettings
+    output : path
+        Folder (claimed by the caller: :func:`ml4m.outputs.claim_output`). Written:
+        ``state/`` after every update, then ``model.ml4m``, ``train.extxyz`` and
+        ``learning.png`` (sigma and reference calls against MD time).
+    executor : Executor, optional
+        Labels frames (default: inline). Any :class:`concurrent.futures.Executor`.
+    reference : callable, optional
+        A picklable factory of the reference calculator, instead of
+        ``settings.reference`` (its name is still what a resume compares).
+    model : Potential, optional
+        A fitted potential with uncertainty to start from, instead of ``settings.model``
+        or ``settings.fit`` (ignored on a resume: the state holds the model).
+    resume : bool
+        Continue the state in ``output`` (ConfigError if there is none, or if it was run
+        with other settings).
+    on_round : callable, optional
+        Called with a :class:`LearnStatus` after every round.
+
+    Returns
+    -------
+    dict
+        ``steps``, ``walkers``, ``reference_calls``, ``skipped``, ``n_train``,
+        ``n_parameters``, ``threshold_ev_per_a``, ``sigma_max_final`` (eV/A, per walker),
+        ``seconds``, ``model``, ``plot``, ``resumed``.
+
+    Raises
+    ------
+    ConfigError, DataError
+        Bad settings or inputs (nothing run), or a resume under other settings.
+    ReferenceCalculationError
+        The reference failed and ``on_reference_error`` is ``stop`` (state kept).
+    SimulationError
+        A walker blew up (state of the last update kept).
+    """
+    started = time.perf_counter()
+    output = Path(output)
+    executor = executor if executor is not None else InlineExecutor()
+    if reference is None:
+        reference = Reference(settings.reference, tuple(sorted(settings.reference_kwargs.items())))
+    reference()  # an import or a setting it refuses fails here, before any work
+    starts = [_read_structure(w.structure) for w in settings.walkers]
+    if resume:
+        if not has_state(output):
+            raise ConfigError(f"--resume: {output} holds no learning state to resume")
+        state = load_state(output, starts)
+        diff = settings.differences(state.settings)
+        if diff:
+            raise ConfigError(f"--resume: the state in {output} was run with other settings "
+                              f"({', '.join(diff)} differ); use the same config, or another "
+                              "output folder")
+    else:
+        if has_state(output):
+            raise ConfigError(f"{output} holds the state of a learning run: pass --resume to "
+                              "continue it, or choose another output folder")
+        model, train = _initial_model(settings, executor, reference, model)
+        for spec, atoms in zip(settings.walkers, starts):
+            _check_species(model, atoms, spec.structure)
+        state = LoopState(settings.record(), model, train, [_fresh_walker(s, a)
+                                                           for s, a in zip(settings.walkers, starts)])
+        save_state(output, state)
+    loop = _Loop(settings, state, starts, executor, reference, output, on_round)
+    loop.run()
+    return loop.finish(time.perf_counter() - started, resume)
+
+
+def _fresh_walker(spec: WalkerSettings, start: Atoms) -> WalkerState:
+    """A walker at its start, with Maxwell-Boltzmann velocities at its temperature."""
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+    atoms = start.copy()
+    rng = np.random.default_rng(spec.seed)
+    thermalize_momenta(atoms, temperature_K=spec.temperature_k, rng=rng)
+    Stationary(atoms)
+    return WalkerState(atoms, 0, rng.bit_generator.state)
+
+
+class _Loop:
+    """The rounds of a run: advance, check, label, update, save."""
+
+    def __init__(self, settings: LearnSettings, state: LoopState, starts: list[Atoms],
+                 executor: Executor, reference: Callable[[], Any], output: Path,
+                 on_round: Callable[[LearnStatus], None] | None) -> None:
+        self.s, self.state, self.executor, self.reference = settings, state, executor, reference
+        self.output, self.on_round = output, on_round
+        self.walkers = [_Walker(spec, start, w, settings)
+                        for spec, start, w in zip(settings.walkers, starts, state.walkers)]
+        self._attach()
+
+    def _attach(self) -> None:
+        for w in self.walkers:
+            w.attach(self.state.model)
+
+    def run(self) -> None:
+        s, st = self.s, self.state
+        while self.walkers[0].step < s.steps:
+            n = min(s.check_interval, s.steps - self.walkers[0].step)
+            sigma = [w.advance(n) for w in self.walkers]
+            threshold = s.threshold.resolve(st.model)
+            st.rounds += 1
+            hist = st.history
+            hist["time_fs"].append(self.walkers[0].step * s.dt_fs)
+            hist["sigma"].append(sigma)
+            hist["threshold"].append(threshold)
+            flagged = [k for k, v in enumerate(sigma) if v > threshold]
+            flagged = flagged[:max(0, s.max_calls - st.calls)]
+            labelled = self._learn(flagged, sigma) if flagged else []
+            hist["calls"].append(st.calls)
+            if labelled:
+                self._save()
+            if self.on_round is not None:
+                self.on_round(self._status(sigma, threshold, labelled))
+        self._save()
+
+    def _learn(self, flagged: list[int], sigma: list[float]) -> list[int]:
+        """Label the flagged walkers' frames, add them in walker order, update the model."""
+        s, st = self.s, self.state
+        labels = _label_frames(self.executor, self.reference,
+                               [self.walkers[k].atoms for k in flagged])
+        before = st.calls
+        new, labelled = [], []
+        for k, lab in zip(flagged, labels):
+            st.calls += 1
+            w = self.walkers[k]
+            if isinstance(lab, Exception):
+                if s.on_reference_error == "stop":
+                    raise ReferenceCalculationError(
+                        f"the reference ({s.reference}) failed on walker {k} at step {w.step}: "
+                        f"{type(lab).__name__}: {lab}; the state after the last update is kept in "
+                        f"{self.output / 'state'} (ml4m learn ... --resume continues it)")
+                st.skipped += 1
+                continue
+            info = {"walker": k, "step": w.step, "time_fs": w.step * s.dt_fs,
+                    "sigma_max": sigma[k]}
+            new.append(_labelled_frame(w.atoms, lab, info))
+            labelled.append(k)
+        if new:
+            every = s.reoptimise_every
+            reoptimise = every > 0 and st.calls // every > before // every
+            st.train.extend(new)
+            st.model = _updated(st.model, st.train, new, reoptimise)
+            self._attach()  # every walker continues with the new model
+        return labelled
+
+    def _save(self) -> None:
+        self.state.walkers = [w.state() for w in self.walkers]
+        save_state(self.output, self.state)
+
+    def _status(self, sigma: list[float], threshold: float, labelled: list[int]) -> LearnStatus:
+        st, step = self.state, self.walkers[0].step
+        return LearnStatus(st.rounds, step, self.s.steps, step * self.s.dt_fs / 1000.0,
+                           tuple(sigma), threshold, st.calls, self.s.max_calls, st.skipped,
+                           len(st.train), int(st.model.n_parameters), tuple(labelled))
+
+    def finish(self, seconds: float, resumed: bool) -> dict[str, Any]:
+        """Write the model, the plot; the run's summary."""
+        from ml4m.md.learning_plots import plot_history
+
+        st = self.state
+        model_path = st.model.save(self.output / "model.ml4m")
+        plot = plot_history(st.history, self.output / "learning.png")
+        last = st.history["sigma"][-1] if st.history["sigma"] else []
+        return {"steps": self.s.steps, "walkers": len(self.walkers), "rounds": st.rounds,
+                "reference_calls": st.calls, "skipped": st.skipped, "n_train": len(st.train),
+                "n_parameters": int(st.model.n_parameters),
+                "threshold_ev_per_a": st.history["threshold"][-1] if st.history["threshold"]
+                else None,
+                "sigma_max_final": list(last), "seconds": seconds, "model": str(model_path),
+                "plot": str(plot), "resumed": resumed}

@@ -1,0 +1,197 @@
+"""On-the-fly active learning: when the reference is called, exact updates, resume, workers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import write
+
+from ml4m.data import read_dataset
+from ml4m.errors import ConfigError, DataError
+from ml4m.md.learning import ReferenceCalculationError, reference_executor, run_learning
+from ml4m.md.learning_settings import LearnSettings, WalkerSettings, parse_threshold
+from ml4m.md.learning_state import frames_from_arrays
+from ml4m.models.linear import LinearACE
+
+FIT = {"model": "ace", "descriptor": {"r_cut": 4.0, "n_max": 4, "l_max": 2, "correlation_order": 3},
+       "params": {"uncertainty": "posterior"}}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A 32-atom Cu cell and six EMT-labelled rattled copies of it."""
+    d = tmp_path_factory.mktemp("learn")
+    atoms = bulk("Cu", cubic=True, a=3.61).repeat(2)
+    frames = []
+    for k in range(6):
+        a = atoms.copy()
+        a.rattle(0.05 + 0.02 * k, seed=k)
+        a.calc = EMT()
+        a.get_potential_energy(), a.get_forces(), a.get_stress()
+        frames.append(a)
+    write(d / "init.extxyz", frames)
+    write(d / "start.extxyz", atoms)
+    gold = atoms.copy()
+    gold.symbols[0] = "Au"
+    write(d / "gold.extxyz", gold)
+    return d
+
+
+def _settings(files, **changes) -> LearnSettings:
+    start = str(files / "start.extxyz")
+    base = dict(walkers=(WalkerSettings(start, 300.0, 900.0, 0), WalkerSettings(start, 600.0, None, 1)),
+                fit=FIT, initial=str(files / "init.extxyz"), steps=60, dt_fs=2.0,
+                threshold=parse_threshold(0.0022), check_interval=5, max_calls=20,
+                reoptimise_every=3)
+    return LearnSettings(**{**base, **changes})
+
+
+class FailAfter:
+    """A reference factory (EMT) that raises from its (n+1)-th call on."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.count = n, 0
+
+    def __call__(self):
+        self.count += 1
+        if self.count > self.n:
+            raise RuntimeError("reference crashed")
+        return EMT()
+
+
+def _train(folder):
+    return read_dataset(folder / "train.extxyz")
+
+
+def _assert_same_run(a, b):
+    """Same training frames (positions, labels, walker and step) and the same model."""
+    ta, tb = _train(a), _train(b)
+    assert len(ta) == len(tb)
+    for fa, fb in zip(ta, tb):
+        assert (fa.info.get("walker"), fa.info.get("step")) == (fb.info.get("walker"), fb.info.get("step"))
+        np.testing.assert_array_equal(fa.positions, fb.positions)
+        np.testing.assert_array_equal(fa.forces, fb.forces)
+    import ml4m
+
+    ma, mb = ml4m.load(a / "model.ml4m"), ml4m.load(b / "model.ml4m")
+    np.testing.assert_array_equal(ma.coef_, mb.coef_)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(files):
+    out = files / "whole"
+    result = run_learning(_settings(files), out)
+    return out, result
+
+
+class ScriptedSigma(LinearACE):
+    """Linear ACE whose k-th force-sigma evaluation returns ``script[k]`` (eV/A) everywhere."""
+
+    script: list[float] = []
+    n_checks = 0
+
+    def predict(self, frames, uncertainty=False):
+        pred = super().predict(frames, uncertainty=uncertainty)
+        if not uncertainty:
+            return pred
+        value = self.script[self.n_checks]
+        self.n_checks += 1
+        return dataclasses.replace(pred, forces_sigma=np.full_like(pred.forces, value))
+
+
+def test_reference_is_called_exactly_when_sigma_is_above_the_threshold(files):
+    from ml4m.descriptors import make_descriptor
+
+    desc = make_descriptor("ace", species=["Cu"], **FIT["descriptor"])
+    model = ScriptedSigma(desc, uncertainty="posterior").fit(read_dataset(files / "init.extxyz"))
+    # one walker, a check every 2 steps: 10 checks; 0.1 itself is not above 0.1
+    model.script = [0.05, 0.2, 0.1, 0.3, 0.01, 0.5, 0.1, 0.0999, 0.11, 0.02]
+    settings = _settings(files, walkers=(WalkerSettings(str(files / "start.extxyz"), 300.0),),
+                         fit=None, steps=20, check_interval=2,
+                         threshold=parse_threshold(0.1), reoptimise_every=0)
+    result = run_learning(settings, files / "scripted", model=model)
+    expected = [2 * (k + 1) for k, s in enumerate(model.script) if s > 0.1]
+    labelled = [f.info["step"] for f in _train(files / "scripted")[6:]]
+    assert labelled == expected == [4, 8, 12, 18]
+    assert result["reference_calls"] == 4 and model.n_checks == 10
+    # the labels are the reference's (EMT) at the flagged frames
+    frame = _train(files / "scripted")[6]
+    atoms = frame.to_atoms(with_labels=False)
+    atoms.calc = EMT()
+    np.testing.assert_allclose(frame.forces, atoms.get_forces(), atol=1e-6)
+
+
+def test_loop_updates_equal_a_refit_on_its_training_set(files, uninterrupted):
+    import ml4m
+
+    out, result = uninterrupted
+    assert 3 <= result["reference_calls"] <= 20 and result["n_train"] == 6 + result["reference_calls"]
+    model = ml4m.load(out / "model.ml4m")
+    reg = model.regression_
+    with np.load(out / "state" / "train.npz", allow_pickle=False) as z:  # full precision
+        train = frames_from_arrays(dict(z), "train.npz")
+    refit = LinearACE(model.descriptor, e0=model.e0_, alpha=reg.alpha_, beta=reg.beta_,
+                      uncertainty="posterior").fit(train)
+    # forces to 1e-6, coefficients to 1e-4 (the weak evidence prior leaves near-null
+    # directions of the Gram matrix to rounding, see tests/models/test_update.py)
+    pa, pb = model.predict(train[6:]), refit.predict(train[6:])
+    np.testing.assert_allclose(pa.forces, pb.forces, rtol=0, atol=1e-6 * np.abs(pb.forces).max())
+    np.testing.assert_allclose(model.coef_, refit.coef_, rtol=0, atol=1e-4 * np.abs(refit.coef_).max())
+    # both walkers were flagged in one round at least, and added in walker order
+    steps = [(f.info["step"], f.info["walker"]) for f in _train(out)[6:]]
+    assert steps == sorted(steps) and len({s for s, _ in steps}) < len(steps)
+    assert (out / "learning.png").stat().st_size > 1000
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(files, uninterrupted):
+    whole, result = uninterrupted
+    out = files / "killed"
+    with pytest.raises(ReferenceCalculationError, match="walker .* at step .*reference crashed"):
+        run_learning(_settings(files), out, reference=FailAfter(3))
+    saved = json.loads((out / "state" / "state.json").read_text())
+    assert saved["calls"] <= 3 and not (out / "model.ml4m").exists()  # the last update's state
+    resumed = run_learning(_settings(files), out, resume=True)
+    assert resumed["resumed"] and resumed["reference_calls"] == result["reference_calls"]
+    _assert_same_run(whole, out)
+    with pytest.raises(ConfigError, match="other settings .*threshold"):
+        run_learning(_settings(files, threshold=parse_threshold(0.003)), out, resume=True)
+    with pytest.raises(ConfigError, match="pass --resume"):
+        run_learning(_settings(files), out)
+
+
+def test_worker_count_does_not_change_the_result(files, uninterrupted):
+    whole, _ = uninterrupted
+    with reference_executor(workers=2) as pool:
+        run_learning(_settings(files), files / "two", executor=pool)
+    _assert_same_run(whole, files / "two")
+
+
+def test_failing_reference_frame_is_skipped_when_asked(files):
+    result = run_learning(_settings(files, on_reference_error="skip", steps=30), files / "skip",
+                          reference=FailAfter(2))  # its first call is the check before the run
+    assert result["skipped"] == result["reference_calls"] - 1 >= 1
+    assert result["n_train"] == 7
+
+
+def test_bad_input_fails_before_any_work(files, tmp_path):
+    with pytest.raises(DataError, match=r"gold.extxyz.*\['Au'\] are not known"):
+        run_learning(_settings(files, walkers=(WalkerSettings(str(files / "gold.extxyz")),)),
+                     tmp_path / "a")
+    assert not (tmp_path / "a" / "state").exists()
+    with pytest.raises(ConfigError, match="cannot import calculator"):
+        run_learning(_settings(files, reference="nowhere.module:Calc"), tmp_path / "b")
+    for bad in (0, -0.1, "0x", "fast"):
+        with pytest.raises(ConfigError, match="threshold"):
+            parse_threshold(bad)
+    with pytest.raises(ConfigError, match="temperature_end needs a thermostat"):
+        _settings(files, ensemble="nve")
+    with pytest.raises(ConfigError, match="scheduler"):
+        with reference_executor(scheduler="tcp://127.0.0.1:1", timeout_s=1.0):
+            pass
+    with pytest.raises(ConfigError, match="holds no learning state"):
+        run_learning(_settings(files), tmp_path / "c", resume=True)
