@@ -103,3 +103,11 @@ def test_doptimal_from_a_model_starts_where_it_is_least_sure(capsys, tmp_path, p
     sigma = model.predict(frames, uncertainty=True).energy_sigma
     per_atom = sigma / np.array([len(f) for f in frames])
     assert json.loads(stdout)["indices"][0] == int(np.argmax(per_atom))
+
+
+def test_curate_on_environments(capsys, tmp_path, pool):
+    code, stdout, _ = run_cli(capsys, "curate", pool, "--n", "5", "--level", "atoms", "--json",
+                              "-o", tmp_path / "s.extxyz")
+    assert code == 0
+    idx = json.loads(stdout)["indices"]
+    assert len(set(idx)) == 5 and len(ase.io.read(tmp_path / "s.extxyz", ":")) == 5

@@ -165,3 +165,29 @@ def test_doptimal_from_a_fitted_linear_model_uses_its_posterior(tmp_path):
     assert sel.scores[0] == pytest.approx(np.log1p(np.max(prior_var) / noise**2))
     with pytest.raises(ConfigError, match="fitted linear potential"):
         linear_model_prior(LinearACE(desc))
+
+
+def test_environment_level_picks_a_frame_for_its_one_rare_atom(tmp_path):
+    """Frames of bulk Cu, one of which has a single displaced atom: its mean row is
+    ordinary (1 atom of 32) but FPS on environments picks it among the first frames,
+    and every selector returns distinct frames whose atom rows average to frame rows."""
+    frames = []
+    for k in range(30):
+        atoms = bulk("Cu", cubic=True, a=3.61).repeat(2)
+        atoms.rattle(0.02, seed=k)
+        if k == 17:
+            atoms.positions[5] += [0.55, 0.0, 0.0]
+        frames.append(Frame.from_atoms(atoms))
+    path = tmp_path / "pool.extxyz"
+    write_extxyz(Dataset(frames), path)
+    desc = ACE(["Cu"], r_cut=4.0, n_max=3, l_max=2, total_degree=5)
+    atoms_pool = pool_features(path, desc, level="atoms", chunk_frames=8)
+    frames_pool = pool_features(path, desc)
+    from ml4m.md.curation import frame_rows
+
+    np.testing.assert_allclose(frame_rows(atoms_pool), frames_pool.features, atol=1e-12)
+    for seed in range(3):  # the first environment is random, the second the odd one
+        assert 17 in select(atoms_pool, 3, "fps", seed=seed).indices[:2]
+    for method in SELECTORS:
+        sel = select(atoms_pool, 6, method, seed=1)
+        assert len(np.unique(sel.indices)) == 6 and sel.indices.max() < 30

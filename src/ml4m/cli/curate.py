@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--descriptor", default="ace", choices=sorted(DESCRIPTORS),
                    help="descriptor of the atoms (default ace); frames get species-resolved "
                         "means of their atoms' descriptors")
+    p.add_argument("--level", default="frames", choices=["frames", "atoms"],
+                   help="select on one row per frame (default), or on atomic environments, "
+                        "frames taken in the order their first environment is picked")
     p.add_argument("--species", help="comma-separated elements (default: those in POOL)")
     p.add_argument("--r-cut", type=float, metavar="A", help="cutoff radius in Angstrom")
     p.add_argument("--n-max", type=int, metavar="N", help="radial basis size (soap, ace)")
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from ml4m.md.curation import (
         SELECTORS,
         check_curation_memory,
+        frame_rows,
         pool_features,
         pool_species,
         projection_figure,
@@ -123,19 +127,20 @@ def run(args: argparse.Namespace) -> int:
 
             desc, fmap, covariance = linear_model_prior(load(args.model))
         given = parse_species(args.species) if args.species else None
-        found, n_pool = pool_species(args.pool, keys, args.format)
+        found, n_pool, n_atoms = pool_species(args.pool, keys, args.format)
         n = resolve_n_select(args.n, n_pool)
         if not args.model:
             desc = make_descriptor(args.descriptor, given or found, args.r_cut, args.n_max,
                                    args.l_max)
         n_features = fmap.n_features if fmap is not None else desc.n_species * desc.n_features
-        check_curation_memory(n_pool, n_features, n, args.method, max_memory)
+        check_curation_memory(n_atoms if args.level == "atoms" else n_pool, n_features, n,
+                              args.method, max_memory)
         pool = pool_features(args.pool, desc, keys=keys, format=args.format,
                              chunk_frames=args.chunk_frames, n_jobs=args.n_jobs,
-                             max_memory=max_memory, feature_map=fmap)
+                             max_memory=max_memory, feature_map=fmap, level=args.level)
         chosen = select(pool, n, args.method, seed=args.seed, alpha=args.alpha,
                         covariance=covariance)
-        fig = projection_figure(pool.features, chosen.indices,
+        fig = projection_figure(frame_rows(pool), chosen.indices,
                                 f"{args.method}: {n} of {n_pool} frames")
         # all three appear together: each is renamed into place only when all are complete
         with atomic_path(target) as tmp_subset, atomic_path(indices_path) as tmp_indices, \

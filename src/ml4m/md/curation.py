@@ -13,6 +13,13 @@ Frame features
     alloys the environments of different elements are not mixed. Frames are selected as
     wholes (a labelled frame is the unit of a training set).
 
+Environment features (``level="atoms"``)
+    One row per atom (its descriptor in its species' block; the frame row is their
+    mean). A selector then picks environments, and frames are taken in the order their
+    first environment was picked, so a frame holding one rare environment (a vacancy
+    neighbour, a surface atom) is picked even when its mean is ordinary. Needs
+    ``n_atoms / n_frames`` times the memory of frame rows.
+
 Selectors (all deterministic for a given ``seed``; see :func:`select`)
     ``fps``
         Farthest-point sampling (scikit-matter) on the standardised rows: each pick is
@@ -67,7 +74,8 @@ from ml4m.models.linear.design import SpeciesBlocks, design_rows
 from ml4m.resources import check_memory, format_bytes
 from ml4m.validation import check_choice, check_float, check_int
 
-__all__ = ["SELECTORS", "PoolFeatures", "Selection", "check_curation_memory", "iter_pool",
+__all__ = ["SELECTORS", "PoolFeatures", "Selection", "check_curation_memory", "frame_rows",
+           "iter_pool",
            "linear_model_prior", "pool_features", "pool_species", "projection_figure", "resolve_n_select", "select"]
 
 #: selector names accepted by :func:`select` (``ml4m curate --method``)
@@ -76,26 +84,36 @@ SELECTORS = ("fps", "cur", "density", "doptimal", "random")
 
 @dataclass(frozen=True)
 class PoolFeatures:
-    """One feature row per frame of a pool.
+    """Feature rows of a pool: one per frame, or one per atomic environment.
 
     Attributes
     ----------
-    features : ndarray of shape (n_frames, n_species * n_descriptor)
-        Per-atom energy design rows (see the module docstring), in the descriptor's units.
+    features : ndarray of shape (n_rows, n_species * n_descriptor)
+        Frame rows: per-atom energy design rows (see the module docstring), in the
+        descriptor's units. Atom rows: each atom's descriptor in its species' block
+        (zeros elsewhere); a frame's row is the mean of its atoms' rows.
     n_atoms : ndarray of shape (n_frames,), int64
     species : tuple of int
         Atomic numbers, in block order.
     descriptor : dict
         The descriptor's ``settings()`` record.
+    frame : ndarray of shape (n_rows,), int64, optional
+        Atom rows: the frame of each row; None for frame rows.
     """
 
     features: np.ndarray
     n_atoms: np.ndarray
     species: tuple[int, ...]
     descriptor: dict[str, Any] = field(default_factory=dict)
+    frame: np.ndarray | None = None
+
+    @property
+    def n_frames(self) -> int:
+        """Frames in the pool."""
+        return len(self.n_atoms)
 
     def __len__(self) -> int:
-        return len(self.features)
+        return self.n_frames
 
 
 @dataclass(frozen=True)
@@ -143,18 +161,20 @@ def _chunks(frames: Iterable[Frame], size: int) -> Iterator[list[Frame]]:
 
 
 def pool_species(path: str | os.PathLike, keys: LabelKeys | None = None,
-                 format: str | None = None) -> tuple[tuple[int, ...], int]:
-    """Sorted atomic numbers present in a pool and its number of frames (one pass;
-    a store answers from its arrays without reading frames)."""
+                 format: str | None = None) -> tuple[tuple[int, ...], int, int]:
+    """Sorted atomic numbers present in a pool, its number of frames and of atoms (one
+    pass over a file, validating it; a store answers from its arrays)."""
     if Path(path).is_dir():
         store = open_store(path)
-        return tuple(int(z) for z in np.unique(store.array("numbers"))), len(store)
+        return (tuple(int(z) for z in np.unique(store.array("numbers"))), len(store),
+                store.n_atoms)
     zs: set[int] = set()
-    n = 0
+    n = atoms = 0
     for frame in iter_pool(path, keys, format):
         zs.update(int(z) for z in np.unique(frame.numbers))
         n += 1
-    return tuple(sorted(zs)), n
+        atoms += len(frame)
+    return tuple(sorted(zs)), n, atoms
 
 
 def check_curation_memory(n_frames: int, n_features: int, n_select: int, method: str,
@@ -184,7 +204,7 @@ def pool_features(
     path: str | os.PathLike, descriptor: Descriptor | str = "ace", *,
     keys: LabelKeys | None = None, format: str | None = None, chunk_frames: int = 256,
     n_jobs: int | None = 1, max_memory: int | str | None = None, feature_map: Any = None,
-    **settings: Any,
+    level: str = "frames", **settings: Any,
 ) -> PoolFeatures:
     """Per-frame feature rows of a pool, streamed in chunks.
 
@@ -208,6 +228,10 @@ def pool_features(
     feature_map : FeatureMap, optional
         A fitted linear model's map (``model.fmap_``, see :func:`linear_model_prior`):
         rows in its feature space; default one block of the descriptor per species.
+    level : {'frames', 'atoms'}, default='frames'
+        One row per frame, or one per atomic environment (:func:`select` then picks
+        environments and takes the frames in the order their first environment was
+        picked); atom rows need ``n_atoms / n_frames`` times the memory.
 
     Returns
     -------
@@ -221,32 +245,51 @@ def pool_features(
         Bad descriptor settings; a table that would not fit ``max_memory``.
     """
     chunk_frames = check_int("chunk_frames", chunk_frames, low=1)
+    check_choice("level", level, ("frames", "atoms"))
     if isinstance(descriptor, str):
         species = settings.pop("species", None)
-        n = None
         if species is None:
-            species, n = pool_species(path, keys, format)
-        desc = make_descriptor(descriptor, parse_species(species), **settings)
+            species, n_frames, n_atoms_total = pool_species(path, keys, format)
+            desc = make_descriptor(descriptor, species, **settings)
+            check_curation_memory(n_atoms_total if level == "atoms" else n_frames,
+                                  desc.n_species * desc.n_features, 1, "fps", max_memory)
+        else:
+            desc = make_descriptor(descriptor, parse_species(species), **settings)
     else:
-        desc, n = descriptor, None
+        desc = descriptor
     if desc.average:
         raise ConfigError("curation needs per-atom descriptors (average=False)")
-    if n is not None:
-        check_curation_memory(n, desc.n_species * desc.n_features, 1, "fps", max_memory)
     blocks = feature_map or SpeciesBlocks(desc.n_species, desc.n_features)
     lookup = np.full(max(desc.species) + 1, -1, dtype=np.int64)
     lookup[list(desc.species)] = np.arange(desc.n_species)
-    rows, counts = [], []
+    rows, counts, frames = [], [], []
+    start = 0
     for chunk in _chunks(iter_pool(path, keys, format), chunk_frames):
         res = desc.compute(chunk, n_jobs=n_jobs, max_memory=max_memory)
         n_atoms = np.array([len(f) for f in chunk], dtype=np.int64)
         sidx = lookup[res.numbers]  # compute() refused elements outside desc.species
-        energy = design_rows(res, blocks, sidx, len(chunk), np.zeros(len(chunk)),
-                             forces=False, stress=False).energy
-        rows.append(energy / n_atoms[:, None])
+        if level == "atoms":
+            rows.append(blocks.transform(res.features, sidx))
+            frames.append(res.frame + start)
+        else:
+            energy = design_rows(res, blocks, sidx, len(chunk), np.zeros(len(chunk)),
+                                 forces=False, stress=False).energy
+            rows.append(energy / n_atoms[:, None])
         counts.append(n_atoms)
+        start += len(chunk)
     return PoolFeatures(np.concatenate(rows), np.concatenate(counts), tuple(desc.species),
-                        desc.settings())
+                        desc.settings(), np.concatenate(frames) if level == "atoms" else None)
+
+
+def frame_rows(pool: PoolFeatures) -> np.ndarray:
+    """One row per frame: the pool's rows, or the mean of each frame's atom rows."""
+    if pool.frame is None:
+        return pool.features
+    import scipy.sparse as sp
+
+    mean = sp.csr_matrix((1.0 / pool.n_atoms[pool.frame], (pool.frame, np.arange(len(pool.frame)))),
+                         shape=(pool.n_frames, len(pool.frame)))
+    return np.asarray(mean @ pool.features)
 
 
 def linear_model_prior(model: Any) -> tuple[Descriptor, Any, np.ndarray]:
@@ -464,6 +507,9 @@ def select(features: np.ndarray | PoolFeatures, n: int, method: str = "fps", *, 
         Unknown method, ``n`` out of range, bad ``alpha``/``prior_scale``/``seed``,
         non-finite features.
     """
+    if isinstance(features, PoolFeatures) and features.frame is not None:
+        return _select_by_atoms(features, n, method, seed=seed, alpha=alpha,
+                                prior_scale=prior_scale, covariance=covariance)
     X = features.features if isinstance(features, PoolFeatures) else np.asarray(features, float)
     check_choice("method", method, SELECTORS)
     if X.ndim != 2 or len(X) == 0:
@@ -485,6 +531,21 @@ def select(features: np.ndarray | PoolFeatures, n: int, method: str = "fps", *, 
     if method == "density":
         return _density(Z, n, rng, alpha)
     return _random(Z, n, rng)
+
+
+def _select_by_atoms(pool: PoolFeatures, n: int, method: str, **options: Any) -> Selection:
+    """Frames in the order their first environment is picked: environments are picked
+    (``select`` on the atom rows), doubling their number until ``n`` frames are hit."""
+    n = check_int("n", n, low=1, high=pool.n_frames)
+    m = n
+    while True:
+        sel = select(pool.features, min(m, len(pool.features)), method, **options)
+        frames, first = np.unique(pool.frame[sel.indices], return_index=True)
+        if len(frames) >= n or m >= len(pool.features):
+            break
+        m *= 2
+    order = np.sort(first)[:n]
+    return Selection(method, pool.frame[sel.indices[order]], sel.scores[order])
 
 
 # ---- the picture --------------------------------------------------------------------------

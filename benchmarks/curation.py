@@ -1,0 +1,131 @@
+"""Curated against random training subsets: test force error of the same linear ACE fit.
+
+For one pool and one test set: the pool's frame features are computed once
+(:func:`ml4m.md.curation.pool_features`, the model's own ACE descriptor); each selector
+picks ``--fraction`` of the pool for every seed (``cur`` and ``doptimal`` are
+deterministic: one run); a linear ACE potential (the model ``ml4m fit --model ace``
+builds, with the ``--ace`` descriptor settings and ``--uncertainty``) is fitted on the
+subset and its energy and force MAE measured on the test set. Rows are appended to a
+JSON file as they finish, so a rerun of the same command resumes.
+
+Usage::
+
+    .venv/bin/python benchmarks/curation.py --name cu_emt_pool \\
+        --pool /tmp/h4/cu_pool.extxyz --test /tmp/h4/cu_test.extxyz
+    .venv/bin/python benchmarks/curation.py --name bpa_xtb \\
+        --pool ../shared/data/bpa_xtb/train.extxyz --test ../shared/data/bpa_xtb/valid.extxyz \\
+        --ace '{"total_degree": 6}' --uncertainty posterior
+    .venv/bin/python benchmarks/curation.py --table      # markdown table of every result
+
+Writes ``benchmarks/results/curation_<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+METHODS = ("fps", "cur", "density", "doptimal", "random")
+DETERMINISTIC = ("cur", "doptimal")
+
+
+def _fit_and_test(train, test, species, ace: dict, uncertainty: str) -> dict:
+    from ml4m.descriptors import make_descriptor
+    from ml4m.models.linear import LinearACE
+    from ml4m.models.metrics import error_metrics
+
+    model = LinearACE(make_descriptor("ace", species, **ace), uncertainty=uncertainty)
+    t0 = time.perf_counter()
+    model.fit(train)
+    fit_s = time.perf_counter() - t0
+    err = error_metrics(model.predict(test, uncertainty=False), test)
+    return {"force_mae_mev_per_a": err["forces"]["mae_mev_per_a"],
+            "energy_mae_mev_per_atom": err["energy"]["mae_mev_per_atom"], "fit_seconds": fit_s,
+            "n_parameters": model.n_parameters}
+
+
+def run(args: argparse.Namespace) -> None:
+    from ml4m.data import read_dataset
+    from ml4m.descriptors import make_descriptor
+    from ml4m.md.curation import pool_features, resolve_n_select, select
+
+    out = RESULTS / f"curation_{args.name}.json"
+    record = json.loads(out.read_text()) if out.exists() else {"rows": []}
+    done = {(r["method"], r["seed"]) for r in record["rows"]}
+    pool = read_dataset(args.pool)
+    test = read_dataset(args.test)
+    species = [int(z) for z in pool.atomic_numbers]
+    ace = json.loads(args.ace)
+    t0 = time.perf_counter()
+    feats = pool_features(args.pool, make_descriptor("ace", species, **ace), n_jobs=args.n_jobs)
+    record.update(name=args.name, pool=str(args.pool), test=str(args.test), n_pool=len(pool),
+                  n_test=len(test), fraction=args.fraction, ace=ace, uncertainty=args.uncertainty,
+                  n_features=int(feats.features.shape[1]),
+                  feature_seconds=time.perf_counter() - t0)
+    n = resolve_n_select(args.fraction, len(pool))
+    for method in args.methods:
+        for seed in (args.seeds[:1] if method in DETERMINISTIC else args.seeds):
+            if (method, seed) in done:
+                continue
+            t1 = time.perf_counter()
+            sel = select(feats, n, method, seed=seed)
+            select_s = time.perf_counter() - t1
+            row = {"method": method, "seed": seed, "n_selected": n, "select_seconds": select_s,
+                   **_fit_and_test([pool[int(i)] for i in sel.indices], test, species, ace,
+                                   args.uncertainty)}
+            record["rows"].append(row)
+            out.write_text(json.dumps(record, indent=1))
+            print(json.dumps(row), flush=True)
+
+
+def table() -> str:
+    """Markdown: mean and spread of the test force MAE per set and method."""
+    lines = ["| set | pool | subset | method | runs | F MAE (meV/A), mean +- std | vs random | "
+             "E MAE (meV/atom) | select (s) | fit (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(RESULTS.glob("curation_*.json")):
+        rec = json.loads(path.read_text())
+        by = {m: [r for r in rec["rows"] if r["method"] == m] for m in METHODS}
+        ref = np.mean([r["force_mae_mev_per_a"] for r in by["random"]]) if by["random"] else None
+        for m, rows in by.items():
+            if not rows:
+                continue
+            f = np.array([r["force_mae_mev_per_a"] for r in rows])
+            e = np.mean([r["energy_mae_mev_per_atom"] for r in rows])
+            rel = f"{f.mean() / ref:.2f}" if ref else "-"
+            lines.append(
+                f"| {rec['name']} | {rec['n_pool']} | {rows[0]['n_selected']} | {m} | {len(rows)} | "
+                f"{f.mean():.1f} +- {f.std():.1f} | {rel} | {e:.2f} | "
+                f"{np.mean([r['select_seconds'] for r in rows]):.1f} | "
+                f"{np.mean([r['fit_seconds'] for r in rows]):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--name", help="result name (curation_<name>.json)")
+    p.add_argument("--pool", help="pool of labelled frames")
+    p.add_argument("--test", help="held-out labelled test frames")
+    p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    p.add_argument("--ace", default="{}", help="ACE settings as JSON (default: fit's defaults)")
+    p.add_argument("--uncertainty", default="calibrated", choices=["calibrated", "posterior"])
+    p.add_argument("--n-jobs", type=int, default=1)
+    p.add_argument("--table", action="store_true", help="print the table of all results")
+    args = p.parse_args()
+    if args.table:
+        print(table())
+        return
+    if not (args.name and args.pool and args.test):
+        p.error("--name, --pool and --test are required (or --table)")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
