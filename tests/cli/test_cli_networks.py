@@ -1,0 +1,141 @@
+"""``ml4m fit --model bpnn|mpnn``: outputs, the saved network in test and md, a run killed
+with SIGKILL resumed to the same model, bad training settings with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from ml4m.cli.main import main
+from ml4m.data import Dataset, Frame, write_extxyz
+from ml4m.models.registry import fit_choices
+
+#: small, fast settings of each network kind
+PARAMS = {"bpnn": {"hidden": [8], "r_cut": 4.0, "g2_params": [[0.5, 0.0], [2.0, 0.0]],
+                   "g4_params": [[0.1, 1.0, 1.0], [0.1, 1.0, -1.0]]},
+          "mpnn": {}}
+NETWORK = next((m for m in PARAMS if m in fit_choices()), None)
+pytestmark = pytest.mark.skipif(NETWORK is None, reason="neither bpnn nor mpnn is registered")
+
+
+def _frames(n: int, seed: int) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6 * (1 + 0.02 * rng.normal()), cubic=True) * (2, 1, 1)
+        atoms.rattle(0.08, seed=int(rng.integers(1 << 30)))
+        atoms.calc = EMT()
+        out.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
+                                    forces=atoms.get_forces(), stress=atoms.get_stress()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("netdata")
+    write_extxyz(Dataset(_frames(12, 0)), d / "train.extxyz")
+    write_extxyz(Dataset(_frames(4, 1)), d / "valid.extxyz")
+    return d
+
+
+def _config(path, files, **training):
+    path.write_text(json.dumps({
+        "model": NETWORK, "train": str(files / "train.extxyz"),
+        "valid": str(files / "valid.extxyz"), "params": PARAMS[NETWORK],
+        "training": {"batch_size": 4, "lr": 0.01, "max_epochs": 3, "checkpoint_every": 2,
+                     **training}}))
+    return path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def fitted(files, tmp_path_factory):
+    """An uninterrupted fit: its folder, config and metrics."""
+    d = tmp_path_factory.mktemp("whole")
+    cfg = _config(d / "fit.yaml", files)
+    out = subprocess.run([sys.executable, "-m", "ml4m", "fit", str(cfg), "-o", str(d / "m.ml4m"),
+                          "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return d, cfg, json.loads(out.stdout)
+
+
+def test_fit_writes_a_network_that_test_and_md_use(files, fitted, capsys):
+    d, _, metrics = fitted
+    for name in ("m.ml4m", "metrics.json", "m_parity_energy.png", "m_parity_forces.png",
+                 "m_learning_curve.png", "m_training.csv"):
+        assert (d / name).is_file(), name
+    assert not (d / ".m.ckpt").exists()  # removed once the model is written
+    assert metrics["training"]["epochs"] == 3 and metrics["training"]["steps"] == 9
+    assert len((d / "m_training.csv").read_text().splitlines()) == 1 + 3
+    assert set(metrics["valid"]) >= {"energy", "forces", "uncertainty"}
+    code, out, err = _run(capsys, "test", d / "m.ml4m", files / "valid.extxyz", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["forces"]["mae_mev_per_a"] == pytest.approx(
+        metrics["valid"]["forces"]["mae_mev_per_a"], rel=1e-9)
+    code, out, err = _run(capsys, "md", d / "m.ml4m", files / "valid.extxyz", "--steps", 3,
+                          "-o", d / "md.extxyz", "--json")
+    assert code == 0, err
+    assert json.loads(out)["steps"] == 3
+
+
+def test_killed_fit_resumes_to_the_uninterrupted_model(fitted, tmp_path, capsys):
+    from ml4m.models.serialization import read_model_file
+
+    whole_dir, cfg, _ = fitted
+    proc = subprocess.Popen([sys.executable, "-m", "ml4m", "fit", str(cfg), "-o",
+                             str(tmp_path / "m.ml4m"), "--json"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    ckpt = tmp_path / ".m.ckpt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # at step 2 of 9
+    proc.wait()
+    assert ckpt.exists() and not (tmp_path / "m.ml4m").exists(), proc.stderr.read().decode()
+    code, _, err = _run(capsys, "fit", cfg, "-o", tmp_path / "m.ml4m", "--resume", "--json")
+    assert code == 0, err
+    assert not ckpt.exists()
+    resumed = read_model_file(tmp_path / "m.ml4m")[2]
+    whole = read_model_file(whole_dir / "m.ml4m")[2]
+    modules = [k for k in whole if k.startswith("module.")]
+    assert modules
+    for k in modules:
+        np.testing.assert_allclose(resumed[k], whole[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("config,argv,match", [
+    ({"training": {"lr_max": 1}}, [], r"training has unknown key\(s\) \['lr_max'\]"),
+    ({"training": {"checkpoint": "x.ckpt"}}, [], r"training has unknown key\(s\) \['checkpoint'\]"),
+    ({"training": {"weights": {"energy": -1}}}, [], "training.weights.energy must be >= 0.0"),
+    ({"model": "ace", "training": {"lr": 0.1}}, [], "'training' applies to networks"),
+    ({}, ["--resume"], r"\.m\.ckpt: no checkpoint to resume from"),
+    ({"model": "ace"}, ["--resume"], "resume applies to networks"),
+])
+def test_bad_training_settings_exit_2(files, tmp_path, capsys, config, argv, match):
+    cfg = _config(tmp_path / "fit.yaml", files)
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), **config}))
+    mapping = json.loads(cfg.read_text())
+    if config.get("model") == "ace":  # no network params; no training unless given
+        del mapping["params"]
+        mapping["training"] = config.get("training", {})
+    cfg.write_text(json.dumps(mapping))
+    code, _, err = _run(capsys, "fit", cfg, "-o", tmp_path / "m.ml4m", *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(match, err), err
