@@ -45,7 +45,7 @@ def files(tmp_path_factory):
 def _settings(files, **changes) -> LearnSettings:
     start = str(files / "start.extxyz")
     base = dict(walkers=(WalkerSettings(start, 300.0, 900.0, 0), WalkerSettings(start, 600.0, None, 1)),
-                fit=FIT, initial=str(files / "init.extxyz"), steps=60, dt_fs=2.0,
+                fit=FIT, initial=str(files / "init.extxyz"), steps=40, dt_fs=2.0,
                 threshold=parse_threshold(0.0022), check_interval=5, max_calls=20,
                 reoptimise_every=3)
     return LearnSettings(**{**base, **changes})

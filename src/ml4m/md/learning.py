@@ -313,7 +313,7 @@ def _updated(model: Any, train: list[Frame], new: list[Frame], reoptimise: bool)
 
 def run_learning(settings: LearnSettings, output: str | os.PathLike, *,
                  executor: Executor | None = None, reference: Callable[[], Any] | None = None,
-                 model: Any = None, resume: bool = False, on_round: Callable[[LearnStatus], None] | None = None
+                 model: Any = None, resume: bool = False, overwrite: bool = False, on_round: Callable[[LearnStatus], None] | None = None
                  ) -> dict[str, Any]:
     """Run (or resume) the loop; the state and results go to the folder ``output``.
 
@@ -335,6 +335,9 @@ def run_learning(settings: LearnSettings, output: str | os.PathLike, *,
     resume : bool
         Continue the state in ``output`` (ConfigError if there is none, or if it was run
         with other settings).
+    overwrite : bool
+        Start afresh over a state in ``output`` (replaced at the first save); without it
+        (and without ``resume``) such a state is refused.
     on_round : callable, optional
         Called with a :class:`LearnStatus` after every round.
 
@@ -371,9 +374,10 @@ def run_learning(settings: LearnSettings, output: str | os.PathLike, *,
                               f"({', '.join(diff)} differ); use the same config, or another "
                               "output folder")
     else:
-        if has_state(output):
+        if has_state(output) and not overwrite:
             raise ConfigError(f"{output} holds the state of a learning run: pass --resume to "
-                              "continue it, or choose another output folder")
+                              "continue it, --overwrite to start over, or choose another "
+                              "output folder")
         model, train = _initial_model(settings, executor, reference, model)
         for spec, atoms in zip(settings.walkers, starts):
             _check_species(model, atoms, spec.structure)

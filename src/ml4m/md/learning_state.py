@@ -29,15 +29,18 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from ml4m._fileio import atomic_dir
+from ml4m._fileio import atomic_dir, atomic_path
 from ml4m.data.frames import Frame
 from ml4m.errors import DataError
+from ml4m.outputs import MARKER, marker_record
 
 __all__ = ["LoopState", "WalkerState", "save_state", "load_state", "has_state", "STATE_DIR",
-           "frames_to_arrays", "frames_from_arrays", "updatable"]
+           "frames_to_arrays", "frames_from_arrays", "updatable", "FOLDER_KIND"]
 
 #: sub-folder of the output folder holding the state
 STATE_DIR = "state"
+#: the kind of output folder a learning run writes (:func:`ml4m.outputs.claim_output`)
+FOLDER_KIND = "learn"
 _FORMAT = "ml4m-learn-state"
 
 
@@ -137,6 +140,10 @@ def save_state(folder: str | os.PathLike, state: LoopState) -> Path:
         walkers[f"positions_{k}"] = w.atoms.positions
         walkers[f"momenta_{k}"] = w.atoms.get_momenta()
         walkers[f"cell_{k}"] = w.atoms.cell[:]
+    marker = folder / MARKER
+    if not marker.exists():  # the folder is a 'learn' output (ml4m.outputs)
+        with atomic_path(marker) as tmp:
+            tmp.write_text(marker_record(FOLDER_KIND))
     with atomic_dir(folder / STATE_DIR) as tmp:
         model.save(tmp / "model.ml4m")
         if update_params is not None:

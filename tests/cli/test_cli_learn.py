@@ -1,0 +1,121 @@
+"""``ml4m learn``: JSON result, resume, and bad input with exit code 2 and the state intact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.io import write
+
+from ml4m.cli.main import main
+
+
+class FlakyEMT(EMT):
+    """EMT that raises from its ``fail_after + 1``-th calculation on (``None``: never)."""
+
+    fail_after: int | None = None
+    count = 0
+
+    def calculate(self, *args, **kwargs):
+        type(self).count += 1
+        if self.fail_after is not None and type(self).count > self.fail_after:
+            raise RuntimeError("SCF did not converge")
+        super().calculate(*args, **kwargs)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    atoms = bulk("Cu", cubic=True, a=3.61).repeat(2)
+    frames = []
+    for k in range(6):
+        a = atoms.copy()
+        a.rattle(0.05 + 0.02 * k, seed=k)
+        a.calc = EMT()
+        a.get_potential_energy(), a.get_forces(), a.get_stress()
+        frames.append(a)
+    write(tmp_path / "init.extxyz", frames)
+    write(tmp_path / "start.extxyz", atoms)
+    config = {"fit": {"model": "ace", "params": {"uncertainty": "posterior"},
+                      "descriptor": {"r_cut": 4.0, "n_max": 4, "l_max": 2, "correlation_order": 3}},
+              "initial": str(tmp_path / "init.extxyz"),
+              "walkers": [{"structure": str(tmp_path / "start.extxyz"), "temperature": 300,
+                           "temperature_end": 900},
+                          {"structure": str(tmp_path / "start.extxyz"), "temperature": 600}],
+              "steps": 30, "dt": 2.0, "threshold": 0.0022, "check_interval": 5, "max_calls": 10}
+
+    def write_config(**changes):
+        path = tmp_path / "learn.yaml"
+        path.write_text(yaml.safe_dump({**config, **changes}))
+        return str(path)
+
+    return tmp_path, write_config
+
+
+def _json(capsys):
+    return json.loads(capsys.readouterr().out)
+
+
+def test_learn_json_and_resume(setup, capsys):
+    tmp, config = setup
+    out = str(tmp / "out")
+    assert main(["learn", config(), "-o", out, "--json"]) == 0
+    result = _json(capsys)
+    assert {"steps", "walkers", "reference_calls", "n_train", "n_parameters", "threshold_ev_per_a",
+            "sigma_max_final", "seconds", "model", "plot"} <= set(result)
+    assert result["reference_calls"] >= 2 and result["n_train"] == 6 + result["reference_calls"]
+    assert (tmp / "out" / "learning.png").is_file() and (tmp / "out" / "train.extxyz").is_file()
+    assert main(["learn", config(), "-o", out]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(["learn", config(), "-o", out, "--resume", "--json"]) == 0
+    again = _json(capsys)
+    assert again["resumed"] and again["reference_calls"] == result["reference_calls"]
+    assert main(["learn", config(steps=40), "-o", out, "--resume"]) == 2
+    assert "other settings (steps differ)" in capsys.readouterr().err
+
+
+def test_failing_reference_stops_with_state_kept_then_resumes(setup, capsys):
+    tmp, config = setup
+    out = tmp / "out"
+    cfg = config(reference={"calculator": f"{__name__}:FlakyEMT"})
+    FlakyEMT.count, FlakyEMT.fail_after = 0, 2
+    assert main(["learn", cfg, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # one line, after the log lines
+    assert last.startswith("ml4m: error:") and "SCF did not converge" in last and "--resume" in last
+    state = json.loads((out / "state" / "state.json").read_text())
+    assert state["calls"] <= 2 and not (out / "model.ml4m").exists()
+    FlakyEMT.fail_after = None
+    assert main(["learn", cfg, "-o", str(out), "--resume", "--json"]) == 0
+    assert _json(capsys)["reference_calls"] > state["calls"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"threshold": 0}, "threshold must be > 0"),
+    ({"threshold": "-2x"}, "threshold factor must be > 0"),
+    ({"reference": "nowhere.module:Calc"}, "cannot import calculator"),
+    ({"walkers": [{"structure": "GOLD"}]}, "['Au'] are not known to the model"),
+    ({"walkers": []}, "walkers must be a non-empty list"),
+    ({"fit": {"model": "ace"}, "initial": None}, "'fit' needs 'initial'"),
+    ({"speed": 3}, "unknown key(s) ['speed']"),
+])
+def test_bad_input_exits_2_with_nothing_written(setup, capsys, change, message):
+    tmp, config = setup
+    if change.get("walkers") and change["walkers"][0]["structure"] == "GOLD":
+        gold = bulk("Cu", cubic=True, a=3.61).repeat(2)
+        gold.symbols[0] = "Au"
+        write(tmp / "gold.extxyz", gold)
+        change = {"walkers": [{"structure": str(tmp / "gold.extxyz")}]}
+    assert main(["learn", config(**change), "-o", str(tmp / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("ml4m: error:")
+    assert not (tmp / "out" / "state").exists()
+
+
+def test_unreachable_scheduler_exits_2(setup, capsys):
+    tmp, config = setup
+    assert main(["learn", config(), "-o", str(tmp / "out"), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "scheduler" in capsys.readouterr().err
+    assert not (tmp / "out" / "state").exists()
