@@ -1,1 +1,0 @@
-"""Equivariant message-passing networks (being written)."""

@@ -1,0 +1,94 @@
+"""Equivariant message-passing network potential (MACE-like), :class:`MPNN`.
+
+>>> from ml4m.models.mpnn import MPNN
+>>> MPNN(r_max=4.0, n_channels=16).cutoff
+4.0
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ml4m.models.registry import register_model
+from ml4m.models.torch_potential import DTYPES, TorchPotential
+from ml4m.validation import float_from, int_from, one_of
+
+__all__ = ["MPNN"]
+
+
+@register_model("mpnn", fit_name="mpnn", descriptor=None, state_version=1)
+class MPNN(TorchPotential):
+    """Equivariant message-passing potential in the manner of MACE.
+
+    Edges within ``r_max`` carry a Bessel radial basis (smooth polynomial envelope) and
+    real spherical harmonics up to ``l_max``; each interaction builds an atom's
+    equivariant density from its neighbours' states, takes products of up to
+    ``correlation`` copies of it coupled to invariants (per-element weights) and updates
+    the atom's state with a per-element residual; every interaction's state is read out
+    to an atomic energy (see :mod:`ml4m.models.mpnn.network`). Forces and stress are
+    autograd derivatives of the energy. Trained by :mod:`ml4m.training`
+    (``ml4m fit --model mpnn``) after :meth:`prepare`.
+
+    Parameters
+    ----------
+    r_max : float, default=5.0
+        Cutoff radius, Angstrom.
+    n_radial : int, default=8
+        Bessel functions in the radial basis.
+    l_max : int, default=3
+        Largest degree of the edge harmonics and of the atomic density.
+    n_channels : int, default=32
+        Channels of the atom states.
+    correlation : {1, 2, 3}, default=3
+        Largest number of density factors in a product (body order ``correlation + 1``
+        per interaction).
+    n_interactions : int, default=2
+        Message-passing steps (receptive field ``n_interactions * r_max``).
+    radial_mlp : int, default=64
+        Width of the two hidden layers of the radial MLP.
+    seed : int, default=0
+        Seed of the initial weights.
+    device : {'cpu', 'cuda'}, default='cpu'
+    dtype : {'float64', 'float32'}, default='float64'
+    """
+
+    param_checks: ClassVar[dict[str, Any]] = {
+        "r_max": float_from(0.0, low_open=True), "n_radial": int_from(1),
+        "l_max": int_from(0, 6), "n_channels": int_from(1), "correlation": int_from(1, 3),
+        "n_interactions": int_from(1), "radial_mlp": int_from(1), "seed": int_from(0),
+        "device": one_of("cpu", "cuda"), "dtype": one_of(*DTYPES),
+    }
+
+    def __init__(self, r_max: float = 5.0, n_radial: int = 8, l_max: int = 3,
+                 n_channels: int = 32, correlation: int = 3, n_interactions: int = 2,
+                 radial_mlp: int = 64, seed: int = 0, device: str = "cpu",
+                 dtype: str = "float64") -> None:
+        self.r_max = r_max
+        self.n_radial = n_radial
+        self.l_max = l_max
+        self.n_channels = n_channels
+        self.correlation = correlation
+        self.n_interactions = n_interactions
+        self.radial_mlp = radial_mlp
+        self.seed = seed
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    def cutoff(self) -> float:
+        """``r_max``, Angstrom."""
+        return float(self.r_max)
+
+    def build_module(self):
+        """A new :class:`~ml4m.models.mpnn.network.MPNNModule` with weights drawn from
+        ``seed`` (torch's global generator is left as it was)."""
+        import torch
+
+        from ml4m.models.mpnn.network import MPNNModule
+
+        self.check_params(self.get_params())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return MPNNModule(len(self.species_), self.r_max, self.n_radial, self.l_max,
+                              self.n_channels, self.correlation, self.n_interactions,
+                              self.radial_mlp, stats=getattr(self, "stats_", None))

@@ -1,0 +1,227 @@
+"""MPNN: symmetries, derivatives, the product basis's equivariance, persistence, learning."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+
+import ml4m
+from ml4m.data import Frame
+from ml4m.errors import ConfigError
+from ml4m.models.mpnn import MPNN
+from ml4m.models.mpnn.basis import RadialBasis, edge_harmonics
+from ml4m.models.mpnn.network import neighbour_slots, padded
+from ml4m.models.mpnn.product import SymmetricProduct
+from ml4m.models.torch_potential import batch_graph
+
+SHARED = Path(os.environ.get("ML4M_SHARED_DATA", Path(__file__).parents[3] / "shared" / "data"))
+SMALL = dict(r_max=4.0, n_channels=8, radial_mlp=16, n_radial=6)
+
+
+def _cuau() -> Atoms:
+    atoms = bulk("Cu", "fcc", a=3.65, cubic=True).repeat((2, 2, 1))
+    atoms.symbols[[1, 6, 11]] = "Au"
+    atoms.rattle(0.1, seed=2)
+    return atoms
+
+
+def _molecule() -> Atoms:
+    mol = molecule("CH3CH2OH")
+    mol.rattle(0.05, seed=3)
+    return mol
+
+
+def _labelled(atoms: Atoms, seed: int) -> Frame:
+    """A frame with made-up labels (prepare() reads their statistics)."""
+    rng = np.random.default_rng(seed)
+    return Frame.from_atoms(atoms, energy=float(rng.normal() - 3 * len(atoms)),
+                            forces=rng.normal(scale=0.5, size=(len(atoms), 3)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread (the machine is shared), restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model() -> MPNN:
+    frames = [_labelled(_cuau(), 0), _labelled(_molecule(), 1)]
+    return MPNN(**SMALL, seed=1).prepare(frames)
+
+
+def _rotation(seed: int) -> np.ndarray:
+    q = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))[0]
+    return q * np.sign(np.linalg.det(q))
+
+
+def _wigner(R: np.ndarray, l_max: int) -> torch.Tensor:
+    """Matrix ``D`` with ``Y(R v) = D Y(v)`` (all degrees), fitted on random directions."""
+    v = torch.as_tensor(np.random.default_rng(7).normal(size=(200, 3)))
+    Y, Yr = edge_harmonics(v, l_max), edge_harmonics(v @ torch.as_tensor(R).T, l_max)
+    D = torch.linalg.lstsq(Y, Yr).solution.T
+    assert torch.allclose(Y @ D.T, Yr, atol=1e-10)
+    return D
+
+
+@pytest.mark.parametrize("correlation", [1, 2, 3])
+def test_product_basis_rotates_with_its_input(correlation):
+    """Rotating (or reflecting) A by its Wigner matrices rotates each output degree L by
+    D_L: invariants stay, vectors and l=2 tensors turn; reflections act as (-1)**L."""
+    torch.manual_seed(0)
+    l_max, out_ls = 3, (0, 1, 2)
+    product = SymmetricProduct(l_max, out_ls, correlation, n_channels=4, n_species=2).double()
+    A = torch.randn(16, 5, 4, dtype=torch.float64)
+    species = torch.tensor([0, 1, 1, 0, 1])
+    B = product(A, species)
+    assert B.shape == (9, 5, 4) and B.abs().max() > 1e-3
+    for R in (_rotation(5), -_rotation(6)):
+        D = _wigner(R, l_max)
+        D_out = torch.block_diag(*(D[L * L:(L + 1) ** 2, L * L:(L + 1) ** 2] for L in out_ls))
+        moved = product(torch.einsum("ed,dnk->enk", D, A), species)
+        torch.testing.assert_close(moved, torch.einsum("ed,dnk->enk", D_out, B),
+                                   atol=1e-12, rtol=1e-10)
+    # products of the input: doubling A scales the order-nu terms by 2**nu
+    if correlation == 1:
+        torch.testing.assert_close(product(2 * A, species), 2 * B)
+
+
+def test_padded_neighbour_sums_equal_scatter_sums():
+    i = torch.tensor([2, 0, 2, 1, 2, 0])
+    x = torch.randn(6, 3, dtype=torch.float64)
+    slots, width = neighbour_slots(i, 4)
+    assert width == 3 and len(set(slots.tolist())) == 6
+    sums = padded(x, slots, 4, width).sum(dim=1)
+    torch.testing.assert_close(sums, torch.zeros(4, 3, dtype=x.dtype).index_add(0, i, x))
+
+
+def test_radial_basis_vanishes_smoothly_at_the_cutoff():
+    radial = RadialBasis(4.0, 8).double()
+    r = torch.tensor([3.999999, 4.0, 4.5], dtype=torch.float64, requires_grad=True)
+    values = radial(r)
+    (grad,) = torch.autograd.grad(values.sum(), r)
+    assert values.abs().max() < 1e-12 and grad.abs().max() < 1e-9
+
+
+def test_energy_is_invariant_and_forces_rotate(model):
+    for atoms in (_cuau(), _molecule()):
+        ref = model.predict([atoms])
+        R = _rotation(11)
+        moved = atoms.copy()
+        if atoms.pbc.all():
+            moved.set_cell(atoms.cell @ R.T, scale_atoms=False)
+        moved.positions = atoms.positions @ R.T + np.array([0.4, -1.1, 2.3])
+        perm = np.random.default_rng(4).permutation(len(atoms))  # mixes Cu and Au, C, O, H
+        moved = moved[perm]
+        got = model.predict([moved])
+        assert got.energy[0] == pytest.approx(ref.energy[0], rel=1e-10, abs=1e-10)
+        np.testing.assert_allclose(got.forces, (ref.forces @ R.T)[perm], atol=1e-10)
+        np.testing.assert_allclose(got.energies, ref.energies[perm], atol=1e-10)
+        mirrored = atoms.copy()
+        mirrored.positions[:, 0] *= -1
+        if atoms.pbc.all():
+            mirrored.cell[:, 0] *= -1
+        assert model.predict([mirrored]).energy[0] == pytest.approx(ref.energy[0], rel=1e-10)
+    assert abs(ref.forces).max() > 1e-4  # not trivially zero
+
+
+def test_forces_and_stress_equal_finite_differences(model):
+    h = 1e-5
+    for atoms in (_cuau(), _molecule()):
+        pred = model.predict([atoms])
+        for a, c in [(0, 0), (1, 2), (6, 1)]:
+            e = []
+            for s in (h, -h):
+                x = atoms.copy()
+                x.positions[a, c] += s
+                e.append(model.predict([x]).energy[0])
+            assert pred.forces[a, c] == pytest.approx(-(e[0] - e[1]) / (2 * h), rel=1e-6,
+                                                      abs=1e-9)
+    atoms = _cuau()
+    pred = model.predict([atoms])
+    for (p, q), v in zip([(0, 0), (1, 2)], (0, 3)):
+        e = []
+        for s in (h, -h):
+            eps = np.eye(3)
+            eps[p, q] += s
+            eps[q, p] += s if p != q else 0
+            x = atoms.copy()
+            x.set_cell(atoms.cell @ eps, scale_atoms=True)
+            e.append(model.predict([x]).energy[0])
+        fd = (e[0] - e[1]) / (2 * h) / atoms.get_volume() / (1 if p == q else 2)
+        assert pred.stress[0, v] == pytest.approx(fd, rel=1e-6, abs=1e-10)
+
+
+def test_features_give_the_energies_linearly(model):
+    data = batch_graph([Frame.from_atoms(_cuau())], model.cutoff, model.species_)
+    out = model.module_(data)
+    m = model.module_
+    w = torch.cat([r.weight for r in m.readouts] + [m.last.weight], dim=1)[0]
+    assert out["features"].shape == (len(_cuau()), SMALL["n_channels"] + m.hidden.out_features)
+    torch.testing.assert_close(out["energies"], m.e0[data["species"]] + m.shift
+                               + m.scale * out["features"] @ w)
+
+
+def test_save_and_load_reproduce_predictions(model, tmp_path):
+    frames = [_cuau(), _molecule()]
+    path = model.save(tmp_path / "mpnn")
+    loaded = ml4m.load(path)
+    assert isinstance(loaded, MPNN) and loaded.get_params() == model.get_params()
+    a, b = model.predict(frames), loaded.predict(frames)
+    for q in ("energy", "forces", "energies"):
+        np.testing.assert_array_equal(getattr(a, q), getattr(b, q))
+    np.testing.assert_array_equal(a.stress[0], b.stress[0])
+
+
+def test_hyperparameters_are_checked_and_seed_sets_weights():
+    with pytest.raises(ConfigError, match="correlation"):
+        MPNN.check_params({"correlation": 4})
+    with pytest.raises(ConfigError, match="dtype"):
+        MPNN.check_params({"dtype": "float16"})
+    with pytest.raises(ConfigError, match="ml4m.training"):  # training lives there
+        MPNN().fit([_cuau()])
+    frames = [_labelled(_cuau(), 0)]
+    state = torch.get_rng_state()
+    e = [MPNN(**SMALL, seed=s).prepare(frames).predict(frames).energy[0] for s in (3, 3, 4)]
+    assert torch.equal(state, torch.get_rng_state())  # the global generator is untouched
+    assert e[0] == e[1] != e[2]
+
+
+@pytest.mark.skipif(not (SHARED / "cu_emt" / "train.extxyz").exists(),
+                    reason="shared cu_emt data set absent")
+def test_a_short_fit_reduces_the_force_error():
+    """Adam on energies and forces of 10 Cu EMT frames: the force MAE falls well below
+    that of the initial weights (the loop is minimal: training proper is ml4m.training)."""
+    from ml4m.data import read_dataset
+
+    frames = list(read_dataset(SHARED / "cu_emt" / "train.extxyz", index=":10"))
+    model = MPNN(r_max=4.0, n_channels=8, radial_mlp=16, l_max=2, seed=0).prepare(frames)
+    data = batch_graph(frames, model.cutoff, model.species_)
+    f_ref = torch.as_tensor(np.concatenate([f.forces for f in frames]))
+    e_ref = torch.as_tensor([f.energy for f in frames])
+    n_atoms = data["n_atoms"].to(e_ref.dtype)
+
+    def force_mae():
+        return float((model.energy_and_derivatives(data, stress=False)["forces"]
+                      - f_ref).abs().mean())
+
+    before = force_mae()
+    opt = torch.optim.Adam(model.module_.parameters(), lr=0.01)
+    for _ in range(40):
+        opt.zero_grad()
+        out = model.energy_and_derivatives(data, stress=False, create_graph=True)
+        loss = (((out["energy"] - e_ref) / n_atoms) ** 2).mean() \
+            + ((out["forces"] - f_ref) ** 2).mean()
+        loss.backward()
+        opt.step()
+    after = force_mae()
+    assert after < 0.5 * before, (before, after)
