@@ -68,6 +68,7 @@ BAD = {
     "output is the pool": (["{pool}", "--n", "3", "-o", "{pool}"], "is the input"),
     "unreadable pool": (["{garbage}", "--n", "3"], "garbage.extxyz"),
     "missing pool": (["{missing}", "--n", "3"], "no such file"),
+    "memory limit": (["{pool}", "--n", "3", "--max-memory", "10KB"], "would need about"),
 }
 
 

@@ -75,8 +75,8 @@ from ml4m.resources import check_memory, format_bytes
 from ml4m.validation import check_choice, check_float, check_int
 
 __all__ = ["SELECTORS", "PoolFeatures", "Selection", "check_curation_memory", "frame_rows",
-           "iter_pool",
-           "linear_model_prior", "pool_features", "pool_species", "projection_figure", "resolve_n_select", "select"]
+           "iter_pool", "linear_model_prior", "pool_features", "pool_species",
+           "projection_figure", "resolve_n_select", "select"]
 
 #: selector names accepted by :func:`select` (``ml4m curate --method``)
 SELECTORS = ("fps", "cur", "density", "doptimal", "random")
@@ -177,26 +177,26 @@ def pool_species(path: str | os.PathLike, keys: LabelKeys | None = None,
     return tuple(sorted(zs)), n, atoms
 
 
-def check_curation_memory(n_frames: int, n_features: int, n_select: int, method: str,
+def check_curation_memory(n_rows: int, n_features: int, n_select: int, method: str,
                           max_memory: int | str | None = None) -> None:
     """Refuse a curation whose tables would exceed the memory limit.
 
-    Counts the feature rows, their standardised copy and the selector's own arrays:
-    ``density`` a 100-neighbour graph per frame, ``doptimal`` an ``(n_frames, n_select)``
-    factor, 8 bytes per number.
+    Counts the feature rows (frames, or atoms with ``level="atoms"``), their
+    standardised copy and the selector's own arrays: ``density`` a 100-neighbour graph
+    per row, ``doptimal`` an ``(n_rows, n_select)`` factor, 8 bytes per number.
 
     Raises
     ------
     ConfigError
         The estimate exceeds ``max_memory`` (default: half the available memory).
     """
-    need = 8.0 * n_frames * (2 * n_features + 4)
+    need = 8.0 * n_rows * (2 * n_features + 4)
     if method == "density":
-        need += 16.0 * n_frames * min(100, n_frames)
+        need += 16.0 * n_rows * min(100, n_rows)
     elif method == "doptimal":
-        need += 8.0 * n_frames * (n_select + 2)
-    check_memory(need, f"curation of {n_frames:,} frames x {n_features:,} features "
-                 f"({format_bytes(8.0 * n_frames * n_features)} of rows)", max_memory,
+        need += 8.0 * n_rows * (n_select + 2)
+    check_memory(need, f"curation of {n_rows:,} rows x {n_features:,} features "
+                 f"({format_bytes(8.0 * n_rows * n_features)} of rows)", max_memory,
                  hint="use a smaller descriptor (--n-max, --l-max) or raise --max-memory")
 
 
