@@ -116,6 +116,7 @@ def test_bad_input_exits_2_with_nothing_written(setup, capsys, change, message):
 
 def test_unreachable_scheduler_exits_2(setup, capsys):
     tmp, config = setup
-    assert main(["learn", config(), "-o", str(tmp / "out"), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert main(["learn", config(), "-o", str(tmp / "out"), "--scheduler", "tcp://127.0.0.1:1",
+                 "--scheduler-timeout", "1"]) == 2
     assert "scheduler" in capsys.readouterr().err
     assert not (tmp / "out" / "state").exists()

@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", metavar="ADDR",
                    help="label through the Dask scheduler at ADDR (tcp://host:8786; needs the "
                         "'distributed' package)")
+    p.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for the scheduler to answer (default 10)")
     p.add_argument("--resume", action="store_true", help="continue the state saved in DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     rounds = math.ceil(settings.steps / settings.check_interval)
     with claim_output(args.output, inputs=inputs, folder_kind=FOLDER_KIND,
                       overwrite=args.overwrite) as out:
-        with reference_executor(args.workers, args.scheduler) as executor, \
+        with reference_executor(args.workers, args.scheduler, args.scheduler_timeout) as executor, \
                 live_report(not args.json and sys.stderr.isatty(), max(1, rounds // 20)) as on_round:
             result = run_learning(settings, out, executor=executor, resume=args.resume,
                                   overwrite=args.overwrite, on_round=on_round)

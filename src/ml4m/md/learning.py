@@ -104,9 +104,10 @@ def reference_executor(workers: int = 1, scheduler: str | None = None,
         ``workers`` < 1; ``scheduler`` without ``distributed`` installed, or a scheduler
         that does not answer within ``timeout_s`` seconds.
     """
-    from ml4m.validation import check_int
+    from ml4m.validation import check_float, check_int
 
     workers = check_int("workers", workers, low=1)
+    timeout_s = check_float("scheduler timeout", timeout_s, low=0.0, low_open=True)
     if scheduler is not None:
         try:
             from distributed import Client
