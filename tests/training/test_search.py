@@ -46,7 +46,7 @@ def test_a_rung_scores_the_same_inside_any_larger_pass(frames):
     own = _cv_rung(folds_small, _columns(small, 1, r_in), small._prior(np.ones(small.fmap_.n_features)))
     inside = _cv_rung(folds_large, _columns(large, 1, r_in), large._prior(np.ones(large.fmap_.n_features)))
     for q in own:
-        assert inside[q] == pytest.approx(own[q], rel=1e-6)
+        assert inside[q] == pytest.approx(own[q], rel=1e-4)  # evidence search tolerance
 
 
 def test_held_out_error_from_sums_equals_explicit_prediction(frames):

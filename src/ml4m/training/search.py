@@ -39,11 +39,14 @@ from ml4m.errors import ConfigError
 
 __all__ = ["RUNGS", "SearchResult", "search_linear_ace", "cv_folds"]
 
-#: ladder of candidate bases: correlation order and degree bound per order
+#: ladder of candidate bases: correlation order and degree bound per order, each bound
+#: non-decreasing along the ladder (so every rung is nested in every later one); the
+#: four-body functions of several elements use the element-agnostic density
 RUNGS: tuple[dict[str, Any], ...] = (
     {"correlation_order": 2, "total_degree": [6, 5]},
-    {"correlation_order": 2, "total_degree": [8, 6]},
-    {"correlation_order": 3, "total_degree": [10, 8, 6]},
+    {"correlation_order": 3, "total_degree": [7, 6, 5]},
+    {"correlation_order": 3, "total_degree": [8, 7, 6]},
+    {"correlation_order": 3, "total_degree": [10, 8, 7]},
     {"correlation_order": 3, "total_degree": [12, 10, 8]},
     {"correlation_order": 4, "total_degree": [12, 10, 9, 10]},
     {"correlation_order": 4, "total_degree": [14, 12, 10, 12]},
