@@ -20,8 +20,8 @@ noise per atom: row weights ``1 / n_atoms``; prior precision ``alpha`` and noise
 - energy variance ``Phi_n^T Sigma Phi_n`` (exact);
 - force variance of component ``(a, x)``: ``j^T Sigma j`` with ``j = d Phi_n / d r_ax``,
   through the top ``K`` eigenpairs ``Sigma ~ sum_k l_k u_k u_k^T`` (exact when
-  ``B (d + 1) <= K``): ``sum_k l_k (d (Phi . u_k) / d r_ax)^2``, every ``k`` in one
-  batched backward pass; stress likewise with the strain derivative over the volume.
+  ``B (d + 1) <= K``): ``sum_k l_k (d (Phi . u_k) / d r_ax)^2``, one backward pass per
+  ``k``; stress likewise with the strain derivative over the volume.
 
 Calibration: each sigma is ``c_q sqrt(variance)`` with ``c_q^2 = mean(error^2) /
 mean(variance)`` over held-out frames, for ``q`` in energy (per frame) and forces (per
@@ -83,10 +83,16 @@ def gradient_variances(out: dict[str, Any], wrt: list, directions: np.ndarray,
     block = torch.zeros(N, dtype=torch.long, device=h.device) if block is None else block
     U = torch.as_tensor(directions, dtype=h.dtype, device=h.device)
     U = U.reshape(n_blocks, d + 1, -1)[:, :d, :]  # the ones column has no derivative
-    seeds = U[block].permute(2, 0, 1).contiguous()  # (K, N, d)
-    grads = torch.autograd.grad(h, wrt, grad_outputs=seeds, is_grads_batched=True,
-                                retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(t) if g is None else (g * g).sum(0) for t, g in zip(wrt, grads)]
+    seeds = U[block]  # (N, d, K)
+    total = [torch.zeros_like(t) for t in wrt]
+    # one backward pass per direction (on CPU faster than torch's batched, vmap, pass)
+    for k in range(seeds.shape[2]):
+        grads = torch.autograd.grad(h, wrt, grad_outputs=seeds[:, :, k], retain_graph=True,
+                                    allow_unused=True)
+        for acc, g in zip(total, grads):
+            if g is not None:
+                acc += g * g
+    return total
 
 
 @dataclass

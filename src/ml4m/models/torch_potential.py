@@ -118,8 +118,8 @@ class TorchPotential(Potential):
     """
 
     #: directions of the last-layer covariance kept for force and stress sigmas (one
-    #: batched backward pass over all of them; exact when the last layer has fewer)
-    uncertainty_rank: ClassVar[int] = 32
+    #: backward pass each; exact when the last layer has fewer parameters)
+    uncertainty_rank: ClassVar[int] = 8
     #: atoms per batch in :meth:`predict` and :meth:`fit_last_layer`
     predict_atoms: ClassVar[int] = 2048
 
@@ -308,7 +308,8 @@ class TorchPotential(Potential):
     def predict(self, frames, uncertainty: bool = False) -> Prediction:
         """Energies (eV), forces (eV/Angstrom), stresses (eV/Angstrom^3), per-atom
         energies; with ``uncertainty`` their calibrated sigmas too (see
-        :mod:`ml4m.models.last_layer`; one batched backward pass more per batch)."""
+        :mod:`ml4m.models.last_layer`; one backward pass more per
+        batch and direction kept, :attr:`uncertainty_rank`)."""
         self._check_fitted()
         if uncertainty and not self.has_uncertainty:
             raise ConfigError(f"a '{self.kind}' model has no uncertainty before "
