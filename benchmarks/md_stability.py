@@ -140,6 +140,20 @@ def run_one(model, start, shortest, temperature: float, seed: int, args) -> dict
             "seconds": time.perf_counter() - t0}
 
 
+_BUILT: dict[str, tuple] = {}
+
+
+def _task(task: tuple, args) -> dict:
+    """One run of ``(system, model, temperature, seed)`` (models built once per process)."""
+    system, name, temperature, seed = task
+    if system not in _BUILT:
+        _BUILT[system] = models(system, args.workdir)
+    built, shortest, start = _BUILT[system]
+    run = run_one(built[name], start, shortest, temperature, seed, args)
+    print(system, name, temperature, seed, run, flush=True)
+    return run
+
+
 def _step_of(message: str, default: int) -> int:
     import re
 
@@ -166,24 +180,33 @@ def main(argv=None) -> int:
     parser.add_argument("--bond-factor", type=float, default=1.5)
     parser.add_argument("--close-factor", type=float, default=0.7)
     parser.add_argument("--models", nargs="+", default=["ace", "ace+core"])
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ml4m_md_stability"))
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON of every run (default: WORKDIR/md_stability.json)")
     args = parser.parse_args(argv)
     args.out = args.out or args.workdir / "md_stability.json"
 
+    for system in args.systems:  # fitted once, before any worker starts
+        fit_default(system, args.workdir)
+    tasks = [(system, name, temperature, seed) for system in args.systems
+             for name in args.models for temperature in args.temperatures
+             for seed in range(args.seeds)]
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(_task, tasks, [args] * len(tasks)))
+    else:
+        done = [_task(task, args) for task in tasks]
     results = []
-    for system in args.systems:
-        built, shortest, start = models(system, args.workdir)
-        for name in args.models:
-            for temperature in args.temperatures:
-                runs = []
-                for seed in range(args.seeds):
-                    run = run_one(built[name], start, shortest, temperature, seed, args)
-                    runs.append(run)
-                    print(system, name, temperature, seed, run, flush=True)
-                results.append({"system": system, "model": name, "temperature_k": temperature,
-                                "runs": runs})
+    for task, run in zip(tasks, done):
+        group = task[:3]
+        if not results or (results[-1]["system"], results[-1]["model"],
+                           results[-1]["temperature_k"]) != group:
+            results.append({"system": group[0], "model": group[1], "temperature_k": group[2],
+                            "runs": []})
+        results[-1]["runs"].append(run)
     write(results, args, argv)
     return 0
 
