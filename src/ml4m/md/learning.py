@@ -18,11 +18,10 @@ resumed loop continues exactly where the saved one was, and refuses other settin
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,14 @@ from ase import Atoms
 from ml4m.data.frames import Frame
 from ml4m.errors import ConfigError, DataError, SimulationError
 from ml4m.md.dynamics import _dynamics
+from ml4m.md.learning_reference import (
+    InlineExecutor,
+    Reference,
+    ReferenceCalculationError,
+    label_frames,
+    label_structure,
+    reference_executor,
+)
 from ml4m.md.learning_settings import LearnSettings, WalkerSettings
 from ml4m.md.learning_state import (
     LoopState,
@@ -46,96 +53,6 @@ from ml4m.md.safety import blowup_limits, check_step
 
 __all__ = ["InlineExecutor", "LearnStatus", "Reference", "ReferenceCalculationError",
            "label_structure", "reference_executor", "run_learning"]
-
-
-class ReferenceCalculationError(SimulationError):
-    """Raised when the reference calculator fails on a frame and the loop stops
-    (``on_reference_error: stop``); the message names the walker, the step and where the
-    state is kept."""
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A picklable factory of the reference calculator: a name or import path and its
-    constructor's arguments (:func:`ml4m.data.make_calculator`)."""
-
-    name: str = "emt"
-    kwargs: tuple[tuple[str, Any], ...] = ()
-
-    def __call__(self):
-        from ml4m.data import make_calculator
-
-        return make_calculator(self.name, dict(self.kwargs))
-
-
-def label_structure(reference: Callable[[], Any], atoms: Atoms) -> dict[str, Any]:
-    """Energy (eV), forces (eV/Angstrom) and, for a periodic cell, stress (eV/Angstrom^3,
-    Voigt) of ``atoms`` by a fresh calculator from ``reference`` (run in a worker)."""
-    atoms = atoms.copy()
-    atoms.calc = reference()
-    out = {"energy": float(atoms.get_potential_energy()),
-           "forces": np.array(atoms.get_forces(), dtype=float), "stress": None}
-    if atoms.pbc.all():
-        out["stress"] = np.array(atoms.get_stress(voigt=True), dtype=float)
-    return out
-
-
-class InlineExecutor(Executor):
-    """Runs each call at submission, in this process (one worker, no pool to start)."""
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # delivered through the future, as a pool would
-            future.set_exception(exc)
-        return future
-
-
-@contextlib.contextmanager
-def reference_executor(workers: int = 1, scheduler: str | None = None,
-                       timeout_s: float = 10.0) -> Iterator[Executor]:
-    """The executor that labels frames: inline (``workers=1``), a process pool of
-    ``workers``, or a Dask ``distributed`` client of the scheduler at ``scheduler``.
-
-    Raises
-    ------
-    ConfigError
-        ``workers`` < 1; ``scheduler`` without ``distributed`` installed, or a scheduler
-        that does not answer within ``timeout_s`` seconds.
-    """
-    from ml4m.validation import check_float, check_int
-
-    workers = check_int("workers", workers, low=1)
-    timeout_s = check_float("scheduler timeout", timeout_s, low=0.0, low_open=True)
-    if scheduler is not None:
-        try:
-            from distributed import Client
-        except ImportError:
-            raise ConfigError("--scheduler needs Dask's 'distributed' package (the optional "
-                              "extra: pip install distributed)") from None
-        try:
-            client = Client(scheduler, timeout=timeout_s)
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler!r}: "
-                              f"{type(exc).__name__}: {exc}") from None
-        try:
-            yield client.get_executor()
-        finally:
-            client.close()
-        return
-    if workers == 1:
-        yield InlineExecutor()
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # not fork: the MD process holds BLAS and prefetch threads, which fork would copy
-    # mid-call; a fork server that imported the labelling code once forks the workers
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        yield pool
 
 
 @dataclass(frozen=True)
@@ -227,22 +144,6 @@ def _check_species(model: Any, atoms: Atoms, path: str) -> None:
                         f"model (trained on {[chemical_symbols[z] for z in model.species]})", path)
 
 
-def _label_frames(executor: Executor, reference: Callable[[], Any], structures: list[Atoms]
-                  ) -> list[dict[str, Any] | Exception]:
-    """Labels of ``structures`` in their order (an exception where the reference raised)."""
-    futures = [executor.submit(label_structure, reference, a) for a in structures]
-    out: list[dict[str, Any] | Exception] = []
-    try:
-        for f in futures:
-            exc = f.exception()
-            out.append(exc if exc is not None else f.result())
-    except BaseException:
-        for f in futures:
-            f.cancel()
-        raise
-    return out
-
-
 def _labelled_frame(atoms: Atoms, labels: dict[str, Any], info: dict[str, Any]) -> Frame:
     return Frame.from_atoms(atoms, energy=labels["energy"], forces=labels["forces"],
                             stress=labels["stress"], info=info)
@@ -259,7 +160,7 @@ def _initial_model(settings: LearnSettings, executor: Executor, reference: Calla
         frames = list(read_dataset(settings.initial, require=require))
         if settings.label_initial:
             structures = [f.to_atoms(with_labels=False) for f in frames]
-            labels = _label_frames(executor, reference, structures)
+            labels = label_frames(executor, reference, structures)
             for k, lab in enumerate(labels):
                 if isinstance(lab, Exception):
                     raise ReferenceCalculationError(
@@ -421,7 +322,7 @@ class _Loop:
         s, st = self.s, self.state
         while self.walkers[0].step < s.steps:
             n = min(s.check_interval, s.steps - self.walkers[0].step)
-            sigma = [w.advance(n) for w in self.walkers]
+            sigma = [self._advance(k, n) for k in range(len(self.walkers))]
             threshold = s.threshold.resolve(st.model)
             st.rounds += 1
             hist = st.history
@@ -438,10 +339,18 @@ class _Loop:
                 self.on_round(self._status(sigma, threshold, labelled))
         self._save()
 
+    def _advance(self, k: int, n: int) -> float:
+        try:
+            return self.walkers[k].advance(n)
+        except SimulationError as exc:
+            raise SimulationError(f"walker {k} ({self.s.walkers[k].structure}) stopped at {exc}; "
+                                  f"the state after the last update is kept in "
+                                  f"{self.output / 'state'}") from None
+
     def _learn(self, flagged: list[int], sigma: list[float]) -> list[int]:
         """Label the flagged walkers' frames, add them in walker order, update the model."""
         s, st = self.s, self.state
-        labels = _label_frames(self.executor, self.reference,
+        labels = label_frames(self.executor, self.reference,
                                [self.walkers[k].atoms for k in flagged])
         before = st.calls
         new, labelled = [], []
