@@ -176,9 +176,9 @@ def test_resume_after_interrupt_equals_uninterrupted_run(cu, tmp_path):
     settings = _settings(max_epochs=4, checkpoint=str(tmp_path / "b.ckpt"), checkpoint_every=3)
     torch.manual_seed(settings.seed)
     model = ToyPair().prepare(train)
-    # 4 steps an epoch + 2 validation batches: forward 15 is step 11 (the 3rd of epoch 2),
-    # 2 steps after the checkpoint at step 9
-    _fail_at(model, 15)
+    # forward 1 looks for last-layer features; then 4 steps an epoch + 2 validation
+    # batches: forward 16 is step 11 (the 3rd of epoch 2), 2 after the checkpoint at step 9
+    _fail_at(model, 16)
     with pytest.raises(_Interrupt):
         Trainer(settings).fit(model, train, valid)
     assert torch.load(tmp_path / "b.ckpt", weights_only=True)["run"]["step"] == 9
@@ -203,7 +203,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(cu, tmp_path):
     train, _ = cu
     ckpt = tmp_path / "run.ckpt"
     model = ToyPair().prepare(train)
-    _fail_at(model, 7, nan=True)
+    _fail_at(model, 8, nan=True)  # forward 1 looks for features; forward 8 is step 7
     with pytest.raises(TrainingError, match=rf"training diverged: loss nan at epoch 1, step 7; "
                                             rf"the checkpoint {ckpt} keeps step 5"):
         Trainer(_settings(checkpoint=str(ckpt), checkpoint_every=5)).fit(model, train)
@@ -295,3 +295,19 @@ def test_two_processes_match_one_with_the_doubled_batch(cu, tmp_path):
     torch.manual_seed(3)
     start.prepare(train)
     assert not np.allclose(_params(start)["alpha"], one["alpha"])  # training moved them
+
+
+def test_evaluations_shrink_to_fit_the_budget(cu):
+    from ml4m.data import Dataset
+    from ml4m.training.network import EVAL_FRACTION, plan_evaluations
+
+    train, valid = Dataset(cu[0]), Dataset(cu[1])
+    model = ToyPair().prepare(train)
+    model.predict(train[:4])  # warm up: the plan times a prediction
+    roomy = plan_evaluations(model, train, valid, seconds=1e6)
+    assert (roomy["train_frames"], roomy["valid_frames"]) == (16, 6)
+    per_atom = roomy["seconds_per_atom"]
+    cost = per_atom * (5 * valid.n_atoms + 4 / 3 * train.n_atoms)  # all frames, 8 atoms each
+    tight = plan_evaluations(model, train, valid, seconds=cost / EVAL_FRACTION / 4)
+    # a quarter of the evaluations fit (within a factor 2 of timing noise)
+    assert 1 <= tight["valid_frames"] <= 3 and 2 <= tight["train_frames"] <= 8

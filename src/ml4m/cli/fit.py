@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     with max_memory(args.max_memory):
         metrics = fit_model(cfg, progress=not args.json, resume=args.resume)
+    if "model" not in metrics:  # a further process of a data-parallel run: rank 0 reports
+        return 0
     if args.json:
         print_json(metrics)
         return 0
@@ -99,7 +101,12 @@ def run(args: argparse.Namespace) -> int:
         tr = metrics["training"]
         console().print(f"trained {tr['epochs']} epochs ({tr['steps']} steps, stopped by "
                         f"{tr['stop_reason'].replace('_', ' ')}); log: {tr['log']}")
-    if "budget" in metrics:
+    if "budget" in metrics and "valid_frames" in metrics["budget"]:  # a network
+        b = metrics["budget"]
+        console().print(f"budget {b['budget_seconds'] / 60:.1f} min: validated on "
+                        f"{b['valid_frames']} frames, errors on {b['train_frames']} training "
+                        "frames")
+    elif "budget" in metrics:
         b = metrics["budget"]
         console().print(f"budget {b['budget_seconds'] / 60:.1f} min: fitted on {b['n_frames_used']} of "
                         f"{b['n_frames_total']} training frames (probes: {b['probe_frames']} frames in "

@@ -127,6 +127,11 @@ def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False) -> di
     path, companions = model_outputs(cfg)
     inputs = [p for p in (cfg.train, cfg.valid) if p]
     started = time.perf_counter()
+    if network and int(os.environ.get("RANK", "0")) > 0:
+        # a further data-parallel process (torchrun): trains its share, writes nothing
+        from ml4m.training.network import fit_network
+
+        return fit_network(cfg, path, started, False, resume, write=False)[3]
     with claim_output(path, inputs=inputs, companions=companions):
         if cfg.model == "krr":
             return _fit_property_model(cfg, path)

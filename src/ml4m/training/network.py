@@ -7,15 +7,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ml4m.data import LabelKeys, read_dataset
 from ml4m.data.frames import Dataset
 from ml4m.training.config import FitConfig
 
-__all__ = ["fit_network", "POST_FRACTION"]
+__all__ = ["fit_network", "plan_evaluations", "POST_FRACTION", "POST_SECONDS", "EVAL_FRACTION"]
 
-#: share of a ``max_minutes`` budget kept for what follows training (last-layer posterior,
-#: predictions for the metrics, plots, saving)
-POST_FRACTION = 0.2
+#: share of a ``max_minutes`` budget, plus seconds, kept for the plots and saving (the
+#: trainer itself keeps time for the last-layer posterior and the metrics' predictions)
+POST_FRACTION, POST_SECONDS = 0.05, 10.0
+#: largest share of the budget the evaluations after training may take (fewer validation
+#: and metric frames are used otherwise, :func:`plan_evaluations`)
+EVAL_FRACTION = 0.3
+#: most training frames the metrics and the last-layer posterior use (evenly spaced)
+METRIC_FRAMES = 2000
 
 
 def _read(path: str, keys: LabelKeys, require: tuple[str, ...]):
@@ -27,33 +34,75 @@ def _read(path: str, keys: LabelKeys, require: tuple[str, ...]):
     return read_dataset(path, keys=keys, require=require)
 
 
-def _frames_for_metrics(data) -> Dataset:
-    """A data set itself, or evenly spaced frames of a store (at most 2000)."""
+def _spaced(data, n: int) -> Dataset:
+    """``n`` evenly spaced frames of a data set or a store (all of them if it has fewer)."""
     from ml4m.training.batches import as_graph_set
 
-    return data if isinstance(data, Dataset) else Dataset(as_graph_set(data, "train").sample())
+    if not isinstance(data, Dataset):
+        return Dataset(as_graph_set(data, "train").sample(n))
+    if len(data) <= n:
+        return data
+    return Dataset([data[int(k)] for k in np.linspace(0, len(data) - 1, n).astype(int)])
 
 
-def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resume: bool
-                ) -> tuple[Any, Dataset, Dataset | None, dict[str, Any]]:
+def _atoms(data) -> int:
+    return int(data.n_atoms) if isinstance(data, Dataset) else int(data.offsets[-1])
+
+
+def plan_evaluations(model, train, valid, seconds: float) -> dict[str, Any]:
+    """How many frames to validate and to measure errors on within ``seconds``.
+
+    The model (prepared) predicts four training frames; from its cost per atom, the
+    evaluations that scale with the data (validation after each epoch and the last,
+    last-layer posterior, the metrics) are cut to evenly spaced frames so that those
+    after training take at most :data:`EVAL_FRACTION` of ``seconds``.
+
+    Returns
+    -------
+    dict
+        ``seconds_per_atom``, ``valid_frames`` and ``train_frames`` (how many to use).
+    """
+    probe = Dataset(list(_spaced(train, 4))[:4])
+    t0 = time.perf_counter()
+    model.predict(probe)
+    per_atom = (time.perf_counter() - t0) / max(1, probe.n_atoms)
+    n_train = min(len(train), METRIC_FRAMES)
+    train_atoms = _atoms(train) / len(train) * n_train
+    valid_atoms = _atoms(valid) if valid is not None else 0
+    # the last validation, the posterior's calibration (2) and the metrics (2) per valid
+    # frame; the posterior's features (1/3) and the metrics (1) per training frame
+    cost = per_atom * (5 * valid_atoms + (1 + 1 / 3) * train_atoms)
+    share = min(1.0, EVAL_FRACTION * seconds / cost) if cost > 0 else 1.0
+    return {"seconds_per_atom": per_atom, "train_frames": max(1, int(share * n_train)),
+            "valid_frames": 0 if valid is None else max(1, int(share * len(valid)))}
+
+
+def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resume: bool,
+                write: bool = True) -> tuple[Any, Dataset, Dataset | None, dict[str, Any]]:
     """Train the network ``cfg`` describes and save it to ``path``.
 
     The checkpoint and the per-epoch CSV go beside the model
     (:func:`ml4m.training.fit.network_files`); the checkpoint is removed only after the
     model file is written, so a run killed at any point can be resumed (``resume``).
-    With ``cfg.max_minutes``, training gets what is left of the budget but
-    :data:`POST_FRACTION` of it.
+    With ``write`` False (the further processes of a data-parallel run) nothing is
+    written and ``train``/``valid`` come back as None.
+    With ``cfg.max_minutes``, the trainer gets what is left of the budget but
+    :data:`POST_FRACTION` of it and :data:`POST_SECONDS`, and stops early enough to
+    predict the frames of the metrics in it.
 
     Returns
     -------
     model : TorchPotential
         Trained (and saved).
     train, valid : Dataset
-        Frames for the error metrics (evenly spaced frames of a store).
+        Frames for the error metrics: at most :data:`METRIC_FRAMES` evenly spaced
+        training frames, and the validation frames (fewer, evenly spaced, when a
+        budget demands it: :func:`plan_evaluations`).
     metrics : dict
         ``model``, ``kind``, ``fit_seconds``, ``n_features`` (parameters), ``config``,
-        ``training`` (epochs, steps, stop reason, settings, log file) and ``plots``
-        (the learning curve).
+        ``training`` (epochs, steps, stop reason, settings, log file), ``plots``
+        (the learning curve) and, with a budget, ``budget`` (``budget_seconds`` and
+        :func:`plan_evaluations`'s plan).
     """
     from ml4m.models.registry import model_kind
     from ml4m.training.curves import plot_training_curve
@@ -73,13 +122,30 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     given = {"device": cfg.device, "seed": cfg.seed}
     names = kind.cls.param_names()
     model = kind.cls(**{k: v for k, v in given.items() if k in names}, **cfg.params)
+    plan = {"train_frames": min(len(train), METRIC_FRAMES),
+            "valid_frames": len(valid) if valid is not None else 0}
     if cfg.max_minutes is not None:
-        left = 60.0 * cfg.max_minutes * (1.0 - POST_FRACTION) - (time.perf_counter() - started)
-        base["max_minutes"] = max(left, 1.0) / 60.0
+        import torch
+
+        torch.manual_seed(cfg.seed)  # as the trainer would before preparing
+        model.prepare(_spaced(train, METRIC_FRAMES))
+        def left() -> float:
+            return (60.0 * cfg.max_minutes * (1.0 - POST_FRACTION) - POST_SECONDS
+                    - (time.perf_counter() - started))
+
+        plan = plan_evaluations(model, train, valid, left())
+        base["max_minutes"] = max(left(), 1.0) / 60.0
+    if valid is not None:
+        valid = _spaced(valid, plan["valid_frames"])
+    train_metrics = _spaced(train, plan["train_frames"])
     trainer = Trainer(TrainSettings.from_mapping(base, source="config"))
     t0 = time.perf_counter()
-    model = trainer.fit(model, train, valid, resume=resume)
+    model = trainer.fit(model, train, valid, resume=resume,
+                        after_frames=len(train_metrics) + 2 * (len(valid) if valid else 0),
+                        last_layer_frames=plan["train_frames"])
     fit_seconds = time.perf_counter() - t0
+    if not write:
+        return model, None, None, {"kind": model.kind, "fit_seconds": fit_seconds}
     path = model.save(path)
     files["checkpoint"].unlink(missing_ok=True)
     curve = plot_training_curve(trainer.history, files["curve"])
@@ -91,5 +157,6 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
                      "stop_reason": trainer.stop_reason, "log": str(files["log"]),
                      "settings": trainer.settings.as_dict(), "last_epoch": last},
         "plots": [str(curve)]}
-    valid_frames = None if valid is None else _frames_for_metrics(valid)
-    return model, _frames_for_metrics(train), valid_frames, metrics
+    if cfg.max_minutes is not None:
+        metrics["budget"] = {"budget_seconds": 60.0 * cfg.max_minutes, **plan}
+    return model, train_metrics, valid, metrics

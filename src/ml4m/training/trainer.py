@@ -73,7 +73,8 @@ class Trainer:
         self.stop_reason = ""
 
     # ---- the run ---------------------------------------------------------------------------
-    def fit(self, model: Any, train: Any, valid: Any = None, resume: bool = False) -> Any:
+    def fit(self, model: Any, train: Any, valid: Any = None, resume: bool = False,
+            after_frames: int = 0, last_layer_frames: int = 2000) -> Any:
         """Train ``model`` and return it with its best (averaged) weights.
 
         Parameters
@@ -85,6 +86,14 @@ class Trainer:
             Training and validation frames (``valid`` optional).
         resume : bool
             Continue the run saved in ``settings.checkpoint``.
+        after_frames : int
+            Frames the caller will evaluate (energy and forces) after this returns; with
+            ``max_minutes``, training stops early enough for them, for the last
+            validation and for the last-layer posterior (their cost per frame is
+            measured on the validation passes).
+        last_layer_frames : int
+            The last-layer posterior (models with ``fit_last_layer`` whose module returns
+            ``features``) is fitted on at most this many evenly spaced training frames.
 
         Raises
         ------
@@ -112,11 +121,13 @@ class Trainer:
             model.prepare(train_set.sample())
         dist = Distributed.from_env(getattr(model, "device", "cpu"))
         try:
-            return self._run(model, train_set, valid_set, resume, dist, started)
+            return self._run(model, train_set, valid_set, resume, dist, started,
+                             after_frames, last_layer_frames)
         finally:
             dist.close()
 
-    def _run(self, model, train_set, valid_set, resume, dist, started):
+    def _run(self, model, train_set, valid_set, resume, dist, started, after_frames,
+             last_layer_frames):
         import torch
 
         s = self.settings
@@ -148,7 +159,17 @@ class Trainer:
         terms = tuple(t for t in TERMS if s.weight(t) > 0)
         create_graph = "forces" in terms or "stress" in terms
         step_seconds: list[float] = []
-        valid_seconds = None
+        last_layer = hasattr(model, "fit_last_layer") and self._has_features(model, train_set)
+        n_valid = len(valid_set) if valid_set is not None else 0
+        # evaluations left once training stops: the last validation, the last-layer
+        # posterior (features of the training frames ~ 1/3 of an evaluation each, then
+        # the validation frames with sigmas ~ 2) and the caller's
+        n_after = (n_valid + after_frames
+                   + (min(len(train_set), last_layer_frames) / 3 + 2 * n_valid
+                      if last_layer else 0))
+        # seconds of one evaluation per frame: probed now, then measured on validation
+        frame_seconds = (self._probe(model, valid_set or train_set)
+                         if math.isfinite(deadline) else None)
         self.stop_reason = "max_epochs"
         model.module_ = dist.wrap(module)
         try:
@@ -169,10 +190,10 @@ class Trainer:
                     sums = error_sums(pred, labels, data, terms)
                     loss = weighted_loss(sums, s.weights, counts, scale=dist.world)
                     value = float(loss.detach()) if isinstance(loss, torch.Tensor) else loss
-                    expected = (np.mean(step_seconds[-20:]) if step_seconds else 0.0)
-                    if valid_set is not None:
-                        expected += valid_seconds if valid_seconds is not None else (
-                            expected * len(valid_set) / max(1, len(idx)) / 2)
+                    step = np.mean(step_seconds[-20:]) if step_seconds else 0.0
+                    per_frame = frame_seconds if frame_seconds is not None else (
+                        step / max(1, len(idx)) / 2)
+                    expected = step + per_frame * n_after
                     mine = [0.0 if math.isfinite(value) else 1.0,
                             float(time.perf_counter() + expected > deadline), value,
                             sums.get("energy_sae", 0.0), sums.get("energy_n", 0),
@@ -208,7 +229,7 @@ class Trainer:
                 tv = time.perf_counter()
                 valid_row = self._evaluate(model, valid_set, ema, module, dist, terms)
                 if valid_set is not None:
-                    valid_seconds = time.perf_counter() - tv
+                    frame_seconds = (time.perf_counter() - tv) / n_valid
                 row = self._epoch_row(run, opt, valid_row, started)
                 self.history.append(row)
                 log.epoch(self.history)
@@ -246,9 +267,19 @@ class Trainer:
             module.load_state_dict(best_state)
         elif ema is not None:
             module.load_state_dict(ema.state)
-        if hasattr(model, "fit_last_layer") and self._has_features(model, train_set):
-            model.fit_last_layer(_frames_of(train_set), _frames_of(valid_set))
+        if last_layer:
+            model.fit_last_layer(_frames_of(train_set, last_layer_frames),
+                                 _frames_of(valid_set))
         return model
+
+    def _probe(self, model, data_set) -> float:
+        """Seconds per frame of evaluating energies and forces of the first frames."""
+        idx = np.arange(min(len(data_set), self.settings.batch_size))
+        t0 = time.perf_counter()
+        data, _ = collate(data_set.graphs(idx, model.cutoff, model.species_, model.dtype),
+                          model.device)
+        model.energy_and_derivatives(data, forces=True, stress=False)
+        return (time.perf_counter() - t0) / len(idx)
 
     @staticmethod
     def _has_features(model, train_set) -> bool:
@@ -358,9 +389,14 @@ def _mae(sae: float, n: float, width: int) -> float:
     return 1000.0 * sae / (width * n) if n else float("nan")
 
 
-def _frames_of(data) -> Any:
-    """Frames to hand to ``fit_last_layer``: the list itself, evenly spaced frames of a store."""
+def _frames_of(data, n_max: int = 2000) -> Any:
+    """At most ``n_max`` evenly spaced frames of a set (all of a short list), for
+    ``fit_last_layer``."""
     if data is None:
         return None
-    return data.sample() if data.streaming else data.frames
+    if data.streaming:
+        return data.sample(n_max)
+    if len(data) <= n_max:
+        return data.frames
+    return [data.frames[int(k)] for k in np.linspace(0, len(data) - 1, n_max).astype(int)]
 
