@@ -3,6 +3,8 @@ with SIGKILL resumed to the same model, bad training settings with exit code 2."
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -68,10 +70,10 @@ def fitted(files, tmp_path_factory):
     """An uninterrupted fit: its folder, config and metrics."""
     d = tmp_path_factory.mktemp("whole")
     cfg = _config(d / "fit.yaml", files)
-    out = subprocess.run([sys.executable, "-m", "ml4m", "fit", str(cfg), "-o", str(d / "m.ml4m"),
-                          "--json"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return d, cfg, json.loads(out.stdout)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["fit", str(cfg), "-o", str(d / "m.ml4m"), "--json"]) == 0
+    return d, cfg, json.loads(out.getvalue())
 
 
 def test_fit_writes_a_network_that_test_and_md_use(files, fitted, capsys):
