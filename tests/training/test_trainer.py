@@ -270,7 +270,7 @@ def _ddp_worker(rank: int, world: int, port: int, frames, out: str) -> None:
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
     model = Trainer(_settings(batch_size=2, max_epochs=2, ema_decay=None, clip_grad=None,
-                              scheduler="none")).fit(ToyPair(), frames)
+                              scheduler="none")).fit(ToyPair(), *frames)
     np.savez(f"{out}.{rank}.npz", **_params(model))
 
 
@@ -279,14 +279,14 @@ def test_two_processes_match_one_with_the_doubled_batch(cu, tmp_path):
 
     import torch.multiprocessing as mp
 
-    train, _ = cu
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.start_processes(_ddp_worker, args=(2, port, train, str(tmp_path / "ddp")), nprocs=2,
-                       start_method="fork")
+    train, valid = cu  # validation is shared out too; the best epoch's weights are kept
+    mp.start_processes(_ddp_worker, args=(2, port, (train, valid), str(tmp_path / "ddp")),
+                       nprocs=2, start_method="fork")
     one = _params(Trainer(_settings(batch_size=4, max_epochs=2, ema_decay=None, clip_grad=None,
-                                    scheduler="none")).fit(ToyPair(), train))
+                                    scheduler="none")).fit(ToyPair(), train, valid))
     for rank in (0, 1):
         got = np.load(tmp_path / f"ddp.{rank}.npz")
         for k in one:
@@ -311,3 +311,20 @@ def test_evaluations_shrink_to_fit_the_budget(cu):
     tight = plan_evaluations(model, train, valid, seconds=cost / EVAL_FRACTION / 4)
     # a quarter of the evaluations fit (within a factor 2 of timing noise)
     assert 1 <= tight["valid_frames"] <= 3 and 2 <= tight["train_frames"] <= 8
+
+
+def test_molecules_and_stressed_cells_train_together(cu):
+    from ase.cluster import Octahedron
+
+    cluster = Octahedron("Cu", 3)  # no cell: no stress label, no stress term
+    cluster.rattle(0.05, seed=2)
+    cluster.calc = EMT()
+    molecule = Frame.from_atoms(cluster, energy=cluster.get_potential_energy(),
+                                forces=cluster.get_forces(), source=("cluster.extxyz", 0))
+    frames = [molecule] + list(cu[0][:7])  # the molecule shares a batch with stressed cells
+    trainer = Trainer(_settings(max_epochs=3, weights={"energy": 1.0, "forces": 10.0,
+                                                       "stress": 100.0}))
+    model = trainer.fit(ToyPair(), frames)
+    assert all(np.isfinite(r["train_loss"]) for r in trainer.history)
+    assert trainer.history[-1]["train_loss"] < trainer.history[0]["train_loss"]
+    assert all(np.isfinite(v).all() for v in _params(model).values())

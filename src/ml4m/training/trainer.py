@@ -171,7 +171,8 @@ class Trainer:
         frame_seconds = (self._probe(model, valid_set or train_set)
                          if math.isfinite(deadline) else None)
         self.stop_reason = "max_epochs"
-        model.module_ = dist.wrap(module)
+        wrapped = dist.wrap(module)
+        model.module_ = wrapped
         try:
             while run["epoch"] < s.max_epochs:
                 batches = epoch_batches(len(train_set), s.batch_size, s.seed, run["epoch"],
@@ -227,7 +228,9 @@ class Trainer:
                         time_up = True
                         break
                 tv = time.perf_counter()
+                model.module_ = module  # no gradient to share: validate without the wrapper
                 valid_row = self._evaluate(model, valid_set, ema, module, dist, terms)
+                model.module_ = wrapped
                 if valid_set is not None:
                     frame_seconds = (time.perf_counter() - tv) / n_valid
                 row = self._epoch_row(run, opt, valid_row, started)
