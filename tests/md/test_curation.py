@@ -82,6 +82,20 @@ def test_fps_matches_direct_farthest_point_sampling(mixture):
     assert np.all(np.diff(sel.scores[1:]) <= 1e-12)  # FPS distances never grow
 
 
+@pytest.mark.parametrize("shape", [(300, 12), (60, 200)])
+def test_cur_matches_scikit_matter(shape):
+    from skmatter.feature_selection import CUR
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=shape) @ rng.normal(size=(shape[1], shape[1]))
+    Z = (X - X.mean(0)) / X.std(0)
+    ours = select(X, 10, "cur").indices
+    np.testing.assert_array_equal(ours, CUR(n_to_select=10).fit(Z.T).selected_idx_)
+    # past the rank of the rows: a new round, still distinct frames
+    more = select(X[:, :3], 12, "cur").indices
+    assert len(np.unique(more)) == 12
+
+
 def test_doptimal_gains_are_log_det_increments_and_non_increasing(mixture):
     X, _ = mixture
     X = X[:300]
