@@ -119,6 +119,11 @@ def test_reference_is_called_exactly_when_sigma_is_above_the_threshold(files):
     labelled = [f.info["step"] for f in _train(files / "scripted")[6:]]
     assert labelled == expected == [4, 8, 12, 18]
     assert result["reference_calls"] == 4 and model.n_checks == 10
+    # a walker waits min_steps_between_calls after a call: sigma always above, calls 6 apart
+    model.script, model.n_checks = [0.2] * 10, 0
+    run_learning(dataclasses.replace(settings, min_steps_between_calls=6), files / "spaced",
+                 model=model)
+    assert [f.info["step"] for f in _train(files / "spaced")[6:]] == [2, 8, 14, 20]
     # the labels are the reference's (EMT) at the flagged frames
     frame = _train(files / "scripted")[6]
     atoms = frame.to_atoms(with_labels=False)

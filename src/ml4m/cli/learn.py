@@ -33,6 +33,7 @@ CONFIG.yaml:
   dt: 2.0                            # fs
   threshold: 0.1                     # eV/A, or "2x": twice the model's fitted force noise
   check_interval: 10
+  min_steps_between_calls: 50        # a walker waits 50 steps after its call
   max_calls: 100
   reoptimise_every: 10               # 0: never
   on_reference_error: stop           # or skip

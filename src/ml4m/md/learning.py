@@ -94,6 +94,7 @@ class _Walker:
     def __init__(self, spec: WalkerSettings, start: Atoms, state: WalkerState,
                  settings: LearnSettings) -> None:
         self.spec, self.settings, self.atoms, self.step = spec, settings, state.atoms, state.step
+        self.last_call = state.last_call
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state.rng_state
         self.limits = blowup_limits(start, spec.hottest_k)  # from the start, as on a resume
@@ -126,7 +127,12 @@ class _Walker:
         return float(np.max(calc.results["forces_sigma"]))
 
     def state(self) -> WalkerState:
-        return WalkerState(self.atoms, self.step, self.rng.bit_generator.state)
+        return WalkerState(self.atoms, self.step, self.rng.bit_generator.state, self.last_call)
+
+    def may_call(self) -> bool:
+        """Whether ``min_steps_between_calls`` have passed since this walker's last call."""
+        return self.last_call is None or \
+            self.step - self.last_call >= self.settings.min_steps_between_calls
 
 
 def _read_structure(path: str) -> Atoms:
@@ -329,7 +335,7 @@ class _Loop:
             hist["time_fs"].append(self.walkers[0].step * s.dt_fs)
             hist["sigma"].append(sigma)
             hist["threshold"].append(threshold)
-            flagged = [k for k, v in enumerate(sigma) if v > threshold]
+            flagged = [k for k, v in enumerate(sigma) if v > threshold and self.walkers[k].may_call()]
             flagged = flagged[:max(0, s.max_calls - st.calls)]
             labelled = self._learn(flagged, sigma) if flagged else []
             hist["calls"].append(st.calls)
@@ -357,6 +363,7 @@ class _Loop:
         for k, lab in zip(flagged, labels):
             st.calls += 1
             w = self.walkers[k]
+            w.last_call = w.step
             if isinstance(lab, Exception):
                 if s.on_reference_error == "stop":
                     raise ReferenceCalculationError(

@@ -19,6 +19,7 @@ Example::
     dt: 2.0
     threshold: 0.15                      # eV/A, or "3x": three times the fitted force noise
     check_interval: 10
+    min_steps_between_calls: 100         # a walker's next call at least 100 steps later
     max_calls: 50
     reoptimise_every: 10
 """
@@ -166,6 +167,10 @@ class LearnSettings:
     threshold : Threshold
     check_interval : int
         Steps between force-sigma checks (the length of a round).
+    min_steps_between_calls : int
+        MD steps a walker runs on the model after a call before its frames may go to the
+        reference again (FLARE's ``min_steps_with_model``): the next few frames of a
+        walker are near-duplicates of the labelled one. 0: no wait.
     max_calls : int
         Reference calls at most (MD runs its steps either way).
     reoptimise_every : int
@@ -189,6 +194,7 @@ class LearnSettings:
     pressure_gpa: float = 0.0
     threshold: Threshold = Threshold(1.0, relative=True)
     check_interval: int = 1
+    min_steps_between_calls: int = 0
     max_calls: int = 100
     reoptimise_every: int = 0
     on_reference_error: str = "stop"
@@ -237,6 +243,7 @@ class LearnSettings:
             raise fail(f"threshold must be a Threshold, got {describe(self.threshold)}", **where)
         check_float("threshold", self.threshold.value, low=0.0, low_open=True, **where)
         check_int("check_interval", self.check_interval, low=1, **where)
+        check_int("min_steps_between_calls", self.min_steps_between_calls, low=0, **where)
         check_int("max_calls", self.max_calls, low=0, **where)
         check_int("reoptimise_every", self.reoptimise_every, low=0, **where)
         check_choice("on_reference_error", self.on_reference_error, ON_REFERENCE_ERROR, **where)
@@ -254,7 +261,8 @@ class LearnSettings:
         where = {"source": source}
         keys = ("walkers", "reference", "model", "fit", "initial", "label_initial", "ensemble",
                 "steps", "dt", "friction", "pressure", "threshold", "check_interval",
-                "max_calls", "reoptimise_every", "on_reference_error")
+                "min_steps_between_calls", "max_calls", "reoptimise_every",
+                "on_reference_error")
         m = check_mapping("the config", mapping, keys=keys, required=("walkers", "threshold"),
                           **where)
         walkers = m.pop("walkers")

@@ -46,12 +46,13 @@ _FORMAT = "ml4m-learn-state"
 
 @dataclass
 class WalkerState:
-    """What continues a walker: its atoms (positions, momenta, cell), step, RNG state."""
+    """What continues a walker: its atoms (positions, momenta, cell), step, RNG state,
+    and the step of its latest reference call (None before the first)."""
 
     atoms: Atoms
     step: int
     rng_state: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
+    last_call: int | None = None
 
 
 @dataclass
@@ -133,7 +134,8 @@ def save_state(folder: str | os.PathLike, state: LoopState) -> Path:
     record = {
         "format": _FORMAT, "settings": state.settings, "calls": state.calls,
         "skipped": state.skipped, "rounds": state.rounds, "update_state": update_params,
-        "walkers": [{"step": w.step, "rng": w.rng_state, "extra": w.extra} for w in state.walkers],
+        "walkers": [{"step": w.step, "rng": w.rng_state, "last_call": w.last_call}
+                    for w in state.walkers],
     }
     walkers: dict[str, np.ndarray] = {}
     for k, w in enumerate(state.walkers):
@@ -207,7 +209,7 @@ def load_state(folder: str | os.PathLike, walker_atoms: list[Atoms]) -> LoopStat
             atoms.set_momenta(arrays[f"momenta_{k}"])
         except (KeyError, ValueError) as exc:
             raise DataError(f"walker {k}: {exc}", root / "walkers.npz") from None
-        walkers.append(WalkerState(atoms, int(w["step"]), w["rng"], w.get("extra", {})))
+        walkers.append(WalkerState(atoms, int(w["step"]), w["rng"], w.get("last_call")))
     hist = _npz(root / "history.npz")
     history = {k: hist[k].tolist() for k in ("time_fs", "sigma", "threshold", "calls")}
     return LoopState(record["settings"], model, train, walkers, int(record["calls"]),
