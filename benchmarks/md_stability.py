@@ -14,11 +14,14 @@ Reported per system, model and temperature: the fraction of stable runs and the 
 to failure (ps) of the others.
 
 Models: ``ace`` is ``ml4m fit --model ace`` with no other setting (fitted once per
-system into ``--workdir``); ``ace+core`` is the same model inside
-:class:`ml4m.models.baseline.Baselined` with a :class:`~ml4m.models.baseline.PairRepulsion`
-fitted on the training set. The core is zero at every training distance, so fitting
-``Baselined(ace, PairRepulsion())`` gives exactly the ``ace`` coefficients; the script
-wraps the fitted model (``Baselined.from_fitted``) instead of fitting it again.
+system into ``--workdir``); ``ace[r_in]`` the same with ``descriptor: {pair_r_in: auto}``
+(each element pair's radial basis starts 0.25 A below its shortest training distance and
+is constant below: no force from the fitted model there). ``FIT+core`` is that model
+inside :class:`ml4m.models.baseline.Baselined` with a
+:class:`~ml4m.models.baseline.PairRepulsion` fitted on the training set. The core is zero
+at every training distance, so fitting ``Baselined(ace, PairRepulsion())`` gives exactly
+the ``ace`` coefficients; the script wraps the fitted model (``Baselined.from_fitted``)
+instead of fitting it again.
 
 Usage::
 
@@ -89,31 +92,48 @@ class StabilityCheck:
             raise Failed("close", step, f"atoms {a}-{b} at {d[a, b]:.2f} A")
 
 
-def fit_default(system: str, workdir: Path) -> Path:
-    """``ml4m fit --model ace`` on ``system`` (kept in ``workdir`` and reused)."""
-    out = workdir / system / "ace.ml4m"
+#: the fits compared: name -> descriptor settings added to ``ml4m fit --model ace``
+FITS = {"ace": {}, "ace[r_in]": {"pair_r_in": "auto"}}
+
+
+def fit_ace(system: str, fit: str, workdir: Path) -> Path:
+    """``ml4m fit --model ace`` on ``system`` with the descriptor settings of ``FITS[fit]``
+    (kept in ``workdir`` and reused)."""
+    tag = fit.replace("[", "_").replace("]", "")
+    out = workdir / system / f"{tag}.ml4m"
     if not out.exists():
+        import yaml
+
         folder = SHARED / system
-        cmd = [sys.executable, "-m", "ml4m", "fit", "--model", "ace",
-               "--train", str(folder / "train.extxyz"), "--valid", str(folder / "valid.extxyz"),
-               "-o", str(out)]
+        config = {"model": "ace", "train": str(folder / "train.extxyz"),
+                  "valid": str(folder / "valid.extxyz"), "output": str(out)}
+        if FITS[fit]:
+            config["descriptor"] = FITS[fit]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        path = out.with_suffix(".yaml")
+        path.write_text(yaml.safe_dump(config))
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-        print(f"fitted {system} in {time.perf_counter() - t0:.0f} s", flush=True)
+        subprocess.run([sys.executable, "-m", "ml4m", "fit", str(path)], check=True,
+                       capture_output=True, text=True)
+        print(f"fitted {fit} on {system} in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
 
-def models(system: str, workdir: Path) -> tuple[dict, dict[str, float], object]:
-    """The two models of a system, its training shortest distances, its start frame."""
+def models(system: str, fits: list[str], workdir: Path) -> tuple[dict, dict[str, float], object]:
+    """Each fit of a system with and without the core (``NAME+core``), its training
+    shortest distances, its start frame."""
     import ml4m
     from ml4m.data import read_dataset, shortest_distances
     from ml4m.models.baseline import Baselined, PairRepulsion
 
     train = read_dataset(SHARED / system / "train.extxyz")
     start = read_dataset(SHARED / system / "valid.extxyz", index="0")[0]
-    ace = ml4m.load(fit_default(system, workdir))
-    core = Baselined.from_fitted(ace, PairRepulsion().fit(train))
-    return {"ace": ace, "ace+core": core}, shortest_distances(train), start
+    core = PairRepulsion().fit(train)
+    built = {}
+    for fit in fits:
+        built[fit] = ml4m.load(fit_ace(system, fit, workdir))
+        built[f"{fit}+core"] = Baselined.from_fitted(built[fit], core)
+    return built, shortest_distances(train), start
 
 
 def run_one(model, start, shortest, temperature: float, seed: int, args) -> dict:
@@ -147,7 +167,7 @@ def _task(task: tuple, args) -> dict:
     """One run of ``(system, model, temperature, seed)`` (models built once per process)."""
     system, name, temperature, seed = task
     if system not in _BUILT:
-        _BUILT[system] = models(system, args.workdir)
+        _BUILT[system] = models(system, args.fits, args.workdir)
     built, shortest, start = _BUILT[system]
     run = run_one(built[name], start, shortest, temperature, seed, args)
     print(system, name, temperature, seed, run, flush=True)
@@ -179,7 +199,10 @@ def main(argv=None) -> int:
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     parser.add_argument("--bond-factor", type=float, default=1.5)
     parser.add_argument("--close-factor", type=float, default=0.7)
-    parser.add_argument("--models", nargs="+", default=["ace", "ace+core"])
+    parser.add_argument("--fits", nargs="+", default=["ace"], choices=sorted(FITS),
+                        help="ace: `ml4m fit --model ace`; ace[r_in]: with pair_r_in: auto")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="which of FIT and FIT+core to run (default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ml4m_md_stability"))
     parser.add_argument("--out", type=Path, default=None,
@@ -188,7 +211,9 @@ def main(argv=None) -> int:
     args.out = args.out or args.workdir / "md_stability.json"
 
     for system in args.systems:  # fitted once, before any worker starts
-        fit_default(system, args.workdir)
+        for fit in args.fits:
+            fit_ace(system, fit, args.workdir)
+    args.models = args.models or [m for f in args.fits for m in (f, f"{f}+core")]
     tasks = [(system, name, temperature, seed) for system in args.systems
              for name in args.models for temperature in args.temperatures
              for seed in range(args.seeds)]
