@@ -328,3 +328,31 @@ def test_molecules_and_stressed_cells_train_together(cu):
     assert all(np.isfinite(r["train_loss"]) for r in trainer.history)
     assert trainer.history[-1]["train_loss"] < trainer.history[0]["train_loss"]
     assert all(np.isfinite(v).all() for v in _params(model).values())
+
+
+def test_tensorboard_gets_the_history(cu, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    written = []
+
+    class SummaryWriter:  # stands in for tensorboard's (not installed here)
+        def __init__(self, folder):
+            written.append(("folder", folder))
+
+        def add_scalar(self, key, value, step):
+            written.append((key, value, step))
+
+        def close(self):
+            written.append(("closed",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    train, valid = cu
+    # with the progress bar on (drawn only on a terminal)
+    trainer = Trainer(_settings(max_epochs=2, progress=True, log_csv=str(tmp_path / "run.csv")))
+    trainer.fit(ToyPair(), train, valid)
+    assert written[0] == ("folder", str(tmp_path / "run_tb")) and written[-1] == ("closed",)
+    losses = [(v, step) for key, v, *rest in written[1:-1] if key == "valid_loss"
+              for step in rest]
+    assert losses == [(r["valid_loss"], r["step"]) for r in trainer.history]
