@@ -356,3 +356,26 @@ def test_tensorboard_gets_the_history(cu, tmp_path, monkeypatch):
     losses = [(v, step) for key, v, *rest in written[1:-1] if key == "valid_loss"
               for step in rest]
     assert losses == [(r["valid_loss"], r["step"]) for r in trainer.history]
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stays_stopped(cu, tmp_path, monkeypatch):
+    from ml4m.training.loop import TrainingRun
+
+    losses = iter([3.0, 2.0, 2.5, 2.6, 1.0, 0.5])
+    seen = {}
+
+    def evaluate(self):
+        seen[self.position["epoch"]] = {k: v.clone() for k, v in self.ema.state.items()}
+        return {"loss": next(losses), "energy": 1.0, "forces": 1.0}
+
+    monkeypatch.setattr(TrainingRun, "evaluate", evaluate)
+    train, valid = cu
+    settings = _settings(max_epochs=6, patience=2, checkpoint=str(tmp_path / "run.ckpt"))
+    trainer = Trainer(settings)
+    model = trainer.fit(ToyPair(), train, valid)
+    assert trainer.stop_reason == "early_stopping"
+    assert [r["valid_loss"] for r in trainer.history] == [3.0, 2.0, 2.5, 2.6]
+    torch.testing.assert_close(model.module_.state_dict(), seen[1], rtol=0, atol=0)
+    again = Trainer(settings)
+    again.fit(ToyPair(), train, valid, resume=True)  # a finished run trains no further
+    assert again.stop_reason == "early_stopping" and len(again.history) == 4

@@ -93,7 +93,9 @@ class TrainingRun:
     ----------
     position : dict
         ``epoch``, ``batch`` (next batch of the epoch), ``step``, ``best_loss``,
-        ``bad_epochs``, ``history``, ``acc`` (the epoch's sums so far), ``last_saved``.
+        ``bad_epochs``, ``history``, ``acc`` (the epoch's sums so far), ``last_saved``,
+        ``stopped_early`` (``early_stopping`` once it stopped the run: a resumed run
+        then trains no further).
     best_state : dict or None
         Weights of the best validation epoch (of the average, when there is one).
     stop_reason : str
@@ -120,7 +122,8 @@ class TrainingRun:
         self.identity = identity(model, s)
         self.position: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0,
                                          "best_loss": math.inf, "bad_epochs": 0,
-                                         "history": [], "acc": _zero_acc(), "last_saved": None}
+                                         "history": [], "acc": _zero_acc(), "last_saved": None,
+                                         "stopped_early": ""}
         self.best_state: dict[str, Any] | None = None
         self.stop_reason = "max_epochs"
         self.wrapped = dist.wrap(self.module)
@@ -140,6 +143,7 @@ class TrainingRun:
         set_rng_state(payload["rng"])
         self.position.update(payload["run"])
         self.best_state = payload.get("best_state")
+        self.stop_reason = self.position["stopped_early"] or self.stop_reason
 
     def save(self) -> None:
         """Write the checkpoint atomically (first process only), if the settings name one."""
@@ -278,7 +282,7 @@ class TrainingRun:
             else:
                 p["bad_epochs"] += 1
                 if p["bad_epochs"] >= s.patience and not stop:
-                    self.stop_reason = "early_stopping"
+                    self.stop_reason = p["stopped_early"] = "early_stopping"
                     stop = True
         if p["step"] % s.checkpoint_every == 0 or stop or p["epoch"] == s.max_epochs:
             self.save()

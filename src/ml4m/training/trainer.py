@@ -133,7 +133,7 @@ class Trainer:
         n_batches = len(epoch_batches(len(train_set), s.batch_size, s.seed, 0, dist.world))
         log = RunLog(s.log_csv, s.progress, n_batches * s.max_epochs, enabled=dist.main)
         try:
-            while run.position["epoch"] < s.max_epochs:
+            while run.position["epoch"] < s.max_epochs and not run.position["stopped_early"]:
                 time_up = run.train_epoch(clock, log)
                 if run.end_epoch(clock, log, started, time_up):
                     break
