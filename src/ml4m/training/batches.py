@@ -152,6 +152,15 @@ class GraphSet:
                 seen |= {int(x) for x in numbers[store.offsets[frame]:store.offsets[frame + 1]]}
         return [store[int(k)] for k in sorted(set(picks))]
 
+    def spaced(self, n_max: int) -> list[Frame]:
+        """At most ``n_max`` evenly spaced frames (all of a short list; of a store, see
+        :meth:`sample`)."""
+        if self.streaming:
+            return self.sample(n_max)
+        if len(self.frames) <= n_max:
+            return list(self.frames)
+        return [self.frames[int(k)] for k in np.linspace(0, len(self) - 1, n_max).astype(int)]
+
     def has_label(self, label: str) -> tuple[bool, Frame | None]:
         """Whether every frame carries ``label``; if not, the first frame that lacks it
         (None for a store, whose labels are all-or-nothing)."""

@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ml4m.data import LabelKeys, read_dataset
 from ml4m.data.frames import Dataset
 from ml4m.training.config import FitConfig
@@ -38,11 +36,9 @@ def _spaced(data, n: int) -> Dataset:
     """``n`` evenly spaced frames of a data set or a store (all of them if it has fewer)."""
     from ml4m.training.batches import as_graph_set
 
-    if not isinstance(data, Dataset):
-        return Dataset(as_graph_set(data, "train").sample(n))
-    if len(data) <= n:
+    if isinstance(data, Dataset) and len(data) <= n:
         return data
-    return Dataset([data[int(k)] for k in np.linspace(0, len(data) - 1, n).astype(int)])
+    return Dataset(as_graph_set(data, "train").spaced(n))
 
 
 def _atoms(data) -> int:

@@ -168,12 +168,5 @@ class Trainer:
 
 
 def _frames_of(data, n_max: int = 2000) -> Any:
-    """At most ``n_max`` evenly spaced frames of a set (all of a short list), for
-    ``fit_last_layer``."""
-    if data is None:
-        return None
-    if data.streaming:
-        return data.sample(n_max)
-    if len(data) <= n_max:
-        return data.frames
-    return [data.frames[int(k)] for k in np.linspace(0, len(data) - 1, n_max).astype(int)]
+    """At most ``n_max`` evenly spaced frames of a set, for ``fit_last_layer``."""
+    return None if data is None else data.spaced(n_max)
