@@ -19,9 +19,10 @@ noise per atom: row weights ``1 / n_atoms``; prior precision ``alpha`` and noise
 
 - energy variance ``Phi_n^T Sigma Phi_n`` (exact);
 - force variance of component ``(a, x)``: ``j^T Sigma j`` with ``j = d Phi_n / d r_ax``,
-  through the top ``K`` eigenpairs ``Sigma ~ sum_k l_k u_k u_k^T`` (exact when
-  ``B (d + 1) <= K``): ``sum_k l_k (d (Phi . u_k) / d r_ax)^2``, one backward pass per
-  ``k``; stress likewise with the strain derivative over the volume.
+  through ``K`` directions ``Sigma ~ sum_k w_k w_k^T`` (exact when ``B (d + 1) <= K``):
+  those of ``Sigma``'s factor that carry most force variance on sample training atoms
+  (:meth:`LastLayerPosterior.focus`), ``sum_k (d (Phi . w_k) / d r_ax)^2``, one backward
+  pass per ``k``; stress likewise with the strain derivative over the volume.
 
 Calibration: each sigma is ``c_q sqrt(variance)`` with ``c_q^2 = mean(error^2) /
 mean(variance)`` over held-out frames, for ``q`` in energy (per frame) and forces (per
@@ -31,6 +32,7 @@ component; the stress uses the force factor).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -38,7 +40,7 @@ import numpy as np
 from ml4m.errors import DataError
 from ml4m.models.linear.bayesian import BayesianLinearRegression
 
-__all__ = ["LastLayerPosterior", "design_rows", "gradient_variances"]
+__all__ = ["LastLayerPosterior", "design_rows", "direction_gradients", "gradient_variances"]
 
 
 def design_rows(out: dict[str, Any], batch, n_frames: int, n_blocks: int):
@@ -56,9 +58,9 @@ def design_rows(out: dict[str, Any], batch, n_frames: int, n_blocks: int):
     return Phi.reshape(n_frames, n_blocks * (d + 1))
 
 
-def gradient_variances(out: dict[str, Any], wrt: list, directions: np.ndarray,
-                       n_blocks: int) -> list:
-    """``sum_k (d (Phi . u_k) / d t)^2`` for every tensor ``t`` in ``wrt``.
+def direction_gradients(out: dict[str, Any], wrt: list, directions: np.ndarray,
+                        n_blocks: int) -> Iterator[list]:
+    """``d (Phi . u_k) / d t`` for every tensor ``t`` in ``wrt``, one ``k`` at a time.
 
     Parameters
     ----------
@@ -67,13 +69,13 @@ def gradient_variances(out: dict[str, Any], wrt: list, directions: np.ndarray,
     wrt : list of Tensor
         Inputs that require grad (positions (N, 3), strain (B, 3, 3)).
     directions : ndarray of shape (n_blocks (d + 1), K)
-        ``u_k sqrt(l_k)`` as columns.
+        The vectors ``u_k`` as columns.
     n_blocks : int
 
-    Returns
-    -------
-    list of Tensor
-        One per ``wrt``, its shape; the sum over ``k`` of the squared derivatives.
+    Yields
+    ------
+    list of Tensor or None
+        Per ``wrt``, the derivative (its shape; None where it does not depend on ``u_k``).
     """
     import torch
 
@@ -84,11 +86,20 @@ def gradient_variances(out: dict[str, Any], wrt: list, directions: np.ndarray,
     U = torch.as_tensor(directions, dtype=h.dtype, device=h.device)
     U = U.reshape(n_blocks, d + 1, -1)[:, :d, :]  # the ones column has no derivative
     seeds = U[block]  # (N, d, K)
-    total = [torch.zeros_like(t) for t in wrt]
     # one backward pass per direction (on CPU faster than torch's batched, vmap, pass)
     for k in range(seeds.shape[2]):
-        grads = torch.autograd.grad(h, wrt, grad_outputs=seeds[:, :, k], retain_graph=True,
-                                    allow_unused=True)
+        yield list(torch.autograd.grad(h, wrt, grad_outputs=seeds[:, :, k], retain_graph=True,
+                                       allow_unused=True))
+
+
+def gradient_variances(out: dict[str, Any], wrt: list, directions: np.ndarray,
+                       n_blocks: int) -> list:
+    """``sum_k (d (Phi . u_k) / d t)^2`` for every tensor ``t`` in ``wrt`` (the arguments of
+    :func:`direction_gradients`, ``directions`` holding ``u_k sqrt(l_k)``)."""
+    import torch
+
+    total = [torch.zeros_like(t) for t in wrt]
+    for grads in direction_gradients(out, wrt, directions, n_blocks):
         for acc, g in zip(total, grads):
             if g is not None:
                 acc += g * g
@@ -104,8 +115,9 @@ class LastLayerPosterior:
     factor : ndarray of shape (D, r)
         ``Sigma = factor @ factor.T`` (eV^-2 units of the design rows' weights).
     directions : ndarray of shape (D, K)
-        Top-``K`` eigenvectors of ``Sigma`` times the square roots of their
-        eigenvalues (all ``D`` when ``D <= K``).
+        ``w_k`` with ``Sigma ~ sum_k w_k w_k^T``: after :meth:`fit` the top-``K``
+        eigenvectors of ``Sigma`` times the square roots of their eigenvalues (all ``D``
+        when ``D <= K``), after :meth:`focus` those that carry most force variance.
     alpha, beta : float
         Prior precision and per-atom noise precision (1/eV^2) from the evidence.
     calibration : dict
@@ -144,6 +156,23 @@ class LastLayerPosterior:
         keep = min(rank, len(s))
         return cls(factor=np.ascontiguousarray(F), directions=U[:, :keep] * s[:keep],
                    alpha=float(blr.alpha_), beta=float(blr.beta_), n_blocks=n_blocks)
+
+    def focus(self, jacobian: np.ndarray, rank: int) -> None:
+        """Keep the ``rank`` directions that carry most force variance on sample rows.
+
+        With ``Sigma = F F^T`` and ``J`` the rows ``d Phi / d r_ax`` of sample atoms, the
+        subspace that keeps most of ``sum_rows j^T Sigma j`` is spanned by the top right
+        singular vectors ``v_k`` of ``J F``; the directions become ``F v_k`` (a projection
+        of ``F``: each variance stays at most the exact one).
+
+        Parameters
+        ----------
+        jacobian : ndarray of shape (n_rows, D)
+        rank : int
+        """
+        _, _, Vt = np.linalg.svd(np.asarray(jacobian, float) @ self.factor,
+                                 full_matrices=False)
+        self.directions = self.factor @ Vt[:rank].T
 
     @property
     def noise_sigma(self) -> float:

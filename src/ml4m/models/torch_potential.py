@@ -30,7 +30,12 @@ from ml4m.data.frames import Frame
 from ml4m.data.neighbors import neighbor_list
 from ml4m.errors import ConfigError, DataError, NotFittedError
 from ml4m.models.base import Potential, Prediction, as_frames
-from ml4m.models.last_layer import LastLayerPosterior, design_rows, gradient_variances
+from ml4m.models.last_layer import (
+    LastLayerPosterior,
+    design_rows,
+    direction_gradients,
+    gradient_variances,
+)
 
 __all__ = ["TorchPotential", "batch_graph", "edge_vectors", "DTYPES"]
 
@@ -371,9 +376,13 @@ class TorchPotential(Potential):
             Phi.append(design_rows(out, data["batch"], len(chunk), n_blocks).cpu().numpy())
             pred.append(out["energy"].cpu().numpy())
         residual = np.array([f.energy for f in frames]) - np.concatenate(pred)
-        self.last_layer_ = LastLayerPosterior.fit(
+        post = LastLayerPosterior.fit(
             np.concatenate(Phi).astype(float), residual, np.array([len(f) for f in frames]),
             n_blocks, self.uncertainty_rank)
+        if post.factor.shape[0] > self.uncertainty_rank:
+            post.focus(self._feature_jacobian(frames, n_blocks, post.factor.shape[0]),
+                       self.uncertainty_rank)
+        self.last_layer_ = post
         held = frames if valid is None else as_frames(valid)
         p = self.predict(held, uncertainty=True)
         e_rows = [k for k, f in enumerate(held) if f.energy is not None]
@@ -387,6 +396,20 @@ class TorchPotential(Potential):
             if f_rows else np.zeros(0),
             p.forces_sigma[f_atoms] ** 2)
         return self
+
+    def _feature_jacobian(self, frames: list[Frame], n_blocks: int, D: int) -> np.ndarray:
+        """``d Phi / d r`` (3 n_atoms, D) of evenly spaced frames, one batch of at most
+        :attr:`predict_atoms` atoms (one backward pass per column)."""
+        import torch
+
+        stride = -(-sum(len(f) for f in frames) // self.predict_atoms)
+        chunk = next(self._batches(frames[::max(1, stride)]))
+        device, _ = self._torch_settings()
+        data = batch_graph(chunk, self.cutoff, self.species_, device, self.dtype)
+        pos = data["positions"].detach().requires_grad_(True)
+        out = self.module_({**data, "positions": pos})
+        columns = [g[0].reshape(-1) for g in direction_gradients(out, [pos], np.eye(D), n_blocks)]
+        return torch.stack(columns, dim=1).detach().cpu().numpy().astype(float)
 
     # ---- persistence ----------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
