@@ -49,13 +49,22 @@ def work(tmp_path_factory):
     np.save(d / "one_row.npy", np.ones((1, 4)))
     np.savez(d / "nofeatures.npz", other=np.ones((10, 2)))
     (d / "text.csv").write_text("a,b\nx,y\nz,w\n")
-    code = main(["fit", "--train", str(d / "train.extxyz"), "-o", str(d / "m.ml4m"), "--json"])
+    code = main(["fit", "--train", str(d / "train.extxyz"), "--search", "off", "-o",
+                 str(d / "m.ml4m"), "--json"])
     assert code == 0
     return d
 
 
 D = "{d}"
 CASES = {
+    # curate / learn
+    "curate n zero": ["curate", f"{D}/train.extxyz", "--n", "0", "-o", f"{D}/sub.extxyz"],
+    "curate unknown method": ["curate", f"{D}/train.extxyz", "--n", "3", "--method", "best",
+                              "-o", f"{D}/sub.extxyz"],
+    "curate output is the pool": ["curate", f"{D}/train.extxyz", "--n", "3", "-o",
+                                  f"{D}/train.extxyz"],
+    "learn config not a mapping": ["learn", f"{D}/list.yaml", "-o", f"{D}/learn"],
+    "learn missing config": ["learn", f"{D}/nope.yaml", "-o", f"{D}/learn"],
     # data info / split / pack
     "info missing file": ["data", "info", f"{D}/nope.extxyz"],
     "info folder": ["data", "info", D],

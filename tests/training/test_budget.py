@@ -63,7 +63,7 @@ def test_cli_fit_with_budget_records_the_plan(tmp_path, capsys):
     frames = ase.io.read(default_dataset_path(), ":")
     ase.io.write(tmp_path / "train.extxyz", frames)
     code = main(["fit", "--train", str(tmp_path / "train.extxyz"), "--max-minutes", "2",
-                 "-o", str(tmp_path / "m.ml4m"), "--json"])
+                 "--search", "off", "-o", str(tmp_path / "m.ml4m"), "--json"])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     b = metrics["budget"]

@@ -101,3 +101,46 @@ def test_folds_follow_trajectories_when_the_frames_have_them(frames):
     fold = cv_folds(tagged)
     assert [len(set(fold[k * 4:(k + 1) * 4])) for k in range(3)] == [1, 1, 1]
     assert sorted(set(fold)) == [0, 1, 2]
+
+
+def test_fit_searches_in_budget_never_reads_valid_and_its_config_refits(tmp_path, capsys):
+    """``ml4m fit`` with default settings: the search keeps its budget, poisoning the
+    valid file changes nothing it chose, and the written config refits the same model
+    without a search."""
+    import json
+
+    import ase.io
+
+    import ml4m
+    from ml4m.cli.main import main
+    from ml4m.data import default_dataset_path
+
+    frames = ase.io.read(default_dataset_path(), ":")
+    ase.io.write(tmp_path / "train.extxyz", frames[::5])
+    valid = frames[2::25]
+    ase.io.write(tmp_path / "valid.extxyz", valid)
+    poisoned = [a.copy() for a in valid]
+    for a, ref in zip(poisoned, valid):
+        a.calc = type(ref.calc)(ref, energy=ref.get_potential_energy() * 3,
+                                forces=ref.get_forces()[::-1] * 5)
+    ase.io.write(tmp_path / "poisoned.extxyz", poisoned)
+    chosen = []
+    for name, v in (("a", "valid"), ("b", "poisoned")):
+        t0 = time.perf_counter()
+        code = main(["fit", "--train", str(tmp_path / "train.extxyz"), "--valid",
+                     str(tmp_path / f"{v}.extxyz"), "--max-minutes", "0.5",
+                     "-o", str(tmp_path / name / "m.ml4m"), "--json"])
+        assert code == 0, capsys.readouterr().err
+        assert time.perf_counter() - t0 <= 30 * 1.1 + 5  # budget + 10%, plus start-up
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        table = metrics["search"]["table"]
+        assert len(table) >= 2 and (tmp_path / name / "m_search.png").exists()
+        chosen.append((metrics["search"]["descriptor"], [row["score"] for row in table]))
+    assert chosen[0] == chosen[1]
+    capsys.readouterr()
+    config = tmp_path / "a" / "m_chosen.yaml"
+    assert main(["fit", str(config), "-o", str(tmp_path / "again.ml4m"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert "search" not in again
+    a, b = ml4m.load(tmp_path / "a" / "m.ml4m"), ml4m.load(tmp_path / "again.ml4m")
+    np.testing.assert_allclose(b.coef_, a.coef_, rtol=1e-10, atol=1e-12)

@@ -10,8 +10,16 @@ HELP = "fit a model (linear ACE, sparse GP, kernel ridge, BP or message-passing 
 DESCRIPTION = """\
 Fit a model to labelled structures. Settings come from an optional YAML file (keys:
 model, train, valid, output, keys, descriptor, descriptor_type, e0, sigmas, params,
-training, target, seed, max_minutes, device); command-line flags override it. Writes the
-model (.ml4m), metrics.json and parity plots next to it. Networks (bpnn, mpnn) also write
+training, target, seed, max_minutes, search, device); command-line flags override it.
+Writes the model (.ml4m), metrics.json and parity plots next to it.
+
+A linear ACE fit (--model ace, the default) without descriptor settings chooses its basis:
+a ladder of nested bases is scored by 3-fold cross-validation inside --train (by
+trajectory when the frames carry one; the valid file is never used), within the budget
+(--max-minutes, default 10, the final fit included). The table goes to metrics.json
+("search"), the CV errors against model size to {stem}_search.png, and the chosen settings
+to {stem}_chosen.yaml, which refits the same model without a search (ml4m fit
+{stem}_chosen.yaml -o MODEL). --search off keeps the descriptor's defaults. Networks (bpnn, mpnn) also write
 their learning curve ({stem}_learning_curve.png) and per-epoch log ({stem}_training.csv),
 and keep a checkpoint (.{stem}.ckpt) until the model is written: after an interruption,
 the same command with --resume continues the training. --train may name a packed store
@@ -19,6 +27,7 @@ the same command with --resume continues the training. --train may name a packed
 
 examples:
   ml4m fit --model ace --train train.extxyz --valid valid.extxyz -o cu_ace.ml4m
+  ml4m fit cu_ace_chosen.yaml -o cu_ace_again.ml4m   # the chosen basis, no search
   ml4m fit --model mpnn --train train.extxyz --valid valid.extxyz --max-minutes 30 -o cu.ml4m
   ml4m fit config.yaml --seed 1
   ml4m fit config.yaml --resume        # continue an interrupted network training
@@ -39,8 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", metavar="FILE", help="training structures")
     p.add_argument("--valid", metavar="FILE", help="validation structures")
     p.add_argument("--max-minutes", type=float,
-                   help="wall-time budget of the whole fit: two probe fits measure the cost per "
+                   help="wall-time budget of the whole fit, the basis search included (default "
+                   "10 with a search); without a search two probe fits measure the cost per "
                    "frame, then the fit uses as many evenly spaced training frames as fit")
+    p.add_argument("--search", choices=["auto", "off"],
+                   help="auto (default): linear ACE without descriptor settings chooses its "
+                   "basis by cross-validation inside --train; off: the descriptor defaults")
     p.add_argument("--max-memory", metavar="SIZE",
                    help="memory the fit may plan for, e.g. 8GB (default: half the available); "
                    "a fit that needs more stops before it starts")
@@ -59,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ml4m.training import FitConfig, fit_model
 
     mapping = load_yaml(args.config) if args.config else {}
-    for key in ("model", "train", "valid", "max_minutes", "seed", "device", "output"):
+    for key in ("model", "train", "valid", "max_minutes", "search", "seed", "device", "output"):
         value = getattr(args, key)
         if value is not None:
             mapping[key] = value
@@ -97,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
                       f"{m['stress']['mae_gpa']:.3f}" if "stress" in m else "-",
                       f"{rho:.2f}" if rho is not None else "-")
     console().print(t)
+    if "search" in metrics:
+        _print_search(metrics["search"])
     if "training" in metrics:
         tr = metrics["training"]
         console().print(f"trained {tr['epochs']} epochs ({tr['steps']} steps, stopped by "
@@ -112,3 +127,22 @@ def run(args: argparse.Namespace) -> int:
                         f"{b['n_frames_total']} training frames (probes: {b['probe_frames']} frames in "
                         f"{', '.join(f'{t:.1f}' for t in b['probe_seconds'])} s)")
     return 0
+
+
+def _print_search(search: dict) -> None:
+    """The basis search's table: one row per basis tried, the chosen one marked."""
+    from rich.table import Table
+
+    best = min(range(len(search["table"])), key=lambda k: search["table"][k]["score"])
+    t = Table(title=f"basis search: {search['folds']}-fold CV inside train "
+                    f"(pass {search['pass_seconds']:.0f} s; {search['stopped']})")
+    for col in ("order", "degrees", "coefficients", "CV E RMSE (meV/atom)", "CV F RMSE (meV/A)",
+                "seconds", ""):
+        t.add_column(col)
+    for k, row in enumerate(search["table"]):
+        f = row["cv_forces_rmse_mev_per_a"]
+        t.add_row(str(row["correlation_order"]), str(row["total_degree"]), f"{row['n_coefficients']:,}",
+                  f"{row['cv_energy_rmse_mev_per_atom']:.2f}", "-" if f is None else f"{f:.1f}",
+                  f"{row['seconds']:.1f}", "chosen" if k == best else "")
+    console().print(t)
+    console().print(f"chosen settings: {search['chosen_config']}; plot: {search['plot']}")

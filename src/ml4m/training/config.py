@@ -86,7 +86,12 @@ class FitConfig:
     seed : int
         >= 0.
     max_minutes : float, optional
-        Wall-time budget of the fit, minutes (> 0, finite).
+        Wall-time budget of the fit, minutes (> 0, finite); a basis search takes
+        ``DEFAULT_SEARCH_MINUTES`` without it.
+    search : {'auto', 'off'}
+        ``auto``: ``ace`` without descriptor settings chooses its basis by cross-validation
+        inside ``train`` (:mod:`ml4m.training.search`) and writes the chosen settings as
+        ``{stem}_chosen.yaml``; ``off``: the descriptor's defaults.
     device : {'cpu', 'cuda'}
     """
 
@@ -104,7 +109,15 @@ class FitConfig:
     target: str = "energy_per_atom"
     seed: int = 0
     max_minutes: float | None = None
+    search: str = "auto"
     device: str = "cpu"
+
+    @property
+    def searches(self) -> bool:
+        """Whether the fit chooses the basis (``ace``, ``search: auto``, no descriptor
+        settings)."""
+        return self.model == "ace" and self.search == "auto" and not self.descriptor \
+            and self.descriptor_type in (None, "ace")
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str | os.PathLike = "config") -> FitConfig:
@@ -168,6 +181,7 @@ class FitConfig:
         check_int("seed", self.seed, low=0, **where)
         if self.max_minutes is not None:
             check_float("max_minutes", self.max_minutes, low=0.0, low_open=True, **where)
+        check_choice("search", self.search, ("auto", "off"), **where)
         check_choice("device", self.device, ("cpu", "cuda"), **where)
 
 

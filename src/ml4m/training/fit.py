@@ -20,6 +20,8 @@ __all__ = ["fit_model", "model_outputs", "test_model"]
 
 #: how far below a pair's shortest training distance ``pair_r_in: auto`` starts its radial basis
 PAIR_R_IN_MARGIN = 0.25
+#: budget of a fit with a basis search when ``max_minutes`` is not given, minutes
+DEFAULT_SEARCH_MINUTES = 10.0
 
 
 def _descriptor_settings(cfg: FitConfig, train) -> dict[str, Any]:
@@ -34,16 +36,18 @@ def _descriptor_settings(cfg: FitConfig, train) -> dict[str, Any]:
     return settings
 
 
-def _build_model(cfg: FitConfig, species: list[int], train):
+def _build_model(cfg: FitConfig, species: list[int], train, descriptor=None):
     """The unfitted model ``cfg`` describes: its registered kind's class, built with the
-    descriptor, E0s, sigmas, seed and target the config gives (those the class takes)
-    and ``cfg.params`` (checked by :meth:`FitConfig.validate`)."""
+    descriptor (``descriptor``, or the one ``cfg`` sets), E0s, sigmas, seed and target the
+    config gives (those the class takes) and ``cfg.params`` (checked by
+    :meth:`FitConfig.validate`)."""
     from ml4m.descriptors import make_descriptor
     from ml4m.models.registry import model_kind
 
     kind = model_kind(cfg.model)
-    descriptor = make_descriptor(cfg.descriptor_type or kind.descriptor, species=species,
-                                 **_descriptor_settings(cfg, train))
+    if descriptor is None:
+        descriptor = make_descriptor(cfg.descriptor_type or kind.descriptor, species=species,
+                                     **_descriptor_settings(cfg, train))
     given = {"descriptor": descriptor, "e0": cfg.e0, "seed": cfg.seed, "target": cfg.target,
              "sigma_energy": cfg.sigmas.get("energy", 0.001),
              "sigma_forces": cfg.sigmas.get("forces", 0.03),
@@ -69,10 +73,19 @@ def model_outputs(cfg: FitConfig) -> tuple[Path, list[Path]]:
         path = path.with_name(path.name + MODEL_SUFFIX)
     stem = path.name[: -len(MODEL_SUFFIX)]
     plots = ("learning_curve",) if cfg.model == "krr" else ("parity_energy", "parity_forces")
+    if cfg.searches:
+        plots += ("search",)
     companions = [path.parent / "metrics.json"] + [path.parent / f"{stem}_{p}.png" for p in plots]
+    if cfg.searches:
+        companions.append(chosen_config_path(path))
     if is_network(cfg.model):
         companions += list(network_files(path).values())
     return path, companions
+
+
+def chosen_config_path(path: Path) -> Path:
+    """``{stem}_chosen.yaml`` beside the model ``path``: the settings a search chose."""
+    return path.parent / f"{path.name[: -len(path.suffix)]}_chosen.yaml"
 
 
 def network_files(path: Path) -> dict[str, Path]:
@@ -151,7 +164,10 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
     species = [int(z) for z in train.atomic_numbers]
     t0 = time.perf_counter()
     budget = None
-    if cfg.max_minutes is None:
+    search = None
+    if cfg.searches:
+        cfg, search = _search_basis(cfg, species, train, path, started)
+    if cfg.max_minutes is None or search is not None:
         model = _build_model(cfg, species, train)
         model.fit(train, valid)
     else:
@@ -169,7 +185,42 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
                                "config": {k: v for k, v in vars(cfg).items()}}
     if budget is not None:
         metrics["budget"] = budget
+    if search is not None:
+        metrics["search"] = search
+        metrics["plots"] = [search["plot"]]
+        metrics["total_seconds"] = time.perf_counter() - started
     return _write_potential_outputs(model, path, train, valid, metrics)
+
+
+def _search_basis(cfg: FitConfig, species: list[int], train, path: Path, started: float
+                  ) -> tuple[FitConfig, dict[str, Any]]:
+    """Choose the ACE basis by CV inside ``train`` (:func:`~ml4m.training.search.
+    search_linear_ace`) within the fit's budget; write the chosen config beside the
+    model and the CV plot. Returns the config with the chosen descriptor and the search
+    record for ``metrics.json``."""
+    import dataclasses
+
+    import yaml
+
+    from ml4m.training.search import search_linear_ace
+
+    minutes = cfg.max_minutes if cfg.max_minutes is not None else DEFAULT_SEARCH_MINUTES
+    result = search_linear_ace(list(train), 60.0 * minutes,
+                               lambda d: _build_model(cfg, species, train, descriptor=d), started)
+    chosen = dataclasses.replace(cfg, descriptor=result.descriptor, search="off")
+    record = {k: v for k, v in vars(chosen).items()
+              if k not in ("max_minutes", "device", "output") and v not in (None, {}, [])}
+    stem = path.name[: -len(path.suffix)]
+    with atomic_path(chosen_config_path(path)) as tmp:
+        tmp.write_text("# written by ml4m fit: the basis its search chose; `ml4m fit` of this\n"
+                       "# file refits the same model without a search\n"
+                       + yaml.safe_dump(record, sort_keys=False))
+    from ml4m.training.plots import search_plot
+
+    png = search_plot(result.table, path.parent / f"{stem}_search.png")
+    out = result.as_dict()
+    out.update(chosen_config=str(chosen_config_path(path)), plot=str(png), budget_minutes=minutes)
+    return chosen, out
 
 
 def _write_potential_outputs(model, path: Path, train, valid, metrics: dict[str, Any]

@@ -160,8 +160,11 @@ def _sub_equations(G: np.ndarray, b: np.ndarray, yy: float, n: int):
     return neq
 
 
-def _cv_rung(folds: _Folds, cols: np.ndarray, prior: np.ndarray) -> dict[str, float]:
-    """CV RMSE per quantity (eV/atom, eV/A, eV/A^3) of the sub-basis ``cols``."""
+def _cv_rung(folds: _Folds, cols: np.ndarray, prior: np.ndarray, shared: bool = True
+             ) -> dict[str, float]:
+    """CV RMSE per quantity (eV/atom, eV/A, eV/A^3) of the sub-basis ``cols``; ``shared``:
+    one noise scale for all quantities (their relative weights fixed by the sigmas, the
+    model's ``noise='shared'``), else one each."""
     import scipy.linalg
 
     from ml4m.models.linear.bayesian import BayesianLinearRegression
@@ -171,8 +174,13 @@ def _cv_rung(folds: _Folds, cols: np.ndarray, prior: np.ndarray) -> dict[str, fl
     total = {q: [sum(p[i] for p in parts[q]) for i in range(4)] for q in folds.quantities}
     P = prior[cols] / prior[cols].mean()
     reg = BayesianLinearRegression(prior=P)
-    reg.fit_groups([_sub_equations(*total[q]) for q in folds.quantities])
-    betas = np.broadcast_to(reg.betas_, (len(folds.quantities),))
+    if shared:
+        reg.fit_normal_equations(_sub_equations(*[sum(total[q][i] for q in folds.quantities)
+                                                  for i in range(4)]))
+        betas = np.full(len(folds.quantities), reg.beta_)
+    else:
+        reg.fit_groups([_sub_equations(*total[q]) for q in folds.quantities])
+        betas = np.broadcast_to(reg.betas_, (len(folds.quantities),))
     sse = dict.fromkeys(folds.quantities, 0.0)
     for k in range(K):
         H = np.diag(reg.alpha_ * P)
@@ -270,7 +278,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             result.stopped = f"budget: rung {r} would end after the budget"
             break
         t0 = time.perf_counter()
-        rmse = _cv_rung(data, cols, prior)
+        rmse = _cv_rung(data, cols, prior, shared=model.noise == "shared")
         seconds = time.perf_counter() - t0
         t_solve, p_prev = seconds / (N_FOLDS + 2), len(cols)
         score = sum(rmse[q] / sigma[q] for q in ("energy", "forces") if q in rmse)
