@@ -1,0 +1,107 @@
+"""Inference throughput (energy + forces) of ml4m's MPNN beside MACE's.
+
+Atom-steps per second of ``MPNN.as_calculator()`` on fcc Cu cells of 108 and 864 atoms
+and on a 3BPA molecule (27 atoms), in float32 and float64, one torch thread: each
+repeat evaluates a freshly rattled copy (nothing cached), the first call is a warm-up,
+and the figure is the median of 5 repeats (wall clock; the CPU time of the process is
+printed beside it: on a machine shared with other work only the CPU time is
+comparable with MACE's wall-clock figures, which were taken with the machine near idle). The
+calculator computes the stress of periodic cells too. MACE's figures (same cells, one
+thread, float32) are read from ``benchmarks/results/mace_*.json`` (``mace_peer.py``).
+
+Usage::
+
+    .venv/bin/python benchmarks/mpnn_speed.py [--model cu.ml4m] [--params '{"n_channels": 32}']
+
+Without ``--model`` the network has its default hyperparameters (``--params`` overrides
+them) and untrained weights: throughput does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
+
+
+def structures():
+    """``{name: ase.Atoms}``: Cu 108, Cu 864 and (when the shared data exist) 3BPA."""
+    import ase.io
+    from ase.build import bulk
+
+    out = {f"Cu {4 * n ** 3}": bulk("Cu", cubic=True, a=3.61).repeat(n) for n in (3, 6)}
+    bpa = SHARED / "bpa_xtb" / "valid.extxyz"
+    if bpa.exists():
+        out["3BPA 27"] = ase.io.read(bpa, 0)
+    return out
+
+
+def timed(model, atoms, repeats: int = 5) -> tuple[float, float]:
+    """Median wall and CPU seconds of one energy + forces evaluation."""
+    calc = model.as_calculator()
+    wall, cpu = [], []
+    for k in range(repeats + 1):
+        a = atoms.copy()
+        a.rattle(0.01, seed=k)
+        a.calc = calc
+        t, c = time.perf_counter(), time.process_time()
+        a.get_forces()
+        if k:
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    return float(np.median(wall)), float(np.median(cpu))
+
+
+def build(model_path: str | None, params: dict, dtype: str, atoms):
+    """The trained model at ``model_path`` in ``dtype``, or a fresh one prepared on
+    ``atoms`` (statistics only)."""
+    from ml4m.models import load
+    from ml4m.models.mpnn import MPNN
+
+    if model_path:
+        import torch
+
+        model = load(model_path).set_params(dtype=dtype)
+        model.module_ = model.module_.to(dtype=getattr(torch, dtype))
+        return model
+    return MPNN(**params, dtype=dtype).prepare([atoms])
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="a trained .ml4m MPNN (default: fresh weights)")
+    ap.add_argument("--params", default="{}", help="JSON hyperparameters of a fresh MPNN")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    params = json.loads(args.params)
+    mace = {}
+    for path in sorted((HERE / "results").glob("mace_*.json")):
+        for n, v in json.loads(path.read_text()).get("atom_steps_per_s", {}).items():
+            mace[f"Cu {n}"] = v
+    print("| structure | dtype | atom-steps/s (wall) | atom-steps/s (CPU time) | MACE (wall) "
+          "| CPU-time / MACE |")
+    print("|---|---|---|---|---|---|")
+    for name, atoms in structures().items():
+        for dtype in ("float32", "float64"):
+            model = build(args.model, params, dtype, atoms)
+            wall, cpu = timed(model, atoms, args.repeats)
+            n = len(atoms)
+            ref = mace.get(name) if dtype == "float32" else None
+            ratio = f"{n / cpu / ref:.1f}" if ref else ""
+            print(f"| {name} | {dtype} | {n / wall:.0f} | {n / cpu:.0f} | "
+                  f"{f'{ref:.0f}' if ref else ''} | {ratio} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
