@@ -297,20 +297,22 @@ def test_two_processes_match_one_with_the_doubled_batch(cu, tmp_path):
     assert not np.allclose(_params(start)["alpha"], one["alpha"])  # training moved them
 
 
-def test_evaluations_shrink_to_fit_the_budget(cu):
+def test_evaluations_shrink_to_fit_the_budget(cu, monkeypatch):
+    import ml4m.training.costs
     from ml4m.data import Dataset
     from ml4m.training.network import EVAL_FRACTION, plan_evaluations
 
-    train, valid = Dataset(cu[0]), Dataset(cu[1])
-    model = ToyPair().prepare(train)
-    model.predict(train[:4])  # warm up: the plan times a prediction
-    roomy = plan_evaluations(model, train, valid, seconds=1e6)
+    cost = {"forces": 1e-3, "features": 5e-4, "sigma": 2e-3, "last_layer": True}  # s/atom
+    monkeypatch.setattr(ml4m.training.costs, "evaluation_costs", lambda model, frames: cost)
+    train, valid = Dataset(cu[0]), Dataset(cu[1])  # 16 and 6 frames of 8 atoms
+    roomy = plan_evaluations(None, train, valid, seconds=1e6)
     assert (roomy["train_frames"], roomy["valid_frames"]) == (16, 6)
-    per_atom = roomy["seconds_per_atom"]
-    cost = per_atom * (5 * valid.n_atoms + 4 / 3 * train.n_atoms)  # all frames, 8 atoms each
-    tight = plan_evaluations(model, train, valid, seconds=cost / EVAL_FRACTION / 4)
-    # a quarter of the evaluations fit (within a factor 2 of timing noise)
-    assert 1 <= tight["valid_frames"] <= 3 and 2 <= tight["train_frames"] <= 8
+    # valid: validation + calibration + metrics with sigmas; train: features + metrics
+    total = (1e-3 + 2 * 2e-3) * 48 + (5e-4 + 1e-3) * 128
+    tight = plan_evaluations(None, train, valid, seconds=total / EVAL_FRACTION / 4)
+    assert (tight["train_frames"], tight["valid_frames"]) == (4, 1)  # a quarter (rounded down)
+    # the metrics' predictions: forces of 4 training frames, sigmas of 1 valid frame
+    assert tight["after_seconds"] == pytest.approx(1e-3 * 32 + 2e-3 * 8)
 
 
 def test_molecules_and_stressed_cells_train_together(cu):

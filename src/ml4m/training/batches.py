@@ -161,6 +161,18 @@ class GraphSet:
             return list(self.frames)
         return [self.frames[int(k)] for k in np.linspace(0, len(self) - 1, n_max).astype(int)]
 
+    def mean_atoms(self) -> float:
+        """Mean number of atoms per frame."""
+        if self.streaming:
+            return float(self.frames.offsets[-1]) / max(1, len(self))
+        return sum(len(f) for f in self.frames) / max(1, len(self))
+
+    def any_label(self, label: str) -> bool:
+        """Whether some frame carries ``label``."""
+        if self.streaming:
+            return label in self.frames.labels
+        return any(f.has(label) for f in self.frames)
+
     def has_label(self, label: str) -> tuple[bool, Frame | None]:
         """Whether every frame carries ``label``; if not, the first frame that lacks it
         (None for a store, whose labels are all-or-nothing)."""

@@ -39,31 +39,32 @@ _STEP_SUMS = ("nonfinite", "time_up", "loss", "energy_sae", "energy_n", "forces_
 
 
 class Clock:
-    """When to stop for a time budget: before a step that, with the evaluations still to
-    come after training, would end past the deadline.
+    """When to stop for a time budget: before a step that, with the last validation and
+    the work that follows training, would end past the deadline.
 
     Parameters
     ----------
     deadline : float
         ``time.perf_counter()`` value (inf: no budget).
-    n_after : float
-        Frame evaluations (energy and forces) that follow the last step.
-    frame_seconds : float, optional
-        Seconds of one frame evaluation (probed); updated from validation passes.
+    after_seconds : float
+        Seconds of the work after the last validation (estimated).
+    valid_seconds : float
+        Seconds of one validation pass: estimated, then measured after each.
     """
 
-    def __init__(self, deadline: float, n_after: float, frame_seconds: float | None) -> None:
+    def __init__(self, deadline: float, after_seconds: float = 0.0,
+                 valid_seconds: float = 0.0) -> None:
         self.deadline = deadline
-        self.n_after = n_after
-        self.frame_seconds = frame_seconds
+        self.after_seconds = after_seconds
+        self.valid_seconds = valid_seconds
         self.step_seconds: list[float] = []
 
-    def time_up(self, frames_per_step: int) -> bool:
-        """Whether one more step and the evaluations after it would cross the deadline."""
+    def time_up(self) -> bool:
+        """Whether, asked during a step, the rest of it, one more step, a validation and
+        the work after it could cross the deadline (two mean steps bound the first two)."""
         step = float(np.mean(self.step_seconds[-20:])) if self.step_seconds else 0.0
-        per_frame = self.frame_seconds if self.frame_seconds is not None else (
-            step / max(1, frames_per_step) / 2)
-        return time.perf_counter() + step + per_frame * self.n_after > self.deadline
+        return (time.perf_counter() + 2 * step + self.valid_seconds + self.after_seconds
+                > self.deadline)
 
 
 def _zero_acc() -> dict[str, float]:
@@ -204,7 +205,7 @@ class TrainingRun:
         sums = error_sums(pred, labels, data, terms)
         loss = weighted_loss(sums, s.weights, counts, scale=dist.world)
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else loss
-        mine = [0.0 if math.isfinite(value) else 1.0, float(clock.time_up(len(idx))), value,
+        mine = [0.0 if math.isfinite(value) else 1.0, float(clock.time_up()), value,
                 sums.get("energy_sae", 0.0), sums.get("energy_n", 0),
                 sums.get("forces_sae", 0.0), sums.get("forces_n", 0)]
         summed = dict(zip(_STEP_SUMS, dist.sum(mine, data["positions"])))
@@ -251,7 +252,7 @@ class TrainingRun:
         t0 = time.perf_counter()
         valid = self.evaluate()
         if self.valid_set is not None:
-            clock.frame_seconds = (time.perf_counter() - t0) / len(self.valid_set)
+            clock.valid_seconds = time.perf_counter() - t0
         acc = p["acc"]
         row = {"epoch": p["epoch"], "step": p["step"], "seconds": time.perf_counter() - started,
                "lr": self.opt.param_groups[0]["lr"],

@@ -48,29 +48,37 @@ def _atoms(data) -> int:
 def plan_evaluations(model, train, valid, seconds: float) -> dict[str, Any]:
     """How many frames to validate and to measure errors on within ``seconds``.
 
-    The model (prepared) predicts four training frames; from its cost per atom, the
-    evaluations that scale with the data (validation after each epoch and the last,
-    last-layer posterior, the metrics) are cut to evenly spaced frames so that those
-    after training take at most :data:`EVAL_FRACTION` of ``seconds``.
+    The evaluations' costs per atom are measured on two small training frames
+    (:func:`~ml4m.training.costs.evaluation_costs`); the work that scales with the data
+    and follows training (the last validation, the last-layer posterior, the metrics)
+    is cut to evenly spaced frames so that it takes at most :data:`EVAL_FRACTION` of
+    ``seconds``.
 
     Returns
     -------
     dict
-        ``seconds_per_atom``, ``valid_frames`` and ``train_frames`` (how many to use).
+        ``costs`` (:func:`~ml4m.training.costs.evaluation_costs`), ``valid_frames`` and
+        ``train_frames`` (how many to use), ``after_seconds`` (the metrics' predictions
+        with those).
     """
-    probe = Dataset(list(_spaced(train, 4))[:4])
-    t0 = time.perf_counter()
-    model.predict(probe)
-    per_atom = (time.perf_counter() - t0) / max(1, probe.n_atoms)
-    n_train = min(len(train), METRIC_FRAMES)
+    from ml4m.training.costs import evaluation_costs, probe_frames
+
+    cost = evaluation_costs(model, probe_frames(_spaced(train, 16)))
+    n_train, n_valid = min(len(train), METRIC_FRAMES), len(valid) if valid is not None else 0
     train_atoms = _atoms(train) / len(train) * n_train
     valid_atoms = _atoms(valid) if valid is not None else 0
-    # the last validation, the posterior's calibration (2) and the metrics (2) per valid
-    # frame; the posterior's features (1/3) and the metrics (1) per training frame
-    cost = per_atom * (5 * valid_atoms + (1 + 1 / 3) * train_atoms)
-    share = min(1.0, EVAL_FRACTION * seconds / cost) if cost > 0 else 1.0
-    return {"seconds_per_atom": per_atom, "train_frames": max(1, int(share * n_train)),
-            "valid_frames": 0 if valid is None else max(1, int(share * len(valid)))}
+    # per valid atom: the last validation, the posterior's calibration, the metrics
+    # (with sigmas); per training atom: the posterior's features, the metrics
+    per_valid = cost["forces"] + 2 * cost["sigma"]
+    per_train = cost["features"] + cost["forces"]
+    total = per_valid * valid_atoms + per_train * train_atoms
+    share = min(1.0, EVAL_FRACTION * seconds / total) if total > 0 else 1.0
+    valid_frames = min(n_valid, max(1, int(share * n_valid)))
+    train_frames = max(1, int(share * n_train))
+    after = (cost["forces"] * train_atoms / n_train * train_frames
+             + (cost["sigma"] * valid_atoms / n_valid * valid_frames if n_valid else 0.0))
+    return {"costs": cost, "train_frames": train_frames, "valid_frames": valid_frames,
+            "after_seconds": after}
 
 
 def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resume: bool,
@@ -119,7 +127,7 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     names = kind.cls.param_names()
     model = kind.cls(**{k: v for k, v in given.items() if k in names}, **cfg.params)
     plan = {"train_frames": min(len(train), METRIC_FRAMES),
-            "valid_frames": len(valid) if valid is not None else 0}
+            "valid_frames": len(valid) if valid is not None else 0, "after_seconds": 0.0}
     if cfg.max_minutes is not None:
         import torch
 
@@ -136,9 +144,8 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     train_metrics = _spaced(train, plan["train_frames"])
     trainer = Trainer(TrainSettings.from_mapping(base, source="config"))
     t0 = time.perf_counter()
-    model = trainer.fit(model, train, valid, resume=resume,
-                        after_frames=len(train_metrics) + 2 * (len(valid) if valid else 0),
-                        last_layer_frames=plan["train_frames"])
+    model = trainer.fit(model, train, valid, resume=resume, after_seconds=plan["after_seconds"],
+                        last_layer_frames=plan["train_frames"], costs=plan.get("costs"))
     fit_seconds = time.perf_counter() - t0
     if not write:
         return model, None, None, {"kind": model.kind, "fit_seconds": fit_seconds}

@@ -18,7 +18,6 @@ import math
 import time
 from typing import Any
 
-import numpy as np
 
 from ml4m.errors import ConfigError
 from ml4m.training.batches import as_graph_set, check_labels, collate, epoch_batches
@@ -60,7 +59,8 @@ class Trainer:
 
     # ---- the run ---------------------------------------------------------------------------
     def fit(self, model: Any, train: Any, valid: Any = None, resume: bool = False,
-            after_frames: int = 0, last_layer_frames: int = 2000) -> Any:
+            after_seconds: float = 0.0, last_layer_frames: int = 2000,
+            costs: dict[str, Any] | None = None) -> Any:
         """Train ``model`` and return it with its best (averaged) weights.
 
         Parameters
@@ -72,14 +72,18 @@ class Trainer:
             Training and validation frames (``valid`` optional).
         resume : bool
             Continue the run saved in ``settings.checkpoint``.
-        after_frames : int
-            Frames the caller will evaluate (energy and forces) after this returns; with
-            ``max_minutes``, training stops early enough for them, for the last
-            validation and for the last-layer posterior (their cost per frame is
-            measured on the validation passes).
+        after_seconds : float
+            Seconds the caller needs after this returns, within ``max_minutes``: training
+            stops early enough for them, for the last validation and for the last-layer
+            posterior (their costs are measured on a few frames first,
+            :func:`ml4m.training.costs.evaluation_costs`, then on each validation).
         last_layer_frames : int
             The last-layer posterior (models with ``fit_last_layer`` whose module returns
             ``features``) is fitted on at most this many evenly spaced training frames.
+        costs : dict, optional
+            :func:`~ml4m.training.costs.evaluation_costs` of ``model``, if the caller
+            measured them (else they are, on two small frames, when ``max_minutes`` is
+            set).
 
         Raises
         ------
@@ -108,28 +112,32 @@ class Trainer:
         dist = Distributed.from_env(getattr(model, "device", "cpu"))
         try:
             return self._run(model, train_set, valid_set, resume, dist, started,
-                             after_frames, last_layer_frames)
+                             after_seconds, last_layer_frames, costs)
         finally:
             dist.close()
 
-    def _run(self, model, train_set, valid_set, resume, dist, started, after_frames,
-             last_layer_frames):
+    def _run(self, model, train_set, valid_set, resume, dist, started, after_seconds,
+             last_layer_frames, cost):
         s = self.settings
         run = TrainingRun(s, model, train_set, valid_set, dist)
         if resume:
             run.restore()
         self.history = run.position["history"]
-        last_layer = hasattr(model, "fit_last_layer") and self._has_features(model, train_set)
-        n_valid = len(valid_set) if valid_set is not None else 0
-        # evaluations left once training stops: the last validation, the last-layer
-        # posterior (features of the training frames ~ 1/3 of an evaluation each, then
-        # the validation frames with sigmas ~ 2) and the caller's
-        n_after = (n_valid + after_frames
-                   + (min(len(train_set), last_layer_frames) / 3 + 2 * n_valid
-                      if last_layer else 0))
-        deadline = started + 60.0 * s.max_minutes if s.max_minutes else math.inf
-        clock = Clock(deadline, n_after, self._probe(model, valid_set or train_set)
-                      if math.isfinite(deadline) else None)
+        last_layer = (hasattr(model, "fit_last_layer") and train_set.any_label("energy")
+                      and self._has_features(model, train_set))
+        clock = Clock(started + 60.0 * s.max_minutes if s.max_minutes else math.inf)
+        if s.max_minutes:
+            from ml4m.training.costs import evaluation_costs, probe_frames
+
+            if cost is None:
+                cost = evaluation_costs(model, probe_frames(train_set.spaced(16)))
+            valid_atoms = len(valid_set) * valid_set.mean_atoms() if valid_set else 0.0
+            clock.valid_seconds = cost["forces"] * valid_atoms
+            clock.after_seconds = after_seconds
+            if last_layer:  # features of the training frames, sigmas of the validation
+                train_atoms = min(len(train_set), last_layer_frames) * train_set.mean_atoms()
+                clock.after_seconds += (cost["features"] * train_atoms
+                                        + cost["sigma"] * (valid_atoms or train_atoms))
         n_batches = len(epoch_batches(len(train_set), s.batch_size, s.seed, 0, dist.world))
         log = RunLog(s.log_csv, s.progress, n_batches * s.max_epochs, enabled=dist.main)
         try:
@@ -145,15 +153,6 @@ class Trainer:
             model.fit_last_layer(_frames_of(train_set, last_layer_frames),
                                  _frames_of(valid_set))
         return model
-
-    def _probe(self, model, data_set) -> float:
-        """Seconds per frame of evaluating energies and forces of the first frames."""
-        idx = np.arange(min(len(data_set), self.settings.batch_size))
-        t0 = time.perf_counter()
-        data, _ = collate(data_set.graphs(idx, model.cutoff, model.species_, model.dtype),
-                          model.device)
-        model.energy_and_derivatives(data, forces=True, stress=False)
-        return (time.perf_counter() - t0) / len(idx)
 
     @staticmethod
     def _has_features(model, train_set) -> bool:
