@@ -13,7 +13,8 @@ continue, the flagged ones from their labelled frames. The result of a seed ther
 does not depend on how many workers label the frames.
 
 After every update the whole loop state is saved (:mod:`ml4m.md.learning_state`); a
-resumed loop continues exactly where the saved one was, and refuses other settings.
+resumed loop continues exactly where the saved one was (NVE and NVT: bit for bit; NPT
+restarts its barostat's momentum, which is not saved), and refuses other settings.
 """
 
 from __future__ import annotations
