@@ -16,8 +16,9 @@ from ml4m.data.frames import Frame
 __all__ = ["evaluation_costs", "probe_frames"]
 
 
-def probe_frames(frames: Sequence[Frame], n: int = 2) -> list[Frame]:
-    """The ``n`` smallest of (up to) 16 evenly spaced ``frames``: a cheap probe."""
+def probe_frames(frames: Sequence[Frame], n: int = 1) -> list[Frame]:
+    """The ``n`` smallest of (up to) 16 evenly spaced ``frames``: a cheap probe (a
+    prediction with sigmas can cost 100 force evaluations)."""
     frames = list(frames)
     step = max(1, len(frames) // 16)
     return sorted(frames[::step], key=len)[:n]

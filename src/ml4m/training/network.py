@@ -48,7 +48,7 @@ def _atoms(data) -> int:
 def plan_evaluations(model, train, valid, seconds: float) -> dict[str, Any]:
     """How many frames to validate and to measure errors on within ``seconds``.
 
-    The evaluations' costs per atom are measured on two small training frames
+    The evaluations' costs per atom are measured on a small training frame
     (:func:`~ml4m.training.costs.evaluation_costs`); the work that scales with the data
     and follows training (the last validation, the last-layer posterior, the metrics)
     is cut to evenly spaced frames so that it takes at most :data:`EVAL_FRACTION` of

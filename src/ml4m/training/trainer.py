@@ -82,8 +82,8 @@ class Trainer:
             ``features``) is fitted on at most this many evenly spaced training frames.
         costs : dict, optional
             :func:`~ml4m.training.costs.evaluation_costs` of ``model``, if the caller
-            measured them (else they are, on two small frames, when ``max_minutes`` is
-            set).
+            measured them (else they are, on the smallest of 16 spaced training frames,
+            when ``max_minutes`` is set).
 
         Raises
         ------
