@@ -29,6 +29,7 @@ from ml4m.models.baseline import (
 )
 from ml4m.models.linear import LinearACE
 from ml4m.models.metrics import error_metrics
+from ml4m.models.serialization import load
 
 DATA = Path("/work/shared/data")
 
@@ -190,8 +191,13 @@ def test_label_baseline_needs_its_calculator_for_new_structures(cu, tmp_path):
     bare = LabelBaseline("emt_e", "emt_f", "emt_s")
     res = residual_frames(labelled, bare)
     assert max(abs(r.energy) for r in res) < 1e-6 and labelled[0].energy != res[0].energy
+    unpredictable = Baselined(LinearACE(_ace()), bare).fit(labelled)
     with pytest.raises(ConfigError, match="only with the calculator that made its labels"):
-        Baselined(LinearACE(_ace()), bare).fit(labelled).predict(cu[1][:1])
+        unpredictable.predict(cu[1][:1])
+    path = unpredictable.save(tmp_path / "labels_only")
+    with pytest.raises(DataError, match="only with the calculator that made its labels"):
+        ml4m.load(path)  # the load check predicts a structure without labels
+    assert load(path, check=False).predict(labelled[:1]).energy.shape == (1,)
     model = Baselined(LinearACE(_ace()), LabelBaseline("emt_e", "emt_f", "emt_s", calculator="emt"))
     loaded = ml4m.load(model.fit(labelled).save(tmp_path / "m"))
     assert loaded.baseline_.calculator == "emt"
