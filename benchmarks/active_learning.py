@@ -125,12 +125,13 @@ def _fit(frames: list[Frame]):
     return _build_model(cfg, [29], ds).fit(ds)
 
 
-def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path) -> dict:
+def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
+             n_initial: int = 4) -> dict:
     t_start = time.perf_counter()
     liquid = _liquid()
     write(work / "solid.extxyz", _solid())
     write(work / "liquid.extxyz", liquid)
-    initial = emt_md(_solid(), 300.0, 300.0, 80, seed=1, every=20)  # 4 frames
+    initial = emt_md(_solid(), 300.0, 300.0, 20 * n_initial, seed=1, every=20)
     write(work / "initial.extxyz", [f.to_atoms() for f in initial])
     walkers = (WalkerSettings(str(work / "solid.extxyz"), 300.0, 1500.0, 0),
                WalkerSettings(str(work / "liquid.extxyz"), 1500.0, None, 1))
@@ -170,6 +171,7 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path) -
     per_walker = [sum(1 for f in al_train[len(initial):] if f.info.get("walker") == k) for k in (0, 1)]
     return {"steps_per_walker": steps, "dt_fs": 2.0, "threshold": threshold,
             "min_steps_between_calls": min_gap, "descriptor": FIT["descriptor"],
+            "uncertainty": FIT["params"]["uncertainty"],
             "threshold_ev_per_a_final": result["threshold_ev_per_a"],
             "initial_frames": len(initial), "reference_calls": result["reference_calls"],
             "calls_per_walker": per_walker, "loop_seconds": loop_seconds,
@@ -248,6 +250,9 @@ def main(argv=None) -> int:
                    help="eV/A, or Fx: F times the model's fitted force noise (default 1x)")
     a.add_argument("--basis", choices=["small", "large"], default="small",
                    help="ACE basis: small (70 coefficients) or large (620)")
+    a.add_argument("--uncertainty", choices=["posterior", "calibrated"], default="posterior",
+                   help="the model's force sigma (calibrated needs --initial 10 or more)")
+    a.add_argument("--initial", type=int, default=4, help="initial frames (300 K crystal)")
     a.add_argument("--min-gap", type=int, default=0,
                    help="min_steps_between_calls of the loop (default 0)")
     b = sub.add_parser("parallel")
@@ -257,7 +262,9 @@ def main(argv=None) -> int:
         if args.what == "accuracy":
             if args.basis == "large":
                 FIT["descriptor"] = LARGE
-            out = accuracy(args.steps, args.seeds, args.threshold, args.min_gap, Path(tmp))
+            FIT["params"] = {"uncertainty": args.uncertainty}
+            out = accuracy(args.steps, args.seeds, args.threshold, args.min_gap, Path(tmp),
+                           args.initial)
         else:
             out = parallel(args.calls, Path(tmp))
     print(json.dumps(out, indent=1))
