@@ -118,11 +118,11 @@ def _fit(frames: list[Frame]):
     """The model the loop starts from, fitted afresh on ``frames`` (same settings)."""
     from ml4m.data import Dataset
     from ml4m.training.config import FitConfig
-    from ml4m.training.fit import _build_model
+    from ml4m.training.fit import build_model
 
     cfg = FitConfig.from_mapping({**FIT, "train": "frames"})
     ds = Dataset(frames)
-    return _build_model(cfg, [29], ds).fit(ds)
+    return build_model(cfg, [29], ds).fit(ds)
 
 
 def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,

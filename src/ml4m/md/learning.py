@@ -196,7 +196,7 @@ def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
     """The model ``settings.fit`` describes, fitted on ``frames``."""
     from ml4m.data import Dataset
     from ml4m.training.config import FitConfig
-    from ml4m.training.fit import _build_model
+    from ml4m.training.fit import build_model
 
     clash = sorted({"train", "valid", "output"} & set(settings.fit))
     if clash:
@@ -205,7 +205,7 @@ def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
     cfg = FitConfig.from_mapping({**settings.fit, "train": settings.initial}, source="fit")
     ds = Dataset(frames)
     species = [int(z) for z in ds.atomic_numbers]
-    model = _build_model(cfg, species, ds)
+    model = build_model(cfg, species, ds)
     if not model.has_uncertainty:
         raise ConfigError(f"fit.model: active learning needs a model with uncertainty, "
                           f"'{cfg.model}' has none")

@@ -16,7 +16,7 @@ from ml4m.errors import ConfigError
 from ml4m.models.metrics import error_metrics
 from ml4m.training.config import FitConfig, is_network
 
-__all__ = ["fit_model", "model_outputs", "test_model"]
+__all__ = ["build_model", "fit_model", "model_outputs", "test_model"]
 
 #: how far below a pair's shortest training distance ``pair_r_in: auto`` starts its radial basis
 PAIR_R_IN_MARGIN = 0.25
@@ -36,7 +36,7 @@ def _descriptor_settings(cfg: FitConfig, train) -> dict[str, Any]:
     return settings
 
 
-def _build_model(cfg: FitConfig, species: list[int], train, descriptor=None):
+def build_model(cfg: FitConfig, species: list[int], train, descriptor=None):
     """The unfitted model ``cfg`` describes: its registered kind's class, built with the
     descriptor (``descriptor``, or the one ``cfg`` sets), E0s, sigmas, seed and target the
     config gives (those the class takes) and ``cfg.params`` (checked by
@@ -168,13 +168,13 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
     if cfg.searches:
         cfg, search = _search_basis(cfg, species, train, path, started)
     if cfg.max_minutes is None or search is not None:
-        model = _build_model(cfg, species, train)
+        model = build_model(cfg, species, train)
         model.fit(train, valid)
     else:
         from ml4m.training.budget import fit_within_budget
 
         def fit(frames):
-            return _build_model(cfg, species, train).fit(frames, valid)
+            return build_model(cfg, species, train).fit(frames, valid)
 
         model, plan = fit_within_budget(fit, list(train), 60.0 * cfg.max_minutes, started)
         budget = plan.as_dict()
@@ -206,7 +206,7 @@ def _search_basis(cfg: FitConfig, species: list[int], train, path: Path, started
 
     minutes = cfg.max_minutes if cfg.max_minutes is not None else DEFAULT_SEARCH_MINUTES
     result = search_linear_ace(list(train), 60.0 * minutes,
-                               lambda d: _build_model(cfg, species, train, descriptor=d), started)
+                               lambda d: build_model(cfg, species, train, descriptor=d), started)
     chosen = dataclasses.replace(cfg, descriptor=result.descriptor, search="off")
     record = {k: v for k, v in vars(chosen).items()
               if k not in ("max_minutes", "device", "output") and v not in (None, {}, [])}
@@ -251,7 +251,7 @@ def _fit_property_model(cfg: FitConfig, path: Path) -> dict[str, Any]:
     valid = read_dataset(cfg.valid, keys=keys) if cfg.valid else None
     species = [int(z) for z in train.atomic_numbers]
     t0 = time.perf_counter()
-    model = _build_model(cfg, species, train).fit(train)
+    model = build_model(cfg, species, train).fit(train)
     fit_seconds = time.perf_counter() - t0
     path = model.save(path)
     metrics: dict[str, Any] = {"model": str(path), "kind": model.kind, "fit_seconds": fit_seconds,
