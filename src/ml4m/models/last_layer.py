@@ -3,7 +3,7 @@
 Convention of every network module (:class:`~ml4m.models.torch_potential.TorchPotential`):
 besides ``energy`` and ``energies`` it returns ``features`` (N, d) and, when its last
 layer is per element, ``feature_block`` (N,), the block of last-layer weights each atom
-uses (absent: one shared block), such that the per-atom energy is
+uses (an index into the model's ``species_``; absent: one shared block), such that the per-atom energy is
 
     E_i = c_i + [features_i, 1] . theta_{block_i}
 

@@ -131,7 +131,10 @@ class TorchPotential(Potential):
     @abstractmethod
     def build_module(self):
         """A new ``torch.nn.Module`` mapping :func:`batch_graph`'s dict to a dict with
-        ``energy`` (B,) and ``energies`` (N,), eV.
+        ``energy`` (B,) and ``energies`` (N,), eV; for the last-layer uncertainty also
+        ``features`` (N, d) and, for a per-element last layer, ``feature_block`` (N,),
+        the index into ``species_`` of the weights each atom uses (the convention of
+        :mod:`ml4m.models.last_layer`).
 
         Called by :meth:`prepare` (after ``species_`` and ``stats_`` are set) and by
         :meth:`from_state` (``species_`` set, ``stats_`` absent: the module's buffers
