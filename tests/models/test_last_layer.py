@@ -95,7 +95,14 @@ def test_sigmas_propagate_the_covariance_exactly(synthetic):
             rows.append(_design(model, [Frame.from_atoms(x)])[0])
         j = (rows[0] - rows[1]) / (2 * h)
         assert pred.forces_sigma[a, c] == pytest.approx(np.sqrt(j @ Sigma @ j), rel=1e-6)
-    assert np.all(pred.stress_sigma > 0)
+    atoms = frame.to_atoms(with_labels=False)
+    rows = []
+    for s in (h, -h):
+        x = atoms.copy()
+        x.set_cell(atoms.cell @ (np.eye(3) + s * np.diag([0, 1, 0])), scale_atoms=True)
+        rows.append(_design(model, [Frame.from_atoms(x)])[0])
+    j = (rows[0] - rows[1]) / (2 * h) / atoms.get_volume()
+    assert pred.stress_sigma[0, 1] == pytest.approx(np.sqrt(j @ Sigma @ j), rel=1e-6)
 
 
 def test_low_rank_factor_never_exceeds_the_exact_variance(synthetic):
@@ -132,6 +139,27 @@ def test_calibration_matches_held_out_errors_and_training_ranks_them():
     err = np.linalg.norm(p.forces - np.concatenate([f.forces for f in test]), axis=1)
     rho = spearmanr(np.linalg.norm(p.forces_sigma, axis=1), err).statistic
     assert rho > 0.2
+
+
+class _EnergyOnly(torch.nn.Module):
+    """A module that hides its features (energies only)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, data):
+        out = self.inner(data)
+        return {"energy": out["energy"], "energies": out["energies"]}
+
+
+def test_a_module_without_features_has_no_last_layer(synthetic):
+    _, train = synthetic
+    model = BPNN(r_cut=3.5, hidden=(4,)).prepare(train[:5])
+    model.module_ = _EnergyOnly(model.module_)
+    with pytest.raises(ConfigError, match="no 'features'"):
+        model.fit_last_layer(train[:5])
+    assert not model.has_uncertainty
 
 
 def test_without_last_layer_there_is_no_uncertainty_and_prepare_drops_it(synthetic):
