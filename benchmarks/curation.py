@@ -5,7 +5,9 @@ For one pool and one test set: the pool's frame features are computed once
 picks ``--fraction`` of the pool for every seed (``cur`` and ``doptimal`` are
 deterministic: one run); a linear ACE potential (the model ``ml4m fit --model ace``
 builds, with the ``--ace`` descriptor settings and ``--uncertainty``) is fitted on the
-subset and its energy and force MAE measured on the test set. Rows are appended to a
+subset and its energy and force MAE measured on the test set, the force MAE also per
+``config_type`` of the test frames (the worst type shows whether rare configurations
+are covered). Rows are appended to a
 JSON file as they finish, so a rerun of the same command resumes.
 
 Usage::
@@ -43,10 +45,14 @@ def _fit_and_test(train, test, species, ace: dict, uncertainty: str) -> dict:
     t0 = time.perf_counter()
     model.fit(train)
     fit_s = time.perf_counter() - t0
-    err = error_metrics(model.predict(test, uncertainty=False), test)
+    pred = model.predict(test, uncertainty=False)
+    err = error_metrics(pred, test)
+    types = np.repeat([str(f.info.get("config_type", "-")) for f in test], [len(f) for f in test])
+    abs_err = np.abs(pred.forces - np.concatenate([f.forces for f in test]))
+    per_type = {t: 1000.0 * float(abs_err[types == t].mean()) for t in np.unique(types)}
     return {"force_mae_mev_per_a": err["forces"]["mae_mev_per_a"],
             "energy_mae_mev_per_atom": err["energy"]["mae_mev_per_atom"], "fit_seconds": fit_s,
-            "n_parameters": model.n_parameters}
+            "n_parameters": model.n_parameters, "force_mae_by_type": per_type}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -86,8 +92,8 @@ def run(args: argparse.Namespace) -> None:
 def table() -> str:
     """Markdown: mean and spread of the test force MAE per set and method."""
     lines = ["| set | pool | subset | method | runs | F MAE (meV/A), mean +- std | vs random | "
-             "E MAE (meV/atom) | select (s) | fit (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "worst config_type F MAE (meV/A) | E MAE (meV/atom) | select (s) | fit (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("curation_*.json")):
         rec = json.loads(path.read_text())
         by = {m: [r for r in rec["rows"] if r["method"] == m] for m in METHODS}
@@ -98,9 +104,15 @@ def table() -> str:
             f = np.array([r["force_mae_mev_per_a"] for r in rows])
             e = np.mean([r["energy_mae_mev_per_atom"] for r in rows])
             rel = f"{f.mean() / ref:.2f}" if ref else "-"
+            worst = "-"
+            if all("force_mae_by_type" in r for r in rows):
+                by_type = [r["force_mae_by_type"] for r in rows]
+                means = {t: np.mean([b[t] for b in by_type]) for t in by_type[0]}
+                top = max(means, key=means.get)
+                worst = f"{means[top]:.1f} ({top})"
             lines.append(
                 f"| {rec['name']} | {rec['n_pool']} | {rows[0]['n_selected']} | {m} | {len(rows)} | "
-                f"{f.mean():.1f} +- {f.std():.1f} | {rel} | {e:.2f} | "
+                f"{f.mean():.2f} +- {f.std():.2f} | {rel} | {worst} | {e:.2f} | "
                 f"{np.mean([r['select_seconds'] for r in rows]):.1f} | "
                 f"{np.mean([r['fit_seconds'] for r in rows]):.0f} |")
     return "\n".join(lines)

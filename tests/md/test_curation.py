@@ -52,10 +52,10 @@ def test_every_cluster_covered(mixture, method):
 def test_density_keeps_rare_cluster_random_misses(mixture):
     X, y = mixture
     rare = len(SIZES) - 1  # 6 of 896 frames: random 20 of them miss it 87% of the time
-    hits = {m: [rare in y[select(X, 20, m, seed=s).indices] for s in range(12)]
+    hits = {m: [rare in y[select(X, 20, m, seed=s).indices] for s in range(8)]
             for m in ("density", "random")}
     assert all(hits["density"])
-    assert sum(hits["random"]) <= 6
+    assert sum(hits["random"]) <= 4
     # and dense basins are thinned: the largest basin gets far less than its 67% share
     share = np.mean(y[select(X, 40, "density", seed=0).indices] == 0)
     assert share < 0.45
