@@ -266,7 +266,14 @@ class TorchPotential(Potential):
         wrt = [t for t, want in ((pos, forces), (strain, stress)) if want]
         result = {"energy": out["energy"], "energies": out["energies"]}
         volume = torch.linalg.det(data["cell"]).abs()
-        volume = torch.where(volume > 0, volume, torch.full_like(volume, float("nan")))
+        has_cell = (volume > 0)[:, None, None]
+        # divide by 1 where there is no cell, then mark those NaN: a NaN inside the
+        # division would poison the gradient of a stress loss for every frame
+        volume = torch.where(volume > 0, volume, torch.ones_like(volume))
+
+        def per_volume(t):
+            return torch.where(has_cell, t / volume[:, None, None],
+                               torch.full_like(t, float("nan")))
         if wrt:
             grads = torch.autograd.grad(out["energy"].sum(), wrt, create_graph=create_graph,
                                         retain_graph=create_graph or uncertainty)
@@ -274,13 +281,13 @@ class TorchPotential(Potential):
             if forces:
                 result["forces"] = -grads.pop(0)
             if stress:
-                result["stress"] = grads.pop(0) / volume[:, None, None]
+                result["stress"] = per_volume(grads.pop(0))
         if uncertainty:
-            result.update(self._sigmas(out, data, wrt, forces, stress, volume))
+            result.update(self._sigmas(out, data, wrt, forces, stress, per_volume))
         return result
 
     def _sigmas(self, out: dict[str, Any], data: dict[str, Any], wrt: list, forces: bool,
-                stress: bool, volume) -> dict[str, Any]:
+                stress: bool, per_volume) -> dict[str, Any]:
         """Calibrated sigmas of one batch (see :mod:`ml4m.models.last_layer`)."""
         import torch
 
@@ -298,7 +305,7 @@ class TorchPotential(Potential):
             if forces:
                 sigmas["forces_sigma"] = c_f * var.pop(0).sqrt()
             if stress:
-                sigmas["stress_sigma"] = c_f * var.pop(0).sqrt() / volume[:, None, None]
+                sigmas["stress_sigma"] = c_f * per_volume(var.pop(0).sqrt())
         return sigmas
 
     def _batches(self, frames: list[Frame]) -> Iterator[list[Frame]]:
