@@ -60,6 +60,8 @@ N_FOLDS = 3
 MEMORY_SHARE = 0.4
 #: share of the budget the pass over the frames may take (the final fit repeats it)
 PASS_SHARE = 0.3
+#: slowest flop rate assumed when extrapolating the cost of a rung's solves, flop/s
+MIN_FLOP_RATE = 2e9
 
 
 @dataclass
@@ -147,6 +149,12 @@ class _Folds:
     def sums(self, q: str, k: int, cols: np.ndarray):
         neq = self.acc[k].neq[q]
         return neq.AtA[np.ix_(cols, cols)], neq.Aty[cols], neq.yty, self.acc[k].rows[q]
+
+
+def _solve_flops(p: int) -> float:
+    """Floating-point operations of one rung's CV: an evidence decomposition and a
+    factorisation per fold, each about p^3, and the final fit's two."""
+    return (N_FOLDS + 3) * float(p) ** 3
 
 
 def _sub_equations(G: np.ndarray, b: np.ndarray, yy: float, n: int):
@@ -265,7 +273,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     prior = model._prior(np.ones(blocks.n_features))
     sigma = {"energy": model.sigma_energy, "forces": model.sigma_forces or 1.0,
              "stress": model.sigma_stress or 1.0}
-    best, worse, t_solve, p_prev = None, 0, 0.0, 1
+    best, worse, rate = None, 0, None
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
         sub = _descriptor(species, RUNGS[r], n_max, pair_r_in)
@@ -273,14 +281,16 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         keep[[index[n] for n in sub.feature_names()]] = True
         cols = np.flatnonzero(keep[desc_cols])
         # the final fit repeats the pass and a solve of the chosen size
-        need = t_solve * (len(cols) / p_prev) ** 3 * (N_FOLDS + 2) + result.pass_seconds
+        need = _solve_flops(len(cols)) / rate + result.pass_seconds if rate else 0.0
         if r > 0 and time.perf_counter() + need > deadline:
             result.stopped = f"budget: rung {r} would end after the budget"
             break
         t0 = time.perf_counter()
         rmse = _cv_rung(data, cols, prior, shared=model.noise == "shared")
         seconds = time.perf_counter() - t0
-        t_solve, p_prev = seconds / (N_FOLDS + 2), len(cols)
+        # flop rate of this rung's solves, at least MIN_FLOP_RATE: small solves are
+        # dominated by overheads that do not grow as p^3
+        rate = max(_solve_flops(len(cols)) / max(seconds, 1e-9), MIN_FLOP_RATE)
         score = sum(rmse[q] / sigma[q] for q in ("energy", "forces") if q in rmse)
         row = {"rung": r, "correlation_order": RUNGS[r]["correlation_order"],
                "total_degree": list(RUNGS[r]["total_degree"]), "n_coefficients": int(len(cols)),
