@@ -22,7 +22,7 @@ __all__ = ["ModelKind", "register_model", "model_kind", "model_kinds", "fit_choi
 
 #: modules whose import registers every model kind (imported on first look-up)
 MODEL_MODULES = ("ml4m.models.linear", "ml4m.models.kernel", "ml4m.models.committee",
-                 "ml4m.models.bpnn", "ml4m.models.mpnn")
+                 "ml4m.models.bpnn", "ml4m.models.mpnn", "ml4m.models.baseline")
 
 
 @dataclass(frozen=True)
