@@ -13,12 +13,13 @@ labelled or not) by their descriptors, and write
   SUBSET                      the selected frames (extxyz, labels kept), in the order picked
   {stem}_indices.txt          their frame numbers in POOL (0-based), in the same order
   {stem}_projection.png       the pool's first two principal components, picks on top
-The pool is streamed in chunks: only one feature row per frame is held.
+The pool is streamed in chunks: only one feature row per frame is held (one per
+atom with --level atoms).
 
-methods: fps (farthest-point sampling), cur (CUR leverage), density (probability
-  proportional to density^-alpha: rare environments kept, dense basins thinned),
-  doptimal (greedy maximum information gain of the linear model on the frame rows),
-  random (baseline).
+methods: fps (farthest-point sampling), cur (CUR leverage), density (every density
+  basin kept, frames drawn with probability ~ density^-alpha: rare environments kept,
+  dense basins thinned), doptimal (greedy maximum information gain of a linear model
+  on the frame rows; from a fitted model's posterior with --model), random (baseline).
 
 examples:
   ml4m curate pool.extxyz --n 500 -o subset.extxyz
