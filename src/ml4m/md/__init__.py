@@ -1,4 +1,5 @@
-"""ml4m.md: using models: ASE calculator, molecular dynamics, relaxation, curation."""
+"""ml4m.md: using models: ASE calculator, molecular dynamics, relaxation, on-the-fly
+active learning, curation."""
 
 from ml4m.md.curation import SELECTORS, PoolFeatures, Selection, pool_features, select
 from ml4m.md.dynamics import (
@@ -10,19 +11,22 @@ from ml4m.md.dynamics import (
     relax,
     run_md,
 )
+from ml4m.md.learning import LearnStatus, run_learning
+from ml4m.md.learning_settings import LearnSettings, WalkerSettings
 from ml4m.md.trajectory import TrajectoryStream, partial_path
 from ml4m.models.calculator import ML4MCalculator
 
-__all__ = ["ENSEMBLES", "ML4MCalculator", "MDResult", "MDStatus", "PoolFeatures", "SELECTORS",
-           "Selection", "TrajectoryStream", "check_md_settings", "check_relax_settings",
-           "load_calculator", "partial_path", "pool_features", "relax", "run_md", "select"]
+__all__ = ["ENSEMBLES", "LearnSettings", "LearnStatus", "ML4MCalculator", "MDResult", "MDStatus",
+           "PoolFeatures", "SELECTORS", "Selection", "TrajectoryStream", "WalkerSettings",
+           "check_md_settings", "check_relax_settings", "load_calculator", "partial_path",
+           "pool_features", "relax", "run_learning", "run_md", "select"]
 
 
 def load_calculator(spec: str):
     """An ASE calculator from a ``.ml4m`` model file, or an ASE calculator name (``emt``).
 
     Model files give an :class:`ML4MCalculator` with uncertainty off (``run_md`` turns
-    it on every ``uncertainty_interval`` steps).
+    it on for the steps its sigma schedule picks).
 
     Parameters
     ----------
