@@ -29,3 +29,11 @@ def test_metrics_units_and_rank_correlation(rng):
     assert m["stress"]["mae_gpa"] == pytest.approx(0.01 * 160.21766, rel=1e-5)
     assert m["uncertainty"]["force_sigma_spearman"] == pytest.approx(1.0)
     assert m["uncertainty"]["energy_sigma_spearman"] is None  # constant sigma: undefined
+    # calibration: observed RMSE over RMS predicted sigma (per component)
+    rms_sigma = np.sqrt(np.mean(scale**2))  # eV/A: sigma per component = scale
+    assert m["uncertainty"]["force_sigma_rms_mev_per_a"] == pytest.approx(rms_sigma * 1000)
+    assert m["uncertainty"]["force_rmse_over_sigma"] == pytest.approx(
+        np.sqrt(np.mean(df**2)) / rms_sigma)
+    # energy: error 4 meV/atom everywhere, sigma 1 eV per frame = 250 meV/atom
+    assert m["uncertainty"]["energy_sigma_rms_mev_per_atom"] == pytest.approx(250.0)
+    assert m["uncertainty"]["energy_rmse_over_sigma"] == pytest.approx(4.0 / 250.0)

@@ -37,7 +37,10 @@ def error_metrics(pred: Prediction, reference: Dataset) -> dict[str, Any]:
         "forces": {"mae_mev_per_a", "rmse_mev_per_a"}, "stress": {"mae_gpa",
         "rmse_gpa"}}``; ``stress`` only when labelled; ``uncertainty``
         (``force_sigma_spearman``, ``energy_sigma_spearman``: Spearman correlation of
-        predicted sigma and absolute error) when the prediction has sigmas.
+        predicted sigma and absolute error; ``force_sigma_rms_mev_per_a`` and
+        ``energy_sigma_rms_mev_per_atom``: the RMS predicted sigma per component, and
+        ``force_rmse_over_sigma``, ``energy_rmse_over_sigma``: observed RMSE over RMS sigma,
+        1 for a calibrated model) when the prediction has sigmas.
     """
     out: dict[str, Any] = {"n_frames": len(reference)}
     n_atoms = np.array([len(f) for f in reference])
@@ -68,7 +71,15 @@ def error_metrics(pred: Prediction, reference: Dataset) -> dict[str, Any]:
             unc["force_sigma_spearman"] = _spearman(np.linalg.norm(sig, axis=1),
                                                     np.linalg.norm(df, axis=1))
             unc["force_sigma_spearman_per_component"] = _spearman(sig.ravel(), np.abs(df).ravel())
+            rms = float(np.sqrt(np.mean(sig**2))) * 1000.0
+            unc["force_sigma_rms_mev_per_a"] = rms
+            unc["force_rmse_over_sigma"] = out["forces"]["rmse_mev_per_a"] / rms if rms > 0 else None
         if pred.energy_sigma is not None and has_e.any():
-            unc["energy_sigma_spearman"] = _spearman(pred.energy_sigma[has_e] / n_atoms[has_e], np.abs(de))
+            sig_e = pred.energy_sigma[has_e] / n_atoms[has_e] * 1000.0
+            unc["energy_sigma_spearman"] = _spearman(sig_e, np.abs(de))
+            rms = float(np.sqrt(np.mean(sig_e**2)))
+            unc["energy_sigma_rms_mev_per_atom"] = rms
+            unc["energy_rmse_over_sigma"] = (out["energy"]["rmse_mev_per_atom"] / rms if rms > 0
+                                             else None)
         out["uncertainty"] = unc
     return out
