@@ -95,6 +95,8 @@ def main() -> None:
     for name, atoms in structures().items():
         for dtype in ("float32", "float64"):
             model = build(args.model, params, dtype, atoms)
+            if not set(atoms.numbers) <= set(model.species.tolist()):
+                continue  # a trained model only runs on its own elements
             wall, cpu = timed(model, atoms, args.repeats)
             n = len(atoms)
             ref = mace.get(name) if dtype == "float32" else None
