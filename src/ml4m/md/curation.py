@@ -316,8 +316,11 @@ def linear_model_prior(model: Any) -> tuple[Descriptor, Any, np.ndarray]:
     ConfigError
         Not a fitted linear potential.
     """
+    from ml4m.models.baseline import Baselined
     from ml4m.models.linear import LinearPotential
 
+    if isinstance(model, Baselined):  # a repulsive core around the linear model
+        model = getattr(model, "model_", model.model)
     if not isinstance(model, LinearPotential) or not hasattr(model, "coef_"):
         raise ConfigError(f"doptimal starts from a fitted linear potential (linear ACE or sparse "
                           f"GP), got {type(model).__name__}")

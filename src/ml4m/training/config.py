@@ -88,6 +88,15 @@ class FitConfig:
     max_minutes : float, optional
         Wall-time budget of the fit, minutes (> 0, finite); a basis search takes
         ``DEFAULT_SEARCH_MINUTES`` without it.
+    repulsion : 'auto', bool or dict
+        A ZBL repulsive core below each element pair's shortest training distance,
+        switched off smoothly at that distance (:class:`ml4m.models.baseline.PairRepulsion`;
+        zero where the data lives, so the fit is unchanged): ``auto`` (on for ``ace`` and
+        ``gp``), ``true``, ``false`` or its settings (``width``, ``margin``, ``r_in``).
+    baseline : dict, optional
+        Delta learning: the model learns the reference minus this baseline and adds it
+        back (``{calculator: NAME, calculator_kwargs: {...}}``, or ``{labels: {energy:
+        KEY, forces: KEY}}`` with an optional calculator for new structures).
     search : {'auto', 'off'}
         ``auto``: ``ace`` without descriptor settings chooses its basis by cross-validation
         inside ``train`` (:mod:`ml4m.training.search`) and writes the chosen settings as
@@ -109,8 +118,17 @@ class FitConfig:
     target: str = "energy_per_atom"
     seed: int = 0
     max_minutes: float | None = None
+    repulsion: Any = "auto"
+    baseline: dict[str, Any] | None = None
     search: str = "auto"
     device: str = "cpu"
+
+    @property
+    def repulsion_settings(self) -> Any:
+        """``repulsion`` with ``auto`` resolved: on for the linear potentials."""
+        if self.repulsion == "auto":
+            return self.model in ("ace", "gp")
+        return self.repulsion
 
     @property
     def searches(self) -> bool:
@@ -182,6 +200,13 @@ class FitConfig:
         if self.max_minutes is not None:
             check_float("max_minutes", self.max_minutes, low=0.0, low_open=True, **where)
         check_choice("search", self.search, ("auto", "off"), **where)
+        if self.repulsion != "auto" or self.baseline is not None:
+            if self.model not in ("ace", "gp"):
+                raise ConfigError(f"{source}: repulsion and baseline apply to ace and gp, not "
+                                  f"to {self.model!r}")
+            from ml4m.models.baseline import baseline_from_config
+
+            baseline_from_config(self.repulsion_settings, self.baseline, str(source))
         check_choice("device", self.device, ("cpu", "cuda"), **where)
 
 

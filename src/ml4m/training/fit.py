@@ -157,6 +157,9 @@ def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False) -> di
 
 
 def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]:
+    from ml4m.data.frames import Dataset
+    from ml4m.models.baseline import attach_baseline_labels, with_baseline
+
     keys = LabelKeys(**cfg.keys)
     require = ("energy", "forces") if cfg.sigmas.get("forces", 0.03) else ("energy",)
     train = read_dataset(cfg.train, keys=keys, require=require)
@@ -167,14 +170,22 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
     search = None
     if cfg.searches:
         cfg, search = _search_basis(cfg, species, train, path, started)
+
+    def build():  # the model, inside its repulsive core / baseline when asked for
+        return with_baseline(build_model(cfg, species, train), cfg.repulsion_settings,
+                             cfg.baseline, str(cfg.train))
+
+    probe = build()
+    train = Dataset(attach_baseline_labels(probe, list(train), cfg.train))
+    if valid is not None:
+        valid = Dataset(attach_baseline_labels(probe, list(valid), cfg.valid))
     if cfg.max_minutes is None or search is not None:
-        model = build_model(cfg, species, train)
-        model.fit(train, valid)
+        model = probe.fit(train, valid)
     else:
         from ml4m.training.budget import fit_within_budget
 
         def fit(frames):
-            return build_model(cfg, species, train).fit(frames, valid)
+            return build().fit(frames, valid)
 
         model, plan = fit_within_budget(fit, list(train), 60.0 * cfg.max_minutes, started)
         budget = plan.as_dict()
@@ -285,7 +296,11 @@ def test_model(model_path: str | os.PathLike, data: str | os.PathLike,
     model = load(model_path)
     if not isinstance(model, Potential):  # a structure-property model
         return model.score(read_dataset(data, keys=keys))
+    from ml4m.data.frames import Dataset
+    from ml4m.models.baseline import attach_baseline_labels
+
     ds = read_dataset(data, keys=keys, require=("energy",))
+    ds = Dataset(attach_baseline_labels(model, list(ds), data))  # a delta model's baseline labels
     t0 = time.perf_counter()
     pred = model.predict(ds, uncertainty=model.has_uncertainty)
     result = error_metrics(pred, ds)
