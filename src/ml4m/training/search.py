@@ -37,7 +37,7 @@ import numpy as np
 from ml4m.data.frames import Frame
 from ml4m.errors import ConfigError
 
-__all__ = ["RUNGS", "SearchResult", "search_linear_ace", "cv_folds"]
+__all__ = ["RUNGS", "RUNGS_MANY_ELEMENTS", "SearchResult", "ladder", "search_linear_ace", "cv_folds"]
 
 #: ladder of candidate bases: correlation order and degree bound per order, each bound
 #: non-decreasing along the ladder (so every rung is nested in every later one); the
@@ -52,6 +52,22 @@ RUNGS: tuple[dict[str, Any], ...] = (
     {"correlation_order": 4, "total_degree": [14, 12, 10, 12]},
     {"correlation_order": 4, "total_degree": [16, 12, 11, 15]},
 )
+#: the ladder for three or more elements, whose element-resolved three-body functions
+#: multiply fastest: three-body degree stays at 7 while the radial resolution and the
+#: element-agnostic four-body functions grow (3BPA: 5,360 to 8,868 coefficients)
+RUNGS_MANY_ELEMENTS: tuple[dict[str, Any], ...] = RUNGS[:4] + (
+    {"correlation_order": 4, "total_degree": [12, 9, 7, 10]},
+    {"correlation_order": 4, "total_degree": [12, 10, 7, 12]},
+    {"correlation_order": 4, "total_degree": [14, 10, 7, 13]},
+    {"correlation_order": 4, "total_degree": [16, 10, 8, 15]},
+)
+
+
+def ladder(n_species: int) -> tuple[dict[str, Any], ...]:
+    """The candidate bases for ``n_species`` elements."""
+    return RUNGS_MANY_ELEMENTS if n_species >= 3 else RUNGS
+
+
 #: settings shared by every rung (the radial basis spans each pair's sampled distances)
 BASE = {"r_cut": 5.0, "l_max": 3, "pair_r_in": "auto"}
 #: number of cross-validation folds
@@ -237,6 +253,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     started = time.perf_counter() if started is None else started
     deadline = started + budget_s
     species = sorted({int(z) for f in frames for z in f.numbers})
+    rungs = ladder(len(species))
     pair_r_in = pair_inner_radii(frames, PAIR_R_IN_MARGIN)
     folds = cv_folds(frames)
     use_f = all(f.forces is not None for f in frames)
@@ -246,10 +263,10 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
 
     # the largest rung whose pass and per-fold sums fit the budget and memory
     probe = frames[:: max(1, len(frames) // 3)][:3]
-    top, n_max, t_pass = 0, RUNGS[0]["total_degree"][0], math.inf
-    for r in range(len(RUNGS) - 1, -1, -1):
-        n_max = RUNGS[r]["total_degree"][0]
-        model = make_model(_descriptor(species, RUNGS[r], n_max, pair_r_in))
+    top, n_max, t_pass = 0, rungs[0]["total_degree"][0], math.inf
+    for r in range(len(rungs) - 1, -1, -1):
+        n_max = rungs[r]["total_degree"][0]
+        model = make_model(_descriptor(species, rungs[r], n_max, pair_r_in))
         model.e0_ = resolve_reference_energies(Dataset(frames), model.e0)
         model.fmap_ = model._make_feature_map(frames)
         p = model.fmap_.n_features
@@ -276,7 +293,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     best, worse, rate = None, 0, None
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
-        sub = _descriptor(species, RUNGS[r], n_max, pair_r_in)
+        sub = _descriptor(species, rungs[r], n_max, pair_r_in)
         keep = np.zeros(len(names), bool)
         keep[[index[n] for n in sub.feature_names()]] = True
         cols = np.flatnonzero(keep[desc_cols])
@@ -292,8 +309,8 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         # dominated by overheads that do not grow as p^3
         rate = max(_solve_flops(len(cols)) / max(seconds, 1e-9), MIN_FLOP_RATE)
         score = sum(rmse[q] / sigma[q] for q in ("energy", "forces") if q in rmse)
-        row = {"rung": r, "correlation_order": RUNGS[r]["correlation_order"],
-               "total_degree": list(RUNGS[r]["total_degree"]), "n_coefficients": int(len(cols)),
+        row = {"rung": r, "correlation_order": rungs[r]["correlation_order"],
+               "total_degree": list(rungs[r]["total_degree"]), "n_coefficients": int(len(cols)),
                "cv_energy_rmse_mev_per_atom": 1000 * rmse["energy"],
                "cv_forces_rmse_mev_per_a": 1000 * rmse["forces"] if "forces" in rmse else None,
                "score": score, "seconds": seconds}
@@ -307,6 +324,6 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             if worse == 2:
                 result.stopped = "two rungs in a row scored worse than the best"
                 break
-    chosen = RUNGS[best["rung"]]  # n_max = its first degree bound holds all its functions
+    chosen = rungs[best["rung"]]  # n_max = its first degree bound holds all its functions
     result.descriptor = _settings(chosen, chosen["total_degree"][0], pair_r_in, len(species))
     return result
