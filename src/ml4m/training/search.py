@@ -22,7 +22,8 @@ Folds are groups of frames: ``info['traj']`` (or ``config_type``) when the frame
 three or more distinct values, else contiguous chunks (MD frames are stored in
 trajectory order). The valid file is never read. The ladder stops when the budget is
 spent (keeping time for the final fit) or when two rungs in a row score worse than the
-best; a larger budget therefore never gives a worse CV score.
+best; a larger budget therefore never gives a worse CV score. The largest rung is the
+largest whose pass (timed on three frames), CV solves and final fit fit the budget.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ BASE = {"r_cut": 5.0, "l_max": 3, "pair_r_in": "auto"}
 N_FOLDS = 3
 #: share of the memory limit the per-fold sums may take
 MEMORY_SHARE = 0.4
-#: share of the budget the pass over the frames may take (the final fit repeats it)
-PASS_SHARE = 0.3
+#: flop rate assumed when choosing the largest rung, before any solve is timed, flop/s
+ASSUMED_FLOP_RATE = 2e10
 #: slowest flop rate assumed when extrapolating the cost of a rung's solves, flop/s
 MIN_FLOP_RATE = 2e9
 
@@ -276,7 +277,11 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         for _ in model._block_rows(probe, use_f, use_s):
             pass
         t_pass = (time.perf_counter() - t0) * len(frames) / len(probe)
-        if t_pass <= PASS_SHARE * (deadline - time.perf_counter()) or r == 0:
+        # the pass, every rung's CV solves up to this one, and the final fit's pass
+        sizes = [_descriptor(species, rungs[k], n_max, pair_r_in).n_features * len(species)
+                 for k in range(r + 1)]
+        need = 2 * t_pass + sum(_solve_flops(q) for q in sizes) / ASSUMED_FLOP_RATE
+        if need <= deadline - time.perf_counter() or r == 0:
             top = r
             break
     t0 = time.perf_counter()
