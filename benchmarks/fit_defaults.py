@@ -1,0 +1,117 @@
+"""What a user gets from ``ml4m fit`` with default flags, beside the hand-picked settings.
+
+For each shared set, runs in a fresh process, exactly as documented::
+
+    ml4m fit --model ace --train train.extxyz --valid valid.extxyz -o MODEL --json
+    ml4m test MODEL test.extxyz --json
+
+and reports the wall time, the basis the search chose, valid and test errors (energy
+MAE meV/atom, force MAE meV/A, stress MAE GPa where labelled) and the Spearman of the
+predicted force sigma against the force error, beside the hand-picked figures of
+``benchmarks/results/potentials_accuracy.json`` (same data, fixed settings).
+
+Usage::
+
+    .venv/bin/python benchmarks/fit_defaults.py [--sets cu_emt cuau_emt bpa_xtb ethanol_pbe]
+        [--max-minutes M]
+
+Writes ``benchmarks/results/fit_defaults.md`` (and ``.json``); models go to ``--workdir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
+RESULTS = HERE / "results"
+
+
+def run_json(args: list[str]) -> tuple[dict, float]:
+    """``ml4m ARGS --json`` in a fresh process: its JSON object and wall time (s)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "ml4m", *args, "--json"], capture_output=True,
+                          text=True)
+    if proc.returncode:
+        sys.exit(f"ml4m {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout), time.perf_counter() - t0
+
+
+def hand_picked() -> dict[str, dict]:
+    """The fixed-settings linear ACE rows of potentials_accuracy.json, by set."""
+    path = RESULTS / "potentials_accuracy.json"
+    if not path.exists():
+        return {}
+    rows = json.loads(path.read_text())
+    return {r["set"]: r for r in rows if r.get("model") == "ace"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", nargs="+", default=["cu_emt", "cuau_emt", "bpa_xtb", "ethanol_pbe"])
+    ap.add_argument("--max-minutes", type=float, help="passed to ml4m fit (default: its own)")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/ml4m_fit_defaults"))
+    args = ap.parse_args()
+    rows = []
+    for name in args.sets:
+        d = SHARED / name
+        model = args.workdir / name / "ace.ml4m"
+        model.parent.mkdir(parents=True, exist_ok=True)
+        extra = ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
+        model.unlink(missing_ok=True)  # a model of an earlier run of this script
+        fit, wall = run_json(["fit", "--model", "ace", "--train", str(d / "train.extxyz"),
+                              "--valid", str(d / "valid.extxyz"), "-o", str(model)] + extra)
+        test = {}  # held-back test sets are not shared; scored when present
+        if (d / "test.extxyz").exists():
+            test, _ = run_json(["test", str(model), str(d / "test.extxyz")])
+        search = fit.get("search", {})
+        rows.append({"set": name, "wall_s": wall, "n_coefficients": fit["n_features"],
+                     "descriptor": search.get("descriptor"), "search_stopped": search.get("stopped"),
+                     "valid": fit["valid"], "test": test})
+        print(json.dumps(rows[-1], default=str)[:400], flush=True)
+    write_report(rows, args)
+
+
+def _cell(m: dict, key: str, sub: str, fmt: str = "{:.2f}") -> str:
+    value = m.get(key, {}).get(sub)
+    return "-" if value is None else fmt.format(value)
+
+
+def write_report(rows: list[dict], args) -> None:
+    ref = hand_picked()
+    load = os.getloadavg()[0]
+    lines = ["# `ml4m fit` with default flags (linear ACE, basis search) beside hand-picked settings",
+             "", f"Command: `.venv/bin/python benchmarks/fit_defaults.py --sets {' '.join(args.sets)}"
+             + (f" --max-minutes {args.max_minutes}" if args.max_minutes else "") + "`. "
+             f"Machine: {os.cpu_count()} cores, load average {load:.1f} at the end "
+             "(the search's budget is wall time, so a busy machine gets a smaller basis).", "",
+             "| set | wall (s) | coefficients | chosen (order, degrees) | valid E MAE (meV/atom) "
+             "| valid F MAE (meV/A) | valid S MAE (GPa) | valid sigma-error Spearman | test F MAE "
+             "| hand-picked valid F MAE |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v, t = r["valid"], r["test"]
+        d = r["descriptor"] or {}
+        rho = v.get("uncertainty", {}).get("force_sigma_spearman")
+        hp = ref.get(r["set"], {}).get("forces", {}).get("mae_mev_per_a")
+        lines.append(
+            f"| {r['set']} | {r['wall_s']:.0f} | {r['n_coefficients']:,} | "
+            f"{d.get('correlation_order', '-')}, {d.get('total_degree', '-')} | "
+            f"{_cell(v, 'energy', 'mae_mev_per_atom')} | {_cell(v, 'forces', 'mae_mev_per_a', '{:.1f}')} | "
+            f"{_cell(v, 'stress', 'mae_gpa', '{:.3f}')} | {'-' if rho is None else f'{rho:.2f}'} | "
+            f"{_cell(t, 'forces', 'mae_mev_per_a', '{:.1f}')} | {'-' if hp is None else f'{hp:.1f}'} |")
+    lines += ["", "Raw:", "", "```json", json.dumps(rows, indent=1, default=str)[:20000], "```", ""]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "fit_defaults.md").write_text("\n".join(lines))
+    (RESULTS / "fit_defaults.json").write_text(json.dumps(rows, indent=1, default=str))
+    print("\n".join(lines[:8 + len(rows)]))
+
+
+if __name__ == "__main__":
+    main()
