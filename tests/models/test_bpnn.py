@@ -15,6 +15,8 @@ from ml4m.errors import ConfigError
 from ml4m.models.bpnn import BPNN
 from ml4m.models.torch_potential import batch_graph
 
+from .finite_differences import assert_forces_are_energy_gradients, assert_stress_is_strain_derivative
+
 G2 = [(0.5, 0.0), (1.0, 2.5), (0.1, 1.0)]
 G4 = [(0.005, 1.0, -1.0), (0.01, 2.0, 1.0)]
 G5 = [(0.02, 4.0, 1.0), (0.003, 1.5, -1.0)]
@@ -75,26 +77,8 @@ def test_defaults_are_the_descriptors_and_angular_cutoff_is_its_own():
 
 def test_forces_and_stress_equal_finite_differences(model):
     atoms = _cuau().to_atoms(with_labels=False)
-    pred = model.predict([atoms])
-    h = 1e-5
-    for a, c in [(0, 0), (6, 2), (11, 1)]:
-        e = []
-        for s in (h, -h):
-            x = atoms.copy()
-            x.positions[a, c] += s
-            e.append(model.predict([x]).energy[0])
-        assert pred.forces[a, c] == pytest.approx(-(e[0] - e[1]) / (2 * h), rel=1e-6, abs=1e-9)
-    for (p, q), v in zip([(0, 0), (1, 2)], (0, 3)):
-        e = []
-        for s in (h, -h):
-            eps = np.eye(3)
-            eps[p, q] += s
-            eps[q, p] += s if p != q else 0
-            x = atoms.copy()
-            x.set_cell(atoms.cell @ eps, scale_atoms=True)
-            e.append(model.predict([x]).energy[0])
-        fd = (e[0] - e[1]) / (2 * h) / atoms.get_volume() / (1 if p == q else 2)
-        assert pred.stress[0, v] == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    assert_forces_are_energy_gradients(model, atoms, [(0, 0), (6, 2), (11, 1)])
+    assert_stress_is_strain_derivative(model, atoms)
 
 
 def test_rotation_translation_permutation_and_batching(model):

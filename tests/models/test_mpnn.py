@@ -20,6 +20,8 @@ from ml4m.models.mpnn.network import neighbour_slots, padded
 from ml4m.models.mpnn.product import SymmetricProduct
 from ml4m.models.torch_potential import batch_graph
 
+from .finite_differences import assert_forces_are_energy_gradients, assert_stress_is_strain_derivative
+
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", Path(__file__).parents[3] / "shared" / "data"))
 SMALL = dict(r_max=4.0, n_channels=8, radial_mlp=16, n_radial=6)
 
@@ -135,30 +137,9 @@ def test_energy_is_invariant_and_forces_rotate(model):
 
 
 def test_forces_and_stress_equal_finite_differences(model):
-    h = 1e-5
     for atoms in (_cuau(), _molecule()):
-        pred = model.predict([atoms])
-        for a, c in [(0, 0), (1, 2), (6, 1)]:
-            e = []
-            for s in (h, -h):
-                x = atoms.copy()
-                x.positions[a, c] += s
-                e.append(model.predict([x]).energy[0])
-            assert pred.forces[a, c] == pytest.approx(-(e[0] - e[1]) / (2 * h), rel=1e-6,
-                                                      abs=1e-9)
-    atoms = _cuau()
-    pred = model.predict([atoms])
-    for (p, q), v in zip([(0, 0), (1, 2)], (0, 3)):
-        e = []
-        for s in (h, -h):
-            eps = np.eye(3)
-            eps[p, q] += s
-            eps[q, p] += s if p != q else 0
-            x = atoms.copy()
-            x.set_cell(atoms.cell @ eps, scale_atoms=True)
-            e.append(model.predict([x]).energy[0])
-        fd = (e[0] - e[1]) / (2 * h) / atoms.get_volume() / (1 if p == q else 2)
-        assert pred.stress[0, v] == pytest.approx(fd, rel=1e-6, abs=1e-10)
+        assert_forces_are_energy_gradients(model, atoms, [(0, 0), (1, 2), (6, 1)])
+    assert_stress_is_strain_derivative(model, _cuau())
 
 
 def test_features_give_the_energies_linearly(model):

@@ -12,6 +12,8 @@ from ml4m.data import Frame
 from ml4m.errors import ConfigError, DataError
 from ml4m.models.torch_potential import TorchPotential, batch_graph, edge_vectors
 
+from .finite_differences import assert_forces_are_energy_gradients, assert_stress_is_strain_derivative
+
 
 class _PairModule(torch.nn.Module):
     """E = 1/2 sum over edges of a Morse pair energy per species pair, times a smooth cutoff."""
@@ -89,25 +91,8 @@ def test_forces_stress_and_per_atom_energies_are_consistent(model):
     pred = model.predict(frames)
     np.testing.assert_allclose(np.add.reduceat(pred.energies, pred.offsets[:-1]), pred.energy)
     atoms = frames[0].to_atoms(with_labels=False)
-    h = 1e-5
-    for a, c in [(0, 0), (3, 2), (6, 1)]:
-        e = []
-        for s in (h, -h):
-            x = atoms.copy()
-            x.positions[a, c] += s
-            e.append(model.predict([x]).energy[0])
-        assert pred.forces[a, c] == pytest.approx(-(e[0] - e[1]) / (2 * h), rel=1e-6, abs=1e-9)
-    for (p, q), v in zip([(0, 0), (1, 2)], (0, 3)):
-        e = []
-        for s in (h, -h):
-            x = atoms.copy()
-            eps = np.eye(3)
-            eps[p, q] += s
-            eps[q, p] += s if p != q else 0
-            x.set_cell(atoms.cell @ eps, scale_atoms=True)
-            e.append(model.predict([x]).energy[0])
-        fd = (e[0] - e[1]) / (2 * h) / atoms.get_volume() / (1 if p == q else 2)
-        assert pred.stress[0, v] == pytest.approx(fd, rel=1e-6, abs=1e-10)
+    assert_forces_are_energy_gradients(model, atoms, [(0, 0), (3, 2), (6, 1)])
+    assert_stress_is_strain_derivative(model, atoms)
     assert np.all(np.isnan(pred.stress[1]))  # a molecule has no stress
 
 
