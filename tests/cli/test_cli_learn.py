@@ -27,17 +27,8 @@ class FlakyEMT(EMT):
 
 
 @pytest.fixture
-def setup(tmp_path):
-    atoms = bulk("Cu", cubic=True, a=3.61).repeat(2)
-    frames = []
-    for k in range(6):
-        a = atoms.copy()
-        a.rattle(0.05 + 0.02 * k, seed=k)
-        a.calc = EMT()
-        a.get_potential_energy(), a.get_forces(), a.get_stress()
-        frames.append(a)
-    write(tmp_path / "init.extxyz", frames)
-    write(tmp_path / "start.extxyz", atoms)
+def setup(tmp_path, write_rattled_cu):
+    write_rattled_cu(tmp_path)
     config = {"fit": {"model": "ace", "params": {"uncertainty": "posterior"},
                       "descriptor": {"r_cut": 4.0, "n_max": 4, "l_max": 2, "correlation_order": 3}},
               "initial": str(tmp_path / "init.extxyz"),

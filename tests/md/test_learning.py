@@ -23,19 +23,11 @@ FIT = {"model": "ace", "descriptor": {"r_cut": 4.0, "n_max": 4, "l_max": 2, "cor
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, write_rattled_cu):
     """A 32-atom Cu cell and six EMT-labelled rattled copies of it."""
     d = tmp_path_factory.mktemp("learn")
+    write_rattled_cu(d)
     atoms = bulk("Cu", cubic=True, a=3.61).repeat(2)
-    frames = []
-    for k in range(6):
-        a = atoms.copy()
-        a.rattle(0.05 + 0.02 * k, seed=k)
-        a.calc = EMT()
-        a.get_potential_energy(), a.get_forces(), a.get_stress()
-        frames.append(a)
-    write(d / "init.extxyz", frames)
-    write(d / "start.extxyz", atoms)
     gold = atoms.copy()
     gold.symbols[0] = "Au"
     write(d / "gold.extxyz", gold)
