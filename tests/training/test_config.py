@@ -111,3 +111,11 @@ def test_cli_config_value_errors_exit_2(tmp_path, capsys, text, message):
     err = capsys.readouterr().err
     assert f"{cfg}: {message}" in err and "Traceback" not in err
     assert not (tmp_path / "m.ml4m").exists()
+
+
+def test_descriptor_names_are_the_descriptor_registry():
+    """The CLI's descriptor choices (a light constant) name exactly the descriptors."""
+    from ml4m.descriptors import DESCRIPTORS
+    from ml4m.training.config import DESCRIPTOR_CHOICES
+
+    assert sorted(DESCRIPTOR_CHOICES) == sorted(DESCRIPTORS)

@@ -30,14 +30,14 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ml4m.cli._common import add_label_key_arguments, add_output_arguments
-    from ml4m.descriptors import DESCRIPTORS
+    from ml4m.training.config import DESCRIPTOR_CHOICES  # names only: no descriptor import
 
     p.add_argument("pool", metavar="POOL", help="structures (any ASE-readable file) or a store")
     p.add_argument("--n", required=True, metavar="N",
                    help="frames to select: a count (500) or a fraction of the pool (0.1)")
     p.add_argument("--method", default="fps", metavar="METHOD",
                    help="fps, cur, density, doptimal or random (default fps)")
-    p.add_argument("--descriptor", default="ace", choices=sorted(DESCRIPTORS),
+    p.add_argument("--descriptor", default="ace", choices=sorted(DESCRIPTOR_CHOICES),
                    help="descriptor of the atoms (default ace); frames get species-resolved "
                         "means of their atoms' descriptors")
     p.add_argument("--level", default="frames", choices=["frames", "atoms"],

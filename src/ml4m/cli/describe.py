@@ -29,7 +29,9 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="structures (any ASE-readable file)")
-    p.add_argument("--descriptor", required=True, choices=["acsf", "soap", "ace", "mbtr"],
+    from ml4m.training.config import DESCRIPTOR_CHOICES
+
+    p.add_argument("--descriptor", required=True, choices=list(DESCRIPTOR_CHOICES),
                    help="descriptor family")
     p.add_argument("--species", help="comma-separated elements, e.g. Cu,Au (default: those in FILE)")
     p.add_argument("--r-cut", type=float, metavar="A", help="cutoff radius in Angstrom "
