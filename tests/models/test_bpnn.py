@@ -15,7 +15,11 @@ from ml4m.errors import ConfigError
 from ml4m.models.bpnn import BPNN
 from ml4m.models.torch_potential import batch_graph
 
-from .finite_differences import assert_forces_are_energy_gradients, assert_stress_is_strain_derivative
+from .potential_checks import (
+    assert_forces_are_energy_gradients,
+    assert_invariant_and_equivariant,
+    assert_stress_is_strain_derivative,
+)
 
 G2 = [(0.5, 0.0), (1.0, 2.5), (0.1, 1.0)]
 G4 = [(0.005, 1.0, -1.0), (0.01, 2.0, 1.0)]
@@ -84,15 +88,8 @@ def test_forces_and_stress_equal_finite_differences(model):
 def test_rotation_translation_permutation_and_batching(model):
     frame = _cuau(3)
     atoms = frame.to_atoms(with_labels=False)
+    assert_invariant_and_equivariant(model, atoms, shift=1.3)
     ref = model.predict([atoms])
-    rot = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
-    moved = atoms.copy()
-    moved.set_cell(atoms.cell @ rot.T)
-    moved.positions = atoms.positions @ rot.T + 1.3
-    perm = np.random.default_rng(6).permutation(len(atoms))
-    got = model.predict([moved[perm]])
-    assert got.energy[0] == pytest.approx(ref.energy[0], rel=1e-12)
-    np.testing.assert_allclose(got.forces, (ref.forces @ rot.T)[perm], atol=1e-10)
     both = model.predict([_cluster(), frame])  # one batch of two equals each alone
     np.testing.assert_allclose(both.energy[1], ref.energy[0], rtol=1e-12)
     np.testing.assert_allclose(both.forces[5:], ref.forces, atol=1e-12)

@@ -20,7 +20,7 @@ from ml4m.models.mpnn.network import neighbour_slots, padded
 from ml4m.models.mpnn.product import SymmetricProduct
 from ml4m.models.torch_potential import batch_graph
 
-from .finite_differences import assert_forces_are_energy_gradients, assert_stress_is_strain_derivative
+from .potential_checks import assert_forces_are_energy_gradients, assert_stress_is_strain_derivative
 
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", Path(__file__).parents[3] / "shared" / "data"))
 SMALL = dict(r_max=4.0, n_channels=8, radial_mlp=16, n_radial=6)

@@ -12,7 +12,11 @@ from ml4m.data import Frame
 from ml4m.errors import ConfigError, DataError
 from ml4m.models.torch_potential import TorchPotential, batch_graph, edge_vectors
 
-from .finite_differences import assert_forces_are_energy_gradients, assert_stress_is_strain_derivative
+from .potential_checks import (
+    assert_forces_are_energy_gradients,
+    assert_invariant_and_equivariant,
+    assert_stress_is_strain_derivative,
+)
 
 
 class _PairModule(torch.nn.Module):
@@ -99,15 +103,7 @@ def test_forces_stress_and_per_atom_energies_are_consistent(model):
 def test_rotation_translation_permutation(model):
     frame = _structures()[0]
     atoms = frame.to_atoms(with_labels=False)
-    ref = model.predict([atoms])
-    rot = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
-    moved = atoms.copy()
-    moved.set_cell(atoms.cell @ rot.T)
-    moved.positions = atoms.positions @ rot.T + 1.7
-    perm = np.random.default_rng(6).permutation(len(atoms))
-    got = model.predict([moved[perm]])
-    assert got.energy[0] == pytest.approx(ref.energy[0], rel=1e-12)
-    np.testing.assert_allclose(got.forces, (ref.forces @ rot.T)[perm], atol=1e-10)
+    assert_invariant_and_equivariant(model, atoms, shift=1.7)
 
 
 def test_float32_close_to_float64_and_state_round_trip(model):

@@ -1,4 +1,5 @@
-"""Central finite differences of a potential's energy, checked against its forces and stress."""
+"""Checks of a potential: central finite differences of its energy against its forces and
+stress, and the symmetries of energy and forces."""
 
 from __future__ import annotations
 
@@ -37,3 +38,17 @@ def assert_stress_is_strain_derivative(model, atoms, h: float = 1e-5, rel: float
             e.append(model.predict([x]).energy[0])
         fd = (e[0] - e[1]) / (2 * h) / atoms.get_volume() / (1 if p == q else 2)
         assert pred.stress[0, v] == pytest.approx(fd, rel=rel, abs=abs)
+
+
+def assert_invariant_and_equivariant(model, atoms, shift: float = 1.3) -> None:
+    """The energy is unchanged and the forces rotate with a random rotation of positions
+    and cell, a translation by ``shift`` (Angstrom) and a permutation of the atoms."""
+    ref = model.predict([atoms])
+    rot = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))[0]
+    moved = atoms.copy()
+    moved.set_cell(atoms.cell @ rot.T)
+    moved.positions = atoms.positions @ rot.T + shift
+    perm = np.random.default_rng(6).permutation(len(atoms))
+    got = model.predict([moved[perm]])
+    assert got.energy[0] == pytest.approx(ref.energy[0], rel=1e-12)
+    np.testing.assert_allclose(got.forces, (ref.forces @ rot.T)[perm], atol=1e-10)
