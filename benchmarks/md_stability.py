@@ -132,7 +132,9 @@ def models(system: str, fits: list[str], workdir: Path) -> tuple[dict, dict[str,
     built = {}
     for fit in fits:
         built[fit] = ml4m.load(fit_ace(system, fit, workdir))
-        built[f"{fit}+core"] = Baselined.from_fitted(built[fit], core)
+        # ml4m fit puts the core around ace by default: such a model is its own "+core"
+        built[f"{fit}+core"] = (built[fit] if isinstance(built[fit], Baselined)
+                                else Baselined.from_fitted(built[fit], core))
     return built, shortest_distances(train), start
 
 
