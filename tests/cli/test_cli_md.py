@@ -38,14 +38,15 @@ def _frames(path):
 
 
 def _kill_after_frames(argv, watched, n_frames, cwd):
-    """Start ``ml4m`` with ``argv``, SIGKILL it once ``watched`` holds ``n_frames`` frames."""
+    """Start ``ml4m`` with ``argv``, SIGKILL it once ``watched`` holds ``n_frames`` whole
+    frames (the next frame's header seen: the last one counted is complete)."""
     proc = subprocess.Popen([sys.executable, "-m", "ml4m", *map(str, argv)], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if watched.exists() and watched.read_text().count("Lattice=") >= n_frames:
+            if watched.exists() and watched.read_text().count("Lattice=") > n_frames:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it was killed"
