@@ -25,8 +25,7 @@ def _folds_for(frames, top):
 
     species = [29]
     pair_r_in = pair_inner_radii(frames, 0.25)
-    n_max = RUNGS[top]["total_degree"][0]
-    model = LinearACE(_descriptor(species, RUNGS[top], n_max, pair_r_in))
+    model = LinearACE(_descriptor(species, RUNGS[top], pair_r_in))
     model.e0_ = resolve_reference_energies(Dataset(frames), model.e0)
     model.fmap_ = model._make_feature_map(frames)
     return model, _Folds(model, frames, cv_folds(frames), True, False), pair_r_in
@@ -34,7 +33,7 @@ def _folds_for(frames, top):
 
 def _columns(model, rung, pair_r_in):
     names = model.descriptor.feature_names()
-    sub = _descriptor([29], RUNGS[rung], model.descriptor.n_max, pair_r_in).feature_names()
+    sub = _descriptor([29], RUNGS[rung], pair_r_in).feature_names()  # its own n_max
     return np.array([names.index(n) for n in sub])
 
 

@@ -75,7 +75,7 @@ class SigmaSchedule:
         self.n_sigma = 0
         self._plain: deque[float] = deque(maxlen=25)
         self._sigma_seconds: float | None = None
-        self.intervals: list[int] = []
+        self._gap_sum = 0  # of the gaps scheduled after each sigma step
 
     def due(self, step: int) -> bool:
         """Whether step ``step``'s evaluation computes the sigma."""
@@ -91,7 +91,7 @@ class SigmaSchedule:
         self._sigma_seconds = seconds
         if self.auto and self._plain:
             self.interval = self._auto_interval()
-        self.intervals.append(self.interval)
+        self._gap_sum += self.interval
         self.next = step + self.interval
 
     def _auto_interval(self) -> int:
@@ -103,9 +103,9 @@ class SigmaSchedule:
 
     @property
     def description(self) -> int | str | None:
-        """The fixed interval, ``'auto (mean N)'`` or None when no sigma was computed."""
+        """The fixed interval, ``'auto (mean N)'``, or ``'auto'`` before the first sigma."""
         if not self.auto:
             return self.interval
-        if not self.intervals:
+        if not self.n_sigma:
             return AUTO
-        return f"auto (mean {sum(self.intervals) / len(self.intervals):.0f})"
+        return f"auto (mean {self._gap_sum / self.n_sigma:.0f})"

@@ -126,22 +126,20 @@ def cv_folds(frames: list[Frame], n_folds: int = N_FOLDS) -> np.ndarray:
     return np.arange(len(frames)) * n_folds // len(frames)
 
 
-def _descriptor(species: list[int], rung: dict[str, Any], n_max: int, pair_r_in):
-    from ml4m.descriptors import make_descriptor
-
-    agnostic = 4 if len(species) > 1 and rung["correlation_order"] >= 4 else 0
-    return make_descriptor("ace", species=species, r_cut=BASE["r_cut"], l_max=BASE["l_max"],
-                           n_max=n_max, correlation_order=rung["correlation_order"],
-                           total_degree=list(rung["total_degree"]), agnostic_from=agnostic,
-                           pair_r_in=pair_r_in)
-
-
-def _settings(rung: dict[str, Any], n_max: int, pair_r_in, n_species: int) -> dict[str, Any]:
+def _settings(rung: dict[str, Any], pair_r_in, n_species: int) -> dict[str, Any]:
+    """ACE settings of ``rung``: ``n_max`` is its first degree bound (every function the
+    bounds admit), the four-body functions element-agnostic for several elements."""
     agnostic = 4 if n_species > 1 and rung["correlation_order"] >= 4 else 0
-    return {"r_cut": BASE["r_cut"], "l_max": BASE["l_max"], "n_max": n_max,
+    return {"r_cut": BASE["r_cut"], "l_max": BASE["l_max"], "n_max": rung["total_degree"][0],
             "correlation_order": rung["correlation_order"],
             "total_degree": list(rung["total_degree"]), "agnostic_from": agnostic,
             "pair_r_in": pair_r_in}
+
+
+def _descriptor(species: list[int], rung: dict[str, Any], pair_r_in):
+    from ml4m.descriptors import make_descriptor
+
+    return make_descriptor("ace", species=species, **_settings(rung, pair_r_in, len(species)))
 
 
 class _Folds:
@@ -262,25 +260,24 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     quantities = 1 + use_f + use_s
     limit = memory_limit()[0]
 
-    # the largest rung whose pass and per-fold sums fit the budget and memory
+    # the largest rung whose pass, per-fold sums, CV solves and final fit fit the budget
+    # and the memory; every rung's functions are among its own (nested ladder)
+    descriptors = [_descriptor(species, rung, pair_r_in) for rung in rungs]
+    sizes = [d.n_features * len(species) for d in descriptors]
+    e0 = resolve_reference_energies(Dataset(frames), make_model(descriptors[0]).e0)
     probe = frames[:: max(1, len(frames) // 3)][:3]
-    top, n_max, t_pass = 0, rungs[0]["total_degree"][0], math.inf
+    top = 0
     for r in range(len(rungs) - 1, -1, -1):
-        n_max = rungs[r]["total_degree"][0]
-        model = make_model(_descriptor(species, rungs[r], n_max, pair_r_in))
-        model.e0_ = resolve_reference_energies(Dataset(frames), model.e0)
-        model.fmap_ = model._make_feature_map(frames)
-        p = model.fmap_.n_features
-        if N_FOLDS * quantities * 8.0 * p * p > MEMORY_SHARE * limit and r > 0:
+        if N_FOLDS * quantities * 8.0 * sizes[r] ** 2 > MEMORY_SHARE * limit and r > 0:
             continue
+        model = make_model(descriptors[r])
+        model.e0_ = e0
+        model.fmap_ = model._make_feature_map(frames)
         t0 = time.perf_counter()
         for _ in model._block_rows(probe, use_f, use_s):
             pass
         t_pass = (time.perf_counter() - t0) * len(frames) / len(probe)
-        # the pass, every rung's CV solves up to this one, and the final fit's pass
-        sizes = [_descriptor(species, rungs[k], n_max, pair_r_in).n_features * len(species)
-                 for k in range(r + 1)]
-        need = 2 * t_pass + sum(_solve_flops(q) for q in sizes) / ASSUMED_FLOP_RATE
+        need = 2 * t_pass + sum(_solve_flops(q) for q in sizes[:r + 1]) / ASSUMED_FLOP_RATE
         if need <= deadline - time.perf_counter() or r == 0:
             top = r
             break
@@ -298,9 +295,8 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     best, worse, rate = None, 0, None
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
-        sub = _descriptor(species, rungs[r], n_max, pair_r_in)
         keep = np.zeros(len(names), bool)
-        keep[[index[n] for n in sub.feature_names()]] = True
+        keep[[index[n] for n in descriptors[r].feature_names()]] = True
         cols = np.flatnonzero(keep[desc_cols])
         # the final fit repeats the pass and a solve of the chosen size
         need = _solve_flops(len(cols)) / rate + result.pass_seconds if rate else 0.0
@@ -329,6 +325,5 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             if worse == 2:
                 result.stopped = "two rungs in a row scored worse than the best"
                 break
-    chosen = rungs[best["rung"]]  # n_max = its first degree bound holds all its functions
-    result.descriptor = _settings(chosen, chosen["total_degree"][0], pair_r_in, len(species))
+    result.descriptor = _settings(rungs[best["rung"]], pair_r_in, len(species))
     return result
