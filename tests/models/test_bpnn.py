@@ -144,3 +144,21 @@ def test_settings_are_checked_and_fit_names_the_trainer():
     other = BPNN(hidden=(4,), seed=1).prepare([_cuau()])
     assert torch.equal(twin.module_.weight.float(), model.module_.weight)
     assert not torch.equal(twin.module_.weight, other.module_.weight)
+
+
+def test_angular_cutoff_beyond_the_radial_one_keeps_the_energy_continuous():
+    """With r_cut_angular > r_cut the graph reaches the angular cutoff: a pair crossing
+    r_cut changes the energy smoothly (only the radial cutoff function, zero there)."""
+    from ase import Atoms
+
+    def triangle(d):
+        return Atoms("Cu3", positions=[[0, 0, 0], [2.4, 0, 0], [1.2, d, 0]])
+
+    model = BPNN(r_cut=3.0, r_cut_angular=5.0, hidden=(8,), seed=0).prepare(
+        [Frame.from_atoms(triangle(d)) for d in (2.0, 2.6, 3.2)])
+    assert model.cutoff == 5.0
+    # the 1-3 and 2-3 distances cross r_cut = 3 A at d = sqrt(3^2 - 1.2^2) = 2.7495 A;
+    # a 2e-6 A step around it moves a smooth energy by ~1e-7 eV, a cut angular term by meV
+    cross = np.sqrt(3.0**2 - 1.2**2)
+    e = model.predict([triangle(d) for d in (cross - 1e-6, cross + 1e-6)]).energy
+    assert abs(e[1] - e[0]) < 1e-5

@@ -243,7 +243,9 @@ class BPNN(TorchPotential):
 
     @property
     def cutoff(self) -> float:
-        return float(self.r_cut)
+        """The edges' range, Angstrom: the larger of the radial and angular cutoffs (the
+        angular terms must see every pair their cutoff function reaches)."""
+        return float(max(self.r_cut, self.r_cut_angular or self.r_cut))
 
     def descriptor(self):
         """The :class:`ml4m.descriptors.ACSF` with this model's symmetry functions
