@@ -188,5 +188,7 @@ def test_committee_spread_shrinks_with_data_and_knows_its_members(data, tmp_path
     assert np.median(p_large.forces_sigma) < np.median(p_small.forces_sigma)
     with pytest.raises(ConfigError, match="n_members"):
         Committee(LinearACE(_ace()), n_members=1).fit(data[0])
+    with pytest.raises(ConfigError, match="no seed hyperparameter"):  # identical members
+        Committee(LinearACE(_ace()), n_members=2, resample="seed").fit(data[0])
     with pytest.raises(DataError, match="at least 2"):
         Committee(LinearACE(_ace())).fit(data[0][:1])

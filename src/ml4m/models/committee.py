@@ -91,6 +91,10 @@ class Committee(Potential):
     def _samples(self, frames: list[Frame]) -> list[list[Frame]]:
         """The training frames of each member."""
         if self.resample == "seed":
+            if "seed" not in self.model.param_names():
+                raise ConfigError(f"resample='seed' needs members that differ by their seed; a "
+                                  f"{type(self.model).__name__} has no seed hyperparameter (its "
+                                  "members would be identical, sigma 0): use resample='bootstrap'")
             return [frames] * self.n_members
         groups = _groups(frames)
         if len(groups) < 2:
