@@ -89,3 +89,14 @@ def test_estimate_over_frames():
     assert mean == pytest.approx((3 * per[0] + 4 * per[1]) / 7)
     with pytest.raises(ConfigError, match="r_cut"):
         estimate_neighbors(frames, -1.0)
+
+
+def test_max_memory_reaches_worker_threads():
+    """A limit set by max_memory holds in thread_map's and prefetch's workers too."""
+    from ml4m.parallel import prefetch, thread_map
+    from ml4m.resources import max_memory, memory_limit
+
+    with max_memory("1GB"):
+        seen = thread_map(lambda _: memory_limit()[0], range(4), n_jobs=2)
+        seen += list(prefetch(lambda _: memory_limit()[0], range(4), ahead=2))
+    assert seen == [10**9] * 8

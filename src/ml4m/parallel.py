@@ -33,6 +33,7 @@ build, keeps its threads; ml4m's Gram updates go through numpy).
 
 from __future__ import annotations
 
+import contextvars
 import math
 import numbers
 import os
@@ -207,7 +208,8 @@ def thread_map(
         if workers == 1:
             return [step(x) for x in items]
         with _pool(workers) as pool:
-            futures = [pool.submit(step, x) for x in items]
+            # each task in a copy of the caller's context (ml4m.resources.max_memory)
+            futures = [pool.submit(contextvars.copy_context().run, step, x) for x in items]
             return [f.result() for f in futures]
     finally:
         if bar is not None:
@@ -240,9 +242,12 @@ def prefetch(func: Callable[[T], R], items: Sequence[T], ahead: int = 2) -> Iter
             yield func(x)
         return
     with _pool(int(ahead)) as pool:
-        pending: deque[Future[R]] = deque(pool.submit(func, x) for x in items[:ahead])
+        def submit(x: T) -> Future[R]:  # in a copy of the caller's context (max_memory)
+            return pool.submit(contextvars.copy_context().run, func, x)
+
+        pending: deque[Future[R]] = deque(submit(x) for x in items[:ahead])
         for k in range(len(items)):
             result = pending.popleft().result()
             if k + ahead < len(items):
-                pending.append(pool.submit(func, items[k + ahead]))
+                pending.append(submit(items[k + ahead]))
             yield result
