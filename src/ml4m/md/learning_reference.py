@@ -111,7 +111,8 @@ def reference_executor(workers: int = 1, scheduler: str | None = None,
 def label_frames(executor: Executor, reference: Callable[[], Any], structures: list[Atoms]
                   ) -> list[dict[str, Any] | Exception]:
     """Labels of ``structures`` in their order (an exception where the reference raised)."""
-    futures = [executor.submit(label_structure, reference, a) for a in structures]
+    # a copy without its calculator: the model would be pickled with every call
+    futures = [executor.submit(label_structure, reference, a.copy()) for a in structures]
     out: list[dict[str, Any] | Exception] = []
     try:
         for f in futures:
