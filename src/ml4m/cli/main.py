@@ -30,6 +30,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("relax", "ml4m.cli.relax"),
     ("learn", "ml4m.cli.learn"),
     ("curate", "ml4m.cli.curate"),
+    ("optimize", "ml4m.cli.optimize"),
 ]
 
 
