@@ -198,3 +198,28 @@ def test_leading_components_are_the_singular_vectors(shape):
     V = _leading_components(Z, 8)
     _, _, Vt = np.linalg.svd(Z, full_matrices=False)
     np.testing.assert_allclose(np.abs(np.sum(V * Vt[:8].T, axis=0)), 1.0, atol=1e-9)
+
+
+def test_file_with_another_error_model_input_is_refused(split, tmp_path):
+    """A file whose force error model was fitted on another sigma (``local_energy``, written
+    for a while on 2026-12-05) is refused naming the file and the key; a file that does
+    not say (older) or says ``force_posterior`` loads with the same sigmas."""
+    import ml4m
+    from ml4m.errors import DataError
+    from ml4m.models.serialization import save_model_file
+
+    train, test = split
+    model = LinearACE(_ace()).fit(Dataset(list(train)[:40]))
+    assert model.error_model_ is not None
+    params, arrays = model.get_state()
+    assert params["error_model_input"] == "force_posterior"
+    sigma = model.predict(test[:2], uncertainty=True).forces_sigma
+    older = {k: v for k, v in params.items() if k != "error_model_input"}
+    for p in (params, older):
+        path = save_model_file(tmp_path / "ok.ml4m", model.kind, p, arrays)
+        np.testing.assert_array_equal(ml4m.load(path).predict(test[:2], uncertainty=True)
+                                      .forces_sigma, sigma)
+    path = save_model_file(tmp_path / "old.ml4m", model.kind,
+                           {**params, "error_model_input": "local_energy"}, arrays)
+    with pytest.raises(DataError, match=r"old\.ml4m.*params\.error_model_input is 'local_energy'"):
+        ml4m.load(path)

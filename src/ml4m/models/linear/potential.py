@@ -746,6 +746,7 @@ class LinearPotential(Potential):
                                             else (None, {}))
         params["energy_error_model"] = (self.energy_error_model_.get_state()
                                         if self.energy_error_model_ is not None else None)
+        params["error_model_input"] = ERROR_MODEL_INPUT
         factor = self.regression_.posterior_factor_
         # the posterior as its factor F (covariance F F^T) when the fit gave one: the same
         # size, and no p^3 product to form it
@@ -800,6 +801,7 @@ class LinearPotential(Potential):
                 em_arrays)
             _check_error_model(model.error_model_, model.descriptor.n_features,
                                len(model.species))
+            _check_error_model_input(params.get("error_model_input", ERROR_MODEL_INPUT))
         alpha, beta = (check_float(f"params.{k}", params[k], low=0.0, low_open=True,
                                    error=DataError) for k in ("alpha_", "beta_"))
         model.regression_ = BayesianLinearRegression(alpha=alpha, beta=beta)
@@ -816,6 +818,22 @@ class LinearPotential(Potential):
         model.regression_.alpha_, model.regression_.beta_ = alpha, beta
         model.regression_.n_features_in_ = p
         return model
+
+
+#: what the force error model reads besides the environment: the norm of each atom's
+#: posterior force sigma (files that do not say were written for this input)
+ERROR_MODEL_INPUT = "force_posterior"
+
+
+def _check_error_model_input(value: Any) -> None:
+    """Refuse a force error model fitted on another input than the one predict feeds it
+    (its coefficient on the log sigma would scale a different quantity: no exact
+    conversion exists)."""
+    if value != ERROR_MODEL_INPUT:
+        raise DataError(f"params.error_model_input is {value!r}: its force error model was "
+                        f"fitted on that sigma, but this ml4m feeds it {ERROR_MODEL_INPUT!r} "
+                        "(the posterior force sigma), which would mis-scale every predicted "
+                        "sigma; refit the model (ml4m fit with the same config)")
 
 
 #: entries every linear model file's params hold
