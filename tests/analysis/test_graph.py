@@ -219,3 +219,48 @@ def test_auto_backend_keeps_the_approximate_graph_only_with_high_recall(monkeypa
     fallback = graph_mod.NeighborGraph.build(X, 10, backend="auto")
     assert fallback.backend == "brute" and fallback.recall < 0.9
     np.testing.assert_array_equal(np.sort(fallback.indices, 1), np.sort(exact.indices, 1))
+
+
+def _lattice_graph_indices(X: np.ndarray, maxk: int, last_first: bool) -> np.ndarray:
+    """Exact neighbour lists of ``X`` with ties at equal distance broken by index, either
+    way round: two correct answers that differ only in which tied points they list."""
+    from scipy.spatial.distance import cdist
+
+    full = cdist(X, X)
+    np.fill_diagonal(full, np.inf)
+    tiebreak = -np.arange(len(X)) if last_first else np.arange(len(X))
+    order = np.lexsort((np.broadcast_to(tiebreak, full.shape), full), axis=1)
+    return order[:, :maxk]
+
+
+def test_approximate_recall_counts_tied_neighbours_as_found():
+    """On a lattice the k-th neighbour distance is shared by several points: a list that
+    holds other tied points than the exact search returned is still exact (recall 1),
+    while a list with one farther point in place of a tied one is not."""
+    import ml4m.analysis.graph as graph_mod
+
+    g = np.arange(12.0)
+    X = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)  # 1728 points
+    maxk = 10  # 6 at distance 1, 12 at sqrt(2): the 10th is tied with 8 others
+    exact = _lattice_graph_indices(X, maxk, last_first=False)
+    other_ties = _lattice_graph_indices(X, maxk, last_first=True)
+    assert np.mean(np.sort(exact, 1) == np.sort(other_ties, 1)) < 0.9  # truly different
+    assert graph_mod.approximate_recall(X, exact, n_queries=300) == 1.0
+    assert graph_mod.approximate_recall(X, other_ties, n_queries=300) == 1.0
+    worse = _lattice_graph_indices(X, maxk + 12, last_first=False)
+    worse = np.concatenate([worse[:, : maxk - 1], worse[:, -1:]], axis=1)  # a farther 10th
+    assert graph_mod.approximate_recall(X, worse, n_queries=len(X)) == pytest.approx(0.9)
+
+
+def test_approximate_recall_counts_each_point_once_and_never_itself():
+    import ml4m.analysis.graph as graph_mod
+
+    X = np.random.default_rng(1).normal(size=(400, 6))
+    exact = NeighborGraph.build(X, 8, backend="brute").indices.copy()
+    assert graph_mod.approximate_recall(X, exact, n_queries=400) == 1.0
+    repeated = exact.copy()
+    repeated[:, 1] = repeated[:, 0]  # the nearest listed twice, the second nearest lost
+    assert graph_mod.approximate_recall(X, repeated, n_queries=400) == pytest.approx(7 / 8)
+    with_self = exact.copy()
+    with_self[:, 0] = np.arange(len(X))
+    assert graph_mod.approximate_recall(X, with_self, n_queries=400) == pytest.approx(7 / 8)
