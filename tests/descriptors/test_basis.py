@@ -10,7 +10,7 @@ from scipy.special import sph_harm_y
 from ml4m.descriptors.coupling import real_clebsch_gordan
 from ml4m.descriptors.cutoffs import smooth_cutoff
 from ml4m.descriptors.radial import _quadrature, ace_radial_table, radial_basis, soap_radial_table
-from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
+from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics, spherical_harmonics_vjp
 
 
 def _sphere_quadrature():
@@ -46,6 +46,23 @@ def test_spherical_harmonics_gradient():
         e[a] = h
         num = (real_spherical_harmonics(x + e, 5)[0] - real_spherical_harmonics(x - e, 5)[0]) / (2 * h)
         np.testing.assert_allclose(dY[:, a], num, atol=1e-8)
+
+
+@pytest.mark.parametrize("l_max", [0, 1, 3, 5])
+def test_spherical_harmonics_vjp_equals_finite_differences(l_max):
+    """The VJP without gradients equals sum_k w_k dY_k/dr by central differences."""
+    rng = np.random.default_rng(l_max)
+    x = rng.normal(size=(7, 3)) * rng.uniform(0.5, 4.0, size=(7, 1))
+    w = rng.normal(size=(7, (l_max + 1) ** 2))
+    h = 1e-6
+    num = np.empty((7, 3))
+    for a in range(3):
+        e = np.zeros(3)
+        e[a] = h
+        dY = (real_spherical_harmonics(x + e, l_max)[0]
+              - real_spherical_harmonics(x - e, l_max)[0]) / (2 * h)
+        num[:, a] = np.sum(dY * w, axis=1)
+    np.testing.assert_allclose(spherical_harmonics_vjp(x, l_max, w), num, atol=1e-8)
 
 
 @pytest.mark.parametrize("n", [10, 24])

@@ -46,7 +46,10 @@ from ml4m.descriptors.ace_contraction import ProductBasis
 from ml4m.descriptors.base import Descriptor
 from ml4m.descriptors.radial import HermiteTable, ace_radial_table, stack_tables
 from ml4m.descriptors.soap import density_coefficients
-from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
+from ml4m.descriptors.spherical_harmonics import (
+    real_spherical_harmonics,
+    spherical_harmonics_vjp,
+)
 from ml4m.errors import ConfigError
 
 __all__ = ["ACE"]
@@ -58,6 +61,66 @@ _KEEP_PAIRS = 131072  # pairs whose basis values are kept between A and the VJP
 
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Block:
+    """Consecutive groups ``groups`` (a slice) whose pairs (sorted by group) are the
+    slice ``pairs``; ``slot`` is each pair's row in the padded ``(groups, width)``
+    layout."""
+
+    groups: slice
+    pairs: slice
+    slot: np.ndarray
+    width: int
+
+    def pad(self, values: np.ndarray) -> np.ndarray:
+        """Per-pair rows ``(p, k)`` as ``(n_groups, width, k)``, zero where no pair."""
+        out = np.zeros(((self.groups.stop - self.groups.start) * self.width,) + values.shape[1:])
+        out[self.slot] = values
+        return out.reshape((-1, self.width) + values.shape[1:])
+
+    def unpad(self, padded: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`pad`: the rows of the real pairs, ``(p, k)``."""
+        return padded.reshape((-1,) + padded.shape[2:])[self.slot]
+
+
+class _PairBlocks:
+    """Pairs sorted by group (e.g. centre and neighbour species), cut into blocks of
+    whole groups of at most about ``block_pairs`` pairs each (one group at least).
+
+    ``order`` sorts the pairs; :meth:`restore` puts per-pair results back in the
+    neighbour list's order.
+    """
+
+    def __init__(self, group: np.ndarray, n_groups: int, block_pairs: int):
+        sorted_already = len(group) < 2 or bool(np.all(group[1:] >= group[:-1]))
+        self.order = slice(None) if sorted_already else np.argsort(group, kind="stable")
+        group = group[self.order]
+        counts = np.bincount(group, minlength=n_groups)
+        first = np.concatenate([[0], np.cumsum(counts)])
+        rank = np.arange(len(group)) - first[group]  # position of a pair in its group
+        self.blocks: list[_Block] = []
+        g0 = 0
+        while g0 < n_groups:
+            g1 = int(np.searchsorted(first, first[g0] + block_pairs, side="right")) - 1
+            g1 = min(max(g1, g0 + 1), n_groups)
+            width = max(int(counts[g0:g1].max()), 1)
+            pairs = slice(int(first[g0]), int(first[g1]))
+            slot = (group[pairs] - g0) * width + rank[pairs]
+            self.blocks.append(_Block(slice(g0, g1), pairs, slot, width))
+            g0 = g1
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+    def restore(self, values: np.ndarray) -> np.ndarray:
+        """Per-pair ``values`` in sorted order, back in the original pair order."""
+        if isinstance(self.order, slice):
+            return values
+        out = np.empty_like(values)
+        out[self.order] = values
+        return out
 
 
 class ACE(Descriptor):
@@ -381,58 +444,50 @@ class ACE(Descriptor):
     def _frame_features_vjp(self, species_index, nl: NeighborList, weight_fn):
         """Features and the pair VJP of one frame from one evaluation of A.
 
-        The radial functions and spherical harmonics (with their derivatives) of every
-        pair are evaluated once and serve both A and the pair contraction (up to
-        ``_KEEP_PAIRS`` pairs; larger frames recompute them chunk by chunk). A is summed
-        from those per-pair values here rather than by :func:`density_coefficients` (the
-        values-only path), whose padded layout would evaluate them a second time.
+        Pairs are grouped by (centre, neighbour species) and padded to the largest
+        group of a block of centres, so that both the density ``A = R^T Y`` of each
+        group and the per-pair contraction ``R G`` of the VJP are small batched matrix
+        products; the per-pair outer product ``R Y`` never exists. The radial values
+        and harmonics of up to ``_KEEP_PAIRS`` pairs are kept between the two passes
+        (larger frames recompute them block by block).
         """
         n, S, LM = self.n_max, self.n_species, (self.l_max + 1) ** 2
-        N, P = len(species_index), len(nl.i)
-        group = nl.i * S + species_index[nl.j]
-        x = self._table_coordinates(species_index, nl)
-        A = np.zeros((N * S, n * LM))
-        keep = [] if P <= _KEEP_PAIRS else None
-        for sl in _chunks(P, _VJP_CHUNK):
-            R, dR = self.radial(x[sl])
-            Y, dY = real_spherical_harmonics(nl.vectors[sl], self.l_max, gradients=True)
-            phi = (R[:, :, None] * Y[:, None, :]).reshape(len(R), -1)
-            M = sp.csr_matrix((np.ones(len(R)), (group[sl], np.arange(len(R)))),
-                              shape=(N * S, len(R)))
-            A += M @ phi
+        N = len(species_index)
+        blocks = _PairBlocks(nl.i * S + species_index[nl.j], N * S, _VJP_CHUNK)
+        x = self._table_coordinates(species_index, nl)[blocks.order]
+        vectors = nl.vectors[blocks.order]
+        A = np.zeros((N * S, n, LM))
+        keep = [] if len(x) <= _KEEP_PAIRS else None
+        for b in blocks:
+            R, dR = self.radial(x[b.pairs])
+            Y, _ = real_spherical_harmonics(vectors[b.pairs], self.l_max)
+            A[b.groups] = np.matmul(b.pad(R).transpose(0, 2, 1), b.pad(Y))
             if keep is not None:
-                keep.append((R, dR, Y, dY))
+                keep.append((R, dR, Y))
         A = self._with_agnostic(A.reshape(N, S * n, LM))
         B, pairs = self.product_basis.products(A, return_pairs=True)
         W = weight_fn(B)
-        return B, self._contract_pairs(A, species_index, nl, x, W, pairs, keep)
-
-    def _contract_pairs(self, A, species_index, nl: NeighborList, x, weights, pairs, kept):
-        """``d (sum_i W_i . B_i) / d r_ij`` per pair: ``dE/dA`` per centre (adjoint), then
-        one contraction with ``d phi / d r`` per pair (``x``: the pairs'
-        :meth:`_table_coordinates`; ``kept``: the per-chunk radial values and harmonics,
-        or None to recompute them)."""
-        n, S = self.n_max, self.n_species
-        G = self.product_basis.adjoint(A, weights, pairs).reshape(len(A), -1, n, A.shape[-1])
+        G = self.product_basis.adjoint(A, W, pairs).reshape(N, -1, n, LM)
         if self.agnostic_from:  # a neighbour feeds its species' channels and the agnostic ones
             G = G[:, :S] + G[:, S:]
-        P = len(nl.i)
-        out = np.empty((P, 3))
-        sj = species_index[nl.j]
-        for c, sl in enumerate(_chunks(P, _VJP_CHUNK)):
-            vec, r = nl.vectors[sl], nl.distances[sl]
-            if kept is not None:
-                R, dR, Y, dY = kept[c]
+        G = G.reshape(N * S, n, LM)
+        out = np.empty((len(x), 3))
+        for c, b in enumerate(blocks):
+            vec = vectors[b.pairs]
+            if keep is not None:
+                R, dR, Y = keep[c]
             else:
-                R, dR = self.radial(x[sl])  # (p, n): the radial part does not depend on l
-                Y, dY = real_spherical_harmonics(vec, self.l_max, gradients=True)
-            Gp = G[nl.i[sl], sj[sl]]  # (p, n, LM)
-            # contract the radial index first: d phi never needs to exist
-            H1 = (dR[:, None, :] @ Gp)[:, 0]
-            H2 = (R[:, None, :] @ Gp)[:, 0]
-            out[sl] = (np.einsum("pm,pm->p", H1, Y)[:, None] * (vec / r[:, None])
-                       + np.einsum("pxm,pm->px", dY, H2))
-        return out
+                R, dR = self.radial(x[b.pairs])
+                Y, _ = real_spherical_harmonics(vec, self.l_max)
+            Gb = G[b.groups]
+            # d E / d r_ij = (dR G Y) r_ij / r + R G dY: contract the radial index per
+            # group first, then the harmonics' own VJP (d phi and d Y never exist)
+            H1 = b.unpad(np.matmul(b.pad(dR), Gb))
+            H2 = b.unpad(np.matmul(b.pad(R), Gb))
+            r = np.sqrt(np.einsum("px,px->p", vec, vec))
+            out[b.pairs] = (np.einsum("pm,pm->p", H1, Y) / r)[:, None] * vec \
+                + spherical_harmonics_vjp(vec, self.l_max, H2)
+        return B, blocks.restore(out)
 
     def _entry_patterns(self, columns=None) -> list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
         """Per centre species: :meth:`_column_patterns` of its ``columns`` (all when

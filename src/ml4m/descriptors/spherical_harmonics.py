@@ -25,7 +25,7 @@ import numpy as np
 
 from ml4m.errors import ConfigError
 
-__all__ = ["real_spherical_harmonics", "lm_index", "n_harmonics"]
+__all__ = ["real_spherical_harmonics", "spherical_harmonics_vjp", "lm_index", "n_harmonics"]
 
 
 def n_harmonics(l_max: int) -> int:
@@ -49,6 +49,33 @@ def _norms(l_max: int) -> np.ndarray:
                     (2 * l + 1) / (2 * math.pi) * math.factorial(l - m) / math.factorial(l + m)
                 )
     return out
+
+
+def _recursion(u, L: int, gradients: bool):
+    """``C_m + i S_m = (x + i y)^m`` and the polynomials ``Q[l][m]`` in ``z`` (with
+    ``dQ = dQ/dz`` when ``gradients``) of the unit vectors ``u``, for ``l, m < L``."""
+    x, y, z = u[:, 0], u[:, 1], u[:, 2]
+    zero, one = z * 0.0, z * 0.0 + 1.0
+    # C_m + i S_m = (x + i y)^m
+    C, S = [one], [zero]
+    for m in range(1, L):
+        C.append(x * C[m - 1] - y * S[m - 1])
+        S.append(x * S[m - 1] + y * C[m - 1])
+    # Q[l][m]: polynomials in z; dQ = dQ/dz
+    Q = [[zero] * L for _ in range(L)]
+    dQ = [[zero] * L for _ in range(L)]
+    for m in range(L):
+        qmm = float(np.prod(np.arange(1, 2 * m, 2))) if m else 1.0  # (2m-1)!!
+        Q[m][m] = one * qmm
+        if m + 1 < L:
+            Q[m + 1][m] = (2 * m + 1) * qmm * z
+            dQ[m + 1][m] = one * ((2 * m + 1) * qmm)
+        for l in range(m + 2, L):
+            Q[l][m] = ((2 * l - 1) * z * Q[l - 1][m] - (l + m - 1) * Q[l - 2][m]) / (l - m)
+            if gradients:
+                dQ[l][m] = ((2 * l - 1) * (Q[l - 1][m] + z * dQ[l - 1][m])
+                            - (l + m - 1) * dQ[l - 2][m]) / (l - m)
+    return C, S, Q, dQ
 
 
 def real_spherical_harmonics(
@@ -89,28 +116,8 @@ def real_spherical_harmonics(
         stack, v = np.stack, np.asarray(vectors, dtype=np.float64)
         r = np.sqrt(np.einsum("ij,ij->i", v, v))
     u = v / r[:, None]
-    x, y, z = u[:, 0], u[:, 1], u[:, 2]
     L = l_max + 1
-    zero, one = z * 0.0, z * 0.0 + 1.0
-    # C_m + i S_m = (x + i y)^m
-    C, S = [one], [zero]
-    for m in range(1, L):
-        C.append(x * C[m - 1] - y * S[m - 1])
-        S.append(x * S[m - 1] + y * C[m - 1])
-    # Q[l][m]: polynomials in z; dQ = dQ/dz
-    Q = [[zero] * L for _ in range(L)]
-    dQ = [[zero] * L for _ in range(L)]
-    for m in range(L):
-        qmm = float(np.prod(np.arange(1, 2 * m, 2))) if m else 1.0  # (2m-1)!!
-        Q[m][m] = one * qmm
-        if m + 1 < L:
-            Q[m + 1][m] = (2 * m + 1) * qmm * z
-            dQ[m + 1][m] = one * ((2 * m + 1) * qmm)
-        for l in range(m + 2, L):
-            Q[l][m] = ((2 * l - 1) * z * Q[l - 1][m] - (l + m - 1) * Q[l - 2][m]) / (l - m)
-            if gradients:
-                dQ[l][m] = ((2 * l - 1) * (Q[l - 1][m] + z * dQ[l - 1][m])
-                            - (l + m - 1) * dQ[l - 2][m]) / (l - m)
+    C, S, Q, dQ = _recursion(u, L, gradients)
     N = _norms(l_max)
     cols = []
     dU = np.zeros((len(u), 3, L * L)) if gradients else None  # d/d(unit vector)
@@ -140,3 +147,46 @@ def real_spherical_harmonics(
     radial = np.einsum("na,nak->nk", u, dU)
     dY = (dU - u[:, :, None] * radial[:, None, :]) / r[:, None, None]
     return Y, dY
+
+
+def spherical_harmonics_vjp(vectors: np.ndarray, l_max: int, weights: np.ndarray) -> np.ndarray:
+    """``sum_k weights[:, k] * d Y_k / d vectors``, without forming the gradients.
+
+    The vector-Jacobian product of :func:`real_spherical_harmonics`: equal to
+    ``np.einsum("nak,nk->na", dY, weights)`` with ``dY`` from ``gradients=True``, at
+    a fraction of its memory traffic (three accumulators instead of ``3 (l_max+1)^2``
+    columns per vector).
+
+    Parameters
+    ----------
+    vectors : ndarray of shape (n, 3), Angstrom
+        Non-zero vectors.
+    l_max : int
+        Largest angular momentum of ``weights``' columns.
+    weights : ndarray of shape (n, (l_max+1)**2)
+        Cotangents of the harmonics (any unit U).
+
+    Returns
+    -------
+    ndarray of shape (n, 3)
+        U per Angstrom.
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    r = np.sqrt(np.einsum("ij,ij->i", v, v))
+    u = v / r[:, None]
+    L = int(l_max) + 1
+    C, S, Q, dQ = _recursion(u, L, True)
+    N = _norms(L - 1)
+    W = np.ascontiguousarray(np.asarray(weights, dtype=np.float64).T)  # (LM, n)
+    g = np.zeros((3, len(u)))
+    for l in range(L):
+        g[2] += (N[l, 0] * dQ[l][0]) * W[l * l + l]
+        for k in range(1, l + 1):
+            a, da = N[l, k] * Q[l][k], N[l, k] * dQ[l][k]
+            wp, wm = W[l * l + l + k], W[l * l + l - k]
+            ak = a * k
+            g[0] += ak * (C[k - 1] * wp + S[k - 1] * wm)
+            g[1] += ak * (C[k - 1] * wm - S[k - 1] * wp)
+            g[2] += da * (C[k] * wp + S[k] * wm)
+    g -= u.T * np.einsum("an,an->n", u.T, g)  # tangential part
+    return (g / r).T
