@@ -39,7 +39,7 @@ from ml4m.validation import (
 )
 
 __all__ = ["MODEL_FORMAT", "MODEL_SUFFIX", "save_model_file", "read_model_file",
-           "register_model", "load"]
+           "register_model", "load", "check_state_version"]
 
 from ml4m.models.registry import register_model  # noqa: E402  (re-exported: older imports)
 
@@ -287,9 +287,7 @@ def load(path: str | os.PathLike, *, check: bool = True):
     if meta["kind"] not in kinds:
         raise DataError(f"unknown model kind {meta['kind']!r} (known: {sorted(kinds)})", name)
     kind = kinds[meta["kind"]]
-    if meta["state_version"] > kind.state_version:
-        raise DataError(f"a '{kind.name}' model of state version {meta['state_version']}, "
-                        f"newer than this ml4m reads ({kind.state_version}): update ml4m", name)
+    check_state_version(kind, meta["state_version"], "meta.json 'state_version'", name)
     try:
         model = kind.cls.from_state(meta["params"], arrays)
         if check:
@@ -303,6 +301,14 @@ def load(path: str | os.PathLike, *, check: bool = True):
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to rebuild names the file
         raise DataError(f"invalid model: {_explain(exc)}", name) from exc
+
+
+def check_state_version(kind: Any, version: int, key: str, name: str | None = None) -> None:
+    """Refuse a saved state of ``kind`` (a :class:`~ml4m.models.registry.ModelKind`)
+    newer than this ml4m reads: DataError naming ``key`` (and the file ``name``)."""
+    if version > kind.state_version:
+        raise DataError(f"{key}: a '{kind.name}' model of state version {version}, newer than "
+                        f"this ml4m reads ({kind.state_version}): update ml4m", name)
 
 
 def _check_predictions(model: Any) -> None:

@@ -37,7 +37,7 @@ from ml4m.validation import (
     optional,
 )
 
-__all__ = ["LinearPotential"]
+__all__ = ["LinearPotential", "join_predictions"]
 
 QUANTITIES = ("energy", "forces", "stress")
 _PREFETCH = 2  # blocks of design rows computed ahead, one thread each
@@ -393,9 +393,52 @@ class LinearPotential(Potential):
         for start in range(0, len(frames), self.batch_frames):
             yield list(frames[start:start + self.batch_frames])
 
-    def _rows(self, block: list[Frame], forces: bool,
-              stress: bool) -> tuple[DesignRows, np.ndarray, np.ndarray]:
-        """Design rows, per-atom descriptors and species indices of a block of frames.
+    def descriptor_key(self) -> str:
+        """What decides the descriptor values :meth:`describe` gives: models with equal
+        keys (the members of a committee) can share one computation."""
+        cols = getattr(self.fmap_, "columns", None)
+        cols = None if cols is None else [None if c is None else np.asarray(c).tolist()
+                                          for c in cols]
+        return json_dumps([self.descriptor.settings(), cols])
+
+    def feature_map_key(self) -> str:
+        """:meth:`descriptor_key` and the feature map's state: models with equal keys are
+        linear in their coefficients and E0s over the same features (their mean is
+        :meth:`averaged`)."""
+        import hashlib
+
+        params, arrays = self._feature_map_state()
+        digest = hashlib.sha256()
+        for name in sorted(arrays):
+            digest.update(name.encode() + np.ascontiguousarray(arrays[name]).tobytes())
+        return self.descriptor_key() + json_dumps(params) + digest.hexdigest()
+
+    @staticmethod
+    def averaged(models: Sequence[LinearPotential]) -> LinearPotential:
+        """A model whose energies, forces and stresses are the mean of ``models``' (equal
+        :meth:`feature_map_key`): their mean coefficients and E0s on the first's feature
+        map, predicted in one descriptor pass. Without uncertainty (not a posterior)."""
+        import copy
+
+        first = models[0]
+        mean = copy.copy(first)
+        mean.coef_ = np.mean([m.coef_ for m in models], axis=0)
+        mean.e0_ = {z: float(np.mean([m.e0_[z] for m in models])) for z in first.e0_}
+        mean.regression_ = None
+        return mean
+
+    def describe(self, block: Sequence[Frame]) -> list[Any]:
+        """The descriptor of each frame of ``block`` with position and strain gradients
+        (:class:`~ml4m.descriptors.DescriptorResult`), as :meth:`predict_described` reads it."""
+        # a species block reads only its own columns' gradients (see species_degree)
+        cols = getattr(self.fmap_, "columns", None)
+        return [self.descriptor.compute_frame(f, True, k, cols, strain=True)  # k: named in errors
+                for k, f in enumerate(block)]
+
+    def _rows(self, block: list[Frame], forces: bool, stress: bool, described: list | None = None
+              ) -> tuple[DesignRows, np.ndarray, np.ndarray]:
+        """Design rows, per-atom descriptors and species indices of a block of frames
+        (from ``described``, :meth:`describe`'s output, when given).
 
         Frame by frame: the descriptor's pair gradients (pairs x 3 x features, the
         largest arrays of a fit) are reduced to rows before the next frame's exist, and
@@ -403,11 +446,11 @@ class LinearPotential(Potential):
         """
         sidx = self._species_index(block)
         off = np.cumsum([0] + [len(f) for f in block])
-        # a species block reads only its own columns' gradients (see species_degree)
         cols = getattr(self.fmap_, "columns", None)
         parts, X = [], []
         for k, f in enumerate(block):
-            res = self.descriptor.compute_frame(f, forces or stress, k, cols, strain=stress)  # k: named in errors
+            res = (described[k] if described is not None else
+                   self.descriptor.compute_frame(f, forces or stress, k, cols, strain=stress))
             res.frame = np.zeros_like(res.frame)
             vol = np.array([f.volume if f.pbc.all() else 0.0])
             parts.append(design_rows(res, self.fmap_, sidx[off[k]:off[k + 1]], 1, vol, forces, stress))
@@ -674,31 +717,39 @@ class LinearPotential(Potential):
         self._species_index(frames)
         if not uncertainty:
             return self._predict_adjoint(frames)
-        energy, forces, stress, e_sig, f_sig = [], [], [], [], []
-        for block, rows, X, sidx in self._block_rows(frames, True, True):
-            energy.append(rows.energy @ self.coef_ + self._e0_of(block))
-            F = rows.forces @ self.coef_
-            forces.append(F)
-            s = rows.stress @ self.coef_
-            s[[not f.pbc.all() for f in block]] = np.nan
-            stress.append(s)
-            sig_e = np.sqrt(np.clip(self.regression_.variance_rows(rows.energy), 0, None))
-            if self.energy_error_model_ is not None:
-                sig_e = self.energy_error_model_.predict(sig_e, [len(f) for f in block])
-            e_sig.append(sig_e)
-            R = rows.forces.reshape(-1, rows.forces.shape[-1])
-            sig = np.sqrt(np.clip(self.regression_.variance_rows(R), 0, None)).reshape(-1, 3)
-            if self.error_model_ is not None:
-                s_atom = self.error_model_.predict(np.linalg.norm(sig, axis=1), np.linalg.norm(F, axis=1),
-                                                   sidx, X)
-                sig = np.repeat(s_atom[:, None], 3, axis=1)
-            f_sig.append(sig)
-        offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])
-        return Prediction(
-            energy=np.concatenate(energy), forces=np.concatenate(forces),
-            stress=np.concatenate(stress), offsets=offsets,
-            energy_sigma=np.concatenate(e_sig), forces_sigma=np.concatenate(f_sig),
-        )
+        return join_predictions([self._rows_prediction(block, rows, X, sidx, True)
+                                 for block, rows, X, sidx in self._block_rows(frames, True, True)])
+
+    def predict_described(self, block: Sequence[Frame], described: list[Any],
+                          uncertainty: bool = False) -> Prediction:
+        """:meth:`predict` of ``block`` from its descriptor, :meth:`describe`'s output
+        (computed once for several models with the same :meth:`descriptor_key`)."""
+        self._check_fitted()
+        block = as_frames(block)
+        rows, X, sidx = self._rows(block, True, True, described)
+        return self._rows_prediction(block, rows, X, sidx, uncertainty)
+
+    def _rows_prediction(self, block: list[Frame], rows: DesignRows, X: np.ndarray,
+                         sidx: np.ndarray, uncertainty: bool) -> Prediction:
+        """Energy (eV), forces (eV/A), stress (eV/A^3) of a block from its design rows;
+        with ``uncertainty`` their sigmas (``energy_sigma``, ``forces_sigma``)."""
+        F = rows.forces @ self.coef_
+        s = rows.stress @ self.coef_
+        s[[not f.pbc.all() for f in block]] = np.nan
+        out = {"energy": rows.energy @ self.coef_ + self._e0_of(block), "forces": F, "stress": s,
+               "offsets": np.concatenate([[0], np.cumsum([len(f) for f in block])])}
+        if not uncertainty:
+            return Prediction(**out)
+        sig_e = np.sqrt(np.clip(self.regression_.variance_rows(rows.energy), 0, None))
+        if self.energy_error_model_ is not None:
+            sig_e = self.energy_error_model_.predict(sig_e, [len(f) for f in block])
+        R = rows.forces.reshape(-1, rows.forces.shape[-1])
+        sig = np.sqrt(np.clip(self.regression_.variance_rows(R), 0, None)).reshape(-1, 3)
+        if self.error_model_ is not None:
+            s_atom = self.error_model_.predict(np.linalg.norm(sig, axis=1), np.linalg.norm(F, axis=1),
+                                               sidx, X)
+            sig = np.repeat(s_atom[:, None], 3, axis=1)
+        return Prediction(**out, energy_sigma=sig_e, forces_sigma=sig)
 
     def _predict_adjoint(self, frames: list[Frame]) -> Prediction:
         """Energies, forces, stresses through ``dE/dX`` and one descriptor VJP per block.
@@ -818,6 +869,26 @@ class LinearPotential(Potential):
         model.regression_.alpha_, model.regression_.beta_ = alpha, beta
         model.regression_.n_features_in_ = p
         return model
+
+
+def json_dumps(value: Any) -> str:
+    """``value`` as canonical JSON (sorted keys): a comparable key."""
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def join_predictions(parts: Sequence[Prediction]) -> Prediction:
+    """The predictions of consecutive blocks of frames as one (a sigma only where every
+    block has it)."""
+    if len(parts) == 1:
+        return parts[0]
+    sizes = np.concatenate([np.diff(p.offsets) for p in parts])
+    joined = {}
+    for q in ("energy", "forces", "stress", "energy_sigma", "forces_sigma"):
+        values = [getattr(p, q) for p in parts]
+        joined[q] = None if any(v is None for v in values) else np.concatenate(values)
+    return Prediction(offsets=np.concatenate([[0], np.cumsum(sizes)]), **joined)
 
 
 #: what the force error model reads besides the environment: the norm of each atom's

@@ -1,0 +1,125 @@
+"""Committee: members' versions checked on load; a descriptor shared by its members."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ml4m
+from ml4m.data import default_dataset
+from ml4m.descriptors import make_descriptor
+from ml4m.errors import DataError
+from ml4m.models.committee import Committee
+from ml4m.models.kernel import SparseGPPotential
+from ml4m.models.linear import LinearACE
+from ml4m.models.serialization import save_model_file
+
+
+def _ace():
+    return make_descriptor("ace", species=["Cu"], r_cut=4.0, n_max=4, l_max=2,
+                           correlation_order=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = default_dataset()
+    return list(ds[::12]), list(ds[5::40])
+
+
+@pytest.fixture(scope="module")
+def committee(data):
+    return Committee(LinearACE(_ace(), uncertainty="posterior"), n_members=3, seed=2).fit(data[0])
+
+
+def _count_descriptor_passes(descriptor, monkeypatch) -> list[int]:
+    """One entry per descriptor evaluation of a frame (each starts at ``_check_frame``)."""
+    calls: list[int] = []
+    original = type(descriptor)._check_frame
+
+    def counting(self, frame, k):
+        calls.append(k)
+        return original(self, frame, k)
+
+    monkeypatch.setattr(type(descriptor), "_check_frame", counting)
+    return calls
+
+
+def _alone(members, frames):
+    preds = [m.predict(frames) for m in members]
+    return {q: np.stack([getattr(p, q) for p in preds]) for q in ("energy", "forces", "stress")}
+
+
+@pytest.mark.parametrize("uncertainty", [False, True])
+def test_members_with_one_descriptor_share_it(committee, data, monkeypatch, uncertainty):
+    """Same mean and spread as each member predicting alone; the descriptor of each frame
+    is computed once for the three members: the mean model's one adjoint pass, or with
+    sigmas (from SHARED_GRADIENTS_FROM members) one pass with gradients for all."""
+    from ml4m.models import committee as module
+
+    frames = data[1]
+    alone = _alone(committee.members_, frames)
+    monkeypatch.setattr(module, "SHARED_GRADIENTS_FROM", 3)
+    calls = _count_descriptor_passes(committee.members_[0].descriptor, monkeypatch)
+    pred = committee.predict(frames, uncertainty=uncertainty)
+    assert len(calls) == len(frames)
+    scale = np.abs(alone["forces"]).max()
+    np.testing.assert_allclose(pred.forces, alone["forces"].mean(axis=0), rtol=0,
+                               atol=1e-9 * scale)
+    np.testing.assert_allclose(pred.energy, alone["energy"].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(pred.stress, alone["stress"].mean(axis=0), rtol=0, atol=1e-12)
+    if uncertainty:
+        np.testing.assert_allclose(pred.forces_sigma, alone["forces"].std(axis=0, ddof=1),
+                                   rtol=0, atol=1e-9 * scale)
+    else:
+        assert pred.forces_sigma is None
+
+
+def test_members_with_other_descriptors_predict_alone(committee, data, monkeypatch):
+    """Members whose descriptors differ (another r_cut) are not grouped."""
+    from ml4m.models import committee as module
+
+    monkeypatch.setattr(module, "SHARED_GRADIENTS_FROM", 2)
+    other = LinearACE(make_descriptor("ace", species=["Cu"], r_cut=4.5, n_max=4, l_max=2,
+                                      correlation_order=3), uncertainty="posterior").fit(data[0])
+    mixed = Committee(committee.model, n_members=2)
+    mixed.members_ = [committee.members_[0], other]
+    frames = data[1][:3]
+    alone = _alone(mixed.members_, frames)["forces"]
+    for uncertainty in (False, True):
+        np.testing.assert_allclose(mixed.predict(frames, uncertainty).forces, alone.mean(axis=0),
+                                   rtol=0, atol=1e-12 * np.abs(alone).max())
+
+
+def test_sparse_gp_members_share_the_descriptor_not_the_features(data, monkeypatch):
+    """Sparse GP members (their own sparse points: other feature maps) share the
+    descriptor with its gradients, each with its kernel features."""
+    from ml4m.models import committee as module
+
+    monkeypatch.setattr(module, "SHARED_GRADIENTS_FROM", 2)
+    gp = SparseGPPotential(make_descriptor("soap", species=["Cu"], r_cut=4.0, n_max=3, l_max=3),
+                           n_sparse=20, zeta=2, uncertainty="posterior")
+    model = Committee(gp, n_members=2, seed=1).fit(data[0][:20])
+    frames = data[1][:3]
+    alone = _alone(model.members_, frames)["forces"]
+    calls = _count_descriptor_passes(model.members_[0].descriptor, monkeypatch)
+    for uncertainty in (False, True):
+        np.testing.assert_allclose(model.predict(frames, uncertainty).forces, alone.mean(axis=0),
+                                   rtol=0, atol=1e-9 * np.abs(alone).max())
+    assert len(calls) == 2 * len(frames)  # once per call of predict
+
+
+def test_member_state_version_is_checked_on_load(committee, tmp_path):
+    """A member state newer than its kind reads is refused naming the file and the key;
+    files without the entry (older) load."""
+    params, arrays = committee.get_state()
+    assert params["member_state_version"] == committee.members_[0].state_version
+    older = {k: v for k, v in params.items() if k != "member_state_version"}
+    path = save_model_file(tmp_path / "old.ml4m", "committee", older, arrays)
+    frames = default_dataset()[:1]
+    np.testing.assert_array_equal(ml4m.load(path).predict(frames).forces,
+                                  committee.predict(frames).forces)
+    newer = {**params, "member_state_version": committee.members_[0].state_version + 1}
+    path = save_model_file(tmp_path / "new.ml4m", "committee", newer, arrays)
+    with pytest.raises(DataError, match=r"new\.ml4m.*params\.member_state_version.*"
+                                        r"'linear_ace' model of state version 2.*update ml4m"):
+        ml4m.load(path)
