@@ -192,3 +192,17 @@ def test_bad_input_fails_before_any_work(files, tmp_path):
             pass
     with pytest.raises(ConfigError, match="holds no learning state"):
         run_learning(_settings(files), tmp_path / "c", resume=True)
+
+
+def test_walkers_and_ml4m_md_read_a_structure_alike(files):
+    """One reader: the last frame, without labels (ml4m md and relax go through it)."""
+    from ase.io import read
+
+    from ml4m.cli.md import read_structure as cli_read
+    from ml4m.md.learning import read_structure
+
+    atoms = read_structure(files / "init.extxyz")
+    last = read(files / "init.extxyz", index=-1)
+    np.testing.assert_array_equal(atoms.positions, last.positions)
+    assert atoms.calc is None and "forces" not in atoms.arrays
+    np.testing.assert_array_equal(cli_read(str(files / "init.extxyz")).positions, atoms.positions)

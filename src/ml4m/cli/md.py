@@ -53,10 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_structure(path: str):
-    """The last frame of ``path`` as ASE atoms (validated)."""
-    from ml4m.data import read_dataset
+    """:func:`ml4m.md.learning.read_structure` (imported when called: the parser stays light)."""
+    from ml4m.md.learning import read_structure as read
 
-    return read_dataset(path, index="-1")[0].to_atoms(with_labels=False)
+    return read(path)
 
 
 def claim(output: str | None, inputs: list[str], overwrite: bool, companions: tuple = ()):

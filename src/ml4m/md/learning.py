@@ -53,7 +53,7 @@ from ml4m.md.learning_state import (
 from ml4m.md.safety import blowup_limits, check_step
 
 __all__ = ["InlineExecutor", "LearnStatus", "Reference", "ReferenceCalculationError",
-           "label_structure", "reference_executor", "run_learning"]
+           "label_structure", "read_structure", "reference_executor", "run_learning"]
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,9 @@ class _Walker:
             self.step - self.last_call >= self.settings.min_steps_between_calls
 
 
-def _read_structure(path: str) -> Atoms:
+def read_structure(path: str | os.PathLike) -> Atoms:
+    """The last frame of ``path`` (any ASE-readable file, validated) as ASE atoms without
+    labels: the start of an MD run, a relaxation or a walker."""
     from ml4m.data import read_dataset
 
     return read_dataset(path, index="-1")[0].to_atoms(with_labels=False)
@@ -272,7 +274,7 @@ def run_learning(settings: LearnSettings, output: str | os.PathLike, *,
     if reference is None:
         reference = Reference(settings.reference, tuple(sorted(settings.reference_kwargs.items())))
     reference()  # an import or a setting it refuses fails here, before any work
-    starts = [_read_structure(w.structure) for w in settings.walkers]
+    starts = [read_structure(w.structure) for w in settings.walkers]
     if resume:
         if not has_state(output):
             raise ConfigError(f"--resume: {output} holds no learning state to resume")
