@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
@@ -82,9 +84,32 @@ def test_fps_matches_direct_farthest_point_sampling(mixture):
     assert np.all(np.diff(sel.scores[1:]) <= 1e-12)  # FPS distances never grow
 
 
+def test_fps_matches_scikit_matter(mixture):
+    skfs = pytest.importorskip("skmatter.feature_selection", reason="optional comparison")
+    X, _ = mixture
+    sel = select(X, 20, "fps", seed=2)
+    Z = (X - X.mean(0)) / X.std(0)
+    with warnings.catch_warnings():  # skmatter 0.2.0 calls np.minimum(a, b, out) positionally
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ref = skfs.FPS(n_to_select=20, initialize=int(sel.indices[0])).fit(Z.T)
+    np.testing.assert_array_equal(sel.indices, ref.selected_idx_)
+    np.testing.assert_allclose(sel.scores[1:] ** 2, ref.hausdorff_at_select_[sel.indices[1:]],
+                               rtol=1e-10)
+
+
+def test_fps_on_duplicate_rows_picks_distinct_rows():
+    """Three distinct points, each repeated: the first three picks are the three points
+    (score > 0), the rest are distinct copies at distance 0."""
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 3.0]]), 4, axis=0)
+    sel = select(X, 8, "fps", seed=1)
+    assert len(np.unique(sel.indices)) == 8
+    assert len({tuple(X[i]) for i in sel.indices[:3]}) == 3
+    assert np.all(sel.scores[1:3] > 0) and np.all(sel.scores[3:] == 0)
+
+
 @pytest.mark.parametrize("shape", [(300, 12), (60, 200)])
 def test_cur_matches_scikit_matter(shape):
-    from skmatter.feature_selection import CUR
+    CUR = pytest.importorskip("skmatter.feature_selection", reason="optional comparison").CUR
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=shape) @ rng.normal(size=(shape[1], shape[1]))

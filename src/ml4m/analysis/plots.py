@@ -68,19 +68,48 @@ def dendrogram_figure(result: ClusterResult):
     return fig
 
 
-def projection_figure(X: np.ndarray, labels: np.ndarray, max_points: int = 20000, seed: int = 0):
-    """First two principal components of ``X``, coloured by cluster."""
+def projection_figure(X: np.ndarray, labels: np.ndarray | None = None, max_points: int = 20000,
+                      seed: int = 0, *, highlight: np.ndarray | None = None, title: str = ""):
+    """First two principal components of ``X``: points coloured by cluster ``labels``, or
+    grey with the rows ``highlight`` drawn on top (e.g. a selected subset).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_points, n_features)
+        Data (any units; centred here). No features: every point at the origin.
+    labels : ndarray of shape (n_points,), optional
+        Cluster label per point (colour scale); grey points when omitted.
+    max_points : int, default=20000
+        Points drawn at most (a seeded random sample; ``highlight`` rows always drawn).
+    seed : int, default=0
+        Seed of that sample.
+    highlight : ndarray of int, optional
+        Row indices drawn on top in red.
+    title : str, optional
+    """
     X = np.asarray(X, dtype=np.float64)
     sel = np.arange(len(X))
     if len(X) > max_points:
         sel = np.sort(np.random.default_rng(seed).choice(len(X), max_points, replace=False))
-    Y = X[sel] - X[sel].mean(0)
-    _, _, vt = np.linalg.svd(Y, full_matrices=False)
-    P = Y @ vt[:2].T if vt.shape[0] >= 2 else np.c_[Y @ vt[:1].T, np.zeros(len(Y))]
+    Y = X - X[sel].mean(0)
+    vt = np.linalg.svd(Y[sel], full_matrices=False)[2] if X.shape[1] else np.zeros((0, 0))
+    P = np.zeros((len(X), 2))
+    P[:, : min(2, len(vt))] = Y @ vt[:2].T
     fig = _figure()
     ax = fig.add_subplot()
-    sc = ax.scatter(P[:, 0], P[:, 1], c=labels[sel], s=3, cmap="tab20", rasterized=True)
-    fig.colorbar(sc, ax=ax, label="cluster")
+    if labels is None:
+        ax.scatter(P[sel, 0], P[sel, 1], s=3, c="0.7", rasterized=True,
+                   label=f"all ({len(X)})")
+    else:
+        sc = ax.scatter(P[sel, 0], P[sel, 1], c=np.asarray(labels)[sel], s=3, cmap="tab20",
+                        rasterized=True)
+        fig.colorbar(sc, ax=ax, label="cluster")
+    if highlight is not None:
+        ax.scatter(P[highlight, 0], P[highlight, 1], s=8, c="C3",
+                   label=f"selected ({len(highlight)})")
+        ax.legend(loc="best", fontsize="small")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
+    if title:
+        ax.set_title(title)
     return fig

@@ -58,7 +58,6 @@ Selectors (all deterministic for a given ``seed``; see :func:`select`)
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -366,16 +365,23 @@ def _standardized(X: np.ndarray) -> np.ndarray:
 
 
 def _fps(Z: np.ndarray, n: int, rng: np.random.Generator) -> Selection:
-    from skmatter.feature_selection import FPS
-
+    """Farthest point sampling from a random first row: each pick is the row farthest
+    from those picked before (a running minimum of squared distances, one pass of the
+    rows per pick); scores are those distances (inf for the first). Rows already picked
+    are never picked again, so duplicate rows give distinct indices (score 0)."""
     if Z.shape[1] == 0:  # every frame alike: any subset is as diverse as another
         return _random(Z, n, rng)
-    first = int(rng.integers(len(Z)))
-    with warnings.catch_warnings():  # skmatter 0.2.0 calls np.minimum(a, b, out) positionally
-        warnings.filterwarnings("ignore", "Passing more than 2 positional", DeprecationWarning)
-        sel = FPS(n_to_select=n, initialize=first).fit(Z.T)  # columns of Z.T are frames
-    idx = np.asarray(sel.selected_idx_, dtype=np.int64)
-    return Selection("fps", idx, np.sqrt(np.asarray(sel.hausdorff_at_select_)[idx]))
+    idx = np.empty(n, dtype=np.int64)
+    scores = np.empty(n)
+    min_d2 = np.full(len(Z), np.inf)
+    j = int(rng.integers(len(Z)))
+    for t in range(n):
+        idx[t], scores[t] = j, min_d2[j]
+        diff = Z - Z[j]
+        np.minimum(min_d2, np.einsum("ij,ij->i", diff, diff), out=min_d2)
+        min_d2[j] = -np.inf  # never picked twice, even among duplicate rows
+        j = int(np.argmax(min_d2))
+    return Selection("fps", idx, np.sqrt(scores))
 
 
 def _top_eigenvector(M: np.ndarray) -> np.ndarray:
@@ -583,23 +589,8 @@ def _select_by_atoms(pool: PoolFeatures, n: int, method: str, **options: Any) ->
 # ---- the picture --------------------------------------------------------------------------
 
 def projection_figure(features: np.ndarray, indices: np.ndarray, title: str = ""):
-    """First two principal components of the standardised pool, picked frames on top."""
-    from matplotlib.figure import Figure
+    """First two principal components of the standardised pool, picked frames on top
+    (:func:`ml4m.analysis.plots.projection_figure`)."""
+    from ml4m.analysis.plots import projection_figure as pca_figure
 
-    Z = _standardized(features)
-    if Z.shape[1] == 0:
-        Z = np.zeros((len(features), 1))
-    _, _, vt = np.linalg.svd(Z, full_matrices=False)
-    P = Z @ vt[:2].T
-    if P.shape[1] < 2:
-        P = np.c_[P, np.zeros(len(P))]
-    fig = Figure(figsize=(5.0, 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    ax.scatter(P[:, 0], P[:, 1], s=3, c="0.7", rasterized=True, label=f"pool ({len(P)})")
-    ax.scatter(P[indices, 0], P[indices, 1], s=8, c="C3", label=f"selected ({len(indices)})")
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    if title:
-        ax.set_title(title)
-    ax.legend(loc="best", fontsize="small")
-    return fig
+    return pca_figure(_standardized(features), highlight=np.asarray(indices), title=title)
