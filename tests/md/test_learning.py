@@ -206,3 +206,33 @@ def test_walkers_and_ml4m_md_read_a_structure_alike(files):
     np.testing.assert_array_equal(atoms.positions, last.positions)
     assert atoms.calc is None and "forces" not in atoms.arrays
     np.testing.assert_array_equal(cli_read(str(files / "init.extxyz")).positions, atoms.positions)
+
+
+def test_model_file_is_used_as_it_is(files):
+    """A model file with its training frames (``initial``) continues as the fitted model
+    in memory does (normal equations rebuilt, each update adds the new frames); without
+    them, the loop refuses to start instead of refitting on the labelled frames alone."""
+    from ml4m.descriptors import make_descriptor
+
+    init = read_dataset(files / "init.extxyz")
+    desc = make_descriptor("ace", species=["Cu"], **FIT["descriptor"])
+    path = LinearACE(desc, uncertainty="posterior").fit(init).save(files / "start.ml4m")
+    settings = _settings(files, fit=None, reoptimise_every=0, steps=20)
+    run_learning(settings, files / "in_memory",
+                 model=LinearACE(desc, uncertainty="posterior").fit(init))
+    from_file = run_learning(dataclasses.replace(settings, model=str(path)), files / "from_file")
+    assert from_file["reference_calls"] >= 2
+    a, b = _train(files / "in_memory"), _train(files / "from_file")
+    assert [(f.info.get("walker"), f.info.get("step")) for f in a] == \
+        [(f.info.get("walker"), f.info.get("step")) for f in b]
+    import ml4m
+
+    ma, mb = ml4m.load(files / "in_memory" / "model.ml4m"), ml4m.load(files / "from_file" / "model.ml4m")
+    pa, pb = ma.predict(b), mb.predict(b)
+    np.testing.assert_allclose(pb.forces, pa.forces, rtol=0, atol=1e-6 * np.abs(pa.forces).max())
+    np.testing.assert_allclose(mb.regression_.alpha_, ma.regression_.alpha_, rtol=1e-12)
+    with pytest.raises(ConfigError, match=r"model .*start\.ml4m: new frames are added to its "
+                                          r"normal equations.*give 'initial'"):
+        run_learning(dataclasses.replace(settings, model=str(path), initial=None),
+                     files / "no_initial")
+    assert not (files / "no_initial" / "state").exists()

@@ -247,3 +247,38 @@ def test_cli_test_refuses_a_nan_model_with_exit_2(model_file, tmp_path, capsys):
     assert main(["test", str(path), str(data)]) == 2
     err = capsys.readouterr().err
     assert f"{path}: array 'coef' contains a non-finite value (nan)" in err
+
+
+@pytest.mark.parametrize("noise", ["shared", "per_quantity"])
+def test_model_read_from_a_file_updates_as_the_fitted_one(tmp_path, noise):
+    """A file keeps no normal equations; given its training frames back (no new solve:
+    predictions unchanged), the loaded model takes new frames exactly as the model in
+    memory does."""
+    import ml4m
+    from ml4m.data import default_dataset
+    from ml4m.descriptors import make_descriptor
+    from ml4m.errors import NotFittedError
+    from ml4m.models.linear import LinearACE
+
+    ds = default_dataset()
+    old, new = list(ds[:24:2]), list(ds[30:36])
+    desc = make_descriptor("ace", species=["Cu"], r_cut=4.0, n_max=4, l_max=2,
+                           correlation_order=3)
+    fitted = LinearACE(desc, uncertainty="posterior", noise=noise).fit(old)
+    loaded = ml4m.load(fitted.save(tmp_path / "m.ml4m"))
+    with pytest.raises(NotFittedError, match="no normal equations"):
+        loaded.update(new)
+    before = loaded.predict(new, uncertainty=True)
+    loaded.restore_normal_equations(old)
+    np.testing.assert_array_equal(loaded.predict(new, uncertainty=True).forces_sigma,
+                                  before.forces_sigma)
+    fitted.update(new)
+    loaded.update(new)
+    # the same sums to rounding; near-null directions of the Gram matrix amplify it in the
+    # coefficients (see tests/models/test_update.py), not in predictions
+    a, b = loaded.predict(new, uncertainty=True), fitted.predict(new, uncertainty=True)
+    np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-6 * np.abs(b.forces).max())
+    np.testing.assert_allclose(a.forces_sigma, b.forces_sigma, rtol=1e-4)
+    assert np.abs(a.forces - before.forces).max() > 1e-3  # the update changed the model
+    with pytest.raises(DataError, match="no training frames"):
+        loaded.restore_normal_equations([])

@@ -191,7 +191,26 @@ def _initial_model(settings: LearnSettings, executor: Executor, reference: Calla
     if not isinstance(model, Potential) or not model.has_uncertainty:
         raise ConfigError(f"model {settings.model or ''}: active learning needs a potential with "
                           f"uncertainty (ace, gp, a committee), got '{model.kind}'")
+    if not updatable(model):
+        _restore_updates(model, frames, settings.model)
     return model, frames
+
+
+def _restore_updates(model: Any, frames: list[Frame], path: str | None) -> None:
+    """Make a starting model without normal equations (read from a file) learn new frames
+    as it is: its normal equations rebuilt from its training frames (``initial``), or,
+    for a model refitted at each update, those frames kept. Without them, ConfigError:
+    the first update would refit on the labelled frames alone."""
+    name = f"model {path}" if path else "the starting model"
+    rebuild = callable(getattr(model, "restore_normal_equations", None))
+    if not frames:
+        how = ("new frames are added to its normal equations, which a model file does not "
+               "hold" if rebuild else f"a '{model.kind}' model is refitted on the whole "
+               "training set at each update")
+        raise ConfigError(f"{name}: {how}; give 'initial': the frames it was fitted on (or "
+                          "'fit' with 'initial' for a new initial fit)")
+    if rebuild:
+        model.restore_normal_equations(frames)
 
 
 def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:

@@ -155,8 +155,11 @@ class LearnSettings:
         Or: ``ml4m fit`` config keys (``model``, ``descriptor``, ``sigmas``, ``params``,
         ``e0``, ...) of an initial fit on ``initial``.
     initial : str or None
-        Frames of the initial fit (required with ``fit``); with ``model``, the model's
-        training frames (then the first update refits on them and the new frames).
+        Frames of the initial fit (required with ``fit``); with ``model``, the frames it
+        was fitted on (required unless the caller's model keeps its normal equations): the
+        model is used as it is, and each update adds the new frames to its normal
+        equations, rebuilt from these (linear and sparse-GP models), or refits on these
+        and the new frames (others).
     label_initial : bool
         Label ``initial`` with the reference first (its own labels, if any, are ignored).
     ensemble : {'nve', 'nvt', 'npt'}

@@ -503,14 +503,11 @@ class LinearPotential(Potential):
         self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
         self.fmap_ = self._make_feature_map(frames)
         self._check_fit_memory(frames)
-        use_f = bool(self.sigma_forces)
-        use_s = bool(self.sigma_stress) and any(f.stress is not None for f in frames)
+        acc = self._accumulator(frames)
+        use_f, use_s = bool(acc.sigmas["forces"]), bool(acc.sigmas["stress"])
         fit_frames, held = frames, []
         if self.uncertainty == "calibrated":
             fit_frames, held = self._holdout_split(frames, use_f)
-        acc = _Accumulator(self.fmap_.n_features, self.noise == "per_quantity",
-                           {"energy": self.sigma_energy, "forces": self.sigma_forces if use_f else None,
-                            "stress": self.sigma_stress if use_s else None})
         for block, rows, _, _ in self._block_rows(fit_frames, use_f, use_s):
             acc.add(rows, block, self._e0_of(block))
         self.error_model_ = self.energy_error_model_ = None
@@ -534,6 +531,50 @@ class LinearPotential(Potential):
             self._solve(acc, reuse=self.regression_)
         else:
             self._solve(acc)
+        self.normal_equations_ = acc
+        return self
+
+    def _accumulator(self, frames: list[Frame]) -> _Accumulator:
+        """Empty normal equations for a fit on ``frames`` (forces when ``sigma_forces``,
+        stresses when ``sigma_stress`` and some frame has one)."""
+        use_f = bool(self.sigma_forces)
+        use_s = bool(self.sigma_stress) and any(f.stress is not None for f in frames)
+        return _Accumulator(self.fmap_.n_features, self.noise == "per_quantity",
+                            {"energy": self.sigma_energy,
+                             "forces": self.sigma_forces if use_f else None,
+                             "stress": self.sigma_stress if use_s else None})
+
+    def restore_normal_equations(self, frames: Dataset | Sequence[Frame]) -> LinearPotential:
+        """Give a fitted model that keeps no normal equations (one read from a file) the
+        sums of its training frames, without solving again.
+
+        The model stays as it is (coefficients, hyperparameters, error models);
+        :meth:`update` then adds new frames to it exactly as to the model that was
+        fitted, when ``frames`` are the frames (in the order) it was fitted on.
+
+        Raises
+        ------
+        DataError
+            No frames, frames without the labels the model was fitted on, or unknown
+            species.
+        """
+        self._check_fitted()
+        frames = as_frames(frames)
+        if not frames:
+            raise DataError("no training frames")
+        self._check_labels(frames)
+        acc = self._accumulator(frames)
+        used = [q for q in QUANTITIES if acc.sigmas[q]]
+        unfitted = [q for q in used if q not in self.noise_]
+        if unfitted:
+            raise DataError(f"the frames have {unfitted} labels this model was not fitted on "
+                            "(they are not its training frames)")
+        for block, rows, _, _ in self._block_rows(frames, bool(acc.sigmas["forces"]),
+                                                  bool(acc.sigmas["stress"])):
+            acc.add(rows, block, self._e0_of(block))
+        # the noise precisions of the solution, as update reuses and update_state saves them
+        self.regression_.betas_ = (np.array([(acc.sigmas[q] / self.noise_[q]) ** 2 for q in used])
+                                   if acc.per_quantity else np.array([self.regression_.beta_]))
         self.normal_equations_ = acc
         return self
 
