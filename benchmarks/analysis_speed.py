@@ -13,20 +13,32 @@ and rewrites results/analysis_speed.md)::
     PYTHONPATH=src /work/main/.venv/bin/python benchmarks/analysis_speed.py scaling --ns 25000,50000,100000,200000,400000
     PYTHONPATH=src /work/main/.venv/bin/python benchmarks/analysis_speed.py scaling --ns 1000000
     PYTHONPATH=src /work/main/.venv/bin/python benchmarks/analysis_speed.py peer-scaling --ns 25000,50000,100000
+    /work/main/.venv/bin/python benchmarks/analysis_speed.py cli --n 50000 --repeats 5
+
+``cli`` times whole processes: ``ml4m analyze X.npy --id gride --density pak --cluster adp
+--json`` with default flags (the installed ``ml4m`` command beside this interpreter) against
+DADApY's same pipeline (neighbours, GRIDE at n1 = 1, PAk at that ID, ADP at Z = 1.65) as one
+script in the peer venv (``DADAPY_PYTHON``), from process start to exit, interleaved, with
+the load average before each run. ``ml4m-one-parser`` runs the same ``analyze`` module
+behind a parser of that sub-command only: the cost of building every sub-command's parser
+(and what it imports) is the difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine_note, manifold_data, run_worker  # noqa: E402
+from _common import PEER_PY, machine_note, manifold_data, run_worker  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 JSON = RESULTS / "analysis_speed.json"
@@ -61,6 +73,9 @@ def _report(data) -> None:
              "entries before 2026-11-25 used scikit-learn's arg-k-min). Rows of one table made at "
              "different times are not comparable (shared machine); ratios within a side-by-side "
              "block are.", ""]
+    cli_rows = [d for d in data if d["part"] == "cli"]
+    if cli_rows:
+        lines += _report_cli(cli_rows)
     side = [d for d in data if d["part"] == "side-by-side"]
     if side:
         lines += ["## Side by side (medians of interleaved repeats)", "",
@@ -167,18 +182,125 @@ def scaling(ns, backend: str, peer: bool) -> None:
             _record(entry)
 
 
+#: DADApY's pipeline of ``ml4m analyze --id gride --density pak --cluster adp`` (100
+#: neighbours: DADApY's maxk counts the point itself), as one script
+DADAPY_CLI = """
+import json, sys
+import numpy as np
+from dadapy import Data
+d = Data(np.load(sys.argv[1]), maxk=101, verbose=False)
+d.compute_distances()
+ids, errs, _ = d.return_id_scaling_gride(range_max=100)
+d.set_id(ids[0])
+d.compute_density_PAk()
+d.compute_clustering_ADP(Z=1.65)
+print(json.dumps({"id": float(ids[0]), "error": float(errs[0]),
+                  "clusters": len(d.cluster_centers)}))
+"""
+
+#: ``ml4m analyze`` behind a parser of that sub-command only
+ONE_PARSER = """
+import argparse, sys
+from ml4m.cli import analyze
+p = argparse.ArgumentParser(prog="ml4m analyze")
+analyze.add_arguments(p)
+sys.exit(analyze.run(p.parse_args(sys.argv[1:])))
+"""
+
+
+def _peer_python() -> str:
+    for py in (os.environ.get("DADAPY_PYTHON"), PEER_PY, "/work/peers/venv/bin/python"):
+        if py and Path(py).exists():
+            return py
+    raise SystemExit("DADApY's interpreter not found: set DADAPY_PYTHON")
+
+
+def _timed(cmd: list[str]) -> dict:
+    """Run ``cmd`` to completion: wall seconds, peak MiB (its own rusage), its JSON."""
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
+    return {"wall": wall, "peak_mib": usage.ru_maxrss / 1024.0, "load": load,
+            "out": json.loads(out.strip().splitlines()[-1])}
+
+
+def cli(n: int, repeats: int, runners) -> None:
+    """Whole processes, interleaved, one warm-up each (file cache, numba's kernel cache)."""
+    ml4m = str(Path(sys.executable).with_name("ml4m"))
+    flags = ["--id", "gride", "--density", "pak", "--cluster", "adp", "--json"]
+    with tempfile.TemporaryDirectory() as tmp:
+        x = str(Path(tmp) / "x.npy")
+        np.save(x, manifold_data(n, seed=0))
+        cmds = {"dadapy": [_peer_python(), "-c", DADAPY_CLI, x],
+                "ml4m": [ml4m, "analyze", x, *flags],
+                "ml4m-one-parser": [sys.executable, "-c", ONE_PARSER, x, *flags]}
+        runs = {r: [] for r in runners}
+        for rep in range(-1, repeats):
+            for r in runners:
+                res = _timed(cmds[r])
+                print(rep, r, f"{res['wall']:.2f} s, load {res['load']:.1f}", flush=True)
+                if rep >= 0:
+                    runs[r].append(res)
+    entry = {"part": "cli", "n": n, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+             "runs": {}}
+    for r, res in runs.items():
+        out = res[0]["out"]
+        ident = {"id": out["id"], "error": out["error"]} if r == "dadapy" else \
+            {"id": out["id"]["estimate"], "error": out["id"]["error"]}
+        entry["runs"][r] = {
+            "times": [x["wall"] for x in res], "median": float(np.median([x["wall"] for x in res])),
+            "peak_mib": max(x["peak_mib"] for x in res), "loads": [x["load"] for x in res],
+            "id": ident["id"], "id_error": ident["error"],
+            "clusters": out["clusters"] if r == "dadapy" else out["clusters"]["n"],
+            "backend": out.get("backend"), "recall": out.get("recall")}
+    _record(entry)
+
+
+def _report_cli(rows) -> list[str]:
+    lines = ["## Whole process: `ml4m analyze FILE --id gride --density pak --cluster adp` "
+             "beside DADApY", "",
+             "Default flags; wall time from process start to exit (imports, reading, parsing "
+             "included), medians of interleaved repeats after one warm-up each. `load`: the "
+             "1-minute load average before each run (2 cores; other engineers' jobs).", "",
+             "| date | N | runner | repeats | median s | times s | load | peak MiB | "
+             "DADApY / runner | clusters | ID +- error | backend (recall) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for d in rows:
+        peer = d["runs"].get("dadapy")
+        for name, r in d["runs"].items():
+            ratio = "" if name == "dadapy" or peer is None else \
+                f"**{peer['median'] / r['median']:.2f}x**"
+            be = "" if r["backend"] is None else f"{r['backend']} ({r['recall']:.4f})" \
+                if r["recall"] is not None else r["backend"]
+            lines.append(
+                f"| {d['date']} | {d['n']} | {name} | {len(r['times'])} | {r['median']:.2f} | "
+                f"{', '.join(f'{t:.2f}' for t in r['times'])} | "
+                f"{min(r['loads']):.1f}-{max(r['loads']):.1f} | {r['peak_mib']:.0f} | {ratio} | "
+                f"{r['clusters']} | {r['id']:.3f} +- {r['id_error']:.3f} | {be} |")
+    return lines + [""]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=("side-by-side", "scaling", "peer-scaling", "report"))
+    p.add_argument("part", choices=("cli", "side-by-side", "scaling", "peer-scaling", "report"))
     p.add_argument("--n", type=int, default=50000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ns", default="25000,50000,100000")
     p.add_argument("--backend", default="ivf")
-    p.add_argument("--runners", default="dadapy,ml4m-brute,ml4m-ivf")
+    p.add_argument("--runners", help="side-by-side: dadapy,ml4m-brute,ml4m-ivf (default); "
+                   "cli: dadapy,ml4m,ml4m-one-parser (default)")
     a = p.parse_args()
     ns = [int(x) for x in a.ns.split(",")]
-    if a.part == "side-by-side":
-        side_by_side(a.n, a.repeats, a.runners.split(","))
+    if a.part == "cli":
+        cli(a.n, a.repeats, (a.runners or "dadapy,ml4m,ml4m-one-parser").split(","))
+    elif a.part == "side-by-side":
+        side_by_side(a.n, a.repeats, (a.runners or "dadapy,ml4m-brute,ml4m-ivf").split(","))
     elif a.part == "scaling":
         scaling(ns, a.backend, peer=False)
     elif a.part == "peer-scaling":
