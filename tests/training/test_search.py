@@ -10,7 +10,9 @@ import pytest
 from ml4m.data import default_dataset
 from ml4m.models.linear import LinearACE
 from ml4m.training import search
-from ml4m.training.search import RUNGS, _cv_rung, _descriptor, _Folds, cv_folds, search_linear_ace
+from ml4m.training.search import (RUNGS, RUNGS_MANY_ELEMENTS, _cv_rung, _descriptor, _Folds,
+                                  _group_sums, _rung_columns, _sub_equations, _Sums, cv_folds,
+                                  search_linear_ace, species_bounds)
 
 
 @pytest.fixture(scope="module")
@@ -48,33 +50,96 @@ def test_a_rung_scores_the_same_inside_any_larger_pass(frames):
         assert inside[q] == pytest.approx(own[q], rel=1e-4)  # evidence search tolerance
 
 
-def test_held_out_error_from_sums_equals_explicit_prediction(frames):
-    """The fold error computed from sums equals predicting the fold's frames with the
-    coefficients fitted (same hyperparameters) on the other folds."""
-    import scipy.linalg
-
+def test_cv_error_equals_explicit_held_out_predictions(frames):
+    """``_cv_rung``'s CV errors (from per-fold sums, sub-matrix of a larger pass) equal
+    refitting a model on the other folds' frames (the same hyperparameters) and
+    predicting each fold's frames."""
     from ml4m.models.linear.bayesian import BayesianLinearRegression
 
     model, folds, r_in = _folds_for(frames, 2)
-    cols = np.arange(model.fmap_.n_features)
+    cols = _columns(model, 1, r_in)
+    P = model._prior(np.ones(model.fmap_.n_features))
+    cv = _cv_rung(folds, cols, P)
+    # the evidence's hyperparameters on all folds, as _cv_rung finds them
+    reg = BayesianLinearRegression(prior=P[cols] / P[cols].mean()).fit_normal_equations(
+        _sub_equations(*_group_sums(folds, folds.quantities, cols)))
     fold = cv_folds(frames)
-    # the search's own answer for fold 0 alone: restrict to two folds' worth of sums
-    P = model._prior(np.ones(len(cols)))
-    P = P / P.mean()
-    parts = {q: [folds.sums(q, k, cols) for k in range(3)] for q in ("energy", "forces")}
-    reg = BayesianLinearRegression(alpha=1e-3, beta=1.0, prior=P)
-    H = np.diag(1e-3 * P) + sum(parts[q][k][0] for q in parts for k in (1, 2))
-    rhs = sum(parts[q][k][1] for q in parts for k in (1, 2))
-    c = scipy.linalg.solve(H, rhs, assume_a="pos")
-    G, b, yy, n = parts["forces"][0]
-    sse_sums = c @ G @ c - 2 * c @ b + yy
-    # explicit: forces of fold 0 predicted with c (the rows are weighted by 1/sigma_F^2)
-    model.coef_ = c
-    held = [f for f, k in zip(frames, fold) if k == 0]
-    pred = model._predict_adjoint(held)
-    ref = np.concatenate([f.forces for f in held])
-    sse_explicit = np.sum((pred.forces - ref) ** 2) / model.sigma_forces ** 2
-    assert reg is not None and sse_sums == pytest.approx(sse_explicit, rel=1e-6)
+    sq = {"energy": [], "forces": []}
+    for k in range(3):
+        fit = LinearACE(_descriptor([29], RUNGS[1], r_in), e0=model.e0_, alpha=reg.alpha_,
+                        beta=reg.beta_, uncertainty="posterior", sigma_stress=None)
+        fit.fit([f for f, j in zip(frames, fold) if j != k])
+        held = [f for f, j in zip(frames, fold) if j == k]
+        pred = fit.predict(held, uncertainty=False)
+        n = np.array([len(f) for f in held])
+        sq["energy"].append(((pred.energy - [f.energy for f in held]) / n) ** 2)
+        sq["forces"].append((pred.forces - np.concatenate([f.forces for f in held])).ravel() ** 2)
+    for q in sq:
+        explicit = np.sqrt(np.mean(np.concatenate(sq[q])))
+        assert cv[q] == pytest.approx(explicit, rel=1e-6), q
+    assert cv["forces"] < np.sqrt(np.mean(np.concatenate([f.forces for f in frames]) ** 2)) / 3
+
+
+def test_fold_sums_keep_rows_or_a_gram_matrix_alike():
+    """A quantity with few rows is kept as rows, with many as a Gram matrix; both give
+    the same sub-matrix Gram, right-hand side and squared error."""
+    rng = np.random.default_rng(0)
+    A, y = rng.normal(size=(30, 8)), rng.normal(size=30)
+    few, many = _Sums(200), _Sums(8)
+    for s in (few, many):
+        s.add(A[:10], y[:10], 4.0)
+        s.add(A[10:], y[10:], 4.0)
+    assert few.neq is None and many.neq is not None
+    cols, c = np.array([1, 3, 4, 6]), rng.normal(size=8)
+    np.testing.assert_allclose(few.gram(cols), 4.0 * A[:, cols].T @ A[:, cols], rtol=1e-12)
+    np.testing.assert_allclose(many.gram(cols), few.gram(cols), rtol=1e-12)
+    np.testing.assert_allclose(many.rhs(cols), 4.0 * A[:, cols].T @ y, rtol=1e-12)
+    assert many.sse(c) == pytest.approx(4.0 * np.sum((A @ c - y) ** 2), rel=1e-10)
+    assert few.sse(c) == pytest.approx(many.sse(c), rel=1e-10)
+
+
+def test_many_element_ladder_is_nested_per_species():
+    """Every species' degree bound (the rung's, or its rare / hydrogen bound) never
+    shrinks along the many-element ladder, and never exceeds the rung's own."""
+    counts = {1: 40, 6: 40, 7: 6, 8: 3}  # H, C common; N, O rare (3BPA-like shares)
+    previous = None
+    for rung in RUNGS_MANY_ELEMENTS:
+        own = rung["total_degree"]
+        bounds = species_bounds(rung, counts)
+        per = {s: bounds.get(s, own) for s in ("H", "C", "N", "O")}
+        for b in per.values():
+            assert len(b) == len(own) and all(x <= o for x, o in zip(b, own))
+        if previous is not None:
+            for s, b in per.items():
+                assert all(x >= p for x, p in zip(b, previous[s])), (s, b, previous[s])
+        previous = per
+    assert set(species_bounds(RUNGS_MANY_ELEMENTS[-1], counts)) == {"H", "N", "O"}
+    assert species_bounds(RUNGS_MANY_ELEMENTS[-1], {6: 5, 7: 5, 8: 5}) == {}
+
+
+def test_species_rung_columns_select_each_blocks_bound(frames):
+    """A rung with per-species bounds keeps, in each species block of the top rung's map,
+    exactly the functions that species' bound admits."""
+    from ml4m.data.frames import Frame
+
+    rng = np.random.default_rng(1)
+    mol = [Frame(numbers=np.array([6, 6, 1, 1, 8]), positions=rng.normal(scale=1.2, size=(5, 3)),
+                 cell=np.zeros((3, 3)), pbc=np.zeros(3, bool), energy=0.0,
+                 forces=np.zeros((5, 3)))]
+    species = [1, 6, 8]
+    rung, top = RUNGS_MANY_ELEMENTS[4], RUNGS_MANY_ELEMENTS[5]
+    counts = {1: 10, 6: 10, 8: 1}
+    d_top = _descriptor(species, top, None)
+    model = LinearACE(d_top, species_degree=species_bounds(top, counts))
+    model.fmap_ = model._make_feature_map(mol)
+    d_rung = _descriptor(species, rung, None)
+    bounds = species_bounds(rung, counts)
+    cols = _rung_columns(model, d_rung, bounds)
+    own = LinearACE(d_rung, species_degree=bounds)._make_feature_map(mol)
+    assert len(cols) == own.n_features < model.fmap_.n_features
+    names_top, names_rung = d_top.feature_names(), d_rung.feature_names()
+    picked = [names_top[d] for d in model.fmap_.descriptor_columns[cols]]
+    assert picked == [names_rung[d] for d in own.descriptor_columns]
 
 
 def test_search_is_deterministic_and_keeps_its_budget(frames, monkeypatch):
@@ -82,7 +147,7 @@ def test_search_is_deterministic_and_keeps_its_budget(frames, monkeypatch):
     results = []
     for _ in range(2):
         t0 = time.perf_counter()
-        res = search_linear_ace(frames, 20.0, lambda d: LinearACE(d))
+        res = search_linear_ace(frames, 20.0, lambda d, b: LinearACE(d, species_degree=b))
         assert time.perf_counter() - t0 <= 20.0 * 1.1 + 1.0  # + timer and start-up slack
         results.append(res)
     a, b = results

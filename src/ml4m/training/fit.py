@@ -216,9 +216,15 @@ def _search_basis(cfg: FitConfig, species: list[int], train, path: Path, started
     from ml4m.training.search import search_linear_ace
 
     minutes = cfg.max_minutes if cfg.max_minutes is not None else DEFAULT_SEARCH_MINUTES
-    result = search_linear_ace(list(train), 60.0 * minutes,
-                               lambda d: build_model(cfg, species, train, descriptor=d), started)
-    chosen = dataclasses.replace(cfg, descriptor=result.descriptor, search="off")
+    others = {k: v for k, v in cfg.params.items() if k != "species_degree"}
+
+    def make_model(descriptor, species_degree):
+        rung = dataclasses.replace(cfg, params={**others, "species_degree": species_degree})
+        return build_model(rung, species, train, descriptor=descriptor)
+
+    result = search_linear_ace(list(train), 60.0 * minutes, make_model, started)
+    chosen = dataclasses.replace(cfg, descriptor=result.descriptor,
+                                 params={**others, **result.params}, search="off")
     record = {k: v for k, v in vars(chosen).items()
               if k not in ("max_minutes", "device", "output") and v not in (None, {}, [])}
     stem = path.name[: -len(path.suffix)]

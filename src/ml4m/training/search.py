@@ -1,12 +1,16 @@
 """Choose a linear ACE basis by cross-validation inside the training set, within a budget.
 
-The candidate bases form a ladder of growing per-order degree bounds (``RUNGS``), all
-with the same radial and angular settings, so that every rung's functions are a subset
-of the largest rung's (ACE's basis is nested: the same function has the same values in
-any basis holding it). One pass over the training frames computes the design rows of
-the largest affordable rung and adds them to per-fold normal equations (energy per
-atom, forces, stress kept apart); every rung is then a principal sub-matrix of those
-sums, so the search costs one pass plus small solves, not a fit per candidate and fold.
+The candidate bases form a ladder of growing per-order degree bounds (``RUNGS``; for
+three or more elements with smaller bounds for rare centre species and hydrogen,
+``species_degree``), all with the same radial and angular settings, so that every rung's
+functions are a subset of the largest rung's (ACE's basis is nested: the same function
+has the same values in any basis holding it). One pass over the training frames computes
+the design rows of the largest affordable rung and adds them to per-fold sums (energy per
+atom, forces, stress kept apart: a Gram matrix per fold for the forces, the few energy
+and stress rows as rows); every rung is then a principal sub-matrix of those sums, so the
+search costs one pass plus small solves, not a fit per candidate and fold. The sums of
+all folds are formed once per rung and each fold's system is that total less the fold's
+own sums, so the pass keeps one (p, p) matrix per fold, not one per fold and quantity.
 
 For each rung:
 
@@ -38,7 +42,8 @@ import numpy as np
 from ml4m.data.frames import Frame
 from ml4m.errors import ConfigError
 
-__all__ = ["RUNGS", "RUNGS_MANY_ELEMENTS", "SearchResult", "ladder", "search_linear_ace", "cv_folds"]
+__all__ = ["RUNGS", "RUNGS_MANY_ELEMENTS", "SearchResult", "cv_folds", "ladder", "search_linear_ace",
+           "species_bounds"]
 
 #: ladder of candidate bases: correlation order and degree bound per order, each bound
 #: non-decreasing along the ladder (so every rung is nested in every later one); the
@@ -54,14 +59,25 @@ RUNGS: tuple[dict[str, Any], ...] = (
     {"correlation_order": 4, "total_degree": [16, 12, 11, 15]},
 )
 #: the ladder for three or more elements, whose element-resolved three-body functions
-#: multiply fastest: three-body degree stays at 7 while the radial resolution and the
-#: element-agnostic four-body functions grow (3BPA: 5,360 to 8,868 coefficients)
-RUNGS_MANY_ELEMENTS: tuple[dict[str, Any], ...] = RUNGS[:4] + (
-    {"correlation_order": 4, "total_degree": [12, 9, 7, 10]},
-    {"correlation_order": 4, "total_degree": [12, 10, 7, 12]},
-    {"correlation_order": 4, "total_degree": [14, 10, 7, 13]},
-    {"correlation_order": 4, "total_degree": [16, 10, 8, 15]},
+#: multiply fastest: three-body degree stays low while the radial resolution and the
+#: element-agnostic four-body functions grow; from order 4 on, two kinds of centre
+#: species get smaller per-order bounds (``species_degree``): ``rare`` ones (under
+#: ``RARE_SHARE`` of the training atoms, whose few environments fix few coefficients) and
+#: hydrogen (``light``: one bond, the simplest environments). Every species' bound is
+#: non-decreasing along the ladder, so the rungs stay nested.
+RUNGS_MANY_ELEMENTS: tuple[dict[str, Any], ...] = RUNGS[:3] + (
+    {"correlation_order": 3, "total_degree": [10, 8, 7], "rare": [10, 8, 6]},
+    {"correlation_order": 4, "total_degree": [12, 10, 8, 12],
+     "light": [12, 10, 7, 10], "rare": [12, 8, 6, 10]},
+    {"correlation_order": 4, "total_degree": [12, 10, 9, 13],
+     "light": [12, 10, 7, 12], "rare": [12, 8, 6, 10]},
+    {"correlation_order": 4, "total_degree": [12, 10, 9, 15],
+     "light": [12, 10, 7, 13], "rare": [12, 8, 6, 10]},
+    {"correlation_order": 4, "total_degree": [14, 10, 9, 16],
+     "light": [14, 10, 7, 14], "rare": [12, 8, 6, 11]},
 )
+#: share of the training atoms below which a species takes a rung's ``rare`` bounds
+RARE_SHARE = 0.1
 
 
 def ladder(n_species: int) -> tuple[dict[str, Any], ...]:
@@ -91,7 +107,7 @@ class SearchResult:
         ACE settings of the chosen rung (``pair_r_in`` resolved, Angstrom).
     table : list of dict
         One row per rung tried: ``rung``, ``correlation_order``, ``total_degree``,
-        ``n_coefficients``, ``cv_energy_rmse_mev_per_atom``, ``cv_forces_rmse_mev_per_a``,
+        ``species_degree``, ``n_coefficients``, ``cv_energy_rmse_mev_per_atom``, ``cv_forces_rmse_mev_per_a``,
         ``score``, ``seconds``.
     folds : int
         Number of folds.
@@ -99,6 +115,9 @@ class SearchResult:
         Time of the pass over the training frames, s.
     stopped : str
         Why the ladder stopped.
+    params : dict
+        Model parameters of the chosen rung: ``species_degree`` (element symbol -> degree
+        bound per order) when some centre species take smaller bounds, else empty.
     """
 
     descriptor: dict[str, Any]
@@ -106,10 +125,11 @@ class SearchResult:
     folds: int = N_FOLDS
     pass_seconds: float = 0.0
     stopped: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"descriptor": self.descriptor, "table": self.table, "folds": self.folds,
-                "pass_seconds": self.pass_seconds, "stopped": self.stopped}
+        return {"descriptor": self.descriptor, "params": self.params, "table": self.table,
+                "folds": self.folds, "pass_seconds": self.pass_seconds, "stopped": self.stopped}
 
 
 def cv_folds(frames: list[Frame], n_folds: int = N_FOLDS) -> np.ndarray:
@@ -136,24 +156,135 @@ def _settings(rung: dict[str, Any], pair_r_in, n_species: int) -> dict[str, Any]
             "pair_r_in": pair_r_in}
 
 
+def species_bounds(rung: dict[str, Any], counts: dict[int, int]) -> dict[str, list[int]]:
+    """Per-species degree bounds of ``rung`` (the model's ``species_degree``): its ``rare``
+    bounds for species with under ``RARE_SHARE`` of the atoms (``counts``: atomic number ->
+    atoms in train), its ``light`` bounds for hydrogen; other species keep the rung's
+    ``total_degree`` and are not listed."""
+    from ase.data import chemical_symbols
+
+    total = sum(counts.values())
+    out = {}
+    for z in sorted(counts):
+        if "rare" in rung and counts[z] < RARE_SHARE * total:
+            out[chemical_symbols[z]] = list(rung["rare"])
+        elif "light" in rung and z == 1:
+            out[chemical_symbols[z]] = list(rung["light"])
+    return out
+
+
 def _descriptor(species: list[int], rung: dict[str, Any], pair_r_in):
     from ml4m.descriptors import make_descriptor
 
     return make_descriptor("ace", species=species, **_settings(rung, pair_r_in, len(species)))
 
 
+class _Sums:
+    """Weighted least-squares sums of one quantity in one fold, over the top rung's
+    columns: the weighted rows while they are fewer than ``ROWS_SHARE`` of the columns
+    (energies and stresses: a few rows per frame), a Gram matrix beyond (forces)."""
+
+    #: most rows kept as rows, as a share of the columns (rows cost n p, a Gram p^2 floats)
+    ROWS_SHARE = 0.25
+
+    def __init__(self, p: int) -> None:
+        self.p = p
+        self.rows: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        self.neq = None
+        self.n = 0
+
+    def add(self, A: np.ndarray, y: np.ndarray, weight: float) -> None:
+        """Add rows ``A`` (n, p) with targets ``y`` (n,), each of weight ``weight``."""
+        from ml4m.models.linear.bayesian import NormalEquations
+
+        self.n += len(y)
+        if self.neq is None and self.n <= self.ROWS_SHARE * self.p:
+            sw = math.sqrt(weight)
+            self.rows.append(A * sw)
+            self.targets.append(np.asarray(y, float) * sw)
+            return
+        if self.neq is None:  # too many rows: their Gram matrix from now on
+            self.neq = NormalEquations(self.p)
+            for R, t in zip(self.rows, self.targets):
+                self.neq.add(R, t)
+            self.rows, self.targets = [], []
+        self.neq.add(A, y, weight)
+
+    def _stacked(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.rows:
+            return np.zeros((0, self.p)), np.zeros(0)
+        if len(self.rows) > 1:
+            self.rows, self.targets = [np.concatenate(self.rows)], [np.concatenate(self.targets)]
+        return self.rows[0], self.targets[0]
+
+    def gram(self, cols: np.ndarray) -> np.ndarray:
+        """The (weighted) Gram matrix on ``cols``; the stored one itself (read only) when
+        ``cols`` are all columns in order."""
+        if self.neq is not None:
+            G = self.neq.AtA
+            return G if _all_columns(cols, self.p) else G[np.ix_(cols, cols)]
+        R = self._stacked()[0][:, cols]
+        return R.T @ R
+
+    def rhs(self, cols: np.ndarray) -> np.ndarray:
+        """``A^T W y`` on ``cols``."""
+        if self.neq is not None:
+            return self.neq.Aty[cols]
+        R, t = self._stacked()
+        return R[:, cols].T @ t
+
+    @property
+    def yty(self) -> float:
+        return float(self.neq.yty) if self.neq is not None else float(
+            sum(np.dot(t, t) for t in self.targets))
+
+    def sse(self, c: np.ndarray) -> float:
+        """Weighted squared error of coefficients ``c`` (p,) on these rows."""
+        if self.neq is not None:
+            G = self.neq.AtA
+            return max(0.0, float(c @ G @ c - 2.0 * c @ self.neq.Aty + self.neq.yty))
+        R, t = self._stacked()
+        return float(np.sum((R @ c - t) ** 2))
+
+
+def _all_columns(cols: np.ndarray, p: int) -> bool:
+    return len(cols) == p and bool(np.all(cols == np.arange(p)))
+
+
+class _FoldAccumulator:
+    """The rows of a fit's accumulator (energies per atom, forces with rigid motions
+    projected out, stresses; weights ``1 / sigma^2``) routed to per-fold :class:`_Sums`."""
+
+    def __init__(self, p: int, sigmas: dict[str, float | None]) -> None:
+        from ml4m.models.linear.potential import QUANTITIES, _Accumulator
+
+        self.sigmas = sigmas
+        self.rows = dict.fromkeys(QUANTITIES, 0)
+        self.phi_sq = np.zeros(p)
+        self.n_atoms = 0
+        self.sums = {q: _Sums(p) for q in QUANTITIES}
+        self._add_rows = _Accumulator.add
+
+    def _add(self, q: str, A: np.ndarray, y: np.ndarray) -> None:
+        self.sums[q].add(A, y, 1.0 / self.sigmas[q] ** 2)
+        self.rows[q] += len(y)
+
+    def add(self, rows, block, e0) -> None:
+        self._add_rows(self, rows, block, e0)  # the fit's own row recipe, into self._add
+
+
 class _Folds:
-    """Per-fold normal equations of the largest rung (one accumulator per fold)."""
+    """Per-fold sums of the largest rung: per fold and quantity a :class:`_Sums` (one
+    (p, p) Gram matrix per fold for the forces; energy and stress rows as rows when few)."""
 
     def __init__(self, model, frames: list[Frame], folds: np.ndarray, use_f: bool, use_s: bool):
-        from ml4m.models.linear.potential import _Accumulator
-
         sig = {"energy": model.sigma_energy, "forces": model.sigma_forces if use_f else None,
                "stress": model.sigma_stress if use_s else None}
         self.sigmas = sig
         self.acc = []
         for k in range(int(folds.max()) + 1):
-            acc = _Accumulator(model.fmap_.n_features, True, sig)
+            acc = _FoldAccumulator(model.fmap_.n_features, sig)
             part = [f for f, fk in zip(frames, folds) if fk == k]
             for block, rows, _, _ in model._block_rows(part, use_f, use_s):
                 acc.add(rows, block, model._e0_of(block))
@@ -161,9 +292,24 @@ class _Folds:
         self.quantities = [q for q in ("energy", "forces", "stress")
                            if sum(a.rows[q] for a in self.acc)]
 
-    def sums(self, q: str, k: int, cols: np.ndarray):
-        neq = self.acc[k].neq[q]
-        return neq.AtA[np.ix_(cols, cols)], neq.Aty[cols], neq.yty, self.acc[k].rows[q]
+    def fold(self, q: str, k: int) -> _Sums:
+        return self.acc[k].sums[q]
+
+    def n_rows(self, q: str) -> int:
+        return sum(a.rows[q] for a in self.acc)
+
+
+def _sums_bytes(p: int, n_frames: int, n_atoms: int, use_f: bool, use_s: bool) -> float:
+    """Bytes of the per-fold sums of ``p`` columns and of a rung's CV at that size: a Gram
+    matrix per fold for each quantity with many rows (rows below ``_Sums.ROWS_SHARE p``),
+    then the all-fold sums, a fold's system and a sub-matrix copy."""
+    per_fold = [n_frames / N_FOLDS]
+    if use_f:
+        per_fold.append(3 * n_atoms / N_FOLDS)
+    if use_s:
+        per_fold.append(6 * n_frames / N_FOLDS)
+    floats = sum(N_FOLDS * (p * p if n > _Sums.ROWS_SHARE * p else n * p) for n in per_fold)
+    return 8.0 * (floats + 3 * p * p)
 
 
 def _solve_flops(p: int) -> float:
@@ -183,42 +329,93 @@ def _sub_equations(G: np.ndarray, b: np.ndarray, yy: float, n: int):
     return neq
 
 
+def _group_sums(folds: _Folds, group: list[str], cols: np.ndarray, skip: int | None = None):
+    """Gram matrix (a new array), right-hand side, ``y^T y`` and rows of the quantities
+    ``group`` summed over every fold but ``skip``, on ``cols``."""
+    G, b, yy, n = None, np.zeros(len(cols)), 0.0, 0
+    for k in range(len(folds.acc)):
+        if k == skip:
+            continue
+        for q in group:
+            sums = folds.fold(q, k)
+            part = sums.gram(cols)
+            if G is None:
+                G = np.array(part, order="F")
+            else:
+                G += part
+            b += sums.rhs(cols)
+            yy += sums.yty
+            n += sums.n
+    return G, b, yy, n
+
+
 def _cv_rung(folds: _Folds, cols: np.ndarray, prior: np.ndarray, shared: bool = True
              ) -> dict[str, float]:
     """CV RMSE per quantity (eV/atom, eV/A, eV/A^3) of the sub-basis ``cols``; ``shared``:
     one noise scale for all quantities (their relative weights fixed by the sigmas, the
-    model's ``noise='shared'``), else one each."""
+    model's ``noise='shared'``), else one each.
+
+    The system without fold ``k`` is the all-fold sum less fold ``k``'s sums, so one
+    (p, p) sum per noise group is formed for the rung, and one system per fold in turn.
+    """
     import scipy.linalg
 
     from ml4m.models.linear.bayesian import BayesianLinearRegression
 
     K = len(folds.acc)
-    parts = {q: [folds.sums(q, k, cols) for k in range(K)] for q in folds.quantities}
-    total = {q: [sum(p[i] for p in parts[q]) for i in range(4)] for q in folds.quantities}
+    groups = [list(folds.quantities)] if shared else [[q] for q in folds.quantities]
+    totals = [_group_sums(folds, g, cols) for g in groups]
     P = prior[cols] / prior[cols].mean()
     reg = BayesianLinearRegression(prior=P)
     if shared:
-        reg.fit_normal_equations(_sub_equations(*[sum(total[q][i] for q in folds.quantities)
-                                                  for i in range(4)]))
-        betas = np.full(len(folds.quantities), reg.beta_)
+        reg.fit_normal_equations(_sub_equations(*totals[0]))
     else:
-        reg.fit_groups([_sub_equations(*total[q]) for q in folds.quantities])
-        betas = np.broadcast_to(reg.betas_, (len(folds.quantities),))
+        reg.fit_groups([_sub_equations(*t) for t in totals])
+    betas = np.broadcast_to(reg.betas_, (len(groups),))
     sse = dict.fromkeys(folds.quantities, 0.0)
+    c_full = np.zeros(len(prior))
     for k in range(K):
-        H = np.diag(reg.alpha_ * P)
-        rhs = np.zeros(len(cols))
-        for q, beta in zip(folds.quantities, betas):
-            G_k, b_k = parts[q][k][0], parts[q][k][1]
-            H += beta * (total[q][0] - G_k)
-            rhs += beta * (total[q][1] - b_k)
-        c = scipy.linalg.cho_solve(scipy.linalg.cho_factor(H, lower=False), rhs)
+        H, rhs = None, np.zeros(len(cols))
+        for g, (G, b, _, _), beta in zip(groups, totals, betas):
+            part = np.array(G, order="F")  # the rung's system without fold k
+            pb = b.copy()
+            for q in g:
+                part -= folds.fold(q, k).gram(cols)
+                pb -= folds.fold(q, k).rhs(cols)
+            part *= beta
+            if H is None:
+                H = part
+            else:
+                H += part
+            rhs += beta * pb
+            del part
+        H[np.diag_indices_from(H)] += reg.alpha_ * P
+        c = scipy.linalg.cho_solve(scipy.linalg.cho_factor(H, lower=False, overwrite_a=True), rhs)
+        del H
+        c_full[cols] = c
         for q in folds.quantities:
-            G_k, b_k, yy_k, _ = parts[q][k]
-            sse[q] += max(0.0, float(c @ G_k @ c - 2.0 * c @ b_k + yy_k))
+            sse[q] += folds.fold(q, k).sse(c_full)
     # rows carry weight 1 / sigma_q^2: undo it for errors in the labels' units
-    return {q: math.sqrt(sse[q] * folds.sigmas[q] ** 2 / max(1, total[q][3]))
+    return {q: math.sqrt(sse[q] * folds.sigmas[q] ** 2 / max(1, folds.n_rows(q)))
             for q in folds.quantities}
+
+
+def _rung_columns(model, descriptor, bounds: dict[str, list[int]]) -> np.ndarray:
+    """Columns of ``model``'s feature map (the top rung's species blocks) that the rung
+    of ``descriptor`` with per-species ``bounds`` holds, in order."""
+    from ase.data import chemical_symbols
+
+    names = model.descriptor.feature_names()
+    sub = descriptor.feature_names()
+    fmap = model.fmap_
+    keep = []
+    for s, z in enumerate(model.species):
+        top = fmap.columns[s] if fmap.columns is not None and fmap.columns[s] is not None \
+            else np.arange(fmap.n_descriptor)
+        bound = bounds.get(chemical_symbols[int(z)])
+        allowed = set(sub) if bound is None else {sub[j] for j in descriptor.degree_subset(bound)}
+        keep.append(np.array([names[d] in allowed for d in top], dtype=bool))
+    return np.flatnonzero(np.concatenate(keep))
 
 
 def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started: float | None = None,
@@ -232,8 +429,9 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     budget_s : float
         Seconds for the whole fit, the search and the final fit included.
     make_model : callable
-        ``make_model(descriptor)`` -> an unfitted :class:`~ml4m.models.linear.LinearACE`
-        with the fit's other settings (E0s, sigmas, prior).
+        ``make_model(descriptor, species_degree)`` -> an unfitted
+        :class:`~ml4m.models.linear.LinearACE` with the fit's other settings (E0s, sigmas,
+        prior) and these per-species bounds (``None``: none).
     started : float, optional
         ``time.perf_counter()`` when the fit started (default: now).
     progress : callable, optional
@@ -251,28 +449,33 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
 
     started = time.perf_counter() if started is None else started
     deadline = started + budget_s
-    species = sorted({int(z) for f in frames for z in f.numbers})
+    numbers = np.concatenate([f.numbers for f in frames]).astype(int)
+    counts = {int(z): int(n) for z, n in zip(*np.unique(numbers, return_counts=True))}
+    species = sorted(counts)
     rungs = ladder(len(species))
+    bounds = [species_bounds(rung, counts) for rung in rungs]
     pair_r_in = pair_inner_radii(frames, PAIR_R_IN_MARGIN)
     folds = cv_folds(frames)
     use_f = all(f.forces is not None for f in frames)
     use_s = any(f.stress is not None for f in frames)
-    quantities = 1 + use_f + use_s
     limit = memory_limit()[0]
 
     # the largest rung whose pass, per-fold sums, CV solves and final fit fit the budget
     # and the memory; every rung's functions are among its own (nested ladder)
     descriptors = [_descriptor(species, rung, pair_r_in) for rung in rungs]
-    sizes = [d.n_features * len(species) for d in descriptors]
-    e0 = resolve_reference_energies(Dataset(frames), make_model(descriptors[0]).e0)
+    models = [make_model(d, b or None) for d, b in zip(descriptors, bounds)]
+    e0 = resolve_reference_energies(Dataset(frames), models[0].e0)
+    for model in models:
+        model.e0_ = e0
+        model.fmap_ = model._make_feature_map(frames)
+    sizes = [m.fmap_.n_features for m in models]
     probe = frames[:: max(1, len(frames) // 3)][:3]
     top = 0
     for r in range(len(rungs) - 1, -1, -1):
-        if N_FOLDS * quantities * 8.0 * sizes[r] ** 2 > MEMORY_SHARE * limit and r > 0:
+        memory = _sums_bytes(sizes[r], len(frames), len(numbers), use_f, use_s)
+        if memory > MEMORY_SHARE * limit and r > 0:
             continue
-        model = make_model(descriptors[r])
-        model.e0_ = e0
-        model.fmap_ = model._make_feature_map(frames)
+        model = models[r]
         t0 = time.perf_counter()
         for _ in model._block_rows(probe, use_f, use_s):
             pass
@@ -285,19 +488,13 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     data = _Folds(model, frames, folds, use_f, use_s)
     result = SearchResult(descriptor={}, folds=int(folds.max()) + 1,
                           pass_seconds=time.perf_counter() - t0)
-    names = model.descriptor.feature_names()
-    index = {name: j for j, name in enumerate(names)}
-    blocks = model.fmap_
-    desc_cols = blocks.descriptor_columns
-    prior = model._prior(np.ones(blocks.n_features))
+    prior = model._prior(np.ones(model.fmap_.n_features))
     sigma = {"energy": model.sigma_energy, "forces": model.sigma_forces or 1.0,
              "stress": model.sigma_stress or 1.0}
     best, worse, rate = None, 0, None
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
-        keep = np.zeros(len(names), bool)
-        keep[[index[n] for n in descriptors[r].feature_names()]] = True
-        cols = np.flatnonzero(keep[desc_cols])
+        cols = _rung_columns(model, descriptors[r], bounds[r])
         # the final fit repeats the pass and a solve of the chosen size
         need = _solve_flops(len(cols)) / rate + result.pass_seconds if rate else 0.0
         if r > 0 and time.perf_counter() + need > deadline:
@@ -311,7 +508,8 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         rate = max(_solve_flops(len(cols)) / max(seconds, 1e-9), MIN_FLOP_RATE)
         score = sum(rmse[q] / sigma[q] for q in ("energy", "forces") if q in rmse)
         row = {"rung": r, "correlation_order": rungs[r]["correlation_order"],
-               "total_degree": list(rungs[r]["total_degree"]), "n_coefficients": int(len(cols)),
+               "total_degree": list(rungs[r]["total_degree"]), "species_degree": bounds[r],
+               "n_coefficients": int(len(cols)),
                "cv_energy_rmse_mev_per_atom": 1000 * rmse["energy"],
                "cv_forces_rmse_mev_per_a": 1000 * rmse["forces"] if "forces" in rmse else None,
                "score": score, "seconds": seconds}
@@ -326,4 +524,5 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
                 result.stopped = "two rungs in a row scored worse than the best"
                 break
     result.descriptor = _settings(rungs[best["rung"]], pair_r_in, len(species))
+    result.params = {"species_degree": bounds[best["rung"]]} if bounds[best["rung"]] else {}
     return result
