@@ -152,6 +152,10 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(files, uninterrupted
         run_learning(_settings(files), out, reference=FailAfter(3))
     saved = json.loads((out / "state" / "state.json").read_text())
     assert saved["calls"] <= 3 and not (out / "model.ml4m").exists()  # the last update's state
+    # a kill between appending frames to train.extxyz and saving the state that counts them
+    with open(out / "train.extxyz", "a") as fh:
+        fh.write("32\nLattice=\"7.22 0 0 0 7.22 0 0 0 7.22\" Properties=species:S:1:pos:R:3\n"
+                 "Cu 0.0 0.0")
     resumed = run_learning(_settings(files), out, resume=True)
     assert resumed["resumed"] and resumed["reference_calls"] == result["reference_calls"]
     _assert_same_run(whole, out)
@@ -236,3 +240,24 @@ def test_model_file_is_used_as_it_is(files):
         run_learning(dataclasses.replace(settings, model=str(path), initial=None),
                      files / "no_initial")
     assert not (files / "no_initial" / "state").exists()
+
+
+def test_training_file_grows_by_appending(files, monkeypatch):
+    """Each save appends only the new frames (no rewrite of the whole set); the state
+    records the frames and bytes of train.extxyz that are its training set."""
+    import ase.io
+
+    written = []
+    original = ase.io.write
+
+    def counting(filename, images, *args, **kwargs):
+        written.append(1 if hasattr(images, "positions") else len(images))
+        return original(filename, images, *args, **kwargs)
+
+    monkeypatch.setattr(ase.io, "write", counting)
+    out = files / "appended"
+    result = run_learning(_settings(files, steps=20), out)
+    assert result["reference_calls"] >= 2 and sum(written) == result["n_train"]
+    record = json.loads((out / "state" / "state.json").read_text())["train_extxyz"]
+    assert record == {"frames": result["n_train"], "bytes": (out / "train.extxyz").stat().st_size}
+    assert len(_train(out)) == result["n_train"]

@@ -9,13 +9,17 @@ one was (no pickle; arrays in ``.npz`` read with ``allow_pickle=False``):
 * ``model.ml4m``: the model file;
 * ``update.npz``: the accumulated normal equations of an exactly updatable model;
 * ``train.npz``: the training frames at full precision (``DIR/train.extxyz`` is the
-  same set for people and ``ml4m fit``);
+  same set for people and ``ml4m fit``; ``state.json`` records how many frames and
+  bytes of it belong to this state);
 * ``walkers.npz``: positions, momenta and cells of every walker;
 * ``history.npz``: per round, MD time, each walker's largest force sigma, the threshold
   and the cumulative reference calls.
 
 The folder is written by :func:`ml4m._fileio.atomic_dir`: a kill leaves the previous
-state or the new one, never a mixture.
+state or the new one, never a mixture. ``DIR/train.extxyz`` grows by appending each
+update's new frames (flushed to disk) before the state that counts them is written; a
+kill between the two leaves frames past the recorded size, which the next save or a
+resume cuts off (a file shorter than recorded is written again from ``train.npz``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from ml4m.errors import DataError
 from ml4m.outputs import MARKER, marker_record
 
 __all__ = ["LoopState", "WalkerState", "save_state", "load_state", "has_state", "STATE_DIR",
-           "frames_to_arrays", "frames_from_arrays", "updatable", "FOLDER_KIND"]
+           "frames_to_arrays", "frames_from_arrays", "updatable", "FOLDER_KIND", "TRAIN_FILE"]
 
 #: sub-folder of the output folder holding the state
 STATE_DIR = "state"
@@ -69,6 +73,8 @@ class LoopState:
     walkers : list of WalkerState
     calls, skipped, rounds : int
         Reference calls made (failed ones skipped included), frames skipped, rounds run.
+    train_file : tuple of int
+        Frames and bytes of ``DIR/train.extxyz`` that hold ``train[:frames]``.
     history : dict of str to list
         ``time_fs`` (rounds,), ``sigma`` (rounds, walkers) eV/A, ``threshold`` (rounds,)
         eV/A, ``calls`` (rounds,).
@@ -83,6 +89,7 @@ class LoopState:
     rounds: int = 0
     history: dict[str, list] = field(default_factory=lambda: {
         "time_fs": [], "sigma": [], "threshold": [], "calls": []})
+    train_file: tuple[int, int] = (0, 0)
 
 
 def frames_to_arrays(frames: list[Frame]) -> dict[str, np.ndarray]:
@@ -124,10 +131,41 @@ def has_state(folder: str | os.PathLike) -> bool:
     return (Path(folder) / STATE_DIR / "state.json").is_file()
 
 
-def save_state(folder: str | os.PathLike, state: LoopState) -> Path:
-    """Write ``state`` to ``folder/state`` (replacing the previous one whole)."""
-    from ml4m.data import Dataset, write_extxyz
+#: the training frames people read, beside the state folder
+TRAIN_FILE = "train.extxyz"
 
+
+def _append_train(folder: Path, state: LoopState) -> None:
+    """Bring ``folder/train.extxyz`` to ``state.train``: cut it to the recorded size
+    (frames a killed save appended), append the frames it lacks, flush them to disk;
+    ``state.train_file`` then counts them. Written afresh when it is missing or shorter
+    than recorded."""
+    import io
+
+    import ase.io
+
+    from ml4m.data import Dataset
+
+    path = folder / TRAIN_FILE
+    frames, size = state.train_file
+    if frames == 0 or not path.is_file() or path.stat().st_size < size:
+        frames, size = 0, 0
+    text = io.StringIO()
+    if len(state.train) > frames:
+        ase.io.write(text, Dataset(state.train[frames:]).to_atoms(with_labels=True),
+                     format="extxyz")
+    with open(path, "r+b" if frames else "wb") as fh:
+        fh.truncate(size)
+        fh.seek(size)
+        fh.write(text.getvalue().encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+        state.train_file = (len(state.train), fh.tell())
+
+
+def save_state(folder: str | os.PathLike, state: LoopState) -> Path:
+    """Write ``state`` to ``folder/state`` (replacing the previous one whole), after
+    appending its new training frames to ``folder/train.extxyz``."""
     folder = Path(folder)
     model = state.model
     update_params, update_arrays = (model.update_state() if updatable(model) else (None, {}))
@@ -146,6 +184,8 @@ def save_state(folder: str | os.PathLike, state: LoopState) -> Path:
     if not marker.exists():  # the folder is a 'learn' output (ml4m.outputs)
         with atomic_path(marker) as tmp:
             tmp.write_text(marker_record(FOLDER_KIND))
+    _append_train(folder, state)
+    record["train_extxyz"] = {"frames": state.train_file[0], "bytes": state.train_file[1]}
     with atomic_dir(folder / STATE_DIR) as tmp:
         model.save(tmp / "model.ml4m")
         if update_params is not None:
@@ -155,7 +195,6 @@ def save_state(folder: str | os.PathLike, state: LoopState) -> Path:
         np.savez(tmp / "history.npz", **{k: np.asarray(v, dtype=float)
                                          for k, v in state.history.items()})
         (tmp / "state.json").write_text(json.dumps(record, indent=1))
-    write_extxyz(Dataset(state.train), folder / "train.extxyz")
     return folder / STATE_DIR
 
 
@@ -179,7 +218,8 @@ def load_state(folder: str | os.PathLike, walker_atoms: list[Atoms]) -> LoopStat
     """The state :func:`save_state` wrote to ``folder``.
 
     ``walker_atoms`` are the walkers' starting structures (numbers, pbc and masses come
-    from them; positions, momenta and cells from the state).
+    from them; positions, momenta and cells from the state). ``folder/train.extxyz`` is
+    brought to the state's training set (frames past it cut off).
     """
     from ml4m.models.serialization import load
 
@@ -212,5 +252,22 @@ def load_state(folder: str | os.PathLike, walker_atoms: list[Atoms]) -> LoopStat
         walkers.append(WalkerState(atoms, int(w["step"]), w["rng"], w.get("last_call")))
     hist = _npz(root / "history.npz")
     history = {k: hist[k].tolist() for k in ("time_fs", "sigma", "threshold", "calls")}
-    return LoopState(record["settings"], model, train, walkers, int(record["calls"]),
-                     int(record["skipped"]), int(record["rounds"]), history)
+    state = LoopState(record["settings"], model, train, walkers, int(record["calls"]),
+                      int(record["skipped"]), int(record["rounds"]), history,
+                      _train_file(record, len(train), path))
+    _append_train(Path(folder), state)  # cut what a killed save appended past the state
+    return state
+
+
+def _train_file(record: dict[str, Any], n_train: int, path: Path) -> tuple[int, int]:
+    """The frames and bytes of train.extxyz a saved state counts ((0, 0) for states
+    written before they were recorded: the file is then written afresh)."""
+    entry = record.get("train_extxyz", {"frames": 0, "bytes": 0})
+    try:
+        frames, size = int(entry["frames"]), int(entry["bytes"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"train_extxyz must be {{frames, bytes}}, got {entry!r}", path) from None
+    if not 0 <= frames <= n_train or size < 0:
+        raise DataError(f"train_extxyz counts {frames} frames ({size} bytes) of a training set "
+                        f"of {n_train}", path)
+    return frames, size
