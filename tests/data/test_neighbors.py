@@ -190,3 +190,55 @@ def test_list_beyond_the_memory_limit_is_refused():
         neighbor_list(bulk("Cu", "fcc", a=3.6), 1e4)  # ~4e11 pairs
     with pytest.raises(ConfigError, match="limit of 1 kB"):
         neighbor_list(molecule("CH3CH2OH"), 5.0, max_memory="1kB")
+
+
+@pytest.mark.parametrize("pbc", [True, False])
+@pytest.mark.parametrize("full_list", [True, False])
+def test_verlet_reuse_equals_fresh_lists_along_a_trajectory(pbc, full_list):
+    """Inside verlet_reuse the lists of a drifting structure equal fresh searches pair for
+    pair (small steps reuse the skin list; a jump, a cell change or a new species rebuild)."""
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.pbc = pbc
+    rng = np.random.default_rng(3)
+    steps = [0.02] * 12 + [0.6] + [0.02] * 4  # cumulative drift passes skin/2 early on
+    from ml4m.data.neighbors import _REUSE, verlet_reuse
+
+    builds = set()
+    with verlet_reuse(skin=0.3):
+        for k, size in enumerate(steps):
+            atoms.positions += rng.normal(scale=size, size=atoms.positions.shape)
+            if k == 14:
+                atoms.set_cell(atoms.cell[:] * 1.01, scale_atoms=True)
+            if k == 15:
+                atoms.numbers[0] = 79
+            got = neighbor_list(atoms, 3.0, full_list=full_list)
+            builds.add(id(_REUSE.get()[1][(3.0, full_list)]))
+            with verlet_reuse(skin=1.0):  # nested blocks keep their own lists
+                neighbor_list(atoms, 3.0, full_list=full_list)
+            fresh = _fresh(atoms, 3.0, full_list)
+            assert _pair_set(got) == _pair_set(fresh), k
+            order = np.lexsort((*got.shifts.T, got.j, got.i))
+            order_f = np.lexsort((*fresh.shifts.T, fresh.j, fresh.i))
+            np.testing.assert_allclose(got.vectors[order], fresh.vectors[order_f], atol=1e-12)
+            np.testing.assert_allclose(got.distances[order], fresh.distances[order_f], atol=1e-12)
+            assert np.all(np.diff(got.i) >= 0)  # still sorted by centre
+    assert 4 <= len(builds) < len(steps) - 4  # reused between rebuilds, rebuilt on changes
+
+
+def _pair_set(nl):
+    return sorted(zip(nl.i.tolist(), nl.j.tolist(), map(tuple, nl.shifts.tolist())))
+
+
+def _fresh(atoms, cutoff, full_list):
+    """A list outside any reuse block (a context of its own)."""
+    import contextvars
+
+    return contextvars.Context().run(neighbor_list, atoms, cutoff, full_list)
+
+
+def test_verlet_reuse_refuses_a_bad_skin():
+    from ml4m.data.neighbors import verlet_reuse
+
+    with pytest.raises(ConfigError, match="skin"):
+        with verlet_reuse(skin=-1.0):
+            pass

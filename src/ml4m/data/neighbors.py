@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +34,7 @@ PAIR_BYTES = 96
 _SMALL = 2**26  # lists that cannot exceed this many bytes skip the neighbour estimate
 
 __all__ = ["NeighborList", "neighbor_list", "batched_neighbor_list", "shortest_distances",
-           "pair_inner_radii"]
+           "pair_inner_radii", "verlet_reuse"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,81 @@ def _vesin():
     return vesin
 
 
+@dataclass(frozen=True)
+class _Built:
+    """A list built with ``cutoff + skin`` for the atoms at ``positions``."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    pairs: NeighborList
+
+
+#: per active :func:`verlet_reuse` block: its skin (Angstrom) and the lists it built
+_REUSE: ContextVar[tuple[float, dict] | None] = ContextVar("ml4m_verlet_reuse", default=None)
+
+
+@contextmanager
+def verlet_reuse(skin: float = 0.5) -> Iterator[None]:
+    """Within this block, :func:`neighbor_list` reuses its lists while atoms move little.
+
+    A list is built once with ``cutoff + skin`` and then only filtered (the vectors
+    recomputed from the new positions) until some atom has moved more than ``skin / 2``
+    from where it was at the build, or the cell, the periodicity or the atoms change.
+    No pair closer than ``cutoff`` can be missed then (Verlet's argument), so the
+    result equals a fresh search (pairs in the same order). For MD, where consecutive
+    steps move atoms by hundredths of an Angstrom.
+
+    Parameters
+    ----------
+    skin : float, default=0.5
+        Angstrom (> 0).
+    """
+    if not np.isfinite(skin) or skin <= 0:
+        raise ConfigError(f"skin must be a finite, positive number of Angstrom, got {skin}")
+    token = _REUSE.set((float(skin), {}))
+    try:
+        yield
+    finally:
+        _REUSE.reset(token)
+
+
+def _reused(frame: Frame | Atoms, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
+            cutoff: float, full_list: bool, max_memory) -> NeighborList | None:
+    """The list of an active :func:`verlet_reuse` block, or None outside one."""
+    active = _REUSE.get()
+    if active is None:
+        return None
+    skin, built = active
+    key = (cutoff, full_list)
+    numbers = np.asarray(frame.numbers)
+    entry = built.get(key)
+    if (entry is None or not np.array_equal(entry.numbers, numbers)
+            or not np.array_equal(entry.cell, cell) or not np.array_equal(entry.pbc, pbc)
+            or np.max(np.einsum("ax,ax->a", positions - entry.positions,
+                                positions - entry.positions), initial=0.0) > (skin / 2) ** 2):
+        with _reuse_off():
+            pairs = neighbor_list(frame, cutoff + skin, full_list, max_memory)
+        entry = _Built(numbers.copy(), positions.copy(), cell.copy(), pbc.copy(), pairs)
+        built[key] = entry  # entries are immutable: concurrent readers see one or the other
+    p = entry.pairs
+    vectors = positions[p.j] + p.shifts @ cell - positions[p.i]
+    distances = np.sqrt(np.einsum("px,px->p", vectors, vectors))
+    keep = distances < cutoff
+    return NeighborList(i=p.i[keep], j=p.j[keep], shifts=p.shifts[keep], vectors=vectors[keep],
+                        distances=distances[keep], cutoff=cutoff)
+
+
+@contextmanager
+def _reuse_off() -> Iterator[None]:
+    token = _REUSE.set(None)
+    try:
+        yield
+    finally:
+        _REUSE.reset(token)
+
+
 def _geometry(frame: Frame | Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(frame, Atoms):
         return frame.positions, np.asarray(frame.cell[:]), np.asarray(frame.pbc)
@@ -129,6 +206,9 @@ def neighbor_list(
         raise DataError("positions contain NaN or infinite values: no neighbour list")
     if pbc.any() and np.linalg.matrix_rank(box[pbc], tol=1e-6) < pbc.sum():
         raise DataError("periodic cell vectors are zero or linearly dependent: no neighbour list")
+    reused = _reused(frame, positions, box, pbc, float(cutoff), full_list, max_memory)
+    if reused is not None:
+        return reused
     n = len(positions)
     n_pairs = n * (n - 1.0) if not pbc.any() else n * estimate_neighbors(frame, cutoff)
     if n_pairs * PAIR_BYTES > _SMALL:  # small open structures: no estimate needed

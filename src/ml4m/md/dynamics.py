@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 
+from ml4m.data.neighbors import verlet_reuse
 from ml4m.errors import ConfigError, SimulationError
 from ml4m.validation import check_choice, check_float, check_int
 from ml4m.md.safety import blowup_limits, check_step
@@ -33,6 +34,9 @@ ENSEMBLES = ("nve", "nvt", "npt")
 MAX_TEMPERATURE_K = 1.0e5
 #: longest time step accepted, fs
 MAX_DT_FS = 20.0
+#: neighbour lists of a run are built this far beyond their cutoff and reused until an
+#: atom has moved half of it, Angstrom (:func:`ml4m.data.neighbors.verlet_reuse`)
+NEIGHBOR_SKIN = 0.4
 
 
 @dataclass
@@ -294,7 +298,8 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
         calc.reset()  # step 0's evaluation follows the setting
     t0 = clock["last"] = time.perf_counter()
     try:
-        dyn.run(steps)
+        with verlet_reuse(NEIGHBOR_SKIN):  # lists rebuilt only when atoms moved skin/2
+            dyn.run(steps)
     except SimulationError as exc:
         where = ""
         if stream is not None:
