@@ -264,3 +264,20 @@ def test_approximate_recall_counts_each_point_once_and_never_itself():
     with_self = exact.copy()
     with_self[:, 0] = np.arange(len(X))
     assert graph_mod.approximate_recall(X, with_self, n_queries=400) == pytest.approx(7 / 8)
+
+
+def test_auto_backend_falls_back_on_data_that_defeats_the_cells(monkeypatch):
+    """Uniform noise in 40-D has no structure for k-means cells: with few cells probed
+    the approximate search misses most neighbours, the measured recall says so, and the
+    graph returned is the exact one."""
+    import ml4m.analysis.graph as graph_mod
+
+    pytest.importorskip("numba")
+    X = np.random.default_rng(4).uniform(size=(3000, 40))
+    monkeypatch.setattr(graph_mod, "AUTO_APPROX_MIN_POINTS", 1000)
+    g = graph_mod.NeighborGraph.build(X, 10, backend="auto", nprobe=2)
+    assert g.backend == "brute" and g.recall < graph_mod.AUTO_MIN_RECALL
+    exact = graph_mod.NeighborGraph.build(X, 10, backend="brute")
+    np.testing.assert_array_equal(g.indices, exact.indices)
+    approx = graph_mod.NeighborGraph.build(X, 10, backend="ivf", nprobe=2)
+    assert graph_mod.approximate_recall(X, approx.indices) == pytest.approx(g.recall)

@@ -22,8 +22,9 @@ Zero distances (duplicate points) are floored (see
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from scipy.special import gammaln
 
 from ml4m.parallel import thread_map
 from ml4m.analysis._validation import check_float, check_int, check_kstar
@@ -40,7 +41,7 @@ D_THR_DEFAULT = 23.92812698
 
 def log_ball_volume(d: float) -> float:
     """Natural log of the volume of the unit ball in ``d`` dimensions."""
-    return 0.5 * d * np.log(np.pi) - float(gammaln(0.5 * d + 1.0))
+    return 0.5 * d * np.log(np.pi) - math.lgamma(0.5 * d + 1.0)
 
 
 def _check_dim(graph: NeighborGraph, intrinsic_dim) -> float:

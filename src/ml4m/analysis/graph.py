@@ -233,15 +233,17 @@ class NeighborGraph:
         recall = None
         if backend == "kdtree":
             d, i = _kdtree(X, maxk, box)
-        elif backend == "brute":
-            d, i = _brute(X, maxk, progress)
-        else:
-            d, i = _ivf(X, maxk, nprobe, progress)
-            if auto:  # keep the approximate graph only if it finds the exact neighbours
-                recall = approximate_recall(X, i)
-                if recall < AUTO_MIN_RECALL:
-                    d, i = _brute(X, maxk, progress)
-                    backend = "brute"
+        else:  # both on the data rotated once onto its principal axes (same distances)
+            Y = _reduced(X)
+            if backend == "brute":
+                d, i = _brute(Y, maxk, progress, reduced=True)
+            else:
+                d, i = _ivf(Y, maxk, nprobe, progress)
+                if auto:  # keep the approximate graph only if it finds the exact neighbours
+                    recall = approximate_recall(Y, i)
+                    if recall < AUTO_MIN_RECALL:
+                        d, i = _brute(Y, maxk, progress, reduced=True)
+                        backend = "brute"
         return cls(d, i, "euclidean", box, backend, X.shape[1], recall)
 
 
@@ -496,12 +498,12 @@ def _has_numba() -> bool:
     return _importable("numba")
 
 
-def _ivf(X: np.ndarray, maxk: int, nprobe: int, progress=None):
+def _ivf(Y: np.ndarray, maxk: int, nprobe: int, progress=None):
+    """Approximate ``maxk`` nearest neighbours of every row of ``Y`` (:func:`_reduced` data)."""
     try:
         from ml4m.analysis._cellknn import cell_knn
     except ImportError as exc:  # pragma: no cover - numba is a dependency of the approx extra
         raise ConfigError("backend 'ivf' needs numba (pip install 'ml4m[approx]')") from exc
     nprobe = check_int("nprobe", nprobe, 1)
-    Y = _reduced(X)
     n = Y.shape[0]
     return cell_knn(Y, maxk + 1, nprobe, progress, index_dtype=_index_dtype(n))

@@ -22,8 +22,9 @@ points entered the estimate.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from scipy.special import gammaln
 
 from ml4m.analysis._validation import check_choice, check_float, check_int
 from ml4m.analysis.graph import NeighborGraph
@@ -142,7 +143,7 @@ def gride_loglik(d: np.ndarray | float, mu: np.ndarray, n1: int, n2: int):
     logmu = np.log(mu)
     a = n2 - n1
     n = mu.size
-    log_beta = gammaln(a) + gammaln(n1) - gammaln(n2)
+    log_beta = math.lgamma(a) + math.lgamma(n1) - math.lgamma(n2)
     # log(mu^d - 1) = d log mu + log(1 - mu^-d), stable for large d log mu
     x = d * logmu
     one_m = -np.expm1(-x)  # 1 - mu^-d
