@@ -49,38 +49,54 @@ def _json(capsys):
     return json.loads(capsys.readouterr().out)
 
 
-def test_learn_json_and_resume(setup, capsys):
+def _same_run(a, b) -> None:
+    """Same training frames (walker, step, positions, forces) and the same model."""
+    import numpy as np
+
+    import ml4m
+    from ml4m.data import read_dataset
+
+    ta, tb = read_dataset(a / "train.extxyz"), read_dataset(b / "train.extxyz")
+    assert [(f.info.get("walker"), f.info.get("step")) for f in ta] == \
+        [(f.info.get("walker"), f.info.get("step")) for f in tb]
+    for fa, fb in zip(ta, tb):
+        np.testing.assert_array_equal(fa.positions, fb.positions)
+        np.testing.assert_array_equal(fa.forces, fb.forces)
+    np.testing.assert_array_equal(ml4m.load(a / "model.ml4m").coef_,
+                                  ml4m.load(b / "model.ml4m").coef_)
+
+
+def test_learn_killed_then_resumed_gives_the_uninterrupted_run(setup, capsys):
+    """A run whose reference fails after k calculations stops (exit 2, one error line,
+    the state of its last update kept); --resume finishes it as if never stopped."""
     tmp, config = setup
-    out = str(tmp / "out")
-    assert main(["learn", config(), "-o", out, "--json"]) == 0
+    cfg = config(reference={"calculator": f"{__name__}:FlakyEMT"})
+    FlakyEMT.count, FlakyEMT.fail_after = 0, None
+    assert main(["learn", cfg, "-o", str(tmp / "whole"), "--json"]) == 0
     result = _json(capsys)
     assert {"steps", "walkers", "reference_calls", "n_train", "n_parameters", "threshold_ev_per_a",
             "sigma_max_final", "seconds", "model", "plot"} <= set(result)
-    assert result["reference_calls"] >= 2 and result["n_train"] == 6 + result["reference_calls"]
-    assert (tmp / "out" / "learning.png").is_file() and (tmp / "out" / "train.extxyz").is_file()
-    assert main(["learn", config(), "-o", out]) == 2
-    assert "pass --resume" in capsys.readouterr().err
-    assert main(["learn", config(), "-o", out, "--resume", "--json"]) == 0
-    again = _json(capsys)
-    assert again["resumed"] and again["reference_calls"] == result["reference_calls"]
-    assert main(["learn", config(steps=40), "-o", out, "--resume"]) == 2
-    assert "other settings (steps differ)" in capsys.readouterr().err
+    assert result["reference_calls"] >= 3 and result["n_train"] == 6 + result["reference_calls"]
+    assert (tmp / "whole" / "learning.png").is_file()
+    per_call = FlakyEMT.count / result["reference_calls"]  # calculations per labelled frame
 
-
-def test_failing_reference_stops_with_state_kept_then_resumes(setup, capsys):
-    tmp, config = setup
     out = tmp / "out"
-    cfg = config(reference={"calculator": f"{__name__}:FlakyEMT"})
-    FlakyEMT.count, FlakyEMT.fail_after = 0, 2
+    FlakyEMT.count, FlakyEMT.fail_after = 0, int(2 * per_call)  # the third call fails
     assert main(["learn", cfg, "-o", str(out)]) == 2
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]  # one line, after the log lines
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # one line, after the log lines
     assert last.startswith("ml4m: error:") and "SCF did not converge" in last and "--resume" in last
     state = json.loads((out / "state" / "state.json").read_text())
-    assert state["calls"] <= 2 and not (out / "model.ml4m").exists()
+    assert 1 <= state["calls"] <= 2 and not (out / "model.ml4m").exists()
+    assert main(["learn", cfg, "-o", str(out)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
     FlakyEMT.fail_after = None
     assert main(["learn", cfg, "-o", str(out), "--resume", "--json"]) == 0
-    assert _json(capsys)["reference_calls"] > state["calls"]
+    resumed = _json(capsys)
+    assert resumed["resumed"] and resumed["reference_calls"] == result["reference_calls"]
+    _same_run(tmp / "whole", out)
+    assert main(["learn", config(reference={"calculator": f"{__name__}:FlakyEMT"}, steps=40),
+                 "-o", str(out), "--resume"]) == 2
+    assert "other settings (steps differ)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change, message", [
