@@ -16,15 +16,20 @@ update for ace and gp; hyperparameters re-optimised every reoptimise_every calls
 frames of a round are labelled in parallel (--workers processes, or a Dask scheduler)
 and added in walker order, so the result does not depend on the number of workers.
 
+A starting model file (model: start.ml4m) is used as it is and needs initial: the
+frames it was fitted on (its normal equations are rebuilt from them, or, for a committee,
+it is refitted on them and the new frames at each update).
+
 DIR holds, after every update, state/ (model, normal equations, training set, walkers,
-random-generator states); a killed run continues with --resume (refused under other
-settings). At the end: DIR/model.ml4m, DIR/train.extxyz, DIR/learning.png (sigma and
-reference calls against MD time). A live table on stderr shows the rounds.
+random-generator states) and DIR/train.extxyz (new frames appended); a killed run
+continues with --resume (refused under other settings). At the end: DIR/model.ml4m and
+DIR/learning.png (sigma and reference calls against MD time). A live table on stderr
+shows the rounds.
 
 CONFIG.yaml:
   reference: emt                     # or {calculator: pkg.module:Class, kwargs: {...}}
   fit: {model: ace, descriptor: {r_cut: 4.5, n_max: 6, l_max: 3}}   # or model: start.ml4m
-  initial: start_frames.extxyz       # frames of the initial fit
+  initial: start_frames.extxyz       # frames of the initial fit (or of model's fit)
   label_initial: true                # labelled by the reference first
   walkers:
     - {structure: cu108.extxyz, temperature: 300, temperature_end: 1500, seed: 0}
