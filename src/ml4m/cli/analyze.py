@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,8 @@ def _describe(args, max_memory: int | None) -> np.ndarray:
 
 
 class _Steps:
-    """Rich progress on stderr, one task per pipeline step."""
+    """Rich progress on stderr, one task per pipeline step (when stderr is a terminal,
+    as the other sub-commands: no rich import and no refresh thread otherwise)."""
 
     def __init__(self, enabled: bool):
         self.progress = None
@@ -214,7 +216,7 @@ def _analyze(args: argparse.Namespace, max_memory: int | None, output: Path | No
         if maxk > n - 1:
             raise DataError(f"--maxk {maxk} needs at least {maxk + 1} points, got {n}", args.input)
 
-    with _Steps(enabled=True) as steps:
+    with _Steps(enabled=sys.stderr.isatty()) as steps:
         m = Manifold(X, maxk, backend=args.backend, period=args.period,
                      progress=steps.task("neighbours"), max_memory=max_memory)
         idr = m.intrinsic_dimension(args.id)
