@@ -27,8 +27,10 @@ Backends
     Recall@100 on the ID-10 benchmark manifold at N = 50,000: 0.992 with the default
     nprobe=160 (a returned distance is always a true distance).
 ``"auto"``
-    ``kdtree`` for a periodic box or at most 8 features, ``brute`` up to 200,000
-    points, ``ivf`` above when numba is installed (``brute`` otherwise).
+    ``kdtree`` for a periodic box or at most 8 features; ``brute`` below
+    ``AUTO_APPROX_MIN_POINTS`` points; above, ``ivf`` when numba is installed, kept only
+    when :func:`approximate_recall` on 256 exact queries is at least ``AUTO_MIN_RECALL``
+    (the graph records it), else replaced by ``brute``.
 """
 
 from __future__ import annotations
