@@ -22,7 +22,7 @@ or forces, two atoms closer than half their shortest distance in STRUCTURE, or a
 temperature above 10 x target + 1000 K. With a model that has uncertainty, the force
 sigma is computed every --uncertainty-interval steps (shown in the log, stored in the
 frames on those steps); by default (auto) on steps spaced by its measured cost so that it
-adds at most 8% to the run's wall time.
+adds at most 5% to the run's wall time.
 
 examples:
   ml4m md cu_ace.ml4m start.extxyz --ensemble nve --temperature 600 --steps 1000 --dt 2 -o md.extxyz
@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=int, default=10, help="steps between trajectory frames")
     p.add_argument("--uncertainty-interval", default="auto", metavar="N|auto",
                    help="steps between force-sigma evaluations of a model with uncertainty "
-                        "(0: never; default auto: spaced to add at most 8%% to the wall time)")
+                        "(0: never; default auto: spaced to add at most 5%% to the wall time)")
     p.add_argument("--log-interval", type=int,
                    help="steps between log lines on stderr (default: about 20 per run)")
     p.add_argument("--seed", type=int, default=0)

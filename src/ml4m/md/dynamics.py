@@ -4,7 +4,7 @@ An MD run streams its trajectory (:mod:`ml4m.md.trajectory`), stops with
 :class:`~ml4m.errors.SimulationError` when it blows up (:mod:`ml4m.md.safety`), keeping
 the frames written so far, and computes a model's uncertainty only on the steps that
 :class:`~ml4m.md.sigma_schedule.SigmaSchedule` picks (by default spaced to add at most
-8% to the run's wall time).
+5% (``SIGMA_TIME_FRACTION``) to the run's wall time).
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
     uncertainty_interval : int or 'auto'
         With an :class:`~ml4m.models.ML4MCalculator` whose model has uncertainty: the
         predictive sigmas are computed every this many steps (0: never), or, with
-        ``'auto'``, on steps spaced so that they add at most 8% to the wall time
+        ``'auto'``, on steps spaced so that they add at most 5% to the wall time
         (:class:`~ml4m.md.sigma_schedule.SigmaSchedule`); the other steps take the
         fast energy-and-forces path. Frames on sigma steps carry ``forces_sigma``
         (eV/Angstrom).

@@ -29,7 +29,7 @@ __all__ = ["SigmaSchedule", "AUTO", "SIGMA_TIME_FRACTION", "MAX_AUTO_INTERVAL",
 
 AUTO = "auto"
 #: share of the MD wall time that ``auto`` lets the sigma steps add
-SIGMA_TIME_FRACTION = 0.08
+SIGMA_TIME_FRACTION = 0.05
 #: longest gap between sigma steps under ``auto``, steps
 MAX_AUTO_INTERVAL = 200
 #: gap before the first timings are in, steps
