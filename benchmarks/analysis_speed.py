@@ -226,7 +226,8 @@ def _timed(cmd: list[str]) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
-    return {"wall": wall, "peak_mib": usage.ru_maxrss / 1024.0, "load": load,
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
+            "peak_mib": usage.ru_maxrss / 1024.0, "load": load,
             "out": json.loads(out.strip().splitlines()[-1])}
 
 
@@ -255,6 +256,7 @@ def cli(n: int, repeats: int, runners) -> None:
             {"id": out["id"]["estimate"], "error": out["id"]["error"]}
         entry["runs"][r] = {
             "times": [x["wall"] for x in res], "median": float(np.median([x["wall"] for x in res])),
+            "cpu_median": float(np.median([x["cpu"] for x in res])),
             "peak_mib": max(x["peak_mib"] for x in res), "loads": [x["load"] for x in res],
             "id": ident["id"], "id_error": ident["error"],
             "clusters": out["clusters"] if r == "dadapy" else out["clusters"]["n"],
@@ -267,21 +269,27 @@ def _report_cli(rows) -> list[str]:
              "beside DADApY", "",
              "Default flags; wall time from process start to exit (imports, reading, parsing "
              "included), medians of interleaved repeats after one warm-up each. `load`: the "
-             "1-minute load average before each run (2 cores; other engineers' jobs).", "",
-             "| date | N | runner | repeats | median s | times s | load | peak MiB | "
-             "DADApY / runner | clusters | ID +- error | backend (recall) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "1-minute load average before each run (2 cores; other engineers' jobs). `CPU s`: "
+             "user + system time of the process and its threads (median), less sensitive to "
+             "the load than wall time.", "",
+             "| date | N | runner | repeats | median s | times s | load | CPU s | peak MiB | "
+             "DADApY / runner (wall, CPU) | clusters | ID +- error | backend (recall) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in rows:
         peer = d["runs"].get("dadapy")
         for name, r in d["runs"].items():
             ratio = "" if name == "dadapy" or peer is None else \
                 f"**{peer['median'] / r['median']:.2f}x**"
+            cpu = r.get("cpu_median")
+            if ratio and cpu:
+                ratio += f", {peer['cpu_median'] / cpu:.2f}x"
             be = "" if r["backend"] is None else f"{r['backend']} ({r['recall']:.4f})" \
                 if r["recall"] is not None else r["backend"]
             lines.append(
                 f"| {d['date']} | {d['n']} | {name} | {len(r['times'])} | {r['median']:.2f} | "
                 f"{', '.join(f'{t:.2f}' for t in r['times'])} | "
-                f"{min(r['loads']):.1f}-{max(r['loads']):.1f} | {r['peak_mib']:.0f} | {ratio} | "
+                f"{min(r['loads']):.1f}-{max(r['loads']):.1f} | "
+                f"{'' if cpu is None else f'{cpu:.2f}'} | {r['peak_mib']:.0f} | {ratio} | "
                 f"{r['clusters']} | {r['id']:.3f} +- {r['id_error']:.3f} | {be} |")
     return lines + [""]
 
