@@ -36,8 +36,8 @@ def _groups(frames: list[Frame]) -> list[list[int]]:
 
 
 #: members from which, asking for the spread, one descriptor pass with per-feature
-#: gradients shared by all (then a product per member) beats one adjoint pass per
-#: member: on Cu (ACE, 73 features, 32-atom frames) the gradients cost 11x an adjoint pass
+#: gradients shared by all (then a product per member) is cheaper than one adjoint pass
+#: per member (the gradients cost about as much as this many adjoint passes)
 SHARED_GRADIENTS_FROM = 12
 
 
