@@ -43,7 +43,7 @@ import scipy.sparse as sp
 
 from ml4m.data.neighbors import NeighborList
 from ml4m.descriptors.ace_contraction import ProductBasis
-from ml4m.descriptors.base import Descriptor
+from ml4m.descriptors.base import Descriptor, padded_layout
 from ml4m.descriptors.radial import HermiteTable, ace_radial_table, stack_tables
 from ml4m.descriptors.soap import density_coefficients
 from ml4m.descriptors.spherical_harmonics import (
@@ -94,12 +94,9 @@ class _PairBlocks:
     """
 
     def __init__(self, group: np.ndarray, n_groups: int, block_pairs: int):
-        sorted_already = len(group) < 2 or bool(np.all(group[1:] >= group[:-1]))
-        self.order = slice(None) if sorted_already else np.argsort(group, kind="stable")
-        group = group[self.order]
+        self.order, group, rank, _ = padded_layout(group, n_groups)
         counts = np.bincount(group, minlength=n_groups)
         first = np.concatenate([[0], np.cumsum(counts)])
-        rank = np.arange(len(group)) - first[group]  # position of a pair in its group
         self.blocks: list[_Block] = []
         g0 = 0
         while g0 < n_groups:
@@ -116,8 +113,6 @@ class _PairBlocks:
 
     def restore(self, values: np.ndarray) -> np.ndarray:
         """Per-pair ``values`` in sorted order, back in the original pair order."""
-        if isinstance(self.order, slice):
-            return values
         out = np.empty_like(values)
         out[self.order] = values
         return out
