@@ -246,6 +246,9 @@ def test_training_file_grows_by_appending(files, monkeypatch):
     """Each save appends only the new frames (no rewrite of the whole set); the state
     records the frames and bytes of train.extxyz that are its training set."""
     import ase.io
+    from ase.io import read
+
+    from ml4m.md.learning_state import load_state
 
     written = []
     original = ase.io.write
@@ -258,6 +261,17 @@ def test_training_file_grows_by_appending(files, monkeypatch):
     out = files / "appended"
     result = run_learning(_settings(files, steps=20), out)
     assert result["reference_calls"] >= 2 and sum(written) == result["n_train"]
+    path = out / "train.extxyz"
     record = json.loads((out / "state" / "state.json").read_text())["train_extxyz"]
-    assert record == {"frames": result["n_train"], "bytes": (out / "train.extxyz").stat().st_size}
+    assert record == {"frames": result["n_train"], "bytes": path.stat().st_size}
     assert len(_train(out)) == result["n_train"]
+    # a resume cuts what a killed save appended, and rewrites a file that is not the state's
+    monkeypatch.undo()
+    starts = [read(files / "start.extxyz")] * 2
+    complete = path.read_bytes()
+    path.write_bytes(complete + b"32\nLattice=")
+    load_state(out, starts)
+    assert path.read_bytes() == complete
+    path.write_bytes(b"junk\n" + complete)
+    load_state(out, starts)
+    assert path.read_bytes() == complete

@@ -135,11 +135,27 @@ def has_state(folder: str | os.PathLike) -> bool:
 TRAIN_FILE = "train.extxyz"
 
 
-def _append_train(folder: Path, state: LoopState) -> None:
+def _holds_frames(path: Path, size: int, frames: list[Frame]) -> bool:
+    """Whether the first ``size`` bytes of the extxyz file ``path`` have the lines of
+    ``frames`` (atoms + 2 each) and end with one."""
+    lines, left, last = 0, size, b"\n"
+    with open(path, "rb") as fh:
+        while left > 0:
+            chunk = fh.read(min(left, 1 << 24))
+            if not chunk:
+                return False
+            lines += chunk.count(b"\n")
+            left -= len(chunk)
+            last = chunk[-1:]
+    return last == b"\n" and lines == sum(len(f) + 2 for f in frames)
+
+
+def _append_train(folder: Path, state: LoopState, verify: bool = False) -> None:
     """Bring ``folder/train.extxyz`` to ``state.train``: cut it to the recorded size
     (frames a killed save appended), append the frames it lacks, flush them to disk;
-    ``state.train_file`` then counts them. Written afresh when it is missing or shorter
-    than recorded."""
+    ``state.train_file`` then counts them. Written afresh when it is missing, shorter
+    than recorded or (``verify``) its recorded part does not have the recorded frames'
+    lines."""
     import io
 
     import ase.io
@@ -148,7 +164,8 @@ def _append_train(folder: Path, state: LoopState) -> None:
 
     path = folder / TRAIN_FILE
     frames, size = state.train_file
-    if frames == 0 or not path.is_file() or path.stat().st_size < size:
+    if frames == 0 or not path.is_file() or path.stat().st_size < size or \
+            (verify and not _holds_frames(path, size, state.train[:frames])):
         frames, size = 0, 0
     text = io.StringIO()
     if len(state.train) > frames:
@@ -219,7 +236,8 @@ def load_state(folder: str | os.PathLike, walker_atoms: list[Atoms]) -> LoopStat
 
     ``walker_atoms`` are the walkers' starting structures (numbers, pbc and masses come
     from them; positions, momenta and cells from the state). ``folder/train.extxyz`` is
-    brought to the state's training set (frames past it cut off).
+    brought to the state's training set (frames past it cut off; written again from the
+    state when its recorded part does not hold the state's frames).
     """
     from ml4m.models.serialization import load
 
@@ -255,7 +273,7 @@ def load_state(folder: str | os.PathLike, walker_atoms: list[Atoms]) -> LoopStat
     state = LoopState(record["settings"], model, train, walkers, int(record["calls"]),
                       int(record["skipped"]), int(record["rounds"]), history,
                       _train_file(record, len(train), path))
-    _append_train(Path(folder), state)  # cut what a killed save appended past the state
+    _append_train(Path(folder), state, verify=True)  # cut what a killed save appended
     return state
 
 
