@@ -407,11 +407,16 @@ class LinearPotential(Potential):
         :meth:`averaged`)."""
         import hashlib
 
+        cached = getattr(self, "_fmap_key", None)
+        if cached is not None and cached[0] is self.fmap_:  # a fit makes a new feature map
+            return cached[1]
         params, arrays = self._feature_map_state()
         digest = hashlib.sha256()
         for name in sorted(arrays):
             digest.update(name.encode() + np.ascontiguousarray(arrays[name]).tobytes())
-        return self.descriptor_key() + json_dumps(params) + digest.hexdigest()
+        key = self.descriptor_key() + json_dumps(params) + digest.hexdigest()
+        self._fmap_key = (self.fmap_, key)
+        return key
 
     @staticmethod
     def averaged(models: Sequence[LinearPotential]) -> LinearPotential:
