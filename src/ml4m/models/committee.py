@@ -166,8 +166,6 @@ class Committee(Potential):
         self._check_fitted()
         frames = as_frames(frames)
         if not uncertainty and _shared_key(self.members_, "feature_map_key") is not None:
-            # members linear in their coefficients over one feature map: the mean model's
-            # prediction is their mean, in one descriptor pass
             p = type(self.members_[0]).averaged(self.members_).predict(frames)
             return Prediction(energy=p.energy, forces=p.forces, stress=p.stress,
                               offsets=p.offsets)
