@@ -12,15 +12,15 @@ from __future__ import annotations
 import inspect
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from ase import Atoms
 
-from ml4m.data.frames import Dataset, Frame
+from ml4m.data.frames import Dataset
+from ml4m.descriptors.base import as_frames  # one conversion for every stage
 
 __all__ = ["Estimator", "Prediction", "Potential", "as_frames"]
 
@@ -93,13 +93,6 @@ class Estimator:
             if check is not None:
                 check(f"{prefix}{name}", value, **where)
         return params
-
-
-def as_frames(frames: Sequence[Frame | Atoms] | Dataset | Frame | Atoms) -> list[Frame]:
-    """A list of :class:`Frame` from frames, ASE atoms, a dataset or a single structure."""
-    if isinstance(frames, (Frame, Atoms)):
-        frames = [frames]
-    return [f if isinstance(f, Frame) else Frame.from_atoms(f) for f in frames]
 
 
 @dataclass(frozen=True)
