@@ -198,18 +198,16 @@ def test_bad_input_fails_before_any_work(files, tmp_path):
         run_learning(_settings(files), tmp_path / "c", resume=True)
 
 
-def test_walkers_and_ml4m_md_read_a_structure_alike(files):
-    """One reader: the last frame, without labels (ml4m md and relax go through it)."""
+def test_walkers_start_from_the_last_frame_without_labels(files):
+    """ml4m.data.read_structure (walkers, ml4m md and relax): the last frame, no labels."""
     from ase.io import read
 
-    from ml4m.cli.md import read_structure as cli_read
-    from ml4m.md.learning import read_structure
+    from ml4m.data import read_structure
 
     atoms = read_structure(files / "init.extxyz")
     last = read(files / "init.extxyz", index=-1)
     np.testing.assert_array_equal(atoms.positions, last.positions)
     assert atoms.calc is None and "forces" not in atoms.arrays
-    np.testing.assert_array_equal(cli_read(str(files / "init.extxyz")).positions, atoms.positions)
 
 
 def test_model_file_is_used_as_it_is(files):

@@ -52,13 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def read_structure(path: str):
-    """:func:`ml4m.md.learning.read_structure` (imported when called: the parser stays light)."""
-    from ml4m.md.learning import read_structure as read
-
-    return read(path)
-
-
 def claim(output: str | None, inputs: list[str], overwrite: bool, companions: tuple = ()):
     """:func:`ml4m.outputs.claim_output` of a command writing one file (a no-op without
     one); ``inputs`` that are not files (``emt``) are left out."""
@@ -99,6 +92,7 @@ def reporter(steps: int, bar: bool) -> Iterator[tuple]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ml4m.data import read_structure
     from ml4m.md import check_md_settings, load_calculator, partial_path, run_md
 
     check_md_settings(args.ensemble, args.temperature, args.steps, args.dt, args.friction,

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ml4m.cli.md import claim, read_structure
+    from ml4m.cli.md import claim
+    from ml4m.data import read_structure
     from ml4m.md import check_relax_settings, load_calculator, relax
 
     check_relax_settings(args.fmax, args.steps)

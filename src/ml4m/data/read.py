@@ -29,7 +29,7 @@ from ml4m.data.validate import MIN_DISTANCE, check_consistent_labels, check_fram
 from ml4m.errors import ConfigError, DataError, ML4MError
 from ml4m.validation import check_float, check_size_against_file, check_str
 
-__all__ = ["iter_frames", "read_dataset", "scan_xyz", "MAX_COLUMNS"]
+__all__ = ["iter_frames", "read_dataset", "read_structure", "scan_xyz", "MAX_COLUMNS"]
 
 _INFO_SKIP = {"energy", "free_energy", "stress", "virial"}
 _XYZ_FORMATS = ("extxyz", "xyz")
@@ -338,3 +338,10 @@ def read_dataset(
                     raise DataError(f"required label '{label}' is missing", *f.source)
         frames.extend(part)
     return Dataset(frames)
+
+
+def read_structure(path: str | os.PathLike):
+    """The last frame of ``path`` (any ASE-readable file, validated as
+    :func:`read_dataset` does) as ``ase.Atoms`` without labels: the start of an MD run,
+    a relaxation, a walker or an optimisation."""
+    return read_dataset(path, index="-1")[0].to_atoms(with_labels=False)

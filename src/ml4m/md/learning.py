@@ -31,6 +31,7 @@ import numpy as np
 from ase import Atoms
 
 from ml4m.data.frames import Frame
+from ml4m.data.read import read_structure
 from ml4m.errors import ConfigError, DataError, SimulationError
 from ml4m.md.dynamics import _dynamics
 from ml4m.md.learning_reference import (
@@ -53,7 +54,7 @@ from ml4m.md.learning_state import (
 from ml4m.md.safety import blowup_limits, check_step
 
 __all__ = ["InlineExecutor", "LearnStatus", "Reference", "ReferenceCalculationError",
-           "label_structure", "read_structure", "reference_executor", "run_learning"]
+           "label_structure", "reference_executor", "run_learning"]
 
 
 @dataclass(frozen=True)
@@ -134,14 +135,6 @@ class _Walker:
         """Whether ``min_steps_between_calls`` have passed since this walker's last call."""
         return self.last_call is None or \
             self.step - self.last_call >= self.settings.min_steps_between_calls
-
-
-def read_structure(path: str | os.PathLike) -> Atoms:
-    """The last frame of ``path`` (any ASE-readable file, validated) as ASE atoms without
-    labels: the start of an MD run, a relaxation or a walker."""
-    from ml4m.data import read_dataset
-
-    return read_dataset(path, index="-1")[0].to_atoms(with_labels=False)
 
 
 def _check_species(model: Any, atoms: Atoms, path: str) -> None:
