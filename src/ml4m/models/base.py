@@ -9,10 +9,11 @@ forces, stress, sigmas), save, and the ASE calculator.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -125,6 +126,22 @@ class Prediction:
     forces_sigma: np.ndarray | None = None
     stress_sigma: np.ndarray | None = None
     energies: np.ndarray | None = None
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Prediction]) -> Prediction:
+        """The predictions of consecutive blocks of frames as one; an optional quantity
+        (a sigma, per-atom energies) only where every block has it."""
+        if len(parts) == 1:
+            return parts[0]
+        sizes = np.concatenate([np.diff(p.offsets) for p in parts])
+        joined = {}
+        for field in dataclasses.fields(cls):
+            if field.name == "offsets":
+                continue
+            values = [getattr(p, field.name) for p in parts]
+            joined[field.name] = (None if any(v is None for v in values)
+                                  else np.concatenate(values))
+        return cls(offsets=np.concatenate([[0], np.cumsum(sizes)]), **joined)
 
     def frame(self, k: int) -> dict[str, Any]:
         """Results of frame ``k`` as an ASE-style dict."""

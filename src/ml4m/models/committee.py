@@ -16,7 +16,6 @@ import numpy as np
 from ml4m.data.frames import Dataset, Frame
 from ml4m.errors import ConfigError, DataError, NotFittedError
 from ml4m.models.base import Potential, Prediction, as_frames
-from ml4m.models.linear.potential import join_predictions
 from ml4m.models.registry import model_kind, register_model
 from ml4m.models.serialization import check_state_version
 from ml4m.validation import check_int, check_mapping, int_from, one_of
@@ -64,7 +63,7 @@ def _member_predictions(members: list[Potential], frames: list[Frame]) -> list[P
         described = first.describe(block)
         for part, m in zip(parts, members):
             part.append(m.predict_described(block, described))
-    return [join_predictions(part) for part in parts]
+    return [Prediction.concatenate(part) for part in parts]
 
 
 @register_model("committee")

@@ -37,7 +37,7 @@ from ml4m.validation import (
     optional,
 )
 
-__all__ = ["LinearPotential", "join_predictions"]
+__all__ = ["LinearPotential"]
 
 QUANTITIES = ("energy", "forces", "stress")
 _PREFETCH = 2  # blocks of design rows computed ahead, one thread each
@@ -763,7 +763,7 @@ class LinearPotential(Potential):
         self._species_index(frames)
         if not uncertainty:
             return self._predict_adjoint(frames)
-        return join_predictions([self._rows_prediction(block, rows, X, sidx, True)
+        return Prediction.concatenate([self._rows_prediction(block, rows, X, sidx, True)
                                  for block, rows, X, sidx in self._block_rows(frames, True, True)])
 
     def predict_described(self, block: Sequence[Frame], described: list[Any],
@@ -922,19 +922,6 @@ def json_dumps(value: Any) -> str:
     import json
 
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def join_predictions(parts: Sequence[Prediction]) -> Prediction:
-    """The predictions of consecutive blocks of frames as one (a sigma only where every
-    block has it)."""
-    if len(parts) == 1:
-        return parts[0]
-    sizes = np.concatenate([np.diff(p.offsets) for p in parts])
-    joined = {}
-    for q in ("energy", "forces", "stress", "energy_sigma", "forces_sigma"):
-        values = [getattr(p, q) for p in parts]
-        joined[q] = None if any(v is None for v in values) else np.concatenate(values)
-    return Prediction(offsets=np.concatenate([[0], np.cumsum(sizes)]), **joined)
 
 
 #: what the force error model reads besides the environment: the norm of each atom's
