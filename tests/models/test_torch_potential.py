@@ -10,59 +10,14 @@ from ase.build import bulk, molecule
 
 from ml4m.data import Frame
 from ml4m.errors import ConfigError, DataError
-from ml4m.models.torch_potential import TorchPotential, batch_graph, edge_vectors
+from ml4m.models.torch_potential import batch_graph, edge_vectors, species_index
 
 from .potential_checks import (
     assert_forces_are_energy_gradients,
     assert_invariant_and_equivariant,
     assert_stress_is_strain_derivative,
 )
-
-
-class _PairModule(torch.nn.Module):
-    """E = 1/2 sum over edges of a Morse pair energy per species pair, times a smooth cutoff."""
-
-    def __init__(self, n_species: int, cutoff: float) -> None:
-        super().__init__()
-        self.cutoff = cutoff
-        self.depth = torch.nn.Parameter(0.3 + 0.1 * torch.rand(n_species, n_species))
-        self.r0 = torch.nn.Parameter(2.4 + 0.1 * torch.rand(n_species, n_species))
-
-    def forward(self, data):
-        i, j = data["edge_index"]
-        r = torch.linalg.vector_norm(edge_vectors(data), dim=1)
-        si, sj = data["species"][i], data["species"][j]
-        d, r0 = 0.5 * (self.depth[si, sj] + self.depth[sj, si]), self.r0[si, sj] + self.r0[sj, si]
-        x = torch.exp(-1.5 * (r - 0.5 * r0))
-        fc = 0.5 * (torch.cos(torch.pi * r / self.cutoff) + 1)
-        pair = 0.5 * d * (x * x - 2 * x) * fc
-        energies = torch.zeros(len(data["species"]), dtype=r.dtype, device=r.device)
-        energies = energies.index_add(0, i, pair)
-        energy = torch.zeros(len(data["n_atoms"]), dtype=r.dtype, device=r.device)
-        return {"energy": energy.index_add(0, data["batch"], energies), "energies": energies}
-
-
-class PairTorchPotential(TorchPotential):
-    kind = "test_pair"
-
-    def __init__(self, r_cut: float = 4.5, device: str = "cpu", dtype: str = "float64") -> None:
-        self.r_cut = r_cut
-        self.device = device
-        self.dtype = dtype
-
-    @property
-    def cutoff(self) -> float:
-        return self.r_cut
-
-    def build_module(self):
-        return _PairModule(len(self.species_), self.r_cut)
-
-    def fit(self, train, valid=None):
-        torch.manual_seed(0)
-        self.species_ = sorted({int(z) for f in train for z in f.numbers})
-        device, dtype = self._torch_settings()
-        self.module_ = self.build_module().to(device=device, dtype=dtype)
-        return self
+from .toy_potentials import ToyPair
 
 
 def _structures():
@@ -75,12 +30,20 @@ def _structures():
     return [Frame.from_atoms(cu), Frame.from_atoms(mol)]
 
 
+def _toy(**params) -> ToyPair:
+    """The toy potential with a 4.5 A cutoff, prepared (seeded) on the test structures."""
+    torch.manual_seed(0)
+    return ToyPair(**{"r_cut": 4.5, **params}).prepare(_structures())
+
+
 @pytest.fixture(scope="module")
 def model():
-    return PairTorchPotential().fit(_structures())
+    return _toy()
 
 
 def test_batch_graph_edges_are_the_neighbour_list(model):
+    from ml4m.data.neighbors import neighbor_list
+
     frames = _structures()
     data = batch_graph(frames, model.cutoff, model.species_)
     r = torch.linalg.vector_norm(edge_vectors(data), dim=1)
@@ -88,6 +51,22 @@ def test_batch_graph_edges_are_the_neighbour_list(model):
     assert int(data["n_atoms"].sum()) == len(data["positions"]) == sum(len(f) for f in frames)
     i, j = data["edge_index"]
     assert torch.all(data["batch"][i] == data["batch"][j])  # no edge between structures
+    pairs = [neighbor_list(f, model.cutoff).distances for f in frames]
+    np.testing.assert_allclose(r.numpy(), np.concatenate(pairs), atol=1e-12)
+    assert data["cell"][1].abs().sum() == 0  # a molecule has no cell
+    species = np.concatenate([f.numbers for f in frames])
+    np.testing.assert_array_equal(np.array(model.species_)[data["species"].numpy()], species)
+
+
+def test_species_index_and_unknown_species_named(model):
+    numbers = np.array([79, 29, 8, 79, 1])
+    np.testing.assert_array_equal(species_index(numbers, [79, 8, 29]), [0, 2, 1, 0, -1])
+    np.testing.assert_array_equal(species_index(numbers, []), [-1] * 5)
+    frames = _structures()
+    frames[1] = Frame.from_atoms(molecule("H2O"), source=("mols.extxyz", 7))
+    with pytest.raises(DataError, match=r"mols.extxyz, frame 7: species \[1, 8\] are not "
+                                        r"known to this model \(trained on \[29, 79\]\)"):
+        batch_graph(frames, model.cutoff, model.species_)
 
 
 def test_forces_stress_and_per_atom_energies_are_consistent(model):
@@ -110,24 +89,24 @@ def test_float32_close_to_float64_and_state_round_trip(model):
     frames = _structures()
     params, arrays = model.get_state()
     assert all(isinstance(a, np.ndarray) for a in arrays.values())
-    again = PairTorchPotential.from_state(params, arrays)
+    again = ToyPair.from_state(params, arrays)
     a, b = model.predict(frames), again.predict(frames)
     np.testing.assert_array_equal(a.forces, b.forces)
-    single = PairTorchPotential.from_state({**params, "hyper": {**params["hyper"],
+    single = ToyPair.from_state({**params, "hyper": {**params["hyper"],
                                                                  "dtype": "float32"}}, arrays)
     c = single.predict(frames)
     np.testing.assert_allclose(c.energy, a.energy, rtol=1e-5)
     np.testing.assert_allclose(c.forces, a.forces, atol=1e-4)
     with pytest.raises(DataError, match="module state"):
-        PairTorchPotential.from_state(params, {"module.depth": arrays["module.depth"]})
+        ToyPair.from_state(params, {"module.depth": arrays["module.depth"]})
     with pytest.raises(ConfigError, match="dtype"):
-        PairTorchPotential(dtype="float16").fit(frames)
+        _toy(dtype="float16")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(model):
     params, arrays = model.get_state()
-    gpu = PairTorchPotential.from_state({**params, "hyper": {**params["hyper"],
+    gpu = ToyPair.from_state({**params, "hyper": {**params["hyper"],
                                                               "device": "cuda"}}, arrays)
     frames = _structures()
     np.testing.assert_allclose(gpu.predict(frames).forces, model.predict(frames).forces,
@@ -145,7 +124,7 @@ def test_prepare_sets_species_statistics_and_module():
         atoms.calc = EMT()
         frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
                                        forces=atoms.get_forces()))
-    model = PairTorchPotential().prepare(frames)
+    model = ToyPair(r_cut=4.5).prepare(frames)
     assert model.species_ == [29, 79]
     forces = np.concatenate([f.forces for f in frames])
     assert np.isclose(model.stats_["scale"], np.sqrt(np.mean(forces ** 2)))

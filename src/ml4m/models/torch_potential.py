@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ml4m.data.frames import Frame
-from ml4m.data.neighbors import neighbor_list
+from ml4m.data.neighbors import batched_neighbor_list
 from ml4m.errors import ConfigError, DataError, NotFittedError
 from ml4m.models.base import Potential, Prediction, as_frames
 from ml4m.models.last_layer import (
@@ -36,11 +36,35 @@ from ml4m.models.last_layer import (
     direction_gradients,
     gradient_variances,
 )
+from ml4m.models.linear.design import VOIGT
 
-__all__ = ["TorchPotential", "batch_graph", "edge_vectors", "DTYPES"]
+__all__ = ["TorchPotential", "batch_graph", "edge_vectors", "species_index", "DTYPES"]
 
 #: floating-point types a torch potential may run in
 DTYPES = ("float64", "float32")
+
+
+def species_index(numbers: np.ndarray, species: Sequence[int]) -> np.ndarray:
+    """Index into ``species`` of every atomic number in ``numbers`` (-1 where absent).
+
+    Parameters
+    ----------
+    numbers : ndarray of shape (n_atoms,), int
+        Atomic numbers.
+    species : sequence of int
+        Atomic numbers a model knows, in its order.
+
+    Returns
+    -------
+    ndarray of shape (n_atoms,), int64
+    """
+    numbers = np.asarray(numbers, dtype=np.int64)
+    known = np.asarray(species, dtype=np.int64)
+    if not len(known):
+        return np.full(len(numbers), -1, dtype=np.int64)
+    order = np.argsort(known)
+    at = np.minimum(np.searchsorted(known[order], numbers), len(known) - 1)
+    return np.where(known[order][at] == numbers, order[at], -1)
 
 
 def batch_graph(frames: Sequence[Frame], cutoff: float, species: Sequence[int],
@@ -61,41 +85,39 @@ def batch_graph(frames: Sequence[Frame], cutoff: float, species: Sequence[int],
     Returns
     -------
     dict of str to Tensor
-        ``positions`` (N, 3), ``cell`` (B, 3, 3), ``species`` (N,) int64 index,
-        ``batch`` (N,) structure of each atom, ``edge_index`` (2, E) [i, j] with j the
-        neighbour of i, ``shifts`` (E, 3) image shifts of j (``r_j + shifts @ cell``),
-        ``n_atoms`` (B,).
+        ``positions`` (N, 3), ``cell`` (B, 3, 3; zero for a structure without periodic
+        directions), ``species`` (N,) int64 index, ``batch`` (N,) structure of each
+        atom, ``edge_index`` (2, E) [i, j] with j the neighbour of i, ``shifts`` (E, 3)
+        image shifts of j (``r_j + shifts @ cell``), ``n_atoms`` (B,).
+
+    Raises
+    ------
+    DataError
+        A structure holds an element not in ``species`` (the first such is named).
     """
     import torch
 
-    lookup = {int(z): k for k, z in enumerate(species)}
-    pos, cell, spec, batch, edges, shifts, counts = [], [], [], [], [], [], []
-    offset = 0
-    for b, f in enumerate(frames):
-        unknown = sorted({int(z) for z in f.numbers} - set(lookup))
-        if unknown:
-            raise DataError(f"species {unknown} are not known to this model (trained on "
-                            f"{list(species)})", *(f.source or (None, b)))
-        nl = neighbor_list(f, cutoff, full_list=True)
-        pos.append(f.positions)
-        cell.append(f.cell if f.pbc.any() else np.zeros((3, 3)))
-        spec.append([lookup[int(z)] for z in f.numbers])
-        batch.append(np.full(len(f), b))
-        edges.append(np.stack([nl.i, nl.j]) + offset)
-        shifts.append(nl.shifts)
-        counts.append(len(f))
-        offset += len(f)
+    frames = list(frames)
+    counts = np.array([len(f) for f in frames], dtype=np.int64)
+    batch = np.repeat(np.arange(len(frames)), counts)
+    index = species_index(np.concatenate([f.numbers for f in frames]), species)
+    if np.any(index < 0):
+        b = int(batch[np.argmax(index < 0)])
+        unknown = sorted({int(z) for z in frames[b].numbers} - {int(z) for z in species})
+        raise DataError(f"species {unknown} are not known to this model (trained on "
+                        f"{list(species)})", *(frames[b].source or (None, b)))
+    nl, _ = batched_neighbor_list(frames, cutoff, full_list=True)
+    cell = np.array([f.cell if f.pbc.any() else np.zeros((3, 3)) for f in frames])
     ft = getattr(torch, dtype)
 
-    def cat(parts, kind):
-        return torch.as_tensor(np.concatenate(parts, axis=-1 if kind == "edges" else 0),
-                               device=device)
+    def tensor(a, kind):
+        return torch.as_tensor(a, dtype=kind, device=device)
 
-    return {"positions": cat(pos, "f").to(ft), "cell": torch.as_tensor(np.array(cell),
-                                                                          dtype=ft, device=device),
-            "species": cat(spec, "i").long(), "batch": cat(batch, "i").long(),
-            "edge_index": cat(edges, "edges").long(), "shifts": cat(shifts, "f").to(ft),
-            "n_atoms": torch.as_tensor(counts, device=device)}
+    return {"positions": tensor(np.concatenate([f.positions for f in frames]), ft),
+            "cell": tensor(cell, ft), "species": tensor(index, torch.long),
+            "batch": tensor(batch, torch.long),
+            "edge_index": tensor(np.stack([nl.i, nl.j]), torch.long),
+            "shifts": tensor(nl.shifts, ft), "n_atoms": tensor(counts, torch.long)}
 
 
 def edge_vectors(data: dict[str, Any]):
@@ -177,7 +199,7 @@ class TorchPotential(Potential):
         forces = [f.forces for f in frames if f.forces is not None]
         scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else 1.0
         sample = frames[:: max(1, len(frames) // 50)]
-        n_edges = sum(len(neighbor_list(f, self.cutoff, full_list=True).i) for f in sample)
+        n_edges = len(batched_neighbor_list(sample, self.cutoff, full_list=True)[0])
         self.stats_ = {"e0": e0, "shift": shift, "scale": scale if scale > 0 else 1.0,
                        "avg_neighbors": n_edges / max(1, sum(len(f) for f in sample))}
         device, dtype = self._torch_settings()
@@ -331,7 +353,6 @@ class TorchPotential(Potential):
                               "fit_last_layer")
         frames = as_frames(frames)
         device, _ = self._torch_settings()
-        voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
         keys = ["energy", "forces", "stress", "energies"]
         keys += ["energy_sigma", "forces_sigma", "stress_sigma"] if uncertainty else []
         parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -341,7 +362,7 @@ class TorchPotential(Potential):
             for k in keys:
                 a = out[k].detach().cpu().numpy().astype(float)
                 if k.startswith("stress"):
-                    a = np.stack([a[:, p, q] for p, q in voigt], axis=1)
+                    a = np.stack([a[:, p, q] for p, q in VOIGT], axis=1)
                     a[[not f.pbc.all() for f in chunk]] = np.nan
                 parts[k].append(a)
         offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])])

@@ -1,0 +1,57 @@
+"""A toy torch potential for the tests of the torch potential contract and of the trainer:
+a Morse pair energy per species pair with per-species reference energies."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ml4m.models.torch_potential import TorchPotential, edge_vectors
+from ml4m.validation import float_from, one_of
+
+
+class MorsePairModule(torch.nn.Module):
+    """Per-atom energy ``e0[species] + 1/2 sum over neighbours of a Morse pair`` (eV),
+    depth and equilibrium distance per species pair, a smooth cosine cutoff."""
+
+    def __init__(self, n_species: int, cutoff: float, e0=None) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+        self.register_buffer("e0", torch.as_tensor(np.zeros(n_species) if e0 is None else e0))
+        self.depth = torch.nn.Parameter(0.3 + 0.1 * torch.rand(n_species, n_species))
+        self.r0 = torch.nn.Parameter(2.4 + 0.1 * torch.rand(n_species, n_species))
+        self.alpha = torch.nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, data):
+        i, j = data["edge_index"]
+        r = torch.linalg.vector_norm(edge_vectors(data), dim=1)
+        si, sj = data["species"][i], data["species"][j]
+        d = 0.5 * (self.depth[si, sj] + self.depth[sj, si])
+        r0 = 0.5 * (self.r0[si, sj] + self.r0[sj, si])
+        x = torch.exp(-self.alpha * (r - r0))
+        fc = 0.5 * (torch.cos(torch.pi * r / self.cutoff) + 1)
+        energies = self.e0[data["species"]].index_add(0, i, 0.5 * d * (x * x - 2 * x) * fc)
+        energy = torch.zeros(len(data["n_atoms"]), dtype=r.dtype, device=r.device)
+        return {"energy": energy.index_add(0, data["batch"], energies), "energies": energies}
+
+
+class ToyPair(TorchPotential):
+    """The :class:`MorsePairModule` as a potential (E0s from :meth:`prepare`'s statistics)."""
+
+    kind = "test_toy_pair"
+    param_checks = {"r_cut": float_from(1.0), "device": one_of("cpu", "cuda"),
+                    "dtype": one_of("float64", "float32")}
+
+    def __init__(self, r_cut: float = 4.0, device: str = "cpu", dtype: str = "float64") -> None:
+        self.r_cut = r_cut
+        self.device = device
+        self.dtype = dtype
+
+    @property
+    def cutoff(self) -> float:
+        return self.r_cut
+
+    def build_module(self):
+        stats = getattr(self, "stats_", None)
+        e0 = None if stats is None else stats["e0"] + stats["shift"]
+        return MorsePairModule(len(self.species_), self.r_cut, e0)
