@@ -1,6 +1,7 @@
 # ml4m: two commands for a fresh machine.
 #   make demo   create .venv, install ml4m, run `ml4m quickstart`
-#   make test   create .venv, install ml4m with test and approx (faiss, numba) extras, run the suite
+#   make test   create .venv, install ml4m with test, approx (faiss, numba) and xtb (tblite)
+#               extras, run the suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -15,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[test,approx]"
+	$(PIP) install -q -e ".[test,approx,xtb]"
 	touch $@
 
 install: $(VENV)/.installed

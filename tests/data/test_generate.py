@@ -71,6 +71,20 @@ def test_unknown_calculator():
         gen.make_calculator("nonexistent.module:Calc")
 
 
+def test_short_names_carry_defaults_that_settings_override():
+    """``xtb`` is GFN2-xTB by default; a config's own settings win over the defaults."""
+    pytest.importorskip("tblite.ase", reason="the optional extra ml4m[xtb] is not installed")
+    from ase.build import molecule
+
+    calc = gen.make_calculator("xtb")
+    assert calc.parameters["method"] == "GFN2-xTB"
+    assert gen.make_calculator("gfn2", {"method": "GFN1-xTB"}).parameters["method"] == "GFN1-xTB"
+    water = molecule("H2O")
+    water.calc = calc
+    f = water.get_forces()
+    assert np.isfinite(water.get_potential_energy()) and abs(f.sum(axis=0)).max() < 1e-6
+
+
 def test_embedded_data_matches_its_recipe():
     """The shipped file was made by the generator with DEFAULT_GENERATE_SETTINGS."""
     ds = read_dataset(default_dataset_path(), require=("energy", "forces"))

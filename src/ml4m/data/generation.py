@@ -41,10 +41,14 @@ __all__ = [
     "GenerateConfig", "Task", "make_calculator", "plan_tasks", "generate", "config_from_mapping"
 ]
 
-_SHORT_NAMES = {
-    "emt": "ase.calculators.emt:EMT",
-    "lj": "ase.calculators.lj:LennardJones",
-    "morse": "ase.calculators.morse:MorsePotential",
+#: short calculator names: the import path and default settings (a config's own
+#: settings override them); ``xtb``/``gfn2`` need the optional extra ``ml4m[xtb]``
+_SHORT_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
+    "emt": ("ase.calculators.emt:EMT", {}),
+    "lj": ("ase.calculators.lj:LennardJones", {}),
+    "morse": ("ase.calculators.morse:MorsePotential", {}),
+    "xtb": ("tblite.ase:TBLite", {"method": "GFN2-xTB", "verbosity": 0}),
+    "gfn2": ("tblite.ase:TBLite", {"method": "GFN2-xTB", "verbosity": 0}),
 }
 
 
@@ -54,15 +58,18 @@ def make_calculator(name: str, kwargs: dict[str, Any] | None = None) -> Calculat
     Parameters
     ----------
     name : str
-        ``emt``, ``lj``, ``morse``, or ``package.module:Class`` / ``package.module.Class``.
+        ``emt``, ``lj``, ``morse``, ``xtb``/``gfn2`` (tblite's GFN2-xTB), or
+        ``package.module:Class`` / ``package.module.Class``.
     kwargs : dict, optional
-        Keyword arguments for the calculator's constructor.
+        Keyword arguments for the calculator's constructor (over a short name's
+        defaults).
 
     Returns
     -------
     ase.calculators.calculator.Calculator
     """
-    path = _SHORT_NAMES.get(name.lower(), name)
+    path, defaults = _SHORT_NAMES.get(name.lower(), (name, {}))
+    kwargs = {**defaults, **(kwargs or {})}
     module_name, sep, cls_name = path.partition(":")
     if not sep:
         module_name, _, cls_name = path.rpartition(".")
