@@ -31,7 +31,7 @@ TORSIONS = ([1, 6, 7, 8], [6, 7, 8, 9], [7, 8, 9, 10])
 XTB = {"method": "GFN2-xTB", "accuracy": 0.1, "electronic_temperature": 300.0, "verbosity": 0}
 
 
-def settings(method: str, seed: int, budget: int, relax_steps: int, fmax: float):
+def settings(method: str, seed: int, budget: int, relax_steps: int, fmax: float, **extra):
     from ml4m.md.optimize_settings import OptimizeSettings
 
     return OptimizeSettings.from_mapping({
@@ -39,10 +39,11 @@ def settings(method: str, seed: int, budget: int, relax_steps: int, fmax: float)
         "reference": {"calculator": "xtb", "kwargs": XTB},
         "dofs": [{"type": "torsion", "atoms": t} for t in TORSIONS],
         "method": method, "seed": seed, "budget": budget, "n_initial": 8,
-        "relax": {"fmax": fmax, "steps": relax_steps}}, source="bayesopt")
+        "relax": {"fmax": fmax, "steps": relax_steps}, **extra}, source="bayesopt")
 
 
-def run(method: str, seed: int, budget: int, root: Path, relax_steps: int, fmax: float) -> dict:
+def run(method: str, seed: int, budget: int, root: Path, relax_steps: int, fmax: float,
+        **extra) -> dict:
     """One search in ``root/method_seed`` (resumed when a state is there)."""
     from ml4m.md.optimize import run_optimize
 
@@ -53,8 +54,8 @@ def run(method: str, seed: int, budget: int, root: Path, relax_steps: int, fmax:
         print(f"{method} seed {seed} call {status.call}/{status.budget} E {status.energy:.4f} "
               f"best {status.best_energy:.4f} eV ({status.seconds:.1f} s)", flush=True)
 
-    return run_optimize(settings(method, seed, budget, relax_steps, fmax), out, resume=resume,
-                        on_call=log)
+    return run_optimize(settings(method, seed, budget, relax_steps, fmax, **extra), out,
+                        resume=resume, on_call=log)
 
 
 def report(root: Path, grid: int, budget: int, seeds: list[int]) -> str:
@@ -93,6 +94,8 @@ def main() -> None:
     p.add_argument("--relax-steps", type=int, default=0,
                    help="FIRE steps at most per call (0: rigid torsion scan)")
     p.add_argument("--fmax", type=float, default=0.05, help="eV/A, of the relaxations")
+    p.add_argument("--xi", type=float, default=0.01, help="EI's least improvement (bo)")
+    p.add_argument("--acquisition", choices=("ei", "lcb"), default="ei")
     p.add_argument("--root", type=Path, default=Path("/tmp/ml4m_bayesopt"))
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -103,8 +106,9 @@ def main() -> None:
     elif args.part == "grid":
         run("grid", 0, args.grid ** len(TORSIONS), root, args.relax_steps, args.fmax)
     else:
+        extra = {"xi": args.xi, "acquisition": args.acquisition} if args.part == "bo" else {}
         for s in seeds:
-            run(args.part, s, args.budget, root, args.relax_steps, args.fmax)
+            run(args.part, s, args.budget, root, args.relax_steps, args.fmax, **extra)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def evaluate(start: Atoms, settings: OptimizeSettings, values: np.ndarray, calcu
         try:
             out = relax(atoms, fmax=settings.fmax, steps=settings.relax_steps)
             converged, steps = out["converged"], out["steps"]
-        except (ValueError, SimulationError):  # a constraint ASE cannot hold there
+        except (ValueError, ArithmeticError, SimulationError):  # a constraint ASE cannot hold
             converged, steps = False, settings.relax_steps
     energy = float(atoms.get_potential_energy())
     forces = np.array(atoms.get_forces(), dtype=float)

@@ -127,6 +127,18 @@ def _surrogate(space: SearchSpace, u: np.ndarray, y: np.ndarray, seed: int):
     return gp
 
 
+def _squash(y: np.ndarray) -> np.ndarray:
+    """Values above the median compressed logarithmically (on the scale of the median's
+    height above the minimum), so that a few very high values (clashing atoms) do not
+    set the surrogate's variance and length scales; the lower half is kept."""
+    med = float(np.median(y))
+    scale = max(med - float(np.min(y)), 1e-12)
+    high = y > med
+    out = np.array(y, dtype=float)
+    out[high] = med + scale * np.log1p((y[high] - med) / scale)
+    return out
+
+
 def _acquisition(gp, space: SearchSpace, y: np.ndarray, kind: str, xi: float, kappa: float
                  ) -> Callable[[np.ndarray], np.ndarray]:
     """The score to minimise at points ``u`` (n, dim): minus the expected improvement
@@ -155,6 +167,7 @@ def _bo_point(space: SearchSpace, u: np.ndarray, y: np.ndarray, rng: np.random.G
     points so far, the best few polished by L-BFGS-B."""
     from scipy.optimize import minimize
 
+    y = _squash(y)
     gp = _surrogate(space, u, y, seed)
     score = _acquisition(gp, space, y, acquisition, xi, kappa)
     best = u[np.argsort(y)[:8]]
