@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 from ase.build import molecule
+from ase.calculators.emt import EMT
 from ase.io import read
 
 from ml4m.cli.main import main
@@ -70,3 +71,30 @@ def test_bad_input_exits_2_naming_the_key(config, capsys, changes, message):
     assert err.startswith("ml4m: error:") and len(err.splitlines()) == 1
     assert message in err
     assert not (tmp / "out").exists()
+
+
+class FlakyEMT(EMT):
+    """EMT that raises from its ``fail_after + 1``-th calculation on (``None``: never)."""
+
+    fail_after: int | None = None
+    count = 0
+
+    def calculate(self, *args, **kwargs):
+        type(self).count += 1
+        if self.fail_after is not None and type(self).count > self.fail_after:
+            raise RuntimeError("SCF did not converge")
+        super().calculate(*args, **kwargs)
+
+
+def test_failing_reference_stops_with_state_kept_then_resumes(config, capsys):
+    tmp, write = config
+    cfg = write(reference={"calculator": f"{__name__}:FlakyEMT"}, relax={"steps": 0})
+    FlakyEMT.count, FlakyEMT.fail_after = 0, 2
+    assert main(["optimize", cfg, "-o", str(tmp / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("ml4m: error:") and "SCF did not converge" in err and "--resume" in err
+    state = json.loads((tmp / "out" / "state.json").read_text())
+    assert len(state["history"]) == 2 and not (tmp / "out" / "summary.json").exists()
+    FlakyEMT.fail_after = None
+    assert main(["optimize", cfg, "-o", str(tmp / "out"), "--resume", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["calls"] == 4
