@@ -58,6 +58,31 @@ def _within_kstar(k: np.ndarray) -> tuple[np.ndarray, int]:
     return np.arange(1, width + 1)[None, :] <= k[:, None], width
 
 
+def _first_hit(test, n: int, width: int, limit: np.ndarray | None = None,
+               chunks: tuple[int, ...] = (8, 32)) -> np.ndarray:
+    """Column of the first True of ``test(rows, c0, c1)`` (a boolean array of shape
+    (len(rows), c1 - c0) for columns ``c0:c1`` of those rows) in every row, -1 where
+    none. Only the first ``limit[i]`` columns of row ``i`` count. Columns come in
+    growing chunks and a row leaves once found or past its limit, so a test that is
+    usually true in the first columns reads only those."""
+    pos = np.full(n, -1, dtype=np.int64)
+    rows = np.arange(n)
+    edges = [0, *[c for c in chunks if c < width], width]
+    for c0, c1 in zip(edges[:-1], edges[1:]):
+        if limit is not None:
+            rows = rows[limit[rows] > c0]
+        if rows.size == 0:
+            break
+        hit = test(rows, c0, c1)
+        if limit is not None:
+            hit &= np.arange(c0, c1)[None, :] < limit[rows, None]
+        first = np.argmax(hit, axis=1)
+        found = hit[np.arange(rows.size), first]
+        pos[rows[found]] = c0 + first[found]
+        rows = rows[~found]
+    return pos
+
+
 def _rank(g: np.ndarray) -> np.ndarray:
     """Position of each point in decreasing ``g``, ties by index: a strict order, so
     equal densities (duplicate points, a regular grid) do not each make a peak."""
@@ -90,8 +115,8 @@ def _modes(graph: NeighborGraph, rank: np.ndarray, k: np.ndarray, rep: np.ndarra
     (denser: smaller ``rank``)."""
     inside, width = _within_kstar(k)
     idx = graph.indices[:, :width]
-    higher = (rank[idx] < rank[:, None]) & inside
-    cand = ~higher.any(1) & (rep == np.arange(graph.n))  # a copy is never a peak
+    higher = _first_hit(lambda r, c0, c1: rank[idx[r, c0:c1]] < rank[r, None], graph.n, width, k)
+    cand = (higher < 0) & (rep == np.arange(graph.n))  # a copy is never a peak
     # candidates lying in the k* neighbourhood of a denser point are removed; they are
     # attached to the densest such point
     rows, cols = np.nonzero(inside & cand[idx])
@@ -113,10 +138,13 @@ def _assign(graph: NeighborGraph, rank: np.ndarray, centers: np.ndarray, cover: 
     processed before it (or a centre)."""
     n = graph.n
     idx = graph.indices
-    ok = (rank[idx] < rank[:, None]) | centers[idx]
-    first = np.argmax(ok, axis=1)
-    has = ok[np.arange(n), first]
-    parent = np.where(has, idx[np.arange(n), first], -1)
+
+    def ok(r, c0, c1):
+        j = idx[r, c0:c1]
+        return (rank[j] < rank[r, None]) | centers[j]
+
+    first = _first_hit(ok, n, graph.maxk)
+    parent = np.where(first >= 0, idx[np.arange(n), np.maximum(first, 0)], -1)
     parent = np.where(parent < 0, cover, parent)
     parent = np.where(rep != np.arange(n), rep, parent)
     parent[centers] = np.flatnonzero(centers)
@@ -131,11 +159,9 @@ def _borders(graph: NeighborGraph, k: np.ndarray, root: np.ndarray, centers: np.
     """Border points: arrays (point, own cluster root, other cluster root)."""
     n = graph.n
     idx = graph.indices
-    inside, width = _within_kstar(k)
-    other = (root[idx[:, :width]] != root[:, None]) & inside
-    first = np.argmax(other, axis=1)
-    has = other[np.arange(n), first] & ~centers
-    p1 = np.flatnonzero(has)
+    first = _first_hit(lambda r, c0, c1: root[idx[r, c0:c1]] != root[r, None], n,
+                       int(k.max()), k)
+    p1 = np.flatnonzero((first >= 0) & ~centers)
     p2 = idx[p1, first[p1]]
     c = root[p1]
     # p1 is a border point unless a point of c comes before p1 in p2's list
