@@ -10,8 +10,8 @@ import pytest
 from ml4m.data import default_dataset
 from ml4m.models.linear import LinearACE
 from ml4m.training import search
-from ml4m.training.search import (RUNGS, RUNGS_MANY_ELEMENTS, _cv_rung, _descriptor, _Folds,
-                                  _group_sums, _rung_columns, _sub_equations, _Sums, cv_folds,
+from ml4m.training.fold_sums import FoldSums, Sums, _sub_equations, cv_rmse, group_sums
+from ml4m.training.search import (RUNGS, RUNGS_MANY_ELEMENTS, _descriptor, _rung_columns, cv_folds,
                                   search_linear_ace, species_bounds)
 
 
@@ -30,7 +30,7 @@ def _folds_for(frames, top):
     model = LinearACE(_descriptor(species, RUNGS[top], pair_r_in))
     model.e0_ = resolve_reference_energies(Dataset(frames), model.e0)
     model.fmap_ = model._make_feature_map(frames)
-    return model, _Folds(model, frames, cv_folds(frames), True, False), pair_r_in
+    return model, FoldSums(model, frames, cv_folds(frames), True, False), pair_r_in
 
 
 def _columns(model, rung, pair_r_in):
@@ -44,14 +44,14 @@ def test_a_rung_scores_the_same_inside_any_larger_pass(frames):
     the ladder's bases are nested, so one pass serves every rung."""
     small, folds_small, r_in = _folds_for(frames, 1)
     large, folds_large, _ = _folds_for(frames, 3)
-    own = _cv_rung(folds_small, _columns(small, 1, r_in), small._prior(np.ones(small.fmap_.n_features)))
-    inside = _cv_rung(folds_large, _columns(large, 1, r_in), large._prior(np.ones(large.fmap_.n_features)))
+    own = cv_rmse(folds_small, _columns(small, 1, r_in), small._prior(np.ones(small.fmap_.n_features)))
+    inside = cv_rmse(folds_large, _columns(large, 1, r_in), large._prior(np.ones(large.fmap_.n_features)))
     for q in own:
         assert inside[q] == pytest.approx(own[q], rel=1e-4)  # evidence search tolerance
 
 
 def test_cv_error_equals_explicit_held_out_predictions(frames):
-    """``_cv_rung``'s CV errors (from per-fold sums, sub-matrix of a larger pass) equal
+    """``cv_rmse``'s CV errors (from per-fold sums, sub-matrix of a larger pass) equal
     refitting a model on the other folds' frames (the same hyperparameters) and
     predicting each fold's frames."""
     from ml4m.models.linear.bayesian import BayesianLinearRegression
@@ -59,10 +59,10 @@ def test_cv_error_equals_explicit_held_out_predictions(frames):
     model, folds, r_in = _folds_for(frames, 2)
     cols = _columns(model, 1, r_in)
     P = model._prior(np.ones(model.fmap_.n_features))
-    cv = _cv_rung(folds, cols, P)
-    # the evidence's hyperparameters on all folds, as _cv_rung finds them
+    cv = cv_rmse(folds, cols, P)
+    # the evidence's hyperparameters on all folds, as cv_rmse finds them
     reg = BayesianLinearRegression(prior=P[cols] / P[cols].mean()).fit_normal_equations(
-        _sub_equations(*_group_sums(folds, folds.quantities, cols)))
+        _sub_equations(*group_sums(folds, folds.quantities, cols)))
     fold = cv_folds(frames)
     sq = {"energy": [], "forces": []}
     for k in range(3):
@@ -85,7 +85,7 @@ def test_fold_sums_keep_rows_or_a_gram_matrix_alike():
     the same sub-matrix Gram, right-hand side and squared error."""
     rng = np.random.default_rng(0)
     A, y = rng.normal(size=(30, 8)), rng.normal(size=30)
-    few, many = _Sums(200), _Sums(8)
+    few, many = Sums(200), Sums(8)
     for s in (few, many):
         s.add(A[:10], y[:10], 4.0)
         s.add(A[10:], y[10:], 4.0)

@@ -27,7 +27,8 @@ three or more distinct values, else contiguous chunks (MD frames are stored in
 trajectory order). The valid file is never read. The ladder stops when the budget is
 spent (keeping time for the final fit) or when two rungs in a row score worse than the
 best; a larger budget therefore never gives a worse CV score. The largest rung is the
-largest whose pass (timed on three frames), CV solves and final fit fit the budget.
+largest whose pass (descriptors timed on three frames, Gram updates at a measured rate),
+CV solves and final fit fit the budget.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 
 from ml4m.data.frames import Frame
 from ml4m.errors import ConfigError
+from ml4m.training.fold_sums import FoldSums, Sums, cv_rmse
 
 __all__ = ["RUNGS", "RUNGS_MANY_ELEMENTS", "SearchResult", "cv_folds", "ladder", "search_linear_ace",
            "species_bounds"]
@@ -118,6 +120,9 @@ class SearchResult:
     params : dict
         Model parameters of the chosen rung: ``species_degree`` (element symbol -> degree
         bound per order) when some centre species take smaller bounds, else empty.
+    plan : dict
+        How the largest rung was chosen: ``top`` (its index), ``pass_estimate_seconds``
+        (its pass as estimated), ``gram_gflops`` (the measured Gram update rate).
     """
 
     descriptor: dict[str, Any]
@@ -126,10 +131,12 @@ class SearchResult:
     pass_seconds: float = 0.0
     stopped: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"descriptor": self.descriptor, "params": self.params, "table": self.table,
-                "folds": self.folds, "pass_seconds": self.pass_seconds, "stopped": self.stopped}
+                "folds": self.folds, "pass_seconds": self.pass_seconds, "stopped": self.stopped,
+                "plan": self.plan}
 
 
 def cv_folds(frames: list[Frame], n_folds: int = N_FOLDS) -> np.ndarray:
@@ -179,225 +186,37 @@ def _descriptor(species: list[int], rung: dict[str, Any], pair_r_in):
     return make_descriptor("ace", species=species, **_settings(rung, pair_r_in, len(species)))
 
 
-class _Sums:
-    """Weighted least-squares sums of one quantity in one fold, over the top rung's
-    columns: the weighted rows while they are fewer than ``ROWS_SHARE`` of the columns
-    (energies and stresses: a few rows per frame), a Gram matrix beyond (forces)."""
-
-    #: most rows kept as rows, as a share of the columns (rows cost n p, a Gram p^2 floats)
-    ROWS_SHARE = 0.25
-
-    def __init__(self, p: int) -> None:
-        self.p = p
-        self.rows: list[np.ndarray] = []
-        self.targets: list[np.ndarray] = []
-        self.neq = None
-        self.n = 0
-
-    def add(self, A: np.ndarray, y: np.ndarray, weight: float) -> None:
-        """Add rows ``A`` (n, p) with targets ``y`` (n,), each of weight ``weight``."""
-        from ml4m.models.linear.bayesian import NormalEquations
-
-        self.n += len(y)
-        if self.neq is None and self.n <= self.ROWS_SHARE * self.p:
-            sw = math.sqrt(weight)
-            self.rows.append(A * sw)
-            self.targets.append(np.asarray(y, float) * sw)
-            return
-        if self.neq is None:  # too many rows: their Gram matrix from now on
-            self.neq = NormalEquations(self.p)
-            for R, t in zip(self.rows, self.targets):
-                self.neq.add(R, t)
-            self.rows, self.targets = [], []
-        self.neq.add(A, y, weight)
-
-    def _stacked(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.rows:
-            return np.zeros((0, self.p)), np.zeros(0)
-        if len(self.rows) > 1:
-            self.rows, self.targets = [np.concatenate(self.rows)], [np.concatenate(self.targets)]
-        return self.rows[0], self.targets[0]
-
-    def gram(self, cols: np.ndarray) -> np.ndarray:
-        """The (weighted) Gram matrix on ``cols``; the stored one itself (read only) when
-        ``cols`` are all columns in order."""
-        if self.neq is not None:
-            G = self.neq.AtA
-            return G if _all_columns(cols, self.p) else G[np.ix_(cols, cols)]
-        R = self._stacked()[0][:, cols]
-        return R.T @ R
-
-    def rhs(self, cols: np.ndarray) -> np.ndarray:
-        """``A^T W y`` on ``cols``."""
-        if self.neq is not None:
-            return self.neq.Aty[cols]
-        R, t = self._stacked()
-        return R[:, cols].T @ t
-
-    @property
-    def yty(self) -> float:
-        return float(self.neq.yty) if self.neq is not None else float(
-            sum(np.dot(t, t) for t in self.targets))
-
-    def sse(self, c: np.ndarray) -> float:
-        """Weighted squared error of coefficients ``c`` (p,) on these rows."""
-        if self.neq is not None:
-            G = self.neq.AtA
-            return max(0.0, float(c @ G @ c - 2.0 * c @ self.neq.Aty + self.neq.yty))
-        R, t = self._stacked()
-        return float(np.sum((R @ c - t) ** 2))
-
-
-def _all_columns(cols: np.ndarray, p: int) -> bool:
-    return len(cols) == p and bool(np.all(cols == np.arange(p)))
-
-
-class _FoldAccumulator:
-    """The rows of a fit's accumulator (energies per atom, forces with rigid motions
-    projected out, stresses; weights ``1 / sigma^2``) routed to per-fold :class:`_Sums`."""
-
-    def __init__(self, p: int, sigmas: dict[str, float | None]) -> None:
-        from ml4m.models.linear.potential import QUANTITIES, _Accumulator
-
-        self.sigmas = sigmas
-        self.rows = dict.fromkeys(QUANTITIES, 0)
-        self.phi_sq = np.zeros(p)
-        self.n_atoms = 0
-        self.sums = {q: _Sums(p) for q in QUANTITIES}
-        self._add_rows = _Accumulator.add
-
-    def _add(self, q: str, A: np.ndarray, y: np.ndarray) -> None:
-        self.sums[q].add(A, y, 1.0 / self.sigmas[q] ** 2)
-        self.rows[q] += len(y)
-
-    def add(self, rows, block, e0) -> None:
-        self._add_rows(self, rows, block, e0)  # the fit's own row recipe, into self._add
-
-
-class _Folds:
-    """Per-fold sums of the largest rung: per fold and quantity a :class:`_Sums` (one
-    (p, p) Gram matrix per fold for the forces; energy and stress rows as rows when few)."""
-
-    def __init__(self, model, frames: list[Frame], folds: np.ndarray, use_f: bool, use_s: bool):
-        sig = {"energy": model.sigma_energy, "forces": model.sigma_forces if use_f else None,
-               "stress": model.sigma_stress if use_s else None}
-        self.sigmas = sig
-        self.acc = []
-        for k in range(int(folds.max()) + 1):
-            acc = _FoldAccumulator(model.fmap_.n_features, sig)
-            part = [f for f, fk in zip(frames, folds) if fk == k]
-            for block, rows, _, _ in model._block_rows(part, use_f, use_s):
-                acc.add(rows, block, model._e0_of(block))
-            self.acc.append(acc)
-        self.quantities = [q for q in ("energy", "forces", "stress")
-                           if sum(a.rows[q] for a in self.acc)]
-
-    def fold(self, q: str, k: int) -> _Sums:
-        return self.acc[k].sums[q]
-
-    def n_rows(self, q: str) -> int:
-        return sum(a.rows[q] for a in self.acc)
-
-
 def _sums_bytes(p: int, n_frames: int, n_atoms: int, use_f: bool, use_s: bool) -> float:
     """Bytes of the per-fold sums of ``p`` columns and of a rung's CV at that size: a Gram
-    matrix per fold for each quantity with many rows (rows below ``_Sums.ROWS_SHARE p``),
+    matrix per fold for each quantity with many rows (rows below ``Sums.ROWS_SHARE p``),
     then the all-fold sums, a fold's system and a sub-matrix copy."""
     per_fold = [n_frames / N_FOLDS]
     if use_f:
         per_fold.append(3 * n_atoms / N_FOLDS)
     if use_s:
         per_fold.append(6 * n_frames / N_FOLDS)
-    floats = sum(N_FOLDS * (p * p if n > _Sums.ROWS_SHARE * p else n * p) for n in per_fold)
+    floats = sum(N_FOLDS * (p * p if n > Sums.ROWS_SHARE * p else n * p) for n in per_fold)
     return 8.0 * (floats + 3 * p * p)
+
+
+def _gram_rate(p: int) -> float:
+    """Measured rate of a Gram update (``B^T B`` of 1,024 rows of up to 2,048 columns; the
+    faster of two, the first paying the thread pool's start), counted as the pass counts
+    it (``rows x columns^2``), flop/s."""
+    m = min(p, 2048)
+    B = np.random.default_rng(0).normal(size=(1024, m))
+    best = math.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        B.T @ B
+        best = min(best, time.perf_counter() - t0)
+    return 1024.0 * m * m / max(best, 1e-9)
 
 
 def _solve_flops(p: int) -> float:
     """Floating-point operations of one rung's CV: an evidence decomposition and a
     factorisation per fold, each about p^3, and the final fit's two."""
     return (N_FOLDS + 3) * float(p) ** 3
-
-
-def _sub_equations(G: np.ndarray, b: np.ndarray, yy: float, n: int):
-    from ml4m.models.linear.bayesian import NormalEquations
-
-    neq = NormalEquations(len(b))
-    neq.AtA = G
-    neq.Aty = b.copy()
-    neq.yty = yy
-    neq.n = n
-    return neq
-
-
-def _group_sums(folds: _Folds, group: list[str], cols: np.ndarray, skip: int | None = None):
-    """Gram matrix (a new array), right-hand side, ``y^T y`` and rows of the quantities
-    ``group`` summed over every fold but ``skip``, on ``cols``."""
-    G, b, yy, n = None, np.zeros(len(cols)), 0.0, 0
-    for k in range(len(folds.acc)):
-        if k == skip:
-            continue
-        for q in group:
-            sums = folds.fold(q, k)
-            part = sums.gram(cols)
-            if G is None:
-                G = np.array(part, order="F")
-            else:
-                G += part
-            b += sums.rhs(cols)
-            yy += sums.yty
-            n += sums.n
-    return G, b, yy, n
-
-
-def _cv_rung(folds: _Folds, cols: np.ndarray, prior: np.ndarray, shared: bool = True
-             ) -> dict[str, float]:
-    """CV RMSE per quantity (eV/atom, eV/A, eV/A^3) of the sub-basis ``cols``; ``shared``:
-    one noise scale for all quantities (their relative weights fixed by the sigmas, the
-    model's ``noise='shared'``), else one each.
-
-    The system without fold ``k`` is the all-fold sum less fold ``k``'s sums, so one
-    (p, p) sum per noise group is formed for the rung, and one system per fold in turn.
-    """
-    import scipy.linalg
-
-    from ml4m.models.linear.bayesian import BayesianLinearRegression
-
-    K = len(folds.acc)
-    groups = [list(folds.quantities)] if shared else [[q] for q in folds.quantities]
-    totals = [_group_sums(folds, g, cols) for g in groups]
-    P = prior[cols] / prior[cols].mean()
-    reg = BayesianLinearRegression(prior=P)
-    if shared:
-        reg.fit_normal_equations(_sub_equations(*totals[0]))
-    else:
-        reg.fit_groups([_sub_equations(*t) for t in totals])
-    betas = np.broadcast_to(reg.betas_, (len(groups),))
-    sse = dict.fromkeys(folds.quantities, 0.0)
-    c_full = np.zeros(len(prior))
-    for k in range(K):
-        H, rhs = None, np.zeros(len(cols))
-        for g, (G, b, _, _), beta in zip(groups, totals, betas):
-            part = np.array(G, order="F")  # the rung's system without fold k
-            pb = b.copy()
-            for q in g:
-                part -= folds.fold(q, k).gram(cols)
-                pb -= folds.fold(q, k).rhs(cols)
-            part *= beta
-            if H is None:
-                H = part
-            else:
-                H += part
-            rhs += beta * pb
-            del part
-        H[np.diag_indices_from(H)] += reg.alpha_ * P
-        c = scipy.linalg.cho_solve(scipy.linalg.cho_factor(H, lower=False, overwrite_a=True), rhs)
-        del H
-        c_full[cols] = c
-        for q in folds.quantities:
-            sse[q] += folds.fold(q, k).sse(c_full)
-    # rows carry weight 1 / sigma_q^2: undo it for errors in the labels' units
-    return {q: math.sqrt(sse[q] * folds.sigmas[q] ** 2 / max(1, folds.n_rows(q)))
-            for q in folds.quantities}
 
 
 def _rung_columns(model, descriptor, bounds: dict[str, list[int]]) -> np.ndarray:
@@ -470,6 +289,13 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         model.fmap_ = model._make_feature_map(frames)
     sizes = [m.fmap_.n_features for m in models]
     probe = frames[:: max(1, len(frames) // 3)][:3]
+    n_rows = len(frames) + 3 * len(numbers) * use_f + 6 * len(frames) * use_s
+    gram_rate = _gram_rate(max(sizes))
+
+    def pass_seconds(p: int, t_rows: float) -> float:
+        """A pass: the rows' descriptors (``t_rows``, s) and their Gram updates (p columns)."""
+        return t_rows + n_rows * float(p) ** 2 / gram_rate
+
     top = 0
     for r in range(len(rungs) - 1, -1, -1):
         memory = _sums_bytes(sizes[r], len(frames), len(numbers), use_f, use_s)
@@ -479,15 +305,20 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         t0 = time.perf_counter()
         for _ in model._block_rows(probe, use_f, use_s):
             pass
-        t_pass = (time.perf_counter() - t0) * len(frames) / len(probe)
-        need = 2 * t_pass + sum(_solve_flops(q) for q in sizes[:r + 1]) / ASSUMED_FLOP_RATE
+        t_rows = (time.perf_counter() - t0) * len(frames) / len(probe)
+        need = (2 * pass_seconds(sizes[r], t_rows)
+                + sum(_solve_flops(q) for q in sizes[:r + 1]) / ASSUMED_FLOP_RATE)
         if need <= deadline - time.perf_counter() or r == 0:
             top = r
             break
     t0 = time.perf_counter()
-    data = _Folds(model, frames, folds, use_f, use_s)
+    data = FoldSums(model, frames, folds, use_f, use_s)
     result = SearchResult(descriptor={}, folds=int(folds.max()) + 1,
-                          pass_seconds=time.perf_counter() - t0)
+                          pass_seconds=time.perf_counter() - t0,
+                          plan={"top": top, "pass_estimate_seconds": pass_seconds(sizes[top], t_rows),
+                                "gram_gflops": gram_rate / 1e9})
+    # the final fit's pass at a rung's size: the estimate, scaled to the pass measured
+    measured = result.pass_seconds / pass_seconds(sizes[top], t_rows)
     prior = model._prior(np.ones(model.fmap_.n_features))
     sigma = {"energy": model.sigma_energy, "forces": model.sigma_forces or 1.0,
              "stress": model.sigma_stress or 1.0}
@@ -495,13 +326,14 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
         cols = _rung_columns(model, descriptors[r], bounds[r])
-        # the final fit repeats the pass and a solve of the chosen size
-        need = _solve_flops(len(cols)) / rate + result.pass_seconds if rate else 0.0
+        # the final fit repeats the pass and a solve at this size
+        need = (_solve_flops(len(cols)) / rate + measured * pass_seconds(len(cols), t_rows)
+                if rate else 0.0)
         if r > 0 and time.perf_counter() + need > deadline:
             result.stopped = f"budget: rung {r} would end after the budget"
             break
         t0 = time.perf_counter()
-        rmse = _cv_rung(data, cols, prior, shared=model.noise == "shared")
+        rmse = cv_rmse(data, cols, prior, shared=model.noise == "shared")
         seconds = time.perf_counter() - t0
         # flop rate of this rung's solves, at least MIN_FLOP_RATE: small solves are
         # dominated by overheads that do not grow as p^3
