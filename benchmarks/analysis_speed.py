@@ -21,7 +21,8 @@ DADApY's same pipeline (neighbours, GRIDE at n1 = 1, PAk at that ID, ADP at Z = 
 script in the peer venv (``DADAPY_PYTHON``), from process start to exit, interleaved, with
 the load average before each run. ``ml4m-one-parser`` runs the same ``analyze`` module
 behind a parser of that sub-command only: the cost of building every sub-command's parser
-(and what it imports) is the difference.
+(and what it imports) is the difference. ``ml4m-help`` is ``ml4m analyze --help``: start-up
+and parser alone.
 """
 
 from __future__ import annotations
@@ -226,9 +227,10 @@ def _timed(cmd: list[str]) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
+    last = out.strip().splitlines()[-1] if out.strip() else ""
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
             "peak_mib": usage.ru_maxrss / 1024.0, "load": load,
-            "out": json.loads(out.strip().splitlines()[-1])}
+            "out": json.loads(last) if last.startswith("{") else None}
 
 
 def cli(n: int, repeats: int, runners) -> None:
@@ -240,7 +242,8 @@ def cli(n: int, repeats: int, runners) -> None:
         np.save(x, manifold_data(n, seed=0))
         cmds = {"dadapy": [_peer_python(), "-c", DADAPY_CLI, x],
                 "ml4m": [ml4m, "analyze", x, *flags],
-                "ml4m-one-parser": [sys.executable, "-c", ONE_PARSER, x, *flags]}
+                "ml4m-one-parser": [sys.executable, "-c", ONE_PARSER, x, *flags],
+                "ml4m-help": [ml4m, "analyze", "--help"]}
         runs = {r: [] for r in runners}
         for rep in range(-1, repeats):
             for r in runners:
@@ -251,7 +254,7 @@ def cli(n: int, repeats: int, runners) -> None:
     entry = {"part": "cli", "n": n, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "runs": {}}
     for r, res in runs.items():
-        out = res[0]["out"]
+        out = res[0]["out"] or {"id": {"estimate": None, "error": None}, "clusters": {"n": None}}
         ident = {"id": out["id"], "error": out["error"]} if r == "dadapy" else \
             {"id": out["id"]["estimate"], "error": out["id"]["error"]}
         entry["runs"][r] = {
@@ -283,6 +286,7 @@ def _report_cli(rows) -> list[str]:
             cpu = r.get("cpu_median")
             if ratio and cpu:
                 ratio += f", {peer['cpu_median'] / cpu:.2f}x"
+            ident = "" if r["id"] is None else f"{r['id']:.3f} +- {r['id_error']:.3f}"
             be = "" if r["backend"] is None else f"{r['backend']} ({r['recall']:.4f})" \
                 if r["recall"] is not None else r["backend"]
             lines.append(
@@ -290,7 +294,7 @@ def _report_cli(rows) -> list[str]:
                 f"{', '.join(f'{t:.2f}' for t in r['times'])} | "
                 f"{min(r['loads']):.1f}-{max(r['loads']):.1f} | "
                 f"{'' if cpu is None else f'{cpu:.2f}'} | {r['peak_mib']:.0f} | {ratio} | "
-                f"{r['clusters']} | {r['id']:.3f} +- {r['id_error']:.3f} | {be} |")
+                f"{r['clusters'] or ''} | {ident} | {be} |")
     return lines + [""]
 
 
@@ -302,11 +306,11 @@ def main() -> int:
     p.add_argument("--ns", default="25000,50000,100000")
     p.add_argument("--backend", default="ivf")
     p.add_argument("--runners", help="side-by-side: dadapy,ml4m-brute,ml4m-ivf (default); "
-                   "cli: dadapy,ml4m,ml4m-one-parser (default)")
+                   "cli: dadapy,ml4m,ml4m-one-parser,ml4m-help (default)")
     a = p.parse_args()
     ns = [int(x) for x in a.ns.split(",")]
     if a.part == "cli":
-        cli(a.n, a.repeats, (a.runners or "dadapy,ml4m,ml4m-one-parser").split(","))
+        cli(a.n, a.repeats, (a.runners or "dadapy,ml4m,ml4m-one-parser,ml4m-help").split(","))
     elif a.part == "side-by-side":
         side_by_side(a.n, a.repeats, (a.runners or "dadapy,ml4m-brute,ml4m-ivf").split(","))
     elif a.part == "scaling":
