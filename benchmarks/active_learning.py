@@ -47,6 +47,12 @@ FIT = {"model": "ace", "descriptor": {"r_cut": 4.5, "n_max": 6, "l_max": 3, "cor
        "params": {"uncertainty": "posterior"}}
 #: --basis large: 620 coefficients instead of 70
 LARGE = {"r_cut": 5.0, "n_max": 8, "l_max": 4, "correlation_order": 3, "total_degree": 14}
+ETHANOL = Path("/work/shared/data/ethanol_pbe/train.extxyz")
+#: ``molecule``: the ACE descriptor's defaults (the loop fits without a basis search)
+MOLECULE_FIT = {"model": "ace", "search": "off", "params": {"uncertainty": "posterior"}}
+MOLECULE_DT_FS = 0.5
+MOLECULE_FRICTION = 0.01
+TEST_TEMPERATURES = (300, 600, 900, 1200)
 
 
 class SlowEMT(EMT):
@@ -57,25 +63,33 @@ class SlowEMT(EMT):
         super().calculate(*args, **kwargs)
 
 
-def emt_md(start: Atoms, t0: float, t1: float, steps: int, seed: int, every: int) -> list[Frame]:
-    """EMT Langevin MD (2 fs, 0.02/fs) with the target ramped t0 -> t1 (K); labelled
-    frames every ``every`` steps."""
+def reference_md(start: Atoms, calculator, t0: float, t1: float, steps: int, seed: int,
+                 every: int, dt_fs: float = 2.0, friction: float = 0.02) -> list[Frame]:
+    """Langevin MD on ``calculator`` (time step ``dt_fs`` fs, friction 1/fs) with the
+    target ramped t0 -> t1 (K); labelled frames every ``every`` steps (stress for a
+    periodic cell)."""
     atoms = start.copy()
-    atoms.calc = EMT()
+    atoms.calc = calculator
     rng = np.random.default_rng(seed)
     thermalize_momenta(atoms, temperature_K=t0, rng=rng)
     Stationary(atoms)
-    dyn = Langevin(atoms, 2 * units.fs, temperature_K=t0, friction=0.02 / units.fs, fixcm=False,
-                   rng=rng)
+    dyn = Langevin(atoms, dt_fs * units.fs, temperature_K=t0, friction=friction / units.fs,
+                   fixcm=False, rng=rng)
     frames = []
     for step in range(1, steps + 1):
         dyn.set_temperature(temperature_K=t0 + (t1 - t0) * step / steps)
         dyn.step()
         if step % every == 0:
+            stress = atoms.get_stress() if atoms.pbc.all() else None
             frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
-                                           forces=atoms.get_forces(), stress=atoms.get_stress(),
+                                           forces=atoms.get_forces(), stress=stress,
                                            info={"step": step, "T_target": t0 + (t1 - t0) * step / steps}))
     return frames
+
+
+def emt_md(start: Atoms, t0: float, t1: float, steps: int, seed: int, every: int) -> list[Frame]:
+    """EMT Langevin MD (2 fs, 0.02/fs): :func:`reference_md`."""
+    return reference_md(start, EMT(), t0, t1, steps, seed, every)
 
 
 def _solid() -> Atoms:
@@ -114,15 +128,39 @@ def _number_or_text(text: str) -> float | str:
         return text
 
 
-def _fit(frames: list[Frame]):
-    """The model the loop starts from, fitted afresh on ``frames`` (same settings)."""
+def _fit(frames: list[Frame], fit: dict | None = None):
+    """The model the loop starts from (``fit``, default ``FIT``), fitted afresh on
+    ``frames``."""
     from ml4m.data import Dataset
     from ml4m.training.config import FitConfig
     from ml4m.training.fit import build_model
 
-    cfg = FitConfig.from_mapping({**FIT, "train": "frames"})
+    cfg = FitConfig.from_mapping({**(fit or FIT), "train": "frames"})
     ds = Dataset(frames)
-    return build_model(cfg, [29], ds).fit(ds)
+    return build_model(cfg, [int(z) for z in ds.atomic_numbers], ds).fit(ds)
+
+
+def _against_random(al_model, al_train: list[Frame], initial: list[Frame], pool: list[Frame],
+                    tests: dict[str, list[Frame]], seeds: int, fit: dict | None = None) -> dict:
+    """Force errors (meV/A) on each test set of the loop's model, a refit on its frames,
+    and refits on ``initial`` plus as many frames drawn at random from ``pool`` as the
+    loop labelled (mean and standard deviation over ``seeds`` draws)."""
+    n_new = len(al_train) - len(initial)
+    rows = {"loop model (incremental updates)": {k: _force_errors(al_model, v) for k, v in tests.items()}}
+    refit = _fit(al_train, fit)
+    rows["active-learning frames, refit"] = {k: _force_errors(refit, v) for k, v in tests.items()}
+    random_rows = []
+    for seed in range(seeds):
+        pick = np.random.default_rng(seed).choice(len(pool), size=n_new, replace=False)
+        model = _fit(initial + [pool[i] for i in sorted(pick)], fit)
+        random_rows.append({k: _force_errors(model, v) for k, v in tests.items()})
+    metrics = ("mae_mev_per_a", "rmse_mev_per_a")
+    rows[f"random frames, refit (mean of {seeds} seeds)"] = {
+        k: {m: float(np.mean([r[k][m] for r in random_rows])) for m in metrics} for k in tests}
+    rows["random frames, spread (std)"] = {
+        k: {m: float(np.std([r[k][m] for r in random_rows])) for m in metrics} for k in tests}
+    rows["random frames, per seed"] = random_rows
+    return rows
 
 
 def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
@@ -147,27 +185,13 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
 
     al_model = ml4m.load(work / "al" / "model.ml4m")
     al_train = list(read_dataset(work / "al" / "train.extxyz"))
-    n_new = len(al_train) - len(initial)
     # pool of the same states (EMT MD, other seeds) and held-out test (other seeds again)
     pool = emt_md(_solid(), 300.0, 1500.0, steps, seed=100, every=10) + \
         emt_md(liquid, 1500.0, 1500.0, steps, seed=101, every=10)
     test_solid = emt_md(_solid(), 300.0, 1500.0, steps, seed=200, every=50)
     test_liquid = emt_md(liquid, 1500.0, 1500.0, steps, seed=201, every=50)
     tests = {"heated solid (300-1500 K)": test_solid, "liquid (1500 K)": test_liquid}
-    rows = {"loop model (incremental updates)": {k: _force_errors(al_model, v) for k, v in tests.items()}}
-    refit = _fit(al_train)
-    rows["active-learning frames, refit"] = {k: _force_errors(refit, v) for k, v in tests.items()}
-    random_rows = []
-    for seed in range(seeds):
-        pick = np.random.default_rng(seed).choice(len(pool), size=n_new, replace=False)
-        model = _fit(initial + [pool[i] for i in sorted(pick)])
-        random_rows.append({k: _force_errors(model, v) for k, v in tests.items()})
-    rows[f"random frames, refit (mean of {seeds} seeds)"] = {
-        k: {m: float(np.mean([r[k][m] for r in random_rows])) for m in ("mae_mev_per_a", "rmse_mev_per_a")}
-        for k in tests}
-    rows["random frames, spread (std)"] = {
-        k: {m: float(np.std([r[k][m] for r in random_rows])) for m in ("mae_mev_per_a", "rmse_mev_per_a")}
-        for k in tests}
+    rows = _against_random(al_model, al_train, initial, pool, tests, seeds)
     per_walker = [sum(1 for f in al_train[len(initial):] if f.info.get("walker") == k) for k in (0, 1)]
     return {"steps_per_walker": steps, "dt_fs": 2.0, "threshold": threshold,
             "min_steps_between_calls": min_gap, "descriptor": FIT["descriptor"],
@@ -179,6 +203,80 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
             "test_energy_ev_per_atom": {k: float(np.mean([f.energy / len(f) for f in v]))
                                         for k, v in tests.items()},
             "n_parameters": result["n_parameters"], "errors": rows,
+            "total_seconds": time.perf_counter() - t_start}
+
+
+def _ethanol() -> Atoms:
+    """Ethanol (9 atoms, no cell): the first frame of the shared ethanol_pbe train set (a
+    300 K GFN2-xTB MD geometry), or ASE's ``molecule('CH3CH2OH')`` without it."""
+    if ETHANOL.exists():
+        from ase.io import read
+
+        atoms = read(ETHANOL, index=0)
+        return Atoms(atoms.numbers, atoms.positions)
+    from ase.build import molecule as build_molecule
+
+    return build_molecule("CH3CH2OH")
+
+
+def _xtb_md(start: Atoms, t0: float, t1: float, steps: int, seed: int, every: int) -> list[Frame]:
+    """GFN2-xTB Langevin MD (0.5 fs, 0.01/fs): :func:`reference_md`."""
+    from ml4m.data import make_calculator
+
+    return reference_md(start, make_calculator("xtb"), t0, t1, steps, seed, every,
+                        dt_fs=MOLECULE_DT_FS, friction=MOLECULE_FRICTION)
+
+
+def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: int, work: Path,
+             n_initial: int = 4, test_frames: int = 40) -> dict:
+    """The loop on ethanol with GFN2-xTB against random selection at equal calls."""
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    start = _ethanol()
+    write(work / "ethanol.extxyz", start)
+    # initial frames: 300 K xTB MD, one frame every 100 steps (50 fs)
+    initial = _xtb_md(start, 300.0, 300.0, 100 * n_initial, seed=1, every=100)
+    write(work / "initial.extxyz", [f.to_atoms() for f in initial])
+    walkers = (WalkerSettings(str(work / "ethanol.extxyz"), 300.0, 1200.0, 0),
+               WalkerSettings(str(work / "ethanol.extxyz"), 600.0, None, 1))
+    settings = LearnSettings(walkers=walkers, reference="xtb", fit=MOLECULE_FIT,
+                             initial=str(work / "initial.extxyz"), ensemble="nvt", steps=steps,
+                             dt_fs=MOLECULE_DT_FS, friction=MOLECULE_FRICTION,
+                             threshold=parse_threshold(_number_or_text(threshold)),
+                             check_interval=10, min_steps_between_calls=min_gap,
+                             max_calls=max_calls, reoptimise_every=10)
+    t0 = time.perf_counter()
+    result = run_learning(settings, work / "al", on_round=_progress)
+    loop_seconds = time.perf_counter() - t0
+    import ml4m
+    from ml4m.data import read_dataset
+
+    al_model = ml4m.load(work / "al" / "model.ml4m")
+    al_train = list(read_dataset(work / "al" / "train.extxyz"))
+    t0 = time.perf_counter()
+    # pool: xTB MD of the walkers' two states, other seeds; test: constant T, other seeds
+    pool = _xtb_md(start, 300.0, 1200.0, steps, seed=100, every=10) + \
+        _xtb_md(start, 600.0, 600.0, steps, seed=101, every=10)
+    skip = 400  # steps of equilibration (200 fs) before the first test frame
+    tests = {f"{t} K": _xtb_md(start, float(t), float(t), skip + 50 * test_frames, seed=200 + k,
+                               every=50)[skip // 50:]
+             for k, t in enumerate(TEST_TEMPERATURES)}
+    xtb_seconds = time.perf_counter() - t0
+    rows = _against_random(al_model, al_train, initial, pool, tests, seeds, MOLECULE_FIT)
+    labelled = al_train[len(initial):]
+    return {"molecule": "ethanol (C2H5OH, 9 atoms)", "reference": "GFN2-xTB (tblite)",
+            "walkers": ["NVT 300 -> 1200 K (seed 0)", "NVT 600 K (seed 1)"],
+            "steps_per_walker": steps, "dt_fs": MOLECULE_DT_FS, "friction_per_fs": MOLECULE_FRICTION,
+            "threshold": threshold, "min_steps_between_calls": min_gap, "max_calls": max_calls,
+            "fit": MOLECULE_FIT, "threshold_ev_per_a_final": result["threshold_ev_per_a"],
+            "initial_frames": len(initial), "reference_calls": result["reference_calls"],
+            "calls_per_walker": [sum(1 for f in labelled if f.info.get("walker") == k)
+                                 for k in (0, 1)],
+            "labelled_steps": [[int(f.info["walker"]), int(f.info["step"])] for f in labelled],
+            "loop_seconds": loop_seconds, "xtb_md_seconds": xtb_seconds,
+            "pool_frames": len(pool), "test_frames": {k: len(v) for k, v in tests.items()},
+            "n_parameters": result["n_parameters"], "errors": rows,
+            "load_average_start": list(load_start), "load_average_end": list(os.getloadavg()),
             "total_seconds": time.perf_counter() - t_start}
 
 
@@ -257,6 +355,16 @@ def main(argv=None) -> int:
                    help="min_steps_between_calls of the loop (default 0)")
     b = sub.add_parser("parallel")
     b.add_argument("--calls", type=int, default=16)
+    m = sub.add_parser("molecule")
+    m.add_argument("--steps", type=int, default=4000, help="MD steps per walker (0.5 fs)")
+    m.add_argument("--seeds", type=int, default=3)
+    m.add_argument("--threshold", default="1x",
+                   help="eV/A, or Fx: F times the model's fitted force noise (default 1x)")
+    m.add_argument("--min-gap", type=int, default=100,
+                   help="min_steps_between_calls of the loop (default 100)")
+    m.add_argument("--max-calls", type=int, default=60)
+    m.add_argument("--initial", type=int, default=4, help="initial frames (300 K xTB MD)")
+    m.add_argument("--test-frames", type=int, default=40, help="test frames per temperature")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "accuracy":
@@ -265,6 +373,9 @@ def main(argv=None) -> int:
             FIT["params"] = {"uncertainty": args.uncertainty}
             out = accuracy(args.steps, args.seeds, args.threshold, args.min_gap, Path(tmp),
                            args.initial)
+        elif args.what == "molecule":
+            out = molecule(args.steps, args.seeds, args.threshold, args.min_gap, args.max_calls,
+                           Path(tmp), args.initial, args.test_frames)
         else:
             out = parallel(args.calls, Path(tmp))
     print(json.dumps(out, indent=1))
