@@ -66,6 +66,23 @@ def test_features_and_vjp_with_feature_dependent_weights(name):
     np.testing.assert_allclose(strain2, strain, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("name,agnostic", [("ace", 0), ("ace", 3), ("soap", 0), ("acsf", 0)])
+def test_energies_with_species_weights_equal_features_and_vjp(name, agnostic, rng):
+    """energies_and_vjp (ACE: bilinear forms, B never formed) equals the features path
+    with the same per-species weights: energies, forces and strain."""
+    frames = _frames()
+    extra = {"agnostic_from": agnostic} if agnostic else {}
+    desc = make_descriptor(name, species=[1, 6, 8, 29, 79], **CASES[name], **extra)
+    W = rng.normal(size=(desc.n_species, desc.n_features))
+    idx = [np.searchsorted(desc.species, f.numbers) for f in frames]
+    X, grad, strain = desc.features_and_vjp(frames, lambda X, k: W[idx[k]])
+    e, grad2, strain2 = desc.energies_and_vjp(frames, W)
+    np.testing.assert_allclose(e, np.einsum("nf,nf->n", X, W[np.concatenate(idx)]),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad2, grad, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(strain2, strain, rtol=1e-9, atol=1e-11)
+
+
 def test_product_basis_adjoint_and_jacobian_agree(rng):
     """The adjoint of the contraction equals W contracted with the Jacobian entries (two
     code paths), and the Jacobian satisfies Euler's identity for products of degree nu."""
@@ -84,6 +101,19 @@ def test_product_basis_adjoint_and_jacobian_agree(rng):
     nu = np.array([len(combo) for combo, _ in desc._basis])
     np.testing.assert_allclose(np.einsum("rkm,rfkm->rf", A, J), nu * desc.product_basis.products(A),
                                rtol=1e-10, atol=1e-12)
+
+
+def test_fixed_weight_energy_equals_products_and_adjoint(rng):
+    """With one weight vector for every row, the bilinear-form path gives sum_f c_f B_f
+    and its gradient without forming B (order 4, two species: every kind of function)."""
+    desc = make_descriptor("ace", species=[29, 79], r_cut=4.0, n_max=3, l_max=3,
+                           correlation_order=4, total_degree=9)
+    pb = desc.product_basis
+    A = rng.normal(size=(6, desc.n_species * desc.n_max, (desc.l_max + 1) ** 2))
+    c = rng.normal(size=desc.n_features)
+    e, G = pb.energy_and_adjoint(A, c)
+    np.testing.assert_allclose(e, pb.products(A) @ c, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(G, pb.adjoint(A, np.tile(c, (6, 1))), rtol=1e-10, atol=1e-12)
 
 
 def test_large_frame_path_recomputes_pair_values(monkeypatch):

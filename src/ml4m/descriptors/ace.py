@@ -437,7 +437,31 @@ class ACE(Descriptor):
         return dR[:, None] * u[:, :, None, None] * Y[:, None, None, :] + R[:, None] * dY[:, :, None, :]
 
     def _frame_features_vjp(self, species_index, nl: NeighborList, weight_fn):
-        """Features and the pair VJP of one frame from one evaluation of A.
+        """Features and the pair VJP of one frame (:meth:`_frame_vjp` through B)."""
+
+        def contract(A):
+            B, pairs = self.product_basis.products(A, return_pairs=True)
+            return B, self.product_basis.adjoint(A, weight_fn(B), pairs)
+
+        return self._frame_vjp(species_index, nl, contract)
+
+    def _frame_energies_vjp(self, species_index, nl: NeighborList, species_weights):
+        """``e_i = W_{s_i} . B_i`` and its pair VJP, by the product basis' bilinear forms
+        per centre species (:meth:`ProductBasis.energy_and_adjoint`): B never exists."""
+
+        def contract(A):
+            e, G = np.zeros(len(A)), np.empty_like(A)
+            for s in np.unique(species_index):
+                rows = np.flatnonzero(species_index == s)
+                e[rows], G[rows] = self.product_basis.energy_and_adjoint(A[rows],
+                                                                         species_weights[s])
+            return e, G
+
+        return self._frame_vjp(species_index, nl, contract)
+
+    def _frame_vjp(self, species_index, nl: NeighborList, contract):
+        """Rows of one frame and their pair VJP from one evaluation of A:
+        ``rows, dA = contract(A)`` with ``dA`` the cotangent of A.
 
         Pairs are grouped by (centre, neighbour species) and padded to the largest
         group of a block of centres, so that both the density ``A = R^T Y`` of each
@@ -460,9 +484,8 @@ class ACE(Descriptor):
             if keep is not None:
                 keep.append((R, dR, Y))
         A = self._with_agnostic(A.reshape(N, S * n, LM))
-        B, pairs = self.product_basis.products(A, return_pairs=True)
-        W = weight_fn(B)
-        G = self.product_basis.adjoint(A, W, pairs).reshape(N, -1, n, LM)
+        rows, G = contract(A)
+        G = G.reshape(N, -1, n, LM)
         if self.agnostic_from:  # a neighbour feeds its species' channels and the agnostic ones
             G = G[:, :S] + G[:, S:]
         G = G.reshape(N * S, n, LM)
@@ -482,7 +505,7 @@ class ACE(Descriptor):
             r = np.sqrt(np.einsum("px,px->p", vec, vec))
             out[b.pairs] = (np.einsum("pm,pm->p", H1, Y) / r)[:, None] * vec \
                 + spherical_harmonics_vjp(vec, self.l_max, H2)
-        return B, blocks.restore(out)
+        return rows, blocks.restore(out)
 
     def _entry_patterns(self, columns=None) -> list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
         """Per centre species: :meth:`_column_patterns` of its ``columns`` (all when

@@ -200,6 +200,70 @@ class ProductBasis:
             self.jacobian_entries(np.zeros((1, self.n_channels, self._lm_size)))
         return self._entries
 
+    def energy_and_adjoint(self, A: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``e_r = sum_f c_f B_f(A_r)`` and ``d e_r / d A_r`` for weights ``c`` shared by
+        every row, without forming B.
+
+        With fixed weights each kind of function is a bilinear form: the two-body
+        functions ``A_l^T Q A_l`` (Q over channels), the three-body ones
+        ``T_g^T Q A_l`` (Q from coupled pairs to channels), the four-body ones
+        ``T_g1^T Q T_g2`` (Q between pair groups), with ``Q`` the weights scattered
+        into a small matrix. Each becomes one matrix product over all rows instead of
+        a gather, a product and a scatter per function (a linear potential's MD).
+
+        Parameters
+        ----------
+        A : ndarray of shape (rows, K, LM)
+        c : ndarray of shape (n_features,)
+
+        Returns
+        -------
+        e : ndarray of shape (rows,)
+        G : ndarray of shape (rows, K, LM)
+            Like :meth:`adjoint` with ``W = c`` on every row.
+        """
+        def through(Q, X):  # sum_q Q[p, q] X[r, q, m] -> (r, p, m), one GEMM
+            return np.tensordot(X, Q, axes=([1], [1])).transpose(0, 2, 1)
+
+        e = np.zeros(len(A))
+        G = np.zeros_like(A)
+        for nu, l, cols, ks, H in self.simple:
+            if nu == 1:
+                v = H[0] @ c[cols]  # (K,)
+                e += A[:, :, 0] @ v
+                G[:, :, 0] += v
+                continue
+            x = A[:, :, _lm(l)]
+            Q = (H[0] * c[cols]) @ H[1].T  # (K, K)
+            Z = through(Q, x)
+            e += np.einsum("rkm,rkm->r", x, Z)
+            G[:, :, _lm(l)] += Z + through(Q.T, x)
+        values = self._pair_values(A)
+        T_bar = [np.zeros_like(t) for _, _, t in values]
+        for g, l3, cols, _, _, Hp, Hk in self.triple:
+            x, t = A[:, :, _lm(l3)], values[g][2]
+            Q = (Hp * c[cols]) @ Hk.T  # (P, K)
+            Z = through(Q, x)
+            e += np.einsum("rpm,rpm->r", t, Z)
+            T_bar[g] += Z
+            G[:, :, _lm(l3)] += through(Q.T, t)
+        for g1, g2, cols, _, _, Hp1, Hp2 in self.quad:
+            t1, t2 = values[g1][2], values[g2][2]
+            Q = (Hp1 * c[cols]) @ Hp2.T  # (P1, P2)
+            Z = through(Q, t2)
+            e += np.einsum("rpm,rpm->r", t1, Z)
+            T_bar[g1] += Z
+            T_bar[g2] += through(Q.T, t1)
+        self._pairs_adjoint(G, values, T_bar)
+        return e, G
+
+    def _pairs_adjoint(self, G: np.ndarray, values, T_bar) -> None:
+        """Add to ``G`` the cotangents ``T_bar`` of the coupled pairs, taken back through
+        each pair's coupling to its two factors."""
+        for (l1, l2, _, _, _, C, H1, H2), (x1, x2, _), tb in zip(self.pairs, values, T_bar):
+            G[:, :, _lm(l1)] += _scatter(H1, _through_coupling(x2, tb, C))
+            G[:, :, _lm(l2)] += _scatter(H2, _through_coupling(x1, tb, C.transpose(1, 0, 2)))
+
     def adjoint(self, A: np.ndarray, W: np.ndarray, pairs=None) -> np.ndarray:
         """``d (sum_f W[:, f] B_f) / d A``, shape (rows, K, LM) like A.
 
@@ -224,9 +288,5 @@ class ProductBasis:
             w = W[:, cols, None]
             T_bar[g1] += _scatter(Hp1, w * values[g2][2][:, p2])
             T_bar[g2] += _scatter(Hp2, w * values[g1][2][:, p1])
-        for (l1, l2, L, _, _, C, H1, H2), (x1, x2, _), tb in zip(self.pairs, values, T_bar):
-            r, P = tb.shape[:2]
-            Ct = (tb @ C.reshape(-1, 2 * L + 1).T).reshape(r, P, 2 * l1 + 1, 2 * l2 + 1)
-            G[:, :, _lm(l1)] += _scatter(H1, (Ct @ x2[..., :, None])[..., 0])
-            G[:, :, _lm(l2)] += _scatter(H2, (x1[..., None, :] @ Ct)[..., 0, :])
+        self._pairs_adjoint(G, values, T_bar)
         return G

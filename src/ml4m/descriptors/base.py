@@ -500,26 +500,75 @@ class Descriptor(ABC):
             ``d (sum W . X) / d r_a``, per Angstrom.
         strain_gradients : ndarray of shape (n_frames, 3, 3)
         """
+        return self._vjp_frames(
+            frames, lambda idx, nl, k: self._frame_features_vjp(idx, nl, lambda X: weight_fn(X, k)),
+            (0, self.n_features), "features_and_vjp")
+
+    def energies_and_vjp(
+        self, frames: Any, species_weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-atom ``e_i = W_{s_i} . X_i`` with weights fixed per centre species, and the
+        VJP of their sum (a linear model's energy, forces and stress).
+
+        Equals :meth:`features_and_vjp` with ``weight_fn`` returning ``W_{s_i}`` rows
+        followed by the row sums; descriptors that can evaluate the sum without forming
+        the features (ACE: bilinear forms of the density) override
+        :meth:`_frame_energies_vjp`.
+
+        Parameters
+        ----------
+        frames : Frame, ase.Atoms, Dataset or sequence of them
+            Structures (Angstrom).
+        species_weights : ndarray of shape (n_species, n_features)
+            Row ``s``: the weights of centres of ``self.species[s]`` (energy per feature
+            unit, e.g. eV).
+
+        Returns
+        -------
+        energies : ndarray of shape (n_atoms_total,)
+        position_gradients : ndarray of shape (n_atoms_total, 3)
+            ``d (sum_i e_i) / d r_a``, per Angstrom.
+        strain_gradients : ndarray of shape (n_frames, 3, 3)
+        """
+        W = np.asarray(species_weights, dtype=float)
+        if W.shape != (self.n_species, self.n_features):
+            raise ConfigError(f"species_weights must have shape ({self.n_species}, "
+                              f"{self.n_features}), got {W.shape}")
+        return self._vjp_frames(frames, lambda idx, nl, k: self._frame_energies_vjp(idx, nl, W),
+                                (0,), "energies_and_vjp")
+
+    def _vjp_frames(self, frames: Any, frame_fn: Callable, empty_shape: tuple[int, ...],
+                    name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per frame ``rows, pair_gradients = frame_fn(species_index, nl, k)``; the rows
+        concatenated, the pair gradients summed onto atoms and strains."""
         if self.average:
-            raise ConfigError("features_and_vjp needs per-atom rows (average=False)")
+            raise ConfigError(f"{name} needs per-atom rows (average=False)")
         frames = as_frames(frames)
         grad = np.zeros((sum(len(f) for f in frames), 3))
         strain = np.zeros((len(frames), 3, 3))
-        feats = [np.zeros((0, self.n_features))]
+        rows = [np.zeros(empty_shape)]
         start = 0
         for k, frame in enumerate(frames):
             idx = self._check_frame(frame, k)
             nl = neighbor_list(frame, self.r_cut, full_list=True)
             n = len(frame)
-            X, pg = self._frame_features_vjp(idx, nl, lambda X: weight_fn(X, k))
-            feats.append(X)
+            X, pg = frame_fn(idx, nl, k)
+            rows.append(X)
             if len(pg):
                 for x in range(3):  # sum over pairs onto atoms: + on j, - on i
                     grad[start:start + n, x] = (np.bincount(nl.j, pg[:, x], minlength=n)
                                                 - np.bincount(nl.i, pg[:, x], minlength=n))
                 strain[k] = pg.T @ nl.vectors
             start += n
-        return np.concatenate(feats), grad, strain
+        return np.concatenate(rows), grad, strain
+
+    def _frame_energies_vjp(self, species_index: np.ndarray, nl: NeighborList,
+                            species_weights: np.ndarray):
+        """``e_i = W_{s_i} . X_i`` ``(N,)`` of one frame and ``d sum_i e_i / d r_ij`` per
+        pair, through :meth:`_frame_features_vjp`."""
+        W = species_weights[species_index]
+        X, pg = self._frame_features_vjp(species_index, nl, lambda X: W)
+        return np.einsum("nf,nf->n", X, W), pg
 
     def _frame_features_vjp(self, species_index: np.ndarray, nl: NeighborList,
                             weight_fn: Callable[[np.ndarray], np.ndarray]):

@@ -79,10 +79,15 @@ class SpeciesBlocks:
         return out
 
     def input_gradient(self, X, species, coef):
+        return self.species_weights(coef)[species]
+
+    def species_weights(self, coef: np.ndarray) -> np.ndarray:
+        """``d (phi(X) . coef) / d X`` of a centre of each species, ``(n_species,
+        n_descriptor)``: the same for every X (the map is linear in the descriptor)."""
         W = np.zeros((self.n_species, self.n_descriptor))
         for s, cols in enumerate(self._cols):
             W[s, cols] = coef[self._offsets[s]:self._offsets[s + 1]]
-        return W[species]
+        return W
 
     def reduce_gradients(self, X, species, rows, grads, target):
         n_out, k = target.shape[0], grads.shape[1]

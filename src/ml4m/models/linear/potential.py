@@ -797,6 +797,19 @@ class LinearPotential(Potential):
             sig = np.repeat(s_atom[:, None], 3, axis=1)
         return Prediction(**out, energy_sigma=sig_e, forces_sigma=sig)
 
+    def _descriptor_species_weights(self) -> np.ndarray | None:
+        """The fixed weights per descriptor species when the feature map is linear in the
+        descriptor (``species_weights``; the rows in the descriptor's species order),
+        else None."""
+        of = getattr(self.fmap_, "species_weights", None)
+        if of is None:
+            return None
+        W = of(self.coef_)
+        rows = np.searchsorted(np.asarray(self.descriptor.species), np.asarray(self.species))
+        out = np.zeros((self.descriptor.n_species, W.shape[1]))
+        out[rows] = W
+        return out
+
     def _predict_adjoint(self, frames: list[Frame]) -> Prediction:
         """Energies, forces, stresses through ``dE/dX`` and one descriptor VJP per block.
 
@@ -804,14 +817,19 @@ class LinearPotential(Potential):
         plus one pass over neighbour pairs (the fast path for MD).
         """
         energy, forces, stress = [], [], []
+        weights = self._descriptor_species_weights()
         for block in self._blocks(frames):
             sidx = self._species_index(block)
             off = np.cumsum([0] + [len(f) for f in block])
-            X, grad, strain = self.descriptor.features_and_vjp(
-                block, lambda X, k: self.fmap_.input_gradient(X, sidx[off[k]:off[k + 1]], self.coef_))
+            if weights is not None:  # linear in the descriptor: no feature rows needed
+                atom_e, grad, strain = self.descriptor.energies_and_vjp(block, weights)
+            else:
+                X, grad, strain = self.descriptor.features_and_vjp(
+                    block, lambda X, k: self.fmap_.input_gradient(X, sidx[off[k]:off[k + 1]],
+                                                                 self.coef_))
+                atom_e = self.fmap_.transform(X, sidx) @ self.coef_
             frame = np.repeat(np.arange(len(block)), np.diff(off))
-            phi = self.fmap_.transform(X, sidx)
-            e = np.bincount(frame, weights=phi @ self.coef_, minlength=len(block))
+            e = np.bincount(frame, weights=atom_e, minlength=len(block))
             energy.append(e + self._e0_of(block))
             forces.append(-grad)
             vol = np.array([f.volume if f.pbc.all() else np.nan for f in block])
