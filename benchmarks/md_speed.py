@@ -92,10 +92,20 @@ def fit_model(name: str, workdir: Path) -> Path:
     cfg = workdir / f"{name}.yaml"
     cfg.write_text(json.dumps({**MODELS[name], "train": str(SHARED / "cu_emt" / "train.extxyz")}))
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ml4m", "fit", str(cfg), "-o", str(path), "--json"],
-                   env=ENV, check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "ml4m", "fit", str(cfg), "-o", str(path),
+                           "--json"], env=ENV, check=True, capture_output=True, text=True)
+    (workdir / f"{name}_fit.json").write_text(proc.stdout)
     print(f"fitted {name} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     return path
+
+
+def model_size(name: str, workdir: Path) -> str:
+    """``N features`` of a fitted model, from its ``ml4m fit --json`` record."""
+    try:
+        record = json.loads((workdir / f"{name}_fit.json").read_text())
+        return f"{record['n_features']} features"
+    except (OSError, ValueError, KeyError):
+        return "size not recorded"
 
 
 def structures(workdir: Path) -> dict[int, Path]:
@@ -181,8 +191,9 @@ def render(args, configs, cli, inproc, predict_s, load_before: float, load_after
         "(other work was running on it).",
         "",
         "Models: linear ACE fitted by `ml4m fit` on `shared/data/cu_emt/train.extxyz` (1,136 frames); "
-        "`default` = `ml4m fit --model ace` (59 features), `accurate` = the descriptor of "
-        "`potentials_accuracy.py` (r_cut 5, n_max 6, l_max 3, order 3, degree 12).",
+        f"`default` = `ml4m fit --model ace` ({model_size('default', args.workdir)}, its basis "
+        "chosen by the default search), `accurate` = the descriptor of `potentials_accuracy.py` "
+        f"(r_cut 5, n_max 6, l_max 3, order 3, degree 12; {model_size('accurate', args.workdir)}).",
         "",
         "| code | via | 108 atoms (atom-steps/s) | 864 atoms (atom-steps/s) | / EMT (108) | / EMT (864) "
         "| / no sigma (108) | / no sigma (864) |",
