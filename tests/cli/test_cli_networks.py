@@ -15,12 +15,11 @@ import time
 
 import numpy as np
 import pytest
-from ase.build import bulk
-from ase.calculators.emt import EMT
 
 from ml4m.cli.main import main
-from ml4m.data import Dataset, Frame, write_extxyz
+from ml4m.data import Dataset, write_extxyz
 from ml4m.models.registry import fit_choices
+from models.toy_potentials import emt_cu_frames
 
 #: small, fast settings of each network kind
 PARAMS = {"bpnn": {"hidden": [8], "r_cut": 4.0, "g2_params": [[0.5, 0.0], [2.0, 0.0]],
@@ -30,23 +29,11 @@ NETWORK = next((m for m in PARAMS if m in fit_choices()), None)
 pytestmark = pytest.mark.skipif(NETWORK is None, reason="neither bpnn nor mpnn is registered")
 
 
-def _frames(n: int, seed: int) -> list[Frame]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        atoms = bulk("Cu", "fcc", a=3.6 * (1 + 0.02 * rng.normal()), cubic=True) * (2, 1, 1)
-        atoms.rattle(0.08, seed=int(rng.integers(1 << 30)))
-        atoms.calc = EMT()
-        out.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
-                                    forces=atoms.get_forces(), stress=atoms.get_stress()))
-    return out
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("netdata")
-    write_extxyz(Dataset(_frames(12, 0)), d / "train.extxyz")
-    write_extxyz(Dataset(_frames(4, 1)), d / "valid.extxyz")
+    write_extxyz(Dataset(emt_cu_frames(12, 0)), d / "train.extxyz")
+    write_extxyz(Dataset(emt_cu_frames(4, 1)), d / "valid.extxyz")
     return d
 
 
@@ -141,3 +128,36 @@ def test_bad_training_settings_exit_2(files, tmp_path, capsys, config, argv, mat
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert re.search(match, err), err
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread (the machine is shared: timings hold better), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.skipif("mpnn" not in fit_choices(), reason="mpnn is not registered")
+def test_max_minutes_bounds_the_whole_network_fit(tmp_path, one_thread):
+    """``ml4m fit --model mpnn --max-minutes 0.25`` (default network): the whole command,
+    i.e. the cost measurement, training, validation, the last-layer posterior (its
+    feature Jacobian: one backward pass per feature on up to 2048 training atoms, here
+    1536), metrics and plots, ends within the budget + 10% + 5 s."""
+    write_extxyz(Dataset(emt_cu_frames(48, 0, repeat=2)), tmp_path / "train.extxyz")
+    write_extxyz(Dataset(emt_cu_frames(1, 1, repeat=1)), tmp_path / "valid.extxyz")
+    budget = 0.25
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        code = main(["fit", "--model", "mpnn", "--train", str(tmp_path / "train.extxyz"),
+                     "--valid", str(tmp_path / "valid.extxyz"), "--max-minutes", str(budget),
+                     "-o", str(tmp_path / "m.ml4m"), "--json"])
+    seconds = time.perf_counter() - t0
+    assert code == 0
+    metrics = json.loads(out.getvalue())
+    assert seconds <= 1.1 * 60 * budget + 5.0, (seconds, metrics["budget"])
+    assert metrics["training"]["steps"] >= 1 and "uncertainty" in metrics["valid"]

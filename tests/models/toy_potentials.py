@@ -1,11 +1,15 @@
-"""A toy torch potential for the tests of the torch potential contract and of the trainer:
-a Morse pair energy per species pair with per-species reference energies."""
+"""A toy torch potential for the tests of the torch potential contract and of the trainer
+(a Morse pair energy per species pair with per-species reference energies), and the
+labelled Cu frames they train on."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
 
+from ml4m.data import Frame
 from ml4m.models.torch_potential import TorchPotential, edge_vectors
 from ml4m.validation import float_from, one_of
 
@@ -55,3 +59,20 @@ class ToyPair(TorchPotential):
         stats = getattr(self, "stats_", None)
         e0 = None if stats is None else stats["e0"] + stats["shift"]
         return MorsePairModule(len(self.species_), self.r_cut, e0)
+
+
+def emt_cu_frames(n: int, seed: int = 0, repeat=(2, 1, 1), source: str | None = None
+                  ) -> list[Frame]:
+    """``n`` cubic fcc Cu cells (a = 3.6 A, strained by 2% normal noise) repeated
+    ``repeat`` times and rattled by 0.08 A, labelled by EMT (energy, forces, stress);
+    frame ``k`` comes from ``(source, k)`` when ``source`` is given."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6 * (1 + 0.02 * rng.normal()), cubic=True) * repeat
+        atoms.rattle(0.08, seed=int(rng.integers(1 << 30)))
+        atoms.calc = EMT()
+        frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
+                                       forces=atoms.get_forces(), stress=atoms.get_stress(),
+                                       source=None if source is None else (source, k)))
+    return frames

@@ -4,82 +4,23 @@ named, data parallelism equals one process with the global batch, the time budge
 from __future__ import annotations
 
 import time
+import types
 
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from ml4m.data import Frame
 from ml4m.errors import ConfigError, DataError, TrainingError
-from ml4m.models.torch_potential import TorchPotential, edge_vectors
 from ml4m.training import Trainer, TrainSettings
 from ml4m.training.ema import WeightAverage
-from ml4m.validation import float_from, one_of
-
-
-class _PairModule(torch.nn.Module):
-    """Per-atom energy e0[species] + 1/2 sum over neighbours of a Morse pair, smooth cutoff."""
-
-    def __init__(self, n_species: int, cutoff: float, e0=None) -> None:
-        super().__init__()
-        self.cutoff = cutoff
-        self.register_buffer("e0", torch.as_tensor(np.zeros(n_species) if e0 is None else e0))
-        self.depth = torch.nn.Parameter(0.3 + 0.1 * torch.rand(n_species, n_species))
-        self.r0 = torch.nn.Parameter(2.4 + 0.1 * torch.rand(n_species, n_species))
-        self.alpha = torch.nn.Parameter(torch.tensor(1.5))
-
-    def forward(self, data):
-        i, j = data["edge_index"]
-        r = torch.linalg.vector_norm(edge_vectors(data), dim=1)
-        si, sj = data["species"][i], data["species"][j]
-        d = 0.5 * (self.depth[si, sj] + self.depth[sj, si])
-        r0 = 0.5 * (self.r0[si, sj] + self.r0[sj, si])
-        x = torch.exp(-self.alpha * (r - r0))
-        fc = 0.5 * (torch.cos(torch.pi * r / self.cutoff) + 1)
-        energies = self.e0[data["species"]].index_add(0, i, 0.5 * d * (x * x - 2 * x) * fc)
-        energy = torch.zeros(len(data["n_atoms"]), dtype=r.dtype, device=r.device)
-        return {"energy": energy.index_add(0, data["batch"], energies), "energies": energies}
-
-
-class ToyPair(TorchPotential):
-    """A Morse pair potential with per-species reference energies (a trainable toy)."""
-
-    kind = "test_toy_pair"
-    param_checks = {"r_cut": float_from(1.0), "device": one_of("cpu", "cuda"),
-                    "dtype": one_of("float64", "float32")}
-
-    def __init__(self, r_cut: float = 4.0, device: str = "cpu", dtype: str = "float64") -> None:
-        self.r_cut = r_cut
-        self.device = device
-        self.dtype = dtype
-
-    @property
-    def cutoff(self) -> float:
-        return self.r_cut
-
-    def build_module(self):
-        stats = getattr(self, "stats_", None)
-        e0 = None if stats is None else stats["e0"] + stats["shift"]
-        return _PairModule(len(self.species_), self.r_cut, e0)
-
-    def fit(self, train, valid=None):
-        return Trainer(TrainSettings(progress=False)).fit(self, train, valid)
+from models.toy_potentials import ToyPair, emt_cu_frames
 
 
 def _cu_frames(n: int, seed: int = 0, source: str = "cu.extxyz") -> list[Frame]:
     """``n`` rattled and strained 8-atom Cu cells labelled by EMT."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for k in range(n):
-        atoms = bulk("Cu", "fcc", a=3.6 * (1 + 0.02 * rng.normal()), cubic=True) * (2, 1, 1)
-        atoms.rattle(0.08, seed=int(rng.integers(1 << 30)))
-        atoms.calc = EMT()
-        frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
-                                       forces=atoms.get_forces(), stress=atoms.get_stress(),
-                                       source=(source, k)))
-    return frames
+    return emt_cu_frames(n, seed, source=source)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +140,53 @@ def test_resume_after_interrupt_equals_uninterrupted_run(cu, tmp_path):
             ToyPair(), train, resume=True)
 
 
+def test_cosine_schedule_resumed_with_more_epochs_anneals_from_where_it_stands(cu, tmp_path):
+    """Killed at epoch 2 of 4 and resumed with max_epochs 8: the rate goes on from the
+    one reached and falls along half a cosine to min_lr at epoch 8 (never rising)."""
+    import math
+
+    train, _ = cu
+    lr, low = 0.02, 1e-4
+    kw = {"scheduler": "cosine", "lr": lr, "min_lr": low, "checkpoint_every": 4,
+          "checkpoint": str(tmp_path / "run.ckpt")}
+    model = ToyPair().prepare(train)
+    _fail_at(model, 10)  # forward 1 looks for features; 4 steps an epoch: epoch 2's first
+    with pytest.raises(_Interrupt):
+        Trainer(_settings(max_epochs=4, **kw)).fit(model, train)
+    resumed = Trainer(_settings(max_epochs=8, **kw))
+    resumed.fit(ToyPair(), train, resume=True)
+    rates = [r["lr"] for r in resumed.history]
+
+    def cosine(e, e0, lr0, end):
+        return low + (lr0 - low) * 0.5 * (1 + math.cos(math.pi * (e - e0) / (end - e0)))
+
+    expected = [cosine(e, 0, lr, 4) for e in range(3)]
+    expected += [cosine(e, 2, expected[2], 8) for e in range(3, 8)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
+    assert np.all(np.diff(rates) < 0)
+
+
+def test_a_training_batch_is_the_batch_graph_of_its_frames(cu):
+    """Graphs built frame by frame and joined equal the batch built at once (a molecule
+    keeps its zero cell), with the labels in full 3x3 stress form."""
+    from ase.cluster import Octahedron
+
+    from ml4m.models.torch_potential import batch_graph
+    from ml4m.training.batches import GraphSet, collate
+
+    cluster = Octahedron("Cu", 3)
+    frames = [cu[0][0], Frame.from_atoms(cluster, energy=1.0), cu[0][1]]
+    data, labels = collate(GraphSet(frames).graphs([0, 1, 2], 4.0, [29], "float64"))
+    reference = batch_graph(frames, 4.0, [29])
+    assert data.keys() == reference.keys()
+    for key, value in reference.items():
+        torch.testing.assert_close(data[key], value, rtol=0, atol=0, msg=key)
+    assert labels["stress_mask"].tolist() == [True, False, True]
+    s = cu[0][1].stress
+    full = [[s[0], s[5], s[4]], [s[5], s[1], s[3]], [s[4], s[3], s[2]]]
+    np.testing.assert_array_equal(labels["stress_ref"][2].numpy(), full)
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(cu, tmp_path):
     train, _ = cu
     ckpt = tmp_path / "run.ckpt"
@@ -297,22 +285,134 @@ def test_two_processes_match_one_with_the_doubled_batch(cu, tmp_path):
     assert not np.allclose(_params(start)["alpha"], one["alpha"])  # training moved them
 
 
+def _plan_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """``fit_network`` of a small BPNN with a budget, in process ``rank`` of ``world``,
+    each process measuring other evaluation costs; writes the plan it followed."""
+    import json
+    import os
+    from pathlib import Path
+
+    import ml4m.training.costs
+    from ml4m.training.config import FitConfig
+    from ml4m.training.network import fit_network
+
+    os.environ.update({"WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    ml4m.training.costs.evaluation_costs = lambda model, frames: {
+        "forces": 1e-3 * (1 + rank), "features": 1e-4, "sigma": 1e-3 * (1 + rank),
+        "jacobian": 1e-3, "last_layer": True}
+    cfg = FitConfig.from_mapping({
+        "model": "bpnn", "train": f"{folder}/train.extxyz", "valid": f"{folder}/valid.extxyz",
+        "params": {"hidden": [4], "r_cut": 4.0, "g2_params": [[0.5, 0.0]],
+                   "g4_params": [[0.1, 1.0, 1.0]]},
+        "training": {"batch_size": 4, "max_epochs": 1}, "max_minutes": 0.2})
+    plan = fit_network(cfg, Path(folder) / "m.ml4m", time.perf_counter(), False, False,
+                       write=False)[3]["plan"]
+    Path(f"{folder}/plan.{rank}.json").write_text(json.dumps(plan))
+
+
+def test_data_parallel_processes_follow_the_first_ones_plan(cu, tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from ml4m.data import Dataset, write_extxyz
+
+    write_extxyz(Dataset(cu[0]), tmp_path / "train.extxyz")
+    write_extxyz(Dataset(cu[1]), tmp_path / "valid.extxyz")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_plan_worker, args=(2, port, str(tmp_path)), nprocs=2,
+                       start_method="fork")
+    plans = [json.loads((tmp_path / f"plan.{rank}.json").read_text()) for rank in (0, 1)]
+    assert plans[0]["costs"]["forces"] == 1e-3  # the first process's measurement
+    assert plans[1] == plans[0]
+
+
 def test_evaluations_shrink_to_fit_the_budget(cu, monkeypatch):
     import ml4m.training.costs
     from ml4m.data import Dataset
     from ml4m.training.network import EVAL_FRACTION, plan_evaluations
 
-    cost = {"forces": 1e-3, "features": 5e-4, "sigma": 2e-3, "last_layer": True}  # s/atom
+    cost = {"forces": 1e-3, "features": 5e-4, "sigma": 2e-3, "jacobian": 1e-3,
+            "last_layer": True}  # s/atom
     monkeypatch.setattr(ml4m.training.costs, "evaluation_costs", lambda model, frames: cost)
     train, valid = Dataset(cu[0]), Dataset(cu[1])  # 16 and 6 frames of 8 atoms
     roomy = plan_evaluations(None, train, valid, seconds=1e6)
     assert (roomy["train_frames"], roomy["valid_frames"]) == (16, 6)
-    # valid: validation + calibration + metrics with sigmas; train: features + metrics
-    total = (1e-3 + 2 * 2e-3) * 48 + (5e-4 + 1e-3) * 128
-    tight = plan_evaluations(None, train, valid, seconds=total / EVAL_FRACTION / 4)
-    assert (tight["train_frames"], tight["valid_frames"]) == (4, 1)  # a quarter (rounded down)
+    # valid: validation + calibration + metrics with sigmas; train: features, their
+    # Jacobian (one backward pass per feature) and metrics
+    total = (1e-3 + 2 * 2e-3) * 48 + (5e-4 + 1e-3 + 1e-3) * 128
+    tight = plan_evaluations(None, train, valid, seconds=0.26 * total / EVAL_FRACTION)
+    assert (tight["train_frames"], tight["valid_frames"]) == (4, 1)  # 0.26 rounded down
     # the metrics' predictions: forces of 4 training frames, sigmas of 1 valid frame
     assert tight["after_seconds"] == pytest.approx(1e-3 * 32 + 2e-3 * 8)
+    # the Jacobian is taken on at most predict_atoms atoms: a cap lets more frames in
+    capped = plan_evaluations(types.SimpleNamespace(predict_atoms=8), train, valid,
+                              seconds=0.26 * total / EVAL_FRACTION)
+    assert capped["train_frames"] > 4
+
+
+def test_costs_are_timed_warm_and_sigmas_through_predict():
+    """A fake model whose first call is slow and whose calls sleep known times per atom:
+    the measured costs are those times, not the first call's."""
+    from ml4m.training.costs import evaluation_costs
+
+    atoms, per_atom = 8, {"forces": 0.01, "sigma": 0.04, "fit": 0.1}
+
+    class Fake:
+        cutoff, species_, device, dtype = 4.0, [29], "cpu", "float64"
+        predict_atoms = 2048
+        calls = 0
+
+        def module_(self, data):
+            return {"energy": None, "features": None}
+
+        def predict(self, frames, uncertainty=False):
+            Fake.calls += 1
+            time.sleep((0.5 if Fake.calls == 1 else 0.0)
+                       + per_atom["sigma" if uncertainty else "forces"] * atoms)
+            assert not uncertainty or hasattr(self, "last_layer_")
+
+        def fit_last_layer(self, frames, valid):
+            time.sleep(per_atom["fit"] * atoms)
+            self.last_layer_ = "posterior"
+
+    model = Fake()
+    model.last_layer_ = "trained"  # left as it was
+    cost = evaluation_costs(model, _cu_frames(1))
+    assert cost["last_layer"] and model.last_layer_ == "trained"
+    assert cost["forces"] == pytest.approx(per_atom["forces"], rel=0.2)
+    assert cost["sigma"] == pytest.approx(per_atom["sigma"], rel=0.2)
+    assert cost["jacobian"] == pytest.approx(per_atom["fit"] - cost["sigma"]
+                                             - cost["features"], rel=0.2)
+
+
+def test_last_layer_shrinks_to_the_time_left(cu, monkeypatch):
+    """A posterior too slow for the budget is fitted on fewer frames, and the fit ends
+    within the budget."""
+    from ml4m.training.costs import last_layer_seconds
+
+    train, valid = cu
+    seen = {}
+
+    def fit_last_layer(self, frames, held):
+        seen.update(train=len(frames), valid=len(held))
+        time.sleep(last_layer_seconds(cost, 8 * len(frames), 8 * len(held), 2048))
+
+    cost = {"forces": 1e-4, "features": 1e-4, "sigma": 1e-3, "jacobian": 0.05,
+            "last_layer": True}  # all 16 training frames: 6.5 s
+    monkeypatch.setattr(Trainer, "_has_features", staticmethod(lambda model, data: True))
+    monkeypatch.setattr(ToyPair, "fit_last_layer", fit_last_layer, raising=False)
+    budget = 5 / 60
+    t0 = time.perf_counter()
+    Trainer(_settings(max_epochs=100, max_minutes=budget)).fit(ToyPair(), train, valid,
+                                                               costs=cost)
+    assert time.perf_counter() - t0 < 60 * budget + 0.5
+    assert 1 <= seen["train"] < 16 and 1 <= seen["valid"] <= 6
 
 
 def test_molecules_and_stressed_cells_train_together(cu):

@@ -19,28 +19,22 @@ from typing import Any
 import numpy as np
 
 from ml4m.data.frames import Frame
+from ml4m.data.split import evenly_spaced
 from ml4m.data.store import PackedStore
 from ml4m.errors import DataError
+from ml4m.models.linear.design import VOIGT
 from ml4m.models.torch_potential import batch_graph
 
 __all__ = ["GraphSet", "collate", "epoch_batches", "check_labels", "as_graph_set"]
 
-_VOIGT = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
-
 
 def _frame_graph(frame: Frame, cutoff: float, species: Sequence[int], dtype: str
                  ) -> dict[str, Any]:
-    """One frame's graph tensors (CPU) and labels.
-
-    A frame without a cell (a molecule) gets the unit cell: its edges carry zero image
-    shifts, so nothing but its (unlabelled, never weighed) stress depends on the cell, and
-    the stress stays finite, which keeps the gradients of a stress-weighted loss finite.
-    """
+    """One frame's graph tensors (:func:`batch_graph`, on the CPU) and its labels, with
+    masks saying which labels it has."""
     import torch
 
     g = batch_graph([frame], cutoff, species, "cpu", dtype)
-    if not frame.pbc.any():
-        g["cell"] = torch.eye(3, dtype=g["cell"].dtype)[None]
     ft = g["positions"].dtype
     n = len(frame)
     g["energy_ref"] = torch.tensor([frame.energy if frame.energy is not None else 0.0],
@@ -51,7 +45,7 @@ def _frame_graph(frame: Frame, cutoff: float, species: Sequence[int], dtype: str
     g["forces_mask"] = torch.full((n,), frame.forces is not None)
     stress = np.zeros((3, 3))
     if frame.stress is not None:
-        for k, (a, b) in enumerate(_VOIGT):
+        for k, (a, b) in enumerate(VOIGT):
             stress[a, b] = stress[b, a] = frame.stress[k]
     g["stress_ref"] = torch.as_tensor(stress, dtype=ft)[None]
     g["stress_mask"] = torch.tensor([frame.stress is not None])
@@ -83,8 +77,7 @@ def collate(graphs: Sequence[dict[str, Any]], device: str = "cpu"
         "positions": torch.cat([g["positions"] for g in graphs]),
         "cell": torch.cat([g["cell"] for g in graphs]),
         "species": torch.cat([g["species"] for g in graphs]),
-        "batch": torch.cat([torch.full((n,), b, dtype=torch.long)
-                            for b, n in enumerate(counts)]),
+        "batch": torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)),
         "edge_index": torch.cat([g["edge_index"] + int(o) for g, o in zip(graphs, offsets)],
                                 dim=1),
         "shifts": torch.cat([g["shifts"] for g in graphs]),
@@ -140,7 +133,7 @@ class GraphSet:
             return list(self.frames)
         store = self.frames
         n = len(store)
-        picks = list(np.unique(np.linspace(0, n - 1, min(n, n_max)).astype(int)))
+        picks = [int(k) for k in evenly_spaced(n, n_max)]
         numbers = store.array("numbers")
         seen = {int(z) for k in picks
                 for z in numbers[store.offsets[k]:store.offsets[k + 1]]}
@@ -159,7 +152,7 @@ class GraphSet:
             return self.sample(n_max)
         if len(self.frames) <= n_max:
             return list(self.frames)
-        return [self.frames[int(k)] for k in np.linspace(0, len(self) - 1, n_max).astype(int)]
+        return [self.frames[int(k)] for k in evenly_spaced(len(self), n_max)]
 
     def mean_atoms(self) -> float:
         """Mean number of atoms per frame."""

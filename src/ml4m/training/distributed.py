@@ -4,7 +4,9 @@
 Each process takes its share of every global batch (:func:`ml4m.training.batches.shard`),
 the module is wrapped in ``DistributedDataParallel`` (gradients averaged over processes),
 and the few numbers the processes must agree on (label counts, error sums, stop flags)
-are summed with :meth:`Distributed.sum`.
+are summed with :meth:`Distributed.sum`; what the first process measured or planned
+(evaluation costs, a time budget's plan) reaches the others by
+:meth:`Distributed.broadcast`.
 """
 
 from __future__ import annotations
@@ -72,6 +74,17 @@ class Distributed:
         t = torch.tensor(values, dtype=torch.float64, device=like.device)
         dist.all_reduce(t)
         return t.tolist()
+
+    def broadcast(self, value: Any) -> Any:
+        """The first process's ``value`` on every process (``value`` as is with one):
+        what the processes must decide alike, such as a plan from measured times."""
+        if not self.active:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def close(self) -> None:
         """Leave the group if this object joined it."""

@@ -31,7 +31,7 @@ from ml4m.training.logs import RunLog
 from ml4m.training.losses import TERMS, error_sums, weighted_loss
 from ml4m.training.settings import TrainSettings
 
-__all__ = ["TrainingRun", "Clock"]
+__all__ = ["TrainingRun", "Clock", "CosineSchedule"]
 
 #: per-step numbers summed over processes: nonfinite flag, time-up flag, loss, error sums
 _STEP_SUMS = ("nonfinite", "time_up", "loss", "energy_sae", "energy_n", "forces_sae",
@@ -65,6 +65,56 @@ class Clock:
         step = float(np.mean(self.step_seconds[-20:])) if self.step_seconds else 0.0
         return (time.perf_counter() + 2 * step + self.valid_seconds + self.after_seconds
                 > self.deadline)
+
+
+class CosineSchedule:
+    """The learning rate annealed along half a cosine to ``min_lr`` at ``max_epochs``:
+
+        lr(e) = min_lr + (lr_0 - min_lr) (1 + cos(pi (e - e_0) / (max_epochs - e_0))) / 2
+
+    from ``(e_0, lr_0) = (0, lr)``, and ``min_lr`` from ``max_epochs`` on. A run resumed
+    with the same ``max_epochs`` follows the same curve. One resumed with another
+    ``max_epochs`` anneals from where it stands: ``(e_0, lr_0)`` becomes the epoch
+    reached and its rate, so the rate never jumps and never rises (a finished run
+    resumed for more epochs stays at ``min_lr``).
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+        Its rates are set after every epoch (:meth:`step`).
+    max_epochs : int
+    min_lr : float
+    """
+
+    def __init__(self, optimizer: Any, max_epochs: int, min_lr: float) -> None:
+        self.optimizer, self.max_epochs, self.min_lr = optimizer, max_epochs, min_lr
+        self.epoch = self.start = 0
+        self.start_lr = optimizer.param_groups[0]["lr"]
+
+    def rate(self, epoch: int) -> float:
+        """The learning rate of ``epoch``."""
+        if epoch >= self.max_epochs:
+            return self.min_lr
+        phase = (epoch - self.start) / (self.max_epochs - self.start)
+        return self.min_lr + (self.start_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * phase))
+
+    def step(self) -> None:
+        """End an epoch: set the next epoch's rate."""
+        self.epoch += 1
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.rate(self.epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "start": self.start, "start_lr": self.start_lr,
+                "max_epochs": self.max_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a saved schedule (after the optimizer's state, which holds the rate)."""
+        self.epoch = int(state.get("epoch", state.get("last_epoch", 0)))  # or torch's
+        if state.get("max_epochs") == self.max_epochs:
+            self.start, self.start_lr = int(state["start"]), float(state["start_lr"])
+        else:
+            self.start, self.start_lr = self.epoch, self.optimizer.param_groups[0]["lr"]
 
 
 def _zero_acc() -> dict[str, float]:
@@ -116,8 +166,7 @@ class TrainingRun:
             self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.opt, factor=s.plateau_factor, patience=s.plateau_patience, min_lr=s.min_lr)
         elif s.scheduler == "cosine":
-            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.opt, T_max=s.max_epochs, eta_min=s.min_lr)
+            self.sched = CosineSchedule(self.opt, s.max_epochs, s.min_lr)
         self.ema = WeightAverage(self.module, s.ema_decay) if s.ema_decay else None
         self.terms = tuple(t for t in TERMS if s.weight(t) > 0)
         self.identity = identity(model, s)

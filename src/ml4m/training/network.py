@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -11,16 +12,20 @@ from ml4m.data import LabelKeys, read_dataset
 from ml4m.data.frames import Dataset
 from ml4m.training.config import FitConfig
 
-__all__ = ["fit_network", "plan_evaluations", "POST_FRACTION", "POST_SECONDS", "EVAL_FRACTION"]
+__all__ = ["fit_network", "build_network", "plan_evaluations", "POST_FRACTION", "POST_SECONDS",
+           "EVAL_FRACTION"]
 
 #: share of a ``max_minutes`` budget, plus seconds, kept for the plots and saving (the
 #: trainer itself keeps time for the last-layer posterior and the metrics' predictions)
-POST_FRACTION, POST_SECONDS = 0.05, 10.0
+POST_FRACTION, POST_SECONDS = 0.05, 3.0
 #: largest share of the budget the evaluations after training may take (fewer validation
 #: and metric frames are used otherwise, :func:`plan_evaluations`)
 EVAL_FRACTION = 0.3
 #: most training frames the metrics and the last-layer posterior use (evenly spaced)
 METRIC_FRAMES = 2000
+#: what :func:`build_network` hands the registry's builder as a descriptor: networks
+#: take none, so it is never used (it keeps the builder from making one)
+_NO_DESCRIPTOR = object()
 
 
 def _read(path: str, keys: LabelKeys, require: tuple[str, ...]):
@@ -45,14 +50,15 @@ def _atoms(data) -> int:
     return int(data.n_atoms) if isinstance(data, Dataset) else int(data.offsets[-1])
 
 
-def plan_evaluations(model, train, valid, seconds: float) -> dict[str, Any]:
+def plan_evaluations(model, train, valid, seconds: float,
+                     cost: dict[str, Any] | None = None) -> dict[str, Any]:
     """How many frames to validate and to measure errors on within ``seconds``.
 
     The evaluations' costs per atom are measured on a small training frame
-    (:func:`~ml4m.training.costs.evaluation_costs`); the work that scales with the data
-    and follows training (the last validation, the last-layer posterior, the metrics)
-    is cut to evenly spaced frames so that it takes at most :data:`EVAL_FRACTION` of
-    ``seconds``.
+    (:func:`~ml4m.training.costs.evaluation_costs`, unless ``cost`` gives them); the work
+    that scales with the data and follows training (the last validation, the last-layer
+    posterior with its Jacobian and calibration, the metrics) is cut to evenly spaced
+    frames so that it takes at most :data:`EVAL_FRACTION` of ``seconds``.
 
     Returns
     -------
@@ -61,24 +67,47 @@ def plan_evaluations(model, train, valid, seconds: float) -> dict[str, Any]:
         ``train_frames`` (how many to use), ``after_seconds`` (the metrics' predictions
         with those).
     """
-    from ml4m.training.costs import evaluation_costs, probe_frames
+    from ml4m.training.costs import (
+        evaluation_costs,
+        largest_share,
+        last_layer_seconds,
+        probe_frames,
+    )
 
-    cost = evaluation_costs(model, probe_frames(_spaced(train, 16)))
+    if cost is None:
+        cost = evaluation_costs(model, probe_frames(_spaced(train, 16)))
     n_train, n_valid = min(len(train), METRIC_FRAMES), len(valid) if valid is not None else 0
-    train_atoms = _atoms(train) / len(train) * n_train
-    valid_atoms = _atoms(valid) if valid is not None else 0
-    # per valid atom: the last validation, the posterior's calibration, the metrics
-    # (with sigmas); per training atom: the posterior's features, the metrics
-    per_valid = cost["forces"] + 2 * cost["sigma"]
-    per_train = cost["features"] + cost["forces"]
-    total = per_valid * valid_atoms + per_train * train_atoms
-    share = min(1.0, EVAL_FRACTION * seconds / total) if total > 0 else 1.0
+    per_train = _atoms(train) / len(train)
+    per_valid = _atoms(valid) / n_valid if n_valid else 0.0
+    jacobian_atoms = getattr(model, "predict_atoms", math.inf)
+
+    def metrics(train_atoms: float, valid_atoms: float) -> float:
+        """The metrics' predictions: forces of the training frames, sigmas of the valid."""
+        return cost["forces"] * train_atoms + cost["sigma"] * valid_atoms
+
+    def seconds_of(share: float) -> float:
+        train_atoms, valid_atoms = share * n_train * per_train, share * n_valid * per_valid
+        return (cost["forces"] * valid_atoms  # the last validation
+                + last_layer_seconds(cost, train_atoms, valid_atoms or train_atoms,
+                                     jacobian_atoms)
+                + metrics(train_atoms, valid_atoms))
+
+    share = largest_share(seconds_of, EVAL_FRACTION * seconds)
     valid_frames = min(n_valid, max(1, int(share * n_valid)))
     train_frames = max(1, int(share * n_train))
-    after = (cost["forces"] * train_atoms / n_train * train_frames
-             + (cost["sigma"] * valid_atoms / n_valid * valid_frames if n_valid else 0.0))
     return {"costs": cost, "train_frames": train_frames, "valid_frames": valid_frames,
-            "after_seconds": after}
+            "after_seconds": metrics(per_train * train_frames, per_valid * valid_frames)}
+
+
+def build_network(cfg: FitConfig) -> Any:
+    """The unfitted network ``cfg`` names, by the registry's builder
+    (:func:`ml4m.training.fit.build_model`), on ``cfg.device``."""
+    from ml4m.training.fit import build_model
+
+    model = build_model(cfg, [], None, descriptor=_NO_DESCRIPTOR)
+    if "device" in model.param_names():
+        model.set_params(device=cfg.device)
+    return model
 
 
 def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resume: bool,
@@ -90,9 +119,12 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     model file is written, so a run killed at any point can be resumed (``resume``).
     With ``write`` False (the further processes of a data-parallel run) nothing is
     written and ``train``/``valid`` come back as None.
-    With ``cfg.max_minutes``, the trainer gets what is left of the budget but
-    :data:`POST_FRACTION` of it and :data:`POST_SECONDS`, and stops early enough to
-    predict the frames of the metrics in it.
+    The model is prepared on the frames the trainer would prepare it on
+    (:func:`~ml4m.training.trainer.prepare_model`). With ``cfg.max_minutes``, the
+    trainer gets what is left of the budget but :data:`POST_FRACTION` of it and
+    :data:`POST_SECONDS`, and stops early enough to predict the frames of the metrics in
+    it; the first process plans the evaluations (:func:`plan_evaluations`) and every
+    data-parallel process follows its plan.
 
     Returns
     -------
@@ -108,11 +140,10 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
         (the learning curve) and, with a budget, ``budget`` (``budget_seconds`` and
         :func:`plan_evaluations`'s plan).
     """
-    from ml4m.models.registry import model_kind
-    from ml4m.training.curves import plot_training_curve
+    from ml4m.training.batches import as_graph_set
+    from ml4m.training.distributed import Distributed
     from ml4m.training.fit import network_files
     from ml4m.training.settings import TrainSettings
-    from ml4m.training.trainer import Trainer
 
     files = network_files(path)
     base = {**cfg.training, "seed": cfg.seed, "checkpoint": str(files["checkpoint"]),
@@ -122,33 +153,49 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     keys = LabelKeys(**cfg.keys)
     train = _read(cfg.train, keys, require)
     valid = _read(cfg.valid, keys, require) if cfg.valid else None
-    kind = model_kind(cfg.model)
-    given = {"device": cfg.device, "seed": cfg.seed}
-    names = kind.cls.param_names()
-    model = kind.cls(**{k: v for k, v in given.items() if k in names}, **cfg.params)
-    plan = {"train_frames": min(len(train), METRIC_FRAMES),
-            "valid_frames": len(valid) if valid is not None else 0, "after_seconds": 0.0}
+    model = build_network(cfg)
+    dist = Distributed.from_env(cfg.device)  # the group the trainer joins, joined first
+    try:
+        return _train(cfg, model, as_graph_set(train, "train"), train, valid, base, dist,
+                      started, resume, files, path, write)
+    finally:
+        dist.close()
+
+
+def _train(cfg, model, train_set, train, valid, base, dist, started, resume, files, path,
+           write):
+    """:func:`fit_network` once the data are read and the process group is joined."""
+    from ml4m.training.curves import plot_training_curve
+    from ml4m.training.settings import TrainSettings
+    from ml4m.training.trainer import Trainer, prepare_model
+
+    prepare_model(model, train_set, cfg.seed)
+    plan: dict[str, Any] | None = {
+        "train_frames": min(len(train), METRIC_FRAMES),
+        "valid_frames": len(valid) if valid is not None else 0, "after_seconds": 0.0}
     if cfg.max_minutes is not None:
-        import torch
+        plan = None
+        if dist.main:
+            def left() -> float:
+                return (60.0 * cfg.max_minutes * (1.0 - POST_FRACTION) - POST_SECONDS
+                        - (time.perf_counter() - started))
 
-        torch.manual_seed(cfg.seed)  # as the trainer would before preparing
-        model.prepare(_spaced(train, METRIC_FRAMES))
-        def left() -> float:
-            return (60.0 * cfg.max_minutes * (1.0 - POST_FRACTION) - POST_SECONDS
-                    - (time.perf_counter() - started))
-
-        plan = plan_evaluations(model, train, valid, left())
-        base["max_minutes"] = max(left(), 1.0) / 60.0
+            plan = plan_evaluations(model, train, valid, left())
+            plan["train_minutes"] = max(left(), 1.0) / 60.0
+        plan = dist.broadcast(plan)
+        base["max_minutes"] = plan["train_minutes"]
     if valid is not None:
         valid = _spaced(valid, plan["valid_frames"])
     train_metrics = _spaced(train, plan["train_frames"])
     trainer = Trainer(TrainSettings.from_mapping(base, source="config"))
     t0 = time.perf_counter()
-    model = trainer.fit(model, train, valid, resume=resume, after_seconds=plan["after_seconds"],
+    model = trainer.fit(model, train_set, valid, resume=resume,
+                        after_seconds=plan["after_seconds"],
                         last_layer_frames=plan["train_frames"], costs=plan.get("costs"))
     fit_seconds = time.perf_counter() - t0
     if not write:
-        return model, None, None, {"kind": model.kind, "fit_seconds": fit_seconds}
+        return model, None, None, {"kind": model.kind, "fit_seconds": fit_seconds,
+                                   "plan": plan}
     path = model.save(path)
     files["checkpoint"].unlink(missing_ok=True)
     curve = plot_training_curve(trainer.history, files["curve"])

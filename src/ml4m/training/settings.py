@@ -79,7 +79,9 @@ class TrainSettings:
     scheduler : {'plateau', 'cosine', 'none'}
         ``plateau`` multiplies the rate by ``plateau_factor`` after ``plateau_patience``
         epochs without a better loss (valid if given, else train); ``cosine`` anneals it
-        to ``min_lr`` over ``max_epochs``.
+        to ``min_lr`` over ``max_epochs`` (a run resumed with another ``max_epochs``
+        anneals from its current rate to ``min_lr`` at the new ``max_epochs``:
+        :class:`~ml4m.training.loop.CosineSchedule`).
     plateau_factor : float
         In (0, 1).
     plateau_patience : int

@@ -18,15 +18,14 @@ import math
 import time
 from typing import Any
 
-
 from ml4m.errors import ConfigError
-from ml4m.training.batches import as_graph_set, check_labels, collate, epoch_batches
+from ml4m.training.batches import GraphSet, as_graph_set, check_labels, collate, epoch_batches
 from ml4m.training.distributed import Distributed
 from ml4m.training.logs import RunLog
 from ml4m.training.loop import Clock, TrainingRun
 from ml4m.training.settings import TrainSettings
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "prepare_model"]
 
 
 class Trainer:
@@ -66,8 +65,7 @@ class Trainer:
         Parameters
         ----------
         model : TorchPotential
-            Prepared (``module_`` set) or not: then ``model.prepare`` runs on ``train``
-            (on evenly spaced frames of a store) after seeding torch.
+            Prepared (``module_`` set) or not: then :func:`prepare_model` prepares it.
         train, valid : list of Frame, Dataset or PackedStore
             Training and validation frames (``valid`` optional).
         resume : bool
@@ -79,7 +77,9 @@ class Trainer:
             :func:`ml4m.training.costs.evaluation_costs`, then on each validation).
         last_layer_frames : int
             The last-layer posterior (models with ``fit_last_layer`` whose module returns
-            ``features``) is fitted on at most this many evenly spaced training frames.
+            ``features``) is fitted on at most this many evenly spaced training frames
+            (and calibrated on the validation frames); with ``max_minutes``, on fewer of
+            both when the time left after training needs it.
         costs : dict, optional
             :func:`~ml4m.training.costs.evaluation_costs` of ``model``, if the caller
             measured them (else they are, on the smallest of 16 spaced training frames,
@@ -108,7 +108,7 @@ class Trainer:
                 check_labels(data, s.weights)
         torch.manual_seed(s.seed)
         if not hasattr(model, "module_"):
-            model.prepare(train_set.sample())
+            prepare_model(model, train_set, s.seed)
         dist = Distributed.from_env(getattr(model, "device", "cpu"))
         try:
             return self._run(model, train_set, valid_set, resume, dist, started,
@@ -127,17 +127,18 @@ class Trainer:
                       and self._has_features(model, train_set))
         clock = Clock(started + 60.0 * s.max_minutes if s.max_minutes else math.inf)
         if s.max_minutes:
-            from ml4m.training.costs import evaluation_costs, probe_frames
+            from ml4m.training.costs import evaluation_costs, last_layer_seconds, probe_frames
 
-            if cost is None:
-                cost = evaluation_costs(model, probe_frames(train_set.spaced(16)))
+            if cost is None:  # measured by the first process, followed by all
+                cost = dist.broadcast(evaluation_costs(model, probe_frames(train_set.spaced(16)))
+                                      if dist.main else None)
             valid_atoms = len(valid_set) * valid_set.mean_atoms() if valid_set else 0.0
             clock.valid_seconds = cost["forces"] * valid_atoms
             clock.after_seconds = after_seconds
-            if last_layer:  # features of the training frames, sigmas of the validation
+            if last_layer:  # features and Jacobian of training frames, sigmas of held ones
                 train_atoms = min(len(train_set), last_layer_frames) * train_set.mean_atoms()
-                clock.after_seconds += (cost["features"] * train_atoms
-                                        + cost["sigma"] * (valid_atoms or train_atoms))
+                clock.after_seconds += last_layer_seconds(
+                    cost, train_atoms, valid_atoms or train_atoms, model.predict_atoms)
         n_batches = len(epoch_batches(len(train_set), s.batch_size, s.seed, 0, dist.world))
         log = RunLog(s.log_csv, s.progress, n_batches * s.max_epochs, enabled=dist.main)
         try:
@@ -150,8 +151,13 @@ class Trainer:
         self.stop_reason = run.stop_reason
         run.finish()
         if last_layer:
-            model.fit_last_layer(_frames_of(train_set, last_layer_frames),
-                                 _frames_of(valid_set))
+            n_train, n_valid = min(len(train_set), last_layer_frames), len(valid_set or ())
+            if s.max_minutes:
+                share = dist.broadcast(_last_layer_share(
+                    cost, model, train_set, valid_set, n_train,
+                    clock.deadline - after_seconds - time.perf_counter()))
+                n_train, n_valid = max(1, int(share * n_train)), max(1, int(share * n_valid))
+            model.fit_last_layer(_frames_of(train_set, n_train), _frames_of(valid_set, n_valid))
         return model
 
     @staticmethod
@@ -166,6 +172,32 @@ class Trainer:
             return "features" in model.module_(data)
 
 
-def _frames_of(data, n_max: int = 2000) -> Any:
+def prepare_model(model: Any, train_set: GraphSet, seed: int) -> Any:
+    """``model.prepare`` on the frames every training run prepares it on (all of a list,
+    evenly spaced ones of a store: :meth:`GraphSet.sample`), torch seeded by ``seed``."""
+    import torch
+
+    torch.manual_seed(seed)
+    return model.prepare(train_set.sample())
+
+
+def _last_layer_share(cost: dict[str, Any], model: Any, train_set: GraphSet,
+                      valid_set: GraphSet | None, n_train: int, seconds: float) -> float:
+    """The share of ``n_train`` training frames and of the validation frames whose
+    last-layer posterior fits in ``seconds`` (1: all of them)."""
+    from ml4m.training.costs import largest_share, last_layer_seconds
+
+    per_train = train_set.mean_atoms()
+    n_valid, per_valid = (len(valid_set), valid_set.mean_atoms()) if valid_set else (0, 0.0)
+
+    def seconds_of(share: float) -> float:
+        train_atoms = max(1, int(share * n_train)) * per_train
+        held = max(1, int(share * n_valid)) * per_valid if n_valid else train_atoms
+        return last_layer_seconds(cost, train_atoms, held, model.predict_atoms)
+
+    return largest_share(seconds_of, seconds)
+
+
+def _frames_of(data: GraphSet | None, n_max: int) -> Any:
     """At most ``n_max`` evenly spaced frames of a set, for ``fit_last_layer``."""
     return None if data is None else data.spaced(n_max)
