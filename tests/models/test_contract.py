@@ -22,6 +22,12 @@ from ml4m.models.kernel import SparseGPPotential
 from ml4m.models.linear import LinearACE, LinearPotential
 from ml4m.models.registry import model_kind, model_kinds
 
+from .potential_checks import (
+    assert_forces_are_energy_gradients,
+    assert_invariant_and_equivariant,
+    assert_stress_is_strain_derivative,
+)
+
 
 def _ace():
     return make_descriptor("ace", species=["Cu"], r_cut=4.0, n_max=4, l_max=2,
@@ -110,36 +116,13 @@ def _rattled(seed=0, n=2):
 
 def test_forces_and_stress_are_energy_derivatives(fitted):
     atoms = _rattled()
-    pred = fitted.predict([atoms])
-    h = 1e-4
-    for a, c in [(0, 0), (5, 2)]:
-        plus, minus = atoms.copy(), atoms.copy()
-        plus.positions[a, c] += h
-        minus.positions[a, c] -= h
-        fd = (fitted.predict([plus]).energy[0] - fitted.predict([minus]).energy[0]) / (2 * h)
-        assert pred.forces[a, c] == pytest.approx(-fd, rel=1e-4, abs=1e-6)
-    eps = 1e-5
-    strained = []
-    for s in (eps, -eps):
-        x = atoms.copy()
-        x.set_cell(atoms.cell @ (np.eye(3) + s * np.diag([1, 0, 0])), scale_atoms=True)
-        strained.append(fitted.predict([x]).energy[0])
-    fd_xx = (strained[0] - strained[1]) / (2 * eps) / atoms.get_volume()
-    assert pred.stress[0, 0] == pytest.approx(fd_xx, rel=1e-4, abs=1e-7)
+    assert_forces_are_energy_gradients(fitted, atoms, [(0, 0), (5, 2)], h=1e-4, rel=1e-4,
+                                       abs=1e-6)
+    assert_stress_is_strain_derivative(fitted, atoms, h=1e-5, rel=1e-4, abs=1e-7)
 
 
 def test_invariances_and_equivariance(fitted):
-    atoms = _rattled(seed=1)
-    ref = fitted.predict([atoms])
-    rot = np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0]
-    moved = atoms.copy()
-    moved.set_cell(atoms.cell @ rot.T, scale_atoms=False)
-    moved.positions = atoms.positions @ rot.T + np.array([0.3, -1.2, 2.0])
-    perm = np.random.default_rng(4).permutation(len(atoms))
-    moved = moved[perm]
-    got = fitted.predict([moved])
-    assert got.energy[0] == pytest.approx(ref.energy[0], rel=1e-9, abs=1e-9)
-    np.testing.assert_allclose(got.forces, (ref.forces @ rot.T)[perm], atol=1e-8)
+    assert_invariant_and_equivariant(fitted, _rattled(seed=1))
 
 
 def test_uncertainty_and_round_trip(fitted, data, tmp_path):
