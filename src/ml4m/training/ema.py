@@ -10,8 +10,9 @@ __all__ = ["WeightAverage"]
 
 
 class WeightAverage:
-    """``avg <- d * avg + (1 - d) * w`` after every step, with ``d = min(decay, (1 + n) / (10 + n))``
-    at update ``n`` (so the first updates follow the weights closely).
+    """``avg <- d * avg + (1 - d) * w`` after every step, with
+    ``d = min(decay, (1 + n) / (10 + n))`` at update ``n`` (so the first updates follow
+    the weights closely).
 
     Buffers (data statistics) are copied, not averaged.
 

@@ -118,7 +118,8 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     (:func:`ml4m.training.fit.network_files`); the checkpoint is removed only after the
     model file is written, so a run killed at any point can be resumed (``resume``).
     With ``write`` False (the further processes of a data-parallel run) nothing is
-    written and ``train``/``valid`` come back as None.
+    written, ``train``/``valid`` come back as None and ``metrics`` holds ``kind``,
+    ``fit_seconds`` and ``plan`` (the frames and costs the run followed).
     The model is prepared on the frames the trainer would prepare it on
     (:func:`~ml4m.training.trainer.prepare_model`). With ``cfg.max_minutes``, the
     trainer gets what is left of the budget but :data:`POST_FRACTION` of it and
