@@ -281,7 +281,7 @@ def _report_cli(rows) -> list[str]:
     for d in rows:
         peer = d["runs"].get("dadapy")
         for name, r in d["runs"].items():
-            ratio = "" if name == "dadapy" or peer is None else \
+            ratio = "" if name in ("dadapy", "ml4m-help") or peer is None else \
                 f"**{peer['median'] / r['median']:.2f}x**"
             cpu = r.get("cpu_median")
             if ratio and cpu:
@@ -295,6 +295,18 @@ def _report_cli(rows) -> list[str]:
                 f"{min(r['loads']):.1f}-{max(r['loads']):.1f} | "
                 f"{'' if cpu is None else f'{cpu:.2f}'} | {r['peak_mib']:.0f} | {ratio} | "
                 f"{r['clusters'] or ''} | {ident} | {be} |")
+    lines.append("")
+    for d in rows:
+        runs = d["runs"]
+        if not {"dadapy", "ml4m", "ml4m-help"} <= set(runs) or "cpu_median" not in runs["ml4m"]:
+            continue
+        ml, hp, pe = runs["ml4m"], runs["ml4m-help"], runs["dadapy"]
+        lines.append(
+            f"{d['date']}: of ml4m's {ml['cpu_median']:.2f} CPU s, start-up and the parser of every "
+            f"sub-command (`ml4m analyze --help`) take {hp['cpu_median']:.2f} "
+            f"({hp['median']:.2f} s wall); the rest, {ml['cpu_median'] - hp['cpu_median']:.2f} CPU s, "
+            f"is {pe['cpu_median'] / (ml['cpu_median'] - hp['cpu_median']):.1f}x below DADApY's "
+            f"{pe['cpu_median']:.2f}.")
     return lines + [""]
 
 
