@@ -203,24 +203,14 @@ def local_join(rows, Y, nbr, m, L, out_d, out_i, mark):
                 out_i[q, t] = j
 
 
-@nb.njit(cache=True, nogil=True)
-def gather(starts, cells, Yf, sqf):
-    """Candidate rows (indices, float32 coordinates, squared norms) of some cells."""
-    M = 0
-    for j in cells:
-        M += starts[j + 1] - starts[j]
-    cid = np.empty(M, np.int64)
-    X = np.empty((M, Yf.shape[1]), np.float32)
-    csq = np.empty(M, np.float32)
-    m = 0
-    for j in cells:
-        for s in range(starts[j], starts[j + 1]):
-            cid[m] = s
-            for d in range(X.shape[1]):
-                X[m, d] = Yf[s, d]
-            csq[m] = sqf[s]
-            m += 1
-    return cid, X, csq
+def gather(starts: np.ndarray, cells: np.ndarray, Yf: np.ndarray, sqf: np.ndarray):
+    """Candidate rows (indices, float32 coordinates, squared norms) of some cells: the
+    rows ``starts[j]:starts[j + 1]`` of every cell ``j`` in ``cells``, in that order."""
+    lengths = starts[cells + 1] - starts[cells]
+    ends = np.cumsum(lengths)
+    # row index = the cell's first row + position within the cell
+    cid = np.arange(ends[-1], dtype=np.int64) + np.repeat(starts[cells] - ends + lengths, lengths)
+    return cid, Yf[cid], sqf[cid]
 
 
 def kmeans_cells(Y: np.ndarray, n_cells: int, n_iter: int = 5, seed: int = 0,
