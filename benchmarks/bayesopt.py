@@ -76,13 +76,21 @@ def report(root: Path, grid: int, budget: int, seeds: list[int]) -> str:
     reached = calls_to_reach(e_grid, target)
     lines.append(f"| grid {grid}^3 | - | {reached} of {len(e_grid)} | "
                  f"{(e_grid.min() - target + 1e-3) * 1e3:.1f} |")
+    means = []
     for method in ("bo", "random"):
+        gaps, hits = [], []
         for s in seeds:
             e = energies(f"{method}_{s}")
             n = calls_to_reach(e, target)
+            hits.append(n)
+            gaps.append((e.min() - target + 1e-3) * 1e3)
             lines.append(f"| {method} | {s} | {n if n is not None else f'not in {len(e)}'} | "
-                         f"{(e.min() - target + 1e-3) * 1e3:.1f} |")
-    return "\n".join(lines)
+                         f"{gaps[-1]:.1f} |")
+        reached = [n for n in hits if n is not None]
+        means.append(f"{method}: target reached by {len(reached)} of {len(seeds)} seeds"
+                     + (f" (calls {reached})" if reached else "")
+                     + f", mean gap after {budget} calls {np.mean(gaps):.1f} meV")
+    return "\n".join(lines + [""] + means)
 
 
 def main() -> None:

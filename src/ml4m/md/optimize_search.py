@@ -7,7 +7,8 @@ degrees of freedom (``low + u * (high - low)``) and says which dimensions are pe
 sees a periodic dimension through the features ``cos(2 pi u), sin(2 pi u)``, so the two
 ends of the turn are one point, and an ordinary one through ``u``; its kernel is a
 constant times an anisotropic Matern 5/2 plus a fitted white noise, on targets
-normalised to zero mean and unit variance.
+normalised to zero mean and unit variance after the values above their median are
+compressed logarithmically (a clash of atoms would otherwise set the scale).
 
 Every proposal is a pure function of the seed, the index of the call and the history
 of evaluated points and values, so a resumed search proposes exactly what an
