@@ -156,3 +156,21 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert best.info["REF_energy"] == summary["best_energy_ev"] == min(
         h["energy_ev"] for h in whole["history"])
     assert (tmp_path / "part" / "progress.png").stat().st_size > 0
+
+
+def test_xtb_names_gfn2_through_tblite(tmp_path):
+    pytest.importorskip("tblite", reason="the optional extra 'xtb' (tblite) is not installed")
+    from ase.io import read
+    from tblite.ase import TBLite
+
+    molecule("H2O2").write(tmp_path / "h2o2.extxyz")
+    settings = OptimizeSettings.from_mapping({
+        "structure": str(tmp_path / "h2o2.extxyz"), "reference": "xtb", "method": "random",
+        "budget": 2, "dofs": [{"type": "torsion", "atoms": [2, 0, 1, 3]}],
+        "relax": {"steps": 0}})
+    result = run_optimize(settings, tmp_path / "out")
+    frame = read(tmp_path / "out" / "evaluations.extxyz", index=1)
+    frame.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    assert frame.get_potential_energy() == pytest.approx(result["history"][1]["energy_ev"],
+                                                         abs=1e-6)
+    assert result["history"][0]["energy_ev"] != result["history"][1]["energy_ev"]
