@@ -1,7 +1,9 @@
-"""Active learning on Cu with EMT: reference calls and held-out force error against random
-selection; wall time of the loop with 1, 2, 4 labelling workers on a slow reference.
+"""Active learning on Cu with EMT and on ethanol with GFN2-xTB: reference calls and
+held-out force error against random selection; wall time of the loop with 1, 2, 4
+labelling workers on a slow reference.
 
     python benchmarks/active_learning.py accuracy [--steps 1500] [--seeds 3]
+    python benchmarks/active_learning.py molecule [--steps 4000] [--threshold 4x]
     python benchmarks/active_learning.py parallel [--calls 16]
 
 ``accuracy``: two walkers of 32 Cu atoms (NVT, 2 fs): a solid (a = 3.65 A) heated from
@@ -13,6 +15,14 @@ with the same settings. Test: EMT MD of the same states with other seeds again, 
 and liquid apart. ``parallel``: 4 walkers, a threshold every check passes, EMT slowed
 by a 1 s sleep per call; wall time of the loop with 1, 2 and 4 workers (a process pool,
 and a local Dask cluster when ``distributed`` is installed).
+
+``molecule``: ethanol (9 atoms, no cell; Langevin NVT, 0.5 fs, 0.01/fs): a walker heated
+from 300 to 1200 K and one at 600 K share a linear ACE model (the ACE descriptor's
+defaults) fitted on 4 frames of 300 K GFN2-xTB MD; frames whose largest force sigma
+passes the threshold are labelled by GFN2-xTB (tblite). Baseline: the same 4 frames plus
+as many frames as the loop labelled, drawn at random from xTB MD of the same two states
+(other seeds). Test: xTB MD at 300, 600, 900 and 1200 K (other seeds), each apart. Run it
+with ``OMP_NUM_THREADS=1``.
 
 The machine these ran on has 2 cores shared with other jobs: runs are kept short.
 Prints one JSON object; the figures are in ``benchmarks/results/active_learning.md``.
@@ -228,8 +238,10 @@ def _xtb_md(start: Atoms, t0: float, t1: float, steps: int, seed: int, every: in
 
 
 def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: int, work: Path,
-             n_initial: int = 4, test_frames: int = 40) -> dict:
-    """The loop on ethanol with GFN2-xTB against random selection at equal calls."""
+             n_initial: int = 4, test_frames: int = 40, walker_seed: int = 0) -> dict:
+    """The loop on ethanol with GFN2-xTB against random selection at equal calls (the
+    walkers' seeds: ``walker_seed`` and the next; those of the pool and test MD are
+    fixed)."""
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     start = _ethanol()
@@ -237,8 +249,8 @@ def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: in
     # initial frames: 300 K xTB MD, one frame every 100 steps (50 fs)
     initial = _xtb_md(start, 300.0, 300.0, 100 * n_initial, seed=1, every=100)
     write(work / "initial.extxyz", [f.to_atoms() for f in initial])
-    walkers = (WalkerSettings(str(work / "ethanol.extxyz"), 300.0, 1200.0, 0),
-               WalkerSettings(str(work / "ethanol.extxyz"), 600.0, None, 1))
+    walkers = (WalkerSettings(str(work / "ethanol.extxyz"), 300.0, 1200.0, walker_seed),
+               WalkerSettings(str(work / "ethanol.extxyz"), 600.0, None, walker_seed + 1))
     settings = LearnSettings(walkers=walkers, reference="xtb", fit=MOLECULE_FIT,
                              initial=str(work / "initial.extxyz"), ensemble="nvt", steps=steps,
                              dt_fs=MOLECULE_DT_FS, friction=MOLECULE_FRICTION,
@@ -265,7 +277,8 @@ def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: in
     rows = _against_random(al_model, al_train, initial, pool, tests, seeds, MOLECULE_FIT)
     labelled = al_train[len(initial):]
     return {"molecule": "ethanol (C2H5OH, 9 atoms)", "reference": "GFN2-xTB (tblite)",
-            "walkers": ["NVT 300 -> 1200 K (seed 0)", "NVT 600 K (seed 1)"],
+            "walkers": [f"NVT 300 -> 1200 K (seed {walker_seed})",
+                        f"NVT 600 K (seed {walker_seed + 1})"],
             "steps_per_walker": steps, "dt_fs": MOLECULE_DT_FS, "friction_per_fs": MOLECULE_FRICTION,
             "threshold": threshold, "min_steps_between_calls": min_gap, "max_calls": max_calls,
             "fit": MOLECULE_FIT, "threshold_ev_per_a_final": result["threshold_ev_per_a"],
@@ -365,6 +378,8 @@ def main(argv=None) -> int:
     m.add_argument("--max-calls", type=int, default=60)
     m.add_argument("--initial", type=int, default=4, help="initial frames (300 K xTB MD)")
     m.add_argument("--test-frames", type=int, default=40, help="test frames per temperature")
+    m.add_argument("--walker-seed", type=int, default=0, choices=range(50), metavar="0..49",
+                   help="seeds of the two walkers: this and the next (default 0)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "accuracy":
@@ -375,7 +390,7 @@ def main(argv=None) -> int:
                            args.initial)
         elif args.what == "molecule":
             out = molecule(args.steps, args.seeds, args.threshold, args.min_gap, args.max_calls,
-                           Path(tmp), args.initial, args.test_frames)
+                           Path(tmp), args.initial, args.test_frames, args.walker_seed)
         else:
             out = parallel(args.calls, Path(tmp))
     print(json.dumps(out, indent=1))
