@@ -31,6 +31,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("learn", "ml4m.cli.learn"),
     ("curate", "ml4m.cli.curate"),
     ("optimize", "ml4m.cli.optimize"),
+    ("export", "ml4m.cli.export"),
 ]
 
 

@@ -64,11 +64,13 @@ def neighbour_slots(i: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, int]:
     """
     order = torch.argsort(i, stable=True)
     counts = torch.bincount(i, minlength=n_atoms)
-    width = max(int(counts.max()) if len(i) else 0, 1)
+    # a plain int in eager mode; a symbolic size under torch.export (no specialisation)
+    width = counts.max().clamp(min=1).item()
+    torch._check(width >= 1)
     starts = torch.cumsum(counts, 0) - counts
     i_sorted = i[order]
     slots = torch.empty_like(i)
-    slots[order] = i_sorted * width + torch.arange(len(i), device=i.device) - starts[i_sorted]
+    slots[order] = i_sorted * width + torch.arange(i.shape[0], device=i.device) - starts[i_sorted]
     return slots, width
 
 
@@ -156,8 +158,9 @@ class MPNNModule(nn.Module):
         species = data["species"]
         vec = edge_vectors(data)
         basis = self.radial_basis(torch.linalg.vector_norm(vec, dim=1))
-        slots, width = neighbour_slots(i, len(species))
-        Y = padded(edge_harmonics(vec, self.l_max), slots, len(species), width)
+        n_atoms = species.shape[0]  # a size, not len(): symbolic under torch.export
+        slots, width = neighbour_slots(i, n_atoms)
+        Y = padded(edge_harmonics(vec, self.l_max), slots, n_atoms, width)
         onehot = nn.functional.one_hot(species, self.n_species).to(vec.dtype)
         h = self.embed(onehot)
         features = []
@@ -168,6 +171,7 @@ class MPNNModule(nn.Module):
         weights = torch.cat([r.weight for r in self.readouts] + [self.last.weight], dim=1)
         feats = torch.cat(features, dim=1)
         energies = self.e0[species] + self.shift + self.scale * (feats @ weights[0])
-        energy = torch.zeros(len(data["n_atoms"]), dtype=energies.dtype, device=energies.device)
+        energy = torch.zeros(data["n_atoms"].shape[0], dtype=energies.dtype,
+                             device=energies.device)
         return {"energy": energy.index_add(0, data["batch"], energies), "energies": energies,
                 "features": feats}
