@@ -40,6 +40,22 @@ def test_every_command_has_help_with_example():
     assert all(mod.startswith("ml4m.cli.") for _, mod in COMMANDS)
 
 
+def test_a_named_command_imports_only_its_own_module():
+    """`ml4m analyze ...` builds and imports the analyze command alone: no other command's
+    module (and none of the fitting stack) is loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom ml4m.cli.main import main\n"
+            "try:\n    main(['analyze', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('ml4m.cli.', 'ml4m.models', "
+            "'ml4m.training', 'torch', 'sklearn'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    loaded = eval(proc.stdout.strip().splitlines()[-1])
+    assert loaded == ["ml4m.cli.analyze", "ml4m.cli.main"], loaded
+
+
 def test_console_script_exit_code_on_bad_input(tmp_path):
     bad = tmp_path / "bad.extxyz"
     bad.write_text("")

@@ -65,6 +65,13 @@ CASES = {
                                   f"{D}/train.extxyz"],
     "learn config not a mapping": ["learn", f"{D}/list.yaml", "-o", f"{D}/learn"],
     "learn missing config": ["learn", f"{D}/nope.yaml", "-o", f"{D}/learn"],
+    # optimize / export
+    "optimize config not a mapping": ["optimize", f"{D}/list.yaml", "-o", f"{D}/opt"],
+    "optimize missing config": ["optimize", f"{D}/nope.yaml", "-o", f"{D}/opt"],
+    "optimize zero budget": ["optimize", f"{D}/list.yaml", "--budget", "0", "-o", f"{D}/opt"],
+    "export a linear model": ["export", f"{D}/m.ml4m", "-o", f"{D}/m.pt2"],
+    "export missing model": ["export", f"{D}/nope.ml4m", "-o", f"{D}/m.pt2"],
+    "export output is the model": ["export", f"{D}/m.ml4m", "-o", f"{D}/m.ml4m"],
     # data info / split / pack
     "info missing file": ["data", "info", f"{D}/nope.extxyz"],
     "info folder": ["data", "info", D],

@@ -6,9 +6,10 @@ import argparse
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ml4m.data.labels import LabelKeys
+if TYPE_CHECKING:  # the data stage (and ASE) load only when a command reads labels
+    from ml4m.data.labels import LabelKeys
 
 __all__ = ["print_json", "console", "emit", "add_label_key_arguments", "label_keys_from_args",
            "add_output_arguments", "float_list", "int_list"]
@@ -69,6 +70,8 @@ def add_output_arguments(p: argparse.ArgumentParser, metavar: str, help: str,
 
 def label_keys_from_args(args: argparse.Namespace) -> LabelKeys:
     """The :class:`LabelKeys` given by :func:`add_label_key_arguments` options."""
+    from ml4m.data.labels import LabelKeys
+
     return LabelKeys(energy=args.energy_key, forces=args.forces_key, stress=args.stress_key)
 
 

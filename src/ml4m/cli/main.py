@@ -43,8 +43,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser of ``ml4m`` (all available sub-commands)."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``ml4m``: all available sub-commands, or only the one named
+    ``only`` (its module alone is imported: a command starts without loading the
+    others' dependencies)."""
     from ml4m import __version__
 
     parser = _Parser(
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ml4m {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module_name in COMMANDS:
+        if only is not None and name != only:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -108,7 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
     import threading
 
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    named = argv[0] if argv and argv[0] in dict(COMMANDS) else None
+    parser = build_parser(only=named)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
