@@ -12,7 +12,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 ML4M_PY = os.environ.get("ML4M_PYTHON", sys.executable)
-PEER_PY = os.environ.get("DADAPY_PYTHON", "/work/peers/dadapy/bin/python")
+#: the peers' venv (../shared/peers/README.md: requirements-peers.txt installed into V)
+PEER_PY = os.environ.get("DADAPY_PYTHON", str(ROOT.parent / "peers" / "venv" / "bin" / "python"))
 WORKER = Path(__file__).with_name("_workers.py")
 
 
