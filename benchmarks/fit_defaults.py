@@ -66,14 +66,20 @@ def main() -> None:
         model.parent.mkdir(parents=True, exist_ok=True)
         extra = ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
         model.unlink(missing_ok=True)  # a model of an earlier run of this script
+        load = os.getloadavg()[0]
         fit, wall = run_json(["fit", "--model", "ace", "--train", str(d / "train.extxyz"),
                               "--valid", str(d / "valid.extxyz"), "-o", str(model)] + extra)
         test = {}  # held-back test sets are not shared; scored when present
         if (d / "test.extxyz").exists():
             test, _ = run_json(["test", str(model), str(d / "test.extxyz")])
         search = fit.get("search", {})
-        rows.append({"set": name, "wall_s": wall, "n_coefficients": fit["n_features"],
-                     "descriptor": search.get("descriptor"), "search_stopped": search.get("stopped"),
+        table = [{k: row[k] for k in ("rung", "n_coefficients", "cv_forces_rmse_mev_per_a",
+                                      "score", "seconds")} for row in search.get("table", [])]
+        rows.append({"set": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "load_before": load, "load_after": os.getloadavg()[0], "wall_s": wall,
+                     "n_coefficients": fit["n_features"], "descriptor": search.get("descriptor"),
+                     "params": search.get("params"), "search_stopped": search.get("stopped"),
+                     "pass_seconds": search.get("pass_seconds"), "search_table": table,
                      "valid": fit["valid"], "test": test})
         print(json.dumps(rows[-1], default=str)[:400], flush=True)
     write_report(rows, args)
@@ -85,24 +91,34 @@ def _cell(m: dict, key: str, sub: str, fmt: str = "{:.2f}") -> str:
 
 
 def write_report(rows: list[dict], args) -> None:
+    """Write the table; sets not run this time keep their row of the last report."""
     ref = hand_picked()
+    old = RESULTS / "fit_defaults.json"
+    if old.exists():
+        done = {r["set"] for r in rows}
+        rows = [r for r in json.loads(old.read_text()) if r["set"] not in done] + rows
     load = os.getloadavg()[0]
     lines = ["# `ml4m fit` with default flags (linear ACE, basis search) beside hand-picked settings",
              "", f"Command: `.venv/bin/python benchmarks/fit_defaults.py --sets {' '.join(args.sets)}"
              + (f" --max-minutes {args.max_minutes}" if args.max_minutes else "") + "`. "
              f"Machine: {os.cpu_count()} cores, load average {load:.1f} at the end "
-             "(the search's budget is wall time, so a busy machine gets a smaller basis).", "",
-             "| set | wall (s) | coefficients | chosen (order, degrees) | valid E MAE (meV/atom) "
-             "| valid F MAE (meV/A) | valid S MAE (GPa) | valid sigma-error Spearman | test F MAE "
-             "| hand-picked valid F MAE |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "(the search's budget is wall time, so a busy machine gets a smaller basis; each "
+             "row gives the 1-minute load before and after its fit).", "",
+             "| set | date | load before, after | wall (s) | coefficients | chosen (order, degrees; "
+             "per species) | valid E MAE (meV/atom) | valid F MAE (meV/A) | valid S MAE (GPa) "
+             "| valid sigma-error Spearman | test F MAE | hand-picked valid F MAE |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v, t = r["valid"], r["test"]
         d = r["descriptor"] or {}
         rho = v.get("uncertainty", {}).get("force_sigma_spearman")
         hp = ref.get(r["set"], {}).get("forces", {}).get("mae_mev_per_a")
+        per = (r.get("params") or {}).get("species_degree")
+        loads = (f"{r['load_before']:.1f}, {r['load_after']:.1f}" if "load_before" in r else "-")
         lines.append(
-            f"| {r['set']} | {r['wall_s']:.0f} | {r['n_coefficients']:,} | "
-            f"{d.get('correlation_order', '-')}, {d.get('total_degree', '-')} | "
+            f"| {r['set']} | {r.get('date', '-')} | {loads} | {r['wall_s']:.0f} | "
+            f"{r['n_coefficients']:,} | {d.get('correlation_order', '-')}, "
+            f"{d.get('total_degree', '-')}{'; ' + str(per) if per else ''} | "
             f"{_cell(v, 'energy', 'mae_mev_per_atom')} | {_cell(v, 'forces', 'mae_mev_per_a', '{:.1f}')} | "
             f"{_cell(v, 'stress', 'mae_gpa', '{:.3f}')} | {'-' if rho is None else f'{rho:.2f}'} | "
             f"{_cell(t, 'forces', 'mae_mev_per_a', '{:.1f}')} | {'-' if hp is None else f'{hp:.1f}'} |")
