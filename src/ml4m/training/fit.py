@@ -38,18 +38,18 @@ def _descriptor_settings(cfg: FitConfig, train) -> dict[str, Any]:
 
 def build_model(cfg: FitConfig, species: list[int], train, descriptor=None):
     """The unfitted model ``cfg`` describes: its registered kind's class, built with the
-    descriptor (``descriptor``, or the one ``cfg`` sets), E0s, sigmas, seed and target the
-    config gives (those the class takes) and ``cfg.params`` (checked by
-    :meth:`FitConfig.validate`)."""
+    descriptor (``descriptor``, or the one ``cfg`` sets; none for kinds that take none),
+    E0s, sigmas, seed, target and device the config gives (those the class takes) and
+    ``cfg.params`` (checked by :meth:`FitConfig.validate`)."""
     from ml4m.descriptors import make_descriptor
     from ml4m.models.registry import model_kind
 
     kind = model_kind(cfg.model)
-    if descriptor is None:
+    if descriptor is None and (cfg.descriptor_type or kind.descriptor):
         descriptor = make_descriptor(cfg.descriptor_type or kind.descriptor, species=species,
                                      **_descriptor_settings(cfg, train))
     given = {"descriptor": descriptor, "e0": cfg.e0, "seed": cfg.seed, "target": cfg.target,
-             "sigma_energy": cfg.sigmas.get("energy", 0.001),
+             "device": cfg.device, "sigma_energy": cfg.sigmas.get("energy", 0.001),
              "sigma_forces": cfg.sigmas.get("forces", 0.03),
              "sigma_stress": cfg.sigmas.get("stress", 0.003)}
     names = kind.cls.param_names()

@@ -23,9 +23,6 @@ POST_FRACTION, POST_SECONDS = 0.05, 3.0
 EVAL_FRACTION = 0.3
 #: most training frames the metrics and the last-layer posterior use (evenly spaced)
 METRIC_FRAMES = 2000
-#: what :func:`build_network` hands the registry's builder as a descriptor: networks
-#: take none, so it is never used (it keeps the builder from making one)
-_NO_DESCRIPTOR = object()
 
 
 def _read(path: str, keys: LabelKeys, require: tuple[str, ...]):
@@ -104,10 +101,7 @@ def build_network(cfg: FitConfig) -> Any:
     (:func:`ml4m.training.fit.build_model`), on ``cfg.device``."""
     from ml4m.training.fit import build_model
 
-    model = build_model(cfg, [], None, descriptor=_NO_DESCRIPTOR)
-    if "device" in model.param_names():
-        model.set_params(device=cfg.device)
-    return model
+    return build_model(cfg, [], None)
 
 
 def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resume: bool,
