@@ -85,7 +85,7 @@ def export_potential(model: Any, path: str | os.PathLike, example: Any) -> dict[
     Parameters
     ----------
     model : TorchPotential
-        A fitted network potential (``module_`` set).
+        A fitted network potential whose kind is ``exportable`` (the MPNN).
     path : str or path-like
         The program file (``.pt2``); ``{path}.json`` receives the metadata.
     example : sequence of Frame or ase.Atoms
@@ -100,7 +100,7 @@ def export_potential(model: Any, path: str | os.PathLike, example: Any) -> dict[
     Raises
     ------
     ConfigError
-        The model is not a network potential.
+        The model is not an exportable network potential.
     NotFittedError
         The model has no module yet.
     """
@@ -110,9 +110,9 @@ def export_potential(model: Any, path: str | os.PathLike, example: Any) -> dict[
     from ml4m.models.base import as_frames
     from ml4m.models.torch_potential import TorchPotential, batch_graph
 
-    if not isinstance(model, TorchPotential):
-        raise ConfigError(f"only network potentials (mpnn, bpnn) export to a PyTorch program; "
-                          f"this model is {type(model).__name__}")
+    if not (isinstance(model, TorchPotential) and model.exportable):
+        raise ConfigError("only the message-passing network (mpnn) exports to a PyTorch "
+                          f"program so far; this model is {type(model).__name__}")
     if not hasattr(model, "module_"):
         raise NotFittedError("the model has no network yet: fit it first")
     frames = as_frames(example)

@@ -149,6 +149,9 @@ class TorchPotential(Potential):
     uncertainty_rank: ClassVar[int] = 8
     #: atoms per batch in :meth:`predict` and :meth:`fit_last_layer`
     predict_atoms: ClassVar[int] = 2048
+    #: whether the module traces with ``torch.export`` (:mod:`ml4m.models.export`):
+    #: no Python integers taken from tensor values
+    exportable: ClassVar[bool] = False
 
     @abstractmethod
     def build_module(self):

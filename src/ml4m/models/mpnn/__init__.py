@@ -52,6 +52,8 @@ class MPNN(TorchPotential):
     dtype : {'float64', 'float32'}, default='float64'
     """
 
+    exportable = True
+
     param_checks: ClassVar[dict[str, Any]] = {
         "r_max": float_from(0.0, low_open=True), "n_radial": int_from(1),
         "l_max": int_from(0, 6), "n_channels": int_from(1), "correlation": int_from(1, 3),
