@@ -85,6 +85,15 @@ def test_short_names_carry_defaults_that_settings_override():
     assert np.isfinite(water.get_potential_energy()) and abs(f.sum(axis=0)).max() < 1e-6
 
 
+def test_xtb_without_tblite_names_the_extra(monkeypatch):
+    import sys
+
+    for name in ("tblite", "tblite.ase"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match=r"ml4m\[xtb\]"):
+        gen.make_calculator("xtb")
+
+
 def test_embedded_data_matches_its_recipe():
     """The shipped file was made by the generator with DEFAULT_GENERATE_SETTINGS."""
     ds = read_dataset(default_dataset_path(), require=("energy", "forces"))

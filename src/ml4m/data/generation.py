@@ -81,7 +81,9 @@ def make_calculator(name: str, kwargs: dict[str, Any] | None = None) -> Calculat
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import calculator {path!r}: {exc}") from exc
+        hint = (" (GFN2-xTB needs tblite: pip install 'ml4m[xtb]')"
+                if module_name.startswith("tblite") else "")
+        raise ConfigError(f"cannot import calculator {path!r}: {exc}{hint}") from exc
     from ase.calculators.calculator import BaseCalculator
 
     if not (isinstance(cls, type) and issubclass(cls, BaseCalculator)):

@@ -132,9 +132,7 @@ def _calculator(settings: OptimizeSettings) -> Any:
     try:
         return make_calculator(path, kwargs)
     except ConfigError as exc:
-        hint = (" (GFN2-xTB needs tblite: pip install 'ml4m[xtb]')"
-                if path.startswith("tblite") and "cannot import" in str(exc) else "")
-        raise ConfigError(f"reference: {exc}{hint}") from None
+        raise ConfigError(f"reference: {exc}") from None
 
 
 def _load_state(output: Path) -> dict[str, Any]:

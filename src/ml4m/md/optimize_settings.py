@@ -47,13 +47,6 @@ from ml4m.validation import (
 
 __all__ = ["OptimizeSettings", "parse_dof"]
 
-#: calculator names known here beyond :func:`ml4m.data.make_calculator`'s, with the
-#: constructor arguments they imply unless given
-CALCULATOR_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "xtb": ("tblite.ase:TBLite", {"method": "GFN2-xTB", "verbosity": 0}),
-    "gfn2": ("tblite.ase:TBLite", {"method": "GFN2-xTB", "verbosity": 0}),
-}
-
 _DEFAULT_RANGE = {"torsion": [-180.0, 180.0], "site": [[0.0, 1.0], [0.0, 1.0]]}
 
 
@@ -191,9 +184,9 @@ class OptimizeSettings:
         return [name for d in self.dofs for name in d.labels]
 
     def calculator(self) -> tuple[str, dict[str, Any]]:
-        """Import path (or name) and constructor arguments of the reference calculator."""
-        path, implied = CALCULATOR_ALIASES.get(self.reference.lower(), (self.reference, {}))
-        return path, {**implied, **self.reference_kwargs}
+        """Name or import path and constructor arguments of the reference calculator
+        (:func:`ml4m.data.make_calculator` adds a short name's defaults)."""
+        return self.reference, dict(self.reference_kwargs)
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str | os.PathLike = "config",
