@@ -13,13 +13,15 @@ from ml4m.md.dynamics import (
 )
 from ml4m.md.learning import LearnStatus, run_learning
 from ml4m.md.learning_settings import LearnSettings, WalkerSettings
+from ml4m.md.optimize import run_optimize
+from ml4m.md.optimize_settings import OptimizeSettings
 from ml4m.md.trajectory import TrajectoryStream, partial_path
 from ml4m.models.calculator import ML4MCalculator
 
 __all__ = ["ENSEMBLES", "LearnSettings", "LearnStatus", "ML4MCalculator", "MDResult", "MDStatus",
-           "PoolFeatures", "SELECTORS", "Selection", "TrajectoryStream", "WalkerSettings",
+           "OptimizeSettings", "PoolFeatures", "SELECTORS", "Selection", "TrajectoryStream", "WalkerSettings",
            "check_md_settings", "check_relax_settings", "load_calculator", "partial_path",
-           "pool_features", "relax", "run_learning", "run_md", "select"]
+           "pool_features", "relax", "run_learning", "run_md", "run_optimize", "select"]
 
 
 def load_calculator(spec: str):
