@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_dir"]
+__all__ = ["atomic_path", "atomic_dir", "read_json_record"]
 
 
 def _umask() -> int:
@@ -105,3 +105,25 @@ def atomic_dir(target: str | os.PathLike, kind: str | None = None) -> Iterator[P
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def read_json_record(path: str | os.PathLike, fmt: str, what: str) -> dict:
+    """The JSON object in ``path`` whose ``"format"`` is ``fmt`` (a saved state).
+
+    Raises
+    ------
+    DataError
+        The file cannot be read or parsed (``unreadable {what}``), or holds something
+        else (``not an ml4m {what}``); the file is named.
+    """
+    import json
+
+    from ml4m.errors import DataError
+
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"unreadable {what}: {exc}", str(path)) from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise DataError(f"not an ml4m {what}", str(path))
+    return record

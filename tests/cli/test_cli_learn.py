@@ -7,23 +7,10 @@ import json
 import pytest
 import yaml
 from ase.build import bulk
-from ase.calculators.emt import EMT
 from ase.io import write
 
 from ml4m.cli.main import main
-
-
-class FlakyEMT(EMT):
-    """EMT that raises from its ``fail_after + 1``-th calculation on (``None``: never)."""
-
-    fail_after: int | None = None
-    count = 0
-
-    def calculate(self, *args, **kwargs):
-        type(self).count += 1
-        if self.fail_after is not None and type(self).count > self.fail_after:
-            raise RuntimeError("SCF did not converge")
-        super().calculate(*args, **kwargs)
+from flaky_reference import FLAKY, FlakyEMT
 
 
 @pytest.fixture
@@ -70,7 +57,7 @@ def test_learn_killed_then_resumed_gives_the_uninterrupted_run(setup, capsys):
     """A run whose reference fails after k calculations stops (exit 2, one error line,
     the state of its last update kept); --resume finishes it as if never stopped."""
     tmp, config = setup
-    cfg = config(reference={"calculator": f"{__name__}:FlakyEMT"})
+    cfg = config(reference={"calculator": FLAKY})
     FlakyEMT.count, FlakyEMT.fail_after = 0, None
     assert main(["learn", cfg, "-o", str(tmp / "whole"), "--json"]) == 0
     result = _json(capsys)
@@ -94,7 +81,7 @@ def test_learn_killed_then_resumed_gives_the_uninterrupted_run(setup, capsys):
     resumed = _json(capsys)
     assert resumed["resumed"] and resumed["reference_calls"] == result["reference_calls"]
     _same_run(tmp / "whole", out)
-    assert main(["learn", config(reference={"calculator": f"{__name__}:FlakyEMT"}, steps=40),
+    assert main(["learn", config(reference={"calculator": FLAKY}, steps=40),
                  "-o", str(out), "--resume"]) == 2
     assert "other settings (steps differ)" in capsys.readouterr().err
 

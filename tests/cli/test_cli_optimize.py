@@ -7,10 +7,10 @@ import json
 import pytest
 import yaml
 from ase.build import molecule
-from ase.calculators.emt import EMT
 from ase.io import read
 
 from ml4m.cli.main import main
+from flaky_reference import FLAKY, FlakyEMT
 
 
 @pytest.fixture
@@ -73,22 +73,9 @@ def test_bad_input_exits_2_naming_the_key(config, capsys, changes, message):
     assert not (tmp / "out").exists()
 
 
-class FlakyEMT(EMT):
-    """EMT that raises from its ``fail_after + 1``-th calculation on (``None``: never)."""
-
-    fail_after: int | None = None
-    count = 0
-
-    def calculate(self, *args, **kwargs):
-        type(self).count += 1
-        if self.fail_after is not None and type(self).count > self.fail_after:
-            raise RuntimeError("SCF did not converge")
-        super().calculate(*args, **kwargs)
-
-
 def test_failing_reference_stops_with_state_kept_then_resumes(config, capsys):
     tmp, write = config
-    cfg = write(reference={"calculator": f"{__name__}:FlakyEMT"}, relax={"steps": 0})
+    cfg = write(reference={"calculator": FLAKY}, relax={"steps": 0})
     FlakyEMT.count, FlakyEMT.fail_after = 0, 2
     assert main(["optimize", cfg, "-o", str(tmp / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

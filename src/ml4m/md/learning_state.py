@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from ml4m._fileio import atomic_dir, atomic_path
+from ml4m._fileio import atomic_dir, atomic_path, read_json_record
 from ml4m.data.frames import Frame
 from ml4m.errors import DataError
 from ml4m.outputs import MARKER, marker_record
@@ -243,12 +243,7 @@ def load_state(folder: str | os.PathLike, walker_atoms: list[Atoms]) -> LoopStat
 
     root = Path(folder) / STATE_DIR
     path = root / "state.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"unreadable loop state: {exc}", path) from None
-    if not isinstance(record, dict) or record.get("format") != _FORMAT:
-        raise DataError("not an ml4m learning state", path)
+    record = read_json_record(path, _FORMAT, "learning state")
     model = load(root / "model.ml4m")
     if record.get("update_state") is not None:
         model.restore_update_state(record["update_state"], _npz(root / "update.npz"))

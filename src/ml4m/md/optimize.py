@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from ml4m._fileio import atomic_path
+from ml4m._fileio import atomic_path, read_json_record
 from ml4m.errors import ConfigError, DataError, SimulationError
 from ml4m.md.optimize_search import propose
 from ml4m.md.optimize_settings import OptimizeSettings
@@ -136,14 +136,7 @@ def _calculator(settings: OptimizeSettings) -> Any:
 
 
 def _load_state(output: Path) -> dict[str, Any]:
-    path = output / "state.json"
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"unreadable search state: {exc}", path) from None
-    if not isinstance(record, dict) or record.get("format") != _FORMAT:
-        raise DataError("not an ml4m optimize state", path)
-    return record
+    return read_json_record(output / "state.json", _FORMAT, "optimize state")
 
 
 def _save_state(output: Path, record: dict[str, Any]) -> None:
