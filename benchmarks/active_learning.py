@@ -327,7 +327,8 @@ def parallel(calls: int, work: Path) -> dict:
                 loop = time.perf_counter() - t1
             import ml4m
 
-            coefs.append(ml4m.load(work / f"run_{len(out['runs'])}" / "model.ml4m").coef_)
+            model = ml4m.load(work / f"run_{len(out['runs'])}" / "model.ml4m")
+            coefs.append(getattr(model, "model_", model).coef_)  # inside its repulsive core
             out["runs"].append({"backend": backend, "workers": workers, "loop_seconds": loop,
                                 "executor_start_seconds": t_pool, "calls": res["reference_calls"]})
             print(out["runs"][-1], flush=True)

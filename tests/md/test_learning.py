@@ -71,7 +71,8 @@ def _assert_same_run(a, b):
     import ml4m
 
     ma, mb = ml4m.load(a / "model.ml4m"), ml4m.load(b / "model.ml4m")
-    np.testing.assert_array_equal(ma.coef_, mb.coef_)
+    np.testing.assert_array_equal(ma.model_.coef_, mb.model_.coef_)  # inside the core
+    assert ma.baseline_.r_in_ == mb.baseline_.r_in_
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +129,24 @@ def test_loop_updates_equal_a_refit_on_its_training_set(files, uninterrupted):
 
     out, result = uninterrupted
     assert 3 <= result["reference_calls"] <= 20 and result["n_train"] == 6 + result["reference_calls"]
+    from ml4m.data import shortest_distances
+    from ml4m.models.baseline import Baselined, PairRepulsion
+
     model = ml4m.load(out / "model.ml4m")
-    reg = model.regression_
+    assert model.kind == "baselined"  # inside the repulsive core, as ml4m fit gives it
+    inner, reg = model.model_, model.model_.regression_
     with np.load(out / "state" / "train.npz", allow_pickle=False) as z:  # full precision
         train = frames_from_arrays(dict(z), "train.npz")
-    refit = LinearACE(model.descriptor, e0=model.e0_, alpha=reg.alpha_, beta=reg.beta_,
-                      uncertainty="posterior").fit(train)
+    # the core follows the data: zero down to the shortest distance of every frame learnt
+    assert model.baseline_.r_in_["Cu-Cu"] == pytest.approx(shortest_distances(train)["Cu-Cu"])
+    refit = Baselined(LinearACE(inner.descriptor, e0=inner.e0_, alpha=reg.alpha_, beta=reg.beta_,
+                                uncertainty="posterior"), PairRepulsion()).fit(train)
     # forces to 1e-6, coefficients to 1e-4 (the weak evidence prior leaves near-null
     # directions of the Gram matrix to rounding, see tests/models/test_update.py)
     pa, pb = model.predict(train[6:]), refit.predict(train[6:])
     np.testing.assert_allclose(pa.forces, pb.forces, rtol=0, atol=1e-6 * np.abs(pb.forces).max())
-    np.testing.assert_allclose(model.coef_, refit.coef_, rtol=0, atol=1e-4 * np.abs(refit.coef_).max())
+    np.testing.assert_allclose(inner.coef_, refit.model_.coef_, rtol=0,
+                               atol=1e-4 * np.abs(refit.model_.coef_).max())
     # both walkers were flagged in one round at least, and added in walker order
     steps = [(f.info["step"], f.info["walker"]) for f in _train(out)[6:]]
     assert steps == sorted(steps) and len({s for s, _ in steps}) < len(steps)

@@ -111,3 +111,31 @@ def test_update_refuses_unknown_species_and_unlabelled_frames(sets):
         model.update([Frame.from_atoms(gold, energy=0.0, forces=np.zeros((4, 3)))])
     with pytest.raises(DataError, match="no energy"):
         model.update(Dataset([Frame.from_atoms(bulk("Cu", cubic=True))]))
+
+
+def test_baselined_update_widens_the_core_and_equals_a_refit(sets):
+    """Inside the repulsive core (ml4m fit's default): a new frame closer than any before
+    lowers the core's radius; update equals a refit of core and model on old + new."""
+    from ase.calculators.emt import EMT
+
+    from ml4m.models.baseline import Baselined, PairRepulsion
+
+    old, new = sets
+    atoms = new[0].to_atoms(with_labels=False)
+    d = atoms.get_distances(0, range(1, len(atoms)), mic=True)
+    k = 1 + int(np.argmin(d))
+    atoms.set_distance(0, k, 0.9 * d.min(), fix=0.5, mic=True)
+    atoms.calc = EMT()
+    squeezed = Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
+                                forces=atoms.get_forces(), stress=atoms.get_stress())
+    kw = {"e0": E0, "alpha": 10.0, "beta": 2.0, "uncertainty": "posterior"}
+    updated = Baselined(LinearACE(_descriptor("ace"), **kw), PairRepulsion()).fit(old)
+    r_before = updated.baseline_.r_in_["Cu-Cu"]
+    updated.update(new + [squeezed])
+    refit = Baselined(LinearACE(_descriptor("ace"), **kw), PairRepulsion()).fit(
+        old + new + [squeezed])
+    assert updated.baseline_.r_in_["Cu-Cu"] == pytest.approx(refit.baseline_.r_in_["Cu-Cu"])
+    assert updated.baseline_.r_in_["Cu-Cu"] < r_before
+    _assert_same_posterior(updated.model_, refit.model_, new + [squeezed], 1e-8)
+    np.testing.assert_allclose(updated.predict([squeezed]).forces,
+                               refit.predict([squeezed]).forces, rtol=0, atol=1e-8)

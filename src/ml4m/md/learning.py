@@ -207,8 +207,10 @@ def _restore_updates(model: Any, frames: list[Frame], path: str | None) -> None:
 
 
 def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
-    """The model ``settings.fit`` describes, fitted on ``frames``."""
+    """The model ``settings.fit`` describes (with the repulsive core or baseline its
+    ``repulsion``/``baseline`` keys ask for, as ``ml4m fit``), fitted on ``frames``."""
     from ml4m.data import Dataset
+    from ml4m.models.baseline import with_baseline
     from ml4m.training.config import FitConfig
     from ml4m.training.fit import build_model
 
@@ -219,7 +221,10 @@ def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
     cfg = FitConfig.from_mapping({**settings.fit, "train": settings.initial}, source="fit")
     ds = Dataset(frames)
     species = [int(z) for z in ds.atomic_numbers]
-    model = build_model(cfg, species, ds)
+    # inside the repulsive core (and baseline) ml4m fit would give it: the walkers run MD
+    # with this model from the first step, where the data is thinnest
+    model = with_baseline(build_model(cfg, species, ds), cfg.repulsion_settings, cfg.baseline,
+                          "fit")
     if not model.has_uncertainty:
         raise ConfigError(f"fit.model: active learning needs a model with uncertainty, "
                           f"'{cfg.model}' has none")

@@ -233,6 +233,14 @@ class SumBaseline(Baseline):
             part.fit(frames)
         return self
 
+    def update(self, frames: Sequence[Frame]) -> SumBaseline:
+        """Let the parts that adapt to data (an ``update`` method) see ``frames``."""
+        frames = list(frames)
+        for part in self.parts:
+            if callable(getattr(part, "update", None)):
+                part.update(frames)
+        return self
+
     @property
     def fitted(self) -> bool:
         return all(p.fitted for p in self.parts)

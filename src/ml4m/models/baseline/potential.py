@@ -119,6 +119,60 @@ class Baselined(Potential):
         self.baseline_ = baseline
         return self
 
+    # ---- exact updates (on-the-fly learning) ---------------------------------------------
+    @property
+    def noise_(self) -> dict[str, float]:
+        """The inner model's fitted noise per quantity (empty when it has none)."""
+        return getattr(self._inner, "noise_", {})
+
+    @property
+    def normal_equations_(self) -> Any:
+        """The inner model's kept normal equations (None when it keeps none)."""
+        return getattr(self._inner, "normal_equations_", None)
+
+    def update(self, frames: Dataset | list[Frame], reoptimise: bool = False) -> Baselined:
+        """Learn labelled ``frames`` without a refit: a baseline that adapts to data (the
+        repulsive core's radii) adapts first, then the inner model takes the residuals by
+        its own exact update; returns ``self``.
+
+        A baseline's ``update`` must leave its values on the frames learnt before
+        unchanged (the repulsive core's does: it only widens where no frame was).
+
+        Raises
+        ------
+        NotFittedError
+            Not fitted, or the inner model keeps no normal equations.
+        """
+        self._check_fitted()
+        frames = as_frames(frames)
+        if callable(getattr(self.baseline_, "update", None)):
+            self.baseline_.update(frames)
+        self.model_.update(residual_frames(frames, self.baseline_), reoptimise=reoptimise)
+        return self
+
+    def restore_normal_equations(self, frames: Dataset | list[Frame]) -> Baselined:
+        """The inner model's sums rebuilt from the frames it was fitted on (their
+        residuals); returns ``self``."""
+        self._check_fitted()
+        restore = getattr(self.model_, "restore_normal_equations", None)
+        if restore is None:
+            raise ConfigError(f"the inner '{self.model_.kind}' model keeps no normal equations "
+                              "to rebuild: it is refitted, not updated")
+        restore(residual_frames(as_frames(frames), self.baseline_))
+        return self
+
+    def update_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The inner model's :meth:`update_state` (the baseline's state is in the file)."""
+        self._check_fitted()
+        return self.model_.update_state()
+
+    def restore_update_state(self, params: dict[str, Any], arrays: dict[str, np.ndarray]
+                             ) -> Baselined:
+        """The inner model's :meth:`restore_update_state`; returns ``self``."""
+        self._check_fitted()
+        self.model_.restore_update_state(params, arrays)
+        return self
+
     def predict(self, frames, uncertainty: bool = False) -> Prediction:
         """The inner model's prediction plus the baseline: energy (eV), forces (eV/A),
         stress (eV/A^3), per-atom energies when both have them; the inner model's sigmas."""

@@ -150,6 +150,25 @@ class PairRepulsion(Baseline):
         self._set_table(table)
         return self
 
+    def update(self, frames: Sequence[Frame]) -> PairRepulsion:
+        """Lower each pair's ``r_in`` to the shortest distance in ``frames`` (less
+        ``margin``) where that is shorter; pairs given in ``r_in`` keep their value.
+
+        The core stays zero on every frame seen before (their distances are at least
+        the old radii) and becomes zero on the new ones: a model fitted on residuals of
+        the core needs no refit of what it learnt (an on-the-fly learning loop).
+        """
+        if not self.fitted:
+            raise NotFittedError("This PairRepulsion is not fitted yet. Call 'fit' first.")
+        fixed = {_pair_key("r_in", p) for p in (self.r_in or {})}
+        table = {_pair_key("r_in", p): d for p, d in self.r_in_.items()}
+        for pair, d in shortest_distances(list(frames), cutoff=SEARCH_CUTOFF).items():
+            key = _pair_key("r_in", pair)
+            if key not in fixed:
+                table[key] = min(float(self._grid[key]), max(d - self.margin, 1e-3))
+        self._set_table(table)
+        return self
+
     def _set_table(self, table: dict[tuple[int, int], float]) -> None:
         grid = np.add.outer(covalent_radii, covalent_radii) * UNSEEN_FRACTION
         for (a, b), d in table.items():
