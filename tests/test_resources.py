@@ -100,3 +100,34 @@ def test_max_memory_reaches_worker_threads():
         seen = thread_map(lambda _: memory_limit()[0], range(4), n_jobs=2)
         seen += list(prefetch(lambda _: memory_limit()[0], range(4), ahead=2))
     assert seen == [10**9] * 8
+
+
+_FAULTS = r"""
+import resource, sys
+import numpy as np
+from ml4m.resources import tune_allocator
+applied = tune_allocator() if sys.argv[1] == "tuned" else None
+sizes = np.random.default_rng(0).integers(1 << 17, 40 << 20, 150) // 8
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for n in sizes:  # temporaries of 1-40 MiB, as an MD step makes them
+    a = np.ones(n); b = np.ones(n // 2); del a; c = np.ones(n // 3); del b, c
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_tuned_allocator_reuses_freed_temporaries():
+    """After tune_allocator, freed numpy temporaries are reused instead of being faulted
+    in again: far fewer page faults for the same allocations (glibc)."""
+    import subprocess
+    import sys
+
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,
+                             text=True, timeout=120, check=True).stdout.split()
+        return out[0], int(out[1])
+
+    applied, tuned = faults("tuned")
+    if applied != "True":
+        pytest.skip("not Linux with glibc: nothing to tune")
+    _, plain = faults("plain")
+    assert tuned < plain / 4, (tuned, plain)

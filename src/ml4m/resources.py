@@ -24,7 +24,8 @@ import numpy as np
 from ml4m.errors import ConfigError
 
 __all__ = ["DEFAULT_FRACTION", "max_memory", "parse_bytes", "format_bytes", "available_memory",
-           "memory_limit", "check_memory", "estimate_neighbors"]
+           "memory_limit", "check_memory", "estimate_neighbors", "tune_allocator",
+           "ALLOCATOR_SETTINGS"]
 
 #: default limit: this fraction of the memory available (psutil) when a check runs
 DEFAULT_FRACTION = 0.5
@@ -223,3 +224,39 @@ def estimate_neighbors(frames: Any, r_cut: float, per_frame: bool = False) -> fl
         return nn
     total = float(np.sum(sizes))
     return float(np.dot(nn, sizes) / total) if total > 0 else 0.0
+
+
+#: glibc ``mallopt`` settings of :func:`tune_allocator`: (parameter number, bytes)
+ALLOCATOR_SETTINGS = {
+    "M_TOP_PAD": (-2, 256 << 20),  # grow the heap in large steps (virtual until touched)
+    "M_TRIM_THRESHOLD": (-1, 1 << 30),  # keep up to 1 GiB of freed heap for reuse
+    "M_MMAP_THRESHOLD": (-3, 32 << 20),  # blocks below 32 MiB come from the heap
+}
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory for reuse instead of returning it to the kernel (glibc only).
+
+    numpy temporaries of one to tens of MiB are allocated and freed at every step of
+    MD or of a fit. With glibc's defaults many of them are mapped from and returned to
+    the kernel each time, and every page faults in again zeroed: about 30% of an MD
+    step with a linear ACE model at 864 atoms. With :data:`ALLOCATOR_SETTINGS` they are
+    reused from the heap; the resident memory then stays at its peak instead of
+    shrinking between steps. Process-wide: the command line calls it once at start;
+    library users may call it themselves.
+
+    Returns
+    -------
+    bool
+        True when every setting was applied (Linux with glibc), False elsewhere.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return all(mallopt(number, value) == 1 for number, value in ALLOCATOR_SETTINGS.values())

@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import warnings
 
+    from ml4m.resources import tune_allocator
+
+    tune_allocator()  # numpy temporaries reused, not faulted in again at every step
     warnings.formatwarning = _format_warning
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
