@@ -9,7 +9,9 @@ the sigma steps so that they add at most ``SIGMA_TIME_FRACTION`` to the run's wa
 
 clamped to ``1 .. MAX_AUTO_INTERVAL`` steps (a sigma at least every
 ``MAX_AUTO_INTERVAL`` steps however costly), where ``t_sigma`` is the latest step with a
-sigma and ``t_plain`` the median of recent steps without (s).
+sigma and ``t_plain`` the median of recent steps without (s). Step 0 computes a sigma;
+the gap after it is set once ``TIMED_PLAIN_STEPS`` plain steps have been timed (no
+provisional sigma step before the costs are known).
 
 >>> s = SigmaSchedule(4)
 >>> [step for step in range(10) if s.due(step)]
@@ -25,15 +27,15 @@ from ml4m.errors import ConfigError
 from ml4m.validation import check_int
 
 __all__ = ["SigmaSchedule", "AUTO", "SIGMA_TIME_FRACTION", "MAX_AUTO_INTERVAL",
-           "parse_interval"]
+           "TIMED_PLAIN_STEPS", "parse_interval"]
 
 AUTO = "auto"
 #: share of the MD wall time that ``auto`` lets the sigma steps add
 SIGMA_TIME_FRACTION = 0.05
 #: longest gap between sigma steps under ``auto``, steps
-MAX_AUTO_INTERVAL = 200
-#: gap before the first timings are in, steps
-FIRST_AUTO_INTERVAL = 10
+MAX_AUTO_INTERVAL = 1000
+#: plain steps timed before ``auto`` sets the gap after a sigma step with no timings yet
+TIMED_PLAIN_STEPS = 5
 
 
 def parse_interval(value: int | str) -> int | str:
@@ -70,11 +72,12 @@ class SigmaSchedule:
     def __init__(self, interval: int | str) -> None:
         interval = parse_interval(interval)
         self.auto = interval == AUTO
-        self.interval = FIRST_AUTO_INTERVAL if self.auto else int(interval)
+        self.interval = 0 if self.auto else int(interval)
         self.next = 0 if self.auto or self.interval > 0 else None
         self.n_sigma = 0
         self._plain: deque[float] = deque(maxlen=25)
         self._sigma_seconds: float | None = None
+        self._pending: int | None = None  # a sigma step whose next gap awaits timings
         self._gap_sum = 0  # of the gaps scheduled after each sigma step
 
     def due(self, step: int) -> bool:
@@ -86,13 +89,23 @@ class SigmaSchedule:
         schedule the next sigma step after a sigma step."""
         if not with_sigma:
             self._plain.append(seconds)
+            if self._pending is not None and len(self._plain) >= TIMED_PLAIN_STEPS:
+                self._schedule(self._pending, self._auto_interval(), earliest=step + 1)
+                self._pending = None
             return
         self.n_sigma += 1
         self._sigma_seconds = seconds
-        if self.auto and self._plain:
-            self.interval = self._auto_interval()
-        self._gap_sum += self.interval
-        self.next = step + self.interval
+        if not self.auto:
+            self._schedule(step, self.interval)
+        elif len(self._plain) >= TIMED_PLAIN_STEPS:
+            self._schedule(step, self._auto_interval())
+        else:  # costs unknown yet: the gap is set after a few timed plain steps
+            self._pending, self.next = step, None
+
+    def _schedule(self, step: int, interval: int, earliest: int = 0) -> None:
+        self.interval = interval
+        self._gap_sum += interval
+        self.next = max(step + interval, earliest)
 
     def _auto_interval(self) -> int:
         plain = sorted(self._plain)[len(self._plain) // 2]
