@@ -220,10 +220,10 @@ def render(args, configs, cli, inproc, predict_s, load_before: float, load_after
     lines += ["", "One force evaluation at 864 atoms (`predict`, median of 5), s:", ""]
     for path, t in predict_s.items():
         ratio = t["True"] / t["False"]
-        expected = ", ".join(f"{int(k) / (int(k) - 1 + ratio):.2f} at every {k}"
-                             for k in ks if k != "auto")
+        fixed = "".join(f"{int(k) / (int(k) - 1 + ratio):.2f} at every {k} steps; "
+                        for k in ks if k != "auto")
         lines.append(f"- {Path(path).name}: energy + forces {t['False']:.3f}, with sigma {t['True']:.3f} "
-                     f"({ratio:.1f}x); expected throughput with sigma / without: {expected} steps; "
+                     f"({ratio:.1f}x); expected throughput with sigma / without: {fixed}"
                      f">= 0.90 from every {max(1, math.ceil(9 * (ratio - 1)))} steps")
     raw = {src: {name: {n: [round(x) for x in v] for n, v in d.items()} for name, d in rates.items()}
            for src, rates in sources}
