@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_dir", "read_json_record"]
+__all__ = ["atomic_path", "atomic_dir", "read_json_record", "save_figure"]
 
 
 def _umask() -> int:
@@ -127,3 +127,13 @@ def read_json_record(path: str | os.PathLike, fmt: str, what: str) -> dict:
     if not isinstance(record, dict) or record.get("format") != fmt:
         raise DataError(f"not an ml4m {what}", str(path))
     return record
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Lay out a matplotlib figure and write it to ``path`` atomically (temp + rename);
+    returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig_kwargs)
+    return path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml4m._fileio import atomic_path
+from ml4m._fileio import save_figure
 from ml4m.data.frames import Dataset
 
 __all__ = ["plot_label_histograms"]
@@ -47,10 +47,7 @@ def plot_label_histograms(dataset: Dataset, outdir: str | os.PathLike) -> list[P
         ax.set_title(f"{len(e)} frames")
         if 1 < len(groups) <= 12:
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        with atomic_path(outdir / "energy_histogram.png") as tmp:
-            fig.savefig(tmp)
-        written.append(outdir / "energy_histogram.png")
+        written.append(save_figure(fig, outdir / "energy_histogram.png"))
     forces = [f.forces for f in dataset if f.forces is not None]
     if forces:
         allf = np.concatenate(forces)
@@ -62,8 +59,5 @@ def plot_label_histograms(dataset: Dataset, outdir: str | os.PathLike) -> list[P
         ax.set_xlabel("force (eV/Angstrom)")
         ax.set_ylabel("count")
         ax.legend()
-        fig.tight_layout()
-        with atomic_path(outdir / "force_histogram.png") as tmp:
-            fig.savefig(tmp)
-        written.append(outdir / "force_histogram.png")
+        written.append(save_figure(fig, outdir / "force_histogram.png"))
     return written

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml4m._fileio import atomic_path
+from ml4m._fileio import save_figure
 
 __all__ = ["plot_history"]
 
@@ -40,8 +40,4 @@ def plot_history(history: dict[str, list], path: str | os.PathLike) -> Path:
     bottom.step(t, history["calls"], where="post")
     bottom.set_xlabel("MD time (ps)")
     bottom.set_ylabel("reference calls")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    return path
+    return save_figure(fig, path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml4m._fileio import atomic_path
+from ml4m._fileio import save_figure
 
 __all__ = ["plot_progress"]
 
@@ -41,8 +41,4 @@ def plot_progress(best: np.ndarray, energies: np.ndarray, path: str | os.PathLik
     ax.set_ylabel("E - E_best + 1 meV (meV)")
     ax.set_title(f"ml4m optimize ({method}): best {low:.4f} eV")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    return path
+    return save_figure(fig, path)

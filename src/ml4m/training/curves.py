@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ml4m._fileio import atomic_path
+from ml4m._fileio import save_figure
 
 __all__ = ["plot_training_curve"]
 
@@ -41,8 +41,4 @@ def plot_training_curve(history: list[dict[str, Any]], path: str | os.PathLike) 
     for ax in (loss_ax, mae_ax):
         if ax.lines:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    return path
+    return save_figure(fig, path)
