@@ -189,14 +189,17 @@ def test_fit_searches_in_budget_never_reads_valid_and_its_config_refits(tmp_path
                                 forces=ref.get_forces()[::-1] * 5)
     ase.io.write(tmp_path / "poisoned.extxyz", poisoned)
     chosen = []
+    # a budget the ladder does not reach on 36 frames (it stops after two worse rungs, in
+    # about 10 s): the choice then depends on the data alone, not on the machine's load
     for name, v in (("a", "valid"), ("b", "poisoned")):
         t0 = time.perf_counter()
         code = main(["fit", "--train", str(tmp_path / "train.extxyz"), "--valid",
-                     str(tmp_path / f"{v}.extxyz"), "--max-minutes", "0.5",
+                     str(tmp_path / f"{v}.extxyz"), "--max-minutes", "2",
                      "-o", str(tmp_path / name / "m.ml4m"), "--json"])
         assert code == 0, capsys.readouterr().err
-        assert time.perf_counter() - t0 <= 30 * 1.1 + 5  # budget + 10%, plus start-up
+        assert time.perf_counter() - t0 <= 120 * 1.1 + 5  # budget + 10%, plus start-up
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["search"]["stopped"].startswith("two rungs in a row")
         table = metrics["search"]["table"]
         assert len(table) >= 2 and (tmp_path / name / "m_search.png").exists()
         chosen.append((metrics["search"]["descriptor"], [row["score"] for row in table]))
