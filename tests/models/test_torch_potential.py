@@ -64,8 +64,8 @@ def test_species_index_and_unknown_species_named(model):
     np.testing.assert_array_equal(species_index(numbers, []), [-1] * 5)
     frames = _structures()
     frames[1] = Frame.from_atoms(molecule("H2O"), source=("mols.extxyz", 7))
-    with pytest.raises(DataError, match=r"mols.extxyz, frame 7: species \[1, 8\] are not "
-                                        r"known to this model \(trained on \[29, 79\]\)"):
+    with pytest.raises(DataError, match=r"mols.extxyz, frame 7: species \['H', 'O'\] are not "
+                                        r"known to this model \(trained on \['Cu', 'Au'\]\)"):
         batch_graph(frames, model.cutoff, model.species_)
 
 

@@ -103,9 +103,12 @@ def batch_graph(frames: Sequence[Frame], cutoff: float, species: Sequence[int],
     index = species_index(np.concatenate([f.numbers for f in frames]), species)
     if np.any(index < 0):
         b = int(batch[np.argmax(index < 0)])
+        from ase.data import chemical_symbols
+
         unknown = sorted({int(z) for z in frames[b].numbers} - {int(z) for z in species})
-        raise DataError(f"species {unknown} are not known to this model (trained on "
-                        f"{list(species)})", *(frames[b].source or (None, b)))
+        raise DataError(f"species {[chemical_symbols[z] for z in unknown]} are not known to "
+                        f"this model (trained on {[chemical_symbols[int(z)] for z in species]})",
+                        *(frames[b].source or (None, b)))
     nl, _ = batched_neighbor_list(frames, cutoff, full_list=True)
     cell = np.array([f.cell if f.pbc.any() else np.zeros((3, 3)) for f in frames])
     ft = getattr(torch, dtype)
