@@ -474,15 +474,16 @@ class ACE(Descriptor):
         N = len(species_index)
         blocks = _PairBlocks(nl.i * S + species_index[nl.j], N * S, _VJP_CHUNK)
         x = self._table_coordinates(species_index, nl)[blocks.order]
-        vectors = nl.vectors[blocks.order]
+        vectors, distances = nl.vectors[blocks.order], nl.distances[blocks.order]
         A = np.zeros((N * S, n, LM))
         keep = [] if len(x) <= _KEEP_PAIRS else None
         for b in blocks:
             R, dR = self.radial(x[b.pairs])
             Y, _ = real_spherical_harmonics(vectors[b.pairs], self.l_max)
-            A[b.groups] = np.matmul(b.pad(R).transpose(0, 2, 1), b.pad(Y))
+            Rp = b.pad(R)  # padded once, for A here and for R G in the VJP
+            A[b.groups] = np.matmul(Rp.transpose(0, 2, 1), b.pad(Y))
             if keep is not None:
-                keep.append((R, dR, Y))
+                keep.append((Rp, dR, Y))
         A = self._with_agnostic(A.reshape(N, S * n, LM))
         rows, G = contract(A)
         G = G.reshape(N, -1, n, LM)
@@ -493,17 +494,16 @@ class ACE(Descriptor):
         for c, b in enumerate(blocks):
             vec = vectors[b.pairs]
             if keep is not None:
-                R, dR, Y = keep[c]
+                Rp, dR, Y = keep[c]
             else:
                 R, dR = self.radial(x[b.pairs])
-                Y, _ = real_spherical_harmonics(vec, self.l_max)
+                Rp, (Y, _) = b.pad(R), real_spherical_harmonics(vec, self.l_max)
             Gb = G[b.groups]
             # d E / d r_ij = (dR G Y) r_ij / r + R G dY: contract the radial index per
             # group first, then the harmonics' own VJP (d phi and d Y never exist)
             H1 = b.unpad(np.matmul(b.pad(dR), Gb))
-            H2 = b.unpad(np.matmul(b.pad(R), Gb))
-            r = np.sqrt(np.einsum("px,px->p", vec, vec))
-            out[b.pairs] = (np.einsum("pm,pm->p", H1, Y) / r)[:, None] * vec \
+            H2 = b.unpad(np.matmul(Rp, Gb))
+            out[b.pairs] = (np.einsum("pm,pm->p", H1, Y) / distances[b.pairs])[:, None] * vec \
                 + spherical_harmonics_vjp(vec, self.l_max, H2)
         return rows, blocks.restore(out)
 
