@@ -126,12 +126,10 @@ def verlet_reuse(skin: float = 0.5) -> Iterator[None]:
 
 
 def _reused(frame: Frame | Atoms, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray,
-            cutoff: float, full_list: bool, max_memory) -> NeighborList | None:
-    """The list of an active :func:`verlet_reuse` block, or None outside one."""
-    active = _REUSE.get()
-    if active is None:
-        return None
-    skin, built = active
+            cutoff: float, full_list: bool, max_memory) -> NeighborList:
+    """The list inside an active :func:`verlet_reuse` block: the block's skin list for
+    this cutoff, filtered (built again first when atoms moved too far)."""
+    skin, built = _REUSE.get()
     key = (cutoff, full_list)
     numbers = np.asarray(frame.numbers)
     entry = built.get(key)
@@ -139,8 +137,7 @@ def _reused(frame: Frame | Atoms, positions: np.ndarray, cell: np.ndarray, pbc: 
             or not np.array_equal(entry.cell, cell) or not np.array_equal(entry.pbc, pbc)
             or np.max(np.einsum("ax,ax->a", positions - entry.positions,
                                 positions - entry.positions), initial=0.0) > (skin / 2) ** 2):
-        with _reuse_off():
-            pairs = neighbor_list(frame, cutoff + skin, full_list, max_memory)
+        pairs = _search(frame, positions, cell, pbc, cutoff + skin, full_list, max_memory)
         entry = _Built(numbers.copy(), positions.copy(), cell.copy(), pbc.copy(), pairs)
         built[key] = entry  # entries are immutable: concurrent readers see one or the other
     p = entry.pairs
@@ -149,15 +146,6 @@ def _reused(frame: Frame | Atoms, positions: np.ndarray, cell: np.ndarray, pbc: 
     keep = distances < cutoff
     return NeighborList(i=p.i[keep], j=p.j[keep], shifts=p.shifts[keep], vectors=vectors[keep],
                         distances=distances[keep], cutoff=cutoff)
-
-
-@contextmanager
-def _reuse_off() -> Iterator[None]:
-    token = _REUSE.set(None)
-    try:
-        yield
-    finally:
-        _REUSE.reset(token)
 
 
 def _geometry(frame: Frame | Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -206,9 +194,14 @@ def neighbor_list(
         raise DataError("positions contain NaN or infinite values: no neighbour list")
     if pbc.any() and np.linalg.matrix_rank(box[pbc], tol=1e-6) < pbc.sum():
         raise DataError("periodic cell vectors are zero or linearly dependent: no neighbour list")
-    reused = _reused(frame, positions, box, pbc, float(cutoff), full_list, max_memory)
-    if reused is not None:
-        return reused
+    if _REUSE.get() is not None:
+        return _reused(frame, positions, box, pbc, float(cutoff), full_list, max_memory)
+    return _search(frame, positions, box, pbc, float(cutoff), full_list, max_memory)
+
+
+def _search(frame: Frame | Atoms, positions: np.ndarray, box: np.ndarray, pbc: np.ndarray,
+            cutoff: float, full_list: bool, max_memory) -> NeighborList:
+    """The pairs of checked geometry: memory estimate, then vesin or the k-d tree."""
     n = len(positions)
     n_pairs = n * (n - 1.0) if not pbc.any() else n * estimate_neighbors(frame, cutoff)
     if n_pairs * PAIR_BYTES > _SMALL:  # small open structures: no estimate needed
