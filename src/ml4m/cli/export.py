@@ -32,16 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ml4m.cli.md import claim
     from ml4m.data import read_structure
-    from ml4m.models.export import example_structure, export_potential
+    from ml4m.models.export import export_potential
     from ml4m.models.serialization import load
 
     inputs = [args.model] + ([args.example] if args.example else [])
     with claim(args.output, inputs, args.overwrite, (f"{args.output}.json",)) as out:
         model = load(args.model)
-        species = [int(z) for z in getattr(model, "species_", [])]
-        example = (read_structure(args.example) if args.example
-                   else example_structure(species or [1], getattr(model, "cutoff", 5.0)))
-        meta = export_potential(model, out, [example])
+        example = [read_structure(args.example)] if args.example else None
+        meta = export_potential(model, out, example)
     result = {"output": str(out), "metadata": f"{out}.json", **meta}
     emit(args.json, result, f"wrote {out} ({meta['kind']}, species {meta['species']}, "
          f"cutoff {meta['cutoff']:g} A) and {out}.json")

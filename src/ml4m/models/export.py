@@ -79,7 +79,7 @@ def _wrapper(model: Any):
     return Exported(module).eval()
 
 
-def export_potential(model: Any, path: str | os.PathLike, example: Any) -> dict[str, Any]:
+def export_potential(model: Any, path: str | os.PathLike, example: Any = None) -> dict[str, Any]:
     """Write ``model``'s network as a ``torch.export`` program, plus its metadata as JSON.
 
     Parameters
@@ -88,8 +88,9 @@ def export_potential(model: Any, path: str | os.PathLike, example: Any) -> dict[
         A fitted network potential whose kind is ``exportable`` (the MPNN).
     path : str or path-like
         The program file (``.pt2``); ``{path}.json`` receives the metadata.
-    example : sequence of Frame or ase.Atoms
+    example : sequence of Frame or ase.Atoms, optional
         Structures to trace with (any; the exported program accepts other sizes).
+        Default: :func:`example_structure` of the model's elements.
 
     Returns
     -------
@@ -115,6 +116,8 @@ def export_potential(model: Any, path: str | os.PathLike, example: Any) -> dict[
                           f"program so far; this model is {type(model).__name__}")
     if not hasattr(model, "module_"):
         raise NotFittedError("the model has no network yet: fit it first")
+    if example is None:
+        example = [example_structure([int(z) for z in model.species_], model.cutoff)]
     frames = as_frames(example)
     frames = frames * 2 if len(frames) == 1 else frames  # sizes 0 and 1 trace as constants
     data = batch_graph(frames, model.cutoff, model.species_, "cpu", model.dtype)
