@@ -92,6 +92,11 @@ class Baseline(Estimator, ABC):
         """Take what the baseline needs from the training frames; returns ``self``."""
         return self
 
+    def update(self, frames: Sequence[Frame]) -> Baseline:
+        """See frames learnt after the fit, leaving the values on every frame seen before
+        unchanged (on-the-fly learning); returns ``self``. Fixed baselines ignore them."""
+        return self
+
     @abstractmethod
     def evaluate(self, frames: Sequence[Frame]) -> BaselineValues:
         """Energies (eV), forces (eV/Angstrom) and stress (eV/Angstrom^3) of ``frames``."""
@@ -234,11 +239,9 @@ class SumBaseline(Baseline):
         return self
 
     def update(self, frames: Sequence[Frame]) -> SumBaseline:
-        """Let the parts that adapt to data (an ``update`` method) see ``frames``."""
         frames = list(frames)
         for part in self.parts:
-            if callable(getattr(part, "update", None)):
-                part.update(frames)
+            part.update(frames)
         return self
 
     @property

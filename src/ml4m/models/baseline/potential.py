@@ -145,8 +145,7 @@ class Baselined(Potential):
         """
         self._check_fitted()
         frames = as_frames(frames)
-        if callable(getattr(self.baseline_, "update", None)):
-            self.baseline_.update(frames)
+        self.baseline_.update(frames)
         self.model_.update(residual_frames(frames, self.baseline_), reoptimise=reoptimise)
         return self
 
