@@ -88,11 +88,11 @@ def make_calculator(name: str, kwargs: dict[str, Any] | None = None) -> Calculat
 
     if not (isinstance(cls, type) and issubclass(cls, BaseCalculator)):
         raise ConfigError(f"calculator {path!r} is not an ASE calculator class")
-    _check_calculator_kwargs(cls, path, kwargs or {})
+    _check_calculator_kwargs(cls, path, kwargs)
     try:
-        return cls(**(kwargs or {}))
+        return cls(**kwargs)
     except Exception as exc:  # the calculator's own check of its settings
-        raise ConfigError(f"calculator {path!r} refused its settings {kwargs or {}}: "
+        raise ConfigError(f"calculator {path!r} refused its settings {kwargs}: "
                           f"{type(exc).__name__}: {exc}") from exc
 
 
