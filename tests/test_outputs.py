@@ -81,6 +81,32 @@ def test_folder_of_the_same_kind_is_replaced_only_when_complete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporaries left
 
 
+def test_replacing_a_folder_never_leaves_the_name_empty(tmp_path, monkeypatch):
+    """A kill between parking the old folder and moving the new one in would leave no
+    folder (a learning loop's state lost): the swap is one atomic exchange. Here every
+    rename raises as a kill would; the exchange alone must complete the replacement."""
+    import os
+
+    from ml4m._fileio import _exchange
+
+    out = tmp_path / "state"
+    out.mkdir()
+    (out / "old.txt").write_text("1")
+    probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+    probe_a.mkdir(), probe_b.mkdir()
+    if not _exchange(probe_a, probe_b):
+        pytest.skip("no atomic exchange of paths on this system (renameat2)")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed between the renames")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with atomic_dir(out) as tmp:
+        (tmp / "new.txt").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "state"]
+
+
 def test_lock_refuses_a_second_live_writer_and_takes_over_a_stale_one(tmp_path):
     out = tmp_path / "model.ml4m"
     with output_lock(out) as lock:

@@ -84,7 +84,9 @@ def atomic_dir(target: str | os.PathLike, kind: str | None = None) -> Iterator[P
         if kind is not None:
             (tmp / MARKER).write_text(marker_record(kind))
         os.chmod(tmp, 0o777 & ~_umask())
-        if target.exists() or target.is_symlink():
+        if target.is_dir() and not target.is_symlink() and _exchange(tmp, target):
+            shutil.rmtree(tmp)  # now the old output: the swap left no moment without one
+        elif target.exists() or target.is_symlink():
             # a fresh empty name to park the old output: nothing else is ever removed
             if target.is_dir() and not target.is_symlink():
                 old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old",
@@ -105,6 +107,22 @@ def atomic_dir(target: str | os.PathLike, kind: str | None = None) -> Iterator[P
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2`` with ``RENAME_EXCHANGE``);
+    False where the system or file system cannot, and nothing was changed."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def read_json_record(path: str | os.PathLike, fmt: str, what: str) -> dict:
