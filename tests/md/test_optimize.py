@@ -10,7 +10,7 @@ import pytest
 from ase.build import add_adsorbate, fcc100, molecule
 from ase.calculators.emt import EMT
 
-from ml4m.errors import ConfigError
+from ml4m.errors import ConfigError, SimulationError
 from ml4m.md.dynamics import relax
 from ml4m.md.optimize import run_optimize
 from ml4m.md.optimize_search import SearchSpace, calls_to_reach, grid_levels, minimise, propose
@@ -136,6 +136,11 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
     with pytest.raises(_Stop):
         run_optimize(settings, tmp_path / "part", on_call=kill_after_four)
+    from ase.io import read
+
+    state = json.loads((tmp_path / "part" / "state.json").read_text())
+    kept = read(tmp_path / "part" / "evaluations.extxyz", ":")
+    assert len(state["history"]) == len(kept) == 4  # the killed run's work is on disk
     with open(tmp_path / "part" / "evaluations.extxyz", "a") as fh:
         fh.write("14\nhalf a frame written when the run was killed\n")
     with pytest.raises(ConfigError, match="pass --resume"):
@@ -146,8 +151,6 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert resumed["resumed"] and resumed["calls"] == whole["calls"] == 6
     for a, b in zip(whole["history"], resumed["history"]):
         assert a["dofs"] == b["dofs"] and a["energy_ev"] == b["energy_ev"]
-    from ase.io import read
-
     frames = read(tmp_path / "part" / "evaluations.extxyz", ":")
     assert [f.info["call"] for f in frames] == list(range(1, 7))
     assert [f.info["REF_energy"] for f in frames] == [h["energy_ev"] for h in whole["history"]]
@@ -156,6 +159,21 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert best.info["REF_energy"] == summary["best_energy_ev"] == min(
         h["energy_ev"] for h in whole["history"])
     assert (tmp_path / "part" / "progress.png").stat().st_size > 0
+
+
+class _Broken(EMT):
+    def calculate(self, *args, **kwargs):
+        raise RuntimeError("SCF did not converge")
+
+
+def test_overwrite_drops_the_old_state_before_the_first_call(tmp_path):
+    settings = _settings(tmp_path, method="random", budget=2)
+    run_optimize(settings, tmp_path / "out")
+    with pytest.raises(SimulationError, match="failed at call 1"):
+        run_optimize(settings, tmp_path / "out", overwrite=True, calculator=_Broken())
+    assert not (tmp_path / "out" / "state.json").exists()  # no stale state to resume
+    with pytest.raises(ConfigError, match="holds no optimize state"):
+        run_optimize(settings, tmp_path / "out", resume=True)
 
 
 def test_xtb_names_gfn2_through_tblite(tmp_path):

@@ -187,6 +187,7 @@ def _start_state(settings: OptimizeSettings, output: Path, resume: bool, overwri
         raise ConfigError(f"{output} holds the state of a search: pass --resume to continue "
                           "it, --overwrite to start over, or choose another output folder")
     output.mkdir(parents=True, exist_ok=True)
+    (output / "state.json").unlink(missing_ok=True)  # never beside the new evaluations
     evaluations.unlink(missing_ok=True)
     return {"format": _FORMAT, "settings": settings.record(), "history": [],
             "evaluations_bytes": 0}
