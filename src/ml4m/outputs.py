@@ -33,7 +33,7 @@ from pathlib import Path
 from ml4m.errors import ConfigError
 
 __all__ = ["MARKER", "OutputBusyError", "check_output", "claim_output", "folder_kind_of",
-           "marker_record", "output_lock"]
+           "mark_folder", "marker_record", "output_lock"]
 
 #: file inside every folder ml4m writes, naming the kind of output it is
 MARKER = ".ml4m-output.json"
@@ -50,6 +50,17 @@ def marker_record(kind: str) -> str:
     from ml4m import __version__
 
     return json.dumps({"format": "ml4m-output", "kind": kind, "ml4m_version": __version__})
+
+
+def mark_folder(folder: str | os.PathLike, kind: str) -> None:
+    """Write ``folder``'s marker (an ml4m output of ``kind``) unless it has one; the
+    marker is written atomically, so a kill never leaves a half-written one."""
+    from ml4m._fileio import atomic_path
+
+    marker = Path(folder) / MARKER
+    if not marker.exists():
+        with atomic_path(marker) as tmp:
+            tmp.write_text(marker_record(kind))
 
 
 def folder_kind_of(path: str | os.PathLike) -> str | None:

@@ -31,13 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Claim the output folder (ml4m.outputs), then run the pipeline into it."""
-    from ml4m._fileio import atomic_path
-    from ml4m.outputs import MARKER, claim_output, marker_record
+    from ml4m.outputs import claim_output, mark_folder
 
     with claim_output(args.output, folder_kind="quickstart", overwrite=args.overwrite) as outdir:
         outdir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(outdir / MARKER) as tmp:
-            tmp.write_text(marker_record("quickstart"))
+        mark_folder(outdir, "quickstart")
         return _run(args, outdir)
 
 

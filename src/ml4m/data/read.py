@@ -340,8 +340,8 @@ def read_dataset(
     return Dataset(frames)
 
 
-def read_structure(path: str | os.PathLike):
-    """The last frame of ``path`` (any ASE-readable file, validated as
+def read_structure(path: str | os.PathLike, frame: int = -1):
+    """Frame ``frame`` of ``path`` (default the last; any ASE-readable file, validated as
     :func:`read_dataset` does) as ``ase.Atoms`` without labels: the start of an MD run,
     a relaxation, a walker or an optimisation."""
-    return read_dataset(path, index="-1")[0].to_atoms(with_labels=False)
+    return read_dataset(path, index=str(int(frame)))[0].to_atoms(with_labels=False)

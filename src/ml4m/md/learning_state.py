@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from ml4m._fileio import atomic_dir, atomic_path, read_json_record
+from ml4m._fileio import atomic_dir, read_json_record
 from ml4m.data.frames import Frame
 from ml4m.errors import DataError
-from ml4m.outputs import MARKER, marker_record
+from ml4m.outputs import mark_folder
 
 __all__ = ["LoopState", "WalkerState", "save_state", "load_state", "has_state", "STATE_DIR",
            "frames_to_arrays", "frames_from_arrays", "updatable", "FOLDER_KIND", "TRAIN_FILE"]
@@ -197,10 +197,7 @@ def save_state(folder: str | os.PathLike, state: LoopState) -> Path:
         walkers[f"positions_{k}"] = w.atoms.positions
         walkers[f"momenta_{k}"] = w.atoms.get_momenta()
         walkers[f"cell_{k}"] = w.atoms.cell[:]
-    marker = folder / MARKER
-    if not marker.exists():  # the folder is a 'learn' output (ml4m.outputs)
-        with atomic_path(marker) as tmp:
-            tmp.write_text(marker_record(FOLDER_KIND))
+    mark_folder(folder, FOLDER_KIND)  # the folder is a 'learn' output (ml4m.outputs)
     _append_train(folder, state)
     record["train_extxyz"] = {"frames": state.train_file[0], "bytes": state.train_file[1]}
     with atomic_dir(folder / STATE_DIR) as tmp:

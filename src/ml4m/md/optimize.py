@@ -35,11 +35,12 @@ import numpy as np
 from ase import Atoms
 
 from ml4m._fileio import atomic_path, read_json_record
+from ml4m.data.read import read_structure
 from ml4m.errors import ConfigError, DataError, SimulationError
 from ml4m.md.optimize_search import propose
 from ml4m.md.optimize_settings import OptimizeSettings
 from ml4m.md.optimize_structure import apply_dofs, constraints_for, measure_dofs
-from ml4m.outputs import MARKER, marker_record
+from ml4m.outputs import mark_folder
 
 __all__ = ["FOLDER_KIND", "OptimizeStatus", "evaluate", "run_optimize"]
 
@@ -117,20 +118,12 @@ def evaluate(start: Atoms, settings: OptimizeSettings, values: np.ndarray, calcu
                    "steps": int(steps), "measured": measured}
 
 
-def _read_start(settings: OptimizeSettings) -> Atoms:
-    from ml4m.data import read_dataset
-
-    return read_dataset(settings.structure, index=str(settings.frame))[0].to_atoms(
-        with_labels=False)
-
-
 def _calculator(settings: OptimizeSettings) -> Any:
     """The reference calculator (ConfigError if it cannot be imported or built)."""
     from ml4m.data import make_calculator
 
-    path, kwargs = settings.calculator()
     try:
-        return make_calculator(path, kwargs)
+        return make_calculator(settings.reference, settings.reference_kwargs)
     except ConfigError as exc:
         raise ConfigError(f"reference: {exc}") from None
 
@@ -140,10 +133,7 @@ def _load_state(output: Path) -> dict[str, Any]:
 
 
 def _save_state(output: Path, record: dict[str, Any]) -> None:
-    marker = output / MARKER
-    if not marker.exists():  # the folder is an 'optimize' output (ml4m.outputs)
-        with atomic_path(marker) as tmp:
-            tmp.write_text(marker_record(FOLDER_KIND))
+    mark_folder(output, FOLDER_KIND)  # the folder is an 'optimize' output
     with atomic_path(output / "state.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1))
 
@@ -231,7 +221,7 @@ def run_optimize(settings: OptimizeSettings, output: str | os.PathLike, *, resum
     """
     started = time.perf_counter()
     output = Path(output)
-    start = _read_start(settings)
+    start = read_structure(settings.structure, settings.frame)
     settings.check_atoms(len(start))
     apply_dofs(start.copy(), settings.dofs, measure_dofs(start, settings.dofs))  # ill-posed DOFs
     if calculator is None:

@@ -183,11 +183,6 @@ class OptimizeSettings:
     def labels(self) -> list[str]:
         return [name for d in self.dofs for name in d.labels]
 
-    def calculator(self) -> tuple[str, dict[str, Any]]:
-        """Name or import path and constructor arguments of the reference calculator
-        (:func:`ml4m.data.make_calculator` adds a short name's defaults)."""
-        return self.reference, dict(self.reference_kwargs)
-
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str | os.PathLike = "config",
                      **overrides: Any) -> OptimizeSettings:
