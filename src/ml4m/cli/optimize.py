@@ -87,11 +87,9 @@ def run(args: argparse.Namespace) -> int:
         result = run_optimize(settings, out, resume=args.resume, overwrite=args.overwrite,
                               on_call=lambda status: err.print(_log_line(status),
                                                                soft_wrap=True))
-    best = result.get("best_dofs", {})
     emit(args.json, result,
          f"{result['calls']} reference calls ({result['method']}) in {result['seconds']:.1f} s: "
-         f"best E = {result.get('best_energy_ev', float('nan')):.5f} eV at call "
-         f"{result.get('best_call')} ("
-         + ", ".join(f"{k} = {v:.3f}" for k, v in best.items())
-         + f"); structure {result.get('best')}, plot {result.get('plot')}")
+         f"best E = {result['best_energy_ev']:.5f} eV at call {result['best_call']} ("
+         + ", ".join(f"{k} = {v:.3f}" for k, v in result["best_dofs"].items())
+         + f"); structure {result['best']}, plot {result['plot']}")
     return 0

@@ -263,8 +263,6 @@ def run_optimize(settings: OptimizeSettings, output: str | os.PathLike, *, resum
             on_call(OptimizeStatus(call + 1, settings.budget, tuple(values.tolist()),
                                    res["energy"], min(h["energy"] for h in history),
                                    res["converged"], seconds))
-    if not history:
-        _save_state(output, record)
     return _finish(settings, output, record, time.perf_counter() - started, resume)
 
 
@@ -275,27 +273,26 @@ def _finish(settings: OptimizeSettings, output: Path, record: dict[str, Any], se
 
     from ml4m.md.optimize_plots import plot_progress
 
-    history, labels = record["history"], settings.labels
+    history, labels = record["history"], settings.labels  # never empty: budget >= 1
     energies = np.array([h["energy"] for h in history], dtype=float)
-    best_so_far = np.minimum.accumulate(energies) if len(energies) else energies
+    best_so_far = np.minimum.accumulate(energies)
+    k = int(np.argmin(energies))
+    best = ase.io.read(output / _EVALUATIONS, index=k, format="extxyz")
+    with atomic_path(output / "best.extxyz") as tmp:
+        ase.io.write(tmp, best, format="extxyz")
     result: dict[str, Any] = {
         "method": settings.method, "seed": settings.seed, "budget": settings.budget,
         "calls": len(history), "reference": settings.reference, "dofs": labels,
-        "history": [{"call": k + 1, "dofs": dict(zip(labels, h["values"])),
+        "history": [{"call": j + 1, "dofs": dict(zip(labels, h["values"])),
                      "energy_ev": h["energy"], "best_energy_ev": float(b),
                      "converged": h["converged"], "relax_steps": h["steps"]}
-                    for k, (h, b) in enumerate(zip(history, best_so_far))],
-        "seconds": seconds, "resumed": resumed, "evaluations": str(output / _EVALUATIONS)}
-    if len(history):
-        k = int(np.argmin(energies))
-        best = ase.io.read(output / _EVALUATIONS, index=k, format="extxyz")
-        with atomic_path(output / "best.extxyz") as tmp:
-            ase.io.write(tmp, best, format="extxyz")
-        result.update(best_energy_ev=float(energies[k]), best_call=k + 1,
-                      best_dofs=dict(zip(labels, history[k]["values"])),
-                      best=str(output / "best.extxyz"),
-                      plot=str(plot_progress(best_so_far, energies, output / "progress.png",
-                                             settings.method)))
+                    for j, (h, b) in enumerate(zip(history, best_so_far))],
+        "seconds": seconds, "resumed": resumed, "evaluations": str(output / _EVALUATIONS),
+        "best_energy_ev": float(energies[k]), "best_call": k + 1,
+        "best_dofs": dict(zip(labels, history[k]["values"])),
+        "best": str(output / "best.extxyz"),
+        "plot": str(plot_progress(best_so_far, energies, output / "progress.png",
+                                  settings.method))}
     with atomic_path(output / "summary.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     result["summary"] = str(output / "summary.json")
