@@ -58,11 +58,15 @@ class SearchSpace:
     def dim(self) -> int:
         return len(self.low)
 
+    def wrap(self, u: np.ndarray) -> np.ndarray:
+        """Points ``u`` (..., dim) brought into the unit cube: periodic dimensions modulo
+        1, the others clipped to [0, 1]."""
+        return np.where(self.periodic, np.mod(u, 1.0), np.clip(u, 0.0, 1.0))
+
     def values(self, u: np.ndarray) -> np.ndarray:
         """Degrees of freedom of unit-cube points ``u`` (..., dim)."""
         low, high = np.asarray(self.low), np.asarray(self.high)
-        u = np.where(self.periodic, np.mod(u, 1.0), np.clip(u, 0.0, 1.0))
-        return low + u * (high - low)
+        return low + self.wrap(u) * (high - low)
 
     def features(self, u: np.ndarray) -> np.ndarray:
         """Surrogate inputs of points ``u`` (n, dim): ``[cos, sin](2 pi u)`` for periodic
@@ -175,7 +179,7 @@ def _bo_point(space: SearchSpace, u: np.ndarray, y: np.ndarray, rng: np.random.G
     jitter = best[rng.integers(len(best), size=_N_CANDIDATES // 4)] + \
         rng.normal(0.0, 0.03, size=(_N_CANDIDATES // 4, space.dim))
     cand = np.concatenate([rng.random((_N_CANDIDATES, space.dim)), jitter])
-    cand = np.where(space.periodic, np.mod(cand, 1.0), np.clip(cand, 0.0, 1.0))
+    cand = space.wrap(cand)
     s = score(cand)
     out, out_score = cand[np.argmin(s)], float(np.min(s))
     for start in cand[np.argsort(s)[:_N_POLISH]]:
@@ -183,7 +187,7 @@ def _bo_point(space: SearchSpace, u: np.ndarray, y: np.ndarray, rng: np.random.G
                        bounds=[(0.0, 1.0)] * space.dim, options={"maxiter": 50})
         if np.isfinite(res.fun) and res.fun < out_score:
             out, out_score = np.asarray(res.x), float(res.fun)
-    return np.where(space.periodic, np.mod(out, 1.0), np.clip(out, 0.0, 1.0))
+    return space.wrap(out)
 
 
 def propose(space: SearchSpace, method: str, call: int, u: np.ndarray, y: np.ndarray, *,
