@@ -281,3 +281,14 @@ def test_training_file_grows_by_appending(files, monkeypatch):
     path.write_bytes(b"junk\n" + complete)
     load_state(out, starts)
     assert path.read_bytes() == complete
+    # a rewrite that is killed leaves the file it replaces whole, and no temporary
+    path.write_bytes(b"junk\n" + complete)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ase.io, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load_state(out, starts)
+    assert path.read_bytes() == b"junk\n" + complete
+    assert not [p for p in out.iterdir() if p.name.startswith(".train")]  # no temporary left

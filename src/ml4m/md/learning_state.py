@@ -153,25 +153,28 @@ def _holds_frames(path: Path, size: int, frames: list[Frame]) -> bool:
 def _append_train(folder: Path, state: LoopState, verify: bool = False) -> None:
     """Bring ``folder/train.extxyz`` to ``state.train``: cut it to the recorded size
     (frames a killed save appended), append the frames it lacks, flush them to disk;
-    ``state.train_file`` then counts them. Written afresh when it is missing, shorter
-    than recorded or (``verify``) its recorded part does not have the recorded frames'
-    lines."""
+    ``state.train_file`` then counts them. Written afresh (whole or not at all: the file
+    it replaces stays until then) when nothing is recorded, or the file is missing,
+    shorter than recorded or (``verify``) its recorded part does not have the recorded
+    frames' lines."""
     import io
 
     import ase.io
 
-    from ml4m.data import Dataset
+    from ml4m.data import Dataset, write_extxyz
 
     path = folder / TRAIN_FILE
     frames, size = state.train_file
     if frames == 0 or not path.is_file() or path.stat().st_size < size or \
             (verify and not _holds_frames(path, size, state.train[:frames])):
-        frames, size = 0, 0
+        write_extxyz(Dataset(state.train), path)
+        state.train_file = (len(state.train), path.stat().st_size)
+        return
     text = io.StringIO()
     if len(state.train) > frames:
         ase.io.write(text, Dataset(state.train[frames:]).to_atoms(with_labels=True),
                      format="extxyz")
-    with open(path, "r+b" if frames else "wb") as fh:
+    with open(path, "r+b") as fh:
         fh.truncate(size)
         fh.seek(size)
         fh.write(text.getvalue().encode())
