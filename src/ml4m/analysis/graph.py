@@ -238,13 +238,13 @@ class NeighborGraph:
         else:  # both on the data rotated once onto its principal axes (same distances)
             Y = _reduced(X)
             if backend == "brute":
-                d, i = _brute(Y, maxk, progress, reduced=True)
+                d, i = _brute(Y, maxk, progress)
             else:
                 d, i = _ivf(Y, maxk, nprobe, progress)
                 if auto:  # keep the approximate graph only if it finds the exact neighbours
-                    recall = approximate_recall(Y, i)
+                    recall = approximate_recall(Y, i, reduced=True)
                     if recall < AUTO_MIN_RECALL:
-                        d, i = _brute(Y, maxk, progress, reduced=True)
+                        d, i = _brute(Y, maxk, progress)
                         backend = "brute"
         return cls(d, i, "euclidean", box, backend, X.shape[1], recall)
 
@@ -257,7 +257,7 @@ AUTO_MIN_RECALL = 0.99
 
 
 def approximate_recall(X: np.ndarray, indices: np.ndarray, n_queries: int = 256,
-                       seed: int = 0, rtol: float = 1e-9) -> float:
+                       seed: int = 0, rtol: float = 1e-9, reduced: bool = False) -> float:
     """Fraction of the exact ``maxk`` nearest neighbours that ``indices`` holds, on a sample.
 
     Neighbours are compared by distance, not by identity: a listed point counts as found
@@ -279,6 +279,9 @@ def approximate_recall(X: np.ndarray, indices: np.ndarray, n_queries: int = 256,
     rtol : float
         Relative tolerance on the ``maxk``-th distance (rounding only: both sides are
         float64 distances of the same coordinates).
+    reduced : bool
+        ``X`` is already centred and rotated onto its principal axes (as the graph's
+        build has it): not done again.
 
     Returns
     -------
@@ -287,8 +290,9 @@ def approximate_recall(X: np.ndarray, indices: np.ndarray, n_queries: int = 256,
     """
     n, maxk = indices.shape
     rows = np.sort(np.random.default_rng(seed).choice(n, min(n_queries, n), replace=False))
-    Y = _reduced(np.asarray(X, dtype=np.float64))
-    exact_d, _ = _brute(Y, maxk, rows=rows, reduced=True)
+    Y = np.asarray(X, dtype=np.float64)
+    Y = Y if reduced else _reduced(Y)
+    exact_d, _ = _brute(Y, maxk, rows=rows)
     idx = np.sort(np.asarray(indices)[rows], axis=1)
     diff = Y[idx] - Y[rows, None, :]
     dist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
@@ -360,12 +364,10 @@ def _reduced(X: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(Y @ v[:, keep]) if keep.sum() < X.shape[1] else Y
 
 
-def _brute(X: np.ndarray, maxk: int, progress=None, rows: np.ndarray | None = None,
-           reduced: bool = False):
-    """Exact ``maxk`` nearest neighbours of ``X[rows]`` (default: every row) in ``X``,
-    itself excluded; ``reduced``: ``X`` is already :func:`_reduced`."""
-    n = X.shape[0]
-    Y = X if reduced else _reduced(X)
+def _brute(Y: np.ndarray, maxk: int, progress=None, rows: np.ndarray | None = None):
+    """Exact ``maxk`` nearest neighbours of ``Y[rows]`` (default: every row) in ``Y``
+    (:func:`_reduced` data), itself excluded."""
+    n = Y.shape[0]
     rows = np.arange(n) if rows is None else np.asarray(rows)
     if _has_faiss():
         return _brute_faiss(Y, maxk, progress, rows)
@@ -392,8 +394,9 @@ def _brute_sklearn(Y: np.ndarray, rows: np.ndarray, kk: int, maxk: int, progress
     return out_d, out_i
 
 
-def _brute_faiss(Y: np.ndarray, maxk: int, progress=None, rows: np.ndarray | None = None):
-    """Exact: faiss float32 brute force for candidates, certified, float64 refinement.
+def _brute_faiss(Y: np.ndarray, maxk: int, progress, rows: np.ndarray):
+    """Exact neighbours of ``Y[rows]``: faiss float32 brute force for candidates,
+    certified, float64 refinement.
 
     faiss ranks by float32 squared distances ``|x|^2 + |y|^2 - 2 x.y`` (BLAS), whose
     error is at most ``bound_i = c eps32 (|y_i| + max_j |y_j|)^2``. A few extra
@@ -406,7 +409,6 @@ def _brute_faiss(Y: np.ndarray, maxk: int, progress=None, rows: np.ndarray | Non
     import faiss
 
     n, dim = Y.shape
-    rows = np.arange(n) if rows is None else rows
     m = len(rows)
     kk = min(n, maxk + 1 + 8)
     xf = np.ascontiguousarray(Y, dtype=np.float32)
