@@ -41,3 +41,6 @@ def test_projection_sample_keeps_highlighted_rows_and_colours_labels():
     fig = projection_figure(X, labels=np.arange(500) % 3, max_points=100, highlight=[7])
     points, red = _offsets(fig)
     assert len(points) == 100 and len(red) == 1
+    colours = fig.axes[0].collections[0].get_array()  # the sampled rows' labels
+    assert len(colours) == 100 and set(np.unique(colours)) == {0, 1, 2}
+    assert fig.axes[1].get_ylabel() == "cluster"  # the colour bar

@@ -87,26 +87,31 @@ def projection_figure(X: np.ndarray, labels: np.ndarray | None = None, max_point
         Row indices drawn on top in red.
     title : str, optional
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X)
     sel = np.arange(len(X))
     if len(X) > max_points:
         sel = np.sort(np.random.default_rng(seed).choice(len(X), max_points, replace=False))
-    Y = X - X[sel].mean(0)
-    vt = np.linalg.svd(Y[sel], full_matrices=False)[2] if X.shape[1] else np.zeros((0, 0))
-    P = np.zeros((len(X), 2))
-    P[:, : min(2, len(vt))] = Y @ vt[:2].T
+    mean = X[sel].mean(0, dtype=np.float64)
+    vt = (np.linalg.svd(X[sel] - mean, full_matrices=False)[2] if X.shape[1]
+          else np.zeros((0, 0)))
+
+    def project(rows: np.ndarray) -> np.ndarray:  # only the rows drawn: X may be large
+        P = np.zeros((len(rows), 2))
+        P[:, : min(2, len(vt))] = (X[rows] - mean) @ vt[:2].T
+        return P
+
+    P = project(sel)
     fig = _figure()
     ax = fig.add_subplot()
     if labels is None:
-        ax.scatter(P[sel, 0], P[sel, 1], s=3, c="0.7", rasterized=True,
-                   label=f"all ({len(X)})")
+        ax.scatter(P[:, 0], P[:, 1], s=3, c="0.7", rasterized=True, label=f"all ({len(X)})")
     else:
-        sc = ax.scatter(P[sel, 0], P[sel, 1], c=np.asarray(labels)[sel], s=3, cmap="tab20",
+        sc = ax.scatter(P[:, 0], P[:, 1], c=np.asarray(labels)[sel], s=3, cmap="tab20",
                         rasterized=True)
         fig.colorbar(sc, ax=ax, label="cluster")
     if highlight is not None:
-        ax.scatter(P[highlight, 0], P[highlight, 1], s=8, c="C3",
-                   label=f"selected ({len(highlight)})")
+        H = project(np.asarray(highlight, dtype=np.intp))
+        ax.scatter(H[:, 0], H[:, 1], s=8, c="C3", label=f"selected ({len(highlight)})")
         ax.legend(loc="best", fontsize="small")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
