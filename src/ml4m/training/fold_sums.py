@@ -101,15 +101,13 @@ class _FoldAccumulator:
         from ml4m.models.linear.potential import QUANTITIES, _Accumulator
 
         self.sigmas = sigmas
-        self.rows = dict.fromkeys(QUANTITIES, 0)
-        self.phi_sq = np.zeros(p)
+        self.phi_sq = np.zeros(p)  # written by the recipe, not read here
         self.n_atoms = 0
         self.sums = {q: Sums(p) for q in QUANTITIES}
         self._add_rows = _Accumulator.add
 
     def _add(self, q: str, A: np.ndarray, y: np.ndarray) -> None:
         self.sums[q].add(A, y, 1.0 / self.sigmas[q] ** 2)
-        self.rows[q] += len(y)
 
     def add(self, rows, block, e0) -> None:
         self._add_rows(self, rows, block, e0)  # the fit's own row recipe, into self._add
@@ -130,14 +128,13 @@ class FoldSums:
             for block, rows, _, _ in model._block_rows(part, use_f, use_s):
                 acc.add(rows, block, model._e0_of(block))
             self.acc.append(acc)
-        self.quantities = [q for q in ("energy", "forces", "stress")
-                           if sum(a.rows[q] for a in self.acc)]
+        self.quantities = [q for q in ("energy", "forces", "stress") if self.n_rows(q)]
 
     def fold(self, q: str, k: int) -> Sums:
         return self.acc[k].sums[q]
 
     def n_rows(self, q: str) -> int:
-        return sum(a.rows[q] for a in self.acc)
+        return sum(a.sums[q].n for a in self.acc)
 
 
 def _sub_equations(G: np.ndarray, b: np.ndarray, yy: float, n: int):
