@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ml4m.data.frames import Frame
+from ml4m.data.split import evenly_spaced
 from ml4m.errors import ConfigError
 from ml4m.training.fold_sums import FoldSums, Sums, cv_rmse
 
@@ -288,7 +289,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         model.e0_ = e0
         model.fmap_ = model._make_feature_map(frames)
     sizes = [m.fmap_.n_features for m in models]
-    probe = frames[:: max(1, len(frames) // 3)][:3]
+    probe = [frames[k] for k in evenly_spaced(len(frames), 3)]
     n_rows = len(frames) + 3 * len(numbers) * use_f + 6 * len(frames) * use_s
     gram_rate = _gram_rate(max(sizes))
 
