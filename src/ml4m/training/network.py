@@ -12,8 +12,7 @@ from ml4m.data import LabelKeys, read_dataset
 from ml4m.data.frames import Dataset
 from ml4m.training.config import FitConfig
 
-__all__ = ["fit_network", "build_network", "plan_evaluations", "POST_FRACTION", "POST_SECONDS",
-           "EVAL_FRACTION"]
+__all__ = ["fit_network", "plan_evaluations", "POST_FRACTION", "POST_SECONDS", "EVAL_FRACTION"]
 
 #: share of a ``max_minutes`` budget, plus seconds, kept for the plots and saving (the
 #: trainer itself keeps time for the last-layer posterior and the metrics' predictions)
@@ -96,14 +95,6 @@ def plan_evaluations(model, train, valid, seconds: float,
             "after_seconds": metrics(per_train * train_frames, per_valid * valid_frames)}
 
 
-def build_network(cfg: FitConfig) -> Any:
-    """The unfitted network ``cfg`` names, by the registry's builder
-    (:func:`ml4m.training.fit.build_model`), on ``cfg.device``."""
-    from ml4m.training.fit import build_model
-
-    return build_model(cfg, [], None)
-
-
 def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resume: bool,
                 write: bool = True) -> tuple[Any, Dataset, Dataset | None, dict[str, Any]]:
     """Train the network ``cfg`` describes and save it to ``path``.
@@ -137,7 +128,7 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     """
     from ml4m.training.batches import as_graph_set
     from ml4m.training.distributed import Distributed
-    from ml4m.training.fit import network_files
+    from ml4m.training.fit import build_model, network_files
     from ml4m.training.settings import TrainSettings
 
     files = network_files(path)
@@ -148,7 +139,7 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     keys = LabelKeys(**cfg.keys)
     train = _read(cfg.train, keys, require)
     valid = _read(cfg.valid, keys, require) if cfg.valid else None
-    model = build_network(cfg)
+    model = build_model(cfg, [], None)  # a network: no descriptor, species from prepare
     dist = Distributed.from_env(cfg.device)  # the group the trainer joins, joined first
     try:
         return _train(cfg, model, as_graph_set(train, "train"), train, valid, base, dist,
