@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ml4m.errors import ConfigError
@@ -127,7 +128,7 @@ class Trainer:
                       and self._has_features(model, train_set))
         clock = Clock(started + 60.0 * s.max_minutes if s.max_minutes else math.inf)
         if s.max_minutes:
-            from ml4m.training.costs import evaluation_costs, last_layer_seconds, probe_frames
+            from ml4m.training.costs import evaluation_costs, probe_frames
 
             if cost is None:  # measured by the first process, followed by all
                 cost = dist.broadcast(evaluation_costs(model, probe_frames(train_set.spaced(16)))
@@ -136,9 +137,8 @@ class Trainer:
             clock.valid_seconds = cost["forces"] * valid_atoms
             clock.after_seconds = after_seconds
             if last_layer:  # features and Jacobian of training frames, sigmas of held ones
-                train_atoms = min(len(train_set), last_layer_frames) * train_set.mean_atoms()
-                clock.after_seconds += last_layer_seconds(
-                    cost, train_atoms, valid_atoms or train_atoms, model.predict_atoms)
+                clock.after_seconds += _last_layer_seconds(
+                    cost, model, train_set, valid_set, min(len(train_set), last_layer_frames))(1.0)
         n_batches = len(epoch_batches(len(train_set), s.batch_size, s.seed, 0, dist.world))
         log = RunLog(s.log_csv, s.progress, n_batches * s.max_epochs, enabled=dist.main)
         try:
@@ -153,9 +153,11 @@ class Trainer:
         if last_layer:
             n_train, n_valid = min(len(train_set), last_layer_frames), len(valid_set or ())
             if s.max_minutes:
-                share = dist.broadcast(_last_layer_share(
-                    cost, model, train_set, valid_set, n_train,
-                    clock.deadline - after_seconds - time.perf_counter()))
+                from ml4m.training.costs import largest_share
+
+                seconds_of = _last_layer_seconds(cost, model, train_set, valid_set, n_train)
+                share = dist.broadcast(largest_share(
+                    seconds_of, clock.deadline - after_seconds - time.perf_counter()))
                 n_train, n_valid = max(1, int(share * n_train)), max(1, int(share * n_valid))
             model.fit_last_layer(_frames_of(train_set, n_train), _frames_of(valid_set, n_valid))
         return model
@@ -181,11 +183,12 @@ def prepare_model(model: Any, train_set: GraphSet, seed: int) -> Any:
     return model.prepare(train_set.sample())
 
 
-def _last_layer_share(cost: dict[str, Any], model: Any, train_set: GraphSet,
-                      valid_set: GraphSet | None, n_train: int, seconds: float) -> float:
-    """The share of ``n_train`` training frames and of the validation frames whose
-    last-layer posterior fits in ``seconds`` (1: all of them)."""
-    from ml4m.training.costs import largest_share, last_layer_seconds
+def _last_layer_seconds(cost: dict[str, Any], model: Any, train_set: GraphSet,
+                        valid_set: GraphSet | None, n_train: int) -> Callable[[float], float]:
+    """Seconds of the last-layer posterior on a share of ``n_train`` training frames and
+    of the validation frames (at least one each; without validation frames the training
+    ones calibrate it), as a function of the share."""
+    from ml4m.training.costs import last_layer_seconds
 
     per_train = train_set.mean_atoms()
     n_valid, per_valid = (len(valid_set), valid_set.mean_atoms()) if valid_set else (0, 0.0)
@@ -195,7 +198,7 @@ def _last_layer_share(cost: dict[str, Any], model: Any, train_set: GraphSet,
         held = max(1, int(share * n_valid)) * per_valid if n_valid else train_atoms
         return last_layer_seconds(cost, train_atoms, held, model.predict_atoms)
 
-    return largest_share(seconds_of, seconds)
+    return seconds_of
 
 
 def _frames_of(data: GraphSet | None, n_max: int) -> Any:
