@@ -111,9 +111,10 @@ def test_calibrated_sigma_matches_held_out_errors(split):
     n_at = np.array([len(f) for f in test])
     np.testing.assert_allclose(p_cal.energy / n_at, fixed.predict(test).energy / n_at, rtol=0,
                                atol=1e-5)  # eV/atom
-    # ... and close to the evidence refit on all frames (well inside the error itself)
+    # ... and close to the evidence refit on all frames (well inside the error itself: the
+    # hyperparameters come from two thirds of the frames)
     f_ref = np.concatenate([f.forces for f in test])
-    assert np.abs(p_cal.forces - p_post.forces).max() < 0.05 * np.abs(p_post.forces - f_ref).mean()
+    assert np.abs(p_cal.forces - p_post.forces).max() < 0.1 * np.abs(p_post.forces - f_ref).mean()
     err2 = np.sum((p_cal.forces - np.concatenate([f.forces for f in test])) ** 2, axis=1)
     ratio = np.mean(err2) / np.mean(np.sum(p_cal.forces_sigma**2, axis=1))
     assert 0.5 < ratio < 2.0  # calibrated to a factor of two on unseen frames
@@ -127,16 +128,18 @@ def test_calibrated_sigma_matches_held_out_errors(split):
 
 def test_holdout_split_by_trajectory(split):
     train, _ = split
-    frames = list(train)[:40]
-    for k, f in enumerate(frames):
-        f.info["traj"] = f"t{k % 8}"
-    fit, held = LinearACE(_ace())._holdout_split(frames, True)
-    assert {f.info["traj"] for f in held} == {"t4"}  # every fifth trajectory, whole
-    assert not {f.info["traj"] for f in fit} & {"t4"}
-    for f in frames:
-        del f.info["traj"]
-    fit, held = LinearACE(_ace())._holdout_split(frames, True)
-    assert len(held) == 8 and len(fit) == 32  # contiguous chunks 4 and 9 of ten
+
+    def relabel(f, **info):  # a copy: the fixture's frames are shared
+        return type(f)(**{**f.__dict__, "info": info})
+
+    frames = [relabel(f, traj=f"t{k % 8}") for k, f in enumerate(list(train)[:40])]
+    fit, held = LinearACE(_ace()).holdout_split(frames)
+    assert {f.info["traj"] for f in held} == {"t2", "t5"}  # every third trajectory, whole
+    assert not {f.info["traj"] for f in fit} & {"t2", "t5"}
+    frames = [relabel(f) for f in frames]  # no trajectories named: contiguous chunks
+    fit, held = LinearACE(_ace()).holdout_split(frames)
+    assert [id(f) for f in held] == [id(f) for f in frames[27:]]  # the last of three
+    assert [id(f) for f in fit] == [id(f) for f in frames[:27]]
 
 
 def test_too_few_frames_fall_back_to_posterior(split):

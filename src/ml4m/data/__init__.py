@@ -21,7 +21,7 @@ from ml4m.data.reference import (
     fit_reference_energies,
     resolve_reference_energies,
 )
-from ml4m.data.split import Split, evenly_spaced, split_dataset, split_indices
+from ml4m.data.split import Split, evenly_spaced, frame_groups, split_dataset, split_indices
 from ml4m.data.stats import summarize
 from ml4m.data.store import PackedStore, StoreWriter, open_store, pack_frames
 from ml4m.data.validate import MIN_DISTANCE, check_frame
@@ -58,6 +58,7 @@ __all__ = [
     "resolve_reference_energies",
     "shortest_distances",
     "split_dataset",
+    "frame_groups",
     "split_indices",
     "summarize",
     "write_extxyz",

@@ -10,7 +10,7 @@ from ml4m.data.frames import Dataset
 from ml4m.errors import ConfigError
 from ml4m.validation import check_float, check_int, check_str
 
-__all__ = ["Split", "split_indices", "split_dataset", "evenly_spaced"]
+__all__ = ["Split", "split_indices", "split_dataset", "evenly_spaced", "frame_groups"]
 
 
 @dataclass(frozen=True)
@@ -136,3 +136,27 @@ def evenly_spaced(n_total: int, n: int) -> np.ndarray:
     a subset of MD frames that still spans every trajectory stored in order."""
     n = max(1, min(int(n), n_total))
     return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
+
+
+def frame_groups(frames, n_groups: int) -> np.ndarray:
+    """Group index (0 .. ``n_groups`` - 1) of every frame, for cross-validation and
+    held-out calibration: whole trajectories, dealt round-robin in order of first
+    appearance, when every frame has an ``info['traj']`` (else ``config_type``) and
+    there are at least ``n_groups`` distinct values; else contiguous chunks of frames
+    (MD frames are stored in trajectory order).
+
+    Raises
+    ------
+    ConfigError
+        Fewer frames than groups.
+    """
+    frames = list(frames)
+    if len(frames) < n_groups:
+        raise ConfigError(f"{n_groups} groups of frames need at least {n_groups} frames, "
+                          f"got {len(frames)}")
+    for key in ("traj", "config_type"):
+        values = [f.info.get(key) for f in frames]
+        if all(v is not None for v in values) and len(set(map(str, values))) >= n_groups:
+            order = {v: k for k, v in enumerate(dict.fromkeys(map(str, values)))}
+            return np.array([order[str(v)] % n_groups for v in values])
+    return np.arange(len(frames)) * n_groups // len(frames)

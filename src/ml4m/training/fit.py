@@ -168,8 +168,6 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
     t0 = time.perf_counter()
     budget = None
     search = None
-    if cfg.searches:
-        cfg, search = _search_basis(cfg, species, train, path, started)
 
     def build():  # the model, inside its repulsive core / baseline when asked for
         return with_baseline(build_model(cfg, species, train), cfg.repulsion_settings,
@@ -179,7 +177,9 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
     train = Dataset(attach_baseline_labels(probe, list(train), cfg.train))
     if valid is not None:
         valid = Dataset(attach_baseline_labels(probe, list(valid), cfg.valid))
-    if cfg.max_minutes is None or search is not None:
+    if cfg.searches:
+        cfg, search, model = _search_basis(cfg, species, train, path, started, probe)
+    elif cfg.max_minutes is None:
         model = probe.fit(train, valid)
     else:
         from ml4m.training.budget import fit_within_budget
@@ -203,16 +203,19 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
     return _write_potential_outputs(model, path, train, valid, metrics)
 
 
-def _search_basis(cfg: FitConfig, species: list[int], train, path: Path, started: float
-                  ) -> tuple[FitConfig, dict[str, Any]]:
+def _search_basis(cfg: FitConfig, species: list[int], train, path: Path, started: float, probe
+                  ) -> tuple[FitConfig, dict[str, Any], Any]:
     """Choose the ACE basis by CV inside ``train`` (:func:`~ml4m.training.search.
     search_linear_ace`) within the fit's budget; write the chosen config beside the
-    model and the CV plot. Returns the config with the chosen descriptor and the search
-    record for ``metrics.json``."""
+    model and the CV plot. ``probe``: the unfitted model as the config builds it (inside
+    its baseline when it has one: the search then fits the residuals of the baseline,
+    fitted on ``train`` first). Returns the config with the chosen descriptor, the search
+    record for ``metrics.json`` and the fitted model (the search's own final fit)."""
     import dataclasses
 
     import yaml
 
+    from ml4m.models.baseline import Baselined, residual_frames
     from ml4m.training.search import search_linear_ace
 
     minutes = cfg.max_minutes if cfg.max_minutes is not None else DEFAULT_SEARCH_MINUTES
@@ -222,7 +225,12 @@ def _search_basis(cfg: FitConfig, species: list[int], train, path: Path, started
         rung = dataclasses.replace(cfg, params={**others, "species_degree": species_degree})
         return build_model(rung, species, train, descriptor=descriptor)
 
-    result = search_linear_ace(list(train), 60.0 * minutes, make_model, started)
+    frames, baseline = list(train), None
+    if isinstance(probe, Baselined):
+        baseline = probe.baseline.clone().fit(frames)
+        frames = residual_frames(frames, baseline)
+    result = search_linear_ace(frames, 60.0 * minutes, make_model, started)
+    model = result.model if baseline is None else Baselined.from_fitted(result.model, baseline)
     chosen = dataclasses.replace(cfg, descriptor=result.descriptor,
                                  params={**others, **result.params}, search="off")
     record = {k: v for k, v in vars(chosen).items()
@@ -237,7 +245,7 @@ def _search_basis(cfg: FitConfig, species: list[int], train, path: Path, started
     png = search_plot(result.table, path.parent / f"{stem}_search.png")
     out = result.as_dict()
     out.update(chosen_config=str(chosen_config_path(path)), plot=str(png), budget_minutes=minutes)
-    return chosen, out
+    return chosen, out, model
 
 
 def _write_potential_outputs(model, path: Path, train, valid, metrics: dict[str, Any]

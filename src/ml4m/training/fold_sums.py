@@ -17,7 +17,7 @@ import numpy as np
 
 from ml4m.data.frames import Frame
 
-__all__ = ["FoldSums", "Sums", "cv_rmse", "group_sums"]
+__all__ = ["FoldSums", "Sums", "accumulator", "cv_rmse", "group_sums"]
 
 
 class Sums:
@@ -101,7 +101,7 @@ class _FoldAccumulator:
         from ml4m.models.linear.potential import QUANTITIES, _Accumulator
 
         self.sigmas = sigmas
-        self.phi_sq = np.zeros(p)  # written by the recipe, not read here
+        self.phi_sq = np.zeros(p)  # written by the recipe (the 'scale' prior's input)
         self.n_atoms = 0
         self.sums = {q: Sums(p) for q in QUANTITIES}
         self._add_rows = _Accumulator.add
@@ -148,11 +148,13 @@ def _sub_equations(G: np.ndarray, b: np.ndarray, yy: float, n: int):
     return neq
 
 
-def group_sums(folds: FoldSums, group: list[str], cols: np.ndarray):
+def group_sums(folds: FoldSums, group: list[str], cols: np.ndarray, skip: int | None = None):
     """Gram matrix (a new array), right-hand side, ``y^T y`` and rows of the quantities
-    ``group`` summed over every fold, on ``cols``."""
+    ``group`` summed over every fold but ``skip``, on ``cols``."""
     G, b, yy, n = None, np.zeros(len(cols)), 0.0, 0
     for k in range(len(folds.acc)):
+        if k == skip:
+            continue
         for q in group:
             sums = folds.fold(q, k)
             part = sums.gram(cols)
@@ -164,6 +166,25 @@ def group_sums(folds: FoldSums, group: list[str], cols: np.ndarray):
             yy += sums.yty
             n += sums.n
     return G, b, yy, n
+
+
+def accumulator(folds: FoldSums, cols: np.ndarray, per_quantity: bool, skip: int | None = None):
+    """The normal equations of a linear fit (:meth:`~ml4m.models.linear.LinearPotential.
+    accumulator`'s, on the features ``cols`` of the sums, in that order) of every fold
+    but ``skip``: the input of :meth:`~ml4m.models.linear.LinearPotential.fit_from_sums`."""
+    from ml4m.models.linear.potential import _Accumulator
+
+    acc = _Accumulator(len(cols), per_quantity, dict(folds.sigmas))
+    groups = ([[q] for q in folds.quantities] if per_quantity else [list(folds.quantities)])
+    for group in groups:
+        neq = acc.neq[group[0]]
+        neq.AtA, neq.Aty, neq.yty, neq.n = group_sums(folds, group, cols, skip)
+    ks = [k for k in range(len(folds.acc)) if k != skip]
+    for q in folds.quantities:
+        acc.rows[q] = sum(folds.fold(q, k).n for k in ks)
+    acc.phi_sq = sum(folds.acc[k].phi_sq for k in ks)[cols]
+    acc.n_atoms = sum(folds.acc[k].n_atoms for k in ks)
+    return acc
 
 
 def cv_rmse(folds: FoldSums, cols: np.ndarray, prior: np.ndarray, shared: bool = True

@@ -29,6 +29,11 @@ spent (keeping time for the final fit) or when two rungs in a row score worse th
 best; a larger budget therefore never gives a worse CV score. The largest rung is the
 largest whose pass (descriptors timed on three frames, Gram updates at a measured rate),
 CV solves and final fit fit the budget.
+
+The final fit reuses the sums too: the chosen rung's system on every fold, and on every
+fold but the last for the calibrated uncertainty (the last fold is the model's own
+held-out group, :meth:`~ml4m.models.linear.LinearPotential.holdout_split`), so only that
+fold's frames are described again, for the error models' residuals.
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ from typing import Any
 import numpy as np
 
 from ml4m.data.frames import Frame
-from ml4m.data.split import evenly_spaced
+from ml4m.data.split import evenly_spaced, frame_groups
 from ml4m.errors import ConfigError
-from ml4m.training.fold_sums import FoldSums, Sums, cv_rmse
+from ml4m.models.linear import LinearPotential
+from ml4m.training.fold_sums import FoldSums, Sums, accumulator, cv_rmse
 
 __all__ = ["RUNGS", "RUNGS_MANY_ELEMENTS", "SearchResult", "cv_folds", "ladder", "search_linear_ace",
            "species_bounds"]
@@ -90,8 +96,9 @@ def ladder(n_species: int) -> tuple[dict[str, Any], ...]:
 
 #: settings shared by every rung (the radial basis spans each pair's sampled distances)
 BASE = {"r_cut": 5.0, "l_max": 3, "pair_r_in": "auto"}
-#: number of cross-validation folds
-N_FOLDS = 3
+#: number of cross-validation folds: the calibrated fit's groups of frames, so that the
+#: last fold is the final fit's held-out group and its sums serve the final fit too
+N_FOLDS = LinearPotential.HOLDOUT_GROUPS
 #: share of the memory limit the per-fold sums may take
 MEMORY_SHARE = 0.4
 #: flop rate assumed when choosing the largest rung, before any solve is timed, flop/s
@@ -124,6 +131,9 @@ class SearchResult:
     plan : dict
         How the largest rung was chosen: ``top`` (its index), ``pass_estimate_seconds``
         (its pass as estimated), ``gram_gflops`` (the measured Gram update rate).
+    model : LinearPotential or None
+        The chosen rung fitted on every frame from the search's own sums
+        (:meth:`~ml4m.models.linear.LinearPotential.fit_from_sums`).
     """
 
     descriptor: dict[str, Any]
@@ -133,6 +143,7 @@ class SearchResult:
     stopped: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"descriptor": self.descriptor, "params": self.params, "table": self.table,
@@ -141,17 +152,13 @@ class SearchResult:
 
 
 def cv_folds(frames: list[Frame], n_folds: int = N_FOLDS) -> np.ndarray:
-    """Fold index (0 .. n_folds - 1) of every frame: whole groups (``info['traj']`` or
-    ``config_type`` when three or more distinct values exist), else contiguous chunks."""
+    """Fold index (0 .. n_folds - 1) of every frame (:func:`ml4m.data.frame_groups`: whole
+    trajectories or config types when the frames name three or more, else contiguous
+    chunks)."""
     if len(frames) < n_folds:
         raise ConfigError(f"the basis search needs at least {n_folds} training frames, "
                           f"got {len(frames)}")
-    for key in ("traj", "config_type"):
-        values = [f.info.get(key) for f in frames]
-        if all(v is not None for v in values) and len(set(map(str, values))) >= n_folds:
-            order = {v: k for k, v in enumerate(dict.fromkeys(map(str, values)))}
-            return np.array([order[str(v)] % n_folds for v in values])
-    return np.arange(len(frames)) * n_folds // len(frames)
+    return frame_groups(frames, n_folds)
 
 
 def _settings(rung: dict[str, Any], pair_r_in, n_species: int) -> dict[str, Any]:
@@ -293,9 +300,18 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     n_rows = len(frames) + 3 * len(numbers) * use_f + 6 * len(frames) * use_s
     gram_rate = _gram_rate(max(sizes))
 
+    held = folds == folds.max()  # the final fit's held-out group (LinearPotential.holdout_split)
+    held_share = float(np.mean(held)) if models[0].uncertainty == "calibrated" else 0.0
+    held_rows = 3 * sum(len(f) for f, h in zip(frames, held) if h) * (held_share > 0)
+
     def pass_seconds(p: int, t_rows: float) -> float:
         """A pass: the rows' descriptors (``t_rows``, s) and their Gram updates (p columns)."""
         return t_rows + n_rows * float(p) ** 2 / gram_rate
+
+    def final_seconds(p: int, t_rows: float, flop_rate: float) -> float:
+        """The final fit from the sums: the held-out frames described again (their share
+        of ``t_rows``) and their force rows' posterior variances (p columns)."""
+        return held_share * t_rows + held_rows * float(p) ** 2 / flop_rate
 
     top = 0
     for r in range(len(rungs) - 1, -1, -1):
@@ -307,7 +323,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         for _ in model._block_rows(probe, use_f, use_s):
             pass
         t_rows = (time.perf_counter() - t0) * len(frames) / len(probe)
-        need = (2 * pass_seconds(sizes[r], t_rows)
+        need = (pass_seconds(sizes[r], t_rows) + final_seconds(sizes[r], t_rows, gram_rate)
                 + sum(_solve_flops(q) for q in sizes[:r + 1]) / ASSUMED_FLOP_RATE)
         if need <= deadline - time.perf_counter() or r == 0:
             top = r
@@ -318,7 +334,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
                           pass_seconds=time.perf_counter() - t0,
                           plan={"top": top, "pass_estimate_seconds": pass_seconds(sizes[top], t_rows),
                                 "gram_gflops": gram_rate / 1e9})
-    # the final fit's pass at a rung's size: the estimate, scaled to the pass measured
+    # the descriptors of a rung's final fit: the estimate, scaled to the pass measured
     measured = result.pass_seconds / pass_seconds(sizes[top], t_rows)
     prior = model._prior(np.ones(model.fmap_.n_features))
     sigma = {"energy": model.sigma_energy, "forces": model.sigma_forces or 1.0,
@@ -327,9 +343,9 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
         cols = _rung_columns(model, descriptors[r], bounds[r])
-        # the final fit repeats the pass and a solve at this size
-        need = (_solve_flops(len(cols)) / rate + measured * pass_seconds(len(cols), t_rows)
-                if rate else 0.0)
+        # the final fit: the held-out frames described again and two solves at this size
+        need = (_solve_flops(len(cols)) / rate
+                + final_seconds(len(cols), measured * t_rows, gram_rate) if rate else 0.0)
         if r > 0 and time.perf_counter() + need > deadline:
             result.stopped = f"budget: rung {r} would end after the budget"
             break
@@ -356,6 +372,14 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             if worse == 2:
                 result.stopped = "two rungs in a row scored worse than the best"
                 break
-    result.descriptor = _settings(rungs[best["rung"]], pair_r_in, len(species))
-    result.params = {"species_degree": bounds[best["rung"]]} if bounds[best["rung"]] else {}
+    b = best["rung"]
+    result.descriptor = _settings(rungs[b], pair_r_in, len(species))
+    result.params = {"species_degree": bounds[b]} if bounds[b] else {}
+    # the chosen rung on every frame, from the same sums: no second pass
+    cols = _rung_columns(model, descriptors[b], bounds[b])
+    shared = models[b].noise == "shared"
+    total = accumulator(data, cols, not shared)
+    without = accumulator(data, cols, not shared, skip=int(folds.max())) if held_share else total
+    del data
+    result.model = models[b].fit_from_sums(frames, without, total)
     return result

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ml4m.data.frames import Dataset, Frame
+from ml4m.data.split import frame_groups
 from ml4m.data.reference import resolve_reference_energies
 from ml4m.errors import ConfigError, DataError, NotFittedError
 from ml4m.descriptors import from_settings
@@ -508,38 +509,80 @@ class LinearPotential(Potential):
         self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
         self.fmap_ = self._make_feature_map(frames)
         self._check_fit_memory(frames)
-        acc = self._accumulator(frames)
+        acc = self.accumulator(frames)
         use_f, use_s = bool(acc.sigmas["forces"]), bool(acc.sigmas["stress"])
         fit_frames, held = frames, []
         if self.uncertainty == "calibrated":
-            fit_frames, held = self._holdout_split(frames, use_f)
+            fit_frames, held = self.holdout_split(frames)
         for block, rows, _, _ in self._block_rows(fit_frames, use_f, use_s):
             acc.add(rows, block, self._e0_of(block))
+        return self._fit_accumulated(acc, held)
+
+    def fit_from_sums(self, frames: Dataset | Sequence[Frame], without_held: _Accumulator,
+                      total: _Accumulator) -> LinearPotential:
+        """:meth:`fit` from normal equations already accumulated on this model's features.
+
+        For a caller that has the sums anyway (the basis search keeps them per fold):
+        ``total`` holds the design rows of every frame of ``frames``, ``without_held``
+        those of every frame but :meth:`holdout_split`'s held-out ones (all of them when
+        ``uncertainty='posterior'``), both as :meth:`accumulator` makes them, with
+        :meth:`fit`'s E0s and feature map. Only the held-out frames are described again
+        (their residuals teach the error models); the result equals :meth:`fit` on
+        ``frames`` up to rounding.
+        """
+        frames = as_frames(frames)
+        if not frames:
+            raise DataError("no training frames")
+        self._check_labels(frames)
+        self.check_params(self._hyper())
+        self._prior_kind()
+        self._species_index(frames)
+        self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
+        self.fmap_ = self._make_feature_map(frames)
+        p = self.fmap_.n_features
+        for name, acc in (("without_held", without_held), ("total", total)):
+            if any(neq.AtA.shape != (p, p) for neq in acc.groups().values()):
+                raise ConfigError(f"{name}: the sums are not over this model's {p} features")
+        held = self.holdout_split(frames)[1] if self.uncertainty == "calibrated" else []
+        if not held:
+            return self._fit_accumulated(total, [])
+        return self._fit_accumulated(without_held, held, total)
+
+    def _fit_accumulated(self, acc: _Accumulator, held: list[Frame],
+                         total: _Accumulator | None = None) -> LinearPotential:
+        """Solve ``acc``; with ``held`` frames, first the model without them predicts them
+        (their residuals fit the error models), then the posterior of every frame (``acc``
+        plus the held frames' rows, or ``total`` when given) is solved at the
+        hyperparameters found without them."""
         self.error_model_ = self.energy_error_model_ = None
-        if held:
-            # the model without the held-out trajectories predicts them; their residuals
-            # teach the error model, then their rows join the fit
-            self._solve(acc, warn=False)
-            stats = _HeldOut(sum(len(f) for f in held))
-            for block, rows, X, sidx in self._block_rows(held, use_f, use_s):
-                e0 = self._e0_of(block)
-                stats.add(rows, X, block, e0, self.regression_, sidx)
-                acc.add(rows, block, e0)
-            stats.finish(self.regression_)
-            atoms = stats.atom_arrays()
-            if len(atoms[0]) >= 10:
-                self.error_model_ = ForceErrorModel(len(self.species)).fit(*atoms)
-                self.energy_error_model_ = EnergyErrorModel().fit(*stats.frame_arrays())
-            else:
-                warnings.warn(f"only {len(atoms[0])} held-out atoms for the error model; using the "
-                              "posterior sigma", stacklevel=2)
-            self._solve(acc, reuse=self.regression_)
-        else:
+        if not held:
             self._solve(acc)
+            self.normal_equations_ = acc
+            return self
+        use_f, use_s = bool(acc.sigmas["forces"]), bool(acc.sigmas["stress"])
+        # the model without the held-out trajectories predicts them; their residuals
+        # teach the error model, then their rows join the fit
+        self._solve(acc, warn=False)
+        stats = _HeldOut(sum(len(f) for f in held))
+        for block, rows, X, sidx in self._block_rows(held, use_f, use_s):
+            e0 = self._e0_of(block)
+            stats.add(rows, X, block, e0, self.regression_, sidx)
+            if total is None:
+                acc.add(rows, block, e0)
+        stats.finish(self.regression_)
+        atoms = stats.atom_arrays()
+        if len(atoms[0]) >= 10:
+            self.error_model_ = ForceErrorModel(len(self.species)).fit(*atoms)
+            self.energy_error_model_ = EnergyErrorModel().fit(*stats.frame_arrays())
+        else:
+            warnings.warn(f"only {len(atoms[0])} held-out atoms for the error model; using the "
+                          "posterior sigma", stacklevel=3)
+        acc = acc if total is None else total
+        self._solve(acc, reuse=self.regression_)
         self.normal_equations_ = acc
         return self
 
-    def _accumulator(self, frames: list[Frame]) -> _Accumulator:
+    def accumulator(self, frames: list[Frame]) -> _Accumulator:
         """Empty normal equations for a fit on ``frames`` (forces when ``sigma_forces``,
         stresses when ``sigma_stress`` and some frame has one)."""
         use_f = bool(self.sigma_forces)
@@ -568,7 +611,7 @@ class LinearPotential(Potential):
         if not frames:
             raise DataError("no training frames")
         self._check_labels(frames)
-        acc = self._accumulator(frames)
+        acc = self.accumulator(frames)
         used = [q for q in QUANTITIES if acc.sigmas[q]]
         unfitted = [q for q in used if q not in self.noise_]
         if unfitted:
@@ -681,24 +724,23 @@ class LinearPotential(Potential):
                      "sparse GP fewer sparse points), or raise the limit (--max-memory) on a "
                      "machine with more memory")
 
-    def _holdout_split(self, frames: list[Frame], use_f: bool) -> tuple[list[Frame], list[Frame]]:
-        """Training frames to fit on, and whole trajectories held out for the error model.
+    #: groups of training frames for the calibrated uncertainty; the last is held out
+    HOLDOUT_GROUPS = 3
 
-        Groups are the frames' ``info['traj']`` when every frame has one (five or more
-        distinct values), else ten contiguous chunks (MD frames are usually stored in
-        trajectory order); every fifth group is held out.
+    def holdout_split(self, frames: list[Frame]) -> tuple[list[Frame], list[Frame]]:
+        """Training frames to fit on, and the frames held out for the error models.
+
+        The frames fall into ``HOLDOUT_GROUPS`` groups (:func:`ml4m.data.frame_groups`:
+        whole trajectories when the frames name them, else contiguous chunks) and the
+        last group is held out. Without forces or below 10 frames nothing is held out
+        (a warning: the sigmas are the posterior's).
         """
+        use_f = bool(self.sigma_forces) and all(f.forces is not None for f in frames)
         if not use_f or len(frames) < 10:
             warnings.warn("uncertainty='calibrated' needs forces and at least 10 training frames; "
                           "using the posterior sigma", stacklevel=3)
             return frames, []
-        trajs = [f.info.get("traj") for f in frames]
-        if all(t is not None for t in trajs) and len(set(trajs)) >= 5:
-            order = {t: k for k, t in enumerate(dict.fromkeys(trajs))}
-            group = np.array([order[t] for t in trajs])
-        else:
-            group = np.arange(len(frames)) * 10 // len(frames)
-        held = group % 5 == 4
+        held = frame_groups(frames, self.HOLDOUT_GROUPS) == self.HOLDOUT_GROUPS - 1
         return ([f for f, h in zip(frames, held) if not h], [f for f, h in zip(frames, held) if h])
 
     def _solve(self, acc: _Accumulator, warn: bool = True,
