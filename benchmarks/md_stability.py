@@ -59,37 +59,20 @@ class Failed(Exception):
 
 
 class StabilityCheck:
-    """The bond and close-contact criteria of one run (called after every step)."""
+    """:class:`ml4m.data.stability.StabilityCheck` on one run's atoms, raising
+    :class:`Failed` (called after every step)."""
 
     def __init__(self, atoms, shortest: dict[str, float], bond_factor: float,
                  close_factor: float) -> None:
-        from ase.data import atomic_numbers, covalent_radii
+        from ml4m.data.stability import StabilityCheck as Check
 
         self.atoms = atoms
-        z = atoms.numbers
-        d = atoms.get_all_distances()
-        radii = covalent_radii[z]
-        bonded = np.triu(d < 1.2 * (radii[:, None] + radii[None, :]), k=1)
-        self.i, self.j = np.nonzero(bonded)
-        self.max_bond = bond_factor * d[self.i, self.j]
-        floor = close_factor * min(shortest.values())
-        table = np.full((119, 119), floor)
-        for pair, r in shortest.items():
-            a, b = (atomic_numbers[s] for s in pair.split("-"))
-            table[a, b] = table[b, a] = close_factor * r
-        self.min_dist = table[z[:, None], z[None, :]]
-        np.fill_diagonal(self.min_dist, 0.0)
+        self.check = Check(atoms, shortest, bond_factor, close_factor)
 
     def __call__(self, step: int) -> None:
-        d = self.atoms.get_all_distances()
-        stretched = d[self.i, self.j] > self.max_bond
-        if stretched.any():
-            k = int(np.argmax(d[self.i, self.j] / self.max_bond))
-            raise Failed("bond", step, f"atoms {self.i[k]}-{self.j[k]} at {d[self.i[k], self.j[k]]:.2f} A")
-        close = d < self.min_dist
-        if close.any():
-            a, b = np.argwhere(close)[0]
-            raise Failed("close", step, f"atoms {a}-{b} at {d[a, b]:.2f} A")
+        bad = self.check(self.atoms)
+        if bad is not None:
+            raise Failed(bad.kind, step, f"atoms {bad.i}-{bad.j} at {bad.distance:.2f} A")
 
 
 #: the fits compared: name -> descriptor settings added to ``ml4m fit --model ace``

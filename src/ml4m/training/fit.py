@@ -22,6 +22,9 @@ __all__ = ["build_model", "fit_model", "model_outputs", "test_model"]
 PAIR_R_IN_MARGIN = 0.25
 #: budget of a fit with a basis search when ``max_minutes`` is not given, minutes
 DEFAULT_SEARCH_MINUTES = 10.0
+#: length of the search's MD probe, ps, and its time step, fs
+PROBE_PS = 2.0
+PROBE_DT_FS = 0.5
 
 
 def _descriptor_settings(cfg: FitConfig, train) -> dict[str, Any]:
@@ -178,7 +181,7 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
     if valid is not None:
         valid = Dataset(attach_baseline_labels(probe, list(valid), cfg.valid))
     if cfg.searches:
-        cfg, search, model = _search_basis(cfg, species, train, path, started, probe)
+        cfg, search, model = _search_basis(cfg, species, train, valid, path, started, probe)
     elif cfg.max_minutes is None:
         model = probe.fit(train, valid)
     else:
@@ -203,13 +206,14 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
     return _write_potential_outputs(model, path, train, valid, metrics)
 
 
-def _search_basis(cfg: FitConfig, species: list[int], train, path: Path, started: float, probe
-                  ) -> tuple[FitConfig, dict[str, Any], Any]:
+def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, started: float,
+                  probe) -> tuple[FitConfig, dict[str, Any], Any]:
     """Choose the ACE basis by CV inside ``train`` (:func:`~ml4m.training.search.
     search_linear_ace`) within the fit's budget; write the chosen config beside the
     model and the CV plot. ``probe``: the unfitted model as the config builds it (inside
     its baseline when it has one: the search then fits the residuals of the baseline,
-    fitted on ``train`` first). Returns the config with the chosen descriptor, the search
+    fitted on ``train`` first). ``valid`` is not read, only sized (the report's cost).
+    Returns the config with the chosen descriptor, the search
     record for ``metrics.json`` and the fitted model (the search's own final fit)."""
     import dataclasses
 
@@ -229,7 +233,10 @@ def _search_basis(cfg: FitConfig, species: list[int], train, path: Path, started
     if isinstance(probe, Baselined):
         baseline = probe.baseline.clone().fit(frames)
         frames = residual_frames(frames, baseline)
-    result = search_linear_ace(frames, 60.0 * minutes, make_model, started)
+    report = (0, 0) if valid is None else (len(valid), sum(len(f) for f in valid))
+    probe, steps = _md_probe(list(train), baseline, cfg.seed)
+    result = search_linear_ace(frames, 60.0 * minutes, make_model, started, report=report,
+                               probe=probe, probe_steps=steps)
     model = result.model if baseline is None else Baselined.from_fitted(result.model, baseline)
     chosen = dataclasses.replace(cfg, descriptor=result.descriptor,
                                  params={**others, **result.params}, search="off")
@@ -246,6 +253,26 @@ def _search_basis(cfg: FitConfig, species: list[int], train, path: Path, started
     out = result.as_dict()
     out.update(chosen_config=str(chosen_config_path(path)), plot=str(png), budget_minutes=minutes)
     return chosen, out, model
+
+
+def _md_probe(train: list, baseline, seed: int):
+    """The search's MD probe (:func:`~ml4m.training.probe.md_probe`) and its steps:
+    ``PROBE_PS`` of Langevin dynamics from the first training frame at
+    :func:`~ml4m.training.probe.probe_temperature`, the candidate inside ``baseline``."""
+    from ml4m.data import shortest_distances
+    from ml4m.models.baseline import Baselined
+    from ml4m.training.probe import md_probe, probe_temperature
+
+    shortest = shortest_distances(train)
+    temperature = probe_temperature(train)
+    steps = int(round(PROBE_PS * 1000.0 / PROBE_DT_FS))
+
+    def probe(inner):
+        model = inner if baseline is None else Baselined.from_fitted(inner, baseline)
+        return md_probe(model, train[0], shortest, temperature, steps, dt_fs=PROBE_DT_FS,
+                        seed=seed)
+
+    return probe, steps
 
 
 def _write_potential_outputs(model, path: Path, train, valid, metrics: dict[str, Any]

@@ -101,8 +101,17 @@ BASE = {"r_cut": 5.0, "l_max": 3, "pair_r_in": "auto"}
 N_FOLDS = LinearPotential.HOLDOUT_GROUPS
 #: share of the memory limit the per-fold sums may take
 MEMORY_SHARE = 0.4
-#: flop rate assumed when choosing the largest rung, before any solve is timed, flop/s
-ASSUMED_FLOP_RATE = 2e10
+#: a rung's CV solves (an evidence search of about ten Cholesky factorisations, one per
+#: fold, the sub-matrix copies) run at about this share of the rate of one Cholesky
+#: factorisation of 2,000 columns, both counted as ``_solve_flops`` counts them (p^3 per
+#: factorisation); measured in a default fit on 3BPA: rung 5 (8,314 coefficients) 56 s,
+#: 62e9 counted flop/s, against 118e9 for the small factorisation in the same process
+SOLVE_SHARE = 0.5
+#: a plain prediction of frames (energies, forces: values and one VJP) against their
+#: design rows' time (3BPA, 1,000 frames at 8,314 coefficients: 23.6 s against about 64 s)
+REPORT_PLAIN_SHARE = 0.5
+#: an MD step (calculator, integrator, the core) against the descriptor's energy and VJP
+MD_STEP_OVERHEAD = 1.5
 #: slowest flop rate assumed when extrapolating the cost of a rung's solves, flop/s
 MIN_FLOP_RATE = 2e9
 
@@ -221,10 +230,68 @@ def _gram_rate(p: int) -> float:
     return 1024.0 * m * m / max(best, 1e-9)
 
 
+def _solve_rate(p: int) -> float:
+    """Rate of a rung's CV solves as planned before any is timed: ``SOLVE_SHARE`` of a
+    measured Cholesky factorisation of up to 2,000 columns (the faster of two), counted
+    as ``p^3``, flop/s."""
+    import scipy.linalg
+
+    m = min(max(p, 64), 2000)
+    A = np.random.default_rng(0).normal(size=(m, m))
+    A = np.asfortranarray(A @ A.T + m * np.eye(m))
+    best = math.inf
+    for _ in range(2):
+        B = A.copy(order="F")
+        t0 = time.perf_counter()
+        scipy.linalg.cho_factor(B, overwrite_a=True)
+        best = min(best, time.perf_counter() - t0)
+    return SOLVE_SHARE * float(m) ** 3 / max(best, 1e-9)
+
+
+def _md_step_seconds(model, frame: Frame) -> float:
+    """Time of one MD step of ``model``'s basis on ``frame``: the energy and forces of a
+    linear model (the descriptor's ``energies_and_vjp`` at fixed weights; the faster of
+    three) plus the integrator's share, s."""
+    d = model.descriptor
+    W = np.full((d.n_species, d.n_features), 1e-3)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        d.energies_and_vjp([frame], W)
+        best = min(best, time.perf_counter() - t0)
+    return MD_STEP_OVERHEAD * best + 2e-4
+
+
 def _solve_flops(p: int) -> float:
     """Floating-point operations of one rung's CV: an evidence decomposition and a
     factorisation per fold, each about p^3, and the final fit's two."""
     return (N_FOLDS + 3) * float(p) ** 3
+
+
+#: most rungs the MD probe tries, best CV score first
+MAX_PROBES = 3
+
+
+def _probe_rungs(result: SearchResult, fitted, probe, md_seconds: float, solve_rate: float,
+                 deadline: float) -> dict[str, Any] | None:
+    """The best-scoring row of ``result.table`` whose model (``fitted(row)``) passes
+    ``probe``, trying at most ``MAX_PROBES`` while the budget lasts (a probe costs a solve
+    and ``md_seconds``, the first probe's measured time after it); ``None`` when no
+    probed rung is stable. Notes the outcome in ``result.stopped``."""
+    order = sorted(result.table, key=lambda row: row["score"])[:MAX_PROBES]
+    for n, row in enumerate(order):
+        need = md_seconds + _solve_flops(row["n_coefficients"]) / (N_FOLDS + 3) / solve_rate
+        if time.perf_counter() + need > deadline:
+            result.stopped += f"; MD probe: budget spent after {n} rung(s)"
+            return None
+        outcome = probe(fitted(row))
+        row["md_probe"] = outcome.as_dict()
+        md_seconds = outcome.seconds
+        if outcome.stable:
+            result.stopped += f"; MD probe: rung {row['rung']} stable"
+            return row
+    result.stopped += f"; MD probe: none of {len(order)} rung(s) stable"
+    return None
 
 
 def _rung_columns(model, descriptor, bounds: dict[str, list[int]]) -> np.ndarray:
@@ -246,7 +313,8 @@ def _rung_columns(model, descriptor, bounds: dict[str, list[int]]) -> np.ndarray
 
 
 def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started: float | None = None,
-                      progress=None) -> SearchResult:
+                      progress=None, report: tuple[int, int] = (0, 0), probe=None,
+                      probe_steps: int = 0) -> SearchResult:
     """Pick the ACE rung with the best CV score within ``budget_s`` seconds.
 
     Parameters
@@ -254,7 +322,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     frames : list of Frame
         Training frames (energies and forces; the valid set is never passed).
     budget_s : float
-        Seconds for the whole fit, the search and the final fit included.
+        Seconds for the whole fit, the search, the final fit and its report included.
     make_model : callable
         ``make_model(descriptor, species_degree)`` -> an unfitted
         :class:`~ml4m.models.linear.LinearACE` with the fit's other settings (E0s, sigmas,
@@ -263,6 +331,18 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         ``time.perf_counter()`` when the fit started (default: now).
     progress : callable, optional
         Called with each table row as it is computed.
+    report : (int, int), default=(0, 0)
+        Frames and atoms the caller predicts with sigmas after the fit (the valid set's
+        sizes only: its frames are never read here); their cost, and a plain prediction
+        of the training frames, is kept out of the search's share of the budget.
+    probe : callable, optional
+        ``probe(model)`` -> :class:`~ml4m.training.probe.ProbeResult`: a short MD run of
+        a rung's model (fitted on every frame; the caller adds its baseline). Rungs are
+        probed in order of CV score and the first stable one is chosen (the best by CV
+        when none is, or when the budget allows no probe); each probed row of the table
+        gets ``md_probe``.
+    probe_steps : int
+        The probe's MD steps (for its cost in the budget).
 
     Returns
     -------
@@ -296,9 +376,10 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         model.e0_ = e0
         model.fmap_ = model._make_feature_map(frames)
     sizes = [m.fmap_.n_features for m in models]
-    probe = [frames[k] for k in evenly_spaced(len(frames), 3)]
+    timing = [frames[k] for k in evenly_spaced(len(frames), 3)]
     n_rows = len(frames) + 3 * len(numbers) * use_f + 6 * len(frames) * use_s
     gram_rate = _gram_rate(max(sizes))
+    solve_rate = _solve_rate(max(sizes))
 
     held = folds == folds.max()  # the final fit's held-out group (LinearPotential.holdout_split)
     held_share = float(np.mean(held)) if models[0].uncertainty == "calibrated" else 0.0
@@ -310,8 +391,12 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
 
     def final_seconds(p: int, t_rows: float, flop_rate: float) -> float:
         """The final fit from the sums: the held-out frames described again (their share
-        of ``t_rows``) and their force rows' posterior variances (p columns)."""
-        return held_share * t_rows + held_rows * float(p) ** 2 / flop_rate
+        of ``t_rows``) and their force rows' posterior variances (p columns); then the
+        report: the ``report`` frames the same way, the training frames' plain
+        prediction (about half their descriptors' time: values and one VJP)."""
+        n_report, atoms_report = report
+        return ((held_share + n_report / len(frames) + REPORT_PLAIN_SHARE) * t_rows
+                + (held_rows + 3 * atoms_report) * float(p) ** 2 / flop_rate)
 
     top = 0
     for r in range(len(rungs) - 1, -1, -1):
@@ -320,11 +405,12 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             continue
         model = models[r]
         t0 = time.perf_counter()
-        for _ in model._block_rows(probe, use_f, use_s):
+        for _ in model._block_rows(timing, use_f, use_s):
             pass
-        t_rows = (time.perf_counter() - t0) * len(frames) / len(probe)
+        t_rows = (time.perf_counter() - t0) * len(frames) / len(timing)
         need = (pass_seconds(sizes[r], t_rows) + final_seconds(sizes[r], t_rows, gram_rate)
-                + sum(_solve_flops(q) for q in sizes[:r + 1]) / ASSUMED_FLOP_RATE)
+                + sum(_solve_flops(q) for q in sizes[:r + 1]) / solve_rate
+                + (probe_steps * _md_step_seconds(model, frames[0]) if probe else 0.0))
         if need <= deadline - time.perf_counter() or r == 0:
             top = r
             break
@@ -333,7 +419,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     result = SearchResult(descriptor={}, folds=int(folds.max()) + 1,
                           pass_seconds=time.perf_counter() - t0,
                           plan={"top": top, "pass_estimate_seconds": pass_seconds(sizes[top], t_rows),
-                                "gram_gflops": gram_rate / 1e9})
+                                "gram_gflops": gram_rate / 1e9, "solve_gflops": solve_rate / 1e9})
     # the descriptors of a rung's final fit: the estimate, scaled to the pass measured
     measured = result.pass_seconds / pass_seconds(sizes[top], t_rows)
     prior = model._prior(np.ones(model.fmap_.n_features))
@@ -372,12 +458,23 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             if worse == 2:
                 result.stopped = "two rungs in a row scored worse than the best"
                 break
+    shared = models[0].noise == "shared"
+    if probe is not None:
+        def fitted(row, data=data):  # a rung on every frame, from the sums, for the probe
+            cand = make_model(descriptors[row["rung"]], bounds[row["rung"]] or None)
+            cand.uncertainty = "posterior"  # no held-out pass: the probe needs forces only
+            total = accumulator(data, _rung_columns(model, descriptors[row["rung"]],
+                                                    bounds[row["rung"]]), not shared)
+            return cand.fit_from_sums(frames, total, total)
+
+        md_step = _md_step_seconds(model, frames[0])
+        best = _probe_rungs(result, fitted, probe, probe_steps * md_step, rate or solve_rate,
+                            deadline) or best
     b = best["rung"]
     result.descriptor = _settings(rungs[b], pair_r_in, len(species))
     result.params = {"species_degree": bounds[b]} if bounds[b] else {}
     # the chosen rung on every frame, from the same sums: no second pass
     cols = _rung_columns(model, descriptors[b], bounds[b])
-    shared = models[b].noise == "shared"
     total = accumulator(data, cols, not shared)
     without = accumulator(data, cols, not shared, skip=int(folds.max())) if held_share else total
     del data

@@ -1,0 +1,92 @@
+"""Whether a trajectory stays physical: bonds kept, no atoms pressed together.
+
+The criteria of the MD stability protocol (issue #21, ``benchmarks/md_stability.py``)
+and of the basis search's MD probe: a structure is unstable when
+
+* a bond of the starting structure (a pair closer than ``BONDED`` x the sum of the
+  covalent radii; molecules only: atoms of a periodic solid or liquid change
+  neighbours) is longer than ``bond_factor`` x its starting length, or
+* two atoms are closer than ``close_factor`` x the shortest distance of their element
+  pair in the training frames (pairs absent there: the shortest of any pair).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers, covalent_radii
+
+__all__ = ["Instability", "StabilityCheck"]
+
+#: a pair closer than this many times its covalent-radii sum is a bond
+BONDED = 1.2
+
+
+@dataclass(frozen=True)
+class Instability:
+    """How a structure left the stable range: ``kind`` (``'bond'`` or ``'close'``), the
+    two atoms, their distance and the limit it crossed (Angstrom)."""
+
+    kind: str
+    i: int
+    j: int
+    distance: float
+    limit: float
+
+    def __str__(self) -> str:
+        what = "bond stretched" if self.kind == "bond" else "atoms too close"
+        return (f"{what}: atoms {self.i}-{self.j} at {self.distance:.2f} A "
+                f"(limit {self.limit:.2f} A)")
+
+
+class StabilityCheck:
+    """The bond and close-contact criteria for a structure that keeps its atoms.
+
+    Parameters
+    ----------
+    start : ase.Atoms
+        The starting structure (its bonds are the ones watched).
+    shortest : dict
+        Shortest training distance per element pair, ``{"C-H": 1.02, ...}`` (Angstrom;
+        :func:`ml4m.data.shortest_distances`).
+    bond_factor : float, default=1.5
+        A bond fails beyond this many times its starting length.
+    close_factor : float, default=0.7
+        A pair fails below this many times its shortest training distance.
+    """
+
+    def __init__(self, start: Atoms, shortest: dict[str, float], bond_factor: float = 1.5,
+                 close_factor: float = 0.7) -> None:
+        z = start.numbers
+        self.mic = bool(start.pbc.any())
+        d = start.get_all_distances(mic=self.mic)
+        if self.mic:  # a solid or liquid: neighbours change, only contacts are watched
+            self.i = self.j = np.zeros(0, dtype=int)
+        else:
+            radii = covalent_radii[z]
+            self.i, self.j = np.nonzero(np.triu(d < BONDED * (radii[:, None] + radii[None, :]), k=1))
+        self.max_bond = bond_factor * d[self.i, self.j]
+        floor = close_factor * min(shortest.values(), default=0.0)
+        table = np.full((119, 119), floor)
+        for pair, r in shortest.items():
+            a, b = (atomic_numbers[s] for s in pair.split("-"))
+            table[a, b] = table[b, a] = close_factor * r
+        self.min_dist = table[z[:, None], z[None, :]]
+        np.fill_diagonal(self.min_dist, 0.0)
+
+    def __call__(self, atoms: Atoms) -> Instability | None:
+        """The first criterion ``atoms`` (the same atoms, moved) breaks, or ``None``."""
+        d = atoms.get_all_distances(mic=self.mic)
+        if len(self.i):
+            ratio = d[self.i, self.j] / self.max_bond
+            k = int(np.argmax(ratio))
+            if ratio[k] > 1.0:
+                i, j = int(self.i[k]), int(self.j[k])
+                return Instability("bond", i, j, float(d[i, j]), float(self.max_bond[k]))
+        close = d < self.min_dist
+        if close.any():
+            i, j = (int(v) for v in np.argwhere(close)[0])
+            return Instability("close", i, j, float(d[i, j]), float(self.min_dist[i, j]))
+        return None
