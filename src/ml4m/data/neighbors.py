@@ -100,8 +100,13 @@ class _Built:
 _REUSE: ContextVar[tuple[float, dict] | None] = ContextVar("ml4m_verlet_reuse", default=None)
 
 
+#: the skin of MD runs' neighbour lists: built this far beyond their cutoff and reused
+#: until an atom has moved half of it, Angstrom
+MD_SKIN = 0.4
+
+
 @contextmanager
-def verlet_reuse(skin: float = 0.5) -> Iterator[None]:
+def verlet_reuse(skin: float = MD_SKIN) -> Iterator[None]:
     """Within this block, :func:`neighbor_list` reuses its lists while atoms move little.
 
     A list is built once with ``cutoff + skin`` and then only filtered (the vectors

@@ -34,9 +34,6 @@ ENSEMBLES = ("nve", "nvt", "npt")
 MAX_TEMPERATURE_K = 1.0e5
 #: longest time step accepted, fs
 MAX_DT_FS = 20.0
-#: neighbour lists of a run are built this far beyond their cutoff and reused until an
-#: atom has moved half of it, Angstrom (:func:`ml4m.data.neighbors.verlet_reuse`)
-NEIGHBOR_SKIN = 0.4
 
 
 @dataclass
@@ -298,7 +295,7 @@ def run_md(atoms: Atoms, ensemble: str = "nve", temperature_k: float = 300.0, st
         calc.reset()  # step 0's evaluation follows the setting
     t0 = clock["last"] = time.perf_counter()
     try:
-        with verlet_reuse(NEIGHBOR_SKIN):  # lists rebuilt only when atoms moved skin/2
+        with verlet_reuse():  # lists rebuilt only when atoms moved half the skin
             dyn.run(steps)
     except SimulationError as exc:
         where = ""

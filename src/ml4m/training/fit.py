@@ -23,7 +23,7 @@ PAIR_R_IN_MARGIN = 0.25
 #: budget of a fit with a basis search when ``max_minutes`` is not given, minutes
 DEFAULT_SEARCH_MINUTES = 10.0
 #: length of the search's MD probe, ps, and its time step, fs
-PROBE_PS = 2.0
+PROBE_PS = 1.0
 PROBE_DT_FS = 0.5
 
 
@@ -237,6 +237,14 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
     probe, steps = _md_probe(list(train), baseline, cfg.seed)
     result = search_linear_ace(frames, 60.0 * minutes, make_model, started, report=report,
                                probe=probe, probe_steps=steps)
+    if result.plan.get("md_probe_stable") is False:
+        import warnings
+
+        warnings.warn(f"no basis among the best by CV stayed stable in the search's MD probe "
+                      f"({PROBE_PS:g} ps at {probe.temperature_k:g} K, twice the data's "
+                      "temperature, from the first training frame); the best by CV is kept: "
+                      "run MD hotter than the training data with care, or add data there "
+                      "(ml4m learn)", stacklevel=2)
     model = result.model if baseline is None else Baselined.from_fitted(result.model, baseline)
     chosen = dataclasses.replace(cfg, descriptor=result.descriptor,
                                  params={**others, **result.params}, search="off")
@@ -272,6 +280,7 @@ def _md_probe(train: list, baseline, seed: int):
         return md_probe(model, train[0], shortest, temperature, steps, dt_fs=PROBE_DT_FS,
                         seed=seed)
 
+    probe.temperature_k = temperature
     return probe, steps
 
 

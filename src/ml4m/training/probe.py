@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ml4m.data.frames import Frame
+from ml4m.data.neighbors import verlet_reuse
 from ml4m.data.stability import StabilityCheck
 
 __all__ = ["ProbeResult", "md_probe", "probe_temperature"]
@@ -97,6 +98,7 @@ def md_probe(model, start: Frame, shortest: dict[str, float], temperature_k: flo
     ProbeResult
     """
     from ase import units
+    from ase.constraints import FixCom
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 
@@ -108,25 +110,27 @@ def md_probe(model, start: Frame, shortest: dict[str, float], temperature_k: flo
     Stationary(atoms)
     if not atoms.pbc.any():
         ZeroRotation(atoms)
+    atoms.set_constraint(FixCom())
     dyn = Langevin(atoms, dt_fs * units.fs, temperature_K=temperature_k,
-                   friction=friction / units.fs, rng=rng, fixcm=True)
+                   friction=friction / units.fs, rng=rng, fixcm=False)
     t0 = time.perf_counter()
     done, detail = 0, ""
-    while done < steps:
-        n = min(check_every, steps - done)
-        try:
-            dyn.run(n)
-        except (FloatingPointError, ValueError) as exc:  # e.g. a neighbour search on NaNs
-            detail = f"non-finite dynamics: {exc}"
-            break
-        done += n
-        forces = atoms.get_forces()
-        if not np.all(np.isfinite(forces)) or not np.all(np.isfinite(atoms.positions)):
-            detail = "non-finite forces or positions"
-            break
-        bad = check(atoms)
-        if bad is not None:
-            detail = str(bad)
-            break
+    with verlet_reuse():  # lists rebuilt only when atoms moved half the skin
+        while done < steps:
+            n = min(check_every, steps - done)
+            try:
+                dyn.run(n)
+            except (FloatingPointError, ValueError) as exc:  # e.g. a search on NaNs
+                detail = f"non-finite dynamics: {exc}"
+                break
+            done += n
+            forces = atoms.get_forces()
+            if not np.all(np.isfinite(forces)) or not np.all(np.isfinite(atoms.positions)):
+                detail = "non-finite forces or positions"
+                break
+            bad = check(atoms)
+            if bad is not None:
+                detail = str(bad)
+                break
     return ProbeResult(stable=not detail, steps=done, time_ps=done * dt_fs / 1000.0,
                        detail=detail, seconds=time.perf_counter() - t0)

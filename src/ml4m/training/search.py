@@ -34,6 +34,11 @@ The final fit reuses the sums too: the chosen rung's system on every fold, and o
 fold but the last for the calibrated uncertainty (the last fold is the model's own
 held-out group, :meth:`~ml4m.models.linear.LinearPotential.holdout_split`), so only that
 fold's frames are described again, for the error models' residuals.
+
+A basis that fits the folds can still blow up in MD where the data thin out. With a
+``probe`` (``ml4m fit`` passes :func:`~ml4m.training.probe.md_probe`: 1 ps of Langevin
+dynamics at twice the data's temperature), the best rungs by CV score are fitted on all
+folds and probed in turn; the first that stays stable is chosen.
 """
 
 from __future__ import annotations
@@ -139,7 +144,9 @@ class SearchResult:
         bound per order) when some centre species take smaller bounds, else empty.
     plan : dict
         How the largest rung was chosen: ``top`` (its index), ``pass_estimate_seconds``
-        (its pass as estimated), ``gram_gflops`` (the measured Gram update rate).
+        (its pass as estimated), ``gram_gflops`` and ``solve_gflops`` (the measured
+        rates); with a probe, ``md_probe_stable`` (whether the chosen rung passed it;
+        ``None`` when the budget allowed none).
     model : LinearPotential or None
         The chosen rung fitted on every frame from the search's own sums
         (:meth:`~ml4m.models.linear.LinearPotential.fit_from_sums`).
@@ -283,14 +290,17 @@ def _probe_rungs(result: SearchResult, fitted, probe, md_seconds: float, solve_r
         need = md_seconds + _solve_flops(row["n_coefficients"]) / (N_FOLDS + 3) / solve_rate
         if time.perf_counter() + need > deadline:
             result.stopped += f"; MD probe: budget spent after {n} rung(s)"
+            result.plan["md_probe_stable"] = None
             return None
         outcome = probe(fitted(row))
         row["md_probe"] = outcome.as_dict()
         md_seconds = outcome.seconds
         if outcome.stable:
             result.stopped += f"; MD probe: rung {row['rung']} stable"
+            result.plan["md_probe_stable"] = True
             return row
     result.stopped += f"; MD probe: none of {len(order)} rung(s) stable"
+    result.plan["md_probe_stable"] = False
     return None
 
 
