@@ -114,6 +114,14 @@ def test_fixed_weight_energy_equals_products_and_adjoint(rng):
     e, G = pb.energy_and_adjoint(A, c)
     np.testing.assert_allclose(e, pb.products(A) @ c, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(G, pb.adjoint(A, np.tile(c, (6, 1))), rtol=1e-10, atol=1e-12)
+    # the forms kept per weight vector follow its values: other weights in turn, the same
+    # array changed in place, more vectors than are kept
+    B = pb.products(A)
+    for w in [rng.normal(size=desc.n_features) for _ in range(pb.FORMS_CACHED + 2)] + [c, c]:
+        np.testing.assert_allclose(pb.energy_and_adjoint(A, w)[0], B @ w, rtol=1e-10, atol=1e-12)
+        w *= -2.0
+        np.testing.assert_allclose(pb.energy_and_adjoint(A, w)[0], B @ w, rtol=1e-10, atol=1e-12)
+    assert len(pb._forms_cache) == pb.FORMS_CACHED
 
 
 def test_large_frame_path_recomputes_pair_values(monkeypatch):

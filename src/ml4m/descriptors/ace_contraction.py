@@ -70,6 +70,7 @@ class ProductBasis:
         self.n_features = len(basis)
         self.n_channels = n_channels
         self._entries: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._forms_cache: dict[bytes, tuple[list, list, list]] = {}
         self._lm_size = (max((a[0] for alphas, _ in basis for a in alphas), default=0) + 1) ** 2
         pair_index: dict[tuple[Alpha, Alpha, int], tuple[int, int]] = {}
         pair_keys: list[tuple[int, int, int]] = []
@@ -227,35 +228,53 @@ class ProductBasis:
 
         e = np.zeros(len(A))
         G = np.zeros_like(A)
-        for nu, l, cols, ks, H in self.simple:
+        simple_q, triple_q, quad_q = self._forms(c)
+        for (nu, l, *_), Q in zip(self.simple, simple_q):
             if nu == 1:
-                v = H[0] @ c[cols]  # (K,)
-                e += A[:, :, 0] @ v
-                G[:, :, 0] += v
+                e += A[:, :, 0] @ Q
+                G[:, :, 0] += Q
                 continue
             x = A[:, :, _lm(l)]
-            Q = (H[0] * c[cols]) @ H[1].T  # (K, K)
             Z = through(Q, x)
             e += np.einsum("rkm,rkm->r", x, Z)
             G[:, :, _lm(l)] += Z + through(Q.T, x)
         values = self._pair_values(A)
         T_bar = [np.zeros_like(t) for _, _, t in values]
-        for g, l3, cols, _, _, Hp, Hk in self.triple:
+        for (g, l3, *_), Q in zip(self.triple, triple_q):
             x, t = A[:, :, _lm(l3)], values[g][2]
-            Q = (Hp * c[cols]) @ Hk.T  # (P, K)
             Z = through(Q, x)
             e += np.einsum("rpm,rpm->r", t, Z)
             T_bar[g] += Z
             G[:, :, _lm(l3)] += through(Q.T, t)
-        for g1, g2, cols, _, _, Hp1, Hp2 in self.quad:
+        for (g1, g2, *_), Q in zip(self.quad, quad_q):
             t1, t2 = values[g1][2], values[g2][2]
-            Q = (Hp1 * c[cols]) @ Hp2.T  # (P1, P2)
             Z = through(Q, t2)
             e += np.einsum("rpm,rpm->r", t1, Z)
             T_bar[g1] += Z
             T_bar[g2] += through(Q.T, t1)
         self._pairs_adjoint(G, values, T_bar)
         return e, G
+
+    #: weight vectors whose bilinear forms are kept (a potential's centre species)
+    FORMS_CACHED = 8
+
+    def _forms(self, c: np.ndarray) -> tuple[list, list, list]:
+        """The weights ``c`` scattered into each kind's small matrix ``Q`` (two-body
+        ``v`` (K,) or ``Q`` (K, K), three-body (P, K), four-body (P1, P2)), kept for the
+        last ``FORMS_CACHED`` weight vectors: MD calls this with the same weights (one
+        vector per centre species) at every step."""
+        key = np.ascontiguousarray(c, dtype=float).tobytes()
+        forms = self._forms_cache.get(key)
+        if forms is not None:
+            return forms
+        simple = [H[0] @ c[cols] if nu == 1 else (H[0] * c[cols]) @ H[1].T
+                  for nu, l, cols, ks, H in self.simple]
+        triple = [(Hp * c[cols]) @ Hk.T for _, _, cols, _, _, Hp, Hk in self.triple]
+        quad = [(Hp1 * c[cols]) @ Hp2.T for _, _, cols, _, _, Hp1, Hp2 in self.quad]
+        if len(self._forms_cache) >= self.FORMS_CACHED:
+            self._forms_cache.pop(next(iter(self._forms_cache)))
+        self._forms_cache[key] = forms = (simple, triple, quad)
+        return forms
 
     def _pairs_adjoint(self, G: np.ndarray, values, T_bar) -> None:
         """Add to ``G`` the cotangents ``T_bar`` of the coupled pairs, taken back through
