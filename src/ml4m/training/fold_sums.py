@@ -187,11 +187,12 @@ def accumulator(folds: FoldSums, cols: np.ndarray, per_quantity: bool, skip: int
     return acc
 
 
-def cv_rmse(folds: FoldSums, cols: np.ndarray, prior: np.ndarray, shared: bool = True
-             ) -> dict[str, float]:
+def cv_rmse(folds: FoldSums, cols: np.ndarray, prior: np.ndarray, shared: bool = True,
+            coef: list | None = None) -> dict[str, float]:
     """CV RMSE per quantity (eV/atom, eV/A, eV/A^3) of the sub-basis ``cols``; ``shared``:
     one noise scale for all quantities (their relative weights fixed by the sigmas, the
-    model's ``noise='shared'``), else one each.
+    model's ``noise='shared'``), else one each. ``coef``: a list that gets the posterior
+    mean on every fold (the evidence fit the folds' hyperparameters come from).
 
     The system without fold ``k`` is the all-fold sum less fold ``k``'s sums, so one
     (p, p) sum per noise group is formed for the rung, and one system per fold in turn.
@@ -210,6 +211,8 @@ def cv_rmse(folds: FoldSums, cols: np.ndarray, prior: np.ndarray, shared: bool =
     else:
         reg.fit_groups([_sub_equations(*t) for t in totals])
     betas = np.broadcast_to(reg.betas_, (len(groups),))
+    if coef is not None:
+        coef.append(reg.coef_)
     sse = dict.fromkeys(folds.quantities, 0.0)
     c_full = np.zeros(len(prior))
     for k in range(K):

@@ -112,9 +112,6 @@ MEMORY_SHARE = 0.4
 #: factorisation); measured in a default fit on 3BPA: rung 5 (8,314 coefficients) 56 s,
 #: 62e9 counted flop/s, against 118e9 for the small factorisation in the same process
 SOLVE_SHARE = 0.5
-#: a plain prediction of frames (energies, forces: values and one VJP) against their
-#: design rows' time (3BPA, 1,000 frames at 8,314 coefficients: 23.6 s against about 64 s)
-REPORT_PLAIN_SHARE = 0.5
 #: an MD step (calculator, integrator, the core) against the descriptor's energy and VJP
 MD_STEP_OVERHEAD = 1.5
 #: slowest flop rate assumed when extrapolating the cost of a rung's solves, flop/s
@@ -279,16 +276,15 @@ def _solve_flops(p: int) -> float:
 MAX_PROBES = 3
 
 
-def _probe_rungs(result: SearchResult, fitted, probe, md_seconds: float, solve_rate: float,
-                 deadline: float) -> dict[str, Any] | None:
+def _probe_rungs(result: SearchResult, fitted, probe, md_seconds: float, deadline: float
+                 ) -> dict[str, Any] | None:
     """The best-scoring row of ``result.table`` whose model (``fitted(row)``) passes
-    ``probe``, trying at most ``MAX_PROBES`` while the budget lasts (a probe costs a solve
-    and ``md_seconds``, the first probe's measured time after it); ``None`` when no
-    probed rung is stable. Notes the outcome in ``result.stopped``."""
+    ``probe``, trying at most ``MAX_PROBES`` while the budget lasts (a probe costs
+    ``md_seconds``, the first probe's measured time after it); ``None`` when no probed
+    rung is stable. Notes the outcome in ``result.stopped``."""
     order = sorted(result.table, key=lambda row: row["score"])[:MAX_PROBES]
     for n, row in enumerate(order):
-        need = md_seconds + _solve_flops(row["n_coefficients"]) / (N_FOLDS + 3) / solve_rate
-        if time.perf_counter() + need > deadline:
+        if time.perf_counter() + md_seconds > deadline:
             result.stopped += f"; MD probe: budget spent after {n} rung(s)"
             result.plan["md_probe_stable"] = None
             return None
@@ -399,13 +395,13 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         """A pass: the rows' descriptors (``t_rows``, s) and their Gram updates (p columns)."""
         return t_rows + n_rows * float(p) ** 2 / gram_rate
 
-    def final_seconds(p: int, t_rows: float, flop_rate: float) -> float:
+    def final_seconds(p: int, t_rows: float, flop_rate: float, step: float) -> float:
         """The final fit from the sums: the held-out frames described again (their share
         of ``t_rows``) and their force rows' posterior variances (p columns); then the
         report: the ``report`` frames the same way, the training frames' plain
-        prediction (about half their descriptors' time: values and one VJP)."""
+        prediction (``step``: one frame's energy and forces, s)."""
         n_report, atoms_report = report
-        return ((held_share + n_report / len(frames) + REPORT_PLAIN_SHARE) * t_rows
+        return ((held_share + n_report / len(frames)) * t_rows + len(frames) * step
                 + (held_rows + 3 * atoms_report) * float(p) ** 2 / flop_rate)
 
     top = 0
@@ -418,9 +414,10 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         for _ in model._block_rows(timing, use_f, use_s):
             pass
         t_rows = (time.perf_counter() - t0) * len(frames) / len(timing)
-        need = (pass_seconds(sizes[r], t_rows) + final_seconds(sizes[r], t_rows, gram_rate)
+        step = _md_step_seconds(model, frames[0])
+        need = (pass_seconds(sizes[r], t_rows) + final_seconds(sizes[r], t_rows, gram_rate, step)
                 + sum(_solve_flops(q) for q in sizes[:r + 1]) / solve_rate
-                + (probe_steps * _md_step_seconds(model, frames[0]) if probe else 0.0))
+                + (probe_steps * step if probe else 0.0))
         if need <= deadline - time.perf_counter() or r == 0:
             top = r
             break
@@ -436,17 +433,20 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     sigma = {"energy": model.sigma_energy, "forces": model.sigma_forces or 1.0,
              "stress": model.sigma_stress or 1.0}
     best, worse, rate = None, 0, None
+    coefs: dict[int, np.ndarray] = {}  # per rung: the posterior mean on every fold
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
         cols = _rung_columns(model, descriptors[r], bounds[r])
         # the final fit: the held-out frames described again and two solves at this size
         need = (_solve_flops(len(cols)) / rate
-                + final_seconds(len(cols), measured * t_rows, gram_rate) if rate else 0.0)
+                + final_seconds(len(cols), measured * t_rows, gram_rate, step) if rate else 0.0)
         if r > 0 and time.perf_counter() + need > deadline:
             result.stopped = f"budget: rung {r} would end after the budget"
             break
         t0 = time.perf_counter()
-        rmse = cv_rmse(data, cols, prior, shared=model.noise == "shared")
+        coef = []
+        rmse = cv_rmse(data, cols, prior, shared=model.noise == "shared", coef=coef)
+        coefs[r] = coef[0]
         seconds = time.perf_counter() - t0
         # flop rate of this rung's solves, at least MIN_FLOP_RATE: small solves are
         # dominated by overheads that do not grow as p^3
@@ -470,16 +470,12 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
                 break
     shared = models[0].noise == "shared"
     if probe is not None:
-        def fitted(row, data=data):  # a rung on every frame, from the sums, for the probe
-            cand = make_model(descriptors[row["rung"]], bounds[row["rung"]] or None)
-            cand.uncertainty = "posterior"  # no held-out pass: the probe needs forces only
-            total = accumulator(data, _rung_columns(model, descriptors[row["rung"]],
-                                                    bounds[row["rung"]]), not shared)
-            return cand.fit_from_sums(frames, total, total)
+        def fitted(row):  # a rung on every frame: its CV's evidence fit on all folds
+            cand = models[row["rung"]]  # E0s and feature map set above
+            cand.coef_ = coefs[row["rung"]]
+            return cand
 
-        md_step = _md_step_seconds(model, frames[0])
-        best = _probe_rungs(result, fitted, probe, probe_steps * md_step, rate or solve_rate,
-                            deadline) or best
+        best = _probe_rungs(result, fitted, probe, probe_steps * step, deadline) or best
     b = best["rung"]
     result.descriptor = _settings(rungs[b], pair_r_in, len(species))
     result.params = {"species_degree": bounds[b]} if bounds[b] else {}
