@@ -437,9 +437,11 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
         cols = _rung_columns(model, descriptors[r], bounds[r])
-        # the final fit: the held-out frames described again and two solves at this size
+        # the final fit (the held-out frames described again, two solves at this size, the
+        # report) and one MD probe
         need = (_solve_flops(len(cols)) / rate
-                + final_seconds(len(cols), measured * t_rows, gram_rate, step) if rate else 0.0)
+                + final_seconds(len(cols), measured * t_rows, gram_rate, step)
+                + (probe_steps * step if probe else 0.0) if rate else 0.0)
         if r > 0 and time.perf_counter() + need > deadline:
             result.stopped = f"budget: rung {r} would end after the budget"
             break
