@@ -90,6 +90,20 @@ def _cell(m: dict, key: str, sub: str, fmt: str = "{:.2f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _notes() -> list[str]:
+    """The hand-written notes of the last report (lines between its table and ``Raw:``),
+    kept when the table is rewritten."""
+    path = RESULTS / "fit_defaults.md"
+    if not path.exists():
+        return []
+    text = path.read_text().split("\nRaw:\n", 1)[0].splitlines()
+    last_row = max((k for k, line in enumerate(text) if line.startswith("|")), default=len(text))
+    notes = text[last_row + 1:]
+    while notes and not notes[0].strip():
+        notes.pop(0)
+    return notes + [""] if notes else []
+
+
 def write_report(rows: list[dict], args) -> None:
     """Write the table; sets not run this time keep their row of the last report."""
     ref = hand_picked()
@@ -122,7 +136,8 @@ def write_report(rows: list[dict], args) -> None:
             f"{_cell(v, 'energy', 'mae_mev_per_atom')} | {_cell(v, 'forces', 'mae_mev_per_a', '{:.1f}')} | "
             f"{_cell(v, 'stress', 'mae_gpa', '{:.3f}')} | {'-' if rho is None else f'{rho:.2f}'} | "
             f"{_cell(t, 'forces', 'mae_mev_per_a', '{:.1f}')} | {'-' if hp is None else f'{hp:.1f}'} |")
-    lines += ["", "Raw:", "", "```json", json.dumps(rows, indent=1, default=str)[:20000], "```", ""]
+    lines += ["", *_notes(), "Raw:", "", "```json", json.dumps(rows, indent=1, default=str)[:20000],
+              "```", ""]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fit_defaults.md").write_text("\n".join(lines))
     (RESULTS / "fit_defaults.json").write_text(json.dumps(rows, indent=1, default=str))
