@@ -156,6 +156,15 @@ def test_search_is_deterministic_and_keeps_its_budget(frames, monkeypatch):
     assert [r["score"] for r in a.table] == [r["score"] for r in b.table]
     best = min(a.table, key=lambda r: r["score"])
     assert a.descriptor["total_degree"] == best["total_degree"]
+    # the plan lists each top it weighed, largest first: every refused one needed more
+    # than the seconds left, the chosen one (or rung 0) fitted them
+    cands = a.plan["candidates"]
+    assert [c["rung"] for c in cands] == list(range(3, a.plan["top"] - 1, -1))
+    parts = ("pass", "final_and_report", "cv_solves", "md_probe")
+    for c in cands[:-1]:
+        assert sum(c[k] for k in parts) > c["left"] - 0.5  # rounded to 0.1 s each
+    last = cands[-1]
+    assert last["rung"] == 0 or sum(last[k] for k in parts) <= last["left"] + 0.5
 
 
 def test_folds_follow_trajectories_when_the_frames_have_them(frames):

@@ -142,7 +142,8 @@ class SearchResult:
     plan : dict
         How the largest rung was chosen: ``top`` (its index), ``pass_estimate_seconds``
         (its pass as estimated), ``gram_gflops`` and ``solve_gflops`` (the measured
-        rates); with a probe, ``md_probe_stable`` (whether the chosen rung passed it;
+        rates), ``candidates`` (each top tried, largest first: its estimated seconds
+        by part and the seconds ``left``); with a probe, ``md_probe_stable`` (whether the chosen rung passed it;
         ``None`` when the budget allowed none).
     model : LinearPotential or None
         The chosen rung fitted on every frame from the search's own sums
@@ -404,7 +405,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         return ((held_share + n_report / len(frames)) * t_rows + len(frames) * step
                 + (held_rows + 3 * atoms_report) * float(p) ** 2 / flop_rate)
 
-    top = 0
+    top, candidates = 0, []
     for r in range(len(rungs) - 1, -1, -1):
         memory = _sums_bytes(sizes[r], len(frames), len(numbers), use_f, use_s)
         if memory > MEMORY_SHARE * limit and r > 0:
@@ -415,10 +416,14 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             pass
         t_rows = (time.perf_counter() - t0) * len(frames) / len(timing)
         step = _md_step_seconds(model, frames[0])
-        need = (pass_seconds(sizes[r], t_rows) + final_seconds(sizes[r], t_rows, gram_rate, step)
-                + sum(_solve_flops(q) for q in sizes[:r + 1]) / solve_rate
-                + (probe_steps * step if probe else 0.0))
-        if need <= deadline - time.perf_counter() or r == 0:
+        parts = {"pass": pass_seconds(sizes[r], t_rows),
+                 "final_and_report": final_seconds(sizes[r], t_rows, gram_rate, step),
+                 "cv_solves": sum(_solve_flops(q) for q in sizes[:r + 1]) / solve_rate,
+                 "md_probe": probe_steps * step if probe else 0.0}
+        left = deadline - time.perf_counter()
+        candidates.append({"rung": r, **{k: round(v, 1) for k, v in parts.items()},
+                           "left": round(left, 1)})
+        if sum(parts.values()) <= left or r == 0:
             top = r
             break
     t0 = time.perf_counter()
@@ -426,7 +431,8 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     result = SearchResult(descriptor={}, folds=int(folds.max()) + 1,
                           pass_seconds=time.perf_counter() - t0,
                           plan={"top": top, "pass_estimate_seconds": pass_seconds(sizes[top], t_rows),
-                                "gram_gflops": gram_rate / 1e9, "solve_gflops": solve_rate / 1e9})
+                                "gram_gflops": gram_rate / 1e9, "solve_gflops": solve_rate / 1e9,
+                                "candidates": candidates})
     # the descriptors of a rung's final fit: the estimate, scaled to the pass measured
     measured = result.pass_seconds / pass_seconds(sizes[top], t_rows)
     prior = model._prior(np.ones(model.fmap_.n_features))
