@@ -169,9 +169,9 @@ def group_sums(folds: FoldSums, group: list[str], cols: np.ndarray, skip: int | 
 
 
 def accumulator(folds: FoldSums, cols: np.ndarray, per_quantity: bool, skip: int | None = None):
-    """The normal equations of a linear fit (:meth:`~ml4m.models.linear.LinearPotential.
-    accumulator`'s, on the features ``cols`` of the sums, in that order) of every fold
-    but ``skip``: the input of :meth:`~ml4m.models.linear.LinearPotential.fit_from_sums`."""
+    """The normal equations of a linear fit (as :meth:`~ml4m.models.linear.LinearPotential.
+    fit` accumulates them, on the features ``cols`` of the sums, in that order) of every
+    fold but ``skip``: the input of :meth:`~ml4m.models.linear.LinearPotential.fit_from_sums`."""
     from ml4m.models.linear.potential import _Accumulator
 
     acc = _Accumulator(len(cols), per_quantity, dict(folds.sigmas))

@@ -499,17 +499,8 @@ class LinearPotential(Potential):
         -------
         self
         """
-        frames = as_frames(train)
-        if not frames:
-            raise DataError("no training frames")
-        self._check_labels(frames)
-        self.check_params(self._hyper())  # every hyperparameter, as a config or file is checked
-        self._prior_kind()
-        self._species_index(frames)  # unknown species fail before any work
-        self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
-        self.fmap_ = self._make_feature_map(frames)
-        self._check_fit_memory(frames)
-        acc = self.accumulator(frames)
+        frames = self._start_fit(train)
+        acc = self._accumulator(frames)
         use_f, use_s = bool(acc.sigmas["forces"]), bool(acc.sigmas["stress"])
         fit_frames, held = frames, []
         if self.uncertainty == "calibrated":
@@ -525,20 +516,12 @@ class LinearPotential(Potential):
         For a caller that has the sums anyway (the basis search keeps them per fold):
         ``total`` holds the design rows of every frame of ``frames``, ``without_held``
         those of every frame but :meth:`holdout_split`'s held-out ones (all of them when
-        ``uncertainty='posterior'``), both as :meth:`accumulator` makes them, with
-        :meth:`fit`'s E0s and feature map. Only the held-out frames are described again
-        (their residuals teach the error models); the result equals :meth:`fit` on
-        ``frames`` up to rounding.
+        ``uncertainty='posterior'``), both as :meth:`fit` accumulates them (with its E0s
+        and feature map). Only the held-out frames are described again (their residuals
+        teach the error models); the result equals :meth:`fit` on ``frames`` up to
+        rounding.
         """
-        frames = as_frames(frames)
-        if not frames:
-            raise DataError("no training frames")
-        self._check_labels(frames)
-        self.check_params(self._hyper())
-        self._prior_kind()
-        self._species_index(frames)
-        self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
-        self.fmap_ = self._make_feature_map(frames)
+        frames = self._start_fit(frames)
         p = self.fmap_.n_features
         for name, acc in (("without_held", without_held), ("total", total)):
             if any(neq.AtA.shape != (p, p) for neq in acc.groups().values()):
@@ -547,6 +530,22 @@ class LinearPotential(Potential):
         if not held:
             return self._fit_accumulated(total, [])
         return self._fit_accumulated(without_held, held, total)
+
+    def _start_fit(self, train: Dataset | Sequence[Frame]) -> list[Frame]:
+        """The checks and fitted state every fit starts from: labels, hyperparameters,
+        species (unknown ones fail before any work), E0s, the feature map, the memory of
+        the solve. Returns the frames as a list."""
+        frames = as_frames(train)
+        if not frames:
+            raise DataError("no training frames")
+        self._check_labels(frames)
+        self.check_params(self._hyper())  # every hyperparameter, as a config or file is checked
+        self._prior_kind()
+        self._species_index(frames)
+        self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
+        self.fmap_ = self._make_feature_map(frames)
+        self._check_fit_memory(frames)
+        return frames
 
     def _fit_accumulated(self, acc: _Accumulator, held: list[Frame],
                          total: _Accumulator | None = None) -> LinearPotential:
@@ -582,7 +581,7 @@ class LinearPotential(Potential):
         self.normal_equations_ = acc
         return self
 
-    def accumulator(self, frames: list[Frame]) -> _Accumulator:
+    def _accumulator(self, frames: list[Frame]) -> _Accumulator:
         """Empty normal equations for a fit on ``frames`` (forces when ``sigma_forces``,
         stresses when ``sigma_stress`` and some frame has one)."""
         use_f = bool(self.sigma_forces)
@@ -611,7 +610,7 @@ class LinearPotential(Potential):
         if not frames:
             raise DataError("no training frames")
         self._check_labels(frames)
-        acc = self.accumulator(frames)
+        acc = self._accumulator(frames)
         used = [q for q in QUANTITIES if acc.sigmas[q]]
         unfitted = [q for q in used if q not in self.noise_]
         if unfitted:
