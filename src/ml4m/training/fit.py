@@ -176,14 +176,14 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
         return with_baseline(build_model(cfg, species, train), cfg.repulsion_settings,
                              cfg.baseline, str(cfg.train))
 
-    probe = build()
-    train = Dataset(attach_baseline_labels(probe, list(train), cfg.train))
+    template = build()
+    train = Dataset(attach_baseline_labels(template, list(train), cfg.train))
     if valid is not None:
-        valid = Dataset(attach_baseline_labels(probe, list(valid), cfg.valid))
+        valid = Dataset(attach_baseline_labels(template, list(valid), cfg.valid))
     if cfg.searches:
-        cfg, search, model = _search_basis(cfg, species, train, valid, path, started, probe)
+        cfg, search, model = _search_basis(cfg, species, train, valid, path, started, template)
     elif cfg.max_minutes is None:
-        model = probe.fit(train, valid)
+        model = template.fit(train, valid)
     else:
         from ml4m.training.budget import fit_within_budget
 
@@ -207,10 +207,10 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
 
 
 def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, started: float,
-                  probe) -> tuple[FitConfig, dict[str, Any], Any]:
+                  template) -> tuple[FitConfig, dict[str, Any], Any]:
     """Choose the ACE basis by CV inside ``train`` (:func:`~ml4m.training.search.
     search_linear_ace`) within the fit's budget; write the chosen config beside the
-    model and the CV plot. ``probe``: the unfitted model as the config builds it (inside
+    model and the CV plot. ``template``: the unfitted model as the config builds it (inside
     its baseline when it has one: the search then fits the residuals of the baseline,
     fitted on ``train`` first). ``valid`` is not read, only sized (the report's cost).
     Returns the config with the chosen descriptor, the search
@@ -230,21 +230,23 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
         return build_model(rung, species, train, descriptor=descriptor)
 
     frames, baseline = list(train), None
-    if isinstance(probe, Baselined):
-        baseline = probe.baseline.clone().fit(frames)
+    if isinstance(template, Baselined):
+        baseline = template.baseline.clone().fit(frames)
         frames = residual_frames(frames, baseline)
     report = (0, 0) if valid is None else (len(valid), sum(len(f) for f in valid))
-    probe, steps = _md_probe(list(train), baseline, cfg.seed)
+    probe, steps, temperature = _md_probe(list(train), baseline, cfg.seed)
     result = search_linear_ace(frames, 60.0 * minutes, make_model, started, report=report,
                                probe=probe, probe_steps=steps)
     if result.plan.get("md_probe_stable") is False:
         import warnings
 
+        from ml4m.training.probe import PROBE_TEMPERATURE_FACTOR
+
         warnings.warn(f"no basis among the best by CV stayed stable in the search's MD probe "
-                      f"({PROBE_PS:g} ps at {probe.temperature_k:g} K, twice the data's "
-                      "temperature, from the first training frame); the best by CV is kept: "
-                      "run MD hotter than the training data with care, or add data there "
-                      "(ml4m learn)", stacklevel=2)
+                      f"({PROBE_PS:g} ps at {temperature:g} K, {PROBE_TEMPERATURE_FACTOR:g}x "
+                      "the data's temperature, from the first training frame); the best by CV "
+                      "is kept: run MD hotter than the training data with care, or add data "
+                      "there (ml4m learn)", stacklevel=2)
     model = result.model if baseline is None else Baselined.from_fitted(result.model, baseline)
     chosen = dataclasses.replace(cfg, descriptor=result.descriptor,
                                  params={**others, **result.params}, search="off")
@@ -264,8 +266,8 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
 
 
 def _md_probe(train: list, baseline, seed: int):
-    """The search's MD probe (:func:`~ml4m.training.probe.md_probe`) and its steps:
-    ``PROBE_PS`` of Langevin dynamics from the first training frame at
+    """The search's MD probe (:func:`~ml4m.training.probe.md_probe`), its steps and its
+    temperature (K): ``PROBE_PS`` of Langevin dynamics from the first training frame at
     :func:`~ml4m.training.probe.probe_temperature`, the candidate inside ``baseline``."""
     from ml4m.data import shortest_distances
     from ml4m.models.baseline import Baselined
@@ -280,8 +282,7 @@ def _md_probe(train: list, baseline, seed: int):
         return md_probe(model, train[0], shortest, temperature, steps, dt_fs=PROBE_DT_FS,
                         seed=seed)
 
-    probe.temperature_k = temperature
-    return probe, steps
+    return probe, steps, temperature
 
 
 def _write_potential_outputs(model, path: Path, train, valid, metrics: dict[str, Any]

@@ -442,6 +442,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
              "stress": model.sigma_stress or 1.0}
     best, worse, rate = None, 0, None
     coefs: dict[int, np.ndarray] = {}  # per rung: the posterior mean on every fold
+    shared = model.noise == "shared"
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
         cols = _rung_columns(model, descriptors[r], bounds[r])
@@ -455,7 +456,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             break
         t0 = time.perf_counter()
         coef = []
-        rmse = cv_rmse(data, cols, prior, shared=model.noise == "shared", coef=coef)
+        rmse = cv_rmse(data, cols, prior, shared=shared, coef=coef)
         coefs[r] = coef[0]
         seconds = time.perf_counter() - t0
         # flop rate of this rung's solves, at least MIN_FLOP_RATE: small solves are
@@ -478,7 +479,6 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             if worse == 2:
                 result.stopped = "two rungs in a row scored worse than the best"
                 break
-    shared = models[0].noise == "shared"
     if probe is not None:
         def fitted(row):  # a rung on every frame: its CV's evidence fit on all folds
             cand = models[row["rung"]]  # E0s and feature map set above
