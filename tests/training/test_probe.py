@@ -50,10 +50,10 @@ def test_a_physical_potential_stays_stable(cu):
 
 
 def test_a_collapsing_potential_fails_with_the_contact_named(cu):
-    start, shortest = cu
-    molecule = Frame(numbers=np.array([29] * 4), positions=start.positions[:4] * 0 + np.array(
-        [[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0, 0, 2.5]]), cell=np.zeros((3, 3)),
-        pbc=np.zeros(3, bool))
+    _, shortest = cu
+    molecule = Frame(numbers=np.array([29] * 4),
+                     positions=np.array([[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0, 0, 2.5]], float),
+                     cell=np.zeros((3, 3)), pbc=np.zeros(3, bool))
     res = md_probe(_Model(_Pull(50.0)), molecule, shortest, temperature_k=300.0, steps=2000)
     assert not res.stable and res.steps < 2000
     assert "too close" in res.detail
