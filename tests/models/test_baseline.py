@@ -27,6 +27,7 @@ from ml4m.models.baseline import (
     with_baseline,
     zbl,
 )
+from ml4m.models.baseline.repulsion import MARGIN
 from ml4m.models.linear import LinearACE
 from ml4m.models.metrics import error_metrics
 from ml4m.models.serialization import load
@@ -127,15 +128,17 @@ def test_repulsion_forces_and_stress_are_energy_derivatives(system, cu):
 def test_repulsion_is_zero_where_the_data_lives(cu):
     rep = PairRepulsion().fit(cu[0])
     shortest = shortest_distances(cu[0])["Cu-Cu"]
-    assert rep.r_in_ == {"Cu-Cu": pytest.approx(shortest)}
+    r_in = shortest - MARGIN  # the core starts a margin below the data
+    assert MARGIN > 0 and rep.r_in_ == {"Cu-Cu": pytest.approx(r_in)}
     values = rep.evaluate(cu[0])
     assert np.all(values.energy == 0) and np.all(values.forces == 0)
     assert np.all(values.stress[np.isfinite(values.stress)] == 0)
     dimer = [_frame(Atoms("Cu2", positions=[[0, 0, 0], [0, 0, r]]))
-             for r in (shortest + 0.5, shortest, shortest - 0.01, shortest - 0.3, 1.0)]
+             for r in (shortest + 0.5, shortest, r_in, r_in - 0.01, r_in - 0.3, 1.0)]
     energy = rep.evaluate(dimer).energy
-    assert np.all(energy[:2] == 0) and 0 < energy[2] < energy[3] < energy[4]
-    assert energy[4] == pytest.approx(zbl(1.0, 29, 29)[0])  # full ZBL below r_in - width
+    assert np.all(energy[:3] == 0) and 0 < energy[3] < energy[4] < energy[5]
+    assert PairRepulsion(margin=0.0).fit(cu[0]).r_in_ == {"Cu-Cu": pytest.approx(shortest)}
+    assert energy[5] == pytest.approx(zbl(1.0, 29, 29)[0])  # full ZBL below r_in - width
     # an element pair absent from the data starts at 0.75 of its covalent-radii sum
     assert PairRepulsion().fit(cu[0]).evaluate([_frame(Atoms("Cu2", positions=[
         [0, 0, 0], [0, 0, 1.0]]))]).energy[0] > 0

@@ -11,7 +11,8 @@ from ml4m.data import default_dataset
 from ml4m.errors import ConfigError
 from ml4m.models.linear import LinearACE
 from ml4m.training import search
-from ml4m.training.fold_sums import FoldSums, Sums, _sub_equations, cv_rmse, group_sums
+from ml4m.training.fold_sums import (FoldSums, Sums, _sub_equations, cv_rmse, group_sums,
+                                     log_evidence)
 from ml4m.training.search import (RUNGS, RUNGS_MANY_ELEMENTS, _descriptor, _rung_columns, cv_folds,
                                   search_linear_ace, species_bounds)
 
@@ -165,6 +166,30 @@ def test_search_is_deterministic_and_keeps_its_budget(frames, monkeypatch):
         assert sum(c[k] for k in parts) > c["left"] - 0.5  # rounded to 0.1 s each
     last = cands[-1]
     assert last["rung"] == 0 or sum(last[k] for k in parts) <= last["left"] + 0.5
+    # the smoothness prior's exponent: the grid's largest evidence, used by the final fit
+    chosen = a.plan["smoothness"]
+    evidence = {float(k): v for k, v in chosen["log_evidence"].items()}
+    assert set(evidence) == set(search.SMOOTHNESS_GRID)
+    assert chosen["chosen"] == max(evidence, key=evidence.get) == a.params["smoothness"]
+    assert a.model.smoothness == a.params["smoothness"]
+
+
+def test_log_evidence_from_fold_sums_equals_a_direct_fit(frames):
+    """The evidence of a rung inside a larger pass, for two prior shapes, equals the
+    evidence of a model of that rung fitted on every frame: the search compares the
+    smoothness priors on the data's own marginal likelihood."""
+    model, folds, r_in = _folds_for(frames, 2)
+    cols = _columns(model, 1, r_in)
+    priors = {}
+    for s in (0.0, 3.0):
+        model.smoothness = s
+        priors[s] = model._prior(np.ones(model.fmap_.n_features))
+    evidence = log_evidence(folds, cols, priors)
+    for s, value in evidence.items():
+        fit = LinearACE(_descriptor([29], RUNGS[1], r_in), e0=model.e0_, smoothness=s,
+                        uncertainty="posterior", sigma_stress=None).fit(frames)
+        assert value == pytest.approx(fit.regression_.log_evidence_, rel=1e-6, abs=1e-3), s
+    assert evidence[0.0] != pytest.approx(evidence[3.0], abs=1e-2)  # the shapes differ
 
 
 def test_folds_follow_trajectories_when_the_frames_have_them(frames):

@@ -236,7 +236,8 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
     report = (0, 0) if valid is None else (len(valid), sum(len(f) for f in valid))
     probe, steps, temperature = _md_probe(list(train), baseline, cfg.seed)
     result = search_linear_ace(frames, 60.0 * minutes, make_model, started, report=report,
-                               probe=probe, probe_steps=steps)
+                               probe=probe, probe_steps=steps,
+                               smoothness=cfg.params.get("smoothness"))
     if result.plan.get("md_probe_stable") is False:
         import warnings
 

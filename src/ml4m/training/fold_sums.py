@@ -17,7 +17,7 @@ import numpy as np
 
 from ml4m.data.frames import Frame
 
-__all__ = ["FoldSums", "Sums", "accumulator", "cv_rmse", "group_sums"]
+__all__ = ["FoldSums", "Sums", "accumulator", "cv_rmse", "group_sums", "log_evidence"]
 
 
 class Sums:
@@ -187,6 +187,34 @@ def accumulator(folds: FoldSums, cols: np.ndarray, per_quantity: bool, skip: int
     return acc
 
 
+def _noise_groups(folds: FoldSums, shared: bool) -> list[list[str]]:
+    """The quantities that share a noise precision: all of them, or one each."""
+    return [list(folds.quantities)] if shared else [[q] for q in folds.quantities]
+
+
+def _evidence_fit(totals: list, prior: np.ndarray, shared: bool):
+    """The evidence fit of the all-fold sums ``totals`` (one per noise group) with the
+    prior precision shape ``prior`` (scaled to mean 1)."""
+    from ml4m.models.linear.bayesian import BayesianLinearRegression
+
+    reg = BayesianLinearRegression(prior=prior / prior.mean())
+    if shared:
+        return reg.fit_normal_equations(_sub_equations(*totals[0]))
+    return reg.fit_groups([_sub_equations(*t) for t in totals])
+
+
+def log_evidence(folds: FoldSums, cols: np.ndarray, priors: dict, shared: bool = True
+                 ) -> dict:
+    """Log evidence (marginal likelihood) of the sub-basis ``cols`` fitted on every fold,
+    for each prior precision shape of ``priors`` (``{key: (p,) array}``), at its own
+    evidence-optimal scale and noise: ``{key: value}``. Comparable between priors (the
+    evidence of the data under each), so it chooses a prior's shape as it chooses its
+    scale."""
+    totals = [group_sums(folds, g, cols) for g in _noise_groups(folds, shared)]
+    return {key: float(_evidence_fit(totals, P[cols], shared).log_evidence_)
+            for key, P in priors.items()}
+
+
 def cv_rmse(folds: FoldSums, cols: np.ndarray, prior: np.ndarray, shared: bool = True,
             coef: list | None = None) -> dict[str, float]:
     """CV RMSE per quantity (eV/atom, eV/A, eV/A^3) of the sub-basis ``cols``; ``shared``:
@@ -199,17 +227,11 @@ def cv_rmse(folds: FoldSums, cols: np.ndarray, prior: np.ndarray, shared: bool =
     """
     import scipy.linalg
 
-    from ml4m.models.linear.bayesian import BayesianLinearRegression
-
     K = len(folds.acc)
-    groups = [list(folds.quantities)] if shared else [[q] for q in folds.quantities]
+    groups = _noise_groups(folds, shared)
     totals = [group_sums(folds, g, cols) for g in groups]
-    P = prior[cols] / prior[cols].mean()
-    reg = BayesianLinearRegression(prior=P)
-    if shared:
-        reg.fit_normal_equations(_sub_equations(*totals[0]))
-    else:
-        reg.fit_groups([_sub_equations(*t) for t in totals])
+    reg = _evidence_fit(totals, prior[cols], shared)
+    P = reg.prior
     betas = np.broadcast_to(reg.betas_, (len(groups),))
     if coef is not None:
         coef.append(reg.coef_)

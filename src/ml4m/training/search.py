@@ -22,6 +22,11 @@ For each rung:
 3. the score is ``E_rmse / sigma_E + F_rmse / sigma_F`` over all folds (the ``sigma_*``
    are the fit's expected errors).
 
+The prior's shape is chosen once, before the ladder: the exponent of the smoothness
+prior (precision ``(1 + degree)^s``, so rough high-degree functions need stronger
+evidence) with the largest evidence on a small rung (``SMOOTHNESS_GRID``); every rung
+then uses it.
+
 Folds are groups of frames: ``info['traj']`` (or ``config_type``) when the frames carry
 three or more distinct values, else contiguous chunks (MD frames are stored in
 trajectory order). The valid file is never read. The ladder stops when the budget is
@@ -54,7 +59,7 @@ from ml4m.data.frames import Frame
 from ml4m.data.split import evenly_spaced, frame_groups
 from ml4m.errors import ConfigError
 from ml4m.models.linear import LinearPotential
-from ml4m.training.fold_sums import FoldSums, Sums, accumulator, cv_rmse
+from ml4m.training.fold_sums import FoldSums, Sums, accumulator, cv_rmse, log_evidence
 
 __all__ = ["RUNGS", "RUNGS_MANY_ELEMENTS", "SearchResult", "cv_folds", "ladder", "search_linear_ace",
            "species_bounds"]
@@ -116,6 +121,11 @@ SOLVE_SHARE = 0.5
 MD_STEP_OVERHEAD = 1.5
 #: slowest flop rate assumed when extrapolating the cost of a rung's solves, flop/s
 MIN_FLOP_RATE = 2e9
+#: exponents of the smoothness prior (precision ``(1 + degree)^s`` per basis function)
+#: among which the evidence chooses, on the largest rung of at most
+#: ``SMOOTHNESS_COLUMNS`` coefficients (a few seconds), for every rung
+SMOOTHNESS_GRID = (0.0, 1.0, 2.0, 3.0, 4.0)
+SMOOTHNESS_COLUMNS = 2000
 
 
 @dataclass
@@ -137,13 +147,15 @@ class SearchResult:
     stopped : str
         Why the ladder stopped.
     params : dict
-        Model parameters of the chosen rung: ``species_degree`` (element symbol -> degree
-        bound per order) when some centre species take smaller bounds, else empty.
+        Model parameters of the chosen rung: ``smoothness`` (the smoothness prior's
+        exponent, when the search chose or was given one) and ``species_degree`` (element
+        symbol -> degree bound per order) when some centre species take smaller bounds.
     plan : dict
         How the largest rung was chosen: ``top`` (its index), ``pass_estimate_seconds``
         (its pass as estimated), ``gram_gflops`` and ``solve_gflops`` (the measured
         rates), ``candidates`` (each top tried, largest first: its estimated seconds
-        by part and the seconds ``left``); with a probe, ``md_probe_stable`` (whether the chosen rung passed it;
+        by part and the seconds ``left``), ``smoothness`` (how the prior's exponent was
+        chosen: rung, log evidence per exponent); with a probe, ``md_probe_stable`` (whether the chosen rung passed it;
         ``None`` when the budget allowed none).
     model : LinearPotential or None
         The chosen rung fitted on every frame from the search's own sums
@@ -319,9 +331,31 @@ def _rung_columns(model, descriptor, bounds: dict[str, list[int]]) -> np.ndarray
     return np.flatnonzero(np.concatenate(keep))
 
 
+def _smoothness_by_evidence(result: SearchResult, data: FoldSums, model, models: list,
+                            descriptors: list, bounds: list, top: int, shared: bool) -> float:
+    """The exponent of ``SMOOTHNESS_GRID`` with the largest evidence on the largest rung
+    (up to ``top``) of at most ``SMOOTHNESS_COLUMNS`` coefficients, fitted on every fold;
+    ``result.plan['smoothness']`` records the rung, each exponent's log evidence and the
+    seconds taken."""
+    t0 = time.perf_counter()
+    sizes = [m.fmap_.n_features for m in models[:top + 1]]
+    r = max([k for k, p in enumerate(sizes) if p <= SMOOTHNESS_COLUMNS], default=0)
+    cols = _rung_columns(model, descriptors[r], bounds[r])
+    priors = {}
+    for s in SMOOTHNESS_GRID:
+        model.smoothness = s
+        priors[s] = model._prior(np.ones(model.fmap_.n_features))
+    evidence = log_evidence(data, cols, priors, shared)
+    best = max(evidence, key=evidence.get)
+    result.plan["smoothness"] = {"rung": r, "n_coefficients": int(len(cols)),
+                                 "log_evidence": {f"{s:g}": round(v, 2) for s, v in evidence.items()},
+                                 "chosen": best, "seconds": round(time.perf_counter() - t0, 2)}
+    return best
+
+
 def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started: float | None = None,
                       progress=None, report: tuple[int, int] = (0, 0), probe=None,
-                      probe_steps: int = 0) -> SearchResult:
+                      probe_steps: int = 0, smoothness: float | None = None) -> SearchResult:
     """Pick the ACE rung with the best CV score within ``budget_s`` seconds.
 
     Parameters
@@ -350,6 +384,10 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         gets ``md_probe``.
     probe_steps : int
         The probe's MD steps (for its cost in the budget).
+    smoothness : float, optional
+        Exponent of the smoothness prior of every rung. ``None``: the one of
+        ``SMOOTHNESS_GRID`` with the largest evidence on a small rung (models whose prior
+        is not the smoothness prior keep theirs).
 
     Returns
     -------
@@ -437,12 +475,19 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
                                 "candidates": candidates})
     # the descriptors of a rung's final fit: the estimate, scaled to the pass measured
     measured = result.pass_seconds / pass_seconds(sizes[top], t_rows)
+    shared = model.noise == "shared"
+    if smoothness is None and model._prior_kind() == "smoothness":
+        smoothness = _smoothness_by_evidence(result, data, model, models, descriptors, bounds,
+                                             top, shared)
+    if smoothness is not None:
+        for m in models:
+            m.smoothness = float(smoothness)
+        result.params["smoothness"] = float(smoothness)
     prior = model._prior(np.ones(model.fmap_.n_features))
     sigma = {"energy": model.sigma_energy, "forces": model.sigma_forces or 1.0,
              "stress": model.sigma_stress or 1.0}
     best, worse, rate = None, 0, None
     coefs: dict[int, np.ndarray] = {}  # per rung: the posterior mean on every fold
-    shared = model.noise == "shared"
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
         cols = _rung_columns(model, descriptors[r], bounds[r])
@@ -488,7 +533,8 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         best = _probe_rungs(result, fitted, probe, probe_steps * step, deadline) or best
     b = best["rung"]
     result.descriptor = _settings(rungs[b], pair_r_in, len(species))
-    result.params = {"species_degree": bounds[b]} if bounds[b] else {}
+    if bounds[b]:
+        result.params["species_degree"] = bounds[b]
     # the chosen rung on every frame, from the same sums: no second pass
     cols = _rung_columns(model, descriptors[b], bounds[b])
     total = accumulator(data, cols, not shared)

@@ -244,8 +244,9 @@ class LinearPotential(Potential):
         error of the basis itself). ``'calibrated'``: the expected size of the actual
         error, from a :class:`~ml4m.models.error_model.ForceErrorModel` and an
         :class:`~ml4m.models.error_model.EnergyErrorModel` fitted on the residuals of
-        every fifth training trajectory (``info['traj']``, else ten contiguous chunks
-        of frames) predicted by the model fitted without them; the returned model is
+        the held-out group of :meth:`holdout_split` (the last of ``HOLDOUT_GROUPS``
+        groups of whole trajectories, else of contiguous chunks of frames) predicted by
+        the model fitted without them; the returned model is
         then fitted on all frames at the hyperparameters found without them (one
         extra Cholesky solve; coefficients as ``'posterior'`` up to that difference in
         hyperparameters). Falls back to ``'posterior'`` with a warning
@@ -260,10 +261,9 @@ class LinearPotential(Potential):
         descriptor gives degrees, else scale.
     smoothness : float, default=0.0
         Exponent of the smoothness prior. ``0`` is a flat prior on the coefficients of
-        the basis (its radial functions are orthonormal): in cross-validation on the
-        3BPA molecule (fit on four conformers, test on a fifth) the best or tied with
-        ``1`` on every basis tried, while ``2`` cost up to 11% in force MAE and the
-        standardising ``'scale'`` prior 10%; raise it to damp rough high-degree terms.
+        the basis (its radial functions are orthonormal); larger values damp rough
+        high-degree terms. ``ml4m fit``'s basis search chooses it by evidence
+        (:mod:`ml4m.training.search`).
     species_degree : dict, optional
         A smaller truncation for some centre species, e.g. ``{"N": [12, 8, 7], "O": [12,
         8, 7]}``: their coefficient blocks keep only the basis functions inside that
