@@ -313,3 +313,28 @@ def test_the_md_probe_passes_over_a_rung_that_blows_up(frames, monkeypatch):
     res = search_linear_ace(frames, 60.0, make, probe=lambda m: ProbeResult(
         False, 1, 0.0005, "atoms too close", 0.01), probe_steps=10)
     assert res.descriptor == plain.descriptor and "none of 3 rung(s) stable" in res.stopped
+
+
+def test_md_probes_leave_the_final_fit_its_time():
+    """A probe runs only when, after it, the final fit and report of the rung then
+    chosen still fit before the deadline; otherwise the probing stops."""
+    from ml4m.training.probe import ProbeResult
+    from ml4m.training.search import SearchResult, _probe_rungs
+
+    def table():
+        res = SearchResult(descriptor={}, folds=3, pass_seconds=0.0)
+        res.table = [{"rung": r, "score": float(r)} for r in range(search.MAX_PROBES + 1)]
+        return res
+
+    def probe(model):
+        return ProbeResult(False, 1, 0.0005, "atoms too close", 0.01)
+
+    deadline = time.perf_counter() + 30.0
+    res = table()
+    assert _probe_rungs(res, lambda row: None, probe, 1.0, deadline) is None
+    assert [("md_probe" in r) for r in res.table] == [r < search.MAX_PROBES for r in range(search.MAX_PROBES + 1)]
+    assert res.plan["md_probe_stable"] is False
+    res = table()
+    assert _probe_rungs(res, lambda row: None, probe, 1.0, deadline, lambda row: 60.0) is None
+    assert not any("md_probe" in r for r in res.table)
+    assert res.plan["md_probe_stable"] is None and "budget spent after 0" in res.stopped

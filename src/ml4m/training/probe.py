@@ -100,13 +100,13 @@ def md_probe(model, start: Frame, shortest: dict[str, float], temperature_k: flo
     from ase import units
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
     atoms = start.to_atoms(with_labels=False)
     atoms.calc = model.as_calculator()
     check = StabilityCheck(atoms, shortest)
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
+    thermalize_momenta(atoms, temperature_K=temperature_k, rng=rng)
     Stationary(atoms)
     if not atoms.pbc.any():
         ZeroRotation(atoms)

@@ -289,17 +289,18 @@ def _solve_flops(p: int) -> float:
 MAX_PROBES = 3
 
 
-def _probe_rungs(result: SearchResult, fitted, probe, md_seconds: float, deadline: float
-                 ) -> dict[str, Any] | None:
+def _probe_rungs(result: SearchResult, fitted, probe, md_seconds: float, deadline: float,
+                 finish=lambda row: 0.0) -> dict[str, Any] | None:
     """The best-scoring row of ``result.table`` whose model (``fitted(row)``) passes
     ``probe``, trying at most ``MAX_PROBES`` while the budget lasts (a probe costs
-    ``md_seconds``, the first probe's measured time after it); ``None`` when no probed
-    rung is stable. Notes the outcome in ``result.stopped``."""
+    ``md_seconds``, the first probe's measured time after it, and ``finish(row)`` seconds
+    must remain after it: the final fit and report of whichever rung is then chosen);
+    ``None`` when no probed rung is stable. Notes the outcome in ``result.stopped``."""
     order = sorted(result.table, key=lambda row: row["score"])[:MAX_PROBES]
     for n, row in enumerate(order):
-        if time.perf_counter() + md_seconds > deadline:
+        if time.perf_counter() + md_seconds + finish(row) > deadline:
             result.stopped += f"; MD probe: budget spent after {n} rung(s)"
-            result.plan["md_probe_stable"] = None
+            result.plan["md_probe_stable"] = None if n == 0 else False
             return None
         outcome = probe(fitted(row))
         row["md_probe"] = outcome.as_dict()
@@ -488,14 +489,15 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
              "stress": model.sigma_stress or 1.0}
     best, worse, rate = None, 0, None
     coefs: dict[int, np.ndarray] = {}  # per rung: the posterior mean on every fold
+    reserve: dict[int, float] = {}  # per rung: seconds of its final fit and report
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
         cols = _rung_columns(model, descriptors[r], bounds[r])
         # the final fit (the held-out frames described again, two solves at this size, the
         # report) and one MD probe
-        need = (_solve_flops(len(cols)) / rate
-                + final_seconds(len(cols), measured * t_rows, gram_rate, step)
-                + (probe_steps * step if probe else 0.0) if rate else 0.0)
+        finish = (_solve_flops(len(cols)) / rate
+                  + final_seconds(len(cols), measured * t_rows, gram_rate, step) if rate else 0.0)
+        need = finish + (probe_steps * step if probe and rate else 0.0)
         if r > 0 and time.perf_counter() + need > deadline:
             result.stopped = f"budget: rung {r} would end after the budget"
             break
@@ -515,6 +517,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
                "cv_forces_rmse_mev_per_a": 1000 * rmse["forces"] if "forces" in rmse else None,
                "score": score, "seconds": seconds}
         result.table.append(row)
+        reserve[r] = finish  # its final fit and report, should it be chosen
         if progress is not None:
             progress(row)
         if best is None or score < best["score"]:
@@ -530,7 +533,8 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             cand.coef_ = coefs[row["rung"]]
             return cand
 
-        best = _probe_rungs(result, fitted, probe, probe_steps * step, deadline) or best
+        best = _probe_rungs(result, fitted, probe, probe_steps * step, deadline,
+                            lambda row: max(reserve[row["rung"]], reserve[best["rung"]])) or best
     b = best["rung"]
     result.descriptor = _settings(rungs[b], pair_r_in, len(species))
     if bounds[b]:
