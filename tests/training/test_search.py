@@ -180,11 +180,8 @@ def test_log_evidence_from_fold_sums_equals_a_direct_fit(frames):
     smoothness priors on the data's own marginal likelihood."""
     model, folds, r_in = _folds_for(frames, 2)
     cols = _columns(model, 1, r_in)
-    priors = {}
-    for s in (0.0, 3.0):
-        model.smoothness = s
-        priors[s] = model._prior(np.ones(model.fmap_.n_features))
-    evidence = log_evidence(folds, cols, priors)
+    ones = np.ones(model.fmap_.n_features)
+    evidence = log_evidence(folds, cols, {s: model._prior(ones, s) for s in (0.0, 3.0)})
     for s, value in evidence.items():
         fit = LinearACE(_descriptor([29], RUNGS[1], r_in), e0=model.e0_, smoothness=s,
                         uncertainty="posterior", sigma_stress=None).fit(frames)
@@ -312,7 +309,8 @@ def test_the_md_probe_passes_over_a_rung_that_blows_up(frames, monkeypatch):
     # no rung stable: the best by CV, said so
     res = search_linear_ace(frames, 60.0, make, probe=lambda m: ProbeResult(
         False, 1, 0.0005, "atoms too close", 0.01), probe_steps=10)
-    assert res.descriptor == plain.descriptor and "none of 3 rung(s) stable" in res.stopped
+    assert res.descriptor == plain.descriptor
+    assert f"none of {search.MAX_PROBES} rung(s) stable" in res.stopped
 
 
 def test_md_probes_leave_the_final_fit_its_time():
@@ -332,9 +330,17 @@ def test_md_probes_leave_the_final_fit_its_time():
     deadline = time.perf_counter() + 30.0
     res = table()
     assert _probe_rungs(res, lambda row: None, probe, 1.0, deadline) is None
-    assert [("md_probe" in r) for r in res.table] == [r < search.MAX_PROBES for r in range(search.MAX_PROBES + 1)]
+    assert [("md_probe" in r) for r in res.table] == [r < search.MAX_PROBES
+                                                       for r in range(len(res.table))]
     assert res.plan["md_probe_stable"] is False
     res = table()
     assert _probe_rungs(res, lambda row: None, probe, 1.0, deadline, lambda row: 60.0) is None
     assert not any("md_probe" in r for r in res.table)
     assert res.plan["md_probe_stable"] is None and "budget spent after 0" in res.stopped
+    # the best rung is probed and fails; the next one's final fit would not fit: stop,
+    # recording that the probed rung was unstable
+    res = table()
+    assert _probe_rungs(res, lambda row: None, probe, 1.0, deadline,
+                        lambda row: 60.0 * row["rung"]) is None
+    assert [("md_probe" in r) for r in res.table] == [r == 0 for r in range(len(res.table))]
+    assert res.plan["md_probe_stable"] is False and "budget spent after 1" in res.stopped

@@ -332,23 +332,18 @@ def _rung_columns(model, descriptor, bounds: dict[str, list[int]]) -> np.ndarray
     return np.flatnonzero(np.concatenate(keep))
 
 
-def _smoothness_by_evidence(result: SearchResult, data: FoldSums, model, models: list,
-                            descriptors: list, bounds: list, top: int, shared: bool) -> float:
-    """The exponent of ``SMOOTHNESS_GRID`` with the largest evidence on the largest rung
-    (up to ``top``) of at most ``SMOOTHNESS_COLUMNS`` coefficients, fitted on every fold;
+def _smoothness_by_evidence(result: SearchResult, data: FoldSums, model, rung: int,
+                            cols: np.ndarray, shared: bool) -> float:
+    """The exponent of ``SMOOTHNESS_GRID`` with the largest evidence of the columns
+    ``cols`` of ``model``'s sums (rung ``rung``) fitted on every fold;
     ``result.plan['smoothness']`` records the rung, each exponent's log evidence and the
     seconds taken."""
     t0 = time.perf_counter()
-    sizes = [m.fmap_.n_features for m in models[:top + 1]]
-    r = max([k for k, p in enumerate(sizes) if p <= SMOOTHNESS_COLUMNS], default=0)
-    cols = _rung_columns(model, descriptors[r], bounds[r])
-    priors = {}
-    for s in SMOOTHNESS_GRID:
-        model.smoothness = s
-        priors[s] = model._prior(np.ones(model.fmap_.n_features))
-    evidence = log_evidence(data, cols, priors, shared)
+    ones = np.ones(model.fmap_.n_features)
+    evidence = log_evidence(data, cols, {s: model._prior(ones, s) for s in SMOOTHNESS_GRID},
+                            shared)
     best = max(evidence, key=evidence.get)
-    result.plan["smoothness"] = {"rung": r, "n_coefficients": int(len(cols)),
+    result.plan["smoothness"] = {"rung": rung, "n_coefficients": int(len(cols)),
                                  "log_evidence": {f"{s:g}": round(v, 2) for s, v in evidence.items()},
                                  "chosen": best, "seconds": round(time.perf_counter() - t0, 2)}
     return best
@@ -478,8 +473,10 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     measured = result.pass_seconds / pass_seconds(sizes[top], t_rows)
     shared = model.noise == "shared"
     if smoothness is None and model._prior_kind() == "smoothness":
-        smoothness = _smoothness_by_evidence(result, data, model, models, descriptors, bounds,
-                                             top, shared)
+        # on the largest rung of at most SMOOTHNESS_COLUMNS coefficients: a few seconds
+        r = max((k for k, p in enumerate(sizes[:top + 1]) if p <= SMOOTHNESS_COLUMNS), default=0)
+        smoothness = _smoothness_by_evidence(
+            result, data, model, r, _rung_columns(model, descriptors[r], bounds[r]), shared)
     if smoothness is not None:
         for m in models:
             m.smoothness = float(smoothness)

@@ -331,13 +331,14 @@ class SparseGPPotential(LinearPotential):
         # within each species' block: the kernel never reads a column its species lacks
         return tuple(sub if b is None else np.intersect1d(b, sub) for b in self._species_blocks().columns)
 
-    def _prior(self, phi_sq_mean: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def _prior(self, phi_sq_mean: np.ndarray, smoothness: float | None = None
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         K = self._kernel().kernel_matrix()
         if not self.linear_baseline:
             return K
         n_lin = self.fmap_.parts[0].n_features
         # blockdiag(diag(linear), K_mm) as its two blocks: no (p, p) matrix
-        return super()._prior(phi_sq_mean[:n_lin]), K
+        return super()._prior(phi_sq_mean[:n_lin], smoothness), K
 
     def _feature_map_state(self):
         k = self._kernel()

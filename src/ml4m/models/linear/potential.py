@@ -364,10 +364,13 @@ class LinearPotential(Potential):
                               f"{type(self.descriptor).__name__} has none: use prior='scale'")
         return "smoothness" if self.prior == "auto" and has_degrees else self.prior
 
-    def _prior(self, phi_sq_mean: np.ndarray) -> np.ndarray:
-        """Prior precision shape, per coefficient (see ``prior``), mean 1."""
+    def _prior(self, phi_sq_mean: np.ndarray, smoothness: float | None = None) -> np.ndarray:
+        """Prior precision shape, per coefficient (see ``prior``), mean 1; ``smoothness``:
+        the smoothness prior's exponent instead of the model's own (the basis search
+        compares several)."""
         if self._prior_kind() == "smoothness":
-            g = (1.0 + self.descriptor.feature_degrees()) ** float(self.smoothness)
+            s = self.smoothness if smoothness is None else smoothness
+            g = (1.0 + self.descriptor.feature_degrees()) ** float(s)
             blocks = self.fmap_.parts[0] if isinstance(self.fmap_, SumMap) else self.fmap_
             P = g[blocks.descriptor_columns]
         else:  # coefficients of large features are small
