@@ -242,3 +242,20 @@ def test_verlet_reuse_refuses_a_bad_skin():
     with pytest.raises(ConfigError, match="skin"):
         with verlet_reuse(skin=-1.0):
             pass
+
+
+def test_nearest_neighbor_distance_of_a_crystal_and_of_isolated_atoms():
+    """fcc: every atom's nearest neighbour is at a / sqrt(2) (periodic images count); a
+    rattled crystal gives the median of the atoms' own nearest distances; atoms farther
+    apart than the cutoff give None."""
+    from ml4m.data import nearest_neighbor_distance
+
+    a = 3.61
+    atoms = bulk("Cu", "fcc", a=a, cubic=True)
+    assert nearest_neighbor_distance([atoms]) == pytest.approx(a / np.sqrt(2), rel=1e-12)
+    rattled = atoms.repeat(2)
+    rattled.rattle(0.05, seed=1)
+    d = rattled.get_all_distances(mic=True) + np.eye(len(rattled)) * 1e9
+    assert nearest_neighbor_distance([rattled]) == pytest.approx(np.median(d.min(axis=1)))
+    far = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 9.0]], cell=[30, 30, 30], pbc=False)
+    assert nearest_neighbor_distance([far], cutoff=4.0) is None

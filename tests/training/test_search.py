@@ -172,6 +172,13 @@ def test_search_is_deterministic_and_keeps_its_budget(frames, monkeypatch):
     assert set(evidence) == set(search.SMOOTHNESS_GRID)
     assert chosen["chosen"] == max(evidence, key=evidence.get) == a.params["smoothness"]
     assert a.model.smoothness == a.params["smoothness"]
+    # the radial transform: the candidate of larger evidence, in the chosen descriptor
+    # (or none, when the budget's share left too few frames for its two passes)
+    r0 = a.plan["r0"]
+    assert r0.get("chosen") == a.descriptor.get("r0") == a.model.descriptor.r0
+    if "skipped" not in r0:
+        best_key = max(r0["log_evidence"], key=r0["log_evidence"].get)
+        assert best_key == ("none" if r0["chosen"] is None else f"{r0['chosen']:g}")
 
 
 def test_log_evidence_from_fold_sums_equals_a_direct_fit(frames):
@@ -221,8 +228,8 @@ def test_fit_searches_in_budget_never_reads_valid_and_its_config_refits(tmp_path
                                 forces=ref.get_forces()[::-1] * 5)
     ase.io.write(tmp_path / "poisoned.extxyz", poisoned)
     chosen = []
-    # a budget the ladder does not reach on 36 frames (it stops after two worse rungs, in
-    # about 10 s): the choice then depends on the data alone, not on the machine's load
+    # a budget the ladder does not reach on 36 frames (every rung fits it, in about 30 s):
+    # the choice then depends on the data alone, not on the machine's load
     for name, v in (("a", "valid"), ("b", "poisoned")):
         t0 = time.perf_counter()
         code = main(["fit", "--train", str(tmp_path / "train.extxyz"), "--valid",
@@ -231,7 +238,8 @@ def test_fit_searches_in_budget_never_reads_valid_and_its_config_refits(tmp_path
         assert code == 0, capsys.readouterr().err
         assert time.perf_counter() - t0 <= 300 * 1.1 + 5  # budget + 10%, plus start-up
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        assert metrics["search"]["stopped"].startswith("two rungs in a row")
+        search = metrics["search"]
+        assert search["plan"]["top"] == len(RUNGS) - 1 and "budget" not in search["stopped"]
         table = metrics["search"]["table"]
         assert len(table) >= 2 and (tmp_path / name / "m_search.png").exists()
         chosen.append((metrics["search"]["descriptor"], [row["score"] for row in table]))
@@ -344,3 +352,32 @@ def test_md_probes_leave_the_final_fit_its_time():
                         lambda row: 60.0 * row["rung"]) is None
     assert [("md_probe" in r) for r in res.table] == [r == 0 for r in range(len(res.table))]
     assert res.plan["md_probe_stable"] is False and "budget spent after 1" in res.stopped
+
+
+def test_r0_is_chosen_by_the_evidence_of_each_radial_transform(frames):
+    """Each candidate's recorded evidence is that of a model with its radial transform
+    fitted on the frames, at its best smoothness exponent; the larger one is chosen; with
+    no time for a pass the choice is skipped and ``r0`` stays unset."""
+    from ml4m.data import pair_inner_radii
+    from ml4m.data.frames import Dataset
+    from ml4m.data.reference import resolve_reference_energies
+
+    r_in = pair_inner_radii(frames, 0.25)
+    e0 = resolve_reference_energies(Dataset(frames), "fit")
+    make = lambda d, b: LinearACE(d, sigma_stress=None)  # noqa: E731
+    r0, record = search._r0_by_evidence(frames, make, [29], RUNGS[2], {}, r_in, e0, True,
+                                        False, 60.0, None)
+    assert record["n_frames"] == len(frames) and len(record["log_evidence"]) == 2
+    for key, value in record["log_evidence"].items():
+        radial = None if key == "none" else float(key)
+        direct = max(LinearACE(_descriptor([29], RUNGS[2], r_in, radial), e0=e0, smoothness=s,
+                               uncertainty="posterior", sigma_stress=None).fit(frames)
+                     .regression_.log_evidence_ for s in search.SMOOTHNESS_GRID)
+        assert value == pytest.approx(direct, rel=1e-6, abs=1e-2), key
+    best = max(record["log_evidence"], key=record["log_evidence"].get)
+    assert r0 == (None if best == "none" else float(best)) == record["chosen"]
+    low, high = sorted(record["log_evidence"].values())
+    assert high - low > 1.0  # the transforms differ
+    skipped, why = search._r0_by_evidence(frames, make, [29], RUNGS[2], {}, r_in, e0, True,
+                                          False, 0.0, None)
+    assert skipped is None and "skipped" in why

@@ -11,6 +11,7 @@ from ml4m.data.labels import LabelKeys
 from ml4m.data.neighbors import (
     NeighborList,
     batched_neighbor_list,
+    nearest_neighbor_distance,
     neighbor_list,
     pair_inner_radii,
     shortest_distances,
@@ -48,6 +49,7 @@ __all__ = [
     "generate",
     "iter_frames",
     "make_calculator",
+    "nearest_neighbor_distance",
     "neighbor_list",
     "open_store",
     "pack_frames",

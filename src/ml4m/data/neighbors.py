@@ -369,6 +369,21 @@ def shortest_distances(frames: Sequence[Frame | Atoms], cutoff: float = 3.0) -> 
     return {f"{chemical_symbols[p]}-{chemical_symbols[q]}": d for (p, q), d in sorted(best.items())}
 
 
+def nearest_neighbor_distance(frames: Sequence[Frame | Atoms], cutoff: float = 4.0) -> float | None:
+    """Median over the atoms of ``frames`` of each atom's nearest-neighbour distance
+    (periodic images count), Angstrom; ``None`` when no atom has a neighbour within
+    ``cutoff`` (Angstrom)."""
+    nearest = []
+    for frame in frames:
+        nl = neighbor_list(frame, cutoff, full_list=True)
+        if not len(nl):
+            continue
+        d = np.full(len(frame), np.inf)
+        np.minimum.at(d, nl.i, nl.distances)
+        nearest.append(d[np.isfinite(d)])
+    return float(np.median(np.concatenate(nearest))) if nearest else None
+
+
 def pair_inner_radii(frames: Sequence[Frame | Atoms], margin: float = 0.25,
                      cutoff: float = 3.0) -> dict[str, float]:
     """Where each element pair's radial basis may start: ``margin`` below its shortest

@@ -25,7 +25,9 @@ For each rung:
 The prior's shape is chosen once, before the ladder: the exponent of the smoothness
 prior (precision ``(1 + degree)^s``, so rough high-degree functions need stronger
 evidence) with the largest evidence on a small rung (``SMOOTHNESS_GRID``); every rung
-then uses it.
+then uses it. Before that, the radial transform: polynomials in ``r`` or in
+``(r0 / (r0 + r))^2`` (finer near ``r0``, the median nearest-neighbour distance), by the
+evidence of a small rung on a subset of the frames (``R0_SHARE`` of the budget).
 
 Folds are groups of frames: ``info['traj']`` (or ``config_type``) when the frames carry
 three or more distinct values, else contiguous chunks (MD frames are stored in
@@ -126,6 +128,13 @@ MIN_FLOP_RATE = 2e9
 #: ``SMOOTHNESS_COLUMNS`` coefficients (a few seconds), for every rung
 SMOOTHNESS_GRID = (0.0, 1.0, 2.0, 3.0, 4.0)
 SMOOTHNESS_COLUMNS = 2000
+#: share of the budget the choice of the radial transform may take (two passes of the
+#: largest rung of at most ``SMOOTHNESS_COLUMNS`` coefficients over a subset of the frames)
+R0_SHARE = 0.08
+#: fewest frames the radial transform is chosen on (all of them when there are fewer)
+R0_MIN_FRAMES = 30
+#: frames whose nearest-neighbour distances give the candidate ``r0``
+R0_SAMPLE = 50
 
 
 @dataclass
@@ -187,14 +196,19 @@ def cv_folds(frames: list[Frame], n_folds: int = N_FOLDS) -> np.ndarray:
     return frame_groups(frames, n_folds)
 
 
-def _settings(rung: dict[str, Any], pair_r_in, n_species: int) -> dict[str, Any]:
+def _settings(rung: dict[str, Any], pair_r_in, n_species: int, r0: float | None = None
+              ) -> dict[str, Any]:
     """ACE settings of ``rung``: ``n_max`` is its first degree bound (every function the
-    bounds admit), the four-body functions element-agnostic for several elements."""
+    bounds admit), the four-body functions element-agnostic for several elements; ``r0``
+    (Angstrom) when the radial polynomials are taken in ``(r0 / (r0 + r))^2``."""
     agnostic = 4 if n_species > 1 and rung["correlation_order"] >= 4 else 0
-    return {"r_cut": BASE["r_cut"], "l_max": BASE["l_max"], "n_max": rung["total_degree"][0],
-            "correlation_order": rung["correlation_order"],
-            "total_degree": list(rung["total_degree"]), "agnostic_from": agnostic,
-            "pair_r_in": pair_r_in}
+    out = {"r_cut": BASE["r_cut"], "l_max": BASE["l_max"], "n_max": rung["total_degree"][0],
+           "correlation_order": rung["correlation_order"],
+           "total_degree": list(rung["total_degree"]), "agnostic_from": agnostic,
+           "pair_r_in": pair_r_in}
+    if r0 is not None:
+        out["r0"] = r0
+    return out
 
 
 def species_bounds(rung: dict[str, Any], counts: dict[int, int]) -> dict[str, list[int]]:
@@ -214,10 +228,10 @@ def species_bounds(rung: dict[str, Any], counts: dict[int, int]) -> dict[str, li
     return out
 
 
-def _descriptor(species: list[int], rung: dict[str, Any], pair_r_in):
+def _descriptor(species: list[int], rung: dict[str, Any], pair_r_in, r0: float | None = None):
     from ml4m.descriptors import make_descriptor
 
-    return make_descriptor("ace", species=species, **_settings(rung, pair_r_in, len(species)))
+    return make_descriptor("ace", species=species, **_settings(rung, pair_r_in, len(species), r0))
 
 
 def _sums_bytes(p: int, n_frames: int, n_atoms: int, use_f: bool, use_s: bool) -> float:
@@ -349,9 +363,65 @@ def _smoothness_by_evidence(result: SearchResult, data: FoldSums, model, rung: i
     return best
 
 
+def _r0_by_evidence(frames: list[Frame], make_model, species: list[int], rung: dict[str, Any],
+                    bound: dict[str, list[int]], pair_r_in, e0, use_f: bool, use_s: bool,
+                    seconds: float, smoothness: float | None) -> tuple[float | None, dict[str, Any]]:
+    """The radial transform of the basis: polynomials in ``r`` (``None``) or in
+    ``(r0 / (r0 + r))^2`` with ``r0`` the training atoms' median nearest-neighbour
+    distance (:func:`~ml4m.data.nearest_neighbor_distance`, Angstrom, to 0.01), whichever
+    has the larger log evidence for the basis of ``rung`` (per-species ``bound``), each at
+    its best smoothness exponent of ``SMOOTHNESS_GRID`` (or at ``smoothness``), on the
+    evenly spaced subset of the frames whose two passes fit in ``seconds``.
+
+    Returns the chosen ``r0`` and a record: ``n_coefficients`` (the rung's), ``n_frames``,
+    ``log_evidence`` per candidate, ``chosen``, ``seconds``; ``skipped`` (why) when too
+    few frames fit."""
+    from ml4m.data import nearest_neighbor_distance
+
+    t0 = time.perf_counter()
+    nn = nearest_neighbor_distance([frames[k] for k in evenly_spaced(len(frames), R0_SAMPLE)],
+                                   BASE["r_cut"])
+    if nn is None:
+        return None, {"skipped": "no atom has a neighbour within the cutoff"}
+    candidates = (None, round(nn, 2))
+    models = []
+    for r0 in candidates:
+        model = make_model(_descriptor(species, rung, pair_r_in, r0), bound or None)
+        model.e0_ = e0
+        model.fmap_ = model._make_feature_map(frames)
+        models.append(model)
+    sample = [frames[k] for k in evenly_spaced(len(frames), 3)]
+    one = np.zeros(len(sample), dtype=int)
+    FoldSums(models[0], sample[:1], one[:1], use_f, use_s)  # untimed: one-time set-up
+    t1 = time.perf_counter()
+    FoldSums(models[0], sample, one, use_f, use_s)
+    per_frame = (time.perf_counter() - t1) / len(sample)
+    left = seconds - (time.perf_counter() - t0)
+    n = min(len(frames), int(left / (2 * per_frame)))
+    record: dict[str, Any] = {"n_coefficients": int(models[0].fmap_.n_features), "n_frames": n}
+    if n < min(R0_MIN_FRAMES, len(frames)):
+        record["skipped"] = f"{n} frame(s) fit in {seconds:.0f} s"
+        return None, record
+    subset = [frames[k] for k in evenly_spaced(len(frames), n)]
+    grid = SMOOTHNESS_GRID if smoothness is None else (smoothness,)
+    evidence = {}
+    for r0, model in zip(candidates, models):
+        data = FoldSums(model, subset, np.zeros(len(subset), dtype=int), use_f, use_s)
+        ones = np.ones(model.fmap_.n_features)
+        ev = log_evidence(data, np.arange(model.fmap_.n_features),
+                          {s: model._prior(ones, s) for s in grid}, model.noise == "shared")
+        evidence[r0] = max(ev.values())
+    best = max(candidates, key=lambda r0: evidence[r0])
+    record.update({"log_evidence": {"none" if r0 is None else f"{r0:g}": round(v, 2)
+                                    for r0, v in evidence.items()},
+                   "chosen": best, "seconds": round(time.perf_counter() - t0, 2)})
+    return best, record
+
+
 def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started: float | None = None,
                       progress=None, report: tuple[int, int] = (0, 0), probe=None,
-                      probe_steps: int = 0, smoothness: float | None = None) -> SearchResult:
+                      probe_steps: int = 0, smoothness: float | None = None,
+                      r0: float | str | None = "auto") -> SearchResult:
     """Pick the ACE rung with the best CV score within ``budget_s`` seconds.
 
     Parameters
@@ -384,6 +454,11 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         Exponent of the smoothness prior of every rung. ``None``: the one of
         ``SMOOTHNESS_GRID`` with the largest evidence on a small rung (models whose prior
         is not the smoothness prior keep theirs).
+    r0 : float, None or "auto", default="auto"
+        Radial transform of every rung (ACE's ``r0``, Angstrom; ``None``: polynomials in
+        ``r``). ``"auto"``: the one with the larger evidence on a small rung
+        (:func:`_r0_by_evidence`, at most ``R0_SHARE`` of the budget), for models with the
+        smoothness prior; recorded in ``plan['r0']``.
 
     Returns
     -------
@@ -408,14 +483,34 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     use_s = any(f.stress is not None for f in frames)
     limit = memory_limit()[0]
 
+    def build(r0: float | None):  # every rung's descriptor and unfitted model
+        descriptors = [_descriptor(species, rung, pair_r_in, r0) for rung in rungs]
+        return descriptors, [make_model(d, b or None) for d, b in zip(descriptors, bounds)]
+
+    def prepare(models) -> None:
+        for model in models:
+            model.e0_ = e0
+            model.fmap_ = model._make_feature_map(frames)
+
+    descriptors, models = build(None if r0 == "auto" else r0)
+    e0 = resolve_reference_energies(Dataset(frames), models[0].e0)
+    prepare(models)
+    sizes = [m.fmap_.n_features for m in models]
+    r0_record = None
+    if r0 == "auto":
+        r0 = None
+        if models[0]._prior_kind() == "smoothness":
+            # on the largest rung of at most SMOOTHNESS_COLUMNS coefficients
+            small = max((k for k, p in enumerate(sizes) if p <= SMOOTHNESS_COLUMNS), default=0)
+            r0, r0_record = _r0_by_evidence(frames, make_model, species, rungs[small],
+                                            bounds[small], pair_r_in, e0, use_f, use_s,
+                                            R0_SHARE * budget_s, smoothness)
+            if r0 is not None:
+                descriptors, models = build(r0)
+                prepare(models)
+
     # the largest rung whose pass, per-fold sums, CV solves and final fit fit the budget
     # and the memory; every rung's functions are among its own (nested ladder)
-    descriptors = [_descriptor(species, rung, pair_r_in) for rung in rungs]
-    models = [make_model(d, b or None) for d, b in zip(descriptors, bounds)]
-    e0 = resolve_reference_energies(Dataset(frames), models[0].e0)
-    for model in models:
-        model.e0_ = e0
-        model.fmap_ = model._make_feature_map(frames)
     sizes = [m.fmap_.n_features for m in models]
     timing = [frames[k] for k in evenly_spaced(len(frames), 3)]
     n_rows = len(frames) + 3 * len(numbers) * use_f + 6 * len(frames) * use_s
@@ -469,6 +564,8 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
                           plan={"top": top, "pass_estimate_seconds": pass_seconds(sizes[top], t_rows),
                                 "gram_gflops": gram_rate / 1e9, "solve_gflops": solve_rate / 1e9,
                                 "candidates": candidates})
+    if r0_record is not None:
+        result.plan["r0"] = r0_record
     # the descriptors of a rung's final fit: the estimate, scaled to the pass measured
     measured = result.pass_seconds / pass_seconds(sizes[top], t_rows)
     shared = model.noise == "shared"
@@ -533,7 +630,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         best = _probe_rungs(result, fitted, probe, probe_steps * step, deadline,
                             lambda row: max(reserve[row["rung"]], reserve[best["rung"]])) or best
     b = best["rung"]
-    result.descriptor = _settings(rungs[b], pair_r_in, len(species))
+    result.descriptor = _settings(rungs[b], pair_r_in, len(species), r0)
     if bounds[b]:
         result.params["species_degree"] = bounds[b]
     # the chosen rung on every frame, from the same sums: no second pass
