@@ -488,3 +488,32 @@ def test_fit_refuses_a_basis_larger_than_memory(data, monkeypatch):
         model.fit(data[0])
     monkeypatch.setattr(resources, "available_memory", lambda: 40 * 8 * 6 * p * p)
     assert model.fit(data[0]).n_parameters == p
+
+
+def test_gp_adopts_sparse_points_of_a_smaller_basis(cuau_frames):
+    """A sparse GP on a larger ACE basis that adopts the sparse environments of one on a
+    smaller basis (kernel on the same two- and three-body functions) has the same kernel
+    features as a GP selecting its own; kernels on different functions are refused."""
+    from ml4m.descriptors import make_descriptor
+
+    small = make_descriptor("ace", species=["Cu", "Au"], r_cut=4.0, n_max=6, l_max=2,
+                            correlation_order=2, total_degree=[6, 5])
+    large = make_descriptor("ace", species=["Cu", "Au"], r_cut=4.0, n_max=6, l_max=2,
+                            correlation_order=3, total_degree=[8, 7, 6])
+    train = Dataset(cuau_frames[:6])
+    source = SparseGPPotential(small, n_sparse=10, zeta=2, kernel_columns=[6, 5],
+                               uncertainty="posterior").fit(train)
+    own = SparseGPPotential(large, n_sparse=10, zeta=2, kernel_columns=[6, 5, 1],
+                            uncertainty="posterior").fit(train)
+    adopted = SparseGPPotential(large, n_sparse=10, zeta=2, kernel_columns=[6, 5, 1])
+    adopted.adopt_sparse_points(source)
+    frame = cuau_frames[7]
+    X, sidx = large.compute([frame]).features, own._species_index([frame])
+    np.testing.assert_allclose(adopted._kernel().transform(X, sidx), own._kernel().transform(X, sidx),
+                               rtol=1e-9, atol=1e-12)
+    assert adopted.fmap_.n_features == own.fmap_.n_features  # linear block + kernel
+    wider = SparseGPPotential(large, n_sparse=10, zeta=2, kernel_columns=[6, 6, 1])
+    with pytest.raises(ConfigError, match="kernels read different columns"):
+        wider.adopt_sparse_points(source)
+    with pytest.raises(ConfigError, match="same species and zeta"):
+        SparseGPPotential(large, n_sparse=10, zeta=4, kernel_columns=[6, 5, 1]).adopt_sparse_points(source)

@@ -149,7 +149,8 @@ def test_search_is_deterministic_and_keeps_its_budget(frames, monkeypatch):
     results = []
     for _ in range(2):
         t0 = time.perf_counter()
-        res = search_linear_ace(frames, 20.0, lambda d, b: LinearACE(d, species_degree=b))
+        res = search_linear_ace(frames, 20.0, lambda d, b: LinearACE(d, species_degree=b),
+                                r0="auto")
         assert time.perf_counter() - t0 <= 20.0 * 1.1 + 1.0  # + timer and start-up slack
         results.append(res)
     a, b = results
@@ -228,7 +229,7 @@ def test_fit_searches_in_budget_never_reads_valid_and_its_config_refits(tmp_path
                                 forces=ref.get_forces()[::-1] * 5)
     ase.io.write(tmp_path / "poisoned.extxyz", poisoned)
     chosen = []
-    # a budget the ladder does not reach on 36 frames (every rung fits it, in about 30 s):
+    # a budget the ladder does not reach on 36 frames (every rung fits it, in about 15 s):
     # the choice then depends on the data alone, not on the machine's load
     for name, v in (("a", "valid"), ("b", "poisoned")):
         t0 = time.perf_counter()
@@ -381,3 +382,73 @@ def test_r0_is_chosen_by_the_evidence_of_each_radial_transform(frames):
     skipped, why = search._r0_by_evidence(frames, make, [29], RUNGS[2], {}, r_in, e0, True,
                                           False, 0.0, None)
     assert skipped is None and "skipped" in why
+
+
+def test_gp_search_fits_the_sparse_gp_of_the_chosen_rung(frames, monkeypatch):
+    """With a kernel model, the search's final model is the sparse GP on the chosen rung
+    (here a lower one than the top, by the probe), equal to that GP fitted directly: its
+    kernel on rung 0's functions, its sparse environments chosen once."""
+    from ml4m.descriptors import make_descriptor
+    from ml4m.models.kernel import SparseGPPotential
+    from ml4m.training.probe import ProbeResult
+
+    def make_gp(d, b, kernel):
+        return SparseGPPotential(d, species_degree=b, kernel_columns=kernel, n_sparse=30, zeta=2,
+                                 noise="shared", sigma_stress=None)
+
+    calls = []
+
+    def probe(model):  # the best rung by CV "blows up", the next is stable
+        calls.append(model)
+        return ProbeResult(len(calls) > 1, 10, 0.1, "", 0.01)
+
+    monkeypatch.setattr(search, "RUNGS", RUNGS[:4])
+    res = search_linear_ace(frames, 60.0, lambda d, b: LinearACE(d, species_degree=b, sigma_stress=None),
+                            probe=probe, probe_steps=10, r0=None, make_kernel_model=make_gp)
+    chosen = [row for row in res.table if row.get("md_probe", {}).get("stable")][0]
+    assert chosen["rung"] < max(row["rung"] for row in res.table) and res.descriptor["total_degree"] == chosen["total_degree"]
+    assert res.params["kernel_columns"] == search.kernel_columns(RUNGS[chosen["rung"]])
+    model = res.model
+    assert isinstance(model, SparseGPPotential)
+    assert model.fmap_.n_features == chosen["n_coefficients"] + 30
+    direct = make_gp(make_descriptor("ace", species=[29], **res.descriptor), None,
+                     res.params["kernel_columns"])
+    direct.smoothness = res.params["smoothness"]
+    direct.fit(frames)
+    assert model.regression_.alpha_ == pytest.approx(direct.regression_.alpha_, rel=1e-4)
+    a, b = model.predict(frames[:4]), direct.predict(frames[:4])
+    scale = np.sqrt(np.mean(a.forces ** 2))
+    assert np.abs(a.forces - b.forces).max() < 1e-5 * scale
+
+
+def test_fit_gp_with_default_flags_searches_and_its_config_refits(tmp_path, capsys):
+    """``ml4m fit --model gp`` with default flags: a sparse GP on the ACE basis the search
+    chose, whose written config (ACE descriptor, kernel columns) refits the same model."""
+    import json
+
+    import ase.io
+
+    import ml4m
+    from ml4m.cli.main import main
+    from ml4m.data import default_dataset_path
+    from ml4m.models.kernel import SparseGPPotential
+
+    frames = ase.io.read(default_dataset_path(), ":")
+    ase.io.write(tmp_path / "train.extxyz", frames[::8])
+    valid = frames[3::40]
+    ase.io.write(tmp_path / "valid.extxyz", valid)
+    assert main(["fit", "--model", "gp", "--train", str(tmp_path / "train.extxyz"), "--valid",
+                 str(tmp_path / "valid.extxyz"), "--max-minutes", "1",
+                 "-o", str(tmp_path / "gp.ml4m"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    a = ml4m.load(tmp_path / "gp.ml4m")
+    assert isinstance(a.model_, SparseGPPotential)
+    n_lin = metrics["search"]["table"][0]["n_coefficients"]
+    assert a.model_.fmap_.n_features > n_lin and "kernel_columns" in metrics["search"]["params"]
+    assert main(["fit", str(tmp_path / "gp_chosen.yaml"), "-o", str(tmp_path / "again.ml4m"),
+                 "--json"]) == 0
+    capsys.readouterr()
+    b = ml4m.load(tmp_path / "again.ml4m")
+    pa, pb = a.predict(valid), b.predict(valid)
+    gap = np.abs(pb.forces - pa.forces).max() / np.sqrt(np.mean(pa.forces**2))
+    assert gap < 1e-5, (gap, metrics["search"]["plan"], metrics["search"]["stopped"])

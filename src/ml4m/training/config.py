@@ -100,7 +100,10 @@ class FitConfig:
     search : {'auto', 'off'}
         ``auto``: ``ace`` without descriptor settings chooses its basis by cross-validation
         inside ``train`` (:mod:`ml4m.training.search`) and writes the chosen settings as
-        ``{stem}_chosen.yaml``; ``off``: the descriptor's defaults.
+        ``{stem}_chosen.yaml``; so does ``gp`` without descriptor settings or
+        ``kernel_columns``: a sparse GP whose linear baseline is the chosen ACE basis and
+        whose kernel reads its two- and three-body functions; ``off``: the descriptor's
+        defaults (SOAP for ``gp``).
     device : {'cpu', 'cuda'}
     """
 
@@ -132,10 +135,11 @@ class FitConfig:
 
     @property
     def searches(self) -> bool:
-        """Whether the fit chooses the basis (``ace``, ``search: auto``, no descriptor
-        settings)."""
-        return self.model == "ace" and self.search == "auto" and not self.descriptor \
-            and self.descriptor_type in (None, "ace")
+        """Whether the fit chooses the basis: ``ace`` or ``gp`` (a sparse GP on the chosen
+        ACE basis, when its ``kernel_columns`` are not given), ``search: auto``, no
+        descriptor settings."""
+        return self.model in ("ace", "gp") and self.search == "auto" and not self.descriptor \
+            and self.descriptor_type in (None, "ace") and "kernel_columns" not in self.params
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str | os.PathLike = "config") -> FitConfig:

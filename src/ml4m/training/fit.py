@@ -209,11 +209,11 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
 def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, started: float,
                   template) -> tuple[FitConfig, dict[str, Any], Any]:
     """Choose the ACE basis by CV inside ``train`` (:func:`~ml4m.training.search.
-    search_linear_ace`) within the fit's budget; write the chosen config beside the
-    model and the CV plot. ``template``: the unfitted model as the config builds it (inside
-    its baseline when it has one: the search then fits the residuals of the baseline,
-    fitted on ``train`` first). ``valid`` is not read, only sized (the report's cost).
-    Returns the config with the chosen descriptor, the search
+    search_linear_ace`; for ``gp``, the sparse GP on it) within the fit's budget; write
+    the chosen config beside the model and the CV plot. ``template``: the unfitted model
+    as the config builds it (inside its baseline when it has one: the search then fits
+    the residuals of the baseline, fitted on ``train`` first). ``valid`` is not read, only
+    sized (the report's cost). Returns the config with the chosen descriptor, the search
     record for ``metrics.json`` and the fitted model (the search's own final fit)."""
     import dataclasses
 
@@ -225,8 +225,17 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
     minutes = cfg.max_minutes if cfg.max_minutes is not None else DEFAULT_SEARCH_MINUTES
     others = {k: v for k, v in cfg.params.items() if k != "species_degree"}
 
-    def make_model(descriptor, species_degree):
-        rung = dataclasses.replace(cfg, params={**others, "species_degree": species_degree})
+    def make_model(descriptor, species_degree):  # a linear ACE rung
+        from ml4m.models.linear import LinearACE
+
+        names = LinearACE.param_names()
+        rung = dataclasses.replace(cfg, model="ace", params={
+            **{k: v for k, v in others.items() if k in names}, "species_degree": species_degree})
+        return build_model(rung, species, train, descriptor=descriptor)
+
+    def make_kernel_model(descriptor, species_degree, kernel_columns):  # a GP on a rung
+        rung = dataclasses.replace(cfg, params={**others, "species_degree": species_degree,
+                                                "kernel_columns": kernel_columns})
         return build_model(rung, species, train, descriptor=descriptor)
 
     frames, baseline = list(train), None
@@ -237,7 +246,8 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
     probe, steps, temperature = _md_probe(list(train), baseline, cfg.seed)
     result = search_linear_ace(frames, 60.0 * minutes, make_model, started, report=report,
                                probe=probe, probe_steps=steps,
-                               smoothness=cfg.params.get("smoothness"))
+                               smoothness=cfg.params.get("smoothness"),
+                               make_kernel_model=make_kernel_model if cfg.model == "gp" else None)
     if result.plan.get("md_probe_stable") is False:
         import warnings
 
@@ -249,7 +259,7 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
                       "is kept: run MD hotter than the training data with care, or add data "
                       "there (ml4m learn)", stacklevel=2)
     model = result.model if baseline is None else Baselined.from_fitted(result.model, baseline)
-    chosen = dataclasses.replace(cfg, descriptor=result.descriptor,
+    chosen = dataclasses.replace(cfg, descriptor=result.descriptor, descriptor_type="ace",
                                  params={**others, **result.params}, search="off")
     record = {k: v for k, v in vars(chosen).items()
               if k not in ("max_minutes", "device", "output") and v not in (None, {}, [])}

@@ -121,6 +121,7 @@ class FoldSums:
         sig = {"energy": model.sigma_energy, "forces": model.sigma_forces if use_f else None,
                "stress": model.sigma_stress if use_s else None}
         self.sigmas = sig
+        self.n_features = model.fmap_.n_features
         self.acc = []
         for k in range(int(folds.max()) + 1):
             acc = _FoldAccumulator(model.fmap_.n_features, sig)
@@ -236,7 +237,7 @@ def cv_rmse(folds: FoldSums, cols: np.ndarray, prior: np.ndarray, shared: bool =
     if coef is not None:
         coef.append(reg.coef_)
     sse = dict.fromkeys(folds.quantities, 0.0)
-    c_full = np.zeros(len(prior))
+    c_full = np.zeros(folds.n_features)
     for k in range(K):
         H, rhs = None, np.zeros(len(cols))
         for g, (G, b, _, _), beta in zip(groups, totals, betas):

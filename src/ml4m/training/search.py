@@ -25,9 +25,10 @@ For each rung:
 The prior's shape is chosen once, before the ladder: the exponent of the smoothness
 prior (precision ``(1 + degree)^s``, so rough high-degree functions need stronger
 evidence) with the largest evidence on a small rung (``SMOOTHNESS_GRID``); every rung
-then uses it. Before that, the radial transform: polynomials in ``r`` or in
-``(r0 / (r0 + r))^2`` (finer near ``r0``, the median nearest-neighbour distance), by the
-evidence of a small rung on a subset of the frames (``R0_SHARE`` of the budget).
+then uses it. Before that, when asked (``r0='auto'``), the radial transform:
+polynomials in ``r`` or in ``(r0 / (r0 + r))^2`` (finer near ``r0``, the median
+nearest-neighbour distance), by the evidence of a small rung on a subset of the frames
+(``R0_SHARE`` of the budget).
 
 Folds are groups of frames: ``info['traj']`` (or ``config_type``) when the frames carry
 three or more distinct values, else contiguous chunks (MD frames are stored in
@@ -228,6 +229,14 @@ def species_bounds(rung: dict[str, Any], counts: dict[int, int]) -> dict[str, li
     return out
 
 
+def kernel_columns(rung: dict[str, Any]) -> list[int]:
+    """Degree bounds (one per correlation order of ``rung``) of the functions a sparse GP's
+    kernel reads in the search: the two- and three-body functions inside the first rung's
+    bounds (a power spectrum, as SOAP's), present with the same values in every rung."""
+    first = list(RUNGS[0]["total_degree"])
+    return (first + [1] * rung["correlation_order"])[:rung["correlation_order"]]
+
+
 def _descriptor(species: list[int], rung: dict[str, Any], pair_r_in, r0: float | None = None):
     from ml4m.descriptors import make_descriptor
 
@@ -335,7 +344,7 @@ def _rung_columns(model, descriptor, bounds: dict[str, list[int]]) -> np.ndarray
 
     names = model.descriptor.feature_names()
     sub = descriptor.feature_names()
-    fmap = model.fmap_
+    fmap = model.fmap_.parts[0] if hasattr(model.fmap_, "parts") else model.fmap_
     keep = []
     for s, z in enumerate(model.species):
         top = fmap.columns[s] if fmap.columns is not None and fmap.columns[s] is not None \
@@ -421,7 +430,7 @@ def _r0_by_evidence(frames: list[Frame], make_model, species: list[int], rung: d
 def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started: float | None = None,
                       progress=None, report: tuple[int, int] = (0, 0), probe=None,
                       probe_steps: int = 0, smoothness: float | None = None,
-                      r0: float | str | None = "auto") -> SearchResult:
+                      r0: float | str | None = None, make_kernel_model=None) -> SearchResult:
     """Pick the ACE rung with the best CV score within ``budget_s`` seconds.
 
     Parameters
@@ -454,11 +463,21 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         Exponent of the smoothness prior of every rung. ``None``: the one of
         ``SMOOTHNESS_GRID`` with the largest evidence on a small rung (models whose prior
         is not the smoothness prior keep theirs).
-    r0 : float, None or "auto", default="auto"
+    r0 : float, None or "auto", default=None
         Radial transform of every rung (ACE's ``r0``, Angstrom; ``None``: polynomials in
         ``r``). ``"auto"``: the one with the larger evidence on a small rung
         (:func:`_r0_by_evidence`, at most ``R0_SHARE`` of the budget), for models with the
-        smoothness prior; recorded in ``plan['r0']``.
+        smoothness prior; recorded in ``plan['r0']``. Not the default: on 3BPA the
+        evidence prefers ``r0`` (valid energy error 0.62 against 1.02 meV/atom) but the
+        model's MD fails sooner (``benchmarks/results/md_stability.md``, session 16).
+    make_kernel_model : callable, optional
+        ``make_kernel_model(descriptor, species_degree, kernel_columns)`` -> an unfitted
+        :class:`~ml4m.models.kernel.SparseGPPotential` with a linear baseline: the search
+        then returns that sparse GP on the chosen rung, its kernel reading the rung's two-
+        and three-body functions inside rung 0's bounds (:func:`kernel_columns`), with
+        sparse environments chosen once on rung 0. The pass adds the kernel's columns to
+        the sums; rungs are scored on their linear columns (the ladder as without a
+        kernel) and the final fit solves the chosen rung's with the kernel's.
 
     Returns
     -------
@@ -508,6 +527,21 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
             if r0 is not None:
                 descriptors, models = build(r0)
                 prepare(models)
+    kernel_model, n_kernel = None, 0
+    if make_kernel_model is not None:
+        # sparse environments chosen once, on rung 0's functions (which every rung holds
+        # with the same values), and shared by every rung's kernel model
+        source = make_kernel_model(descriptors[0], bounds[0] or None, kernel_columns(rungs[0]))
+        source.e0_ = e0
+        source.fmap_ = source._make_feature_map(frames)
+        n_kernel = source._kernel().n_features
+
+        def kernel_model(r: int):
+            m = make_kernel_model(descriptors[r], bounds[r] or None, kernel_columns(rungs[r]))
+            m.e0_ = e0
+            if smoothness is not None:  # the exponent chosen below, once it is
+                m.smoothness = float(smoothness)
+            return m.adopt_sparse_points(source)
 
     # the largest rung whose pass, per-fold sums, CV solves and final fit fit the budget
     # and the memory; every rung's functions are among its own (nested ladder)
@@ -536,19 +570,19 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
 
     top, candidates = 0, []
     for r in range(len(rungs) - 1, -1, -1):
-        memory = _sums_bytes(sizes[r], len(frames), len(numbers), use_f, use_s)
+        memory = _sums_bytes(sizes[r] + n_kernel, len(frames), len(numbers), use_f, use_s)
         if memory > MEMORY_SHARE * limit and r > 0:
             continue
-        model = models[r]
+        model = models[r] if kernel_model is None else kernel_model(r)  # the pass's model
         for _ in model._block_rows(timing[:1], use_f, use_s):  # untimed: one-time set-up
             pass
         t0 = time.perf_counter()
         for _ in model._block_rows(timing, use_f, use_s):
             pass
         t_rows = (time.perf_counter() - t0) * len(frames) / len(timing)
-        step = _md_step_seconds(model, frames[0])
-        parts = {"pass": pass_seconds(sizes[r], t_rows),
-                 "final_and_report": final_seconds(sizes[r], t_rows, gram_rate, step),
+        step = _md_step_seconds(models[r], frames[0])
+        parts = {"pass": pass_seconds(sizes[r] + n_kernel, t_rows),
+                 "final_and_report": final_seconds(sizes[r] + n_kernel, t_rows, gram_rate, step),
                  "cv_solves": sum(_solve_flops(q) for q in sizes[:r + 1]) / solve_rate,
                  "md_probe": probe_steps * step if probe else 0.0}
         left = deadline - time.perf_counter()
@@ -561,36 +595,40 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     data = FoldSums(model, frames, folds, use_f, use_s)
     result = SearchResult(descriptor={}, folds=int(folds.max()) + 1,
                           pass_seconds=time.perf_counter() - t0,
-                          plan={"top": top, "pass_estimate_seconds": pass_seconds(sizes[top], t_rows),
+                          plan={"top": top,
+                                "pass_estimate_seconds": pass_seconds(sizes[top] + n_kernel, t_rows),
                                 "gram_gflops": gram_rate / 1e9, "solve_gflops": solve_rate / 1e9,
                                 "candidates": candidates})
     if r0_record is not None:
         result.plan["r0"] = r0_record
     # the descriptors of a rung's final fit: the estimate, scaled to the pass measured
-    measured = result.pass_seconds / pass_seconds(sizes[top], t_rows)
-    shared = model.noise == "shared"
-    if smoothness is None and model._prior_kind() == "smoothness":
+    measured = result.pass_seconds / pass_seconds(sizes[top] + n_kernel, t_rows)
+    # the linear rungs are scored (their columns lead the kernel model's sums)
+    lin = models[top]
+    shared = lin.noise == "shared"
+    if smoothness is None and lin._prior_kind() == "smoothness":
         # on the largest rung of at most SMOOTHNESS_COLUMNS coefficients: a few seconds
         r = max((k for k, p in enumerate(sizes[:top + 1]) if p <= SMOOTHNESS_COLUMNS), default=0)
         smoothness = _smoothness_by_evidence(
-            result, data, model, r, _rung_columns(model, descriptors[r], bounds[r]), shared)
+            result, data, lin, r, _rung_columns(lin, descriptors[r], bounds[r]), shared)
     if smoothness is not None:
         for m in models:
             m.smoothness = float(smoothness)
         result.params["smoothness"] = float(smoothness)
-    prior = model._prior(np.ones(model.fmap_.n_features))
-    sigma = {"energy": model.sigma_energy, "forces": model.sigma_forces or 1.0,
-             "stress": model.sigma_stress or 1.0}
+    prior = lin._prior(np.ones(lin.fmap_.n_features))
+    sigma = {"energy": lin.sigma_energy, "forces": lin.sigma_forces or 1.0,
+             "stress": lin.sigma_stress or 1.0}
     best, worse, rate = None, 0, None
     coefs: dict[int, np.ndarray] = {}  # per rung: the posterior mean on every fold
     reserve: dict[int, float] = {}  # per rung: seconds of its final fit and report
     result.stopped = "every affordable rung tried"
     for r in range(top + 1):
-        cols = _rung_columns(model, descriptors[r], bounds[r])
+        cols = _rung_columns(lin, descriptors[r], bounds[r])
         # the final fit (the held-out frames described again, two solves at this size, the
         # report) and one MD probe
         finish = (_solve_flops(len(cols)) / rate
-                  + final_seconds(len(cols), measured * t_rows, gram_rate, step) if rate else 0.0)
+                  + final_seconds(len(cols) + n_kernel, measured * t_rows, gram_rate, step)
+                  if rate else 0.0)
         need = finish + (probe_steps * step if probe and rate else 0.0)
         if r > 0 and time.perf_counter() + need > deadline:
             result.stopped = f"budget: rung {r} would end after the budget"
@@ -634,9 +672,15 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     if bounds[b]:
         result.params["species_degree"] = bounds[b]
     # the chosen rung on every frame, from the same sums: no second pass
-    cols = _rung_columns(model, descriptors[b], bounds[b])
-    total = accumulator(data, cols, not shared)
-    without = accumulator(data, cols, not shared, skip=int(folds.max())) if held_share else total
+    cols = _rung_columns(lin, descriptors[b], bounds[b])
+    final = models[b]
+    if kernel_model is not None:  # the kernel's columns follow the top rung's linear ones
+        final = kernel_model(b)
+        cols = np.concatenate([cols, lin.fmap_.n_features + np.arange(n_kernel)])
+        result.params["kernel_columns"] = kernel_columns(rungs[b])
+    per_quantity = final.noise != "shared"
+    total = accumulator(data, cols, per_quantity)
+    without = accumulator(data, cols, per_quantity, skip=int(folds.max())) if held_share else total
     del data
-    result.model = models[b].fit_from_sums(frames, without, total)
+    result.model = final.fit_from_sums(frames, without, total)
     return result

@@ -298,6 +298,42 @@ class SparseGPPotential(LinearPotential):
             return kernel
         return SumMap((self._species_blocks(), kernel))
 
+    def adopt_sparse_points(self, source: SparseGPPotential) -> SparseGPPotential:
+        """Take ``source``'s fitted sparse environments as this model's (unfitted) kernel
+        map, their rows moved to this descriptor's columns by feature name: a model on a
+        larger ACE basis that holds every column ``source``'s kernel reads (same species,
+        ``zeta``) then has the same kernel features without a new selection. Sets
+        ``fmap_`` (with the linear baseline's blocks when it has one); returns self.
+
+        Raises
+        ------
+        ConfigError
+            A column the kernel reads that this descriptor lacks, or another species list.
+        """
+        theirs = source._kernel()
+        if list(source.species) != list(self.species) or theirs.zeta != int(self.zeta):
+            raise ConfigError("sparse points are shared only between models of the same "
+                              "species and zeta")
+        own_names = self.descriptor.feature_names()
+        mine = {name: k for k, name in enumerate(own_names)}
+        names = source.descriptor.feature_names()
+        columns = self._kernel_columns(self.kernel_columns)
+        for s in range(len(self.species)):  # each species' kernel reads the same functions
+            read = {names[k] for k in (range(len(names)) if theirs.columns is None
+                                       or theirs.columns[s] is None else theirs.columns[s])}
+            own = {own_names[k] for k in (range(len(own_names)) if columns is None
+                                          or columns[s] is None else columns[s])}
+            if read != own:
+                raise ConfigError(f"the kernels read different columns: {len(read ^ own)} "
+                                  f"function(s) differ, e.g. {sorted(read ^ own)[0]}")
+        keep = [k for k, name in enumerate(names) if name in mine]
+        sparse = np.zeros((len(theirs.sparse), self.descriptor.n_features))
+        sparse[:, [mine[names[k]] for k in keep]] = theirs.sparse[:, keep]
+        kernel = DotProductKernelMap(sparse, theirs.sparse_species.copy(), int(self.zeta),
+                                     columns=columns)
+        self.fmap_ = self._with_baseline(kernel)
+        return self
+
     def _kernel(self) -> DotProductKernelMap:
         return self.fmap_.parts[-1] if isinstance(self.fmap_, SumMap) else self.fmap_
 

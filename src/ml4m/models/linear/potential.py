@@ -522,9 +522,10 @@ class LinearPotential(Potential):
         ``uncertainty='posterior'``), both as :meth:`fit` accumulates them (with its E0s
         and feature map). Only the held-out frames are described again (their residuals
         teach the error models); the result equals :meth:`fit` on ``frames`` up to
-        rounding.
+        rounding. A feature map already set (``fmap_``, e.g. a sparse GP's sparse
+        environments shared with the model the sums were made with) is kept.
         """
-        frames = self._start_fit(frames)
+        frames = self._start_fit(frames, getattr(self, "fmap_", None))
         p = self.fmap_.n_features
         for name, acc in (("without_held", without_held), ("total", total)):
             if any(neq.AtA.shape != (p, p) for neq in acc.groups().values()):
@@ -534,10 +535,11 @@ class LinearPotential(Potential):
             return self._fit_accumulated(total, [])
         return self._fit_accumulated(without_held, held, total)
 
-    def _start_fit(self, train: Dataset | Sequence[Frame]) -> list[Frame]:
+    def _start_fit(self, train: Dataset | Sequence[Frame], fmap: FeatureMap | None = None
+                   ) -> list[Frame]:
         """The checks and fitted state every fit starts from: labels, hyperparameters,
-        species (unknown ones fail before any work), E0s, the feature map, the memory of
-        the solve. Returns the frames as a list."""
+        species (unknown ones fail before any work), E0s, the feature map (``fmap``, or
+        made from ``train``), the memory of the solve. Returns the frames as a list."""
         frames = as_frames(train)
         if not frames:
             raise DataError("no training frames")
@@ -546,7 +548,7 @@ class LinearPotential(Potential):
         self._prior_kind()
         self._species_index(frames)
         self.e0_ = resolve_reference_energies(Dataset(frames), self.e0)
-        self.fmap_ = self._make_feature_map(frames)
+        self.fmap_ = fmap if fmap is not None else self._make_feature_map(frames)
         self._check_fit_memory(frames)
         return frames
 
