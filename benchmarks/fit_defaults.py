@@ -2,18 +2,19 @@
 
 For each shared set, runs in a fresh process, exactly as documented::
 
-    ml4m fit --model ace --train train.extxyz --valid valid.extxyz -o MODEL --json
-    ml4m test MODEL test.extxyz --json
+    ml4m fit --model MODEL --train train.extxyz --valid valid.extxyz -o FILE --json
+    ml4m test FILE test.extxyz --json
 
 and reports the wall time, the basis the search chose, valid and test errors (energy
 MAE meV/atom, force MAE meV/A, stress MAE GPa where labelled) and the Spearman of the
 predicted force sigma against the force error, beside the hand-picked figures of
-``benchmarks/results/potentials_accuracy.json`` (same data, fixed settings).
+``benchmarks/results/potentials_accuracy.json`` (same data, fixed settings), for each
+``--models`` kind (``ace``: linear ACE; ``gp``: the sparse GP).
 
 Usage::
 
     .venv/bin/python benchmarks/fit_defaults.py [--sets cu_emt cuau_emt bpa_xtb ethanol_pbe]
-        [--max-minutes M]
+        [--models ace gp] [--max-minutes M]
 
 Writes ``benchmarks/results/fit_defaults.md`` (and ``.json``); models go to ``--workdir``.
 """
@@ -43,31 +44,31 @@ def run_json(args: list[str]) -> tuple[dict, float]:
     return json.loads(proc.stdout), time.perf_counter() - t0
 
 
-def hand_picked() -> dict[str, dict]:
-    """The fixed-settings linear ACE rows of potentials_accuracy.json, by set."""
+def hand_picked() -> dict[tuple[str, str], dict]:
+    """The fixed-settings rows of potentials_accuracy.json, by (set, model)."""
     path = RESULTS / "potentials_accuracy.json"
     if not path.exists():
         return {}
-    rows = json.loads(path.read_text())
-    return {r["set"]: r for r in rows if r.get("model") == "ace"}
+    return {(r["set"], r.get("model")): r for r in json.loads(path.read_text())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", nargs="+", default=["cu_emt", "cuau_emt", "bpa_xtb", "ethanol_pbe"])
+    ap.add_argument("--models", nargs="+", default=["ace"], choices=["ace", "gp"])
     ap.add_argument("--max-minutes", type=float, help="passed to ml4m fit (default: its own)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ml4m_fit_defaults"))
     args = ap.parse_args()
     rows = []
-    for name in args.sets:
+    for name, kind in ((n, k) for k in args.models for n in args.sets):
         d = SHARED / name
-        model = args.workdir / name / "ace.ml4m"
+        model = args.workdir / name / f"{kind}.ml4m"
         model.parent.mkdir(parents=True, exist_ok=True)
         extra = ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
         model.unlink(missing_ok=True)  # a model of an earlier run of this script
         load = os.getloadavg()[0]
-        fit, wall = run_json(["fit", "--model", "ace", "--train", str(d / "train.extxyz"),
+        fit, wall = run_json(["fit", "--model", kind, "--train", str(d / "train.extxyz"),
                               "--valid", str(d / "valid.extxyz"), "-o", str(model)] + extra)
         test = {}  # held-back test sets are not shared; scored when present
         if (d / "test.extxyz").exists():
@@ -75,7 +76,7 @@ def main() -> None:
         search = fit.get("search", {})
         table = [{k: row[k] for k in ("rung", "n_coefficients", "cv_forces_rmse_mev_per_a",
                                       "score", "seconds")} for row in search.get("table", [])]
-        rows.append({"set": name, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        rows.append({"set": name, "model": kind, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "load_before": load, "load_after": os.getloadavg()[0], "wall_s": wall,
                      "n_coefficients": fit["n_features"], "descriptor": search.get("descriptor"),
                      "params": search.get("params"), "search_stopped": search.get("stopped"),
@@ -109,28 +110,31 @@ def write_report(rows: list[dict], args) -> None:
     ref = hand_picked()
     old = RESULTS / "fit_defaults.json"
     if old.exists():
-        done = {r["set"] for r in rows}
-        rows = [r for r in json.loads(old.read_text()) if r["set"] not in done] + rows
+        done = {(r["set"], r["model"]) for r in rows}
+        rows = [r for r in json.loads(old.read_text())
+                if (r["set"], r.get("model", "ace")) not in done] + rows
     load = os.getloadavg()[0]
-    lines = ["# `ml4m fit` with default flags (linear ACE, basis search) beside hand-picked settings",
+    lines = ["# `ml4m fit` with default flags (basis search) beside hand-picked settings",
              "", f"Command: `.venv/bin/python benchmarks/fit_defaults.py --sets {' '.join(args.sets)}"
+             + f" --models {' '.join(args.models)}"
              + (f" --max-minutes {args.max_minutes}" if args.max_minutes else "") + "`. "
              f"Machine: {os.cpu_count()} cores, load average {load:.1f} at the end "
              "(the search's budget is wall time, so a busy machine gets a smaller basis; each "
              "row gives the 1-minute load before and after its fit).", "",
-             "| set | date | load before, after | wall (s) | coefficients | chosen (order, degrees; "
+             "| set | model | date | load before, after | wall (s) | coefficients | chosen (order, degrees; "
              "per species) | valid E MAE (meV/atom) | valid F MAE (meV/A) | valid S MAE (GPa) "
              "| valid sigma-error Spearman | test F MAE | hand-picked valid F MAE |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v, t = r["valid"], r["test"]
         d = r["descriptor"] or {}
         rho = v.get("uncertainty", {}).get("force_sigma_spearman")
-        hp = ref.get(r["set"], {}).get("forces", {}).get("mae_mev_per_a")
+        kind = r.get("model", "ace")
+        hp = ref.get((r["set"], kind), {}).get("forces", {}).get("mae_mev_per_a")
         per = (r.get("params") or {}).get("species_degree")
         loads = (f"{r['load_before']:.1f}, {r['load_after']:.1f}" if "load_before" in r else "-")
         lines.append(
-            f"| {r['set']} | {r.get('date', '-')} | {loads} | {r['wall_s']:.0f} | "
+            f"| {r['set']} | {kind} | {r.get('date', '-')} | {loads} | {r['wall_s']:.0f} | "
             f"{r['n_coefficients']:,} | {d.get('correlation_order', '-')}, "
             f"{d.get('total_degree', '-')}{'; ' + str(per) if per else ''} | "
             f"{_cell(v, 'energy', 'mae_mev_per_atom')} | {_cell(v, 'forces', 'mae_mev_per_a', '{:.1f}')} | "

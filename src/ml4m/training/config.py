@@ -102,8 +102,9 @@ class FitConfig:
         inside ``train`` (:mod:`ml4m.training.search`) and writes the chosen settings as
         ``{stem}_chosen.yaml``; so does ``gp`` without descriptor settings or
         ``kernel_columns``: a sparse GP whose linear baseline is the chosen ACE basis and
-        whose kernel reads its two- and three-body functions; ``off``: the descriptor's
-        defaults (SOAP for ``gp``).
+        whose kernel reads its two- and three-body functions (unless ``params`` say
+        otherwise: one noise level, ``KERNEL_POINTS`` sparse environments shared among the
+        species); ``off``: the descriptor's defaults (SOAP for ``gp``).
     device : {'cpu', 'cuda'}
     """
 
