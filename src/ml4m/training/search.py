@@ -158,18 +158,20 @@ class SearchResult:
         Why the ladder stopped.
     params : dict
         Model parameters of the chosen rung: ``smoothness`` (the smoothness prior's
-        exponent, when the search chose or was given one) and ``species_degree`` (element
-        symbol -> degree bound per order) when some centre species take smaller bounds.
+        exponent, when the search chose or was given one), ``species_degree`` (element
+        symbol -> degree bound per order) when some centre species take smaller bounds,
+        and ``kernel_columns`` for a sparse GP (``make_kernel_model``).
     plan : dict
         How the largest rung was chosen: ``top`` (its index), ``pass_estimate_seconds``
         (its pass as estimated), ``gram_gflops`` and ``solve_gflops`` (the measured
         rates), ``candidates`` (each top tried, largest first: its estimated seconds
         by part and the seconds ``left``), ``smoothness`` (how the prior's exponent was
-        chosen: rung, log evidence per exponent); with a probe, ``md_probe_stable`` (whether the chosen rung passed it;
-        ``None`` when the budget allowed none).
+        chosen: rung, log evidence per exponent), ``r0`` (with ``r0='auto'``: how the radial
+        transform was chosen); with a probe, ``md_probe_stable`` (whether the chosen rung
+        passed it; ``None`` when the budget allowed none).
     model : LinearPotential or None
-        The chosen rung fitted on every frame from the search's own sums
-        (:meth:`~ml4m.models.linear.LinearPotential.fit_from_sums`).
+        The chosen rung (its sparse GP with ``make_kernel_model``) fitted on every frame
+        from the search's own sums (:meth:`~ml4m.models.linear.LinearPotential.fit_from_sums`).
     """
 
     descriptor: dict[str, Any]
