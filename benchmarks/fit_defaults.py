@@ -66,7 +66,6 @@ def main() -> None:
         model = args.workdir / name / f"{kind}.ml4m"
         model.parent.mkdir(parents=True, exist_ok=True)
         extra = ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
-        model.unlink(missing_ok=True)  # a model of an earlier run of this script
         load = os.getloadavg()[0]
         fit, wall = run_json(["fit", "--model", kind, "--train", str(d / "train.extxyz"),
                               "--valid", str(d / "valid.extxyz"), "-o", str(model)] + extra)

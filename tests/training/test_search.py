@@ -13,7 +13,7 @@ from ml4m.models.linear import LinearACE
 from ml4m.training import search
 from ml4m.training.fold_sums import (FoldSums, Sums, _sub_equations, cv_rmse, group_sums,
                                      log_evidence)
-from ml4m.training.search import (RUNGS, RUNGS_MANY_ELEMENTS, _descriptor, _rung_columns, cv_folds,
+from ml4m.training.search import (KERNEL_POINTS, RUNGS, RUNGS_MANY_ELEMENTS, _descriptor, _rung_columns, cv_folds,
                                   search_linear_ace, species_bounds)
 
 
@@ -443,8 +443,12 @@ def test_fit_gp_with_default_flags_searches_and_its_config_refits(tmp_path, caps
     metrics = json.loads(capsys.readouterr().out)
     a = ml4m.load(tmp_path / "gp.ml4m")
     assert isinstance(a.model_, SparseGPPotential)
-    n_lin = metrics["search"]["table"][0]["n_coefficients"]
-    assert a.model_.fmap_.n_features > n_lin and "kernel_columns" in metrics["search"]["params"]
+    search_record = metrics["search"]
+    chosen = [row for row in search_record["table"]
+              if row["total_degree"] == search_record["descriptor"]["total_degree"]]
+    assert len(chosen) == 1 and "kernel_columns" in search_record["params"]
+    # the chosen rung's linear columns and every sparse point of the one species
+    assert a.model_.fmap_.n_features == chosen[0]["n_coefficients"] + KERNEL_POINTS
     assert main(["fit", str(tmp_path / "gp_chosen.yaml"), "-o", str(tmp_path / "again.ml4m"),
                  "--json"]) == 0
     capsys.readouterr()

@@ -233,12 +233,13 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
 
         others = {"noise": "shared", "n_sparse": max(1, KERNEL_POINTS // len(species)), **others}
 
-    def make_model(descriptor, species_degree):  # a linear ACE rung
-        from ml4m.models.linear import LinearACE
+    from ml4m.models.linear import LinearACE
 
-        names = LinearACE.param_names()
-        rung = dataclasses.replace(cfg, model="ace", params={
-            **{k: v for k, v in others.items() if k in names}, "species_degree": species_degree})
+    linear = {k: v for k, v in others.items() if k in LinearACE.param_names()}
+
+    def make_model(descriptor, species_degree):  # a linear ACE rung
+        rung = dataclasses.replace(cfg, model="ace",
+                                   params={**linear, "species_degree": species_degree})
         return build_model(rung, species, train, descriptor=descriptor)
 
     def make_kernel_model(descriptor, species_degree, kernel_columns):  # a GP on a rung

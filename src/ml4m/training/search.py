@@ -363,6 +363,26 @@ def _rung_columns(model, descriptor, bounds: dict[str, list[int]]) -> np.ndarray
     return np.flatnonzero(np.concatenate(keep))
 
 
+def _small_rung(sizes: list[int]) -> int:
+    """Index of the largest rung of at most ``SMOOTHNESS_COLUMNS`` coefficients (0 when
+    none is that small): where a prior's shape or the radial transform is chosen."""
+    return max((k for k, p in enumerate(sizes) if p <= SMOOTHNESS_COLUMNS), default=0)
+
+
+def _smoothness_priors(model, grid) -> dict[float, np.ndarray]:
+    """The prior precision shape of ``model``'s coefficients for each exponent of
+    ``grid``."""
+    ones = np.ones(model.fmap_.n_features)
+    return {s: model._prior(ones, s) for s in grid}
+
+
+def _prepared(model, e0, frames: list[Frame]):
+    """``model`` (unfitted) with the search's E0s and its feature map for ``frames``."""
+    model.e0_ = e0
+    model.fmap_ = model._make_feature_map(frames)
+    return model
+
+
 def _smoothness_by_evidence(result: SearchResult, data: FoldSums, model, rung: int,
                             cols: np.ndarray, shared: bool) -> float:
     """The exponent of ``SMOOTHNESS_GRID`` with the largest evidence of the columns
@@ -370,9 +390,7 @@ def _smoothness_by_evidence(result: SearchResult, data: FoldSums, model, rung: i
     ``result.plan['smoothness']`` records the rung, each exponent's log evidence and the
     seconds taken."""
     t0 = time.perf_counter()
-    ones = np.ones(model.fmap_.n_features)
-    evidence = log_evidence(data, cols, {s: model._prior(ones, s) for s in SMOOTHNESS_GRID},
-                            shared)
+    evidence = log_evidence(data, cols, _smoothness_priors(model, SMOOTHNESS_GRID), shared)
     best = max(evidence, key=evidence.get)
     result.plan["smoothness"] = {"rung": rung, "n_coefficients": int(len(cols)),
                                  "log_evidence": {f"{s:g}": round(v, 2) for s, v in evidence.items()},
@@ -401,12 +419,8 @@ def _r0_by_evidence(frames: list[Frame], make_model, species: list[int], rung: d
     if nn is None:
         return None, {"skipped": "no atom has a neighbour within the cutoff"}
     candidates = (None, round(nn, 2))
-    models = []
-    for r0 in candidates:
-        model = make_model(_descriptor(species, rung, pair_r_in, r0), bound or None)
-        model.e0_ = e0
-        model.fmap_ = model._make_feature_map(frames)
-        models.append(model)
+    models = [_prepared(make_model(_descriptor(species, rung, pair_r_in, r0), bound or None),
+                        e0, frames) for r0 in candidates]
     sample = [frames[k] for k in evenly_spaced(len(frames), 3)]
     one = np.zeros(len(sample), dtype=int)
     FoldSums(models[0], sample[:1], one[:1], use_f, use_s)  # untimed: one-time set-up
@@ -424,9 +438,8 @@ def _r0_by_evidence(frames: list[Frame], make_model, species: list[int], rung: d
     evidence = {}
     for r0, model in zip(candidates, models):
         data = FoldSums(model, subset, np.zeros(len(subset), dtype=int), use_f, use_s)
-        ones = np.ones(model.fmap_.n_features)
         ev = log_evidence(data, np.arange(model.fmap_.n_features),
-                          {s: model._prior(ones, s) for s in grid}, model.noise == "shared")
+                          _smoothness_priors(model, grid), model.noise == "shared")
         evidence[r0] = max(ev.values())
     best = max(candidates, key=lambda r0: evidence[r0])
     record.update({"log_evidence": {"none" if r0 is None else f"{r0:g}": round(v, 2)
@@ -510,50 +523,40 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     use_s = any(f.stress is not None for f in frames)
     limit = memory_limit()[0]
 
-    def build(r0: float | None):  # every rung's descriptor and unfitted model
+    def build(r0: float | None):  # every rung's descriptor and model, ready to fit
         descriptors = [_descriptor(species, rung, pair_r_in, r0) for rung in rungs]
-        return descriptors, [make_model(d, b or None) for d, b in zip(descriptors, bounds)]
+        models = [make_model(d, b or None) for d, b in zip(descriptors, bounds)]
+        e0 = resolve_reference_energies(Dataset(frames), models[0].e0)
+        return descriptors, [_prepared(m, e0, frames) for m in models], e0
 
-    def prepare(models) -> None:
-        for model in models:
-            model.e0_ = e0
-            model.fmap_ = model._make_feature_map(frames)
-
-    descriptors, models = build(None if r0 == "auto" else r0)
-    e0 = resolve_reference_energies(Dataset(frames), models[0].e0)
-    prepare(models)
-    sizes = [m.fmap_.n_features for m in models]
+    descriptors, models, e0 = build(None if r0 == "auto" else r0)
+    sizes = [m.fmap_.n_features for m in models]  # the same for any radial transform
     r0_record = None
     if r0 == "auto":
         r0 = None
         if models[0]._prior_kind() == "smoothness":
-            # on the largest rung of at most SMOOTHNESS_COLUMNS coefficients
-            small = max((k for k, p in enumerate(sizes) if p <= SMOOTHNESS_COLUMNS), default=0)
+            small = _small_rung(sizes)
             r0, r0_record = _r0_by_evidence(frames, make_model, species, rungs[small],
                                             bounds[small], pair_r_in, e0, use_f, use_s,
                                             R0_SHARE * budget_s, smoothness)
             if r0 is not None:
-                descriptors, models = build(r0)
-                prepare(models)
+                descriptors, models, e0 = build(r0)
     kernel_model, n_kernel = None, 0
     if make_kernel_model is not None:
         # sparse environments chosen once, on rung 0's functions (which every rung holds
         # with the same values), and shared by every rung's kernel model
-        source = make_kernel_model(descriptors[0], bounds[0] or None, kernel_columns(rungs[0]))
-        source.e0_ = e0
-        source.fmap_ = source._make_feature_map(frames)
+        source = _prepared(make_kernel_model(descriptors[0], bounds[0] or None,
+                                             kernel_columns(rungs[0])), e0, frames)
         n_kernel = source._kernel().n_features
 
-        def kernel_model(r: int):
+        def kernel_model(r: int):  # rung r's GP, with its linear rung's prior
             m = make_kernel_model(descriptors[r], bounds[r] or None, kernel_columns(rungs[r]))
             m.e0_ = e0
-            if smoothness is not None:  # the exponent chosen below, once it is
-                m.smoothness = float(smoothness)
+            m.smoothness = models[r].smoothness
             return m.adopt_sparse_points(source)
 
     # the largest rung whose pass, per-fold sums, CV solves and final fit fit the budget
     # and the memory; every rung's functions are among its own (nested ladder)
-    sizes = [m.fmap_.n_features for m in models]
     timing = [frames[k] for k in evenly_spaced(len(frames), 3)]
     n_rows = len(frames) + 3 * len(numbers) * use_f + 6 * len(frames) * use_s
     gram_rate = _gram_rate(max(sizes))
@@ -616,7 +619,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     shared = lin.noise == "shared"
     if smoothness is None and lin._prior_kind() == "smoothness":
         # on the largest rung of at most SMOOTHNESS_COLUMNS coefficients: a few seconds
-        r = max((k for k, p in enumerate(sizes[:top + 1]) if p <= SMOOTHNESS_COLUMNS), default=0)
+        r = _small_rung(sizes[:top + 1])
         smoothness = _smoothness_by_evidence(
             result, data, lin, r, _rung_columns(lin, descriptors[r], bounds[r]), shared)
     if smoothness is not None:
@@ -634,7 +637,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         cols = _rung_columns(lin, descriptors[r], bounds[r])
         # the final fit (the held-out frames described again, two solves at this size, the
         # report) and one MD probe
-        finish = (_solve_flops(len(cols)) / rate
+        finish = (_solve_flops(len(cols) + n_kernel) / rate
                   + final_seconds(len(cols) + n_kernel, measured * t_rows, gram_rate, step)
                   if rate else 0.0)
         need = finish + (probe_steps * step if probe and rate else 0.0)
