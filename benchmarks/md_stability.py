@@ -14,7 +14,7 @@ Reported per system, model and temperature: the fraction of stable runs and the 
 to failure (ps) of the others.
 
 Models: ``ace`` is ``ml4m fit --model ace`` with no other setting (fitted once per
-system into ``--workdir``); ``ace[r_in]`` the same with ``descriptor: {pair_r_in: auto}``
+system into ``--workdir``), ``gp`` likewise ``ml4m fit --model gp``; ``ace[r_in]`` the same with ``descriptor: {pair_r_in: auto}``
 (each element pair's radial basis starts 0.25 A below its shortest training distance and
 is constant below: no force from the fitted model there). ``FIT+core`` is that model
 inside :class:`ml4m.models.baseline.Baselined` with a
@@ -75,23 +75,24 @@ class StabilityCheck:
             raise Failed(bad.kind, step, f"atoms {bad.i}-{bad.j} at {bad.distance:.2f} A")
 
 
-#: the fits compared: name -> descriptor settings added to ``ml4m fit --model ace``
-FITS = {"ace": {}, "ace[r_in]": {"pair_r_in": "auto"}}
+#: the fits compared: name -> (``ml4m fit --model`` kind, descriptor settings added)
+FITS = {"ace": ("ace", {}), "ace[r_in]": ("ace", {"pair_r_in": "auto"}), "gp": ("gp", {})}
 
 
 def fit_ace(system: str, fit: str, workdir: Path) -> Path:
-    """``ml4m fit --model ace`` on ``system`` with the descriptor settings of ``FITS[fit]``
-    (kept in ``workdir`` and reused)."""
+    """``ml4m fit --model KIND`` on ``system`` with the descriptor settings of
+    ``FITS[fit]`` (kept in ``workdir`` and reused)."""
     tag = fit.replace("[", "_").replace("]", "")
     out = workdir / system / f"{tag}.ml4m"
     if not out.exists():
         import yaml
 
         folder = SHARED / system
-        config = {"model": "ace", "train": str(folder / "train.extxyz"),
+        kind, descriptor = FITS[fit]
+        config = {"model": kind, "train": str(folder / "train.extxyz"),
                   "valid": str(folder / "valid.extxyz"), "output": str(out)}
-        if FITS[fit]:
-            config["descriptor"] = FITS[fit]
+        if descriptor:
+            config["descriptor"] = descriptor
         out.parent.mkdir(parents=True, exist_ok=True)
         path = out.with_suffix(".yaml")
         path.write_text(yaml.safe_dump(config))
@@ -146,6 +147,12 @@ def run_one(model, start, shortest, temperature: float, seed: int, args) -> dict
 
 
 _BUILT: dict[str, tuple] = {}
+
+
+def _one_blas_thread() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
 
 
 def _task(task: tuple, args) -> dict:
@@ -205,7 +212,9 @@ def main(argv=None) -> int:
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(args.jobs) as pool:
+        # the runs share the cores: one BLAS thread each (threaded GEMMs of a small
+        # molecule in several processes at once spin on each other's cores)
+        with ProcessPoolExecutor(args.jobs, initializer=_one_blas_thread) as pool:
             done = list(pool.map(_task, tasks, [args] * len(tasks)))
     else:
         done = [_task(task, args) for task in tasks]

@@ -411,6 +411,9 @@ def test_gp_kernel_on_species_columns(cuau_frames, tmp_path, monkeypatch):
     np.testing.assert_array_equal(cols[0], three_body)
     np.testing.assert_array_equal(cols[1], np.intersect1d(au_cols, three_body))
     assert not np.any(low._kernel().sparse[:, np.setdiff1d(np.arange(desc.n_features), three_body)])
+    # so few columns that cosines and gradients are computed on them alone: both paths and
+    # finite differences below check that cut
+    np.testing.assert_array_equal(low._kernel()._union, three_body)
     _check_paths_gradient_and_file(low, frame.to_atoms(with_labels=False), int(au[0]), 1,
                                    tmp_path / "low_kernel")
     with pytest.raises(ConfigError, match="kernel_columns must be 'species', 'all' or a degree bound"):

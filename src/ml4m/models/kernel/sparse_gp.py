@@ -86,6 +86,11 @@ class DotProductKernelMap:
             if len(union) <= 0.5 * self.sparse.shape[1]:
                 self._union = union
         self._parts = [self._species_part(s) for s in range(n_species)]
+        # values and cosines on the read columns only: the others are zero in every
+        # restricted row and sparse point (an MD step's GEMMs shrink from all F columns)
+        cut = slice(None) if self._union is None else self._union
+        self._sparse_read = np.ascontiguousarray(self.sparse[:, cut])
+        self._mask_read = None if self._mask is None else self._mask[:, cut]
 
     def restrict(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
         """Rows of ``X`` restricted to their species' columns (zeros elsewhere)."""
@@ -96,8 +101,12 @@ class DotProductKernelMap:
         return len(self.sparse)
 
     def _cos(self, X: np.ndarray, species: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        xhat, norm = _normalise(self.restrict(X, species))
-        cos = xhat @ self.sparse.T
+        """Cosines to the same-species sparse points (0 to the others), the unit rows on
+        the read columns (``_union`` when cut, else all) and the rows' norms."""
+        if self._union is not None:
+            X = X[:, self._union]
+        xhat, norm = _normalise(X if self._mask_read is None else X * self._mask_read[species])
+        cos = xhat @ self._sparse_read.T
         cos[species[:, None] != self.sparse_species[None, :]] = 0.0
         return cos, xhat, norm
 
@@ -115,7 +124,12 @@ class DotProductKernelMap:
         same = species[:, None] == self.sparse_species[None, :]
         a = np.where(same, self.zeta * cos ** (self.zeta - 1), 0.0) * coef[None, :]
         # xhat and the sparse rows are zero outside a row's columns: so is the gradient
-        return (a @ self.sparse - np.sum(a * cos, axis=1)[:, None] * xhat) / norm[:, None]
+        g = (a @ self._sparse_read - np.sum(a * cos, axis=1)[:, None] * xhat) / norm[:, None]
+        if self._union is None:
+            return g
+        out = np.zeros((len(X), self.sparse.shape[1]))
+        out[:, self._union] = g
+        return out
 
     def _species_part(self, s: int) -> tuple[slice | np.ndarray, np.ndarray | None, np.ndarray] | None:
         """Sparse columns of species ``s``, the descriptor columns it reads (``None``: all),
@@ -139,8 +153,8 @@ class DotProductKernelMap:
         n_out, k = target.shape[0], grads.shape[1]
         out = np.zeros((n_out, k, self.n_features))
         target = sp.csc_matrix(target)
-        if self._union is not None:
-            grads, xhat = np.take(grads, self._union, axis=2), xhat[:, self._union]
+        if self._union is not None:  # xhat is on the cut columns already
+            grads = np.take(grads, self._union, axis=2)
         row_species = species[rows]
         for s in np.unique(row_species):
             parts = self._parts[int(s)] if s < len(self._parts) else None
