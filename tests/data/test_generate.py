@@ -32,6 +32,27 @@ def test_generate_labels_and_info(tmp_path):
     assert 3.55 < result["lattice_constant_a"] < 3.62  # EMT Cu is 3.59 A
 
 
+def test_alloy_cells_start_near_zero_pressure_at_every_composition(tmp_path):
+    """Alloys take a lattice constant for their composition (Vegard's law on the atomic
+    volumes): cold cells of Au-poor and Au-rich Cu-Au sit near zero pressure, where the
+    host's lattice constant would press Cu(0.25)Au(0.75) by about 9% (about 100 GPa)."""
+    from ase.units import GPa
+
+    cfg = GenerateConfig(system="Cu-Au", alloy_fractions=[0.25, 0.75], supercells=[2],
+                         temperatures=[1.0], trajectories=1, frames_per_trajectory=1,
+                         sample_every=1, equilibration_steps=0, n_strained=0, vacancies=False,
+                         surface=False, seed=3)
+    result = generate(cfg, tmp_path / "cuau.extxyz", progress=False)
+    ds = read_dataset(tmp_path / "cuau.extxyz", require=("stress",))
+    a = result["alloy_lattice_constants"]
+    assert result["lattice_constant_a"] < a["0.25"] < a["0.75"] < 4.1  # EMT Au is 4.06 A
+    for frame in ds:
+        x_au = np.mean(frame.numbers == 79)
+        pressure = -np.mean(frame.stress[:3]) / GPa
+        assert abs(pressure) < 5.0, (x_au, pressure)
+    assert {round(float(np.mean(f.numbers == 79)), 2) for f in ds} == {0.25, 0.75}
+
+
 def test_resume_after_kill_gives_identical_file(tmp_path, monkeypatch):
     ref = tmp_path / "ref.extxyz"
     generate(GenerateConfig(**TINY), ref, progress=False)

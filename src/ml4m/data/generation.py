@@ -294,6 +294,26 @@ def _surface_miller(symbol: str) -> tuple[int, int, int]:
     return {"fcc": (1, 1, 1), "bcc": (1, 1, 0), "hcp": (0, 0, 1)}.get(sym, (1, 0, 0))
 
 
+def _lattice_constants(cfg: GenerateConfig, calc: Calculator, a_host: float) -> dict[float, float]:
+    """The host crystal's lattice constant (Angstrom) for each alloy fraction of ``cfg``:
+    ``a_host`` (the host's own at 0 K by the calculator) scaled by Vegard's law on the
+    atomic volumes, ``(1 - x) v_host + x v_solute`` (each element's reference crystal by
+    the calculator), so that an alloy cell starts near zero pressure whatever its
+    composition; ``{0.0: a_host}`` for one element."""
+    if len(cfg.elements) == 1:
+        return {0.0: a_host}
+    v_host = _atomic_volume(cfg.elements[0], a_host)
+    v_solute = _atomic_volume(cfg.elements[1], _lattice_constant(cfg.elements[1], calc))
+    return {float(x): a_host * ((1 - x) + x * v_solute / v_host) ** (1 / 3)
+            for x in cfg.alloy_fractions}
+
+
+def _atomic_volume(symbol: str, a: float) -> float:
+    """Volume per atom (Angstrom^3) of ``symbol``'s reference crystal at lattice constant ``a``."""
+    ref = bulk(symbol, a=a, cubic=True)
+    return ref.get_volume() / len(ref)
+
+
 def _lattice_constant(symbol: str, calc: Calculator) -> float:
     """Zero-temperature lattice constant of ``symbol``'s reference crystal by the calculator."""
     from ase.eos import EquationOfState
@@ -413,7 +433,8 @@ def generate(
     Returns
     -------
     dict
-        ``n_frames``, ``n_trajectories``, ``lattice_constant_a`` (Angstrom),
+        ``n_frames``, ``n_trajectories``, ``lattice_constant_a`` (the host's, Angstrom),
+        ``alloy_lattice_constants`` (Angstrom, by alloy fraction),
         ``resumed_trajectories``.
 
     Raises
@@ -431,6 +452,7 @@ def generate(
     check_output(output)
     calc = make_calculator(cfg.calculator, cfg.calculator_kwargs)
     a = _lattice_constant(cfg.elements[0], calc)
+    a_of = _lattice_constants(cfg, calc, a)
     with output_lock(output):
         parts = output.with_name(f".{output.name}.parts")
         resumed = _claim_parts(parts, cfg, restart)
@@ -442,7 +464,7 @@ def generate(
                 if part.exists():
                     bar.advance(job, cfg.frames_per_trajectory)
                     continue
-                frames = _run_task(task, cfg, calc, a, lambda: bar.advance(job))
+                frames = _run_task(task, cfg, calc, a_of[task.fraction], lambda: bar.advance(job))
                 with atomic_path(part) as tmp:
                     ase.io.write(tmp, frames, format="extxyz")
         with atomic_path(output) as tmp:
@@ -455,6 +477,7 @@ def generate(
         "n_frames": total,
         "n_trajectories": len(tasks),
         "lattice_constant_a": a,
+        "alloy_lattice_constants": {f"{x:g}": v for x, v in sorted(a_of.items())},
         "resumed_trajectories": resumed,
         "output": str(output),
     }
