@@ -1,0 +1,224 @@
+"""Out-of-distribution errors and calibration of fitted potentials (issues #21 and #23).
+
+The shared sets keep their out-of-distribution tests back. This script builds analogues
+with the same reference methods (cached in ``--workdir``; each is labelled by the
+calculator of its set):
+
+* ``cu_emt``: bulk Cu (108 atoms) at 1500 and 2000 K (above the 1200 K of train; liquid
+  at 2000 K), and cells strained up to 6% (train: 3%), ``ml4m data generate`` with EMT;
+* ``cuau_emt``: Au-rich Cu(0.25)Au(0.75) at 300 and 900 K (train: x = 0.1-0.5) and
+  CuAu(0.5) at 1500 K, the same way;
+* ``bpa_xtb``: GFN2-xTB Langevin MD of the molecule at 600 and 1200 K (train: 300 K),
+  from the first frame of each valid trajectory, the set's own protocol (friction
+  0.01/fs, 1 fs, 0.5 ps of equilibration, a frame every 20 fs).
+
+Each model file found as ``--models-dir/SET/KIND.ml4m`` (``benchmarks/fit_defaults.py``
+writes the default fits there) is scored on valid and on each group of frames by
+``ml4m test MODEL FILE --json``, as a user would: force and energy MAE, the Spearman of
+the predicted force sigma against the force error, and the calibration ratio (observed
+force RMSE over RMS predicted sigma; 1 when calibrated, #23 asks for 0.5-2).
+
+Usage::
+
+    .venv/bin/python benchmarks/ood.py [--sets cu_emt cuau_emt bpa_xtb] [--kinds ace gp]
+        [--models-dir /tmp/ml4m_fit_defaults] [--workdir /tmp/ml4m_ood]
+
+Writes ``benchmarks/results/ood.md`` and ``ood.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
+RESULTS = HERE / "results"
+
+#: ``ml4m data generate`` arguments of each crystalline out-of-distribution group
+GENERATE = {
+    "cu_emt": {
+        "hot_1500_2000K": ["--system", "Cu", "--supercells", "3", "--temperatures", "1500,2000",
+                           "--trajectories", "2", "--frames", "10", "--strained", "0",
+                           "--no-vacancy", "--no-surface", "--seed", "101"],
+        "strained6pct_300K": ["--system", "Cu", "--supercells", "2,3", "--temperatures", "300",
+                              "--trajectories", "1", "--frames", "2", "--strained", "12",
+                              "--max-strain", "0.06", "--no-vacancy", "--no-surface",
+                              "--seed", "102"],
+    },
+    "cuau_emt": {
+        "x0.75_300_900K": ["--system", "Cu-Au", "--fractions", "0.75", "--supercells", "3",
+                           "--temperatures", "300,900", "--trajectories", "2", "--frames", "5",
+                           "--strained", "0", "--no-vacancy", "--no-surface", "--seed", "103"],
+        "x0.5_1500K": ["--system", "Cu-Au", "--fractions", "0.5", "--supercells", "3",
+                       "--temperatures", "1500", "--trajectories", "2", "--frames", "5",
+                       "--strained", "0", "--no-vacancy", "--no-surface", "--seed", "104"],
+    },
+}
+#: molecular groups: temperature (K) of GFN2-xTB MD from each valid trajectory's first frame
+MOLECULE = {"bpa_xtb": {"md_600K": 600.0, "md_1200K": 1200.0}}
+
+
+def run_json(args: list[str]) -> tuple[dict, float]:
+    """``ml4m ARGS --json`` in a fresh process: its JSON object and wall time (s)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "ml4m", *args, "--json"], capture_output=True,
+                          text=True)
+    if proc.returncode:
+        sys.exit(f"ml4m {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout), time.perf_counter() - t0
+
+
+def generate_crystal(out: Path, args: list[str]) -> None:
+    """``ml4m data generate ARGS -o OUT`` with EMT, keeping only the frames of the group
+    (the generator adds one bulk trajectory to a strained-cell run)."""
+    if out.exists():
+        return
+    run_json(["data", "generate", "--calculator", "emt", *args, "-o", str(out)])
+    if "--strained" in args and args[args.index("--strained") + 1] != "0":
+        import ase.io
+
+        frames = [a for a in ase.io.read(out, ":") if a.info["config_type"].startswith("strained")]
+        tmp = out.with_suffix(".tmp.extxyz")
+        ase.io.write(tmp, frames)
+        tmp.replace(out)
+
+
+def generate_molecule(system: str, out: Path, temperature: float, frames: int = 20,
+                      equilibration: int = 500, every: int = 20, seed: int = 0) -> None:
+    """GFN2-xTB Langevin MD (friction 0.01/fs, 1 fs) from the first frame of each valid
+    trajectory of ``system``: ``frames`` frames each, one every ``every`` steps after
+    ``equilibration`` steps; written via temp + rename."""
+    if out.exists():
+        return
+    import ase.io
+    import numpy as np
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+
+    from ml4m.data import make_calculator
+
+    valid = ase.io.read(SHARED / system / "valid.extxyz", ":")
+    starts = {}
+    for atoms in valid:
+        starts.setdefault(atoms.info.get("traj"), atoms)
+    kept = []
+    for k, (traj, start) in enumerate(sorted(starts.items(), key=lambda kv: str(kv[0]))):
+        atoms = start.copy()
+        atoms.calc = make_calculator("xtb")
+        rng = np.random.default_rng(seed + k)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+        Stationary(atoms)
+        ZeroRotation(atoms)
+        dyn = Langevin(atoms, 1.0 * units.fs, temperature_K=temperature, friction=0.01 / units.fs,
+                       fixcm=True, rng=rng)
+        dyn.run(equilibration)
+        for f in range(frames):
+            dyn.run(every)
+            snap = atoms.copy()
+            snap.info = {"config_type": f"md_{int(temperature)}K", "T_K": temperature,
+                         "traj": f"ood_{traj}_{int(temperature)}K", "t_fs": (f + 1) * every}
+            from ase.calculators.singlepoint import SinglePointCalculator
+
+            snap.calc = SinglePointCalculator(snap, energy=atoms.get_potential_energy(),
+                                              forces=atoms.get_forces())
+            kept.append(snap)
+        print(f"{system}: {traj} at {temperature:g} K done", flush=True)
+    tmp = out.with_suffix(".tmp.extxyz")
+    ase.io.write(tmp, kept)
+    tmp.replace(out)
+
+
+def groups(system: str, workdir: Path) -> dict[str, Path]:
+    """The out-of-distribution files of ``system`` (generated when missing)."""
+    out = {}
+    folder = workdir / system
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, args in GENERATE.get(system, {}).items():
+        out[name] = folder / f"{name}.extxyz"
+        generate_crystal(out[name], args)
+    for name, temperature in MOLECULE.get(system, {}).items():
+        out[name] = folder / f"{name}.extxyz"
+        generate_molecule(system, out[name], temperature)
+    return out
+
+
+def score(model: Path, path: Path) -> dict:
+    """The figures of ``ml4m test MODEL PATH --json`` this report gives."""
+    res, _ = run_json(["test", str(model), str(path)])
+    unc = res.get("uncertainty", {})
+    return {"n_frames": res["n_frames"], "force_mae": res["forces"]["mae_mev_per_a"],
+            "force_rmse": res["forces"]["rmse_mev_per_a"],
+            "energy_mae": res["energy"]["mae_mev_per_atom"],
+            "spearman": unc.get("force_sigma_spearman"),
+            "sigma_rms": unc.get("force_sigma_rms_mev_per_a"),
+            "rmse_over_sigma": unc.get("force_rmse_over_sigma")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", nargs="+", default=["cu_emt", "cuau_emt", "bpa_xtb"])
+    ap.add_argument("--kinds", nargs="+", default=["ace", "gp"],
+                    help="model files SET/KIND.ml4m of --models-dir")
+    ap.add_argument("--models-dir", type=Path, default=Path("/tmp/ml4m_fit_defaults"))
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/ml4m_ood"))
+    args = ap.parse_args(argv)
+    rows = []
+    for system in args.sets:
+        files = {"valid": SHARED / system / "valid.extxyz", **groups(system, args.workdir)}
+        for kind in args.kinds:
+            model = args.models_dir / system / f"{kind}.ml4m"
+            if not model.exists():
+                print(f"skipped {model}: not found", flush=True)
+                continue
+            for name, path in files.items():
+                rows.append({"set": system, "model": kind, "group": name, **score(model, path)})
+                print(json.dumps(rows[-1]), flush=True)
+    write(rows, args, argv)
+    return 0
+
+
+def _f(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def write(rows: list[dict], args, argv) -> None:
+    """The markdown table and the JSON of every row; rows of sets and models not run this
+    time are kept from the last report, and hand-written notes below the table too."""
+    old = RESULTS / "ood.json"
+    if old.exists():
+        ran = {(r["set"], r["model"]) for r in rows}
+        rows = [r for r in json.loads(old.read_text()) if (r["set"], r["model"]) not in ran] + rows
+        rows.sort(key=lambda r: (r["set"], r["model"]))
+    notes = []
+    if (RESULTS / "ood.md").exists():
+        text = (RESULTS / "ood.md").read_text().splitlines()
+        last = max((k for k, line in enumerate(text) if line.startswith("|")), default=len(text))
+        notes = text[last + 1:]
+    command = "python benchmarks/ood.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"# Out of distribution: `{command.strip()}`", "",
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Models: "
+             f"`{args.models_dir}/SET/KIND.ml4m`. Figures of `ml4m test --json`; "
+             "ratio = force RMSE / RMS predicted force sigma (1: calibrated).", "",
+             "| set | model | group | frames | force MAE (meV/A) | energy MAE (meV/atom) | "
+             "Spearman | RMS sigma (meV/A) | ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['set']} | {r['model']} | {r['group']} | {r['n_frames']} | "
+                     f"{r['force_mae']:.1f} | {r['energy_mae']:.2f} | {_f(r['spearman'], '{:.2f}')} | "
+                     f"{_f(r['sigma_rms'], '{:.1f}')} | {_f(r['rmse_over_sigma'], '{:.2f}')} |")
+    lines += notes
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ood.md").write_text("\n".join(lines).rstrip("\n") + "\n")
+    (RESULTS / "ood.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
