@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,13 @@ def machine_note() -> str:
                            "were made on a machine shared with other engineers")
     return (f"{os.cpu_count()} cores, {state} (ratios of medians of repeated, interleaved runs "
             "in fresh processes)")
+
+
+def run_json(args: list[str]) -> tuple[dict, float]:
+    """``ml4m ARGS --json`` in a fresh process: its JSON object and wall time (s)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "ml4m", *args, "--json"], capture_output=True,
+                          text=True)
+    if proc.returncode:
+        sys.exit(f"ml4m {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout), time.perf_counter() - t0

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,16 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 RESULTS = HERE / "results"
-
-
-def run_json(args: list[str]) -> tuple[dict, float]:
-    """``ml4m ARGS --json`` in a fresh process: its JSON object and wall time (s)."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ml4m", *args, "--json"], capture_output=True,
-                          text=True)
-    if proc.returncode:
-        sys.exit(f"ml4m {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout), time.perf_counter() - t0
+sys.path.insert(0, str(HERE))
+from _common import run_json  # noqa: E402
 
 
 def hand_picked() -> dict[tuple[str, str], dict]:

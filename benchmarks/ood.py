@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from _common import run_json  # noqa: E402
 
 #: ``ml4m data generate`` arguments of each crystalline out-of-distribution group
 GENERATE = {
@@ -62,16 +63,6 @@ GENERATE = {
 }
 #: molecular groups: temperature (K) of GFN2-xTB MD from each valid trajectory's first frame
 MOLECULE = {"bpa_xtb": {"md_600K": 600.0, "md_1200K": 1200.0}}
-
-
-def run_json(args: list[str]) -> tuple[dict, float]:
-    """``ml4m ARGS --json`` in a fresh process: its JSON object and wall time (s)."""
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ml4m", *args, "--json"], capture_output=True,
-                          text=True)
-    if proc.returncode:
-        sys.exit(f"ml4m {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout), time.perf_counter() - t0
 
 
 def generate_crystal(out: Path, args: list[str]) -> None:
