@@ -194,10 +194,11 @@ def write(rows: list[dict], args, argv) -> None:
         last = max((k for k, line in enumerate(text) if line.startswith("|")), default=len(text))
         notes = text[last + 1:]
     command = "python benchmarks/ood.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = [f"# Out of distribution: `{command.strip()}`", "",
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Models: "
-             f"`{args.models_dir}/SET/KIND.ml4m`. Figures of `ml4m test --json`; "
-             "ratio = force RMSE / RMS predicted force sigma (1: calibrated).", "",
+    lines = ["# Out of distribution: errors and calibration of fitted potentials", "",
+             f"Last run: `{command.strip()}` at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+             f"(models `{args.models_dir}/SET/KIND.ml4m`); rows of other sets and models are "
+             "kept from earlier runs (the notes below say which). Figures of `ml4m test "
+             "--json`; ratio = force RMSE / RMS predicted force sigma (1: calibrated).", "",
              "| set | model | group | frames | force MAE (meV/A) | energy MAE (meV/atom) | "
              "Spearman | RMS sigma (meV/A) | ratio |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
