@@ -28,6 +28,8 @@ Usage::
     .venv/bin/python benchmarks/md_stability.py --ps 2 --seeds 3 --temperatures 300 600
     .venv/bin/python benchmarks/md_stability.py --ps 10 --seeds 10   # the issue's protocol
     .venv/bin/python benchmarks/md_stability.py --ps 20 --seeds 10 --temperatures 300 600 1200
+    .venv/bin/python benchmarks/md_stability.py --systems bpa_xtb --models ace --ps 10 \
+        --model-file bpa_xtb/ace=learn_out/model.ml4m     # a model from elsewhere
 
 Prints a markdown table (the figures of ``benchmarks/results/md_stability.md``) and writes
 the JSON of every run to ``--out``.
@@ -79,9 +81,11 @@ class StabilityCheck:
 FITS = {"ace": ("ace", {}), "ace[r_in]": ("ace", {"pair_r_in": "auto"}), "gp": ("gp", {})}
 
 
-def fit_ace(system: str, fit: str, workdir: Path) -> Path:
+def fit_ace(system: str, fit: str, workdir: Path, given: dict[str, Path] | None = None) -> Path:
     """``ml4m fit --model KIND`` on ``system`` with the descriptor settings of
-    ``FITS[fit]`` (kept in ``workdir`` and reused)."""
+    ``FITS[fit]`` (kept in ``workdir`` and reused), or the file ``given["SYSTEM/FIT"]``."""
+    if given and f"{system}/{fit}" in given:
+        return given[f"{system}/{fit}"]
     tag = fit.replace("[", "_").replace("]", "")
     out = workdir / system / f"{tag}.ml4m"
     if not out.exists():
@@ -103,7 +107,8 @@ def fit_ace(system: str, fit: str, workdir: Path) -> Path:
     return out
 
 
-def models(system: str, fits: list[str], workdir: Path) -> tuple[dict, dict[str, float], object]:
+def models(system: str, fits: list[str], workdir: Path, given: dict[str, Path] | None = None
+           ) -> tuple[dict, dict[str, float], object]:
     """Each fit of a system with and without the core (``NAME+core``), its training
     shortest distances, its start frame."""
     import ml4m
@@ -115,7 +120,7 @@ def models(system: str, fits: list[str], workdir: Path) -> tuple[dict, dict[str,
     core = PairRepulsion().fit(train)
     built = {}
     for fit in fits:
-        built[fit] = ml4m.load(fit_ace(system, fit, workdir))
+        built[fit] = ml4m.load(fit_ace(system, fit, workdir, given))
         # ml4m fit puts the core around ace by default: such a model is its own "+core"
         built[f"{fit}+core"] = (built[fit] if isinstance(built[fit], Baselined)
                                 else Baselined.from_fitted(built[fit], core))
@@ -159,7 +164,7 @@ def _task(task: tuple, args) -> dict:
     """One run of ``(system, model, temperature, seed)`` (models built once per process)."""
     system, name, temperature, seed = task
     if system not in _BUILT:
-        _BUILT[system] = models(system, args.fits, args.workdir)
+        _BUILT[system] = models(system, args.fits, args.workdir, args.model_file)
     built, shortest, start = _BUILT[system]
     run = run_one(built[name], start, shortest, temperature, seed, args)
     print(system, name, temperature, seed, run, flush=True)
@@ -197,14 +202,22 @@ def main(argv=None) -> int:
                         help="which of FIT and FIT+core to run (default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ml4m_md_stability"))
+    parser.add_argument("--model-file", nargs="+", default=[], metavar="SYSTEM/FIT=PATH",
+                        help="run this model file as FIT of SYSTEM instead of fitting one "
+                             "(e.g. bpa_xtb/ace=learn_out/model.ml4m)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON of every run (default: WORKDIR/md_stability.json)")
     args = parser.parse_args(argv)
+    try:
+        args.model_file = {key: Path(path) for key, path in
+                           (item.split("=", 1) for item in args.model_file)}
+    except ValueError:
+        parser.error("--model-file takes SYSTEM/FIT=PATH")
     args.out = args.out or args.workdir / "md_stability.json"
 
     for system in args.systems:  # fitted once, before any worker starts
         for fit in args.fits:
-            fit_ace(system, fit, args.workdir)
+            fit_ace(system, fit, args.workdir, args.model_file)
     args.models = args.models or [m for f in args.fits for m in (f, f"{f}+core")]
     tasks = [(system, name, temperature, seed) for system in args.systems
              for name in args.models for temperature in args.temperatures
