@@ -75,7 +75,7 @@ class DotProductKernelMap:
     own_rows_fraction: ClassVar[float] = 0.25
 
     def __post_init__(self) -> None:
-        self._mask = _column_mask(self.columns, self.sparse.shape[1])
+        mask = _column_mask(self.columns, self.sparse.shape[1])
         # per species, fixed by the sparse points: built once, read by every row thread
         n_species = int(self.sparse_species.max(initial=-1)) + 1
         # the columns any species reads: when few, gradients are cut to them once, before
@@ -90,11 +90,8 @@ class DotProductKernelMap:
         # restricted row and sparse point (an MD step's GEMMs shrink from all F columns)
         cut = slice(None) if self._union is None else self._union
         self._sparse_read = np.ascontiguousarray(self.sparse[:, cut])
-        self._mask_read = None if self._mask is None else self._mask[:, cut]
-
-    def restrict(self, X: np.ndarray, species: np.ndarray) -> np.ndarray:
-        """Rows of ``X`` restricted to their species' columns (zeros elsewhere)."""
-        return X if self._mask is None else X * self._mask[species]
+        # each row restricted to its species' columns (zeros elsewhere), on the read columns
+        self._mask_read = None if mask is None else mask[:, cut]
 
     @property
     def n_features(self) -> int:
