@@ -76,6 +76,39 @@ def test_resume_after_kill_gives_identical_file(tmp_path, monkeypatch):
     assert out.read_text() == ref.read_text()
 
 
+def test_resume_refuses_parts_built_on_other_cells(tmp_path, monkeypatch):
+    """A killed run's finished trajectories join only a run that builds the same cells:
+    with other lattice constants (another calculator version, or an ml4m that sized
+    alloys otherwise) the same settings are refused, and --overwrite (restart) starts
+    afresh, giving the file of an uninterrupted run."""
+    ref = tmp_path / "ref.extxyz"
+    generate(GenerateConfig(**TINY), ref, progress=False)
+    out = tmp_path / "out.extxyz"
+    real_task, real_lattice = gen._run_task, gen._lattice_constants
+    calls = {"n": 0}
+
+    def dies_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real_task(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "_run_task", dies_on_second)
+    # the killed run's cells 1% larger than the calculator's
+    monkeypatch.setattr(gen, "_lattice_constants",
+                        lambda cfg, calc, a: {x: 1.01 * v for x, v in real_lattice(cfg, calc, a).items()})
+    with pytest.raises(KeyboardInterrupt):
+        generate(GenerateConfig(**TINY), out, progress=False)
+    monkeypatch.setattr(gen, "_run_task", real_task)
+    monkeypatch.setattr(gen, "_lattice_constants", real_lattice)
+    with pytest.raises(ConfigError, match="1 finished trajectories of an interrupted run with other"):
+        generate(GenerateConfig(**TINY), out, progress=False)
+    assert not out.exists()
+    result = generate(GenerateConfig(**TINY), out, progress=False, restart=True)
+    assert result["resumed_trajectories"] == 0
+    assert out.read_text() == ref.read_text()
+
+
 @pytest.mark.parametrize("override,match", [
     ({"system": "Qq"}, "unknown element 'Qq'"),
     ({"supercells": [0]}, "supercells"),

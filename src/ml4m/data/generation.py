@@ -455,7 +455,7 @@ def generate(
     a_of = _lattice_constants(cfg, calc, a)
     with output_lock(output):
         parts = output.with_name(f".{output.name}.parts")
-        resumed = _claim_parts(parts, cfg, restart)
+        resumed = _claim_parts(parts, _run_digest(cfg, a_of), asdict(cfg), restart)
         total = len(tasks) * cfg.frames_per_trajectory
         with Progress(disable=not progress, transient=True) as bar:
             job = bar.add_task(f"generating {cfg.system} with {cfg.calculator}", total=total)
@@ -483,10 +483,19 @@ def generate(
     }
 
 
-def _claim_parts(parts: Path, cfg: GenerateConfig, restart: bool) -> int:
-    """Prepare the parts folder of a run; return the number of finished trajectories.
+def _run_digest(cfg: GenerateConfig, lattice: dict[float, float]) -> str:
+    """What makes a run's trajectories: its settings and the lattice constants its cells
+    start from (the calculator's, so that parts of a run built on other lattices, e.g. by
+    an older ml4m, never join this one's file)."""
+    cells = {f"{x:g}": round(a, 6) for x, a in sorted(lattice.items())}
+    return hashlib.sha256(json.dumps([cfg.digest(), cells]).encode()).hexdigest()[:16]
 
-    A parts folder holding another run's settings (or none readable) is refused unless
+
+def _claim_parts(parts: Path, digest: str, config: dict[str, Any], restart: bool) -> int:
+    """Prepare the parts folder of a run (``digest``: :func:`_run_digest`; ``config``:
+    its settings, recorded); return the number of finished trajectories.
+
+    A parts folder holding another run's digest (or none readable) is refused unless
     ``restart``; ``settings.json`` is written before the first trajectory.
     """
     settings = parts / "settings.json"
@@ -496,7 +505,7 @@ def _claim_parts(parts: Path, cfg: GenerateConfig, restart: bool) -> int:
             old_digest = old.get("digest") if isinstance(old, dict) else None
         except (OSError, ValueError):
             old_digest = None
-        if old_digest != cfg.digest():
+        if old_digest != digest:
             if not restart:
                 what = "other settings" if old_digest else "unreadable settings"
                 done = len(list(parts.glob("traj_*.extxyz")))
@@ -507,7 +516,7 @@ def _claim_parts(parts: Path, cfg: GenerateConfig, restart: bool) -> int:
             shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     with atomic_path(settings) as tmp:
-        tmp.write_text(json.dumps({"digest": cfg.digest(), "config": asdict(cfg)}))
+        tmp.write_text(json.dumps({"digest": digest, "config": config}))
     return len(list(parts.glob("traj_*.extxyz")))
 
 
