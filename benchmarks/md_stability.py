@@ -154,12 +154,6 @@ def run_one(model, start, shortest, temperature: float, seed: int, args) -> dict
 _BUILT: dict[str, tuple] = {}
 
 
-def _one_blas_thread() -> None:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=1)
-
-
 def _task(task: tuple, args) -> dict:
     """One run of ``(system, model, temperature, seed)`` (models built once per process)."""
     system, name, temperature, seed = task
@@ -225,9 +219,11 @@ def main(argv=None) -> int:
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
+        from ml4m.parallel import limit_blas_threads
+
         # the runs share the cores: one BLAS thread each (threaded GEMMs of a small
         # molecule in several processes at once spin on each other's cores)
-        with ProcessPoolExecutor(args.jobs, initializer=_one_blas_thread) as pool:
+        with ProcessPoolExecutor(args.jobs, initializer=limit_blas_threads) as pool:
             done = list(pool.map(_task, tasks, [args] * len(tasks)))
     else:
         done = [_task(task, args) for task in tasks]

@@ -19,6 +19,7 @@ library bug) wraps it in :func:`blas_single_threaded` itself.
 * :func:`prefetch` -- ``func(x)`` for the next few ``items`` computed in the background
   while the caller works on the current one;
 * :func:`resolve_n_jobs` -- the ``n_jobs`` convention (``-1``: all cores);
+* :func:`limit_blas_threads` -- one BLAS thread for good, as a worker's initializer;
 * :func:`guard_blas_races` -- one thread, for good, in BLAS builds whose threaded
   level-3 kernels race (``RACY_OPENBLAS``).
 
@@ -46,8 +47,8 @@ from typing import Any, TypeVar
 
 from ml4m.errors import ConfigError
 
-__all__ = ["resolve_n_jobs", "blas_single_threaded", "thread_map", "prefetch",
-           "guard_blas_races", "RACY_OPENBLAS"]
+__all__ = ["resolve_n_jobs", "blas_single_threaded", "limit_blas_threads", "thread_map",
+           "prefetch", "guard_blas_races", "RACY_OPENBLAS"]
 
 #: OpenBLAS versions whose threaded level-3 kernels race (pinned to one thread)
 RACY_OPENBLAS = ("0.3.30",)
@@ -139,8 +140,10 @@ def blas_single_threaded() -> Iterator[None]:
                 _limiter = None
 
 
-def _limit_worker() -> None:
-    """Thread initializer: one BLAS/OpenMP thread in this worker (it ends with the pool)."""
+def limit_blas_threads() -> None:
+    """One BLAS/OpenMP thread from now on in the calling thread (OpenMP) and process
+    (OpenBLAS): the initializer of a pool's workers, threads or processes, that share
+    the cores among themselves."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1)
@@ -151,7 +154,7 @@ def _pool(workers: int) -> Iterator[ThreadPoolExecutor]:
     """A thread pool whose workers, and the caller, call BLAS single-threaded; on exit
     (also by an exception) pending tasks are cancelled and running ones awaited."""
     with blas_single_threaded():
-        pool = ThreadPoolExecutor(max_workers=workers, initializer=_limit_worker)
+        pool = ThreadPoolExecutor(max_workers=workers, initializer=limit_blas_threads)
         try:
             yield pool
         finally:
