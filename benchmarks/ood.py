@@ -66,30 +66,38 @@ MOLECULE = {"bpa_xtb": {"md_600K": 600.0, "md_1200K": 1200.0}}
 
 
 def generate_crystal(out: Path, args: list[str]) -> None:
-    """``ml4m data generate ARGS -o OUT`` with EMT, keeping only the frames of the group
-    (the generator adds one bulk trajectory to a strained-cell run)."""
+    """``ml4m data generate ARGS`` with EMT into ``OUT.generated.extxyz``, then the frames
+    of the group (the generator adds one bulk trajectory to a strained-cell run) to
+    ``out`` via temp + rename: a kill leaves no ``out`` that holds the wrong frames."""
     if out.exists():
         return
-    run_json(["data", "generate", "--calculator", "emt", *args, "-o", str(out)])
-    if "--strained" in args and args[args.index("--strained") + 1] != "0":
-        import ase.io
+    import ase.io
 
-        frames = [a for a in ase.io.read(out, ":") if a.info["config_type"].startswith("strained")]
-        tmp = out.with_suffix(".tmp.extxyz")
-        ase.io.write(tmp, frames)
-        tmp.replace(out)
+    raw = out.with_name(f"{out.stem}.generated.extxyz")
+    if not raw.exists():
+        run_json(["data", "generate", "--calculator", "emt", *args, "-o", str(raw)])
+    frames = ase.io.read(raw, ":")
+    if "--strained" in args and args[args.index("--strained") + 1] != "0":
+        frames = [a for a in frames if a.info["config_type"].startswith("strained")]
+    tmp = out.with_suffix(".tmp.extxyz")
+    ase.io.write(tmp, frames)
+    tmp.replace(out)
+    raw.unlink()
 
 
 def generate_molecule(system: str, out: Path, temperature: float, frames: int = 20,
                       equilibration: int = 500, every: int = 20, seed: int = 0) -> None:
     """GFN2-xTB Langevin MD (friction 0.01/fs, 1 fs) from the first frame of each valid
     trajectory of ``system``: ``frames`` frames each, one every ``every`` steps after
-    ``equilibration`` steps; written via temp + rename."""
+    ``equilibration`` steps; written via temp + rename. ASE's integrator as the shared
+    set's own generator ran it (centre of mass fixed), not ``ml4m.md.run_md``, so that
+    the frames follow the set's protocol."""
     if out.exists():
         return
     import ase.io
     import numpy as np
     from ase import units
+    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 
@@ -115,8 +123,6 @@ def generate_molecule(system: str, out: Path, temperature: float, frames: int = 
             snap = atoms.copy()
             snap.info = {"config_type": f"md_{int(temperature)}K", "T_K": temperature,
                          "traj": f"ood_{traj}_{int(temperature)}K", "t_fs": (f + 1) * every}
-            from ase.calculators.singlepoint import SinglePointCalculator
-
             snap.calc = SinglePointCalculator(snap, energy=atoms.get_potential_energy(),
                                               forces=atoms.get_forces())
             kept.append(snap)
