@@ -53,20 +53,25 @@ def test_alloy_cells_start_near_zero_pressure_at_every_composition(tmp_path):
     assert {round(float(np.mean(f.numbers == 79)), 2) for f in ds} == {0.25, 0.75}
 
 
+def _killed_at(call: int, real):
+    """``real`` (a trajectory task), killed (KeyboardInterrupt) on its ``call``-th call."""
+    calls = {"n": 0}
+
+    def task(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    return task
+
+
 def test_resume_after_kill_gives_identical_file(tmp_path, monkeypatch):
     ref = tmp_path / "ref.extxyz"
     generate(GenerateConfig(**TINY), ref, progress=False)
     out = tmp_path / "resumed.extxyz"
     real = gen._run_task
-    calls = {"n": 0}
-
-    def dies_on_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(gen, "_run_task", dies_on_third)
+    monkeypatch.setattr(gen, "_run_task", _killed_at(3, real))
     with pytest.raises(KeyboardInterrupt):
         generate(GenerateConfig(**TINY), out, progress=False)
     assert not out.exists()  # nothing partial where the output should be
@@ -85,15 +90,7 @@ def test_resume_refuses_parts_built_on_other_cells(tmp_path, monkeypatch):
     generate(GenerateConfig(**TINY), ref, progress=False)
     out = tmp_path / "out.extxyz"
     real_task, real_lattice = gen._run_task, gen._lattice_constants
-    calls = {"n": 0}
-
-    def dies_on_second(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        return real_task(*args, **kwargs)
-
-    monkeypatch.setattr(gen, "_run_task", dies_on_second)
+    monkeypatch.setattr(gen, "_run_task", _killed_at(2, real_task))
     # the killed run's cells 1% larger than the calculator's
     monkeypatch.setattr(gen, "_lattice_constants",
                         lambda cfg, calc, a: {x: 1.01 * v for x, v in real_lattice(cfg, calc, a).items()})
