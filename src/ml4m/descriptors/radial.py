@@ -208,6 +208,11 @@ def stack_tables(tables: list[HermiteTable]) -> HermiteTable:
                         np.concatenate([t.derivatives for t in tables]))
 
 
+#: nodes per Angstrom of the ACE radial tables, for up to ``ACE_TABLE_N_MAX`` functions
+ACE_TABLE_NODES_PER_A = 300
+ACE_TABLE_N_MAX = 24
+
+
 @lru_cache(maxsize=16)
 def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float,
                      r0: float | None = None, r_in: float = 0.0) -> HermiteTable:
@@ -238,8 +243,11 @@ def ace_radial_table(n_max: int, r_cut: float, cutoff_width: float,
     HermiteTable
         ``n_max`` functions.
     """
-    # finer nodes for more radial functions (degree-n polynomials oscillate n times)
-    n_nodes = max(512, int(math.ceil(200.0 * r_cut * max(1.0, n_max / 12))))
+    # the same nodes for every n_max up to ACE_TABLE_N_MAX: a basis's first functions are
+    # then the same numbers in any larger basis (a basis search's nested rungs); finer
+    # nodes beyond (degree-n polynomials oscillate n times)
+    n_nodes = max(512, int(math.ceil(ACE_TABLE_NODES_PER_A * r_cut
+                                     * max(1.0, n_max / ACE_TABLE_N_MAX))))
     d = np.linspace(0.0, r_cut, n_nodes + 1)
     eps = 1e-6
 
