@@ -49,18 +49,49 @@ def mpnn():
     return model
 
 
-def test_plain_pytorch_reproduces_energies_and_forces(mpnn, tmp_path):
-    """Traced on one Cu cell, the program runs other sizes (a bigger cell and two
-    structures in one batch) without ml4m and gives the model's energies and forces."""
-    path = tmp_path / "model.pt2"
-    meta = export_potential(mpnn, path, emt_cu_frames(1))
-    assert meta["species"] == [29] and meta["cutoff"] == pytest.approx(mpnn.cutoff)
+def _molecules():
+    """Ethanol (to trace with), then a batch of other sizes where each structure lacks
+    an element: a rattled ethanol, water (no C), methane (no O)."""
+    out = []
+    for k, name in enumerate(("CH3CH2OH", "CH3CH2OH", "H2O", "CH4")):
+        atoms = molecule(name)
+        atoms.positions += 0.05 * np.random.default_rng(k).normal(size=atoms.positions.shape)
+        out.append(Frame.from_atoms(atoms))
+    return out[:1], out[1:]
+
+
+def _cu():
+    """One Cu cell to trace with; a bigger cell and a non-periodic cluster to run."""
     big = bulk("Cu", cubic=True, a=3.6).repeat((2, 2, 1))
-    big.rattle(0.05, seed=4)
+    big.rattle(0.05, seed=1)
     cluster = bulk("Cu", cubic=True, a=3.6)
     cluster.pbc = False
-    frames = [Frame.from_atoms(big), Frame.from_atoms(cluster)]
-    data = batch_graph(frames, mpnn.cutoff, mpnn.species_)
+    return emt_cu_frames(1), [Frame.from_atoms(big), Frame.from_atoms(cluster)]
+
+
+@pytest.fixture(scope="module", params=["mpnn", "bpnn"])
+def network(request, mpnn):
+    """A small network of each exportable kind, with structures to trace and to run."""
+    if request.param == "mpnn":
+        return mpnn, *_cu()
+    from ml4m.models.bpnn import BPNN
+
+    trace, run = _molecules()
+    model = BPNN(r_cut=4.0, hidden=(8, 8), seed=0)
+    model.prepare(trace + run)
+    return model, trace, run
+
+
+def test_plain_pytorch_reproduces_energies_and_forces(network, tmp_path):
+    """Traced on one structure, the program runs other sizes (several structures in one
+    batch, some without an element of the model) without ml4m and gives the model's
+    energies and forces."""
+    model, trace, frames = network
+    path = tmp_path / "model.pt2"
+    meta = export_potential(model, path, trace)
+    assert meta["species"] == list(model.species_)
+    assert meta["cutoff"] == pytest.approx(model.cutoff)
+    data = batch_graph(frames, model.cutoff, model.species_)
     np.savez(tmp_path / "in.npz", positions=data["positions"].numpy(),
              numbers=np.concatenate([f.numbers for f in frames]).astype(np.int64),
              cell=data["cell"].numpy(), batch=data["batch"].numpy(),
@@ -70,7 +101,8 @@ def test_plain_pytorch_reproduces_energies_and_forces(mpnn, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not got["ml4m_loaded"]
-    ref = mpnn.predict(frames)
+    ref = model.predict(frames)
+    assert np.abs(ref.forces).max() > 1e-3  # forces to compare, not zeros
     np.testing.assert_allclose(got["energy"], ref.energy, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(got["forces"], ref.forces, rtol=1e-8, atol=1e-10)
 
@@ -80,12 +112,8 @@ def test_non_network_models_are_refused(tmp_path):
     from ml4m.models.linear import LinearACE
 
     model = LinearACE(make_descriptor("ace", species=[1, 8], r_cut=3.0, n_max=2, l_max=1))
-    with pytest.raises(ConfigError, match="only the message-passing network"):
+    with pytest.raises(ConfigError, match="only network potentials"):
         export_potential(model, tmp_path / "x.pt2", [molecule("H2O")])
-    from ml4m.models.bpnn import BPNN
-
-    with pytest.raises(ConfigError, match="BPNN"):  # not traceable yet: said, not a trace error
-        export_potential(BPNN(), tmp_path / "x.pt2", [molecule("H2O")])
     assert not list(tmp_path.iterdir())  # nothing written
 
 

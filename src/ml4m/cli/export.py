@@ -8,7 +8,7 @@ from ml4m.cli._common import emit
 
 HELP = "write a network potential as a torch.export program (runs without ml4m)"
 DESCRIPTION = """\
-Write a fitted message-passing network potential (mpnn) as a torch.export program (.pt2) that
+Write a fitted network potential (mpnn or bpnn) as a torch.export program (.pt2) that
 plain PyTorch loads with torch.export.load and runs without ml4m, plus FILE.json with
 its inputs, species and cutoff. The program takes positions, atomic numbers, cells,
 the atoms' structure index and a full neighbour list (edge_index, shifts) and returns
@@ -20,7 +20,7 @@ example:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help=".ml4m file of an mpnn potential")
+    p.add_argument("model", metavar="MODEL", help=".ml4m file of an mpnn or bpnn potential")
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="program file (.pt2)")
     p.add_argument("--example", metavar="STRUCTURE",
                    help="structure to trace with (default: a small periodic cell of the "

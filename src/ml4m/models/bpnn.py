@@ -35,16 +35,16 @@ def _pairs_by_center(center, n_nodes: int):
     their centre atom (each pair once)."""
     import torch
 
-    dev = center.device
     order = torch.argsort(center, stable=True)
     counts = torch.bincount(center, minlength=n_nodes)
     start = torch.cumsum(counts, 0) - counts
     c = center[order]
-    rank = torch.arange(len(c), device=dev) - start[c]
+    position = torch.cumsum(torch.ones_like(c), 0) - 1  # 0 .. len - 1 (sizes stay symbolic)
+    rank = position - start[c]
     n_after = counts[c] - rank - 1
-    first = torch.repeat_interleave(torch.arange(len(c), device=dev), n_after)
+    first = torch.repeat_interleave(position, n_after)
     base = torch.cumsum(n_after, 0) - n_after
-    step = torch.arange(len(first), device=dev) - torch.repeat_interleave(base, n_after)
+    step = torch.cumsum(torch.ones_like(first), 0) - 1 - torch.repeat_interleave(base, n_after)
     return order[first], order[first + 1 + step]
 
 
@@ -95,7 +95,7 @@ def acsf_module(n_species: int, r_cut: float, g2: np.ndarray, g4: np.ndarray, g5
             v = edge_vectors(data) if vectors is None else vectors
             i, j = data["edge_index"]
             spec = data["species"]
-            N, S = len(spec), self.n_species
+            N, S = spec.shape[0], self.n_species  # sizes, not len(): symbolic in torch.export
             r = torch.linalg.vector_norm(v, dim=1)
             fc = self._fc(r, self.r_cut)
             eta, rs = self.g2[:, 0], self.g2[:, 1]
@@ -165,14 +165,13 @@ def _network(n_species: int, acsf, hidden: Sequence[int], activation: str):
             spec = data["species"]
             G = self.acsf(data)
             x = (G - self.feature_mean[spec]) / self.feature_std[spec]
-            h = torch.zeros(len(spec), self.weight.shape[1], dtype=G.dtype, device=G.device)
-            for s, mlp in enumerate(self.mlps):
+            h = torch.zeros(spec.shape[0], self.weight.shape[1], dtype=G.dtype, device=G.device)
+            for s, mlp in enumerate(self.mlps):  # (an element absent here: zero rows)
                 idx = torch.nonzero(spec == s)[:, 0]
-                if len(idx):
-                    h = h.index_copy(0, idx, mlp(x[idx]))
+                h = h.index_copy(0, idx, mlp(x[idx]))
             out = (h * self.weight[spec]).sum(1) + self.bias[spec]
             energies = self.e0[spec] + self.shift + self.scale * out
-            energy = torch.zeros(len(data["n_atoms"]), dtype=G.dtype, device=G.device)
+            energy = torch.zeros(data["n_atoms"].shape[0], dtype=G.dtype, device=G.device)
             return {"energy": energy.index_add(0, data["batch"], energies),
                     "energies": energies, "features": h, "feature_block": spec}
 
@@ -209,8 +208,11 @@ class BPNN(TorchPotential):
     Notes
     -----
     The network is trained by ``ml4m.training`` (:meth:`fit` says how);
+    :func:`ml4m.models.export.export_potential` writes it as a plain PyTorch program;
     :meth:`prepare` sets the data statistics, :meth:`fit_last_layer` the uncertainty.
     """
+
+    exportable = True
 
     param_checks = {
         "r_cut": float_from(0.0, low_open=True),

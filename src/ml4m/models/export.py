@@ -85,7 +85,7 @@ def export_potential(model: Any, path: str | os.PathLike, example: Any = None) -
     Parameters
     ----------
     model : TorchPotential
-        A fitted network potential whose kind is ``exportable`` (the MPNN).
+        A fitted network potential whose kind is ``exportable`` (MPNN, BPNN).
     path : str or path-like
         The program file (``.pt2``); ``{path}.json`` receives the metadata.
     example : sequence of Frame or ase.Atoms, optional
@@ -112,8 +112,8 @@ def export_potential(model: Any, path: str | os.PathLike, example: Any = None) -
     from ml4m.models.torch_potential import TorchPotential, batch_graph
 
     if not (isinstance(model, TorchPotential) and model.exportable):
-        raise ConfigError("only the message-passing network (mpnn) exports to a PyTorch "
-                          f"program so far; this model is {type(model).__name__}")
+        raise ConfigError("only network potentials (mpnn, bpnn) export to a PyTorch "
+                          f"program; this model is {type(model).__name__}")
     if not hasattr(model, "module_"):
         raise NotFittedError("the model has no network yet: fit it first")
     if example is None:
