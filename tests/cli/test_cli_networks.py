@@ -83,6 +83,57 @@ def test_fit_writes_a_network_that_test_and_md_use(files, fitted, capsys):
     assert json.loads(out)["steps"] == 3
 
 
+def test_a_network_learns_the_residual_of_its_baseline(tmp_path, capsys):
+    """Delta learning: with ``baseline:`` an EMT calculator and reference labels of 1.1 x
+    EMT, the network learns 0.1 x EMT (its force scale says so), the saved model predicts
+    the network plus EMT, and ``ml4m test`` scores the sum as the fit did."""
+    import ml4m
+    from ase.calculators.emt import EMT
+
+    from ml4m.data import Frame
+    from ml4m.models.baseline import Baselined
+
+    def scaled(frames):  # reference labels 1.1 x EMT
+        return [Frame(f.numbers, f.positions, f.cell, f.pbc, energy=1.1 * f.energy,
+                      forces=1.1 * f.forces) for f in frames]
+
+    train, valid = emt_cu_frames(12, 0), emt_cu_frames(4, 1)
+    write_extxyz(Dataset(scaled(train)), tmp_path / "train.extxyz")
+    write_extxyz(Dataset(scaled(valid)), tmp_path / "valid.extxyz")
+    cfg = _config(tmp_path / "fit.yaml", tmp_path)
+    spec = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({**spec, "baseline": {"calculator": "emt"}}))
+    code, out, err = _run(capsys, "fit", cfg, "-o", tmp_path / "d.ml4m", "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    model = ml4m.load(tmp_path / "d.ml4m")
+    assert isinstance(model, Baselined) and model.model_.kind == NETWORK
+    residual = 0.1 * np.concatenate([f.forces for f in train])  # (raw labels: 11x larger)
+    assert float(model.model_.module_.scale) == pytest.approx(  # labels as extxyz keeps them
+        np.sqrt(np.mean(residual**2)), rel=1e-6)
+    frames = [Frame(f.numbers, f.positions, f.cell, f.pbc) for f in valid]
+    total, inner = model.predict(frames), model.model_.predict(frames)
+    emt_energy, emt_forces = [], []
+    for f in frames:
+        atoms = f.to_atoms(with_labels=False)
+        atoms.calc = EMT()
+        emt_energy.append(atoms.get_potential_energy())
+        emt_forces.append(atoms.get_forces())
+    np.testing.assert_allclose(total.energy, inner.energy + np.array(emt_energy), atol=1e-9)
+    np.testing.assert_allclose(total.forces, inner.forces + np.concatenate(emt_forces), atol=1e-9)
+    code, out, err = _run(capsys, "test", tmp_path / "d.ml4m", tmp_path / "valid.extxyz", "--json")
+    assert code == 0, err
+    assert json.loads(out)["forces"]["mae_mev_per_a"] == pytest.approx(
+        metrics["valid"]["forces"]["mae_mev_per_a"], rel=1e-9)
+    # a packed store is streamed, not relabelled: exit 2 naming it, nothing written
+    assert main(["data", "pack", str(tmp_path / "train.extxyz"), "-o", str(tmp_path / "store")]) == 0
+    cfg.write_text(json.dumps({**spec, "train": str(tmp_path / "store"),
+                               "baseline": {"calculator": "emt"}}))
+    code, out, err = _run(capsys, "fit", cfg, "-o", tmp_path / "s.ml4m")
+    assert code == 2 and "not a packed store" in err and "store" in err
+    assert not (tmp_path / "s.ml4m").exists()
+
+
 def test_killed_fit_resumes_to_the_uninterrupted_model(fitted, tmp_path, capsys):
     from ml4m.models.serialization import read_model_file
 

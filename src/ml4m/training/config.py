@@ -206,8 +206,8 @@ class FitConfig:
             check_float("max_minutes", self.max_minutes, low=0.0, low_open=True, **where)
         check_choice("search", self.search, ("auto", "off"), **where)
         if self.repulsion != "auto" or self.baseline is not None:
-            if self.model not in ("ace", "gp"):
-                raise ConfigError(f"{source}: repulsion and baseline apply to ace and gp, not "
+            if not model_kind(self.model).potential:
+                raise ConfigError(f"{source}: repulsion and baseline apply to potentials, not "
                                   f"to {self.model!r}")
             from ml4m.models.baseline import baseline_from_config
 

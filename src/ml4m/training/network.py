@@ -10,6 +10,7 @@ from typing import Any
 
 from ml4m.data import LabelKeys, read_dataset
 from ml4m.data.frames import Dataset
+from ml4m.errors import ConfigError
 from ml4m.training.config import FitConfig
 
 __all__ = ["fit_network", "plan_evaluations", "POST_FRACTION", "POST_SECONDS", "EVAL_FRACTION"]
@@ -140,17 +141,52 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     train = _read(cfg.train, keys, require)
     valid = _read(cfg.valid, keys, require) if cfg.valid else None
     model = build_model(cfg, [], None)  # a network: no descriptor, species from prepare
+    baseline, learnt_train, learnt_valid, train, valid = _delta(cfg, model, train, valid)
     dist = Distributed.from_env(cfg.device)  # the group the trainer joins, joined first
     try:
-        return _train(cfg, model, as_graph_set(train, "train"), train, valid, base, dist,
-                      started, resume, files, path, write)
+        return _train(cfg, model, as_graph_set(learnt_train, "train"), learnt_train,
+                      learnt_valid, base, dist, started, resume, files, path, write,
+                      baseline, train, valid)
     finally:
         dist.close()
 
 
+def _delta(cfg, model, train, valid):
+    """Delta learning (``baseline:``, or ``repulsion:`` set explicitly): the fitted
+    baseline, the frames the network learns (reference minus baseline: train, valid),
+    and the reference frames carrying the baseline's labels (train, valid: for the
+    errors of the sum). Without a baseline: ``None``, then ``train, valid`` twice.
+
+    Raises
+    ------
+    ConfigError
+        A packed store as ``train`` or ``valid`` (its frames are streamed, not relabelled).
+    """
+    from ml4m.models.baseline import attach_baseline_labels, residual_frames, with_baseline
+
+    repulsion = False if cfg.repulsion == "auto" else cfg.repulsion
+    template = with_baseline(model, repulsion, cfg.baseline, str(cfg.train))
+    if template is model:
+        return None, train, valid, train, valid
+    for name in ("train", "valid"):
+        if getattr(cfg, name) and Path(getattr(cfg, name)).is_dir():
+            raise ConfigError(f"{getattr(cfg, name)}: a network learns a baseline's residuals "
+                              "from a structure file, not a packed store")
+    train = Dataset(attach_baseline_labels(template, list(train), cfg.train))
+    baseline = template.baseline.clone().fit(list(train))
+    learnt_valid = None
+    if valid is not None:
+        valid = Dataset(attach_baseline_labels(template, list(valid), cfg.valid))
+        learnt_valid = Dataset(residual_frames(list(valid), baseline))
+    return baseline, Dataset(residual_frames(list(train), baseline)), learnt_valid, train, valid
+
+
 def _train(cfg, model, train_set, train, valid, base, dist, started, resume, files, path,
-           write):
-    """:func:`fit_network` once the data are read and the process group is joined."""
+           write, baseline=None, reference_train=None, reference_valid=None):
+    """:func:`fit_network` once the data are read and the process group is joined; with
+    a ``baseline`` the network learns ``train``/``valid`` (residuals) and the saved
+    model is the sum, its errors measured on the ``reference_`` frames."""
+    from ml4m.models.baseline import Baselined
     from ml4m.training.curves import plot_training_curve
     from ml4m.training.settings import TrainSettings
     from ml4m.training.trainer import Trainer, prepare_model
@@ -179,6 +215,11 @@ def _train(cfg, model, train_set, train, valid, base, dist, started, resume, fil
                         after_seconds=plan["after_seconds"],
                         last_layer_frames=plan["train_frames"], costs=plan.get("costs"))
     fit_seconds = time.perf_counter() - t0
+    if baseline is not None:  # the sum, scored on the reference labels
+        model = Baselined.from_fitted(model, baseline)
+        train_metrics = _spaced(reference_train, plan["train_frames"])
+        if valid is not None:
+            valid = _spaced(reference_valid, plan["valid_frames"])
     if not write:
         return model, None, None, {"kind": model.kind, "fit_seconds": fit_seconds,
                                    "plan": plan}
