@@ -57,6 +57,23 @@ def test_loss_decreases_and_history_is_complete(cu, tmp_path):
         best["valid_forces_mae_mev_per_a"], rel=1e-9)
 
 
+def test_default_epochs_make_the_auto_steps(cu, monkeypatch):
+    """Without ``max_epochs`` a run takes the passes that make ``AUTO_STEPS`` steps (here
+    16 frames in batches of 4: 4 steps per pass), at least ``MIN_EPOCHS``; the resolved
+    number is what the trainer reports."""
+    from ml4m.training import settings
+
+    assert TrainSettings().resolved(8).max_epochs == -(-settings.AUTO_STEPS // 8)
+    assert TrainSettings().resolved(10**6).max_epochs == settings.MIN_EPOCHS
+    assert TrainSettings(max_epochs=7).resolved(8).max_epochs == 7
+    monkeypatch.setattr(settings, "AUTO_STEPS", 10)
+    monkeypatch.setattr(settings, "MIN_EPOCHS", 2)
+    trainer = Trainer(_settings(max_epochs=None, patience=50))
+    trainer.fit(ToyPair(), *cu)
+    assert trainer.settings.max_epochs == 3 and trainer.stop_reason == "max_epochs"
+    assert len(trainer.history) == 3 and trainer.history[-1]["step"] == 12
+
+
 def test_weight_average_is_the_exponential_average():
     module = torch.nn.Linear(2, 1).double()
     avg = WeightAverage(module, decay=0.9)

@@ -119,7 +119,9 @@ class Trainer:
 
     def _run(self, model, train_set, valid_set, resume, dist, started, after_seconds,
              last_layer_frames, cost):
-        s = self.settings
+        n_batches = len(epoch_batches(len(train_set), self.settings.batch_size,
+                                      self.settings.seed, 0, dist.world))
+        self.settings = s = self.settings.resolved(n_batches)
         run = TrainingRun(s, model, train_set, valid_set, dist)
         if resume:
             run.restore()
@@ -139,7 +141,6 @@ class Trainer:
             if last_layer:  # features and Jacobian of training frames, sigmas of held ones
                 clock.after_seconds += _last_layer_seconds(
                     cost, model, train_set, valid_set, min(len(train_set), last_layer_frames))(1.0)
-        n_batches = len(epoch_batches(len(train_set), s.batch_size, s.seed, 0, dist.world))
         log = RunLog(s.log_csv, s.progress, n_batches * s.max_epochs, enabled=dist.main)
         try:
             while run.position["epoch"] < s.max_epochs and not run.position["stopped_early"]:
