@@ -14,7 +14,8 @@ Reported per system, model and temperature: the fraction of stable runs and the 
 to failure (ps) of the others.
 
 Models: ``ace`` is ``ml4m fit --model ace`` with no other setting (fitted once per
-system into ``--workdir``), ``gp`` likewise ``ml4m fit --model gp``; ``ace[r_in]`` the same with ``descriptor: {pair_r_in: auto}``
+system into ``--workdir``), ``gp``, ``mpnn`` and ``bpnn`` likewise ``ml4m fit --model
+KIND``; ``ace[r_in]`` the same as ``ace`` with ``descriptor: {pair_r_in: auto}``
 (each element pair's radial basis starts 0.25 A below its shortest training distance and
 is constant below: no force from the fitted model there). ``FIT+core`` is that model
 inside :class:`ml4m.models.baseline.Baselined` with a
@@ -78,10 +79,11 @@ class StabilityCheck:
 
 
 #: the fits compared: name -> (``ml4m fit --model`` kind, descriptor settings added)
-FITS = {"ace": ("ace", {}), "ace[r_in]": ("ace", {"pair_r_in": "auto"}), "gp": ("gp", {})}
+FITS = {"ace": ("ace", {}), "ace[r_in]": ("ace", {"pair_r_in": "auto"}), "gp": ("gp", {}),
+        "mpnn": ("mpnn", {}), "bpnn": ("bpnn", {})}
 
 
-def fit_ace(system: str, fit: str, workdir: Path, given: dict[str, Path] | None = None) -> Path:
+def fit_model(system: str, fit: str, workdir: Path, given: dict[str, Path] | None = None) -> Path:
     """``ml4m fit --model KIND`` on ``system`` with the descriptor settings of
     ``FITS[fit]`` (kept in ``workdir`` and reused), or the file ``given["SYSTEM/FIT"]``."""
     if given and f"{system}/{fit}" in given:
@@ -120,7 +122,7 @@ def models(system: str, fits: list[str], workdir: Path, given: dict[str, Path] |
     core = PairRepulsion().fit(train)
     built = {}
     for fit in fits:
-        built[fit] = ml4m.load(fit_ace(system, fit, workdir, given))
+        built[fit] = ml4m.load(fit_model(system, fit, workdir, given))
         # ml4m fit puts the core around ace by default: such a model is its own "+core"
         built[f"{fit}+core"] = (built[fit] if isinstance(built[fit], Baselined)
                                 else Baselined.from_fitted(built[fit], core))
@@ -152,6 +154,18 @@ def run_one(model, start, shortest, temperature: float, seed: int, args) -> dict
 
 
 _BUILT: dict[str, tuple] = {}
+
+
+def _one_thread() -> None:
+    """A worker's initializer: one BLAS/OpenMP thread, one torch thread."""
+    from ml4m.parallel import limit_blas_threads
+
+    limit_blas_threads()
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
 
 
 def _task(task: tuple, args) -> dict:
@@ -191,7 +205,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bond-factor", type=float, default=1.5)
     parser.add_argument("--close-factor", type=float, default=0.7)
     parser.add_argument("--fits", nargs="+", default=["ace"], choices=sorted(FITS),
-                        help="ace: `ml4m fit --model ace`; ace[r_in]: with pair_r_in: auto")
+                        help="ace, gp, mpnn, bpnn: `ml4m fit --model KIND`; ace[r_in]: with "
+                             "pair_r_in: auto")
     parser.add_argument("--models", nargs="+", default=None,
                         help="which of FIT and FIT+core to run (default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (processes)")
@@ -211,7 +226,7 @@ def main(argv=None) -> int:
 
     for system in args.systems:  # fitted once, before any worker starts
         for fit in args.fits:
-            fit_ace(system, fit, args.workdir, args.model_file)
+            fit_model(system, fit, args.workdir, args.model_file)
     args.models = args.models or [m for f in args.fits for m in (f, f"{f}+core")]
     tasks = [(system, name, temperature, seed) for system in args.systems
              for name in args.models for temperature in args.temperatures
@@ -219,11 +234,9 @@ def main(argv=None) -> int:
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        from ml4m.parallel import limit_blas_threads
-
-        # the runs share the cores: one BLAS thread each (threaded GEMMs of a small
-        # molecule in several processes at once spin on each other's cores)
-        with ProcessPoolExecutor(args.jobs, initializer=limit_blas_threads) as pool:
+        # the runs share the cores: one BLAS and torch thread each (threaded GEMMs of a
+        # small molecule in several processes at once spin on each other's cores)
+        with ProcessPoolExecutor(args.jobs, initializer=_one_thread) as pool:
             done = list(pool.map(_task, tasks, [args] * len(tasks)))
     else:
         done = [_task(task, args) for task in tasks]
