@@ -231,6 +231,32 @@ def test_config_builds_the_baseline_and_names_bad_keys():
         Baselined(model, "emt").fit([])
 
 
+def test_a_model_with_an_external_baseline_loads_without_running_it(cu, tmp_path, monkeypatch):
+    """Loading checks the file's own numbers: a delta model whose baseline calculator
+    fails on the load check's made-up structure (as GFN2-xTB does on a periodic C-H-O
+    cell) still loads and predicts the inner model plus the calculator."""
+    from ase.calculators.calculator import CalculationFailed
+
+    import ml4m.data.generation as generation
+
+    train, valid = cu
+    model = Baselined(LinearACE(_ace()), CalculatorBaseline("emt")).fit(train)
+    path = model.save(tmp_path / "delta")
+
+    class Refuses(EMT):  # no SCF for structures of under 4 atoms (the check's has 1)
+        def calculate(self, atoms=None, *args, **kwargs):
+            if len(atoms) < 4:
+                raise CalculationFailed("SCF not converged in 250 cycles")
+            super().calculate(atoms, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "make_calculator", lambda name, kwargs=None: Refuses())
+    loaded = ml4m.load(path)
+    np.testing.assert_allclose(loaded.predict(valid[:3]).forces, model.predict(valid[:3]).forces,
+                               atol=1e-10)
+    assert not PairRepulsion().external and SumBaseline([PairRepulsion(),
+                                                        CalculatorBaseline("emt")]).external
+
+
 def test_tampered_baseline_record_is_refused(cu, tmp_path):
     model = Baselined(LinearACE(_ace()), PairRepulsion()).fit(cu[0])
     params, arrays = model.get_state()

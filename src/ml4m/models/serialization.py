@@ -312,10 +312,18 @@ def check_state_version(kind: Any, version: int, key: str, name: str | None = No
 
 
 def _check_predictions(model: Any) -> None:
-    """Predict a small periodic structure with every element of ``model``; all finite."""
+    """Predict a small periodic structure with every element of ``model``; all finite.
+
+    A model inside a baseline that runs an external calculator (GFN2-xTB, DFT) is checked
+    without it: the calculator's numbers are not in the file, and a made-up structure
+    may not converge in it (a periodic C-H-O cell in GFN2-xTB)."""
     from ml4m.data.frames import Frame
 
     from ml4m.models.base import Potential
+    from ml4m.models.baseline import Baselined
+
+    if isinstance(model, Baselined) and model.baseline_.external:
+        model = model.model_
 
     known = model.species if isinstance(model, Potential) else model.descriptor.species
     species = [int(z) for z in known]

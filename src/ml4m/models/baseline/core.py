@@ -88,6 +88,12 @@ class Baseline(Estimator, ABC):
         """Whether :meth:`evaluate` may be called."""
         return True
 
+    @property
+    def external(self) -> bool:
+        """Whether :meth:`evaluate` may run an external calculator (whose numbers are not
+        in a model file, and which may fail on structures it was not meant for)."""
+        return False
+
     def fit(self, frames: Sequence[Frame]) -> Baseline:
         """Take what the baseline needs from the training frames; returns ``self``."""
         return self
@@ -247,6 +253,10 @@ class SumBaseline(Baseline):
     @property
     def fitted(self) -> bool:
         return all(p.fitted for p in self.parts)
+
+    @property
+    def external(self) -> bool:
+        return any(p.external for p in self.parts)
 
     @property
     def range(self) -> float:

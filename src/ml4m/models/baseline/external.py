@@ -84,6 +84,10 @@ class CalculatorBaseline(Baseline):
         self.calculator = calculator
         self.calculator_kwargs = calculator_kwargs
 
+    @property
+    def external(self) -> bool:
+        return True
+
     def _calc(self) -> Any:
         if getattr(self, "_instance", None) is None:
             from ml4m.data.generation import make_calculator
@@ -134,6 +138,11 @@ class LabelBaseline(Baseline):
         self.stress_key = stress_key
         self.calculator = calculator
         self.calculator_kwargs = calculator_kwargs
+
+    @property
+    def external(self) -> bool:
+        """Structures without the labels go to the calculator, when there is one."""
+        return self.calculator is not None
 
     def _labelled(self, frame: Frame) -> bool:
         forces = frame.info.get(self.forces_key)
