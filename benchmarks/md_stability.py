@@ -78,9 +78,16 @@ class StabilityCheck:
             raise Failed(bad.kind, step, f"atoms {bad.i}-{bad.j} at {bad.distance:.2f} A")
 
 
-#: the fits compared: name -> (``ml4m fit --model`` kind, descriptor settings added)
-FITS = {"ace": ("ace", {}), "ace[r_in]": ("ace", {"pair_r_in": "auto"}), "gp": ("gp", {}),
-        "mpnn": ("mpnn", {}), "bpnn": ("bpnn", {})}
+def _fits() -> dict[str, tuple[str, dict]]:
+    """The fits compared: name -> (``ml4m fit --model`` kind, descriptor settings added):
+    every potential kind of the registry, and ``ace[r_in]``."""
+    from ml4m.models.registry import fit_choices, model_kind
+
+    fits = {name: (name, {}) for name in fit_choices() if model_kind(name).potential}
+    return {**fits, "ace[r_in]": ("ace", {"pair_r_in": "auto"})}
+
+
+FITS = _fits()
 
 
 def fit_model(system: str, fit: str, workdir: Path, given: dict[str, Path] | None = None) -> Path:
