@@ -219,7 +219,7 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
 
     import yaml
 
-    from ml4m.models.baseline import Baselined, residual_frames
+    from ml4m.models.baseline import Baselined
     from ml4m.training.search import search_linear_ace
 
     minutes = cfg.max_minutes if cfg.max_minutes is not None else DEFAULT_SEARCH_MINUTES
@@ -249,8 +249,7 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
 
     frames, baseline = list(train), None
     if isinstance(template, Baselined):
-        baseline = template.baseline.clone().fit(frames)
-        frames = residual_frames(frames, baseline)
+        baseline, frames, _ = template.residuals(frames)
     report = (0, 0) if valid is None else (len(valid), sum(len(f) for f in valid))
     probe, steps, temperature = _md_probe(list(train), baseline, cfg.seed)
     result = search_linear_ace(frames, 60.0 * minutes, make_model, started, report=report,

@@ -162,7 +162,7 @@ def _delta(cfg, model, train, valid):
     ConfigError
         A packed store as ``train`` or ``valid`` (its frames are streamed, not relabelled).
     """
-    from ml4m.models.baseline import attach_baseline_labels, residual_frames, with_baseline
+    from ml4m.models.baseline import attach_baseline_labels, with_baseline
 
     repulsion = False if cfg.repulsion == "auto" else cfg.repulsion
     template = with_baseline(model, repulsion, cfg.baseline, str(cfg.train))
@@ -173,12 +173,11 @@ def _delta(cfg, model, train, valid):
             raise ConfigError(f"{getattr(cfg, name)}: a network learns a baseline's residuals "
                               "from a structure file, not a packed store")
     train = Dataset(attach_baseline_labels(template, list(train), cfg.train))
-    baseline = template.baseline.clone().fit(list(train))
-    learnt_valid = None
     if valid is not None:
         valid = Dataset(attach_baseline_labels(template, list(valid), cfg.valid))
-        learnt_valid = Dataset(residual_frames(list(valid), baseline))
-    return baseline, Dataset(residual_frames(list(train), baseline)), learnt_valid, train, valid
+    baseline, learnt_train, learnt_valid = template.residuals(train, valid)
+    return (baseline, Dataset(learnt_train),
+            None if learnt_valid is None else Dataset(learnt_valid), train, valid)
 
 
 def _train(cfg, model, train_set, train, valid, base, dist, started, resume, files, path,

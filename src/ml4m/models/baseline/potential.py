@@ -110,14 +110,21 @@ class Baselined(Potential):
         """Fit the baseline on ``train``, then the inner model on the residuals of
         ``train`` (and ``valid``); returns ``self``."""
         self.check_params(self.get_params())
+        baseline, frames, rest = self.residuals(train, valid)
+        self.model_ = self.model.clone().fit(frames, rest)
+        self.baseline_ = baseline
+        return self
+
+    def residuals(self, train: Dataset | list[Frame], valid: Dataset | list[Frame] | None = None
+                  ) -> tuple[Baseline, list[Frame], list[Frame] | None]:
+        """A clone of the baseline fitted on ``train``, and what the inner model learns:
+        ``train`` and ``valid`` (None stays None) with the baseline taken off their labels."""
         frames = as_frames(train)
         if not frames:
             raise DataError("no training frames")
         baseline = self.baseline.clone().fit(frames)
         rest = residual_frames(as_frames(valid), baseline) if valid is not None else None
-        self.model_ = self.model.clone().fit(residual_frames(frames, baseline), rest)
-        self.baseline_ = baseline
-        return self
+        return baseline, residual_frames(frames, baseline), rest
 
     # ---- exact updates (on-the-fly learning) ---------------------------------------------
     @property
