@@ -66,3 +66,13 @@ def run_json(args: list[str]) -> tuple[dict, float]:
     if proc.returncode:
         sys.exit(f"ml4m {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(proc.stdout), time.perf_counter() - t0
+
+
+def notes_below_table(path: Path) -> list[str]:
+    """Lines of a results markdown file after its last table row (hand-written notes a
+    regenerated report keeps); empty when the file does not exist."""
+    if not path.exists():
+        return []
+    text = path.read_text().splitlines()
+    last = max((k for k, line in enumerate(text) if line.startswith("|")), default=len(text))
+    return text[last + 1:]

@@ -18,8 +18,8 @@ Usage::
     .venv/bin/python benchmarks/delta_learning.py [--models ace] [--sizes 30 60 120]
         [--max-minutes M] [--workdir DIR]
 
-Writes ``benchmarks/results/delta_learning.md`` (and ``.json``; rows of other models
-are kept).
+Writes ``benchmarks/results/delta_learning.md`` (hand-written notes below its table are
+kept) and ``.json`` (rows of other models are kept).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
-from _common import run_json  # noqa: E402
+from _common import notes_below_table, run_json  # noqa: E402
 
 #: the delta model's baseline: the set's own GFN2-xTB labels, tblite for new structures
 BASELINE = {"labels": {"energy": "gfn2_energy", "forces": "gfn2_forces"},
@@ -106,7 +106,8 @@ def write(rows: list[dict], argv: list[str]) -> None:
                     cell[r["variant"]] = (f"{r['energy_mae_mev_per_atom']:.2f}, "
                                           f"{r['forces_mae_mev_per_a']:.1f}, {r['seconds']:.0f}")
             lines.append(f"| {model} | {n} | {cell.get('direct', '-')} | {cell.get('delta', '-')} |")
-    (RESULTS / "delta_learning.md").write_text("\n".join(lines) + "\n")
+    lines += notes_below_table(RESULTS / "delta_learning.md")
+    (RESULTS / "delta_learning.md").write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

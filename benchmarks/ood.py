@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
-from _common import run_json  # noqa: E402
+from _common import notes_below_table, run_json  # noqa: E402
 
 #: ``ml4m data generate`` arguments of each crystalline out-of-distribution group
 GENERATE = {
@@ -194,11 +194,7 @@ def write(rows: list[dict], args, argv) -> None:
         ran = {(r["set"], r["model"]) for r in rows}
         rows = [r for r in json.loads(old.read_text()) if (r["set"], r["model"]) not in ran] + rows
         rows.sort(key=lambda r: (r["set"], r["model"]))
-    notes = []
-    if (RESULTS / "ood.md").exists():
-        text = (RESULTS / "ood.md").read_text().splitlines()
-        last = max((k for k, line in enumerate(text) if line.startswith("|")), default=len(text))
-        notes = text[last + 1:]
+    notes = notes_below_table(RESULTS / "ood.md")
     command = "python benchmarks/ood.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# Out of distribution: errors and calibration of fitted potentials", "",
              f"Last run: `{command.strip()}` at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
