@@ -125,3 +125,34 @@ def test_member_state_version_is_checked_on_load(committee, tmp_path):
                                         rf"'linear_ace' model of state version {version}\b.*"
                                         r"update ml4m"):
         ml4m.load(path)
+
+
+def test_a_committee_of_networks_trained_one_by_one(tmp_path):
+    """``from_members`` joins networks fitted elsewhere: mean and spread (ddof 1) of the
+    members, the same after save/load; mixed kinds or cutoffs and one member refused."""
+    from ase.build import molecule
+
+    from ml4m.data import Frame
+    from ml4m.errors import ConfigError
+    from ml4m.models.mpnn import MPNN
+
+    mol = molecule("CH3CH2OH")
+    mol.rattle(0.05, seed=3)
+    frames = [Frame.from_atoms(mol, energy=-30.0, forces=np.zeros((9, 3)))]
+    small = dict(r_max=4.0, n_channels=8, radial_mlp=16, n_radial=6)
+    members = [MPNN(**small, seed=s).prepare(frames) for s in (0, 1, 2)]
+    model = Committee.from_members(members)
+    got = model.predict(frames, uncertainty=True)
+    each = np.stack([m.predict(frames).forces for m in members])
+    np.testing.assert_allclose(got.forces, each.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(got.forces_sigma, each.std(axis=0, ddof=1), rtol=1e-12)
+    assert got.forces_sigma.max() > 1e-6
+    loaded = ml4m.load(model.save(tmp_path / "c"))
+    np.testing.assert_array_equal(loaded.predict(frames, uncertainty=True).forces_sigma,
+                                  got.forces_sigma)
+    with pytest.raises(ConfigError, match="at least 2 members"):
+        Committee.from_members(members[:1])
+    with pytest.raises(ConfigError, match="cutoff"):
+        Committee.from_members([members[0], MPNN(**{**small, "r_max": 3.0}).prepare(frames)])
+    with pytest.raises(ConfigError, match="one kind"):
+        Committee.from_members([members[0], LinearACE(_ace())])

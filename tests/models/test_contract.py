@@ -45,7 +45,7 @@ BUILDERS = {
     "committee": lambda: Committee(LinearACE(_ace(), uncertainty="posterior"), n_members=3),
     "baselined": lambda b=__import__("ml4m.models.baseline", fromlist=["*"]): b.Baselined(LinearACE(_ace()), b.PairRepulsion()),  # noqa: E501
     "bpnn": lambda: BPNN(r_cut=4.0, hidden=(16, 16)),
-    "mpnn": lambda m=__import__("ml4m.models.mpnn", fromlist=["*"]): m.MPNN(r_max=4.0, n_channels=8, radial_mlp=16, l_max=2),  # noqa: E501
+    "mpnn": lambda m=__import__("ml4m.models.mpnn", fromlist=["*"]): m.MPNN(r_max=4.0, n_channels=8, radial_mlp=16, l_max=2, dtype="float64"),  # noqa: E501
 }
 
 

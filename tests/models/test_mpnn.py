@@ -23,7 +23,7 @@ from ml4m.models.torch_potential import batch_graph
 from .potential_checks import assert_forces_are_energy_gradients, assert_stress_is_strain_derivative
 
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", Path(__file__).parents[3] / "shared" / "data"))
-SMALL = dict(r_max=4.0, n_channels=8, radial_mlp=16, n_radial=6)
+SMALL = dict(r_max=4.0, n_channels=8, radial_mlp=16, n_radial=6, dtype="float64")
 
 
 def _cuau() -> Atoms:
@@ -55,10 +55,11 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def model() -> MPNN:
+@pytest.fixture(scope="module", params=[0, 1], ids=["scalar_states", "vector_states"])
+def model(request) -> MPNN:
+    """Untrained models whose interactions pass scalars, or scalars and vectors."""
     frames = [_labelled(_cuau(), 0), _labelled(_molecule(), 1)]
-    return MPNN(**SMALL, seed=1).prepare(frames)
+    return MPNN(**SMALL, hidden_l=request.param, seed=1).prepare(frames)
 
 
 def _rotation(seed: int) -> np.ndarray:
@@ -161,6 +162,45 @@ def test_save_and_load_reproduce_predictions(model, tmp_path):
     for q in ("energy", "forces", "energies"):
         np.testing.assert_array_equal(getattr(a, q), getattr(b, q))
     np.testing.assert_array_equal(a.stress[0], b.stress[0])
+
+
+def test_vector_states_carry_information_between_interactions():
+    """With hidden_l=1 the second interaction reads the first one's vectors: cutting the
+    vector input changes the energy; hidden_l above l_max is refused."""
+    frames = [_labelled(_molecule(), 1)]
+    model = MPNN(**SMALL, hidden_l=1, seed=1).prepare(frames)
+    layer = model.module_.interactions[1]
+    assert len(layer.up_l) == 1 and len(model.module_.interactions[0].up_l) == 0
+    before = model.predict(frames).energy[0]
+    with torch.no_grad():
+        layer.up_l[0].zero_()
+    assert abs(model.predict(frames).energy[0] - before) > 1e-6
+    with pytest.raises(ValueError, match="hidden_l"):
+        MPNN(**SMALL, l_max=1, hidden_l=2).prepare(frames)
+
+
+def test_a_file_written_before_vector_states_loads_as_scalar_states(tmp_path):
+    """A version-1 file has no ``hidden_l``: it loads with scalar states, predictions
+    unchanged."""
+    import json
+    import zipfile
+
+    frames = [_labelled(_molecule(), 1)]
+    model = MPNN(**SMALL, hidden_l=0, seed=1).prepare(frames)
+    path = model.save(tmp_path / "new")
+    old = tmp_path / "old.ml4m"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "meta.json":
+                meta = json.loads(data)
+                del meta["params"]["hyper"]["hidden_l"]
+                meta["state_version"] = 1
+                data = json.dumps(meta)
+            dst.writestr(item, data)
+    loaded = ml4m.load(old)
+    assert loaded.hidden_l == 0
+    np.testing.assert_array_equal(loaded.predict(frames).forces, model.predict(frames).forces)
 
 
 def test_hyperparameters_are_checked_and_seed_sets_weights():

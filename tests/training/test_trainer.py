@@ -183,6 +183,30 @@ def test_cosine_schedule_resumed_with_more_epochs_anneals_from_where_it_stands(c
     assert np.all(np.diff(rates) < 0)
 
 
+def test_cosine_schedule_anneals_to_the_end_of_a_time_budget(cu):
+    """With 10,000 epochs allowed and a 3-second budget, the cosine rate still falls
+    most of the way to min_lr by the last epoch (the budget's projected end; over 10,000
+    epochs it would still be above 0.99 lr), never rising."""
+    train, valid = cu
+    trainer = Trainer(_settings(scheduler="cosine", lr=0.02, min_lr=1e-5, max_epochs=10_000,
+                                max_minutes=0.05, patience=10_000))
+    trainer.fit(ToyPair(), train, valid)
+    rates = [r["lr"] for r in trainer.history]
+    assert trainer.stop_reason == "max_minutes" and len(rates) < 10_000
+    assert np.all(np.diff(rates) <= 0) and rates[-1] < 0.3 * rates[0], rates[-5:]
+
+
+def test_a_clock_counts_the_epochs_left_before_its_deadline():
+    from ml4m.training.loop import Clock
+
+    clock = Clock(time.perf_counter() + 10.0, after_seconds=1.0, valid_seconds=0.5)
+    clock.step_seconds = [0.1] * 10 + [0.5]  # one slow step: the median ignores it
+    assert clock.epochs_left(8) == 6  # (10 - 1 - 2 x 0.5) s / (8 x 0.1 + 0.5) s
+    clock.epoch_seconds = [3.0, 1.9, 2.0, 2.1]  # measured epochs: their median counts
+    assert clock.epochs_left(8) == 3  # 8 s / 2.0 s, less the time since the clock began
+    assert Clock(float("inf")).epochs_left(8) == float("inf")
+
+
 def test_a_training_batch_is_the_batch_graph_of_its_frames(cu):
     """Graphs built frame by frame and joined equal the batch built at once (a molecule
     keeps its zero cell), with the labels in full 3x3 stress form."""

@@ -102,11 +102,19 @@ class Committee(Potential):
     # ---- the potential contract ------------------------------------------------------------
     @property
     def species(self) -> np.ndarray:
-        return self.model.species
+        """The members' atomic numbers (the template's before fitting)."""
+        return self._first.species
 
     @property
     def cutoff(self) -> float:
-        return self.model.cutoff
+        """The members' cutoff, Angstrom (the template's before fitting)."""
+        return self._first.cutoff
+
+    @property
+    def _first(self) -> Potential:
+        """Member 0 once fitted (a network template knows no species), else the template."""
+        members = getattr(self, "members_", None)
+        return members[0] if members else self.model
 
     @property
     def has_uncertainty(self) -> bool:
@@ -154,6 +162,45 @@ class Committee(Potential):
             members.append(member.fit(sample, valid))
         self.members_ = members
         return self
+
+    @classmethod
+    def from_members(cls, members: list[Potential], resample: str = "seed",
+                     seed: int = 0) -> Committee:
+        """A committee of potentials fitted elsewhere, e.g. networks trained one by one
+        (``ml4m fit --seed k``).
+
+        Parameters
+        ----------
+        members : list of Potential
+            At least 2 fitted potentials of one kind (not committees), with the same
+            species and cutoff (Angstrom).
+        resample, seed
+            Recorded as how the members differ (see the class parameters).
+
+        Raises
+        ------
+        ConfigError
+            Fewer than 2 members, a committee among them, mixed kinds, species or cutoffs.
+        """
+        members = list(members)
+        if len(members) < 2:
+            raise ConfigError(f"a committee needs at least 2 members, got {len(members)}")
+        first = members[0]
+        for k, m in enumerate(members):
+            if not isinstance(m, Potential) or isinstance(m, Committee):
+                raise ConfigError(f"member {k} must be a potential other than a committee, "
+                                  f"got {type(m).__name__}")
+            if type(m) is not type(first):
+                raise ConfigError(f"member {k} is a {type(m).__name__}, member 0 a "
+                                  f"{type(first).__name__}: members must be of one kind")
+            if list(m.species) != list(first.species) or m.cutoff != first.cutoff:
+                raise ConfigError(f"member {k} has species {list(m.species)} and cutoff "
+                                  f"{m.cutoff} A, member 0 {list(first.species)} and "
+                                  f"{first.cutoff} A: members must agree")
+        model = cls(first.clone(), n_members=len(members), resample=resample, seed=seed)
+        model.check_params({k: v for k, v in model.get_params().items() if k != "model"})
+        model.members_ = members
+        return model
 
     def predict(self, frames, uncertainty: bool = False) -> Prediction:
         """The members' mean energy (eV), forces (eV/A), stress (eV/A^3); with

@@ -58,6 +58,10 @@ class Clock:
         self.after_seconds = after_seconds
         self.valid_seconds = valid_seconds
         self.step_seconds: list[float] = []
+        #: wall seconds of each whole epoch of this process (the first counts from the
+        #: run's start)
+        self.epoch_seconds: list[float] = []
+        self.epoch_end = time.perf_counter()
 
     def time_up(self) -> bool:
         """Whether, asked during a step, the rest of it, one more step, a validation and
@@ -66,6 +70,24 @@ class Clock:
         step = max(self.step_seconds[-20:], default=0.0)
         return (time.perf_counter() + 2 * step + self.valid_seconds + self.after_seconds
                 > self.deadline)
+
+    def epochs_left(self, steps_per_epoch: int) -> float:
+        """Whole epochs that fit before the deadline, less the margin :meth:`time_up`
+        keeps (inf: no budget). An epoch lasts the median of the last 5 in
+        ``epoch_seconds`` (steps, validation and all between), or before any,
+        ``steps_per_epoch`` steps (median of the last 50) and a validation."""
+        if not math.isfinite(self.deadline):
+            return math.inf
+        recent = sorted(self.epoch_seconds[-5:])
+        if recent:
+            epoch = recent[len(recent) // 2]
+        else:
+            steps = sorted(self.step_seconds[-50:])
+            epoch = steps_per_epoch * (steps[len(steps) // 2] if steps else 0.0)
+            epoch += self.valid_seconds
+        left = (self.deadline - time.perf_counter() - self.after_seconds
+                - 2 * max(self.step_seconds[-20:], default=0.0))
+        return math.floor(left / epoch) if epoch > 0 else math.inf
 
 
 class CosineSchedule:
@@ -98,6 +120,14 @@ class CosineSchedule:
             return self.min_lr
         phase = (epoch - self.start) / (self.max_epochs - self.start)
         return self.min_lr + (self.start_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * phase))
+
+    def retarget(self, max_epochs: int) -> None:
+        """Reach ``min_lr`` at ``max_epochs`` instead (at least the next epoch), annealing
+        from the current epoch and rate; a time budget's projection of the last epoch."""
+        max_epochs = max(int(max_epochs), self.epoch + 1)
+        if max_epochs != self.max_epochs:
+            self.start, self.start_lr = self.epoch, self.optimizer.param_groups[0]["lr"]
+            self.max_epochs = max_epochs
 
     def step(self) -> None:
         """End an epoch: set the next epoch's rate."""
@@ -312,6 +342,8 @@ class TrainingRun:
                "valid_loss": valid["loss"], "valid_energy_mae_mev_per_atom": valid["energy"],
                "valid_forces_mae_mev_per_a": valid["forces"]}
         p["history"].append(row)
+        clock.epoch_seconds.append(time.perf_counter() - clock.epoch_end)
+        clock.epoch_end = time.perf_counter()
         log.epoch(p["history"])
         p["epoch"] += 1
         p["batch"] = 0
@@ -319,7 +351,10 @@ class TrainingRun:
         if s.scheduler == "plateau":
             self.sched.step(row["valid_loss"] if self.valid_set is not None
                             else row["train_loss"])
-        elif self.sched is not None:
+        elif self.sched is not None:  # cosine: annealed to the budget's end if that is sooner
+            steps = len(epoch_batches(len(self.train_set), s.batch_size, s.seed, p["epoch"],
+                                      self.dist.world))
+            self.sched.retarget(min(s.max_epochs, p["epoch"] + clock.epochs_left(steps)))
             self.sched.step()
         stop = time_up
         if time_up:

@@ -88,9 +88,11 @@ class TrainSettings:
     scheduler : {'plateau', 'cosine', 'none'}
         ``plateau`` multiplies the rate by ``plateau_factor`` after ``plateau_patience``
         epochs without a better loss (valid if given, else train); ``cosine`` anneals it
-        to ``min_lr`` over ``max_epochs`` (a run resumed with another ``max_epochs``
-        anneals from its current rate to ``min_lr`` at the new ``max_epochs``:
-        :class:`~ml4m.training.loop.CosineSchedule`).
+        to ``min_lr`` over ``max_epochs``, or by the end of the ``max_minutes`` budget
+        when that comes sooner (projected after every epoch from the median step time;
+        the rate re-anchors and never rises). A run resumed with another ``max_epochs``
+        anneals from its current rate to ``min_lr`` at the new ``max_epochs``
+        (:class:`~ml4m.training.loop.CosineSchedule`).
     plateau_factor : float
         In (0, 1).
     plateau_patience : int
@@ -125,7 +127,7 @@ class TrainSettings:
         default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 0.0})
     optimizer: str = "adamw"
     weight_decay: float = 0.0
-    scheduler: str = "plateau"
+    scheduler: str = "cosine"
     plateau_factor: float = 0.5
     plateau_patience: int = 5
     min_lr: float = 1e-6

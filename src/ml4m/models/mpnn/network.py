@@ -1,22 +1,32 @@
 """The torch module of :class:`~ml4m.models.mpnn.MPNN`: embedding, interactions, readouts.
 
-One interaction ``t`` updates the scalar state ``h`` (N, K) of every atom:
+An atom's state ``h[i, lm, k]`` holds channels ``k`` of degrees ``l <= hidden_l``
+(``hidden_l = 0``: scalars; ``1``: scalars and vectors, MACE's ``32x0e + 32x1o``).
+One interaction ``t`` updates it:
 
-1. atomic basis ``A[i, k, lm] = 1/avg_neighbors sum_j R_kl(r_ij) Y_lm(r_ij) (W h)[j, k]``,
-   with ``R`` a bias-free radial MLP of the Bessel basis (zero at the cutoff) and ``Y``
-   the edge harmonics; then channels are mixed within each degree ``l``;
-2. product basis ``B = SymmetricProduct(A)`` (invariant output, body order up to
-   ``correlation + 1``, per-element weights);
-3. ``h <- W_out B + W_skip (h x onehot(z))`` (a per-element residual).
+1. atomic basis, an equivariant convolution over the natural-parity paths
+   ``(l1, l2) -> l3`` (``l1 + l2 + l3`` even, ``l1, l3 <= l_max``, ``l2`` a degree of ``h``)::
 
-Each interaction's state is read out to a per-atom energy: linearly after the first
-ones, by a small MLP after the last. The atomic energy is
+       A[i, l3 m3, k] = 1/avg_neighbors sum_j sum_paths R_{path,k}(r_ij)
+                        sum_{m1 m2} C[l1 m1, l2 m2, l3 m3] Y_{l1 m1}(r_ij) (W h)[j, l2 m2, k]
+
+   with ``R`` a bias-free radial MLP of the Bessel basis (zero at the cutoff), ``Y`` the
+   edge harmonics and ``C`` the real Clebsch-Gordan coefficients scaled to
+   orthonormal rows (``l x 0 -> l`` is the identity); then channels are mixed within
+   each degree ``l3``;
+2. product basis ``B = SymmetricProduct(A)`` (body order up to ``correlation + 1``,
+   per-element weights), coupled to the degrees the next state holds;
+3. ``h <- W_out B + W_skip (h x onehot(z))`` per degree (a per-element residual).
+
+Every interaction but the last passes on degrees up to ``hidden_l``; the last keeps
+scalars only. Each interaction's scalars are read out to a per-atom energy: linearly
+after the first ones, by a small MLP after the last. The atomic energy is
 
     E_i = e0[z_i] + shift + scale * sum_t readout_t(h_t)
 
 with ``e0``, ``shift``, ``scale`` and ``avg_neighbors`` kept as buffers (saved with the
-weights). ``features`` are the inputs of the final linear maps (the first states and the
-last MLP's hidden layer), so the energies are linear in the last-layer weights.
+weights). ``features`` are the inputs of the final linear maps (the first states' scalars
+and the last MLP's hidden layer), so the energies are linear in the last-layer weights.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ml4m.descriptors.coupling import real_clebsch_gordan
 from ml4m.models.mpnn.basis import RadialBasis, edge_harmonics
 from ml4m.models.mpnn.product import SymmetricProduct
 from ml4m.models.torch_potential import edge_vectors
@@ -80,40 +91,128 @@ def padded(values: torch.Tensor, slots: torch.Tensor, n_atoms: int, width: int) 
     return table.index_copy(0, slots, values).view(n_atoms, width, -1)
 
 
+def _paths(l_max: int, l_in: int) -> list[tuple[int, int, int]]:
+    """Natural-parity couplings ``(l1, l2, l3)`` of an edge harmonic ``l1 <= l_max`` and a
+    state degree ``l2 <= l_in`` to a density degree ``l3 <= l_max``, ordered by ``l1``."""
+    return [(l1, l2, l3) for l1 in range(l_max + 1) for l2 in range(l_in + 1)
+            for l3 in range(abs(l1 - l2), min(l1 + l2, l_max) + 1) if (l1 + l2 + l3) % 2 == 0]
+
+
+class _Convolution:
+    """Index tables of the equivariant convolution (module docstring, step 1; numpy).
+
+    Edge columns ``c`` enumerate ``(path, m2)``, grouped by the path's ``l1``:
+    ``col_path[c]`` picks the radial weight and ``col_comp[c]`` the state component
+    ``l2*l2 + m2``. For each ``l1`` the per-atom sums
+    ``S_l1[i, m1, c, k] = sum_j Y_{l1 m1}(r_ij) X[j, c, k]`` run over that group's columns
+    only (``groups``: ``(l1, first column, end column)``); the flattened ``S_l1`` are
+    concatenated and coupled to the density by ``A[l3 m3] += coef * S[src]`` at rows
+    ``dst``.
+    """
+
+    def __init__(self, l_max: int, l_in: int) -> None:
+        paths = _paths(l_max, l_in)
+        col_path, col_comp, first_col = [], [], []
+        for p, (_, l2, _) in enumerate(paths):
+            first_col.append(len(col_path))
+            col_path += [p] * (2 * l2 + 1)
+            col_comp += list(range(l2 * l2, (l2 + 1) ** 2))
+        self.n_paths, self.n_cols = len(paths), len(col_path)
+        self.groups, offset = [], {}
+        row = 0
+        for l1 in range(l_max + 1):
+            cols = [first_col[p] for p, path in enumerate(paths) if path[0] == l1]
+            if not cols:
+                continue
+            end = max(first_col[p] + 2 * paths[p][1] + 1 for p, path in enumerate(paths)
+                      if path[0] == l1)
+            self.groups.append((l1, min(cols), end))
+            offset[l1] = (row, min(cols), end - min(cols))
+            row += (2 * l1 + 1) * (end - min(cols))
+        src, dst, coef = [], [], []
+        for p, (l1, l2, l3) in enumerate(paths):
+            c = real_clebsch_gordan(l1, l2, l3) * math.sqrt(2 * l3 + 1)
+            start, first, width = offset[l1]
+            for a, b, m in zip(*np.nonzero(c)):
+                src.append(start + a * width + first_col[p] - first + b)
+                dst.append(l3 * l3 + m)
+                coef.append(c[a, b, m])
+        self.col_path, self.col_comp = np.array(col_path), np.array(col_comp)
+        self.src, self.dst, self.coef = np.array(src), np.array(dst), np.array(coef)
+
+
 class Interaction(nn.Module):
-    """One message-passing step on scalar states (module docstring, steps 1-3)."""
+    """One message-passing step (module docstring, steps 1-3).
+
+    ``l_in`` and ``l_out`` are the largest degrees of the incoming and outgoing states.
+    """
 
     def __init__(self, n_channels: int, n_species: int, l_max: int, n_radial: int,
-                 radial_width: int, correlation: int) -> None:
+                 radial_width: int, correlation: int, l_in: int = 0, l_out: int = 0) -> None:
         super().__init__()
         K, L = n_channels, l_max + 1
-        self.shape = (K, L)
+        conv = _Convolution(l_max, l_in)
+        self.shape = (K, L, conv.n_paths, conv.n_cols)
+        self.groups = conv.groups
         self.up = _linear(K, K)
-        self.radial = _radial_mlp(n_radial, radial_width, K * L)
+        self.radial = _radial_mlp(n_radial, radial_width, K * conv.n_paths)
         self.mix = nn.Parameter(torch.randn(L, K, K) / math.sqrt(K))
-        self.product = SymmetricProduct(l_max, (0,), correlation, K, n_species)
+        self.product = SymmetricProduct(l_max, tuple(range(l_out + 1)), correlation, K,
+                                        n_species)
         self.down = _linear(K, K)
         self.skip = _linear(K * n_species, K, math.sqrt(n_species))
+        # degrees l >= 1 of the states: channel maps per degree (empty for scalar states)
+        self.up_l = nn.ParameterList(
+            nn.Parameter(torch.randn(K, K) / math.sqrt(K)) for _ in range(l_in))
+        self.down_l = nn.ParameterList(
+            nn.Parameter(torch.randn(K, K) / math.sqrt(K)) for _ in range(l_out))
+        self.skip_l = nn.ParameterList(
+            nn.Parameter(torch.randn(K * n_species, K) / math.sqrt(K))
+            for _ in range(min(l_in, l_out)))
         lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
         self.register_buffer("lidx", torch.as_tensor(lidx), persistent=False)
-        # row (lm, l(lm)) of the (lm, l) table of all degree pairs
-        self.register_buffer("diag", torch.as_tensor(np.arange(L * L) * L + lidx),
-                             persistent=False)
+        for name in ("col_path", "col_comp", "src", "dst", "coef"):
+            self.register_buffer(name, torch.as_tensor(getattr(conv, name)), persistent=False)
+
+    @staticmethod
+    def _per_degree(h: torch.Tensor, first: torch.Tensor, rest: nn.ParameterList,
+                    n_l: int) -> torch.Tensor:
+        """Channel maps of the degree blocks ``l = 0..n_l-1`` of ``h`` (N, D, C): ``first``
+        (out, C) (a Linear's weight) for ``l = 0``, ``rest[l-1]`` (C, out) above."""
+        blocks = [h[:, :1] @ first.T]
+        blocks += [h[:, l * l:(l + 1) ** 2] @ rest[l - 1] for l in range(1, n_l)]
+        return torch.cat(blocks, dim=1)
 
     def forward(self, h: torch.Tensor, onehot: torch.Tensor, species: torch.Tensor,
                 basis: torch.Tensor, Y_padded: torch.Tensor, j: torch.Tensor,
                 slots: torch.Tensor, inv_neighbors: torch.Tensor) -> torch.Tensor:
-        """New states (N, K) from states ``h`` (N, K); ``Y_padded`` (N, width, D) holds
-        the edge harmonics at their :func:`neighbour_slots`."""
-        K, L = self.shape
+        """New states (N, (l_out+1)**2, K) from states ``h`` (N, (l_in+1)**2, K);
+        ``Y_padded`` (N, width, D) holds the edge harmonics at their
+        :func:`neighbour_slots`."""
+        K, L, n_paths, n_cols = self.shape
         N, width, D = Y_padded.shape
-        x = self.radial(basis).view(-1, L, K) * self.up(h)[j][:, None, :]
-        X = padded(x.view(-1, L * K), slots, N, width)
-        full = torch.bmm(Y_padded.transpose(1, 2), X).view(N, D * L, K)  # (lm, l) pairs
-        A = full.index_select(1, self.diag).transpose(0, 1)  # (D, N, K)
+        n_in, n_out = len(self.up_l) + 1, len(self.down_l) + 1
+        hs = self._per_degree(h, self.up.weight, self.up_l, n_in)
+        R = self.radial(basis).view(-1, n_paths, K)
+        x = R.index_select(1, self.col_path) * hs[j].index_select(1, self.col_comp)
+        X = padded(x.view(-1, n_cols * K), slots, N, width)
+        # split (not sliced) so that the backward pass concatenates instead of zero-filling
+        Ys = Y_padded.transpose(1, 2).split([2 * l + 1 for l in range(L)], dim=1)
+        Xs = X.split([(c1 - c0) * K for _, c0, c1 in self.groups], dim=2)
+        S = torch.cat([torch.bmm(Ys[l1], Xg).view(N, -1, K)
+                       for (l1, _, _), Xg in zip(self.groups, Xs)], dim=1)
+        terms = S.index_select(1, self.src) * self.coef.to(S.dtype)[:, None]
+        A = S.new_zeros(N, D, K).index_add_(1, self.dst, terms).transpose(0, 1)  # (D, N, K)
         A = torch.bmm(A * inv_neighbors, self.mix[self.lidx])
-        B = self.product(A, species)[0]
-        return self.down(B) + self.skip((h[:, :, None] * onehot[:, None, :]).reshape(N, -1))
+        B = self.product(A, species).transpose(0, 1)  # (N, (l_out+1)**2, K)
+        S_ = onehot.shape[1]
+        n_skip = len(self.skip_l) + 1
+        hz = (h[:, :n_skip * n_skip, :, None] * onehot[:, None, None, :]).reshape(N, -1, K * S_)
+        out = self._per_degree(B, self.down.weight, self.down_l, n_out)
+        skip = self._per_degree(hz, self.skip.weight, self.skip_l, n_skip)
+        if n_skip == n_out:
+            return out + skip
+        return torch.cat([out[:, :n_skip * n_skip] + skip, out[:, n_skip * n_skip:]], dim=1)
 
 
 class MPNNModule(nn.Module):
@@ -125,7 +224,7 @@ class MPNNModule(nn.Module):
         Number of elements.
     r_max : float
         Cutoff, Angstrom.
-    n_radial, l_max, n_channels, correlation, n_interactions, radial_width : int
+    n_radial, l_max, n_channels, correlation, n_interactions, radial_width, hidden_l : int
         See :class:`~ml4m.models.mpnn.MPNN`.
     stats : dict or None
         ``e0`` (n_species,) eV, ``shift`` eV, ``scale`` eV/Angstrom, ``avg_neighbors``;
@@ -134,7 +233,7 @@ class MPNNModule(nn.Module):
 
     def __init__(self, n_species: int, r_max: float, n_radial: int, l_max: int,
                  n_channels: int, correlation: int, n_interactions: int, radial_width: int,
-                 stats: dict[str, Any] | None = None) -> None:
+                 stats: dict[str, Any] | None = None, hidden_l: int = 0) -> None:
         super().__init__()
         self.n_species, self.l_max = n_species, l_max
         stats = stats or {"e0": np.zeros(n_species), "shift": 0.0, "scale": 1.0,
@@ -146,8 +245,10 @@ class MPNNModule(nn.Module):
         self.radial_basis = RadialBasis(r_max, n_radial)
         self.embed = _linear(n_species, n_channels, math.sqrt(n_species))
         self.interactions = nn.ModuleList(
-            Interaction(n_channels, n_species, l_max, n_radial, radial_width, correlation)
-            for _ in range(n_interactions))
+            Interaction(n_channels, n_species, l_max, n_radial, radial_width, correlation,
+                        l_in=hidden_l if t > 0 else 0,
+                        l_out=hidden_l if t < n_interactions - 1 else 0)
+            for t in range(n_interactions))
         self.readouts = nn.ModuleList(_linear(n_channels, 1) for _ in range(n_interactions - 1))
         self.hidden = _linear(n_channels, READOUT_HIDDEN)
         self.last = _linear(READOUT_HIDDEN, 1, SILU_GAIN)
@@ -162,12 +263,12 @@ class MPNNModule(nn.Module):
         slots, width = neighbour_slots(i, n_atoms)
         Y = padded(edge_harmonics(vec, self.l_max), slots, n_atoms, width)
         onehot = nn.functional.one_hot(species, self.n_species).to(vec.dtype)
-        h = self.embed(onehot)
+        h = self.embed(onehot)[:, None, :]
         features = []
         for t, layer in enumerate(self.interactions):
             h = layer(h, onehot, species, basis, Y, j, slots, self.inv_neighbors)
-            features.append(h if t < len(self.readouts)
-                            else nn.functional.silu(self.hidden(h)))
+            features.append(h[:, 0] if t < len(self.readouts)
+                            else nn.functional.silu(self.hidden(h[:, 0])))
         weights = torch.cat([r.weight for r in self.readouts] + [self.last.weight], dim=1)
         feats = torch.cat(features, dim=1)
         energies = self.e0[species] + self.shift + self.scale * (feats @ weights[0])
