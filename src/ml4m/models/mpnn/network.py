@@ -38,9 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml4m.descriptors.coupling import real_clebsch_gordan
 from ml4m.models.mpnn.basis import RadialBasis, edge_harmonics
-from ml4m.models.mpnn.product import SymmetricProduct
+from ml4m.models.mpnn.product import SymmetricProduct, _coupling
 from ml4m.models.torch_potential import edge_vectors
 
 __all__ = ["MPNNModule"]
@@ -131,12 +130,11 @@ class _Convolution:
             row += (2 * l1 + 1) * (end - min(cols))
         src, dst, coef = [], [], []
         for p, (l1, l2, l3) in enumerate(paths):
-            c = real_clebsch_gordan(l1, l2, l3) * math.sqrt(2 * l3 + 1)
             start, first, width = offset[l1]
-            for a, b, m in zip(*np.nonzero(c)):
+            for a, b, m, c in _coupling(l1, l2, l3):
                 src.append(start + a * width + first_col[p] - first + b)
                 dst.append(l3 * l3 + m)
-                coef.append(c[a, b, m])
+                coef.append(c * math.sqrt(2 * l3 + 1))
         self.col_path, self.col_comp = np.array(col_path), np.array(col_comp)
         self.src, self.dst, self.coef = np.array(src), np.array(dst), np.array(coef)
 
