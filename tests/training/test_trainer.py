@@ -3,6 +3,7 @@ named, data parallelism equals one process with the global batch, the time budge
 
 from __future__ import annotations
 
+import math
 import time
 import types
 
@@ -185,26 +186,50 @@ def test_cosine_schedule_resumed_with_more_epochs_anneals_from_where_it_stands(c
 
 def test_cosine_schedule_anneals_to_the_end_of_a_time_budget(cu):
     """With 10,000 epochs allowed and a 3-second budget, the cosine rate still falls
-    most of the way to min_lr by the last epoch (the budget's projected end; over 10,000
-    epochs it would still be above 0.99 lr), never rising."""
+    most of the way to min_lr by the last epoch (over 10,000 epochs it would still be
+    above 0.99 lr), never rising."""
     train, valid = cu
-    trainer = Trainer(_settings(scheduler="cosine", lr=0.02, min_lr=1e-5, max_epochs=10_000,
+    lr, low = 0.02, 1e-5
+    trainer = Trainer(_settings(scheduler="cosine", lr=lr, min_lr=low, max_epochs=10_000,
                                 max_minutes=0.05, patience=10_000))
     trainer.fit(ToyPair(), train, valid)
-    rates = [r["lr"] for r in trainer.history]
+    rates = np.array([r["lr"] for r in trainer.history])
     assert trainer.stop_reason == "max_minutes" and len(rates) < 10_000
     assert np.all(np.diff(rates) <= 0) and rates[-1] < 0.3 * rates[0], rates[-5:]
 
 
-def test_a_clock_counts_the_epochs_left_before_its_deadline():
+def test_a_budgeted_cosine_follows_the_larger_of_the_epoch_and_time_fractions():
+    """The phase is the largest of the epoch fraction and every time fraction so far: a
+    time fraction that falls back (a slow step widened the margin, then left the window)
+    does not raise the rate; a budget anchors at the rate reached."""
+    from ml4m.training.loop import CosineSchedule
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = CosineSchedule(opt, max_epochs=10, min_lr=0.0)
+    sched.step()  # epoch 1 of 10
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
+    sched.budget()  # anchor: from epoch 1 and its rate
+    start = opt.param_groups[0]["lr"]
+    expected = []
+    for fraction, phase in [(0.5, 0.5), (0.3, 0.5), (0.05, 0.5), (0.9, 0.9), (1.0, 1.0)]:
+        sched.step(fraction)
+        expected.append(start * 0.5 * (1 + math.cos(math.pi * phase)))
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected[-1]), fraction
+    sched.step(0.0)
+    assert opt.param_groups[0]["lr"] == 0.0  # min_lr once the phase reached 1
+
+
+def test_a_clock_measures_the_fraction_of_its_budget_passed():
     from ml4m.training.loop import Clock
 
     clock = Clock(time.perf_counter() + 10.0, after_seconds=1.0, valid_seconds=0.5)
-    clock.step_seconds = [0.1] * 10 + [0.5]  # one slow step: the median ignores it
-    assert clock.epochs_left(8) == 6  # (10 - 1 - 2 x 0.5) s / (8 x 0.1 + 0.5) s
-    clock.epoch_seconds = [3.0, 1.9, 2.0, 2.1]  # measured epochs: their median counts
-    assert clock.epochs_left(8) == 3  # 8 s / 2.0 s, less the time since the clock began
-    assert Clock(float("inf")).epochs_left(8) == float("inf")
+    clock.step_seconds = [0.1] * 10 + [0.5]  # the slowest recent step sets the margin
+    clock.started -= 3.5  # 3.5 s of the (10 + 3.5 - 1 - 0.5 - 2 x 0.5) = 11 s usable
+    assert clock.fraction() == pytest.approx(3.5 / 11, abs=1e-3)
+    assert not clock.time_up()
+    clock.step_seconds.append(5.0)  # a margin past the deadline: time is up, fraction 1
+    assert clock.time_up() and clock.fraction() == 1.0
+    assert Clock(float("inf")).fraction() == 0.0
 
 
 def test_a_training_batch_is_the_batch_graph_of_its_frames(cu):

@@ -58,48 +58,44 @@ class Clock:
         self.after_seconds = after_seconds
         self.valid_seconds = valid_seconds
         self.step_seconds: list[float] = []
-        #: wall seconds of each whole epoch of this process (the first counts from the
-        #: run's start)
-        self.epoch_seconds: list[float] = []
-        self.epoch_end = time.perf_counter()
+        #: ``time.perf_counter()`` when the clock began (this process's training start)
+        self.started = time.perf_counter()
+
+    def _margin(self) -> float:
+        """Seconds :meth:`time_up` keeps before the deadline: two steps (twice the longest
+        of the last 20: a shared machine makes steps uneven), a validation and the work
+        after it."""
+        return 2 * max(self.step_seconds[-20:], default=0.0) + self.valid_seconds + self.after_seconds
 
     def time_up(self) -> bool:
         """Whether, asked during a step, the rest of it, one more step, a validation and
-        the work after it could cross the deadline (twice the longest of the last 20
-        steps bounds the first two: a shared machine makes steps uneven)."""
-        step = max(self.step_seconds[-20:], default=0.0)
-        return (time.perf_counter() + 2 * step + self.valid_seconds + self.after_seconds
-                > self.deadline)
+        the work after it could cross the deadline."""
+        return time.perf_counter() + self._margin() > self.deadline
 
-    def epochs_left(self, steps_per_epoch: int) -> float:
-        """Whole epochs that fit before the deadline, less the margin :meth:`time_up`
-        keeps (inf: no budget). An epoch lasts the median of the last 5 in
-        ``epoch_seconds`` (steps, validation and all between), or before any,
-        ``steps_per_epoch`` steps (median of the last 50) and a validation."""
+    def fraction(self) -> float:
+        """Fraction in [0, 1] of the training time the budget allows that has passed:
+        seconds since the clock began over seconds from then to the deadline less the
+        margin :meth:`time_up` keeps (0 without a budget)."""
         if not math.isfinite(self.deadline):
-            return math.inf
-        recent = sorted(self.epoch_seconds[-5:])
-        if recent:
-            epoch = recent[len(recent) // 2]
-        else:
-            steps = sorted(self.step_seconds[-50:])
-            epoch = steps_per_epoch * (steps[len(steps) // 2] if steps else 0.0)
-            epoch += self.valid_seconds
-        left = (self.deadline - time.perf_counter() - self.after_seconds
-                - 2 * max(self.step_seconds[-20:], default=0.0))
-        return math.floor(left / epoch) if epoch > 0 else math.inf
+            return 0.0
+        now = time.perf_counter()
+        usable = self.deadline - self._margin() - self.started
+        return 1.0 if usable <= 0 else min(1.0, max(0.0, (now - self.started) / usable))
 
 
 class CosineSchedule:
-    """The learning rate annealed along half a cosine to ``min_lr`` at ``max_epochs``:
+    """The learning rate annealed along half a cosine to ``min_lr``:
 
-        lr(e) = min_lr + (lr_0 - min_lr) (1 + cos(pi (e - e_0) / (max_epochs - e_0))) / 2
+        lr = min_lr + (lr_0 - min_lr) (1 + cos(pi phase)) / 2
 
-    from ``(e_0, lr_0) = (0, lr)``, and ``min_lr`` from ``max_epochs`` on. A run resumed
-    with the same ``max_epochs`` follows the same curve. One resumed with another
-    ``max_epochs`` anneals from where it stands: ``(e_0, lr_0)`` becomes the epoch
-    reached and its rate, so the rate never jumps and never rises (a finished run
-    resumed for more epochs stays at ``min_lr``).
+    from ``(e_0, lr_0) = (0, lr)``. The phase is the fraction of the epochs from ``e_0``
+    to ``max_epochs`` that have passed or, with a time budget (:meth:`budget`), of the
+    budget's training time if that is further; it never falls, so the rate never rises,
+    however unevenly epochs run on a shared machine. A run resumed with the same
+    ``max_epochs`` and no budget follows the same curve. One resumed with another
+    ``max_epochs`` or a budget anneals from where it stands: ``(e_0, lr_0)`` becomes the
+    epoch reached and its rate (a finished run resumed for more epochs stays at
+    ``min_lr``).
 
     Parameters
     ----------
@@ -112,40 +108,49 @@ class CosineSchedule:
     def __init__(self, optimizer: Any, max_epochs: int, min_lr: float) -> None:
         self.optimizer, self.max_epochs, self.min_lr = optimizer, max_epochs, min_lr
         self.epoch = self.start = 0
+        self.phase = 0.0
         self.start_lr = optimizer.param_groups[0]["lr"]
 
-    def rate(self, epoch: int) -> float:
-        """The learning rate of ``epoch``."""
-        if epoch >= self.max_epochs:
-            return self.min_lr
-        phase = (epoch - self.start) / (self.max_epochs - self.start)
+    def rate(self, phase: float) -> float:
+        """The learning rate at ``phase`` (0: the anchor's rate, 1 and on: ``min_lr``)."""
+        phase = min(1.0, phase)
         return self.min_lr + (self.start_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * phase))
 
-    def retarget(self, max_epochs: int) -> None:
-        """Reach ``min_lr`` at ``max_epochs`` instead (at least the next epoch), annealing
-        from the current epoch and rate; a time budget's projection of the last epoch."""
-        max_epochs = max(int(max_epochs), self.epoch + 1)
-        if max_epochs != self.max_epochs:
-            self.start, self.start_lr = self.epoch, self.optimizer.param_groups[0]["lr"]
-            self.max_epochs = max_epochs
+    def budget(self) -> None:
+        """Anneal to the end of a time budget that begins now: anchor at the current
+        epoch and rate (:meth:`step` then takes the budget's fraction)."""
+        self.start, self.start_lr = self.epoch, self.optimizer.param_groups[0]["lr"]
+        self.phase = 0.0
 
-    def step(self) -> None:
-        """End an epoch: set the next epoch's rate."""
+    def step(self, time_fraction: float = 0.0) -> None:
+        """End an epoch: set the next epoch's rate.
+
+        Parameters
+        ----------
+        time_fraction : float
+            Fraction of the time budget passed (:meth:`Clock.fraction`; 0 without one).
+        """
         self.epoch += 1
+        span = self.max_epochs - self.start
+        epochs = (self.epoch - self.start) / span if span > 0 else 1.0
+        self.phase = max(self.phase, epochs, time_fraction)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.rate(self.epoch)
+            group["lr"] = self.rate(self.phase)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "start": self.start, "start_lr": self.start_lr,
-                "max_epochs": self.max_epochs}
+                "max_epochs": self.max_epochs, "phase": self.phase}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a saved schedule (after the optimizer's state, which holds the rate)."""
         self.epoch = int(state.get("epoch", state.get("last_epoch", 0)))  # or torch's
         if state.get("max_epochs") == self.max_epochs:
             self.start, self.start_lr = int(state["start"]), float(state["start_lr"])
+            span = self.max_epochs - self.start
+            self.phase = float(state.get("phase", (self.epoch - self.start) / span
+                                         if span > 0 else 1.0))
         else:
-            self.start, self.start_lr = self.epoch, self.optimizer.param_groups[0]["lr"]
+            self.budget()
 
 
 def _zero_acc() -> dict[str, float]:
@@ -342,8 +347,6 @@ class TrainingRun:
                "valid_loss": valid["loss"], "valid_energy_mae_mev_per_atom": valid["energy"],
                "valid_forces_mae_mev_per_a": valid["forces"]}
         p["history"].append(row)
-        clock.epoch_seconds.append(time.perf_counter() - clock.epoch_end)
-        clock.epoch_end = time.perf_counter()
         log.epoch(p["history"])
         p["epoch"] += 1
         p["batch"] = 0
@@ -352,10 +355,7 @@ class TrainingRun:
             self.sched.step(row["valid_loss"] if self.valid_set is not None
                             else row["train_loss"])
         elif self.sched is not None:  # cosine: annealed to the budget's end if that is sooner
-            steps = len(epoch_batches(len(self.train_set), s.batch_size, s.seed, p["epoch"],
-                                      self.dist.world))
-            self.sched.retarget(min(s.max_epochs, p["epoch"] + clock.epochs_left(steps)))
-            self.sched.step()
+            self.sched.step(clock.fraction())
         stop = time_up
         if time_up:
             self.stop_reason = "max_minutes"

@@ -89,9 +89,10 @@ class TrainSettings:
         ``plateau`` multiplies the rate by ``plateau_factor`` after ``plateau_patience``
         epochs without a better loss (valid if given, else train); ``cosine`` anneals it
         to ``min_lr`` over ``max_epochs``, or by the end of the ``max_minutes`` budget
-        when that comes sooner (projected after every epoch from the median step time;
-        the rate re-anchors and never rises). A run resumed with another ``max_epochs``
-        anneals from its current rate to ``min_lr`` at the new ``max_epochs``
+        when that comes sooner (the phase is the larger of the fraction of epochs and the
+        fraction of the budget's training time passed, so uneven epochs do not delay it;
+        the rate never rises). A run resumed with another ``max_epochs`` or a budget
+        anneals from its current rate
         (:class:`~ml4m.training.loop.CosineSchedule`).
     plateau_factor : float
         In (0, 1).

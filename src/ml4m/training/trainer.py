@@ -23,7 +23,7 @@ from ml4m.errors import ConfigError
 from ml4m.training.batches import GraphSet, as_graph_set, check_labels, collate, epoch_batches
 from ml4m.training.distributed import Distributed
 from ml4m.training.logs import RunLog
-from ml4m.training.loop import Clock, TrainingRun
+from ml4m.training.loop import Clock, CosineSchedule, TrainingRun
 from ml4m.training.settings import TrainSettings
 
 __all__ = ["Trainer", "prepare_model"]
@@ -142,6 +142,9 @@ class Trainer:
                 clock.after_seconds += _last_layer_seconds(
                     cost, model, train_set, valid_set, min(len(train_set), last_layer_frames))(1.0)
         log = RunLog(s.log_csv, s.progress, n_batches * s.max_epochs, enabled=dist.main)
+        clock.started = time.perf_counter()  # the budget's training time begins
+        if s.max_minutes and isinstance(run.sched, CosineSchedule):
+            run.sched.budget()
         try:
             while run.position["epoch"] < s.max_epochs and not run.position["stopped_early"]:
                 time_up = run.train_epoch(clock, log)
