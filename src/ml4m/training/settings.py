@@ -81,7 +81,9 @@ class TrainSettings:
     weights : dict
         Loss weights: ``energy`` (on the squared error per atom, eV^2/atom^2), ``forces``
         (per component, eV^2/Angstrom^2), ``stress`` (per component, eV^2/Angstrom^6,
-        only frames with a stress label count). A term left out weighs 0.
+        only frames with a stress label count). A term left out weighs 0. The default,
+        ``{energy: 1, forces: 100, stress: 100}``, lets the stress of periodic data pin
+        the volume dependence of the energy.
     optimizer : {'adamw', 'adam'}
     weight_decay : float
         Decoupled weight decay (AdamW) or L2 penalty (Adam).
@@ -125,7 +127,7 @@ class TrainSettings:
     max_epochs: int | None = None
     max_minutes: float | None = None
     weights: dict[str, float] = field(
-        default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 0.0})
+        default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 100.0})
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     scheduler: str = "cosine"
