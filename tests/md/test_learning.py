@@ -294,3 +294,53 @@ def test_training_file_grows_by_appending(files, monkeypatch):
         load_state(out, starts)
     assert path.read_bytes() == b"junk\n" + complete
     assert not [p for p in out.iterdir() if p.name.startswith(".train")]  # no temporary left
+
+
+NETWORK_FIT = {"model": "mpnn", "params": {"r_max": 4.0, "n_channels": 8, "radial_mlp": 16,
+                                           "l_max": 1, "correlation": 2, "dtype": "float64"},
+               "training": {"max_epochs": 3, "batch_size": 2}}
+
+
+def test_a_network_learns_on_the_fly_by_fine_tuning(files):
+    """A network (fit: model mpnn) runs the loop: trained on ``initial`` first, then, at
+    each reference call, trained on from its weights on the whole training set (the
+    ``fine_tune`` settings); the result is deterministic, and a resume refuses other
+    fine-tuning settings."""
+    import ml4m
+    from ml4m.training.finetune import fine_tune_settings, train_network
+
+    settings = _settings(files, fit=NETWORK_FIT, walkers=_settings(files).walkers[:1],
+                         steps=10, threshold=parse_threshold(1e-6), check_interval=5,
+                         max_calls=2, reoptimise_every=0, fine_tune={"max_epochs": 2})
+    result = run_learning(settings, files / "net")
+    assert result["reference_calls"] == 2
+    train = list(_train(files / "net"))
+    assert len(train) == 6 + 2 and [f.info.get("step") for f in train[6:]] == [5, 10]
+    model = ml4m.load(files / "net" / "model.ml4m")
+    assert model.kind == "mpnn" and model.has_uncertainty
+    # the same loop by hand: initial training, then two fine-tuning runs from the weights
+    init = list(read_dataset(files / "init.extxyz"))
+    from ml4m.training import TrainSettings
+    from ml4m.training.fit import build_model
+    from ml4m.training.config import FitConfig
+
+    cfg = FitConfig.from_mapping({**NETWORK_FIT, "train": str(files / "init.extxyz")})
+    first = train_network(build_model(cfg, [29], None), init,
+                          TrainSettings.from_mapping({**NETWORK_FIT["training"], "seed": 0,
+                                                      "progress": False}))
+    tuned = train_network(first, init + [train[6]], fine_tune_settings({"max_epochs": 2}))
+    tuned = train_network(tuned, init + train[6:], fine_tune_settings({"max_epochs": 2}))
+    # the learnt frames move the weights: the fine-tuned model differs from the first
+    assert not np.allclose(first.predict(train[6:]).forces, tuned.predict(train[6:]).forces)
+    np.testing.assert_allclose(model.predict(train).forces, tuned.predict(train).forces,
+                               rtol=0, atol=1e-9)
+    with pytest.raises(ConfigError, match="fine_tune"):
+        run_learning(dataclasses.replace(settings, fine_tune={"max_epochs": 3}),
+                     files / "net", resume=True)
+
+
+def test_fine_tune_settings_are_checked(files):
+    with pytest.raises(ConfigError, match=r"fine_tune.*lr"):
+        _settings(files, fine_tune={"lr": -1.0})
+    with pytest.raises(ConfigError, match=r"fine_tune.*unknown|fine_tune.*bogus"):
+        _settings(files, fine_tune={"bogus": 1})

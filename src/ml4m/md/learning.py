@@ -183,7 +183,7 @@ def _initial_model(settings: LearnSettings, executor: Executor, reference: Calla
 
     if not isinstance(model, Potential) or not model.has_uncertainty:
         raise ConfigError(f"model {settings.model or ''}: active learning needs a potential with "
-                          f"uncertainty (ace, gp, a committee), got '{model.kind}'")
+                          f"uncertainty (ace, gp, a network, a committee), got '{model.kind}'")
     if not updatable(model):
         _restore_updates(model, frames, settings.model)
     return model, frames
@@ -192,13 +192,16 @@ def _initial_model(settings: LearnSettings, executor: Executor, reference: Calla
 def _restore_updates(model: Any, frames: list[Frame], path: str | None) -> None:
     """Make a starting model without normal equations (read from a file) learn new frames
     as it is: its normal equations rebuilt from its training frames (``initial``), or,
-    for a model refitted at each update, those frames kept. Without them, ConfigError:
+    for a model refitted (a network: trained on) at each update, those frames kept. Without them, ConfigError:
     the first update would refit on the labelled frames alone."""
+    from ml4m.training.finetune import is_network
+
     name = f"model {path}" if path else "the starting model"
     rebuild = callable(getattr(model, "restore_normal_equations", None))
     if not frames:
         how = ("new frames are added to its normal equations, which a model file does not "
-               "hold" if rebuild else f"a '{model.kind}' model is refitted on the whole "
+               "hold" if rebuild else f"a '{model.kind}' model is "
+               f"{'trained on' if is_network(model) else 'refitted'} on the whole "
                "training set at each update")
         raise ConfigError(f"{name}: {how}; give 'initial': the frames it was fitted on (or "
                           "'fit' with 'initial' for a new initial fit)")
@@ -212,7 +215,9 @@ def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
     from ml4m.data import Dataset
     from ml4m.models.baseline import with_baseline
     from ml4m.training.config import FitConfig
+    from ml4m.training.finetune import is_network, train_network
     from ml4m.training.fit import build_model
+    from ml4m.training.settings import TrainSettings
 
     clash = sorted({"train", "valid", "output"} & set(settings.fit))
     if clash:
@@ -225,17 +230,26 @@ def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
     # with this model from the first step, where the data is thinnest
     model = with_baseline(build_model(cfg, species, ds), cfg.repulsion_settings, cfg.baseline,
                           "fit")
+    if is_network(model):  # trained as ml4m fit trains it, then has its last layer
+        training = {**cfg.training, "seed": cfg.seed, "progress": False}
+        return train_network(model, frames, TrainSettings.from_mapping(training, "fit"))
     if not model.has_uncertainty:
         raise ConfigError(f"fit.model: active learning needs a model with uncertainty, "
                           f"'{cfg.model}' has none")
     return model.fit(ds)
 
 
-def _updated(model: Any, train: list[Frame], new: list[Frame], reoptimise: bool) -> Any:
+def _updated(model: Any, train: list[Frame], new: list[Frame], reoptimise: bool,
+             fine_tune: dict[str, Any] | None = None) -> Any:
     """``model`` with ``new`` frames learnt: an exact update when it keeps its normal
-    equations, else a refit of a clone on the whole training set."""
+    equations; a network trained on from its weights on the whole training set
+    (``fine_tune``: its training settings); else a refit of a clone on the whole set."""
+    from ml4m.training.finetune import fine_tune_settings, is_network, train_network
+
     if updatable(model):
         return model.update(new, reoptimise=reoptimise)
+    if is_network(model):
+        return train_network(model, train, fine_tune_settings(fine_tune))
     return model.clone().fit(train)
 
 
@@ -400,7 +414,7 @@ class _Loop:
             every = s.reoptimise_every
             reoptimise = every > 0 and st.calls // every > before // every
             st.train.extend(new)
-            st.model = _updated(st.model, st.train, new, reoptimise)
+            st.model = _updated(st.model, st.train, new, reoptimise, s.fine_tune)
             self._attach()  # every walker continues with the new model
         return labelled
 

@@ -22,6 +22,7 @@ Example::
     min_steps_between_calls: 100         # a walker's next call at least 100 steps later
     max_calls: 50
     reoptimise_every: 10
+    fine_tune: {max_epochs: 10}          # a network's updates (training settings)
 """
 
 from __future__ import annotations
@@ -179,6 +180,11 @@ class LearnSettings:
     reoptimise_every : int
         Re-optimise the model's hyperparameters every this many reference calls (0:
         never; the other updates keep them).
+    fine_tune : dict or None
+        For a network: training settings (keys of :class:`~ml4m.training.TrainSettings`)
+        of each update, which trains the network on from its weights on the whole
+        training set; unset keys as :data:`ml4m.training.finetune.FINE_TUNE` (10 passes
+        at a tenth of the default rate).
     on_reference_error : {'stop', 'skip'}
         A reference that raises stops the loop (state kept) or its frame is skipped.
     """
@@ -201,6 +207,7 @@ class LearnSettings:
     max_calls: int = 100
     reoptimise_every: int = 0
     on_reference_error: str = "stop"
+    fine_tune: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -250,6 +257,11 @@ class LearnSettings:
         check_int("max_calls", self.max_calls, low=0, **where)
         check_int("reoptimise_every", self.reoptimise_every, low=0, **where)
         check_choice("on_reference_error", self.on_reference_error, ON_REFERENCE_ERROR, **where)
+        if self.fine_tune is not None:
+            from ml4m.training.finetune import fine_tune_settings
+
+            fine_tune_settings(check_mapping("fine_tune", self.fine_tune, **where),
+                               source=f"{where.get('source', 'config')}: fine_tune")
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str | os.PathLike = "config"
@@ -265,7 +277,7 @@ class LearnSettings:
         keys = ("walkers", "reference", "model", "fit", "initial", "label_initial", "ensemble",
                 "steps", "dt", "friction", "pressure", "threshold", "check_interval",
                 "min_steps_between_calls", "max_calls", "reoptimise_every",
-                "on_reference_error")
+                "on_reference_error", "fine_tune")
         m = check_mapping("the config", mapping, keys=keys, required=("walkers", "threshold"),
                           **where)
         walkers = m.pop("walkers")

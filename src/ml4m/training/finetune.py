@@ -1,0 +1,86 @@
+"""Training a network potential on frames in one call: from scratch, or on from its
+current weights (fine-tuning, the update of on-the-fly learning).
+
+A network is trained by :class:`~ml4m.training.trainer.Trainer`, not by ``fit``; this
+module gives the learning loop the one call it needs for any network kind, and for a
+:class:`~ml4m.models.baseline.Baselined` network (a repulsive core or delta-learning
+baseline around it: the network learns the residuals).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ml4m.training.settings import TrainSettings
+
+__all__ = ["FINE_TUNE", "fine_tune_settings", "is_network", "train_network"]
+
+#: settings of a fine-tuning run that the ``fine_tune`` mapping of a learning loop does not
+#: set: a tenth of the training rate, cosine to ``min_lr`` over 10 passes, no progress bar
+FINE_TUNE: dict[str, Any] = {"lr": 1e-3, "min_lr": 1e-5, "max_epochs": 10, "progress": False}
+
+
+def fine_tune_settings(mapping: dict[str, Any] | None = None,
+                       source: str = "fine_tune") -> TrainSettings:
+    """:data:`FINE_TUNE` updated with ``mapping`` (keys of :class:`TrainSettings`).
+
+    Raises
+    ------
+    ConfigError
+        An unknown key or a value of the wrong type or range, naming ``source``.
+    """
+    return TrainSettings.from_mapping({**FINE_TUNE, **(mapping or {})}, source=source)
+
+
+def _network(model: Any) -> Any:
+    """The network inside ``model`` (itself, or a Baselined's inner model)."""
+    from ml4m.models.baseline import Baselined
+
+    if isinstance(model, Baselined):
+        return getattr(model, "model_", model.model)
+    return model
+
+
+def is_network(model: Any) -> bool:
+    """Whether ``model`` is a network potential (or one inside a baseline), trained by
+    :class:`~ml4m.training.trainer.Trainer`."""
+    from ml4m.models.torch_potential import TorchPotential
+
+    return isinstance(_network(model), TorchPotential)
+
+
+def train_network(model: Any, frames: list, settings: TrainSettings) -> Any:
+    """A copy of network ``model`` trained on labelled ``frames``; ``model`` is unchanged.
+
+    A fitted network goes on from its weights and data statistics (E0s, scale), so
+    ``settings`` are those of a fine-tuning run (:func:`fine_tune_settings`); an unfitted
+    one is prepared on ``frames`` first. Its last-layer posterior is refitted on (and
+    calibrated against) ``frames``. Inside a fitted :class:`~ml4m.models.baseline.Baselined`
+    the baseline is kept and the network learns the residuals of ``frames``; an unfitted
+    one fits its baseline on ``frames`` first.
+
+    Parameters
+    ----------
+    model : TorchPotential or Baselined
+    frames : list of Frame
+        Every training frame (the earlier ones too: a network trained on new frames
+        alone forgets the others).
+    settings : TrainSettings
+
+    Returns
+    -------
+    TorchPotential or Baselined
+    """
+    from ml4m.models.baseline import Baselined, residual_frames
+    from ml4m.training.trainer import Trainer
+
+    if isinstance(model, Baselined):
+        if hasattr(model, "baseline_"):
+            baseline, learnt = model.baseline_, residual_frames(frames, model.baseline_)
+        else:
+            baseline, learnt, _ = model.residuals(frames)
+        net = train_network(_network(model), learnt, settings)
+        return Baselined.from_fitted(net, baseline)
+    net = copy.deepcopy(model) if hasattr(model, "module_") else model.clone()
+    return Trainer(settings).fit(net, frames)
