@@ -100,34 +100,39 @@ def _paths(l_max: int, l_in: int) -> list[tuple[int, int, int]]:
 class _Convolution:
     """Index tables of the equivariant convolution (module docstring, step 1; numpy).
 
-    Edge columns ``c`` enumerate ``(path, m2)``, grouped by the path's ``l1``:
-    ``col_path[c]`` picks the radial weight and ``col_comp[c]`` the state component
-    ``l2*l2 + m2``. For each ``l1`` the per-atom sums
-    ``S_l1[i, m1, c, k] = sum_j Y_{l1 m1}(r_ij) X[j, c, k]`` run over that group's columns
-    only (``groups``: ``(l1, first column, end column)``); the flattened ``S_l1`` are
+    Edge columns ``c`` enumerate ``(path, m2)`` in path order (paths sorted by ``l1``,
+    then ``l2``, then ``l3``). They come in blocks of equal ``(l1, l2)``:
+    ``blocks[b] = (l1, l2, paths)``, whose columns are ``R[:, path] * h[j, l2 m2]``
+    (path-major). For each ``l1`` the per-atom sums
+    ``S_l1[i, m1, c, k] = sum_j Y_{l1 m1}(r_ij) X[j, c, k]`` run over that ``l1``'s
+    blocks (``groups``: ``(l1, first block, end block)``); the flattened ``S_l1`` are
     concatenated and coupled to the density by ``A[l3 m3] += coef * S[src]`` at rows
     ``dst``.
     """
 
     def __init__(self, l_max: int, l_in: int) -> None:
         paths = _paths(l_max, l_in)
-        col_path, col_comp, first_col = [], [], []
-        for p, (_, l2, _) in enumerate(paths):
-            first_col.append(len(col_path))
-            col_path += [p] * (2 * l2 + 1)
-            col_comp += list(range(l2 * l2, (l2 + 1) ** 2))
-        self.n_paths, self.n_cols = len(paths), len(col_path)
+        first_col, n_cols = [], 0
+        for _, l2, _ in paths:
+            first_col.append(n_cols)
+            n_cols += 2 * l2 + 1
+        self.n_paths, self.n_cols = len(paths), n_cols
+        self.blocks: list[tuple[int, int, list[int]]] = []
+        for p, (l1, l2, _) in enumerate(paths):
+            if self.blocks and self.blocks[-1][:2] == (l1, l2):
+                self.blocks[-1][2].append(p)
+            else:
+                self.blocks.append((l1, l2, [p]))
         self.groups, offset = [], {}
         row = 0
-        for l1 in range(l_max + 1):
-            cols = [first_col[p] for p, path in enumerate(paths) if path[0] == l1]
-            if not cols:
-                continue
-            end = max(first_col[p] + 2 * paths[p][1] + 1 for p, path in enumerate(paths)
-                      if path[0] == l1)
-            self.groups.append((l1, min(cols), end))
-            offset[l1] = (row, min(cols), end - min(cols))
-            row += (2 * l1 + 1) * (end - min(cols))
+        for l1 in sorted({b[0] for b in self.blocks}):
+            members = [k for k, b in enumerate(self.blocks) if b[0] == l1]
+            self.groups.append((l1, members[0], members[-1] + 1))
+            cols = [p for k in members for p in self.blocks[k][2]]
+            first = first_col[cols[0]]
+            end = first_col[cols[-1]] + 2 * paths[cols[-1]][1] + 1
+            offset[l1] = (row, first, end - first)
+            row += (2 * l1 + 1) * (end - first)
         src, dst, coef = [], [], []
         for p, (l1, l2, l3) in enumerate(paths):
             start, first, width = offset[l1]
@@ -135,7 +140,6 @@ class _Convolution:
                 src.append(start + a * width + first_col[p] - first + b)
                 dst.append(l3 * l3 + m)
                 coef.append(c * math.sqrt(2 * l3 + 1))
-        self.col_path, self.col_comp = np.array(col_path), np.array(col_comp)
         self.src, self.dst, self.coef = np.array(src), np.array(dst), np.array(coef)
 
 
@@ -167,9 +171,13 @@ class Interaction(nn.Module):
         self.skip_l = nn.ParameterList(
             nn.Parameter(torch.randn(K * n_species, K) / math.sqrt(K))
             for _ in range(min(l_in, l_out)))
+        self.blocks = [(l1, l2, paths[0], len(paths)) for l1, l2, paths in conv.blocks]
+        if any(paths != list(range(paths[0], paths[0] + len(paths)))
+               for _, _, paths in conv.blocks):
+            raise AssertionError("the paths of a block are consecutive")
         lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
         self.register_buffer("lidx", torch.as_tensor(lidx), persistent=False)
-        for name in ("col_path", "col_comp", "src", "dst", "coef"):
+        for name in ("src", "dst", "coef"):
             self.register_buffer(name, torch.as_tensor(getattr(conv, name)), persistent=False)
 
     @staticmethod
@@ -182,23 +190,32 @@ class Interaction(nn.Module):
         return torch.cat(blocks, dim=1)
 
     def forward(self, h: torch.Tensor, onehot: torch.Tensor, species: torch.Tensor,
-                basis: torch.Tensor, Y_padded: torch.Tensor, j: torch.Tensor,
+                basis: torch.Tensor, Y_padded: torch.Tensor, j_padded: torch.Tensor,
                 slots: torch.Tensor, inv_neighbors: torch.Tensor) -> torch.Tensor:
         """New states (N, (l_out+1)**2, K) from states ``h`` (N, (l_in+1)**2, K);
         ``Y_padded`` (N, width, D) holds the edge harmonics at their
-        :func:`neighbour_slots`."""
+        :func:`neighbour_slots` ``slots``, ``j_padded`` (N * width,) the neighbour of each
+        slot (any atom at an empty slot: its radial weights are zero there)."""
         K, L, n_paths, n_cols = self.shape
         N, width, D = Y_padded.shape
         n_in, n_out = len(self.up_l) + 1, len(self.down_l) + 1
         hs = self._per_degree(h, self.up.weight, self.up_l, n_in)
-        R = self.radial(basis).view(-1, n_paths, K)
-        x = R.index_select(1, self.col_path) * hs[j].index_select(1, self.col_comp)
-        X = padded(x.view(-1, n_cols * K), slots, N, width)
+        # the small per-edge factors go to the padded layout, the large products are built
+        # there block by block (no gather or scatter of the (E, n_cols, K) products)
+        R = padded(self.radial(basis), slots, N, width).view(N, width, n_paths, K)
+        hj = hs.index_select(0, j_padded).view(N, width, -1, K)
         # split (not sliced) so that the backward pass concatenates instead of zero-filling
         Ys = Y_padded.transpose(1, 2).split([2 * l + 1 for l in range(L)], dim=1)
-        Xs = X.split([(c1 - c0) * K for _, c0, c1 in self.groups], dim=2)
-        S = torch.cat([torch.bmm(Ys[l1], Xg).view(N, -1, K)
-                       for (l1, _, _), Xg in zip(self.groups, Xs)], dim=1)
+        Rs = R.split([n_p for _, _, _, n_p in self.blocks], dim=2)
+        hjs = hj.split([2 * l + 1 for l in range(n_in)], dim=2)
+        S = []
+        for l1, b0, b1 in self.groups:
+            sums = []
+            for b in range(b0, b1):
+                X = Rs[b][:, :, :, None] * hjs[self.blocks[b][1]][:, :, None]
+                sums.append(torch.bmm(Ys[l1], X.view(N, width, -1)))
+            S.append(torch.cat(sums, dim=2).view(N, -1, K))
+        S = torch.cat(S, dim=1)
         terms = S.index_select(1, self.src) * self.coef.to(S.dtype)[:, None]
         A = S.new_zeros(N, D, K).index_add_(1, self.dst, terms).transpose(0, 1)  # (D, N, K)
         A = torch.bmm(A * inv_neighbors, self.mix[self.lidx])
@@ -260,11 +277,13 @@ class MPNNModule(nn.Module):
         n_atoms = species.shape[0]  # a size, not len(): symbolic under torch.export
         slots, width = neighbour_slots(i, n_atoms)
         Y = padded(edge_harmonics(vec, self.l_max), slots, n_atoms, width)
+        j_padded = torch.zeros(n_atoms * width, dtype=j.dtype, device=j.device).index_copy(
+            0, slots, j)
         onehot = nn.functional.one_hot(species, self.n_species).to(vec.dtype)
         h = self.embed(onehot)[:, None, :]
         features = []
         for t, layer in enumerate(self.interactions):
-            h = layer(h, onehot, species, basis, Y, j, slots, self.inv_neighbors)
+            h = layer(h, onehot, species, basis, Y, j_padded, slots, self.inv_neighbors)
             features.append(h[:, 0] if t < len(self.readouts)
                             else nn.functional.silu(self.hidden(h[:, 0])))
         weights = torch.cat([r.weight for r in self.readouts] + [self.last.weight], dim=1)
