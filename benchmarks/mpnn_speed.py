@@ -7,7 +7,9 @@ and the figure is the median of 5 repeats (wall clock; the CPU time of the proce
 printed beside it: on a machine shared with other work only the CPU time is
 comparable with MACE's wall-clock figures, which were taken with the machine near idle). The
 calculator computes the stress of periodic cells too. MACE's figures (same cells, one
-thread, float32) are read from ``benchmarks/results/mace_*.json`` (``mace_peer.py``).
+thread, float32) are read from ``benchmarks/results/mace_*.json`` (``mace_peer.py``),
+NequIP's (same structures and protocol, float32, AOTInductor-compiled where
+``nequip_peer.py`` compiled it, CPU time) from ``benchmarks/results/nequip_speed.json``.
 
 Usage::
 
@@ -89,9 +91,14 @@ def main() -> None:
     for path in sorted((HERE / "results").glob("mace_*.json")):
         for n, v in json.loads(path.read_text()).get("atom_steps_per_s", {}).items():
             mace[f"Cu {n}"] = v
+    nequip = {}  # CPU time (comparable on a loaded machine), AOTInductor where compiled
+    nequip_json = HERE / "results" / "nequip_speed.json"
+    if nequip_json.exists():
+        for name, row in json.loads(nequip_json.read_text())["structures"].items():
+            nequip[name] = row.get("aoti", row["eager"])["atom_steps_per_s_cpu"]
     print("| structure | dtype | atom-steps/s (wall) | atom-steps/s (CPU time) | MACE (wall) "
-          "| CPU-time / MACE |")
-    print("|---|---|---|---|---|---|")
+          "| CPU-time / MACE | NequIP (CPU time) | CPU-time / NequIP |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, atoms in structures().items():
         for dtype in ("float32", "float64"):
             model = build(args.model, params, dtype, atoms)
@@ -101,8 +108,11 @@ def main() -> None:
             n = len(atoms)
             ref = mace.get(name) if dtype == "float32" else None
             ratio = f"{n / cpu / ref:.1f}" if ref else ""
+            nq = nequip.get(name) if dtype == "float32" else None
+            nq_ratio = f"{n / cpu / nq:.1f}" if nq else ""
             print(f"| {name} | {dtype} | {n / wall:.0f} | {n / cpu:.0f} | "
-                  f"{f'{ref:.0f}' if ref else ''} | {ratio} |", flush=True)
+                  f"{f'{ref:.0f}' if ref else ''} | {ratio} | "
+                  f"{f'{nq:.0f}' if nq else ''} | {nq_ratio} |", flush=True)
 
 
 if __name__ == "__main__":
