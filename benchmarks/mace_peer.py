@@ -10,22 +10,45 @@ first; a run cut by the budget is finalised from its latest checkpoint. Reports 
 wall and CPU seconds of training, epochs, valid energy/force MAE and the inference
 throughput (energy + forces) on fcc Cu cells of 108 and 864 atoms. Writes
 ``benchmarks/results/mace_SET.json``.
+
+``--speed-only`` trains nothing and times untrained models instead, with the protocol of
+``mpnn_speed.py`` and ``nequip_peer.py`` (whose ``structures`` and ``timed`` it uses):
+fcc Cu cells of 108 and 864 atoms (``bulk('Cu', cubic=True, a=3.61).repeat(3 | 6)``) and
+the 3BPA molecule (first frame of ``shared/data/bpa_xtb/valid.extxyz``, 27 atoms), one
+torch thread, each repeat on a freshly rattled copy (0.01 A, seed = repeat) through
+``MACECalculator`` (energy, forces and stress in one call), the first call a warm-up,
+the median of 5 repeats as wall and as process CPU seconds (on a machine shared with
+other work only the CPU time is comparable between runs). The models are built as
+``mace_run_train --model MACE`` builds them with the arguments :func:`train` passes
+(``--hidden-irreps``, r_max 5.0 A, float32) and MACE's defaults for the rest (two
+interactions, correlation 3, l_max 3 of the spherical harmonics, 8 Bessel functions, radial
+MLP 3 x 64), one per element set (Cu; H, C, N, O), ``avg_num_neighbors`` the mean
+neighbour count of the first structure; the cost does not depend on the weights. Writes
+``benchmarks/results/mace_speed.json``::
+
+    OMP_NUM_THREADS=1 /work/peers/mace/bin/python benchmarks/mace_peer.py --speed-only
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import json
 import os
+import platform
 import re
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
@@ -57,7 +80,15 @@ def main() -> None:
                     help="threads for the inference timing (1, as in potentials_speed.py)")
     ap.add_argument("--skip-train", action="store_true",
                     help="reuse WORKDIR/SET/mace.model and the training figures of an earlier run")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="no training: time untrained models on Cu 108, Cu 864 and 3BPA "
+                         "(the protocol of mpnn_speed.py), write results/mace_speed.json")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed calls per structure (--speed-only)")
     args = ap.parse_args()
+    if args.speed_only:
+        speed_only(args, HERE / "results" / "mace_speed.json")
+        return
     work = Path(args.workdir) / args.set
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
@@ -138,6 +169,126 @@ def evaluate(args, train_info: dict, out_json: Path) -> None:
               "forces_mae_mev_per_a": float(np.mean(np.abs(df)) * 1000),
               "atom_steps_per_s": speed, "hidden_irreps": args.hidden_irreps}
     print(json.dumps(result))
+    out_json.parent.mkdir(exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=1))
+
+
+def default_train_args(hidden_irreps: str) -> argparse.Namespace:
+    """The ``argparse.Namespace`` of ``mace_run_train`` with the model arguments that
+    :func:`train` passes (``--model MACE``, ``hidden_irreps``, r_max 5.0 A, float32) and
+    MACE's defaults for all others."""
+    from mace.tools import build_default_arg_parser
+
+    return build_default_arg_parser().parse_args(
+        ["--name", "mace", "--train_file", "train.extxyz", "--model", "MACE",
+         "--hidden_irreps", hidden_irreps, "--r_max", "5.0", "--default_dtype", "float32"])
+
+
+def untrained_mace(z: list[int], hidden_irreps: str, avg_num_neighbors: float,
+                   seed: int = 1) -> torch.nn.Module:
+    """A fresh float32 ``ScaleShiftMACE`` for the atomic numbers ``z``, built as
+    ``mace_run_train --model MACE`` builds it (``configure_model`` / ``_build_model``
+    of mace-torch 0.3.16) from :func:`default_train_args`, with zero reference energies,
+    scale 1 and shift 0 (eV) and ``avg_num_neighbors`` (neighbours within r_max)."""
+    import ast
+
+    import torch
+    from e3nn import o3
+    from mace import modules
+
+    a = default_train_args(hidden_irreps)
+    first = a.interaction_first  # what _build_model does for --model MACE
+    if first not in ("RealAgnosticInteractionBlock", "RealAgnosticDensityInteractionBlock"):
+        first = "RealAgnosticInteractionBlock"
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(seed)
+    model = modules.ScaleShiftMACE(
+        r_max=a.r_max, num_bessel=a.num_radial_basis, num_polynomial_cutoff=a.num_cutoff_basis,
+        max_ell=a.max_ell, interaction_cls=modules.interaction_classes[a.interaction],
+        interaction_cls_first=modules.interaction_classes[first],
+        num_interactions=a.num_interactions, num_elements=len(z),
+        hidden_irreps=o3.Irreps(a.hidden_irreps),
+        edge_irreps=o3.Irreps(a.edge_irreps) if a.edge_irreps else None,
+        atomic_energies=np.zeros(len(z)), apply_cutoff=a.apply_cutoff,
+        avg_num_neighbors=avg_num_neighbors, atomic_numbers=list(z),
+        use_reduced_cg=a.use_reduced_cg, use_so3=a.use_so3,
+        use_edge_irreps_first=a.use_edge_irreps_first, cueq_config=None,
+        pair_repulsion=a.pair_repulsion, distance_transform=a.distance_transform,
+        correlation=a.correlation, gate=modules.gate_dict[a.gate],
+        MLP_irreps=o3.Irreps(a.MLP_irreps), atomic_inter_scale=1.0, atomic_inter_shift=[0.0],
+        radial_MLP=ast.literal_eval(a.radial_MLP), radial_type=a.radial_type,
+        heads=["Default"], embedding_specs=a.embedding_specs,
+        use_embedding_readout=a.use_embedding_readout,
+        use_last_readout_only=a.use_last_readout_only,
+        use_agnostic_product=a.use_agnostic_product)
+    return model.eval()
+
+
+def hyperparameters(hidden_irreps: str) -> dict:
+    """The model arguments of :func:`untrained_mace` that set its size (r_max in A)."""
+    a = default_train_args(hidden_irreps)
+    keys = ("hidden_irreps", "r_max", "num_interactions", "correlation", "max_ell",
+            "num_radial_basis", "num_cutoff_basis", "radial_MLP", "MLP_irreps", "interaction",
+            "gate", "use_reduced_cg", "default_dtype")
+    return {k: getattr(a, k) for k in keys}
+
+
+def mean_neighbours(atoms, r_max: float = 5.0) -> float:
+    """Mean number of neighbours of an atom of ``atoms`` within ``r_max`` (A)."""
+    from ase.neighborlist import neighbor_list
+
+    return len(neighbor_list("i", atoms, r_max)) / len(atoms)
+
+
+def versions() -> dict:
+    """Versions of Python and of the packages that run the model."""
+    from importlib.metadata import version
+
+    out = {"python": platform.python_version()}
+    out.update({p: version(p) for p in ("mace-torch", "torch", "e3nn", "ase", "numpy",
+                                        "matscipy")})
+    return out
+
+
+def speed_only(args: argparse.Namespace, out_json: Path) -> None:
+    """Time untrained MACE models on the structures of ``mpnn_speed.py``; write
+    ``out_json``: per structure the median wall and CPU seconds of one energy + forces
+    call and the atom-steps per second from each, with the model, versions, date, CPU
+    name and the load averages before and after."""
+    import torch
+    from ase.data import atomic_numbers
+    from mace.calculators import MACECalculator
+
+    from nequip_peer import cpu_name, structures, timed  # the same protocol
+
+    torch.set_num_threads(args.speed_threads)
+    load_before = os.getloadavg()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    calcs, models, rows = {}, {}, {}  # calculators and model facts per element set
+    print("| structure | atom-steps/s (wall) | atom-steps/s (CPU time) |")
+    print("|---|---|---|")
+    for name, atoms in structures().items():
+        symbols = sorted(set(atoms.get_chemical_symbols()), key=atomic_numbers.get)
+        elements = " ".join(sorted(symbols))
+        if elements not in calcs:
+            avg = mean_neighbours(atoms)
+            model = untrained_mace([atomic_numbers[s] for s in symbols], args.hidden_irreps, avg)
+            calcs[elements] = MACECalculator(models=model, device="cpu", default_dtype="float32")
+            models[elements] = {"atomic_numbers": [atomic_numbers[s] for s in symbols],
+                                "n_params": sum(p.numel() for p in model.parameters()),
+                                "avg_num_neighbors": avg}
+        wall, cpu = timed(calcs[elements], atoms, args.repeats)
+        n = len(atoms)
+        rows[name] = {"n_atoms": n, "elements": elements, "wall_s": wall, "cpu_s": cpu,
+                      "atom_steps_per_s_wall": n / wall, "atom_steps_per_s_cpu": n / cpu}
+        print(f"| {name} | {n / wall:.0f} | {n / cpu:.0f} |", flush=True)
+    result = {"model": "mace.modules.ScaleShiftMACE (untrained, eager, through MACECalculator)",
+              "hyperparameters": hyperparameters(args.hidden_irreps), "models": models,
+              "torch_threads": torch.get_num_threads(), "repeats": args.repeats, "date": date,
+              "versions": versions(),
+              "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+                          "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+              "structures": rows}
     out_json.parent.mkdir(exist_ok=True)
     out_json.write_text(json.dumps(result, indent=1))
 

@@ -5,9 +5,11 @@ and on a 3BPA molecule (27 atoms), in float32 and float64, one torch thread: eac
 repeat evaluates a freshly rattled copy (nothing cached), the first call is a warm-up,
 and the figure is the median of 5 repeats (wall clock; the CPU time of the process is
 printed beside it: on a machine shared with other work only the CPU time is
-comparable with MACE's wall-clock figures, which were taken with the machine near idle). The
-calculator computes the stress of periodic cells too. MACE's figures (same cells, one
-thread, float32) are read from ``benchmarks/results/mace_*.json`` (``mace_peer.py``),
+comparable between runs, and with MACE's older wall-clock figures taken near idle). The
+calculator computes the stress of periodic cells too. MACE's figures (one thread,
+float32) are the CPU-time ones of ``benchmarks/results/mace_speed.json`` (``mace_peer.py
+--speed-only``: same structures and protocol) where it exists, else the wall-clock ones of
+the Cu cells in ``benchmarks/results/mace_*.json`` (``mace_peer.py`` after training);
 NequIP's (same structures and protocol, float32, AOTInductor-compiled where
 ``nequip_peer.py`` compiled it, CPU time) from ``benchmarks/results/nequip_speed.json``.
 
@@ -87,17 +89,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     params = json.loads(args.params)
-    mace = {}
-    for path in sorted((HERE / "results").glob("mace_*.json")):
-        for n, v in json.loads(path.read_text()).get("atom_steps_per_s", {}).items():
-            mace[f"Cu {n}"] = v
+    mace, mace_clock = {}, "wall"
+    mace_json = HERE / "results" / "mace_speed.json"
+    if mace_json.exists():  # CPU time, same structures and protocol
+        rows = json.loads(mace_json.read_text())["structures"]
+        mace = {name: row["atom_steps_per_s_cpu"] for name, row in rows.items()}
+        mace_clock = "CPU time"
+    else:  # wall clock of the Cu cells, timed after training
+        for path in sorted((HERE / "results").glob("mace_*.json")):
+            for n, v in json.loads(path.read_text()).get("atom_steps_per_s", {}).items():
+                mace[f"Cu {n}"] = v
     nequip = {}  # CPU time (comparable on a loaded machine), AOTInductor where compiled
     nequip_json = HERE / "results" / "nequip_speed.json"
     if nequip_json.exists():
         for name, row in json.loads(nequip_json.read_text())["structures"].items():
             nequip[name] = row.get("aoti", row["eager"])["atom_steps_per_s_cpu"]
-    print("| structure | dtype | atom-steps/s (wall) | atom-steps/s (CPU time) | MACE (wall) "
-          "| CPU-time / MACE | NequIP (CPU time) | CPU-time / NequIP |")
+    print("| structure | dtype | atom-steps/s (wall) | atom-steps/s (CPU time) "
+          f"| MACE ({mace_clock}) | CPU-time / MACE | NequIP (CPU time) | CPU-time / NequIP |")
     print("|---|---|---|---|---|---|---|---|")
     for name, atoms in structures().items():
         for dtype in ("float32", "float64"):
