@@ -25,42 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
+import sys
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
-
-
-def structures():
-    """``{name: ase.Atoms}``: Cu 108, Cu 864 and (when the shared data exist) 3BPA."""
-    import ase.io
-    from ase.build import bulk
-
-    out = {f"Cu {4 * n ** 3}": bulk("Cu", cubic=True, a=3.61).repeat(n) for n in (3, 6)}
-    bpa = SHARED / "bpa_xtb" / "valid.extxyz"
-    if bpa.exists():
-        out["3BPA 27"] = ase.io.read(bpa, 0)
-    return out
-
-
-def timed(model, atoms, repeats: int = 5) -> tuple[float, float]:
-    """Median wall and CPU seconds of one energy + forces evaluation."""
-    calc = model.as_calculator()
-    wall, cpu = [], []
-    for k in range(repeats + 1):
-        a = atoms.copy()
-        a.rattle(0.01, seed=k)
-        a.calc = calc
-        t, c = time.perf_counter(), time.process_time()
-        a.get_forces()
-        if k:
-            wall.append(time.perf_counter() - t)
-            cpu.append(time.process_time() - c)
-    return float(np.median(wall)), float(np.median(cpu))
+sys.path.insert(0, str(HERE))
+# the peers' protocol, shared: same structures, same timing (nequip is imported lazily)
+from nequip_peer import structures, timed  # noqa: E402
 
 
 def build(model_path: str | None, params: dict, dtype: str, atoms):
@@ -112,7 +84,7 @@ def main() -> None:
             model = build(args.model, params, dtype, atoms)
             if not set(atoms.numbers) <= set(model.species.tolist()):
                 continue  # a trained model only runs on its own elements
-            wall, cpu = timed(model, atoms, args.repeats)
+            wall, cpu = timed(model.as_calculator(), atoms, args.repeats)
             n = len(atoms)
             ref = mace.get(name) if dtype == "float32" else None
             ratio = f"{n / cpu / ref:.1f}" if ref else ""
