@@ -344,3 +344,34 @@ def test_fine_tune_settings_are_checked(files):
         _settings(files, fine_tune={"lr": -1.0})
     with pytest.raises(ConfigError, match=r"fine_tune.*unknown|fine_tune.*bogus"):
         _settings(files, fine_tune={"bogus": 1})
+
+
+def test_a_committee_of_networks_learns_on_the_fly(files):
+    """A committee of networks (an in-memory model) passes through the loop: each member
+    is trained on from its own weights with its own seed, so they stay distinct."""
+    from ml4m.models import Committee
+    from ml4m.training import TrainSettings
+    from ml4m.training.config import FitConfig
+    from ml4m.training.fit import build_model
+    from ml4m.training.finetune import train_network
+
+    init = list(read_dataset(files / "init.extxyz"))
+    cfg = FitConfig.from_mapping({**NETWORK_FIT, "train": str(files / "init.extxyz")})
+    template = Committee(build_model(cfg, [29], None), n_members=2, resample="seed")
+    start = train_network(template, init, TrainSettings.from_mapping(
+        {**NETWORK_FIT["training"], "progress": False}))
+    assert isinstance(start, Committee) and len(start.members_) == 2
+    settings = _settings(files, fit=None, walkers=_settings(files).walkers[:1], steps=5,
+                         threshold=parse_threshold(1e-6), check_interval=5, max_calls=1,
+                         reoptimise_every=0, fine_tune={"max_epochs": 1})
+    result = run_learning(settings, files / "net_committee", model=start)
+    assert result["reference_calls"] == 1
+    import ml4m
+
+    end = ml4m.load(files / "net_committee" / "model.ml4m")
+    new = list(_train(files / "net_committee"))[-1:]
+    before = [m.predict(new).forces for m in start.members_]
+    after = [m.predict(new).forces for m in end.members_]
+    assert len(after) == 2 and not np.allclose(after[0], after[1])
+    assert all(not np.allclose(a, b) for a, b in zip(after, before))
+    assert end.predict(new, uncertainty=True).forces_sigma.max() > 0

@@ -129,8 +129,9 @@ class Committee(Potential):
             raise NotFittedError("This Committee is not fitted yet. Call 'fit' first.")
 
     # ---- fit and predict ---------------------------------------------------------------------
-    def _samples(self, frames: list[Frame]) -> list[list[Frame]]:
-        """The training frames of each member."""
+    def samples(self, frames: list[Frame]) -> list[list[Frame]]:
+        """The training frames of each member: all of ``frames`` (``resample='seed'``) or a
+        bootstrap sample of their trajectories (seeded by ``seed``)."""
         if self.resample == "seed":
             if "seed" not in self.model.param_names():
                 raise ConfigError(f"resample='seed' needs members that differ by their seed; a "
@@ -155,7 +156,7 @@ class Committee(Potential):
         if not frames:
             raise DataError("no training frames")
         members = []
-        for k, sample in enumerate(self._samples(frames)):
+        for k, sample in enumerate(self.samples(frames)):
             member = self.model.clone()
             if "seed" in member.param_names():
                 member.set_params(seed=self.seed + k)

@@ -10,6 +10,7 @@ baseline around it: the network learns the residuals).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 from ml4m.training.settings import TrainSettings
@@ -34,17 +35,21 @@ def fine_tune_settings(mapping: dict[str, Any] | None = None,
 
 
 def _network(model: Any) -> Any:
-    """The network inside ``model`` (itself, or a Baselined's inner model)."""
+    """The network inside ``model`` (itself, a Baselined's inner model, a committee's
+    first member or template)."""
     from ml4m.models.baseline import Baselined
+    from ml4m.models.committee import Committee
 
     if isinstance(model, Baselined):
-        return getattr(model, "model_", model.model)
+        return _network(getattr(model, "model_", model.model))
+    if isinstance(model, Committee):
+        return _network(getattr(model, "members_", [model.model])[0])
     return model
 
 
 def is_network(model: Any) -> bool:
-    """Whether ``model`` is a network potential (or one inside a baseline), trained by
-    :class:`~ml4m.training.trainer.Trainer`."""
+    """Whether ``model`` is a network potential (or one inside a baseline, or a committee
+    of them), trained by :class:`~ml4m.training.trainer.Trainer`."""
     from ml4m.models.torch_potential import TorchPotential
 
     return isinstance(_network(model), TorchPotential)
@@ -58,11 +63,14 @@ def train_network(model: Any, frames: list, settings: TrainSettings) -> Any:
     one is prepared on ``frames`` first. Its last-layer posterior is refitted on (and
     calibrated against) ``frames``. Inside a fitted :class:`~ml4m.models.baseline.Baselined`
     the baseline is kept and the network learns the residuals of ``frames``; an unfitted
-    one fits its baseline on ``frames`` first.
+    one fits its baseline on ``frames`` first. A :class:`~ml4m.models.Committee` trains
+    each member ``k`` with ``settings.seed + k``: a fitted one on all of ``frames``, an
+    unfitted one on its sample of them (:meth:`Committee.samples`; members seeded
+    ``seed + k``).
 
     Parameters
     ----------
-    model : TorchPotential or Baselined
+    model : TorchPotential, Baselined or Committee
     frames : list of Frame
         Every training frame (the earlier ones too: a network trained on new frames
         alone forgets the others).
@@ -70,11 +78,20 @@ def train_network(model: Any, frames: list, settings: TrainSettings) -> Any:
 
     Returns
     -------
-    TorchPotential or Baselined
+    TorchPotential, Baselined or Committee
     """
     from ml4m.models.baseline import Baselined, residual_frames
+    from ml4m.models.committee import Committee
     from ml4m.training.trainer import Trainer
 
+    if isinstance(model, Committee):
+        fitted = hasattr(model, "members_")
+        starts = model.members_ if fitted else [
+            model.model.clone().set_params(seed=model.seed + k) for k in range(model.n_members)]
+        samples = [frames] * len(starts) if fitted else model.samples(list(frames))
+        members = [train_network(m, sample, dataclasses.replace(settings, seed=settings.seed + k))
+                   for k, (m, sample) in enumerate(zip(starts, samples))]
+        return Committee.from_members(members, model.resample, model.seed)
     if isinstance(model, Baselined):
         if hasattr(model, "baseline_"):
             baseline, learnt = model.baseline_, residual_frames(frames, model.baseline_)
