@@ -340,7 +340,7 @@ def test_a_network_learns_on_the_fly_by_fine_tuning(files):
 
 
 def test_fine_tune_settings_are_checked(files):
-    with pytest.raises(ConfigError, match=r"fine_tune.*lr"):
+    with pytest.raises(ConfigError, match=r"fine_tune: training\.lr must be > 0"):
         _settings(files, fine_tune={"lr": -1.0})
     with pytest.raises(ConfigError, match=r"fine_tune.*unknown|fine_tune.*bogus"):
         _settings(files, fine_tune={"bogus": 1})

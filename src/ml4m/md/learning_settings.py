@@ -261,7 +261,7 @@ class LearnSettings:
             from ml4m.training.finetune import fine_tune_settings
 
             fine_tune_settings(check_mapping("fine_tune", self.fine_tune, **where),
-                               source=f"{where.get('source', 'config')}: fine_tune")
+                               source="fine_tune")
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str | os.PathLike = "config"
