@@ -97,7 +97,7 @@ def train_network(model: Any, frames: list, settings: TrainSettings) -> Any:
             baseline, learnt = model.baseline_, residual_frames(frames, model.baseline_)
         else:
             baseline, learnt, _ = model.residuals(frames)
-        net = train_network(_network(model), learnt, settings)
+        net = train_network(getattr(model, "model_", model.model), learnt, settings)
         return Baselined.from_fitted(net, baseline)
     net = copy.deepcopy(model) if hasattr(model, "module_") else model.clone()
     return Trainer(settings).fit(net, frames)
