@@ -318,6 +318,11 @@ def test_a_network_learns_on_the_fly_by_fine_tuning(files):
     assert len(train) == 6 + 2 and [f.info.get("step") for f in train[6:]] == [5, 10]
     model = ml4m.load(files / "net" / "model.ml4m")
     assert model.kind == "mpnn" and model.has_uncertainty
+    # its force noise (a relative threshold's unit): the RMS force error of the frames
+    # its sigma was calibrated on, the training frames
+    error = model.predict(train).forces - np.concatenate([f.forces for f in train])
+    assert parse_threshold("2x").resolve(model) == pytest.approx(
+        2 * np.sqrt(np.mean(error ** 2)), rel=1e-6)
     # the same loop by hand: initial training, then two fine-tuning runs from the weights
     init = list(read_dataset(files / "init.extxyz"))
     from ml4m.training import TrainSettings

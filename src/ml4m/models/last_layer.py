@@ -121,7 +121,8 @@ class LastLayerPosterior:
     alpha, beta : float
         Prior precision and per-atom noise precision (1/eV^2) from the evidence.
     calibration : dict
-        ``{"energy": c_E, "forces": c_F}``.
+        ``{"energy": c_E, "forces": c_F}`` and, once calibrated on frames with forces,
+        ``forces_rmse`` (eV/Angstrom, their RMS force error).
     n_blocks : int
         Blocks of last-layer weights (elements, for a per-element last layer).
     """
@@ -187,12 +188,15 @@ class LastLayerPosterior:
     def calibrate(self, energy_err: np.ndarray, energy_var: np.ndarray, force_err: np.ndarray,
                   force_var: np.ndarray) -> None:
         """Set the factors so that the mean predicted variance equals the mean squared
-        error (errors and variances over held-out frames; empty arrays leave 1)."""
+        error (errors and variances over held-out frames; empty arrays leave 1), and
+        record the force RMSE of those frames as ``calibration["forces_rmse"]`` (eV/A)."""
         for key, err, var in (("energy", energy_err, energy_var),
                               ("forces", force_err, force_var)):
             err, var = np.asarray(err, float).ravel(), np.asarray(var, float).ravel()
             if len(err) and np.mean(var) > 0:
                 self.calibration[key] = float(np.sqrt(np.mean(err ** 2) / np.mean(var)))
+            if key == "forces" and len(err):
+                self.calibration["forces_rmse"] = float(np.sqrt(np.mean(err ** 2)))
 
     # ---- persistence ------------------------------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

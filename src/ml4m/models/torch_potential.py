@@ -233,6 +233,16 @@ class TorchPotential(Potential):
         return hasattr(self, "last_layer_")
 
     @property
+    def noise_(self) -> dict[str, float]:
+        """``{"forces": RMS force error}`` (eV/Angstrom) on the frames the last-layer
+        sigma was calibrated on: the network's counterpart of a linear model's fitted
+        force noise (the unit of a relative ``ml4m learn`` threshold). Empty before
+        :meth:`fit_last_layer`."""
+        post = getattr(self, "last_layer_", None)
+        rmse = None if post is None else post.calibration.get("forces_rmse")
+        return {} if rmse is None else {"forces": float(rmse)}
+
+    @property
     def species(self) -> np.ndarray:
         self._check_fitted()
         return np.asarray(self.species_, dtype=np.int64)
