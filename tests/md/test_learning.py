@@ -380,3 +380,6 @@ def test_a_committee_of_networks_learns_on_the_fly(files):
     assert len(after) == 2 and not np.allclose(after[0], after[1])
     assert all(not np.allclose(a, b) for a, b in zip(after, before))
     assert end.predict(new, uncertainty=True).forces_sigma.max() > 0
+    # its force noise (a relative threshold's unit) is its members' mean
+    assert parse_threshold("1x").resolve(end) == pytest.approx(
+        np.mean([m.noise_["forces"] for m in end.members_]))

@@ -124,6 +124,14 @@ class Committee(Potential):
     def n_parameters(self) -> int:
         return sum(m.n_parameters for m in getattr(self, "members_", []))
 
+    @property
+    def noise_(self) -> dict[str, float]:
+        """The members' mean fitted noise per quantity (eV/atom, eV/Angstrom, eV/A^3),
+        for the quantities every member has one for (empty before fitting)."""
+        noises = [getattr(m, "noise_", {}) for m in getattr(self, "members_", [])]
+        keys = set.intersection(*(set(n) for n in noises)) if noises else set()
+        return {q: float(np.mean([n[q] for n in noises])) for q in sorted(keys)}
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "members_"):
             raise NotFittedError("This Committee is not fitted yet. Call 'fit' first.")
