@@ -137,9 +137,21 @@ class Committee(Potential):
             raise NotFittedError("This Committee is not fitted yet. Call 'fit' first.")
 
     # ---- fit and predict ---------------------------------------------------------------------
-    def samples(self, frames: list[Frame]) -> list[list[Frame]]:
-        """The training frames of each member: all of ``frames`` (``resample='seed'``) or a
-        bootstrap sample of their trajectories (seeded by ``seed``)."""
+    def member_starts(self, frames: list[Frame]) -> list[tuple[Potential, list[Frame]]]:
+        """Each member before fitting and its training frames: a clone of ``model``
+        (seeded ``seed + k`` when it has a seed) and all of ``frames``
+        (``resample='seed'``) or a bootstrap sample of their trajectories (seeded by
+        ``seed``)."""
+        members = []
+        for k in range(self.n_members):
+            member = self.model.clone()
+            if "seed" in member.param_names():
+                member.set_params(seed=self.seed + k)
+            members.append(member)
+        return list(zip(members, self._samples(frames)))
+
+    def _samples(self, frames: list[Frame]) -> list[list[Frame]]:
+        """The training frames of each member (see :meth:`member_starts`)."""
         if self.resample == "seed":
             if "seed" not in self.model.param_names():
                 raise ConfigError(f"resample='seed' needs members that differ by their seed; a "
@@ -163,13 +175,8 @@ class Committee(Potential):
         frames = as_frames(train)
         if not frames:
             raise DataError("no training frames")
-        members = []
-        for k, sample in enumerate(self.samples(frames)):
-            member = self.model.clone()
-            if "seed" in member.param_names():
-                member.set_params(seed=self.seed + k)
-            members.append(member.fit(sample, valid))
-        self.members_ = members
+        self.members_ = [member.fit(sample, valid)
+                         for member, sample in self.member_starts(frames)]
         return self
 
     @classmethod

@@ -65,8 +65,8 @@ def train_network(model: Any, frames: list, settings: TrainSettings) -> Any:
     the baseline is kept and the network learns the residuals of ``frames``; an unfitted
     one fits its baseline on ``frames`` first. A :class:`~ml4m.models.Committee` trains
     each member ``k`` with ``settings.seed + k``: a fitted one on all of ``frames``, an
-    unfitted one on its sample of them (:meth:`Committee.samples`; members seeded
-    ``seed + k``).
+    unfitted one from :meth:`Committee.member_starts` (members seeded ``seed + k``, each on
+    its sample of ``frames``).
 
     Parameters
     ----------
@@ -85,12 +85,10 @@ def train_network(model: Any, frames: list, settings: TrainSettings) -> Any:
     from ml4m.training.trainer import Trainer
 
     if isinstance(model, Committee):
-        fitted = hasattr(model, "members_")
-        starts = model.members_ if fitted else [
-            model.model.clone().set_params(seed=model.seed + k) for k in range(model.n_members)]
-        samples = [frames] * len(starts) if fitted else model.samples(list(frames))
+        starts = ([(m, frames) for m in model.members_] if hasattr(model, "members_")
+                  else model.member_starts(list(frames)))
         members = [train_network(m, sample, dataclasses.replace(settings, seed=settings.seed + k))
-                   for k, (m, sample) in enumerate(zip(starts, samples))]
+                   for k, (m, sample) in enumerate(starts)]
         return Committee.from_members(members, model.resample, model.seed)
     if isinstance(model, Baselined):
         if hasattr(model, "baseline_"):

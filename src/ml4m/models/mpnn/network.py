@@ -101,8 +101,8 @@ class _Convolution:
     """Index tables of the equivariant convolution (module docstring, step 1; numpy).
 
     Edge columns ``c`` enumerate ``(path, m2)`` in path order (paths sorted by ``l1``,
-    then ``l2``, then ``l3``). They come in blocks of equal ``(l1, l2)``:
-    ``blocks[b] = (l1, l2, paths)``, whose columns are ``R[:, path] * h[j, l2 m2]``
+    then ``l2``, then ``l3``). Consecutive paths of equal ``(l1, l2)`` form a block,
+    ``blocks[b] = (l1, l2, n_paths)``, whose columns are ``R[:, path] * h[j, l2 m2]``
     (path-major). For each ``l1`` the per-atom sums
     ``S_l1[i, m1, c, k] = sum_j Y_{l1 m1}(r_ij) X[j, c, k]`` run over that ``l1``'s
     blocks (``groups``: ``(l1, first block, end block)``); the flattened ``S_l1`` are
@@ -112,28 +112,25 @@ class _Convolution:
 
     def __init__(self, l_max: int, l_in: int) -> None:
         paths = _paths(l_max, l_in)
-        first_col, n_cols = [], 0
-        for _, l2, _ in paths:
-            first_col.append(n_cols)
-            n_cols += 2 * l2 + 1
-        self.n_paths, self.n_cols = len(paths), n_cols
-        self.blocks: list[tuple[int, int, list[int]]] = []
-        for p, (l1, l2, _) in enumerate(paths):
+        self.n_paths = len(paths)
+        self.blocks: list[tuple[int, int, int]] = []
+        for l1, l2, _ in paths:
             if self.blocks and self.blocks[-1][:2] == (l1, l2):
-                self.blocks[-1][2].append(p)
+                self.blocks[-1] = (l1, l2, self.blocks[-1][2] + 1)
             else:
-                self.blocks.append((l1, l2, [p]))
+                self.blocks.append((l1, l2, 1))
+        # per l1: its blocks, the row of its S_l1 in S, its first column and column count
         self.groups, offset = [], {}
-        row = 0
+        row = col = 0
         for l1 in sorted({b[0] for b in self.blocks}):
             members = [k for k, b in enumerate(self.blocks) if b[0] == l1]
             self.groups.append((l1, members[0], members[-1] + 1))
-            cols = [p for k in members for p in self.blocks[k][2]]
-            first = first_col[cols[0]]
-            end = first_col[cols[-1]] + 2 * paths[cols[-1]][1] + 1
-            offset[l1] = (row, first, end - first)
-            row += (2 * l1 + 1) * (end - first)
+            width = sum(n * (2 * self.blocks[k][1] + 1) for k in members
+                        for n in [self.blocks[k][2]])
+            offset[l1] = (row, col, width)
+            row, col = row + (2 * l1 + 1) * width, col + width
         src, dst, coef = [], [], []
+        first_col = np.cumsum([0] + [2 * l2 + 1 for _, l2, _ in paths])
         for p, (l1, l2, l3) in enumerate(paths):
             start, first, width = offset[l1]
             for a, b, m, c in _coupling(l1, l2, l3):
@@ -154,7 +151,7 @@ class Interaction(nn.Module):
         super().__init__()
         K, L = n_channels, l_max + 1
         conv = _Convolution(l_max, l_in)
-        self.shape = (K, L, conv.n_paths, conv.n_cols)
+        self.shape = (K, L, conv.n_paths)
         self.groups = conv.groups
         self.up = _linear(K, K)
         self.radial = _radial_mlp(n_radial, radial_width, K * conv.n_paths)
@@ -171,10 +168,7 @@ class Interaction(nn.Module):
         self.skip_l = nn.ParameterList(
             nn.Parameter(torch.randn(K * n_species, K) / math.sqrt(K))
             for _ in range(min(l_in, l_out)))
-        self.blocks = [(l1, l2, paths[0], len(paths)) for l1, l2, paths in conv.blocks]
-        if any(paths != list(range(paths[0], paths[0] + len(paths)))
-               for _, _, paths in conv.blocks):
-            raise AssertionError("the paths of a block are consecutive")
+        self.blocks = conv.blocks
         lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
         self.register_buffer("lidx", torch.as_tensor(lidx), persistent=False)
         for name in ("src", "dst", "coef"):
@@ -196,7 +190,7 @@ class Interaction(nn.Module):
         ``Y_padded`` (N, width, D) holds the edge harmonics at their
         :func:`neighbour_slots` ``slots``, ``j_padded`` (N * width,) the neighbour of each
         slot (any atom at an empty slot: its radial weights are zero there)."""
-        K, L, n_paths, n_cols = self.shape
+        K, L, n_paths = self.shape
         N, width, D = Y_padded.shape
         n_in, n_out = len(self.up_l) + 1, len(self.down_l) + 1
         hs = self._per_degree(h, self.up.weight, self.up_l, n_in)
@@ -206,7 +200,7 @@ class Interaction(nn.Module):
         hj = hs.index_select(0, j_padded).view(N, width, -1, K)
         # split (not sliced) so that the backward pass concatenates instead of zero-filling
         Ys = Y_padded.transpose(1, 2).split([2 * l + 1 for l in range(L)], dim=1)
-        Rs = R.split([n_p for _, _, _, n_p in self.blocks], dim=2)
+        Rs = R.split([n_p for _, _, n_p in self.blocks], dim=2)
         hjs = hj.split([2 * l + 1 for l in range(n_in)], dim=2)
         S = []
         for l1, b0, b1 in self.groups:
