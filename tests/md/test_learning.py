@@ -316,8 +316,8 @@ def test_a_network_learns_on_the_fly_by_fine_tuning(files):
     assert result["reference_calls"] == 2
     train = list(_train(files / "net"))
     assert len(train) == 6 + 2 and [f.info.get("step") for f in train[6:]] == [5, 10]
-    model = ml4m.load(files / "net" / "model.ml4m")
-    assert model.kind == "mpnn" and model.has_uncertainty
+    model = ml4m.load(files / "net" / "model.ml4m")  # inside its repulsive core (default)
+    assert model.kind == "baselined" and model.model_.kind == "mpnn" and model.has_uncertainty
     # its force noise (a relative threshold's unit): the RMS force error of the frames
     # its sigma was calibrated on, the training frames
     error = model.predict(train).forces - np.concatenate([f.forces for f in train])
@@ -328,9 +328,11 @@ def test_a_network_learns_on_the_fly_by_fine_tuning(files):
     from ml4m.training import TrainSettings
     from ml4m.training.fit import build_model
     from ml4m.training.config import FitConfig
+    from ml4m.models.baseline import with_baseline
 
     cfg = FitConfig.from_mapping({**NETWORK_FIT, "train": str(files / "init.extxyz")})
-    first = train_network(build_model(cfg, [29], None), init,
+    first = train_network(with_baseline(build_model(cfg, [29], None), cfg.repulsion_settings),
+                          init,
                           TrainSettings.from_mapping({**NETWORK_FIT["training"], "seed": 0,
                                                       "progress": False}))
     tuned = train_network(first, init + [train[6]], fine_tune_settings({"max_epochs": 2}))

@@ -69,11 +69,27 @@ def _cu():
     return emt_cu_frames(1), [Frame.from_atoms(big), Frame.from_atoms(cluster)]
 
 
-@pytest.fixture(scope="module", params=["mpnn", "bpnn"])
+def _squeezed_cu():
+    """A compressed, rattled Cu cell: nearest neighbours inside the repulsive core."""
+    atoms = bulk("Cu", cubic=True, a=3.0).repeat((2, 1, 1))
+    atoms.rattle(0.1, seed=2)
+    return Frame.from_atoms(atoms)
+
+
+@pytest.fixture(scope="module", params=["mpnn", "bpnn", "mpnn+core"])
 def network(request, mpnn):
-    """A small network of each exportable kind, with structures to trace and to run."""
+    """A small network of each exportable kind, with structures to trace and to run; and
+    the MPNN with its repulsive core (as ``ml4m fit`` saves it), run where the core acts."""
     if request.param == "mpnn":
         return mpnn, *_cu()
+    if request.param == "mpnn+core":
+        from ml4m.models.baseline import Baselined, PairRepulsion
+
+        core = PairRepulsion().fit(emt_cu_frames(3))
+        trace, run = _cu()
+        run = run + [_squeezed_cu()]
+        assert np.abs(core.evaluate(run).forces).max() > 0.1  # the core acts, eV/A
+        return Baselined.from_fitted(mpnn, core), trace, run
     from ml4m.models.bpnn import BPNN
 
     trace, run = _molecules()
@@ -89,9 +105,10 @@ def test_plain_pytorch_reproduces_energies_and_forces(network, tmp_path):
     model, trace, frames = network
     path = tmp_path / "model.pt2"
     meta = export_potential(model, path, trace)
-    assert meta["species"] == list(model.species_)
-    assert meta["cutoff"] == pytest.approx(model.cutoff)
-    data = batch_graph(frames, model.cutoff, model.species_)
+    net = getattr(model, "model_", model)
+    assert meta["species"] == list(net.species_)
+    assert meta["cutoff"] == pytest.approx(net.cutoff)
+    data = batch_graph(frames, net.cutoff, net.species_)
     np.savez(tmp_path / "in.npz", positions=data["positions"].numpy(),
              numbers=np.concatenate([f.numbers for f in frames]).astype(np.int64),
              cell=data["cell"].numpy(), batch=data["batch"].numpy(),
@@ -115,6 +132,21 @@ def test_non_network_models_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="only network potentials"):
         export_potential(model, tmp_path / "x.pt2", [molecule("H2O")])
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_baseline_without_a_torch_form_is_refused(mpnn, tmp_path):
+    """A network learnt on an external calculator's residuals does not export (the
+    program would miss the calculator); a core beyond the cutoff neither."""
+    from ml4m.models.baseline import Baselined, CalculatorBaseline, PairRepulsion
+
+    frames = emt_cu_frames(3)
+    emt = CalculatorBaseline(calculator="emt").fit(frames)
+    with pytest.raises(ConfigError, match="CalculatorBaseline baseline does not export"):
+        export_potential(Baselined.from_fitted(mpnn, emt), tmp_path / "x.pt2")
+    wide = PairRepulsion(r_in={"Cu-Cu": 4.5}).fit(frames)
+    with pytest.raises(ConfigError, match="beyond the network's cutoff"):
+        export_potential(Baselined.from_fitted(mpnn, wide), tmp_path / "x.pt2")
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_export_writes_a_program_and_refuses_a_linear_model(mpnn, tmp_path):

@@ -12,7 +12,9 @@ Write a fitted network potential (mpnn or bpnn) as a torch.export program (.pt2)
 plain PyTorch loads with torch.export.load and runs without ml4m, plus FILE.json with
 its inputs, species and cutoff. The program takes positions, atomic numbers, cells,
 the atoms' structure index and a full neighbour list (edge_index, shifts) and returns
-energies; forces and stress come by autograd (see ml4m.models.export).
+energies; forces and stress come by autograd (see ml4m.models.export). The repulsive
+core that ml4m fit puts around a network by default is part of the program; a network
+learnt on an external calculator's residuals (baseline:) does not export.
 
 example:
   ml4m export cu_mpnn.ml4m -o cu_mpnn.pt2

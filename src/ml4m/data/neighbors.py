@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -335,13 +335,13 @@ def batched_neighbor_list(
     return NeighborList(i, j, s, v, d, float(cutoff)), np.concatenate(frame_of_pair)
 
 
-def shortest_distances(frames: Sequence[Frame | Atoms], cutoff: float = 3.0) -> dict[str, float]:
+def shortest_distances(frames: Iterable[Frame | Atoms], cutoff: float = 3.0) -> dict[str, float]:
     """The shortest distance of every element pair in a set of structures.
 
     Parameters
     ----------
-    frames : sequence of Frame or ase.Atoms
-        The structures (periodic images count).
+    frames : iterable of Frame or ase.Atoms
+        The structures (periodic images count), read one at a time.
     cutoff : float, default=3.0
         Largest distance looked at, Angstrom; pairs never closer are left out.
 

@@ -91,8 +91,9 @@ class FitConfig:
     repulsion : 'auto', bool or dict
         A ZBL repulsive core below each element pair's shortest training distance,
         switched off smoothly at that distance (:class:`ml4m.models.baseline.PairRepulsion`;
-        zero where the data lives, so the fit is unchanged): ``auto`` (on for ``ace`` and
-        ``gp``), ``true``, ``false`` or its settings (``width``, ``margin``, ``r_in``).
+        zero where the data lives, so the fit is unchanged): ``auto`` (on for every
+        potential: ``ace``, ``gp``, ``mpnn``, ``bpnn``), ``true``, ``false`` or its
+        settings (``width``, ``margin``, ``r_in``).
     baseline : dict, optional
         Delta learning: the model learns the reference minus this baseline and adds it
         back (``{calculator: NAME, calculator_kwargs: {...}}``, or ``{labels: {energy:
@@ -129,9 +130,10 @@ class FitConfig:
 
     @property
     def repulsion_settings(self) -> Any:
-        """``repulsion`` with ``auto`` resolved: on for the linear potentials."""
+        """``repulsion`` with ``auto`` resolved: on for every potential (linear, GP,
+        network), off for property models."""
         if self.repulsion == "auto":
-            return self.model in ("ace", "gp")
+            return model_kind(self.model).potential
         return self.repulsion
 
     @property

@@ -62,7 +62,9 @@ def train_network(model: Any, frames: list, settings: TrainSettings) -> Any:
     ``settings`` are those of a fine-tuning run (:func:`fine_tune_settings`); an unfitted
     one is prepared on ``frames`` first. Its last-layer posterior is refitted on (and
     calibrated against) ``frames``. Inside a fitted :class:`~ml4m.models.baseline.Baselined`
-    the baseline is kept and the network learns the residuals of ``frames``; an unfitted
+    the baseline is kept (after its ``update``: the repulsive core's radii shrink to
+    the new frames' closest pairs, its values on earlier frames unchanged) and the
+    network learns the residuals of ``frames``; an unfitted
     one fits its baseline on ``frames`` first. A :class:`~ml4m.models.Committee` trains
     each member ``k`` with ``settings.seed + k``: a fitted one on all of ``frames``, an
     unfitted one from :meth:`Committee.member_starts` (members seeded ``seed + k``, each on
@@ -91,8 +93,9 @@ def train_network(model: Any, frames: list, settings: TrainSettings) -> Any:
                    for k, (m, sample) in enumerate(starts)]
         return Committee.from_members(members, model.resample, model.seed)
     if isinstance(model, Baselined):
-        if hasattr(model, "baseline_"):
-            baseline, learnt = model.baseline_, residual_frames(frames, model.baseline_)
+        if hasattr(model, "baseline_"):  # a core's radii widen to new close pairs only
+            baseline = model.baseline_.update(frames)
+            learnt = residual_frames(frames, baseline)
         else:
             baseline, learnt, _ = model.residuals(frames)
         net = train_network(getattr(model, "model_", model.model), learnt, settings)

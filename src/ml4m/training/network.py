@@ -152,26 +152,43 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
 
 
 def _delta(cfg, model, train, valid):
-    """Delta learning (``baseline:``, or ``repulsion:`` set explicitly): the fitted
+    """The baseline (``repulsion:``, on by default, and ``baseline:``): the fitted
     baseline, the frames the network learns (reference minus baseline: train, valid),
     and the reference frames carrying the baseline's labels (train, valid: for the
     errors of the sum). Without a baseline: ``None``, then ``train, valid`` twice.
 
+    A packed store is learnt as it is when the baseline is the repulsive core alone with
+    radii from the data: the core is zero on every frame it was fitted on (each pair's
+    radius is below its shortest distance there), so it is fitted in one pass over the
+    store and nothing needs relabelling.
+
     Raises
     ------
     ConfigError
-        A packed store as ``train`` or ``valid`` (its frames are streamed, not relabelled).
+        A packed store as ``train`` or ``valid`` with any other baseline (its frames are
+        streamed, not relabelled).
     """
-    from ml4m.models.baseline import attach_baseline_labels, with_baseline
+    from ml4m.models.baseline import (PairRepulsion, attach_baseline_labels, residual_frames,
+                                      with_baseline)
 
-    repulsion = False if cfg.repulsion == "auto" else cfg.repulsion
-    template = with_baseline(model, repulsion, cfg.baseline, str(cfg.train))
+    template = with_baseline(model, cfg.repulsion_settings, cfg.baseline, str(cfg.train))
     if template is model:
         return None, train, valid, train, valid
-    for name in ("train", "valid"):
-        if getattr(cfg, name) and Path(getattr(cfg, name)).is_dir():
-            raise ConfigError(f"{getattr(cfg, name)}: a network learns a baseline's residuals "
-                              "from a structure file, not a packed store")
+    stores = [name for name in ("train", "valid")
+              if getattr(cfg, name) and Path(getattr(cfg, name)).is_dir()]
+    if stores:
+        core = template.baseline
+        if not (isinstance(core, PairRepulsion) and not core.r_in):
+            raise ConfigError(f"{getattr(cfg, stores[0])}: a network learns a baseline's "
+                              "residuals from a structure file, not a packed store")
+        core = core.clone().fit(train)
+
+        def learnt(name, data):  # a file's frames relabelled (exact), a store as it is
+            if data is None or name in stores:
+                return data
+            return Dataset(residual_frames(list(data), core))
+
+        return core, learnt("train", train), learnt("valid", valid), train, valid
     train = Dataset(attach_baseline_labels(template, list(train), cfg.train))
     if valid is not None:
         valid = Dataset(attach_baseline_labels(template, list(valid), cfg.valid))

@@ -22,7 +22,7 @@ switch starting right at it would add forces of up to 1 eV/A.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,7 +132,7 @@ class PairRepulsion(Baseline):
     r_in : dict, optional
         Inner radii given explicitly, ``{"C-H": 0.85}`` (Angstrom); these pairs ignore
         the data. Pairs neither given nor seen within 3 Angstrom in the training frames
-        start at 0.75 of their covalent-radii sum.
+        start at 0.75 of their covalent-radii sum (at most 3 Angstrom).
 
     Attributes
     ----------
@@ -150,10 +150,11 @@ class PairRepulsion(Baseline):
         self.r_in = r_in
 
     # ---- fit: the inner radii ------------------------------------------------------------
-    def fit(self, frames: Sequence[Frame]) -> PairRepulsion:
-        """Each pair's ``r_in`` from its shortest distance in ``frames``; returns ``self``."""
+    def fit(self, frames: Iterable[Frame]) -> PairRepulsion:
+        """Each pair's ``r_in`` from its shortest distance in ``frames`` (any iterable, a
+        packed store too: read one frame at a time); returns ``self``."""
         self.check_params(self.get_params())
-        found = shortest_distances(list(frames), cutoff=SEARCH_CUTOFF)
+        found = shortest_distances(frames, cutoff=SEARCH_CUTOFF)  # one frame at a time
         table = {_pair_key("r_in", p): max(d - self.margin, 1e-3) for p, d in found.items()}
         table.update({_pair_key("r_in", p): float(d) for p, d in (self.r_in or {}).items()})
         self._set_table(table)
@@ -179,7 +180,10 @@ class PairRepulsion(Baseline):
         return self
 
     def _set_table(self, table: dict[tuple[int, int], float]) -> None:
-        grid = np.add.outer(covalent_radii, covalent_radii) * UNSEEN_FRACTION
+        # never beyond the search: a pair not seen within it is at least that far apart
+        # in the training frames, so the core stays zero on all of them
+        grid = np.minimum(np.add.outer(covalent_radii, covalent_radii) * UNSEEN_FRACTION,
+                          SEARCH_CUTOFF)
         for (a, b), d in table.items():
             grid[a, b] = grid[b, a] = d
         self._grid = grid
@@ -251,6 +255,49 @@ class PairRepulsion(Baseline):
         return BaselineValues(energy, forces, stress, energies)
 
     # ---- persistence ----------------------------------------------------------------------
+    def torch_module(self, species: Sequence[int]):
+        """This core as a ``torch.nn.Module`` over a network's edge list (for export).
+
+        ``module(vectors, species_index, edge_index)`` returns the per-atom energies (N,),
+        eV, of the switched ZBL pairs: ``vectors`` (E, 3) ``r_j - r_i`` in Angstrom for
+        every ordered pair (both directions, each giving half the pair's energy to its
+        ``i``), ``species_index`` (N,) the position of each atom's element in
+        ``species`` (atomic numbers). Its values and autograd derivatives are those of
+        :meth:`evaluate` wherever the edges hold every pair closer than the core's
+        :attr:`range`.
+        """
+        import torch
+
+        if not self.fitted:
+            raise NotFittedError("This PairRepulsion is not fitted yet. Call 'fit' first.")
+        z = np.asarray(species, dtype=np.int64)
+        table = self._grid[np.ix_(z, z)]
+        width = float(self.width)
+
+        class Core(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.register_buffer("z", torch.as_tensor(z.astype(float)))
+                self.register_buffer("r_in", torch.as_tensor(table))
+                self.register_buffer("coefficients", torch.as_tensor(ZBL_COEFFICIENTS))
+                self.register_buffer("exponents", torch.as_tensor(ZBL_EXPONENTS))
+
+            def forward(self, vectors, species_index, edge_index):
+                i, j = edge_index
+                si, sj = species_index[i], species_index[j]
+                r = torch.linalg.vector_norm(vectors, dim=1)
+                za, zb = self.z[si].to(r.dtype), self.z[sj].to(r.dtype)
+                a = ZBL_LENGTH_A / (za**0.23 + zb**0.23)
+                phi = (self.coefficients.to(r.dtype)
+                       * torch.exp(-self.exponents.to(r.dtype) * (r / a)[:, None])).sum(1)
+                t = torch.clamp((r - self.r_in[si, sj].to(r.dtype) + width) / width, 0.0, 1.0)
+                s = 1.0 - t**3 * (10.0 - 15.0 * t + 6.0 * t**2)
+                pair = COULOMB_EV_A * za * zb * phi / r * s
+                out = torch.zeros(species_index.shape[0], dtype=r.dtype, device=r.device)
+                return out.index_add(0, i, 0.5 * pair)
+
+        return Core()
+
     def fitted_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if not self.fitted:
             raise NotFittedError("This PairRepulsion is not fitted yet. Call 'fit' first.")
