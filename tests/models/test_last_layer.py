@@ -76,6 +76,53 @@ def test_evidence_finds_the_noise_and_the_analytic_covariance(synthetic):
                                atol=1e-9 * np.abs(expect).max())
 
 
+FORCE_NOISE = 0.02  # eV/Angstrom per component
+
+
+def test_force_rows_join_the_precision_with_their_own_noise():
+    """With force labels, the posterior is Bayesian regression on the energy rows and on
+    the force rows ``-d Phi / d r`` (here by finite differences, independently of the
+    package), each with its own noise, which the evidence finds."""
+    model = BPNN(r_cut=3.5, g2_params=[(0.5, 0.0), (2.0, 2.5), (1.0, 3.0)], hidden=(6,))
+    train = _cells(60, 5)
+    model.prepare(train)
+    m = model.module_
+    delta = 0.3 * torch.randn(m.weight.shape, generator=torch.Generator().manual_seed(6),
+                              dtype=torch.float64)
+    with torch.no_grad():
+        m.weight += delta
+    shifted = model.predict(train)
+    with torch.no_grad():
+        m.weight -= delta
+    rng = np.random.default_rng(7)
+    offsets = shifted.offsets
+    labelled = [Frame(f.numbers, f.positions, f.cell, f.pbc,
+                      energy=float(e + NOISE * np.sqrt(len(f)) * rng.normal()),
+                      forces=shifted.forces[offsets[k]:offsets[k + 1]]
+                      + FORCE_NOISE * rng.normal(size=(len(f), 3)))
+                for k, (f, e) in enumerate(zip(train, shifted.energy))]
+    post = model.fit_last_layer(labelled).last_layer_
+    assert post.beta_forces ** -0.5 == pytest.approx(FORCE_NOISE, rel=0.1)
+    assert post.noise_sigma == pytest.approx(NOISE, rel=0.3)
+    Phi = _design(model, train)
+    h, J = 1e-5, []
+    for f in train:
+        for a in range(len(f)):
+            for c in range(3):
+                rows = []
+                for step in (h, -h):
+                    x = f.to_atoms(with_labels=False)
+                    x.positions[a, c] += step
+                    rows.append(_design(model, [Frame.from_atoms(x)])[0])
+                J.append((rows[0] - rows[1]) / (2 * h))
+    J = np.array(J)
+    W = 1.0 / np.array([len(f) for f in train])
+    expect = np.linalg.inv(post.alpha * np.eye(Phi.shape[1]) + post.beta * (Phi.T * W) @ Phi
+                           + post.beta_forces * J.T @ J)
+    np.testing.assert_allclose(post.factor @ post.factor.T, expect, rtol=1e-4,
+                               atol=1e-6 * np.abs(expect).max())
+
+
 def test_sigmas_propagate_the_covariance_exactly(synthetic):
     model, _ = synthetic
     post = model.last_layer_

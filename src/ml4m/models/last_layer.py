@@ -12,17 +12,23 @@ with ``c_i`` independent of ``theta``. A structure's energy is then linear in ``
 [features_i, 1]`` (the ones column stands for a per-block offset).
 
 The posterior (Bigi et al., 2024) is Bayesian linear regression of the trained network's
-energy residuals on ``Phi`` (:class:`~ml4m.models.linear.bayesian.BayesianLinearRegression`,
-noise per atom: row weights ``1 / n_atoms``; prior precision ``alpha`` and noise precision
-``beta`` by maximum evidence); the network's weights stay the mean. With the covariance
-``Sigma = (alpha I + beta Phi^T W Phi)^-1``:
+residuals on the last layer, the loss's two kinds of rows: energies on ``Phi`` (noise per
+atom: row weights ``1 / n_atoms``) and force components on ``-J``, ``J = d Phi / d r``
+(sample training atoms, each row counted for all training atoms over the sample's), with
+a prior precision ``alpha`` and one noise precision per kind, ``beta`` and ``beta_F``,
+all by maximum evidence (:meth:`~ml4m.models.linear.bayesian.BayesianLinearRegression.
+fit_groups`); the network's weights stay the mean. With the covariance
+``Sigma = (alpha I + beta Phi^T W Phi + beta_F J^T J)^-1``:
 
 - energy variance ``Phi_n^T Sigma Phi_n`` (exact);
 - force variance of component ``(a, x)``: ``j^T Sigma j`` with ``j = d Phi_n / d r_ax``,
-  through ``K`` directions ``Sigma ~ sum_k w_k w_k^T`` (exact when ``B (d + 1) <= K``):
-  those of ``Sigma``'s factor that carry most force variance on sample training atoms
-  (:meth:`LastLayerPosterior.focus`), ``sum_k (d (Phi . w_k) / d r_ax)^2``, one backward
-  pass per ``k``; stress likewise with the strain derivative over the volume.
+  through ``K`` directions ``Sigma ~ sum_k w_k w_k^T``, its top eigenvectors (exact when
+  ``B (d + 1) <= K``), ``sum_k (d (Phi . w_k) / d r_ax)^2``, one backward pass per ``k``;
+  stress likewise with the strain derivative over the volume.
+
+The force rows and the top eigenvectors were chosen by the per-atom Spearman of force
+sigma against force error on the four shared valid sets (``benchmarks/results/
+network_uncertainty.md``).
 
 Calibration: each sigma is ``c_q sqrt(variance)`` with ``c_q^2 = mean(error^2) /
 mean(variance)`` over held-out frames, for ``q`` in energy (per frame) and forces (per
@@ -38,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ml4m.errors import DataError
-from ml4m.models.linear.bayesian import BayesianLinearRegression
+from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
 
 __all__ = ["LastLayerPosterior", "design_rows", "direction_gradients", "gradient_variances"]
 
@@ -115,11 +121,13 @@ class LastLayerPosterior:
     factor : ndarray of shape (D, r)
         ``Sigma = factor @ factor.T`` (eV^-2 units of the design rows' weights).
     directions : ndarray of shape (D, K)
-        ``w_k`` with ``Sigma ~ sum_k w_k w_k^T``: after :meth:`fit` the top-``K``
-        eigenvectors of ``Sigma`` times the square roots of their eigenvalues (all ``D``
-        when ``D <= K``), after :meth:`focus` those that carry most force variance.
+        ``w_k`` with ``Sigma ~ sum_k w_k w_k^T``: the top-``K`` eigenvectors of ``Sigma``
+        times the square roots of their eigenvalues (all ``D`` when ``D <= K``).
     alpha, beta : float
-        Prior precision and per-atom noise precision (1/eV^2) from the evidence.
+        Prior precision and per-atom energy noise precision (1/eV^2) from the evidence.
+    beta_forces : float or None
+        Force-component noise precision (Angstrom^2/eV^2) from the evidence; None when
+        the posterior saw no forces.
     calibration : dict
         ``{"energy": c_E, "forces": c_F}`` and, once calibrated on frames with forces,
         ``forces_rmse`` (eV/Angstrom, their RMS force error).
@@ -134,11 +142,15 @@ class LastLayerPosterior:
     n_blocks: int
     calibration: dict[str, float] = field(default_factory=lambda: {"energy": 1.0,
                                                                    "forces": 1.0})
+    beta_forces: float | None = None
 
     @classmethod
     def fit(cls, Phi: np.ndarray, residual: np.ndarray, n_atoms: np.ndarray, n_blocks: int,
-            rank: int) -> LastLayerPosterior:
-        """Evidence fit of ``residual`` (eV, per frame) on ``Phi`` with weights 1/n_atoms.
+            rank: int, jacobian: np.ndarray | None = None,
+            force_residual: np.ndarray | None = None, force_weight: float = 1.0
+            ) -> LastLayerPosterior:
+        """Evidence fit of the energy residuals (weights 1/n_atoms) and, when given, of
+        the force residuals, one noise level each.
 
         Parameters
         ----------
@@ -149,31 +161,30 @@ class LastLayerPosterior:
         n_blocks : int
         rank : int
             ``K``, the directions kept for force and stress variances.
+        jacobian : ndarray of shape (n_rows, D), optional
+            ``d Phi / d r_ax`` of sample atoms with force labels (the force component is
+            ``-j . theta``): their rows join the precision, ``beta_F J^T J``.
+        force_residual : ndarray of shape (n_rows,), eV/Angstrom
+            Reference minus predicted force components of those rows.
+        force_weight : float
+            How many times each force row counts (all training atoms over the sample's).
         """
-        blr = BayesianLinearRegression().fit(Phi, residual, 1.0 / np.asarray(n_atoms, float))
+        D = Phi.shape[1]
+        energies, forces = NormalEquations(D), NormalEquations(D)
+        energies.add(Phi, residual, 1.0 / np.asarray(n_atoms, float))
+        if jacobian is not None and len(jacobian):
+            forces.add(-np.asarray(jacobian, float), np.asarray(force_residual, float))
+            forces.AtA, forces.Aty = force_weight * forces.AtA, force_weight * forces.Aty
+            forces.yty, forces.n = force_weight * forces.yty, int(round(force_weight * forces.n))
+        blr = BayesianLinearRegression().fit_groups([energies, forces])
         F = blr.posterior_factor_
         # eigenpairs of Sigma = F F^T from the SVD of F
         U, s, _ = np.linalg.svd(F, full_matrices=False)
         keep = min(rank, len(s))
+        betas = [float(b) for b in blr.betas_]
         return cls(factor=np.ascontiguousarray(F), directions=U[:, :keep] * s[:keep],
-                   alpha=float(blr.alpha_), beta=float(blr.beta_), n_blocks=n_blocks)
-
-    def focus(self, jacobian: np.ndarray, rank: int) -> None:
-        """Keep the ``rank`` directions that carry most force variance on sample rows.
-
-        With ``Sigma = F F^T`` and ``J`` the rows ``d Phi / d r_ax`` of sample atoms, the
-        subspace that keeps most of ``sum_rows j^T Sigma j`` is spanned by the top right
-        singular vectors ``v_k`` of ``J F``; the directions become ``F v_k`` (a projection
-        of ``F``: each variance stays at most the exact one).
-
-        Parameters
-        ----------
-        jacobian : ndarray of shape (n_rows, D)
-        rank : int
-        """
-        _, _, Vt = np.linalg.svd(np.asarray(jacobian, float) @ self.factor,
-                                 full_matrices=False)
-        self.directions = self.factor @ Vt[:rank].T
+                   alpha=float(blr.alpha_), beta=betas[0], n_blocks=n_blocks,
+                   beta_forces=betas[1] if len(betas) > 1 else None)
 
     @property
     def noise_sigma(self) -> float:
@@ -202,7 +213,7 @@ class LastLayerPosterior:
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON parameters and arrays (see :meth:`from_state`)."""
         params = {"alpha": self.alpha, "beta": self.beta, "n_blocks": self.n_blocks,
-                  "calibration": dict(self.calibration)}
+                  "calibration": dict(self.calibration), "beta_forces": self.beta_forces}
         return params, {"factor": self.factor, "directions": self.directions}
 
     @classmethod
@@ -222,6 +233,8 @@ class LastLayerPosterior:
                                  dtype=float)
         calibration = check_mapping("last_layer.calibration", params["calibration"],
                                     required=("energy", "forces"), error=DataError)
+        beta_forces = params.get("beta_forces")  # absent from files written before it
         return cls(factor=factor, directions=directions, alpha=float(params["alpha"]),
                    beta=float(params["beta"]), n_blocks=int(params["n_blocks"]),
-                   calibration={k: float(v) for k, v in calibration.items()})
+                   calibration={k: float(v) for k, v in calibration.items()},
+                   beta_forces=None if beta_forces is None else float(beta_forces))

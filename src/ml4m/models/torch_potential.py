@@ -149,7 +149,7 @@ class TorchPotential(Potential):
 
     #: directions of the last-layer covariance kept for force and stress sigmas (one
     #: backward pass each; exact when the last layer has fewer parameters)
-    uncertainty_rank: ClassVar[int] = 8
+    uncertainty_rank: ClassVar[int] = 16
     #: atoms per batch in :meth:`predict` and :meth:`fit_last_layer`
     predict_atoms: ClassVar[int] = 2048
     #: whether the module traces with ``torch.export`` (:mod:`ml4m.models.export`):
@@ -387,8 +387,9 @@ class TorchPotential(Potential):
     def fit_last_layer(self, frames, valid=None) -> TorchPotential:
         """Fit the last-layer posterior on ``frames`` and calibrate it on ``valid``.
 
-        The network's energy residuals on ``frames`` (with energies) give the posterior
-        (prior and noise by maximum evidence, :mod:`ml4m.models.last_layer`); the errors
+        The network's energy residuals on ``frames`` (with energies) and its force
+        residuals on a sample of their atoms (:meth:`_force_rows`) give the posterior
+        (prior and noises by maximum evidence, :mod:`ml4m.models.last_layer`); the errors
         on ``valid`` (held-out frames; ``frames`` when None) give the calibration
         factors of the energy and force sigmas. The network's weights are unchanged.
 
@@ -423,13 +424,11 @@ class TorchPotential(Potential):
             Phi.append(design_rows(out, data["batch"], len(chunk), n_blocks).cpu().numpy())
             pred.append(out["energy"].cpu().numpy())
         residual = np.array([f.energy for f in frames]) - np.concatenate(pred)
-        post = LastLayerPosterior.fit(
-            np.concatenate(Phi).astype(float), residual, np.array([len(f) for f in frames]),
-            n_blocks, self.uncertainty_rank)
-        if post.factor.shape[0] > self.uncertainty_rank:
-            post.focus(self._feature_jacobian(frames, n_blocks, post.factor.shape[0]),
-                       self.uncertainty_rank)
-        self.last_layer_ = post
+        Phi = np.concatenate(Phi).astype(float)
+        J, force_residual, weight = self._force_rows(frames, n_blocks, Phi.shape[1])
+        self.last_layer_ = LastLayerPosterior.fit(
+            Phi, residual, np.array([len(f) for f in frames]), n_blocks,
+            self.uncertainty_rank, J, force_residual, weight)
         held = frames if valid is None else as_frames(valid)
         p = self.predict(held, uncertainty=True)
         e_rows = [k for k, f in enumerate(held) if f.energy is not None]
@@ -444,19 +443,30 @@ class TorchPotential(Potential):
             p.forces_sigma[f_atoms] ** 2)
         return self
 
-    def _feature_jacobian(self, frames: list[Frame], n_blocks: int, D: int) -> np.ndarray:
-        """``d Phi / d r`` (3 n_atoms, D) of evenly spaced frames, one batch of at most
-        :attr:`predict_atoms` atoms (one backward pass per column)."""
+    def _force_rows(self, frames: list[Frame], n_blocks: int, D: int
+                    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """The force rows of the last-layer posterior: ``J = d Phi / d r`` (n_rows, D) and
+        the force residuals (reference minus network, eV/Angstrom) of the atoms of evenly
+        spaced frames with forces, one batch of at most :attr:`predict_atoms` atoms (one
+        backward pass per column of ``J``), and how many times each row counts (the
+        atoms with forces in ``frames`` over the sample's). Empty without forces."""
         import torch
 
-        stride = -(-sum(len(f) for f in frames) // self.predict_atoms)
-        chunk = next(self._batches(frames[::max(1, stride)]))
+        labelled = [f for f in frames if f.forces is not None]
+        if not labelled:
+            return np.zeros((0, D)), np.zeros(0), 1.0
+        stride = -(-sum(len(f) for f in labelled) // self.predict_atoms)
+        chunk = next(self._batches(labelled[::max(1, stride)]))
         device, _ = self._torch_settings()
         data = batch_graph(chunk, self.cutoff, self.species_, device, self.dtype)
         pos = data["positions"].detach().requires_grad_(True)
         out = self.module_({**data, "positions": pos})
+        forces = -torch.autograd.grad(out["energy"].sum(), pos, retain_graph=True)[0]
         columns = [g[0].reshape(-1) for g in direction_gradients(out, [pos], np.eye(D), n_blocks)]
-        return torch.stack(columns, dim=1).detach().cpu().numpy().astype(float)
+        J = torch.stack(columns, dim=1).detach().cpu().numpy().astype(float)
+        residual = np.concatenate([f.forces for f in chunk]) - forces.detach().cpu().numpy()
+        weight = sum(len(f) for f in labelled) / sum(len(f) for f in chunk)
+        return J, residual.astype(float).ravel(), float(weight)
 
     # ---- persistence ----------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
