@@ -27,6 +27,15 @@ neighbour count of the first structure; the cost does not depend on the weights.
 ``benchmarks/results/mace_speed.json``::
 
     OMP_NUM_THREADS=1 /work/peers/mace/bin/python benchmarks/mace_peer.py --speed-only
+
+``--train-speed`` trains nothing either: it times MACE's own training step
+(``mace.tools.train.take_step``) on the first ``--frames`` training frames of SET in
+batches of ``--batch-size``, with the protocol of ``train_speed.py`` (which runs it, per
+set, right after timing ml4m's step) and writes the JSON file ``--out`` (see
+:func:`train_speed`)::
+
+    OMP_NUM_THREADS=1 /work/peers/mace/bin/python benchmarks/mace_peer.py --train-speed \\
+        --set bpa_xtb --batch-size 4 --out /tmp/mace_train_speed.json
 """
 
 from __future__ import annotations
@@ -54,19 +63,25 @@ HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 
 
-def relabel(src: Path, dst: Path) -> None:
-    """Copy frames with labels under REF_ keys (MACE's recommended convention)."""
-    import ase.io
-
+def relabelled(frames: list) -> list:
+    """Copies of ``ase.Atoms`` frames with their calculator's labels under REF_ keys
+    (MACE's recommended convention): energy (eV), forces (eV/A), stress (3 x 3, eV/A^3)."""
     out = []
-    for a in ase.io.read(src, ":"):
+    for a in frames:
         b = a.copy()
         b.info["REF_energy"] = a.get_potential_energy()
         b.arrays["REF_forces"] = a.get_forces()
         if "stress" in a.calc.results:
             b.info["REF_stress"] = a.get_stress(voigt=False)
         out.append(b)
-    ase.io.write(dst, out)
+    return out
+
+
+def relabel(src: Path, dst: Path) -> None:
+    """Copy frames with labels under REF_ keys (:func:`relabelled`)."""
+    import ase.io
+
+    ase.io.write(dst, relabelled(ase.io.read(src, ":")))
 
 
 def main() -> None:
@@ -84,10 +99,22 @@ def main() -> None:
                     help="no training: time untrained models on Cu 108, Cu 864 and 3BPA "
                          "(the protocol of mpnn_speed.py), write results/mace_speed.json")
     ap.add_argument("--repeats", type=int, default=5,
-                    help="timed calls per structure (--speed-only)")
+                    help="timed calls per structure (--speed-only), measurements of "
+                         "N steps (--train-speed)")
+    ap.add_argument("--train-speed", action="store_true",
+                    help="no training run: time MACE's training step on the first --frames "
+                         "frames of SET (train_speed.py's protocol), write --out")
+    ap.add_argument("--frames", type=int, default=64, help="first training frames (--train-speed)")
+    ap.add_argument("--batch-size", type=int, default=4, help="frames per step (--train-speed)")
+    ap.add_argument("--target-seconds", type=float, default=30.0,
+                    help="wall seconds of one measurement (--train-speed)")
+    ap.add_argument("--out", type=Path, help="JSON file of --train-speed")
     args = ap.parse_args()
     if args.speed_only:
         speed_only(args, HERE / "results" / "mace_speed.json")
+        return
+    if args.train_speed:
+        train_speed(args)
         return
     work = Path(args.workdir) / args.set
     work.mkdir(parents=True, exist_ok=True)
@@ -291,6 +318,75 @@ def speed_only(args: argparse.Namespace, out_json: Path) -> None:
               "structures": rows}
     out_json.parent.mkdir(exist_ok=True)
     out_json.write_text(json.dumps(result, indent=1))
+
+
+def train_speed(args: argparse.Namespace) -> None:
+    """Time MACE's training step with the protocol of ``train_speed.py`` (its
+    :func:`~train_speed.timed_steps`); write ``args.out`` (JSON): the timing, the model's
+    size and the versions.
+
+    The first ``args.frames`` frames of ``shared/data/SET/train.extxyz`` become
+    ``AtomicData`` (neighbour lists within r_max 5.0 A) once, untimed; a step takes the
+    next batch of MACE's ``torch_geometric`` ``DataLoader`` (``args.batch_size`` frames,
+    shuffled each pass, as ``mace_run_train``'s training loader) and runs
+    ``mace.tools.train.take_step``: forward with ``training=True``, forces and, when
+    every frame has a stress label, stress by autograd; ``WeightedEnergyForcesLoss``
+    (energy 1, forces 100) or ``WeightedEnergyForcesStressLoss`` (energy 1, forces 100,
+    stress 100); backward; clipping at norm 10 (MACE's ``--clip_grad`` default);
+    ``torch.optim.AdamW`` (lr 0.01, weight decay 0, as ml4m's default); the ``torch_ema``
+    average with decay 0.99 (``--ema --ema_decay 0.99``, as :func:`train` runs it). The
+    model is :func:`untrained_mace` for the set's elements with ``avg_num_neighbors`` the
+    mean over the frames.
+    """
+    import ase.io
+    import torch
+    from mace import data, modules, tools
+    from mace.tools import torch_geometric
+    from mace.tools.train import take_step
+    from torch_ema import ExponentialMovingAverage
+
+    from nequip_peer import cpu_name
+    from train_speed import cycle, timed_steps  # the protocol of the ml4m side
+
+    torch.set_num_threads(args.speed_threads)
+    torch.set_default_dtype(torch.float32)
+    atoms = relabelled(ase.io.read(SHARED / args.set / "train.extxyz", f":{args.frames}"))
+    z = sorted({int(n) for a in atoms for n in a.numbers})
+    stress = all("REF_stress" in a.info for a in atoms)
+    keys = data.KeySpecification(info_keys={"energy": "REF_energy", "stress": "REF_stress"},
+                                 arrays_keys={"forces": "REF_forces"})
+    r_max = float(default_train_args(args.hidden_irreps).r_max)
+    graphs = [data.AtomicData.from_config(c, z_table=tools.AtomicNumberTable(z), cutoff=r_max,
+                                          heads=["Default"])
+              for c in data.config_from_atoms_list(atoms, key_specification=keys)]
+    loader = torch_geometric.dataloader.DataLoader(graphs, batch_size=args.batch_size,
+                                                   shuffle=True, drop_last=True)
+    avg = float(np.mean([mean_neighbours(a, r_max) for a in atoms]))
+    model = untrained_mace(z, args.hidden_irreps, avg).train()
+    loss_fn = (modules.WeightedEnergyForcesStressLoss(1.0, 100.0, 100.0) if stress
+               else modules.WeightedEnergyForcesLoss(1.0, 100.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.0)
+    ema = ExponentialMovingAverage(model.parameters(), decay=0.99)
+    outputs = {"forces": True, "virials": False, "stress": stress}
+    batches = cycle(lambda epoch: iter(loader))
+
+    def step() -> int:
+        batch = next(batches)
+        take_step(model, loss_fn, batch, opt, ema, outputs, 10.0, torch.device("cpu"))
+        return int(batch.num_graphs)
+
+    timing = timed_steps(step, args.target_seconds, args.repeats)
+    result = {"model": "mace.modules.ScaleShiftMACE (mace_peer.untrained_mace), trained by "
+                       "mace.tools.train.take_step",
+              "hyperparameters": hyperparameters(args.hidden_irreps), "atomic_numbers": z,
+              "avg_num_neighbors": avg, "n_params": sum(p.numel() for p in model.parameters()),
+              "loss": repr(loss_fn), "outputs": outputs, "optimizer": "AdamW(lr=0.01, weight_decay=0)",
+              "clip_grad": 10.0, "ema_decay": 0.99, "batch_size": args.batch_size,
+              "torch_threads": torch.get_num_threads(), "cpu": cpu_name(),
+              "versions": versions(), "timing": timing}
+    print(json.dumps({k: result[k] for k in ("n_params", "timing")}))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

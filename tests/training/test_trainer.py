@@ -498,6 +498,41 @@ def test_molecules_and_stressed_cells_train_together(cu):
     assert all(np.isfinite(v).all() for v in _params(model).values())
 
 
+def test_a_stress_term_no_training_frame_carries_costs_no_strain_derivative(cu, monkeypatch):
+    """Molecules alone (no stress labels): the steps take forces but no strain derivative,
+    and the weights they reach are those of a loss without the stress weight; with stressed
+    cells in the set, the stress term is kept."""
+    from ase.cluster import Octahedron
+
+    frames = []
+    for seed in range(4):
+        cluster = Octahedron("Cu", 3)
+        cluster.rattle(0.05, seed=seed)
+        cluster.calc = EMT()
+        frames.append(Frame.from_atoms(cluster, energy=cluster.get_potential_energy(),
+                                       forces=cluster.get_forces()))
+    asked = []
+    original = ToyPair.energy_and_derivatives
+
+    def spy(self, data, *args, **kwargs):
+        asked.append(kwargs.get("stress", False))
+        return original(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(ToyPair, "energy_and_derivatives", spy)
+    weights = {"energy": 1.0, "forces": 10.0}
+    with_stress = Trainer(_settings(max_epochs=2, weights={**weights, "stress": 100.0})).fit(
+        ToyPair(), frames)
+    assert asked and not any(asked)
+    without = Trainer(_settings(max_epochs=2, weights={**weights, "stress": 0.0})).fit(
+        ToyPair(), frames)
+    for k, v in _params(with_stress).items():
+        np.testing.assert_allclose(v, _params(without)[k], rtol=0, atol=0)
+    asked.clear()
+    Trainer(_settings(max_epochs=1, weights={**weights, "stress": 100.0})).fit(
+        ToyPair(), frames + list(cu[0][:3]))
+    assert any(asked)
+
+
 def test_tensorboard_gets_the_history(cu, tmp_path, monkeypatch):
     import sys
     import types

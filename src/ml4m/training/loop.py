@@ -204,7 +204,10 @@ class TrainingRun:
         elif s.scheduler == "cosine":
             self.sched = CosineSchedule(self.opt, s.max_epochs, s.min_lr)
         self.ema = WeightAverage(self.module, s.ema_decay) if s.ema_decay else None
-        self.terms = tuple(t for t in TERMS if s.weight(t) > 0)
+        # a stress term without any stress label (molecules) would only cost the strain
+        # derivative of every step
+        self.terms = tuple(t for t in TERMS if s.weight(t) > 0
+                           and (t != "stress" or train_set.any_label("stress")))
         self.identity = identity(model, s)
         self.position: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0,
                                          "best_loss": math.inf, "bad_epochs": 0,
