@@ -561,6 +561,25 @@ def test_tensorboard_gets_the_history(cu, tmp_path, monkeypatch):
     assert losses == [(r["valid_loss"], r["step"]) for r in trainer.history]
 
 
+def test_a_cosine_schedule_counts_patience_from_half_its_anneal(cu, monkeypatch):
+    """Under the cosine schedule, epochs without a better valid loss count towards
+    ``patience`` only from phase 0.5 on: worse losses at epochs 1-2 (phase 0.25, 0.375)
+    do not stop the run, those at 3, 5 and 6 (phase 0.5, 0.75, 0.875) do."""
+    from ml4m.training.loop import TrainingRun
+
+    losses = iter([3.0, 4.0, 5.0, 6.0, 2.9, 3.5, 3.6, 1.0])
+
+    def evaluate(self):
+        return {"loss": next(losses), "energy": 1.0, "forces": 1.0}
+
+    monkeypatch.setattr(TrainingRun, "evaluate", evaluate)
+    train, valid = cu
+    trainer = Trainer(_settings(max_epochs=8, patience=2))
+    trainer.fit(ToyPair(), train, valid)
+    assert trainer.stop_reason == "early_stopping"
+    assert [r["valid_loss"] for r in trainer.history] == [3.0, 4.0, 5.0, 6.0, 2.9, 3.5, 3.6]
+
+
 def test_early_stopping_keeps_the_best_epoch_and_stays_stopped(cu, tmp_path, monkeypatch):
     from ml4m.training.loop import TrainingRun
 
@@ -573,7 +592,8 @@ def test_early_stopping_keeps_the_best_epoch_and_stays_stopped(cu, tmp_path, mon
 
     monkeypatch.setattr(TrainingRun, "evaluate", evaluate)
     train, valid = cu
-    settings = _settings(max_epochs=6, patience=2, checkpoint=str(tmp_path / "run.ckpt"))
+    settings = _settings(max_epochs=6, patience=2, checkpoint=str(tmp_path / "run.ckpt"),
+                         scheduler="none")
     trainer = Trainer(settings)
     model = trainer.fit(ToyPair(), train, valid)
     assert trainer.stop_reason == "early_stopping"

@@ -83,6 +83,11 @@ class Clock:
         return 1.0 if usable <= 0 else min(1.0, max(0.0, (now - self.started) / usable))
 
 
+#: phase of a cosine schedule from which epochs without a better valid loss count
+#: towards early stopping
+EARLY_STOP_FROM = 0.5
+
+
 class CosineSchedule:
     """The learning rate annealed along half a cosine to ``min_lr``:
 
@@ -368,7 +373,7 @@ class TrainingRun:
                 p["bad_epochs"] = 0
                 source = self.ema.state if self.ema is not None else self.module.state_dict()
                 self.best_state = {k: v.detach().clone() for k, v in source.items()}
-            else:
+            elif self._may_stop_early():
                 p["bad_epochs"] += 1
                 if p["bad_epochs"] >= s.patience and not stop:
                     self.stop_reason = p["stopped_early"] = "early_stopping"
@@ -376,6 +381,14 @@ class TrainingRun:
         if p["step"] % s.checkpoint_every == 0 or stop or p["epoch"] == s.max_epochs:
             self.save()
         return stop
+
+    def _may_stop_early(self) -> bool:
+        """Whether an epoch without a better valid loss counts towards ``patience``: always,
+        except in the first half of a cosine schedule (:data:`EARLY_STOP_FROM`), whose
+        high rate makes the valid loss jump between epochs without any overfitting (the
+        default MPNN on 30 ethanol frames stopped at epoch 173 of 625, with the rate
+        near its peak)."""
+        return not isinstance(self.sched, CosineSchedule) or self.sched.phase >= EARLY_STOP_FROM
 
     def evaluate(self) -> dict[str, float]:
         """Loss and errors of the weight average on the validation frames (shared out

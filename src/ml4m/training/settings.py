@@ -108,7 +108,8 @@ class TrainSettings:
     clip_grad : float or None
         Largest gradient norm; None: no clipping.
     patience : int
-        Early stopping: epochs without a better valid loss before training stops.
+        Early stopping: epochs without a better valid loss before training stops (under
+        the cosine schedule counted from half its anneal on).
     seed : int
         Seeds the weights' initialisation and the order of the frames.
     checkpoint : str, optional
