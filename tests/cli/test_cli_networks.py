@@ -134,6 +134,26 @@ def test_a_network_learns_the_residual_of_its_baseline(tmp_path, capsys):
     assert not (tmp_path / "s.ml4m").exists()
 
 
+def test_a_network_trains_from_a_packed_store_inside_its_repulsive_core(files, tmp_path,
+                                                                        capsys):
+    """The default core needs no relabelling (it is zero on its own training frames): a
+    packed store trains, and the saved core is the one fitted on the same frames read
+    from the structure file."""
+    import ml4m
+    from ml4m.data import read_dataset
+    from ml4m.models.baseline import Baselined, PairRepulsion
+
+    assert main(["data", "pack", str(files / "train.extxyz"), "-o", str(tmp_path / "store")]) == 0
+    cfg = _config(tmp_path / "fit.yaml", files)
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "train": str(tmp_path / "store")}))
+    code, _, err = _run(capsys, "fit", cfg, "-o", tmp_path / "s.ml4m")
+    assert code == 0, err
+    model = ml4m.load(tmp_path / "s.ml4m")
+    assert isinstance(model, Baselined) and model.model_.kind == NETWORK
+    expect = PairRepulsion().fit(read_dataset(files / "train.extxyz")).r_in_
+    assert model.baseline_.r_in_ == pytest.approx(expect, rel=1e-12)
+
+
 def test_killed_fit_resumes_to_the_uninterrupted_model(fitted, tmp_path, capsys):
     from ml4m.models.serialization import read_model_file
 
