@@ -22,12 +22,16 @@ fit_groups`); the network's weights stay the mean. With the covariance
 
 - energy variance ``Phi_n^T Sigma Phi_n`` (exact);
 - force variance of component ``(a, x)``: ``j^T Sigma j`` with ``j = d Phi_n / d r_ax``,
-  through ``K`` directions ``Sigma ~ sum_k w_k w_k^T``, its top eigenvectors (exact when
-  ``B (d + 1) <= K``), ``sum_k (d (Phi . w_k) / d r_ax)^2``, one backward pass per ``k``;
-  stress likewise with the strain derivative over the volume.
+  through ``K`` directions ``Sigma ~ sum_k w_k w_k^T`` (exact when ``B (d + 1) <= K``),
+  ``sum_k (d (Phi . w_k) / d r_ax)^2``, one backward pass per ``k``; stress likewise with
+  the strain derivative over the volume. Which ``K`` directions is the network kind's
+  choice (``TorchPotential.uncertainty_directions``): ``Sigma``'s top eigenvectors
+  (:meth:`LastLayerPosterior.fit`; the MPNN) or those that carry most force variance on
+  sample training atoms (:meth:`LastLayerPosterior.focus`; the BPNN, whose per-element
+  last layer has hundreds of parameters).
 
-The force rows and the top eigenvectors were chosen by the per-atom Spearman of force
-sigma against force error on the four shared valid sets (``benchmarks/results/
+The force rows and each kind's directions were chosen by the per-atom Spearman of force
+sigma against force error on the shared valid sets (``benchmarks/results/
 network_uncertainty.md``).
 
 Calibration: each sigma is ``c_q sqrt(variance)`` with ``c_q^2 = mean(error^2) /
@@ -121,8 +125,10 @@ class LastLayerPosterior:
     factor : ndarray of shape (D, r)
         ``Sigma = factor @ factor.T`` (eV^-2 units of the design rows' weights).
     directions : ndarray of shape (D, K)
-        ``w_k`` with ``Sigma ~ sum_k w_k w_k^T``: the top-``K`` eigenvectors of ``Sigma``
-        times the square roots of their eigenvalues (all ``D`` when ``D <= K``).
+        ``w_k`` with ``Sigma ~ sum_k w_k w_k^T``: after :meth:`fit` the top-``K``
+        eigenvectors of ``Sigma`` times the square roots of their eigenvalues (all ``D``
+        when ``D <= K``), after :meth:`focus` those that carry most force variance on
+        sample atoms.
     alpha, beta : float
         Prior precision and per-atom energy noise precision (1/eV^2) from the evidence.
     beta_forces : float or None
@@ -185,6 +191,24 @@ class LastLayerPosterior:
         return cls(factor=np.ascontiguousarray(F), directions=U[:, :keep] * s[:keep],
                    alpha=float(blr.alpha_), beta=betas[0], n_blocks=n_blocks,
                    beta_forces=betas[1] if len(betas) > 1 else None)
+
+    def focus(self, jacobian: np.ndarray, rank: int) -> None:
+        """Keep the ``rank`` directions that carry most force variance on sample rows
+        (instead of the covariance's top eigenvectors).
+
+        With ``Sigma = F F^T`` and ``J`` the rows ``d Phi / d r_ax`` of sample atoms, the
+        subspace that keeps most of ``sum_rows j^T Sigma j`` is spanned by the top right
+        singular vectors ``v_k`` of ``J F``; the directions become ``F v_k`` (a projection
+        of ``F``: each variance stays at most the exact one).
+
+        Parameters
+        ----------
+        jacobian : ndarray of shape (n_rows, D)
+        rank : int
+        """
+        _, _, Vt = np.linalg.svd(np.asarray(jacobian, float) @ self.factor,
+                                 full_matrices=False)
+        self.directions = self.factor @ Vt[:rank].T
 
     @property
     def noise_sigma(self) -> float:

@@ -150,6 +150,10 @@ class TorchPotential(Potential):
     #: directions of the last-layer covariance kept for force and stress sigmas (one
     #: backward pass each; exact when the last layer has fewer parameters)
     uncertainty_rank: ClassVar[int] = 16
+    #: which directions: ``"eigen"``, the covariance's top eigenvectors, or ``"focus"``,
+    #: those carrying most force variance on sample training atoms
+    #: (:mod:`ml4m.models.last_layer`)
+    uncertainty_directions: ClassVar[str] = "eigen"
     #: atoms per batch in :meth:`predict` and :meth:`fit_last_layer`
     predict_atoms: ClassVar[int] = 2048
     #: whether the module traces with ``torch.export`` (:mod:`ml4m.models.export`):
@@ -426,9 +430,13 @@ class TorchPotential(Potential):
         residual = np.array([f.energy for f in frames]) - np.concatenate(pred)
         Phi = np.concatenate(Phi).astype(float)
         J, force_residual, weight = self._force_rows(frames, n_blocks, Phi.shape[1])
-        self.last_layer_ = LastLayerPosterior.fit(
-            Phi, residual, np.array([len(f) for f in frames]), n_blocks,
-            self.uncertainty_rank, J, force_residual, weight)
+        post = LastLayerPosterior.fit(Phi, residual, np.array([len(f) for f in frames]),
+                                      n_blocks, self.uncertainty_rank, J, force_residual,
+                                      weight)
+        if (self.uncertainty_directions == "focus" and len(J)
+                and Phi.shape[1] > self.uncertainty_rank):
+            post.focus(J, self.uncertainty_rank)
+        self.last_layer_ = post
         held = frames if valid is None else as_frames(valid)
         p = self.predict(held, uncertainty=True)
         e_rows = [k for k, f in enumerate(held) if f.energy is not None]
