@@ -179,9 +179,8 @@ class LastLayerPosterior:
         energies, forces = NormalEquations(D), NormalEquations(D)
         energies.add(Phi, residual, 1.0 / np.asarray(n_atoms, float))
         if jacobian is not None and len(jacobian):
-            forces.add(-np.asarray(jacobian, float), np.asarray(force_residual, float))
-            forces.AtA, forces.Aty = force_weight * forces.AtA, force_weight * forces.Aty
-            forces.yty, forces.n = force_weight * forces.yty, int(round(force_weight * forces.n))
+            forces.add(-np.asarray(jacobian, float), force_residual, force_weight)
+            forces.n = int(round(force_weight * forces.n))  # the rows stand for this many
         blr = BayesianLinearRegression().fit_groups([energies, forces])
         F = blr.posterior_factor_
         # eigenpairs of Sigma = F F^T from the SVD of F

@@ -60,7 +60,8 @@ UNSEEN_FRACTION = 0.75
 MARGIN = 0.1
 
 
-def zbl(r: np.ndarray, z_a: np.ndarray, z_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def zbl(r: np.ndarray, z_a: np.ndarray, z_b: np.ndarray, xp: Any = np
+        ) -> tuple[np.ndarray, np.ndarray]:
     """The ZBL universal screened Coulomb repulsion and its derivative.
 
     Parameters
@@ -68,35 +69,39 @@ def zbl(r: np.ndarray, z_a: np.ndarray, z_b: np.ndarray) -> tuple[np.ndarray, np
     r : ndarray, Angstrom (> 0)
     z_a, z_b : ndarray of int (broadcast with ``r``)
         Atomic numbers.
+    xp : module, default=numpy
+        ``numpy``, or ``torch`` for tensors of one float type (differentiable).
 
     Returns
     -------
     energy : ndarray, eV
     d_energy_dr : ndarray, eV/Angstrom
     """
-    r = np.asarray(r, dtype=float)
-    z_a, z_b = np.asarray(z_a, dtype=float), np.asarray(z_b, dtype=float)
+    if xp is np:
+        r, z_a, z_b = (np.asarray(v, dtype=float) for v in (r, z_a, z_b))
     a = ZBL_LENGTH_A / (z_a**0.23 + z_b**0.23)
-    x = (r / a)[..., None]
-    terms = ZBL_COEFFICIENTS * np.exp(-ZBL_EXPONENTS * x)
-    phi, dphi = terms.sum(-1), -(ZBL_EXPONENTS * terms).sum(-1)
+    terms = [(e, c * xp.exp(-e * r / a)) for c, e in zip(ZBL_COEFFICIENTS.tolist(),
+                                                          ZBL_EXPONENTS.tolist())]
+    phi, dphi = sum(t for _, t in terms), -sum(e * t for e, t in terms)
     k = COULOMB_EV_A * z_a * z_b
     energy = k * phi / r
     return energy, k * (dphi / (a * r) - phi / r**2)
 
 
-def switch(r: np.ndarray, r_in: np.ndarray, width: float) -> tuple[np.ndarray, np.ndarray]:
+def switch(r: np.ndarray, r_in: np.ndarray, width: float, xp: Any = np
+           ) -> tuple[np.ndarray, np.ndarray]:
     """1 below ``r_in - width``, 0 above ``r_in``, a quintic smoothstep between.
 
     ``S = 1 - t^3 (10 - 15 t + 6 t^2)`` with ``t = (r - r_in + width) / width``: value,
-    first and second derivative are continuous at both ends.
+    first and second derivative are continuous at both ends. ``xp`` as for :func:`zbl`.
 
     Returns
     -------
     value : ndarray
     d_value_dr : ndarray, 1/Angstrom
     """
-    t = np.clip((np.asarray(r, dtype=float) - r_in + width) / width, 0.0, 1.0)
+    r = np.asarray(r, dtype=float) if xp is np else r
+    t = xp.clip((r - r_in + width) / width, 0.0, 1.0)
     value = 1.0 - t**3 * (10.0 - 15.0 * t + 6.0 * t**2)
     return value, -30.0 * t**2 * (1.0 - t) ** 2 / width
 
@@ -262,9 +267,9 @@ class PairRepulsion(Baseline):
         eV, of the switched ZBL pairs: ``vectors`` (E, 3) ``r_j - r_i`` in Angstrom for
         every ordered pair (both directions, each giving half the pair's energy to its
         ``i``), ``species_index`` (N,) the position of each atom's element in
-        ``species`` (atomic numbers). Its values and autograd derivatives are those of
-        :meth:`evaluate` wherever the edges hold every pair closer than the core's
-        :attr:`range`.
+        ``species`` (atomic numbers). It evaluates :func:`zbl` and :func:`switch` in
+        torch, so its values and autograd derivatives are those of :meth:`evaluate`
+        wherever the edges hold every pair closer than the core's :attr:`range`.
         """
         import torch
 
@@ -279,22 +284,15 @@ class PairRepulsion(Baseline):
                 super().__init__()
                 self.register_buffer("z", torch.as_tensor(z.astype(float)))
                 self.register_buffer("r_in", torch.as_tensor(table))
-                self.register_buffer("coefficients", torch.as_tensor(ZBL_COEFFICIENTS))
-                self.register_buffer("exponents", torch.as_tensor(ZBL_EXPONENTS))
 
             def forward(self, vectors, species_index, edge_index):
                 i, j = edge_index
                 si, sj = species_index[i], species_index[j]
                 r = torch.linalg.vector_norm(vectors, dim=1)
-                za, zb = self.z[si].to(r.dtype), self.z[sj].to(r.dtype)
-                a = ZBL_LENGTH_A / (za**0.23 + zb**0.23)
-                phi = (self.coefficients.to(r.dtype)
-                       * torch.exp(-self.exponents.to(r.dtype) * (r / a)[:, None])).sum(1)
-                t = torch.clamp((r - self.r_in[si, sj].to(r.dtype) + width) / width, 0.0, 1.0)
-                s = 1.0 - t**3 * (10.0 - 15.0 * t + 6.0 * t**2)
-                pair = COULOMB_EV_A * za * zb * phi / r * s
+                v, _ = zbl(r, self.z[si].to(r.dtype), self.z[sj].to(r.dtype), xp=torch)
+                s, _ = switch(r, self.r_in[si, sj].to(r.dtype), width, xp=torch)
                 out = torch.zeros(species_index.shape[0], dtype=r.dtype, device=r.device)
-                return out.index_add(0, i, 0.5 * pair)
+                return out.index_add(0, i, 0.5 * v * s)
 
         return Core()
 
