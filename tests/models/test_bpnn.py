@@ -12,7 +12,7 @@ from ase.build import bulk, molecule
 from ml4m.data import Frame
 from ml4m.descriptors.acsf import ACSF
 from ml4m.errors import ConfigError
-from ml4m.models.bpnn import BPNN
+from ml4m.models.bpnn import BPNN, default_symmetry_functions
 from ml4m.models.torch_potential import batch_graph
 
 from .potential_checks import (
@@ -24,6 +24,7 @@ from .potential_checks import (
 G2 = [(0.5, 0.0), (1.0, 2.5), (0.1, 1.0)]
 G4 = [(0.005, 1.0, -1.0), (0.01, 2.0, 1.0)]
 G5 = [(0.02, 4.0, 1.0), (0.003, 1.5, -1.0)]
+ANI = [(2.0, 4.0, 0.5, 2.2), (1.0, 8.0, 2.0, 2.8)]
 
 
 def _cuau(seed: int = 1) -> Frame:
@@ -41,8 +42,8 @@ def _cluster() -> Frame:
 
 
 def _model(**kw) -> BPNN:
-    kw = {"r_cut": 4.2, "g2_params": G2, "g4_params": G4, "g5_params": G5, "hidden": (8, 6),
-          **kw}
+    kw = {"r_cut": 4.2, "g2_params": G2, "g4_params": G4, "g5_params": G5, "ani_params": ANI,
+          "r_cut_angular": 4.2, "hidden": (8, 6), **kw}
     return BPNN(**kw).prepare([_cuau(2), _cluster()])
 
 
@@ -59,24 +60,52 @@ def _torch_acsf(model, frames):
 
 def test_symmetry_functions_equal_the_numpy_descriptor(model):
     frames = [_cuau(), _cluster()]
-    ref = ACSF([29, 79], r_cut=4.2, g2_params=G2, g4_params=G4, g5_params=G5).compute(frames)
+    ref = ACSF([29, 79], r_cut=4.2, g2_params=G2, g4_params=G4, g5_params=G5,
+               ani_params=ANI).compute(frames)
     got = _torch_acsf(model, frames)
     assert got.shape == ref.features.shape
     np.testing.assert_allclose(got, ref.features, rtol=1e-10, atol=1e-12)
-    assert np.abs(ref.features[:, -len(G4 + G5):]).max() > 1e-2  # angular terms are there
+    n_ani = 3 * len(ANI)  # three element pairs
+    assert np.abs(ref.features[:, -n_ani:]).max() > 1e-2  # ANI terms are there
+    assert np.abs(ref.features[:, -n_ani - 3 * len(G4 + G5):-n_ani]).max() > 1e-2  # G4/G5
 
 
-def test_defaults_are_the_descriptors_and_angular_cutoff_is_its_own():
+def test_defaults_are_ani_style_functions_and_angular_cutoff_is_its_own():
     frames = [_cuau()]
     default = BPNN(r_cut=4.2, hidden=(4,)).prepare(frames)
-    ref = ACSF([29, 79], r_cut=4.2).compute(frames).features
-    np.testing.assert_allclose(_torch_acsf(default, frames), ref, rtol=1e-10, atol=1e-12)
-    short = BPNN(r_cut=4.2, r_cut_angular=3.0, hidden=(4,)).prepare(frames)
-    ang = ACSF([29, 79], r_cut=3.0).compute(frames).features
-    n_rad = 2 * 9  # two neighbour elements, G1 and 8 G2
-    got = _torch_acsf(short, frames)
-    np.testing.assert_allclose(got[:, :n_rad], ref[:, :n_rad], rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(got[:, n_rad:], ang[:, n_rad:], rtol=1e-10, atol=1e-12)
+    assert default.angular_cutoff == 3.5 and default.cutoff == 4.2
+    params = default_symmetry_functions(4.2, 3.5)
+    assert default.symmetry_functions() == params
+    assert len(params["g2_params"]) == 16 and len(params["ani_params"]) == 32
+    got = _torch_acsf(default, frames)
+    radial = ACSF([29, 79], r_cut=4.2, **params).compute(frames).features
+    angular = ACSF([29, 79], r_cut=3.5, **params).compute(frames).features
+    n_rad = 2 * 17  # two neighbour elements, G1 and 16 G2
+    np.testing.assert_allclose(got[:, :n_rad], radial[:, :n_rad], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got[:, n_rad:], angular[:, n_rad:], rtol=1e-10, atol=1e-12)
+    # the Gaussians tile the cutoff: every distance in (0.8, r_cut - d) A is within half a
+    # height of some radial centre
+    eta, rs = np.array(params["g2_params"]).T
+    r = np.linspace(0.8, rs[-1], 200)
+    assert np.exp(-eta[:, None] * (r - rs[:, None]) ** 2).max(0).min() > 0.5
+    with pytest.raises(ValueError, match="above 0.8"):
+        default_symmetry_functions(0.5, 0.5)
+
+
+def test_a_version_1_file_keeps_its_functions(tmp_path):
+    """Before ``ani_params``, unset parameters meant ACSF's defaults and an angular
+    cutoff of ``r_cut``: such a state loads to the same model."""
+    from ml4m.descriptors.acsf import DEFAULT_G2, DEFAULT_G4
+
+    frames = [_cuau(), _cluster()]
+    old = BPNN(r_cut=4.2, g2_params=DEFAULT_G2, g4_params=DEFAULT_G4, r_cut_angular=4.2,
+               hidden=(4,)).prepare(frames)
+    params, arrays = old.get_state()
+    hyper = {k: v for k, v in params["hyper"].items() if k != "ani_params"}
+    hyper.update(g2_params=None, g4_params=None, r_cut_angular=None)
+    loaded = BPNN.from_state({**params, "hyper": hyper}, arrays)
+    np.testing.assert_allclose(loaded.predict(frames).forces, old.predict(frames).forces,
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_forces_and_stress_equal_finite_differences(model):
@@ -120,12 +149,19 @@ def test_prepare_standardises_features_per_element():
     with torch.no_grad():
         x = ((m.acsf(data) - m.feature_mean[data["species"]])
              / m.feature_std[data["species"]]).numpy()
+        G = m.acsf(data).numpy()
     spec = data["species"].numpy()
     for s in (0, 1):
-        rows = x[spec == s]
-        varying = rows.std(0) > 1e-6
+        rows, raw = x[spec == s], G[spec == s]
+        sd = raw.std(0)
+        varying = sd > 1e-8 * max(1.0, np.abs(raw).max())  # constant ones keep a scale of 1
+        floor = np.median(sd[varying])
         np.testing.assert_allclose(rows.mean(0), 0.0, atol=1e-9)
-        np.testing.assert_allclose(rows[:, varying].std(0), 1.0, rtol=1e-9)
+        # unit spread where the raw spread reaches the element's median, less below it:
+        # a rarely active function is not blown up
+        np.testing.assert_allclose(rows[:, varying].std(0),
+                                   np.minimum(1.0, sd[varying] / floor), rtol=1e-9)
+        assert (sd[varying] < floor).any() and (sd[varying] > floor).any()
     np.testing.assert_allclose(m.e0.numpy(), model.stats_["e0"])
 
 

@@ -16,6 +16,7 @@ from ml4m.data import Frame
 from ml4m.errors import ConfigError, DataError, TrainingError
 from ml4m.training import Trainer, TrainSettings
 from ml4m.training.ema import WeightAverage
+from ml4m.training.settings import BUDGET_EPOCHS
 from models.toy_potentials import ToyPair, emt_cu_frames
 
 
@@ -184,17 +185,20 @@ def test_cosine_schedule_resumed_with_more_epochs_anneals_from_where_it_stands(c
     assert np.all(np.diff(rates) < 0)
 
 
-def test_cosine_schedule_anneals_to_the_end_of_a_time_budget(cu):
-    """With 10,000 epochs allowed and a 3-second budget, the cosine rate still falls
-    most of the way to min_lr by the last epoch (over 10,000 epochs it would still be
-    above 0.99 lr), never rising."""
+@pytest.mark.parametrize("max_epochs", [10_000, None])
+def test_cosine_schedule_anneals_to_the_end_of_a_time_budget(cu, max_epochs):
+    """With 10,000 epochs allowed (or no limit given) and a 3-second budget, the cosine
+    rate still falls most of the way to min_lr by the last epoch (over 10,000 epochs it
+    would still be above 0.99 lr), never rising; the budget, not a count of steps, ends
+    the run."""
     train, valid = cu
     lr, low = 0.02, 1e-5
-    trainer = Trainer(_settings(scheduler="cosine", lr=lr, min_lr=low, max_epochs=10_000,
+    trainer = Trainer(_settings(scheduler="cosine", lr=lr, min_lr=low, max_epochs=max_epochs,
                                 max_minutes=0.05, patience=10_000))
     trainer.fit(ToyPair(), train, valid)
     rates = np.array([r["lr"] for r in trainer.history])
     assert trainer.stop_reason == "max_minutes" and len(rates) < 10_000
+    assert trainer.settings.max_epochs == (max_epochs or BUDGET_EPOCHS)
     assert np.all(np.diff(rates) <= 0) and rates[-1] < 0.3 * rates[0], rates[-5:]
 
 
@@ -561,23 +565,25 @@ def test_tensorboard_gets_the_history(cu, tmp_path, monkeypatch):
     assert losses == [(r["valid_loss"], r["step"]) for r in trainer.history]
 
 
-def test_a_cosine_schedule_counts_patience_from_half_its_anneal(cu, monkeypatch):
+def test_a_cosine_schedule_counts_patience_late_in_its_anneal(cu, monkeypatch):
     """Under the cosine schedule, epochs without a better valid loss count towards
-    ``patience`` only from phase 0.5 on: worse losses at epochs 1-2 (phase 0.25, 0.375)
-    do not stop the run, those at 3, 5 and 6 (phase 0.5, 0.75, 0.875) do."""
-    from ml4m.training.loop import TrainingRun
+    ``patience`` only from phase 0.8 on: worse losses at epochs 1-5 (phase 0.2-0.6) do
+    not stop the run, those at 7 and 8 (phase 0.8, 0.9) do."""
+    from ml4m.training.loop import EARLY_STOP_FROM, TrainingRun
 
-    losses = iter([3.0, 4.0, 5.0, 6.0, 2.9, 3.5, 3.6, 1.0])
+    assert EARLY_STOP_FROM == 0.8
+    losses = iter([3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 2.9, 3.5, 3.6, 1.0])
 
     def evaluate(self):
         return {"loss": next(losses), "energy": 1.0, "forces": 1.0}
 
     monkeypatch.setattr(TrainingRun, "evaluate", evaluate)
     train, valid = cu
-    trainer = Trainer(_settings(max_epochs=8, patience=2))
+    trainer = Trainer(_settings(max_epochs=10, patience=2))
     trainer.fit(ToyPair(), train, valid)
     assert trainer.stop_reason == "early_stopping"
-    assert [r["valid_loss"] for r in trainer.history] == [3.0, 4.0, 5.0, 6.0, 2.9, 3.5, 3.6]
+    assert [r["valid_loss"] for r in trainer.history] == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 2.9,
+                                                           3.5, 3.6]
 
 
 def test_early_stopping_keeps_the_best_epoch_and_stays_stopped(cu, tmp_path, monkeypatch):

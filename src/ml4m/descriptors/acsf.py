@@ -40,7 +40,8 @@ from ml4m.errors import ConfigError
 
 __all__ = ["ACSF", "DEFAULT_G2", "DEFAULT_G4"]
 
-_ANI_GUARD = 0.95
+#: factor on cos(theta) in the ANI angular functions (keeps sin(theta') differentiable)
+ANI_GUARD = 0.95
 
 #: used when no parameters at all are given: 8 radial and 6 angular (G4) functions
 DEFAULT_G2 = [(eta, 0.0) for eta in (0.003, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4, 1.0)]
@@ -231,7 +232,7 @@ class ACSF(Descriptor):
                 d_c = pref * zeta * lam * power(lam, zeta - 1.0) * EF
                 terms.append((G, d_ij, d_jk, d_c))
         if len(self.ani):
-            cg = _ANI_GUARD * cos
+            cg = ANI_GUARD * cos
             sin = np.sqrt(1.0 - cg * cg)
             rho = 0.5 * (dj + dk)
             for eta, zeta, ts, rs in self.ani:
@@ -242,7 +243,7 @@ class ACSF(Descriptor):
                 if not gradients:
                     terms.append((G, None, None, None))
                     continue
-                dcs = _ANI_GUARD * (np.cos(ts) - cg / sin * np.sin(ts))  # d base / d cos t
+                dcs = ANI_GUARD * (np.cos(ts) - cg / sin * np.sin(ts))  # d base / d cos t
                 dA = 2.0 ** (1.0 - zeta) * zeta * base ** (zeta - 1.0) * dcs
                 d_ij = A * (-eta * (rho - rs) * E * f2 + E * dfj_fk)
                 terms.append((G, d_ij, None, dA * E * f2))

@@ -147,6 +147,8 @@ class TorchPotential(Potential):
         Precision of the module and the geometry.
     """
 
+    #: initial learning rate of :class:`ml4m.training.TrainSettings` when it gives none
+    default_lr: ClassVar[float] = 1e-2
     #: directions of the last-layer covariance kept for force and stress sigmas (one
     #: backward pass each; exact when the last layer has fewer parameters)
     uncertainty_rank: ClassVar[int] = 16

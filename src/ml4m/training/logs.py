@@ -28,13 +28,13 @@ class RunLog:
         CSV file; TensorBoard events go to ``{csv_path without suffix}_tb/``.
     progress : bool
         Show the progress bar.
-    total_steps : int
-        Length of the bar.
+    total_steps : int or None
+        Length of the bar (None: a run that ends with its time budget).
     enabled : bool
         False on every data-parallel process but the first (they stay silent).
     """
 
-    def __init__(self, csv_path: str | None, progress: bool, total_steps: int,
+    def __init__(self, csv_path: str | None, progress: bool, total_steps: int | None,
                  enabled: bool = True) -> None:
         self.csv_path = Path(csv_path) if csv_path and enabled else None
         self._tb = None

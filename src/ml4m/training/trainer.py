@@ -121,7 +121,8 @@ class Trainer:
              last_layer_frames, cost):
         n_batches = len(epoch_batches(len(train_set), self.settings.batch_size,
                                       self.settings.seed, 0, dist.world))
-        self.settings = s = self.settings.resolved(n_batches)
+        open_ended = self.settings.until_budget  # the bar then counts steps, of no total
+        self.settings = s = self.settings.resolved(n_batches, model.default_lr)
         run = TrainingRun(s, model, train_set, valid_set, dist)
         if resume:
             run.restore()
@@ -141,7 +142,8 @@ class Trainer:
             if last_layer:  # features and Jacobian of training frames, sigmas of held ones
                 clock.after_seconds += _last_layer_seconds(
                     cost, model, train_set, valid_set, min(len(train_set), last_layer_frames))(1.0)
-        log = RunLog(s.log_csv, s.progress, n_batches * s.max_epochs, enabled=dist.main)
+        log = RunLog(s.log_csv, s.progress, None if open_ended else n_batches * s.max_epochs,
+                     enabled=dist.main)
         clock.started = time.perf_counter()  # the budget's training time begins
         if s.max_minutes and isinstance(run.sched, CosineSchedule):
             run.sched.budget()
