@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float,
                    help="wall-time budget of the whole fit, the basis search included (default "
                    "10 with a search); without a search two probe fits measure the cost per "
-                   "frame, then the fit uses as many evenly spaced training frames as fit")
+                   "frame, then the fit uses as many evenly spaced training frames as fit; "
+                   "a network without max_epochs trains until the budget ends")
     p.add_argument("--search", choices=["auto", "off"],
                    help="auto (default): linear ACE without descriptor settings chooses its "
                    "basis by cross-validation inside --train; off: the descriptor defaults")
