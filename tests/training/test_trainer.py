@@ -65,9 +65,12 @@ def test_default_epochs_make_the_auto_steps(cu, monkeypatch):
     number is what the trainer reports."""
     from ml4m.training import settings
 
-    assert TrainSettings().resolved(8).max_epochs == -(-settings.AUTO_STEPS // 8)
-    assert TrainSettings().resolved(10**6).max_epochs == settings.MIN_EPOCHS
-    assert TrainSettings(max_epochs=7).resolved(8).max_epochs == 7
+    assert TrainSettings().resolved(8, 1e-2).max_epochs == -(-settings.AUTO_STEPS // 8)
+    assert TrainSettings().resolved(10**6, 1e-2).max_epochs == settings.MIN_EPOCHS
+    assert TrainSettings(max_epochs=7).resolved(8, 1e-2).max_epochs == 7
+    # the rate: as given, else the model's
+    assert TrainSettings().resolved(8, 3e-3).lr == 3e-3
+    assert TrainSettings(lr=0.02).resolved(8, 3e-3).lr == 0.02
     monkeypatch.setattr(settings, "AUTO_STEPS", 10)
     monkeypatch.setattr(settings, "MIN_EPOCHS", 2)
     trainer = Trainer(_settings(max_epochs=None, patience=50))
@@ -567,23 +570,28 @@ def test_tensorboard_gets_the_history(cu, tmp_path, monkeypatch):
 
 def test_a_cosine_schedule_counts_patience_late_in_its_anneal(cu, monkeypatch):
     """Under the cosine schedule, epochs without a better valid loss count towards
-    ``patience`` only from phase 0.8 on: worse losses at epochs 1-5 (phase 0.2-0.6) do
-    not stop the run, those at 7 and 8 (phase 0.8, 0.9) do."""
+    ``patience`` only from phase ``EARLY_STOP_FROM`` on: worse losses before it do not
+    stop the run, two worse ones after a best just before it do."""
+    import math
+
     from ml4m.training.loop import EARLY_STOP_FROM, TrainingRun
 
-    assert EARLY_STOP_FROM == 0.8
-    losses = iter([3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 2.9, 3.5, 3.6, 1.0])
+    n = 10  # the phase after epoch e is (e + 1) / n
+    first = math.ceil(EARLY_STOP_FROM * n - 1e-9) - 1  # first epoch that counts
+    assert 3 <= first <= n - 3
+    worse = [3.0 + k for k in range(first - 1)]  # epochs 0 .. first - 2: none counts
+    seq = worse + [2.9, 3.5, 3.6, 1.0]  # a best at first - 1, then two worse: stop
+    losses = iter(seq)
 
     def evaluate(self):
         return {"loss": next(losses), "energy": 1.0, "forces": 1.0}
 
     monkeypatch.setattr(TrainingRun, "evaluate", evaluate)
     train, valid = cu
-    trainer = Trainer(_settings(max_epochs=10, patience=2))
+    trainer = Trainer(_settings(max_epochs=n, patience=2))
     trainer.fit(ToyPair(), train, valid)
     assert trainer.stop_reason == "early_stopping"
-    assert [r["valid_loss"] for r in trainer.history] == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 2.9,
-                                                           3.5, 3.6]
+    assert [r["valid_loss"] for r in trainer.history] == seq[:-1]
 
 
 def test_early_stopping_keeps_the_best_epoch_and_stays_stopped(cu, tmp_path, monkeypatch):

@@ -200,11 +200,16 @@ class LastLayerPosterior:
         singular vectors ``v_k`` of ``J F``; the directions become ``F v_k`` (a projection
         of ``F``: each variance stays at most the exact one).
 
+        Nothing changes when the ``rank`` directions :meth:`fit` kept are already all of
+        ``Sigma`` (exact).
+
         Parameters
         ----------
         jacobian : ndarray of shape (n_rows, D)
         rank : int
         """
+        if rank >= min(self.factor.shape):
+            return
         _, _, Vt = np.linalg.svd(np.asarray(jacobian, float) @ self.factor,
                                  full_matrices=False)
         self.directions = self.factor @ Vt[:rank].T

@@ -435,8 +435,7 @@ class TorchPotential(Potential):
         post = LastLayerPosterior.fit(Phi, residual, np.array([len(f) for f in frames]),
                                       n_blocks, self.uncertainty_rank, J, force_residual,
                                       weight)
-        if (self.uncertainty_directions == "focus" and len(J)
-                and Phi.shape[1] > self.uncertainty_rank):
+        if self.uncertainty_directions == "focus" and len(J):
             post.focus(J, self.uncertainty_rank)
         self.last_layer_ = post
         held = frames if valid is None else as_frames(valid)

@@ -388,7 +388,8 @@ class TrainingRun:
         makes the valid loss jump between epochs without any overfitting (counting from
         the start, the default MPNN on 30 ethanol frames stopped at epoch 173 of 625;
         counting from half the anneal, the BPNN on ethanol stopped after 14 of its 30
-        minutes, at 42 meV/A, its training error still falling). The best epoch's weights are kept either way."""
+        minutes, at 42 meV/A, its training error still falling). The best epoch's
+        weights are kept either way."""
         return not isinstance(self.sched, CosineSchedule) or self.sched.phase >= EARLY_STOP_FROM
 
     def evaluate(self) -> dict[str, float]:

@@ -113,7 +113,7 @@ class TrainSettings:
         Largest gradient norm; None: no clipping.
     patience : int
         Early stopping: epochs without a better valid loss before training stops (under
-        the cosine schedule counted from half its anneal on).
+        the cosine schedule counted from phase ``training.loop.EARLY_STOP_FROM`` on).
     seed : int
         Seeds the weights' initialisation and the order of the frames.
     checkpoint : str, optional
@@ -179,7 +179,7 @@ class TrainSettings:
         ``max_epochs`` not)."""
         return self.max_epochs is None and self.max_minutes is not None
 
-    def resolved(self, batches_per_epoch: int, default_lr: float = 1e-2) -> TrainSettings:
+    def resolved(self, batches_per_epoch: int, default_lr: float) -> TrainSettings:
         """These settings with ``lr`` and ``max_epochs`` set.
 
         ``lr``: as given, else ``default_lr`` (the model's). ``max_epochs``: as given;
