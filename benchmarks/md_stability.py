@@ -32,6 +32,13 @@ Usage::
     .venv/bin/python benchmarks/md_stability.py --systems bpa_xtb --models ace --ps 10 \
         --model-file bpa_xtb/ace=learn_out/model.ml4m     # a model from elsewhere
 
+A peer's model runs under the same protocol and checks through its own ASE calculator:
+run the script with the peer venv's Python and ml4m's sources on the path (the peer is
+never installed beside ml4m), e.g. MACE as trained by ``mace_peer.py``::
+
+    PYTHONPATH=src /work/peers/mace/bin/python benchmarks/md_stability.py \
+        --systems bpa_xtb --fits --peer bpa_xtb/mace=/tmp/ml4m_mace/bpa_xtb/mace.model
+
 Prints a markdown table (the figures of ``benchmarks/results/md_stability.md``) and writes
 the JSON of every run to ``--out``.
 """
@@ -116,10 +123,11 @@ def fit_model(system: str, fit: str, workdir: Path, given: dict[str, Path] | Non
     return out
 
 
-def models(system: str, fits: list[str], workdir: Path, given: dict[str, Path] | None = None
-           ) -> tuple[dict, dict[str, float], object]:
-    """Each fit of a system with and without the core (``NAME+core``), its training
-    shortest distances, its start frame."""
+def models(system: str, fits: list[str], workdir: Path, given: dict[str, Path] | None = None,
+           peers: dict[str, Path] | None = None) -> tuple[dict, dict[str, float], object]:
+    """Each fit of a system with and without the core (``NAME+core``), the peers' models
+    of the system (``peers["SYSTEM/KIND"]``: a :class:`PeerModel`), its training shortest
+    distances, its start frame."""
     import ml4m
     from ml4m.data import read_dataset, shortest_distances
     from ml4m.models.baseline import Baselined, PairRepulsion
@@ -127,13 +135,31 @@ def models(system: str, fits: list[str], workdir: Path, given: dict[str, Path] |
     train = read_dataset(SHARED / system / "train.extxyz")
     start = read_dataset(SHARED / system / "valid.extxyz", index="0")[0]
     core = PairRepulsion().fit(train)
-    built = {}
+    built = {name: PeerModel(name, path) for key, path in (peers or {}).items()
+             for sys_, name in [key.split("/", 1)] if sys_ == system}
     for fit in fits:
         built[fit] = ml4m.load(fit_model(system, fit, workdir, given))
         # ml4m fit puts the core around ace by default: such a model is its own "+core"
         built[f"{fit}+core"] = (built[fit] if isinstance(built[fit], Baselined)
                                 else Baselined.from_fitted(built[fit], core))
     return built, shortest_distances(train), start
+
+
+class PeerModel:
+    """A peer's model file as an ASE calculator (``mace``: ``MACECalculator`` in
+    float32, the dtype ``mace_peer.py`` trains and times it in)."""
+
+    KINDS = ("mace",)
+
+    def __init__(self, kind: str, path: Path) -> None:
+        if kind not in self.KINDS:
+            raise SystemExit(f"--peer: unknown peer {kind!r}; known: {', '.join(self.KINDS)}")
+        self.kind, self.path = kind, path
+
+    def as_calculator(self):
+        from mace.calculators import MACECalculator
+
+        return MACECalculator(model_paths=str(self.path), device="cpu", default_dtype="float32")
 
 
 def run_one(model, start, shortest, temperature: float, seed: int, args) -> dict:
@@ -179,7 +205,7 @@ def _task(task: tuple, args) -> dict:
     """One run of ``(system, model, temperature, seed)`` (models built once per process)."""
     system, name, temperature, seed = task
     if system not in _BUILT:
-        _BUILT[system] = models(system, args.fits, args.workdir, args.model_file)
+        _BUILT[system] = models(system, args.fits, args.workdir, args.model_file, args.peer)
     built, shortest, start = _BUILT[system]
     run = run_one(built[name], start, shortest, temperature, seed, args)
     print(system, name, temperature, seed, run, flush=True)
@@ -211,7 +237,7 @@ def main(argv=None) -> int:
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     parser.add_argument("--bond-factor", type=float, default=1.5)
     parser.add_argument("--close-factor", type=float, default=0.7)
-    parser.add_argument("--fits", nargs="+", default=["ace"], choices=sorted(FITS),
+    parser.add_argument("--fits", nargs="*", default=["ace"], choices=sorted(FITS),
                         help="ace, gp, mpnn, bpnn: `ml4m fit --model KIND`; ace[r_in]: with "
                              "pair_r_in: auto")
     parser.add_argument("--models", nargs="+", default=None,
@@ -221,23 +247,30 @@ def main(argv=None) -> int:
     parser.add_argument("--model-file", nargs="+", default=[], metavar="SYSTEM/FIT=PATH",
                         help="run this model file as FIT of SYSTEM instead of fitting one "
                              "(e.g. bpa_xtb/ace=learn_out/model.ml4m)")
+    parser.add_argument("--peer", nargs="+", default=[], metavar="SYSTEM/KIND=PATH",
+                        help="also run a peer's model file (KIND: mace), with the peer venv's "
+                             "Python (e.g. bpa_xtb/mace=/tmp/ml4m_mace/bpa_xtb/mace.model)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON of every run (default: WORKDIR/md_stability.json)")
     args = parser.parse_args(argv)
-    try:
-        args.model_file = {key: Path(path) for key, path in
-                           (item.split("=", 1) for item in args.model_file)}
-    except ValueError:
-        parser.error("--model-file takes SYSTEM/FIT=PATH")
+    for flag in ("model_file", "peer"):
+        try:
+            setattr(args, flag, {key: Path(path) for key, path in
+                                 (item.split("=", 1) for item in getattr(args, flag))})
+        except ValueError:
+            parser.error(f"--{flag.replace('_', '-')} takes SYSTEM/NAME=PATH")
     args.out = args.out or args.workdir / "md_stability.json"
 
     for system in args.systems:  # fitted once, before any worker starts
         for fit in args.fits:
             fit_model(system, fit, args.workdir, args.model_file)
-    args.models = args.models or [m for f in args.fits for m in (f, f"{f}+core")]
+    args.models = args.models or [
+        *(m for f in args.fits for m in (f, f"{f}+core")),
+        *sorted({key.split("/", 1)[1] for key in args.peer})]
+    peers = {key.split("/", 1)[1] for key in args.peer}
     tasks = [(system, name, temperature, seed) for system in args.systems
-             for name in args.models for temperature in args.temperatures
-             for seed in range(args.seeds)]
+             for name in args.models if name not in peers or f"{system}/{name}" in args.peer
+             for temperature in args.temperatures for seed in range(args.seeds)]
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
