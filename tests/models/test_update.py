@@ -139,3 +139,95 @@ def test_baselined_update_widens_the_core_and_equals_a_refit(sets):
     _assert_same_posterior(updated.model_, refit.model_, new + [squeezed], 1e-8)
     np.testing.assert_allclose(updated.predict([squeezed]).forces,
                                refit.predict([squeezed]).forces, rtol=0, atol=1e-8)
+
+
+def _rattled(n: int, scale: float, seed: int) -> list[Frame]:
+    """``n`` EMT-labelled fcc Cu cells (32 atoms) rattled by ``scale`` Angstrom."""
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+        atoms.positions += rng.normal(scale=scale, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
+                                       forces=atoms.get_forces()))
+    return frames
+
+
+def _calibration(model, frames) -> float:
+    """Observed force RMSE over the RMS predicted force sigma (1: calibrated)."""
+    pred = model.predict(frames, uncertainty=True)
+    ref = np.concatenate([f.forces for f in frames])
+    return float(np.sqrt(np.mean((pred.forces - ref) ** 2) / np.mean(pred.forces_sigma ** 2)))
+
+
+def test_reoptimised_update_refits_the_error_models_on_what_it_had_not_seen():
+    """Each calibrated update keeps the residuals and posterior sigmas of its frames as
+    the model predicted them before learning them; a re-optimisation refits the error
+    models on them. Fitted on cold cells (0.02 A rattles) and updated with hot ones
+    (0.15 A): the cold error model extrapolates the hot cells' sigma by orders of
+    magnitude; refitted at each update, it is calibrated on further hot cells."""
+    cold, hot, test = _rattled(12, 0.02, 0), _rattled(12, 0.15, 1), _rattled(6, 0.15, 2)
+    fitted = LinearACE(_descriptor("ace"), e0=E0).fit(cold)
+    assert fitted.error_model_ is not None and fitted.prequential_ is None
+    before = fitted.predict(hot[:4])
+    kept = LinearACE(_descriptor("ace"), e0=E0).fit(cold)
+    for k in range(0, 12, 4):
+        kept.update(hot[k:k + 4])
+    store = kept.prequential_
+    ref = np.concatenate([f.forces for f in hot[:4]])
+    # kept: the prediction before the frames were learnt, not after
+    np.testing.assert_allclose(store.atoms[0][:128], np.sum((before.forces - ref) ** 2, 1),
+                               rtol=1e-8)
+    assert not np.allclose(store.atoms[0][:128],
+                           np.sum((kept.predict(hot[:4]).forces - ref) ** 2, 1), rtol=0.1)
+    assert store.n_atoms == 12 * 32 and store.n_frames == 12
+    np.testing.assert_array_equal(kept.error_model_.coef_, fitted.error_model_.coef_)
+    assert abs(np.log10(_calibration(kept, test))) > 3  # far out of the cold model's range
+
+    refit = LinearACE(_descriptor("ace"), e0=E0).fit(cold)
+    for k in range(0, 12, 4):
+        refit.update(hot[k:k + 4], reoptimise=True)
+    assert 1 / 1.5 < _calibration(refit, test) < 1.5
+    assert not np.allclose(refit.error_model_.coef_, fitted.error_model_.coef_)
+
+
+def test_prequential_residuals_survive_the_update_state(tmp_path):
+    cold, hot = _rattled(12, 0.02, 0), _rattled(4, 0.15, 1)
+    model = LinearACE(_descriptor("ace"), e0=E0).fit(cold).update(hot[:2])
+    model.save(tmp_path / "m.ml4m")
+    params, arrays = model.update_state()
+    loaded = ml4m.load(tmp_path / "m.ml4m").restore_update_state(params, arrays)
+    model.update(hot[2:], reoptimise=True)
+    loaded.update(hot[2:], reoptimise=True)
+    np.testing.assert_allclose(loaded.error_model_.coef_, model.error_model_.coef_, rtol=1e-10)
+    with pytest.raises(DataError, match="prequential_atom_X"):
+        loaded.restore_update_state(params, {k: v[:, :3] if k == "prequential_atom_X" else v
+                                             for k, v in arrays.items()})
+
+
+@pytest.mark.parametrize("kind", ["ace", "gp"])
+def test_a_fit_too_small_for_error_models_gets_them_from_its_updates(kind):
+    """Below 10 frames a calibrated fit warns and keeps the posterior sigma; the updates'
+    held-out residuals give it error models at the first re-optimisation."""
+    first, more = _rattled(4, 0.05, 3), _rattled(4, 0.05, 4)
+    if kind == "ace":
+        model = LinearACE(_descriptor("ace"), e0=E0)
+    else:
+        model = SparseGPPotential(_descriptor("soap"), n_sparse=10, zeta=2, e0=E0)
+    with pytest.warns(UserWarning, match="at least 10 training frames"):
+        model.fit(first)
+    posterior = model.predict(more, uncertainty=True).forces_sigma
+    model.update(more[:2])
+    assert model.error_model_ is None and model.prequential_.n_frames == 2
+    model.update(more[2:], reoptimise=True)
+    assert model.error_model_ is not None and model.energy_error_model_ is not None
+    from ml4m.models.error_model import ForceErrorModel
+
+    again = ForceErrorModel(1).fit(*model.prequential_.atoms)  # on the 4 updates' atoms
+    np.testing.assert_allclose(model.error_model_.coef_, again.coef_, rtol=1e-10)
+    sigma = model.predict(more, uncertainty=True).forces_sigma
+    assert sigma.shape == posterior.shape and np.all(np.isfinite(sigma))
+    assert not np.allclose(sigma, posterior, rtol=0.1)

@@ -24,7 +24,10 @@ import numpy as np
 
 from ml4m.errors import ConfigError
 
-__all__ = ["EnergyErrorModel", "ForceErrorModel"]
+__all__ = ["EnergyErrorModel", "ForceErrorModel", "MIN_ATOMS"]
+
+#: fewest held-out atoms a :class:`ForceErrorModel` is fitted on
+MIN_ATOMS = 10
 
 
 def _leading_components(Z: np.ndarray, k: int, n_iter: int = 8, oversample: int = 32,
@@ -108,8 +111,9 @@ class ForceErrorModel:
         """
         residual_sq = np.asarray(residual_sq, dtype=float)
         n = len(residual_sq)
-        if n < 10:
-            raise ConfigError(f"the force error model needs at least 10 held-out atoms, got {n}")
+        if n < MIN_ATOMS:
+            raise ConfigError(f"the force error model needs at least {MIN_ATOMS} held-out atoms, "
+                              f"got {n}")
         self.mean_ = X.mean(axis=0)
         std = X.std(axis=0)
         self.scale_ = np.where(std > 1e-12 * max(float(std.max(initial=0.0)), 1e-300), std, 1.0)
@@ -127,7 +131,9 @@ class ForceErrorModel:
 
         def objective(w):
             eta = A @ w
-            return float(np.sum(3.0 * eta + 0.5 * r2 * np.exp(-2.0 * eta)) + 0.5 * np.sum(pen * w * w))
+            with np.errstate(over="ignore"):  # inf: a trial step the backtracking rejects
+                return float(np.sum(3.0 * eta + 0.5 * r2 * np.exp(-2.0 * eta))
+                             + 0.5 * np.sum(pen * w * w))
 
         f = objective(w)
         for self.n_iter_ in range(1, max_iter + 1):

@@ -21,7 +21,7 @@ from ml4m.data.reference import resolve_reference_energies
 from ml4m.errors import ConfigError, DataError, NotFittedError
 from ml4m.descriptors import from_settings
 from ml4m.models.base import Potential, Prediction, as_frames
-from ml4m.models.error_model import EnergyErrorModel, ForceErrorModel
+from ml4m.models.error_model import MIN_ATOMS, EnergyErrorModel, ForceErrorModel
 from ml4m.models.linear.bayesian import BayesianLinearRegression, NormalEquations
 from ml4m.models.linear.design import VOIGT, DesignRows, FeatureMap, SpeciesBlocks, SumMap, design_rows
 from ml4m.models.registry import register_model
@@ -208,6 +208,62 @@ class _HeldOut:
         """``residual, sigma, n_atoms`` as :meth:`EnergyErrorModel.fit` takes them."""
         residual, n_atoms = (np.concatenate(c) for c in zip(*self.frames))
         return residual, self.e_sigma, n_atoms
+
+
+class _Prequential:
+    """Residuals and sigmas of frames as the model predicted them before :meth:`~LinearPotential.update`
+    learnt them (held out at that moment: what the error models are fitted on), the
+    latest ``max_atoms`` atoms and every frame."""
+
+    ATOM_KEYS = ("residual_sq", "sigma", "force_norm", "species", "X")
+    FRAME_KEYS = ("residual", "sigma", "n_atoms")
+
+    def __init__(self, max_atoms: int = 20_000) -> None:
+        self.max_atoms = int(max_atoms)
+        self.atoms: tuple[np.ndarray, ...] | None = None
+        self.frames: tuple[np.ndarray, ...] | None = None
+
+    def add(self, stats: _HeldOut) -> _Prequential:
+        """Append ``stats`` (finished under the model before the update); returns ``self``."""
+        new_atoms, new_frames = stats.atom_arrays(), stats.frame_arrays()
+        if self.atoms is None:
+            self.atoms, self.frames = new_atoms, new_frames
+        else:
+            self.atoms = tuple(np.concatenate([a, b]) for a, b in zip(self.atoms, new_atoms))
+            self.frames = tuple(np.concatenate([a, b]) for a, b in zip(self.frames, new_frames))
+        self.atoms = tuple(a[-self.max_atoms:] for a in self.atoms)
+        return self
+
+    @property
+    def n_atoms(self) -> int:
+        return 0 if self.atoms is None else len(self.atoms[0])
+
+    @property
+    def n_frames(self) -> int:
+        return 0 if self.frames is None else len(self.frames[0])
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays named ``prequential_atom_KEY`` and ``prequential_frame_KEY``."""
+        if self.atoms is None:
+            return {}
+        return {**{f"prequential_atom_{k}": v for k, v in zip(self.ATOM_KEYS, self.atoms)},
+                **{f"prequential_frame_{k}": v for k, v in zip(self.FRAME_KEYS, self.frames)}}
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], n_features: int) -> _Prequential | None:
+        """The store :meth:`state` wrote (None when it wrote none), shapes checked."""
+        if "prequential_atom_residual_sq" not in arrays:
+            return None
+        store = cls()
+        n = len(_state_array(arrays, "prequential_atom_residual_sq", (None,), kinds="f"))
+        shapes = {"X": (n, n_features)}
+        kinds = {"species": "iu"}
+        store.atoms = tuple(_state_array(arrays, f"prequential_atom_{k}", shapes.get(k, (n,)),
+                                         kinds=kinds.get(k, "f")) for k in cls.ATOM_KEYS)
+        m = len(_state_array(arrays, "prequential_frame_residual", (None,), kinds="f"))
+        store.frames = tuple(_state_array(arrays, f"prequential_frame_{k}", (m,), kinds="f")
+                             for k in cls.FRAME_KEYS)
+        return store
 
 
 @register_model("linear")
@@ -559,6 +615,7 @@ class LinearPotential(Potential):
         plus the held frames' rows, or ``total`` when given) is solved at the
         hyperparameters found without them."""
         self.error_model_ = self.energy_error_model_ = None
+        self.prequential_ = None
         if not held:
             self._solve(acc)
             self.normal_equations_ = acc
@@ -575,7 +632,7 @@ class LinearPotential(Potential):
                 acc.add(rows, block, e0)
         stats.finish(self.regression_)
         atoms = stats.atom_arrays()
-        if len(atoms[0]) >= 10:
+        if len(atoms[0]) >= MIN_ATOMS:
             self.error_model_ = ForceErrorModel(len(self.species)).fit(*atoms)
             self.energy_error_model_ = EnergyErrorModel().fit(*stats.frame_arrays())
         else:
@@ -655,7 +712,8 @@ class LinearPotential(Potential):
             ``False``: keep the hyperparameters of the current solution (prior precision
             and noise levels), so the result equals :meth:`fit` on the old and new frames
             with those hyperparameters fixed. ``True``: maximise the evidence again (for
-            the hyperparameters given as ``None``).
+            the hyperparameters given as ``None``), and refit the calibrated error models
+            (see Notes).
 
         Returns
         -------
@@ -664,9 +722,15 @@ class LinearPotential(Potential):
         Notes
         -----
         Fixed by the first fit: the E0s, the feature map (a sparse GP keeps its sparse
-        points), which quantities are fitted (stress rows join only if the first fit had
-        some) and the calibrated error models, which keep mapping the posterior sigma to
-        the expected error.
+        points) and which quantities are fitted (stress rows join only if the first fit
+        had some). With ``uncertainty='calibrated'`` (and forces) each update first
+        predicts its new frames, which are held out at that moment; their residuals and
+        posterior sigmas are kept (``prequential_``: every frame, the latest 20,000
+        atoms). A ``reoptimise=True`` update fits the error models on them (at least
+        ``MIN_ATOMS`` atoms and 2 frames), so the calibration follows the states the updates reach
+        instead of extrapolating the first fit's, and a first fit too small for error
+        models (it warned and used the posterior sigma) gets them; between
+        re-optimisations the error models stay.
         """
         self._check_fitted()
         acc = getattr(self, "normal_equations_", None)
@@ -680,17 +744,29 @@ class LinearPotential(Potential):
         self._check_labels(frames)
         self._species_index(frames)
         use_f, use_s = bool(acc.sigmas["forces"]), bool(acc.sigmas["stress"])
-        for block, rows, _, _ in self._block_rows(frames, use_f, use_s):
+        calibrated = self.uncertainty == "calibrated" and use_f
+        stats = _HeldOut(sum(len(f) for f in frames)) if calibrated else None
+        for block, rows, X, sidx in self._block_rows(frames, use_f, use_s):
+            if stats is not None:  # predicted before they are learnt: held out
+                stats.add(rows, X, block, self._e0_of(block), self.regression_, sidx)
             acc.add(rows, block, self._e0_of(block))
+        if stats is not None:
+            stats.finish(self.regression_)
+            self.prequential_ = (getattr(self, "prequential_", None) or _Prequential()).add(stats)
         self._solve(acc, reuse=None if reoptimise else self.regression_)
+        store = self.prequential_ if calibrated else None
+        if reoptimise and store is not None and store.n_atoms >= MIN_ATOMS and store.n_frames >= 2:
+            self.error_model_ = ForceErrorModel(len(self.species)).fit(*store.atoms)
+            self.energy_error_model_ = EnergyErrorModel().fit(*store.frames)
         return self
 
     def update_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """What :meth:`update` needs beyond the model file, as JSON params and arrays.
 
         The accumulated normal equations (one (p, p) Gram matrix per noise group: as large
-        as the model file's posterior factor, so kept apart from it) and the noise
-        precisions of the current solution.
+        as the model file's posterior factor, so kept apart from it), the noise
+        precisions of the current solution and the updates' held-out residuals
+        (``prequential_``) of a calibrated model.
         """
         self._check_fitted()
         acc = getattr(self, "normal_equations_", None)
@@ -698,6 +774,8 @@ class LinearPotential(Potential):
             raise NotFittedError(f"This {type(self).__name__} has no normal equations (fit it first)")
         params, arrays = acc.state()
         params["betas"] = np.atleast_1d(self.regression_.betas_).tolist()
+        store = getattr(self, "prequential_", None)
+        arrays.update(store.state() if store is not None else {})
         return params, arrays
 
     def restore_update_state(self, params: dict[str, Any], arrays: dict[str, np.ndarray]
@@ -710,6 +788,7 @@ class LinearPotential(Potential):
             raise DataError(f"update state betas: {len(betas)} values do not match the noise groups")
         self.regression_.betas_ = betas.astype(float)
         self.normal_equations_ = acc
+        self.prequential_ = _Prequential.from_state(arrays, self.fmap_.n_features)
         return self
 
     def _check_fit_memory(self, frames: list[Frame]) -> None:
