@@ -12,7 +12,9 @@ DESCRIPTION = """\
 MD walkers share one model with uncertainty; every check_interval steps, a walker whose
 largest predicted force sigma is above the threshold sends its frame to the reference
 calculator, the frame joins the training set and the model is updated (an exact rank
-update for ace and gp; hyperparameters re-optimised every reoptimise_every calls). The
+update for ace and gp; hyperparameters re-optimised every reoptimise_every calls, when a
+calibrated model also refits its error models on the labelled frames as it predicted them
+before learning them). The
 frames of a round are labelled in parallel (--workers processes, or a Dask scheduler)
 and added in walker order, so the result does not depend on the number of workers.
 

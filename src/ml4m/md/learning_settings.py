@@ -179,7 +179,9 @@ class LearnSettings:
         Reference calls at most (MD runs its steps either way).
     reoptimise_every : int
         Re-optimise the model's hyperparameters every this many reference calls (0:
-        never; the other updates keep them).
+        never; the other updates keep them). A calibrated linear or GP model also refits
+        its error models then, on its labelled frames as it predicted them before
+        learning them (:meth:`~ml4m.models.linear.LinearPotential.update`).
     fine_tune : dict or None
         For a network: training settings (keys of :class:`~ml4m.training.TrainSettings`)
         of each update, which trains the network on from its weights on the whole
