@@ -124,11 +124,18 @@ def _progress(status) -> None:
 
 
 def _force_errors(model, frames: list[Frame]) -> dict[str, float]:
-    pred = model.predict(frames)
+    """Force MAE and RMSE (meV/A); with a sigma, its RMS (meV/A) and the calibration ratio
+    RMSE / RMS sigma (1: calibrated)."""
+    pred = model.predict(frames, uncertainty=model.has_uncertainty)
     ref = np.concatenate([f.forces for f in frames])
     err = pred.forces - ref
-    return {"mae_mev_per_a": 1000 * float(np.mean(np.abs(err))),
-            "rmse_mev_per_a": 1000 * float(np.sqrt(np.mean(err**2)))}
+    out = {"mae_mev_per_a": 1000 * float(np.mean(np.abs(err))),
+           "rmse_mev_per_a": 1000 * float(np.sqrt(np.mean(err**2)))}
+    if pred.forces_sigma is not None:
+        rms = float(np.sqrt(np.mean(pred.forces_sigma ** 2)))
+        out.update(rms_sigma_mev_per_a=1000 * rms,
+                   rmse_over_sigma=out["rmse_mev_per_a"] / (1000 * rms) if rms > 0 else None)
+    return out
 
 
 def _number_or_text(text: str) -> float | str:
