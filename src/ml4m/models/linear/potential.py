@@ -211,9 +211,9 @@ class _HeldOut:
 
 
 class _Prequential:
-    """Residuals and sigmas of frames as the model predicted them before :meth:`~LinearPotential.update`
-    learnt them (held out at that moment: what the error models are fitted on), the
-    latest ``max_atoms`` atoms and every frame."""
+    """Residuals and posterior sigmas of frames as the model predicted them before
+    :meth:`LinearPotential.update` learnt them (held out at that moment: what the error
+    models are refitted on); the latest ``max_atoms`` atoms and every frame."""
 
     ATOM_KEYS = ("residual_sq", "sigma", "force_norm", "species", "X")
     FRAME_KEYS = ("residual", "sigma", "n_atoms")
@@ -727,9 +727,9 @@ class LinearPotential(Potential):
         predicts its new frames, which are held out at that moment; their residuals and
         posterior sigmas are kept (``prequential_``: every frame, the latest 20,000
         atoms). A ``reoptimise=True`` update fits the error models on them (at least
-        ``MIN_ATOMS`` atoms and 2 frames), so the calibration follows the states the updates reach
-        instead of extrapolating the first fit's, and a first fit too small for error
-        models (it warned and used the posterior sigma) gets them; between
+        ``MIN_ATOMS`` atoms and 2 frames), so the calibration follows the states the
+        updates reach instead of extrapolating the first fit's, and a first fit too small
+        for error models (it warned and used the posterior sigma) gets them; between
         re-optimisations the error models stay.
         """
         self._check_fitted()
