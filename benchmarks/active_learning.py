@@ -181,7 +181,7 @@ def _against_random(al_model, al_train: list[Frame], initial: list[Frame], pool:
 
 
 def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
-             n_initial: int = 4) -> dict:
+             n_initial: int = 4, reoptimise_every: int = 10) -> dict:
     t_start = time.perf_counter()
     liquid = _liquid()
     write(work / "solid.extxyz", _solid())
@@ -193,7 +193,8 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
     settings = LearnSettings(walkers=walkers, fit=FIT, initial=str(work / "initial.extxyz"),
                              ensemble="nvt", steps=steps, dt_fs=2.0, friction=0.02,
                              threshold=parse_threshold(_number_or_text(threshold)), check_interval=10,
-                             min_steps_between_calls=min_gap, max_calls=200, reoptimise_every=10)
+                             min_steps_between_calls=min_gap, max_calls=200,
+                             reoptimise_every=reoptimise_every)
     t0 = time.perf_counter()
     result = run_learning(settings, work / "al", on_round=_progress)
     loop_seconds = time.perf_counter() - t0
@@ -211,7 +212,8 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
     rows = _against_random(al_model, al_train, initial, pool, tests, seeds)
     per_walker = [sum(1 for f in al_train[len(initial):] if f.info.get("walker") == k) for k in (0, 1)]
     return {"steps_per_walker": steps, "dt_fs": 2.0, "threshold": threshold,
-            "min_steps_between_calls": min_gap, "descriptor": FIT["descriptor"],
+            "min_steps_between_calls": min_gap, "reoptimise_every": reoptimise_every,
+            "descriptor": FIT["descriptor"],
             "uncertainty": FIT["params"]["uncertainty"],
             "threshold_ev_per_a_final": result["threshold_ev_per_a"],
             "initial_frames": len(initial), "reference_calls": result["reference_calls"],
@@ -372,6 +374,8 @@ def main(argv=None) -> int:
     a.add_argument("--uncertainty", choices=["posterior", "calibrated"], default="posterior",
                    help="the model's force sigma (calibrated needs --initial 10 or more)")
     a.add_argument("--initial", type=int, default=4, help="initial frames (300 K crystal)")
+    a.add_argument("--reoptimise-every", type=int, default=10,
+                   help="reference calls between re-optimisations (and error-model refits)")
     a.add_argument("--min-gap", type=int, default=0,
                    help="min_steps_between_calls of the loop (default 0)")
     b = sub.add_parser("parallel")
@@ -395,7 +399,7 @@ def main(argv=None) -> int:
                 FIT["descriptor"] = LARGE
             FIT["params"] = {"uncertainty": args.uncertainty}
             out = accuracy(args.steps, args.seeds, args.threshold, args.min_gap, Path(tmp),
-                           args.initial)
+                           args.initial, args.reoptimise_every)
         elif args.what == "molecule":
             out = molecule(args.steps, args.seeds, args.threshold, args.min_gap, args.max_calls,
                            Path(tmp), args.initial, args.test_frames, args.walker_seed)

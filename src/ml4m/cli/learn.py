@@ -42,7 +42,7 @@ CONFIG.yaml:
   check_interval: 10
   min_steps_between_calls: 50        # a walker waits 50 steps after its call
   max_calls: 100
-  reoptimise_every: 10               # 0: never
+  reoptimise_every: 2                # 0: never
   on_reference_error: stop           # or skip
 
 examples:
