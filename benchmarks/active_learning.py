@@ -57,6 +57,8 @@ FIT = {"model": "ace", "descriptor": {"r_cut": 4.5, "n_max": 6, "l_max": 3, "cor
        "params": {"uncertainty": "posterior"}}
 #: --basis large: 620 coefficients instead of 70
 LARGE = {"r_cut": 5.0, "n_max": 8, "l_max": 4, "correlation_order": 3, "total_degree": 14}
+#: ``ml4m learn``'s default number of reference calls between re-optimisations
+LEARN_REOPTIMISE = LearnSettings.__dataclass_fields__["reoptimise_every"].default
 ETHANOL = Path("/work/shared/data/ethanol_pbe/train.extxyz")
 #: ``molecule``: the ACE descriptor's defaults (the loop fits without a basis search)
 MOLECULE_FIT = {"model": "ace", "search": "off", "params": {"uncertainty": "posterior"}}
@@ -181,7 +183,9 @@ def _against_random(al_model, al_train: list[Frame], initial: list[Frame], pool:
 
 
 def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
-             n_initial: int = 4, reoptimise_every: int = 10) -> dict:
+             n_initial: int = 4, reoptimise_every: int | None = None) -> dict:
+    if reoptimise_every is None:
+        reoptimise_every = LEARN_REOPTIMISE
     t_start = time.perf_counter()
     liquid = _liquid()
     write(work / "solid.extxyz", _solid())
@@ -374,8 +378,10 @@ def main(argv=None) -> int:
     a.add_argument("--uncertainty", choices=["posterior", "calibrated"], default="posterior",
                    help="the model's force sigma (calibrated needs --initial 10 or more)")
     a.add_argument("--initial", type=int, default=4, help="initial frames (300 K crystal)")
-    a.add_argument("--reoptimise-every", type=int, default=10,
-                   help="reference calls between re-optimisations (and error-model refits)")
+    a.add_argument("--reoptimise-every", type=int,
+                   default=LEARN_REOPTIMISE,
+                   help="reference calls between re-optimisations (and error-model refits); "
+                        "default: ml4m learn's")
     a.add_argument("--min-gap", type=int, default=0,
                    help="min_steps_between_calls of the loop (default 0)")
     b = sub.add_parser("parallel")
