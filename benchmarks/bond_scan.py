@@ -46,21 +46,21 @@ from md_stability import PeerModel  # noqa: E402
 REFERENCE_SETTINGS = {"xtb": {"accuracy": 0.1, "electronic_temperature": 300.0}}
 
 
-def bonds(atoms, pair: str) -> list[tuple[int, int, float]]:
-    """``(a, b, d0)`` of every bond between elements ``A`` and ``B`` (``pair = "A-B"``),
-    ``b`` the atom of element B that is moved."""
-    from ase.data import atomic_numbers, covalent_radii
+def pair_bonds(atoms, pair: str) -> list[tuple[int, int, float]]:
+    """``(a, b, d0)`` of every bond (:func:`ml4m.data.stability.bonds`) between elements
+    ``A`` and ``B`` (``pair = "A-B"``), ``b`` the atom of element B that is moved."""
+    from ase.data import atomic_numbers
 
-    from ml4m.data.stability import BONDED
+    from ml4m.data.stability import bonds
 
     za, zb = (atomic_numbers[s] for s in pair.split("-"))
-    d = atoms.get_all_distances()
-    r = covalent_radii[atoms.numbers]
+    z = atoms.numbers
     found = []
-    for a in np.flatnonzero(atoms.numbers == za):
-        for b in np.flatnonzero(atoms.numbers == zb):
-            if a != b and d[a, b] < BONDED * (r[a] + r[b]):
-                found.append((int(a), int(b), float(d[a, b])))
+    for i, j in zip(*bonds(atoms)):
+        for a, b in ((i, j), (j, i)):
+            if z[a] == za and z[b] == zb:
+                found.append((int(a), int(b), float(atoms.get_distance(a, b))))
+                break
     return found
 
 
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
 
     atoms = read_dataset(SHARED / args.system / "valid.extxyz", index="0")[0].to_atoms(
         with_labels=False)
-    chosen = bonds(atoms, args.pair)[: args.bonds or None]
+    chosen = pair_bonds(atoms, args.pair)[: args.bonds or None]
     if not chosen:
         parser.error(f"no {args.pair} bond in the first valid frame of {args.system}")
     factors = np.round(np.arange(0.85, args.to + 1e-9, 0.05), 3)

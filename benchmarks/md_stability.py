@@ -126,7 +126,7 @@ def fit_model(system: str, fit: str, workdir: Path, given: dict[str, Path] | Non
 def models(system: str, fits: list[str], workdir: Path, given: dict[str, Path] | None = None,
            peers: dict[str, Path] | None = None) -> tuple[dict, dict[str, float], object]:
     """Each fit of a system with and without the core (``NAME+core``), the peers' models
-    of the system (``peers["SYSTEM/KIND"]``: a :class:`PeerModel`), its training shortest
+    of the system (``peers[(SYSTEM, KIND)]``: a :class:`PeerModel`), its training shortest
     distances, its start frame."""
     import ml4m
     from ml4m.data import read_dataset, shortest_distances
@@ -135,8 +135,8 @@ def models(system: str, fits: list[str], workdir: Path, given: dict[str, Path] |
     train = read_dataset(SHARED / system / "train.extxyz")
     start = read_dataset(SHARED / system / "valid.extxyz", index="0")[0]
     core = PairRepulsion().fit(train)
-    built = {name: PeerModel(name, path) for key, path in (peers or {}).items()
-             for sys_, name in [key.split("/", 1)] if sys_ == system}
+    built = {kind: PeerModel(kind, path) for (sys_, kind), path in (peers or {}).items()
+             if sys_ == system}
     for fit in fits:
         built[fit] = ml4m.load(fit_model(system, fit, workdir, given))
         # ml4m fit puts the core around ace by default: such a model is its own "+core"
@@ -259,17 +259,18 @@ def main(argv=None) -> int:
                                  (item.split("=", 1) for item in getattr(args, flag))})
         except ValueError:
             parser.error(f"--{flag.replace('_', '-')} takes SYSTEM/NAME=PATH")
+    args.peer = {tuple(key.split("/", 1)): path for key, path in args.peer.items()}
+    if any(len(key) != 2 for key in args.peer):
+        parser.error("--peer takes SYSTEM/KIND=PATH")
     args.out = args.out or args.workdir / "md_stability.json"
 
     for system in args.systems:  # fitted once, before any worker starts
         for fit in args.fits:
             fit_model(system, fit, args.workdir, args.model_file)
-    args.models = args.models or [
-        *(m for f in args.fits for m in (f, f"{f}+core")),
-        *sorted({key.split("/", 1)[1] for key in args.peer})]
-    peers = {key.split("/", 1)[1] for key in args.peer}
+    peers = sorted({kind for _, kind in args.peer})
+    args.models = args.models or [*(m for f in args.fits for m in (f, f"{f}+core")), *peers]
     tasks = [(system, name, temperature, seed) for system in args.systems
-             for name in args.models if name not in peers or f"{system}/{name}" in args.peer
+             for name in args.models if name not in peers or (system, name) in args.peer
              for temperature in args.temperatures for seed in range(args.seeds)]
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor

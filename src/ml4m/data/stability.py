@@ -21,10 +21,18 @@ from ase.data import atomic_numbers, covalent_radii
 
 from ml4m.data.neighbors import neighbor_list
 
-__all__ = ["Instability", "StabilityCheck"]
+__all__ = ["Instability", "StabilityCheck", "bonds"]
 
 #: a pair closer than this many times its covalent-radii sum is a bond
 BONDED = 1.2
+
+
+def bonds(atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
+    """The bonds of a molecule: atoms ``i < j`` closer than ``BONDED`` x the sum of their
+    covalent radii (no periodic images)."""
+    d = atoms.get_all_distances()
+    radii = covalent_radii[atoms.numbers]
+    return np.nonzero(np.triu(d < BONDED * (radii[:, None] + radii[None, :]), k=1))
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,7 @@ class StabilityCheck:
         if start.pbc.any():  # a solid or liquid: neighbours change, only contacts are watched
             self.i = self.j = np.zeros(0, dtype=int)
         else:
-            d = start.get_all_distances()
-            radii = covalent_radii[z]
-            self.i, self.j = np.nonzero(np.triu(d < BONDED * (radii[:, None] + radii[None, :]), k=1))
+            self.i, self.j = bonds(start)
         self.max_bond = bond_factor * self._lengths(start)
         floor = close_factor * min(shortest.values(), default=0.0)
         self.limits = np.full((119, 119), floor)

@@ -747,9 +747,10 @@ class LinearPotential(Potential):
         calibrated = self.uncertainty == "calibrated" and use_f
         stats = _HeldOut(sum(len(f) for f in frames)) if calibrated else None
         for block, rows, X, sidx in self._block_rows(frames, use_f, use_s):
+            e0 = self._e0_of(block)
             if stats is not None:  # predicted before they are learnt: held out
-                stats.add(rows, X, block, self._e0_of(block), self.regression_, sidx)
-            acc.add(rows, block, self._e0_of(block))
+                stats.add(rows, X, block, e0, self.regression_, sidx)
+            acc.add(rows, block, e0)
         if stats is not None:
             stats.finish(self.regression_)
             self.prequential_ = (getattr(self, "prequential_", None) or _Prequential()).add(stats)
