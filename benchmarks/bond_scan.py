@@ -139,10 +139,13 @@ def main(argv=None) -> int:
                      f"{s['max']:.2f} | {s['barriers']}/{len(scans)} | {first} |")
     print("\n".join(lines))
     if args.out:
-        args.out.write_text(json.dumps({
-            "command": "python benchmarks/bond_scan.py " + " ".join(argv or sys.argv[1:]),
-            "factors": factors.tolist(), "bonds": chosen,
-            "scans": {k: [s.tolist() for s in v] for k, v in results.items()}}, indent=1))
+        from ml4m._fileio import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps({
+                "command": "python benchmarks/bond_scan.py " + " ".join(argv or sys.argv[1:]),
+                "factors": factors.tolist(), "bonds": chosen,
+                "scans": {k: [s.tolist() for s in v] for k, v in results.items()}}, indent=1))
     return 0
 
 
