@@ -309,7 +309,9 @@ def test_max_minutes_is_honoured(cu):
     seconds = time.perf_counter() - t0
     assert trainer.stop_reason == "max_minutes"
     assert 0.5 * 60 * budget < seconds <= 1.1 * 60 * budget
-    assert trainer.history[-1]["seconds"] <= 60 * budget
+    # the last epoch ends before the deadline, up to the scheduling jitter of a shared
+    # machine (CI once measured 3.011 s for a 3 s budget)
+    assert trainer.history[-1]["seconds"] <= 60 * budget + 0.1
 
 
 def test_store_streams_the_same_training(cu, tmp_path):
