@@ -152,6 +152,9 @@ def train(args, work: Path) -> dict:
     (work / "train.log").write_text(proc.stdout + proc.stderr)
     epochs = [int(m) for m in re.findall(r"epoch-(\d+)", " ".join(glob.glob("checkpoints/*.pt")))]
     cut = proc.returncode == 124
+    if proc.returncode not in (0, 124):  # e.g. schnetpack's torchmetrics==1.0.1 pin
+        raise SystemExit(f"mace_run_train failed (exit {proc.returncode}); the end of "
+                         f"{work / 'train.log'}:\n{(proc.stdout + proc.stderr)[-2000:]}")
     if cut or not Path("mace.model").exists():
         # finalise from the latest checkpoint without training further: MACE resumes at
         # the checkpoint's epoch and trains while epoch < max_num_epochs
