@@ -292,11 +292,45 @@ def test_missing_labels_are_named(cu):
     ({"scheduler": "step"}, "training.scheduler must be one of"),
     ({"ema_decay": 1.0}, "training.ema_decay must be < 1.0"),
     ({"progress": "yes"}, "training.progress must be true or false"),
+    ({"final_weights": {"energy": 1, "dipole": 1}}, r"final_weights has unknown key"),
+    ({"final_from": 1.0}, "training.final_from must be < 1.0"),
 ])
 def test_bad_settings_are_named(mapping, match):
     with pytest.raises(ConfigError, match=match) as info:
         TrainSettings.from_mapping(mapping, source="fit.yaml")
     assert str(info.value).startswith("fit.yaml: ")
+
+
+def test_final_weights_take_over_at_their_phase(cu, monkeypatch):
+    """A second stage: from phase ``final_from`` on, steps and validation weigh the loss
+    with ``final_weights``, and the model is chosen among that stage's epochs."""
+    from ml4m.training import loop
+
+    seen = []
+    real = loop.weighted_loss
+
+    def spy(sums, weights, counts, scale=1):
+        seen.append(dict(weights))
+        return real(sums, weights, counts, scale=scale)
+
+    monkeypatch.setattr(loop, "weighted_loss", spy)
+    train, valid = cu
+    first, final = {"energy": 1.0, "forces": 100.0}, {"energy": 1000.0, "forces": 1.0}
+    trainer = Trainer(_settings(max_epochs=8, weights=first, final_weights=final,
+                                final_from=0.5, ema_decay=None))
+    model = trainer.fit(ToyPair(), train, valid)
+    calls = 4 + 1  # per epoch: 16 frames in batches of 4, then the validation loss
+    assert len(seen) == 8 * calls
+    # the cosine phase reaches 0.5 at the end of epoch 3 (4 of 8 passes)
+    assert seen[:4 * calls] == [first] * (4 * calls)
+    assert seen[4 * calls:] == [final] * (4 * calls)
+    h = trainer.history
+    best = min(h[4:], key=lambda r: r["valid_loss"])
+    f_ref = np.concatenate([f.forces for f in valid])
+    assert 1000 * np.abs(model.predict(valid).forces - f_ref).mean() == pytest.approx(
+        best["valid_forces_mae_mev_per_a"], rel=1e-9)
+    # the second stage's loss weighs energies 1000x: its valid loss is of another scale
+    assert h[4]["valid_loss"] > 10 * h[3]["valid_loss"]
 
 
 def test_max_minutes_is_honoured(cu):

@@ -217,7 +217,7 @@ class TrainingRun:
         self.position: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0,
                                          "best_loss": math.inf, "bad_epochs": 0,
                                          "history": [], "acc": _zero_acc(), "last_saved": None,
-                                         "stopped_early": ""}
+                                         "stopped_early": "", "final_stage": False}
         self.best_state: dict[str, Any] | None = None
         self.stop_reason = "max_epochs"
         self.wrapped = dist.wrap(self.module)
@@ -296,7 +296,7 @@ class TrainingRun:
         finally:
             self.model.module_ = self.module
         sums = error_sums(pred, labels, data, terms)
-        loss = weighted_loss(sums, s.weights, counts, scale=dist.world)
+        loss = weighted_loss(sums, self.weights, counts, scale=dist.world)
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else loss
         mine = [0.0 if math.isfinite(value) else 1.0, float(clock.time_up()), value,
                 sums.get("energy_sae", 0.0), sums.get("energy_n", 0),
@@ -378,9 +378,24 @@ class TrainingRun:
                 if p["bad_epochs"] >= s.patience and not stop:
                     self.stop_reason = p["stopped_early"] = "early_stopping"
                     stop = True
+        if s.final_weights and not p["final_stage"] and self._phase() >= s.final_from:
+            # the second stage's loss is another measure: its epochs compete among themselves
+            p["final_stage"], p["best_loss"], p["bad_epochs"] = True, math.inf, 0
         if p["step"] % s.checkpoint_every == 0 or stop or p["epoch"] == s.max_epochs:
             self.save()
         return stop
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The loss weights of the current stage."""
+        return self.settings.stage_weights(self.position.get("final_stage", False))
+
+    def _phase(self) -> float:
+        """Progress in [0, 1]: the cosine schedule's phase, else the fraction of
+        ``max_epochs`` passed."""
+        if isinstance(self.sched, CosineSchedule):
+            return self.sched.phase
+        return self.position["epoch"] / self.settings.max_epochs if self.settings.max_epochs else 0.0
 
     def _may_stop_early(self) -> bool:
         """Whether an epoch without a better valid loss counts towards ``patience``: always,
@@ -418,7 +433,7 @@ class TrainingRun:
                                           next(self.module.parameters()))))
         counts = {t: int(totals[f"{t}_n"]) for t in shown}
         loss = float(weighted_loss({f"{t}_sse": totals[f"{t}_sse"] for t in shown},
-                                   s.weights, counts))
+                                   self.weights, counts))
         return {"loss": loss, "energy": _mae(totals["energy_sae"], totals["energy_n"], 1),
                 "forces": _mae(totals["forces_sae"], totals["forces_n"], 3)}
 

@@ -135,8 +135,8 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     files = network_files(path)
     base = {**cfg.training, "seed": cfg.seed, "checkpoint": str(files["checkpoint"]),
             "log_csv": str(files["log"]), "progress": progress}
-    weights = TrainSettings.from_mapping(base, source="config").weights
-    require = tuple(t for t in ("energy", "forces") if weights.get(t, 0.0) > 0)
+    settings = TrainSettings.from_mapping(base, source="config")
+    require = tuple(t for t in ("energy", "forces") if settings.weight(t) > 0)
     keys = LabelKeys(**cfg.keys)
     train = _read(cfg.train, keys, require)
     valid = _read(cfg.valid, keys, require) if cfg.valid else None

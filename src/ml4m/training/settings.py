@@ -88,6 +88,14 @@ class TrainSettings:
         only frames with a stress label count). A term left out weighs 0. The default,
         ``{energy: 1, forces: 100, stress: 100}``, lets the stress of periodic data pin
         the volume dependence of the energy.
+    final_weights : dict, optional
+        Loss weights of the last part of training, from phase ``final_from`` on (a second
+        stage, as MACE's ``swa`` stage, which weighs energies 1000 against forces 100):
+        the model is then selected, and stopped early, on the loss of these weights.
+        None (the default): ``weights`` throughout.
+    final_from : float
+        Phase in (0, 1) where ``final_weights`` take over: of the cosine anneal (epochs
+        or budget, see ``scheduler``), otherwise the fraction of ``max_epochs``.
     optimizer : {'adamw', 'adam'}
     weight_decay : float
         Decoupled weight decay (AdamW) or L2 penalty (Adam).
@@ -133,6 +141,8 @@ class TrainSettings:
     max_minutes: float | None = None
     weights: dict[str, float] = field(
         default_factory=lambda: {"energy": 1.0, "forces": 100.0, "stress": 100.0})
+    final_weights: dict[str, float] | None = None
+    final_from: float = 0.75
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     scheduler: str = "cosine"
@@ -152,7 +162,10 @@ class TrainSettings:
     checks: ClassVar[dict[str, Callable[..., Any]]] = {
         "batch_size": int_from(1), "lr": optional(float_from(0.0, low_open=True)),
         "max_epochs": optional(int_from(1)), "max_minutes": optional(float_from(0.0, low_open=True)),
-        "weights": _check_weights, "optimizer": one_of("adamw", "adam"),
+        "weights": _check_weights, "final_weights": optional(_check_weights),
+        "final_from": lambda n, v, **w: check_float(n, v, low=0.0, high=1.0, low_open=True,
+                                                    high_open=True, **w),
+        "optimizer": one_of("adamw", "adam"),
         "weight_decay": float_from(0.0), "scheduler": one_of("plateau", "cosine", "none"),
         "plateau_factor": lambda n, v, **w: check_float(n, v, low=0.0, high=1.0, low_open=True,
                                                         high_open=True, **w),
@@ -170,7 +183,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name, check in self.checks.items():
             value = check(name, getattr(self, name))
-            if name in ("weights", "checkpoint", "log_csv"):
+            if name in ("weights", "final_weights", "checkpoint", "log_csv"):
                 object.__setattr__(self, name, value)
 
     @property
@@ -222,5 +235,10 @@ class TrainSettings:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in vars(self).items()}
 
     def weight(self, term: str) -> float:
-        """The loss weight of ``term`` (0 when not given)."""
-        return float(self.weights.get(term, 0.0))
+        """The largest loss weight of ``term`` in either stage (0 when not given)."""
+        return max(float(w.get(term, 0.0)) for w in (self.weights, self.final_weights or {}))
+
+    def stage_weights(self, final: bool) -> dict[str, float]:
+        """The loss weights of the first stage, or of the final one (``final_weights``
+        where given)."""
+        return self.final_weights if final and self.final_weights else self.weights

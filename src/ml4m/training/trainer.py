@@ -106,7 +106,7 @@ class Trainer:
         valid_set = as_graph_set(valid, "valid") if valid is not None and len(valid) else None
         for data in (train_set, valid_set):
             if data is not None:
-                check_labels(data, s.weights)
+                check_labels(data, {t: s.weight(t) for t in ("energy", "forces")})
         torch.manual_seed(s.seed)
         if not hasattr(model, "module_"):
             prepare_model(model, train_set, s.seed)
