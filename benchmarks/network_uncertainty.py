@@ -97,6 +97,7 @@ def run_set(name: str, args) -> dict:
     first, joined = ml4m.load(members[0]["path"]), ml4m.load(committee_path)
     plain = cpu_seconds(first, frames, False)
     return {"set": name, "model": args.model, "members": args.members,
+            "max_minutes": args.max_minutes,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "fit_wall_s": [m["wall_s"] for m in members],
             "member_forces_mae_mev_per_a": [m["valid"]["forces"]["mae_mev_per_a"]
@@ -114,17 +115,19 @@ def write(rows: list[dict], argv: list[str]) -> None:
         ran = {(r["set"], r["model"]) for r in rows}
         rows = [r for r in json.loads(path.read_text()) if (r["set"], r["model"]) not in ran] + rows
     lines = ["# Network uncertainty: last-layer posterior against a committee", "",
-             "Command: `.venv/bin/python benchmarks/network_uncertainty.py " + " ".join(argv)
+             "Last command: `.venv/bin/python benchmarks/network_uncertainty.py " + " ".join(argv)
              + "`. Default `ml4m fit` flags, seeds 0..K-1; scored with `ml4m test ... --json` "
-             "on the whole valid file. Spearman: per atom, force sigma against |force error|; "
+             "on the whole valid file (rows of other sets keep their own runs). Spearman: per atom, force sigma against |force error|; "
              "ratio: force RMSE / RMS sigma (1: calibrated); cost: CPU time of the prediction "
              "with sigmas over the plain prediction of one member (one thread).", "",
-             "| set | model | K | member valid F MAE (meV/A) | last layer: Spearman, ratio, cost "
-             "| committee: F MAE, Spearman, ratio, cost |", "|---|---|---|---|---|---|"]
+             "| set | model | K | member budget (min) | member valid F MAE (meV/A) "
+             "| last layer: Spearman, ratio, cost | committee: F MAE, Spearman, ratio, cost |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         ll, c = r["last_layer"], r["committee"]
         maes = ", ".join(f"{v:.1f}" for v in r["member_forces_mae_mev_per_a"])
-        lines.append(f"| {r['set']} | {r['model']} | {r['members']} | {maes} | "
+        budget = r.get("max_minutes") or "- (default steps)"
+        lines.append(f"| {r['set']} | {r['model']} | {r['members']} | {budget} | {maes} | "
                      f"{ll['spearman']:.2f}, {ll['ratio']:.2f}, {ll['cost']:.1f}x | "
                      f"{c['forces_mae_mev_per_a']:.1f}, {c['spearman']:.2f}, {c['ratio']:.2f}, "
                      f"{c['cost']:.1f}x |")
