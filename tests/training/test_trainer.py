@@ -652,3 +652,22 @@ def test_early_stopping_keeps_the_best_epoch_and_stays_stopped(cu, tmp_path, mon
     again = Trainer(settings)
     again.fit(ToyPair(), train, valid, resume=True)  # a finished run trains no further
     assert again.stop_reason == "early_stopping" and len(again.history) == 4
+
+
+def test_auto_final_weights_raise_only_the_energy_weight():
+    from ml4m.training.settings import FINAL_ENERGY_FACTOR
+
+    assert TrainSettings().final_weights is None and not TrainSettings().has_final_stage
+    s = TrainSettings(weights={"energy": 2.0, "forces": 100.0, "stress": 10.0},
+                      final_weights="auto")
+    assert s.has_final_stage
+    assert s.stage_weights(False) == {"energy": 2.0, "forces": 100.0, "stress": 10.0}
+    assert s.stage_weights(True) == {"energy": 2.0 * FINAL_ENERGY_FACTOR, "forces": 100.0,
+                                     "stress": 10.0}
+    assert s.weight("energy") == 2.0 * FINAL_ENERGY_FACTOR and s.weight("forces") == 100.0
+    # without an energy term there is no second stage, and no energy label is needed
+    forces_only = TrainSettings(weights={"forces": 1.0}, final_weights="auto")
+    assert not forces_only.has_final_stage and forces_only.weight("energy") == 0.0
+    assert TrainSettings.from_mapping({"final_weights": "auto"}).final_weights == "auto"
+    with pytest.raises(ConfigError, match="final_weights must be a mapping"):
+        TrainSettings.from_mapping({"final_weights": "energy"}, source="fit.yaml")

@@ -378,7 +378,7 @@ class TrainingRun:
                 if p["bad_epochs"] >= s.patience and not stop:
                     self.stop_reason = p["stopped_early"] = "early_stopping"
                     stop = True
-        if s.final_weights and not p["final_stage"] and self._phase() >= s.final_from:
+        if s.has_final_stage and not p["final_stage"] and self._phase() >= s.final_from:
             # the second stage's loss is another measure: its epochs compete among themselves
             p["final_stage"], p["best_loss"], p["bad_epochs"] = True, math.inf, 0
         if p["step"] % s.checkpoint_every == 0 or stop or p["epoch"] == s.max_epochs:
