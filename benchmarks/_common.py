@@ -69,10 +69,12 @@ def run_json(args: list[str]) -> tuple[dict, float]:
 
 
 def notes_below_table(path: Path) -> list[str]:
-    """Lines of a results markdown file after its last table row (hand-written notes a
-    regenerated report keeps); empty when the file does not exist."""
+    """Lines of a results markdown file after its first table, the generated one
+    (hand-written notes a regenerated report keeps, tables of their own included);
+    empty when the file does not exist."""
     if not path.exists():
         return []
     text = path.read_text().splitlines()
-    last = max((k for k, line in enumerate(text) if line.startswith("|")), default=len(text))
-    return text[last + 1:]
+    first = next((k for k, line in enumerate(text) if line.startswith("|")), len(text))
+    end = next((k for k in range(first, len(text)) if not text[k].startswith("|")), len(text))
+    return text[end:]
