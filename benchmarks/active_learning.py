@@ -183,9 +183,7 @@ def _against_random(al_model, al_train: list[Frame], initial: list[Frame], pool:
 
 
 def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
-             n_initial: int = 4, reoptimise_every: int | None = None) -> dict:
-    if reoptimise_every is None:
-        reoptimise_every = LEARN_REOPTIMISE
+             n_initial: int = 4, reoptimise_every: int = LEARN_REOPTIMISE) -> dict:
     t_start = time.perf_counter()
     liquid = _liquid()
     write(work / "solid.extxyz", _solid())

@@ -21,38 +21,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
 
 def _linear(model):
-    """The linear model with the error models (inside a baseline or not)."""
-    for inner in (model, getattr(model, "model", None), getattr(model, "learned", None)):
-        if inner is not None and getattr(inner, "error_model_", None) is not None:
-            return inner
-    raise SystemExit("the model has no calibrated error model (uncertainty: calibrated)")
+    """The fitted linear model with the error models (inside a baseline or not)."""
+    inner = getattr(model, "model_", model)
+    if getattr(inner, "error_model_", None) is None:
+        raise SystemExit("the model has no calibrated error model (uncertainty: calibrated)")
+    return inner
 
 
 def atom_table(model, frames) -> dict[str, np.ndarray]:
     """Per atom: species index, |force error|, calibrated and posterior sigma (norms,
-    eV/A) and novelty (norm outside the error model's principal components)."""
+    eV/A) and novelty (norm outside the error model's principal components); the
+    descriptors once for all of them."""
     inner = _linear(model)
     em = inner.error_model_
-    pred = model.predict(frames, uncertainty=True)
     rows, X, sidx = inner._rows(frames, True, True)
-    R = rows.forces.reshape(-1, rows.forces.shape[-1])
-    post = np.sqrt(np.clip(inner.regression_.variance_rows(R), 0, None)).reshape(-1, 3)
+    pred = inner._rows_prediction(frames, rows, X, sidx, uncertainty=True)
+    forces = pred.forces
+    if inner is not model:  # the baseline's forces (a ZBL core) join the inner model's
+        forces = forces + model.baseline_.evaluate(frames).forces
     Z = (X - em.mean_) / em.scale_
     outside = Z - (Z @ em.components_) @ em.components_.T
     ref = np.concatenate([f.forces for f in frames])
-    return {"species": sidx, "error": np.linalg.norm(pred.forces - ref, axis=1),
+    return {"species": sidx, "error": np.linalg.norm(forces - ref, axis=1),
             "calibrated": np.linalg.norm(pred.forces_sigma, axis=1),
-            "posterior": np.linalg.norm(post, axis=1), "novelty": np.linalg.norm(outside, axis=1)}
+            "posterior": np.linalg.norm(inner.posterior_force_sigma(rows), axis=1),
+            "novelty": np.linalg.norm(outside, axis=1)}
 
 
 def _rms(a: np.ndarray) -> float:

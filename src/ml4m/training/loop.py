@@ -214,6 +214,8 @@ class TrainingRun:
         self.terms = tuple(t for t in TERMS if s.weight(t) > 0
                            and (t != "stress" or train_set.any_label("stress")))
         self.identity = identity(model, s)
+        #: loss weights of the first and of the final stage (``final_weights`` resolved)
+        self.stage_weights = (s.stage_weights(False), s.stage_weights(True))
         self.position: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0,
                                          "best_loss": math.inf, "bad_epochs": 0,
                                          "history": [], "acc": _zero_acc(), "last_saved": None,
@@ -388,7 +390,7 @@ class TrainingRun:
     @property
     def weights(self) -> dict[str, float]:
         """The loss weights of the current stage."""
-        return self.settings.stage_weights(self.position.get("final_stage", False))
+        return self.stage_weights[self.position["final_stage"]]
 
     def _phase(self) -> float:
         """Progress in [0, 1]: the cosine schedule's phase, else the fraction of

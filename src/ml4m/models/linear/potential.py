@@ -915,13 +915,18 @@ class LinearPotential(Potential):
         sig_e = np.sqrt(np.clip(self.regression_.variance_rows(rows.energy), 0, None))
         if self.energy_error_model_ is not None:
             sig_e = self.energy_error_model_.predict(sig_e, [len(f) for f in block])
-        R = rows.forces.reshape(-1, rows.forces.shape[-1])
-        sig = np.sqrt(np.clip(self.regression_.variance_rows(R), 0, None)).reshape(-1, 3)
+        sig = self.posterior_force_sigma(rows)
         if self.error_model_ is not None:
             s_atom = self.error_model_.predict(np.linalg.norm(sig, axis=1), np.linalg.norm(F, axis=1),
                                                sidx, X)
             sig = np.repeat(s_atom[:, None], 3, axis=1)
         return Prediction(**out, energy_sigma=sig_e, forces_sigma=sig)
+
+    def posterior_force_sigma(self, rows: DesignRows) -> np.ndarray:
+        """Posterior standard deviation of each force component of the design ``rows``
+        (eV/Angstrom, shape (n_atoms, 3)), before any error model."""
+        R = rows.forces.reshape(-1, rows.forces.shape[-1])
+        return np.sqrt(np.clip(self.regression_.variance_rows(R), 0, None)).reshape(-1, 3)
 
     def _descriptor_species_weights(self) -> np.ndarray | None:
         """The fixed weights per descriptor species when the feature map is linear in the
