@@ -78,3 +78,35 @@ def notes_below_table(path: Path) -> list[str]:
     first = next((k for k, line in enumerate(text) if line.startswith("|")), len(text))
     end = next((k for k in range(first, len(text)) if not text[k].startswith("|")), len(text))
     return text[end:]
+
+
+class PeerModel:
+    """A peer's model file as an ASE calculator (``mace``: ``MACECalculator`` in
+    float32, the dtype ``mace_peer.py`` trains and times it in)."""
+
+    KINDS = ("mace",)
+
+    def __init__(self, kind: str, path: Path) -> None:
+        if kind not in self.KINDS:
+            raise SystemExit(f"--peer: unknown peer {kind!r}; known: {', '.join(self.KINDS)}")
+        self.kind, self.path = kind, path
+
+    def as_calculator(self):
+        from mace.calculators import MACECalculator
+
+        return MACECalculator(model_paths=str(self.path), device="cpu", default_dtype="float32")
+
+
+def parse_peers(parser, items: list[str]) -> dict[tuple[str, str], Path]:
+    """``--peer SYSTEM/KIND=PATH ...`` as ``{(SYSTEM, KIND): PATH}``; a malformed item or
+    an unknown KIND stops with the parser's usage error."""
+    peers = {}
+    for item in items:
+        key, sep, path = item.partition("=")
+        system, slash, kind = key.partition("/")
+        if not (sep and slash and system and kind and path):
+            parser.error(f"--peer takes SYSTEM/KIND=PATH, got {item!r}")
+        if kind not in PeerModel.KINDS:
+            parser.error(f"--peer: unknown peer {kind!r}; known: {', '.join(PeerModel.KINDS)}")
+        peers[(system, kind)] = Path(path)
+    return peers

@@ -58,6 +58,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(HERE))
+from _common import PeerModel, parse_peers  # noqa: E402
 
 
 class Failed(Exception):
@@ -143,23 +145,6 @@ def models(system: str, fits: list[str], workdir: Path, given: dict[str, Path] |
         built[f"{fit}+core"] = (built[fit] if isinstance(built[fit], Baselined)
                                 else Baselined.from_fitted(built[fit], core))
     return built, shortest_distances(train), start
-
-
-class PeerModel:
-    """A peer's model file as an ASE calculator (``mace``: ``MACECalculator`` in
-    float32, the dtype ``mace_peer.py`` trains and times it in)."""
-
-    KINDS = ("mace",)
-
-    def __init__(self, kind: str, path: Path) -> None:
-        if kind not in self.KINDS:
-            raise SystemExit(f"--peer: unknown peer {kind!r}; known: {', '.join(self.KINDS)}")
-        self.kind, self.path = kind, path
-
-    def as_calculator(self):
-        from mace.calculators import MACECalculator
-
-        return MACECalculator(model_paths=str(self.path), device="cpu", default_dtype="float32")
 
 
 def run_one(model, start, shortest, temperature: float, seed: int, args) -> dict:
@@ -253,15 +238,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON of every run (default: WORKDIR/md_stability.json)")
     args = parser.parse_args(argv)
-    for flag in ("model_file", "peer"):
-        try:
-            setattr(args, flag, {key: Path(path) for key, path in
-                                 (item.split("=", 1) for item in getattr(args, flag))})
-        except ValueError:
-            parser.error(f"--{flag.replace('_', '-')} takes SYSTEM/NAME=PATH")
-    args.peer = {tuple(key.split("/", 1)): path for key, path in args.peer.items()}
-    if any(len(key) != 2 for key in args.peer):
-        parser.error("--peer takes SYSTEM/KIND=PATH")
+    try:
+        args.model_file = {key: Path(path) for key, path in
+                           (item.split("=", 1) for item in args.model_file)}
+    except ValueError:
+        parser.error("--model-file takes SYSTEM/NAME=PATH")
+    args.peer = parse_peers(parser, args.peer)
     args.out = args.out or args.workdir / "md_stability.json"
 
     for system in args.systems:  # fitted once, before any worker starts

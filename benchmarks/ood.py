@@ -18,6 +18,14 @@ writes the default fits there) is scored on valid and on each group of frames by
 the predicted force sigma against the force error, and the calibration ratio (observed
 force RMSE over RMS predicted sigma; 1 when calibrated, #23 asks for 0.5-2).
 
+A peer's model file (``--peer SET/mace=PATH``, as trained by ``mace_peer.py``) is scored
+on the same frames through its own ASE calculator (force and energy MAE, force RMSE; it
+predicts no sigma). Run the script with the peer venv's Python and ml4m's sources on the
+path for that (the groups must be cached already: generating them needs ml4m's venv)::
+
+    PYTHONPATH=src /work/peers/mace/bin/python benchmarks/ood.py --sets bpa_xtb --kinds \
+        --peer bpa_xtb/mace=/tmp/ml4m_mace/bpa_xtb/mace.model
+
 Usage::
 
     .venv/bin/python benchmarks/ood.py [--sets cu_emt cuau_emt bpa_xtb] [--kinds ace gp]
@@ -39,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
-from _common import notes_below_table, run_json  # noqa: E402
+from _common import PeerModel, notes_below_table, parse_peers, run_json  # noqa: E402
 
 #: ``ml4m data generate`` arguments of each crystalline out-of-distribution group
 GENERATE = {
@@ -158,15 +166,40 @@ def score(model: Path, path: Path) -> dict:
             "rmse_over_sigma": unc.get("force_rmse_over_sigma")}
 
 
+def score_peer(peer: PeerModel, path: Path) -> dict:
+    """Force and energy errors of a peer's calculator on the frames of ``path`` (the
+    figures :func:`score` gives, without the sigma's)."""
+    import ase.io
+    import numpy as np
+
+    calc = peer.as_calculator()
+    de, df = [], []
+    frames = ase.io.read(path, ":")
+    for ref in frames:
+        atoms = ref.copy()
+        atoms.calc = calc
+        de.append((atoms.get_potential_energy() - ref.get_potential_energy()) / len(ref))
+        df.append(atoms.get_forces() - ref.get_forces())
+    df = np.concatenate(df)
+    return {"n_frames": len(frames), "force_mae": float(np.mean(np.abs(df)) * 1000),
+            "force_rmse": float(np.sqrt(np.mean(df ** 2)) * 1000),
+            "energy_mae": float(np.mean(np.abs(de)) * 1000),
+            "spearman": None, "sigma_rms": None, "rmse_over_sigma": None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", nargs="+", default=["cu_emt", "cuau_emt", "bpa_xtb"])
-    ap.add_argument("--kinds", nargs="+", default=["ace", "gp"],
+    ap.add_argument("--kinds", nargs="*", default=["ace", "gp"],
                     help="model files SET/KIND.ml4m of --models-dir")
     ap.add_argument("--models-dir", type=Path, default=Path("/tmp/ml4m_fit_defaults"))
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ml4m_ood"))
+    ap.add_argument("--peer", nargs="+", default=[], metavar="SET/KIND=PATH",
+                    help="also score a peer's model file (KIND: mace), with the peer venv's "
+                         "Python")
     args = ap.parse_args(argv)
+    args.peer = parse_peers(ap, args.peer)
     rows = []
     for system in args.sets:
         files = {"valid": SHARED / system / "valid.extxyz", **groups(system, args.workdir)}
@@ -177,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for name, path in files.items():
                 rows.append({"set": system, "model": kind, "group": name, **score(model, path)})
+                print(json.dumps(rows[-1]), flush=True)
+        for (peer_set, kind), path in args.peer.items():
+            if peer_set != system:
+                continue
+            for name, frames in files.items():
+                rows.append({"set": system, "model": kind, "group": name,
+                             **score_peer(PeerModel(kind, path), frames)})
                 print(json.dumps(rows[-1]), flush=True)
     write(rows, args, argv)
     return 0
