@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from ml4m.data import Dataset, Frame
 from ml4m.models import Prediction, error_metrics
+from ml4m.models.metrics import attainable_spearman
 
 
 def test_metrics_units_and_rank_correlation(rng):
@@ -37,3 +39,36 @@ def test_metrics_units_and_rank_correlation(rng):
     # energy: error 4 meV/atom everywhere, sigma 1 eV per frame = 250 meV/atom
     assert m["uncertainty"]["energy_sigma_rms_mev_per_atom"] == pytest.approx(250.0)
     assert m["uncertainty"]["energy_rmse_over_sigma"] == pytest.approx(4.0 / 250.0)
+
+
+def test_attainable_spearman_matches_the_true_scale():
+    # errors s_i * z_i with a known log-normal scale: the estimate from the error norms
+    # alone is the Spearman that the true scale reaches, and grows with the scales' spread
+    gen = np.random.default_rng(1)
+    estimates = []
+    for width in (0.3, 0.8):
+        s = np.exp(width * gen.standard_normal(20000))
+        err = np.linalg.norm(s[:, None] * gen.standard_normal((20000, 3)), axis=1)
+        estimates.append(attainable_spearman(err))
+        assert estimates[-1] == pytest.approx(spearmanr(s, err).statistic, abs=0.03)
+    assert estimates[1] > estimates[0] + 0.2
+
+
+def test_attainable_spearman_is_zero_at_one_error_scale():
+    gen = np.random.default_rng(2)
+    err = np.linalg.norm(gen.standard_normal((20000, 3)), axis=1)  # chi_3: one scale
+    assert attainable_spearman(err) < 0.1
+    assert attainable_spearman(np.full(100, 0.5)) == 0.0  # no spread at all
+    assert attainable_spearman(np.zeros(10)) is None
+
+
+def test_error_metrics_reports_the_attainable_spearman(rng):
+    frames = [Frame(np.full(5, 29), rng.normal(size=(5, 3)) * 3, None, np.zeros(3, bool),
+                    energy=0.0, forces=np.zeros((5, 3))) for _ in range(40)]
+    scale = np.exp(rng.normal(size=200))
+    df = scale[:, None] * rng.normal(size=(200, 3))
+    pred = Prediction(energy=np.zeros(40), forces=df, stress=np.full((40, 6), np.nan),
+                      offsets=np.arange(0, 201, 5), forces_sigma=np.repeat(scale[:, None], 3, 1))
+    unc = error_metrics(pred, Dataset(frames))["uncertainty"]
+    assert unc["force_sigma_spearman_attainable"] == pytest.approx(
+        attainable_spearman(np.linalg.norm(df, axis=1) * 1000))
