@@ -292,6 +292,7 @@ def test_missing_labels_are_named(cu):
     ({"scheduler": "step"}, "training.scheduler must be one of"),
     ({"ema_decay": 1.0}, "training.ema_decay must be < 1.0"),
     ({"progress": "yes"}, "training.progress must be true or false"),
+    ({"amsgrad": "yes"}, "training.amsgrad must be true or false"),
     ({"final_weights": {"energy": 1, "dipole": 1}}, r"final_weights has unknown key"),
     ({"final_from": 1.0}, "training.final_from must be < 1.0"),
 ])
@@ -299,6 +300,20 @@ def test_bad_settings_are_named(mapping, match):
     with pytest.raises(ConfigError, match=match) as info:
         TrainSettings.from_mapping(mapping, source="fit.yaml")
     assert str(info.value).startswith("fit.yaml: ")
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_amsgrad_reaches_the_optimizer(cu, monkeypatch, amsgrad):
+    seen = []
+    init = torch.optim.AdamW.__init__
+
+    def spy(self, params, **kw):
+        seen.append(kw.get("amsgrad"))
+        init(self, params, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", spy)
+    Trainer(_settings(max_epochs=1, amsgrad=amsgrad)).fit(ToyPair(), *cu)
+    assert seen == [amsgrad]
 
 
 def test_final_weights_take_over_at_their_phase(cu, monkeypatch):

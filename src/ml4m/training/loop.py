@@ -201,7 +201,8 @@ class TrainingRun:
         self.model, self.train_set, self.valid_set, self.dist = model, train_set, valid_set, dist
         self.module = model.module_
         cls = torch.optim.AdamW if s.optimizer == "adamw" else torch.optim.Adam
-        self.opt = cls(self.module.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        self.opt = cls(self.module.parameters(), lr=s.lr, weight_decay=s.weight_decay,
+                       amsgrad=s.amsgrad)
         self.sched: Any = None
         if s.scheduler == "plateau":
             self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(

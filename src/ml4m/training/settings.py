@@ -109,6 +109,9 @@ class TrainSettings:
         Phase in (0, 1) where ``final_weights`` take over: of the cosine anneal (epochs
         or budget, see ``scheduler``), otherwise the fraction of ``max_epochs``.
     optimizer : {'adamw', 'adam'}
+    amsgrad : bool
+        The AMSGrad variant of either (the running maximum of the second moment
+        scales the steps; MACE trains with it).
     weight_decay : float
         Decoupled weight decay (AdamW) or L2 penalty (Adam).
     scheduler : {'plateau', 'cosine', 'none'}
@@ -156,6 +159,7 @@ class TrainSettings:
     final_weights: dict[str, float] | str | None = None
     final_from: float = 0.75
     optimizer: str = "adamw"
+    amsgrad: bool = False
     weight_decay: float = 0.0
     scheduler: str = "cosine"
     plateau_factor: float = 0.5
@@ -177,7 +181,7 @@ class TrainSettings:
         "weights": _check_weights, "final_weights": optional(_check_final_weights),
         "final_from": lambda n, v, **w: check_float(n, v, low=0.0, high=1.0, low_open=True,
                                                     high_open=True, **w),
-        "optimizer": one_of("adamw", "adam"),
+        "optimizer": one_of("adamw", "adam"), "amsgrad": _check_bool,
         "weight_decay": float_from(0.0), "scheduler": one_of("plateau", "cosine", "none"),
         "plateau_factor": lambda n, v, **w: check_float(n, v, low=0.0, high=1.0, low_open=True,
                                                         high_open=True, **w),
