@@ -76,12 +76,21 @@ def _squeezed_cu():
     return Frame.from_atoms(atoms)
 
 
-@pytest.fixture(scope="module", params=["mpnn", "bpnn", "mpnn+core"])
+@pytest.fixture(scope="module", params=["mpnn", "bpnn", "mpnn+core", "mpnn_element_mix"])
 def network(request, mpnn):
-    """A small network of each exportable kind, with structures to trace and to run; and
-    the MPNN with its repulsive core (as ``ml4m fit`` saves it), run where the core acts."""
+    """A small network of each exportable kind, with structures to trace and to run; the
+    MPNN with its repulsive core (as ``ml4m fit`` saves it), run where the core acts; and
+    an MPNN with per-element channel maps on molecules that lack an element."""
     if request.param == "mpnn":
         return mpnn, *_cu()
+    if request.param == "mpnn_element_mix":
+        from ml4m.models.mpnn import MPNN
+
+        trace, run = _molecules()
+        model = MPNN(r_max=4.0, n_radial=4, l_max=2, n_channels=4, correlation=2,
+                     radial_mlp=8, element_mix=True, seed=0, dtype="float64")
+        model.prepare(trace + run)
+        return model, trace, run
     if request.param == "mpnn+core":
         from ml4m.models.baseline import Baselined, PairRepulsion
 

@@ -55,11 +55,14 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module", params=[0, 1], ids=["scalar_states", "vector_states"])
+@pytest.fixture(scope="module", params=[(0, False), (1, False), (1, True)],
+                ids=["scalar_states", "vector_states", "element_mix"])
 def model(request) -> MPNN:
-    """Untrained models whose interactions pass scalars, or scalars and vectors."""
+    """Untrained models whose interactions pass scalars, or scalars and vectors, and
+    one whose first interaction mixes channels per element."""
     frames = [_labelled(_cuau(), 0), _labelled(_molecule(), 1)]
-    return MPNN(**SMALL, hidden_l=request.param, seed=1).prepare(frames)
+    hidden_l, element_mix = request.param
+    return MPNN(**SMALL, hidden_l=hidden_l, element_mix=element_mix, seed=1).prepare(frames)
 
 
 def _rotation(seed: int) -> np.ndarray:
@@ -179,6 +182,21 @@ def test_vector_states_carry_information_between_interactions():
         MPNN(**SMALL, l_max=1, hidden_l=2).prepare(frames)
 
 
+def test_element_mix_maps_channels_by_the_centres_element():
+    """With element_mix the first interaction holds one channel map per element: zeroing
+    the map of H changes a molecule's energy and leaves a Cu-Au crystal's unchanged;
+    the later interactions keep one map per degree."""
+    frames = [_labelled(_cuau(), 0), _labelled(_molecule(), 1)]
+    model = MPNN(**SMALL, element_mix=True, seed=1).prepare(frames)
+    layers = model.module_.interactions
+    assert layers[0].mix.shape[0] == len(model.species_) and layers[1].mix.dim() == 3
+    before = model.predict(frames).energy
+    with torch.no_grad():
+        layers[0].mix[list(model.species_).index(1)].zero_()
+    after = model.predict(frames).energy
+    assert after[0] == before[0] and abs(after[1] - before[1]) > 1e-6
+
+
 def test_a_file_written_before_vector_states_loads_as_scalar_states(tmp_path):
     """A version-1 file has no ``hidden_l``: it loads with scalar states, predictions
     unchanged."""
@@ -195,11 +213,12 @@ def test_a_file_written_before_vector_states_loads_as_scalar_states(tmp_path):
             if item == "meta.json":
                 meta = json.loads(data)
                 del meta["params"]["hyper"]["hidden_l"]
+                del meta["params"]["hyper"]["element_mix"]
                 meta["state_version"] = 1
                 data = json.dumps(meta)
             dst.writestr(item, data)
     loaded = ml4m.load(old)
-    assert loaded.hidden_l == 0
+    assert loaded.hidden_l == 0 and loaded.element_mix is False
     np.testing.assert_array_equal(loaded.predict(frames).forces, model.predict(frames).forces)
 
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from ml4m.models.registry import register_model
 from ml4m.models.torch_potential import DTYPES, TorchPotential
-from ml4m.validation import float_from, int_from, one_of
+from ml4m.validation import check_bool, float_from, int_from, one_of
 
 __all__ = ["MPNN"]
 
@@ -49,6 +49,10 @@ class MPNN(TorchPotential):
     hidden_l : int, default=1
         Largest degree of the atom states passed between interactions (0: scalars;
         1: scalars and vectors, as MACE's ``32x0e + 32x1o``); at most ``l_max``.
+    element_mix : bool, default=False
+        Mix the first interaction's density channels with weights of the centre's
+        element (one ``K x K`` map per element and degree instead of one per degree), as
+        MACE's first interaction does.
     seed : int, default=0
         Seed of the initial weights.
     device : {'cpu', 'cuda'}, default='cpu'
@@ -62,13 +66,15 @@ class MPNN(TorchPotential):
     param_checks: ClassVar[dict[str, Any]] = {
         "r_max": float_from(0.0, low_open=True), "n_radial": int_from(1),
         "l_max": int_from(0, 6), "n_channels": int_from(1), "correlation": int_from(1, 3),
-        "n_interactions": int_from(1), "radial_mlp": int_from(1), "hidden_l": int_from(0, 6), "seed": int_from(0),
+        "n_interactions": int_from(1), "radial_mlp": int_from(1), "hidden_l": int_from(0, 6),
+        "element_mix": check_bool, "seed": int_from(0),
         "device": one_of("cpu", "cuda"), "dtype": one_of(*DTYPES),
     }
 
     def __init__(self, r_max: float = 5.0, n_radial: int = 8, l_max: int = 3,
                  n_channels: int = 32, correlation: int = 3, n_interactions: int = 2,
-                 radial_mlp: int = 64, hidden_l: int = 1, seed: int = 0,
+                 radial_mlp: int = 64, hidden_l: int = 1, element_mix: bool = False,
+                 seed: int = 0,
                  device: str = "cpu", dtype: str = "float32") -> None:
         self.r_max = r_max
         self.n_radial = n_radial
@@ -78,6 +84,7 @@ class MPNN(TorchPotential):
         self.n_interactions = n_interactions
         self.radial_mlp = radial_mlp
         self.hidden_l = hidden_l
+        self.element_mix = element_mix
         self.seed = seed
         self.device = device
         self.dtype = dtype
@@ -85,10 +92,11 @@ class MPNN(TorchPotential):
     @classmethod
     def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> MPNN:
         """Rebuild from :meth:`get_state`; a state of version 1 (written before
-        ``hidden_l`` existed) passed scalar states between interactions."""
+        ``hidden_l`` existed) passed scalar states between interactions, and a state
+        written before ``element_mix`` existed mixed channels without it."""
         hyper = params.get("hyper") if isinstance(params, dict) else None
-        if isinstance(hyper, dict) and "hidden_l" not in hyper:
-            params = {**params, "hyper": {**hyper, "hidden_l": 0}}
+        if isinstance(hyper, dict):
+            params = {**params, "hyper": {"hidden_l": 0, "element_mix": False, **hyper}}
         return super().from_state(params, arrays)
 
     @property
@@ -111,4 +119,4 @@ class MPNN(TorchPotential):
             return MPNNModule(len(self.species_), self.r_max, self.n_radial, self.l_max,
                               self.n_channels, self.correlation, self.n_interactions,
                               self.radial_mlp, stats=getattr(self, "stats_", None),
-                              hidden_l=self.hidden_l)
+                              hidden_l=self.hidden_l, element_mix=self.element_mix)

@@ -13,7 +13,8 @@ One interaction ``t`` updates it:
    with ``R`` a bias-free radial MLP of the Bessel basis (zero at the cutoff), ``Y`` the
    edge harmonics and ``C`` the real Clebsch-Gordan coefficients scaled to
    orthonormal rows (``l x 0 -> l`` is the identity); then channels are mixed within
-   each degree ``l3``;
+   each degree ``l3`` (with ``element_mix``, by weights of the centre's element in the
+   first interaction, as MACE's first interaction does);
 2. product basis ``B = SymmetricProduct(A)`` (body order up to ``correlation + 1``,
    per-element weights), coupled to the degrees the next state holds;
 3. ``h <- W_out B + W_skip (h x onehot(z))`` per degree (a per-element residual).
@@ -147,7 +148,8 @@ class Interaction(nn.Module):
     """
 
     def __init__(self, n_channels: int, n_species: int, l_max: int, n_radial: int,
-                 radial_width: int, correlation: int, l_in: int = 0, l_out: int = 0) -> None:
+                 radial_width: int, correlation: int, l_in: int = 0, l_out: int = 0,
+                 element_mix: bool = False) -> None:
         super().__init__()
         K, L = n_channels, l_max + 1
         conv = _Convolution(l_max, l_in)
@@ -155,7 +157,9 @@ class Interaction(nn.Module):
         self.groups = conv.groups
         self.up = _linear(K, K)
         self.radial = _radial_mlp(n_radial, radial_width, K * conv.n_paths)
-        self.mix = nn.Parameter(torch.randn(L, K, K) / math.sqrt(K))
+        # (L, K, K), or (n_species, L, K, K) with one map per element of the centre
+        mix_shape = (n_species, L, K, K) if element_mix else (L, K, K)
+        self.mix = nn.Parameter(torch.randn(mix_shape) / math.sqrt(K))
         self.product = SymmetricProduct(l_max, tuple(range(l_out + 1)), correlation, K,
                                         n_species)
         self.down = _linear(K, K)
@@ -212,7 +216,12 @@ class Interaction(nn.Module):
         S = torch.cat(S, dim=1)
         terms = S.index_select(1, self.src) * self.coef.to(S.dtype)[:, None]
         A = S.new_zeros(N, D, K).index_add_(1, self.dst, terms).transpose(0, 1)  # (D, N, K)
-        A = torch.bmm(A * inv_neighbors, self.mix[self.lidx])
+        A = A * inv_neighbors
+        if self.mix.dim() == 4:  # per element of the centre: one map each, masked
+            A = sum(onehot[:, z][None, :, None] * torch.bmm(A, self.mix[z][self.lidx])
+                    for z in range(self.mix.shape[0]))
+        else:
+            A = torch.bmm(A, self.mix[self.lidx])
         B = self.product(A, species).transpose(0, 1)  # (N, (l_out+1)**2, K)
         S_ = onehot.shape[1]
         n_skip = len(self.skip_l) + 1
@@ -235,6 +244,8 @@ class MPNNModule(nn.Module):
         Cutoff, Angstrom.
     n_radial, l_max, n_channels, correlation, n_interactions, radial_width, hidden_l : int
         See :class:`~ml4m.models.mpnn.MPNN`.
+    element_mix : bool
+        See :class:`~ml4m.models.mpnn.MPNN`.
     stats : dict or None
         ``e0`` (n_species,) eV, ``shift`` eV, ``scale`` eV/Angstrom, ``avg_neighbors``;
         None leaves placeholders to be filled from a saved state dict.
@@ -242,7 +253,8 @@ class MPNNModule(nn.Module):
 
     def __init__(self, n_species: int, r_max: float, n_radial: int, l_max: int,
                  n_channels: int, correlation: int, n_interactions: int, radial_width: int,
-                 stats: dict[str, Any] | None = None, hidden_l: int = 0) -> None:
+                 stats: dict[str, Any] | None = None, hidden_l: int = 0,
+                 element_mix: bool = False) -> None:
         super().__init__()
         self.n_species, self.l_max = n_species, l_max
         stats = stats or {"e0": np.zeros(n_species), "shift": 0.0, "scale": 1.0,
@@ -256,7 +268,8 @@ class MPNNModule(nn.Module):
         self.interactions = nn.ModuleList(
             Interaction(n_channels, n_species, l_max, n_radial, radial_width, correlation,
                         l_in=hidden_l if t > 0 else 0,
-                        l_out=hidden_l if t < n_interactions - 1 else 0)
+                        l_out=hidden_l if t < n_interactions - 1 else 0,
+                        element_mix=element_mix and t == 0)
             for t in range(n_interactions))
         self.readouts = nn.ModuleList(_linear(n_channels, 1) for _ in range(n_interactions - 1))
         self.hidden = _linear(n_channels, READOUT_HIDDEN)
