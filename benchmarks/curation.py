@@ -1,4 +1,4 @@
-"""Curated against random training subsets: test force error of the same linear ACE fit.
+"""Curated against random training subsets: test force error of the same fit.
 
 For one pool and one test set: the pool's frame features are computed once
 (:func:`ml4m.md.curation.pool_features`, the model's own ACE descriptor); each selector
@@ -7,7 +7,11 @@ deterministic: one run); a linear ACE potential (the model ``ml4m fit --model ac
 builds, with the ``--ace`` descriptor settings and ``--uncertainty``) is fitted on the
 subset and its energy and force MAE measured on the test set, the force MAE also per
 ``config_type`` of the test frames (the worst type shows whether rare configurations
-are covered). Rows are appended to a
+are covered). With ``--model mpnn`` (or ``bpnn``) the subset is fitted instead by ``ml4m
+fit --model KIND --train SUBSET --seed SEED`` with default flags and no valid file (a
+network has far more parameters than a 10% subset has force rows: the data-limited
+regime), ``--jobs`` fits at a time, one thread each; ``cur`` and ``doptimal`` are then run
+for every seed too (the fit's seed changes). Rows are appended to a
 JSON file as they finish, so a rerun of the same command resumes.
 
 Usage::
@@ -17,6 +21,8 @@ Usage::
     .venv/bin/python benchmarks/curation.py --name bpa_xtb \\
         --pool ../shared/data/bpa_xtb/train.extxyz --test ../shared/data/bpa_xtb/valid.extxyz \\
         --ace '{"total_degree": 6}' --uncertainty posterior
+    .venv/bin/python benchmarks/curation.py --name bpa_xtb_mpnn --model mpnn --jobs 2 \
+        --pool ../shared/data/bpa_xtb/train.extxyz --test ../shared/data/bpa_xtb/valid.extxyz
     .venv/bin/python benchmarks/curation.py --table      # markdown table of every result
 
 Writes ``benchmarks/results/curation_<name>.json``.
@@ -26,7 +32,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +47,40 @@ METHODS = ("fps", "cur", "density", "doptimal", "random")
 DETERMINISTIC = ("cur", "doptimal")
 
 
-def _fit_and_test(train, test, species, ace: dict, uncertainty: str) -> dict:
+def _fit_linear(train, species, ace: dict, uncertainty: str):
+    """The linear ACE of ``ml4m fit --model ace`` with these descriptor settings, fitted."""
     from ml4m.descriptors import make_descriptor
     from ml4m.models.linear import LinearACE
+
+    return LinearACE(make_descriptor("ace", species, **ace), uncertainty=uncertainty).fit(train)
+
+
+def _fit_cli(train, kind: str, seed: int, max_minutes: float | None):
+    """``ml4m fit --model KIND --train SUBSET --seed SEED [--max-minutes M]`` (default
+    flags otherwise, one thread) in a fresh process; the fitted model."""
+    import ase.io
+
+    import ml4m
+
+    with tempfile.TemporaryDirectory(prefix="ml4m_curation_") as tmp:
+        subset = Path(tmp) / "subset.extxyz"
+        ase.io.write(subset, [f.to_atoms(with_labels=True) for f in train])
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-m", "ml4m", "fit", "--model", kind, "--train",
+                               str(subset), "--seed", str(seed), "-o", f"{tmp}/model.ml4m",
+                               *(["--max-minutes", str(max_minutes)] if max_minutes else [])],
+                              env=env, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"ml4m fit --model {kind} failed: {proc.stderr[-2000:]}")
+        return ml4m.load(f"{tmp}/model.ml4m")
+
+
+def _fit_and_test(train, test, species, args, seed: int) -> dict:
     from ml4m.models.metrics import error_metrics
 
-    model = LinearACE(make_descriptor("ace", species, **ace), uncertainty=uncertainty)
     t0 = time.perf_counter()
-    model.fit(train)
+    model = (_fit_linear(train, species, json.loads(args.ace), args.uncertainty)
+             if args.model == "ace" else _fit_cli(train, args.model, seed, args.max_minutes))
     fit_s = time.perf_counter() - t0
     pred = model.predict(test, uncertainty=False)
     err = error_metrics(pred, test)
@@ -71,22 +108,33 @@ def run(args: argparse.Namespace) -> None:
     feats = pool_features(args.pool, make_descriptor("ace", species, **ace), n_jobs=args.n_jobs)
     record.update(name=args.name, pool=str(args.pool), test=str(args.test), n_pool=len(pool),
                   n_test=len(test), fraction=args.fraction, ace=ace, uncertainty=args.uncertainty,
-                  n_features=int(feats.features.shape[1]),
+                  model=args.model, n_features=int(feats.features.shape[1]),
                   feature_seconds=time.perf_counter() - t0)
     n = resolve_n_select(args.fraction, len(pool))
+    once = DETERMINISTIC if args.model == "ace" else ()  # a network's fit has a seed
+    tasks = []
     for method in args.methods:
-        for seed in (args.seeds[:1] if method in DETERMINISTIC else args.seeds):
+        for seed in (args.seeds[:1] if method in once else args.seeds):
             if (method, seed) in done:
                 continue
             t1 = time.perf_counter()
             sel = select(feats, n, method, seed=seed)
-            select_s = time.perf_counter() - t1
-            row = {"method": method, "seed": seed, "n_selected": n, "select_seconds": select_s,
-                   **_fit_and_test([pool[int(i)] for i in sel.indices], test, species, ace,
-                                   args.uncertainty)}
-            record["rows"].append(row)
-            out.write_text(json.dumps(record, indent=1))
-            print(json.dumps(row), flush=True)
+            tasks.append(({"method": method, "seed": seed, "n_selected": n,
+                           "select_seconds": time.perf_counter() - t1}, sel.indices))
+
+    def fit(task):
+        row, indices = task
+        return {**row, **_fit_and_test([pool[int(i)] for i in indices], test, species, args,
+                                       row["seed"])}
+
+    # network fits are processes; linear fits run here, one at a time
+    with ThreadPoolExecutor(args.jobs if args.model != "ace" else 1) as workers:
+        for future in as_completed([workers.submit(fit, t) for t in tasks]):
+            record["rows"].append(future.result())
+            tmp = out.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            tmp.replace(out)
+            print(json.dumps(record["rows"][-1]), flush=True)
 
 
 def table() -> str:
@@ -128,7 +176,12 @@ def main() -> None:
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     p.add_argument("--ace", default="{}", help="ACE settings as JSON (default: fit's defaults)")
     p.add_argument("--uncertainty", default="calibrated", choices=["calibrated", "posterior"])
-    p.add_argument("--n-jobs", type=int, default=1)
+    p.add_argument("--model", default="ace", choices=["ace", "mpnn", "bpnn"],
+                   help="ace: linear ACE in this process; mpnn, bpnn: `ml4m fit` defaults")
+    p.add_argument("--n-jobs", type=int, default=1, help="threads of the pool's descriptors")
+    p.add_argument("--jobs", type=int, default=1, help="fits at once (mpnn, bpnn)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="budget of each network fit (default: the fit's default steps)")
     p.add_argument("--table", action="store_true", help="print the table of all results")
     args = p.parse_args()
     if args.table:
