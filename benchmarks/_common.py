@@ -80,6 +80,18 @@ def notes_below_table(path: Path) -> list[str]:
     return text[end:]
 
 
+def calculator_errors(calc, frames) -> tuple[np.ndarray, np.ndarray]:
+    """Errors of an ASE calculator on labelled ASE frames: energy per atom (eV/atom, one
+    per frame) and forces (eV/A, all atoms stacked)."""
+    de, df = [], []
+    for ref in frames:
+        atoms = ref.copy()
+        atoms.calc = calc
+        de.append((atoms.get_potential_energy() - ref.get_potential_energy()) / len(ref))
+        df.append(atoms.get_forces() - ref.get_forces())
+    return np.array(de), np.concatenate(df)
+
+
 class PeerModel:
     """A peer's model file as an ASE calculator (``mace``: ``MACECalculator`` in
     float32, the dtype ``mace_peer.py`` trains and times it in)."""

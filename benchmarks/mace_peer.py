@@ -175,14 +175,9 @@ def evaluate(args, train_info: dict, out_json: Path) -> None:
 
     torch.set_num_threads(args.speed_threads)
     calc = MACECalculator(model_paths="mace.model", device="cpu", default_dtype="float32")
-    valid = ase.io.read(SHARED / args.set / "valid.extxyz", ":")
-    de, df = [], []
-    for a in valid:
-        b = a.copy()
-        b.calc = calc
-        de.append((b.get_potential_energy() - a.get_potential_energy()) / len(a))
-        df.append(b.get_forces() - a.get_forces())
-    df = np.concatenate(df)
+    from _common import calculator_errors
+
+    de, df = calculator_errors(calc, ase.io.read(SHARED / args.set / "valid.extxyz", ":"))
     speed = {}
     for reps in ((3, 6) if args.set == "cu_emt" else ()):  # throughput on fcc Cu cells
         atoms = bulk("Cu", cubic=True, a=3.61).repeat(reps)

@@ -49,7 +49,8 @@ HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
-from _common import PeerModel, notes_below_table, parse_peers, run_json  # noqa: E402
+from _common import (PeerModel, calculator_errors, notes_below_table,  # noqa: E402
+                     parse_peers, run_json)
 
 #: ``ml4m data generate`` arguments of each crystalline out-of-distribution group
 GENERATE = {
@@ -175,15 +176,8 @@ def score_peer(peer: PeerModel, path: Path) -> dict:
     import ase.io
     import numpy as np
 
-    calc = peer.as_calculator()
-    de, df = [], []
     frames = ase.io.read(path, ":")
-    for ref in frames:
-        atoms = ref.copy()
-        atoms.calc = calc
-        de.append((atoms.get_potential_energy() - ref.get_potential_energy()) / len(ref))
-        df.append(atoms.get_forces() - ref.get_forces())
-    df = np.concatenate(df)
+    de, df = calculator_errors(peer.as_calculator(), frames)
     return {"n_frames": len(frames), "force_mae": float(np.mean(np.abs(df)) * 1000),
             "force_rmse": float(np.sqrt(np.mean(df ** 2)) * 1000),
             "energy_mae": float(np.mean(np.abs(de)) * 1000),
