@@ -94,13 +94,12 @@ def calculator_errors(calc, frames) -> tuple[np.ndarray, np.ndarray]:
 
 class PeerModel:
     """A peer's model file as an ASE calculator (``mace``: ``MACECalculator`` in
-    float32, the dtype ``mace_peer.py`` trains and times it in)."""
+    float32, the dtype ``mace_peer.py`` trains and times it in). ``kind`` is one of
+    ``KINDS`` (:func:`parse_peers` checks the command line)."""
 
     KINDS = ("mace",)
 
     def __init__(self, kind: str, path: Path) -> None:
-        if kind not in self.KINDS:
-            raise SystemExit(f"--peer: unknown peer {kind!r}; known: {', '.join(self.KINDS)}")
         self.kind, self.path = kind, path
 
     def as_calculator(self):

@@ -40,7 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 sys.path.insert(0, str(HERE))
-from md_stability import PeerModel  # noqa: E402
+from _common import PeerModel  # noqa: E402
 
 #: the reference settings of the shared sets (their README.md)
 REFERENCE_SETTINGS = {"xtb": {"accuracy": 0.1, "electronic_temperature": 300.0}}

@@ -21,7 +21,7 @@ Usage::
     .venv/bin/python benchmarks/curation.py --name bpa_xtb \\
         --pool ../shared/data/bpa_xtb/train.extxyz --test ../shared/data/bpa_xtb/valid.extxyz \\
         --ace '{"total_degree": 6}' --uncertainty posterior
-    .venv/bin/python benchmarks/curation.py --name bpa_xtb_mpnn --model mpnn --jobs 2 \
+    .venv/bin/python benchmarks/curation.py --name bpa_xtb_mpnn --model mpnn --jobs 2 \\
         --pool ../shared/data/bpa_xtb/train.extxyz --test ../shared/data/bpa_xtb/valid.extxyz
     .venv/bin/python benchmarks/curation.py --table      # markdown table of every result
 
@@ -75,11 +75,11 @@ def _fit_cli(train, kind: str, seed: int, max_minutes: float | None):
         return ml4m.load(f"{tmp}/model.ml4m")
 
 
-def _fit_and_test(train, test, species, args, seed: int) -> dict:
+def _fit_and_test(train, test, species, ace: dict, args, seed: int) -> dict:
     from ml4m.models.metrics import error_metrics
 
     t0 = time.perf_counter()
-    model = (_fit_linear(train, species, json.loads(args.ace), args.uncertainty)
+    model = (_fit_linear(train, species, ace, args.uncertainty)
              if args.model == "ace" else _fit_cli(train, args.model, seed, args.max_minutes))
     fit_s = time.perf_counter() - t0
     pred = model.predict(test, uncertainty=False)
@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> None:
 
     def fit(task):
         row, indices = task
-        return {**row, **_fit_and_test([pool[int(i)] for i in indices], test, species, args,
-                                       row["seed"])}
+        return {**row, **_fit_and_test([pool[int(i)] for i in indices], test, species, ace,
+                                       args, row["seed"])}
 
     # network fits are processes; linear fits run here, one at a time
     with ThreadPoolExecutor(args.jobs if args.model != "ace" else 1) as workers:

@@ -111,7 +111,7 @@ def run_set(name: str, args) -> dict:
 
 
 def _bound(scores: dict) -> str:
-    """`` (of at most X)`` where the row has the attainable Spearman (rows since session 25)."""
+    """`` (of X)``, X the attainable Spearman, where the row has it (rows since session 25)."""
     return f" (of {scores['attainable']:.2f})" if scores.get("attainable") is not None else ""
 
 

@@ -25,7 +25,7 @@ on the same frames through its own ASE calculator (force and energy MAE, force R
 predicts no sigma). Run the script with the peer venv's Python and ml4m's sources on the
 path for that (the groups must be cached already: generating them needs ml4m's venv)::
 
-    PYTHONPATH=src /work/peers/mace/bin/python benchmarks/ood.py --sets bpa_xtb --kinds \
+    PYTHONPATH=src /work/peers/mace/bin/python benchmarks/ood.py --sets bpa_xtb --kinds \\
         --peer bpa_xtb/mace=/tmp/ml4m_mace/bpa_xtb/mace.model
 
 Usage::
@@ -170,14 +170,14 @@ def score(model: Path, path: Path) -> dict:
             "rmse_over_sigma": unc.get("force_rmse_over_sigma")}
 
 
-def score_peer(peer: PeerModel, path: Path) -> dict:
-    """Force and energy errors of a peer's calculator on the frames of ``path`` (the
+def score_peer(calc, path: Path) -> dict:
+    """Force and energy errors of a peer's ASE calculator on the frames of ``path`` (the
     figures :func:`score` gives, without the sigma's)."""
     import ase.io
     import numpy as np
 
     frames = ase.io.read(path, ":")
-    de, df = calculator_errors(peer.as_calculator(), frames)
+    de, df = calculator_errors(calc, frames)
     return {"n_frames": len(frames), "force_mae": float(np.mean(np.abs(df)) * 1000),
             "force_rmse": float(np.sqrt(np.mean(df ** 2)) * 1000),
             "energy_mae": float(np.mean(np.abs(de)) * 1000),
@@ -211,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         for (peer_set, kind), path in args.peer.items():
             if peer_set != system:
                 continue
+            calc = PeerModel(kind, path).as_calculator()  # loaded once for every group
             for name, frames in files.items():
                 rows.append({"set": system, "model": kind, "group": name,
-                             **score_peer(PeerModel(kind, path), frames)})
+                             **score_peer(calc, frames)})
                 print(json.dumps(rows[-1]), flush=True)
     write(rows, args, argv)
     return 0
