@@ -80,7 +80,8 @@ def _squeezed_cu():
 def network(request, mpnn):
     """A small network of each exportable kind, with structures to trace and to run; the
     MPNN with its repulsive core (as ``ml4m fit`` saves it), run where the core acts; and
-    an MPNN with per-element channel maps on molecules that lack an element."""
+    an MPNN with per-element and per-path channel maps on molecules that lack an
+    element."""
     if request.param == "mpnn":
         return mpnn, *_cu()
     if request.param == "mpnn_element_mix":
@@ -88,7 +89,8 @@ def network(request, mpnn):
 
         trace, run = _molecules()
         model = MPNN(r_max=4.0, n_radial=4, l_max=2, n_channels=4, correlation=2,
-                     radial_mlp=8, element_mix=True, seed=0, dtype="float64")
+                     radial_mlp=8, element_mix=True, path_mix=True, seed=0,
+                     dtype="float64")
         model.prepare(trace + run)
         return model, trace, run
     if request.param == "mpnn+core":

@@ -55,14 +55,17 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module", params=[(0, False), (1, False), (1, True)],
-                ids=["scalar_states", "vector_states", "element_mix"])
+@pytest.fixture(scope="module",
+                params=[{"hidden_l": 0}, {"hidden_l": 1}, {"hidden_l": 1, "element_mix": True},
+                        {"hidden_l": 1, "element_mix": True, "path_mix": True,
+                         "radial_depth": 3}],
+                ids=["scalar_states", "vector_states", "element_mix", "path_mix"])
 def model(request) -> MPNN:
-    """Untrained models whose interactions pass scalars, or scalars and vectors, and
-    one whose first interaction mixes channels per element."""
+    """Untrained models whose interactions pass scalars, or scalars and vectors, one
+    whose first interaction mixes channels per element, and one that also mixes the
+    coupling paths of each degree and has three hidden radial layers."""
     frames = [_labelled(_cuau(), 0), _labelled(_molecule(), 1)]
-    hidden_l, element_mix = request.param
-    return MPNN(**SMALL, hidden_l=hidden_l, element_mix=element_mix, seed=1).prepare(frames)
+    return MPNN(**SMALL, **request.param, seed=1).prepare(frames)
 
 
 def _rotation(seed: int) -> np.ndarray:
@@ -197,6 +200,29 @@ def test_element_mix_maps_channels_by_the_centres_element():
     assert after[0] == before[0] and abs(after[1] - before[1]) > 1e-6
 
 
+def test_path_mix_with_equal_maps_per_path_equals_summed_paths():
+    """A path-resolved map that repeats one ``K x K`` map for every path to a degree
+    equals summing the paths and mixing with that map: the path_mix model then predicts
+    what the default model with those maps does (float64)."""
+    frames = [_labelled(_cuau(), 0), _labelled(_molecule(), 1)]
+    plain = MPNN(**SMALL, seed=1).prepare(frames)
+    paths = MPNN(**SMALL, path_mix=True, seed=1).prepare(frames)
+    layer, target = plain.module_.interactions[1], paths.module_.interactions[1]
+    assert target.path_mix and max(target.paths_per_l3) > 1
+    with torch.no_grad():
+        for name, tensor in plain.module_.state_dict().items():
+            if ".mix" not in name:
+                paths.module_.state_dict()[name].copy_(tensor)
+        for l3, n in enumerate(target.paths_per_l3):
+            target.mix[l3].copy_(layer.mix[l3].repeat(n, 1))
+        paths.module_.interactions[0].mix.copy_(plain.module_.interactions[0].mix)
+    np.testing.assert_allclose(paths.predict(frames).forces, plain.predict(frames).forces,
+                               rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        target.mix[1][: SMALL["n_channels"]].mul_(2.0)  # weigh the first path to l3 = 1 apart
+    assert np.abs(paths.predict(frames).forces - plain.predict(frames).forces).max() > 1e-8
+
+
 def test_a_file_written_before_vector_states_loads_as_scalar_states(tmp_path):
     """A version-1 file has no ``hidden_l``: it loads with scalar states, predictions
     unchanged."""
@@ -213,12 +239,14 @@ def test_a_file_written_before_vector_states_loads_as_scalar_states(tmp_path):
             if item == "meta.json":
                 meta = json.loads(data)
                 del meta["params"]["hyper"]["hidden_l"]
-                del meta["params"]["hyper"]["element_mix"]
+                for key in ("element_mix", "path_mix", "radial_depth"):
+                    del meta["params"]["hyper"][key]
                 meta["state_version"] = 1
                 data = json.dumps(meta)
             dst.writestr(item, data)
     loaded = ml4m.load(old)
-    assert loaded.hidden_l == 0 and loaded.element_mix is False
+    assert loaded.hidden_l == 0 and loaded.element_mix is False and loaded.path_mix is False
+    assert loaded.radial_depth == 2
     np.testing.assert_array_equal(loaded.predict(frames).forces, model.predict(frames).forces)
 
 

@@ -45,7 +45,9 @@ class MPNN(TorchPotential):
     n_interactions : int, default=2
         Message-passing steps (receptive field ``n_interactions * r_max``).
     radial_mlp : int, default=64
-        Width of the two hidden layers of the radial MLP.
+        Width of the hidden layers of the radial MLP.
+    radial_depth : int, default=2
+        Hidden layers of the radial MLP (MACE: 3).
     hidden_l : int, default=1
         Largest degree of the atom states passed between interactions (0: scalars;
         1: scalars and vectors, as MACE's ``32x0e + 32x1o``); at most ``l_max``.
@@ -53,6 +55,11 @@ class MPNN(TorchPotential):
         Mix the first interaction's density channels with weights of the centre's
         element (one ``K x K`` map per element and degree instead of one per degree), as
         MACE's first interaction does.
+    path_mix : bool, default=False
+        Keep the coupling paths that reach each degree of the density apart and mix them
+        with the channels (one ``n_paths * K x K`` map per degree, as MACE's linear map
+        after its convolution; only interactions that receive vectors have several
+        paths per degree).
     seed : int, default=0
         Seed of the initial weights.
     device : {'cpu', 'cuda'}, default='cpu'
@@ -66,15 +73,16 @@ class MPNN(TorchPotential):
     param_checks: ClassVar[dict[str, Any]] = {
         "r_max": float_from(0.0, low_open=True), "n_radial": int_from(1),
         "l_max": int_from(0, 6), "n_channels": int_from(1), "correlation": int_from(1, 3),
-        "n_interactions": int_from(1), "radial_mlp": int_from(1), "hidden_l": int_from(0, 6),
-        "element_mix": check_bool, "seed": int_from(0),
+        "n_interactions": int_from(1), "radial_mlp": int_from(1), "radial_depth": int_from(1),
+        "hidden_l": int_from(0, 6), "element_mix": check_bool, "path_mix": check_bool,
+        "seed": int_from(0),
         "device": one_of("cpu", "cuda"), "dtype": one_of(*DTYPES),
     }
 
     def __init__(self, r_max: float = 5.0, n_radial: int = 8, l_max: int = 3,
                  n_channels: int = 32, correlation: int = 3, n_interactions: int = 2,
-                 radial_mlp: int = 64, hidden_l: int = 1, element_mix: bool = False,
-                 seed: int = 0,
+                 radial_mlp: int = 64, radial_depth: int = 2, hidden_l: int = 1,
+                 element_mix: bool = False, path_mix: bool = False, seed: int = 0,
                  device: str = "cpu", dtype: str = "float32") -> None:
         self.r_max = r_max
         self.n_radial = n_radial
@@ -83,8 +91,10 @@ class MPNN(TorchPotential):
         self.correlation = correlation
         self.n_interactions = n_interactions
         self.radial_mlp = radial_mlp
+        self.radial_depth = radial_depth
         self.hidden_l = hidden_l
         self.element_mix = element_mix
+        self.path_mix = path_mix
         self.seed = seed
         self.device = device
         self.dtype = dtype
@@ -93,10 +103,12 @@ class MPNN(TorchPotential):
     def from_state(cls, params: dict[str, Any], arrays: dict[str, Any]) -> MPNN:
         """Rebuild from :meth:`get_state`; a state of version 1 (written before
         ``hidden_l`` existed) passed scalar states between interactions, and a state
-        written before ``element_mix`` existed mixed channels without it."""
+        written before ``element_mix``, ``path_mix`` or ``radial_depth`` existed had
+        neither map and two hidden radial layers."""
         hyper = params.get("hyper") if isinstance(params, dict) else None
         if isinstance(hyper, dict):
-            params = {**params, "hyper": {"hidden_l": 0, "element_mix": False, **hyper}}
+            params = {**params, "hyper": {"hidden_l": 0, "element_mix": False,
+                                          "path_mix": False, "radial_depth": 2, **hyper}}
         return super().from_state(params, arrays)
 
     @property
@@ -119,4 +131,5 @@ class MPNN(TorchPotential):
             return MPNNModule(len(self.species_), self.r_max, self.n_radial, self.l_max,
                               self.n_channels, self.correlation, self.n_interactions,
                               self.radial_mlp, stats=getattr(self, "stats_", None),
-                              hidden_l=self.hidden_l, element_mix=self.element_mix)
+                              hidden_l=self.hidden_l, element_mix=self.element_mix,
+                              path_mix=self.path_mix, radial_depth=self.radial_depth)

@@ -14,7 +14,9 @@ One interaction ``t`` updates it:
    edge harmonics and ``C`` the real Clebsch-Gordan coefficients scaled to
    orthonormal rows (``l x 0 -> l`` is the identity); then channels are mixed within
    each degree ``l3`` (with ``element_mix``, by weights of the centre's element in the
-   first interaction, as MACE's first interaction does);
+   first interaction, as MACE's first interaction does; with ``path_mix``, the paths to
+   ``l3`` are kept apart and mixed with the channels, ``n_paths(l3) * K -> K``, as
+   MACE's linear map after its convolution does);
 2. product basis ``B = SymmetricProduct(A)`` (body order up to ``correlation + 1``,
    per-element weights), coupled to the degrees the next state holds;
 3. ``h <- W_out B + W_skip (h x onehot(z))`` per degree (a per-element residual).
@@ -58,11 +60,13 @@ def _linear(n_in: int, n_out: int, gain: float = 1.0) -> nn.Linear:
     return layer
 
 
-def _radial_mlp(n_radial: int, width: int, n_out: int) -> nn.Sequential:
-    """Bias-free MLP of the radial basis: zero input (beyond the cutoff) gives zero."""
-    return nn.Sequential(_linear(n_radial, width), nn.SiLU(),
-                         _linear(width, width, SILU_GAIN), nn.SiLU(),
-                         _linear(width, n_out, SILU_GAIN))
+def _radial_mlp(n_radial: int, width: int, n_out: int, depth: int = 2) -> nn.Sequential:
+    """Bias-free MLP of the radial basis with ``depth`` hidden layers of ``width``: zero
+    input (beyond the cutoff) gives zero."""
+    layers: list[nn.Module] = [_linear(n_radial, width), nn.SiLU()]
+    for _ in range(depth - 1):
+        layers += [_linear(width, width, SILU_GAIN), nn.SiLU()]
+    return nn.Sequential(*layers, _linear(width, n_out, SILU_GAIN))
 
 
 def neighbour_slots(i: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, int]:
@@ -108,7 +112,8 @@ class _Convolution:
     ``S_l1[i, m1, c, k] = sum_j Y_{l1 m1}(r_ij) X[j, c, k]`` run over that ``l1``'s
     blocks (``groups``: ``(l1, first block, end block)``); the flattened ``S_l1`` are
     concatenated and coupled to the density by ``A[l3 m3] += coef * S[src]`` at rows
-    ``dst``.
+    ``dst`` (paths of one ``l3`` summed), or at rows ``dst_path`` of a density that keeps
+    each ``l3``'s paths apart (``paths_per_l3`` of them) for a channel map across paths.
     """
 
     def __init__(self, l_max: int, l_in: int) -> None:
@@ -130,15 +135,22 @@ class _Convolution:
                         for n in [self.blocks[k][2]])
             offset[l1] = (row, col, width)
             row, col = row + (2 * l1 + 1) * width, col + width
-        src, dst, coef = [], [], []
+        # paths per density degree l3, and each path's rank among those of its l3
+        self.paths_per_l3 = [sum(p[2] == l3 for p in paths) for l3 in range(l_max + 1)]
+        l3_start = np.cumsum([0] + [n * (2 * l3 + 1) for l3, n in enumerate(self.paths_per_l3)])
+        src, dst, dst_path, coef = [], [], [], []
         first_col = np.cumsum([0] + [2 * l2 + 1 for _, l2, _ in paths])
         for p, (l1, l2, l3) in enumerate(paths):
             start, first, width = offset[l1]
+            rank = sum(q[2] == l3 for q in paths[:p])
             for a, b, m, c in _coupling(l1, l2, l3):
                 src.append(start + a * width + first_col[p] - first + b)
                 dst.append(l3 * l3 + m)
+                dst_path.append(l3_start[l3] + rank * (2 * l3 + 1) + m)
                 coef.append(c * math.sqrt(2 * l3 + 1))
         self.src, self.dst, self.coef = np.array(src), np.array(dst), np.array(coef)
+        #: rows of a density that keeps the paths apart: per l3, (path, m3) path-major
+        self.dst_path = np.array(dst_path)
 
 
 class Interaction(nn.Module):
@@ -149,17 +161,27 @@ class Interaction(nn.Module):
 
     def __init__(self, n_channels: int, n_species: int, l_max: int, n_radial: int,
                  radial_width: int, correlation: int, l_in: int = 0, l_out: int = 0,
-                 element_mix: bool = False) -> None:
+                 element_mix: bool = False, path_mix: bool = False,
+                 radial_depth: int = 2) -> None:
         super().__init__()
         K, L = n_channels, l_max + 1
         conv = _Convolution(l_max, l_in)
         self.shape = (K, L, conv.n_paths)
         self.groups = conv.groups
         self.up = _linear(K, K)
-        self.radial = _radial_mlp(n_radial, radial_width, K * conv.n_paths)
-        # (L, K, K), or (n_species, L, K, K) with one map per element of the centre
+        self.radial = _radial_mlp(n_radial, radial_width, K * conv.n_paths, radial_depth)
+        # (L, K, K), or (n_species, L, K, K) with one map per element of the centre;
+        # with path_mix and several paths to a degree, one (paths * K, K) map per degree
         mix_shape = (n_species, L, K, K) if element_mix else (L, K, K)
-        self.mix = nn.Parameter(torch.randn(mix_shape) / math.sqrt(K))
+        self.paths_per_l3 = conv.paths_per_l3
+        self.n_path_rows = sum(n * (2 * l + 1) for l, n in enumerate(conv.paths_per_l3))
+        self.path_mix = path_mix and max(conv.paths_per_l3) > 1
+        if self.path_mix:
+            self.mix = nn.ParameterList(
+                nn.Parameter(torch.randn(mix_shape[:-3] + (n * K, K)) / math.sqrt(n * K))
+                for n in conv.paths_per_l3)
+        else:
+            self.mix = nn.Parameter(torch.randn(mix_shape) / math.sqrt(K))
         self.product = SymmetricProduct(l_max, tuple(range(l_out + 1)), correlation, K,
                                         n_species)
         self.down = _linear(K, K)
@@ -175,7 +197,7 @@ class Interaction(nn.Module):
         self.blocks = conv.blocks
         lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
         self.register_buffer("lidx", torch.as_tensor(lidx), persistent=False)
-        for name in ("src", "dst", "coef"):
+        for name in ("src", "dst", "dst_path", "coef"):
             self.register_buffer(name, torch.as_tensor(getattr(conv, name)), persistent=False)
 
     @staticmethod
@@ -186,6 +208,25 @@ class Interaction(nn.Module):
         blocks = [h[:, :1] @ first.T]
         blocks += [h[:, l * l:(l + 1) ** 2] @ rest[l - 1] for l in range(1, n_l)]
         return torch.cat(blocks, dim=1)
+
+    def _mix_paths(self, A: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """Density (D, N, K) from a path-resolved one (N, rows, K) (rows ``dst_path``):
+        per degree ``l3`` one map from its paths' channels to ``K`` channels (one per
+        element of the centre when the maps have a leading element axis)."""
+        N, K = A.shape[0], A.shape[2]
+        out, row = [], 0
+        for l3, n in enumerate(self.paths_per_l3):
+            size = n * (2 * l3 + 1)
+            block = A[:, row:row + size].reshape(N, n, 2 * l3 + 1, K).permute(2, 0, 1, 3)
+            block = block.reshape(2 * l3 + 1, N, n * K)
+            weight = self.mix[l3]
+            if weight.dim() == 3:  # per element of the centre, masked
+                out.append(sum(onehot[:, z][None, :, None] * (block @ weight[z])
+                               for z in range(weight.shape[0])))
+            else:
+                out.append(block @ weight)
+            row += size
+        return torch.cat(out, dim=0)
 
     def forward(self, h: torch.Tensor, onehot: torch.Tensor, species: torch.Tensor,
                 basis: torch.Tensor, Y_padded: torch.Tensor, j_padded: torch.Tensor,
@@ -215,13 +256,17 @@ class Interaction(nn.Module):
             S.append(torch.cat(sums, dim=2).view(N, -1, K))
         S = torch.cat(S, dim=1)
         terms = S.index_select(1, self.src) * self.coef.to(S.dtype)[:, None]
-        A = S.new_zeros(N, D, K).index_add_(1, self.dst, terms).transpose(0, 1)  # (D, N, K)
-        A = A * inv_neighbors
-        if self.mix.dim() == 4:  # per element of the centre: one map each, masked
-            A = sum(onehot[:, z][None, :, None] * torch.bmm(A, self.mix[z][self.lidx])
-                    for z in range(self.mix.shape[0]))
+        if self.path_mix:
+            A = S.new_zeros(N, self.n_path_rows, K).index_add_(1, self.dst_path, terms)
+            A = self._mix_paths(A * inv_neighbors, onehot)
         else:
-            A = torch.bmm(A, self.mix[self.lidx])
+            A = S.new_zeros(N, D, K).index_add_(1, self.dst, terms).transpose(0, 1)  # (D, N, K)
+            A = A * inv_neighbors
+            if self.mix.dim() == 4:  # per element of the centre: one map each, masked
+                A = sum(onehot[:, z][None, :, None] * torch.bmm(A, self.mix[z][self.lidx])
+                        for z in range(self.mix.shape[0]))
+            else:
+                A = torch.bmm(A, self.mix[self.lidx])
         B = self.product(A, species).transpose(0, 1)  # (N, (l_out+1)**2, K)
         S_ = onehot.shape[1]
         n_skip = len(self.skip_l) + 1
@@ -244,8 +289,10 @@ class MPNNModule(nn.Module):
         Cutoff, Angstrom.
     n_radial, l_max, n_channels, correlation, n_interactions, radial_width, hidden_l : int
         See :class:`~ml4m.models.mpnn.MPNN`.
-    element_mix : bool
+    element_mix, path_mix : bool
         See :class:`~ml4m.models.mpnn.MPNN`.
+    radial_depth : int
+        Hidden layers of the radial MLPs.
     stats : dict or None
         ``e0`` (n_species,) eV, ``shift`` eV, ``scale`` eV/Angstrom, ``avg_neighbors``;
         None leaves placeholders to be filled from a saved state dict.
@@ -254,7 +301,8 @@ class MPNNModule(nn.Module):
     def __init__(self, n_species: int, r_max: float, n_radial: int, l_max: int,
                  n_channels: int, correlation: int, n_interactions: int, radial_width: int,
                  stats: dict[str, Any] | None = None, hidden_l: int = 0,
-                 element_mix: bool = False) -> None:
+                 element_mix: bool = False, path_mix: bool = False,
+                 radial_depth: int = 2) -> None:
         super().__init__()
         self.n_species, self.l_max = n_species, l_max
         stats = stats or {"e0": np.zeros(n_species), "shift": 0.0, "scale": 1.0,
@@ -269,7 +317,8 @@ class MPNNModule(nn.Module):
             Interaction(n_channels, n_species, l_max, n_radial, radial_width, correlation,
                         l_in=hidden_l if t > 0 else 0,
                         l_out=hidden_l if t < n_interactions - 1 else 0,
-                        element_mix=element_mix and t == 0)
+                        element_mix=element_mix and t == 0, path_mix=path_mix,
+                        radial_depth=radial_depth)
             for t in range(n_interactions))
         self.readouts = nn.ModuleList(_linear(n_channels, 1) for _ in range(n_interactions - 1))
         self.hidden = _linear(n_channels, READOUT_HIDDEN)
