@@ -47,6 +47,9 @@ def _snapshot(path):
      "{d}/train.extxyz.ml4m"],                                          # model is an input
     ["fit", "--train", "{d}/train.extxyz", "--valid", "{d}/metrics.json", "-o", "{d}/m"],
     ["fit", "--train", "{d}/train.extxyz", "-o", "{d}/notes.txt/m.ml4m"],
+    ["fit", "--train", "{d}/train.extxyz", "-o", "{d}/"],              # a folder, not a file
+    ["fit", "--train", "{d}/train.extxyz", "-o", "{d}"],
+    ["fit", "--train", "{d}/train.extxyz", "-o", "{d}/new/"],          # names no file
 ])
 def test_output_that_would_destroy_an_input_is_refused_before_work(capsys, folder, argv):
     before = _snapshot(folder.parent)

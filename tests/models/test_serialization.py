@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from ml4m.errors import DataError
-from ml4m.models.serialization import read_model_file, save_model_file
+from ml4m.errors import ConfigError, DataError
+from ml4m.models.serialization import model_file_path, read_model_file, save_model_file
 
 
 def _rewrite(path, **entries):
@@ -282,3 +282,17 @@ def test_model_read_from_a_file_updates_as_the_fitted_one(tmp_path, noise):
     assert np.abs(a.forces - before.forces).max() > 1e-3  # the update changed the model
     with pytest.raises(DataError, match="no training frames"):
         loaded.restore_normal_equations([])
+
+
+def test_model_file_path_adds_the_suffix_and_refuses_folders(tmp_path):
+    """A model output gets ``.ml4m`` unless it has it; a name that is or ends as a folder
+    is refused and nothing is written there."""
+    assert model_file_path(tmp_path / "m") == tmp_path / "m.ml4m"
+    assert model_file_path(tmp_path / "m.ml4m") == tmp_path / "m.ml4m"
+    assert model_file_path(tmp_path / "m.v2") == tmp_path / "m.v2.ml4m"
+    for folder in (str(tmp_path), f"{tmp_path}/", f"{tmp_path}/new/"):
+        with pytest.raises(ConfigError, match="is a folder; name the model file"):
+            model_file_path(folder)
+        with pytest.raises(ConfigError):
+            save_model_file(folder, "ace", {}, {"a": np.zeros(2)})
+    assert list(tmp_path.iterdir()) == []

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ml4m._fileio import atomic_path
-from ml4m.errors import DataError, ML4MError
+from ml4m.errors import ConfigError, DataError, ML4MError
 from ml4m.validation import (
     check_array,
     check_int,
@@ -38,7 +38,7 @@ from ml4m.validation import (
     check_str,
 )
 
-__all__ = ["MODEL_FORMAT", "MODEL_SUFFIX", "save_model_file", "read_model_file",
+__all__ = ["MODEL_FORMAT", "MODEL_SUFFIX", "model_file_path", "save_model_file", "read_model_file",
            "register_model", "load", "check_state_version"]
 
 from ml4m.models.registry import register_model  # noqa: E402  (re-exported: older imports)
@@ -50,6 +50,24 @@ MODEL_SUFFIX = ".ml4m"
 def _digest(array: np.ndarray) -> str:
     a = np.ascontiguousarray(array)
     return hashlib.sha256(a.dtype.str.encode() + str(a.shape).encode() + a.tobytes()).hexdigest()
+
+
+def model_file_path(path: str | os.PathLike) -> Path:
+    """The model file that output ``path`` names: ``path`` with the ``.ml4m`` suffix
+    added when it has another.
+
+    Raises
+    ------
+    ConfigError
+        ``path`` ends with a path separator or is an existing folder (a model is one
+        file: name it, e.g. ``DIR/model.ml4m``).
+    """
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)) or Path(text).is_dir():
+        raise ConfigError(f"output {text} is a folder; name the model file, e.g. "
+                          f"{Path(text) / ('model' + MODEL_SUFFIX)}")
+    out = Path(text)
+    return out if out.suffix == MODEL_SUFFIX else out.with_name(out.name + MODEL_SUFFIX)
 
 
 def save_model_file(path: str | os.PathLike, kind: str, params: dict[str, Any],
@@ -76,9 +94,7 @@ def save_model_file(path: str | os.PathLike, kind: str, params: dict[str, Any],
     """
     from ml4m import __version__
 
-    path = Path(path)
-    if path.suffix != MODEL_SUFFIX:
-        path = path.with_name(path.name + MODEL_SUFFIX)
+    path = model_file_path(path)
     clean = {}
     for name, value in arrays.items():
         a = np.asarray(value)

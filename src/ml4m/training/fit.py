@@ -69,11 +69,9 @@ def model_outputs(cfg: FitConfig) -> tuple[Path, list[Path]]:
     companions : list of Path
         ``metrics.json`` and the plots (``{stem}_parity_energy.png``, ...).
     """
-    from ml4m.models.serialization import MODEL_SUFFIX
+    from ml4m.models.serialization import MODEL_SUFFIX, model_file_path
 
-    path = Path(cfg.output)
-    if path.suffix != MODEL_SUFFIX:
-        path = path.with_name(path.name + MODEL_SUFFIX)
+    path = model_file_path(cfg.output)
     stem = path.name[: -len(MODEL_SUFFIX)]
     plots = ("learning_curve",) if cfg.model == "krr" else ("parity_energy", "parity_forces")
     if cfg.searches:
