@@ -56,7 +56,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module",
-                params=[{"hidden_l": 0}, {"hidden_l": 1}, {"hidden_l": 1, "element_mix": True},
+                params=[{"hidden_l": 0, "element_mix": False},
+                        {"hidden_l": 1, "element_mix": False},
+                        {"hidden_l": 1, "element_mix": True},
                         {"hidden_l": 1, "element_mix": True, "path_mix": True,
                          "radial_depth": 3}],
                 ids=["scalar_states", "vector_states", "element_mix", "path_mix"])
@@ -230,7 +232,8 @@ def test_a_file_written_before_vector_states_loads_as_scalar_states(tmp_path):
     import zipfile
 
     frames = [_labelled(_molecule(), 1)]
-    model = MPNN(**SMALL, hidden_l=0, seed=1).prepare(frames)
+    # as such a file's model was: no per-element channel maps either
+    model = MPNN(**SMALL, hidden_l=0, element_mix=False, seed=1).prepare(frames)
     path = model.save(tmp_path / "new")
     old = tmp_path / "old.ml4m"
     with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:

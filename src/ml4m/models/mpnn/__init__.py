@@ -51,7 +51,7 @@ class MPNN(TorchPotential):
     hidden_l : int, default=1
         Largest degree of the atom states passed between interactions (0: scalars;
         1: scalars and vectors, as MACE's ``32x0e + 32x1o``); at most ``l_max``.
-    element_mix : bool, default=False
+    element_mix : bool, default=True
         Mix the first interaction's density channels with weights of the centre's
         element (one ``K x K`` map per element and degree instead of one per degree), as
         MACE's first interaction does.
@@ -82,7 +82,7 @@ class MPNN(TorchPotential):
     def __init__(self, r_max: float = 5.0, n_radial: int = 8, l_max: int = 3,
                  n_channels: int = 32, correlation: int = 3, n_interactions: int = 2,
                  radial_mlp: int = 64, radial_depth: int = 2, hidden_l: int = 1,
-                 element_mix: bool = False, path_mix: bool = False, seed: int = 0,
+                 element_mix: bool = True, path_mix: bool = False, seed: int = 0,
                  device: str = "cpu", dtype: str = "float32") -> None:
         self.r_max = r_max
         self.n_radial = n_radial
