@@ -126,7 +126,7 @@ def ml4m_step(frames) -> tuple[Callable[[], int], dict]:
     train_set = as_graph_set(frames, "train")
     model = prepare_model(MPNN(), train_set, s.seed)
     n = len(train_set)
-    s = s.resolved(len(epoch_batches(n, s.batch_size, s.seed, 0)))
+    s = s.resolved(len(epoch_batches(n, s.batch_size, s.seed, 0)), model.training_defaults)
     run = TrainingRun(s, model, train_set, None, Distributed())
     train_set.graphs(range(n), model.cutoff, model.species_, model.dtype)  # built once, untimed
     clock = Clock(math.inf)

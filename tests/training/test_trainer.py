@@ -65,12 +65,17 @@ def test_default_epochs_make_the_auto_steps(cu, monkeypatch):
     number is what the trainer reports."""
     from ml4m.training import settings
 
-    assert TrainSettings().resolved(8, 1e-2).max_epochs == -(-settings.AUTO_STEPS // 8)
-    assert TrainSettings().resolved(10**6, 1e-2).max_epochs == settings.MIN_EPOCHS
-    assert TrainSettings(max_epochs=7).resolved(8, 1e-2).max_epochs == 7
-    # the rate: as given, else the model's
-    assert TrainSettings().resolved(8, 3e-3).lr == 3e-3
-    assert TrainSettings(lr=0.02).resolved(8, 3e-3).lr == 0.02
+    assert TrainSettings().resolved(8).max_epochs == -(-settings.AUTO_STEPS // 8)
+    assert TrainSettings().resolved(10**6).max_epochs == settings.MIN_EPOCHS
+    assert TrainSettings(max_epochs=7).resolved(8).max_epochs == 7
+    # the rate and the weight decay: as given, else the model's, else the fallback
+    model = {"lr": 3e-3, "weight_decay": 0.1}
+    assert TrainSettings().resolved(8, model).lr == 3e-3
+    assert TrainSettings().resolved(8, model).weight_decay == 0.1
+    assert TrainSettings(lr=0.02, weight_decay=0.0).resolved(8, model).lr == 0.02
+    assert TrainSettings(lr=0.02, weight_decay=0.0).resolved(8, model).weight_decay == 0.0
+    assert TrainSettings().resolved(8, {"lr": 3e-3}).weight_decay == 0.0
+    assert TrainSettings().resolved(8).lr == settings.FALLBACK_DEFAULTS["lr"]
     monkeypatch.setattr(settings, "AUTO_STEPS", 10)
     monkeypatch.setattr(settings, "MIN_EPOCHS", 2)
     trainer = Trainer(_settings(max_epochs=None, patience=50))
@@ -302,18 +307,28 @@ def test_bad_settings_are_named(mapping, match):
     assert str(info.value).startswith("fit.yaml: ")
 
 
-@pytest.mark.parametrize("amsgrad", [False, True])
-def test_amsgrad_reaches_the_optimizer(cu, monkeypatch, amsgrad):
+class _DecayedPair(ToyPair):
+    training_defaults = {"lr": 1e-2, "weight_decay": 0.25}
+
+
+@pytest.mark.parametrize("given,model,expected", [
+    ({"amsgrad": False}, ToyPair, {"amsgrad": False, "weight_decay": 0.0}),
+    ({"amsgrad": True}, ToyPair, {"amsgrad": True, "weight_decay": 0.0}),
+    ({}, _DecayedPair, {"amsgrad": False, "weight_decay": 0.25}),
+    ({"weight_decay": 0.5}, _DecayedPair, {"amsgrad": False, "weight_decay": 0.5})])
+def test_settings_and_model_defaults_reach_the_optimizer(cu, monkeypatch, given, model,
+                                                          expected):
+    """AMSGrad and the weight decay as given, else the model's ``training_defaults``."""
     seen = []
     init = torch.optim.AdamW.__init__
 
     def spy(self, params, **kw):
-        seen.append(kw.get("amsgrad"))
+        seen.append({k: kw.get(k) for k in expected})
         init(self, params, **kw)
 
     monkeypatch.setattr(torch.optim.AdamW, "__init__", spy)
-    Trainer(_settings(max_epochs=1, amsgrad=amsgrad)).fit(ToyPair(), *cu)
-    assert seen == [amsgrad]
+    Trainer(_settings(max_epochs=1, **given)).fit(model(), *cu)
+    assert seen == [expected]
 
 
 def test_final_weights_take_over_at_their_phase(cu, monkeypatch):

@@ -147,8 +147,10 @@ class TorchPotential(Potential):
         Precision of the module and the geometry.
     """
 
-    #: initial learning rate of :class:`ml4m.training.TrainSettings` when it gives none
-    default_lr: ClassVar[float] = 1e-2
+    #: training settings that :class:`ml4m.training.TrainSettings` leaves unset (None)
+    #: take these values (:meth:`~ml4m.training.TrainSettings.resolved`): the initial
+    #: learning rate and the decoupled weight decay
+    training_defaults: ClassVar[dict[str, float]] = {"lr": 1e-2, "weight_decay": 0.0}
     #: directions of the last-layer covariance kept for force and stress sigmas (one
     #: backward pass each; exact when the last layer has fewer parameters)
     uncertainty_rank: ClassVar[int] = 16

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,6 +32,8 @@ AUTO_STEPS = 5000
 MIN_EPOCHS = 100
 #: passes of a run with a time budget and no ``max_epochs``: more than any budget allows
 BUDGET_EPOCHS = 1_000_000
+#: ``lr`` and ``weight_decay`` of a run whose settings and model give none
+FALLBACK_DEFAULTS = {"lr": 1e-2, "weight_decay": 0.0}
 #: factor on the energy weight in the final stage of ``final_weights='auto'`` (MACE's
 #: second stage: energy 1 -> 1000 against forces 100)
 FINAL_ENERGY_FACTOR = 1000.0
@@ -79,8 +81,9 @@ class TrainSettings:
         Structures per step and process (the global batch is ``batch_size`` times the
         number of data-parallel processes).
     lr : float, optional
-        Initial learning rate. ``None`` (the default): the model's ``default_lr``
-        (:meth:`resolved`; :class:`~ml4m.models.torch_potential.TorchPotential`).
+        Initial learning rate. ``None`` (the default): the model's (its
+        ``training_defaults``, :meth:`resolved`;
+        :class:`~ml4m.models.torch_potential.TorchPotential`).
     max_epochs : int, optional
         Passes over the training set at most. ``None`` (the default): with
         ``max_minutes``, as many as the budget allows; without, enough passes for
@@ -112,8 +115,9 @@ class TrainSettings:
     amsgrad : bool
         The AMSGrad variant of either (the running maximum of the second moment
         scales the steps; MACE trains with it).
-    weight_decay : float
-        Decoupled weight decay (AdamW) or L2 penalty (Adam).
+    weight_decay : float, optional
+        Decoupled weight decay (AdamW) or L2 penalty (Adam). ``None`` (the default): the
+        model's, as ``lr``.
     scheduler : {'plateau', 'cosine', 'none'}
         ``plateau`` multiplies the rate by ``plateau_factor`` after ``plateau_patience``
         epochs without a better loss (valid if given, else train); ``cosine`` anneals it
@@ -160,7 +164,7 @@ class TrainSettings:
     final_from: float = 0.75
     optimizer: str = "adamw"
     amsgrad: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     scheduler: str = "cosine"
     plateau_factor: float = 0.5
     plateau_patience: int = 5
@@ -182,7 +186,7 @@ class TrainSettings:
         "final_from": lambda n, v, **w: check_float(n, v, low=0.0, high=1.0, low_open=True,
                                                     high_open=True, **w),
         "optimizer": one_of("adamw", "adam"), "amsgrad": _check_bool,
-        "weight_decay": float_from(0.0), "scheduler": one_of("plateau", "cosine", "none"),
+        "weight_decay": optional(float_from(0.0)), "scheduler": one_of("plateau", "cosine", "none"),
         "plateau_factor": lambda n, v, **w: check_float(n, v, low=0.0, high=1.0, low_open=True,
                                                         high_open=True, **w),
         "plateau_patience": int_from(0), "min_lr": float_from(0.0),
@@ -208,17 +212,21 @@ class TrainSettings:
         ``max_epochs`` not)."""
         return self.max_epochs is None and self.max_minutes is not None
 
-    def resolved(self, batches_per_epoch: int, default_lr: float) -> TrainSettings:
-        """These settings with ``lr`` and ``max_epochs`` set.
+    def resolved(self, batches_per_epoch: int,
+                 defaults: Mapping[str, float] | None = None) -> TrainSettings:
+        """These settings with ``lr``, ``weight_decay`` and ``max_epochs`` set.
 
-        ``lr``: as given, else ``default_lr`` (the model's). ``max_epochs``: as given;
+        ``lr``, ``weight_decay``: as given, else ``defaults`` (the model's
+        ``training_defaults``), else 1e-2 and 0. ``max_epochs``: as given;
         with a budget only, ``BUDGET_EPOCHS`` (the budget ends the run, and a cosine
         rate anneals to its end); otherwise the passes of ``batches_per_epoch`` steps that
         make ``AUTO_STEPS`` steps, at least ``MIN_EPOCHS``. (3BPA, default BPNN,
         ``--max-minutes 30``: 100 passes ended after 18.5 minutes, at 71.6 meV/A, with
         the rest of the budget unused.)
         """
-        out = self if self.lr is not None else dataclasses.replace(self, lr=float(default_lr))
+        defaults = {**FALLBACK_DEFAULTS, **(defaults or {})}
+        out = dataclasses.replace(self, **{name: float(value) for name, value in defaults.items()
+                                           if getattr(self, name) is None})
         if out.max_epochs is not None:
             return out
         if out.until_budget:

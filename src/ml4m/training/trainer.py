@@ -122,7 +122,7 @@ class Trainer:
         n_batches = len(epoch_batches(len(train_set), self.settings.batch_size,
                                       self.settings.seed, 0, dist.world))
         open_ended = self.settings.until_budget  # the bar then counts steps, of no total
-        self.settings = s = self.settings.resolved(n_batches, model.default_lr)
+        self.settings = s = self.settings.resolved(n_batches, model.training_defaults)
         run = TrainingRun(s, model, train_set, valid_set, dist)
         if resume:
             run.restore()
