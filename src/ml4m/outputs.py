@@ -98,6 +98,28 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def refuse_folder_name(path: str | os.PathLike, example: str = "out") -> None:
+    """Raise :class:`ConfigError` when ``path``, the name of an output file, names a
+    folder: it ends with a path separator or is an existing folder (``example``: a file
+    name suggested inside it)."""
+    text = os.fspath(path)
+    if Path(text).expanduser().is_dir():
+        why = "is an existing folder"
+    elif text.endswith(("/", os.sep)):
+        why = "ends with a separator, so it names a folder"
+    else:
+        return
+    raise ConfigError(f"output {text} {why}; name a file, e.g. {Path(text) / example}")
+
+
+def file_with_suffix(path: str | os.PathLike, suffix: str) -> Path:
+    """The output file that ``path`` names, with ``suffix`` (e.g. ``".npz"``) added when
+    it has another; a name of a folder is refused (:func:`refuse_folder_name`)."""
+    refuse_folder_name(path, example="out" + suffix)
+    out = Path(path)
+    return out if out.suffix == suffix else out.with_name(out.name + suffix)
+
+
 def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (),
                  folder_kind: str | None = None, overwrite: bool = False,
                  companions: Iterable[str | os.PathLike] = ()) -> Path:
@@ -122,6 +144,8 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     Path
         ``path`` as given (not resolved), for writing.
     """
+    if folder_kind is None:
+        refuse_folder_name(path)
     out = Path(path).expanduser()
     res = _resolve(out)
     label = "output folder" if folder_kind else "output"
@@ -146,8 +170,6 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     if not res.exists() and not res.is_symlink():
         return out
     if folder_kind is None:
-        if res.is_dir():
-            raise ConfigError(f"output {out} is an existing folder; name a file")
         return out
     if not res.is_dir():
         if not overwrite:

@@ -50,6 +50,9 @@ def _snapshot(path):
     ["fit", "--train", "{d}/train.extxyz", "-o", "{d}/"],              # a folder, not a file
     ["fit", "--train", "{d}/train.extxyz", "-o", "{d}"],
     ["fit", "--train", "{d}/train.extxyz", "-o", "{d}/new/"],          # names no file
+    ["describe", "{d}/train.extxyz", "--descriptor", "acsf", "-o", "{d}/new/"],
+    ["describe", "{d}/train.extxyz", "--descriptor", "acsf", "-o", "{d}"],
+    ["curate", "{d}/train.extxyz", "--n", "2", "-o", "{d}/new/"],
 ])
 def test_output_that_would_destroy_an_input_is_refused_before_work(capsys, folder, argv):
     before = _snapshot(folder.parent)

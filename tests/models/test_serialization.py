@@ -291,7 +291,7 @@ def test_model_file_path_adds_the_suffix_and_refuses_folders(tmp_path):
     assert model_file_path(tmp_path / "m.ml4m") == tmp_path / "m.ml4m"
     assert model_file_path(tmp_path / "m.v2") == tmp_path / "m.v2.ml4m"
     for folder in (str(tmp_path), f"{tmp_path}/", f"{tmp_path}/new/"):
-        with pytest.raises(ConfigError, match="is a folder; name the model file"):
+        with pytest.raises(ConfigError, match="folder; name a file, e.g. .*out.ml4m"):
             model_file_path(folder)
         with pytest.raises(ConfigError):
             save_model_file(folder, "ace", {}, {"a": np.zeros(2)})

@@ -60,16 +60,14 @@ def run(args: argparse.Namespace) -> int:
     from ml4m.data.read import read_dataset
     from ml4m.descriptors import make_descriptor, species_of
     from ml4m.descriptors.base import parse_species
-    from ml4m.outputs import claim_output
+    from ml4m.outputs import claim_output, file_with_suffix
     from ml4m.parallel import resolve_n_jobs
     from ml4m.resources import parse_bytes
 
     t0 = time.perf_counter()
     max_memory = None if args.max_memory is None else parse_bytes(args.max_memory, "--max-memory")
     resolve_n_jobs(args.n_jobs)
-    out = str(args.output)
-    if not out.endswith(".npz"):
-        out += ".npz"
+    out = str(file_with_suffix(args.output, ".npz"))
     with claim_output(out, inputs=[args.file], overwrite=args.overwrite) as target:
         # build the descriptor first when species are given: bad parameters fail fast
         desc = None

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from ml4m._fileio import atomic_path
-from ml4m.errors import ConfigError, DataError, ML4MError
+from ml4m.errors import DataError, ML4MError
+from ml4m.outputs import file_with_suffix
 from ml4m.validation import (
     check_array,
     check_int,
@@ -54,20 +55,9 @@ def _digest(array: np.ndarray) -> str:
 
 def model_file_path(path: str | os.PathLike) -> Path:
     """The model file that output ``path`` names: ``path`` with the ``.ml4m`` suffix
-    added when it has another.
-
-    Raises
-    ------
-    ConfigError
-        ``path`` ends with a path separator or is an existing folder (a model is one
-        file: name it, e.g. ``DIR/model.ml4m``).
-    """
-    text = os.fspath(path)
-    if text.endswith(("/", os.sep)) or Path(text).is_dir():
-        raise ConfigError(f"output {text} is a folder; name the model file, e.g. "
-                          f"{Path(text) / ('model' + MODEL_SUFFIX)}")
-    out = Path(text)
-    return out if out.suffix == MODEL_SUFFIX else out.with_name(out.name + MODEL_SUFFIX)
+    added when it has another (:func:`ml4m.outputs.file_with_suffix`; a folder's name is
+    refused with a :class:`~ml4m.errors.ConfigError`: a model is one file)."""
+    return file_with_suffix(path, MODEL_SUFFIX)
 
 
 def save_model_file(path: str | os.PathLike, kind: str, params: dict[str, Any],
