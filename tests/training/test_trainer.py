@@ -14,6 +14,7 @@ from ase.calculators.emt import EMT
 
 from ml4m.data import Frame
 from ml4m.errors import ConfigError, DataError, TrainingError
+from ml4m.models.torch_potential import TorchPotential
 from ml4m.training import Trainer, TrainSettings
 from ml4m.training.ema import WeightAverage
 from ml4m.training.settings import BUDGET_EPOCHS
@@ -75,7 +76,7 @@ def test_default_epochs_make_the_auto_steps(cu, monkeypatch):
     assert TrainSettings(lr=0.02, weight_decay=0.0).resolved(8, model).lr == 0.02
     assert TrainSettings(lr=0.02, weight_decay=0.0).resolved(8, model).weight_decay == 0.0
     assert TrainSettings().resolved(8, {"lr": 3e-3}).weight_decay == 0.0
-    assert TrainSettings().resolved(8).lr == settings.FALLBACK_DEFAULTS["lr"]
+    assert TrainSettings().resolved(8).lr == TorchPotential.training_defaults["lr"]
     monkeypatch.setattr(settings, "AUTO_STEPS", 10)
     monkeypatch.setattr(settings, "MIN_EPOCHS", 2)
     trainer = Trainer(_settings(max_epochs=None, patience=50))

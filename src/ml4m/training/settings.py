@@ -32,8 +32,6 @@ AUTO_STEPS = 5000
 MIN_EPOCHS = 100
 #: passes of a run with a time budget and no ``max_epochs``: more than any budget allows
 BUDGET_EPOCHS = 1_000_000
-#: ``lr`` and ``weight_decay`` of a run whose settings and model give none
-FALLBACK_DEFAULTS = {"lr": 1e-2, "weight_decay": 0.0}
 #: factor on the energy weight in the final stage of ``final_weights='auto'`` (MACE's
 #: second stage: energy 1 -> 1000 against forces 100)
 FINAL_ENERGY_FACTOR = 1000.0
@@ -217,14 +215,17 @@ class TrainSettings:
         """These settings with ``lr``, ``weight_decay`` and ``max_epochs`` set.
 
         ``lr``, ``weight_decay``: as given, else ``defaults`` (the model's
-        ``training_defaults``), else 1e-2 and 0. ``max_epochs``: as given;
+        ``training_defaults``), else those of
+        :class:`~ml4m.models.torch_potential.TorchPotential`. ``max_epochs``: as given;
         with a budget only, ``BUDGET_EPOCHS`` (the budget ends the run, and a cosine
         rate anneals to its end); otherwise the passes of ``batches_per_epoch`` steps that
         make ``AUTO_STEPS`` steps, at least ``MIN_EPOCHS``. (3BPA, default BPNN,
         ``--max-minutes 30``: 100 passes ended after 18.5 minutes, at 71.6 meV/A, with
         the rest of the budget unused.)
         """
-        defaults = {**FALLBACK_DEFAULTS, **(defaults or {})}
+        from ml4m.models.torch_potential import TorchPotential
+
+        defaults = {**TorchPotential.training_defaults, **(defaults or {})}
         out = dataclasses.replace(self, **{name: float(value) for name, value in defaults.items()
                                            if getattr(self, name) is None})
         if out.max_epochs is not None:

@@ -150,7 +150,7 @@ class _Convolution:
                 coef.append(c * math.sqrt(2 * l3 + 1))
         self.src, self.dst, self.coef = np.array(src), np.array(dst), np.array(coef)
         #: rows of a density that keeps the paths apart: per l3, (path, m3) path-major
-        self.dst_path = np.array(dst_path)
+        self.dst_path, self.n_path_rows = np.array(dst_path), int(l3_start[-1])
 
 
 class Interaction(nn.Module):
@@ -172,15 +172,16 @@ class Interaction(nn.Module):
         self.radial = _radial_mlp(n_radial, radial_width, K * conv.n_paths, radial_depth)
         # (L, K, K), or (n_species, L, K, K) with one map per element of the centre;
         # with path_mix and several paths to a degree, one (paths * K, K) map per degree
-        mix_shape = (n_species, L, K, K) if element_mix else (L, K, K)
-        self.paths_per_l3 = conv.paths_per_l3
-        self.n_path_rows = sum(n * (2 * l + 1) for l, n in enumerate(conv.paths_per_l3))
+        self.paths_per_l3, self.n_path_rows = conv.paths_per_l3, conv.n_path_rows
         self.path_mix = path_mix and max(conv.paths_per_l3) > 1
         if self.path_mix:
+            if element_mix:  # MPNNModule mixes by element only where states are scalars
+                raise ValueError("element_mix and path_mix act on different interactions")
             self.mix = nn.ParameterList(
-                nn.Parameter(torch.randn(mix_shape[:-3] + (n * K, K)) / math.sqrt(n * K))
+                nn.Parameter(torch.randn(n * K, K) / math.sqrt(n * K))
                 for n in conv.paths_per_l3)
         else:
+            mix_shape = (n_species, L, K, K) if element_mix else (L, K, K)
             self.mix = nn.Parameter(torch.randn(mix_shape) / math.sqrt(K))
         self.product = SymmetricProduct(l_max, tuple(range(l_out + 1)), correlation, K,
                                         n_species)
@@ -197,7 +198,7 @@ class Interaction(nn.Module):
         self.blocks = conv.blocks
         lidx = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
         self.register_buffer("lidx", torch.as_tensor(lidx), persistent=False)
-        for name in ("src", "dst", "dst_path", "coef"):
+        for name in ("src", "dst", "coef") + (("dst_path",) if self.path_mix else ()):
             self.register_buffer(name, torch.as_tensor(getattr(conv, name)), persistent=False)
 
     @staticmethod
@@ -209,22 +210,15 @@ class Interaction(nn.Module):
         blocks += [h[:, l * l:(l + 1) ** 2] @ rest[l - 1] for l in range(1, n_l)]
         return torch.cat(blocks, dim=1)
 
-    def _mix_paths(self, A: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    def _mix_paths(self, A: torch.Tensor) -> torch.Tensor:
         """Density (D, N, K) from a path-resolved one (N, rows, K) (rows ``dst_path``):
-        per degree ``l3`` one map from its paths' channels to ``K`` channels (one per
-        element of the centre when the maps have a leading element axis)."""
+        per degree ``l3`` one map from its paths' channels to ``K`` channels."""
         N, K = A.shape[0], A.shape[2]
         out, row = [], 0
         for l3, n in enumerate(self.paths_per_l3):
             size = n * (2 * l3 + 1)
             block = A[:, row:row + size].reshape(N, n, 2 * l3 + 1, K).permute(2, 0, 1, 3)
-            block = block.reshape(2 * l3 + 1, N, n * K)
-            weight = self.mix[l3]
-            if weight.dim() == 3:  # per element of the centre, masked
-                out.append(sum(onehot[:, z][None, :, None] * (block @ weight[z])
-                               for z in range(weight.shape[0])))
-            else:
-                out.append(block @ weight)
+            out.append(block.reshape(2 * l3 + 1, N, n * K) @ self.mix[l3])
             row += size
         return torch.cat(out, dim=0)
 
@@ -258,7 +252,7 @@ class Interaction(nn.Module):
         terms = S.index_select(1, self.src) * self.coef.to(S.dtype)[:, None]
         if self.path_mix:
             A = S.new_zeros(N, self.n_path_rows, K).index_add_(1, self.dst_path, terms)
-            A = self._mix_paths(A * inv_neighbors, onehot)
+            A = self._mix_paths(A * inv_neighbors)
         else:
             A = S.new_zeros(N, D, K).index_add_(1, self.dst, terms).transpose(0, 1)  # (D, N, K)
             A = A * inv_neighbors
