@@ -232,3 +232,7 @@ def test_max_minutes_bounds_the_whole_network_fit(tmp_path, one_thread):
     metrics = json.loads(out.getvalue())
     assert seconds <= 1.1 * 60 * budget + 5.0, (seconds, metrics["budget"])
     assert metrics["training"]["steps"] >= 1 and "uncertainty" in metrics["valid"]
+    # the regime's passes, from one timed step, foretell the passes made (12 steps each)
+    regime = metrics["training"]["regime"]
+    made = metrics["training"]["steps"] / 12
+    assert 0.25 < regime["passes"] / made < 4.0, (regime, made)

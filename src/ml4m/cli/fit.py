@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         tr = metrics["training"]
         console().print(f"trained {tr['epochs']} epochs ({tr['steps']} steps, stopped by "
                         f"{tr['stop_reason'].replace('_', ' ')}); log: {tr['log']}")
+        if tr.get("regime"):
+            _print_regime(tr["regime"])
     if "budget" in metrics and "valid_frames" in metrics["budget"]:  # a network
         b = metrics["budget"]
         console().print(f"budget {b['budget_seconds'] / 60:.1f} min: validated on "
@@ -128,6 +130,17 @@ def run(args: argparse.Namespace) -> int:
                         f"{b['n_frames_total']} training frames (probes: {b['probe_frames']} frames in "
                         f"{', '.join(f'{t:.1f}' for t in b['probe_seconds'])} s)")
     return 0
+
+
+def _print_regime(regime: dict) -> None:
+    """One line: the regime of a network fit and the settings it chose
+    (:mod:`ml4m.training.regime`)."""
+    passes = regime.get("passes")
+    why = f"~{passes:.0f} passes over the training data, " if passes is not None else ""
+    chosen = [f"{section}.{k} = {v}" for section in ("params", "training")
+              for k, v in regime[section].items()]
+    console().print(f"regime: {why}{regime['regime'].replace('_', '-')}"
+                    + (f"; chose {', '.join(chosen)}" if chosen else ""))
 
 
 def _print_search(search: dict) -> None:

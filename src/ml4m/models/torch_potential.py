@@ -149,8 +149,13 @@ class TorchPotential(Potential):
 
     #: training settings that :class:`ml4m.training.TrainSettings` leaves unset (None)
     #: take these values (:meth:`~ml4m.training.TrainSettings.resolved`): the initial
-    #: learning rate and the decoupled weight decay
-    training_defaults: ClassVar[dict[str, float]] = {"lr": 1e-2, "weight_decay": 0.0}
+    #: learning rate, the decoupled weight decay and the AMSGrad variant
+    training_defaults: ClassVar[dict[str, float | bool]] = {"lr": 1e-2, "weight_decay": 0.0,
+                                                            "amsgrad": False}
+    #: settings ``ml4m fit`` gives this kind in each regime of a fit (data- or
+    #: step-limited, :mod:`ml4m.training.regime`) where the config leaves them unset:
+    #: ``{regime: {"params": {...}, "training": {...}}}``
+    regime_defaults: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
     #: directions of the last-layer covariance kept for force and stress sigmas (one
     #: backward pass each; exact when the last layer has fewer parameters)
     uncertainty_rank: ClassVar[int] = 16

@@ -62,7 +62,8 @@ def plan_evaluations(model, train, valid, seconds: float,
     dict
         ``costs`` (:func:`~ml4m.training.costs.evaluation_costs`), ``valid_frames`` and
         ``train_frames`` (how many to use), ``after_seconds`` (the metrics' predictions
-        with those).
+        with those), ``eval_seconds`` (all the evaluations after training) and
+        ``valid_seconds`` (one validation, as after every epoch).
     """
     from ml4m.training.costs import (
         evaluation_costs,
@@ -93,7 +94,9 @@ def plan_evaluations(model, train, valid, seconds: float,
     valid_frames = min(n_valid, max(1, int(share * n_valid)))
     train_frames = max(1, int(share * n_train))
     return {"costs": cost, "train_frames": train_frames, "valid_frames": valid_frames,
-            "after_seconds": metrics(per_train * train_frames, per_valid * valid_frames)}
+            "after_seconds": metrics(per_train * train_frames, per_valid * valid_frames),
+            "eval_seconds": seconds_of(share),
+            "valid_seconds": cost["forces"] * per_valid * valid_frames}
 
 
 def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resume: bool,
@@ -197,6 +200,58 @@ def _delta(cfg, model, train, valid):
             None if learnt_valid is None else Dataset(learnt_valid), train, valid)
 
 
+def _regime(cfg, model, train_set, base, dist, resume, left, plan) -> dict[str, Any] | None:
+    """Settings by the regime of the fit (:mod:`ml4m.training.regime`): the model
+    kind's ``regime_defaults`` for the passes the run will make (its epochs; with a
+    budget, ``plan``, also the passes that fit in the ``left()`` seconds less the
+    evaluations after training, each pass the measured step time times the batches
+    plus one validation), those of the checkpoint's run when resuming; the config's own
+    settings are kept. Training settings go into ``base``; hyperparameters are set on
+    ``model``, which is then prepared again. The first process decides, every process
+    follows.
+
+    Returns
+    -------
+    dict or None
+        :func:`~ml4m.training.regime.choose_regime`'s (with ``step_seconds``), None
+        for a kind without ``regime_defaults``.
+    """
+    from ml4m.training.batches import epoch_batches
+    from ml4m.training.checkpoint import load_checkpoint
+    from ml4m.training.regime import (choose_regime, expected_passes, regime_of_checkpoint,
+                                      step_seconds)
+    from ml4m.training.settings import TrainSettings
+    from ml4m.training.trainer import prepare_model
+
+    defaults = type(model).regime_defaults
+    if not defaults:
+        return None
+    regime = None
+    if dist.main:
+        if resume and Path(base["checkpoint"]).is_file():
+            regime = regime_of_checkpoint(load_checkpoint(base["checkpoint"]), defaults,
+                                          cfg.params, cfg.training)
+        else:
+            settings = TrainSettings.from_mapping(base, source="config")
+            n_batches = len(epoch_batches(len(train_set), settings.batch_size, settings.seed,
+                                          0, dist.world))
+            epochs = settings.resolved(n_batches, model.training_defaults).max_epochs
+            seconds = train_seconds = per_pass = None
+            if plan is not None:
+                seconds = step_seconds(model, train_set, settings.batch_size)
+                train_seconds = left() - plan["eval_seconds"]
+                per_pass = seconds * n_batches + plan["valid_seconds"]
+            regime = choose_regime(expected_passes(epochs, train_seconds, per_pass),
+                                   defaults, cfg.params, cfg.training)
+            regime["step_seconds"] = seconds
+    regime = dist.broadcast(regime)
+    base.update(regime["training"])
+    if regime["params"]:
+        model.set_params(**regime["params"])
+        prepare_model(model, train_set, cfg.seed)
+    return regime
+
+
 def _train(cfg, model, train_set, train, valid, base, dist, started, resume, files, path,
            write, baseline=None, reference_train=None, reference_valid=None):
     """:func:`fit_network` once the data are read and the process group is joined; with
@@ -207,20 +262,21 @@ def _train(cfg, model, train_set, train, valid, base, dist, started, resume, fil
     from ml4m.training.settings import TrainSettings
     from ml4m.training.trainer import Trainer, prepare_model
 
+    def left() -> float:  # seconds of the budget left for training and evaluations
+        return (60.0 * cfg.max_minutes * (1.0 - POST_FRACTION) - POST_SECONDS
+                - (time.perf_counter() - started))
+
     prepare_model(model, train_set, cfg.seed)
-    plan: dict[str, Any] | None = {
+    plan: dict[str, Any] = {
         "train_frames": min(len(train), METRIC_FRAMES),
         "valid_frames": len(valid) if valid is not None else 0, "after_seconds": 0.0}
-    if cfg.max_minutes is not None:
-        plan = None
-        if dist.main:
-            def left() -> float:
-                return (60.0 * cfg.max_minutes * (1.0 - POST_FRACTION) - POST_SECONDS
-                        - (time.perf_counter() - started))
-
-            plan = plan_evaluations(model, train, valid, left())
-            plan["train_minutes"] = max(left(), 1.0) / 60.0
-        plan = dist.broadcast(plan)
+    budget = cfg.max_minutes is not None
+    if budget:
+        plan = dist.broadcast(plan_evaluations(model, train, valid, left()) if dist.main
+                              else None)
+    regime = _regime(cfg, model, train_set, base, dist, resume, left, plan if budget else None)
+    if budget:
+        plan["train_minutes"] = dist.broadcast(max(left(), 1.0) / 60.0)
         base["max_minutes"] = plan["train_minutes"]
     if valid is not None:
         valid = _spaced(valid, plan["valid_frames"])
@@ -248,7 +304,8 @@ def _train(cfg, model, train_set, train, valid, base, dist, started, resume, fil
         "n_features": model.n_parameters, "config": dict(vars(cfg)),
         "training": {"epochs": len(trainer.history), "steps": last["step"],
                      "stop_reason": trainer.stop_reason, "log": str(files["log"]),
-                     "settings": trainer.settings.as_dict(), "last_epoch": last},
+                     "settings": trainer.settings.as_dict(), "last_epoch": last,
+                     "regime": regime},
         "plots": [str(curve)]}
     if cfg.max_minutes is not None:
         metrics["budget"] = {"budget_seconds": 60.0 * cfg.max_minutes, **plan}

@@ -110,9 +110,11 @@ class TrainSettings:
         Phase in (0, 1) where ``final_weights`` take over: of the cosine anneal (epochs
         or budget, see ``scheduler``), otherwise the fraction of ``max_epochs``.
     optimizer : {'adamw', 'adam'}
-    amsgrad : bool
+    amsgrad : bool, optional
         The AMSGrad variant of either (the running maximum of the second moment
-        scales the steps; MACE trains with it).
+        scales the steps; MACE trains with it). ``None`` (the default): the model's, as
+        ``lr`` (``ml4m fit`` sets it by the regime of the fit,
+        :mod:`ml4m.training.regime`).
     weight_decay : float, optional
         Decoupled weight decay (AdamW) or L2 penalty (Adam). ``None`` (the default): the
         model's, as ``lr``.
@@ -161,7 +163,7 @@ class TrainSettings:
     final_weights: dict[str, float] | str | None = None
     final_from: float = 0.75
     optimizer: str = "adamw"
-    amsgrad: bool = False
+    amsgrad: bool | None = None
     weight_decay: float | None = None
     scheduler: str = "cosine"
     plateau_factor: float = 0.5
@@ -183,7 +185,7 @@ class TrainSettings:
         "weights": _check_weights, "final_weights": optional(_check_final_weights),
         "final_from": lambda n, v, **w: check_float(n, v, low=0.0, high=1.0, low_open=True,
                                                     high_open=True, **w),
-        "optimizer": one_of("adamw", "adam"), "amsgrad": _check_bool,
+        "optimizer": one_of("adamw", "adam"), "amsgrad": optional(_check_bool),
         "weight_decay": optional(float_from(0.0)), "scheduler": one_of("plateau", "cosine", "none"),
         "plateau_factor": lambda n, v, **w: check_float(n, v, low=0.0, high=1.0, low_open=True,
                                                         high_open=True, **w),
@@ -212,9 +214,9 @@ class TrainSettings:
 
     def resolved(self, batches_per_epoch: int,
                  defaults: Mapping[str, float] | None = None) -> TrainSettings:
-        """These settings with ``lr``, ``weight_decay`` and ``max_epochs`` set.
+        """These settings with ``lr``, ``weight_decay``, ``amsgrad`` and ``max_epochs`` set.
 
-        ``lr``, ``weight_decay``: as given, else ``defaults`` (the model's
+        ``lr``, ``weight_decay``, ``amsgrad``: as given, else ``defaults`` (the model's
         ``training_defaults``), else those of
         :class:`~ml4m.models.torch_potential.TorchPotential`. ``max_epochs``: as given;
         with a budget only, ``BUDGET_EPOCHS`` (the budget ends the run, and a cosine
@@ -226,8 +228,9 @@ class TrainSettings:
         from ml4m.models.torch_potential import TorchPotential
 
         defaults = {**TorchPotential.training_defaults, **(defaults or {})}
-        out = dataclasses.replace(self, **{name: float(value) for name, value in defaults.items()
-                                           if getattr(self, name) is None})
+        out = dataclasses.replace(self, **{
+            name: value if isinstance(value, bool) else float(value)
+            for name, value in defaults.items() if getattr(self, name) is None})
         if out.max_epochs is not None:
             return out
         if out.until_budget:

@@ -59,7 +59,8 @@ class MPNN(TorchPotential):
         Keep the coupling paths that reach each degree of the density apart and mix them
         with the channels (one ``n_paths * K x K`` map per degree, as MACE's linear map
         after its convolution; only interactions that receive vectors have several
-        paths per degree).
+        paths per degree). ``ml4m fit`` turns it on for a step-limited fit
+        (:attr:`regime_defaults`).
     seed : int, default=0
         Seed of the initial weights.
     device : {'cpu', 'cuda'}, default='cpu'
@@ -69,6 +70,12 @@ class MPNN(TorchPotential):
     """
 
     exportable = True
+    #: ``ml4m fit`` (:mod:`ml4m.training.regime`): many passes over the data (ethanol,
+    #: 30 min: valid F MAE 11.1 meV/A without AMSGrad, 9.2-10.2 with; 11.0 with
+    #: ``path_mix``), few passes (3BPA: 12.2 without ``path_mix``, 11.6 with;
+    #: benchmarks/results/fit_defaults.md)
+    regime_defaults = {"data_limited": {"training": {"amsgrad": True}},
+                       "step_limited": {"params": {"path_mix": True}}}
 
     param_checks: ClassVar[dict[str, Any]] = {
         "r_max": float_from(0.0, low_open=True), "n_radial": int_from(1),
