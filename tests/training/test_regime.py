@@ -84,16 +84,17 @@ def files(tmp_path_factory):
     return d
 
 
-def _fit(files, tmp_path, params=None, training=None):
+def _fit(files, tmp_path, params=None, training=None, argv=()):
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = tmp_path / "fit.json"
     cfg.write_text(json.dumps({
         "model": "mpnn", "train": str(files / "train.extxyz"),
         "valid": str(files / "valid.extxyz"), "params": {**SMALL, **(params or {})},
-        "training": {"batch_size": 4, "max_epochs": 3, **(training or {})}}))
+        "training": {"batch_size": 4, **({"max_epochs": 3} if not argv else {}),
+                     **(training or {})}}))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["fit", str(cfg), "-o", str(tmp_path / "m.ml4m"), "--json"]) == 0
+        assert main(["fit", str(cfg), "-o", str(tmp_path / "m.ml4m"), "--json", *argv]) == 0
     metrics = json.loads(out.getvalue())
     return metrics, load_model(tmp_path / "m.ml4m").model  # the network under its core
 
@@ -114,3 +115,18 @@ def test_fit_applies_the_data_limited_settings_unless_the_config_sets_them(
     assert metrics["training"]["settings"]["amsgrad"] is True and model.path_mix is False
     metrics, _ = _fit(files, tmp_path / "b", training={"amsgrad": False})
     assert metrics["training"]["settings"]["amsgrad"] is False
+
+
+def test_a_budgets_passes_are_not_those_of_a_run_without_one(files, tmp_path, monkeypatch):
+    """With ``--max-minutes`` and no ``max_epochs`` the budget ends the run: its passes
+    come from the timed step, not from the epochs a run without a budget makes (here
+    made 1 by ``AUTO_STEPS``)."""
+    from ml4m.training import settings as settings_mod
+
+    monkeypatch.setattr(settings_mod, "AUTO_STEPS", 1)
+    monkeypatch.setattr(settings_mod, "MIN_EPOCHS", 1)
+    metrics, _ = _fit(files, tmp_path, argv=("--max-minutes", "0.2"))
+    regime = metrics["training"]["regime"]
+    made = metrics["training"]["epochs"]
+    assert made > 1 and regime["step_seconds"] > 0
+    assert 0.25 < regime["passes"] / made < 4.0, (regime, made)

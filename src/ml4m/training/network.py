@@ -232,7 +232,9 @@ def _regime(cfg, model, train_set, base, dist, resume, left, plan) -> dict[str, 
             regime = regime_of_checkpoint(load_checkpoint(base["checkpoint"]), defaults,
                                           cfg.params, cfg.training)
         else:
-            settings = TrainSettings.from_mapping(base, source="config")
+            # the run's epochs: the budget's, not those of a run without one
+            settings = TrainSettings.from_mapping({**base, "max_minutes": cfg.max_minutes},
+                                                  source="config")
             n_batches = len(epoch_batches(len(train_set), settings.batch_size, settings.seed,
                                           0, dist.world))
             epochs = settings.resolved(n_batches, model.training_defaults).max_epochs
