@@ -19,7 +19,7 @@ import pytest
 from ml4m.cli.main import main
 from ml4m.data import Dataset, write_extxyz
 from ml4m.models.registry import fit_choices
-from models.toy_potentials import emt_cu_frames
+from models.toy_potentials import emt_cu_frames, write_emt_cu_split
 
 #: small, fast settings of each network kind
 PARAMS = {"bpnn": {"hidden": [8], "r_cut": 4.0, "g2_params": [[0.5, 0.0], [2.0, 0.0]],
@@ -31,10 +31,7 @@ pytestmark = pytest.mark.skipif(NETWORK is None, reason="neither bpnn nor mpnn i
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("netdata")
-    write_extxyz(Dataset(emt_cu_frames(12, 0)), d / "train.extxyz")
-    write_extxyz(Dataset(emt_cu_frames(4, 1)), d / "valid.extxyz")
-    return d
+    return write_emt_cu_split(tmp_path_factory.mktemp("netdata"), 12, 4)
 
 
 def _config(path, files, **training):
@@ -218,8 +215,7 @@ def test_max_minutes_bounds_the_whole_network_fit(tmp_path, one_thread):
     i.e. the cost measurement, training, validation, the last-layer posterior (its
     feature Jacobian: one backward pass per feature on up to 2048 training atoms, here
     1536), metrics and plots, ends within the budget + 10% + 5 s."""
-    write_extxyz(Dataset(emt_cu_frames(48, 0, repeat=2)), tmp_path / "train.extxyz")
-    write_extxyz(Dataset(emt_cu_frames(1, 1, repeat=1)), tmp_path / "valid.extxyz")
+    write_emt_cu_split(tmp_path, 48, 1, repeat=2, valid_repeat=1)
     budget = 0.25
     out = io.StringIO()
     t0 = time.perf_counter()

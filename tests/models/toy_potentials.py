@@ -76,3 +76,15 @@ def emt_cu_frames(n: int, seed: int = 0, repeat=(2, 1, 1), source: str | None = 
                                        forces=atoms.get_forces(), stress=atoms.get_stress(),
                                        source=None if source is None else (source, k)))
     return frames
+
+
+def write_emt_cu_split(directory, n_train: int, n_valid: int, repeat=(2, 1, 1),
+                       valid_repeat=None):
+    """``train.extxyz`` and ``valid.extxyz`` of :func:`emt_cu_frames` (seeds 0 and 1) in
+    ``directory``, which is returned."""
+    from ml4m.data import Dataset, write_extxyz
+
+    write_extxyz(Dataset(emt_cu_frames(n_train, 0, repeat)), directory / "train.extxyz")
+    write_extxyz(Dataset(emt_cu_frames(n_valid, 1, valid_repeat or repeat)),
+                 directory / "valid.extxyz")
+    return directory

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from ml4m.cli.main import main
-from ml4m.data import Dataset, write_extxyz
 from ml4m.models.mpnn import MPNN
 from ml4m.models.serialization import load as load_model
 from ml4m.training import regime as regime_mod
@@ -27,7 +26,7 @@ from ml4m.training.regime import (
     step_seconds,
 )
 from ml4m.training.settings import TrainSettings
-from models.toy_potentials import emt_cu_frames
+from models.toy_potentials import emt_cu_frames, write_emt_cu_split
 
 DEFAULTS = {"data_limited": {"training": {"amsgrad": True}},
             "step_limited": {"params": {"path_mix": True}}}
@@ -78,10 +77,7 @@ def test_a_resumed_run_takes_its_checkpoints_settings():
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("regime")
-    write_extxyz(Dataset(emt_cu_frames(8, 0)), d / "train.extxyz")
-    write_extxyz(Dataset(emt_cu_frames(2, 1)), d / "valid.extxyz")
-    return d
+    return write_emt_cu_split(tmp_path_factory.mktemp("regime"), 8, 2)
 
 
 def _fit(files, tmp_path, params=None, training=None, argv=()):
