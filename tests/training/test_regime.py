@@ -18,12 +18,12 @@ from ml4m.models.serialization import load as load_model
 from ml4m.training import regime as regime_mod
 from ml4m.training.batches import GraphSet
 from ml4m.training.checkpoint import identity
+from ml4m.training.costs import step_seconds
 from ml4m.training.regime import (
     MANY_PASSES,
     choose_regime,
     expected_passes,
     regime_of_checkpoint,
-    step_seconds,
 )
 from ml4m.training.settings import TrainSettings
 from models.toy_potentials import emt_cu_frames, write_emt_cu_split

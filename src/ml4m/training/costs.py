@@ -6,7 +6,8 @@ and forces (validation, metrics), last-layer features and the features' Jacobian
 posterior, :meth:`~ml4m.models.torch_potential.TorchPotential.fit_last_layer`) and
 predictions with sigmas (its calibration, metrics). :func:`last_layer_seconds` and
 :func:`largest_share` turn those costs into the time of a posterior fit and the share of
-the frames a budget allows.
+the frames a budget allows. :func:`step_seconds` times a training step (the regime of a
+fit, :mod:`ml4m.training.regime`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 from ml4m.data.frames import Frame
 from ml4m.data.split import evenly_spaced
 
-__all__ = ["evaluation_costs", "probe_frames", "last_layer_seconds", "largest_share"]
+__all__ = ["evaluation_costs", "probe_frames", "step_seconds", "last_layer_seconds",
+           "largest_share"]
 
 
 def probe_frames(frames: Sequence[Frame], n: int = 1) -> list[Frame]:
@@ -80,6 +82,33 @@ def evaluation_costs(model: Any, frames: Sequence[Frame]) -> dict[str, Any]:
                 model.last_layer_ = kept
         cost["jacobian"] = max(fit / atoms - cost["features"] - cost["sigma"], 0.0)
     return cost
+
+
+def step_seconds(model: Any, train_set: Any, batch_size: int, repeats: int = 3) -> float:
+    """Median seconds of one training step of a prepared ``model`` on ``batch_size``
+    evenly spaced frames of ``train_set`` (a :class:`~ml4m.training.batches.GraphSet`):
+    energies, forces (and stress where frames carry it) with their graph kept, and the
+    backward pass of a loss on them; ``repeats`` timed steps after one untimed. The
+    parameters are not changed (their gradients are cleared)."""
+    from ml4m.training.batches import collate
+
+    idx = [int(k) for k in evenly_spaced(len(train_set), min(batch_size, len(train_set)))]
+    data, labels = collate(train_set.graphs(idx, model.cutoff, model.species_, model.dtype),
+                           model.device)
+    stress = bool(labels["stress_mask"].any())
+
+    def step() -> None:
+        pred = model.energy_and_derivatives(data, forces=True, stress=stress,
+                                            create_graph=True)
+        loss = pred["energy"].square().sum() + pred["forces"].square().sum()
+        if stress:
+            loss = loss + pred["stress"][labels["stress_mask"]].square().sum()
+        loss.backward()
+        model.module_.zero_grad(set_to_none=True)
+
+    step()
+    times = sorted(_seconds(step) for _ in range(max(1, repeats)))
+    return times[len(times) // 2]
 
 
 def last_layer_seconds(cost: dict[str, Any], train_atoms: float, held_atoms: float,

@@ -218,8 +218,8 @@ def _regime(cfg, model, train_set, base, dist, resume, left, plan) -> dict[str, 
     """
     from ml4m.training.batches import epoch_batches
     from ml4m.training.checkpoint import load_checkpoint
-    from ml4m.training.regime import (choose_regime, expected_passes, regime_of_checkpoint,
-                                      step_seconds)
+    from ml4m.training.costs import step_seconds
+    from ml4m.training.regime import choose_regime, expected_passes, regime_of_checkpoint
     from ml4m.training.settings import TrainSettings
     from ml4m.training.trainer import prepare_model
 

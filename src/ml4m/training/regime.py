@@ -10,8 +10,8 @@ Cu (~7 passes) AMSGrad's slow start raises it (benchmarks/results/fit_defaults.m
 
 :func:`expected_passes` estimates the passes a run will make before it starts: from the
 epochs it is given, or from its budget and the measured time of one training step
-(:func:`step_seconds`). :func:`choose_regime` names the regime and returns the model
-kind's settings for it (:attr:`~ml4m.models.torch_potential.TorchPotential.regime_defaults`),
+(:func:`ml4m.training.costs.step_seconds`). :func:`choose_regime` names the regime and
+returns the model kind's settings for it (:attr:`~ml4m.models.torch_potential.TorchPotential.regime_defaults`),
 leaving out every setting the config gives.
 """
 
@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
-from ml4m.data.split import evenly_spaced
-
-__all__ = ["MANY_PASSES", "REGIMES", "step_seconds", "expected_passes", "choose_regime",
+__all__ = ["MANY_PASSES", "REGIMES", "expected_passes", "choose_regime",
            "regime_of_checkpoint"]
 
 #: a fit that passes over its training data at least this many times is limited by the
@@ -34,45 +31,6 @@ __all__ = ["MANY_PASSES", "REGIMES", "step_seconds", "expected_passes", "choose_
 MANY_PASSES = 200
 #: the regimes, named as in ``regime_defaults``
 REGIMES = ("data_limited", "step_limited")
-
-
-def step_seconds(model: Any, train_set: Any, batch_size: int, repeats: int = 3) -> float:
-    """Median seconds of one training step of ``model`` on ``batch_size`` evenly spaced
-    training frames: energies, forces (and stress for frames with a cell) with their
-    graph kept, and the backward pass of a loss on them; after one untimed step. The
-    parameters are not changed (their gradients are cleared).
-
-    Parameters
-    ----------
-    model : TorchPotential
-        Prepared (``module_`` set).
-    train_set : GraphSet
-    batch_size : int
-        Frames per step.
-    repeats : int
-        Timed steps.
-    """
-    from ml4m.training.batches import collate
-
-    idx = [int(k) for k in evenly_spaced(len(train_set), min(batch_size, len(train_set)))]
-    data, labels = collate(train_set.graphs(idx, model.cutoff, model.species_, model.dtype),
-                           model.device)
-    stress = bool(labels["stress_mask"].any())
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        pred = model.energy_and_derivatives(data, forces=True, stress=stress,
-                                            create_graph=True)
-        loss = pred["energy"].square().sum() + pred["forces"].square().sum()
-        if stress:
-            loss = loss + pred["stress"][labels["stress_mask"]].square().sum()
-        loss.backward()
-        model.module_.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
-
-    step()
-    times = sorted(step() for _ in range(max(1, repeats)))
-    return times[len(times) // 2]
 
 
 def expected_passes(max_epochs: int | None, train_seconds: float | None,
