@@ -228,7 +228,9 @@ def test_max_minutes_bounds_the_whole_network_fit(tmp_path, one_thread):
     metrics = json.loads(out.getvalue())
     assert seconds <= 1.1 * 60 * budget + 5.0, (seconds, metrics["budget"])
     assert metrics["training"]["steps"] >= 1 and "uncertainty" in metrics["valid"]
-    # the regime's passes, from one timed step, foretell the passes made (12 steps each)
+    # the regime's passes, from one timed step, foretell the passes made (12 steps
+    # each) within a factor that a unit error (60) exceeds and a shared machine's load
+    # does not (6.5 seen on CI in a 12-s fit; real fits: fit_defaults.md)
     regime = metrics["training"]["regime"]
     made = metrics["training"]["steps"] / 12
-    assert 0.25 < regime["passes"] / made < 4.0, (regime, made)
+    assert 1 / 20 < regime["passes"] / made < 20, (regime, made)

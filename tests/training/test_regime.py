@@ -115,8 +115,11 @@ def test_fit_applies_the_data_limited_settings_unless_the_config_sets_them(
 
 def test_a_budgets_passes_are_not_those_of_a_run_without_one(files, tmp_path, monkeypatch):
     """With ``--max-minutes`` and no ``max_epochs`` the budget ends the run: its passes
-    come from the timed step, not from the epochs a run without a budget makes (here
-    made 1 by ``AUTO_STEPS``)."""
+    are the training seconds over the timed pass, not the epochs a run without a budget
+    makes (here made 1 by ``AUTO_STEPS``). How well they foretell the passes made is
+    measured on real fits in benchmarks/results/fit_defaults.md; on this 12-s toy the
+    fixed costs of an epoch and the load of a shared machine dominate, so only a unit
+    error (a factor 60) must fail here."""
     from ml4m.training import settings as settings_mod
 
     monkeypatch.setattr(settings_mod, "AUTO_STEPS", 1)
@@ -124,5 +127,10 @@ def test_a_budgets_passes_are_not_those_of_a_run_without_one(files, tmp_path, mo
     metrics, _ = _fit(files, tmp_path, argv=("--max-minutes", "0.2"))
     regime = metrics["training"]["regime"]
     made = metrics["training"]["epochs"]
-    assert made > 1 and regime["step_seconds"] > 0
-    assert 0.25 < regime["passes"] / made < 4.0, (regime, made)
+    assert made > 1 and regime["passes"] > 2
+    # 8 frames in batches of 4: a pass is two timed steps and a validation
+    assert regime["seconds_per_pass"] >= 2 * regime["step_seconds"] > 0
+    assert regime["passes"] == pytest.approx(regime["train_seconds"]
+                                             / regime["seconds_per_pass"])
+    assert 0.0 < regime["train_seconds"] < 12.0
+    assert 1 / 20 < regime["passes"] / made < 20, (regime, made)

@@ -213,8 +213,9 @@ def _regime(cfg, model, train_set, base, dist, resume, left, plan) -> dict[str, 
     Returns
     -------
     dict or None
-        :func:`~ml4m.training.regime.choose_regime`'s (with ``step_seconds``), None
-        for a kind without ``regime_defaults``.
+        :func:`~ml4m.training.regime.choose_regime`'s, with ``step_seconds``,
+        ``train_seconds`` and ``seconds_per_pass`` (None without a budget), None for a
+        kind without ``regime_defaults``.
     """
     from ml4m.training.batches import epoch_batches
     from ml4m.training.checkpoint import load_checkpoint
@@ -245,7 +246,8 @@ def _regime(cfg, model, train_set, base, dist, resume, left, plan) -> dict[str, 
                 per_pass = seconds * n_batches + plan["valid_seconds"]
             regime = choose_regime(expected_passes(epochs, train_seconds, per_pass),
                                    defaults, cfg.params, cfg.training)
-            regime["step_seconds"] = seconds
+            regime.update(step_seconds=seconds, train_seconds=train_seconds,
+                          seconds_per_pass=per_pass)
     regime = dist.broadcast(regime)
     base.update(regime["training"])
     if regime["params"]:
