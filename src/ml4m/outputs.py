@@ -9,6 +9,14 @@ them. :func:`claim_output` enforces this before any work starts:
 - an existing folder is replaced only when it is an ml4m output of the same kind (its
   ``.ml4m-output.json`` marker says so) or is empty, unless ``overwrite=True``;
 - an existing folder is never replaced by a file;
+- a *shared* companion, a file of a fixed name that outputs of other names write beside
+  theirs too (``metrics.json`` beside every model), is written twice by
+  :func:`write_shared`: under its name and as the output's own copy
+  ``{stem}_{name}`` (:func:`own_copy`). An existing one is replaced only when it records
+  this output or its record is kept, byte for byte, in its output's own copy; otherwise
+  (a ``metrics.json`` of the user's, or of a model without its copy) only with
+  ``overwrite=True``. Fitting ``runs/mpnn.ml4m`` after ``runs/ace.ml4m`` keeps
+  ``runs/ace_metrics.json``;
 - one process at a time: a lock file ``.NAME.lock`` beside the output holds the writer's
   PID and start time; a second writer fails at once, a lock whose process is gone is
   taken over.
@@ -33,7 +41,7 @@ from pathlib import Path
 from ml4m.errors import ConfigError
 
 __all__ = ["MARKER", "OutputBusyError", "check_output", "claim_output", "folder_kind_of",
-           "mark_folder", "marker_record", "output_lock"]
+           "mark_folder", "marker_record", "output_lock", "own_copy", "write_shared"]
 
 #: file inside every folder ml4m writes, naming the kind of output it is
 MARKER = ".ml4m-output.json"
@@ -122,7 +130,8 @@ def file_with_suffix(path: str | os.PathLike, suffix: str) -> Path:
 
 def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (),
                  folder_kind: str | None = None, overwrite: bool = False,
-                 companions: Iterable[str | os.PathLike] = ()) -> Path:
+                 companions: Iterable[str | os.PathLike] = (),
+                 shared: Iterable[tuple[str | os.PathLike, str]] = ()) -> Path:
     """Check that ``path`` may be written; raise :class:`ConfigError` naming why not.
 
     Parameters
@@ -135,9 +144,16 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
         The output is a folder of this kind (``"split"``, ``"store"``, ...); None for a
         file.
     overwrite : bool
-        Allow replacing an existing folder that is not an ml4m output of the same kind.
+        Allow replacing an existing folder that is not an ml4m output of the same kind,
+        and shared companions of other outputs.
     companions : iterable of paths
         Further files the command writes beside ``path`` (checked against the inputs).
+    shared : iterable of (path, key)
+        Companions of a fixed name (also in ``companions``, as their :func:`own_copy`)
+        with the key of their JSON object that names the output they belong to
+        (``("runs/metrics.json", "model")``): an existing one is replaced only when that
+        key names a file called as ``path``, or its output's own copy holds the same
+        bytes.
 
     Returns
     -------
@@ -167,6 +183,9 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
             if _is_within(target, inp):
                 raise ConfigError(f"{label} {name} lies inside the input {given}; "
                                   "choose another output")
+    if not overwrite:
+        for companion, key in shared:
+            _check_shared(Path(companion), key, out)
     if not res.exists() and not res.is_symlink():
         return out
     if folder_kind is None:
@@ -183,6 +202,50 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
     raise ConfigError(f"output folder {out} exists and is {what} (this command writes a "
                       f"'{folder_kind}' folder); nothing was changed. Choose another name, or pass "
                       "--overwrite to replace the folder and everything in it")
+
+
+def own_copy(companion: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """The copy of a shared ``companion`` (e.g. ``runs/metrics.json``) that belongs to
+    ``output`` alone: ``{output's stem}_{companion's name}`` beside the companion
+    (``runs/ace_metrics.json`` for ``runs/ace.ml4m``)."""
+    companion = Path(companion)
+    return companion.with_name(f"{Path(output).stem}_{companion.name}")
+
+
+def write_shared(companion: str | os.PathLike, output: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to the shared ``companion`` of ``output`` and to its
+    :func:`own_copy`, each atomically (the copy first, so that the shared name never
+    holds a record that its copy lacks)."""
+    from ml4m._fileio import atomic_path
+
+    for path in (own_copy(companion, output), Path(companion)):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+
+
+def _check_shared(companion: Path, key: str, out: Path) -> None:
+    """Raise :class:`ConfigError` when replacing the existing file ``companion`` could
+    lose a record: it is not a JSON object whose ``key`` names a file called as ``out``,
+    nor one whose output's :func:`own_copy` holds the same bytes."""
+    if not companion.exists() and not companion.is_symlink():
+        return
+    try:
+        text = companion.read_bytes()
+        owner = json.loads(text).get(key)
+    except (OSError, ValueError, AttributeError):
+        owner = None
+    if isinstance(owner, str):
+        if Path(owner).name == out.name:
+            return
+        with contextlib.suppress(OSError):
+            if own_copy(companion, owner).read_bytes() == text:
+                return
+        whose = f"records {owner}, whose own copy {own_copy(companion, owner).name} lacks it"
+    else:
+        whose = "was not written by ml4m for a model"
+    raise ConfigError(f"{companion} exists and {whose}; writing {out} would replace it. "
+                      f"Nothing was changed: write {out.name} to another folder, or pass "
+                      "--overwrite to replace it")
 
 
 def _lock_path(out: Path) -> Path:
@@ -276,7 +339,8 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
 @contextlib.contextmanager
 def claim_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (),
                  folder_kind: str | None = None, overwrite: bool = False,
-                 companions: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+                 companions: Iterable[str | os.PathLike] = (),
+                 shared: Iterable[tuple[str | os.PathLike, str]] = ()) -> Iterator[Path]:
     """Check ``path`` with :func:`check_output`, then hold its lock while writing.
 
     Use it around the whole command, before reading any input::
@@ -291,7 +355,7 @@ def claim_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike]
     Path
         The output path to write.
     """
-    inputs, companions = list(inputs), list(companions)
-    check_output(path, inputs, folder_kind, overwrite, companions)
+    inputs, companions, shared = list(inputs), list(companions), list(shared)
+    check_output(path, inputs, folder_kind, overwrite, companions, shared)
     with output_lock(path):
-        yield check_output(path, inputs, folder_kind, overwrite, companions)
+        yield check_output(path, inputs, folder_kind, overwrite, companions, shared)

@@ -88,6 +88,32 @@ def test_existing_foreign_folder_needs_overwrite(capsys, folder, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "mine", "splits"]  # no leftovers
 
 
+def test_a_fit_keeps_the_metrics_of_another_model_in_its_folder(capsys, folder, tmp_path):
+    """``metrics.json`` has one name beside every model: each fit also writes its own
+    ``{stem}_metrics.json``, so a second model in the folder loses no record; a
+    ``metrics.json`` whose record is kept nowhere else is replaced only with
+    ``--overwrite``, and the refusal comes before any work."""
+    runs = tmp_path / "runs"
+    fit = ["fit", "--train", folder / "train.extxyz", "--search", "off", "--json"]
+    assert run_cli(capsys, *fit, "-o", runs / "a.ml4m")[0] == 0
+    a = (runs / "metrics.json").read_bytes()
+    assert (runs / "a_metrics.json").read_bytes() == a
+    assert run_cli(capsys, *fit, "-o", runs / "b.ml4m")[0] == 0  # a's record is in its copy
+    assert (runs / "a_metrics.json").read_bytes() == a
+    b = json.loads((runs / "metrics.json").read_text())
+    assert b["model"].endswith("b.ml4m") and b == json.loads((runs / "b_metrics.json").read_text())
+    for text, why in (("my own table", "not written by ml4m"),  # the user's file
+                      (json.dumps({"model": str(runs / "old.ml4m")}), "old_metrics.json")):
+        (runs / "metrics.json").write_text(text)
+        before = _snapshot(runs)
+        code, _, err = run_cli(capsys, *fit, "-o", runs / "c.ml4m")
+        assert code == 2 and why in err and "--overwrite" in err, err
+        assert _snapshot(runs) == before  # nothing written, c.ml4m included
+    code, _, err = run_cli(capsys, *fit, "-o", runs / "c.ml4m", "--overwrite")
+    assert code == 0, err
+    assert json.loads((runs / "metrics.json").read_text())["model"].endswith("c.ml4m")
+
+
 def test_second_writer_of_the_same_output_fails_at_once(capsys, folder, tmp_path):
     out = tmp_path / "cu.extxyz"
     with output_lock(out):

@@ -11,7 +11,8 @@ DESCRIPTION = """\
 Fit a model to labelled structures. Settings come from an optional YAML file (keys:
 model, train, valid, output, keys, descriptor, descriptor_type, e0, sigmas, params,
 training, target, seed, max_minutes, search, device); command-line flags override it.
-Writes the model (.ml4m), metrics.json and parity plots next to it.
+Writes the model (.ml4m), metrics.json (also as {stem}_metrics.json, so that several
+models fitted into one folder keep theirs) and parity plots next to it.
 
 A linear ACE fit (--model ace, the default) without descriptor settings chooses its basis:
 a ladder of nested bases is scored by 3-fold cross-validation inside --train (by
@@ -64,7 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "model (same settings), e.g. after the process was killed")
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("-o", "--output", metavar="MODEL",
-                   help="model file (.ml4m); metrics.json and plots go beside it")
+                   help="model file (.ml4m); metrics.json ({stem}_metrics.json too) and "
+                   "plots go beside it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a metrics.json beside MODEL whose record is kept nowhere "
+                   "else (e.g. a file of your own)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
@@ -81,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from ml4m.resources import max_memory
 
     with max_memory(args.max_memory):
-        metrics = fit_model(cfg, progress=not args.json, resume=args.resume)
+        metrics = fit_model(cfg, progress=not args.json, resume=args.resume,
+                            overwrite=args.overwrite)
     if "model" not in metrics:  # a further process of a data-parallel run: rank 0 reports
         return 0
     if args.json:

@@ -13,6 +13,7 @@ import numpy as np
 from ml4m._fileio import atomic_path
 from ml4m.data import LabelKeys, read_dataset
 from ml4m.errors import ConfigError
+from ml4m.outputs import own_copy, write_shared
 from ml4m.models.metrics import error_metrics
 from ml4m.training.config import FitConfig, is_network
 
@@ -67,7 +68,8 @@ def model_outputs(cfg: FitConfig) -> tuple[Path, list[Path]]:
     model : Path
         ``cfg.output`` with the ``.ml4m`` suffix.
     companions : list of Path
-        ``metrics.json`` and the plots (``{stem}_parity_energy.png``, ...).
+        ``metrics.json`` (first; shared by the models of a folder), its copy
+        ``{stem}_metrics.json`` and the plots (``{stem}_parity_energy.png``, ...).
     """
     from ml4m.models.serialization import MODEL_SUFFIX, model_file_path
 
@@ -76,12 +78,21 @@ def model_outputs(cfg: FitConfig) -> tuple[Path, list[Path]]:
     plots = ("learning_curve",) if cfg.model == "krr" else ("parity_energy", "parity_forces")
     if cfg.searches:
         plots += ("search",)
-    companions = [path.parent / "metrics.json"] + [path.parent / f"{stem}_{p}.png" for p in plots]
+    metrics = metrics_path(path)
+    companions = [metrics, own_copy(metrics, path)] + [path.parent / f"{stem}_{p}.png"
+                                                        for p in plots]
     if cfg.searches:
         companions.append(chosen_config_path(path))
     if is_network(cfg.model):
         companions += list(network_files(path).values())
     return path, companions
+
+
+def metrics_path(path: Path) -> Path:
+    """``metrics.json`` beside the model ``path``: the metrics of the last model fitted
+    in its folder, each model's also in its own ``{stem}_metrics.json``
+    (:func:`ml4m.outputs.write_shared`)."""
+    return path.parent / "metrics.json"
 
 
 def chosen_config_path(path: Path) -> Path:
@@ -109,11 +120,13 @@ def _check_device(device: str) -> None:
                               "(torch.cuda.is_available() is False); use --device cpu")
 
 
-def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False) -> dict[str, Any]:
+def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False,
+              overwrite: bool = False) -> dict[str, Any]:
     """Fit, save the model, and write ``metrics.json`` and parity plots beside it.
 
     The outputs are claimed first (:func:`ml4m.outputs.claim_output`: not an input, not
-    below a file, one writer at a time), so a bad output path fails before the fit.
+    below a file, one writer at a time, a ``metrics.json`` of another model kept), so a
+    bad output path fails before the fit.
 
     Parameters
     ----------
@@ -124,6 +137,9 @@ def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False) -> di
     resume : bool
         For networks: continue the training saved in the checkpoint beside the model
         (:func:`network_files`), e.g. after the process was killed.
+    overwrite : bool
+        Replace a ``metrics.json`` beside the model that records another model (or is
+        not ml4m's).
 
     Returns
     -------
@@ -146,7 +162,8 @@ def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False) -> di
         from ml4m.training.network import fit_network
 
         return fit_network(cfg, path, started, False, resume, write=False)[3]
-    with claim_output(path, inputs=inputs, companions=companions):
+    with claim_output(path, inputs=inputs, companions=companions, overwrite=overwrite,
+                      shared=[(companions[0], "model")]):
         if cfg.model == "krr":
             return _fit_property_model(cfg, path)
         if network:
@@ -316,8 +333,7 @@ def _write_potential_outputs(model, path: Path, train, valid, metrics: dict[str,
     stem = path.name[: -len(path.suffix)]
     metrics["plots"] = metrics.get("plots", []) + [
         str(p) for p in parity_plots(sets, path.parent, prefix=f"{stem}_")]
-    with atomic_path(path.parent / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1, default=str))
+    write_shared(metrics_path(path), path, json.dumps(metrics, indent=1, default=str))
     return metrics
 
 
@@ -349,8 +365,7 @@ def _fit_property_model(cfg: FitConfig, path: Path) -> dict[str, Any]:
         metrics["learning_curve"] = {"sizes": curve.sizes.tolist(), "mae": curve.mae.tolist(),
                                      "slope": curve.slope()}
         metrics["plots"].append(str(png))
-    with atomic_path(path.parent / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1, default=str))
+    write_shared(metrics_path(path), path, json.dumps(metrics, indent=1, default=str))
     return metrics
 
 
