@@ -217,6 +217,9 @@ def main(argv=None) -> int:
     parser.add_argument("--systems", nargs="+", default=["ethanol_pbe", "bpa_xtb"])
     parser.add_argument("--temperatures", nargs="+", type=float, default=[300.0, 600.0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run: FIRST_SEED .. FIRST_SEED + SEEDS - 1 (extends "
+                             "an earlier run of the same models)")
     parser.add_argument("--ps", type=float, default=2.0, help="length of each run, ps")
     parser.add_argument("--dt", type=float, default=0.5, help="time step, fs")
     parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
@@ -253,7 +256,8 @@ def main(argv=None) -> int:
     args.models = args.models or [*(m for f in args.fits for m in (f, f"{f}+core")), *peers]
     tasks = [(system, name, temperature, seed) for system in args.systems
              for name in args.models if name not in peers or (system, name) in args.peer
-             for temperature in args.temperatures for seed in range(args.seeds)]
+             for temperature in args.temperatures
+             for seed in range(args.first_seed, args.first_seed + args.seeds)]
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -280,7 +284,8 @@ def write(results: list[dict], args, argv) -> None:
     command = "python benchmarks/md_stability.py " + " ".join(argv or sys.argv[1:])
     lines = [f"# MD stability: `{command.strip()}`", "",
              f"Langevin NVT from the first valid frame, dt {args.dt} fs, friction "
-             f"{args.friction}/fs, {args.ps:g} ps per run, seeds 0-{args.seeds - 1}. A run "
+             f"{args.friction}/fs, {args.ps:g} ps per run, seeds {args.first_seed}-"
+             f"{args.first_seed + args.seeds - 1}. A run "
              f"fails when a bond exceeds {args.bond_factor} x its starting length, two atoms come "
              f"closer than {args.close_factor} x their pair's shortest training distance, or "
              "run_md's own checks stop it.", "",
