@@ -10,7 +10,9 @@ scores member 0 (its last-layer posterior, fitted and calibrated by ``ml4m fit``
 the committee with ``ml4m test FILE valid.extxyz --json``: per-atom Spearman of the force
 sigma against the absolute force error, and the calibration ratio (force RMSE / RMS
 sigma). The extra inference cost is the CPU time (one thread, median of 3) of
-``predict(valid, uncertainty=True)`` over ``predict(valid)`` of member 0.
+``predict(frames, uncertainty=True)`` over ``predict(frames)`` of member 0, on
+``--cost-frames`` evenly spaced valid frames. ``--reuse`` takes member files already in
+the work folder (their valid errors from ``ml4m test``) instead of fitting them.
 
 Usage::
 
@@ -43,9 +45,13 @@ def _one_thread() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the ml4m processes
 
 
-def fit_member(name: str, model: str, k: int, workdir: Path, max_minutes: float | None) -> dict:
+def fit_member(name: str, model: str, k: int, workdir: Path, max_minutes: float | None,
+               reuse: bool = False) -> dict:
     d = SHARED / name
     out = workdir / name / f"{model}_member{k}.ml4m"
+    if reuse and out.is_file():
+        test, _ = run_json(["test", str(out), str(d / "valid.extxyz")])
+        return {"path": str(out), "wall_s": None, "valid": test}
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = ["--max-minutes", str(max_minutes)] if max_minutes else []
     fit, wall = run_json(["fit", "--model", model, "--train", str(d / "train.extxyz"),
@@ -80,7 +86,8 @@ def run_set(name: str, args) -> dict:
     from ml4m.data import read_dataset
     from ml4m.models import Committee
 
-    runs = [(name, args.model, k, args.workdir, args.max_minutes) for k in range(args.members)]
+    runs = [(name, args.model, k, args.workdir, args.max_minutes, args.reuse)
+            for k in range(args.members)]
     if args.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -95,6 +102,8 @@ def run_set(name: str, args) -> dict:
     committee, _ = run_json(["test", str(committee_path), str(valid)])
     torch.set_num_threads(1)
     frames = list(read_dataset(valid))
+    frames = [frames[int(i)] for i in np.unique(np.linspace(0, len(frames) - 1,
+                                                            args.cost_frames).astype(int))]
     first, joined = ml4m.load(members[0]["path"]), ml4m.load(committee_path)
     plain = cpu_seconds(first, frames, False)
     return {"set": name, "model": args.model, "members": args.members,
@@ -107,7 +116,7 @@ def run_set(name: str, args) -> dict:
                            "cost": cpu_seconds(first, frames, True) / plain},
             "committee": {**_scores(committee),
                           "cost": cpu_seconds(joined, frames, True) / plain},
-            "predict_cpu_s": plain}
+            "predict_cpu_s": plain, "cost_frames": len(frames)}
 
 
 def _bound(scores: dict) -> str:
@@ -154,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/ml4m_net_sigma"))
+    ap.add_argument("--cost-frames", type=int, default=20,
+                    help="evenly spaced valid frames the extra cost is timed on")
+    ap.add_argument("--reuse", action="store_true",
+                    help="take member files already in --workdir instead of fitting them")
     args = ap.parse_args(argv)
     write([run_set(name, args) for name in args.sets], argv)
     return 0
