@@ -36,7 +36,8 @@ from nequip_peer import structures, timed  # noqa: E402
 
 
 def build(model_path: str | None, params: dict, dtype: str, atoms):
-    """The trained model at ``model_path`` in ``dtype``, or a fresh one prepared on
+    """The trained model at ``model_path`` in ``dtype`` (its network's; a repulsive core
+    or baseline around it is kept and timed with it), or a fresh one prepared on
     ``atoms`` (statistics only)."""
     from ml4m.models import load
     from ml4m.models.mpnn import MPNN
@@ -44,8 +45,10 @@ def build(model_path: str | None, params: dict, dtype: str, atoms):
     if model_path:
         import torch
 
-        model = load(model_path).set_params(dtype=dtype)
-        model.module_ = model.module_.to(dtype=getattr(torch, dtype))
+        model = load(model_path)
+        net = getattr(model, "model", model)  # the network under a core or baseline
+        net.set_params(dtype=dtype)
+        net.module_ = net.module_.to(dtype=getattr(torch, dtype))
         return model
     return MPNN(**params, dtype=dtype).prepare([atoms])
 
