@@ -5,7 +5,8 @@ For each ``--sets`` set, trains ``--members`` networks with default flags and se
 
     ml4m fit --model mpnn --train train.extxyz --valid valid.extxyz --seed k -o member_k.ml4m
 
-joins them with :meth:`ml4m.models.Committee.from_members` into ``committee.ml4m``, and
+joins them with :meth:`ml4m.models.Committee.from_members` into ``committee.ml4m``
+(its spread calibrated on the valid file, as ``ml4m fit`` calibrates the last layer), and
 scores member 0 (its last-layer posterior, fitted and calibrated by ``ml4m fit``) and
 the committee with ``ml4m test FILE valid.extxyz --json``: per-atom Spearman of the force
 sigma against the absolute force error, and the calibration ratio (force RMSE / RMS
@@ -95,9 +96,10 @@ def run_set(name: str, args) -> dict:
             members = list(pool.map(fit_member, *zip(*runs)))
     else:
         members = [fit_member(*run) for run in runs]
-    committee_path = Committee.from_members([ml4m.load(m["path"]) for m in members]).save(
-        args.workdir / name / f"{args.model}_committee.ml4m")
     valid = SHARED / name / "valid.extxyz"
+    joined = Committee.from_members([ml4m.load(m["path"]) for m in members])
+    joined.calibrate(read_dataset(valid))  # on valid, as ml4m fit calibrates the last layer
+    committee_path = joined.save(args.workdir / name / f"{args.model}_committee.ml4m")
     last_layer, _ = run_json(["test", members[0]["path"], str(valid)])
     committee, _ = run_json(["test", str(committee_path), str(valid)])
     torch.set_num_threads(1)
@@ -114,7 +116,7 @@ def run_set(name: str, args) -> dict:
                                             for m in members],
             "last_layer": {**_scores(last_layer),
                            "cost": cpu_seconds(first, frames, True) / plain},
-            "committee": {**_scores(committee),
+            "committee": {**_scores(committee), "calibration": joined.calibration_,
                           "cost": cpu_seconds(joined, frames, True) / plain},
             "predict_cpu_s": plain, "cost_frames": len(frames)}
 
@@ -143,10 +145,12 @@ def write(rows: list[dict], argv: list[str]) -> None:
         ll, c = r["last_layer"], r["committee"]
         maes = ", ".join(f"{v:.1f}" for v in r["member_forces_mae_mev_per_a"])
         budget = r.get("max_minutes") or "- (default steps)"
+        raw = (f" (raw spread x{c['calibration']['forces']:.2f})" if "calibration" in c
+               else "")
         lines.append(f"| {r['set']} | {r['model']} | {r['members']} | {budget} | {maes} | "
                      f"{ll['spearman']:.2f}{_bound(ll)}, {ll['ratio']:.2f}, {ll['cost']:.1f}x | "
-                     f"{c['forces_mae_mev_per_a']:.1f}, {c['spearman']:.2f}{_bound(c)}, {c['ratio']:.2f}, "
-                     f"{c['cost']:.1f}x |")
+                     f"{c['forces_mae_mev_per_a']:.1f}, {c['spearman']:.2f}{_bound(c)}, "
+                     f"{c['ratio']:.2f}{raw}, {c['cost']:.1f}x |")
     lines += notes_below_table(RESULTS / "network_uncertainty.md")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "network_uncertainty.md").write_text("\n".join(lines).rstrip("\n") + "\n")

@@ -156,3 +156,44 @@ def test_a_committee_of_networks_trained_one_by_one(tmp_path):
         Committee.from_members([members[0], MPNN(**{**small, "r_max": 3.0}).prepare(frames)])
     with pytest.raises(ConfigError, match="one kind"):
         Committee.from_members([members[0], LinearACE(_ace())])
+
+
+def _ratio(frames, pred, key):
+    """Reference-minus-prediction RMS over RMS sigma of ``energy`` or ``forces``."""
+    ref = np.concatenate([np.ravel(getattr(f, key)) for f in frames])
+    err, sigma = ref - np.ravel(getattr(pred, key)), np.ravel(getattr(pred, f"{key}_sigma"))
+    return np.sqrt(np.mean(err**2)) / np.sqrt(np.mean(sigma**2))
+
+
+def test_calibration_scales_the_spread_to_the_held_out_error(committee, data, tmp_path):
+    """``calibrate`` makes the RMS error over the RMS sigma 1 on its frames for energies
+    and forces alike, by one factor each (the ranking of the sigmas is kept; the stress
+    takes the force factor); the factors are saved; a file without them (older) loads
+    with the raw spread; ``fit`` with ``valid`` calibrates on it."""
+    import copy
+
+    held = data[1]
+    raw = committee.predict(held, uncertainty=True)
+    calibrated = copy.deepcopy(committee).calibrate(held)
+    got = calibrated.predict(held, uncertainty=True)
+    c = calibrated.calibration_
+    assert _ratio(held, raw, "forces") > 1.2  # the raw spread is too small here
+    for key in ("energy", "forces"):
+        assert _ratio(held, got, key) == pytest.approx(1.0, rel=1e-10)
+        assert c[key] == pytest.approx(_ratio(held, raw, key), rel=1e-10)
+    np.testing.assert_allclose(got.forces_sigma, c["forces"] * raw.forces_sigma, rtol=1e-12)
+    np.testing.assert_allclose(got.stress_sigma, c["forces"] * raw.stress_sigma, rtol=1e-12)
+    np.testing.assert_array_equal(got.forces, raw.forces)
+    loaded = ml4m.load(calibrated.save(tmp_path / "calibrated"))
+    assert loaded.calibration_ == c
+    params, arrays = calibrated.get_state()
+    older = {k: v for k, v in params.items() if k != "calibration"}
+    path = save_model_file(tmp_path / "older.ml4m", "committee", older, arrays)
+    np.testing.assert_array_equal(ml4m.load(path).predict(held, uncertainty=True).forces_sigma,
+                                  raw.forces_sigma)
+    bad = {**params, "calibration": {"energy": 1.0, "forces": -2.0}}
+    with pytest.raises(DataError, match=r"params\.calibration\.forces"):
+        ml4m.load(save_model_file(tmp_path / "bad.ml4m", "committee", bad, arrays))
+    fitted = Committee(LinearACE(_ace(), uncertainty="posterior"), n_members=3,
+                       seed=2).fit(data[0], held)
+    assert fitted.calibration_ == pytest.approx(c, rel=1e-8)

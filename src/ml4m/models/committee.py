@@ -18,9 +18,12 @@ from ml4m.errors import ConfigError, DataError, NotFittedError
 from ml4m.models.base import Potential, Prediction, as_frames
 from ml4m.models.registry import model_kind, register_model
 from ml4m.models.serialization import check_state_version
-from ml4m.validation import check_int, check_mapping, int_from, one_of
+from ml4m.validation import check_float, check_int, check_mapping, int_from, one_of
 
 __all__ = ["Committee"]
+
+#: the factors of a committee's spread before :meth:`Committee.calibrate`
+UNCALIBRATED = {"energy": 1.0, "forces": 1.0}
 
 
 def _groups(frames: list[Frame]) -> list[list[int]]:
@@ -83,10 +86,21 @@ class Committee(Potential):
     seed : int, default=0
         Seed of the resampling; member k gets ``seed + k`` when it has a seed.
 
+    Attributes
+    ----------
+    calibration_ : dict
+        ``energy`` and ``forces``: the factors of the members' spread
+        (:meth:`calibrate`; 1 until calibrated).
+
     Notes
     -----
     ``energy_sigma`` (eV), ``forces_sigma`` (eV/Angstrom, per component) and
-    ``stress_sigma`` (eV/Angstrom^3) are the members' standard deviations (ddof 1).
+    ``stress_sigma`` (eV/Angstrom^3) are the members' standard deviations (ddof 1) times
+    ``calibration_`` (the force factor for the stress, as the last-layer posterior
+    does). The raw spread of networks that differ by their seed is 1.3-2.3x smaller than
+    their error (benchmarks/results/network_uncertainty.md): :meth:`fit` calibrates on
+    ``valid`` when given; a committee joined with :meth:`from_members` is calibrated by
+    :meth:`calibrate` on held-out frames.
     """
 
     param_checks = {"n_members": int_from(2, 64), "resample": one_of("bootstrap", "seed"),
@@ -177,6 +191,26 @@ class Committee(Potential):
             raise DataError("no training frames")
         self.members_ = [member.fit(sample, valid)
                          for member, sample in self.member_starts(frames)]
+        self.calibration_ = dict(UNCALIBRATED)
+        if valid is not None and len(valid):
+            self.calibrate(valid)
+        return self
+
+    def calibrate(self, frames: Dataset | list[Frame]) -> Committee:
+        """Scale the spread so that on the labelled held-out ``frames`` the mean predicted
+        variance of the energies and of the force components equals their mean squared
+        error (:func:`~ml4m.models.calibration.variance_scale`); a quantity without
+        labels keeps its factor. Returns ``self``."""
+        from ml4m.models.calibration import held_out_errors, variance_scale
+
+        self._check_fitted()
+        held = as_frames(frames)
+        raw = self._predict(held, uncertainty=True, scale=dict(UNCALIBRATED))
+        e_err, e_var, f_err, f_var = held_out_errors(held, raw)
+        for key, err, var in (("energy", e_err, e_var), ("forces", f_err, f_var)):
+            factor = variance_scale(err, var)
+            if factor is not None:
+                self.calibration_[key] = factor
         return self
 
     @classmethod
@@ -216,17 +250,23 @@ class Committee(Potential):
         model = cls(first.clone(), n_members=len(members), resample=resample, seed=seed)
         model.check_params({k: v for k, v in model.get_params().items() if k != "model"})
         model.members_ = members
+        model.calibration_ = dict(UNCALIBRATED)
         return model
 
     def predict(self, frames, uncertainty: bool = False) -> Prediction:
         """The members' mean energy (eV), forces (eV/A), stress (eV/A^3); with
-        ``uncertainty`` their standard deviations as the sigmas.
+        ``uncertainty`` their standard deviations times ``calibration_`` as the sigmas.
 
         Members linear in their coefficients over one feature map (linear ACE) give the
         mean without sigmas as one model, their mean (``averaged``): one descriptor pass
         instead of K. With sigmas, see :func:`_member_predictions`."""
         self._check_fitted()
-        frames = as_frames(frames)
+        return self._predict(as_frames(frames), uncertainty,
+                             getattr(self, "calibration_", UNCALIBRATED))
+
+    def _predict(self, frames: list[Frame], uncertainty: bool, scale: dict[str, float]
+                 ) -> Prediction:
+        """:meth:`predict` with the spread times ``scale`` (``energy``, ``forces``)."""
         if not uncertainty and _shared_key(self.members_, "feature_map_key") is not None:
             p = type(self.members_[0]).averaged(self.members_).predict(frames)
             return Prediction(energy=p.energy, forces=p.forces, stress=p.stress,
@@ -236,7 +276,10 @@ class Committee(Potential):
                                                                           "stress")}
         sigmas = {}
         if uncertainty:
-            sigmas = {f"{q}_sigma": v.std(axis=0, ddof=1) for q, v in stacked.items()}
+            factor = {"energy": scale["energy"], "forces": scale["forces"],
+                      "stress": scale["forces"]}
+            sigmas = {f"{q}_sigma": factor[q] * v.std(axis=0, ddof=1)
+                      for q, v in stacked.items()}
         return Prediction(energy=stacked["energy"].mean(axis=0),
                           forces=stacked["forces"].mean(axis=0),
                           stress=stacked["stress"].mean(axis=0), offsets=preds[0].offsets,
@@ -248,7 +291,8 @@ class Committee(Potential):
         params: dict[str, Any] = {"member_kind": self.members_[0].kind,
                                   "member_state_version": self.members_[0].state_version,
                                   "n_members": self.n_members, "resample": self.resample,
-                                  "seed": self.seed, "members": []}
+                                  "seed": self.seed, "members": [],
+                                  "calibration": dict(self.calibration_)}
         arrays: dict[str, np.ndarray] = {}
         for k, member in enumerate(self.members_):
             p, a = member.get_state()
@@ -282,4 +326,11 @@ class Committee(Potential):
             members.append(kind.cls.from_state(state, own))
         model = cls(members[0].clone(), **hyper)
         model.members_ = members
+        # files written before committees were calibrated hold the raw spread
+        calibration = check_mapping("params.calibration",
+                                    params.get("calibration", UNCALIBRATED),
+                                    required=tuple(UNCALIBRATED), **where)
+        model.calibration_ = {k: check_float(f"params.calibration.{k}", calibration[k],
+                                             low=0.0, low_open=True, **where)
+                              for k in UNCALIBRATED}
         return model

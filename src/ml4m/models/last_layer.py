@@ -229,13 +229,15 @@ class LastLayerPosterior:
         """Set the factors so that the mean predicted variance equals the mean squared
         error (errors and variances over held-out frames; empty arrays leave 1), and
         record the force RMSE of those frames as ``calibration["forces_rmse"]`` (eV/A)."""
+        from ml4m.models.calibration import variance_scale
+
         for key, err, var in (("energy", energy_err, energy_var),
                               ("forces", force_err, force_var)):
-            err, var = np.asarray(err, float).ravel(), np.asarray(var, float).ravel()
-            if len(err) and np.mean(var) > 0:
-                self.calibration[key] = float(np.sqrt(np.mean(err ** 2) / np.mean(var)))
-            if key == "forces" and len(err):
-                self.calibration["forces_rmse"] = float(np.sqrt(np.mean(err ** 2)))
+            scale = variance_scale(err, var)
+            if scale is not None:
+                self.calibration[key] = scale
+            if key == "forces" and np.size(err):
+                self.calibration["forces_rmse"] = float(np.sqrt(np.mean(np.square(err))))
 
     # ---- persistence ------------------------------------------------------------------------
     def to_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -30,6 +30,7 @@ from ml4m.data.frames import Frame
 from ml4m.data.neighbors import batched_neighbor_list
 from ml4m.errors import ConfigError, DataError, NotFittedError
 from ml4m.models.base import Potential, Prediction, as_frames
+from ml4m.models.calibration import held_out_errors
 from ml4m.models.last_layer import (
     LastLayerPosterior,
     design_rows,
@@ -446,17 +447,7 @@ class TorchPotential(Potential):
             post.focus(J, self.uncertainty_rank)
         self.last_layer_ = post
         held = frames if valid is None else as_frames(valid)
-        p = self.predict(held, uncertainty=True)
-        e_rows = [k for k, f in enumerate(held) if f.energy is not None]
-        f_rows = [k for k, f in enumerate(held) if f.forces is not None]
-        f_atoms = np.concatenate([np.arange(p.offsets[k], p.offsets[k + 1]) for k in f_rows]
-                                 ) if f_rows else np.zeros(0, dtype=int)
-        self.last_layer_.calibrate(
-            np.array([held[k].energy for k in e_rows]) - p.energy[e_rows],
-            p.energy_sigma[e_rows] ** 2,
-            np.concatenate([held[k].forces for k in f_rows]) - p.forces[f_atoms]
-            if f_rows else np.zeros(0),
-            p.forces_sigma[f_atoms] ** 2)
+        self.last_layer_.calibrate(*held_out_errors(held, self.predict(held, uncertainty=True)))
         return self
 
     def _force_rows(self, frames: list[Frame], n_blocks: int, D: int

@@ -92,7 +92,10 @@ def train_network(model: Any, frames: list, settings: TrainSettings) -> Any:
                   else model.member_starts(list(frames)))
         members = [train_network(m, sample, dataclasses.replace(settings, seed=settings.seed + k))
                    for k, (m, sample) in enumerate(starts)]
-        return Committee.from_members(members, model.resample, model.seed)
+        joined = Committee.from_members(members, model.resample, model.seed)
+        # the spread keeps its scale: fine-tuning on new frames leaves no held-out ones
+        joined.calibration_ = dict(getattr(model, "calibration_", joined.calibration_))
+        return joined
     if isinstance(model, Baselined):
         if hasattr(model, "baseline_"):  # a core's radii widen to new close pairs only
             baseline = model.baseline_.update(frames)
