@@ -292,7 +292,8 @@ class Committee(Potential):
                                   "member_state_version": self.members_[0].state_version,
                                   "n_members": self.n_members, "resample": self.resample,
                                   "seed": self.seed, "members": [],
-                                  "calibration": dict(self.calibration_)}
+                                  "calibration": dict(getattr(self, "calibration_",
+                                                              UNCALIBRATED))}
         arrays: dict[str, np.ndarray] = {}
         for k, member in enumerate(self.members_):
             p, a = member.get_state()
