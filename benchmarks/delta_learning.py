@@ -9,14 +9,15 @@ trajectory represented) are fitted twice, in fresh processes, exactly as documen
     ml4m fit --model MODEL --train sub.extxyz --valid valid.extxyz -o direct.ml4m --json
     ml4m fit delta.yaml -o delta.ml4m --json     # the same, plus baseline: {labels: ..., calculator: xtb}
 
-with default settings otherwise (``--max-minutes`` passed to both when given), and the
-valid errors (energy MAE meV/atom, force MAE meV/A) of ``ml4m fit``'s report are
-tabulated with the wall times.
+with default settings otherwise (``--max-minutes`` passed to both when given; with
+``--seeds K`` each fit K times with ``--seed 0 .. K-1``), and the valid errors (energy MAE
+meV/atom, force MAE meV/A) of ``ml4m fit``'s report are tabulated with the wall times
+(means over the seeds, the force MAE of each seed beside them).
 
 Usage::
 
     .venv/bin/python benchmarks/delta_learning.py [--models ace] [--sizes 30 60 120]
-        [--max-minutes M] [--workdir DIR]
+        [--max-minutes M] [--seeds K] [--workdir DIR]
 
 Writes ``benchmarks/results/delta_learning.md`` (hand-written notes below its table are
 kept) and ``.json`` (rows of other models are kept).
@@ -52,16 +53,18 @@ def subset(frames_path: Path, n: int, out: Path) -> Path:
     return out
 
 
-def fit_pair(model: str, n: int, workdir: Path, max_minutes: float | None) -> list[dict]:
-    """The direct and the delta fit on ``n`` frames: one row each."""
+def fit_pair(model: str, n: int, workdir: Path, max_minutes: float | None,
+             seed: int = 0) -> list[dict]:
+    """The direct and the delta fit on ``n`` frames with ``seed``: one row each."""
     folder = SHARED / "ethanol_pbe"
     d = workdir / f"{model}_{n}"
     d.mkdir(parents=True, exist_ok=True)
     train = subset(folder / "train.extxyz", n, d / "train.extxyz")
     budget = [] if max_minutes is None else ["--max-minutes", str(max_minutes)]
+    budget += ["--seed", str(seed)]
     rows = []
     for variant in ("direct", "delta"):
-        out = d / f"{variant}.ml4m"
+        out = d / (f"{variant}.ml4m" if seed == 0 else f"{variant}_seed{seed}.ml4m")
         if variant == "direct":
             args = ["fit", "--model", model, "--train", str(train), "--valid",
                     str(folder / "valid.extxyz"), "-o", str(out), *budget]
@@ -69,13 +72,11 @@ def fit_pair(model: str, n: int, workdir: Path, max_minutes: float | None) -> li
             config = d / "delta.yaml"
             spec = {"model": model, "train": str(train), "valid": str(folder / "valid.extxyz"),
                     "baseline": BASELINE}
-            if max_minutes is not None:
-                spec["max_minutes"] = max_minutes
             config.write_text(json.dumps(spec, indent=1))
-            args = ["fit", str(config), "-o", str(out)]
+            args = ["fit", str(config), "-o", str(out), *budget]
         metrics, seconds = run_json(args)
         valid = metrics["valid"]
-        rows.append({"model": model, "variant": variant, "n_train": n,
+        rows.append({"model": model, "variant": variant, "n_train": n, "seed": seed,
                      "energy_mae_mev_per_atom": valid["energy"]["mae_mev_per_atom"],
                      "forces_mae_mev_per_a": valid["forces"]["mae_mev_per_a"],
                      "n_parameters": metrics.get("n_features"), "seconds": seconds})
@@ -101,10 +102,17 @@ def write(rows: list[dict], argv: list[str]) -> None:
     for model in sorted({r["model"] for r in rows}):
         for n in sorted({r["n_train"] for r in rows if r["model"] == model}):
             cell = {}
-            for r in rows:
-                if r["model"] == model and r["n_train"] == n:
-                    cell[r["variant"]] = (f"{r['energy_mae_mev_per_atom']:.2f}, "
-                                          f"{r['forces_mae_mev_per_a']:.1f}, {r['seconds']:.0f}")
+            for variant in ("direct", "delta"):
+                runs = [r for r in rows if (r["model"], r["n_train"], r["variant"])
+                        == (model, n, variant)]
+                if runs:
+                    forces = [r["forces_mae_mev_per_a"] for r in runs]
+                    each = (" (" + " / ".join(f"{f:.1f}" for f in forces) + ")"
+                            if len(runs) > 1 else "")
+                    cell[variant] = (
+                        f"{sum(r['energy_mae_mev_per_atom'] for r in runs) / len(runs):.2f}, "
+                        f"{sum(forces) / len(forces):.1f}{each}, "
+                        f"{sum(r['seconds'] for r in runs) / len(runs):.0f}")
             lines.append(f"| {model} | {n} | {cell.get('direct', '-')} | {cell.get('delta', '-')} |")
     lines += notes_below_table(RESULTS / "delta_learning.md")
     (RESULTS / "delta_learning.md").write_text("\n".join(lines).rstrip("\n") + "\n")
@@ -116,12 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["ace"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[30, 60, 120])
     parser.add_argument("--max-minutes", type=float)
+    parser.add_argument("--seeds", type=int, default=1, help="fits per variant and size")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ml4m_delta"))
     args = parser.parse_args(argv)
     if not (SHARED / "ethanol_pbe" / "train.extxyz").exists():
         sys.exit(f"no ethanol_pbe under {SHARED}")
-    rows = [row for model in args.models for n in args.sizes
-            for row in fit_pair(model, n, args.workdir, args.max_minutes)]
+    rows = [row for model in args.models for n in args.sizes for seed in range(args.seeds)
+            for row in fit_pair(model, n, args.workdir, args.max_minutes, seed)]
     write(rows, argv)
     return 0
 
