@@ -60,20 +60,20 @@ def fit_pair(model: str, n: int, workdir: Path, max_minutes: float | None,
     d = workdir / f"{model}_{n}"
     d.mkdir(parents=True, exist_ok=True)
     train = subset(folder / "train.extxyz", n, d / "train.extxyz")
-    budget = [] if max_minutes is None else ["--max-minutes", str(max_minutes)]
-    budget += ["--seed", str(seed)]
+    extra = ["--seed", str(seed)]
+    extra += [] if max_minutes is None else ["--max-minutes", str(max_minutes)]
     rows = []
     for variant in ("direct", "delta"):
         out = d / (f"{variant}.ml4m" if seed == 0 else f"{variant}_seed{seed}.ml4m")
         if variant == "direct":
             args = ["fit", "--model", model, "--train", str(train), "--valid",
-                    str(folder / "valid.extxyz"), "-o", str(out), *budget]
+                    str(folder / "valid.extxyz"), "-o", str(out), *extra]
         else:
             config = d / "delta.yaml"
             spec = {"model": model, "train": str(train), "valid": str(folder / "valid.extxyz"),
                     "baseline": BASELINE}
             config.write_text(json.dumps(spec, indent=1))
-            args = ["fit", str(config), "-o", str(out), *budget]
+            args = ["fit", str(config), "-o", str(out), *extra]
         metrics, seconds = run_json(args)
         valid = metrics["valid"]
         rows.append({"model": model, "variant": variant, "n_train": n, "seed": seed,

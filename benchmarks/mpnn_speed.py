@@ -46,7 +46,7 @@ def build(model_path: str | None, params: dict, dtype: str, atoms):
         import torch
 
         model = load(model_path)
-        net = getattr(model, "model", model)  # the network under a core or baseline
+        net = getattr(model, "model_", model)  # the network under a core or baseline
         net.set_params(dtype=dtype)
         net.module_ = net.module_.to(dtype=getattr(torch, dtype))
         return model

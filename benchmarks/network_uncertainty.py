@@ -52,7 +52,7 @@ def fit_member(name: str, model: str, k: int, workdir: Path, max_minutes: float 
     out = workdir / name / f"{model}_member{k}.ml4m"
     if reuse and out.is_file():
         test, _ = run_json(["test", str(out), str(d / "valid.extxyz")])
-        return {"path": str(out), "wall_s": None, "valid": test}
+        return {"path": str(out), "wall_s": None, "valid": test, "test": test}
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = ["--max-minutes", str(max_minutes)] if max_minutes else []
     fit, wall = run_json(["fit", "--model", model, "--train", str(d / "train.extxyz"),
@@ -97,15 +97,16 @@ def run_set(name: str, args) -> dict:
     else:
         members = [fit_member(*run) for run in runs]
     valid = SHARED / name / "valid.extxyz"
+    valid_frames = list(read_dataset(valid))
     joined = Committee.from_members([ml4m.load(m["path"]) for m in members])
-    joined.calibrate(read_dataset(valid))  # on valid, as ml4m fit calibrates the last layer
+    joined.calibrate(valid_frames)  # on valid, as ml4m fit calibrates the last layer
     committee_path = joined.save(args.workdir / name / f"{args.model}_committee.ml4m")
-    last_layer, _ = run_json(["test", members[0]["path"], str(valid)])
+    # a reused member 0 was scored on valid already (its ``ml4m test``)
+    last_layer = members[0].get("test") or run_json(["test", members[0]["path"], str(valid)])[0]
     committee, _ = run_json(["test", str(committee_path), str(valid)])
     torch.set_num_threads(1)
-    frames = list(read_dataset(valid))
-    frames = [frames[int(i)] for i in np.unique(np.linspace(0, len(frames) - 1,
-                                                            args.cost_frames).astype(int))]
+    frames = [valid_frames[int(i)] for i in np.unique(np.linspace(
+        0, len(valid_frames) - 1, args.cost_frames).astype(int))]
     first, joined = ml4m.load(members[0]["path"]), ml4m.load(committee_path)
     plain = cpu_seconds(first, frames, False)
     return {"set": name, "model": args.model, "members": args.members,

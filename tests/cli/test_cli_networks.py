@@ -228,9 +228,10 @@ def test_max_minutes_bounds_the_whole_network_fit(tmp_path, one_thread):
     metrics = json.loads(out.getvalue())
     assert seconds <= 1.1 * 60 * budget + 5.0, (seconds, metrics["budget"])
     assert metrics["training"]["steps"] >= 1 and "uncertainty" in metrics["valid"]
-    # the regime's passes, from one timed step, foretell the passes made (12 steps
-    # each) within a factor that a unit error (60) exceeds and a shared machine's load
-    # does not (6.5 seen on CI in a 12-s fit; real fits: fit_defaults.md)
+    # the regime's passes: the budget's training seconds over one timed pass (12 steps
+    # and a validation); whether they foretell the passes made is measured on real fits
+    # (fit_defaults.md), not in a 15-s run on a shared CPU (1 to 119 epochs seen)
     regime = metrics["training"]["regime"]
-    made = metrics["training"]["steps"] / 12
-    assert 1 / 20 < regime["passes"] / made < 20, (regime, made)
+    assert regime["seconds_per_pass"] >= 12 * regime["step_seconds"] > 0
+    assert regime["passes"] == pytest.approx(max(regime["train_seconds"], 0.0)
+                                             / regime["seconds_per_pass"])

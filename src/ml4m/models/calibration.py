@@ -42,5 +42,4 @@ def held_out_errors(frames: Sequence[Frame], pred: Prediction
     e_err = np.array([frames[k].energy for k in e_rows], dtype=float) - pred.energy[e_rows]
     f_err = (np.concatenate([frames[k].forces for k in f_rows]) - pred.forces[atoms]
              if f_rows else np.zeros((0, 3)))
-    return (e_err, pred.energy_sigma[e_rows] ** 2, f_err,
-            pred.forces_sigma[atoms] ** 2 if f_rows else np.zeros((0, 3)))
+    return e_err, pred.energy_sigma[e_rows] ** 2, f_err, pred.forces_sigma[atoms] ** 2

@@ -13,8 +13,8 @@ import numpy as np
 from ml4m._fileio import atomic_path
 from ml4m.data import LabelKeys, read_dataset
 from ml4m.errors import ConfigError
-from ml4m.outputs import own_copy, write_shared
 from ml4m.models.metrics import error_metrics
+from ml4m.outputs import claim_output, own_copy, write_shared
 from ml4m.training.config import FitConfig, is_network
 
 __all__ = ["build_model", "fit_model", "model_outputs", "test_model"]
@@ -68,7 +68,7 @@ def model_outputs(cfg: FitConfig) -> tuple[Path, list[Path]]:
     model : Path
         ``cfg.output`` with the ``.ml4m`` suffix.
     companions : list of Path
-        ``metrics.json`` (first; shared by the models of a folder), its copy
+        ``metrics.json`` (shared by the models of a folder), its copy
         ``{stem}_metrics.json`` and the plots (``{stem}_parity_energy.png``, ...).
     """
     from ml4m.models.serialization import MODEL_SUFFIX, model_file_path
@@ -147,8 +147,6 @@ def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False,
         ``model`` (path), ``seconds``, ``train`` and ``valid`` error metrics (see
         :func:`ml4m.models.error_metrics`), ``plots``.
     """
-    from ml4m.outputs import claim_output
-
     _check_device(cfg.device)
     network = is_network(cfg.model)
     if resume and not network:
@@ -163,7 +161,7 @@ def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False,
 
         return fit_network(cfg, path, started, False, resume, write=False)[3]
     with claim_output(path, inputs=inputs, companions=companions, overwrite=overwrite,
-                      shared=[(companions[0], "model")]):
+                      shared=[(metrics_path(path), "model")]):
         if cfg.model == "krr":
             return _fit_property_model(cfg, path)
         if network:
