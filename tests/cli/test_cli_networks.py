@@ -183,6 +183,9 @@ def test_killed_fit_resumes_to_the_uninterrupted_model(fitted, tmp_path, capsys)
     ({"model": "ace", "training": {"lr": 0.1}}, [], "'training' applies to networks"),
     ({}, ["--resume"], r"\.m\.ckpt: no checkpoint to resume from"),
     ({"model": "ace"}, ["--resume"], "resume applies to networks"),
+    ({"committee": 1}, [], r"committee must be an integer in \[2, 64\], got 1"),
+    ({"model": "ace", "committee": 2}, [], "'committee' applies to networks"),
+    ({"committee": 2}, ["--resume"], r"\.m\.committee\.json: no committee to resume"),
 ])
 def test_bad_training_settings_exit_2(files, tmp_path, capsys, config, argv, match):
     cfg = _config(tmp_path / "fit.yaml", files)
@@ -235,3 +238,114 @@ def test_max_minutes_bounds_the_whole_network_fit(tmp_path, one_thread):
     assert regime["seconds_per_pass"] >= 12 * regime["step_seconds"] > 0
     assert regime["passes"] == pytest.approx(max(regime["train_seconds"], 0.0)
                                              / regime["seconds_per_pass"])
+
+
+@pytest.fixture(scope="module")
+def committee_fit(files, fitted, tmp_path_factory):
+    """An uninterrupted ``committee: 2`` fit of the ``fitted`` config: its folder, config
+    and metrics."""
+    d = tmp_path_factory.mktemp("committee")
+    cfg = d / "fit.yaml"
+    cfg.write_text(json.dumps({**json.loads(fitted[1].read_text()), "committee": 2}))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["fit", str(cfg), "-o", str(d / "c.ml4m"), "--json"]) == 0
+    return d, cfg, json.loads(out.getvalue())
+
+
+def _module_arrays(path):
+    """The network weights in a model file (inside a core or a committee)."""
+    from ml4m.models.serialization import read_model_file
+
+    arrays = read_model_file(path)[2]
+    return {k: v for k, v in arrays.items() if "module." in k}
+
+
+def test_a_committee_fit_joins_members_that_are_single_fits_with_seeds(fitted, committee_fit,
+                                                                      files, capsys):
+    """``committee: 2``: member k is the network ``ml4m fit --seed k`` gives (member 0
+    bit for bit the single fit of seed 0; member 1 differs), both written beside the
+    committee; the committee's spread is calibrated on valid as
+    :meth:`Committee.calibrate` does; ``ml4m test`` scores the file as the fit did."""
+    import ml4m
+    from ml4m.data import read_dataset
+    from ml4m.models.committee import Committee
+
+    single_dir, _, _ = fitted
+    d, _, metrics = committee_fit
+    assert metrics["kind"] == "committee" and len(metrics["committee"]["members"]) == 2
+    assert not (d / ".c.committee.json").exists() and not (d / ".c_member1.ckpt").exists()
+    member0, member1 = _module_arrays(d / "c_member0.ml4m"), _module_arrays(d / "c_member1.ml4m")
+    single = _module_arrays(single_dir / "m.ml4m")
+    assert set(member0) == set(single)
+    for k in single:
+        np.testing.assert_array_equal(member0[k], single[k], err_msg=k)
+    assert any(not np.array_equal(member1[k], member0[k]) for k in member0)
+    committee = ml4m.load(d / "c.ml4m")
+    assert isinstance(committee, Committee) and committee.n_members == 2
+    joined = Committee.from_members([ml4m.load(d / f"c_member{k}.ml4m") for k in (0, 1)])
+    joined.calibrate(read_dataset(files / "valid.extxyz"))
+    assert joined.calibration_ == pytest.approx(committee.calibration_, rel=1e-9)
+    assert committee.calibration_["forces"] != 1.0
+    assert metrics["committee"]["calibration"] == pytest.approx(committee.calibration_)
+    code, out, err = _run(capsys, "test", d / "c.ml4m", files / "valid.extxyz", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["forces"]["mae_mev_per_a"] == pytest.approx(
+        metrics["valid"]["forces"]["mae_mev_per_a"], rel=1e-9)
+    assert result["uncertainty"]["force_sigma_spearman"] == pytest.approx(
+        metrics["valid"]["uncertainty"]["force_sigma_spearman"], rel=1e-9)
+
+
+def test_a_killed_committee_fit_resumes_keeping_its_finished_members(committee_fit,
+                                                                     tmp_path, capsys):
+    """SIGKILL while member 1 trains: ``--resume`` keeps member 0's file untouched,
+    resumes member 1 from its checkpoint, and the committee equals the uninterrupted
+    one; a resume under other settings is refused with exit 2."""
+    whole_dir, cfg, _ = committee_fit
+    proc = subprocess.Popen([sys.executable, "-m", "ml4m", "fit", str(cfg), "-o",
+                             str(tmp_path / "c.ml4m"), "--json"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    ckpt = tmp_path / ".c_member1.ckpt"
+    deadline = time.monotonic() + 180
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (tmp_path / "c.ml4m").exists(), proc.stderr.read().decode()
+    progress = json.loads((tmp_path / ".c.committee.json").read_text())
+    assert progress["finished"] == [0]
+    kept = (tmp_path / "c_member0.ml4m").read_bytes()
+    other = tmp_path / "other.yaml"
+    other.write_text(json.dumps({**json.loads(cfg.read_text()), "seed": 5}))
+    code, _, err = _run(capsys, "fit", other, "-o", tmp_path / "c.ml4m", "--resume")
+    assert code == 2 and "started with other settings" in err
+    code, out, err = _run(capsys, "fit", cfg, "-o", tmp_path / "c.ml4m", "--resume", "--json")
+    assert code == 0, err
+    assert json.loads(out)["committee"]["members"][0]["resumed"] is True
+    assert (tmp_path / "c_member0.ml4m").read_bytes() == kept
+    assert not (tmp_path / ".c.committee.json").exists() and not ckpt.exists()
+    resumed, whole = _module_arrays(tmp_path / "c.ml4m"), _module_arrays(whole_dir / "c.ml4m")
+    assert set(resumed) == set(whole) and len(whole) > 0
+    for k in whole:
+        np.testing.assert_allclose(resumed[k], whole[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.skipif("mpnn" not in fit_choices(), reason="mpnn is not registered")
+def test_max_minutes_bounds_a_whole_committee_fit(tmp_path, one_thread):
+    """``--committee 2 --max-minutes 0.4``: both members, the calibration and the
+    metrics end within the budget + 10% + 5 s, each member trained."""
+    write_emt_cu_split(tmp_path, 48, 1, repeat=2, valid_repeat=1)
+    budget = 0.4
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        code = main(["fit", "--model", "mpnn", "--train", str(tmp_path / "train.extxyz"),
+                     "--valid", str(tmp_path / "valid.extxyz"), "--max-minutes", str(budget),
+                     "--committee", "2", "-o", str(tmp_path / "c.ml4m"), "--json"])
+    seconds = time.perf_counter() - t0
+    assert code == 0
+    metrics = json.loads(out.getvalue())
+    assert seconds <= 1.1 * 60 * budget + 5.0, (seconds, metrics["committee"])
+    assert all(m["training"]["steps"] >= 1 for m in metrics["committee"]["members"])
+    assert "uncertainty" in metrics["valid"]

@@ -10,7 +10,8 @@ HELP = "fit a model (linear ACE, sparse GP, kernel ridge, BP or message-passing 
 DESCRIPTION = """\
 Fit a model to labelled structures. Settings come from an optional YAML file (keys:
 model, train, valid, output, keys, descriptor, descriptor_type, e0, sigmas, params,
-training, target, seed, max_minutes, search, device); command-line flags override it.
+training, target, seed, max_minutes, search, device, committee); command-line flags
+override it.
 Writes the model (.ml4m), metrics.json (also as {stem}_metrics.json, so that several
 models fitted into one folder keep theirs) and parity plots next to it.
 
@@ -24,12 +25,18 @@ to {stem}_chosen.yaml, which refits the same model without a search (ml4m fit
 their learning curve ({stem}_learning_curve.png) and per-epoch log ({stem}_training.csv),
 and keep a checkpoint (.{stem}.ckpt) until the model is written: after an interruption,
 the same command with --resume continues the training. --train may name a packed store
-(ml4m data pack) to stream data larger than memory.
+(ml4m data pack) to stream data larger than memory. --committee K (networks) trains K
+networks with seeds seed, ..., seed+K-1 within the one budget, each written as
+{stem}_member{k}.ml4m with its log and curve, and writes their committee as MODEL: the
+members' mean, their spread (calibrated on --valid) as the sigma; --resume keeps the
+members a killed run finished.
 
 examples:
   ml4m fit --model ace --train train.extxyz --valid valid.extxyz -o cu_ace.ml4m
   ml4m fit cu_ace_chosen.yaml -o cu_ace_again.ml4m   # the chosen basis, no search
   ml4m fit --model mpnn --train train.extxyz --valid valid.extxyz --max-minutes 30 -o cu.ml4m
+  ml4m fit --model mpnn --train train.extxyz --valid valid.extxyz --max-minutes 30 \
+      --committee 4 -o cu_committee.ml4m   # four networks, 7 min each, one calibrated sigma
   ml4m fit config.yaml --seed 1
   ml4m fit config.yaml --resume        # continue an interrupted network training
 
@@ -60,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="memory the fit may plan for, e.g. 8GB (default: half the available); "
                    "a fit that needs more stops before it starts")
     p.add_argument("--seed", type=int)
+    p.add_argument("--committee", type=int, metavar="K",
+                   help="networks: train K of them (seeds seed..seed+K-1, the budget shared) "
+                   "and write their committee, its spread calibrated on --valid")
     p.add_argument("--resume", action="store_true",
                    help="networks: continue the training saved in the checkpoint beside the "
                    "model (same settings), e.g. after the process was killed")
@@ -78,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from ml4m.training import FitConfig, fit_model
 
     mapping = load_yaml(args.config) if args.config else {}
-    for key in ("model", "train", "valid", "max_minutes", "search", "seed", "device", "output"):
+    for key in ("model", "train", "valid", "max_minutes", "search", "seed", "device", "output",
+                "committee"):
         value = getattr(args, key)
         if value is not None:
             mapping[key] = value
@@ -125,7 +136,12 @@ def run(args: argparse.Namespace) -> int:
                         f"{tr['stop_reason'].replace('_', ' ')}); log: {tr['log']}")
         if tr.get("regime"):
             _print_regime(tr["regime"])
-    if "budget" in metrics and "valid_frames" in metrics["budget"]:  # a network
+    if "committee" in metrics:
+        _print_committee(metrics["committee"])
+    if "budget" in metrics and "committee" in metrics:
+        console().print(f"budget {metrics['budget']['budget_seconds'] / 60:.1f} min, shared "
+                        "by the members")
+    elif "budget" in metrics and "valid_frames" in metrics["budget"]:  # a network
         b = metrics["budget"]
         console().print(f"budget {b['budget_seconds'] / 60:.1f} min: validated on "
                         f"{b['valid_frames']} frames, errors on {b['train_frames']} training "
@@ -136,6 +152,22 @@ def run(args: argparse.Namespace) -> int:
                         f"{b['n_frames_total']} training frames (probes: {b['probe_frames']} frames in "
                         f"{', '.join(f'{t:.1f}' for t in b['probe_seconds'])} s)")
     return 0
+
+
+def _print_committee(committee: dict) -> None:
+    """One line per member (its training, or kept from before a resume) and the spread's
+    calibration factors."""
+    for k, m in enumerate(committee["members"]):
+        if m.get("resumed"):
+            console().print(f"member {k} (seed {m['seed']}): kept from the interrupted run")
+            continue
+        tr = m["training"]
+        console().print(f"member {k} (seed {m['seed']}): {tr['epochs']} epochs ({tr['steps']} "
+                        f"steps, stopped by {tr['stop_reason'].replace('_', ' ')}) in "
+                        f"{m['fit_seconds']:.0f} s -> {m['model']}")
+    c = committee["calibration"]
+    console().print(f"spread calibrated on valid: energy x {c['energy']:.2f}, forces x "
+                    f"{c['forces']:.2f}")
 
 
 def _print_regime(regime: dict) -> None:

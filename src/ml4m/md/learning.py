@@ -224,6 +224,9 @@ def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
         raise ConfigError(f"fit: {clash} are set by the learning loop ('initial' is the "
                           "training set; the model is written to the output folder)")
     cfg = FitConfig.from_mapping({**settings.fit, "train": settings.initial}, source="fit")
+    if cfg.committee:
+        raise ConfigError("fit.committee: the loop does not train a committee itself; fit one "
+                          "(ml4m fit --committee K) and give its file as 'model'")
     ds = Dataset(frames)
     species = [int(z) for z in ds.atomic_numbers]
     # inside the repulsive core (and baseline) ml4m fit would give it: the walkers run MD

@@ -107,6 +107,11 @@ class FitConfig:
         otherwise: one noise level, ``KERNEL_POINTS`` sparse environments shared among the
         species); ``off``: the descriptor's defaults (SOAP for ``gp``).
     device : {'cpu', 'cuda'}
+    committee : int, optional
+        For networks: train this many (2 to 64) with seeds ``seed``, ``seed + 1``, ...
+        (a budget shared among them) and write their
+        :class:`~ml4m.models.Committee`, its spread calibrated on ``valid``
+        (:mod:`ml4m.training.committee_fit`).
     """
 
     model: str = "ace"
@@ -127,6 +132,7 @@ class FitConfig:
     baseline: dict[str, Any] | None = None
     search: str = "auto"
     device: str = "cpu"
+    committee: int | None = None
 
     @property
     def repulsion_settings(self) -> Any:
@@ -215,6 +221,16 @@ class FitConfig:
 
             baseline_from_config(self.repulsion_settings, self.baseline, str(source))
         check_choice("device", self.device, ("cpu", "cuda"), **where)
+        if self.committee is not None:
+            from ml4m.models.committee import Committee
+
+            Committee.param_checks["n_members"]("committee", self.committee, **where)
+            if not is_network(self.model):
+                raise ConfigError(
+                    f"{source}: 'committee' applies to networks "
+                    f"({', '.join(m for m in MODEL_CHOICES if is_network(m))}); {self.model!r} "
+                    "has its own Bayesian sigma (a committee of any kind from Python: "
+                    "ml4m.models.Committee)")
 
 
 #: quantities ``keys`` and ``sigmas`` may name

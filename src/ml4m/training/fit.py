@@ -85,6 +85,13 @@ def model_outputs(cfg: FitConfig) -> tuple[Path, list[Path]]:
         companions.append(chosen_config_path(path))
     if is_network(cfg.model):
         companions += list(network_files(path).values())
+    if cfg.committee:
+        from ml4m.training.committee_fit import committee_files
+
+        files = committee_files(path, cfg.committee)
+        companions.append(files["progress"])
+        for member in files["members"]:
+            companions += [member, *network_files(member).values()]
     return path, companions
 
 
@@ -155,6 +162,10 @@ def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False,
     path, companions = model_outputs(cfg)
     inputs = [p for p in (cfg.train, cfg.valid) if p]
     started = time.perf_counter()
+    if cfg.committee and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("a committee trains its members one after another in one process; "
+                          "run it without torchrun (or train members with --seed k and join "
+                          "them: ml4m.models.Committee.from_members)")
     if network and int(os.environ.get("RANK", "0")) > 0:
         # a further data-parallel process (torchrun): trains its share, writes nothing
         from ml4m.training.network import fit_network
@@ -165,9 +176,11 @@ def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False,
         if cfg.model == "krr":
             return _fit_property_model(cfg, path)
         if network:
+            from ml4m.training.committee_fit import fit_committee
             from ml4m.training.network import fit_network
 
-            model, train, valid, metrics = fit_network(cfg, path, started, progress, resume)
+            fit = fit_committee if cfg.committee else fit_network
+            model, train, valid, metrics = fit(cfg, path, started, progress, resume)
             return _write_potential_outputs(model, path, train, valid, metrics)
         return _fit_potential(cfg, path, started)
 

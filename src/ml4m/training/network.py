@@ -13,7 +13,7 @@ from ml4m.data.frames import Dataset
 from ml4m.errors import ConfigError
 from ml4m.training.config import FitConfig
 
-__all__ = ["fit_network", "plan_evaluations", "POST_FRACTION", "POST_SECONDS", "EVAL_FRACTION"]
+__all__ = ["fit_network", "metric_frames", "plan_evaluations", "POST_FRACTION", "POST_SECONDS", "EVAL_FRACTION"]
 
 #: share of a ``max_minutes`` budget, plus seconds, kept for the plots and saving (the
 #: trainer itself keeps time for the last-layer posterior and the metrics' predictions)
@@ -132,19 +132,12 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     """
     from ml4m.training.batches import as_graph_set
     from ml4m.training.distributed import Distributed
-    from ml4m.training.fit import build_model, network_files
-    from ml4m.training.settings import TrainSettings
+    from ml4m.training.fit import network_files
 
     files = network_files(path)
     base = {**cfg.training, "seed": cfg.seed, "checkpoint": str(files["checkpoint"]),
             "log_csv": str(files["log"]), "progress": progress}
-    settings = TrainSettings.from_mapping(base, source="config")
-    require = tuple(t for t in ("energy", "forces") if settings.weight(t) > 0)
-    keys = LabelKeys(**cfg.keys)
-    train = _read(cfg.train, keys, require)
-    valid = _read(cfg.valid, keys, require) if cfg.valid else None
-    model = build_model(cfg, [], None)  # a network: no descriptor, species from prepare
-    baseline, learnt_train, learnt_valid, train, valid = _delta(cfg, model, train, valid)
+    model, baseline, learnt_train, learnt_valid, train, valid = _model_and_frames(cfg, base)
     dist = Distributed.from_env(cfg.device)  # the group the trainer joins, joined first
     try:
         return _train(cfg, model, as_graph_set(learnt_train, "train"), learnt_train,
@@ -152,6 +145,30 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
                       baseline, train, valid)
     finally:
         dist.close()
+
+
+def _model_and_frames(cfg: FitConfig, base: dict[str, Any]):
+    """The unfitted network ``cfg`` describes and the frames of its fit: the baseline
+    and the learnt and reference frames of :func:`_delta` (the labels the training
+    settings ``base`` weigh are required)."""
+    from ml4m.training.fit import build_model
+    from ml4m.training.settings import TrainSettings
+
+    settings = TrainSettings.from_mapping(base, source="config")
+    require = tuple(t for t in ("energy", "forces") if settings.weight(t) > 0)
+    keys = LabelKeys(**cfg.keys)
+    train = _read(cfg.train, keys, require)
+    valid = _read(cfg.valid, keys, require) if cfg.valid else None
+    model = build_model(cfg, [], None)  # a network: no descriptor, species from prepare
+    return (model, *_delta(cfg, model, train, valid))
+
+
+def metric_frames(cfg: FitConfig) -> tuple[Dataset, Dataset | None]:
+    """The frames a network's fit reports its errors on (without a budget): at most
+    :data:`METRIC_FRAMES` evenly spaced training frames and the validation frames, with
+    the labels of its baseline (the reference frames of :func:`_delta`)."""
+    *_, train, valid = _model_and_frames(cfg, {**cfg.training, "seed": cfg.seed})
+    return _spaced(train, METRIC_FRAMES), valid
 
 
 def _delta(cfg, model, train, valid):
