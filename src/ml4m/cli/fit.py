@@ -139,8 +139,10 @@ def run(args: argparse.Namespace) -> int:
     if "committee" in metrics:
         _print_committee(metrics["committee"])
     if "budget" in metrics and "committee" in metrics:
-        console().print(f"budget {metrics['budget']['budget_seconds'] / 60:.1f} min, shared "
-                        "by the members")
+        b = metrics["budget"]
+        console().print(f"budget {b['budget_seconds'] / 60:.1f} min, shared by the members; "
+                        f"calibrated on {b['valid_frames']} frames, errors on "
+                        f"{b['train_frames']} training frames")
     elif "budget" in metrics and "valid_frames" in metrics["budget"]:  # a network
         b = metrics["budget"]
         console().print(f"budget {b['budget_seconds'] / 60:.1f} min: validated on "

@@ -86,7 +86,9 @@ def fit_committee(cfg: FitConfig, path: Path, started: float, progress: bool, re
     metrics : dict
         ``model``, ``kind``, ``fit_seconds``, ``n_features``, ``config``, ``committee``
         (``members``: each member's file, seed, seconds and training record;
-        ``calibration``: the spread's factors) and, with a budget, ``budget``.
+        ``calibration``: the spread's factors) and, with a budget, ``budget``
+        (``budget_seconds``; ``train_frames`` and ``valid_frames``: those of the
+        committee's calibration and errors, fewer when the time left demands it).
     """
     import ml4m
     from ml4m.models.committee import Committee
@@ -118,7 +120,8 @@ def fit_committee(cfg: FitConfig, path: Path, started: float, progress: bool, re
                                          committee=None, output=str(member_path))
         checkpoint = network_files(member_path)["checkpoint"]
         model, train, valid, record = fit_network(member_cfg, member_path, time.perf_counter(),
-                                                  progress, resume and checkpoint.is_file())
+                                                  progress, resume and checkpoint.is_file(),
+                                                  metrics=False)
         members.append(model)
         records.append({"model": record["model"], "seed": cfg.seed + k,
                         "fit_seconds": record["fit_seconds"], "training": record["training"],
@@ -128,6 +131,10 @@ def fit_committee(cfg: FitConfig, path: Path, started: float, progress: bool, re
             tmp.write_text(json.dumps({"settings": _settings_record(cfg), "finished": finished}))
     if train is None:  # every member was finished before: the frames of a member's fit
         train, valid = metric_frames(cfg)
+    elif budget is not None:
+        left = budget - (time.perf_counter() - started)
+        train, valid = _end_frames(train, valid, records[-1]["budget"]["costs"]["forces"],
+                                   k_members, left)
     committee = Committee.from_members(members, resample="seed", seed=cfg.seed)
     if valid is not None and len(valid):
         committee.calibrate(valid)
@@ -140,6 +147,23 @@ def fit_committee(cfg: FitConfig, path: Path, started: float, progress: bool, re
         "committee": {"members": records, "calibration": dict(committee.calibration_)},
         "plots": [str(network_files(m)["curve"]) for m in files["members"]]}
     if budget is not None:
-        metrics["budget"] = {"budget_seconds": budget}
+        metrics["budget"] = {"budget_seconds": budget, "train_frames": len(train),
+                             "valid_frames": len(valid) if valid is not None else 0}
     return committee, train, valid, metrics
 
+
+def _end_frames(train, valid, seconds_per_atom: float, k_members: int, seconds: float):
+    """``train`` and ``valid`` cut to evenly spaced frames (one share of each) so that
+    the committee's end fits in ``seconds``: its calibration and the valid metrics
+    (two predictions of the valid frames by every member) and the training metrics
+    (one), at ``seconds_per_atom`` per member and atom (a member's measured cost)."""
+    from ml4m.training.network import _atoms, _spaced
+
+    work = k_members * seconds_per_atom * (_atoms(train)
+                                           + (2 * _atoms(valid) if valid is not None else 0))
+    share = min(1.0, max(seconds, 0.0) / work) if work > 0 else 1.0
+    if share < 1.0:
+        train = _spaced(train, max(1, int(share * len(train))))
+        if valid is not None:
+            valid = _spaced(valid, max(1, int(share * len(valid))))
+    return train, valid

@@ -48,8 +48,10 @@ def _atoms(data) -> int:
 
 
 def plan_evaluations(model, train, valid, seconds: float,
-                     cost: dict[str, Any] | None = None) -> dict[str, Any]:
-    """How many frames to validate and to measure errors on within ``seconds``.
+                     cost: dict[str, Any] | None = None, metrics: bool = True
+                     ) -> dict[str, Any]:
+    """How many frames to validate and to measure errors on within ``seconds``
+    (``metrics`` False: the fit reports no errors, e.g. a committee's member).
 
     The evaluations' costs per atom are measured on a small training frame
     (:func:`~ml4m.training.costs.evaluation_costs`, unless ``cost`` gives them); the work
@@ -79,28 +81,29 @@ def plan_evaluations(model, train, valid, seconds: float,
     per_valid = _atoms(valid) / n_valid if n_valid else 0.0
     jacobian_atoms = getattr(model, "predict_atoms", math.inf)
 
-    def metrics(train_atoms: float, valid_atoms: float) -> float:
+    def predictions(train_atoms: float, valid_atoms: float) -> float:
         """The metrics' predictions: forces of the training frames, sigmas of the valid."""
-        return cost["forces"] * train_atoms + cost["sigma"] * valid_atoms
+        return (cost["forces"] * train_atoms + cost["sigma"] * valid_atoms) if metrics else 0.0
 
     def seconds_of(share: float) -> float:
         train_atoms, valid_atoms = share * n_train * per_train, share * n_valid * per_valid
         return (cost["forces"] * valid_atoms  # the last validation
                 + last_layer_seconds(cost, train_atoms, valid_atoms or train_atoms,
                                      jacobian_atoms)
-                + metrics(train_atoms, valid_atoms))
+                + predictions(train_atoms, valid_atoms))
 
     share = largest_share(seconds_of, EVAL_FRACTION * seconds)
     valid_frames = min(n_valid, max(1, int(share * n_valid)))
     train_frames = max(1, int(share * n_train))
     return {"costs": cost, "train_frames": train_frames, "valid_frames": valid_frames,
-            "after_seconds": metrics(per_train * train_frames, per_valid * valid_frames),
+            "after_seconds": predictions(per_train * train_frames, per_valid * valid_frames),
             "eval_seconds": seconds_of(share),
             "valid_seconds": cost["forces"] * per_valid * valid_frames}
 
 
 def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resume: bool,
-                write: bool = True) -> tuple[Any, Dataset, Dataset | None, dict[str, Any]]:
+                write: bool = True, metrics: bool = True
+                ) -> tuple[Any, Dataset, Dataset | None, dict[str, Any]]:
     """Train the network ``cfg`` describes and save it to ``path``.
 
     The checkpoint and the per-epoch CSV go beside the model
@@ -113,8 +116,9 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     (:func:`~ml4m.training.trainer.prepare_model`). With ``cfg.max_minutes``, the
     trainer gets what is left of the budget but :data:`POST_FRACTION` of it and
     :data:`POST_SECONDS`, and stops early enough to predict the frames of the metrics in
-    it; the first process plans the evaluations (:func:`plan_evaluations`) and every
-    data-parallel process follows its plan.
+    it (unless ``metrics`` is False: the caller reports no errors of this network, a
+    committee's member); the first process plans the evaluations
+    (:func:`plan_evaluations`) and every data-parallel process follows its plan.
 
     Returns
     -------
@@ -142,7 +146,7 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     try:
         return _train(cfg, model, as_graph_set(learnt_train, "train"), learnt_train,
                       learnt_valid, base, dist, started, resume, files, path, write,
-                      baseline, train, valid)
+                      baseline, train, valid, report=metrics)
     finally:
         dist.close()
 
@@ -274,7 +278,7 @@ def _regime(cfg, model, train_set, base, dist, resume, left, plan) -> dict[str, 
 
 
 def _train(cfg, model, train_set, train, valid, base, dist, started, resume, files, path,
-           write, baseline=None, reference_train=None, reference_valid=None):
+           write, baseline=None, reference_train=None, reference_valid=None, report=True):
     """:func:`fit_network` once the data are read and the process group is joined; with
     a ``baseline`` the network learns ``train``/``valid`` (residuals) and the saved
     model is the sum, its errors measured on the ``reference_`` frames."""
@@ -293,8 +297,8 @@ def _train(cfg, model, train_set, train, valid, base, dist, started, resume, fil
         "valid_frames": len(valid) if valid is not None else 0, "after_seconds": 0.0}
     budget = cfg.max_minutes is not None
     if budget:
-        plan = dist.broadcast(plan_evaluations(model, train, valid, left()) if dist.main
-                              else None)
+        plan = dist.broadcast(plan_evaluations(model, train, valid, left(), metrics=report)
+                              if dist.main else None)
     regime = _regime(cfg, model, train_set, base, dist, resume, left, plan if budget else None)
     if budget:
         plan["train_minutes"] = dist.broadcast(max(left(), 1.0) / 60.0)
