@@ -115,6 +115,25 @@ def test_padded_neighbour_sums_equal_scatter_sums():
     torch.testing.assert_close(sums, torch.zeros(4, 3, dtype=x.dtype).index_add(0, i, x))
 
 
+@pytest.mark.parametrize("l_max", [1, 3, 6])
+def test_edge_harmonics_are_the_descriptor_harmonics_with_their_gradients(l_max):
+    """The monomial form equals ml4m's recursion (times sqrt(4 pi)) on vectors of any
+    length, and so do the gradients with respect to the vectors (float64)."""
+    import math
+
+    from ml4m.descriptors.spherical_harmonics import real_spherical_harmonics
+
+    v = torch.as_tensor(np.random.default_rng(l_max).normal(size=(300, 3)) * 2.0)
+    weights = torch.as_tensor(np.random.default_rng(9).normal(size=(300, (l_max + 1) ** 2)))
+    got, ref = v.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    Y = edge_harmonics(got, l_max)
+    Y_ref = real_spherical_harmonics(ref, l_max)[0] * math.sqrt(4 * math.pi)
+    torch.testing.assert_close(Y, Y_ref, atol=1e-12, rtol=1e-12)
+    (g,) = torch.autograd.grad((Y * weights).sum(), got)
+    (g_ref,) = torch.autograd.grad((Y_ref * weights).sum(), ref)
+    torch.testing.assert_close(g, g_ref, atol=1e-11, rtol=1e-11)
+
+
 def test_radial_basis_vanishes_smoothly_at_the_cutoff():
     radial = RadialBasis(4.0, 8).double()
     r = torch.tensor([3.999999, 4.0, 4.5], dtype=torch.float64, requires_grad=True)

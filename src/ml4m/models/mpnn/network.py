@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ml4m.models.mpnn.basis import RadialBasis, edge_harmonics
+from ml4m.models.mpnn.basis import EdgeHarmonics, RadialBasis
 from ml4m.models.mpnn.product import SymmetricProduct, _coupling
 from ml4m.models.torch_potential import edge_vectors
 
@@ -306,6 +306,7 @@ class MPNNModule(nn.Module):
         self.register_buffer("inv_neighbors",
                              torch.as_tensor(1.0 / max(float(stats["avg_neighbors"]), 1.0)))
         self.radial_basis = RadialBasis(r_max, n_radial)
+        self.harmonics = EdgeHarmonics(l_max)
         self.embed = _linear(n_species, n_channels, math.sqrt(n_species))
         self.interactions = nn.ModuleList(
             Interaction(n_channels, n_species, l_max, n_radial, radial_width, correlation,
@@ -326,7 +327,7 @@ class MPNNModule(nn.Module):
         basis = self.radial_basis(torch.linalg.vector_norm(vec, dim=1))
         n_atoms = species.shape[0]  # a size, not len(): symbolic under torch.export
         slots, width = neighbour_slots(i, n_atoms)
-        Y = padded(edge_harmonics(vec, self.l_max), slots, n_atoms, width)
+        Y = padded(self.harmonics(vec), slots, n_atoms, width)
         j_padded = torch.zeros(n_atoms * width, dtype=j.dtype, device=j.device).index_copy(
             0, slots, j)
         onehot = nn.functional.one_hot(species, self.n_species).to(vec.dtype)
