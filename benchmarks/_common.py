@@ -108,16 +108,24 @@ class PeerModel:
         return MACECalculator(model_paths=str(self.path), device="cpu", default_dtype="float32")
 
 
+def parse_named_paths(parser, items: list[str], flag: str) -> dict[tuple[str, str], Path]:
+    """``FLAG SYSTEM/NAME=PATH ...`` as ``{(SYSTEM, NAME): PATH}``; a malformed item stops
+    with the parser's usage error."""
+    out = {}
+    for item in items:
+        key, sep, path = item.partition("=")
+        system, slash, name = key.partition("/")
+        if not (sep and slash and system and name and path):
+            parser.error(f"{flag} takes SYSTEM/NAME=PATH, got {item!r}")
+        out[(system, name)] = Path(path)
+    return out
+
+
 def parse_peers(parser, items: list[str]) -> dict[tuple[str, str], Path]:
     """``--peer SYSTEM/KIND=PATH ...`` as ``{(SYSTEM, KIND): PATH}``; a malformed item or
     an unknown KIND stops with the parser's usage error."""
-    peers = {}
-    for item in items:
-        key, sep, path = item.partition("=")
-        system, slash, kind = key.partition("/")
-        if not (sep and slash and system and kind and path):
-            parser.error(f"--peer takes SYSTEM/KIND=PATH, got {item!r}")
+    peers = parse_named_paths(parser, items, "--peer")
+    for _, kind in peers:
         if kind not in PeerModel.KINDS:
             parser.error(f"--peer: unknown peer {kind!r}; known: {', '.join(PeerModel.KINDS)}")
-        peers[(system, kind)] = Path(path)
     return peers

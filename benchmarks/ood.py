@@ -50,7 +50,7 @@ SHARED = Path(os.environ.get("ML4M_SHARED_DATA", HERE.parents[1] / "shared" / "d
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 from _common import (PeerModel, calculator_errors, notes_below_table,  # noqa: E402
-                     parse_peers, run_json)
+                     parse_named_paths, parse_peers, run_json)
 
 #: ``ml4m data generate`` arguments of each crystalline out-of-distribution group
 GENERATE = {
@@ -195,13 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer", nargs="+", default=[], metavar="SET/KIND=PATH",
                     help="also score a peer's model file (KIND: mace), with the peer venv's "
                          "Python")
+    ap.add_argument("--model", nargs="+", default=[], metavar="SET/NAME=PATH",
+                    help="also score an ml4m model file from elsewhere, e.g. "
+                         "bpa_xtb/committee=runs/committee.ml4m")
     args = ap.parse_args(argv)
     args.peer = parse_peers(ap, args.peer)
+    args.model = parse_named_paths(ap, args.model, "--model")
     rows = []
     for system in args.sets:
         files = {"valid": SHARED / system / "valid.extxyz", **groups(system, args.workdir)}
-        for kind in args.kinds:
-            model = args.models_dir / system / f"{kind}.ml4m"
+        named = [(kind, args.models_dir / system / f"{kind}.ml4m") for kind in args.kinds]
+        named += [(name, path) for (s, name), path in args.model.items() if s == system]
+        for kind, model in named:
             if not model.exists():
                 print(f"skipped {model}: not found", flush=True)
                 continue
