@@ -151,29 +151,35 @@ def test_a_network_trains_from_a_packed_store_inside_its_repulsive_core(files, t
     assert model.baseline_.r_in_ == pytest.approx(expect, rel=1e-12)
 
 
-def test_killed_fit_resumes_to_the_uninterrupted_model(fitted, tmp_path, capsys):
-    from ml4m.models.serialization import read_model_file
-
-    whole_dir, cfg, _ = fitted
-    proc = subprocess.Popen([sys.executable, "-m", "ml4m", "fit", str(cfg), "-o",
-                             str(tmp_path / "m.ml4m"), "--json"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    ckpt = tmp_path / ".m.ckpt"
-    deadline = time.monotonic() + 120
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+def _fit_killed_at(cfg, model, marker, seconds: float = 180.0) -> None:
+    """``ml4m fit CFG -o MODEL`` in a subprocess, SIGKILLed as soon as ``marker`` (a
+    checkpoint) exists; asserts it does and that ``model`` was not written."""
+    proc = subprocess.Popen([sys.executable, "-m", "ml4m", "fit", str(cfg), "-o", str(model),
+                             "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + seconds
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)  # at step 2 of 9
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert ckpt.exists() and not (tmp_path / "m.ml4m").exists(), proc.stderr.read().decode()
+    assert marker.exists() and not model.exists(), proc.stderr.read().decode()
+
+
+def _assert_same_networks(path, reference) -> None:
+    """The network weights of two model files agree (1e-10 relative)."""
+    got, whole = _module_arrays(path), _module_arrays(reference)
+    assert set(got) == set(whole) and len(whole) > 0
+    for k in whole:
+        np.testing.assert_allclose(got[k], whole[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_killed_fit_resumes_to_the_uninterrupted_model(fitted, tmp_path, capsys):
+    whole_dir, cfg, _ = fitted
+    ckpt = tmp_path / ".m.ckpt"
+    _fit_killed_at(cfg, tmp_path / "m.ml4m", ckpt)  # at step 2 of 9
     code, _, err = _run(capsys, "fit", cfg, "-o", tmp_path / "m.ml4m", "--resume", "--json")
     assert code == 0, err
     assert not ckpt.exists()
-    resumed = read_model_file(tmp_path / "m.ml4m")[2]
-    whole = read_model_file(whole_dir / "m.ml4m")[2]
-    modules = [k for k in whole if "module." in k]  # the network (inside its core)
-    assert modules
-    for k in modules:
-        np.testing.assert_allclose(resumed[k], whole[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    _assert_same_networks(tmp_path / "m.ml4m", whole_dir / "m.ml4m")
 
 
 @pytest.mark.parametrize("config,argv,match", [
@@ -212,23 +218,29 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def _budgeted_fit(folder, minutes: float, *flags: str) -> tuple[float, dict]:
+    """``ml4m fit --model mpnn --max-minutes MINUTES FLAGS`` on 48 two-cell EMT Cu frames
+    (one valid frame) written into ``folder``: the command's wall seconds and its JSON."""
+    write_emt_cu_split(folder, 48, 1, repeat=2, valid_repeat=1)
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        code = main(["fit", "--model", "mpnn", "--train", str(folder / "train.extxyz"),
+                     "--valid", str(folder / "valid.extxyz"), "--max-minutes", str(minutes),
+                     *flags, "-o", str(folder / "m.ml4m"), "--json"])
+    seconds = time.perf_counter() - t0
+    assert code == 0
+    return seconds, json.loads(out.getvalue())
+
+
 @pytest.mark.skipif("mpnn" not in fit_choices(), reason="mpnn is not registered")
 def test_max_minutes_bounds_the_whole_network_fit(tmp_path, one_thread):
     """``ml4m fit --model mpnn --max-minutes 0.25`` (default network): the whole command,
     i.e. the cost measurement, training, validation, the last-layer posterior (its
     feature Jacobian: one backward pass per feature on up to 2048 training atoms, here
     1536), metrics and plots, ends within the budget + 10% + 5 s."""
-    write_emt_cu_split(tmp_path, 48, 1, repeat=2, valid_repeat=1)
     budget = 0.25
-    out = io.StringIO()
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(out):
-        code = main(["fit", "--model", "mpnn", "--train", str(tmp_path / "train.extxyz"),
-                     "--valid", str(tmp_path / "valid.extxyz"), "--max-minutes", str(budget),
-                     "-o", str(tmp_path / "m.ml4m"), "--json"])
-    seconds = time.perf_counter() - t0
-    assert code == 0
-    metrics = json.loads(out.getvalue())
+    seconds, metrics = _budgeted_fit(tmp_path, budget)
     assert seconds <= 1.1 * 60 * budget + 5.0, (seconds, metrics["budget"])
     assert metrics["training"]["steps"] >= 1 and "uncertainty" in metrics["valid"]
     # the regime's passes: the budget's training seconds over one timed pass (12 steps
@@ -303,16 +315,8 @@ def test_a_killed_committee_fit_resumes_keeping_its_finished_members(committee_f
     resumes member 1 from its checkpoint, and the committee equals the uninterrupted
     one; a resume under other settings is refused with exit 2."""
     whole_dir, cfg, _ = committee_fit
-    proc = subprocess.Popen([sys.executable, "-m", "ml4m", "fit", str(cfg), "-o",
-                             str(tmp_path / "c.ml4m"), "--json"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
     ckpt = tmp_path / ".c_member1.ckpt"
-    deadline = time.monotonic() + 180
-    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists() and not (tmp_path / "c.ml4m").exists(), proc.stderr.read().decode()
+    _fit_killed_at(cfg, tmp_path / "c.ml4m", ckpt)
     progress = json.loads((tmp_path / ".c.committee.json").read_text())
     assert progress["finished"] == [0]
     kept = (tmp_path / "c_member0.ml4m").read_bytes()
@@ -325,27 +329,15 @@ def test_a_killed_committee_fit_resumes_keeping_its_finished_members(committee_f
     assert json.loads(out)["committee"]["members"][0]["resumed"] is True
     assert (tmp_path / "c_member0.ml4m").read_bytes() == kept
     assert not (tmp_path / ".c.committee.json").exists() and not ckpt.exists()
-    resumed, whole = _module_arrays(tmp_path / "c.ml4m"), _module_arrays(whole_dir / "c.ml4m")
-    assert set(resumed) == set(whole) and len(whole) > 0
-    for k in whole:
-        np.testing.assert_allclose(resumed[k], whole[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    _assert_same_networks(tmp_path / "c.ml4m", whole_dir / "c.ml4m")
 
 
 @pytest.mark.skipif("mpnn" not in fit_choices(), reason="mpnn is not registered")
 def test_max_minutes_bounds_a_whole_committee_fit(tmp_path, one_thread):
     """``--committee 2 --max-minutes 0.4``: both members, the calibration and the
     metrics end within the budget + 10% + 5 s, each member trained."""
-    write_emt_cu_split(tmp_path, 48, 1, repeat=2, valid_repeat=1)
     budget = 0.4
-    out = io.StringIO()
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(out):
-        code = main(["fit", "--model", "mpnn", "--train", str(tmp_path / "train.extxyz"),
-                     "--valid", str(tmp_path / "valid.extxyz"), "--max-minutes", str(budget),
-                     "--committee", "2", "-o", str(tmp_path / "c.ml4m"), "--json"])
-    seconds = time.perf_counter() - t0
-    assert code == 0
-    metrics = json.loads(out.getvalue())
+    seconds, metrics = _budgeted_fit(tmp_path, budget, "--committee", "2")
     assert seconds <= 1.1 * 60 * budget + 5.0, (seconds, metrics["committee"])
     assert all(m["training"]["steps"] >= 1 for m in metrics["committee"]["members"])
     assert "uncertainty" in metrics["valid"]
