@@ -35,8 +35,8 @@ examples:
   ml4m fit --model ace --train train.extxyz --valid valid.extxyz -o cu_ace.ml4m
   ml4m fit cu_ace_chosen.yaml -o cu_ace_again.ml4m   # the chosen basis, no search
   ml4m fit --model mpnn --train train.extxyz --valid valid.extxyz --max-minutes 30 -o cu.ml4m
-  ml4m fit --model mpnn --train train.extxyz --valid valid.extxyz --max-minutes 30 \
-      --committee 4 -o cu_committee.ml4m   # four networks, 7 min each, one calibrated sigma
+  ml4m fit --model mpnn ... --max-minutes 30 --committee 4 -o cu_committee.ml4m
+                                       # four networks, 7 min each, one calibrated sigma
   ml4m fit config.yaml --seed 1
   ml4m fit config.yaml --resume        # continue an interrupted network training
 
