@@ -295,6 +295,8 @@ def test_a_committee_fit_joins_members_that_are_single_fits_with_seeds(fitted, c
     assert any(not np.array_equal(member1[k], member0[k]) for k in member0)
     committee = ml4m.load(d / "c.ml4m")
     assert isinstance(committee, Committee) and committee.n_members == 2
+    # members get no last-layer posterior: the committee's spread is their sigma
+    assert not any(m.has_uncertainty for m in committee.members_)
     joined = Committee.from_members([ml4m.load(d / f"c_member{k}.ml4m") for k in (0, 1)])
     joined.calibrate(read_dataset(files / "valid.extxyz"))
     assert joined.calibration_ == pytest.approx(committee.calibration_, rel=1e-9)

@@ -27,9 +27,9 @@ and keep a checkpoint (.{stem}.ckpt) until the model is written: after an interr
 the same command with --resume continues the training. --train may name a packed store
 (ml4m data pack) to stream data larger than memory. --committee K (networks) trains K
 networks with seeds seed, ..., seed+K-1 within the one budget, each written as
-{stem}_member{k}.ml4m with its log and curve, and writes their committee as MODEL: the
-members' mean, their spread (calibrated on --valid) as the sigma; --resume keeps the
-members a killed run finished.
+{stem}_member{k}.ml4m (no sigma of its own) with its log and curve, and writes their
+committee as MODEL: the members' mean, their spread (calibrated on --valid) as the
+sigma; --resume keeps the members a killed run finished.
 
 examples:
   ml4m fit --model ace --train train.extxyz --valid valid.extxyz -o cu_ace.ml4m
@@ -138,12 +138,7 @@ def run(args: argparse.Namespace) -> int:
             _print_regime(tr["regime"])
     if "committee" in metrics:
         _print_committee(metrics["committee"])
-    if "budget" in metrics and "committee" in metrics:
-        b = metrics["budget"]
-        console().print(f"budget {b['budget_seconds'] / 60:.1f} min, shared by the members; "
-                        f"calibrated on {b['valid_frames']} frames, errors on "
-                        f"{b['train_frames']} training frames")
-    elif "budget" in metrics and "valid_frames" in metrics["budget"]:  # a network
+    if "budget" in metrics and "valid_frames" in metrics["budget"]:  # a network, a committee
         b = metrics["budget"]
         console().print(f"budget {b['budget_seconds'] / 60:.1f} min: validated on "
                         f"{b['valid_frames']} frames, errors on {b['train_frames']} training "

@@ -3,8 +3,9 @@
 spread is calibrated on the validation frames.
 
 Each member is trained as a single network's fit trains it (:func:`~ml4m.training.
-network.fit_network`: regime, checkpoint, per-epoch log and learning curve) and saved
-as ``{stem}_member{k}.ml4m`` beside the committee; a budget (``max_minutes``) is shared
+network.fit_network`: regime, checkpoint, per-epoch log and learning curve), without
+the last-layer posterior the committee's spread replaces, and saved as
+``{stem}_member{k}.ml4m`` beside the committee; a budget (``max_minutes``) is shared
 equally among the members still to train, less :data:`END_FRACTION` kept for the
 committee's calibration and metrics. Progress (the settings and the members finished) is
 kept in ``.{stem}.committee.json`` until the committee is written, so that ``--resume``
@@ -43,15 +44,13 @@ def committee_files(path: Path, n_members: int) -> dict[str, Any]:
 
 def _settings_record(cfg: FitConfig) -> dict[str, Any]:
     """What a resumed committee must share with the run it resumes (JSON-comparable)."""
-    return json.loads(json.dumps({k: v for k, v in vars(cfg).items()}, default=str))
+    return json.loads(json.dumps(vars(cfg), default=str))
 
 
 def _finished(progress: Path, cfg: FitConfig, resume: bool) -> list[int]:
     """Members a resumed fit keeps: those the progress file lists, when its settings are
     ``cfg``'s (a ConfigError otherwise); none for a new fit."""
-    if not resume:
-        return []
-    if not progress.is_file():
+    if not (resume and progress.is_file()):
         return []
     record = json.loads(progress.read_text())
     if record.get("settings") != _settings_record(cfg):
@@ -121,7 +120,7 @@ def fit_committee(cfg: FitConfig, path: Path, started: float, progress: bool, re
         checkpoint = network_files(member_path)["checkpoint"]
         model, train, valid, record = fit_network(member_cfg, member_path, time.perf_counter(),
                                                   progress, resume and checkpoint.is_file(),
-                                                  metrics=False)
+                                                  evaluate=False)
         members.append(model)
         records.append({"model": record["model"], "seed": cfg.seed + k,
                         "fit_seconds": record["fit_seconds"], "training": record["training"],

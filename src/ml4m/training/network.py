@@ -48,10 +48,11 @@ def _atoms(data) -> int:
 
 
 def plan_evaluations(model, train, valid, seconds: float,
-                     cost: dict[str, Any] | None = None, metrics: bool = True
+                     cost: dict[str, Any] | None = None, evaluate: bool = True
                      ) -> dict[str, Any]:
     """How many frames to validate and to measure errors on within ``seconds``
-    (``metrics`` False: the fit reports no errors, e.g. a committee's member).
+    (``evaluate`` False: the network gets no last-layer posterior and the fit reports no
+    errors of it, a committee's member; only the last validation is planned).
 
     The evaluations' costs per atom are measured on a small training frame
     (:func:`~ml4m.training.costs.evaluation_costs`, unless ``cost`` gives them); the work
@@ -83,14 +84,14 @@ def plan_evaluations(model, train, valid, seconds: float,
 
     def predictions(train_atoms: float, valid_atoms: float) -> float:
         """The metrics' predictions: forces of the training frames, sigmas of the valid."""
-        return (cost["forces"] * train_atoms + cost["sigma"] * valid_atoms) if metrics else 0.0
+        return (cost["forces"] * train_atoms + cost["sigma"] * valid_atoms) if evaluate else 0.0
 
     def seconds_of(share: float) -> float:
         train_atoms, valid_atoms = share * n_train * per_train, share * n_valid * per_valid
+        posterior = (last_layer_seconds(cost, train_atoms, valid_atoms or train_atoms,
+                                        jacobian_atoms) if evaluate else 0.0)
         return (cost["forces"] * valid_atoms  # the last validation
-                + last_layer_seconds(cost, train_atoms, valid_atoms or train_atoms,
-                                     jacobian_atoms)
-                + predictions(train_atoms, valid_atoms))
+                + posterior + predictions(train_atoms, valid_atoms))
 
     share = largest_share(seconds_of, EVAL_FRACTION * seconds)
     valid_frames = min(n_valid, max(1, int(share * n_valid)))
@@ -102,7 +103,7 @@ def plan_evaluations(model, train, valid, seconds: float,
 
 
 def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resume: bool,
-                write: bool = True, metrics: bool = True
+                write: bool = True, evaluate: bool = True
                 ) -> tuple[Any, Dataset, Dataset | None, dict[str, Any]]:
     """Train the network ``cfg`` describes and save it to ``path``.
 
@@ -116,8 +117,9 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     (:func:`~ml4m.training.trainer.prepare_model`). With ``cfg.max_minutes``, the
     trainer gets what is left of the budget but :data:`POST_FRACTION` of it and
     :data:`POST_SECONDS`, and stops early enough to predict the frames of the metrics in
-    it (unless ``metrics`` is False: the caller reports no errors of this network, a
-    committee's member); the first process plans the evaluations
+    it (unless ``evaluate`` is False: a committee's member, which gets no last-layer
+    posterior and whose errors the caller does not report); the first process plans the
+    evaluations
     (:func:`plan_evaluations`) and every data-parallel process follows its plan.
 
     Returns
@@ -146,7 +148,7 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     try:
         return _train(cfg, model, as_graph_set(learnt_train, "train"), learnt_train,
                       learnt_valid, base, dist, started, resume, files, path, write,
-                      baseline, train, valid, report=metrics)
+                      baseline, train, valid, evaluate=evaluate)
     finally:
         dist.close()
 
@@ -278,7 +280,7 @@ def _regime(cfg, model, train_set, base, dist, resume, left, plan) -> dict[str, 
 
 
 def _train(cfg, model, train_set, train, valid, base, dist, started, resume, files, path,
-           write, baseline=None, reference_train=None, reference_valid=None, report=True):
+           write, baseline=None, reference_train=None, reference_valid=None, evaluate=True):
     """:func:`fit_network` once the data are read and the process group is joined; with
     a ``baseline`` the network learns ``train``/``valid`` (residuals) and the saved
     model is the sum, its errors measured on the ``reference_`` frames."""
@@ -297,7 +299,7 @@ def _train(cfg, model, train_set, train, valid, base, dist, started, resume, fil
         "valid_frames": len(valid) if valid is not None else 0, "after_seconds": 0.0}
     budget = cfg.max_minutes is not None
     if budget:
-        plan = dist.broadcast(plan_evaluations(model, train, valid, left(), metrics=report)
+        plan = dist.broadcast(plan_evaluations(model, train, valid, left(), evaluate=evaluate)
                               if dist.main else None)
     regime = _regime(cfg, model, train_set, base, dist, resume, left, plan if budget else None)
     if budget:
@@ -310,7 +312,8 @@ def _train(cfg, model, train_set, train, valid, base, dist, started, resume, fil
     t0 = time.perf_counter()
     model = trainer.fit(model, train_set, valid, resume=resume,
                         after_seconds=plan["after_seconds"],
-                        last_layer_frames=plan["train_frames"], costs=plan.get("costs"))
+                        last_layer_frames=plan["train_frames"] if evaluate else 0,
+                        costs=plan.get("costs"))
     fit_seconds = time.perf_counter() - t0
     if baseline is not None:  # the sum, scored on the reference labels
         model = Baselined.from_fitted(model, baseline)

@@ -80,7 +80,8 @@ class Trainer:
             The last-layer posterior (models with ``fit_last_layer`` whose module returns
             ``features``) is fitted on at most this many evenly spaced training frames
             (and calibrated on the validation frames); with ``max_minutes``, on fewer of
-            both when the time left after training needs it.
+            both when the time left after training needs it; 0: no posterior (a
+            committee's member, whose sigma is the committee's spread).
         costs : dict, optional
             :func:`~ml4m.training.costs.evaluation_costs` of ``model``, if the caller
             measured them (else they are, on the smallest of 16 spaced training frames,
@@ -127,7 +128,8 @@ class Trainer:
         if resume:
             run.restore()
         self.history = run.position["history"]
-        last_layer = (hasattr(model, "fit_last_layer") and train_set.any_label("energy")
+        last_layer = (last_layer_frames > 0 and hasattr(model, "fit_last_layer")
+                      and train_set.any_label("energy")
                       and self._has_features(model, train_set))
         clock = Clock(started + 60.0 * s.max_minutes if s.max_minutes else math.inf)
         if s.max_minutes:
