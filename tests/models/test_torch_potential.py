@@ -79,6 +79,33 @@ def test_forces_stress_and_per_atom_energies_are_consistent(model):
     assert np.all(np.isnan(pred.stress[1]))  # a molecule has no stress
 
 
+def test_prediction_with_frozen_weights_equals_the_trainable_graph(model):
+    """predict() runs with the weights frozen (and without a strain for a batch of
+    molecules): the same energies and forces as the graph a training step builds, and
+    the weights are trainable again afterwards, also after an exception."""
+    from ml4m.models.torch_potential import frozen_parameters
+
+    frames = _structures()
+    pred = model.predict(frames)
+    for k, frame in enumerate(frames):
+        data = batch_graph([frame], model.cutoff, model.species_)
+        full = model.energy_and_derivatives(data, create_graph=True)  # weights require grad
+        assert full["energy"].requires_grad
+        np.testing.assert_allclose(pred.energy[k], full["energy"].item(), rtol=1e-12)
+        np.testing.assert_allclose(pred.forces[pred.offsets[k]:pred.offsets[k + 1]],
+                                   full["forces"].detach().numpy(), atol=1e-12)
+    molecule_only = model.predict(frames[1:])
+    assert np.all(np.isnan(molecule_only.stress))
+    np.testing.assert_array_equal(molecule_only.forces, pred.forces[pred.offsets[1]:])
+    weights = list(model.module_.parameters())
+    assert weights and all(w.requires_grad for w in weights)
+    with pytest.raises(RuntimeError, match="inside"):
+        with frozen_parameters(model.module_):
+            assert not any(w.requires_grad for w in weights)
+            raise RuntimeError("inside")
+    assert all(w.requires_grad for w in weights)
+
+
 def test_rotation_translation_permutation(model):
     frame = _structures()[0]
     atoms = frame.to_atoms(with_labels=False)
