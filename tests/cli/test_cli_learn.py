@@ -95,7 +95,7 @@ def test_learn_killed_then_resumed_gives_the_uninterrupted_run(setup, capsys):
     ({"walkers": []}, "walkers must be a non-empty list"),
     ({"fit": {"model": "ace"}, "initial": None}, "'fit' needs 'initial'"),
     ({"speed": 3}, "unknown key(s) ['speed']"),
-    ({"fit": {"model": "mpnn", "committee": 2}}, "fit.committee: the loop does not train"),
+    ({"fit": {"model": "ace", "committee": 2}}, "'committee' applies to networks"),
     ({"fine_tune": {"lr": -1}}, "fine_tune: training.lr must be > 0.0"),
 ])
 def test_bad_input_exits_2_with_nothing_written(setup, capsys, change, message):

@@ -353,6 +353,35 @@ def test_fine_tune_settings_are_checked(files):
         _settings(files, fine_tune={"bogus": 1})
 
 
+def test_fit_committee_trains_the_members_as_ml4m_fit_does(files):
+    """``fit: {committee: 2}``: the loop's starting model is a committee of two networks,
+    member k the single network of seed ``seed + k`` (as ``ml4m fit --committee``),
+    spread uncalibrated (no held-out frames in the loop); the loop runs with it."""
+    from ml4m.md.learning import _fit_initial
+    from ml4m.models import Committee
+
+    init = list(read_dataset(files / "init.extxyz"))
+    committee = _fit_initial(_settings(files, fit={**NETWORK_FIT, "committee": 2,
+                                                   "seed": 3}), init)
+    assert isinstance(committee, Committee) and len(committee.members_) == 2
+    assert committee.calibration_ == {"energy": 1.0, "forces": 1.0}
+    for k, member in enumerate(committee.members_):
+        single = _fit_initial(_settings(files, fit={**NETWORK_FIT, "seed": 3 + k}), init)
+        np.testing.assert_array_equal(member.predict(init).forces, single.predict(init).forces)
+    a, b = (m.predict(init).forces for m in committee.members_)
+    assert not np.allclose(a, b)
+    settings = _settings(files, fit={**NETWORK_FIT, "committee": 2},
+                         walkers=_settings(files).walkers[:1], steps=5,
+                         threshold=parse_threshold(1e-6), check_interval=5, max_calls=1,
+                         reoptimise_every=0, fine_tune={"max_epochs": 1})
+    result = run_learning(settings, files / "fit_committee")
+    assert result["reference_calls"] == 1
+    import ml4m
+
+    end = ml4m.load(files / "fit_committee" / "model.ml4m")
+    assert isinstance(end, Committee) and len(end.members_) == 2
+
+
 def test_a_committee_of_networks_learns_on_the_fly(files):
     """A committee of networks (an in-memory model) passes through the loop: each member
     is trained on from its own weights with its own seed, so they stay distinct."""

@@ -20,7 +20,10 @@ and added in walker order, so the result does not depend on the number of worker
 
 A starting model file (model: start.ml4m) is used as it is and needs initial: the
 frames it was fitted on (its normal equations are rebuilt from them, or, for a committee,
-it is refitted on them and the new frames at each update).
+it is refitted on them and the new frames at each update). A new initial fit (fit:, with
+initial:) may be a committee of networks (fit: {model: mpnn, committee: K}): K networks
+of seeds seed..seed+K-1 as ml4m fit --committee K trains them, their spread not
+calibrated (the loop holds no held-out frames).
 
 DIR holds, after every update, state/ (model, normal equations, training set, walkers,
 random-generator states) and DIR/train.extxyz (new frames appended); a killed run

@@ -19,6 +19,7 @@ restarts its barostat's momentum, which is not saved), and refuses other setting
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -211,23 +212,36 @@ def _restore_updates(model: Any, frames: list[Frame], path: str | None) -> None:
 
 def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
     """The model ``settings.fit`` describes (with the repulsive core or baseline its
-    ``repulsion``/``baseline`` keys ask for, as ``ml4m fit``), fitted on ``frames``."""
+    ``repulsion``/``baseline`` keys ask for, as ``ml4m fit``), fitted on ``frames``.
+
+    With ``committee: K`` (networks), K members trained one after another with seeds
+    ``seed`` .. ``seed + K - 1`` and joined, as ``ml4m fit --committee K`` trains them; the
+    loop has no held-out frames, so the members' spread is not calibrated (factors 1).
+    """
     from ml4m.data import Dataset
-    from ml4m.models.baseline import with_baseline
+    from ml4m.models.committee import Committee
     from ml4m.training.config import FitConfig
-    from ml4m.training.finetune import is_network, train_network
-    from ml4m.training.fit import build_model
-    from ml4m.training.settings import TrainSettings
 
     clash = sorted({"train", "valid", "output"} & set(settings.fit))
     if clash:
         raise ConfigError(f"fit: {clash} are set by the learning loop ('initial' is the "
                           "training set; the model is written to the output folder)")
     cfg = FitConfig.from_mapping({**settings.fit, "train": settings.initial}, source="fit")
-    if cfg.committee:
-        raise ConfigError("fit.committee: the loop does not train a committee itself; fit one "
-                          "(ml4m fit --committee K) and give its file as 'model'")
     ds = Dataset(frames)
+    if cfg.committee:  # FitConfig admits it for networks only
+        members = [_fit_one(dataclasses.replace(cfg, seed=cfg.seed + k), frames, ds)
+                   for k in range(cfg.committee)]
+        return Committee.from_members(members, resample="seed", seed=cfg.seed)
+    return _fit_one(cfg, frames, ds)
+
+
+def _fit_one(cfg: Any, frames: list[Frame], ds: Any) -> Any:
+    """One model of :func:`_fit_initial`: ``cfg`` (a :class:`FitConfig`) on ``frames``."""
+    from ml4m.models.baseline import with_baseline
+    from ml4m.training.finetune import is_network, train_network
+    from ml4m.training.fit import build_model
+    from ml4m.training.settings import TrainSettings
+
     species = [int(z) for z in ds.atomic_numbers]
     # inside the repulsive core (and baseline) ml4m fit would give it: the walkers run MD
     # with this model from the first step, where the data is thinnest
