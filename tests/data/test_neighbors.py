@@ -261,3 +261,23 @@ def test_nearest_neighbor_distance_of_a_crystal_and_of_isolated_atoms():
     assert nearest_neighbor_distance([rattled]) == pytest.approx(np.median(d.min(axis=1)))
     far = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 9.0]], cell=[30, 30, 30], pbc=False)
     assert nearest_neighbor_distance([far], cutoff=4.0) is None
+
+
+def test_shortest_distances_of_a_packed_store_equal_those_of_its_frames(tmp_path):
+    """A store is scanned from its arrays in batches (no Frame per structure): the same
+    distances as its frames one by one, for periodic, open and mixed structures."""
+    from ml4m.data import Frame, StoreWriter, open_store
+
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    cu.symbols[[0, 3]] = "Au"
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=5.0)
+    structures = [cu, slab, molecule("CH3CH2OH")]
+    with StoreWriter(tmp_path / "s.store") as w:
+        for k in range(7):
+            atoms = structures[k % 3].copy()
+            atoms.rattle(0.05, seed=k)
+            w.add(Frame.from_atoms(atoms))
+    store = open_store(tmp_path / "s.store")
+    expect = shortest_distances(list(store), cutoff=3.0)
+    assert set(expect) == {"C-C", "H-C", "H-H", "H-O", "C-O", "Cu-Cu", "Cu-Au", "Au-Au"}
+    assert shortest_distances(store, cutoff=3.0) == expect
