@@ -208,7 +208,10 @@ def main() -> None:
     import torch
 
     from ml4m.data import read_dataset
+    from ml4m.resources import tune_allocator
     from ml4m.training import TrainSettings
+
+    tune_allocator()  # as the command line (ml4m fit) does at start
 
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

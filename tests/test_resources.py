@@ -131,3 +131,28 @@ def test_tuned_allocator_reuses_freed_temporaries():
         pytest.skip("not Linux with glibc: nothing to tune")
     _, plain = faults("plain")
     assert tuned < plain / 4, (tuned, plain)
+
+
+@pytest.mark.parametrize("name, value", [("MALLOC_TRIM_THRESHOLD_", "131072"),
+                                         ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072")])
+def test_the_users_malloc_settings_are_kept(name, value):
+    """With malloc set in the environment, tune_allocator changes nothing: the same
+    allocations fault as often as without tuning (the user's small trim threshold)."""
+    import os
+    import subprocess
+    import sys
+
+    def faults(mode, **env):
+        clean = {k: v for k, v in os.environ.items()
+                 if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True,
+                             text=True, timeout=120, check=True, env={**clean, **env})
+        return out.stdout.split()[0], int(out.stdout.split()[1])
+
+    applied, tuned = faults("tuned")
+    if applied != "True":
+        pytest.skip("not Linux with glibc: nothing to tune")
+    _, plain = faults("plain", **{name: value})
+    kept_applied, kept = faults("tuned", **{name: value})
+    assert kept_applied == "False"
+    assert kept > plain / 2 and kept > 4 * tuned, (kept, plain, tuned)

@@ -25,7 +25,7 @@ from ml4m.errors import ConfigError
 
 __all__ = ["DEFAULT_FRACTION", "max_memory", "parse_bytes", "format_bytes", "available_memory",
            "memory_limit", "check_memory", "estimate_neighbors", "tune_allocator",
-           "ALLOCATOR_SETTINGS"]
+           "ALLOCATOR_SETTINGS", "USER_ALLOCATOR_SETTINGS"]
 
 #: default limit: this fraction of the memory available (psutil) when a check runs
 DEFAULT_FRACTION = 0.5
@@ -234,26 +234,38 @@ ALLOCATOR_SETTINGS = {
 }
 
 
+#: environment variables through which a user sets glibc's malloc: :func:`tune_allocator`
+#: then leaves it alone
+USER_ALLOCATOR_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                           "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")
+
+
 def tune_allocator() -> bool:
     """Keep freed memory for reuse instead of returning it to the kernel (glibc only).
 
-    numpy temporaries of one to tens of MiB are allocated and freed at every step of
-    MD or of a fit. With glibc's defaults many of them are mapped from and returned to
-    the kernel each time, and every page faults in again zeroed: about 30% of an MD
-    step with a linear ACE model at 864 atoms. With :data:`ALLOCATOR_SETTINGS` they are
-    reused from the heap; the resident memory then stays at its peak instead of
-    shrinking between steps. Process-wide: the command line calls it once at start;
-    library users may call it themselves.
+    numpy temporaries and torch tensors of one to tens of MiB are allocated and freed at
+    every step of MD or of a fit. With glibc's defaults many of them are mapped from and
+    returned to the kernel each time, and every page faults in again zeroed
+    (``benchmarks/results/mpnn_speed.md``, session 30: up to a third of a network
+    call's CPU time). With
+    :data:`ALLOCATOR_SETTINGS` they are reused from the heap; the resident memory then
+    stays at its peak instead of shrinking between steps. Process-wide: the command line
+    calls it once at start, and so does :meth:`~ml4m.models.base.Potential.as_calculator`
+    (the MD path of a Python script); library users may call it themselves. A user's own
+    malloc settings (:data:`USER_ALLOCATOR_SETTINGS` in the environment) are kept.
 
     Returns
     -------
     bool
-        True when every setting was applied (Linux with glibc), False elsewhere.
+        True when every setting was applied (Linux with glibc), False elsewhere or when
+        the environment sets malloc.
     """
     import ctypes
+    import os
     import sys
 
-    if not sys.platform.startswith("linux"):
+    if (not sys.platform.startswith("linux")
+            or any(name in os.environ for name in USER_ALLOCATOR_SETTINGS)):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -237,7 +237,12 @@ class Potential(Estimator, ABC):
             Compute ``energy_sigma`` and ``forces_sigma`` on every evaluation (off by
             default: several times the cost of energy and forces; a sigma asked for by
             name, ``calc.get_property("forces_sigma", atoms)``, is computed either way).
+
+        Also tunes the process's allocator (:func:`ml4m.resources.tune_allocator`), as
+        the command line does.
         """
         from ml4m.models.calculator import ML4MCalculator
+        from ml4m.resources import tune_allocator
 
+        tune_allocator()  # MD allocates and frees the same temporaries at every step
         return ML4MCalculator(self, uncertainty=uncertainty)

@@ -39,7 +39,6 @@ from ml4m.models.last_layer import (
     gradient_variances,
 )
 from ml4m.models.linear.design import VOIGT
-from ml4m.models.memory import retain_freed_memory
 
 __all__ = ["TorchPotential", "batch_graph", "edge_vectors", "species_index", "DTYPES"]
 
@@ -132,8 +131,7 @@ def frozen_parameters(module) -> Iterator[None]:
 
     Derivatives with respect to the inputs (forces, stress) are unchanged, but autograd
     records no node for a branch that only involves weights, so an inference call does
-    less bookkeeping (5% of a 3BPA call's CPU time, ``benchmarks/results/mpnn_speed.md``).
-    The flags are restored on exit, also after an exception.
+    less bookkeeping. The flags are restored on exit, also after an exception.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     for p in params:
@@ -293,12 +291,8 @@ class TorchPotential(Potential):
             raise NotFittedError(f"This {type(self).__name__} is not fitted yet. Call 'fit' first.")
 
     def _torch_settings(self) -> tuple[str, Any]:
-        """The device and torch dtype of the module; the first call of a process also
-        lets malloc keep freed memory for the next evaluation
-        (:func:`~ml4m.models.memory.retain_freed_memory`)."""
         import torch
 
-        retain_freed_memory()
         dtype = getattr(self, "dtype", "float64")
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -414,11 +408,12 @@ class TorchPotential(Potential):
         for chunk in self._batches(frames):
             data = batch_graph(chunk, self.cutoff, self.species_, device, self.dtype)
             with frozen_parameters(self.module_):
-                # no strain derivative for a batch without a cell: its stress is NaN anyway
-                out = self.energy_and_derivatives(data, stress=any(f.pbc.any() for f in chunk),
+                # no strain derivative unless a structure is fully periodic: the stress
+                # of any other is NaN
+                out = self.energy_and_derivatives(data, stress=any(f.pbc.all() for f in chunk),
                                                   uncertainty=uncertainty)
             for k in keys:
-                if k not in out:  # a stress not taken: no structure of the batch has a cell
+                if k not in out:  # a stress not taken: no fully periodic structure
                     parts[k].append(np.full((len(chunk), 6), np.nan))
                     continue
                 a = out[k].detach().cpu().numpy().astype(float)
