@@ -215,12 +215,7 @@ def _search(frame: Frame | Atoms, positions: np.ndarray, box: np.ndarray, pbc: n
                  f"a neighbour list of {n:,} atoms within {cutoff:g} A "
                  f"(about {n_pairs:,.3g} pairs)", max_memory,
                  hint="lower the cutoff or raise max_memory (--max-memory)")
-    if pbc.all():
-        calculator = _vesin().NeighborList(cutoff=float(cutoff), full_list=full_list, sorted=True)
-        i, j, s, d, v = calculator.compute(points=positions, box=box, periodic=True,
-                                           quantities="ijSdD")
-    else:
-        i, j, s, v, d = _tree_pairs(positions, box, pbc, float(cutoff), full_list)
+    i, j, s, v, d = _pairs(positions, box, pbc, float(cutoff), full_list)
     return NeighborList(
         i=i.astype(np.int64),
         j=j.astype(np.int64),
@@ -229,6 +224,18 @@ def _search(frame: Frame | Atoms, positions: np.ndarray, box: np.ndarray, pbc: n
         distances=d,
         cutoff=float(cutoff),
     )
+
+
+def _pairs(positions: np.ndarray, box: np.ndarray, pbc: np.ndarray, cutoff: float,
+           full_list: bool) -> tuple[np.ndarray, ...]:
+    """``(i, j, shifts, vectors, distances)`` of checked geometry: vesin for a fully
+    periodic cell, the k-d tree (:func:`_tree_pairs`) otherwise."""
+    if pbc.all():
+        calculator = _vesin().NeighborList(cutoff=cutoff, full_list=full_list, sorted=True)
+        i, j, s, d, v = calculator.compute(points=positions, box=box, periodic=True,
+                                           quantities="ijSdD")
+        return i, j, s, v, d
+    return _tree_pairs(positions, box, pbc, cutoff, full_list)
 
 
 def _tree_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
@@ -370,9 +377,9 @@ def shortest_distances(frames: Iterable[Frame | Atoms], cutoff: float = 3.0) -> 
 def _half_pairs(frames: Iterable[Frame | Atoms], cutoff: float
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """``(numbers, i, j, distances)`` of each structure's pairs closer than ``cutoff``
-    (each pair once). A packed store is read in batches of arrays, without building a
-    :class:`Frame` per structure (its frames were checked when packed): a 652,326-frame
-    store would otherwise take about 1 ms per frame."""
+    (each pair once). A packed store is read in batches of arrays and its geometry goes
+    straight to :func:`_pairs`, without a :class:`Frame` per structure nor the memory
+    estimate (its frames were checked when packed)."""
     from ml4m.data.store import PackedStore
 
     if not isinstance(frames, PackedStore):
@@ -387,11 +394,7 @@ def _half_pairs(frames: Iterable[Frame | Atoms], cutoff: float
             positions = np.ascontiguousarray(batch["positions"][lo:hi], dtype=np.float64)
             cell = np.ascontiguousarray(batch["cell"][k], dtype=np.float64)
             pbc = np.asarray(batch["pbc"][k], dtype=bool)
-            if pbc.all():
-                i, j, d = _vesin().NeighborList(cutoff=float(cutoff), full_list=False).compute(
-                    points=positions, box=cell, periodic=True, quantities="ijd")
-            else:
-                i, j, _, _, d = _tree_pairs(positions, cell, pbc, float(cutoff), False)
+            i, j, _, _, d = _pairs(positions, cell, pbc, float(cutoff), False)
             yield np.asarray(batch["numbers"][lo:hi], dtype=np.int64), i, j, d
 
 

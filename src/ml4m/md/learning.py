@@ -214,9 +214,10 @@ def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
     """The model ``settings.fit`` describes (with the repulsive core or baseline its
     ``repulsion``/``baseline`` keys ask for, as ``ml4m fit``), fitted on ``frames``.
 
-    With ``committee: K`` (networks), K members trained one after another with seeds
-    ``seed`` .. ``seed + K - 1`` and joined, as ``ml4m fit --committee K`` trains them; the
-    loop has no held-out frames, so the members' spread is not calibrated (factors 1).
+    With ``committee: K`` (networks), K members with seeds ``seed`` .. ``seed + K - 1``
+    (as ``ml4m fit --committee K``), each trained as a single network here is (with its
+    last-layer posterior, whose force noise is a relative threshold's unit), then joined;
+    the loop has no held-out frames, so the members' spread is not calibrated (factors 1).
     """
     from ml4m.data import Dataset
     from ml4m.models.committee import Committee
