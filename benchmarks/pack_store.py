@@ -8,7 +8,7 @@ process with ``PackedStore.iter_batches``, recording wall time and peak RSS.
 
 Usage::
 
-    .venv/bin/python benchmarks/pack_store.py --gb 2.2 --dir /tmp/ml4m_pack_bench
+    .venv/bin/python benchmarks/pack_store.py --gb 2.2 [--dir PARENT]
 
 Writes ``benchmarks/results/pack_store.md``.
 """
@@ -23,6 +23,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,13 +79,14 @@ def store_bytes(path: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gb", type=float, default=2.2, help="target store size in GB")
-    ap.add_argument("--dir", default="/tmp/ml4m_pack_bench", help="scratch folder")
+    ap.add_argument("--dir", default=None, help="where the scratch folder is made (default: the system's temporary folder); only that new folder is removed")
     ap.add_argument("--batch", type=int, default=256, help="frames per batch when reading")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    scratch = Path(args.dir)
-    scratch.mkdir(parents=True, exist_ok=True)
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="ml4m_pack_bench_", dir=args.dir))  # ours to remove
     store_path = scratch / "big.store"
     write_s = write_store(store_path, args.gb)
     write_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -17,7 +17,7 @@ peaks are close and both far below the large store's size.
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_store.py [--gb 2.2]
-        [--small-gb 0.02] [--minutes 3] [--dir /tmp/ml4m_train_store]
+        [--small-gb 0.02] [--minutes 3] [--dir PARENT]
 
 Writes ``benchmarks/results/train_store.md`` (notes below its table are kept) and
 ``.json``.
@@ -33,6 +33,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,13 +66,14 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=2.2, help="size of the large store, GB")
     ap.add_argument("--small-gb", type=float, default=0.02, help="size of the small store, GB")
     ap.add_argument("--minutes", type=float, default=3.0, help="--max-minutes of each fit")
-    ap.add_argument("--dir", default="/tmp/ml4m_train_store", help="scratch folder (removed)")
+    ap.add_argument("--dir", default=None, help="where the scratch folder is made (default: the system's temporary folder); only that new folder is removed")
     args = ap.parse_args()
 
     from ml4m.data import open_store
 
-    scratch = Path(args.dir)
-    scratch.mkdir(parents=True, exist_ok=True)
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="ml4m_train_store_", dir=args.dir))  # ours to remove
     rows = []
     for name, gb in (("small", args.small_gb), ("large", args.gb)):
         store = scratch / f"{name}.store"
