@@ -303,3 +303,36 @@ def test_training_reduces_the_force_error():
     model = Trainer(settings).fit(model, frames)
     after = np.abs(model.predict(frames).forces - forces).mean()
     assert after < 0.5 * before, (before, after)
+
+
+def test_batches_follow_the_edge_budget_and_leave_results_unchanged(monkeypatch):
+    """predict and fit_last_layer split frames by their edges; a budget that puts one
+    or two frames in each batch gives the predictions, sigmas and posterior of one
+    batch for all (float64)."""
+    from ml4m.data.neighbors import neighbor_list
+
+    frames = [_labelled(_cuau(), k) if k % 2 else _labelled(_molecule(), k) for k in range(7)]
+    model = MPNN(**SMALL, seed=1).prepare(frames)
+    edges = [len(neighbor_list(f, model.cutoff)) for f in frames]
+    monkeypatch.setattr(MPNN, "predict_edges", 10**9)
+    assert [len(chunk) for chunk, _ in model._graphs(frames)] == [len(frames)]
+    whole = model.fit_last_layer(frames[:5], frames[5:])
+    posterior = whole.last_layer_
+    one_batch = whole.predict(frames, uncertainty=True)
+
+    budget = max(edges) + min(edges)
+    monkeypatch.setattr(MPNN, "predict_edges", budget)
+    chunks = list(model._graphs(frames))
+    assert 1 < len(chunks) < len(frames)
+    assert [id(f) for chunk, _ in chunks for f in chunk] == [id(f) for f in frames]
+    start = 0
+    for chunk, data in chunks:  # in order, each once
+        assert data["edge_index"].shape[1] == sum(edges[start:start + len(chunk)]) <= budget
+        start += len(chunk)
+    split = model.predict(frames, uncertainty=True)
+    for key in ("energy", "forces", "stress", "energies", "energy_sigma", "forces_sigma"):
+        np.testing.assert_allclose(getattr(split, key), getattr(one_batch, key), rtol=1e-10,
+                                   atol=1e-12, equal_nan=True)
+    refit = model.fit_last_layer(frames[:5], frames[5:]).last_layer_
+    np.testing.assert_allclose(refit.factor, posterior.factor, rtol=1e-8, atol=1e-12)
+    assert refit.noise_sigma == pytest.approx(posterior.noise_sigma, rel=1e-8)

@@ -490,8 +490,8 @@ def test_evaluations_shrink_to_fit_the_budget(cu, monkeypatch):
     assert (tight["train_frames"], tight["valid_frames"]) == (4, 1)  # 0.26 rounded down
     # the metrics' predictions: forces of 4 training frames, sigmas of 1 valid frame
     assert tight["after_seconds"] == pytest.approx(1e-3 * 32 + 2e-3 * 8)
-    # the Jacobian is taken on at most predict_atoms atoms: a cap lets more frames in
-    capped = plan_evaluations(types.SimpleNamespace(predict_atoms=8), train, valid,
+    # the Jacobian is taken on at most jacobian_atoms atoms: a cap lets more frames in
+    capped = plan_evaluations(types.SimpleNamespace(jacobian_atoms=8), train, valid,
                               seconds=0.26 * total / EVAL_FRACTION)
     assert capped["train_frames"] > 4
 
@@ -505,7 +505,7 @@ def test_costs_are_timed_warm_and_sigmas_through_predict():
 
     class Fake:
         cutoff, species_, device, dtype = 4.0, [29], "cpu", "float64"
-        predict_atoms = 2048
+        jacobian_atoms = 2048
         calls = 0
 
         def module_(self, data):

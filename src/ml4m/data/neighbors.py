@@ -33,7 +33,8 @@ from ml4m.resources import check_memory, estimate_neighbors
 PAIR_BYTES = 96
 _SMALL = 2**26  # lists that cannot exceed this many bytes skip the neighbour estimate
 
-__all__ = ["NeighborList", "neighbor_list", "batched_neighbor_list", "shortest_distances",
+__all__ = ["NeighborList", "neighbor_list", "batched_neighbor_list",
+           "concatenate_neighbor_lists", "PairMinima", "shortest_distances",
            "pair_inner_radii", "verlet_reuse"]
 
 
@@ -323,32 +324,84 @@ def batched_neighbor_list(
     pair_frame : ndarray of shape (n_pairs,), int64
         Frame index of each pair.
     """
-    parts = []
-    frame_of_pair = []
-    offset = 0
-    for k, frame in enumerate(frames):
-        nl = neighbor_list(frame, cutoff, full_list)
-        parts.append((nl.i + offset, nl.j + offset, nl.shifts, nl.vectors, nl.distances))
-        frame_of_pair.append(np.full(len(nl), k, dtype=np.int64))
-        offset += len(frame)
-    if not parts:
+    frames = list(frames)
+    return concatenate_neighbor_lists([neighbor_list(f, cutoff, full_list) for f in frames],
+                                      [len(f) for f in frames], cutoff)
+
+
+def concatenate_neighbor_lists(lists: Sequence[NeighborList], sizes: Sequence[int],
+                               cutoff: float) -> tuple[NeighborList, np.ndarray]:
+    """Per-frame neighbour lists joined as :func:`batched_neighbor_list` returns them:
+    atom indices offset by the atoms (``sizes``) of the frames before, and the frame of
+    each pair; ``cutoff`` (Angstrom) is recorded."""
+    if not len(lists):
         empty = np.zeros(0, dtype=np.int64)
         return (
             NeighborList(empty, empty, np.zeros((0, 3), np.int64), np.zeros((0, 3)),
                          np.zeros(0), float(cutoff)),
             empty,
         )
-    i, j, s, v, d = (np.concatenate(x) for x in zip(*parts))
-    return NeighborList(i, j, s, v, d, float(cutoff)), np.concatenate(frame_of_pair)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    counts = [len(nl) for nl in lists]
+    i = np.concatenate([nl.i + o for nl, o in zip(lists, offsets)])
+    j = np.concatenate([nl.j + o for nl, o in zip(lists, offsets)])
+    s, v, d = (np.concatenate([getattr(nl, a) for nl in lists])
+               for a in ("shifts", "vectors", "distances"))
+    frame_of_pair = np.repeat(np.arange(len(lists), dtype=np.int64), counts)
+    return NeighborList(i, j, s, v, d, float(cutoff)), frame_of_pair
+
+
+class PairMinima:
+    """The running shortest distance of every element pair, structure by structure.
+
+    Parameters
+    ----------
+    cutoff : float, default=3.0
+        Largest distance looked at, Angstrom; pairs never closer are left out.
+    """
+
+    def __init__(self, cutoff: float = 3.0) -> None:
+        self.cutoff = float(cutoff)
+        self._best: dict[tuple[int, int], float] = {}
+
+    def add(self, frame: Frame | Atoms) -> None:
+        """Take in one structure's pairs (periodic images count)."""
+        nl = neighbor_list(frame, self.cutoff, full_list=False)
+        self.add_pairs(np.asarray(frame.numbers, dtype=np.int64), nl.i, nl.j, nl.distances)
+
+    def add_pairs(self, numbers: np.ndarray, i: np.ndarray, j: np.ndarray,
+                  distances: np.ndarray) -> None:
+        """Take in pairs ``(i, j)`` of atoms with atomic ``numbers`` at ``distances``
+        (Angstrom, each below the cutoff)."""
+        if not len(distances):
+            return
+        a, b = np.minimum(numbers[i], numbers[j]), np.maximum(numbers[i], numbers[j])
+        key = a * 1000 + b
+        order = np.lexsort((distances, key))
+        first = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
+        for k in order[first]:
+            pair = (int(a[k]), int(b[k]))
+            self._best[pair] = min(self._best.get(pair, np.inf), float(distances[k]))
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"C-H": 0.99, ...}``, Angstrom, keys ``"A-B"`` with the lighter element first,
+        in the order of the atomic numbers."""
+        from ase.data import chemical_symbols
+
+        return {f"{chemical_symbols[p]}-{chemical_symbols[q]}": d
+                for (p, q), d in sorted(self._best.items())}
 
 
 def shortest_distances(frames: Iterable[Frame | Atoms], cutoff: float = 3.0) -> dict[str, float]:
     """The shortest distance of every element pair in a set of structures.
 
+    A packed store records its own (:class:`~ml4m.data.store.StoreWriter`): for a
+    ``cutoff`` up to the recorded one the record answers without reading the frames.
+
     Parameters
     ----------
     frames : iterable of Frame or ase.Atoms
-        The structures (periodic images count), read one at a time.
+        The structures (periodic images count), read one at a time, or a packed store.
     cutoff : float, default=3.0
         Largest distance looked at, Angstrom; pairs never closer are left out.
 
@@ -358,20 +411,13 @@ def shortest_distances(frames: Iterable[Frame | Atoms], cutoff: float = 3.0) -> 
         ``{"C-H": 0.99, ...}`` in Angstrom, keys ``"A-B"`` with the lighter element first:
         where the radial basis of each pair may start (ACE's ``pair_r_in``, a little below).
     """
-    from ase.data import chemical_symbols
-
-    best: dict[tuple[int, int], float] = {}
+    record = getattr(frames, "pair_minima", None)  # a store's, or None
+    if record is not None and cutoff <= record[0]:
+        return {k: d for k, d in record[1].items() if d < cutoff}
+    minima = PairMinima(cutoff)
     for z, i, j, distances in _half_pairs(frames, cutoff):
-        if not len(distances):
-            continue
-        a, b = np.minimum(z[i], z[j]), np.maximum(z[i], z[j])
-        key = a * 1000 + b
-        order = np.lexsort((distances, key))
-        first = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0])
-        for k in order[first]:
-            pair = (int(a[k]), int(b[k]))
-            best[pair] = min(best.get(pair, np.inf), float(distances[k]))
-    return {f"{chemical_symbols[p]}-{chemical_symbols[q]}": d for (p, q), d in sorted(best.items())}
+        minima.add_pairs(z, i, j, distances)
+    return minima.as_dict()
 
 
 def _half_pairs(frames: Iterable[Frame | Atoms], cutoff: float

@@ -25,7 +25,7 @@ import numpy as np
 from ml4m.descriptors.acsf import ANI_GUARD
 from ml4m.models.base import as_frames
 from ml4m.models.registry import register_model
-from ml4m.models.torch_potential import DTYPES, TorchPotential, batch_graph, edge_vectors
+from ml4m.models.torch_potential import DTYPES, TorchPotential, edge_vectors
 from ml4m.validation import check_float, each, float_from, int_from, one_of, optional
 
 __all__ = ["BPNN", "acsf_module", "default_symmetry_functions"]
@@ -393,12 +393,9 @@ class BPNN(TorchPotential):
         super().prepare(frames)
         sample = frames[:: max(1, len(frames) // max_frames)]
         S = len(self.species_)
-        device, _ = self._torch_settings()
         G_all, spec_all = [], []
         with torch.no_grad():
-            for start in range(0, len(sample), 16):
-                data = batch_graph(sample[start:start + 16], self.cutoff, self.species_,
-                                   device, self.dtype)
+            for _, data in self._graphs(sample):
                 G_all.append(self.module_.acsf(data).double().cpu().numpy())
                 spec_all.append(data["species"].cpu().numpy())
         G, spec = np.concatenate(G_all), np.concatenate(spec_all)

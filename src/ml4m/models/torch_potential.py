@@ -28,7 +28,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ml4m.data.frames import Frame
-from ml4m.data.neighbors import batched_neighbor_list
+from ml4m.data.neighbors import (
+    NeighborList,
+    batched_neighbor_list,
+    concatenate_neighbor_lists,
+    neighbor_list,
+)
 from ml4m.errors import ConfigError, DataError, NotFittedError
 from ml4m.models.base import Potential, Prediction, as_frames
 from ml4m.models.calibration import held_out_errors
@@ -44,6 +49,9 @@ __all__ = ["TorchPotential", "batch_graph", "edge_vectors", "species_index", "DT
 
 #: floating-point types a torch potential may run in
 DTYPES = ("float64", "float32")
+#: how many times more edges a batch of :meth:`TorchPotential.predict` holds on CUDA
+#: than on the CPU (a GPU needs large batches to be busy)
+CUDA_BATCH_FACTOR = 16
 
 
 def species_index(numbers: np.ndarray, species: Sequence[int]) -> np.ndarray:
@@ -70,7 +78,8 @@ def species_index(numbers: np.ndarray, species: Sequence[int]) -> np.ndarray:
 
 
 def batch_graph(frames: Sequence[Frame], cutoff: float, species: Sequence[int],
-                device: str = "cpu", dtype: str = "float64") -> dict[str, Any]:
+                device: str = "cpu", dtype: str = "float64",
+                neighbors: Sequence[NeighborList] | None = None) -> dict[str, Any]:
     """One batch of structures as the tensors a module reads.
 
     Parameters
@@ -83,6 +92,8 @@ def batch_graph(frames: Sequence[Frame], cutoff: float, species: Sequence[int],
         Atomic numbers the model knows; ``species`` in the result indexes this list.
     device, dtype : str
         Where and in which precision the float tensors live.
+    neighbors : sequence of NeighborList, optional
+        Each frame's full neighbour list within ``cutoff``, when already built.
 
     Returns
     -------
@@ -111,7 +122,10 @@ def batch_graph(frames: Sequence[Frame], cutoff: float, species: Sequence[int],
         raise DataError(f"species {[chemical_symbols[z] for z in unknown]} are not known to "
                         f"this model (trained on {[chemical_symbols[int(z)] for z in species]})",
                         *(frames[b].source or (None, b)))
-    nl, _ = batched_neighbor_list(frames, cutoff, full_list=True)
+    if neighbors is None:
+        nl, _ = batched_neighbor_list(frames, cutoff, full_list=True)
+    else:
+        nl, _ = concatenate_neighbor_lists(neighbors, counts, cutoff)
     cell = np.array([f.cell if f.pbc.any() else np.zeros((3, 3)) for f in frames])
     ft = getattr(torch, dtype)
 
@@ -183,8 +197,13 @@ class TorchPotential(Potential):
     #: those carrying most force variance on sample training atoms
     #: (:mod:`ml4m.models.last_layer`)
     uncertainty_directions: ClassVar[str] = "eigen"
-    #: atoms per batch in :meth:`predict` and :meth:`fit_last_layer`
-    predict_atoms: ClassVar[int] = 2048
+    #: edges (neighbour pairs within the cutoff) per batch of :meth:`predict` and
+    #: :meth:`fit_last_layer` on the CPU, where the per-edge tensors of a small batch
+    #: stay in cache; on CUDA :data:`CUDA_BATCH_FACTOR` times more
+    predict_edges: ClassVar[int] = 8192
+    #: atoms (of evenly spaced training frames) whose forces give the last-layer
+    #: posterior's force rows
+    jacobian_atoms: ClassVar[int] = 2048
     #: whether the module traces with ``torch.export`` (:mod:`ml4m.models.export`):
     #: no Python integers taken from tensor values
     exportable: ClassVar[bool] = False
@@ -379,17 +398,27 @@ class TorchPotential(Potential):
                 sigmas["stress_sigma"] = c_f * per_volume(var.pop(0).sqrt())
         return sigmas
 
-    def _batches(self, frames: list[Frame]) -> Iterator[list[Frame]]:
-        """Consecutive runs of frames of at most :attr:`predict_atoms` atoms (or one)."""
-        start = 0
-        while start < len(frames):
-            stop, atoms = start, 0
-            while stop < len(frames) and (stop == start
-                                          or atoms + len(frames[stop]) <= self.predict_atoms):
-                atoms += len(frames[stop])
-                stop += 1
-            yield frames[start:stop]
-            start = stop
+    def _graphs(self, frames: Sequence[Frame]) -> Iterator[tuple[list[Frame], dict[str, Any]]]:
+        """Consecutive runs of ``frames`` whose edges add up to at most the edge budget
+        (:attr:`predict_edges`; a larger frame alone), each with :func:`batch_graph`'s
+        tensors on the model's device; each frame's neighbour list is built once."""
+        device, _ = self._torch_settings()
+        budget = self.predict_edges * (CUDA_BATCH_FACTOR if device.startswith("cuda") else 1)
+        chunk: list[Frame] = []
+        lists: list[NeighborList] = []
+        edges = 0
+        for frame in frames:
+            nl = neighbor_list(frame, self.cutoff, full_list=True)
+            if chunk and edges + len(nl) > budget:
+                yield chunk, batch_graph(chunk, self.cutoff, self.species_, device, self.dtype,
+                                         neighbors=lists)
+                chunk, lists, edges = [], [], 0
+            chunk.append(frame)
+            lists.append(nl)
+            edges += len(nl)
+        if chunk:
+            yield chunk, batch_graph(chunk, self.cutoff, self.species_, device, self.dtype,
+                                     neighbors=lists)
 
     def predict(self, frames, uncertainty: bool = False) -> Prediction:
         """Energies (eV), forces (eV/Angstrom), stresses (eV/Angstrom^3), per-atom
@@ -401,12 +430,10 @@ class TorchPotential(Potential):
             raise ConfigError(f"a '{self.kind}' model has no uncertainty before "
                               "fit_last_layer")
         frames = as_frames(frames)
-        device, _ = self._torch_settings()
         keys = ["energy", "forces", "stress", "energies"]
         keys += ["energy_sigma", "forces_sigma", "stress_sigma"] if uncertainty else []
         parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-        for chunk in self._batches(frames):
-            data = batch_graph(chunk, self.cutoff, self.species_, device, self.dtype)
+        for chunk, data in self._graphs(frames):
             with frozen_parameters(self.module_):
                 # no strain derivative unless a structure is fully periodic: the stress
                 # of any other is NaN
@@ -450,11 +477,9 @@ class TorchPotential(Potential):
         frames = [f for f in as_frames(frames) if f.energy is not None]
         if not frames:
             raise DataError("the last-layer posterior needs frames with energies")
-        device, _ = self._torch_settings()
         Phi, pred = [], []
         n_blocks = 1
-        for chunk in self._batches(frames):
-            data = batch_graph(chunk, self.cutoff, self.species_, device, self.dtype)
+        for chunk, data in self._graphs(frames):
             with torch.no_grad():
                 out = self.module_(data)
             if "features" not in out:
@@ -480,26 +505,34 @@ class TorchPotential(Potential):
                     ) -> tuple[np.ndarray, np.ndarray, float]:
         """The force rows of the last-layer posterior: ``J = d Phi / d r`` (n_rows, D) and
         the force residuals (reference minus network, eV/Angstrom) of the atoms of evenly
-        spaced frames with forces, one batch of at most :attr:`predict_atoms` atoms (one
-        backward pass per column of ``J``), and how many times each row counts (the
-        atoms with forces in ``frames`` over the sample's). Empty without forces."""
+        spaced frames with forces, at most :attr:`jacobian_atoms` of them (or one frame;
+        one backward pass per column of ``J``, batch by batch), and how many times each
+        row counts (the atoms with forces in ``frames`` over the sample's). Empty without
+        forces."""
         import torch
 
         labelled = [f for f in frames if f.forces is not None]
         if not labelled:
             return np.zeros((0, D)), np.zeros(0), 1.0
-        stride = -(-sum(len(f) for f in labelled) // self.predict_atoms)
-        chunk = next(self._batches(labelled[::max(1, stride)]))
-        device, _ = self._torch_settings()
-        data = batch_graph(chunk, self.cutoff, self.species_, device, self.dtype)
-        pos = data["positions"].detach().requires_grad_(True)
-        out = self.module_({**data, "positions": pos})
-        forces = -torch.autograd.grad(out["energy"].sum(), pos, retain_graph=True)[0]
-        columns = [g[0].reshape(-1) for g in direction_gradients(out, [pos], np.eye(D), n_blocks)]
-        J = torch.stack(columns, dim=1).detach().cpu().numpy().astype(float)
-        residual = np.concatenate([f.forces for f in chunk]) - forces.detach().cpu().numpy()
-        weight = sum(len(f) for f in labelled) / sum(len(f) for f in chunk)
-        return J, residual.astype(float).ravel(), float(weight)
+        stride = -(-sum(len(f) for f in labelled) // self.jacobian_atoms)
+        spaced = labelled[::max(1, stride)]
+        n, atoms = 0, 0
+        while n < len(spaced) and (n == 0 or atoms + len(spaced[n]) <= self.jacobian_atoms):
+            atoms += len(spaced[n])
+            n += 1
+        J, residual = [], []
+        for chunk, data in self._graphs(spaced[:n]):
+            pos = data["positions"].detach().requires_grad_(True)
+            out = self.module_({**data, "positions": pos})
+            forces = -torch.autograd.grad(out["energy"].sum(), pos, retain_graph=True)[0]
+            columns = [g[0].reshape(-1)
+                       for g in direction_gradients(out, [pos], np.eye(D), n_blocks)]
+            J.append(torch.stack(columns, dim=1).detach().cpu().numpy().astype(float))
+            residual.append(np.concatenate([f.forces for f in chunk])
+                            - forces.detach().cpu().numpy())
+        weight = sum(len(f) for f in labelled) / atoms
+        return (np.concatenate(J), np.concatenate(residual).astype(float).ravel(),
+                float(weight))
 
     # ---- persistence ----------------------------------------------------------------------
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

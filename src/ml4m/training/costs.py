@@ -48,7 +48,7 @@ def evaluation_costs(model: Any, frames: Sequence[Frame]) -> dict[str, Any]:
         Seconds per atom: ``forces`` (energies and forces), ``features`` (a forward
         pass without gradients), ``sigma`` (``predict(uncertainty=True)``) and
         ``jacobian`` (the rest of a posterior fit: the features' Jacobian, one backward
-        pass per feature, on at most ``model.predict_atoms`` atoms); ``sigma`` and
+        pass per feature, on at most ``model.jacobian_atoms`` atoms); ``sigma`` and
         ``jacobian`` are 0 without a posterior. ``last_layer`` (bool): whether the
         module returns ``features`` and ``frames`` have energies (the model then gets a
         posterior).

@@ -80,7 +80,7 @@ def plan_evaluations(model, train, valid, seconds: float,
     n_train, n_valid = min(len(train), METRIC_FRAMES), len(valid) if valid is not None else 0
     per_train = _atoms(train) / len(train)
     per_valid = _atoms(valid) / n_valid if n_valid else 0.0
-    jacobian_atoms = getattr(model, "predict_atoms", math.inf)
+    jacobian_atoms = getattr(model, "jacobian_atoms", math.inf)
 
     def predictions(train_atoms: float, valid_atoms: float) -> float:
         """The metrics' predictions: forces of the training frames, sigmas of the valid."""

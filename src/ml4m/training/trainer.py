@@ -204,7 +204,7 @@ def _last_layer_seconds(cost: dict[str, Any], model: Any, train_set: GraphSet,
     def seconds_of(share: float) -> float:
         train_atoms = max(1, int(share * n_train)) * per_train
         held = max(1, int(share * n_valid)) * per_valid if n_valid else train_atoms
-        return last_layer_seconds(cost, train_atoms, held, model.predict_atoms)
+        return last_layer_seconds(cost, train_atoms, held, model.jacobian_atoms)
 
     return seconds_of
 
