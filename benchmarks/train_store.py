@@ -96,10 +96,12 @@ def main() -> None:
              f"{record['machine']}). Each store trained by `ml4m fit --model mpnn --train STORE "
              f"--max-minutes {args.minutes:g} -o M --json` in a fresh process; peak RSS of that "
              "process (`os.wait4`).", "",
-             "| store | size | frames | fit wall (s) | steps | peak RSS (MB) | peak RSS / store size |",
-             "|---|---|---|---|---|---|---|"]
+             "| store | size | frames | write (s) | fit wall (s) | steps | peak RSS (MB) | "
+             "peak RSS / store size |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['store']} | {r['store_gb']:.2f} GB | {r['frames']:,} | {r['fit_s']:.0f} | "
+        lines.append(f"| {r['store']} | {r['store_gb']:.2f} GB | {r['frames']:,} | "
+                     f"{r['write_s']:.0f} | {r['fit_s']:.0f} | "
                      f"{r['steps'] if r['steps'] is not None else '-'} | {r['peak_rss_mb']:.0f} | "
                      f"{r['peak_rss_mb'] / (r['store_gb'] * 1e3):.1%} |")
     lines += notes_below_table(RESULTS / "train_store.md")

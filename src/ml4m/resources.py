@@ -166,6 +166,10 @@ def _frame_neighbors(frame: Any, r_cut: float) -> float:
     n = len(positions)
     if n == 0:
         return 0.0
+    if pbc.all():  # the cell's volume, unless degenerate (counted as open below)
+        volume = abs(float(np.linalg.det(cell)))
+        if volume > 1e-6 * max(float(np.abs(cell).max()), 1.0) ** 3:
+            return n / volume * 4.0 / 3.0 * math.pi * r_cut**3
     periodic = cell[pbc]
     if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-6) < len(periodic):
         periodic = periodic[:0]  # degenerate cell: counted as open (the data checks catch it)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import itertools
 
 import numpy as np
@@ -280,4 +282,16 @@ def test_shortest_distances_of_a_packed_store_equal_those_of_its_frames(tmp_path
     store = open_store(tmp_path / "s.store")
     expect = shortest_distances(list(store), cutoff=3.0)
     assert set(expect) == {"C-C", "H-C", "H-H", "H-O", "C-O", "Cu-Cu", "Cu-Au", "Au-Au"}
-    assert shortest_distances(store, cutoff=3.0) == expect
+    # the distances the writer recorded answer up to its cutoff; beyond, the arrays are
+    # scanned, as they are for a store written without the record
+    assert store.pair_minima == (3.0, expect)
+    meta = json.loads((tmp_path / "s.store" / "meta.json").read_text())
+    del meta["pair_minima"]
+    (tmp_path / "s.store" / "meta.json").write_text(json.dumps(meta))
+    unrecorded = open_store(tmp_path / "s.store")
+    assert unrecorded.pair_minima is None
+    for cutoff in (1.5, 3.0, 3.5):
+        frame_by_frame = shortest_distances(list(store), cutoff=cutoff)
+        assert shortest_distances(store, cutoff=cutoff) == frame_by_frame
+        assert shortest_distances(unrecorded, cutoff=cutoff) == frame_by_frame
+    assert len(shortest_distances(store, cutoff=1.5)) < len(expect)

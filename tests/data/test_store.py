@@ -131,6 +131,11 @@ def _set(m, keys, value):
     (("arrays", "cell", "shape"), [5, 9], r"cell.bin: array 'cell' must be <f8 of shape \[5, 3, 3\]"),
     (("arrays", "energy"), 3, r"meta.json 'arrays'.energy must be a mapping"),
     (("config_types",), [], r"array 'config_type' holds codes outside"),
+    (("pair_minima",), [], r"meta.json 'pair_minima' must be a mapping"),
+    (("pair_minima", "cutoff"), -1.0, r"'pair_minima' cutoff must be"),
+    (("pair_minima", "pairs", "Cu-Cu"), 3.2, r"'pair_minima' Cu-Cu must be"),
+    (("pair_minima", "pairs", "Cu-Qq"), 2.0, r"pair 'Cu-Qq'; expected 'A-B'"),
+    (("pair_minima", "pairs", "Cu-H"), 1.0, r"pair 'Cu-H'; expected 'A-B' .* lighter first"),
 ])
 def test_malformed_meta_names_store_and_array(store, keys, value, match):
     _edit_meta(store, lambda m: value if not keys else _set(m, keys, value))

@@ -8,7 +8,9 @@ runs no code from the file: it is raw numbers plus JSON.
 
 Layout of ``STORE/``::
 
-    meta.json        format, version, counts, labels, array dtypes and shapes
+    meta.json        format, version, counts, labels, array dtypes and shapes, and
+                     ``pair_minima``: each element pair's shortest distance (Angstrom,
+                     periodic images count) below ``cutoff``, found while packing
     offsets.bin      int64 (n_frames + 1,)  atom offset of each frame
     numbers.bin      uint8 (n_atoms,)
     positions.bin    float64 (n_atoms, 3)   Angstrom
@@ -32,15 +34,20 @@ import numpy as np
 
 from ml4m._fileio import atomic_dir
 from ml4m.data.frames import LABELS, Dataset, Frame
+from ml4m.data.neighbors import PairMinima
 from ml4m.data.validate import check_frame, coerce_labels
 from ml4m.errors import DataError
-from ml4m.validation import check_array, check_int, check_mapping, check_str
+from ml4m.validation import check_array, check_float, check_int, check_mapping, check_str
 from ml4m.outputs import check_output
 
 __all__ = ["StoreWriter", "PackedStore", "pack_frames", "open_store", "STORE_FORMAT"]
 
 STORE_FORMAT = "ml4m-store"
 STORE_VERSION = 1
+#: how far the writer looks for each element pair's shortest distance, Angstrom (the
+#: repulsive core's search, :data:`ml4m.models.baseline.repulsion.SEARCH_CUTOFF`, reads
+#: the record instead of the frames up to this distance)
+PAIR_MINIMA_CUTOFF = 3.0
 
 _PER_ATOM = {"numbers": ("u1", ()), "positions": ("<f8", (3,)), "forces": ("<f8", (3,))}
 _PER_FRAME = {
@@ -82,6 +89,7 @@ class StoreWriter:
         self._n_atoms = 0
         self._species: set[int] = set()
         self._first_source: tuple[str, int] | None = None
+        self._minima = PairMinima(PAIR_MINIMA_CUTOFF)
 
     def __enter__(self) -> StoreWriter:
         check_output(self.path, folder_kind="store", overwrite=self.overwrite)
@@ -133,6 +141,7 @@ class StoreWriter:
         self._n_frames += 1
         self._files["offsets"].write(np.int64(self._n_atoms).astype("<i8").tobytes())
         self._species.update(int(z) for z in np.unique(frame.numbers))
+        self._minima.add(frame)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         for f in self._files.values():
@@ -159,6 +168,7 @@ class StoreWriter:
                 "species": sorted(self._species),
                 "config_types": list(self._config_types),
                 "arrays": arrays,
+                "pair_minima": {"cutoff": self._minima.cutoff, "pairs": self._minima.as_dict()},
             }
             (self._dir / "meta.json").write_text(json.dumps(meta, indent=1))
         self._ctx.__exit__(exc_type, exc, tb)
@@ -211,6 +221,9 @@ class PackedStore:
         self.n_atoms: int = meta["n_atoms"]
         self.labels: tuple[str, ...] = tuple(meta["labels"])
         self.config_types: list[str] = list(meta.get("config_types", []))
+        #: ``(cutoff, {"A-B": d})``: the shortest distance of each element pair below the
+        #: cutoff (Angstrom), recorded when packed; None for a store written without it
+        self.pair_minima: tuple[float, dict[str, float]] | None = _pair_minima(meta, self.path)
         self._specs: dict[str, tuple[Path, np.dtype, tuple[int, ...]]] = {}
         self._maps: dict[str, np.ndarray] = {}
         for name, spec in meta["arrays"].items():
@@ -360,6 +373,33 @@ def _read_meta(path: Path) -> dict[str, Any]:
     check_mapping("meta.json 'arrays'", meta["arrays"], keys=("offsets", *_PER_ATOM, *_PER_FRAME),
                   **where)
     return meta
+
+
+def _pair_minima(meta: dict[str, Any], path: Path) -> tuple[float, dict[str, float]] | None:
+    """meta.json's ``pair_minima`` checked: a positive cutoff and, per pair ``"A-B"`` of
+    known elements (lighter first), a distance in [0, cutoff); None when absent."""
+    from ase.data import atomic_numbers
+
+    record = meta.get("pair_minima")
+    if record is None:
+        return None
+    where = {"error": DataError, "path": str(path / "meta.json")}
+    record = check_mapping("meta.json 'pair_minima'", record, required=("cutoff", "pairs"),
+                           keys=("cutoff", "pairs"), **where)
+    cutoff = check_float("meta.json 'pair_minima' cutoff", record["cutoff"], low=0.0,
+                         low_open=True, **where)
+    pairs = {}
+    for key, d in check_mapping("meta.json 'pair_minima' pairs", record["pairs"],
+                                **where).items():
+        a, _, b = key.partition("-")
+        if not (a in atomic_numbers and b in atomic_numbers and "X" not in (a, b)
+                and atomic_numbers[a] <= atomic_numbers[b]):
+            raise DataError(f"meta.json 'pair_minima' has pair {key!r}; expected 'A-B' of two "
+                            "elements, the lighter first (tampered store)", str(path / "meta.json"))
+        pairs[key] = check_float(f"meta.json 'pair_minima' {key}", d, low=0.0, high=cutoff,
+                                 high_open=True, **where)
+    order = sorted(pairs, key=lambda k: tuple(atomic_numbers[x] for x in k.split("-")))
+    return float(cutoff), {k: pairs[k] for k in order}
 
 
 def _check_array_file(path: Path, name: str, spec: Any, n_frames: int,
