@@ -112,3 +112,28 @@ def test_curate_on_environments(capsys, tmp_path, pool):
     assert code == 0
     idx = json.loads(stdout)["indices"]
     assert len(set(idx)) == 5 and len(ase.io.read(tmp_path / "s.extxyz", ":")) == 5
+
+
+def test_the_subset_keeps_every_array_and_info_key(capsys, tmp_path):
+    """A file's frames are written as the file has them: per-atom arrays beside the
+    labels (a baseline's forces for delta learning) and info keys survive."""
+    frames = ase.io.read(default_dataset_path_str(), "::8")
+    for k, atoms in enumerate(frames):
+        atoms.arrays["gfn2_forces"] = np.full((len(atoms), 3), float(k))
+        atoms.info["frame_id"] = k
+    ase.io.write(tmp_path / "pool.extxyz", frames)
+    code, stdout, _ = run_cli(capsys, "curate", tmp_path / "pool.extxyz", "--n", "5", "--json",
+                              "-o", tmp_path / "sub.extxyz")
+    assert code == 0
+    subset = ase.io.read(tmp_path / "sub.extxyz", ":")
+    assert [a.info["frame_id"] for a in subset] == json.loads(stdout)["indices"]
+    for atoms in subset:
+        k = atoms.info["frame_id"]
+        np.testing.assert_array_equal(atoms.arrays["gfn2_forces"], float(k))
+        np.testing.assert_allclose(atoms.get_forces(), frames[k].get_forces())
+
+
+def default_dataset_path_str() -> str:
+    from ml4m.data import default_dataset_path
+
+    return str(default_dataset_path())

@@ -191,3 +191,54 @@ def test_quickstart_writes_outputs(capsys, tmp_path):
     assert 2 < report["analysis"]["id"]["estimate"] < 40
     assert report["fit"]["test"]["forces"]["mae_mev_per_a"] < 20
     assert abs(report["md"]["energy_drift_mev_per_atom_per_ps"]) < 1.0
+
+
+def test_split_keeps_every_array_and_info_key(capsys, tmp_path):
+    """Frames are written as the file has them: a baseline's per-atom forces, a custom
+    info key and the labels under the file's own keys survive the split."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    frames = []
+    for k in range(10):
+        atoms = bulk("Cu", cubic=True)
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = EMT()
+        atoms.info["REF_energy"] = atoms.get_potential_energy()
+        atoms.arrays["REF_forces"] = atoms.get_forces()
+        atoms.arrays["gfn2_forces"] = np.full((len(atoms), 3), float(k))
+        atoms.info["traj"], atoms.info["frame_id"] = f"t{k % 5}", k
+        atoms.calc = None
+        frames.append(atoms)
+    ase.io.write(tmp_path / "all.extxyz", frames)
+    code, _, _ = run_cli(capsys, "data", "split", str(tmp_path / "all.extxyz"), "--valid", "0.2",
+                         "--test", "0.2", "--by", "traj", "-o", str(tmp_path / "s"), "--json")
+    assert code == 0
+    seen = []
+    for part in ("train", "valid", "test"):
+        for atoms in ase.io.read(tmp_path / "s" / f"{part}.extxyz", ":"):
+            k = atoms.info["frame_id"]
+            seen.append(k)
+            np.testing.assert_allclose(atoms.arrays["gfn2_forces"], k)
+            np.testing.assert_allclose(atoms.arrays["REF_forces"], frames[k].arrays["REF_forces"],
+                                       atol=1e-7)
+            assert atoms.info["REF_energy"] == pytest.approx(frames[k].info["REF_energy"])
+            np.testing.assert_allclose(atoms.positions, frames[k].positions, atol=1e-7)
+    assert sorted(seen) == list(range(10))
+
+
+def test_copy_frames_in_order_and_nothing_written_past_the_end(tmp_path):
+    from ml4m.data import copy_frames
+    from ml4m.errors import DataError
+
+    frames = [ase.Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.0 + 0.1 * k]]) for k in range(4)]
+    for k, atoms in enumerate(frames):
+        atoms.arrays["charge_like"] = np.array([k, -k], dtype=float)
+    ase.io.write(tmp_path / "src.extxyz", frames)
+    copy_frames(tmp_path / "src.extxyz", {tmp_path / "a.extxyz": [3, 1, 3], tmp_path / "b.extxyz": [0]})
+    a = ase.io.read(tmp_path / "a.extxyz", ":")
+    assert [x.arrays["charge_like"][0] for x in a] == [3, 1, 3]
+    assert len(ase.io.read(tmp_path / "b.extxyz", ":")) == 1
+    with pytest.raises(DataError, match=r"src.extxyz: has 4 frames; frame 4 was selected"):
+        copy_frames(tmp_path / "src.extxyz", {tmp_path / "c.extxyz": [0, 4]})
+    assert not (tmp_path / "c.extxyz").exists()

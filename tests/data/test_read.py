@@ -191,9 +191,13 @@ def test_required_label_missing(tmp_path):
     p = tmp_path / "noforces.extxyz"
     p.write_text(_xyz(*GOOD, extra="energy=1.0"))
     assert len(read_dataset(p)) == 1
-    with pytest.raises(DataError, match="required label 'forces' is missing") as info:
+    with pytest.raises(DataError, match=r"required label 'forces' is missing \(looked for "
+                       r"keys forces, REF_forces, ") as info:
         read_dataset(p, require=("energy", "forces"))
     assert info.value.frame == 0
+    # an explicit key (a baseline's, say) is named
+    with pytest.raises(DataError, match=r"'forces' is missing \(looked for key 'gfn2_forces'\)"):
+        read_dataset(p, keys=LabelKeys(forces="gfn2_forces"), require=("forces",))
 
 
 def test_stress_may_be_absent_on_non_periodic_frames(tmp_path):

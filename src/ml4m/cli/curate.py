@@ -73,10 +73,15 @@ def companions(output: str | Path) -> tuple[Path, Path]:
 
 
 def _write_subset(pool: str, indices, keys, fmt: str | None, target: Path) -> None:
-    """Read the picked frames (one more pass over the pool) and write them in pick order."""
-    from ml4m.data import Dataset, write_extxyz
+    """Read the picked frames (one more pass over the pool) and write them in pick order:
+    a file's frames as the file has them (every array and info key kept), a store's with
+    their labels."""
+    from ml4m.data import Dataset, copy_frames, write_extxyz
     from ml4m.md.curation import iter_pool
 
+    if not Path(pool).is_dir():
+        copy_frames(pool, {target: [int(i) for i in indices]}, format=fmt)
+        return
     wanted = {int(i): k for k, i in enumerate(indices)}
     picked: list = [None] * len(wanted)
     for n, frame in enumerate(iter_pool(pool, keys, fmt)):

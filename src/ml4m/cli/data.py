@@ -144,7 +144,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_split(args: argparse.Namespace) -> int:
     from ml4m._fileio import atomic_dir
-    from ml4m.data import read_dataset, split_dataset, write_extxyz
+    from ml4m.data import copy_frames, read_dataset, split_dataset
     from ml4m.outputs import claim_output
 
     with claim_output(args.output, inputs=[args.file], folder_kind="split",
@@ -155,8 +155,9 @@ def run_split(args: argparse.Namespace) -> int:
         record = {"source": str(args.file), "seed": args.seed, "by": args.by,
                   "valid": args.valid, "test": args.test, **split.as_dict()}
         with atomic_dir(out, kind="split") as tmp:
-            for name, part in parts.items():
-                write_extxyz(part, tmp / f"{name}.extxyz")
+            # the frames as the file has them: every array and info key kept
+            copy_frames(args.file, {tmp / f"{name}.extxyz": getattr(split, name)
+                                    for name in parts}, format=args.format)
             (tmp / "split.json").write_text(json.dumps(record))
     result = {k: len(v) for k, v in parts.items()}
     result["output"] = str(out)

@@ -26,7 +26,7 @@ from ml4m.data.split import Split, evenly_spaced, frame_groups, split_dataset, s
 from ml4m.data.stats import summarize
 from ml4m.data.store import PackedStore, StoreWriter, open_store, pack_frames
 from ml4m.data.validate import MIN_DISTANCE, check_frame
-from ml4m.data.write import write_extxyz
+from ml4m.data.write import copy_frames, write_extxyz
 
 __all__ = [
     "LABELS",
@@ -64,4 +64,5 @@ __all__ = [
     "split_indices",
     "summarize",
     "write_extxyz",
+    "copy_frames",
 ]

@@ -44,6 +44,12 @@ class LabelKeys:
             return [explicit]
         return [p + label for p in DEFAULT_PREFIXES]
 
+    def looked_for(self, label: str) -> str:
+        """Where ``label`` is looked for, in words: ``"key 'gfn2_forces'"`` or
+        ``"keys forces, REF_forces, ..."``."""
+        names = self._candidates(label)
+        return f"key '{names[0]}'" if len(names) == 1 else "keys " + ", ".join(names)
+
     @staticmethod
     def _lookup(atoms: Atoms, key: str, per_atom: bool) -> Any:
         calc = atoms.calc

@@ -335,7 +335,8 @@ def read_dataset(
         for label in require:
             for f in part:
                 if not f.has(label) and not (label == "stress" and not f.pbc.all()):
-                    raise DataError(f"required label '{label}' is missing", *f.source)
+                    raise DataError(f"required label '{label}' is missing (looked for "
+                                    f"{(keys or LabelKeys()).looked_for(label)})", *f.source)
         frames.extend(part)
     return Dataset(frames)
 
