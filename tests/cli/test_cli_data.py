@@ -242,3 +242,42 @@ def test_copy_frames_in_order_and_nothing_written_past_the_end(tmp_path):
     with pytest.raises(DataError, match=r"src.extxyz: has 4 frames; frame 4 was selected"):
         copy_frames(tmp_path / "src.extxyz", {tmp_path / "c.extxyz": [0, 4]})
     assert not (tmp_path / "c.extxyz").exists()
+
+
+def test_info_of_a_store_equals_that_of_its_file(capsys, tmp_path):
+    """`ml4m data info` reads a packed store (its frames streamed) and reports what it
+    reports for the packed file, with the distances the store recorded."""
+    from ml4m.data import default_dataset_path, read_dataset, shortest_distances
+
+    src = str(default_dataset_path())
+    assert run_cli(capsys, "data", "pack", src, "-o", str(tmp_path / "s.store"))[0] == 0
+    reports = []
+    for path in (src, str(tmp_path / "s.store")):
+        code, out, _ = run_cli(capsys, "data", "info", path, "--json")
+        assert code == 0
+        reports.append(json.loads(out))
+    from_file, from_store = reports
+    recorded = from_store["files"][0].pop("shortest_distances_a")
+    assert recorded == pytest.approx(shortest_distances(read_dataset(src), cutoff=3.0))
+    for key in ("n_frames", "n_atoms", "species", "labels", "atoms_per_frame", "config_types"):
+        assert from_store[key] == from_file[key], key
+    for key in ("energy_per_atom_ev", "pressure_gpa"):
+        assert from_store[key] == pytest.approx(from_file[key], rel=1e-12), key
+    assert from_store["force_rms_ev_per_a"] == pytest.approx(from_file["force_rms_ev_per_a"])
+
+
+def test_open_frames_refuses_a_store_without_a_required_label(tmp_path):
+    from ase.build import molecule
+
+    from ml4m.data import Frame, open_frames, pack_frames
+    from ml4m.errors import DataError
+
+    mol = molecule("H2O")
+    pack_frames([Frame.from_atoms(mol, energy=-1.0)], tmp_path / "e.store")
+    assert len(open_frames(tmp_path / "e.store", require=("energy", "stress"))) == 1
+    with pytest.raises(DataError, match=r"e.store: required label\(s\) \['forces'\] missing: "
+                       r"the store holds \['energy'\]"):
+        open_frames(tmp_path / "e.store", require=("energy", "forces"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not an ml4m store"):
+        open_frames(tmp_path / "empty")

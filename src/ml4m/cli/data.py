@@ -38,9 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     info = sub.add_parser(
         "info", help="frames, atoms, species, labels, statistics; validates",
-        description="Validate files and print their statistics.\n\nexample:\n"
-        "  ml4m data info ../shared/data/cu_emt/train.extxyz --json", formatter_class=fmt)
-    info.add_argument("files", nargs="+", metavar="FILE", help="ASE-readable files")
+        description="Validate files and print their statistics (a packed store's too, with "
+        "the shortest distance of each element pair it recorded).\n\nexample:\n"
+        "  ml4m data info ../shared/data/cu_emt/train.extxyz --json\n"
+        "  ml4m data info train.store --json", formatter_class=fmt)
+    info.add_argument("files", nargs="+", metavar="FILE",
+                      help="ASE-readable files or stores (ml4m data pack)")
     info.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_label_key_arguments(info)
     info.set_defaults(func=run_info)
@@ -123,14 +126,18 @@ def _summary_table(title: str, s: dict[str, Any]):
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from ml4m.data import read_dataset, summarize
-    from ml4m.data.frames import Dataset
+    import itertools
+
+    from ml4m.data import open_frames, summarize
 
     keys = label_keys_from_args(args)
-    parts = [read_dataset(f, keys=keys, format=args.format) for f in args.files]
-    whole = Dataset(fr for part in parts for fr in part)
-    summary = summarize(whole)
+    # files are read and checked first, stores opened (their frames stream)
+    parts = [open_frames(f, keys=keys, format=args.format) for f in args.files]
+    summary = summarize(itertools.chain.from_iterable(parts))
     summary["files"] = [dict(path=str(f), **summarize(part)) for f, part in zip(args.files, parts)]
+    for record, part in zip(summary["files"], parts):
+        if getattr(part, "pair_minima", None) is not None:  # a store's, Angstrom
+            record["shortest_distances_a"] = part.pair_minima[1]
     if args.json:
         print_json(summary)
     else:

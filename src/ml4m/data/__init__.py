@@ -16,7 +16,7 @@ from ml4m.data.neighbors import (
     pair_inner_radii,
     shortest_distances,
 )
-from ml4m.data.read import iter_frames, read_dataset, read_structure
+from ml4m.data.read import iter_frames, open_frames, read_dataset, read_structure
 from ml4m.data.reference import (
     composition_matrix,
     fit_reference_energies,
@@ -56,6 +56,7 @@ __all__ = [
     "pair_inner_radii",
     "plan_tasks",
     "read_dataset",
+    "open_frames",
     "read_structure",
     "resolve_reference_energies",
     "shortest_distances",

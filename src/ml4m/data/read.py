@@ -29,7 +29,8 @@ from ml4m.data.validate import MIN_DISTANCE, check_consistent_labels, check_fram
 from ml4m.errors import ConfigError, DataError, ML4MError
 from ml4m.validation import check_float, check_size_against_file, check_str
 
-__all__ = ["iter_frames", "read_dataset", "read_structure", "scan_xyz", "MAX_COLUMNS"]
+__all__ = ["iter_frames", "read_dataset", "open_frames", "read_structure", "scan_xyz",
+           "MAX_COLUMNS"]
 
 _INFO_SKIP = {"energy", "free_energy", "stress", "virial"}
 _XYZ_FORMATS = ("extxyz", "xyz")
@@ -339,6 +340,45 @@ def read_dataset(
                                     f"{(keys or LabelKeys()).looked_for(label)})", *f.source)
         frames.extend(part)
     return Dataset(frames)
+
+
+def open_frames(path: str | os.PathLike, keys: LabelKeys | None = None,
+                format: str | None = None, require: Sequence[str] = ()):
+    """The frames of a structure file, or of a packed store (a folder written by
+    ``ml4m data pack``).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Any structure file ASE reads (read and validated by :func:`read_dataset`), or a
+        store folder (opened lazily: its frames are read when used).
+    keys, format
+        Label keys and ASE format of a file (a store has its labels under fixed names).
+    require : sequence of str, default=()
+        Labels every frame must carry (stress only on fully periodic frames).
+
+    Returns
+    -------
+    Dataset or PackedStore
+
+    Raises
+    ------
+    DataError
+        As :func:`read_dataset`; a folder that is not a store; a store without a
+        required label.
+    """
+    if not Path(path).is_dir():
+        return read_dataset(path, keys=keys, format=format, require=require)
+    from ml4m.data.store import open_store
+
+    store = open_store(path)
+    periodic = bool(store.array("pbc").all(axis=1).any())
+    missing = [lab for lab in require if lab not in store.labels
+               and not (lab == "stress" and not periodic)]
+    if missing:
+        raise DataError(f"required label(s) {missing} missing: the store holds "
+                        f"{list(store.labels) or 'no labels'}", str(path))
+    return store
 
 
 def read_structure(path: str | os.PathLike, frame: int = -1):

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from ml4m.data.frames import Dataset
+from ml4m.data.frames import LABELS, Frame
 
 __all__ = ["summarize"]
 
 
-def summarize(dataset: Dataset) -> dict[str, Any]:
-    """Counts and label statistics of a dataset.
+def summarize(frames: Iterable[Frame]) -> dict[str, Any]:
+    """Counts and label statistics of a set of frames, in one pass.
 
     Parameters
     ----------
-    dataset : Dataset
-        Frames.
+    frames : iterable of Frame
+        A :class:`Dataset`, a packed store (read frame by frame) or any iterable.
 
     Returns
     -------
@@ -26,44 +28,50 @@ def summarize(dataset: Dataset) -> dict[str, Any]:
         (label -> number of frames carrying it), ``energy_per_atom_ev`` (min, max,
         mean, std of E/N over frames with energy), ``force_rms_ev_per_a`` (root mean
         square of all force components, eV/Angstrom), ``force_max_ev_per_a`` (largest
-        force norm), ``stress_gpa`` (min/max of the mean normal stress, GPa),
+        force norm), ``pressure_gpa`` (min/max of minus the mean normal stress, GPa),
         ``atoms_per_frame`` (min/max), ``config_types`` (type -> frames).
     """
+    from ase.data import chemical_symbols
+
     from ml4m.units import EV_PER_A3_TO_GPA
 
-    e_per_atom = np.array([f.energy / len(f) for f in dataset if f.energy is not None])
-    forces = [f.forces for f in dataset if f.forces is not None]
-    stress = np.array([f.stress for f in dataset if f.stress is not None])
-    sizes = np.array([len(f) for f in dataset])
+    e_per_atom, pressure, sizes = [], [], []
+    species: Counter[int] = Counter()
+    labels = dict.fromkeys(LABELS, 0)
+    types: Counter[str] = Counter()
+    f_squares, f_count, f_max = 0.0, 0, 0.0
+    for f in frames:
+        sizes.append(len(f))
+        zs, ns = np.unique(f.numbers, return_counts=True)
+        species.update(dict(zip(zs.tolist(), ns.tolist())))
+        for lab in LABELS:
+            labels[lab] += f.has(lab)
+        if f.energy is not None:
+            e_per_atom.append(f.energy / len(f))
+        if f.forces is not None:
+            f_squares += float(np.sum(f.forces**2))
+            f_count += f.forces.size
+            f_max = max(f_max, float(np.linalg.norm(f.forces, axis=1).max()))
+        if f.stress is not None:
+            pressure.append(-float(np.mean(f.stress[:3])) * EV_PER_A3_TO_GPA)
+        if f.info.get("config_type") is not None:
+            types[str(f.info["config_type"])] += 1
     out: dict[str, Any] = {
-        "n_frames": len(dataset),
-        "n_atoms": dataset.n_atoms,
-        "species": dataset.species_counts(),
-        "labels": dataset.label_counts(),
-        "atoms_per_frame": {"min": int(sizes.min()), "max": int(sizes.max())} if len(sizes) else None,
+        "n_frames": len(sizes),
+        "n_atoms": int(sum(sizes)),
+        "species": {chemical_symbols[z]: species[z] for z in sorted(species)},
+        "labels": labels,
+        "atoms_per_frame": {"min": int(min(sizes)), "max": int(max(sizes))} if sizes else None,
     }
-    if len(e_per_atom):
-        out["energy_per_atom_ev"] = {
-            "min": float(e_per_atom.min()),
-            "max": float(e_per_atom.max()),
-            "mean": float(e_per_atom.mean()),
-            "std": float(e_per_atom.std()),
-        }
-    else:
-        out["energy_per_atom_ev"] = None
-    if forces:
-        allf = np.concatenate(forces)
-        out["force_rms_ev_per_a"] = float(np.sqrt(np.mean(allf**2)))
-        out["force_max_ev_per_a"] = float(np.linalg.norm(allf, axis=1).max())
-    else:
-        out["force_rms_ev_per_a"] = None
-    if len(stress):
-        p = -stress[:, :3].mean(axis=1) * EV_PER_A3_TO_GPA
-        out["pressure_gpa"] = {"min": float(p.min()), "max": float(p.max())}
-    types: dict[str, int] = {}
-    for t in dataset.info_values("config_type"):
-        if t is not None:
-            types[str(t)] = types.get(str(t), 0) + 1
+    e = np.array(e_per_atom)
+    out["energy_per_atom_ev"] = ({"min": float(e.min()), "max": float(e.max()),
+                                  "mean": float(e.mean()), "std": float(e.std())}
+                                 if len(e) else None)
+    out["force_rms_ev_per_a"] = float(np.sqrt(f_squares / f_count)) if f_count else None
+    if f_count:
+        out["force_max_ev_per_a"] = f_max
+    if pressure:
+        out["pressure_gpa"] = {"min": float(min(pressure)), "max": float(max(pressure))}
     if types:
         out["config_types"] = dict(sorted(types.items()))
     return out

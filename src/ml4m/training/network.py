@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ml4m.data import LabelKeys, read_dataset
+from ml4m.data import LabelKeys, open_frames
 from ml4m.data.frames import Dataset
 from ml4m.errors import ConfigError
 from ml4m.training.config import FitConfig
@@ -23,15 +23,6 @@ POST_FRACTION, POST_SECONDS = 0.05, 3.0
 EVAL_FRACTION = 0.3
 #: most training frames the metrics and the last-layer posterior use (evenly spaced)
 METRIC_FRAMES = 2000
-
-
-def _read(path: str, keys: LabelKeys, require: tuple[str, ...]):
-    """Frames of a structure file, or a packed store (a folder written by ``ml4m data pack``)."""
-    if Path(path).is_dir():
-        from ml4m.data.store import open_store
-
-        return open_store(path)
-    return read_dataset(path, keys=keys, require=require)
 
 
 def _spaced(data, n: int) -> Dataset:
@@ -163,8 +154,8 @@ def _model_and_frames(cfg: FitConfig, base: dict[str, Any]):
     settings = TrainSettings.from_mapping(base, source="config")
     require = tuple(t for t in ("energy", "forces") if settings.weight(t) > 0)
     keys = LabelKeys(**cfg.keys)
-    train = _read(cfg.train, keys, require)
-    valid = _read(cfg.valid, keys, require) if cfg.valid else None
+    train = open_frames(cfg.train, keys, require=require)
+    valid = open_frames(cfg.valid, keys, require=require) if cfg.valid else None
     model = build_model(cfg, [], None)  # a network: no descriptor, species from prepare
     return (model, *_delta(cfg, model, train, valid))
 
