@@ -45,8 +45,8 @@ __all__ = ["StoreWriter", "PackedStore", "pack_frames", "open_store", "STORE_FOR
 STORE_FORMAT = "ml4m-store"
 STORE_VERSION = 1
 #: how far the writer looks for each element pair's shortest distance, Angstrom (the
-#: repulsive core's search, :data:`ml4m.models.baseline.repulsion.SEARCH_CUTOFF`, reads
-#: the record instead of the frames up to this distance)
+#: repulsive core's search, :data:`ml4m.models.baseline.repulsion.SEARCH_CUTOFF`, goes as
+#: far and reads the record instead of the frames)
 PAIR_MINIMA_CUTOFF = 3.0
 
 _PER_ATOM = {"numbers": ("u1", ()), "positions": ("<f8", (3,)), "forces": ("<f8", (3,))}

@@ -30,6 +30,7 @@ from ase.data import atomic_numbers, chemical_symbols, covalent_radii
 
 from ml4m.data.frames import Frame
 from ml4m.data.neighbors import batched_neighbor_list, shortest_distances
+from ml4m.data.store import PAIR_MINIMA_CUTOFF
 from ml4m.errors import DataError, NotFittedError
 from ml4m.models.baseline.core import (
     Baseline,
@@ -49,8 +50,9 @@ ZBL_LENGTH_A = 0.8854 * 0.529177210903
 #: the universal screening function's amplitudes and exponents
 ZBL_COEFFICIENTS = np.array([0.18175, 0.50986, 0.28022, 0.02817])
 ZBL_EXPONENTS = np.array([3.19980, 0.94229, 0.40290, 0.20162])
-#: how far the training frames are searched for each pair's shortest distance, Angstrom
-SEARCH_CUTOFF = 3.0
+#: how far the training frames are searched for each pair's shortest distance, Angstrom:
+#: as far as a packed store records them (its record then answers without a scan)
+SEARCH_CUTOFF = PAIR_MINIMA_CUTOFF
 #: pairs absent from the training frames start at this fraction of their covalent-radii sum
 UNSEEN_FRACTION = 0.75
 #: default distance below each pair's shortest training distance where the core starts,
