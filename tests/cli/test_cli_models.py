@@ -173,3 +173,39 @@ def test_fit_puts_a_repulsive_core_below_the_data(files, tmp_path, capsys):
     e_core = core.predict(dimer).energy
     assert e_core[0] - e_core[1] > 10.0  # eV: ZBL between two Cu nuclei at 0.8 vs 1.2 A
     assert core.predict(dimer[:1]).forces[1, 2] > 10.0  # pushes the atoms apart
+
+
+def test_test_on_a_store_equals_the_test_on_its_file(files, tmp_path, capsys):
+    """`ml4m test` reads a packed store as it reads the file packed into it; a delta model,
+    whose baseline labels only a file holds, is refused with the store named."""
+    cfg = tmp_path / "fit.yaml"
+    cfg.write_text(json.dumps({"model": "ace", "train": str(files / "train.extxyz"),
+                               "descriptor": {"r_cut": 4.0, "n_max": 3, "l_max": 2,
+                                              "correlation_order": 2}}))
+    assert _run(capsys, "fit", cfg, "-o", tmp_path / "m.ml4m")[0] == 0
+    assert _run(capsys, "data", "pack", files / "valid.extxyz", "-o", tmp_path / "v.store")[0] == 0
+    reports = []
+    for data in (files / "valid.extxyz", tmp_path / "v.store"):
+        code, out, _ = _run(capsys, "test", tmp_path / "m.ml4m", data, "--json")
+        assert code == 0
+        reports.append(json.loads(out))
+    for q, key in (("energy", "mae_mev_per_atom"), ("forces", "mae_mev_per_a"),
+                   ("stress", "mae_gpa")):
+        assert reports[1][q][key] == pytest.approx(reports[0][q][key], rel=1e-12)
+    assert reports[1]["n_frames"] == reports[0]["n_frames"]
+
+    from ml4m.data import read_dataset
+    from ml4m.errors import DataError
+    from ml4m.models.baseline import Baselined, LabelBaseline, attach_baseline_labels
+
+    delta = Baselined(ml4m_load(tmp_path / "m.ml4m"),
+                      LabelBaseline())
+    with pytest.raises(DataError, match=r"v.store: a packed store holds no baseline labels"):
+        attach_baseline_labels(delta, list(read_dataset(files / "valid.extxyz")),
+                               tmp_path / "v.store")
+
+
+def ml4m_load(path):
+    import ml4m
+
+    return ml4m.load(path)

@@ -8,8 +8,8 @@ from ml4m.cli._common import add_label_key_arguments, console, label_keys_from_a
 
 HELP = "errors of a model on labelled structures"
 DESCRIPTION = """\
-Energy, force and stress errors of a saved potential on a labelled file (a structure-property
-model: the errors of its target); for models with uncertainty also the Spearman correlation
+Energy, force and stress errors of a saved potential on a labelled file or a packed store
+(`ml4m data pack`; a structure-property model: the errors of its target, on a file); for models with uncertainty also the Spearman correlation
 between predicted sigma and absolute error.
 
 example:
@@ -19,7 +19,7 @@ example:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help=".ml4m model file")
-    p.add_argument("file", metavar="FILE", help="labelled structures")
+    p.add_argument("file", metavar="FILE", help="labelled structures, or a store")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_label_key_arguments(p)
 

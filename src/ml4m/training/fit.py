@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ml4m._fileio import atomic_path
-from ml4m.data import LabelKeys, read_dataset
+from ml4m.data import LabelKeys, open_frames, read_dataset
 from ml4m.errors import ConfigError
 from ml4m.models.metrics import error_metrics
 from ml4m.outputs import claim_output, own_copy, write_shared
@@ -382,7 +382,8 @@ def _fit_property_model(cfg: FitConfig, path: Path) -> dict[str, Any]:
 
 def test_model(model_path: str | os.PathLike, data: str | os.PathLike,
                keys: LabelKeys | None = None) -> dict[str, Any]:
-    """Errors of a saved model on a labelled file (the ``ml4m test --json`` object)."""
+    """Errors of a saved model on a labelled file or packed store (the ``ml4m test
+    --json`` object)."""
     from ml4m.models.serialization import load
 
     from ml4m.models.base import Potential
@@ -393,7 +394,7 @@ def test_model(model_path: str | os.PathLike, data: str | os.PathLike,
     from ml4m.data.frames import Dataset
     from ml4m.models.baseline import attach_baseline_labels
 
-    ds = read_dataset(data, keys=keys, require=("energy",))
+    ds = open_frames(data, keys=keys, require=("energy",))
     ds = Dataset(attach_baseline_labels(model, list(ds), data))  # a delta model's baseline labels
     t0 = time.perf_counter()
     pred = model.predict(ds, uncertainty=model.has_uncertainty)
