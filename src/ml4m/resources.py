@@ -166,16 +166,14 @@ def _frame_neighbors(frame: Any, r_cut: float) -> float:
     n = len(positions)
     if n == 0:
         return 0.0
-    if pbc.all():  # the cell's volume, unless degenerate (counted as open below)
-        volume = abs(float(np.linalg.det(cell)))
-        if volume > 1e-6 * max(float(np.abs(cell).max()), 1.0) ** 3:
-            return n / volume * 4.0 / 3.0 * math.pi * r_cut**3
     periodic = cell[pbc]
     if len(periodic) and np.linalg.matrix_rank(periodic, tol=1e-6) < len(periodic):
         periodic = periodic[:0]  # degenerate cell: counted as open (the data checks catch it)
     # directions not spanned by the periodic vectors: the atoms' extent, at least 4 r / 3
     # (an atom of a slab thinner than that sees pi r^2 of it per unit thickness)
-    if len(periodic):
+    if len(periodic) == 3:  # fully periodic: the cell's volume
+        free = np.zeros((0, 3))
+    elif len(periodic):
         _, _, vt = np.linalg.svd(periodic)
         free = vt[len(periodic):]
     else:

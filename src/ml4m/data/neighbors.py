@@ -414,26 +414,25 @@ def shortest_distances(frames: Iterable[Frame | Atoms], cutoff: float = 3.0) -> 
     record = getattr(frames, "pair_minima", None)  # a store's, or None
     if record is not None and cutoff <= record[0]:
         return {k: d for k, d in record[1].items() if d < cutoff}
+    from ml4m.data.store import PackedStore
+
     minima = PairMinima(cutoff)
-    for z, i, j, distances in _half_pairs(frames, cutoff):
-        minima.add_pairs(z, i, j, distances)
+    if isinstance(frames, PackedStore):
+        for z, i, j, distances in _store_pairs(frames, cutoff):
+            minima.add_pairs(z, i, j, distances)
+    else:
+        for frame in frames:
+            minima.add(frame)
     return minima.as_dict()
 
 
-def _half_pairs(frames: Iterable[Frame | Atoms], cutoff: float
-                ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """``(numbers, i, j, distances)`` of each structure's pairs closer than ``cutoff``
-    (each pair once). A packed store is read in batches of arrays and its geometry goes
+def _store_pairs(store, cutoff: float
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(numbers, i, j, distances)`` of each of a packed store's structures' pairs closer
+    than ``cutoff`` (each pair once), read in batches of arrays: the geometry goes
     straight to :func:`_pairs`, without a :class:`Frame` per structure nor the memory
-    estimate (its frames were checked when packed)."""
-    from ml4m.data.store import PackedStore
-
-    if not isinstance(frames, PackedStore):
-        for frame in frames:
-            nl = neighbor_list(frame, cutoff, full_list=False)
-            yield np.asarray(frame.numbers, dtype=np.int64), nl.i, nl.j, nl.distances
-        return
-    for batch in frames.iter_batches(frames_per_batch=1024):
+    estimate (the frames were checked when packed)."""
+    for batch in store.iter_batches(frames_per_batch=1024):
         offsets = batch["offsets"]
         for k in range(len(offsets) - 1):
             lo, hi = int(offsets[k]), int(offsets[k + 1])

@@ -372,9 +372,9 @@ def open_frames(path: str | os.PathLike, keys: LabelKeys | None = None,
     from ml4m.data.store import open_store
 
     store = open_store(path)
-    periodic = bool(store.array("pbc").all(axis=1).any())
-    missing = [lab for lab in require if lab not in store.labels
-               and not (lab == "stress" and not periodic)]
+    missing = [lab for lab in require if lab not in store.labels]
+    if "stress" in missing and not store.array("pbc").all(axis=1).any():
+        missing.remove("stress")  # required on fully periodic frames only
     if missing:
         raise DataError(f"required label(s) {missing} missing: the store holds "
                         f"{list(store.labels) or 'no labels'}", str(path))
