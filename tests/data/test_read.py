@@ -246,3 +246,15 @@ def test_bad_reader_parameters(tmp_path, kwargs, match):
     path.write_text(_xyz(*GOOD))
     with pytest.raises(ConfigError, match=match):
         read_dataset(path, **kwargs)
+
+
+def test_a_store_where_a_structure_file_is_read_is_named(tmp_path):
+    """Every reader of structure files (read_dataset, read_structure, iter_frames) says
+    that a packed store is one, instead of ASE's parse error."""
+    from ml4m.data import Frame, pack_frames, read_structure
+
+    atoms, = _emt_frames(1)
+    pack_frames([Frame.from_atoms(atoms, energy=1.0)], tmp_path / "s.store")
+    for read in (read_dataset, read_structure):
+        with pytest.raises(DataError, match=r"s.store: is a packed store \(ml4m data pack\)"):
+            read(tmp_path / "s.store")

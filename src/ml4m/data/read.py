@@ -217,6 +217,9 @@ def iter_frames(
     p = Path(path)
     if not p.exists():
         raise DataError("no such file", name)
+    if p.is_dir() and (p / "meta.json").is_file():  # what open_frames opens
+        raise DataError("is a packed store (ml4m data pack); this reads structure files: "
+                        "give the file the store was packed from", name)
     if p.is_file() and p.stat().st_size == 0:
         raise DataError("file is empty", name)
     layout = scan_xyz(p) if p.is_file() and _is_xyz(p, format) else None
