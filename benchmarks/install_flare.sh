@@ -9,23 +9,29 @@
 # so it is installed without them and given numpy 1.26, scipy, ase 3.23, numba and pyyaml.
 #
 # Usage: benchmarks/install_flare.sh [VENV] [WORKDIR]   (defaults /work/peers/flare and
-# /work/peers/flare_src; needs root for apt-get). Check: FLARE's own sparse-GP tests.
+# /work/peers/flare_src, where each run builds in a new build.XXXXXX folder; needs root
+# for apt-get). Check: FLARE's own sparse-GP tests.
 set -euo pipefail
 VENV=${1:-/work/peers/flare}
 WORK=${2:-/work/peers/flare_src}
 HERE=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-python3}
 
+if [ -e "$VENV" ] && [ ! -f "$VENV/pyvenv.cfg" ]; then
+    echo "install_flare.sh: $VENV exists and is not a venv; refusing to write into it" >&2
+    exit 2
+fi
+
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q libeigen3-dev nlohmann-json3-dev \
     pybind11-dev libgtest-dev liblapack-dev liblapacke-dev libopenblas-dev cmake > /dev/null
 
 mkdir -p "$WORK"
-cd "$WORK"
+cd "$(mktemp -d "$WORK/build.XXXXXX")"  # a new folder: nothing already there is touched
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q "numpy<2" scipy "ase==3.23.0" numba pyyaml setuptools wheel \
     pytest pytest-mock
 "$VENV/bin/pip" download -q mir-flare==1.4.0 --no-deps --no-binary :all: -d .
-rm -rf mir_flare-1.4.0 && tar xzf mir_flare-1.4.0.tar.gz
+tar xzf mir_flare-1.4.0.tar.gz
 
 # nlohmann_json::nlohmann_json as an interface target on the system headers
 mkdir -p json
@@ -60,12 +66,12 @@ p.write_text(s.replace(old, "find_package(pybind11 CONFIG REQUIRED)"))
 EOF
 
 export FLARE_CMAKE_FLAGS="-DFETCHCONTENT_SOURCE_DIR_GOOGLETEST=/usr/src/googletest \
--DFETCHCONTENT_SOURCE_DIR_JSON=$WORK/json -DFETCHCONTENT_FULLY_DISCONNECTED=ON \
+-DFETCHCONTENT_SOURCE_DIR_JSON=$PWD/json -DFETCHCONTENT_FULLY_DISCONNECTED=ON \
 -DPython_EXECUTABLE=$VENV/bin/python -DCMAKE_BUILD_TYPE=Release"
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation ./mir_flare-1.4.0
 
 # FLARE's own sparse-GP tests, run outside the source tree (which would shadow the build)
-rm -rf tests_run && cp -r mir_flare-1.4.0/tests tests_run
+cp -r mir_flare-1.4.0/tests tests_run
 (cd tests_run && OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
     test_sparse_gp.py)
 echo "FLARE installed in $VENV (check script: $HERE/install_flare.sh)"
