@@ -200,7 +200,7 @@ def test_test_on_a_store_equals_the_test_on_its_file(files, tmp_path, capsys):
 
     delta = Baselined(ml4m_load(tmp_path / "m.ml4m"),
                       LabelBaseline())
-    with pytest.raises(DataError, match=r"v.store: a packed store holds no baseline labels"):
+    with pytest.raises(DataError, match=r"v.store: is a packed store \(ml4m data pack\)"):
         attach_baseline_labels(delta, list(read_dataset(files / "valid.extxyz")),
                                tmp_path / "v.store")
 

@@ -11,7 +11,6 @@ settings of a fit.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -304,12 +303,6 @@ def attach_baseline_labels(model: Potential, frames: list[Frame],
     if not isinstance(model, Baselined):
         return list(frames)
     frames = list(frames)
-    parts = _label_parts(getattr(model, "baseline_", model.baseline))
-    stores = [p for p in (paths if isinstance(paths, (list, tuple)) else [paths])
-              if parts and p is not None and Path(p).is_dir()]
-    if stores:
-        raise DataError("a packed store holds no baseline labels: this delta model reads "
-                        "them from a structure file", str(stores[0]))
-    for part in parts:
-        frames = part.attach(frames, paths)
+    for part in _label_parts(getattr(model, "baseline_", model.baseline)):
+        frames = part.attach(frames, paths)  # a store named as one by the reader
     return frames
