@@ -12,9 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from ml4m.cli.main import main
 from ml4m.data import Dataset, write_extxyz
@@ -129,6 +131,112 @@ def test_a_network_learns_the_residual_of_its_baseline(tmp_path, capsys):
     code, out, err = _run(capsys, "fit", cfg, "-o", tmp_path / "s.ml4m")
     assert code == 2 and "not a packed store" in err and "store" in err
     assert not (tmp_path / "s.ml4m").exists()
+
+
+def _shifted(frames, per_atom: float):
+    """The frames' labels at another "level of theory": energies + ``per_atom`` eV per
+    atom (another energy reference), the same forces."""
+    from ml4m.data import Frame
+
+    return [Frame(f.numbers, f.positions, f.cell, f.pbc, energy=f.energy + per_atom * len(f),
+                  forces=f.forces) for f in frames]
+
+
+def test_init_starts_from_a_fitted_network_with_its_own_energy_reference(fitted, tmp_path,
+                                                                         capsys):
+    """``--init``: the architecture and weights of the network started from; E0s refitted
+    on the new data. With a vanishing rate the tuned network predicts the forces of the one
+    it started from, and on data whose energies are shifted by 3 eV/atom it predicts
+    energies shifted by 3 eV/atom. Trained for real, it moves from those weights."""
+    import ml4m
+
+    d, _, _ = fitted
+    start = ml4m.load(d / "m.ml4m")
+    train, valid = emt_cu_frames(12, 0), emt_cu_frames(4, 1)
+    write_extxyz(Dataset(_shifted(train, 3.0)), tmp_path / "train.extxyz")
+    write_extxyz(Dataset(_shifted(valid, 3.0)), tmp_path / "valid.extxyz")
+    config = {"model": NETWORK, "train": str(tmp_path / "train.extxyz"),
+              "valid": str(tmp_path / "valid.extxyz"), "init": str(d / "m.ml4m"),
+              "training": {"batch_size": 4, "lr": 1e-14, "min_lr": 1e-15, "max_epochs": 1,
+                           "ema_decay": None}}
+    (tmp_path / "still.yaml").write_text(yaml.safe_dump(config))  # YAML's 1.0e-14
+    code, out, err = _run(capsys, "fit", tmp_path / "still.yaml", "-o", tmp_path / "s.ml4m",
+                          "--json")
+    assert code == 0, err
+    still = ml4m.load(tmp_path / "s.ml4m")
+    inner, first = still.model_, start.model_  # inside their repulsive cores
+    assert inner.get_params() == first.get_params()
+    a, b = still.predict(valid), start.predict(valid)
+    np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.energy - b.energy, [3.0 * len(f) for f in valid], atol=2e-3)
+    assert json.loads(out)["config"]["init"] == str(d / "m.ml4m")
+    # trained for real (the first network's rate, flags as on the command line)
+    config["training"] = {"batch_size": 4, "lr": 0.01, "max_epochs": 2}
+    del config["init"]
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(config))
+    code, out, err = _run(capsys, "fit", tmp_path / "tune.yaml", "--model", NETWORK,
+                          "--init", d / "m.ml4m", "-o", tmp_path / "t.ml4m", "--json")
+    assert code == 0, err
+    tuned = ml4m.load(tmp_path / "t.ml4m")
+    assert tuned.model_.get_params() == first.get_params()
+    assert not np.allclose(tuned.predict(valid).forces, b.forces, atol=1e-6)
+
+
+@pytest.mark.parametrize("config, match", [
+    ({"params": "an architecture"}, "'params' and 'init' both set"),
+    ({"model": "ace"}, "'init' .* applies to networks"),
+    ({"init": "missing.ml4m"}, "missing.ml4m"),
+    ({"init": "garbage.ml4m"}, "garbage.ml4m"),
+    ({"init": "ace.ml4m"}, r"ace.ml4m: a 'linear_ace' model; init needs a fitted"),
+    ({"init": "train.extxyz"}, "train.extxyz"),
+])
+def test_a_bad_init_exits_2_and_writes_nothing(files, tmp_path, capsys, config, match):
+    """A network to start from that is missing, not a model file, of another kind, or
+    given beside ``params``; ``init`` for a linear model: exit 2, one line, no output."""
+    import shutil
+
+    (tmp_path / "garbage.ml4m").write_bytes(b"not a model")
+    shutil.copy(files / "train.extxyz", tmp_path / "train.extxyz")
+    code, _, err = _run(capsys, "fit", "--model", "ace", "--train", files / "train.extxyz",
+                        "--search", "off", "-o", tmp_path / "ace.ml4m", "--json")
+    assert code == 0, err
+    mapping = {"model": NETWORK, "train": str(tmp_path / "train.extxyz"),
+               "init": str(tmp_path / "ace.ml4m"), **config}
+    if "params" in mapping:  # a setting of the kind's own
+        mapping["params"] = {"hidden": [4]} if NETWORK == "bpnn" else {"n_channels": 4}
+    if not Path(mapping["init"]).is_absolute():
+        mapping["init"] = str(tmp_path / mapping["init"])
+    (tmp_path / "fit.yaml").write_text(json.dumps(mapping))
+    code, _, err = _run(capsys, "fit", tmp_path / "fit.yaml", "-o", tmp_path / "m.ml4m")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(match, err), err
+    assert not (tmp_path / "m.ml4m").exists()
+
+
+def test_init_refuses_a_network_of_other_elements(fitted, tmp_path, capsys):
+    """Data with an element the network started from never saw (Au beside Cu): exit 2
+    naming both sets of elements."""
+    from ml4m.data import Frame
+
+    d, _, _ = fitted
+    frames = emt_cu_frames(4, 2)
+    alloy = []
+    for f in frames:
+        numbers = f.numbers.copy()
+        numbers[0] = 79
+        atoms = Frame(numbers, f.positions, f.cell, f.pbc).to_atoms(with_labels=False)
+        from ase.calculators.emt import EMT
+
+        atoms.calc = EMT()
+        alloy.append(Frame(numbers, f.positions, f.cell, f.pbc,
+                           energy=atoms.get_potential_energy(), forces=atoms.get_forces()))
+    write_extxyz(Dataset(alloy), tmp_path / "alloy.extxyz")
+    code, _, err = _run(capsys, "fit", "--model", NETWORK, "--train", tmp_path / "alloy.extxyz",
+                        "--init", d / "m.ml4m", "-o", tmp_path / "m.ml4m")
+    assert code == 2
+    assert "'Cu', 'Au'" in err and "['Cu']" in err, err
+    assert not (tmp_path / "m.ml4m").exists()
 
 
 def test_a_network_trains_from_a_packed_store_inside_its_repulsive_core(files, tmp_path,

@@ -176,3 +176,30 @@ def test_stress_loss_gradient_is_finite_with_molecules_in_the_batch(model):
     grads = torch.autograd.grad(loss, list(model.module_.parameters()))
     assert all(torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_start_from_takes_the_weights_but_not_the_energy_reference():
+    """A network prepared on data of another energy reference and started from a
+    trained one: its forces are those of the trained one, its energies differ by its own
+    E0s; another architecture, kind or element set is refused, naming the difference."""
+    trained = _toy()
+    with torch.no_grad():  # weights no freshly prepared network has
+        trained.module_.alpha.fill_(1.23)
+        trained.module_.depth.mul_(1.7)
+    frames = _structures()
+    shifted = [Frame(f.numbers, f.positions, f.cell, f.pbc, energy=5.0 * len(f)) for f in frames]
+    tuned = ToyPair(r_cut=4.5).prepare(shifted).start_from(trained)
+    a, b = tuned.predict(frames), trained.predict(frames)
+    np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-12)
+    e0 = dict(zip(tuned.species_, tuned.module_.e0.numpy()))
+    e0_trained = dict(zip(trained.species_, trained.module_.e0.numpy()))
+    expected = [sum(e0[z] - e0_trained[z] for z in f.numbers) for f in frames]
+    np.testing.assert_allclose(a.energy - b.energy, expected, atol=1e-10)
+    assert not np.allclose(a.energy, b.energy)
+    with pytest.raises(ConfigError, match=r"other hyperparameters: r_cut 4\.5 \(here 4\.0\)"):
+        ToyPair(r_cut=4.0).prepare(frames).start_from(trained)
+    with pytest.raises(DataError, match=r"\['Cu'\]; .* trained on \['Cu', 'Au'\]"):
+        ToyPair(r_cut=4.5).prepare([Frame(f.numbers * 0 + 29, f.positions, f.cell, f.pbc)
+                                    for f in frames]).start_from(trained)
+    with pytest.raises(ConfigError, match="not prepared"):
+        ToyPair(r_cut=4.5).start_from(trained)

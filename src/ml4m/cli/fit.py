@@ -10,7 +10,7 @@ HELP = "fit a model (linear ACE, sparse GP, kernel ridge, BP or message-passing 
 DESCRIPTION = """\
 Fit a model to labelled structures. Settings come from an optional YAML file (keys:
 model, train, valid, output, keys, descriptor, descriptor_type, e0, sigmas, params,
-training, target, seed, max_minutes, search, device, committee); command-line flags
+training, target, seed, max_minutes, search, device, committee, init); command-line flags
 override it.
 Writes the model (.ml4m), metrics.json (also as {stem}_metrics.json, so that several
 models fitted into one folder keep theirs) and parity plots next to it.
@@ -29,7 +29,10 @@ the same command with --resume continues the training. --train may name a packed
 networks with seeds seed, ..., seed+K-1 within the one budget, each written as
 {stem}_member{k}.ml4m (no sigma of its own) with its log and curve, and writes their
 committee as MODEL: the members' mean, their spread (calibrated on --valid) as the
-sigma; --resume keeps the members a killed run finished.
+sigma; --resume keeps the members a killed run finished. --init MODEL (networks) starts
+from the weights of a fitted network of the same kind (fine-tuning, e.g. a network
+pretrained on many cheap GFN2-xTB frames, tuned on a few DFT ones): its architecture is
+kept and its energy reference (E0s) refitted on --train.
 
 examples:
   ml4m fit --model ace --train train.extxyz --valid valid.extxyz -o cu_ace.ml4m
@@ -37,6 +40,7 @@ examples:
   ml4m fit --model mpnn --train train.extxyz --valid valid.extxyz --max-minutes 30 -o cu.ml4m
   ml4m fit --model mpnn ... --max-minutes 30 --committee 4 -o cu_committee.ml4m
                                        # four networks, 7 min each, one calibrated sigma
+  ml4m fit --model mpnn --init xtb.ml4m --train dft.extxyz --valid v.extxyz -o dft.ml4m
   ml4m fit config.yaml --seed 1
   ml4m fit config.yaml --resume        # continue an interrupted network training
 
@@ -70,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--committee", type=int, metavar="K",
                    help="networks: train K of them (seeds seed..seed+K-1, the budget shared) "
                    "and write their committee, its spread calibrated on --valid")
+    p.add_argument("--init", metavar="MODEL",
+                   help="networks: start from this fitted network's weights (fine-tuning; "
+                   "same kind and architecture, E0s refitted on --train)")
     p.add_argument("--resume", action="store_true",
                    help="networks: continue the training saved in the checkpoint beside the "
                    "model (same settings), e.g. after the process was killed")
@@ -89,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     mapping = load_yaml(args.config) if args.config else {}
     for key in ("model", "train", "valid", "max_minutes", "search", "seed", "device", "output",
-                "committee"):
+                "committee", "init"):
         value = getattr(args, key)
         if value is not None:
             mapping[key] = value

@@ -207,6 +207,13 @@ class TorchPotential(Potential):
     #: whether the module traces with ``torch.export`` (:mod:`ml4m.models.export`):
     #: no Python integers taken from tensor values
     exportable: ClassVar[bool] = False
+    #: the module's buffers holding the energy reference of its training data (per-element
+    #: E0s and the mean energy per atom left after them, eV): :meth:`start_from` keeps a
+    #: network's own, fitted on its own data (maybe of another level of theory)
+    energy_reference: ClassVar[tuple[str, ...]] = ("e0", "shift")
+    #: hyperparameters that may differ between a network and the one it starts from
+    #: (:meth:`start_from`): they do not change the architecture
+    run_params: ClassVar[tuple[str, ...]] = ("seed", "device", "dtype")
 
     @abstractmethod
     def build_module(self):
@@ -262,6 +269,51 @@ class TorchPotential(Potential):
                        "avg_neighbors": n_edges / max(1, sum(len(f) for f in sample))}
         device, dtype = self._torch_settings()
         self.module_ = self.build_module().to(device=device, dtype=dtype)
+        return self
+
+    def start_from(self, other: TorchPotential) -> TorchPotential:
+        """Take the weights and data statistics (force scale, neighbour count) of the
+        fitted network ``other`` into this prepared one, all but the energy reference
+        (:attr:`energy_reference`, fitted by :meth:`prepare` on this network's own data):
+        the start of a fine-tuning run, e.g. on labels of a more accurate level of theory
+        than ``other`` was trained on. A last-layer posterior is dropped (it belongs to
+        other weights). Forces are unchanged by this; energies change by the reference.
+
+        Raises
+        ------
+        ConfigError
+            ``other`` is another kind, or has other hyperparameters than this one (but
+            :attr:`run_params`), or is not fitted; this one is not prepared.
+        DataError
+            The two were prepared on different elements.
+        """
+        from ase.data import chemical_symbols
+
+        def symbols_of(species):
+            return [chemical_symbols[z] for z in species]
+
+        for model, what in ((self, "the network to train"), (other, "the network started from")):
+            if not hasattr(model, "module_"):
+                raise ConfigError(f"{what} is not prepared (no weights)")
+        if type(other) is not type(self):
+            raise ConfigError(f"a {self.kind!r} network cannot start from a {other.kind!r} one")
+        mine, theirs = self.get_params(), other.get_params()
+        differ = sorted(k for k in mine if k not in self.run_params and mine[k] != theirs.get(k))
+        if differ:
+            raise ConfigError("the network started from has other hyperparameters: "
+                              + ", ".join(f"{k} {theirs.get(k)!r} (here {mine[k]!r})"
+                                          for k in differ))
+        if list(self.species_) != list(other.species_):
+            raise DataError(f"the training data hold the elements {symbols_of(self.species_)}; "
+                            f"the network started from was trained on "
+                            f"{symbols_of(other.species_)}: fine-tuning keeps the elements")
+        state = {k: v for k, v in other.module_.state_dict().items()
+                 if k not in self.energy_reference}
+        missing, unexpected = self.module_.load_state_dict(state, strict=False)
+        if set(missing) - set(self.energy_reference) or unexpected:
+            raise ConfigError(f"the network started from does not fit this one: missing "
+                              f"{sorted(missing)}, unexpected {sorted(unexpected)}")
+        self.__dict__.pop("last_layer_", None)
         return self
 
     def fit(self, train, valid=None) -> TorchPotential:

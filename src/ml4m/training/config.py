@@ -112,6 +112,13 @@ class FitConfig:
         (a budget shared among them) and write their
         :class:`~ml4m.models.Committee`, its spread calibrated on ``valid``
         (:mod:`ml4m.training.committee_fit`).
+    init : str, optional
+        For networks: a fitted network's ``.ml4m`` file (of kind ``model``; the network
+        inside a baseline) to start training from (fine-tuning): its architecture and
+        weights, but the energy reference (E0s), which is fitted on ``train``
+        (:meth:`~ml4m.models.torch_potential.TorchPotential.start_from`); ``params``
+        must then be left out. E.g. a network trained on many frames of a cheap level
+        of theory, fine-tuned on few of an accurate one.
     """
 
     model: str = "ace"
@@ -133,6 +140,7 @@ class FitConfig:
     search: str = "auto"
     device: str = "cpu"
     committee: int | None = None
+    init: str | None = None
 
     @property
     def repulsion_settings(self) -> Any:
@@ -231,6 +239,16 @@ class FitConfig:
                     f"({', '.join(m for m in MODEL_CHOICES if is_network(m))}); {self.model!r} "
                     "has its own Bayesian sigma (a committee of any kind from Python: "
                     "ml4m.models.Committee)")
+        if self.init is not None:
+            check_str("init", self.init, **where)
+            if not is_network(self.model):
+                raise ConfigError(
+                    f"{source}: 'init' (a network to start from) applies to networks "
+                    f"({', '.join(m for m in MODEL_CHOICES if is_network(m))}), not to "
+                    f"{self.model!r}")
+            if self.params:
+                raise ConfigError(f"{source}: 'params' and 'init' both set: a network started "
+                                  f"from {self.init} keeps its architecture; leave 'params' out")
 
 
 #: quantities ``keys`` and ``sigmas`` may name

@@ -15,7 +15,7 @@ from typing import Any
 
 from ml4m.training.settings import TrainSettings
 
-__all__ = ["FINE_TUNE", "fine_tune_settings", "is_network", "train_network"]
+__all__ = ["FINE_TUNE", "fine_tune_settings", "is_network", "network_of", "train_network"]
 
 #: settings of a fine-tuning run that the ``fine_tune`` mapping of a learning loop does not
 #: set: rate 1e-3 (a tenth of the MPNN's default, a third of the BPNN's), cosine to
@@ -35,16 +35,16 @@ def fine_tune_settings(mapping: dict[str, Any] | None = None,
     return TrainSettings.from_mapping({**FINE_TUNE, **(mapping or {})}, source=source)
 
 
-def _network(model: Any) -> Any:
+def network_of(model: Any) -> Any:
     """The network inside ``model`` (itself, a Baselined's inner model, a committee's
     first member or template)."""
     from ml4m.models.baseline import Baselined
     from ml4m.models.committee import Committee
 
     if isinstance(model, Baselined):
-        return _network(getattr(model, "model_", model.model))
+        return network_of(getattr(model, "model_", model.model))
     if isinstance(model, Committee):
-        return _network(getattr(model, "members_", [model.model])[0])
+        return network_of(getattr(model, "members_", [model.model])[0])
     return model
 
 
@@ -53,7 +53,7 @@ def is_network(model: Any) -> bool:
     of them), trained by :class:`~ml4m.training.trainer.Trainer`."""
     from ml4m.models.torch_potential import TorchPotential
 
-    return isinstance(_network(model), TorchPotential)
+    return isinstance(network_of(model), TorchPotential)
 
 
 def train_network(model: Any, frames: list, settings: TrainSettings) -> Any:

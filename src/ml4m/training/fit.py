@@ -160,7 +160,7 @@ def fit_model(cfg: FitConfig, progress: bool = True, resume: bool = False,
         raise ConfigError(f"resume applies to networks (their training is checkpointed), not "
                           f"to {cfg.model!r}")
     path, companions = model_outputs(cfg)
-    inputs = [p for p in (cfg.train, cfg.valid) if p]
+    inputs = [p for p in (cfg.train, cfg.valid, cfg.init) if p]
     started = time.perf_counter()
     if cfg.committee and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("a committee trains its members one after another in one process; "

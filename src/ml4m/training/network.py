@@ -134,20 +134,49 @@ def fit_network(cfg: FitConfig, path: Path, started: float, progress: bool, resu
     files = network_files(path)
     base = {**cfg.training, "seed": cfg.seed, "checkpoint": str(files["checkpoint"]),
             "log_csv": str(files["log"]), "progress": progress}
-    model, baseline, learnt_train, learnt_valid, train, valid = _model_and_frames(cfg, base)
+    model, start, baseline, learnt_train, learnt_valid, train, valid = \
+        _model_and_frames(cfg, base)
     dist = Distributed.from_env(cfg.device)  # the group the trainer joins, joined first
     try:
         return _train(cfg, model, as_graph_set(learnt_train, "train"), learnt_train,
                       learnt_valid, base, dist, started, resume, files, path, write,
-                      baseline, train, valid, evaluate=evaluate)
+                      baseline, train, valid, evaluate=evaluate, start=start)
     finally:
         dist.close()
 
 
+def initial_network(cfg: FitConfig) -> Any:
+    """The fitted network ``cfg.init`` names (the one inside its baseline), or None.
+
+    Raises
+    ------
+    ConfigError
+        The file holds a committee or a network of another kind than ``cfg.model``.
+    DataError
+        The file cannot be read as a model (:func:`ml4m.load`).
+    """
+    import ml4m
+    from ml4m.models.committee import Committee
+    from ml4m.training.finetune import network_of
+
+    if cfg.init is None:
+        return None
+    loaded = ml4m.load(cfg.init)
+    if isinstance(loaded, Committee):
+        raise ConfigError(f"{cfg.init}: a committee; init takes one network (one of its "
+                          "members' files, {stem}_member0.ml4m)")
+    net = network_of(loaded)
+    if getattr(net, "kind", None) != cfg.model:
+        raise ConfigError(f"{cfg.init}: a {getattr(net, 'kind', type(net).__name__)!r} model; "
+                          f"init needs a fitted {cfg.model!r} network to start from")
+    return net
+
+
 def _model_and_frames(cfg: FitConfig, base: dict[str, Any]):
-    """The unfitted network ``cfg`` describes and the frames of its fit: the baseline
-    and the learnt and reference frames of :func:`_delta` (the labels the training
-    settings ``base`` weigh are required)."""
+    """The unfitted network ``cfg`` describes (of the architecture of the network it
+    starts from, :func:`initial_network`), that network (or None), and the frames of
+    its fit: the baseline and the learnt and reference frames of :func:`_delta` (the
+    labels the training settings ``base`` weigh are required)."""
     from ml4m.training.fit import build_model
     from ml4m.training.settings import TrainSettings
 
@@ -156,8 +185,12 @@ def _model_and_frames(cfg: FitConfig, base: dict[str, Any]):
     keys = LabelKeys(**cfg.keys)
     train = open_frames(cfg.train, keys, require=require)
     valid = open_frames(cfg.valid, keys, require=require) if cfg.valid else None
+    start = initial_network(cfg)
     model = build_model(cfg, [], None)  # a network: no descriptor, species from prepare
-    return (model, *_delta(cfg, model, train, valid))
+    if start is not None:  # its architecture; this run's seed and device
+        run = {k: v for k, v in model.get_params().items() if k in ("seed", "device")}
+        model = start.clone().set_params(**run)
+    return (model, start, *_delta(cfg, model, train, valid))
 
 
 def metric_frames(cfg: FitConfig) -> tuple[Dataset, Dataset | None]:
@@ -242,10 +275,12 @@ def _regime(cfg, model, train_set, base, dist, resume, left, plan) -> dict[str, 
     if not defaults:
         return None
     regime = None
+    # a network started from another keeps its architecture: every hyperparameter is given
+    params = cfg.params if cfg.init is None else model.get_params()
     if dist.main:
         if resume and Path(base["checkpoint"]).is_file():
             regime = regime_of_checkpoint(load_checkpoint(base["checkpoint"]), defaults,
-                                          cfg.params, cfg.training)
+                                          params, cfg.training)
         else:
             # the run's epochs: the budget's, not those of a run without one
             settings = TrainSettings.from_mapping({**base, "max_minutes": cfg.max_minutes},
@@ -259,7 +294,7 @@ def _regime(cfg, model, train_set, base, dist, resume, left, plan) -> dict[str, 
                 train_seconds = left() - plan["eval_seconds"]
                 per_pass = seconds * n_batches + plan["valid_seconds"]
             regime = choose_regime(expected_passes(epochs, train_seconds, per_pass),
-                                   defaults, cfg.params, cfg.training)
+                                   defaults, params, cfg.training)
             regime.update(step_seconds=seconds, train_seconds=train_seconds,
                           seconds_per_pass=per_pass)
     regime = dist.broadcast(regime)
@@ -271,10 +306,12 @@ def _regime(cfg, model, train_set, base, dist, resume, left, plan) -> dict[str, 
 
 
 def _train(cfg, model, train_set, train, valid, base, dist, started, resume, files, path,
-           write, baseline=None, reference_train=None, reference_valid=None, evaluate=True):
+           write, baseline=None, reference_train=None, reference_valid=None, evaluate=True,
+           start=None):
     """:func:`fit_network` once the data are read and the process group is joined; with
     a ``baseline`` the network learns ``train``/``valid`` (residuals) and the saved
-    model is the sum, its errors measured on the ``reference_`` frames."""
+    model is the sum, its errors measured on the ``reference_`` frames; with ``start``
+    (a fitted network) training starts from its weights."""
     from ml4m.models.baseline import Baselined
     from ml4m.training.curves import plot_training_curve
     from ml4m.training.settings import TrainSettings
@@ -285,6 +322,8 @@ def _train(cfg, model, train_set, train, valid, base, dist, started, resume, fil
                 - (time.perf_counter() - started))
 
     prepare_model(model, train_set, cfg.seed)
+    if start is not None:
+        model.start_from(start)
     plan: dict[str, Any] = {
         "train_frames": min(len(train), METRIC_FRAMES),
         "valid_frames": len(valid) if valid is not None else 0, "after_seconds": 0.0}
