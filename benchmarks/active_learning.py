@@ -39,20 +39,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase import Atoms, units
-from ase.build import bulk
+from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.io import write
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from ml4m.data import Frame
 from ml4m.md.learning import Reference, reference_executor, run_learning
 from ml4m.md.learning_settings import LearnSettings, WalkerSettings, parse_threshold
 
 HERE = Path(__file__).resolve().parent
-LATTICE = 3.65
-LIQUID_LATTICE = 3.80
+sys.path.insert(0, str(HERE))
+import cu_protocol  # noqa: E402  (ASE only: flare_otf.py builds the same structures)
+from cu_protocol import langevin_frames  # noqa: E402
+
 FIT = {"model": "ace", "descriptor": {"r_cut": 4.5, "n_max": 6, "l_max": 3, "correlation_order": 3},
        "params": {"uncertainty": "posterior"}}
 #: --basis large: 620 coefficients instead of 70
@@ -77,26 +76,13 @@ class SlowEMT(EMT):
 
 def reference_md(start: Atoms, calculator, t0: float, t1: float, steps: int, seed: int,
                  every: int, dt_fs: float = 2.0, friction: float = 0.02) -> list[Frame]:
-    """Langevin MD on ``calculator`` (time step ``dt_fs`` fs, friction 1/fs) with the
-    target ramped t0 -> t1 (K); labelled frames every ``every`` steps (stress for a
-    periodic cell)."""
-    atoms = start.copy()
-    atoms.calc = calculator
-    rng = np.random.default_rng(seed)
-    thermalize_momenta(atoms, temperature_K=t0, rng=rng)
-    Stationary(atoms)
-    dyn = Langevin(atoms, dt_fs * units.fs, temperature_K=t0, friction=friction / units.fs,
-                   fixcm=False, rng=rng)
-    frames = []
-    for step in range(1, steps + 1):
-        dyn.set_temperature(temperature_K=t0 + (t1 - t0) * step / steps)
-        dyn.step()
-        if step % every == 0:
-            stress = atoms.get_stress() if atoms.pbc.all() else None
-            frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
-                                           forces=atoms.get_forces(), stress=stress,
-                                           info={"step": step, "T_target": t0 + (t1 - t0) * step / steps}))
-    return frames
+    """:func:`cu_protocol.langevin_frames` as labelled frames (``info``: ``step``,
+    ``T_target``)."""
+    return [Frame.from_atoms(a, energy=a.info["energy"], forces=a.info["forces"],
+                             stress=a.info["stress"],
+                             info={"step": a.info["step"], "T_target": a.info["T_target"]})
+            for a in langevin_frames(start, calculator, t0, t1, steps, seed, every, dt_fs,
+                                     friction)]
 
 
 def emt_md(start: Atoms, t0: float, t1: float, steps: int, seed: int, every: int) -> list[Frame]:
@@ -104,18 +90,7 @@ def emt_md(start: Atoms, t0: float, t1: float, steps: int, seed: int, every: int
     return reference_md(start, EMT(), t0, t1, steps, seed, every)
 
 
-def _solid() -> Atoms:
-    return bulk("Cu", cubic=True, a=LATTICE).repeat(2)
-
-
-def _liquid() -> Atoms:
-    """32 Cu atoms at liquid density (a = 3.80 A) melted by EMT at 3000 K (1.2 ps), then
-    0.4 ps at 1500 K (in a pilot run they kept diffusing at 1500 K: RMS displacement 0.7 ->
-    1.6 A over 3 ps; at a = 3.65 and 3.75 the cell recrystallised or stayed glassy)."""
-    start = bulk("Cu", cubic=True, a=LIQUID_LATTICE).repeat(2)
-    melt = emt_md(start, 3000.0, 3000.0, 600, seed=7, every=600)[-1]
-    cool = emt_md(melt.to_atoms(with_labels=False), 1500.0, 1500.0, 200, seed=8, every=200)[-1]
-    return cool.to_atoms(with_labels=False)
+_solid, _liquid = cu_protocol.solid, cu_protocol.liquid
 
 
 def _progress(status) -> None:
