@@ -13,7 +13,8 @@ from ml4m.data.frames import Dataset
 from ml4m.errors import ConfigError
 from ml4m.training.config import FitConfig
 
-__all__ = ["fit_network", "metric_frames", "plan_evaluations", "POST_FRACTION", "POST_SECONDS", "EVAL_FRACTION"]
+__all__ = ["fit_network", "initial_network", "metric_frames", "plan_evaluations", "POST_FRACTION",
+           "POST_SECONDS", "EVAL_FRACTION"]
 
 #: share of a ``max_minutes`` budget, plus seconds, kept for the plots and saving (the
 #: trainer itself keeps time for the last-layer posterior and the metrics' predictions)
