@@ -202,7 +202,7 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
             "total_seconds": time.perf_counter() - t_start}
 
 
-def _ethanol() -> Atoms:
+def ethanol() -> Atoms:
     """Ethanol (9 atoms, no cell): the first frame of the shared ethanol_pbe train set (a
     300 K GFN2-xTB MD geometry), or ASE's ``molecule('CH3CH2OH')`` without it."""
     if ETHANOL.exists():
@@ -215,7 +215,7 @@ def _ethanol() -> Atoms:
     return build_molecule("CH3CH2OH")
 
 
-def _xtb_md(start: Atoms, t0: float, t1: float, steps: int, seed: int, every: int) -> list[Frame]:
+def xtb_md(start: Atoms, t0: float, t1: float, steps: int, seed: int, every: int) -> list[Frame]:
     """GFN2-xTB Langevin MD (0.5 fs, 0.01/fs): :func:`reference_md`."""
     from ml4m.data import make_calculator
 
@@ -230,10 +230,10 @@ def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: in
     fixed)."""
     t_start = time.perf_counter()
     load_start = os.getloadavg()
-    start = _ethanol()
+    start = ethanol()
     write(work / "ethanol.extxyz", start)
     # initial frames: 300 K xTB MD, one frame every 100 steps (50 fs)
-    initial = _xtb_md(start, 300.0, 300.0, 100 * n_initial, seed=1, every=100)
+    initial = xtb_md(start, 300.0, 300.0, 100 * n_initial, seed=1, every=100)
     write(work / "initial.extxyz", [f.to_atoms() for f in initial])
     walkers = (WalkerSettings(str(work / "ethanol.extxyz"), 300.0, 1200.0, walker_seed),
                WalkerSettings(str(work / "ethanol.extxyz"), 600.0, None, walker_seed + 1))
@@ -253,10 +253,10 @@ def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: in
     al_train = list(read_dataset(work / "al" / "train.extxyz"))
     t0 = time.perf_counter()
     # pool: xTB MD of the walkers' two states, other seeds; test: constant T, other seeds
-    pool = _xtb_md(start, 300.0, 1200.0, steps, seed=100, every=10) + \
-        _xtb_md(start, 600.0, 600.0, steps, seed=101, every=10)
+    pool = xtb_md(start, 300.0, 1200.0, steps, seed=100, every=10) + \
+        xtb_md(start, 600.0, 600.0, steps, seed=101, every=10)
     skip = 400  # steps of equilibration (200 fs) before the first test frame
-    tests = {f"{t} K": _xtb_md(start, float(t), float(t), skip + 50 * test_frames, seed=200 + k,
+    tests = {f"{t} K": xtb_md(start, float(t), float(t), skip + 50 * test_frames, seed=200 + k,
                                every=50)[skip // 50:]
              for k, t in enumerate(TEST_TEMPERATURES)}
     xtb_seconds = time.perf_counter() - t0
