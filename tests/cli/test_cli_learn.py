@@ -97,6 +97,7 @@ def test_learn_killed_then_resumed_gives_the_uninterrupted_run(setup, capsys):
     ({"speed": 3}, "unknown key(s) ['speed']"),
     ({"fit": {"model": "ace", "committee": 2}}, "'committee' applies to networks"),
     ({"fine_tune": {"lr": -1}}, "fine_tune: training.lr must be > 0.0"),
+    ({"fit": {"model": "mpnn", "init": "pre.ml4m"}}, "give the fitted network as 'model: FILE'"),
 ])
 def test_bad_input_exits_2_with_nothing_written(setup, capsys, change, message):
     tmp, config = setup

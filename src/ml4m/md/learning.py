@@ -227,6 +227,10 @@ def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
     if clash:
         raise ConfigError(f"fit: {clash} are set by the learning loop ('initial' is the "
                           "training set; the model is written to the output folder)")
+    if "init" in settings.fit:  # the loop's fit is a fresh one; a fitted start is 'model'
+        raise ConfigError("fit.init: the learning loop does not fine-tune a fit's start; give "
+                          "the fitted network as 'model: FILE' (with 'initial': the frames "
+                          "it was trained on), and 'fine_tune' for its updates")
     cfg = FitConfig.from_mapping({**settings.fit, "train": settings.initial}, source="fit")
     ds = Dataset(frames)
     if cfg.committee:  # FitConfig admits it for networks only
