@@ -198,8 +198,19 @@ def test_start_from_takes_the_weights_but_not_the_energy_reference():
     assert not np.allclose(a.energy, b.energy)
     with pytest.raises(ConfigError, match=r"other hyperparameters: r_cut 4\.5 \(here 4\.0\)"):
         ToyPair(r_cut=4.0).prepare(frames).start_from(trained)
-    with pytest.raises(DataError, match=r"\['Cu'\]; .* trained on \['Cu', 'Au'\]"):
-        ToyPair(r_cut=4.5).prepare([Frame(f.numbers * 0 + 29, f.positions, f.cell, f.pbc)
-                                    for f in frames]).start_from(trained)
+    copper = [Frame(f.numbers * 0 + 29, f.positions, f.cell, f.pbc, energy=-3.0 * len(f))
+              for f in frames]
+    with pytest.raises(DataError, match=r"built for the elements \['Cu'\]; .* \['Cu', 'Au'\]"):
+        ToyPair(r_cut=4.5).prepare(copper).start_from(trained)
+    # prepared for the trained network's elements on Cu-only frames: Au keeps its energy
+    cu_only = ToyPair(r_cut=4.5).prepare(copper, species=trained.species_).start_from(trained)
+    a, b = cu_only.predict(frames), trained.predict(frames)
+    np.testing.assert_allclose(a.forces, b.forces, rtol=0, atol=1e-12)
+    new_e0 = dict(zip(cu_only.species_, cu_only.module_.e0.numpy()))
+    assert new_e0[79] == e0_trained[79] and new_e0[29] != e0_trained[29]
+    np.testing.assert_allclose(a.energy - b.energy, [
+        np.sum(f.numbers == 29) * (new_e0[29] - e0_trained[29]) for f in frames], atol=1e-10)
+    with pytest.raises(DataError, match=r"hold the elements \['Cu', 'Au'\], beyond \['Cu'\]"):
+        ToyPair(r_cut=4.5).prepare(frames, species=[29])
     with pytest.raises(ConfigError, match="not prepared"):
         ToyPair(r_cut=4.5).start_from(trained)

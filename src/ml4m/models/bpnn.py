@@ -376,9 +376,10 @@ class BPNN(TorchPotential):
             module.scale.fill_(stats["scale"])
         return module
 
-    def prepare(self, frames, max_frames: int = 200) -> BPNN:
-        """:meth:`TorchPotential.prepare`, then the per-element mean and scale of every
-        symmetry function over (up to ``max_frames`` of) ``frames``.
+    def prepare(self, frames, max_frames: int = 200, species=None) -> BPNN:
+        """:meth:`TorchPotential.prepare` (for ``species``, if given), then the
+        per-element mean and scale of every symmetry function over (up to ``max_frames``
+        of) ``frames``.
 
         The scale is the feature's standard deviation, raised to at least the median
         standard deviation of the element's varying features (features constant over the
@@ -390,7 +391,7 @@ class BPNN(TorchPotential):
         import torch
 
         frames = as_frames(frames)
-        super().prepare(frames)
+        super().prepare(frames, species=species)
         sample = frames[:: max(1, len(frames) // max_frames)]
         S = len(self.species_)
         G_all, spec_all = [], []

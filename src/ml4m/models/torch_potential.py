@@ -165,6 +165,13 @@ def edge_vectors(data: dict[str, Any]):
             + (data["shifts"][:, None, :] @ cell_of_edge)[:, 0, :])
 
 
+def _symbols(species: Sequence[int]) -> list[str]:
+    """Chemical symbols of atomic numbers."""
+    from ase.data import chemical_symbols
+
+    return [chemical_symbols[int(z)] for z in species]
+
+
 class TorchPotential(Potential):
     """A potential whose energy is a torch module's output.
 
@@ -227,8 +234,10 @@ class TorchPotential(Potential):
         :meth:`from_state` (``species_`` set, ``stats_`` absent: the module's buffers
         then come from the saved state dict, so keep data statistics in buffers)."""
 
-    def prepare(self, frames) -> TorchPotential:
-        """Set ``species_`` and ``stats_`` from training frames and build ``module_``.
+    def prepare(self, frames, species: Sequence[int] | None = None) -> TorchPotential:
+        """Set ``species_`` and ``stats_`` from training frames and build ``module_``
+        for the elements of ``frames`` or, given, for ``species`` (atomic numbers, every
+        element of ``frames`` among them; an element without frames gets an E0 of 0).
 
         ``stats_`` holds what a module needs to start well-scaled (ml4m.training calls
         this before the first step):
@@ -238,7 +247,8 @@ class TorchPotential(Potential):
         - ``shift``: mean per-atom energy left after ``e0``, eV/atom (0 by construction
           of the least squares, kept for models without E0s);
         - ``scale``: RMS force component, eV/Angstrom (1 without forces);
-        - ``avg_neighbors``: mean number of neighbours within :attr:`cutoff`.
+        - ``avg_neighbors``: mean number of neighbours within :attr:`cutoff`;
+        - ``e0_from_data``: (n_species,) whether the frames fixed each element's E0.
 
         Returns
         -------
@@ -251,10 +261,16 @@ class TorchPotential(Potential):
         if not frames:
             raise DataError("cannot prepare a model on no frames")
         self.__dict__.pop("last_layer_", None)
-        self.species_ = sorted({int(z) for f in frames for z in f.numbers})
+        present = sorted({int(z) for f in frames for z in f.numbers})
+        if species is not None and set(present) - {int(z) for z in species}:
+            raise DataError(f"the frames hold the elements {_symbols(present)}, beyond "
+                            f"{_symbols(sorted(int(z) for z in species))}, the elements "
+                            "this network is built for")
+        self.species_ = present if species is None else sorted(int(z) for z in species)
         labelled = [f for f in frames if f.energy is not None]
         e0 = np.zeros(len(self.species_))
         shift = 0.0
+        ref: dict[int, float] = {}
         if labelled:
             ref = fit_reference_energies(Dataset(labelled))
             e0 = np.array([ref.get(z, 0.0) for z in self.species_])
@@ -266,7 +282,8 @@ class TorchPotential(Potential):
         sample = frames[:: max(1, len(frames) // 50)]
         n_edges = len(batched_neighbor_list(sample, self.cutoff, full_list=True)[0])
         self.stats_ = {"e0": e0, "shift": shift, "scale": scale if scale > 0 else 1.0,
-                       "avg_neighbors": n_edges / max(1, sum(len(f) for f in sample))}
+                       "avg_neighbors": n_edges / max(1, sum(len(f) for f in sample)),
+                       "e0_from_data": np.array([z in ref for z in self.species_])}
         device, dtype = self._torch_settings()
         self.module_ = self.build_module().to(device=device, dtype=dtype)
         return self
@@ -276,8 +293,10 @@ class TorchPotential(Potential):
         fitted network ``other`` into this prepared one, all but the energy reference
         (:attr:`energy_reference`, fitted by :meth:`prepare` on this network's own data):
         the start of a fine-tuning run, e.g. on labels of a more accurate level of theory
-        than ``other`` was trained on. A last-layer posterior is dropped (it belongs to
-        other weights). Forces are unchanged by this; energies change by the reference.
+        than ``other`` was trained on. Elements this one was prepared for without frames
+        (``prepare(frames, species=other.species_)``) keep ``other``'s atomic energy
+        offsets. A last-layer posterior is dropped (it belongs to other weights). Forces
+        are unchanged by this; energies change by the reference.
 
         Raises
         ------
@@ -287,10 +306,7 @@ class TorchPotential(Potential):
         DataError
             The two were prepared on different elements.
         """
-        from ase.data import chemical_symbols
-
-        def symbols_of(species):
-            return [chemical_symbols[z] for z in species]
+        import torch
 
         for model, what in ((self, "the network to train"), (other, "the network started from")):
             if not hasattr(model, "module_"):
@@ -304,15 +320,23 @@ class TorchPotential(Potential):
                               + ", ".join(f"{k} {theirs.get(k)!r} (here {mine[k]!r})"
                                           for k in differ))
         if list(self.species_) != list(other.species_):
-            raise DataError(f"the training data hold the elements {symbols_of(self.species_)}; "
-                            f"the network started from was trained on "
-                            f"{symbols_of(other.species_)}: fine-tuning keeps the elements")
+            raise DataError(f"this network is built for the elements {_symbols(self.species_)}; "
+                            f"the network started from for {_symbols(other.species_)}: "
+                            "prepare it for those (prepare(frames, species=...))")
         state = {k: v for k, v in other.module_.state_dict().items()
                  if k not in self.energy_reference}
         missing, unexpected = self.module_.load_state_dict(state, strict=False)
         if set(missing) - set(self.energy_reference) or unexpected:
             raise ConfigError(f"the network started from does not fit this one: missing "
                               f"{sorted(missing)}, unexpected {sorted(unexpected)}")
+        # elements without frames here keep the atomic energy offset they had there
+        fitted = getattr(self, "stats_", {}).get("e0_from_data")
+        absent = [] if fitted is None else [k for k, seen in enumerate(fitted) if not seen]
+        if absent:
+            mine_m, theirs_m = self.module_, other.module_
+            offset = (theirs_m.shift - mine_m.shift) if hasattr(mine_m, "shift") else 0.0
+            with torch.no_grad():
+                mine_m.e0[absent] = theirs_m.e0[absent].to(mine_m.e0) + offset
         self.__dict__.pop("last_layer_", None)
         return self
 

@@ -322,9 +322,10 @@ def _train(cfg, model, train_set, train, valid, base, dist, started, resume, fil
         return (60.0 * cfg.max_minutes * (1.0 - POST_FRACTION) - POST_SECONDS
                 - (time.perf_counter() - started))
 
-    prepare_model(model, train_set, cfg.seed)
-    if start is not None:
-        model.start_from(start)
+    if start is None:
+        prepare_model(model, train_set, cfg.seed)
+    else:  # for the elements of the network started from, which the data may not all hold
+        prepare_model(model, train_set, cfg.seed, species=start.species_).start_from(start)
     plan: dict[str, Any] = {
         "train_frames": min(len(train), METRIC_FRAMES),
         "valid_frames": len(valid) if valid is not None else 0, "after_seconds": 0.0}

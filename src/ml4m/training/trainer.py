@@ -182,13 +182,16 @@ class Trainer:
             return "features" in model.module_(data)
 
 
-def prepare_model(model: Any, train_set: GraphSet, seed: int) -> Any:
+def prepare_model(model: Any, train_set: GraphSet, seed: int, species=None) -> Any:
     """``model.prepare`` on the frames every training run prepares it on (all of a list,
-    evenly spaced ones of a store: :meth:`GraphSet.sample`), torch seeded by ``seed``."""
+    evenly spaced ones of a store: :meth:`GraphSet.sample`), torch seeded by ``seed``;
+    for the elements ``species`` if given (else those of the frames)."""
     import torch
 
     torch.manual_seed(seed)
-    return model.prepare(train_set.sample())
+    if species is None:
+        return model.prepare(train_set.sample())
+    return model.prepare(train_set.sample(), species=species)
 
 
 def _last_layer_seconds(cost: dict[str, Any], model: Any, train_set: GraphSet,
