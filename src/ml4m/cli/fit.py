@@ -31,8 +31,9 @@ networks with seeds seed, ..., seed+K-1 within the one budget, each written as
 committee as MODEL: the members' mean, their spread (calibrated on --valid) as the
 sigma; --resume keeps the members a killed run finished. --init MODEL (networks) starts
 from the weights of a fitted network of the same kind (fine-tuning, e.g. a network
-pretrained on many cheap GFN2-xTB frames, tuned on a few DFT ones): its architecture is
-kept and its energy reference (E0s) refitted on --train.
+pretrained on many cheap GFN2-xTB frames, tuned on a few DFT ones): its architecture and
+elements are kept and its energy reference (E0s) refitted on --train (elements --train
+lacks keep theirs).
 
 examples:
   ml4m fit --model ace --train train.extxyz --valid valid.extxyz -o cu_ace.ml4m

@@ -114,8 +114,9 @@ class FitConfig:
         (:mod:`ml4m.training.committee_fit`).
     init : str, optional
         For networks: a fitted network's ``.ml4m`` file (of kind ``model``; the network
-        inside a baseline) to start training from (fine-tuning): its architecture and
-        weights, but the energy reference (E0s), which is fitted on ``train``
+        inside a baseline) to start training from (fine-tuning): its architecture,
+        elements and weights, but the energy reference (E0s), which is fitted on ``train``
+        for the elements ``train`` holds
         (:meth:`~ml4m.models.torch_potential.TorchPotential.start_from`); ``params``
         must then be left out. E.g. a network trained on many frames of a cheap level
         of theory, fine-tuned on few of an accurate one.
