@@ -187,10 +187,10 @@ def _model_and_frames(cfg: FitConfig, base: dict[str, Any]):
     train = open_frames(cfg.train, keys, require=require)
     valid = open_frames(cfg.valid, keys, require=require) if cfg.valid else None
     start = initial_network(cfg)
-    model = build_model(cfg, [], None)  # a network: no descriptor, species from prepare
-    if start is not None:  # its architecture; this run's seed and device
-        run = {k: v for k, v in model.get_params().items() if k in ("seed", "device")}
-        model = start.clone().set_params(**run)
+    # a network: no descriptor, species from prepare; or the architecture of the one it
+    # starts from, with this run's seed and device
+    model = (build_model(cfg, [], None) if start is None
+             else start.clone().set_params(seed=cfg.seed, device=cfg.device))
     return (model, start, *_delta(cfg, model, train, valid))
 
 

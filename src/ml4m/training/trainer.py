@@ -189,8 +189,6 @@ def prepare_model(model: Any, train_set: GraphSet, seed: int, species=None) -> A
     import torch
 
     torch.manual_seed(seed)
-    if species is None:
-        return model.prepare(train_set.sample())
     return model.prepare(train_set.sample(), species=species)
 
 

@@ -304,5 +304,5 @@ def attach_baseline_labels(model: Potential, frames: list[Frame],
         return list(frames)
     frames = list(frames)
     for part in _label_parts(getattr(model, "baseline_", model.baseline)):
-        frames = part.attach(frames, paths)  # a store named as one by the reader
+        frames = part.attach(frames, paths)  # a store: refused by the reader, named
     return frames
