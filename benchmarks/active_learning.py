@@ -50,6 +50,7 @@ from ml4m.md.learning_settings import LearnSettings, WalkerSettings, parse_thres
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import cu_protocol  # noqa: E402  (ASE only: flare_otf.py builds the same structures)
+from _common import run_json  # noqa: E402
 from cu_protocol import langevin_frames  # noqa: E402
 
 FIT = {"model": "ace", "descriptor": {"r_cut": 4.5, "n_max": 6, "l_max": 3, "correlation_order": 3},
@@ -124,14 +125,12 @@ def _number_or_text(text: str) -> float | str:
 
 def _fit(frames: list[Frame], fit: dict | None = None):
     """The model the loop starts from (``fit``, default ``FIT``), fitted afresh on
-    ``frames``."""
-    from ml4m.data import Dataset
+    ``frames`` as the loop fits it (:func:`ml4m.md.learning.fit_one`: its repulsive core,
+    and its basis search when ``fit`` sets no descriptor)."""
+    from ml4m.md.learning import fit_one
     from ml4m.training.config import FitConfig
-    from ml4m.training.fit import build_model
 
-    cfg = FitConfig.from_mapping({**(fit or FIT), "train": "frames"})
-    ds = Dataset(frames)
-    return build_model(cfg, [int(z) for z in ds.atomic_numbers], ds).fit(ds)
+    return fit_one(FitConfig.from_mapping({**(fit or FIT), "train": "frames"}), frames)
 
 
 def _against_random(al_model, al_train: list[Frame], initial: list[Frame], pool: list[Frame],
@@ -157,23 +156,58 @@ def _against_random(al_model, al_train: list[Frame], initial: list[Frame], pool:
     return rows
 
 
+def _protocol_config(work: Path, steps: int, threshold: str) -> dict:
+    """The keys of an ``ml4m learn`` config that the protocol fixes (reference, the
+    initial frames, the two walkers, the MD) and the one a user must give (the
+    threshold), nothing else: with ``fit: {model: ace}`` every other setting is
+    ``ml4m learn``'s default."""
+    return {"reference": "emt", "fit": {"model": "ace"}, "initial": str(work / "initial.extxyz"),
+            "threshold": _number_or_text(threshold),
+            "walkers": [{"structure": str(work / "solid.extxyz"), "temperature": 300.0,
+                         "temperature_end": 1500.0, "seed": 0},
+                        {"structure": str(work / "liquid.extxyz"), "temperature": 1500.0, "seed": 1}],
+            "ensemble": "nvt", "steps": steps, "dt": 2.0, "friction": 0.02}
+
+
+def _learn_cli(config: dict, work: Path) -> dict:
+    """``ml4m learn CONFIG -o work/al --json`` in a fresh process (the documented command)."""
+    import yaml
+
+    path = work / "learn.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    print(path.read_text(), file=sys.stderr)
+    out, seconds = run_json(["learn", str(path), "-o", str(work / "al")])
+    return {**out, "cli_seconds": seconds}
+
+
 def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
-             n_initial: int = 4, reoptimise_every: int = LEARN_REOPTIMISE) -> dict:
+             n_initial: int = 4, reoptimise_every: int = LEARN_REOPTIMISE,
+             defaults: bool = False) -> dict:
+    """The Cu heating protocol. ``defaults``: the loop is ``ml4m learn`` with default
+    settings but the threshold (:func:`_protocol_config`; ``min_gap`` and
+    ``reoptimise_every`` unused), and the random fits use its ``fit``."""
     t_start = time.perf_counter()
     liquid = _liquid()
     write(work / "solid.extxyz", _solid())
     write(work / "liquid.extxyz", liquid)
     initial = emt_md(_solid(), 300.0, 300.0, 20 * n_initial, seed=1, every=20)
     write(work / "initial.extxyz", [f.to_atoms() for f in initial])
-    walkers = (WalkerSettings(str(work / "solid.extxyz"), 300.0, 1500.0, 0),
-               WalkerSettings(str(work / "liquid.extxyz"), 1500.0, None, 1))
-    settings = LearnSettings(walkers=walkers, fit=FIT, initial=str(work / "initial.extxyz"),
-                             ensemble="nvt", steps=steps, dt_fs=2.0, friction=0.02,
-                             threshold=parse_threshold(_number_or_text(threshold)), check_interval=10,
-                             min_steps_between_calls=min_gap, max_calls=200,
-                             reoptimise_every=reoptimise_every)
     t0 = time.perf_counter()
-    result = run_learning(settings, work / "al", on_round=_progress)
+    if defaults:
+        config = _protocol_config(work, steps, threshold)
+        fit = config["fit"]
+        result = _learn_cli(config, work)
+        min_gap = reoptimise_every = None  # ml4m learn's defaults
+    else:
+        walkers = (WalkerSettings(str(work / "solid.extxyz"), 300.0, 1500.0, 0),
+                   WalkerSettings(str(work / "liquid.extxyz"), 1500.0, None, 1))
+        fit = FIT
+        settings = LearnSettings(walkers=walkers, fit=FIT, initial=str(work / "initial.extxyz"),
+                                 ensemble="nvt", steps=steps, dt_fs=2.0, friction=0.02,
+                                 threshold=parse_threshold(_number_or_text(threshold)),
+                                 check_interval=10, min_steps_between_calls=min_gap,
+                                 max_calls=200, reoptimise_every=reoptimise_every)
+        result = run_learning(settings, work / "al", on_round=_progress)
     loop_seconds = time.perf_counter() - t0
     import ml4m
     from ml4m.data import read_dataset
@@ -186,12 +220,14 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
     test_solid = emt_md(_solid(), 300.0, 1500.0, steps, seed=200, every=50)
     test_liquid = emt_md(liquid, 1500.0, 1500.0, steps, seed=201, every=50)
     tests = {"heated solid (300-1500 K)": test_solid, "liquid (1500 K)": test_liquid}
-    rows = _against_random(al_model, al_train, initial, pool, tests, seeds)
+    rows = _against_random(al_model, al_train, initial, pool, tests, seeds, fit)
+    inner = getattr(al_model, "model_", al_model)  # inside the repulsive core
     per_walker = [sum(1 for f in al_train[len(initial):] if f.info.get("walker") == k) for k in (0, 1)]
     return {"steps_per_walker": steps, "dt_fs": 2.0, "threshold": threshold,
             "min_steps_between_calls": min_gap, "reoptimise_every": reoptimise_every,
-            "descriptor": FIT["descriptor"],
-            "uncertainty": FIT["params"]["uncertainty"],
+            "learn_defaults": defaults, "fit": fit,
+            "descriptor": inner.descriptor.settings() if defaults else FIT["descriptor"],
+            "uncertainty": getattr(inner, "uncertainty", None),
             "threshold_ev_per_a_final": result["threshold_ev_per_a"],
             "initial_frames": len(initial), "reference_calls": result["reference_calls"],
             "calls_per_walker": per_walker, "loop_seconds": loop_seconds,
@@ -357,6 +393,10 @@ def main(argv=None) -> int:
                         "default: ml4m learn's")
     a.add_argument("--min-gap", type=int, default=0,
                    help="min_steps_between_calls of the loop (default 0)")
+    a.add_argument("--defaults", action="store_true",
+                   help="run `ml4m learn` (the CLI) with default settings: only the protocol's "
+                        "keys, --threshold and fit: {model: ace}; --min-gap, --basis, "
+                        "--uncertainty and --reoptimise-every are then not used")
     b = sub.add_parser("parallel")
     b.add_argument("--calls", type=int, default=16)
     m = sub.add_parser("molecule")
@@ -378,7 +418,7 @@ def main(argv=None) -> int:
                 FIT["descriptor"] = LARGE
             FIT["params"] = {"uncertainty": args.uncertainty}
             out = accuracy(args.steps, args.seeds, args.threshold, args.min_gap, Path(tmp),
-                           args.initial, args.reoptimise_every)
+                           args.initial, args.reoptimise_every, args.defaults)
         elif args.what == "molecule":
             out = molecule(args.steps, args.seeds, args.threshold, args.min_gap, args.max_calls,
                            Path(tmp), args.initial, args.test_frames, args.walker_seed)

@@ -414,3 +414,148 @@ def test_a_committee_of_networks_learns_on_the_fly(files):
     # its force noise (a relative threshold's unit) is its members' mean
     assert parse_threshold("1x").resolve(end) == pytest.approx(
         np.mean([m.noise_["forces"] for m in end.members_]))
+
+
+class TwoSigmas(LinearACE):
+    """Linear ACE whose own force sigma is 1 eV/A everywhere and whose posterior view's is
+    0: which one the loop reads decides every call."""
+
+    posterior = False
+
+    def predict(self, frames, uncertainty=False):
+        pred = super().predict(frames, uncertainty=uncertainty)
+        if not uncertainty:
+            return pred
+        return dataclasses.replace(pred, forces_sigma=np.full_like(pred.forces, 0.0 if self.posterior else 1.0))
+
+    def posterior_view(self):
+        view = super().posterior_view()
+        view.posterior = True
+        return view
+
+
+@pytest.mark.parametrize("threshold, calls", [("1x", 0), (0.5, 4)])
+def test_a_relative_threshold_reads_the_posterior_sigma_an_absolute_one_the_models(files, threshold,
+                                                                                   calls):
+    from ml4m.descriptors import make_descriptor
+
+    desc = make_descriptor("ace", species=["Cu"], **FIT["descriptor"])
+    model = TwoSigmas(desc, uncertainty="posterior").fit(read_dataset(files / "init.extxyz"))
+    settings = _settings(files, walkers=(WalkerSettings(str(files / "start.extxyz"), 300.0),),
+                         fit=None, steps=8, check_interval=2, threshold=parse_threshold(threshold),
+                         reoptimise_every=0)
+    result = run_learning(settings, files / f"two_sigmas_{calls}", model=model)
+    assert result["reference_calls"] == calls
+
+
+def test_posterior_view_keeps_the_predictions_and_drops_the_error_models(write_rattled_cu, tmp_path):
+    from ase.build import bulk as build
+
+    from ml4m.data import Frame
+    from ml4m.descriptors import make_descriptor
+    from ml4m.models.baseline import Baselined, PairRepulsion
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for _ in range(12):  # the calibrated error models need 10 frames or more
+        atoms = build("Cu", cubic=True, a=3.61).repeat(2)
+        atoms.positions += rng.normal(0, 0.08, atoms.positions.shape)
+        atoms.calc = EMT()
+        frames.append(Frame.from_atoms(atoms, energy=atoms.get_potential_energy(),
+                                       forces=atoms.get_forces()))
+    desc = make_descriptor("ace", species=["Cu"], **FIT["descriptor"])
+    model = Baselined(LinearACE(desc), PairRepulsion()).fit(frames)
+    assert model.model_.error_model_ is not None
+    calibrated = model.predict(frames[:2], uncertainty=True)
+    view = model.posterior_view()
+    seen = view.predict(frames[:2], uncertainty=True)
+    np.testing.assert_array_equal(seen.forces, calibrated.forces)
+    np.testing.assert_array_equal(seen.energy, calibrated.energy)
+    # the posterior's sigmas: those of the same coefficients without error models, per
+    # component (a calibrated sigma is one per atom)
+    inner = model.model_
+    expected = np.concatenate([inner.posterior_force_sigma(rows) for _, rows, _, _
+                               in inner._block_rows(frames[:2], True, True)])
+    np.testing.assert_allclose(seen.forces_sigma, expected, rtol=1e-12)
+    assert not np.allclose(seen.forces_sigma, calibrated.forces_sigma)
+    assert np.ptp(calibrated.forces_sigma, axis=1).max() == 0 < np.ptp(seen.forces_sigma, axis=1).max()
+    # the model itself keeps its error models
+    np.testing.assert_array_equal(model.predict(frames[:2], uncertainty=True).forces_sigma,
+                                  calibrated.forces_sigma)
+
+
+def test_the_loop_fits_again_below_its_basis_range_and_as_its_data_doubles(files):
+    from ase.build import bulk as build
+
+    from ml4m.data import Frame
+    from ml4m.descriptors import make_descriptor
+    from ml4m.md.learning import below_range, refit_reason
+
+    init = list(read_dataset(files / "init.extxyz"))
+    desc = make_descriptor("ace", species=["Cu"], **{**FIT["descriptor"], "pair_r_in": {"Cu-Cu": 2.4}})
+    model = LinearACE(desc, uncertainty="posterior").fit(init)
+
+    def labelled(a):  # an fcc cell of lattice constant a: nearest neighbours at a / sqrt 2
+        atoms = build("Cu", cubic=True, a=a).repeat(2)
+        atoms.calc = EMT()
+        return Frame.from_atoms(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+
+    wide, close = labelled(3.61), labelled(3.30)  # 2.55 and 2.33 A
+    assert below_range(model, [wide]) == [] and below_range(model, [close]) == ["Cu-Cu"]
+    n = len(init)
+    assert refit_reason(model, n + 1, n, [close], 2.0) == "range"
+    assert refit_reason(model, n + 1, n, [close], 0.0) == "range"  # growth off, range still
+    assert refit_reason(model, n + 1, n, [wide], 2.0) is None
+    assert refit_reason(model, 2 * n - 1, n, [wide], 2.0) is None
+    assert refit_reason(model, 2 * n, n, [wide], 2.0) == "growth"
+    assert refit_reason(model, 2 * n, n, [wide], 0.0) is None
+    plain = LinearACE(make_descriptor("ace", species=["Cu"], **FIT["descriptor"]),
+                      uncertainty="posterior").fit(init)
+    assert below_range(plain, [close]) == []  # a basis from r = 0 reaches every distance
+
+
+def test_a_loop_with_its_own_fit_fits_again_when_its_data_double(files, tmp_path):
+    import ml4m
+
+    # 6 initial frames, a threshold every check passes: 2 calls a round, a fit at 12 frames
+    settings = _settings(files, steps=15, check_interval=5, threshold=parse_threshold(1e-6),
+                         reoptimise_every=0)
+    run_learning(settings, tmp_path / "doubling")
+    train = list(_train(tmp_path / "doubling"))
+    assert len(train) == 12
+    loop = ml4m.load(tmp_path / "doubling" / "model.ml4m")
+    with np.load(tmp_path / "doubling" / "state" / "train.npz", allow_pickle=False) as z:
+        frames = frames_from_arrays(dict(z), "train.npz")
+    from ml4m.md.learning import fit_one
+    from ml4m.training.config import FitConfig
+
+    refit = fit_one(FitConfig.from_mapping({**FIT, "train": "frames"}), frames)
+    # the same fit on the same frames (hyperparameters re-optimised on all 12: no updates
+    # since reoptimise_every is 0, so only a whole fit moves them)
+    np.testing.assert_allclose(loop.model_.coef_, refit.model_.coef_, rtol=1e-8, atol=1e-12)
+    held = run_learning(dataclasses.replace(settings, refit_growth=0.0), tmp_path / "updates")
+    assert held["n_train"] == 12
+    kept = ml4m.load(tmp_path / "updates" / "model.ml4m")
+    assert kept.model_.regression_.alpha_ != pytest.approx(loop.model_.regression_.alpha_)
+
+
+def test_an_ace_fit_without_descriptor_searches_its_basis_as_ml4m_fit_does(files, tmp_path):
+    import yaml
+
+    import ml4m
+    from ml4m.training.config import FitConfig
+    from ml4m.training.fit import fit_model
+
+    fit = {"model": "ace", "params": {"uncertainty": "posterior"}, "max_minutes": 1.0}
+    settings = _settings(files, fit=fit, steps=2, check_interval=2, threshold=parse_threshold(100.0))
+    run_learning(settings, tmp_path / "loop")
+    loop = ml4m.load(tmp_path / "loop" / "model.ml4m").model_
+    cfg = FitConfig.from_mapping({**fit, "train": str(files / "init.extxyz"),
+                                  "output": str(tmp_path / "fit" / "m.ml4m")})
+    (tmp_path / "fit").mkdir()
+    fit_model(cfg, progress=False)
+    chosen = yaml.safe_load((tmp_path / "fit" / "m_chosen.yaml").read_text())
+    assert loop.descriptor.pair_r_in == pytest.approx(chosen["descriptor"]["pair_r_in"])
+    assert loop.descriptor.total_degree == chosen["descriptor"]["total_degree"]
+    fitted = ml4m.load(tmp_path / "fit" / "m.ml4m").model_
+    np.testing.assert_allclose(loop.coef_, fitted.coef_, rtol=1e-8, atol=1e-12)

@@ -473,3 +473,13 @@ def test_fit_gp_with_default_flags_searches_and_its_config_refits(tmp_path, caps
     gap = np.abs(pb.forces - pa.forces).max() / np.sqrt(np.mean(pa.forces**2))
     assert gap < 5e-4, (gap, metrics["search"]["plan"], metrics["search"]["stopped"])
     assert b.model_.regression_.alpha_ == pytest.approx(a.model_.regression_.alpha_, rel=3e-3)
+
+
+def test_cv_folds_of_fewer_frames_than_folds_are_single_frames(frames):
+    from ml4m.training.search import N_FOLDS
+
+    assert len(frames) > N_FOLDS
+    assert cv_folds(frames[:2]).tolist() == [0, 1]
+    assert cv_folds(frames[:N_FOLDS + 1]).max() == N_FOLDS - 1
+    with pytest.raises(ConfigError, match="at least 2 training frames"):
+        cv_folds(frames[:1])

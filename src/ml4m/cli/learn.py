@@ -14,9 +14,16 @@ largest predicted force sigma is above the threshold sends its frame to the refe
 calculator, the frame joins the training set and the model is updated (an exact rank
 update for ace and gp; hyperparameters re-optimised every reoptimise_every calls, when a
 calibrated model also refits its error models on the labelled frames as it predicted them
-before learning them). The
+before learning them). A threshold in eV/A is set against the model's sigma (calibrated
+when it is: a target force error); a relative one ("2x") against its posterior sigma
+(the data's part of the uncertainty, which labelling reduces; FLARE's convention). The
 frames of a round are labelled in parallel (--workers processes, or a Dask scheduler)
 and added in walker order, so the result does not depend on the number of workers.
+
+A new initial fit (fit:, with initial:) is what ml4m fit makes of the same keys: an ace
+or gp fit without descriptor settings chooses its basis on the initial frames (CV, MD
+probe). Updates keep the basis; when a labelled frame holds an element pair closer than
+the basis reaches (its pair_r_in), the fit is made again on every labelled frame.
 
 A starting model file (model: start.ml4m) is used as it is and needs initial: the
 frames it was fitted on (its normal equations are rebuilt from them, or, for a committee,
@@ -41,7 +48,7 @@ CONFIG.yaml:
   ensemble: nvt                      # nve, nvt, npt
   steps: 5000
   dt: 2.0                            # fs
-  threshold: 0.1                     # eV/A, or "2x": twice the model's fitted force noise
+  threshold: 0.1                     # eV/A, or "2x": posterior sigma over twice the fitted noise
   check_interval: 10
   min_steps_between_calls: 50        # a walker waits 50 steps after its call
   max_calls: 100

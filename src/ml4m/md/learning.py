@@ -55,7 +55,7 @@ from ml4m.md.learning_state import (
 from ml4m.md.safety import blowup_limits, check_step
 
 __all__ = ["InlineExecutor", "LearnStatus", "Reference", "ReferenceCalculationError",
-           "label_structure", "reference_executor", "run_learning"]
+           "below_range", "fit_one", "label_structure", "refit_reason", "reference_executor", "run_learning"]
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,10 @@ def _restore_updates(model: Any, frames: list[Frame], path: str | None) -> None:
 
 def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
     """The model ``settings.fit`` describes (with the repulsive core or baseline its
-    ``repulsion``/``baseline`` keys ask for, as ``ml4m fit``), fitted on ``frames``.
+    ``repulsion``/``baseline`` keys ask for, as ``ml4m fit``), fitted on ``frames``; an
+    ``ace`` or ``gp`` fit without descriptor settings chooses its basis on ``frames`` as
+    ``ml4m fit`` does (:func:`~ml4m.training.fit.search_fit`: CV, MD probe, budget
+    ``max_minutes``), and the loop's updates keep that basis.
 
     With ``committee: K`` (networks), K members with seeds ``seed`` .. ``seed + K - 1``
     (as ``ml4m fit --committee K``), each trained as a single network here is (with its
@@ -234,19 +237,24 @@ def _fit_initial(settings: LearnSettings, frames: list[Frame]) -> Any:
     cfg = FitConfig.from_mapping({**settings.fit, "train": settings.initial}, source="fit")
     ds = Dataset(frames)
     if cfg.committee:  # FitConfig admits it for networks only
-        members = [_fit_one(dataclasses.replace(cfg, seed=cfg.seed + k), frames, ds)
+        members = [fit_one(dataclasses.replace(cfg, seed=cfg.seed + k), frames, ds)
                    for k in range(cfg.committee)]
         return Committee.from_members(members, resample="seed", seed=cfg.seed)
-    return _fit_one(cfg, frames, ds)
+    return fit_one(cfg, frames, ds)
 
 
-def _fit_one(cfg: Any, frames: list[Frame], ds: Any) -> Any:
-    """One model of :func:`_fit_initial`: ``cfg`` (a :class:`FitConfig`) on ``frames``."""
+def fit_one(cfg: Any, frames: list[Frame], ds: Any = None) -> Any:
+    """One model of the loop's initial fit (and of its refits): ``cfg`` (a
+    :class:`~ml4m.training.config.FitConfig`) on ``frames`` (``ds``: them as a
+    :class:`~ml4m.data.Dataset`, made when not given)."""
     from ml4m.models.baseline import with_baseline
     from ml4m.training.finetune import is_network, train_network
     from ml4m.training.fit import build_model
     from ml4m.training.settings import TrainSettings
 
+    from ml4m.data import Dataset
+
+    ds = Dataset(frames) if ds is None else ds
     species = [int(z) for z in ds.atomic_numbers]
     # inside the repulsive core (and baseline) ml4m fit would give it: the walkers run MD
     # with this model from the first step, where the data is thinnest
@@ -258,7 +266,44 @@ def _fit_one(cfg: Any, frames: list[Frame], ds: Any) -> Any:
     if not model.has_uncertainty:
         raise ConfigError(f"fit.model: active learning needs a model with uncertainty, "
                           f"'{cfg.model}' has none")
+    if cfg.searches:  # the basis ml4m fit would choose on these frames (its search and budget)
+        from ml4m.training.fit import search_fit
+
+        return search_fit(cfg, species, ds, model, time.perf_counter())[2]
     return model.fit(ds)
+
+
+def below_range(model: Any, frames: list[Frame]) -> list[str]:
+    """Element pairs (``"A-B"``) closer in ``frames`` than the inner radius of ``model``'s
+    radial basis for them (its descriptor's ``pair_r_in``, Angstrom: the basis is constant
+    below it, so the model cannot learn those frames' forces there); empty for a model
+    without inner radii."""
+    from ml4m.data import shortest_distances
+
+    inner = getattr(model, "model_", model)  # inside a baseline
+    radii = getattr(getattr(inner, "descriptor", None), "pair_r_in", None)
+    if not radii:
+        return []
+    canon = {"-".join(sorted(k.split("-"))): r for k, r in radii.items()}
+    return sorted(pair for pair, d in shortest_distances(frames).items()
+                  if d < canon.get("-".join(sorted(pair.split("-"))), 0.0))
+
+
+def refit_reason(model: Any, n_train: int, fitted_on: int, new: list[Frame],
+                 growth: float) -> str | None:
+    """Why a loop with its own fit should fit again on every frame instead of updating
+    ``model`` (which keeps its normal equations: its basis and inner radii were chosen on
+    the ``fitted_on`` frames of its last fit): ``"range"`` when ``new`` holds a pair closer
+    than its radial basis reaches (:func:`below_range`), ``"growth"`` when the training
+    set (``n_train`` frames, ``new`` included) has grown by ``growth`` (0: never) since;
+    None otherwise and for a model an update does not keep fixed (a network)."""
+    if not updatable(model):
+        return None
+    if below_range(model, new):
+        return "range"
+    if growth and n_train >= growth * fitted_on:
+        return "growth"
+    return None
 
 
 def _updated(model: Any, train: list[Frame], new: list[Frame], reoptimise: bool,
@@ -346,7 +391,8 @@ def run_learning(settings: LearnSettings, output: str | os.PathLike, *,
         for spec, atoms in zip(settings.walkers, starts):
             _check_species(model, atoms, spec.structure)
         state = LoopState(settings.record(), model, train, [_fresh_walker(s, a)
-                                                           for s, a in zip(settings.walkers, starts)])
+                                                           for s, a in zip(settings.walkers, starts)],
+                          fitted_on=len(train))
         save_state(output, state)
     loop = _Loop(settings, state, starts, executor, reference, output, on_round)
     loop.run()
@@ -377,8 +423,15 @@ class _Loop:
         self._attach()
 
     def _attach(self) -> None:
+        """Every walker runs on the current model; with a relative threshold its sigmas are
+        the posterior's (:meth:`posterior_view`, where the model has one: the part of the
+        uncertainty that new frames reduce, set against the fitted noise as FLARE sets its
+        GP's variance), else the model's own (calibrated ones include the basis' error,
+        which is above the noise everywhere)."""
+        model = self.state.model
+        view = getattr(model, "posterior_view", None) if self.s.threshold.relative else None
         for w in self.walkers:
-            w.attach(self.state.model)
+            w.attach(view() if view is not None else model)
 
     def run(self) -> None:
         s, st = self.s, self.state
@@ -436,7 +489,11 @@ class _Loop:
             every = s.reoptimise_every
             reoptimise = every > 0 and st.calls // every > before // every
             st.train.extend(new)
-            st.model = _updated(st.model, st.train, new, reoptimise, s.fine_tune)
+            if s.fit is not None and refit_reason(st.model, len(st.train), st.fitted_on, new,
+                                                  s.refit_growth):
+                st.model, st.fitted_on = _fit_initial(s, st.train), len(st.train)
+            else:
+                st.model = _updated(st.model, st.train, new, reoptimise, s.fine_tune)
             self._attach()  # every walker continues with the new model
         return labelled
 

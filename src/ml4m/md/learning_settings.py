@@ -17,11 +17,13 @@ Example::
     ensemble: nvt
     steps: 2000
     dt: 2.0
-    threshold: 0.15                      # eV/A, or "3x": three times the fitted force noise
+    threshold: 0.15                      # eV/A (the model's sigma), or "3x": the posterior
+                                         # sigma against three times the fitted force noise
     check_interval: 10
     min_steps_between_calls: 100         # a walker's next call at least 100 steps later
     max_calls: 50
     reoptimise_every: 2
+    refit_growth: 2                      # fit again (basis search too) as the set doubles
     fine_tune: {max_epochs: 10}          # a network's updates (training settings)
 """
 
@@ -58,8 +60,10 @@ class Threshold:
     Attributes
     ----------
     value : float
-        eV/Angstrom when ``relative`` is False; else a factor of the model's fitted
-        force noise (``model.noise_["forces"]``).
+        eV/Angstrom when ``relative`` is False (set against the model's force sigma,
+        calibrated when the model is: a target error); else a factor of the model's fitted
+        force noise (``model.noise_["forces"]``), set against its posterior force sigma
+        where it has one (the data's part of the uncertainty, FLARE's convention).
     relative : bool
     """
 
@@ -185,6 +189,13 @@ class LearnSettings:
         benchmark (``benchmarks/results/active_learning.md``), 7-13 calls: every 2 calls
         its force RMSE / RMS sigma is 0.8-0.9; every 10, the first error model stays and
         the ratio on the liquid is about 40.
+    refit_growth : float, default=2.0
+        With a ``fit`` of a linear or sparse-GP model (whose updates keep the basis and
+        the inner radii chosen on the frames of the last fit): fit again on every frame
+        (:func:`~ml4m.md.learning.fit_one`, the basis search included) once the training
+        set has grown by this factor since the last fit (4 initial frames: at 8, 16, 32,
+        ...; a logarithmic number of fits). 0: never (a frame closer than the basis reaches
+        still makes it fit again).
     fine_tune : dict or None
         For a network: training settings (keys of :class:`~ml4m.training.TrainSettings`)
         of each update, which trains the network on from its weights on the whole
@@ -211,6 +222,7 @@ class LearnSettings:
     min_steps_between_calls: int = 0
     max_calls: int = 100
     reoptimise_every: int = 2
+    refit_growth: float = 2.0
     on_reference_error: str = "stop"
     fine_tune: dict[str, Any] | None = None
 
@@ -261,6 +273,10 @@ class LearnSettings:
         check_int("min_steps_between_calls", self.min_steps_between_calls, low=0, **where)
         check_int("max_calls", self.max_calls, low=0, **where)
         check_int("reoptimise_every", self.reoptimise_every, low=0, **where)
+        check_float("refit_growth", self.refit_growth, low=0.0, **where)
+        if 0 < self.refit_growth <= 1:
+            raise fail(f"refit_growth must be 0 (never) or above 1 (a factor of growth of the "
+                       f"training set), got {self.refit_growth!r}", **where)
         check_choice("on_reference_error", self.on_reference_error, ON_REFERENCE_ERROR, **where)
         if self.fine_tune is not None:
             from ml4m.training.finetune import fine_tune_settings
@@ -281,7 +297,7 @@ class LearnSettings:
         where = {"source": source}
         keys = ("walkers", "reference", "model", "fit", "initial", "label_initial", "ensemble",
                 "steps", "dt", "friction", "pressure", "threshold", "check_interval",
-                "min_steps_between_calls", "max_calls", "reoptimise_every",
+                "min_steps_between_calls", "max_calls", "reoptimise_every", "refit_growth",
                 "on_reference_error", "fine_tune")
         m = check_mapping("the config", mapping, keys=keys, required=("walkers", "threshold"),
                           **where)

@@ -78,6 +78,9 @@ class LoopState:
     history : dict of str to list
         ``time_fs`` (rounds,), ``sigma`` (rounds, walkers) eV/A, ``threshold`` (rounds,)
         eV/A, ``calls`` (rounds,).
+    fitted_on : int
+        Training frames of the model's last whole fit (the initial one or a refit); the
+        updates since kept its basis.
     """
 
     settings: dict[str, Any]
@@ -90,6 +93,7 @@ class LoopState:
     history: dict[str, list] = field(default_factory=lambda: {
         "time_fs": [], "sigma": [], "threshold": [], "calls": []})
     train_file: tuple[int, int] = (0, 0)
+    fitted_on: int = 0
 
 
 def frames_to_arrays(frames: list[Frame]) -> dict[str, np.ndarray]:
@@ -192,6 +196,7 @@ def save_state(folder: str | os.PathLike, state: LoopState) -> Path:
     record = {
         "format": _FORMAT, "settings": state.settings, "calls": state.calls,
         "skipped": state.skipped, "rounds": state.rounds, "update_state": update_params,
+        "fitted_on": state.fitted_on,
         "walkers": [{"step": w.step, "rng": w.rng_state, "last_call": w.last_call}
                     for w in state.walkers],
     }
@@ -267,7 +272,8 @@ def load_state(folder: str | os.PathLike, walker_atoms: list[Atoms]) -> LoopStat
     history = {k: hist[k].tolist() for k in ("time_fs", "sigma", "threshold", "calls")}
     state = LoopState(record["settings"], model, train, walkers, int(record["calls"]),
                       int(record["skipped"]), int(record["rounds"]), history,
-                      _train_file(record, len(train), path))
+                      _train_file(record, len(train), path),
+                      int(record.get("fitted_on", len(train))))  # older states: fitted now
     _append_train(Path(folder), state, verify=True)  # cut what a killed save appended
     return state
 

@@ -17,7 +17,7 @@ from ml4m.models.metrics import error_metrics
 from ml4m.outputs import claim_output, own_copy, write_shared
 from ml4m.training.config import FitConfig, is_network
 
-__all__ = ["build_model", "fit_model", "model_outputs", "test_model"]
+__all__ = ["build_model", "fit_model", "model_outputs", "search_fit", "test_model"]
 
 #: how far below a pair's shortest training distance ``pair_r_in: auto`` starts its radial basis
 PAIR_R_IN_MARGIN = 0.25
@@ -234,21 +234,52 @@ def _fit_potential(cfg: FitConfig, path: Path, started: float) -> dict[str, Any]
 
 def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, started: float,
                   template) -> tuple[FitConfig, dict[str, Any], Any]:
-    """Choose the ACE basis by CV inside ``train`` (:func:`~ml4m.training.search.
-    search_linear_ace`; for ``gp``, the sparse GP on it) within the fit's budget; write
-    the chosen config beside the model and the CV plot. ``template``: the unfitted model
-    as the config builds it (inside its baseline when it has one: the search then fits
-    the residuals of the baseline, fitted on ``train`` first). ``valid`` is not read, only
-    sized (the report's cost). Returns the config with the chosen descriptor, the search
-    record for ``metrics.json`` and the fitted model (the search's own final fit)."""
-    import dataclasses
-
+    """:func:`search_fit`, then the chosen config written beside the model and the CV
+    plot. ``valid`` is not read, only sized (the report's cost). Returns the config with
+    the chosen descriptor, the search record for ``metrics.json`` and the fitted model."""
     import yaml
+
+    report = (0, 0) if valid is None else (len(valid), sum(len(f) for f in valid))
+    chosen, result, model = search_fit(cfg, species, train, template, started, report)
+    record = {k: v for k, v in vars(chosen).items()
+              if k not in ("max_minutes", "device", "output") and v not in (None, {}, [])}
+    stem = path.name[: -len(path.suffix)]
+    with atomic_path(chosen_config_path(path)) as tmp:
+        tmp.write_text("# written by ml4m fit: the basis its search chose; `ml4m fit` of this\n"
+                       "# file refits the same model without a search\n"
+                       + yaml.safe_dump(record, sort_keys=False))
+    from ml4m.training.plots import search_plot
+
+    png = search_plot(result.table, path.parent / f"{stem}_search.png")
+    out = result.as_dict()
+    out.update(chosen_config=str(chosen_config_path(path)), plot=str(png),
+               budget_minutes=search_minutes(cfg))
+    return chosen, out, model
+
+
+def search_minutes(cfg: FitConfig) -> float:
+    """The budget of a fit with a basis search, minutes (``DEFAULT_SEARCH_MINUTES`` unless
+    ``cfg.max_minutes``)."""
+    return cfg.max_minutes if cfg.max_minutes is not None else DEFAULT_SEARCH_MINUTES
+
+
+def search_fit(cfg: FitConfig, species: list[int], train, template, started: float,
+               report: tuple[int, int] = (0, 0)):
+    """The fit of a config that searches its basis (``cfg.searches``): the ACE basis chosen
+    by CV inside ``train`` (:func:`~ml4m.training.search.search_linear_ace`, with the MD
+    probe; for ``gp``, the sparse GP on it) within ``cfg``'s budget counted from
+    ``started`` (``time.perf_counter()``), and fitted. ``template``: the unfitted model as
+    the config builds it (inside its baseline when it has one: the search then fits the
+    residuals of the baseline, fitted on ``train`` first). ``report``: frames and atoms
+    predicted with sigmas after the fit (kept out of the search's share of the budget).
+    Writes nothing. Returns the config with the chosen descriptor (``search: off``), the
+    :class:`~ml4m.training.search.SearchResult` and the fitted model."""
+    import dataclasses
 
     from ml4m.models.baseline import Baselined
     from ml4m.training.search import search_linear_ace
 
-    minutes = cfg.max_minutes if cfg.max_minutes is not None else DEFAULT_SEARCH_MINUTES
+    minutes = search_minutes(cfg)
     others = {k: v for k, v in cfg.params.items() if k != "species_degree"}
     if cfg.model == "gp":
         # one noise level unless given, as the search's CV has (the per-quantity evidence
@@ -276,7 +307,6 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
     frames, baseline = list(train), None
     if isinstance(template, Baselined):
         baseline, frames, _ = template.residuals(frames)
-    report = (0, 0) if valid is None else (len(valid), sum(len(f) for f in valid))
     probe, steps, temperature = _md_probe(list(train), baseline, cfg.seed)
     result = search_linear_ace(frames, 60.0 * minutes, make_model, started, report=report,
                                probe=probe, probe_steps=steps,
@@ -291,23 +321,11 @@ def _search_basis(cfg: FitConfig, species: list[int], train, valid, path: Path, 
                       f"({PROBE_PS:g} ps at {temperature:g} K, {PROBE_TEMPERATURE_FACTOR:g}x "
                       "the data's temperature, from the first training frame); the best by CV "
                       "is kept: run MD hotter than the training data with care, or add data "
-                      "there (ml4m learn)", stacklevel=2)
+                      "there (ml4m learn)", stacklevel=3)
     model = result.model if baseline is None else Baselined.from_fitted(result.model, baseline)
     chosen = dataclasses.replace(cfg, descriptor=result.descriptor, descriptor_type="ace",
                                  params={**others, **result.params}, search="off")
-    record = {k: v for k, v in vars(chosen).items()
-              if k not in ("max_minutes", "device", "output") and v not in (None, {}, [])}
-    stem = path.name[: -len(path.suffix)]
-    with atomic_path(chosen_config_path(path)) as tmp:
-        tmp.write_text("# written by ml4m fit: the basis its search chose; `ml4m fit` of this\n"
-                       "# file refits the same model without a search\n"
-                       + yaml.safe_dump(record, sort_keys=False))
-    from ml4m.training.plots import search_plot
-
-    png = search_plot(result.table, path.parent / f"{stem}_search.png")
-    out = result.as_dict()
-    out.update(chosen_config=str(chosen_config_path(path)), plot=str(png), budget_minutes=minutes)
-    return chosen, out, model
+    return chosen, result, model
 
 
 def _md_probe(train: list, baseline, seed: int):

@@ -112,6 +112,8 @@ BASE = {"r_cut": 5.0, "l_max": 3, "pair_r_in": "auto"}
 #: number of cross-validation folds: the calibrated fit's groups of frames, so that the
 #: last fold is the final fit's held-out group and its sums serve the final fit too
 N_FOLDS = LinearPotential.HOLDOUT_GROUPS
+#: fewest folds (and training frames) of a search
+MIN_FOLDS = 2
 #: share of the memory limit the per-fold sums may take
 MEMORY_SHARE = 0.4
 #: a rung's CV solves (an evidence search of about ten Cholesky factorisations, one per
@@ -192,11 +194,12 @@ class SearchResult:
 def cv_folds(frames: list[Frame], n_folds: int = N_FOLDS) -> np.ndarray:
     """Fold index (0 .. n_folds - 1) of every frame (:func:`ml4m.data.frame_groups`: whole
     trajectories or config types when the frames name three or more, else contiguous
-    chunks)."""
-    if len(frames) < n_folds:
-        raise ConfigError(f"the basis search needs at least {n_folds} training frames, "
+    chunks); with fewer frames than ``n_folds``, one fold per frame (at least
+    ``MIN_FOLDS``: an active-learning loop starts from a few frames)."""
+    if len(frames) < MIN_FOLDS:
+        raise ConfigError(f"the basis search needs at least {MIN_FOLDS} training frames, "
                           f"got {len(frames)}")
-    return frame_groups(frames, n_folds)
+    return frame_groups(frames, min(n_folds, len(frames)))
 
 
 def _settings(rung: dict[str, Any], pair_r_in, n_species: int, r0: float | None = None

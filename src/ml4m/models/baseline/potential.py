@@ -11,6 +11,8 @@ settings of a fit.
 
 from __future__ import annotations
 
+import copy
+
 from typing import Any
 
 import numpy as np
@@ -155,6 +157,15 @@ class Baselined(Potential):
         self.baseline_.update(frames)
         self.model_.update(residual_frames(frames, self.baseline_), reoptimise=reoptimise)
         return self
+
+    def posterior_view(self) -> Baselined:
+        """A shallow copy whose inner model is its ``posterior_view`` (the inner model
+        itself when it has none): the same predictions, the posterior's sigmas."""
+        self._check_fitted()
+        view = copy.copy(self)
+        inner = getattr(self.model_, "posterior_view", None)
+        view.model_ = inner() if inner is not None else self.model_
+        return view
 
     def restore_normal_equations(self, frames: Dataset | list[Frame]) -> Baselined:
         """The inner model's sums rebuilt from the frames it was fitted on (their

@@ -9,6 +9,8 @@ ACE; :mod:`ml4m.models.kernel.sparse_gp` reuses everything here with a kernel ma
 
 from __future__ import annotations
 
+import copy
+
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -921,6 +923,15 @@ class LinearPotential(Potential):
                                                sidx, X)
             sig = np.repeat(s_atom[:, None], 3, axis=1)
         return Prediction(**out, energy_sigma=sig_e, forces_sigma=sig)
+
+    def posterior_view(self) -> LinearPotential:
+        """This fitted model with its sigmas the posterior's: a shallow copy without the
+        error models (the same coefficients, so the same energies and forces); the data's
+        part of the uncertainty, which labelling more frames reduces."""
+        self._check_fitted()
+        view = copy.copy(self)
+        view.error_model_ = view.energy_error_model_ = None
+        return view
 
     def posterior_force_sigma(self, rows: DesignRows) -> np.ndarray:
         """Posterior standard deviation of each force component of the design ``rows``
