@@ -156,7 +156,7 @@ def _against_random(al_model, al_train: list[Frame], initial: list[Frame], pool:
     return rows
 
 
-def _protocol_config(work: Path, steps: int, threshold: str) -> dict:
+def _protocol_config(work: Path, steps: int, threshold: str, walker_seed: int = 0) -> dict:
     """The keys of an ``ml4m learn`` config that the protocol fixes (reference, the
     initial frames, the two walkers, the MD) and the one a user must give (the
     threshold), nothing else: with ``fit: {model: ace}`` every other setting is
@@ -164,8 +164,9 @@ def _protocol_config(work: Path, steps: int, threshold: str) -> dict:
     return {"reference": "emt", "fit": {"model": "ace"}, "initial": str(work / "initial.extxyz"),
             "threshold": _number_or_text(threshold),
             "walkers": [{"structure": str(work / "solid.extxyz"), "temperature": 300.0,
-                         "temperature_end": 1500.0, "seed": 0},
-                        {"structure": str(work / "liquid.extxyz"), "temperature": 1500.0, "seed": 1}],
+                         "temperature_end": 1500.0, "seed": walker_seed},
+                        {"structure": str(work / "liquid.extxyz"), "temperature": 1500.0,
+                         "seed": walker_seed + 1}],
             "ensemble": "nvt", "steps": steps, "dt": 2.0, "friction": 0.02}
 
 
@@ -182,10 +183,11 @@ def _learn_cli(config: dict, work: Path) -> dict:
 
 def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
              n_initial: int = 4, reoptimise_every: int = LEARN_REOPTIMISE,
-             defaults: bool = False) -> dict:
+             defaults: bool = False, walker_seed: int = 0) -> dict:
     """The Cu heating protocol. ``defaults``: the loop is ``ml4m learn`` with default
     settings but the threshold (:func:`_protocol_config`; ``min_gap`` and
-    ``reoptimise_every`` unused), and the random fits use its ``fit``."""
+    ``reoptimise_every`` unused), and the random fits use its ``fit``. The walkers'
+    seeds are ``walker_seed`` and the next."""
     t_start = time.perf_counter()
     liquid = _liquid()
     write(work / "solid.extxyz", _solid())
@@ -194,13 +196,13 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
     write(work / "initial.extxyz", [f.to_atoms() for f in initial])
     t0 = time.perf_counter()
     if defaults:
-        config = _protocol_config(work, steps, threshold)
+        config = _protocol_config(work, steps, threshold, walker_seed)
         fit = config["fit"]
         result = _learn_cli(config, work)
         min_gap = reoptimise_every = None  # ml4m learn's defaults
     else:
-        walkers = (WalkerSettings(str(work / "solid.extxyz"), 300.0, 1500.0, 0),
-                   WalkerSettings(str(work / "liquid.extxyz"), 1500.0, None, 1))
+        walkers = (WalkerSettings(str(work / "solid.extxyz"), 300.0, 1500.0, walker_seed),
+                   WalkerSettings(str(work / "liquid.extxyz"), 1500.0, None, walker_seed + 1))
         fit = FIT
         settings = LearnSettings(walkers=walkers, fit=FIT, initial=str(work / "initial.extxyz"),
                                  ensemble="nvt", steps=steps, dt_fs=2.0, friction=0.02,
@@ -225,7 +227,7 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
     per_walker = [sum(1 for f in al_train[len(initial):] if f.info.get("walker") == k) for k in (0, 1)]
     return {"steps_per_walker": steps, "dt_fs": 2.0, "threshold": threshold,
             "min_steps_between_calls": min_gap, "reoptimise_every": reoptimise_every,
-            "learn_defaults": defaults, "fit": fit,
+            "learn_defaults": defaults, "fit": fit, "walker_seed": walker_seed,
             "descriptor": inner.descriptor.settings() if defaults else FIT["descriptor"],
             "uncertainty": getattr(inner, "uncertainty", None),
             "threshold_ev_per_a_final": result["threshold_ev_per_a"],
@@ -260,10 +262,13 @@ def xtb_md(start: Atoms, t0: float, t1: float, steps: int, seed: int, every: int
 
 
 def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: int, work: Path,
-             n_initial: int = 4, test_frames: int = 40, walker_seed: int = 0) -> dict:
+             n_initial: int = 4, test_frames: int = 40, walker_seed: int = 0,
+             defaults: bool = False) -> dict:
     """The loop on ethanol with GFN2-xTB against random selection at equal calls (the
     walkers' seeds: ``walker_seed`` and the next; those of the pool and test MD are
-    fixed)."""
+    fixed). ``defaults``: ``ml4m learn`` (the CLI) with default settings but the
+    threshold and ``max_calls`` (``min_gap`` unused), ``fit: {model: ace}``; the random
+    fits use that ``fit``."""
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     start = ethanol()
@@ -271,16 +276,30 @@ def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: in
     # initial frames: 300 K xTB MD, one frame every 100 steps (50 fs)
     initial = xtb_md(start, 300.0, 300.0, 100 * n_initial, seed=1, every=100)
     write(work / "initial.extxyz", [f.to_atoms() for f in initial])
-    walkers = (WalkerSettings(str(work / "ethanol.extxyz"), 300.0, 1200.0, walker_seed),
-               WalkerSettings(str(work / "ethanol.extxyz"), 600.0, None, walker_seed + 1))
-    settings = LearnSettings(walkers=walkers, reference="xtb", fit=MOLECULE_FIT,
-                             initial=str(work / "initial.extxyz"), ensemble="nvt", steps=steps,
-                             dt_fs=MOLECULE_DT_FS, friction=MOLECULE_FRICTION,
-                             threshold=parse_threshold(_number_or_text(threshold)),
-                             check_interval=10, min_steps_between_calls=min_gap,
-                             max_calls=max_calls, reoptimise_every=10)
     t0 = time.perf_counter()
-    result = run_learning(settings, work / "al", on_round=_progress)
+    fit = MOLECULE_FIT
+    if defaults:
+        fit = {"model": "ace"}
+        start_file = str(work / "ethanol.extxyz")
+        result = _learn_cli({
+            "reference": "xtb", "fit": fit, "initial": str(work / "initial.extxyz"),
+            "threshold": _number_or_text(threshold),
+            "walkers": [{"structure": start_file, "temperature": 300.0, "temperature_end": 1200.0,
+                         "seed": walker_seed},
+                        {"structure": start_file, "temperature": 600.0, "seed": walker_seed + 1}],
+            "ensemble": "nvt", "steps": steps, "dt": MOLECULE_DT_FS, "friction": MOLECULE_FRICTION,
+            "max_calls": max_calls}, work)
+        min_gap = None
+    else:
+        walkers = (WalkerSettings(str(work / "ethanol.extxyz"), 300.0, 1200.0, walker_seed),
+                   WalkerSettings(str(work / "ethanol.extxyz"), 600.0, None, walker_seed + 1))
+        settings = LearnSettings(walkers=walkers, reference="xtb", fit=MOLECULE_FIT,
+                                 initial=str(work / "initial.extxyz"), ensemble="nvt",
+                                 steps=steps, dt_fs=MOLECULE_DT_FS, friction=MOLECULE_FRICTION,
+                                 threshold=parse_threshold(_number_or_text(threshold)),
+                                 check_interval=10, min_steps_between_calls=min_gap,
+                                 max_calls=max_calls, reoptimise_every=10)
+        result = run_learning(settings, work / "al", on_round=_progress)
     loop_seconds = time.perf_counter() - t0
     import ml4m
     from ml4m.data import read_dataset
@@ -296,14 +315,15 @@ def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: in
                                every=50)[skip // 50:]
              for k, t in enumerate(TEST_TEMPERATURES)}
     xtb_seconds = time.perf_counter() - t0
-    rows = _against_random(al_model, al_train, initial, pool, tests, seeds, MOLECULE_FIT)
+    rows = _against_random(al_model, al_train, initial, pool, tests, seeds, fit)
     labelled = al_train[len(initial):]
     return {"molecule": "ethanol (C2H5OH, 9 atoms)", "reference": "GFN2-xTB (tblite)",
             "walkers": [f"NVT 300 -> 1200 K (seed {walker_seed})",
                         f"NVT 600 K (seed {walker_seed + 1})"],
             "steps_per_walker": steps, "dt_fs": MOLECULE_DT_FS, "friction_per_fs": MOLECULE_FRICTION,
             "threshold": threshold, "min_steps_between_calls": min_gap, "max_calls": max_calls,
-            "fit": MOLECULE_FIT, "threshold_ev_per_a_final": result["threshold_ev_per_a"],
+            "fit": fit, "learn_defaults": defaults,
+            "threshold_ev_per_a_final": result["threshold_ev_per_a"],
             "initial_frames": len(initial), "reference_calls": result["reference_calls"],
             "calls_per_walker": [sum(1 for f in labelled if f.info.get("walker") == k)
                                  for k in (0, 1)],
@@ -397,6 +417,8 @@ def main(argv=None) -> int:
                    help="run `ml4m learn` (the CLI) with default settings: only the protocol's "
                         "keys, --threshold and fit: {model: ace}; --min-gap, --basis, "
                         "--uncertainty and --reoptimise-every are then not used")
+    a.add_argument("--walker-seed", type=int, default=0, choices=range(50), metavar="0..49",
+                   help="seeds of the two walkers: this and the next (default 0)")
     b = sub.add_parser("parallel")
     b.add_argument("--calls", type=int, default=16)
     m = sub.add_parser("molecule")
@@ -411,6 +433,9 @@ def main(argv=None) -> int:
     m.add_argument("--test-frames", type=int, default=40, help="test frames per temperature")
     m.add_argument("--walker-seed", type=int, default=0, choices=range(50), metavar="0..49",
                    help="seeds of the two walkers: this and the next (default 0)")
+    m.add_argument("--defaults", action="store_true",
+                   help="run `ml4m learn` (the CLI) with default settings: the protocol's keys, "
+                        "--threshold, --max-calls and fit: {model: ace}; --min-gap unused")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "accuracy":
@@ -418,10 +443,11 @@ def main(argv=None) -> int:
                 FIT["descriptor"] = LARGE
             FIT["params"] = {"uncertainty": args.uncertainty}
             out = accuracy(args.steps, args.seeds, args.threshold, args.min_gap, Path(tmp),
-                           args.initial, args.reoptimise_every, args.defaults)
+                           args.initial, args.reoptimise_every, args.defaults, args.walker_seed)
         elif args.what == "molecule":
             out = molecule(args.steps, args.seeds, args.threshold, args.min_gap, args.max_calls,
-                           Path(tmp), args.initial, args.test_frames, args.walker_seed)
+                           Path(tmp), args.initial, args.test_frames, args.walker_seed,
+                           args.defaults)
         else:
             out = parallel(args.calls, Path(tmp))
     print(json.dumps(out, indent=1))

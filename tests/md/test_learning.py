@@ -39,7 +39,7 @@ def _settings(files, **changes) -> LearnSettings:
     base = dict(walkers=(WalkerSettings(start, 300.0, 900.0, 0), WalkerSettings(start, 600.0, None, 1)),
                 fit=FIT, initial=str(files / "init.extxyz"), steps=40, dt_fs=2.0,
                 threshold=parse_threshold(0.0022), check_interval=5, max_calls=20,
-                reoptimise_every=3)
+                reoptimise_every=3, refit_growth=0.0)  # updates only, unless a test asks
     return LearnSettings(**{**base, **changes})
 
 
@@ -77,6 +77,7 @@ def _assert_same_run(a, b):
 
 @pytest.fixture(scope="module")
 def uninterrupted(files):
+    """A loop whose model is only ever updated (no fit after the initial one)."""
     out = files / "whole"
     result = run_learning(_settings(files), out)
     return out, result
@@ -519,10 +520,12 @@ def test_a_loop_with_its_own_fit_fits_again_when_its_data_double(files, tmp_path
 
     # 6 initial frames, a threshold every check passes: 2 calls a round, a fit at 12 frames
     settings = _settings(files, steps=15, check_interval=5, threshold=parse_threshold(1e-6),
-                         reoptimise_every=0)
+                         reoptimise_every=0, refit_growth=2.0)
     run_learning(settings, tmp_path / "doubling")
     train = list(_train(tmp_path / "doubling"))
     assert len(train) == 12
+    record = json.loads((tmp_path / "doubling" / "state" / "state.json").read_text())
+    assert record["fitted_on"] == 12  # kept for a resume
     loop = ml4m.load(tmp_path / "doubling" / "model.ml4m")
     with np.load(tmp_path / "doubling" / "state" / "train.npz", allow_pickle=False) as z:
         frames = frames_from_arrays(dict(z), "train.npz")
@@ -537,6 +540,14 @@ def test_a_loop_with_its_own_fit_fits_again_when_its_data_double(files, tmp_path
     assert held["n_train"] == 12
     kept = ml4m.load(tmp_path / "updates" / "model.ml4m")
     assert kept.model_.regression_.alpha_ != pytest.approx(loop.model_.regression_.alpha_)
+    # a loop that ends between doublings writes the fit of all its frames
+    run_learning(dataclasses.replace(settings, steps=10), tmp_path / "ends")
+    ends = ml4m.load(tmp_path / "ends" / "model.ml4m")
+    with np.load(tmp_path / "ends" / "state" / "train.npz", allow_pickle=False) as z:
+        frames = frames_from_arrays(dict(z), "train.npz")
+    assert len(frames) == 10
+    refit = fit_one(FitConfig.from_mapping({**FIT, "train": "frames"}), frames)
+    np.testing.assert_allclose(ends.model_.coef_, refit.model_.coef_, rtol=1e-8, atol=1e-12)
 
 
 def test_an_ace_fit_without_descriptor_searches_its_basis_as_ml4m_fit_does(files, tmp_path):

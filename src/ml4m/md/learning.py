@@ -452,6 +452,9 @@ class _Loop:
                 self._save()
             if self.on_round is not None:
                 self.on_round(self._status(sigma, threshold, labelled))
+        if s.fit is not None and s.refit_growth and updatable(st.model) and \
+                len(st.train) > st.fitted_on:  # the written model: the fit of every frame
+            st.model, st.fitted_on = _fit_initial(s, st.train), len(st.train)
         self._save()
 
     def _advance(self, k: int, n: int) -> float:

@@ -194,8 +194,9 @@ class LearnSettings:
         the inner radii chosen on the frames of the last fit): fit again on every frame
         (:func:`~ml4m.md.learning.fit_one`, the basis search included) once the training
         set has grown by this factor since the last fit (4 initial frames: at 8, 16, 32,
-        ...; a logarithmic number of fits). 0: never (a frame closer than the basis reaches
-        still makes it fit again).
+        ...; a logarithmic number of fits), and once at the end when frames joined since
+        the last fit (the written model is then the fit of every frame). 0: neither (a
+        frame closer than the basis reaches still makes it fit again).
     fine_tune : dict or None
         For a network: training settings (keys of :class:`~ml4m.training.TrainSettings`)
         of each update, which trains the network on from its weights on the whole
