@@ -133,11 +133,18 @@ def _fit(frames: list[Frame], fit: dict | None = None):
     return fit_one(FitConfig.from_mapping({**(fit or FIT), "train": "frames"}), frames)
 
 
-def _against_random(al_model, al_train: list[Frame], initial: list[Frame], pool: list[Frame],
-                    tests: dict[str, list[Frame]], seeds: int, fit: dict | None = None) -> dict:
+def _against_random(al_model, al_train: list[Frame], initial: list[Frame],
+                    pools: list[list[Frame]], tests: dict[str, list[Frame]], seeds: int,
+                    fit: dict | None = None) -> dict:
     """Force errors (meV/A) on each test set of the loop's model, a refit on its frames,
-    and refits on ``initial`` plus as many frames drawn at random from ``pool`` as the
-    loop labelled (mean and standard deviation over ``seeds`` draws)."""
+    and refits on ``initial`` plus as many frames drawn at random from the ``pools`` (one
+    trajectory per walker, frames equally spaced in time) as the loop labelled (mean and
+    standard deviation over ``seeds`` draws). The drawn frames are ordered as the loop
+    orders its frames, by time and then walker: the fit's CV folds are contiguous chunks
+    of frames without trajectory tags, so frames sorted walker by walker would make each
+    fold one state, and the search choose by extrapolation between states."""
+    pool = [f for trajectory in pools for f in trajectory]
+    order = [(k, w) for w, trajectory in enumerate(pools) for k in range(len(trajectory))]
     n_new = len(al_train) - len(initial)
     rows = {"loop model (incremental updates)": {k: _force_errors(al_model, v) for k, v in tests.items()}}
     refit = _fit(al_train, fit)
@@ -145,7 +152,7 @@ def _against_random(al_model, al_train: list[Frame], initial: list[Frame], pool:
     random_rows = []
     for seed in range(seeds):
         pick = np.random.default_rng(seed).choice(len(pool), size=n_new, replace=False)
-        model = _fit(initial + [pool[i] for i in sorted(pick)], fit)
+        model = _fit(initial + [pool[i] for i in sorted(pick, key=order.__getitem__)], fit)
         random_rows.append({k: _force_errors(model, v) for k, v in tests.items()})
     metrics = ("mae_mev_per_a", "rmse_mev_per_a")
     rows[f"random frames, refit (mean of {seeds} seeds)"] = {
@@ -217,12 +224,12 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
     al_model = ml4m.load(work / "al" / "model.ml4m")
     al_train = list(read_dataset(work / "al" / "train.extxyz"))
     # pool of the same states (EMT MD, other seeds) and held-out test (other seeds again)
-    pool = emt_md(_solid(), 300.0, 1500.0, steps, seed=100, every=10) + \
-        emt_md(liquid, 1500.0, 1500.0, steps, seed=101, every=10)
+    pools = [emt_md(_solid(), 300.0, 1500.0, steps, seed=100, every=10),
+             emt_md(liquid, 1500.0, 1500.0, steps, seed=101, every=10)]
     test_solid = emt_md(_solid(), 300.0, 1500.0, steps, seed=200, every=50)
     test_liquid = emt_md(liquid, 1500.0, 1500.0, steps, seed=201, every=50)
     tests = {"heated solid (300-1500 K)": test_solid, "liquid (1500 K)": test_liquid}
-    rows = _against_random(al_model, al_train, initial, pool, tests, seeds, fit)
+    rows = _against_random(al_model, al_train, initial, pools, tests, seeds, fit)
     inner = getattr(al_model, "model_", al_model)  # inside the repulsive core
     per_walker = [sum(1 for f in al_train[len(initial):] if f.info.get("walker") == k) for k in (0, 1)]
     return {"steps_per_walker": steps, "dt_fs": 2.0, "threshold": threshold,
@@ -233,7 +240,7 @@ def accuracy(steps: int, seeds: int, threshold: str, min_gap: int, work: Path,
             "threshold_ev_per_a_final": result["threshold_ev_per_a"],
             "initial_frames": len(initial), "reference_calls": result["reference_calls"],
             "calls_per_walker": per_walker, "loop_seconds": loop_seconds,
-            "pool_frames": len(pool), "test_frames": {k: len(v) for k, v in tests.items()},
+            "pool_frames": sum(map(len, pools)), "test_frames": {k: len(v) for k, v in tests.items()},
             "test_energy_ev_per_atom": {k: float(np.mean([f.energy / len(f) for f in v]))
                                         for k, v in tests.items()},
             "n_parameters": result["n_parameters"], "errors": rows,
@@ -308,14 +315,14 @@ def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: in
     al_train = list(read_dataset(work / "al" / "train.extxyz"))
     t0 = time.perf_counter()
     # pool: xTB MD of the walkers' two states, other seeds; test: constant T, other seeds
-    pool = xtb_md(start, 300.0, 1200.0, steps, seed=100, every=10) + \
-        xtb_md(start, 600.0, 600.0, steps, seed=101, every=10)
+    pools = [xtb_md(start, 300.0, 1200.0, steps, seed=100, every=10),
+             xtb_md(start, 600.0, 600.0, steps, seed=101, every=10)]
     skip = 400  # steps of equilibration (200 fs) before the first test frame
     tests = {f"{t} K": xtb_md(start, float(t), float(t), skip + 50 * test_frames, seed=200 + k,
                                every=50)[skip // 50:]
              for k, t in enumerate(TEST_TEMPERATURES)}
     xtb_seconds = time.perf_counter() - t0
-    rows = _against_random(al_model, al_train, initial, pool, tests, seeds, fit)
+    rows = _against_random(al_model, al_train, initial, pools, tests, seeds, fit)
     labelled = al_train[len(initial):]
     return {"molecule": "ethanol (C2H5OH, 9 atoms)", "reference": "GFN2-xTB (tblite)",
             "walkers": [f"NVT 300 -> 1200 K (seed {walker_seed})",
@@ -329,7 +336,7 @@ def molecule(steps: int, seeds: int, threshold: str, min_gap: int, max_calls: in
                                  for k in (0, 1)],
             "labelled_steps": [[int(f.info["walker"]), int(f.info["step"])] for f in labelled],
             "loop_seconds": loop_seconds, "xtb_md_seconds": xtb_seconds,
-            "pool_frames": len(pool), "test_frames": {k: len(v) for k, v in tests.items()},
+            "pool_frames": sum(map(len, pools)), "test_frames": {k: len(v) for k, v in tests.items()},
             "n_parameters": result["n_parameters"], "errors": rows,
             "load_average_start": list(load_start), "load_average_end": list(os.getloadavg()),
             "total_seconds": time.perf_counter() - t_start}

@@ -485,34 +485,18 @@ def test_posterior_view_keeps_the_predictions_and_drops_the_error_models(write_r
                                   calibrated.forces_sigma)
 
 
-def test_the_loop_fits_again_below_its_basis_range_and_as_its_data_doubles(files):
-    from ase.build import bulk as build
-
-    from ml4m.data import Frame
+def test_the_loop_fits_again_as_its_data_grow_by_the_factor(files):
     from ml4m.descriptors import make_descriptor
-    from ml4m.md.learning import below_range, refit_reason
+    from ml4m.md.learning import refit_due
 
     init = list(read_dataset(files / "init.extxyz"))
-    desc = make_descriptor("ace", species=["Cu"], **{**FIT["descriptor"], "pair_r_in": {"Cu-Cu": 2.4}})
-    model = LinearACE(desc, uncertainty="posterior").fit(init)
-
-    def labelled(a):  # an fcc cell of lattice constant a: nearest neighbours at a / sqrt 2
-        atoms = build("Cu", cubic=True, a=a).repeat(2)
-        atoms.calc = EMT()
-        return Frame.from_atoms(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
-
-    wide, close = labelled(3.61), labelled(3.30)  # 2.55 and 2.33 A
-    assert below_range(model, [wide]) == [] and below_range(model, [close]) == ["Cu-Cu"]
-    n = len(init)
-    assert refit_reason(model, n + 1, n, [close], 2.0) == "range"
-    assert refit_reason(model, n + 1, n, [close], 0.0) == "range"  # growth off, range still
-    assert refit_reason(model, n + 1, n, [wide], 2.0) is None
-    assert refit_reason(model, 2 * n - 1, n, [wide], 2.0) is None
-    assert refit_reason(model, 2 * n, n, [wide], 2.0) == "growth"
-    assert refit_reason(model, 2 * n, n, [wide], 0.0) is None
-    plain = LinearACE(make_descriptor("ace", species=["Cu"], **FIT["descriptor"]),
+    model = LinearACE(make_descriptor("ace", species=["Cu"], **FIT["descriptor"]),
                       uncertainty="posterior").fit(init)
-    assert below_range(plain, [close]) == []  # a basis from r = 0 reaches every distance
+    n = len(init)
+    assert not refit_due(model, 2 * n - 1, n, 2.0)
+    assert refit_due(model, 2 * n, n, 2.0) and refit_due(model, 3 * n, n, 3.0)
+    assert not refit_due(model, 10 * n, n, 0.0)  # never
+    assert not refit_due(object(), 10 * n, n, 2.0)  # a model without normal equations
 
 
 def test_a_loop_with_its_own_fit_fits_again_when_its_data_double(files, tmp_path):

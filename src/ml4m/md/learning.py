@@ -55,7 +55,7 @@ from ml4m.md.learning_state import (
 from ml4m.md.safety import blowup_limits, check_step
 
 __all__ = ["InlineExecutor", "LearnStatus", "Reference", "ReferenceCalculationError",
-           "below_range", "fit_one", "label_structure", "refit_reason", "reference_executor", "run_learning"]
+           "fit_one", "label_structure", "refit_due", "reference_executor", "run_learning"]
 
 
 @dataclass(frozen=True)
@@ -273,37 +273,13 @@ def fit_one(cfg: Any, frames: list[Frame], ds: Any = None) -> Any:
     return model.fit(ds)
 
 
-def below_range(model: Any, frames: list[Frame]) -> list[str]:
-    """Element pairs (``"A-B"``) closer in ``frames`` than the inner radius of ``model``'s
-    radial basis for them (its descriptor's ``pair_r_in``, Angstrom: the basis is constant
-    below it, so the model cannot learn those frames' forces there); empty for a model
-    without inner radii."""
-    from ml4m.data import shortest_distances
-
-    inner = getattr(model, "model_", model)  # inside a baseline
-    radii = getattr(getattr(inner, "descriptor", None), "pair_r_in", None)
-    if not radii:
-        return []
-    canon = {"-".join(sorted(k.split("-"))): r for k, r in radii.items()}
-    return sorted(pair for pair, d in shortest_distances(frames).items()
-                  if d < canon.get("-".join(sorted(pair.split("-"))), 0.0))
-
-
-def refit_reason(model: Any, n_train: int, fitted_on: int, new: list[Frame],
-                 growth: float) -> str | None:
-    """Why a loop with its own fit should fit again on every frame instead of updating
-    ``model`` (which keeps its normal equations: its basis and inner radii were chosen on
-    the ``fitted_on`` frames of its last fit): ``"range"`` when ``new`` holds a pair closer
-    than its radial basis reaches (:func:`below_range`), ``"growth"`` when the training
-    set (``n_train`` frames, ``new`` included) has grown by ``growth`` (0: never) since;
-    None otherwise and for a model an update does not keep fixed (a network)."""
-    if not updatable(model):
-        return None
-    if below_range(model, new):
-        return "range"
-    if growth and n_train >= growth * fitted_on:
-        return "growth"
-    return None
+def refit_due(model: Any, n_train: int, fitted_on: int, growth: float) -> bool:
+    """Whether a loop with its own fit should fit again on every frame instead of updating
+    ``model``: the model keeps its normal equations (its basis, the inner radii of its
+    radial basis and its prior were chosen on the ``fitted_on`` frames of its last fit) and
+    the training set (``n_train`` frames) has grown by ``growth`` (0: never) since. A
+    network's update trains it on every frame anyway."""
+    return bool(growth) and updatable(model) and n_train >= growth * fitted_on
 
 
 def _updated(model: Any, train: list[Frame], new: list[Frame], reoptimise: bool,
@@ -492,8 +468,8 @@ class _Loop:
             every = s.reoptimise_every
             reoptimise = every > 0 and st.calls // every > before // every
             st.train.extend(new)
-            if s.fit is not None and refit_reason(st.model, len(st.train), st.fitted_on, new,
-                                                  s.refit_growth):
+            if s.fit is not None and refit_due(st.model, len(st.train), st.fitted_on,
+                                               s.refit_growth):
                 st.model, st.fitted_on = _fit_initial(s, st.train), len(st.train)
             else:
                 st.model = _updated(st.model, st.train, new, reoptimise, s.fine_tune)

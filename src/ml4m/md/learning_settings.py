@@ -190,13 +190,13 @@ class LearnSettings:
         its force RMSE / RMS sigma is 0.8-0.9; every 10, the first error model stays and
         the ratio on the liquid is about 40.
     refit_growth : float, default=2.0
-        With a ``fit`` of a linear or sparse-GP model (whose updates keep the basis and
-        the inner radii chosen on the frames of the last fit): fit again on every frame
-        (:func:`~ml4m.md.learning.fit_one`, the basis search included) once the training
-        set has grown by this factor since the last fit (4 initial frames: at 8, 16, 32,
-        ...; a logarithmic number of fits), and once at the end when frames joined since
-        the last fit (the written model is then the fit of every frame). 0: neither (a
-        frame closer than the basis reaches still makes it fit again).
+        With a ``fit`` of a linear or sparse-GP model (whose updates keep the basis, the
+        inner radii of its radial basis and the prior chosen on the frames of the last
+        fit): fit again on every frame (:func:`~ml4m.md.learning.fit_one`, the basis search
+        included) once the training set has grown by this factor since the last fit (4
+        initial frames: at 8, 16, 32, ...; a logarithmic number of fits), and once at the
+        end when frames joined since the last fit (the written model is then the fit of
+        every frame). 0: neither.
     fine_tune : dict or None
         For a network: training settings (keys of :class:`~ml4m.training.TrainSettings`)
         of each update, which trains the network on from its weights on the whole
