@@ -485,18 +485,44 @@ def test_posterior_view_keeps_the_predictions_and_drops_the_error_models(write_r
                                   calibrated.forces_sigma)
 
 
-def test_the_loop_fits_again_as_its_data_grow_by_the_factor(files):
+def test_the_loop_fits_again_as_its_data_grow_and_below_its_basis_range(files):
+    from ase.build import bulk as build
+
+    from ml4m.data import Frame, pair_inner_radii
     from ml4m.descriptors import make_descriptor
-    from ml4m.md.learning import refit_due
+    from ml4m.md.learning import below_range, refit_reason, with_inner_radii
+    from ml4m.models.baseline import Baselined, PairRepulsion
 
     init = list(read_dataset(files / "init.extxyz"))
-    model = LinearACE(make_descriptor("ace", species=["Cu"], **FIT["descriptor"]),
-                      uncertainty="posterior").fit(init)
+    desc = make_descriptor("ace", species=["Cu"], **{**FIT["descriptor"], "pair_r_in": {"Cu-Cu": 2.4}})
+    model = Baselined(LinearACE(desc, uncertainty="posterior", smoothness=2.0), PairRepulsion()).fit(init)
+
+    def labelled(a):  # an fcc cell of lattice constant a: nearest neighbours at a / sqrt 2
+        atoms = build("Cu", cubic=True, a=a).repeat(2)
+        atoms.calc = EMT()
+        return Frame.from_atoms(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+
+    wide, close = labelled(3.61), labelled(3.30)  # 2.55 and 2.33 A
+    assert below_range(model, [wide]) == [] and below_range(model, [close]) == ["Cu-Cu"]
     n = len(init)
-    assert not refit_due(model, 2 * n - 1, n, 2.0)
-    assert refit_due(model, 2 * n, n, 2.0) and refit_due(model, 3 * n, n, 3.0)
-    assert not refit_due(model, 10 * n, n, 0.0)  # never
-    assert not refit_due(object(), 10 * n, n, 2.0)  # a model without normal equations
+    assert refit_reason(model, n + 1, n, [wide], 2.0) is None
+    assert refit_reason(model, n + 1, n, [close], 2.0) == "range"
+    assert refit_reason(model, 2 * n, n, [close], 2.0) == "growth"  # the whole fit first
+    assert refit_reason(model, 2 * n, n, [wide], 0.0) is None  # never by growth
+    assert refit_reason(object(), 10 * n, n, [close], 2.0) is None  # no normal equations
+    plain = LinearACE(make_descriptor("ace", species=["Cu"], **FIT["descriptor"]),
+                      uncertainty="posterior").fit(init)
+    assert below_range(plain, [close]) == []  # a basis from r = 0 reaches every distance
+    # the same basis and hyperparameters, inner radii from every frame, fitted on them
+    frames = init + [close]
+    refit = with_inner_radii(model, frames)
+    radii = pair_inner_radii(frames)
+    assert refit.model_.descriptor.pair_r_in == pytest.approx(radii) and radii["Cu-Cu"] < 2.4
+    assert refit.model_.smoothness == 2.0 and below_range(refit, [close]) == []
+    expected = Baselined(LinearACE(make_descriptor("ace", species=["Cu"],
+                                                   **{**FIT["descriptor"], "pair_r_in": radii}),
+                                   uncertainty="posterior", smoothness=2.0), PairRepulsion()).fit(frames)
+    np.testing.assert_allclose(refit.model_.coef_, expected.model_.coef_, rtol=1e-10, atol=1e-12)
 
 
 def test_a_loop_with_its_own_fit_fits_again_when_its_data_double(files, tmp_path):

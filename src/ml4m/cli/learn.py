@@ -22,9 +22,10 @@ and added in walker order, so the result does not depend on the number of worker
 
 A new initial fit (fit:, with initial:) is what ml4m fit makes of the same keys: an ace
 or gp fit without descriptor settings chooses its basis on the initial frames (CV, MD
-probe). Updates keep the basis (and its inner radii, from the sampled distances): the
-fit is made again on every frame each time the training set has grown by refit_growth
-(default 2), and at the end, so DIR/model.ml4m is the fit of DIR/train.extxyz.
+probe). Updates keep the basis: the fit is made again on every frame each time the
+training set has grown by refit_growth (default 2), and at the end, so DIR/model.ml4m is
+the fit of DIR/train.extxyz; between, a labelled frame with a pair closer than the basis
+reaches (its pair_r_in) refits the same basis with inner radii from every frame.
 
 A starting model file (model: start.ml4m) is used as it is and needs initial: the
 frames it was fitted on (its normal equations are rebuilt from them, or, for a committee,

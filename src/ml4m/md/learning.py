@@ -55,7 +55,8 @@ from ml4m.md.learning_state import (
 from ml4m.md.safety import blowup_limits, check_step
 
 __all__ = ["InlineExecutor", "LearnStatus", "Reference", "ReferenceCalculationError",
-           "fit_one", "label_structure", "refit_due", "reference_executor", "run_learning"]
+           "below_range", "fit_one", "label_structure", "refit_reason",
+           "with_inner_radii", "reference_executor", "run_learning"]
 
 
 @dataclass(frozen=True)
@@ -273,13 +274,55 @@ def fit_one(cfg: Any, frames: list[Frame], ds: Any = None) -> Any:
     return model.fit(ds)
 
 
-def refit_due(model: Any, n_train: int, fitted_on: int, growth: float) -> bool:
-    """Whether a loop with its own fit should fit again on every frame instead of updating
-    ``model``: the model keeps its normal equations (its basis, the inner radii of its
-    radial basis and its prior were chosen on the ``fitted_on`` frames of its last fit) and
-    the training set (``n_train`` frames) has grown by ``growth`` (0: never) since. A
-    network's update trains it on every frame anyway."""
-    return bool(growth) and updatable(model) and n_train >= growth * fitted_on
+def below_range(model: Any, frames: list[Frame]) -> list[str]:
+    """Element pairs (``"A-B"``) closer in ``frames`` than the inner radius of ``model``'s
+    radial basis for them (its descriptor's ``pair_r_in``, Angstrom: the basis is constant
+    below it, so the model cannot learn those frames' forces there); empty for a model
+    without inner radii."""
+    from ml4m.data import shortest_distances
+
+    inner = getattr(model, "model_", model)  # inside a baseline
+    radii = getattr(getattr(inner, "descriptor", None), "pair_r_in", None)
+    if not radii:
+        return []
+    canon = {"-".join(sorted(k.split("-"))): r for k, r in radii.items()}
+    return sorted(pair for pair, d in shortest_distances(frames).items()
+                  if d < canon.get("-".join(sorted(pair.split("-"))), 0.0))
+
+
+def refit_reason(model: Any, n_train: int, fitted_on: int, new: list[Frame],
+                 growth: float) -> str | None:
+    """Why a loop with its own fit should fit again on every frame instead of updating
+    ``model``, which keeps its normal equations (its basis, inner radii and prior were
+    chosen on the ``fitted_on`` frames of its last fit): ``"growth"`` when the training
+    set (``n_train`` frames) has grown by ``growth`` (0: never) since (the whole fit,
+    basis search included); else ``"range"`` when ``new`` holds a pair closer than its
+    radial basis reaches (:func:`below_range`; the same basis with inner radii from every
+    frame, :func:`with_inner_radii`); None otherwise, and for a model that an update
+    trains on every frame anyway (a network)."""
+    if not updatable(model):
+        return None
+    if growth and n_train >= growth * fitted_on:
+        return "growth"
+    return "range" if below_range(model, new) else None
+
+
+def with_inner_radii(model: Any, frames: list[Frame]) -> Any:
+    """``model``'s kind, hyperparameters and basis (inside its baseline, if any), the inner
+    radii of its radial basis taken from ``frames`` as ``pair_r_in: auto`` takes them,
+    fitted on ``frames``: one fit, no basis search."""
+    from ml4m.data import pair_inner_radii
+    from ml4m.descriptors import from_settings
+    from ml4m.models.baseline import Baselined
+    from ml4m.training.fit import PAIR_R_IN_MARGIN
+
+    inner = model.model_ if isinstance(model, Baselined) else model
+    settings = inner.descriptor.settings()
+    settings["pair_r_in"] = pair_inner_radii(frames, PAIR_R_IN_MARGIN)
+    fresh = inner.clone().set_params(descriptor=from_settings(settings))
+    if isinstance(model, Baselined):
+        fresh = Baselined(fresh, model.baseline_.clone())
+    return fresh.fit(frames)
 
 
 def _updated(model: Any, train: list[Frame], new: list[Frame], reoptimise: bool,
@@ -468,9 +511,12 @@ class _Loop:
             every = s.reoptimise_every
             reoptimise = every > 0 and st.calls // every > before // every
             st.train.extend(new)
-            if s.fit is not None and refit_due(st.model, len(st.train), st.fitted_on,
-                                               s.refit_growth):
+            reason = refit_reason(st.model, len(st.train), st.fitted_on, new, s.refit_growth) \
+                if s.fit is not None else None
+            if reason == "growth":
                 st.model, st.fitted_on = _fit_initial(s, st.train), len(st.train)
+            elif reason == "range":
+                st.model = with_inner_radii(st.model, st.train)
             else:
                 st.model = _updated(st.model, st.train, new, reoptimise, s.fine_tune)
             self._attach()  # every walker continues with the new model

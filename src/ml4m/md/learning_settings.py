@@ -196,7 +196,9 @@ class LearnSettings:
         included) once the training set has grown by this factor since the last fit (4
         initial frames: at 8, 16, 32, ...; a logarithmic number of fits), and once at the
         end when frames joined since the last fit (the written model is then the fit of
-        every frame). 0: neither.
+        every frame). 0: neither. Between these fits, a labelled frame with an element
+        pair closer than the radial basis reaches makes one fit of the same basis with
+        inner radii from every frame (:func:`~ml4m.md.learning.with_inner_radii`).
     fine_tune : dict or None
         For a network: training settings (keys of :class:`~ml4m.training.TrainSettings`)
         of each update, which trains the network on from its weights on the whole
