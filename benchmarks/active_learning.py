@@ -24,6 +24,10 @@ as many frames as the loop labelled, drawn at random from xTB MD of the same two
 (other seeds). Test: xTB MD at 300, 600, 900 and 1200 K (other seeds), each apart. Run it
 with ``OMP_NUM_THREADS=1``.
 
+``--defaults`` (``accuracy`` and ``molecule``): the loop is the ``ml4m learn`` command with
+default settings (the protocol's keys, ``--threshold`` and ``fit: {model: ace}``), and the
+random fits are fitted as the loop fits (the basis search of ``ml4m fit``).
+
 The machine these ran on has 2 cores shared with other jobs: runs are kept short.
 Prints one JSON object; the figures are in ``benchmarks/results/active_learning.md``.
 """
