@@ -483,3 +483,12 @@ def test_cv_folds_of_fewer_frames_than_folds_are_single_frames(frames):
     assert cv_folds(frames[:N_FOLDS + 1]).max() == N_FOLDS - 1
     with pytest.raises(ConfigError, match="at least 2 training frames"):
         cv_folds(frames[:1])
+
+
+def test_the_search_tries_no_basis_far_larger_than_its_data(frames):
+    few = frames[:2]  # an active-learning loop's first fit
+    n_rows = sum(1 + 3 * len(f) + 6 * (f.stress is not None) for f in few)
+    res = search_linear_ace(few, 600.0, lambda d, b: LinearACE(d, species_degree=b))
+    assert res.plan["top"] < len(RUNGS) - 1  # the budget allowed all; the data did not
+    assert all(row["n_coefficients"] <= search.ROWS_RATIO * n_rows for row in res.table)
+    assert max(row["n_coefficients"] for row in res.table) > n_rows  # the prior pins the rest
