@@ -55,6 +55,7 @@ CONFIG.yaml:
   min_steps_between_calls: 50        # a walker waits 50 steps after its call
   max_calls: 100
   reoptimise_every: 2                # 0: never
+  refit_growth: 2                    # fit again (basis search too) as the set doubles; 0: never
   on_reference_error: stop           # or skip
 
 examples:

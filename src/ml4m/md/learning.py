@@ -248,12 +248,11 @@ def fit_one(cfg: Any, frames: list[Frame], ds: Any = None) -> Any:
     """One model of the loop's initial fit (and of its refits): ``cfg`` (a
     :class:`~ml4m.training.config.FitConfig`) on ``frames`` (``ds``: them as a
     :class:`~ml4m.data.Dataset`, made when not given)."""
+    from ml4m.data import Dataset
     from ml4m.models.baseline import with_baseline
     from ml4m.training.finetune import is_network, train_network
     from ml4m.training.fit import build_model
     from ml4m.training.settings import TrainSettings
-
-    from ml4m.data import Dataset
 
     ds = Dataset(frames) if ds is None else ds
     species = [int(z) for z in ds.atomic_numbers]
