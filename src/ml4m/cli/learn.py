@@ -15,8 +15,9 @@ calculator, the frame joins the training set and the model is updated (an exact 
 update for ace and gp; hyperparameters re-optimised every reoptimise_every calls, when a
 calibrated model also refits its error models on the labelled frames as it predicted them
 before learning them). A threshold in eV/A is set against the model's sigma (calibrated
-when it is: a target force error); a relative one ("2x") against its posterior sigma
-(the data's part of the uncertainty, which labelling reduces; FLARE's convention). The
+when it is: a target force error); a relative one ("2x": twice the model's fitted force
+noise) against its posterior sigma (the data's part of the uncertainty, which labelling
+reduces; FLARE's convention). The
 frames of a round are labelled in parallel (--workers processes, or a Dask scheduler)
 and added in walker order, so the result does not depend on the number of workers.
 
@@ -50,7 +51,7 @@ CONFIG.yaml:
   ensemble: nvt                      # nve, nvt, npt
   steps: 5000
   dt: 2.0                            # fs
-  threshold: 0.1                     # eV/A, or "2x": posterior sigma over twice the fitted noise
+  threshold: 0.1                     # eV/A, or "2x": posterior sigma against 2x the fitted noise
   check_interval: 10
   min_steps_between_calls: 50        # a walker waits 50 steps after its call
   max_calls: 100
