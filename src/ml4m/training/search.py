@@ -320,6 +320,19 @@ def _md_step_seconds(model, frame: Frame) -> float:
     return MD_STEP_OVERHEAD * best + 2e-4
 
 
+def _rung_seconds(model, timing: list[Frame], use_f: bool, use_s: bool, n_frames: int,
+                  frame: Frame) -> tuple[float, float]:
+    """A rung's descriptor time for ``n_frames`` frames (its design rows timed on
+    ``timing``, after one untimed block for its set-up) and its MD step on ``frame``,
+    seconds."""
+    for _ in model._block_rows(timing[:1], use_f, use_s):
+        pass
+    t0 = time.perf_counter()
+    for _ in model._block_rows(timing, use_f, use_s):
+        pass
+    return (time.perf_counter() - t0) * n_frames / len(timing), _md_step_seconds(model, frame)
+
+
 def _solve_flops(p: int) -> float:
     """Floating-point operations of one rung's CV: an evidence decomposition and a
     factorisation per fold, each about p^3, and the final fit's two."""
@@ -595,13 +608,7 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
         if (memory > MEMORY_SHARE * limit or sizes[r] > ROWS_RATIO * n_rows) and r > 0:
             continue
         model = models[r] if kernel_model is None else kernel_model(r)  # the pass's model
-        for _ in model._block_rows(timing[:1], use_f, use_s):  # untimed: one-time set-up
-            pass
-        t0 = time.perf_counter()
-        for _ in model._block_rows(timing, use_f, use_s):
-            pass
-        t_rows = (time.perf_counter() - t0) * len(frames) / len(timing)
-        step = _md_step_seconds(models[r], frames[0])
+        t_rows, step = _rung_seconds(model, timing, use_f, use_s, len(frames), frames[0])
         parts = {"pass": pass_seconds(sizes[r] + n_kernel, t_rows),
                  "final_and_report": final_seconds(sizes[r] + n_kernel, t_rows, gram_rate, step),
                  "cv_solves": sum(_solve_flops(q) for q in sizes[:r + 1]) / solve_rate,
@@ -646,11 +653,15 @@ def search_linear_ace(frames: list[Frame], budget_s: float, make_model, started:
     for r in range(top + 1):
         cols = _rung_columns(lin, descriptors[r], bounds[r])
         # the final fit (the held-out frames described again, two solves at this size, the
-        # report) and one MD probe
+        # report) and one MD probe, at this rung's own costs: its descriptors (timed on the
+        # same frames as the top's, scaled as the top's estimate was to its pass) and MD step
+        t_r, step_r = (_rung_seconds(models[r] if kernel_model is None else kernel_model(r),
+                                     timing, use_f, use_s, len(frames), frames[0])
+                       if r < top and rate else (t_rows, step))
         finish = (_solve_flops(len(cols) + n_kernel) / rate
-                  + final_seconds(len(cols) + n_kernel, measured * t_rows, gram_rate, step)
+                  + final_seconds(len(cols) + n_kernel, measured * t_r, gram_rate, step_r)
                   if rate else 0.0)
-        need = finish + (probe_steps * step if probe and rate else 0.0)
+        need = finish + (probe_steps * step_r if probe and rate else 0.0)
         if r > 0 and time.perf_counter() + need > deadline:
             result.stopped = f"budget: rung {r} would end after the budget"
             break
