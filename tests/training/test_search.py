@@ -492,3 +492,26 @@ def test_the_search_tries_no_basis_far_larger_than_its_data(frames):
     assert res.plan["top"] < len(RUNGS) - 1  # the budget allowed all; the data did not
     assert all(row["n_coefficients"] <= search.ROWS_RATIO * n_rows for row in res.table)
     assert max(row["n_coefficients"] for row in res.table) > n_rows  # the prior pins the rest
+
+
+def test_the_ladder_prices_each_rung_at_its_own_costs(frames, monkeypatch):
+    """Whether a rung may still be tried depends on its own final fit and MD probe: the
+    ladder times each rung below the top (its descriptors, its MD step) instead of pricing
+    it at the top's cost, which stopped a 4-minute Cu-Au search at rung 0."""
+    monkeypatch.setattr(search, "RUNGS", RUNGS[:4])
+    priced = []
+    real = search._rung_seconds
+
+    def recording(model, *args):
+        out = real(model, *args)
+        priced.append((model.descriptor.n_features, *out))
+        return out
+
+    monkeypatch.setattr(search, "_rung_seconds", recording)
+    res = search_linear_ace(frames, 120.0, lambda d, b: LinearACE(d, species_degree=b))
+    assert res.plan["top"] == 3 and len(res.table) >= 3  # an ample budget
+    (n_top, _, _), below = priced[0], priced[1:]  # the candidates' timing of the top first
+    sizes = [row["n_coefficients"] for row in res.table]
+    # rungs 1 .. top - 1 that were reached are priced, each at its own size
+    assert [n for n, _, _ in below] == sizes[1:min(len(sizes), 3)]
+    assert all(n < n_top for n, _, _ in below) and all(t > 0 and st > 0 for _, t, st in priced)
