@@ -12,7 +12,6 @@ settings of a fit.
 from __future__ import annotations
 
 import copy
-
 from typing import Any
 
 import numpy as np

@@ -10,7 +10,6 @@ ACE; :mod:`ml4m.models.kernel.sparse_gp` reuses everything here with a kernel ma
 from __future__ import annotations
 
 import copy
-
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
